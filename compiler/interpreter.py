@@ -1,0 +1,433 @@
+"""The reference interpreter: executes sparse-dialect IR with numpy.
+
+It is the oracle for every pass and, later, for the simulator, so each op's numpy
+implementation here *is* that op's meaning. Floating-point work happens in at
+least float32 (f16 and bf16 values are computed in float32 and rounded back to
+their type after every op, as a half-precision datapath with a float32
+accumulator would), so results are deterministic and independent of numpy's
+half-precision kernels.
+
+    outputs = interpret(module, {"x": x})        # keyed by graph names
+    results = run_func(main_func(module), [x])   # positional
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from xdsl.dialects import func
+from xdsl.dialects.builtin import BFloat16Type, ModuleOp, TensorType
+from xdsl.ir import Attribute, Operation, SSAValue
+
+from attnc.dialects import sparse as sp
+from attnc.encodings import np_dtype, project, to_numpy
+from attnc.errors import AttncError
+from attnc.ir import io_names, main_func
+
+Impl = Callable[[Operation, list[np.ndarray]], np.ndarray]
+IMPLS: dict[type[Operation], Impl] = {}
+
+
+def impl(*op_types: type[Operation]) -> Callable[[Impl], Impl]:
+    """Register a numpy implementation for one or more op classes."""
+
+    def register(fn: Impl) -> Impl:
+        for t in op_types:
+            IMPLS[t] = fn
+        return fn
+
+    return register
+
+
+class InterpreterError(AttncError):
+    """An op could not be evaluated on the given values."""
+
+
+# ---------------------------------------------------------------------------
+# dtype handling
+
+
+def _compute(x: np.ndarray) -> np.ndarray:
+    """The array in the precision ops compute in (half precision widened to f32)."""
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """Round float32 values to the nearest bfloat16 (ties to even), kept as float32."""
+    f = np.ascontiguousarray(x, dtype=np.float32)
+    u = f.view(np.uint32)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    out = rounded.view(np.float32)
+    return np.where(np.isnan(f), f, out)
+
+
+def finish(x: np.ndarray | np.generic, ty: Attribute) -> np.ndarray:
+    """Cast a computed value to the storage of result type ``ty``."""
+    assert isinstance(ty, TensorType)
+    x = np.asarray(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = x.astype(np_dtype(ty.element_type), copy=False)
+    if isinstance(ty.element_type, BFloat16Type):
+        out = round_bf16(out)
+    want = tuple(ty.get_shape())
+    if out.shape != want:
+        out = np.broadcast_to(out, want)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# execution
+
+
+def eval_op(op: Operation, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Evaluate one op on numpy values; the results have the op's result types."""
+    fn = IMPLS.get(type(op))
+    if fn is None:
+        raise InterpreterError(f"the reference interpreter has no implementation of '{op.name}'")
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out = fn(op, [_compute(a) for a in args])
+    outs = out if isinstance(out, tuple) else (out,)
+    return [finish(o, r.type) for o, r in zip(outs, op.results, strict=True)]
+
+
+def run_func(fn: func.FuncOp, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run a ``func.func`` on positional numpy arguments."""
+    block = fn.body.blocks.first
+    assert block is not None
+    env: dict[SSAValue, np.ndarray] = {}
+    for a, x in zip(block.args, args, strict=True):
+        env[a] = x
+    for op in block.ops:
+        if isinstance(op, func.ReturnOp):
+            return [env[v] for v in op.operands]
+        try:
+            results = eval_op(op, [env[v] for v in op.operands])
+        except AttncError:
+            raise
+        except Exception as e:  # numpy errors name no op: say which one failed
+            raise InterpreterError(f"evaluating '{op.name}' failed: {e}") from e
+        for r, x in zip(op.results, results):
+            env[r] = x
+    raise InterpreterError("@main has no func.return")
+
+
+def check_inputs(fn: func.FuncOp, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Order, validate and convert named inputs for ``fn``'s arguments."""
+    names, _ = io_names(fn)
+    extra = sorted(set(inputs) - set(names))
+    if extra:
+        raise AttncError(f"unknown input(s) {', '.join(map(repr, extra))}; the model's inputs are {names}")
+    args = []
+    for name, ty in zip(names, fn.function_type.inputs.data):
+        assert isinstance(ty, TensorType)
+        shape = tuple(ty.get_shape())
+        if name not in inputs:
+            raise AttncError(f"missing input '{name}' (shape {list(shape)}, {ty.element_type})")
+        x = np.asarray(inputs[name])
+        if x.shape != shape:
+            raise AttncError(f"input '{name}' has shape {list(x.shape)}, the model expects {list(shape)}")
+        want = np_dtype(ty.element_type)
+        if isinstance(ty.element_type, BFloat16Type) and x.dtype.name == "bfloat16":
+            x = x.astype(np.float32)
+        elif x.dtype != want:
+            raise AttncError(f"input '{name}' has dtype {x.dtype}, the model expects {ty.element_type} ({want})")
+        args.append(x)
+    return args
+
+
+def interpret(module: ModuleOp, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run ``@main`` on inputs keyed by graph input names; outputs keyed by output names."""
+    fn = main_func(module)
+    args = check_inputs(fn, inputs)
+    _, out_names = io_names(fn)
+    return dict(zip(out_names, run_func(fn, args), strict=True))
+
+
+# ---------------------------------------------------------------------------
+# constants and encodings
+
+_CONSTANTS: weakref.WeakKeyDictionary[Operation, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+@impl(sp.ConstantOp)
+def _constant(op: sp.ConstantOp, args: list[np.ndarray]) -> np.ndarray:
+    # decoding a large weight costs a copy; keep one per constant op
+    val = _CONSTANTS.get(op)
+    if val is None:
+        val = to_numpy(op.value)
+        val.flags.writeable = False
+        _CONSTANTS[op] = val
+    return val
+
+
+@impl(sp.ConvertOp)
+def _convert(op: sp.ConvertOp, args: list[np.ndarray]) -> np.ndarray:
+    return project(args[0], sp.encoding_of(op.result))
+
+
+@impl(sp.CastOp)
+def _cast(op: sp.CastOp, args: list[np.ndarray]) -> np.ndarray:
+    x = args[0]
+    dt = np_dtype(sp.elt_of(op.result))
+    if dt == np.bool_:
+        return x != 0
+    if dt.kind in "iu" and x.dtype.kind == "f":
+        return np.trunc(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)).astype(dt)
+    return x.astype(dt)
+
+
+# ---------------------------------------------------------------------------
+# elementwise
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Exact (libm) error function, elementwise."""
+    return _erf(x.astype(np.float64)).astype(np.float64)
+
+
+_UNARY: dict[type[Operation], Callable[[np.ndarray], np.ndarray]] = {
+    sp.NegOp: np.negative,
+    sp.AbsOp: np.abs,
+    sp.ExpOp: np.exp,
+    sp.LogOp: np.log,
+    sp.SqrtOp: np.sqrt,
+    sp.RsqrtOp: lambda x: 1 / np.sqrt(x),
+    sp.ReciprocalOp: lambda x: 1 / x,
+    sp.TanhOp: np.tanh,
+    sp.ErfOp: erf,
+    sp.SigmoidOp: lambda x: 1 / (1 + np.exp(-x)),
+    sp.ReluOp: lambda x: np.maximum(x, np.zeros((), x.dtype)),
+    sp.FloorOp: np.floor,
+    sp.CeilOp: np.ceil,
+    sp.NotOp: np.logical_not,
+    sp.IsNanOp: np.isnan,
+    sp.IsInfOp: np.isinf,
+}
+
+
+@impl(*_UNARY)
+def _unary(op: Operation, args: list[np.ndarray]) -> np.ndarray:
+    return _UNARY[type(op)](args[0])
+
+
+@impl(sp.GeluOp)
+def _gelu(op: sp.GeluOp, args: list[np.ndarray]) -> np.ndarray:
+    x = args[0].astype(np.float64)
+    if op.approximate is not None and op.approximate.data == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+
+
+def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "iu":
+        q = np.abs(a) // np.where(b == 0, 1, np.abs(b))
+        return np.where((a < 0) != (b < 0), -q, q)  # truncate toward zero
+    return a / b
+
+
+def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "iu":
+        return np.power(a.astype(np.float64), b).astype(a.dtype)
+    return np.power(a, b)
+
+
+_BINARY: dict[type[Operation], Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    sp.AddOp: np.add,
+    sp.SubOp: np.subtract,
+    sp.MulOp: np.multiply,
+    sp.DivOp: _int_div,
+    sp.PowOp: _pow,
+    sp.MaxOp: np.maximum,
+    sp.MinOp: np.minimum,
+    sp.AndOp: np.logical_and,
+    sp.OrOp: np.logical_or,
+    sp.XorOp: np.logical_xor,
+}
+_CMP = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal}
+
+
+@impl(*_BINARY)
+def _binary(op: Operation, args: list[np.ndarray]) -> np.ndarray:
+    return _BINARY[type(op)](args[0], args[1])
+
+
+@impl(sp.CmpOp)
+def _cmp(op: sp.CmpOp, args: list[np.ndarray]) -> np.ndarray:
+    return _CMP[op.predicate.data](args[0], args[1])
+
+
+@impl(sp.WhereOp)
+def _where(op: sp.WhereOp, args: list[np.ndarray]) -> np.ndarray:
+    return np.where(args[0], args[1], args[2])
+
+
+# ---------------------------------------------------------------------------
+# contractions, reductions, normalisation
+
+
+@impl(sp.MatmulOp)
+def _matmul(op: sp.MatmulOp, args: list[np.ndarray]) -> np.ndarray:
+    return np.matmul(args[0], args[1])
+
+
+@impl(sp.ContractOp)
+def _contract(op: sp.ContractOp, args: list[np.ndarray]) -> np.ndarray:
+    ins, out, _ = sp.parse_einsum(op.equation.data, [a.shape for a in args])
+    return np.einsum(",".join(ins) + "->" + out, *args, optimize=len(args) > 2)
+
+
+_REDUCE = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod}
+
+
+@impl(sp.ReduceOp)
+def _reduce(op: sp.ReduceOp, args: list[np.ndarray]) -> np.ndarray:
+    axes = tuple(int(a) for a in op.axes.get_values())
+    if not axes:
+        return args[0]
+    return _REDUCE[op.kind.data](args[0], axis=axes, keepdims=op.keepdims is not None)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax along ``axis``; a slice that is -inf everywhere gives zeros."""
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isneginf(m), 0, m)
+    e = np.exp(x - m)
+    s = np.sum(e, axis=axis, keepdims=True)
+    return e / np.where(s == 0, 1, s)
+
+
+@impl(sp.SoftmaxOp)
+def _softmax(op: sp.SoftmaxOp, args: list[np.ndarray]) -> np.ndarray:
+    return softmax(args[0], op.axis.value.data)
+
+
+@impl(sp.LogSoftmaxOp)
+def _log_softmax(op: sp.LogSoftmaxOp, args: list[np.ndarray]) -> np.ndarray:
+    x, ax = args[0], op.axis.value.data
+    m = np.max(x, axis=ax, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True))
+
+
+@impl(sp.LayerNormOp)
+def _layer_norm(op: sp.LayerNormOp, args: list[np.ndarray]) -> np.ndarray:
+    x = args[0]
+    ax = op.axis.value.data % x.ndim
+    axes = tuple(range(ax, x.ndim))
+    mean = np.mean(x, axis=axes, keepdims=True)
+    var = np.mean(np.square(x - mean), axis=axes, keepdims=True)
+    y = (x - mean) / np.sqrt(var + np.asarray(op.epsilon.value.data, dtype=x.dtype)) * args[1]
+    return y + args[2] if len(args) > 2 else y
+
+
+# ---------------------------------------------------------------------------
+# data movement
+
+
+@impl(sp.TransposeOp)
+def _transpose(op: sp.TransposeOp, args: list[np.ndarray]) -> np.ndarray:
+    return np.transpose(args[0], [int(p) for p in op.permutation.get_values()])
+
+
+@impl(sp.ReshapeOp)
+def _reshape(op: sp.ReshapeOp, args: list[np.ndarray]) -> np.ndarray:
+    return np.reshape(args[0], sp.shape_of(op.result))
+
+
+@impl(sp.BroadcastOp)
+def _broadcast(op: sp.BroadcastOp, args: list[np.ndarray]) -> np.ndarray:
+    return np.broadcast_to(args[0], sp.shape_of(op.result))
+
+
+@impl(sp.SliceOp)
+def _slice(op: sp.SliceOp, args: list[np.ndarray]) -> np.ndarray:
+    idx = []
+    for s, e, st in zip(op.starts.get_values(), op.ends.get_values(), op.steps.get_values()):
+        idx.append(slice(int(s), None if (st < 0 and e == -1) else int(e), int(st)))
+    return args[0][tuple(idx)]
+
+
+@impl(sp.ConcatOp)
+def _concat(op: sp.ConcatOp, args: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(args, axis=op.axis.value.data)
+
+
+@impl(sp.GatherOp)
+def _gather(op: sp.GatherOp, args: list[np.ndarray]) -> np.ndarray:
+    data, idx = args
+    ax = op.axis.value.data
+    n = data.shape[ax]
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise InterpreterError(f"sparse.gather: an index is out of range for axis {ax} of size {n}")
+    return np.take(data, idx.astype(np.int64), axis=ax)
+
+
+@impl(sp.PadOp)
+def _pad(op: sp.PadOp, args: list[np.ndarray]) -> np.ndarray:
+    pads = [int(p) for p in op.pads.get_values()]
+    r = args[0].ndim
+    return np.pad(args[0], [(pads[i], pads[i + r]) for i in range(r)], constant_values=op.value.value.data)
+
+
+@impl(sp.TriluOp)
+def _trilu(op: sp.TriluOp, args: list[np.ndarray]) -> np.ndarray:
+    k = op.k.value.data
+    return np.triu(args[0], k) if op.upper is not None else np.tril(args[0], k)
+
+
+# ---------------------------------------------------------------------------
+# attention
+
+
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    scale: float,
+    causal: bool = False,
+    causal_offset: int = 0,
+    softcap: float = 0.0,
+) -> np.ndarray:
+    """The meaning of ``sparse.attention`` (see its docstring)."""
+    hq, hkv = q.shape[1], k.shape[1]
+    if hq != hkv:
+        k = np.repeat(k, hq // hkv, axis=1)
+        v = np.repeat(v, hq // hkv, axis=1)
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(scale, dtype=q.dtype)
+    if softcap > 0:
+        s = softcap * np.tanh(s / softcap)
+    sq, skv = s.shape[-2:]
+    bias = np.zeros((sq, skv), dtype=s.dtype)
+    if mask is not None:
+        bias = bias + (np.where(mask, 0, -np.inf).astype(s.dtype) if mask.dtype == np.bool_ else mask.astype(s.dtype))
+    if causal:
+        i = np.arange(sq)[:, None]
+        j = np.arange(skv)[None, :]
+        bias = bias + np.where(j <= i + causal_offset, 0, -np.inf).astype(s.dtype)
+    p = softmax(s + bias, -1)
+    dead = np.isneginf(np.max(bias, axis=-1, keepdims=True))
+    p = np.where(dead, np.zeros((), p.dtype), p)
+    return np.matmul(p, v)
+
+
+@impl(sp.AttentionOp)
+def _attention(op: sp.AttentionOp, args: list[np.ndarray]) -> np.ndarray:
+    q, k, v = args[:3]
+    mask = args[3] if len(args) > 3 else None
+    return attention(
+        q,
+        k,
+        v,
+        mask,
+        scale=op.scale.value.data,
+        causal=op.causal is not None,
+        causal_offset=op.causal_offset.value.data,
+        softcap=op.softcap.value.data,
+    )
