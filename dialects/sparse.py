@@ -103,6 +103,13 @@ def _broadcast(*shapes: Sequence[int]) -> tuple[int, ...]:
         raise VerifyException(f"shapes {', '.join(str(tuple(s)) for s in shapes)} do not broadcast") from None
 
 
+def _broadcasts_to(src: Sequence[int], dst: Sequence[int]) -> bool:
+    try:
+        return tuple(np.broadcast_shapes(tuple(src), tuple(dst))) == tuple(dst)
+    except ValueError:
+        return False
+
+
 def _expect_shape(op: IRDLOperation, got: Sequence[int], want: Sequence[int]) -> None:
     if tuple(got) != tuple(want):
         raise VerifyException(f"{op.name}: result shape {tuple(got)} does not match the expected {tuple(want)}")
@@ -126,7 +133,11 @@ class SparseOp(IRDLOperation):
             if isinstance(r.type, TensorType) and (enc := r.type.encoding) is not None:
                 if type(enc) in ENCODINGS:
                     verify_encoding_for_shape(enc, shape_of(r))
-        self.verify_op()
+        try:
+            self.verify_op()
+        except VerifyException as e:
+            msg = str(e)
+            raise VerifyException(msg if msg.startswith(self.name) else f"{self.name}: {msg}") from None
 
     def verify_op(self) -> None:
         pass
@@ -613,7 +624,7 @@ class LayerNormOp(SparseOp):
         ax = _norm_axis(self.axis.value.data, len(shp), "sparse.layer_norm axis")
         norm = shp[ax:]
         for v in (self.scale, self.bias):
-            if v is not None and _broadcast(shape_of(v), norm) != tuple(norm):
+            if v is not None and not _broadcasts_to(shape_of(v), norm):
                 raise VerifyException(f"sparse.layer_norm: {shape_of(v)} does not broadcast to the normalised dims {norm}")
         _expect_shape(self, shape_of(self.result), shp)
         _expect_same_elt(self, *(v for v in (self.input, self.scale, self.bias, self.result) if v is not None))
@@ -693,7 +704,7 @@ class BroadcastOp(SparseOp):
         super().__init__(operands=[x], result_types=[tensor(shape, elt_of(x))])
 
     def verify_op(self) -> None:
-        if _broadcast(shape_of(self.input), shape_of(self.result)) != shape_of(self.result):
+        if not _broadcasts_to(shape_of(self.input), shape_of(self.result)):
             raise VerifyException(f"sparse.broadcast: {shape_of(self.input)} does not broadcast to {shape_of(self.result)}")
         _expect_same_elt(self, self.input, self.result)
 
@@ -958,7 +969,7 @@ class AttentionOp(SparseOp):
             raise VerifyException(f"sparse.attention: {hq} query heads are not a multiple of {hkv} kv heads")
         if self.mask is not None:
             ms = shape_of(self.mask)
-            if len(ms) > 4 or _broadcast(ms, (b, hq, sq, ks[2])) != (b, hq, sq, ks[2]):
+            if len(ms) > 4 or not _broadcasts_to(ms, (b, hq, sq, ks[2])):
                 raise VerifyException(f"sparse.attention: mask {ms} does not broadcast to {(b, hq, sq, ks[2])}")
             if elt_of(self.mask) != i1 and elt_of(self.mask) != elt_of(self.q):
                 raise VerifyException("sparse.attention: the mask must be i1 or have the element type of q")
