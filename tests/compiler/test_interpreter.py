@@ -1,0 +1,191 @@
+"""The reference interpreter: every op implemented, numbers against numpy and ONNX's reference."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx.reference.ops.op_attention import _compute_attention
+
+from attnc.dialects.sparse import Sparse
+from attnc.errors import AttncError
+from attnc.interpreter import IMPLS, interpret, round_bf16, run_func
+from attnc.ir import main_func, parse_module, set_io_names
+
+OPS_FILE = Path(__file__).parents[1] / "dialects" / "sparse_ops.mlir"
+
+
+def _module(args: str, body: str, results: str, names=None, outs=None):
+    m = parse_module(f"func.func @main({args}) -> ({results.split(' : ')[1]}) {{\n{body}\n  func.return {results}\n}}")
+    if names:
+        set_io_names(main_func(m), names, outs)
+    return m
+
+
+def test_every_op_has_an_implementation():
+    missing = [op.name for op in Sparse.operations if op not in IMPLS]
+    assert not missing
+
+
+def test_every_op_runs_on_the_round_trip_file():
+    module = parse_module(OPS_FILE.read_text())
+    rng = np.random.default_rng(0)
+    args = [
+        rng.random((4, 8)).astype(np.float32) + 0.5,
+        rng.random(8).astype(np.float32) + 0.5,
+        np.array([0, -1, 3, 2], dtype=np.int64),
+        rng.random((4, 8)) > 0.5,
+        rng.random((4, 8)).astype(np.float16),
+    ]
+    (out,) = run_func(main_func(module), args)
+    np.testing.assert_allclose(out, args[0] + args[1], rtol=1e-6)
+
+
+RNG = np.random.default_rng(1)
+X = RNG.standard_normal((3, 4)).astype(np.float32)
+Y = RNG.standard_normal(4).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ("sparse.exp %x : tensor<3x4xf32> -> tensor<3x4xf32>", np.exp(X)),
+        ("sparse.erf %x : tensor<3x4xf32> -> tensor<3x4xf32>", np.vectorize(__import__("math").erf)(X)),
+        ("sparse.sigmoid %x : tensor<3x4xf32> -> tensor<3x4xf32>", 1 / (1 + np.exp(-X))),
+        ("sparse.rsqrt %a : tensor<3x4xf32> -> tensor<3x4xf32>", 1 / np.sqrt(np.abs(X))),
+        ("sparse.sub %x, %y : tensor<3x4xf32>, tensor<4xf32> -> tensor<3x4xf32>", X - Y),
+        ("sparse.pow %a, %y : tensor<3x4xf32>, tensor<4xf32> -> tensor<3x4xf32>", np.abs(X) ** Y),
+        ("sparse.max %x, %y : tensor<3x4xf32>, tensor<4xf32> -> tensor<3x4xf32>", np.maximum(X, Y)),
+        ("sparse.softmax %x {axis = 0 : i64} : tensor<3x4xf32> -> tensor<3x4xf32>", np.exp(X) / np.exp(X).sum(0)),
+        (
+            "sparse.log_softmax %x {axis = -1 : i64} : tensor<3x4xf32> -> tensor<3x4xf32>",
+            X - np.log(np.exp(X).sum(-1, keepdims=True)),
+        ),
+        ('sparse.reduce %x {kind = "mean", axes = array<i64: 1>} : tensor<3x4xf32> -> tensor<3xf32>', X.mean(1)),
+        (
+            'sparse.reduce %x {kind = "prod", axes = array<i64: 0>, keepdims} : tensor<3x4xf32> -> tensor<1x4xf32>',
+            X.prod(0, keepdims=True),
+        ),
+        ('sparse.contract %x, %y {equation = "ij,j->i"} : (tensor<3x4xf32>, tensor<4xf32>) -> tensor<3xf32>', X @ Y),
+        ("sparse.matmul %x, %y : tensor<3x4xf32>, tensor<4xf32> -> tensor<3xf32>", X @ Y),
+        (
+            "sparse.layer_norm %x, %y bias %y : tensor<4xf32> {axis = -1 : i64, epsilon = 1.0e-05 : f64} "
+            ": tensor<3x4xf32>, tensor<4xf32> -> tensor<3x4xf32>",
+            (X - X.mean(-1, keepdims=True)) / np.sqrt(X.var(-1, keepdims=True) + 1e-5) * Y + Y,
+        ),
+        (
+            "sparse.slice %x {starts = array<i64: 2, 3>, ends = array<i64: -1, 0>, steps = array<i64: -1, -2>} "
+            ": tensor<3x4xf32> -> tensor<3x2xf32>",
+            X[::-1, 3:0:-2],
+        ),
+        (
+            "sparse.pad %x {pads = array<i64: 1, 0, 0, 2>, value = 7.0 : f64} : tensor<3x4xf32> -> tensor<4x6xf32>",
+            np.pad(X, [(1, 0), (0, 2)], constant_values=7),
+        ),
+        ("sparse.trilu %x {k = 1 : i64, upper} : tensor<3x4xf32> -> tensor<3x4xf32>", np.triu(X, 1)),
+        ("sparse.gelu %x {approximate = \"tanh\"} : tensor<3x4xf32> -> tensor<3x4xf32>",
+         0.5 * X * (1 + np.tanh(np.sqrt(2 / np.pi) * (X + 0.044715 * X**3)))),
+    ],
+)
+def test_op_numbers(body, expected):
+    rtype = body.rsplit("-> ", 1)[1]
+    m = _module(
+        "%x: tensor<3x4xf32>, %y: tensor<4xf32>",
+        f"  %a = sparse.abs %x : tensor<3x4xf32> -> tensor<3x4xf32>\n  %r = {body}",
+        f"%r : {rtype}",
+    )
+    (out,) = run_func(main_func(m), [X, Y])
+    np.testing.assert_allclose(out, expected, rtol=2e-6, atol=1e-6)
+
+
+def test_integer_division_truncates_toward_zero():
+    m = _module(
+        "%a: tensor<4xi64>, %b: tensor<4xi64>",
+        "  %r = sparse.div %a, %b : tensor<4xi64>, tensor<4xi64> -> tensor<4xi64>",
+        "%r : tensor<4xi64>",
+    )
+    (out,) = run_func(main_func(m), [np.array([7, -7, 7, -7]), np.array([2, 2, -2, -2])])
+    assert out.tolist() == [3, -3, -3, 3]
+
+
+def test_half_precision_rounds_every_op():
+    m = _module(
+        "%a: tensor<3xbf16>, %b: tensor<3xbf16>",
+        "  %r = sparse.add %a, %b : tensor<3xbf16>, tensor<3xbf16> -> tensor<3xbf16>",
+        "%r : tensor<3xbf16>",
+    )
+    a = np.array([1.0, 256.0, 3.0], dtype=np.float32)
+    b = np.array([2.0**-9, 1.0, 1e-3], dtype=np.float32)
+    (out,) = run_func(main_func(m), [a, b])
+    # bf16 keeps 8 significant bits: 256 + 1 rounds back to 256
+    assert out.tolist() == round_bf16(a + b).tolist() == [1.0, 256.0, 3.0]
+
+
+def test_inputs_are_checked_by_name():
+    m = _module("%x: tensor<3x4xf32>", "  %r = sparse.neg %x : tensor<3x4xf32> -> tensor<3x4xf32>", "%r : tensor<3x4xf32>",
+                ["x"], ["y"])
+    assert interpret(m, {"x": X})["y"].tolist() == (-X).tolist()
+    with pytest.raises(AttncError, match="missing input 'x'"):
+        interpret(m, {})
+    with pytest.raises(AttncError, match="unknown input"):
+        interpret(m, {"x": X, "z": X})
+    with pytest.raises(AttncError, match=r"input 'x' has shape \[4, 3\]"):
+        interpret(m, {"x": X.T})
+    with pytest.raises(AttncError, match="input 'x' has dtype float64"):
+        interpret(m, {"x": X.astype(np.float64)})
+
+
+def test_gather_out_of_range_is_a_clear_error():
+    m = _module("%x: tensor<3x4xf32>, %i: tensor<1xi64>",
+                "  %r = sparse.gather %x, %i {axis = 0 : i64} : tensor<3x4xf32>, tensor<1xi64> -> tensor<1x4xf32>",
+                "%r : tensor<1x4xf32>")
+    with pytest.raises(AttncError, match="out of range"):
+        run_func(main_func(m), [X, np.array([3])])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hkv=st.sampled_from([1, 2]),
+    rep=st.sampled_from([1, 2]),
+    sq=st.integers(1, 5),
+    past=st.integers(0, 3),
+    mask_kind=st.sampled_from(["none", "bool", "float"]),
+    mask_rank=st.integers(2, 4),
+    causal=st.booleans(),
+    softcap=st.sampled_from([0.0, 2.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_attention_matches_onnx_reference(hkv, rep, sq, past, mask_kind, mask_rank, causal, softcap, seed):
+    rng = np.random.default_rng(seed)
+    b, d, hq = 2, 4, hkv * rep
+    skv = sq + past
+    q = rng.standard_normal((b, hq, sq, d)).astype(np.float32)
+    k = rng.standard_normal((b, hkv, skv, d)).astype(np.float32)
+    v = rng.standard_normal((b, hkv, skv, 3)).astype(np.float32)
+    mshape = (b, hq, sq, skv)[4 - mask_rank :]
+    mask = None
+    if mask_kind == "bool":
+        mask = rng.random(mshape) > 0.3
+    elif mask_kind == "float":
+        mask = np.where(rng.random(mshape) > 0.3, rng.standard_normal(mshape), -np.inf).astype(np.float32)
+    mtype = "" if mask is None else f" mask %m : tensor<{'x'.join(map(str, mshape))}x{'i1' if mask_kind == 'bool' else 'f32'}>"
+    m = _module(
+        f"%q: tensor<{b}x{hq}x{sq}x{d}xf32>, %k: tensor<{b}x{hkv}x{skv}x{d}xf32>, %v: tensor<{b}x{hkv}x{skv}x3xf32>"
+        + (f", %m: tensor<{'x'.join(map(str, mshape))}x{'i1' if mask_kind == 'bool' else 'f32'}>" if mask is not None else ""),
+        f"  %r = sparse.attention %q, %k, %v{mtype} {{scale = 0.4 : f64, heads = {hq} : i64, kv_heads = {hkv} : i64, "
+        f"{'causal, ' if causal else ''}causal_offset = {past} : i64, softcap = {softcap} : f64}} "
+        f": tensor<{b}x{hq}x{sq}x{d}xf32>, tensor<{b}x{hkv}x{skv}x{d}xf32>, tensor<{b}x{hkv}x{skv}x3xf32> "
+        f"-> tensor<{b}x{hq}x{sq}x3xf32>",
+        f"%r : tensor<{b}x{hq}x{sq}x3xf32>",
+    )
+    args = [q, k, v] + ([mask] if mask is not None else [])
+    (out,) = run_func(main_func(m), args)
+    kw = {}
+    if past:
+        kw = dict(past_key=k[:, :, :past], past_value=v[:, :, :past])
+    ref = _compute_attention(
+        q, k[:, :, past:], v[:, :, past:], attn_mask=mask, scale=0.4, is_causal=causal,
+        softcap=softcap if softcap else None, **kw,
+    )[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
