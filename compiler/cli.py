@@ -1,0 +1,496 @@
+"""The ``attnc`` command line.
+
+Only click and the standard library are imported at module level: ``attnc --help``
+must answer fast, so xdsl, onnx, numpy and torch are imported inside the commands
+that need them.
+
+Errors: an ``AttncError`` or a click usage error prints ``attnc: error: <msg>`` and
+exits 2; anything else is a bug and prints ``attnc: internal error: ...`` and exits
+1. ``--debug`` (or ``ATTNC_DEBUG=1``) adds the Python traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+
+from attnc import __version__
+from attnc.errors import AttncError
+from attnc.pipeline import DEFAULT_PIPELINE
+
+if TYPE_CHECKING:
+    from xdsl.dialects.builtin import ModuleOp
+
+    from attnc.pipeline import PassRecord
+
+ARCH_PRESETS = ("tiny", "edge", "cloud")
+MODEL_SUFFIXES = (".onnx", ".pt2", ".mlir")
+
+_debug = False
+
+
+def _debug_on() -> bool:
+    return _debug or os.environ.get("ATTNC_DEBUG", "") not in ("", "0")
+
+
+# ---------------------------------------------------------------------------
+# option parsing helpers (plain functions: unit tests call them directly)
+
+
+def parse_input_shapes(values: Sequence[str]) -> dict[str, list[int]]:
+    """``["x=1,128", "mask=1,1,1,128"]`` -> ``{"x": [1, 128], ...}``; AttncError on bad syntax."""
+    shapes: dict[str, list[int]] = {}
+    for value in values:
+        # rpartition: graph names may contain '=', dimensions never do
+        name, eq, dims = value.rpartition("=")
+        if not eq or not name:
+            raise AttncError(f"--input-shape '{value}': expected NAME=D0,D1,... (e.g. input_ids=1,128)")
+        try:
+            shape = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise AttncError(f"--input-shape '{value}': dimensions must be integers separated by commas") from None
+        if any(d < 1 for d in shape):
+            raise AttncError(f"--input-shape '{value}': dimensions must be positive")
+        if name in shapes:
+            raise AttncError(f"--input-shape: '{name}' is given twice")
+        shapes[name] = shape
+    return shapes
+
+
+def check_arch(arch: str | None) -> None:
+    """``--arch`` is a preset name or an existing file (nothing reads it before the backend exists)."""
+    if arch is None or arch in ARCH_PRESETS or Path(arch).is_file():
+        return
+    raise AttncError(f"--arch '{arch}': neither a preset ({', '.join(ARCH_PRESETS)}) nor an existing file")
+
+
+def check_pipeline(spec: str, print_after: Sequence[str] = ()) -> list[Any]:
+    """Parse ``-p`` up front so a typo fails before any import or compile work."""
+    from attnc.pipeline import parse_pipeline
+
+    try:
+        passes = parse_pipeline(spec)
+    except AttncError as e:
+        raise AttncError(f"-p/--pipeline: {e}") from None
+    names = [p.name for p in passes]
+    for name in print_after:
+        if name not in names:
+            raise AttncError(
+                f"--print-ir-after '{name}': no such pass in the pipeline '{spec}' ({', '.join(names) or 'empty'})"
+            )
+    return passes
+
+
+# ---------------------------------------------------------------------------
+# loading models, writing files
+
+
+def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> ModuleOp:
+    """Import an .onnx, .pt2 or .mlir file into a sparse-dialect module."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise AttncError(f"{path}: unknown model format '{suffix}' (expected {', '.join(MODEL_SUFFIXES)})")
+    if input_shapes and suffix != ".onnx":
+        raise AttncError(f"--input-shape applies only to .onnx models; {path} has static shapes")
+    if suffix == ".onnx":
+        from attnc.frontend.onnx import import_onnx
+
+        return import_onnx(path, input_shapes=input_shapes or {})
+    if suffix == ".pt2":
+        from attnc.frontend.torch import load_exported_program
+
+        return load_exported_program(path)
+    from attnc.ir import parse_module
+
+    return parse_module(_read_text(path), name=path)
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AttncError(f"{path}: cannot read: {e}") from None
+
+
+@contextmanager
+def atomic_output(path: str, option: str = "-o/--output", mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds,
+    so an error never leaves a half-written output."""
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise AttncError(f"{option} '{path}': directory '{parent}' does not exist")
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _progress() -> Callable[[int, int, str], None] | None:
+    """Per-pass progress lines on stderr, only when a person is watching."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(i: int, n: int, name: str) -> None:
+        click.echo(f"attnc: [{i}/{n}] {name}", err=True)
+
+    return show
+
+
+def _run_pipeline(module: ModuleOp, passes: list[Any], dump_dir: str | None, print_after: Sequence[str]) -> list[PassRecord]:
+    from attnc.pipeline import run_pipeline
+
+    return run_pipeline(
+        module, passes, dump_dir=dump_dir, print_after=tuple(print_after), print_stream=sys.stderr, progress=_progress()
+    )
+
+
+# ---------------------------------------------------------------------------
+# the report of `attnc compile --report`
+
+
+def _shape(value: Any) -> str:
+    t = value.type
+    return "x".join(str(d) for d in t.get_shape()) + f"x{t.element_type}"
+
+
+def format_report(module: ModuleOp, records: Sequence[PassRecord], import_seconds: float) -> str:
+    """Ops by kind, the attention ops with their shapes, and the time of each step."""
+    from attnc.dialects.sparse import AttentionOp
+
+    kinds: Counter[str] = Counter()
+    attention: list[AttentionOp] = []
+    for op in module.walk():
+        if op is module:
+            continue
+        kinds[op.name] += 1
+        if isinstance(op, AttentionOp):
+            attention.append(op)
+    lines = ["ops by kind:"]
+    width = max((len(k) for k in kinds), default=0)
+    for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"  {kind:<{width}}  {n:>5}")
+    lines.append(f"sparse.attention ops: {len(attention)}")
+    for i, op in enumerate(attention):
+        mask = _shape(op.mask) if op.mask is not None else "none"
+        causal = "yes" if op.causal is not None else "no"
+        if op.causal is not None and op.causal_offset.value.data:
+            causal += f" (offset {op.causal_offset.value.data})"
+        lines.append(
+            f"  #{i}: q {_shape(op.q)}, k {_shape(op.k)}, v {_shape(op.v)}, heads {op.heads.value.data}, "
+            f"kv_heads {op.kv_heads.value.data}, causal {causal}, mask {mask}, scale {op.scale.value.data:.6g}"
+            + (f", softcap {op.softcap.value.data:g}" if op.softcap.value.data else "")
+        )
+    lines.append("time:")
+    steps = [("import", import_seconds)] + [(r.spec, r.seconds) for r in records]
+    width = max(len(s) for s, _ in steps)
+    for step, seconds in steps:
+        lines.append(f"  {step:<{width}}  {seconds:8.3f} s")
+    lines.append(f"  {'total':<{width}}  {sum(s for _, s in steps):8.3f} s")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# commands
+
+
+class _AttncGroup(click.Group):
+    # Keep commands in the order they are defined (the order of the docs), not sorted.
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    global _debug
+    _debug = _debug or value
+    return value
+
+
+@click.group(cls=_AttncGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="attnc", message="%(prog)s %(version)s")
+@click.option(
+    "--debug",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_set_debug,
+    help="Show Python tracebacks on errors (also ATTNC_DEBUG=1).",
+)
+def cli() -> None:
+    """attnc: compile transformer attention graphs (ONNX, PyTorch) for a reconfigurable dataflow array.
+
+    Models are .onnx files, .pt2 files (torch.export) or .mlir text in the sparse dialect.
+    """
+
+
+_input_shape_option = click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=D0,D1,...",
+    help="Bind the dynamic dimensions of an ONNX input (repeatable), e.g. input_ids=1,128.",
+)
+
+
+def _pipeline_option(default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "-p",
+        "--pipeline",
+        default=default,
+        show_default=default or "none",
+        metavar="PIPELINE",
+        help="Comma-separated passes, xDSL syntax: pass-a,pass-b{opt=1}. 'attnc opt --help' lists them.",
+    )
+
+
+_dump_option = click.option(
+    "--dump-ir-after-all",
+    "dump_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Write the IR before the pipeline and after every pass to DIR/NN-<pass>.mlir.",
+)
+_print_after_option = click.option(
+    "--print-ir-after",
+    "print_after",
+    multiple=True,
+    metavar="PASS",
+    help="Print the IR to stderr after PASS (repeatable).",
+)
+_model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=False, allow_dash=False))
+
+
+@cli.command("compile")
+@_model_argument
+@click.option(
+    "-o", "--output", required=True, metavar="OUT.mlir", help="Where to write the compiled IR (text; must end in .mlir)."
+)
+@click.option("--arch", metavar="NAME|FILE", help=f"Target array: a preset ({', '.join(ARCH_PRESETS)}) or a YAML file.")
+@_input_shape_option
+@_pipeline_option(DEFAULT_PIPELINE)
+@_dump_option
+@_print_after_option
+@click.option("--report", is_flag=True, help="Print ops by kind, the attention ops found and pass times.")
+def compile_command(
+    model: str,
+    output: str,
+    arch: str | None,
+    input_shapes: tuple[str, ...],
+    pipeline: str,
+    dump_dir: str | None,
+    print_after: tuple[str, ...],
+    report: bool,
+) -> None:
+    """Compile MODEL (.onnx, .pt2 or .mlir) through the pass pipeline.
+
+    The array back end does not exist yet: for now OUT is the final IR as .mlir
+    text, and --arch is only checked (a preset name or an existing file).
+    """
+    shapes = parse_input_shapes(input_shapes)
+    check_arch(arch)
+    if Path(output).suffix != ".mlir":
+        raise AttncError(
+            f"-o/--output '{output}': the array back end does not exist yet, so compile writes the final IR "
+            f"as text; name the output *.mlir"
+        )
+    passes = check_pipeline(pipeline, print_after)
+    from attnc.ir import print_module
+
+    start = time.perf_counter()
+    module = load_model(model, shapes)
+    import_seconds = time.perf_counter() - start
+    records = _run_pipeline(module, passes, dump_dir, print_after)
+    with atomic_output(output) as f:
+        f.write(print_module(module))
+    if report:
+        click.echo(format_report(module, records, import_seconds), nl=False)
+
+
+def load_inputs(path: str) -> dict[str, Any]:
+    """The arrays of an .npz file, keyed by name."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise AttncError(f"--inputs {path}: not an .npz archive (a single .npy array?)")
+            return {k: data[k] for k in data.files}
+    except AttncError:
+        raise
+    except Exception as e:  # zipfile.BadZipFile, ValueError (pickled object arrays), OSError
+        raise AttncError(f"--inputs {path}: cannot read as .npz: {e}") from None
+
+
+def random_inputs(module: ModuleOp, seed: int) -> dict[str, Any]:
+    """Seeded random inputs for @main: normal floats, 0/1 integers, random booleans."""
+    import numpy as np
+
+    from attnc.encodings import np_dtype
+    from attnc.ir import io_names, main_func
+
+    fn = main_func(module)
+    names, _ = io_names(fn)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Any] = {}
+    for name, ty in zip(names, fn.function_type.inputs.data):
+        shape, dtype = tuple(ty.get_shape()), np_dtype(ty.element_type)
+        if dtype == np.bool_:
+            out[name] = rng.random(shape) < 0.5
+        elif np.issubdtype(dtype, np.integer):
+            out[name] = rng.integers(0, 2, size=shape).astype(dtype)
+        else:
+            out[name] = rng.standard_normal(shape).astype(dtype)
+    return out
+
+
+@cli.command()
+@_model_argument
+@click.option(
+    "--inputs",
+    "inputs_path",
+    metavar="IN.npz",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Input arrays keyed by graph input names. Without it: seeded random inputs.",
+)
+@click.option("-o", "--output", required=True, metavar="OUT.npz", help="Where to save the outputs (keyed by output names).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs used when --inputs is omitted.")
+@_input_shape_option
+@_pipeline_option(DEFAULT_PIPELINE)
+def interpret(
+    model: str, inputs_path: str | None, output: str, seed: int, input_shapes: tuple[str, ...], pipeline: str
+) -> None:
+    """Run MODEL on the reference interpreter.
+
+    Imports MODEL, runs the pass pipeline, evaluates the IR with numpy and saves
+    the outputs to OUT.npz keyed by the graph's output names.
+    """
+    shapes = parse_input_shapes(input_shapes)
+    passes = check_pipeline(pipeline)
+    import numpy as np
+
+    from attnc.interpreter import check_inputs, interpret as interpret_module
+    from attnc.ir import main_func
+
+    module = load_model(model, shapes)
+    _run_pipeline(module, passes, None, ())
+    if inputs_path is None:
+        inputs = random_inputs(module, seed)
+        listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
+        click.echo(f"attnc: no --inputs given; using random inputs (seed {seed}): {listing}", err=True)
+    else:
+        inputs = load_inputs(inputs_path)
+        try:
+            check_inputs(main_func(module), inputs)
+        except AttncError as e:
+            raise AttncError(f"--inputs {inputs_path}: {e}") from None
+    outputs = interpret_module(module, inputs)
+    with atomic_output(output, mode="wb") as f:
+        np.savez(f, **outputs)
+
+
+class _OptCommand(click.Command):
+    """Lists the registered passes and dialects at the end of ``attnc opt --help``."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from attnc.ir import make_context
+        from attnc.passes import get_all_passes
+
+        rows = []
+        for name, load in sorted(get_all_passes().items()):
+            try:
+                doc = (load().__doc__ or "").strip().splitlines()
+                summary = doc[0] if doc else ""
+            except (ImportError, AttributeError) as e:
+                summary = f"(cannot be loaded: {e})"
+            rows.append((name, summary))
+        with formatter.section("Passes"):
+            formatter.write_dl(rows)
+        ctx_ = make_context()
+        dialects = [d.name for d in ctx_.loaded_dialects] + list(ctx_.registered_dialect_names)
+        with formatter.section("Dialects"):
+            formatter.write_text(", ".join(dict.fromkeys(dialects)))
+
+
+@cli.command(cls=_OptCommand)
+@click.argument("file", default="-", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@_pipeline_option("")
+@click.option("-o", "--output", default="-", metavar="OUT", help="Where to write the IR ('-' is stdout).")
+@_dump_option
+@_print_after_option
+def opt(file: str, pipeline: str, output: str, dump_dir: str | None, print_after: tuple[str, ...]) -> None:
+    """Run passes over .mlir text and print the result.
+
+    Like xdsl-opt, with every attnc dialect and pass registered. FILE '-' (or
+    none) reads stdin.
+    """
+    passes = check_pipeline(pipeline, print_after)
+    from attnc.ir import parse_module, print_module
+
+    module = parse_module(_read_text(file), name="<stdin>" if file == "-" else file)
+    _run_pipeline(module, passes, dump_dir, print_after)
+    text = print_module(module)
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        with atomic_output(output) as f:
+            f.write(text)
+
+
+# ---------------------------------------------------------------------------
+# entry point
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit status instead of exiting."""
+    global _debug
+    _debug = False
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="attnc", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Abort:
+        click.echo("attnc: interrupted", err=True)
+        return 130
+    except click.ClickException as e:
+        # click's usage errors name the option; add where to look, keep it one line.
+        msg = " ".join(e.format_message().split())
+        if isinstance(e, click.UsageError) and e.ctx is not None:
+            msg += f" (see '{e.ctx.command_path} --help')"
+        click.echo(f"attnc: error: {msg}", err=True)
+        return 2
+    except AttncError as e:
+        if _debug_on():
+            traceback.print_exc()
+        click.echo(f"attnc: error: {e}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("attnc: interrupted", err=True)
+        return 130
+    except Exception as e:
+        if _debug_on():
+            traceback.print_exc()
+            click.echo(f"attnc: internal error: {type(e).__name__}: {e}", err=True)
+        else:
+            click.echo(
+                f"attnc: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True
+            )
+        return 1
+
+
+def main() -> None:
+    sys.exit(run())
