@@ -1,0 +1,218 @@
+"""Write the example ONNX models and their inputs (needs only onnx and numpy).
+
+    python examples/make_examples.py [OUT_DIR]      # default: this folder
+
+This script is the source of truth for examples/*.onnx and examples/*.inputs.npz:
+the output is byte-for-byte deterministic (fixed seeds, deterministic protobuf
+serialization, .npz archives with fixed timestamps), and a test regenerates it
+and compares with the checked-in files.
+
+    bert_layer       BERT self-attention layer, user-written math (MatMul, Div, additive mask, Softmax), opset 17
+    causal_decoder   GPT block: LayerNorm, fused QKV + Split, Trilu+Where causal mask, erf GELU FFN, opset 17
+    gqa_block        grouped-query attention: 8 query heads, 2 kv heads repeated by Unsqueeze+Expand+Reshape, opset 18
+    attention23      one opset-23 Attention node with is_causal=1
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT = TensorProto.FLOAT
+# IR versions of the onnx release that introduced each opset, so older runtimes load the files.
+IR_VERSION = {17: 8, 18: 8, 23: 11}
+
+
+class Graph:
+    """A small builder: named initializers and nodes with generated output names."""
+
+    def __init__(self, name: str, seed: int):
+        self.name = name
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[TensorProto] = []
+        self.count = 0
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def weight(self, name: str, shape: tuple[int, ...], scale: float | None = None) -> str:
+        # default scale 1/sqrt(fan_in) keeps activations O(1) through the layer
+        s = scale if scale is not None else 1.0 / np.sqrt(shape[0])
+        return self.const(name, (self.rng.standard_normal(shape) * s).astype(np.float32))
+
+    def ints(self, name: str, values: list[int]) -> str:
+        return self.const(name, np.array(values, dtype=np.int64))
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, name: str | None = None, **attrs: object) -> str | list[str]:
+        self.count += 1
+        base = name or f"{op_type.lower()}_{self.count}"
+        outs = [base] if n_out == 1 else [f"{base}_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{op_type}_{self.count}", **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def model(self, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], opset: int) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, self.name, inputs, outputs, self.inits)
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="attnc-examples", ir_version=IR_VERSION[opset]
+        )
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def _linear(g: Graph, x: str, prefix: str, d_in: int, d_out: int) -> str:
+    w = g.weight(f"{prefix}.weight", (d_in, d_out))
+    b = g.weight(f"{prefix}.bias", (d_out,), scale=0.02)
+    return g.op("Add", [g.op("MatMul", [x, w]), b])
+
+
+def _ln_params(g: Graph, prefix: str, d: int) -> list[str]:
+    scale = g.const(f"{prefix}.weight", (1.0 + 0.1 * g.rng.standard_normal(d)).astype(np.float32))
+    return [scale, g.weight(f"{prefix}.bias", (d,), scale=0.1)]
+
+
+def _layer_norm(g: Graph, x: str, prefix: str, d: int) -> str:
+    return g.op("LayerNormalization", [x, *_ln_params(g, prefix, d)], axis=-1, epsilon=1e-5)
+
+
+def _split_heads(g: Graph, x: str, seq: int, heads: int, head_dim: int, perm: list[int]) -> str:
+    """(1, S, H*D) -> (1, H, S, D) (perm [0, 2, 1, 3]) or the transposed keys (perm [0, 2, 3, 1])."""
+    r = g.op("Reshape", [x, g.ints(f"{x}.shape", [1, seq, heads, head_dim])])
+    return g.op("Transpose", [r], perm=perm)
+
+
+def _merge_heads(g: Graph, x: str, seq: int, hidden: int) -> str:
+    t = g.op("Transpose", [x], perm=[0, 2, 1, 3])
+    return g.op("Reshape", [t, g.ints(f"{t}.shape", [1, seq, hidden])])
+
+
+def _vi(name: str, shape: list[int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, FLOAT, shape)
+
+
+def bert_layer() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    seq, hidden, heads = 16, 64, 4
+    d = hidden // heads
+    g = Graph("bert_layer", seed=1)
+    x = "hidden_states"
+    q = _split_heads(g, _linear(g, x, "query", hidden, hidden), seq, heads, d, [0, 2, 1, 3])
+    kt = _split_heads(g, _linear(g, x, "key", hidden, hidden), seq, heads, d, [0, 2, 3, 1])
+    v = _split_heads(g, _linear(g, x, "value", hidden, hidden), seq, heads, d, [0, 2, 1, 3])
+    scores = g.op("Div", [g.op("MatMul", [q, kt]), g.const("sqrt_head_dim", np.array(np.sqrt(d), np.float32))])
+    probs = g.op("Softmax", [g.op("Add", [scores, "attention_mask"])], axis=-1)
+    ctx = _merge_heads(g, g.op("MatMul", [probs, v]), seq, hidden)
+    out = g.op("Add", [_linear(g, ctx, "output.dense", hidden, hidden), x])
+    g.op("LayerNormalization", [out, *_ln_params(g, "output.norm", hidden)], name="output", axis=-1, epsilon=1e-12)
+    model = g.model([_vi(x, [1, seq, hidden]), _vi("attention_mask", [1, 1, 1, seq])], [_vi("output", [1, seq, hidden])], 17)
+    rng = np.random.default_rng(101)
+    mask = np.zeros((1, 1, 1, seq), np.float32)
+    mask[..., seq - 3 :] = -10000.0  # the last three tokens are padding
+    return model, {x: rng.standard_normal((1, seq, hidden)).astype(np.float32), "attention_mask": mask}
+
+
+def causal_decoder() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    seq, hidden, heads, ffn = 16, 64, 4, 256
+    d = hidden // heads
+    g = Graph("causal_decoder", seed=2)
+    x = "x"
+    h = _layer_norm(g, x, "ln_1", hidden)
+    q, k, v = g.op("Split", [_linear(g, h, "attn.qkv", hidden, 3 * hidden), g.ints("qkv_split", [hidden] * 3)], n_out=3, axis=-1)
+    q = _split_heads(g, q, seq, heads, d, [0, 2, 1, 3])
+    kt = _split_heads(g, k, seq, heads, d, [0, 2, 3, 1])
+    v = _split_heads(g, v, seq, heads, d, [0, 2, 1, 3])
+    scores = g.op("Mul", [g.op("MatMul", [q, kt]), g.const("scale", np.array(1.0 / np.sqrt(d), np.float32))])
+    # TorchScript-style causal mask: lower triangle of ones -> bool -> Where(mask, scores, -inf)
+    lower = g.op("Trilu", [g.const("ones", np.ones((seq, seq), np.float32))], upper=0)
+    keep = g.op("Cast", [lower], to=TensorProto.BOOL)
+    masked = g.op("Where", [keep, scores, g.const("neg_inf", np.array(-np.inf, np.float32))])
+    probs = g.op("Softmax", [masked], axis=-1)
+    ctx = _merge_heads(g, g.op("MatMul", [probs, v]), seq, hidden)
+    x1 = g.op("Add", [x, _linear(g, ctx, "attn.out", hidden, hidden)])
+    # FFN with exact GELU written out as 0.5 * u * (1 + erf(u / sqrt(2))) (Gelu is an opset-20 op)
+    u = _linear(g, _layer_norm(g, x1, "ln_2", hidden), "mlp.fc", hidden, ffn)
+    erf = g.op("Erf", [g.op("Div", [u, g.const("sqrt2", np.array(np.sqrt(2.0), np.float32))])])
+    gelu = g.op("Mul", [g.op("Mul", [u, g.const("half", np.array(0.5, np.float32))]), g.op("Add", [erf, g.const("one", np.array(1.0, np.float32))])])
+    g.op("Add", [x1, _linear(g, gelu, "mlp.proj", ffn, hidden)], name="y")
+    model = g.model([_vi(x, [1, seq, hidden])], [_vi("y", [1, seq, hidden])], 17)
+    rng = np.random.default_rng(102)
+    return model, {x: rng.standard_normal((1, seq, hidden)).astype(np.float32)}
+
+
+def gqa_block() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    seq, hidden, heads, kv_heads = 16, 64, 8, 2
+    d = hidden // heads
+    group = heads // kv_heads
+    g = Graph("gqa_block", seed=3)
+    x = "x"
+    q = _split_heads(g, g.op("MatMul", [x, g.weight("q_proj.weight", (hidden, hidden))]), seq, heads, d, [0, 2, 1, 3])
+
+    def kv(prefix: str) -> str:
+        # (1, Hkv, S, D) -> unsqueeze (1, Hkv, 1, S, D) -> expand (1, Hkv, G, S, D) -> (1, Hq, S, D)
+        t = _split_heads(g, g.op("MatMul", [x, g.weight(f"{prefix}.weight", (hidden, kv_heads * d))]), seq, kv_heads, d, [0, 2, 1, 3])
+        u = g.op("Unsqueeze", [t, g.ints(f"{prefix}.axes", [2])])
+        e = g.op("Expand", [u, g.ints(f"{prefix}.expand", [1, kv_heads, group, seq, d])])
+        return g.op("Reshape", [e, g.ints(f"{prefix}.repeat", [1, heads, seq, d])])
+
+    k, v = kv("k_proj"), kv("v_proj")
+    scores = g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])]), g.const("scale", np.array(1.0 / np.sqrt(d), np.float32))])
+    ctx = _merge_heads(g, g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v]), seq, hidden)
+    g.op("Add", [x, g.op("MatMul", [ctx, g.weight("o_proj.weight", (hidden, hidden))])], name="y")
+    model = g.model([_vi(x, [1, seq, hidden])], [_vi("y", [1, seq, hidden])], 18)
+    rng = np.random.default_rng(103)
+    return model, {x: rng.standard_normal((1, seq, hidden)).astype(np.float32)}
+
+
+def attention23() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    shape = [1, 4, 16, 16]  # (batch, heads, seq, head_dim)
+    g = Graph("attention23", seed=4)
+    g.op("Attention", ["Q", "K", "V"], name="Y", is_causal=1)
+    model = g.model([_vi(n, shape) for n in "QKV"], [_vi("Y", shape)], 23)
+    rng = np.random.default_rng(104)
+    return model, {n: rng.standard_normal(shape).astype(np.float32) for n in "QKV"}
+
+
+EXAMPLES: dict[str, Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray]]]] = {
+    "bert_layer": bert_layer,
+    "causal_decoder": causal_decoder,
+    "gqa_block": gqa_block,
+    "attention23": attention23,
+}
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz archive like ``np.savez`` writes, but with fixed timestamps so it is reproducible."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w") as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_examples(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, build in EXAMPLES.items():
+        model, inputs = build()
+        for path, data in (
+            (out_dir / f"{name}.onnx", model.SerializeToString(deterministic=True)),
+            (out_dir / f"{name}.inputs.npz", npz_bytes(inputs)),
+        ):
+            path.write_bytes(data)
+            written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
+    for p in write_examples(out):
+        print(p)
