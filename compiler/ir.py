@@ -73,7 +73,10 @@ def parse_module(text: str, name: str = "<input>") -> ModuleOp:
     try:
         module = Parser(make_context(), text, name).parse_module()
         module.verify()
-    except (ParseError, VerifyException, DiagnosticException) as e:
+    except ParseError as e:
+        # one line, compiler style: "file:line:col: message" (str(e) adds a multi-line source excerpt)
+        raise AttncError(f"{e.span.get_location()}: {e.msg}") from e
+    except (VerifyException, DiagnosticException) as e:
         raise AttncError(f"{name}: {e}") from e
     return module
 
