@@ -95,13 +95,19 @@ def check_pipeline(spec: str, print_after: Sequence[str] = ()) -> list[Any]:
 # loading models, writing files
 
 
-def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> ModuleOp:
-    """Import an .onnx, .pt2 or .mlir file into a sparse-dialect module."""
+def check_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> str:
+    """The model's format (its suffix), checked against the options given with it."""
     suffix = Path(path).suffix.lower()
     if suffix not in MODEL_SUFFIXES:
-        raise AttncError(f"{path}: unknown model format '{suffix}' (expected {', '.join(MODEL_SUFFIXES)})")
+        raise AttncError(f"{path}: unknown model format '{suffix or path}' (expected {', '.join(MODEL_SUFFIXES)})")
     if input_shapes and suffix != ".onnx":
         raise AttncError(f"--input-shape applies only to .onnx models; {path} has static shapes")
+    return suffix
+
+
+def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> ModuleOp:
+    """Import an .onnx, .pt2 or .mlir file into a sparse-dialect module."""
+    suffix = check_model(path, input_shapes)
     if suffix == ".onnx":
         from attnc.frontend.onnx import import_onnx
 
@@ -303,6 +309,7 @@ def compile_command(
     text, and --arch is only checked (a preset name or an existing file).
     """
     shapes = parse_input_shapes(input_shapes)
+    check_model(model, shapes)
     check_arch(arch)
     if Path(output).suffix != ".mlir":
         raise AttncError(
@@ -381,6 +388,7 @@ def interpret(
     the outputs to OUT.npz keyed by the graph's output names.
     """
     shapes = parse_input_shapes(input_shapes)
+    check_model(model, shapes)
     passes = check_pipeline(pipeline)
     import numpy as np
 
