@@ -1,0 +1,85 @@
+"""The shipped examples: regenerating them gives the checked-in bytes, `attnc interpret`
+agrees with onnxruntime, and `attnc compile` raises each to one sparse.attention."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attnc.cli import run
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+NAMES = ["bert_layer", "causal_decoder", "gqa_block", "attention23"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("make_examples", EXAMPLES / "make_examples.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_script_makes_exactly_the_listed_examples() -> None:
+    assert list(load_script().EXAMPLES) == NAMES
+
+
+def test_regenerating_gives_byte_identical_files(tmp_path: Path) -> None:
+    written = load_script().write_examples(tmp_path)
+    checked_in = sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".onnx", ".npz"))
+    assert sorted(p.name for p in written) == checked_in
+    for p in written:
+        assert p.read_bytes() == (EXAMPLES / p.name).read_bytes(), f"examples/{p.name} is stale: rerun make_examples.py"
+
+
+def onnxruntime_outputs(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(EXAMPLES / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_interpret_matches_onnxruntime(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("attnc.frontend.onnx")
+    out = tmp_path / "out.npz"
+    inputs_path = EXAMPLES / f"{name}.inputs.npz"
+    code = run(["interpret", str(EXAMPLES / f"{name}.onnx"), "--inputs", str(inputs_path), "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    with np.load(inputs_path) as f:
+        inputs = {k: f[k] for k in f.files}
+    want = onnxruntime_outputs(name, inputs)
+    with np.load(out) as got:
+        assert sorted(got.files) == sorted(want)
+        for key, value in want.items():
+            assert got[key].dtype == value.dtype and got[key].shape == value.shape
+            np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-5, err_msg=f"{name}: output {key}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_raises_one_attention(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("attnc.frontend.onnx")
+    pytest.importorskip("attnc.passes.raise_attention")
+    out = tmp_path / "out.mlir"
+    code = run(["compile", str(EXAMPLES / f"{name}.onnx"), "-o", str(out), "--dump-ir-after-all", str(tmp_path / "ir")])
+    assert code == 0, capsys.readouterr().err
+    text = out.read_text()
+    assert len(re.findall(r"= sparse\.attention ", text)) == 1
+    assert sorted(p.name for p in (tmp_path / "ir").iterdir()) == [
+        "00-input.mlir",
+        "01-canonicalize.mlir",
+        "02-raise-attention.mlir",
+    ]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = "pytest -n 2"
+    assert f"pip install -e '.[test]' && {command}" in readme
+    assert re.search(rf"^\s*{re.escape(command)}\b", ci, re.MULTILINE), ".ci/run must run the README's test command"
