@@ -98,8 +98,8 @@ def _vi(name: str, shape: list[int]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, FLOAT, shape)
 
 
-def bert_layer() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    seq, hidden, heads = 16, 64, 4
+def bert_layer(seq: int = 16, hidden: int = 64, heads: int = 4) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Also builds BERT-base sizes for benchmarks/frontend.py (hidden 768, 12 heads)."""
     d = hidden // heads
     g = Graph("bert_layer", seed=1)
     x = "hidden_states"
