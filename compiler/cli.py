@@ -474,6 +474,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("attnc: interrupted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as e:
+        # bare `attnc`: not an error, just show what there is
+        click.echo(e.ctx.get_help())
+        return 0
     except click.ClickException as e:
         # click's usage errors name the option; add where to look, keep it one line.
         msg = " ".join(e.format_message().split())

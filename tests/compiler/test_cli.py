@@ -103,6 +103,16 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(c in out for c in ("compile", "interpret", "opt"))
 
 
+def test_bare_attnc_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = call(capsys)
+    assert (code, err) == (0, "") and "Commands:" in out
+
+
+def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = call(capsys, "simulate")
+    assert_user_error(code, err, "No such command 'simulate'")
+
+
 def test_compile_help_says_the_output_is_mlir_for_now(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = call(capsys, "compile", "--help")
     assert code == 0 and ".mlir" in out and "back end does not exist yet" in " ".join(out.split())
