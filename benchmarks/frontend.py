@@ -50,12 +50,12 @@ def bert_layer(seq: int) -> tuple[Any, dict[str, np.ndarray]]:
     return examples.bert_layer(seq=seq, hidden=HIDDEN, heads=HEADS)
 
 
-def bench_seq(seq: int, repeats: int, tmp: Path) -> dict[str, Any]:
+def bench_seq(seq: int, repeats: int, tmp: Path, pipeline: str) -> dict[str, Any]:
     import onnxruntime as ort
 
     from attnc.frontend.onnx import import_onnx
     from attnc.interpreter import interpret
-    from attnc.pipeline import DEFAULT_PIPELINE, run_pipeline
+    from attnc.pipeline import run_pipeline
 
     model, inputs = bert_layer(seq)
     path = tmp / f"bert_base_seq{seq}.onnx"
@@ -63,7 +63,7 @@ def bench_seq(seq: int, repeats: int, tmp: Path) -> dict[str, Any]:
 
     def lower() -> Any:
         module = import_onnx(str(path), input_shapes={})
-        run_pipeline(module, DEFAULT_PIPELINE)
+        run_pipeline(module, pipeline)
         return module
 
     lower_s, module = median_time(lower, repeats)
@@ -87,13 +87,13 @@ def bench_help(repeats: int) -> float:
     return t
 
 
-def table(rows: list[dict[str, Any]], help_s: float, repeats: int) -> str:
+def table(rows: list[dict[str, Any]], help_s: float, repeats: int, pipeline: str) -> str:
     lines = [
         "# Frontend benchmark",
         "",
         f"BERT-base self-attention layer (hidden {HIDDEN}, {HEADS} heads, batch 1), median of {repeats} runs.",
         f"Python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}, "
-        f"{_cpus()} CPUs; onnxruntime with 1 intra-op thread.",
+        f"{_cpus()} CPUs; onnxruntime with 1 intra-op thread. Lowering = import_onnx + `{pipeline}`.",
         "",
         "| seq | import+lowering s | interpreter s | onnxruntime s | interp/ort | max abs err | sparse.attention |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -124,10 +124,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seqs", default="128,512")
+    parser.add_argument("--pipeline", default=None, help="default: attnc.pipeline.DEFAULT_PIPELINE")
     args = parser.parse_args()
+    from attnc.pipeline import DEFAULT_PIPELINE
+
+    pipeline = args.pipeline if args.pipeline is not None else DEFAULT_PIPELINE
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [bench_seq(int(s), args.repeats, Path(tmp)) for s in args.seqs.split(",")]
-    text = table(rows, bench_help(5), args.repeats)
+        rows = [bench_seq(int(s), args.repeats, Path(tmp), pipeline) for s in args.seqs.split(",")]
+    text = table(rows, bench_help(5), args.repeats, pipeline)
     print(text, end="")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
