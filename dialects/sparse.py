@@ -25,6 +25,7 @@ from xdsl.dialects.builtin import (
     TensorType,
     UnitAttr,
     i1,
+    i64,
 )
 from xdsl.ir import Attribute, Dialect, SSAValue
 from xdsl.irdl import (
@@ -87,7 +88,7 @@ def _ints(a: DenseArrayBase) -> tuple[int, ...]:
 
 
 def i64_array(values: Sequence[int]) -> DenseArrayBase:
-    return DenseArrayBase.from_list(I64, [int(v) for v in values])
+    return DenseArrayBase.from_list(i64, [int(v) for v in values])  # the instance: I64 is only a type constraint
 
 
 def _norm_axis(axis: int, rank: int, what: str) -> int:
