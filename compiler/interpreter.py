@@ -57,7 +57,7 @@ def _compute(x: np.ndarray) -> np.ndarray:
 
 def round_bf16(x: np.ndarray) -> np.ndarray:
     """Round float32 values to the nearest bfloat16 (ties to even), kept as float32."""
-    f = np.ascontiguousarray(x, dtype=np.float32)
+    f = np.array(x, dtype=np.float32, order="C")  # not ascontiguousarray: it turns 0-d into 1-d
     u = f.view(np.uint32)
     rounded = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
     out = rounded.view(np.float32)
