@@ -1,0 +1,306 @@
+"""ONNX frontend: an ONNX model to a sparse-dialect module.
+
+    module = import_onnx("model.onnx", {"input_ids": [1, 128]})
+
+The model is loaded, checked (``onnx.checker``), its symbolic input dims are bound
+from ``input_shapes`` and ONNX shape inference is run on the result, so every value
+has a static shape. Nodes are then imported in graph order: a node whose inputs
+are all known at compile time (initializers, Constant, Shape of a static tensor,
+...) is evaluated right away (``attnc.frontend.fold``); every other node becomes
+sparse ops (``attnc.frontend.onnx_ops``). Known values turn into ``sparse.constant``
+ops only where a runtime op reads them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from xdsl.dialects import func
+from xdsl.dialects.builtin import FunctionType, ModuleOp
+from xdsl.ir import Block, Operation, Region, SSAValue
+from xdsl.utils.exceptions import VerifyException
+
+from attnc.errors import AttncError
+from attnc.frontend import fold
+from attnc.frontend.onnx_ops import OPS, Node, Val, const_op, onnx_elt
+from attnc.ir import set_io_names
+
+#: ONNX default-domain opsets older than this are rejected (their Softmax, Reduce*,
+#: Slice, Split, Squeeze... have other signatures); upgrade them with
+#: ``onnx.version_converter.convert_version(model, 13)``.
+MIN_OPSET = 13
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _debug() -> bool:
+    return os.environ.get("ATTNC_DEBUG") == "1"
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """``onnx.load`` with one-line AttncErrors naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise AttncError(f"{p}: no such file")
+    if p.is_dir():
+        raise AttncError(f"{p}: is a directory, not an ONNX model")
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:  # protobuf's DecodeError, external-data errors, ...
+        if _debug():
+            raise
+        raise AttncError(f"{p}: not a readable ONNX model ({_first_line(e)})") from e
+    if not model.HasField("graph") or not (model.graph.node or model.graph.output):
+        raise AttncError(f"{p}: not an ONNX model (it has no graph)")
+    return model
+
+
+def _check(model: onnx.ModelProto, src: str) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        if _debug():
+            raise
+        raise AttncError(f"{src}: the ONNX checker rejects the model: {_first_line(e)}") from e
+
+
+def _check_opsets(model: onnx.ModelProto, src: str) -> dict[str, int]:
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    if "ai.onnx" in opsets:
+        opsets.setdefault("", opsets["ai.onnx"])
+    known = onnx.defs.onnx_opset_version()
+    ver = opsets.get("")
+    if ver is None:
+        raise AttncError(f"{src}: the model imports no default-domain ('') opset")
+    if ver < MIN_OPSET:
+        raise AttncError(
+            f"{src}: opset {ver} is older than {MIN_OPSET}, the oldest attnc imports; "
+            f"upgrade it with onnx.version_converter.convert_version(model, {MIN_OPSET})"
+        )
+    if ver > known:
+        raise AttncError(f"{src}: opset {ver} is newer than {known}, the newest the installed onnx knows")
+    return opsets
+
+
+def _infer(model: onnx.ModelProto, src: str) -> onnx.ModelProto:
+    custom = any(n.domain not in DEFAULT_DOMAINS for n in model.graph.node)
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=not custom, data_prop=True)
+    except Exception as e:
+        if _debug():
+            raise
+        raise AttncError(f"{src}: ONNX shape inference failed: {_first_line(e)}") from e
+
+
+def _bind_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], src: str) -> None:
+    """Give every graph input a static shape, in place."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    names = [i.name for i in inputs]
+    for key in input_shapes:
+        if key not in names:
+            raise AttncError(f"{src}: --input-shape names '{key}', which is not an input (inputs: {', '.join(names)})")
+    for inp in inputs:
+        tt = inp.type.tensor_type if inp.type.HasField("tensor_type") else None
+        if tt is None:
+            raise AttncError(f"{src}: input '{inp.name}' is not a tensor; attnc imports tensor inputs only")
+        want = input_shapes.get(inp.name)
+        if want is not None:
+            want = [int(d) for d in want]
+            if any(d < 0 for d in want):
+                raise AttncError(f"{src}: --input-shape {inp.name}={','.join(map(str, want))} has a negative dim")
+            if tt.HasField("shape"):
+                dims = tt.shape.dim
+                if len(dims) != len(want):
+                    raise AttncError(
+                        f"{src}: input '{inp.name}' has rank {len(dims)}, --input-shape gives {len(want)} dims"
+                    )
+                for i, (d, w) in enumerate(zip(dims, want)):
+                    if d.HasField("dim_value") and d.dim_value != w:
+                        raise AttncError(
+                            f"{src}: input '{inp.name}' has dim {i} = {d.dim_value}, --input-shape gives {w}"
+                        )
+            tt.shape.Clear()
+            for w in want:
+                tt.shape.dim.add().dim_value = w
+            continue
+        if not tt.HasField("shape"):
+            raise AttncError(f"{src}: input '{inp.name}' has no shape; bind it with --input-shape {inp.name}=...")
+        for i, d in enumerate(tt.shape.dim):
+            if not d.HasField("dim_value"):
+                sym = d.dim_param or "?"
+                raise AttncError(
+                    f"{src}: input '{inp.name}' has symbolic dim '{sym}' (dim {i}); "
+                    f"bind it with --input-shape {inp.name}=..."
+                )
+
+
+class Importer:
+    """Builds ``@main`` from one checked, shape-bound ONNX graph."""
+
+    def __init__(self, model: onnx.ModelProto, opsets: dict[str, int], src: str):
+        self.model = model
+        self.graph = model.graph
+        self.opsets = opsets
+        self.src = src
+        self.block = Block()
+        self.env: dict[str, Val] = {}
+        # materialised known values: by ONNX name, and small ones by content
+        self._by_name: dict[str, SSAValue] = {}
+        self._by_content: dict[tuple, SSAValue] = {}
+        self.used: set[str] = {o.name for o in self.graph.output}
+        for n in self.graph.node:
+            self.used.update(i for i in n.input if i)
+
+    # -- values -----------------------------------------------------------
+    def emit(self, op: Operation) -> SSAValue:
+        self.block.add_op(op)
+        return op.results[0]
+
+    def materialize(self, arr: np.ndarray, name: str | None = None, elt=None) -> SSAValue:
+        """A ``sparse.constant`` holding ``arr`` (deduplicated)."""
+        if name is not None and name in self._by_name:
+            return self._by_name[name]
+        key = None
+        if arr.size <= 4096:
+            key = (arr.dtype.str, arr.dtype.name, arr.shape, str(elt), np.ascontiguousarray(arr).tobytes())
+            if key in self._by_content:
+                return self._by_content[key]
+        v = self.emit(const_op(arr, elt))
+        if key is not None:
+            self._by_content[key] = v
+        if name is not None:
+            self._by_name[name] = v
+        return v
+
+    def value(self, name: str) -> SSAValue:
+        v = self.env[name]
+        if isinstance(v, np.ndarray):
+            return self.materialize(v, name)
+        return v
+
+    # -- graph ----------------------------------------------------------------
+    def run(self) -> ModuleOp:
+        g = self.graph
+        from onnx import numpy_helper
+
+        for t in g.initializer:
+            self.env[t.name] = numpy_helper.to_array(t)
+        if len(g.sparse_initializer):
+            raise AttncError(f"{self.src}: sparse initializers are not supported")
+        args = []
+        in_names = []
+        for inp in g.input:
+            if inp.name in self.env:
+                continue
+            tt = inp.type.tensor_type
+            from attnc.dialects.sparse import tensor
+
+            elt = onnx_elt(tt.elem_type, f"{self.src}: input '{inp.name}'")
+            ty = tensor([d.dim_value for d in tt.shape.dim], elt)
+            arg = self.block.insert_arg(ty, len(self.block.args))
+            args.append(ty)
+            in_names.append(inp.name)
+            self.env[inp.name] = arg
+        for node in g.node:
+            self.import_node(node)
+        outs = []
+        for o in g.output:
+            if o.name not in self.env:
+                raise AttncError(f"{self.src}: graph output '{o.name}' is produced by no node")
+            outs.append(self.value(o.name))
+        self.block.add_op(func.ReturnOp(*outs))
+        fn = func.FuncOp("main", FunctionType.from_lists(args, [v.type for v in outs]), Region(self.block))
+        set_io_names(fn, in_names, [o.name for o in g.output])
+        module = ModuleOp([fn])
+        try:
+            module.verify()
+        except VerifyException as e:
+            raise AttncError(f"{self.src}: the imported IR does not verify: {_first_line(e)}") from e
+        return module
+
+    def describe(self, node: onnx.NodeProto) -> str:
+        dom = node.domain or ""
+        ver = self.opsets.get(dom if dom != "ai.onnx" else "", "?")
+        return f"node '{node.name or node.output[0]}' ({node.op_type}, domain '{dom}', opset {ver})"
+
+    def import_node(self, node: onnx.NodeProto) -> None:
+        try:
+            self._import_node(node)
+        except AttncError as e:
+            msg = str(e)
+            if msg.startswith(self.src):
+                raise
+            raise AttncError(f"{self.src}: {self.describe(node)}: {msg}") from e
+        except Exception as e:
+            if _debug():
+                raise
+            raise AttncError(f"{self.src}: {self.describe(node)}: {type(e).__name__}: {_first_line(e)}") from e
+
+    def _import_node(self, node: onnx.NodeProto) -> None:
+        for i in node.input:
+            if i and i not in self.env:
+                raise AttncError(f"input '{i}' is produced by no earlier node")
+        default = node.domain in DEFAULT_DOMAINS
+        ins = [self.env[i] if i else None for i in node.input]
+        if default and node.op_type not in NO_FOLD and all(x is None or isinstance(x, np.ndarray) for x in ins):
+            if node.input or node.op_type in FOLD_WITHOUT_INPUTS:
+                outs = fold.evaluate(node, ins, {"": self.opsets[""]})
+                self._bind(node, outs)
+                return
+        handler = OPS.get(node.op_type) if default else None
+        if handler is None:
+            supported = ", ".join(sorted(OPS))
+            raise AttncError(f"{self.src}: {self.describe(node)} is not supported; supported ops: {supported}")
+        start = len(self.block.ops)
+        outs = handler(Node(node, self, ins))
+        # verify what this node built here, so an inconsistency names the node
+        for op in list(self.block.ops)[start:]:
+            op.verify()
+        self._bind(node, outs)
+
+    def _bind(self, node: onnx.NodeProto, outs: Sequence[Val | None]) -> None:
+        for name, v in zip(node.output, outs):
+            if name:
+                if v is None:
+                    raise AttncError(f"output '{name}' is not produced")
+                self.env[name] = np.asarray(v) if isinstance(v, np.generic) else v
+        for name in node.output[len(outs) :]:
+            if name and name in self.used:
+                raise AttncError(f"output '{name}' is not supported")
+
+
+#: never evaluated at compile time even with known inputs (random or stateful)
+NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+#: nodes without inputs that still have a known value
+FOLD_WITHOUT_INPUTS = {"Constant"}
+
+
+def import_onnx(
+    model: str | os.PathLike | onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    name: str | None = None,
+) -> ModuleOp:
+    """Import an ONNX model (path or proto) into a verified sparse-dialect module."""
+    if isinstance(model, onnx.ModelProto):
+        src = name or model.graph.name or "<model>"
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    else:
+        src = name or str(model)
+        proto = load_model(model)
+    _check(proto, src)
+    opsets = _check_opsets(proto, src)
+    proto = _infer(proto, src)
+    _bind_shapes(proto, input_shapes or {}, src)
+    proto = _infer(proto, src)
+    return Importer(proto, opsets, src).run()
