@@ -164,6 +164,45 @@ class MergeTransposes(RewritePattern):
             rewriter.replace(op, sp.TransposeOp(inner.input, [p[i] for i in q]))
 
 
+def merge_groups(src: tuple[int, ...], dst: tuple[int, ...]) -> list[list[int]] | None:
+    """If reshaping ``src`` to ``dst`` only merges runs of adjacent dims, the run of
+    ``src`` dims behind each ``dst`` dim; else None."""
+    groups: list[list[int]] = []
+    i = 0
+    for d in dst:
+        group: list[int] = []
+        size = 1
+        while size != d:
+            if i == len(src) or size * src[i] > d:
+                return None
+            size *= src[i]
+            group.append(i)
+            i += 1
+        groups.append(group)
+    if not groups or any(src[j] != 1 for j in range(i, len(src))):
+        return None
+    groups[-1].extend(range(i, len(src)))  # trailing size-1 dims
+    return groups
+
+
+class TransposeBeforeMergingReshape(RewritePattern):
+    """transpose(reshape(x)) where the reshape only merges dims is a transpose of x
+    (moving whole runs of dims) followed by the reshape. Exporters transpose a 4-D
+    tensor through a 3-D view; this lets the transposes meet and merge."""
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: sp.TransposeOp, rewriter: PatternRewriter) -> None:
+        reshape = op.input.owner
+        if not isinstance(reshape, sp.ReshapeOp):
+            return
+        groups = merge_groups(sp.shape_of(reshape.input), sp.shape_of(reshape.result))
+        if groups is None:
+            return
+        perm = [j for p in op.permutation.get_values() for j in groups[int(p)]]
+        moved = sp.TransposeOp(reshape.input, perm)
+        rewriter.replace(op, [moved, sp.ReshapeOp(moved.result, sp.shape_of(op.result))])
+
+
 PATTERNS: tuple[RewritePattern, ...] = (
     RemoveUnusedOperations(),
     FoldConstantOp(),
@@ -175,6 +214,7 @@ PATTERNS: tuple[RewritePattern, ...] = (
     FoldDoubleNot(),
     MergeReshapes(),
     MergeTransposes(),
+    TransposeBeforeMergingReshape(),
 )
 
 

@@ -252,3 +252,34 @@ def test_pass_runs_from_a_pipeline_spec() -> None:
     records = run_pipeline(module, "canonicalize")
     assert [r.name for r in records] == ["canonicalize"] and ops_of(module) == ["func.return"]
     assert "sparse.reshape" not in print_module(module)
+
+
+def test_transpose_through_a_merged_view_moves_before_the_reshape() -> None:
+    # dynamo transposes k (1, 4, 8, 2) through a (4, 8, 2) view; the transposes then meet
+    _, ops = run(
+        wrap(
+            """
+    %a = sparse.reshape %x : tensor<1x4x8x2xf32> -> tensor<4x8x2xf32>
+    %b = sparse.transpose %a {permutation = array<i64: 0, 2, 1>} : tensor<4x8x2xf32> -> tensor<4x2x8xf32>
+    %c = sparse.reshape %b : tensor<4x2x8xf32> -> tensor<1x4x2x8xf32>
+    %d = sparse.transpose %c {permutation = array<i64: 0, 1, 3, 2>} : tensor<1x4x2x8xf32> -> tensor<1x4x8x2xf32>
+    func.return %d : tensor<1x4x8x2xf32>""",
+            args="%x: tensor<1x4x8x2xf32>",
+            result="tensor<1x4x8x2xf32>",
+        )
+    )
+    assert ops == ["func.return"]
+
+
+@pytest.mark.parametrize(
+    "src, dst, groups",
+    [
+        ((1, 4, 8, 2), (4, 8, 2), [[0, 1], [2], [3]]),
+        ((2, 3, 4), (6, 4), [[0, 1], [2]]),
+        ((2, 3, 1), (6,), [[0, 1, 2]]),
+        ((6, 4), (2, 3, 4), None),  # a split
+        ((2, 3, 4), (3, 8), None),  # not along dim boundaries
+    ],
+)
+def test_merge_groups(src, dst, groups) -> None:
+    assert canon.merge_groups(src, dst) == groups
