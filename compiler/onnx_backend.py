@@ -24,29 +24,59 @@ from attnc.errors import AttncError
 
 
 class AttncRep(BackendRep):
-    """A prepared model: the imported module and the ONNX graph's I/O signature."""
+    """A prepared model: the imported module and the ONNX graph's I/O signature.
 
-    def __init__(self, module: ModuleOp, model: onnx.ModelProto, backend: type[AttncBackend]):
-        from attnc.ir import io_names, main_func
+    ONNX test graphs often feed shape operands (Reshape's shape, Slice's starts,
+    Trilu's k) as graph inputs, which attnc needs at compile time. When the plain
+    import fails for that reason the model is imported again at ``run`` time with its
+    integer, bool and scalar inputs bound to the given values (one module per distinct value).
+    """
 
-        self.module = module
+    def __init__(
+        self, model: onnx.ModelProto, backend: type[AttncBackend], module: ModuleOp | None, **import_kw: Any
+    ):
+        self.model = model
         self.backend = backend
-        self.input_names, self.output_names = io_names(main_func(module))
+        self.module = module
+        self.import_kw = import_kw
+        inits = {t.name for t in model.graph.initializer}
+        self.input_names = [i.name for i in model.graph.input if i.name not in inits]
+        self.output_names = [o.name for o in model.graph.output]
         self.output_dtypes = [
             helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type) for o in model.graph.output
         ]
+        self._specialised: dict[bytes, ModuleOp] = {}
+
+    def _module_for(self, named: dict[str, np.ndarray]) -> ModuleOp:
+        if self.module is not None:
+            return self.module
+        from attnc.frontend.onnx import import_onnx
+
+        # integer/bool inputs and scalars: what shape operands, pad values and Range bounds are
+        known = {k: v for k, v in named.items() if v.dtype.kind in "iub" or v.size == 1}
+        key = b"".join(k.encode() + v.dtype.str.encode() + str(v.shape).encode() + v.tobytes() for k, v in known.items())
+        if key not in self._specialised:
+            self._specialised[key] = import_onnx(self.model, known_inputs=known, **self.import_kw)
+        return self._specialised[key]
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[np.ndarray, ...]:
+        from onnx import numpy_helper
+
         if isinstance(inputs, Mapping):
-            args = [np.asarray(inputs[n]) for n in self.input_names]
+            args = [inputs[n] for n in self.input_names]
         else:
-            if isinstance(inputs, np.ndarray):
+            if isinstance(inputs, (np.ndarray, onnx.TensorProto)):
                 inputs = [inputs]
-            args = [np.asarray(x) for x in inputs]
+            args = list(inputs)
             if len(args) != len(self.input_names):
                 raise AttncError(f"the model takes {len(self.input_names)} inputs, got {len(args)}")
+        args = [numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else np.asarray(x) for x in args]
         named = dict(zip(self.input_names, args, strict=True))
-        outs = self.backend.execute(self.module, named)
+        module = self._module_for(named)
+        from attnc.ir import io_names, main_func
+
+        wanted, _ = io_names(main_func(module))
+        outs = self.backend.execute(module, {k: named[k] for k in wanted})
         return tuple(np.asarray(outs[n]).astype(dt) for n, dt in zip(self.output_names, self.output_dtypes))
 
 
@@ -65,10 +95,16 @@ class AttncBackend(Backend):
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> AttncRep:
         from attnc.frontend.onnx import import_onnx
 
+        from attnc.frontend.onnx_ops import NotKnownError
+
         if not cls.supports_device(device):
             raise AttncError(f"device {device} is not supported (only CPU)")
-        module = import_onnx(model, kwargs.get("input_shapes"))
-        return AttncRep(module, model, cls)
+        import_kw = {"input_shapes": kwargs["input_shapes"]} if "input_shapes" in kwargs else {}
+        try:
+            module: ModuleOp | None = import_onnx(model, **import_kw)
+        except NotKnownError:
+            module = None  # specialise on the integer inputs at run time
+        return AttncRep(model, cls, module, **import_kw)
 
     @classmethod
     def run_model(cls, model: onnx.ModelProto, inputs: Any, device: str = "CPU", **kwargs: Any) -> tuple[np.ndarray, ...]:

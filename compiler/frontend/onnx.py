@@ -26,7 +26,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from attnc.errors import AttncError
 from attnc.frontend import fold
-from attnc.frontend.onnx_ops import OPS, Node, Val, const_op, onnx_elt
+from attnc.frontend.onnx_ops import OPS, Node, Val, const_op, np_of_elt, onnx_elt
 from attnc.ir import set_io_names
 
 #: ONNX default-domain opsets older than this are rejected (their Softmax, Reduce*,
@@ -146,8 +146,11 @@ def _bind_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
 class Importer:
     """Builds ``@main`` from one checked, shape-bound ONNX graph."""
 
-    def __init__(self, model: onnx.ModelProto, opsets: dict[str, int], src: str):
+    def __init__(
+        self, model: onnx.ModelProto, opsets: dict[str, int], src: str, known_inputs: Mapping[str, np.ndarray]
+    ):
         self.model = model
+        self.known_inputs = known_inputs
         self.graph = model.graph
         self.opsets = opsets
         self.src = src
@@ -205,6 +208,9 @@ class Importer:
             from attnc.dialects.sparse import tensor
 
             elt = onnx_elt(tt.elem_type, f"{self.src}: input '{inp.name}'")
+            if inp.name in self.known_inputs:
+                self.env[inp.name] = np.asarray(self.known_inputs[inp.name]).astype(np_of_elt(elt))
+                continue
             ty = tensor([d.dim_value for d in tt.shape.dim], elt)
             arg = self.block.insert_arg(ty, len(self.block.args))
             args.append(ty)
@@ -239,7 +245,7 @@ class Importer:
             msg = str(e)
             if msg.startswith(self.src):
                 raise
-            raise AttncError(f"{self.src}: {self.describe(node)}: {msg}") from e
+            raise type(e)(f"{self.src}: {self.describe(node)}: {msg}") from e
         except Exception as e:
             if _debug():
                 raise
@@ -289,8 +295,13 @@ def import_onnx(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     *,
     name: str | None = None,
+    known_inputs: Mapping[str, np.ndarray] | None = None,
 ) -> ModuleOp:
-    """Import an ONNX model (path or proto) into a verified sparse-dialect module."""
+    """Import an ONNX model (path or proto) into a verified sparse-dialect module.
+
+    ``known_inputs`` binds graph inputs to values: they become constants (and leave
+    ``@main``'s arguments), so shape subgraphs that read them fold.
+    """
     if isinstance(model, onnx.ModelProto):
         src = name or model.graph.name or "<model>"
         proto = onnx.ModelProto()
@@ -301,6 +312,9 @@ def import_onnx(
     _check(proto, src)
     opsets = _check_opsets(proto, src)
     proto = _infer(proto, src)
-    _bind_shapes(proto, input_shapes or {}, src)
+    known = dict(known_inputs or {})
+    shapes = {k: list(np.shape(v)) for k, v in known.items()}
+    shapes.update(input_shapes or {})
+    _bind_shapes(proto, shapes, src)
     proto = _infer(proto, src)
-    return Importer(proto, opsets, src).run()
+    return Importer(proto, opsets, src, known).run()

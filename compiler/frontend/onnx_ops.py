@@ -36,6 +36,12 @@ if TYPE_CHECKING:
 
 Val = SSAValue | np.ndarray
 
+
+class NotKnownError(AttncError):
+    """An input that fixes a shape (Reshape's shape, Slice's starts, ...) depends on a
+    model input. Binding that input to a value (``import_onnx(..., known_inputs=...)``)
+    removes the error; the ONNX backend does so for integer inputs."""
+
 # ---------------------------------------------------------------------------
 # element types
 
@@ -123,7 +129,7 @@ class Node:
             raise AttncError(f"input {i} ('{what}') is required")
         v = self.ins[i]
         if not isinstance(v, np.ndarray):
-            raise AttncError(
+            raise NotKnownError(
                 f"input {i} ('{what}', value '{self.proto.input[i]}') must be known at compile time, "
                 "but it depends on a model input"
             )
