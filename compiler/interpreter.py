@@ -289,7 +289,11 @@ def _reduce(op: sp.ReduceOp, args: list[np.ndarray]) -> np.ndarray:
     axes = tuple(int(a) for a in op.axes.get_values())
     if not axes:
         return args[0]
-    return _REDUCE[op.kind.data](args[0], axis=axes, keepdims=op.keepdims is not None)
+    x, kind = args[0], op.kind.data
+    if x.size == 0 and kind in ("max", "min"):  # ONNX: the identity of an empty max/min is -inf/+inf
+        shape = sp.shape_of(op.result)
+        return np.full(shape, -np.inf if kind == "max" else np.inf)
+    return _REDUCE[kind](x, axis=axes, keepdims=op.keepdims is not None)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
