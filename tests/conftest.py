@@ -31,3 +31,27 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     excluded = count("skipped", "exclude pattern")
     if passed or failed or excluded:
         terminalreporter.write_line(f"onnx conformance: {passed} passed, {failed} failed, {excluded} excluded")
+
+
+@pytest.fixture
+def onnx_model():
+    """Build a checked ONNX model: ``onnx_model(nodes, inputs, outputs, inits=..., opset=...)``
+    with inputs/outputs given as {name: (TensorProto type, shape)} and inits as {name: array}."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    def build(nodes, inputs, outputs, inits=None, opset=21):
+        graph = helper.make_graph(
+            nodes,
+            "test",
+            [helper.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()],
+            [helper.make_tensor_value_info(n, t, s) for n, (t, s) in outputs.items()],
+            [numpy_helper.from_array(np.asarray(v), n) for n, v in (inits or {}).items()],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = min(model.ir_version, 10)  # what onnxruntime accepts
+        onnx.checker.check_model(model)
+        return model
+
+    return build

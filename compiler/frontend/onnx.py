@@ -277,7 +277,9 @@ class Importer:
         for name, v in zip(node.output, outs):
             if name:
                 if v is None:
-                    raise AttncError(f"output '{name}' is not produced")
+                    if name in self.used:
+                        raise AttncError(f"output '{name}' is not supported")
+                    continue
                 self.env[name] = np.asarray(v) if isinstance(v, np.generic) else v
         for name in node.output[len(outs) :]:
             if name and name in self.used:

@@ -67,7 +67,7 @@ def _excluded_by_rule(case) -> str | None:
     for v in (*case.model.graph.input, *case.model.graph.output):
         if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type not in _SUPPORTED_TYPES:
             name = TensorProto.DataType.Name(v.type.tensor_type.elem_type)
-            return f"element type {name} (float8/4-bit/2-bit/e8m0 formats are outside attnc's scope)"
+            return f"element type {name}: outside attnc's types (f32, f16, bf16, f64, integers, bool)"
     return None
 
 
