@@ -176,17 +176,23 @@ def _leads_to_product(v: SSAValue, depth: int) -> bool:
 @dataclass
 class Product:
     """A batched product ``lhs' @ rhs'`` where ``lhs' = transpose(lhs, lhs_perm)`` has
-    dims (*batch, M, K) and ``rhs' = transpose(rhs, rhs_perm)`` has dims (*batch, N, K):
-    the result is (*batch, M, N). Both are ``transpose`` permutations of the operands."""
+    dims (*batch, M, K) and ``rhs' = transpose(rhs, rhs_perm)`` has dims (*batch, N, K),
+    giving (*batch, M, N); the op's result is that transposed by ``out_perm`` (an
+    einsum may order its output dims differently)."""
 
     lhs: SSAValue
     rhs: SSAValue
     lhs_perm: list[int]
     rhs_perm: list[int]
+    out_perm: list[int]
 
 
 def swap_last(rank: int) -> list[int]:
     return [*range(rank - 2), rank - 1, rank - 2]
+
+
+def is_identity(perm: Sequence[int]) -> bool:
+    return list(perm) == list(range(len(perm)))
 
 
 def as_product(op: Operation) -> Product | None:
@@ -195,27 +201,33 @@ def as_product(op: Operation) -> Product | None:
         ra, rb = len(sp.shape_of(op.lhs)), len(sp.shape_of(op.rhs))
         if ra < 2 or rb < 2:
             return None
-        return Product(op.lhs, op.rhs, list(range(ra)), swap_last(rb))
+        rank = len(sp.shape_of(op.results[0]))
+        return Product(op.lhs, op.rhs, list(range(ra)), swap_last(rb), list(range(rank)))
     if isinstance(op, sp.ContractOp) and len(op.inputs) == 2:
         a, b = op.inputs
         try:
             (la, lb), out, _ = sp.parse_einsum(op.equation.data, [sp.shape_of(a), sp.shape_of(b)])
         except Exception:
             return None
-        if len(out) < 2 or len(set(out)) != len(out):
+        if any(len(set(x)) != len(x) for x in (la, lb, out)):
             return None
-        batch, m, n = out[:-2], out[-2], out[-1]
+        batch = "".join(c for c in out if c in la and c in lb)
+        ms, ns = [c for c in out if c not in lb], [c for c in out if c not in la]
         ks = [c for c in la if c not in out]
-        if len(ks) != 1 or ks[0] not in lb or len(set(la)) != len(la) or len(set(lb)) != len(lb):
+        if len(ms) != 1 or len(ns) != 1 or len(ks) != 1 or ks[0] not in lb:
             return None
-        want_a, want_b = batch + m + ks[0], batch + n + ks[0]
+        want_a, want_b = batch + ms[0] + ks[0], batch + ns[0] + ks[0]
         if sorted(la) != sorted(want_a) or sorted(lb) != sorted(want_b):
             return None
-        return Product(a, b, [la.index(c) for c in want_a], [lb.index(c) for c in want_b])
+        canonical = batch + ms[0] + ns[0]
+        return Product(
+            a, b, [la.index(c) for c in want_a], [lb.index(c) for c in want_b], [canonical.index(c) for c in out]
+        )
     return None
 
 
 def product_shape(x: SSAValue, perm: Sequence[int]) -> tuple[int, ...]:
+    """The shape of ``transpose(x, perm)``."""
     shape = sp.shape_of(x)
     return tuple(shape[p] for p in perm)
 

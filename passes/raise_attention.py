@@ -82,6 +82,10 @@ class Builder:
         return self.reshape(v, (1,) * (4 - len(shape)) + shape)
 
 
+def pad4(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (1,) * (4 - len(shape)) + shape
+
+
 def _probabilities(p: SSAValue) -> sp.SoftmaxOp | None:
     """The softmax behind the left operand of the final product, looking through the
     ``where(isnan(P), 0, P)`` that exporters add after it."""
@@ -138,9 +142,11 @@ class RaiseSoftmaxAttention(RewritePattern):
         if not isinstance(op, (sp.MatmulOp, sp.ContractOp)):
             return
         pv = pat.as_product(op)
-        if pv is None or pv.lhs_perm != list(range(len(pv.lhs_perm))):
+        if pv is None or not pat.is_identity(pv.lhs_perm):
             return
-        out_shape = sp.shape_of(op.results[0])
+        # the product in (*batch, Sq, dv) order, before an einsum's output permutation
+        result_shape = sp.shape_of(op.results[0])
+        out_shape = tuple(result_shape[pv.out_perm.index(i)] for i in range(len(pv.out_perm)))
         softmax = _probabilities(pv.lhs)
         if softmax is None:
             return
@@ -148,7 +154,7 @@ class RaiseSoftmaxAttention(RewritePattern):
         if scores is None:
             return
         qk = pat.as_product(scores.qk)
-        if qk is None:
+        if qk is None or not pat.is_identity(qk.out_perm):
             return
         q_side, k_side = pat.look_through(qk.lhs), pat.look_through(qk.rhs)
         q_perm = pat.compose(qk.lhs_perm, q_side.perm)
@@ -158,6 +164,11 @@ class RaiseSoftmaxAttention(RewritePattern):
         ranks = [len(q_perm), len(k_perm), len(v_perm), len(out_shape), len(sp.shape_of(softmax.result))]
         if max(ranks) > 4 or min(ranks) < 2:
             return
+        bo, ho, sq, dv = pad4(out_shape)
+        _, hk, skv, d = pad4(pat.product_shape(k_side.base, k_perm))
+        hkv = max(hk, pad4(pat.product_shape(pv.rhs, v_perm))[1])
+        if ho % hkv:
+            return
         scale = scores.scale * q_side.scale * k_side.scale
         elt = sp.elt_of(op.results[0])
 
@@ -165,18 +176,12 @@ class RaiseSoftmaxAttention(RewritePattern):
         q = b.to4(b.transpose(q_side.base, q_perm))
         k = b.to4(b.transpose(k_side.base, k_perm))
         v = b.to4(b.transpose(pv.rhs, v_perm))
-        bo, ho, sq, dv = (1,) * (4 - len(out_shape)) + out_shape
-        (bq, hq, _, d), (bk, hk, skv, _), (bv, hv, _, _) = (sp.shape_of(x) for x in (q, k, v))
-        if (bq, hq) != (bo, ho):
-            q = b.broadcast(q, (bo, ho, sq, d))
-        hkv = max(hk, hv)
+        q = b.broadcast(q, (bo, ho, sq, d))
         k = b.broadcast(k, (bo, hkv, skv, d))
         v = b.broadcast(v, (bo, hkv, skv, dv))
-        if ho % hkv:
-            return
         mask = _combine_masks(b, scores.biases, elt)
         att = b.emit(sp.AttentionOp(q, k, v, mask, scale=scale))
-        result = b.reshape(att, out_shape)
+        result = b.transpose(b.reshape(att, out_shape), pv.out_perm)
         rewriter.replace(op, b.ops, [result])
 
 

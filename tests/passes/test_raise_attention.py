@@ -245,19 +245,21 @@ def test_nan_cleanup_after_softmax_is_part_of_the_pattern() -> None:
     assert counts(main_func(att.get_toplevel_object()))["sparse.isnan"] == 0
 
 
+HEADS_FIRST, HEADS_SECOND = (B, H, S, D), (B, S, H, D)
+
+
 @pytest.mark.parametrize(
-    "qk, pv",
+    "qk, pv, qk_shape, v_shape",
     [
-        ("bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd"),
-        ("...qd,...kd->...qk", "...qk,...kd->...qd"),
-        ("bhqd,bhkd->bhqk", None),
-        ("bqhd,bkhd->bhqk", "bhqk,bkhd->bhqd"),  # heads second: transposes are inserted
+        ("bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd", HEADS_FIRST, HEADS_FIRST),
+        ("...qd,...kd->...qk", "...qk,...kd->...qd", HEADS_FIRST, HEADS_FIRST),
+        ("bhqd,bhkd->bhqk", None, HEADS_FIRST, HEADS_FIRST),
+        # heads second, as einsum implementations of LLaMA/GPT-J write it: transposes are inserted
+        ("bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd", HEADS_SECOND, HEADS_SECOND),
+        ("bhqd,bhkd->bhqk", "bhqk,bhkd->bqhd", HEADS_FIRST, HEADS_FIRST),
     ],
 )
-def test_einsum_forms(qk: str, pv: str | None) -> None:
-    heads_second = qk.startswith("bqhd")
-    shape = (B, S, H, D) if heads_second else (B, H, S, D)
-
+def test_einsum_forms(qk: str, pv: str | None, qk_shape: tuple[int, ...], v_shape: tuple[int, ...]) -> None:
     def body(emit: Emit, q, k, v):
         s = emit(sp.ContractOp([q, k], qk))
         s = emit(sp.MulOp(s, const(emit, 0.3)))
@@ -265,8 +267,17 @@ def test_einsum_forms(qk: str, pv: str | None) -> None:
         out = emit(sp.ContractOp([p, v], pv)) if pv else emit(sp.MatmulOp(p, v))
         return [out]
 
-    (att,) = assert_raised(raise_and_check(build([t(*shape)] * 3, body)))
+    (att,) = assert_raised(raise_and_check(build([t(*qk_shape), t(*qk_shape), t(*v_shape)], body)))
     assert att.scale.value.data == pytest.approx(0.3)
+
+
+def test_einsum_with_scores_in_another_order_is_left_alone() -> None:
+    # scores (b, q, h, k): a softmax over k is still attention, but not a form raised here
+    def body(emit: Emit, q, k, v):
+        p = emit(sp.SoftmaxOp(emit(sp.ContractOp([q, k], "bhqd,bhkd->bqhk")), -1))
+        return [emit(sp.ContractOp([p, v], "bqhk,bhkd->bhqd"))]
+
+    not_raised(build([t(B, H, S, D)] * 3, body))
 
 
 def test_batched_3d_form_of_torchscript_mha() -> None:
@@ -296,6 +307,15 @@ def test_broadcast_batch_of_keys_is_made_explicit() -> None:
 
     (att,) = assert_raised(raise_and_check(build([t(B, H, S, D), t(S, D), t(S, D)], body)))
     assert att.kv_heads.value.data == 1 and sp.shape_of(att.k) == (B, 1, S, D)
+
+
+def test_broadcast_batch_of_queries_is_made_explicit() -> None:
+    # one query set against a batch of keys: q is broadcast to the batch
+    def body(emit: Emit, q, k, v):
+        return [emit(sp.MatmulOp(emit(sp.SoftmaxOp(emit(sp.MatmulOp(q, kt(emit, k))), -1)), v))]
+
+    (att,) = assert_raised(raise_and_check(build([t(1, H, S, D), t(B, H, S, D), t(B, 1, S, D)], body)))
+    assert sp.shape_of(att.q) == (B, H, S, D) and att.kv_heads.value.data == H
 
 
 def gqa(repeat: str) -> ModuleOp:
