@@ -52,7 +52,7 @@ def _quiet():
     previous = logging.root.manager.disable
     logging.disable(max(previous, logging.WARNING))
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:

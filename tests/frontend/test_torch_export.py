@@ -54,6 +54,16 @@ class SDPA(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[0])
 
 
+class GQA(nn.Module):
+    """Grouped-query attention as LLaMA's repeat_kv writes it (expand + reshape), causal."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, h, s, d = k.shape
+        k = k[:, :, None].expand(b, h, HEADS // h, s, d).reshape(b, HEADS, s, d)
+        v = v[:, :, None].expand(b, h, HEADS // h, s, d).reshape(b, HEADS, s, d)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 class BertSelfAttention(nn.Module):
     """Hand-written BERT attention block: Q/K/V Linear, split heads, scaled scores plus
     an additive padding mask, softmax, merge heads, output Linear, residual + LayerNorm."""
@@ -108,6 +118,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[torch.Tensor
     "sdpa_causal": (lambda: SDPA(causal=True), _qkv, 1),
     "sdpa_float_mask": (SDPA, lambda: (*_qkv(), torch.randn(BATCH, 1, S, S)), 1),
     "sdpa_bool_mask": (SDPA, lambda: (*_qkv(), _bool_mask()), 1),
+    "gqa": (GQA, lambda: (torch.randn(BATCH, HEADS, S, D), *(torch.randn(BATCH, 2, S, D) for _ in range(2))), 1),
     "bert": (BertSelfAttention, lambda: (torch.randn(BATCH, S, E), _padding_mask()), 1),
     "bert_two_layers": (TwoLayers, lambda: (torch.randn(BATCH, S, E), _padding_mask()), 2),
 }
@@ -167,6 +178,12 @@ def test_export_raises_one_attention_per_attention_and_matches_onnxruntime(
 def test_causal_masks_become_the_causal_attribute(exports: Callable[[str, str], Exported], model: str, exporter: str) -> None:
     (att,) = [op for op in exports(model, exporter).ir.walk() if op.name == "sparse.attention"]
     assert att.causal is not None and att.mask is None
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_repeated_kv_heads_become_gqa(exports: Callable[[str, str], Exported], exporter: str) -> None:
+    (att,) = [op for op in exports("gqa", exporter).ir.walk() if op.name == "sparse.attention"]
+    assert (att.heads.value.data, att.kv_heads.value.data) == (HEADS, 2) and att.causal is not None
 
 
 def test_import_module_names_inputs_and_raises() -> None:
