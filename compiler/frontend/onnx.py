@@ -26,7 +26,7 @@ from xdsl.utils.exceptions import VerifyException
 
 from attnc.errors import AttncError
 from attnc.frontend import fold
-from attnc.frontend.onnx_ops import OPS, Node, Val, const_op, np_of_elt, onnx_elt
+from attnc.frontend.onnx_ops import DOMAIN_OPS, OPS, Node, Val, const_op, np_of_elt, onnx_elt
 from attnc.ir import set_io_names
 
 #: ONNX default-domain opsets older than this are rejected (their Softmax, Reduce*,
@@ -262,9 +262,9 @@ class Importer:
                 outs = fold.evaluate(node, ins, {"": self.opsets[""]})
                 self._bind(node, outs)
                 return
-        handler = OPS.get(node.op_type) if default else None
+        handler = OPS.get(node.op_type) if default else DOMAIN_OPS.get((node.domain, node.op_type))
         if handler is None:
-            supported = ", ".join(sorted(OPS))
+            supported = ", ".join([*sorted(OPS), *sorted(f"{d}.{o}" for d, o in DOMAIN_OPS)])
             raise AttncError(f"{self.src}: {self.describe(node)} is not supported; supported ops: {supported}")
         start = len(self.block.ops)
         outs = handler(Node(node, self, ins))

@@ -795,3 +795,65 @@ def _merge_heads(n: Node, y: SSAValue, rank: int) -> SSAValue:
         return y
     b, h, s, dv = shape(y)
     return reshape(n, n.emit(sp.TransposeOp(y, [0, 2, 1, 3])), [b, s, h * dv])
+
+
+# ---------------------------------------------------------------------------
+# onnxruntime contrib ops: what ORT's BERT optimizer fuses TorchScript exports into
+
+#: handlers of non-default domains, keyed by (domain, op_type)
+DOMAIN_OPS: dict[tuple[str, str], Handler] = {}
+
+
+def _ms_key_mask(n: Node, mask: SSAValue, b: int, skv: int) -> SSAValue:
+    """com.microsoft mask_index as an i1 (B, 1, 1, T) "may attend" mask."""
+    ms = shape(mask)
+    if len(ms) == 2 and ms == (b, skv):  # raw mask: 0 masks the key
+        allowed = n.emit(sp.CmpOp(mask, n.scalar(0, mask), "ne"))
+    elif len(ms) == 1 and ms[0] == b:  # right padding: keys before the end position attend
+        keys = n.const(np.arange(skv, dtype=np_dtype(sp.elt_of(mask))).reshape(1, skv))
+        allowed = n.emit(sp.CmpOp(keys, reshape(n, mask, [b, 1]), "lt"))
+    else:
+        raise AttncError(f"mask_index of shape {list(ms)} is not supported (only (batch,) or (batch, kv_length))")
+    return reshape(n, allowed, [b, 1, 1, skv])
+
+
+def _ms_attention(n: Node) -> list[Val]:
+    """com.microsoft.Attention: packed QKV projection, then multi-head attention."""
+    for i, what in ((4, "past"), (5, "attention_bias"), (6, "past_sequence_length")):
+        if n.has(i):
+            raise AttncError(f"com.microsoft Attention with a '{what}' input is not supported")
+    if n.used(1):
+        raise AttncError("com.microsoft Attention's present output is not supported")
+    x, w = n.value(0), n.value(1)
+    heads = int(n.attr("num_heads"))
+    qkv = n.emit(sp.MatmulOp(x, w))
+    if n.has(2):
+        qkv = n.emit(sp.AddOp(qkv, n.value(2)))
+    total = shape(qkv)[-1]
+    sizes = [int(s) for s in n.attr("qkv_hidden_sizes", [total // 3] * 3)]
+    parts, pos = [], 0
+    for s in sizes:
+        part = slice_value(n, qkv, [pos], [pos + s], [-1], [1])
+        parts.append(_split_heads(n, part, heads, "Q/K/V"))
+        pos += s
+    q, k, v = parts
+    b, _, sq, d = shape(q)
+    skv = shape(k)[2]
+    scale = float(n.attr("scale", 0.0)) or 1.0 / float(np.sqrt(d))
+    causal = bool(n.attr("unidirectional", 0))
+    if not n.has(3):
+        y = n.emit(sp.AttentionOp(q, k, v, None, scale=scale, causal=causal))
+        return [_merge_heads(n, y, 3), None]
+    # ORT masks with a large finite value (mask_filter_value), not -inf: a row with
+    # every key masked still averages them. Causal and padding use the same value.
+    allowed = _ms_key_mask(n, n.value(3), b, skv)
+    if causal:
+        tri = np.tril(np.ones((sq, skv), dtype=bool), skv - sq).reshape(1, 1, sq, skv)
+        allowed = n.emit(sp.AndOp(allowed, n.const(tri)))
+    filt = n.const(np.array(float(n.attr("mask_filter_value", -10000.0)), dtype=np_dtype(sp.elt_of(q))), sp.elt_of(q))
+    bias = n.emit(sp.WhereOp(allowed, n.scalar(0, q), filt))
+    y = n.emit(sp.AttentionOp(q, k, v, bias, scale=scale))
+    return [_merge_heads(n, y, 3), None]
+
+
+DOMAIN_OPS[("com.microsoft", "Attention")] = _ms_attention

@@ -128,3 +128,40 @@ def test_3d_attention_without_head_counts_is_an_error(onnx_model):
     model = onnx_model([node], {k: (F, [1, 2, 8]) for k in "QKV"}, {"Y": (F, [1, 2, 8])}, opset=23)
     with pytest.raises(AttncError, match="q_num_heads"):  # ONNX's strict shape inference says so first
         import_onnx(model)
+
+
+def ms_attention_model(mask_shape, unidirectional):
+    """com.microsoft.Attention as ORT's BERT optimizer emits it (packed QKV weights)."""
+    b, s, hidden, heads = 2, 5, 16, 4
+    ins = ["x", "w", "bias"] + (["mask"] if mask_shape else [])
+    node = helper.make_node(
+        "Attention", ins, ["y"], name="ms", domain="com.microsoft", num_heads=heads, unidirectional=unidirectional
+    )
+    inputs = [helper.make_tensor_value_info("x", F, [b, s, hidden])]
+    if mask_shape:
+        inputs.append(helper.make_tensor_value_info("mask", T.INT32, mask_shape))
+    from onnx import numpy_helper
+
+    graph = helper.make_graph(
+        [node], "ms", inputs, [helper.make_tensor_value_info("y", F, [b, s, hidden])],
+        [numpy_helper.from_array(rand(hidden, 3 * hidden) * 0.3, "w"), numpy_helper.from_array(rand(3 * hidden), "bias")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("mask_shape, unidirectional", [(None, 0), (None, 1), ([2, 5], 0), ([2], 0), ([2, 5], 1)])
+def test_com_microsoft_attention_matches_onnxruntime(mask_shape, unidirectional):
+    import onnxruntime as ort
+
+    model = ms_attention_model(mask_shape, unidirectional)
+    feeds = {"x": rand(2, 5, 16)}
+    if mask_shape == [2, 5]:
+        feeds["mask"] = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32)
+    elif mask_shape == [2]:
+        feeds["mask"] = np.array([3, 5], np.int32)
+    module = import_onnx(model)
+    assert sum(isinstance(op, sp.AttentionOp) for op in module.walk()) == 1
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(interpret(module, feeds)["y"], want, rtol=1e-4, atol=1e-5)
