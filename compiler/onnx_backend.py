@@ -136,12 +136,11 @@ class AttncBackend(Backend):
         graph = helper.make_graph([node], "run_node", graph_inputs, graph_outputs)
         opset = kwargs.get("opset_version", onnx.defs.onnx_opset_version())
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-        if outputs_info is None:
+        if outputs_info is None:  # type the outputs from ONNX shape inference
             model = onnx.shape_inference.infer_shapes(model)
-            graph_outputs = list(model.graph.output)
-            known = {v.name: v for v in (*model.graph.value_info, *model.graph.output)}
+            typed = {v.name: v for v in (*model.graph.value_info, *model.graph.output)}
             del model.graph.output[:]
-            model.graph.output.extend(known[n] for n in node.output if n)
+            model.graph.output.extend(typed[n] for n in node.output if n)
         return cls.run_model(model, arrays, device)
 
 

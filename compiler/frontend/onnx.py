@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from xdsl.dialects import func
 from xdsl.dialects.builtin import FunctionType, ModuleOp
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.utils.exceptions import VerifyException
 
+from attnc.dialects.sparse import tensor
 from attnc.errors import AttncError
 from attnc.frontend import fold
 from attnc.frontend.onnx_ops import DOMAIN_OPS, OPS, Node, Val, const_op, np_of_elt, onnx_elt
@@ -159,6 +161,7 @@ class Importer:
         # materialised known values: by ONNX name, and small ones by content
         self._by_name: dict[str, SSAValue] = {}
         self._by_content: dict[tuple, SSAValue] = {}
+        self._built: list[Operation] = []  # ops emitted for the current node
         self.used: set[str] = {o.name for o in self.graph.output}
         for n in self.graph.node:
             self.used.update(i for i in n.input if i)
@@ -166,6 +169,7 @@ class Importer:
     # -- values -----------------------------------------------------------
     def emit(self, op: Operation) -> SSAValue:
         self.block.add_op(op)
+        self._built.append(op)
         return op.results[0]
 
     def materialize(self, arr: np.ndarray, name: str | None = None, elt=None) -> SSAValue:
@@ -193,8 +197,6 @@ class Importer:
     # -- graph ----------------------------------------------------------------
     def run(self) -> ModuleOp:
         g = self.graph
-        from onnx import numpy_helper
-
         for t in g.initializer:
             self.env[t.name] = numpy_helper.to_array(t)
         if len(g.sparse_initializer):
@@ -205,8 +207,6 @@ class Importer:
             if inp.name in self.env:
                 continue
             tt = inp.type.tensor_type
-            from attnc.dialects.sparse import tensor
-
             elt = onnx_elt(tt.elem_type, f"{self.src}: input '{inp.name}'")
             if inp.name in self.known_inputs:
                 self.env[inp.name] = np.asarray(self.known_inputs[inp.name]).astype(np_of_elt(elt))
@@ -266,10 +266,10 @@ class Importer:
         if handler is None:
             supported = ", ".join([*sorted(OPS), *sorted(f"{d}.{o}" for d, o in DOMAIN_OPS)])
             raise AttncError(f"{self.src}: {self.describe(node)} is not supported; supported ops: {supported}")
-        start = len(self.block.ops)
+        self._built = []
         outs = handler(Node(node, self, ins))
         # verify what this node built here, so an inconsistency names the node
-        for op in list(self.block.ops)[start:]:
+        for op in self._built:
             op.verify()
         self._bind(node, outs)
 
