@@ -7,8 +7,8 @@ from ``input_shapes`` and ONNX shape inference is run on the result, so every va
 has a static shape. Nodes are then imported in graph order: a node whose inputs
 are all known at compile time (initializers, Constant, Shape of a static tensor,
 ...) is evaluated right away (``attnc.frontend.fold``); every other node becomes
-sparse ops (``attnc.frontend.onnx_ops``). Known values turn into ``sparse.constant``
-ops only where a runtime op reads them.
+sparse ops (``attnc.frontend.onnx_ops``; also onnxruntime's com.microsoft.Attention).
+Known values turn into ``sparse.constant`` ops only where a runtime op reads them.
 """
 
 from __future__ import annotations
