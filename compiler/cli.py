@@ -412,6 +412,16 @@ def interpret(
         np.savez(f, **outputs)
 
 
+def _pass_summary(cls: type) -> str:
+    """First line of the pass's docstring, else of its module's ("name: what it does")."""
+    doc = cls.__doc__ or ""
+    if doc.startswith(f"{cls.__name__}("):  # dataclasses invent a docstring from the signature
+        doc = sys.modules[cls.__module__].__doc__ or ""
+    line = doc.strip().splitlines()[0] if doc.strip() else ""
+    prefix = f"{getattr(cls, 'name', '')}:"
+    return line[len(prefix) :].strip() if line.startswith(prefix) else line
+
+
 class _OptCommand(click.Command):
     """Lists the registered passes and dialects at the end of ``attnc opt --help``."""
 
@@ -422,11 +432,9 @@ class _OptCommand(click.Command):
         rows = []
         for name, load in sorted(get_all_passes().items()):
             try:
-                doc = (load().__doc__ or "").strip().splitlines()
-                summary = doc[0] if doc else ""
+                rows.append((name, _pass_summary(load())))
             except (ImportError, AttributeError) as e:
-                summary = f"(cannot be loaded: {e})"
-            rows.append((name, summary))
+                rows.append((name, f"(cannot be loaded: {e})"))
         with formatter.section("Passes"):
             formatter.write_dl(rows)
         ctx_ = make_context()

@@ -129,6 +129,7 @@ def test_opt_help_lists_passes_and_dialects(capsys: pytest.CaptureFixture[str]) 
     assert code == 0
     for name in ("canonicalize", "raise-attention", "test-nop", "sparse", "func", "builtin"):
         assert name in out
+    assert "CanonicalizePass()" not in out  # a description, not the dataclass signature
 
 
 # --- option parsing ---------------------------------------------------------
