@@ -31,11 +31,28 @@ from attnc.frontend import fold
 from attnc.frontend.onnx_ops import DOMAIN_OPS, OPS, Node, Val, const_op, np_of_elt, onnx_elt
 from attnc.ir import set_io_names
 
-#: ONNX default-domain opsets older than this are rejected (their Softmax, Reduce*,
-#: Slice, Split, Squeeze... have other signatures); upgrade them with
-#: ``onnx.version_converter.convert_version(model, 13)``.
-MIN_OPSET = 13
+#: ONNX default-domain opsets older than this are rejected: 7 brought numpy-style
+#: broadcasting to the arithmetic ops; opsets 7..12 are upgraded to UPGRADE_TO.
+MIN_OPSET = 7
 DEFAULT_DOMAINS = ("", "ai.onnx")
+#: models older than this are upgraded with ONNX's version converter first, so the
+#: importer sees one set of signatures (Slice, Pad, Split, Squeeze... took their
+#: parameters as attributes before)
+UPGRADE_TO = 13
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 0)
+
+
+def _upgrade(model: onnx.ModelProto, src: str) -> onnx.ModelProto:
+    try:
+        from onnx import version_converter
+
+        return version_converter.convert_version(model, UPGRADE_TO)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AttncError(f"{src}: upgrading the model from opset {_default_opset(model)} to {UPGRADE_TO} failed: {first}") from e
 
 
 def _first_line(e: BaseException) -> str:
@@ -313,6 +330,9 @@ def import_onnx(
         proto = load_model(model)
     _check(proto, src)
     opsets = _check_opsets(proto, src)
+    if opsets[""] < UPGRADE_TO:
+        proto = _upgrade(proto, src)
+        opsets = _check_opsets(proto, src)
     proto = _infer(proto, src)
     known = dict(known_inputs or {})
     shapes = {k: list(np.shape(v)) for k, v in known.items()}

@@ -30,11 +30,6 @@ OPS = [
 
 #: cases matched by OPS that attnc does not run, each with why
 EXCLUDED: dict[str, str] = {
-    "test_attention_4d_causal_fp16_expanded": (
-        "fp16 rounding: attnc computes each fp16 op in f32 and rounds once, ONNX's numpy reference rounds "
-        "inside the fp16 matmul; 2 of 192 elements differ by 1.2e-3 > rtol 1e-3 (the fused "
-        "test_attention_4d_causal_fp16 passes)"
-    ),
     "test_gather_elements_0": "GatherElements is another op (same name stem as Gather)",
     "test_gather_elements_1": "GatherElements is another op (same name stem as Gather)",
     "test_gather_elements_negative_indices": "GatherElements is another op (same name stem as Gather)",

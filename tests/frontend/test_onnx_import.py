@@ -283,3 +283,18 @@ def test_function_signature_follows_the_graph(onnx_model):
     fn = main_func(import_onnx(m))
     assert io_names(fn) == (["a", "b"], ["n", "s"])
     assert isinstance(next(iter(fn.body.ops)), sp.ConstantOp)
+
+
+def test_old_opset_is_upgraded_before_import():
+    # opset 9: Slice and Pad take their parameters as attributes, Softmax coerces to 2-D
+    g = helper.make_graph(
+        [
+            helper.make_node("Slice", ["x"], ["s"], starts=[1], ends=[3], axes=[1]),
+            helper.make_node("Softmax", ["s"], ["y"], axis=1),
+            helper.make_node("Pad", ["y"], ["z"], pads=[0, 1, 0, 1], value=0.5),
+        ],
+        "old",
+        [helper.make_tensor_value_info("x", T.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("z", T.FLOAT, [2, 4])],
+    )
+    check(helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)]), {"x": rand(2, 4)})
