@@ -144,6 +144,16 @@ class SparseOp(IRDLOperation):
         pass
 
 
+class SingleInputOp(SparseOp):
+    """Base of the ops with one tensor operand and one result, written
+    ``%r = sparse.<op> %x {attrs} : type(x) -> type(r)``."""
+
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+    traits = traits_def(Pure())
+    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
+
+
 # ---------------------------------------------------------------------------
 # constants and encodings
 
@@ -179,7 +189,7 @@ class ConstantOp(SparseOp):
 
 
 @irdl_op_definition
-class ConvertOp(SparseOp):
+class ConvertOp(SingleInputOp):
     """Projects a tensor onto the encoding of the result type (same shape and
     element type); the exact projection of each encoding is in ``attnc.encodings``.
 
@@ -187,10 +197,6 @@ class ConvertOp(SparseOp):
     """
 
     name = "sparse.convert"
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
     def __init__(self, x: SSAValue, result_type: TensorType):
         super().__init__(operands=[x], result_types=[result_type])
@@ -201,17 +207,13 @@ class ConvertOp(SparseOp):
 
 
 @irdl_op_definition
-class CastOp(SparseOp):
+class CastOp(SingleInputOp):
     """Element type conversion (numpy ``astype``; float to bool is ``x != 0``).
 
         %y = sparse.cast %x : tensor<4xf32> -> tensor<4xf16>
     """
 
     name = "sparse.cast"
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
     def __init__(self, x: SSAValue, elt: Attribute):
         super().__init__(operands=[x], result_types=[tensor(shape_of(x), elt)])
@@ -224,11 +226,7 @@ class CastOp(SparseOp):
 # elementwise
 
 
-class UnaryOp(SparseOp):
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
+class UnaryOp(SingleInputOp):
     #: the result is i1 (a predicate) rather than the input's element type
     PREDICATE_RESULT: ClassVar[bool] = False
 
@@ -519,7 +517,7 @@ REDUCE_KINDS = ("sum", "mean", "max", "min", "prod")
 
 
 @irdl_op_definition
-class ReduceOp(SparseOp):
+class ReduceOp(SingleInputOp):
     """Reduces ``axes`` with ``kind`` in sum, mean, max, min, prod; ``keepdims`` keeps
     them as size 1. An empty axes list reduces nothing (the identity).
 
@@ -527,13 +525,9 @@ class ReduceOp(SparseOp):
     """
 
     name = "sparse.reduce"
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
     kind = attr_def(StringAttr)
     axes = attr_def(DenseArrayBase)
     keepdims = opt_attr_def(UnitAttr)
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
     def __init__(self, x: SSAValue, kind: str, axes: Sequence[int], keepdims: bool):
         rank = len(shape_of(x))
@@ -555,12 +549,8 @@ class ReduceOp(SparseOp):
         _expect_same_elt(self, self.input, self.result)
 
 
-class _AxisOp(SparseOp):
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
+class _AxisOp(SingleInputOp):
     axis = attr_def(IntegerAttr[I64])
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
     def __init__(self, x: SSAValue, axis: int):
         super().__init__(operands=[x], result_types=[x.type], attributes={"axis": IntegerAttr(axis, 64)})
@@ -636,18 +626,14 @@ class LayerNormOp(SparseOp):
 
 
 @irdl_op_definition
-class TransposeOp(SparseOp):
+class TransposeOp(SingleInputOp):
     """Permutes dimensions: result dim i is input dim ``permutation[i]``.
 
         %t = sparse.transpose %x {permutation = array<i64: 0, 2, 1, 3>} : tensor<1x8x2x4xf32> -> tensor<1x2x8x4xf32>
     """
 
     name = "sparse.transpose"
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
     permutation = attr_def(DenseArrayBase)
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
     def __init__(self, x: SSAValue, perm: Sequence[int]):
         shp = shape_of(x)
@@ -667,17 +653,13 @@ class TransposeOp(SparseOp):
 
 
 @irdl_op_definition
-class ReshapeOp(SparseOp):
+class ReshapeOp(SingleInputOp):
     """Row-major reshape to the result type's shape (same number of elements).
 
         %r = sparse.reshape %x : tensor<1x8x64xf32> -> tensor<1x8x2x32xf32>
     """
 
     name = "sparse.reshape"
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
     def __init__(self, x: SSAValue, shape: Sequence[int]):
         super().__init__(operands=[x], result_types=[tensor(shape, elt_of(x))])
@@ -689,17 +671,13 @@ class ReshapeOp(SparseOp):
 
 
 @irdl_op_definition
-class BroadcastOp(SparseOp):
+class BroadcastOp(SingleInputOp):
     """Broadcasts (numpy ``broadcast_to``) to the result type's shape.
 
         %b = sparse.broadcast %x : tensor<1x8xf32> -> tensor<4x8xf32>
     """
 
     name = "sparse.broadcast"
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
     def __init__(self, x: SSAValue, shape: Sequence[int]):
         super().__init__(operands=[x], result_types=[tensor(shape, elt_of(x))])
@@ -715,7 +693,7 @@ def slice_shape(shape: Sequence[int], starts: Sequence[int], ends: Sequence[int]
 
 
 @irdl_op_definition
-class SliceOp(SparseOp):
+class SliceOp(SingleInputOp):
     """Strided slice, one (start, end, step) per dim as Python's ``range`` (already
     clamped: ``0 <= start, end <= dim`` for positive steps; ``end = -1`` means past
     the front for negative steps).
@@ -724,13 +702,9 @@ class SliceOp(SparseOp):
     """
 
     name = "sparse.slice"
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
     starts = attr_def(DenseArrayBase)
     ends = attr_def(DenseArrayBase)
     steps = attr_def(DenseArrayBase)
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
     def __init__(self, x: SSAValue, starts: Sequence[int], ends: Sequence[int], steps: Sequence[int]):
         shape = slice_shape(shape_of(x), starts, ends, steps)
@@ -822,7 +796,7 @@ class GatherOp(SparseOp):
 
 
 @irdl_op_definition
-class PadOp(SparseOp):
+class PadOp(SingleInputOp):
     """Constant padding: ``pads`` holds every dim's amount before, then every dim's
     amount after (ONNX order); new elements are ``value``.
 
@@ -830,12 +804,8 @@ class PadOp(SparseOp):
     """
 
     name = "sparse.pad"
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
     pads = attr_def(DenseArrayBase)
     value = attr_def(FloatAttr)
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
     def __init__(self, x: SSAValue, pads: Sequence[int], value: float):
         shp = shape_of(x)
@@ -858,7 +828,7 @@ class PadOp(SparseOp):
 
 
 @irdl_op_definition
-class TriluOp(SparseOp):
+class TriluOp(SingleInputOp):
     """Keeps the upper (``upper``) or lower triangle of the last two dims, counted
     from diagonal ``k``; the rest becomes zero (false).
 
@@ -866,12 +836,8 @@ class TriluOp(SparseOp):
     """
 
     name = "sparse.trilu"
-    input = operand_def(TensorType)
-    result = result_def(TensorType)
     k = attr_def(IntegerAttr[I64])
     upper = opt_attr_def(UnitAttr)
-    traits = traits_def(Pure())
-    assembly_format = "$input attr-dict `:` type($input) `->` type($result)"
 
     def __init__(self, x: SSAValue, k: int, upper: bool):
         attrs: dict[str, Attribute] = {"k": IntegerAttr(k, 64)}

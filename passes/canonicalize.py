@@ -12,6 +12,7 @@ constant holds exactly what the op would have computed at run time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from xdsl.context import Context
@@ -105,34 +106,27 @@ class FoldFullSlice(RewritePattern):
             rewriter.replace(op, [], [op.input])
 
 
-class FoldMulByOne(RewritePattern):
-    """x * 1, 1 * x and x / 1 are x (when the constant does not broadcast x)."""
+class FoldNeutralOperand(RewritePattern):
+    """x * 1, 1 * x, x / 1, x + 0, 0 + x and x - 0 are x (when the constant does not
+    broadcast x)."""
+
+    #: op -> (its neutral element, whether it may stand on the left too)
+    NEUTRAL: ClassVar[dict[type[Operation], tuple[int, bool]]] = {
+        sp.MulOp: (1, True),
+        sp.DivOp: (1, False),
+        sp.AddOp: (0, True),
+        sp.SubOp: (0, False),
+    }
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
-        if isinstance(op, sp.MulOp):
-            candidates = [(op.lhs, op.rhs), (op.rhs, op.lhs)]
-        elif isinstance(op, sp.DivOp):
-            candidates = [(op.lhs, op.rhs)]
-        else:
+        rule = self.NEUTRAL.get(type(op))
+        if rule is None:
             return
-        for x, one in candidates:
-            if x.type == op.result.type and is_splat(one, 1):
-                rewriter.replace(op, [], [x])
-                return
-
-
-class FoldAddZero(RewritePattern):
-    """x + 0, 0 + x and x - 0 are x (when the constant does not broadcast x)."""
-
-    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
-        if isinstance(op, sp.AddOp):
-            candidates = [(op.lhs, op.rhs), (op.rhs, op.lhs)]
-        elif isinstance(op, sp.SubOp):
-            candidates = [(op.lhs, op.rhs)]
-        else:
-            return
-        for x, zero in candidates:
-            if x.type == op.result.type and is_splat(zero, 0):
+        neutral, commutes = rule
+        lhs, rhs = op.operands
+        candidates = [(lhs, rhs), (rhs, lhs)] if commutes else [(lhs, rhs)]
+        for x, c in candidates:
+            if x.type == op.results[0].type and is_splat(c, neutral):
                 rewriter.replace(op, [], [x])
                 return
 
@@ -209,8 +203,7 @@ PATTERNS: tuple[RewritePattern, ...] = (
     FoldSameTypeIdentity(),
     FoldIdentityTranspose(),
     FoldFullSlice(),
-    FoldMulByOne(),
-    FoldAddZero(),
+    FoldNeutralOperand(),
     FoldDoubleNot(),
     MergeReshapes(),
     MergeTransposes(),
