@@ -1,4 +1,4 @@
-"""PyTorch models exported to ONNX (TorchScript at opset 17, dynamo at opsets 18 and 23)
+"""PyTorch models exported to ONNX by both exporters (TorchScript at opsets 17 and 18, dynamo at 17, 18 and 23)
 import, raise to exactly one sparse.attention per attention, and compute what
 onnxruntime computes on the same exported ONNX."""
 
@@ -122,7 +122,13 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple[torch.Tensor
     "bert": (BertSelfAttention, lambda: (torch.randn(BATCH, S, E), _padding_mask()), 1),
     "bert_two_layers": (TwoLayers, lambda: (torch.randn(BATCH, S, E), _padding_mask()), 2),
 }
-EXPORTERS = {"torchscript-17": (False, 17), "dynamo-18": (True, 18), "dynamo-23": (True, 23)}
+EXPORTERS = {
+    "torchscript-17": (False, 17),
+    "torchscript-18": (False, 18),
+    "dynamo-17": (True, 17),
+    "dynamo-18": (True, 18),
+    "dynamo-23": (True, 23),
+}
 CASES = [pytest.param(m, e, id=f"{m}-{e}") for m in MODELS for e in EXPORTERS]
 
 
