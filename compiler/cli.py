@@ -325,6 +325,9 @@ def compile_command(
     records = _run_pipeline(module, passes, dump_dir, print_after)
     with atomic_output(output) as f:
         f.write(print_module(module))
+    n_attn = sum(op.name == "sparse.attention" for op in module.walk())
+    dumped = f"; IR after each pass in {dump_dir}" if dump_dir else ""
+    click.echo(f"attnc: wrote {output} ({n_attn} sparse.attention){dumped}", err=True)
     if report:
         click.echo(format_report(module, records, import_seconds), nl=False)
 
@@ -410,6 +413,8 @@ def interpret(
     outputs = interpret_module(module, inputs)
     with atomic_output(output, mode="wb") as f:
         np.savez(f, **outputs)
+    listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in outputs.items())
+    click.echo(f"attnc: wrote {output}: {listing}", err=True)
 
 
 def _pass_summary(cls: type) -> str:
