@@ -19,8 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from xdsl.dialects import func
 from xdsl.dialects.builtin import BFloat16Type, ModuleOp, TensorType
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.ir import Attribute, Block, Operation, SSAValue
+from xdsl.traits import IsTerminator
 
+from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.encodings import np_dtype, project, to_numpy
 from attnc.errors import AttncError
@@ -91,11 +93,16 @@ def run_func(fn: func.FuncOp, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Run a ``func.func`` on positional numpy arguments."""
     block = fn.body.blocks.first
     assert block is not None
+    return run_block(block, args)
+
+
+def run_block(block: Block, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run a block on positional arguments; its terminator's operands are the results."""
     env: dict[SSAValue, np.ndarray] = {}
     for a, x in zip(block.args, args, strict=True):
         env[a] = x
     for op in block.ops:
-        if isinstance(op, func.ReturnOp):
+        if op.has_trait(IsTerminator):
             return [env[v] for v in op.operands]
         try:
             results = eval_op(op, [env[v] for v in op.operands])
@@ -105,7 +112,7 @@ def run_func(fn: func.FuncOp, args: Sequence[np.ndarray]) -> list[np.ndarray]:
             raise InterpreterError(f"evaluating '{op.name}' failed: {e}") from e
         for r, x in zip(op.results, results):
             env[r] = x
-    raise InterpreterError("@main has no func.return")
+    raise InterpreterError("a block has no terminator")
 
 
 def check_inputs(fn: func.FuncOp, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -431,3 +438,13 @@ def _attention(op: sp.AttentionOp, args: list[np.ndarray]) -> np.ndarray:
         causal_offset=op.causal_offset.value.data,
         softcap=op.softcap.value.data,
     )
+
+
+# ---------------------------------------------------------------------------
+# dataflow
+
+
+@impl(df.KernelOp)
+def _kernel(op: df.KernelOp, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    # a kernel computes what its body computes; the schedule only says how
+    return tuple(run_block(op.body.block, args))

@@ -24,12 +24,14 @@ NAME_ATTR = "attnc.name"
 
 def make_context() -> Context:
     """A context with builtin, func and every attnc dialect loaded."""
+    from attnc.dialects.dataflow import Dataflow
     from attnc.dialects.sparse import Sparse
 
     ctx = Context()
     ctx.load_dialect(builtin.Builtin)
     ctx.load_dialect(func.Func)
     ctx.load_dialect(Sparse)
+    ctx.load_dialect(Dataflow)
     return ctx
 
 

@@ -1,0 +1,160 @@
+"""The `dataflow` dialect: kernels on tiles and the streams between them.
+
+A ``dataflow.kernel`` is a tile-sized unit of work (a GEMM, a softmax row block
+sweep, an elementwise op, a DMA transfer) whose body is ordinary ``sparse`` IR;
+the SSA edges between kernels are the streams. A kernel records what the back
+end needs to place, route and time it: the tile kind that can run it, its loop
+schedule (loop names and trip counts, outermost first), its tile sizes, the
+on-chip buffer bytes it needs (double-buffered), its estimated busy cycles and
+MACs, and the number of tokens on each output stream.
+
+    %s = dataflow.kernel "qk_h0"(%q, %k) attributes {kind = "gemm", tile_kind = "compute",
+           loops = ["m", "n", "k"], trips = array<i64: 2, 2, 16>, tile = array<i64: 8, 8, 4>,
+           buffer_bytes = 1536 : i64, cycles = 1040 : i64, macs = 65536 : i64,
+           tokens = array<i64: 4>, group = "h0"} : (tensor<16x64xf32>, tensor<16x64xf32>) -> tensor<16x16xf32> {
+    ^bb0(%a: tensor<16x64xf32>, %b: tensor<16x64xf32>):
+      ...
+      dataflow.yield %r : tensor<16x16xf32>
+    }
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xdsl.dialects.builtin import (
+    I64,
+    ArrayAttr,
+    DenseArrayBase,
+    IntegerAttr,
+    StringAttr,
+    TensorType,
+    i64,
+)
+from xdsl.ir import Attribute, Block, Dialect, Region, SSAValue
+from xdsl.irdl import (
+    IRDLOperation,
+    attr_def,
+    irdl_op_definition,
+    opt_attr_def,
+    region_def,
+    traits_def,
+    var_operand_def,
+    var_result_def,
+)
+from xdsl.traits import IsTerminator
+from xdsl.utils.exceptions import VerifyException
+
+TILE_KINDS = ("compute", "sfu", "butterfly", "memory", "dma")
+KERNEL_KINDS = ("gemm", "softmax", "elementwise", "reduce", "layer_norm", "attention", "data", "dma_load", "dma_store")
+
+
+def _i64s(values: Sequence[int]) -> DenseArrayBase:
+    return DenseArrayBase.from_list(i64, [int(v) for v in values])
+
+
+@irdl_op_definition
+class YieldOp(IRDLOperation):
+    """Ends a kernel body; its operands are the kernel's output streams.
+
+    dataflow.yield %r : tensor<16x16xf32>
+    """
+
+    name = "dataflow.yield"
+    values = var_operand_def()
+    traits = traits_def(IsTerminator())
+    assembly_format = "attr-dict ($values^ `:` type($values))?"
+
+    def __init__(self, values: Sequence[SSAValue]):
+        super().__init__(operands=[list(values)])
+
+
+@irdl_op_definition
+class KernelOp(IRDLOperation):
+    """A kernel: one unit of work placed on one tile (see the module docstring for the form)."""
+
+    name = "dataflow.kernel"
+    inputs = var_operand_def(TensorType)
+    outputs = var_result_def(TensorType)
+    sym_name = attr_def(StringAttr)
+    kind = attr_def(StringAttr)
+    tile_kind = attr_def(StringAttr)
+    loops = attr_def(ArrayAttr[StringAttr])
+    trips = attr_def(DenseArrayBase)
+    tile = attr_def(DenseArrayBase)
+    buffer_bytes = attr_def(IntegerAttr[I64])
+    cycles = attr_def(IntegerAttr[I64])
+    macs = attr_def(IntegerAttr[I64])
+    tokens = attr_def(DenseArrayBase)
+    group = opt_attr_def(StringAttr)
+    body = region_def("single_block")
+    assembly_format = "$sym_name `(` $inputs `)` attr-dict-with-keyword `:` functional-type($inputs, $outputs) $body"
+
+    def __init__(
+        self,
+        name: str,
+        inputs: Sequence[SSAValue],
+        result_types: Sequence[Attribute],
+        body: Block,
+        *,
+        kind: str,
+        tile_kind: str,
+        loops: Sequence[tuple[str, int]] = (),
+        tile: Sequence[int] = (),
+        buffer_bytes: int = 0,
+        cycles: int = 0,
+        macs: int = 0,
+        tokens: Sequence[int] | None = None,
+        group: str | None = None,
+    ):
+        attrs: dict[str, Attribute] = {
+            "sym_name": StringAttr(name),
+            "kind": StringAttr(kind),
+            "tile_kind": StringAttr(tile_kind),
+            "loops": ArrayAttr([StringAttr(n) for n, _ in loops]),
+            "trips": _i64s([t for _, t in loops]),
+            "tile": _i64s(tile),
+            "buffer_bytes": IntegerAttr(buffer_bytes, 64),
+            "cycles": IntegerAttr(cycles, 64),
+            "macs": IntegerAttr(macs, 64),
+            "tokens": _i64s(tokens if tokens is not None else [1] * len(result_types)),
+        }
+        if group:
+            attrs["group"] = StringAttr(group)
+        super().__init__(operands=[list(inputs)], result_types=[list(result_types)], attributes=attrs, regions=[Region(body)])
+
+    @property
+    def kernel_name(self) -> str:
+        return self.sym_name.data
+
+    def loop_schedule(self) -> list[tuple[str, int]]:
+        return [(n.data, int(t)) for n, t in zip(self.loops.data, self.trips.get_values())]
+
+    def verify_(self) -> None:
+        where = f"dataflow.kernel '{self.sym_name.data}'"
+        if self.kind.data not in KERNEL_KINDS:
+            raise VerifyException(f"{where}: kind must be one of {KERNEL_KINDS}, got {self.kind.data!r}")
+        if self.tile_kind.data not in TILE_KINDS:
+            raise VerifyException(f"{where}: tile_kind must be one of {TILE_KINDS}, got {self.tile_kind.data!r}")
+        trips = self.trips.get_values()
+        if len(trips) != len(self.loops.data) or any(t < 1 for t in trips):
+            raise VerifyException(f"{where}: needs one trip count >= 1 per loop")
+        if len(self.tokens.get_values()) != len(self.outputs) or any(t < 1 for t in self.tokens.get_values()):
+            raise VerifyException(f"{where}: needs one token count >= 1 per output stream")
+        for name in ("buffer_bytes", "cycles", "macs"):
+            if getattr(self, name).value.data < 0:
+                raise VerifyException(f"{where}: {name} must be >= 0")
+        block = self.body.block
+        if [a.type for a in block.args] != [v.type for v in self.inputs]:
+            raise VerifyException(f"{where}: body arguments do not match the input streams")
+        last = block.last_op
+        if not isinstance(last, YieldOp):
+            raise VerifyException(f"{where}: body must end with dataflow.yield")
+        if [v.type for v in last.values] != [r.type for r in self.outputs]:
+            raise VerifyException(f"{where}: dataflow.yield types do not match the output streams")
+        for op in block.ops:
+            if op is not last and not op.name.startswith("sparse."):
+                raise VerifyException(f"{where}: a kernel body holds sparse ops only, found {op.name}")
+
+
+Dataflow = Dialect("dataflow", [KernelOp, YieldOp], [])
