@@ -1,0 +1,56 @@
+"""attnc.arch: the architecture description, one YAML file shared by the compiler, the bitstream
+and the simulator (format: docs/arch.md).
+
+    arch = load_arch("edge")            # a preset shipped in the package, or a path to a YAML file
+    arch.tiles_of("compute"), arch.graph(), arch.fingerprint()
+
+Only PyYAML is imported here; networkx loads on the first ``Arch.graph()``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from attnc.arch.model import DRAM, ENERGY_ACTIONS, KIND_LETTERS, TILE_KINDS, Arch, NoC, Tile
+from attnc.arch.schema import DATATYPES, FORMAT_VERSION, SUPPORTED_VERSIONS, dump_arch, parse_arch
+from attnc.errors import AttncError
+
+__all__ = [
+    "DATATYPES", "DRAM", "ENERGY_ACTIONS", "FORMAT_VERSION", "KIND_LETTERS", "PRESETS", "SUPPORTED_VERSIONS",
+    "TILE_KINDS", "Arch", "NoC", "Tile", "dump_arch", "load_arch", "parse_arch", "preset_text",
+]  # fmt: skip
+
+PRESETS = ("tiny", "edge", "cloud")
+
+
+def preset_text(name: str) -> str:
+    """The YAML text of a preset shipped inside the package."""
+    if name not in PRESETS:
+        raise AttncError(f"unknown architecture preset '{name}' (presets: {', '.join(PRESETS)})")
+    return resources.files(__name__).joinpath("presets", f"{name}.yaml").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=None)
+def _load_preset(name: str) -> Arch:
+    # Arch is immutable, so every caller may share one instance (and its cached graph).
+    return parse_arch(preset_text(name), source_name=f"<preset {name}>")
+
+
+def load_arch(spec: str | os.PathLike[str]) -> Arch:
+    """A preset name (``tiny``, ``edge``, ``cloud``) or the path of a YAML file."""
+    if isinstance(spec, str) and spec in PRESETS:
+        return _load_preset(spec)
+    path = Path(spec)
+    if not path.is_file():
+        close = difflib.get_close_matches(str(spec), PRESETS, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise AttncError(f"'{spec}' is neither an architecture preset ({', '.join(PRESETS)}) nor an existing file{hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AttncError(f"{spec}: cannot read: {e}") from None
+    return parse_arch(text, source_name=str(spec))
