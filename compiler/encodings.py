@@ -89,9 +89,11 @@ def to_numpy(attr: DenseIntOrFPElementsAttr) -> np.ndarray:
         u16 = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
         return u16.view(np.float32).reshape(shape)
     if isinstance(elt, IntegerType) and elt.width.data == 1:
-        return (np.frombuffer(raw, dtype=np.int8) != 0).reshape(shape)
-    dt = np_dtype(elt)
-    arr = np.frombuffer(raw, dtype=dt.newbyteorder("<"))
+        arr = np.frombuffer(raw, dtype=np.int8) != 0
+        dt = arr.dtype
+    else:
+        dt = np_dtype(elt)
+        arr = np.frombuffer(raw, dtype=dt.newbyteorder("<"))
     if arr.size == 1 and int(np.prod(shape)) != 1:
         arr = np.broadcast_to(arr, shape)  # a splat
     return arr.reshape(shape).astype(dt, copy=False)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 PASSES: dict[str, str] = {
     "canonicalize": "attnc.passes.canonicalize:CanonicalizePass",
     "raise-attention": "attnc.passes.raise_attention:RaiseAttentionPass",
+    "lower-to-dataflow": "attnc.passes.lower_dataflow:LowerToDataflowPass",
 }
 
 

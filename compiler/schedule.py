@@ -1,0 +1,121 @@
+"""The fixed tiling rule and the first-order cost of one kernel on one tile.
+
+Tile sizes come straight from the architecture: a GEMM is tiled to the MAC array
+(``mac_rows x mac_cols`` outputs per step, the reduction dim chunked so that the
+double-buffered operand tiles fit the tile's SRAM), a vector or special-function
+kernel sweeps blocks of ``lanes`` rows. The tile search of the fusion issue
+replaces this rule; the numbers here are estimates for placement and reports,
+and the simulator measures the real ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from xdsl.dialects.builtin import TensorType
+from xdsl.ir import Operation
+
+from attnc.dialects import sparse as sp
+from attnc.encodings import np_dtype
+
+#: sparse ops a special-function tile computes (transcendental or row-wise)
+SFU_OPS = (
+    sp.ExpOp, sp.LogOp, sp.SqrtOp, sp.RsqrtOp, sp.ReciprocalOp, sp.TanhOp, sp.ErfOp, sp.SigmoidOp, sp.GeluOp,
+    sp.SoftmaxOp, sp.LogSoftmaxOp, sp.LayerNormOp, sp.ReduceOp,
+)  # fmt: skip
+#: passes over the data a row-wise op makes (softmax: max, exp+sum, scale)
+PASSES = {sp.SoftmaxOp: 3, sp.LogSoftmaxOp: 3, sp.LayerNormOp: 3}
+#: bytes a DMA kernel keeps in flight (double-buffered bursts)
+DMA_BURST = 4096
+
+
+@dataclass(frozen=True)
+class KernelCost:
+    kind: str  # gemm | softmax | layer_norm | reduce | elementwise | dma_load | dma_store | data
+    tile_kind: str
+    loops: tuple[tuple[str, int], ...]
+    tile: tuple[int, ...]
+    buffer_bytes: int
+    cycles: int
+    macs: int
+    tokens: int
+
+
+def nbytes(t: TensorType) -> int:
+    return int(np.prod(t.get_shape(), dtype=np.int64)) * np_dtype(t.element_type).itemsize
+
+
+def _elems(t: TensorType) -> int:
+    return int(np.prod(t.get_shape(), dtype=np.int64))
+
+
+def _matmul_dims(op: Operation) -> tuple[int, int, int, int]:
+    """(batch, M, N, K) of a matmul or a two-operand contraction."""
+    if isinstance(op, sp.MatmulOp):
+        a, b = sp.shape_of(op.lhs), sp.shape_of(op.rhs)
+        a2 = (1, *a) if len(a) == 1 else a
+        b2 = (*b, 1) if len(b) == 1 else b
+        batch = int(np.prod(np.broadcast_shapes(a2[:-2], b2[:-2]), dtype=np.int64))
+        return batch, a2[-2], b2[-1], a2[-1]
+    assert isinstance(op, sp.ContractOp)
+    ins, out, sizes = sp.parse_einsum(op.equation.data, [sp.shape_of(v) for v in op.inputs])
+    reduced = [c for c in sizes if c not in out]
+    k = int(np.prod([sizes[c] for c in reduced], dtype=np.int64)) if reduced else 1
+    m = sizes[out[-2]] if len(out) >= 2 else 1
+    n = sizes[out[-1]] if out else 1
+    batch = int(np.prod([sizes[c] for c in out[:-2]], dtype=np.int64)) if len(out) > 2 else 1
+    return batch, m, n, k
+
+
+def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, dma: str | None = None) -> KernelCost:
+    """Cost of a kernel whose body is ``body_ops`` (yield excluded) on the tile kind it needs."""
+    out_bytes = sum(nbytes(t) for t in outputs)
+    eb = max((np_dtype(t.element_type).itemsize for t in outputs), default=4)
+    if dma is not None:
+        tile = arch.tiles_of("dma")[0]
+        bursts = max(1, math.ceil(out_bytes / DMA_BURST))
+        cycles = math.ceil(out_bytes / arch.dram.bytes_per_cycle) + arch.dram.latency_cycles
+        return KernelCost(dma, "dma", (("burst", bursts),), (DMA_BURST,), min(2 * DMA_BURST, tile.sram_bytes),
+                          cycles, 0, bursts)  # fmt: skip
+    gemms = [op for op in body_ops if isinstance(op, (sp.MatmulOp, sp.ContractOp))]
+    if gemms:
+        tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+        batch, m, n, k = max((_matmul_dims(op) for op in gemms), key=lambda d: d[0] * d[1] * d[2] * d[3])
+        macs = sum(int(np.prod(_matmul_dims(op), dtype=np.int64)) for op in gemms)
+        tm, tn = min(m, tile.mac_rows), min(n, tile.mac_cols)
+        # largest reduction chunk whose double-buffered A, B and C tiles fit in half the SRAM
+        budget = tile.sram_bytes // 2
+        tk = max(1, min(k, (budget // (2 * eb) - tm * tn) // max(tm + tn, 1)))
+        loops = (("b", batch), ("m", math.ceil(m / tm)), ("n", math.ceil(n / tn)), ("k", math.ceil(k / tk)))
+        steps = batch * math.ceil(m / tm) * math.ceil(n / tn) * k
+        vector = sum(_elems(op.results[0].type) for op in body_ops if op not in gemms and op.results)
+        cycles = steps + tm + tn + math.ceil(vector / max(tile.vector_lanes, 1))
+        buf = 2 * eb * (tm * tk + tk * tn + tm * tn)
+        return KernelCost("gemm", "compute", loops, (tm, tn, tk), buf, cycles, macs,
+                          batch * math.ceil(m / tm) * math.ceil(n / tn))  # fmt: skip
+    sfu = [op for op in body_ops if isinstance(op, SFU_OPS)]
+    kind = "elementwise"
+    for cls, name in ((sp.SoftmaxOp, "softmax"), (sp.LogSoftmaxOp, "softmax"), (sp.LayerNormOp, "layer_norm"),
+                      (sp.ReduceOp, "reduce")):  # fmt: skip
+        if any(isinstance(op, cls) for op in body_ops):
+            kind = name
+            break
+    tile_kind = "sfu" if sfu else "compute"
+    tile = max(arch.tiles_of(tile_kind), key=lambda t: (t.vector_lanes, t.sram_bytes))
+    lanes = max(tile.vector_lanes, 1)
+    work = 0
+    for op in body_ops:
+        if op.results and isinstance(op.results[0].type, TensorType):
+            src = max((_elems(v.type) for v in op.operands if isinstance(v.type, TensorType)), default=0)
+            work += PASSES.get(type(op), 1) * max(_elems(op.results[0].type), src)
+    shape = outputs[0].get_shape() if outputs else (1,)
+    row = shape[-1] if shape else 1
+    rows = max(1, _elems(outputs[0]) // max(row, 1)) if outputs else 1
+    block = min(rows, lanes)
+    # an input and an output row block, double-buffered; long rows stream through in
+    # chunks so a kernel never asks for more than a quarter of its tile's SRAM
+    buf = min(4 * eb * block * row, tile.sram_bytes // 4)
+    loops = (("rows", math.ceil(rows / block)),)
+    return KernelCost(kind, tile_kind, loops, (block, row), buf, math.ceil(work / lanes) + 1, 0, loops[0][1])

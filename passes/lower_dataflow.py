@@ -1,0 +1,329 @@
+"""lower-to-dataflow: partition @main's sparse IR into dataflow kernels.
+
+Two steps, each keeping the numbers the reference interpreter computes:
+
+1. ``sparse.attention`` is expanded per (batch, head) into the unfused pipeline a
+   dataflow array runs: a QKᵀ GEMM kernel, a softmax kernel on a special-function
+   tile (mask, causal bias and the fully-masked-row rule included) and a PV GEMM
+   kernel. The head outputs are gathered back by data-movement ops.
+2. Every compute op becomes a kernel of its own (ops tagged with the same
+   ``dataflow.tag`` share one). Data-movement ops (reshape, transpose, slice,
+   concat, broadcast, ...) and small constants are cloned into each kernel that
+   reads them: on the array they are buffer addressing, not work. Graph inputs and
+   large constants (weights) enter through DMA load kernels, results leave through
+   DMA store kernels.
+
+Tile sizes, loop schedules, buffer sizes and cycle estimates come from the
+architecture through the fixed rule of ``attnc.schedule``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import BytesAttr, DenseIntOrFPElementsAttr, ModuleOp, StringAttr, TensorType, i1
+from xdsl.ir import Block, Operation, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint, Rewriter
+
+from attnc.dialects import dataflow as df
+from attnc.dialects import sparse as sp
+from attnc.encodings import from_numpy, np_dtype
+from attnc.errors import AttncError
+from attnc.ir import io_names, main_func
+from attnc.schedule import kernel_cost, nbytes
+
+TAG = "dataflow.tag"
+GROUP = "dataflow.group"
+#: constants up to this size are cloned into the kernels that use them (configuration data)
+SMALL_CONSTANT_BYTES = 1024
+DATA_OPS = (
+    sp.ReshapeOp, sp.TransposeOp, sp.BroadcastOp, sp.SliceOp, sp.ConcatOp, sp.GatherOp, sp.PadOp, sp.ConvertOp,
+)  # fmt: skip
+
+
+def _splat(shape: Sequence[int], elt, value) -> sp.ConstantOp:
+    raw = np.asarray([value], dtype=np_dtype(elt)).astype(np.int8 if elt == i1 else np_dtype(elt)).tobytes()
+    return sp.ConstantOp(DenseIntOrFPElementsAttr(TensorType(elt, list(shape)), BytesAttr(raw)))
+
+
+class _Builder:
+    """Appends ops before an anchor, tagging the compute ones."""
+
+    def __init__(self, anchor: Operation):
+        self.anchor = anchor
+
+    def add(self, op: Operation, tag: str | None = None, group: str | None = None) -> SSAValue:
+        if tag:
+            op.attributes[TAG] = StringAttr(tag)
+        if group:
+            op.attributes[GROUP] = StringAttr(group)
+        Rewriter.insert_op(op, InsertPoint.before(self.anchor))
+        return op.results[0]
+
+
+def _head_slice(b: _Builder, x: SSAValue, bi: int, hi: int) -> SSAValue:
+    """x[bi, hi] of a rank-4 value as a 2-d matrix (size-1 dims broadcast)."""
+    shp = sp.shape_of(x)
+    bi = bi if shp[0] > 1 else 0
+    hi = hi if shp[1] > 1 else 0
+    s = b.add(sp.SliceOp(x, [bi, hi, 0, 0], [bi + 1, hi + 1, shp[2], shp[3]], [1, 1, 1, 1]))
+    return b.add(sp.ReshapeOp(s, [shp[2], shp[3]]))
+
+
+def expand_attention(op: sp.AttentionOp, name: str) -> None:
+    """Replace one sparse.attention by per-head QKᵀ, softmax and PV kernels."""
+    bld = _Builder(op)
+    q, k, v, mask = op.q, op.k, op.v, op.mask
+    bsz, hq, sq, _ = sp.shape_of(q)
+    hkv, skv = sp.shape_of(k)[1], sp.shape_of(k)[2]
+    dv = sp.shape_of(v)[3]
+    elt = sp.elt_of(q)
+    rep = hq // hkv
+    if mask is not None and len(sp.shape_of(mask)) < 4:
+        ms = sp.shape_of(mask)
+        mask = bld.add(sp.ReshapeOp(mask, [1] * (4 - len(ms)) + list(ms)))
+    scale = bld.add(_splat([], elt, op.scale.value.data))
+    zero, neginf = bld.add(_splat([], elt, 0.0)), bld.add(_splat([], elt, -np.inf))
+    cap = op.softcap.value.data
+    batches = []
+    for bi in range(bsz):
+        heads = []
+        for hi in range(hq):
+            tag = f"{name}_b{bi}h{hi}"
+            group = f"{name}/b{bi}h{hi}"
+            qh = _head_slice(bld, q, bi, hi)
+            kt = bld.add(sp.TransposeOp(_head_slice(bld, k, bi, hi // rep), [1, 0]))
+            s = bld.add(sp.MatmulOp(qh, kt), f"{tag}_qk", group)
+            s = bld.add(sp.MulOp(s, scale), f"{tag}_qk", group)
+            if cap > 0:
+                c = bld.add(_splat([], elt, cap))
+                ic = bld.add(_splat([], elt, 1.0 / cap))
+                t = bld.add(sp.TanhOp(bld.add(sp.MulOp(s, ic), f"{tag}_qk", group)), f"{tag}_qk", group)
+                s = bld.add(sp.MulOp(t, c), f"{tag}_qk", group)
+            smx = f"{tag}_softmax"
+            allowed = additive = None
+            if mask is not None:
+                mh = _head_slice(bld, mask, bi, hi)
+                if sp.elt_of(mask) == i1:
+                    allowed = mh
+                else:
+                    additive = mh
+            if op.causal is not None:
+                ones = bld.add(_splat([sq, skv], i1, 1))
+                tri = bld.add(sp.TriluOp(ones, op.causal_offset.value.data, upper=False), smx, group)
+                allowed = tri if allowed is None else bld.add(sp.AndOp(allowed, tri), smx, group)
+            bias = None
+            if allowed is not None:
+                bias = bld.add(sp.WhereOp(allowed, zero, neginf), smx, group)
+                if additive is not None:
+                    bias = bld.add(sp.AddOp(bias, additive), smx, group)
+            elif additive is not None:
+                bias = additive
+            if bias is not None:
+                s = bld.add(sp.AddOp(s, bias), smx, group)
+            p = bld.add(sp.SoftmaxOp(s, -1), smx, group)
+            if bias is not None:
+                top = bld.add(sp.ReduceOp(bias, "max", [-1], keepdims=True), smx, group)
+                dead = bld.add(sp.CmpOp(top, neginf, "eq"), smx, group)
+                p = bld.add(sp.WhereOp(dead, zero, p), smx, group)
+            vh = _head_slice(bld, v, bi, hi // rep)
+            o = bld.add(sp.MatmulOp(p, vh), f"{tag}_pv", group)
+            heads.append(bld.add(sp.ReshapeOp(o, [1, 1, sq, dv])))
+        batches.append(heads[0] if len(heads) == 1 else bld.add(sp.ConcatOp(heads, 1)))
+    out = batches[0] if len(batches) == 1 else bld.add(sp.ConcatOp(batches, 0))
+    op.result.replace_all_uses_with(out)
+    Rewriter.erase_op(op)
+
+
+# ---------------------------------------------------------------------------
+# partitioning
+
+
+def _is_data(op: Operation | None) -> bool:
+    if isinstance(op, sp.ConstantOp):
+        return nbytes(op.result.type) <= SMALL_CONSTANT_BYTES
+    return isinstance(op, DATA_OPS)
+
+
+@dataclass
+class _Kernel:
+    name: str
+    ops: list[Operation]
+    group: str = ""
+
+
+class _Partitioner:
+    def __init__(self, fn: func.FuncOp, arch):
+        self.fn = fn
+        self.arch = arch
+        self.block = fn.body.block
+        self.streams: dict[SSAValue, SSAValue] = {}  # original value -> kernel output carrying it
+        self.names: set[str] = set()
+        self.kernel_of: dict[Operation, str] = {}
+
+    def unique(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+    def leaves(self, v: SSAValue, inside: set[Operation], seen: set[SSAValue] | None = None) -> list[SSAValue]:
+        """The stream sources v depends on through cloneable data ops."""
+        seen = set() if seen is None else seen
+        if v in seen:
+            return []
+        seen.add(v)
+        owner = v.owner
+        if isinstance(owner, Operation) and owner in inside:
+            return []
+        if isinstance(owner, Operation) and _is_data(owner):
+            return [x for o in owner.operands for x in self.leaves(o, inside, seen)]
+        return [v]
+
+    def run(self) -> None:
+        kernels: dict[str, _Kernel] = {}
+        order: list[_Kernel] = []
+        for op in list(self.block.ops):
+            if isinstance(op, func.ReturnOp) or _is_data(op) or isinstance(op, sp.ConstantOp):
+                continue
+            tag = op.attributes.pop(TAG, None)
+            group = op.attributes.pop(GROUP, None)
+            key = tag.data if isinstance(tag, StringAttr) else f"#{id(op)}"
+            if key not in kernels:
+                base = tag.data if isinstance(tag, StringAttr) else op.name.removeprefix("sparse.")
+                kernels[key] = _Kernel(self.unique(base), [], group.data if isinstance(group, StringAttr) else "")
+                order.append(kernels[key])
+            kernels[key].ops.append(op)
+            self.kernel_of[op] = kernels[key].name
+        # which values each producer must export
+        exported: dict[Operation, list[SSAValue]] = {}
+        consumers = [(set(k.ops), [o for op in k.ops for o in op.operands]) for k in order]
+        ret = self.block.last_op
+        assert isinstance(ret, func.ReturnOp)
+        consumers += [(set(), [v]) for v in ret.operands]
+        for inside, operands in consumers:
+            for o in operands:
+                for leaf in self.leaves(o, inside):
+                    owner = leaf.owner
+                    if isinstance(owner, Operation) and owner in self.kernel_of:
+                        lst = exported.setdefault(owner, [])
+                        if leaf not in lst:
+                            lst.append(leaf)
+        for k in order:
+            outs = [v for op in k.ops for v in exported.get(op, [])]
+            self.build(k.name, k.ops, outs, k.group)
+        names = io_names(self.fn)[1]
+        new_rets = []
+        for v, name in zip(ret.operands, names):
+            new_rets.append(self.build(self.unique(f"store_{name}"), [], [v], "", dma="dma_store")[0])
+        for i, v in enumerate(new_rets):
+            ret.operands[i] = v
+        for op in reversed(list(self.block.ops)):
+            if op is not ret and not isinstance(op, df.KernelOp) and not op.results[0].uses:
+                Rewriter.erase_op(op)
+
+    def source(self, leaf: SSAValue) -> SSAValue:
+        """The stream that carries an original leaf value (DMA loads made on demand)."""
+        if leaf in self.streams:
+            return self.streams[leaf]
+        owner = leaf.owner
+        if isinstance(owner, sp.ConstantOp):
+            label = f"load_const{len([n for n in self.names if n.startswith('load_const')])}"
+            body_op = owner.clone()
+            out = self._kernel(self.unique(label), [], [leaf.type], [body_op], [body_op.results[0]], "dma_load", owner)
+        else:
+            name = io_names(self.fn)[0][self.block.args.index(leaf)] if leaf in self.block.args else "value"
+            out = self._kernel(self.unique(f"load_{name}"), [leaf], [leaf.type], [], None, "dma_load", None)
+        self.streams[leaf] = out
+        return out
+
+    def _kernel(self, name, inputs, types, body_ops, yields, dma, anchor) -> SSAValue:
+        block = Block(arg_types=[v.type for v in inputs])
+        for op in body_ops:
+            block.add_op(op)
+        block.add_op(df.YieldOp(yields if yields is not None else list(block.args)))
+        cost = kernel_cost(body_ops, list(types), self.arch, dma=dma)
+        kop = df.KernelOp(name, inputs, types, block, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
+                          tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs,
+                          tokens=[cost.tokens] * len(types))  # fmt: skip
+        Rewriter.insert_op(kop, InsertPoint.at_start(self.block) if anchor is None else InsertPoint.before(anchor))
+        return kop.results[0]
+
+    def build(self, name: str, ops: list[Operation], outs: list[SSAValue], group: str, dma: str | None = None):
+        inside = set(ops)
+        mapping: dict[SSAValue, SSAValue] = {}
+        inputs: list[SSAValue] = []
+        block = Block()
+
+        def materialize(v: SSAValue) -> SSAValue:
+            if v in mapping:
+                return mapping[v]
+            owner = v.owner
+            if isinstance(owner, Operation) and owner not in inside and _is_data(owner):
+                new_operands = [materialize(o) for o in owner.operands]
+                clone = owner.clone()
+                for i, o in enumerate(new_operands):
+                    clone.operands[i] = o
+                block.add_op(clone)
+                for a, b in zip(owner.results, clone.results):
+                    mapping[a] = b
+                return mapping[v]
+            stream = v if isinstance(owner, df.KernelOp) else self.streams.get(v) or self.source(v)
+            arg = block.insert_arg(v.type, len(block.args))
+            inputs.append(stream)
+            mapping[v] = arg
+            return arg
+
+        for op in ops:
+            operands = [materialize(o) for o in op.operands]
+            clone = op.clone()
+            for i, o in enumerate(operands):
+                clone.operands[i] = o
+            block.add_op(clone)
+            for a, b in zip(op.results, clone.results):
+                mapping[a] = b
+        yields = [materialize(v) for v in outs]
+        body_ops = list(block.ops)
+        block.add_op(df.YieldOp(yields))
+        cost = kernel_cost(body_ops, [v.type for v in outs], self.arch, dma=dma)
+        kop = df.KernelOp(name, inputs, [v.type for v in outs], block, kind=cost.kind, tile_kind=cost.tile_kind,
+                          loops=cost.loops, tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles,
+                          macs=cost.macs, tokens=[cost.tokens] * len(outs), group=group or None)  # fmt: skip
+        anchor = ops[0] if ops else self.block.last_op
+        Rewriter.insert_op(kop, InsertPoint.before(anchor))
+        for v, r in zip(outs, kop.results):
+            self.streams[v] = r
+        for op in reversed(ops):
+            for r in op.results:
+                if r in self.streams:
+                    r.replace_all_uses_with(self.streams[r])
+        return list(kop.results)
+
+
+@dataclass(frozen=True)
+class LowerToDataflowPass(ModulePass):
+    """lower-to-dataflow: partition sparse IR into dataflow kernels and streams for an architecture."""
+
+    name = "lower-to-dataflow"
+
+    arch: str = "tiny"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        from attnc.arch import load_arch
+
+        arch = load_arch(self.arch)
+        fn = main_func(op)
+        if any(isinstance(o, df.KernelOp) for o in fn.body.block.ops):
+            raise AttncError("lower-to-dataflow: @main is already dataflow IR")
+        count = 0
+        for a in [o for o in fn.body.block.ops if isinstance(o, sp.AttentionOp)]:
+            expand_attention(a, f"attn{count}")
+            count += 1
+        _Partitioner(fn, arch).run()

@@ -1,0 +1,79 @@
+"""lower-to-dataflow: kernels and streams that compute exactly what the sparse IR computes."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attnc.arch import load_arch
+from attnc.dialects import dataflow as df
+from attnc.frontend.onnx import import_onnx
+from attnc.interpreter import interpret
+from attnc.ir import parse_module, print_module
+from attnc.pipeline import run_pipeline
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+# (example, heads x batch, causal)
+CASES = {"bert_layer": (4, False), "causal_decoder": (4, True), "gqa_block": (8, False), "attention23": (4, True)}
+
+
+def lowered(name: str, arch: str):
+    module = import_onnx(EXAMPLES / f"{name}.onnx")
+    run_pipeline(module, "canonicalize,raise-attention")
+    inputs = dict(np.load(EXAMPLES / f"{name}.inputs.npz"))
+    before = interpret(module, inputs)
+    run_pipeline(module, f"lower-to-dataflow{{arch={arch}}}")
+    return module, inputs, before
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_numbers_are_kept(name):
+    module, inputs, before = lowered(name, "tiny")
+    after = interpret(module, inputs)
+    for key, ref in before.items():
+        np.testing.assert_allclose(after[key], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_unfused_attention_is_three_kernels_per_head(name):
+    heads, causal = CASES[name]
+    module, _, _ = lowered(name, "tiny")
+    kernels = [op for op in module.walk() if isinstance(op, df.KernelOp)]
+    assert not any(op.name == "sparse.attention" for op in module.walk())
+    kinds = Counter(k.kind.data for k in kernels)
+    assert kinds["softmax"] == heads
+    assert sum(k.sym_name.data.endswith("_qk") for k in kernels) == heads
+    assert sum(k.sym_name.data.endswith("_pv") for k in kernels) == heads
+    softmax_bodies = [k for k in kernels if k.kind.data == "softmax"]
+    assert all(any(o.name == "sparse.trilu" for o in k.body.walk()) == causal for k in softmax_bodies)
+    # every func.return operand leaves through a DMA store; every graph input enters through a DMA load
+    assert kinds["dma_store"] >= 1 and kinds["dma_load"] >= 1
+    top = list(module.body.block.first_op.body.block.ops)
+    assert all(isinstance(op, df.KernelOp) for op in top[:-1])
+
+
+@pytest.mark.parametrize("arch_name", ["tiny", "edge", "cloud"])
+def test_kernels_fit_their_tiles(arch_name):
+    arch = load_arch(arch_name)
+    module, _, _ = lowered("causal_decoder", arch_name)
+    for k in (op for op in module.walk() if isinstance(op, df.KernelOp)):
+        biggest = max(t.sram_bytes for t in arch.tiles_of(k.tile_kind.data))
+        assert 0 < k.buffer_bytes.value.data <= biggest, k.sym_name.data
+        assert k.cycles.value.data > 0
+        gemm = k.kind.data == "gemm"
+        assert (k.macs.value.data > 0) == gemm and (k.tile_kind.data == "compute" or not gemm)
+
+
+def test_lowered_ir_round_trips():
+    module, inputs, before = lowered("gqa_block", "tiny")
+    text = print_module(module)
+    again = parse_module(text)
+    assert print_module(again) == text
+    np.testing.assert_allclose(interpret(again, inputs)["y"], before["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_lowering_twice_is_an_error():
+    module, _, _ = lowered("attention23", "tiny")
+    with pytest.raises(Exception, match="already dataflow IR"):
+        run_pipeline(module, "lower-to-dataflow")
