@@ -31,6 +31,7 @@ from attnc.pipeline import DEFAULT_PIPELINE
 if TYPE_CHECKING:
     from xdsl.dialects.builtin import ModuleOp
 
+    from attnc.arch import Arch
     from attnc.pipeline import PassRecord
 
 ARCH_PRESETS = ("tiny", "edge", "cloud")
@@ -67,11 +68,18 @@ def parse_input_shapes(values: Sequence[str]) -> dict[str, list[int]]:
     return shapes
 
 
-def check_arch(arch: str | None) -> None:
-    """``--arch`` is a preset name or an existing file (nothing reads it before the backend exists)."""
-    if arch is None or arch in ARCH_PRESETS or Path(arch).is_file():
-        return
-    raise AttncError(f"--arch '{arch}': neither a preset ({', '.join(ARCH_PRESETS)}) nor an existing file")
+def check_arch(arch: str | None) -> Arch | None:
+    """``--arch`` is a preset name or a YAML file; load and validate it (attnc.arch, imported lazily)."""
+    if arch is None:
+        return None
+    if arch not in ARCH_PRESETS and not Path(arch).is_file():
+        raise AttncError(f"--arch '{arch}': neither a preset ({', '.join(ARCH_PRESETS)}) nor an existing file")
+    from attnc.arch import load_arch
+
+    try:
+        return load_arch(arch)
+    except AttncError as e:
+        raise AttncError(f"--arch {e}") from None
 
 
 def check_pipeline(spec: str, print_after: Sequence[str] = ()) -> list[Any]:
@@ -306,7 +314,7 @@ def compile_command(
     """Compile MODEL (.onnx, .pt2 or .mlir) through the pass pipeline.
 
     The array back end does not exist yet: for now OUT is the final IR as .mlir
-    text, and --arch is only checked (a preset name or an existing file).
+    text, and --arch is only loaded and validated (a preset name or a YAML file).
     """
     shapes = parse_input_shapes(input_shapes)
     check_model(model, shapes)
@@ -415,6 +423,21 @@ def interpret(
         np.savez(f, **outputs)
     listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in outputs.items())
     click.echo(f"attnc: wrote {output}: {listing}", err=True)
+
+
+@cli.command("inspect")
+@click.argument("bitstream", metavar="FILE.bit", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+def inspect_command(bitstream: str, as_json: bool) -> None:
+    """Print every section of a bitstream.
+
+    The header and section table, the architecture (name, fingerprint), meta data,
+    each tile's contexts (kernels, ports, buffers, loops, body), routes with their
+    hops, DMA descriptors, constants (without their data) and the I/O table.
+    """
+    from attnc.backend.bitstream import inspect_file
+
+    click.echo(inspect_file(bitstream, as_json=as_json), nl=False)
 
 
 def _pass_summary(cls: type) -> str:
