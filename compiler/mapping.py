@@ -1,0 +1,351 @@
+"""The mapping problem handed to the placer, the mapping it returns, and two
+checks that do not trust the placer: ``validate`` (is a mapping legal?) and
+``explain_infeasible`` (can any mapping exist, by counting?).
+
+The lowering builds a ``MappingProblem`` (kernels with the tile kind they need,
+streams between them); ``attnc.passes.place_route.place_and_route`` returns a
+``Mapping`` (kernel -> tile, stream -> path of tiles); the backend encodes it.
+
+``validate`` deliberately re-derives everything from the architecture's own
+graph (``Arch.graph()``) and shares no code with the mapper, so tests that run
+it on the mapper's output check the mapper independently.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from attnc.errors import AttncError
+
+if TYPE_CHECKING:
+    from attnc.arch import Arch
+
+Pos = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A tile-sized unit of work that must sit on one tile of kind ``kind``."""
+
+    name: str
+    kind: str
+    buffer_bytes: int
+    cycles: int
+    group: str = ""
+    pipeline: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Data flowing from kernel ``src`` to kernel ``dst``: ``bytes`` in total, at
+    ``rate`` bytes per cycle on every link it crosses."""
+
+    name: str
+    src: str
+    dst: str
+    bytes: int
+    rate: float
+
+
+@dataclass
+class MappingProblem:
+    kernels: list[KernelSpec]
+    streams: list[StreamSpec]
+
+    def kernel(self, name: str) -> KernelSpec:
+        for k in self.kernels:
+            if k.name == name:
+                return k
+        raise KeyError(name)
+
+
+@dataclass
+class MappingStats:
+    """How the mapping was found and how good it is.
+
+    ``status`` is OPTIMAL (CP-SAT proved the weighted objective optimal), FEASIBLE
+    (CP-SAT improved or confirmed it without proof), or HEURISTIC (the greedy
+    mapping, either asked for or because the solver found nothing better in time).
+    The three objective terms are, in priority order: the most loaded link
+    (bytes/cycle), total byte-hops (bytes x links crossed, summed over streams) and
+    the makespan estimate (cycles of the busiest tile: kernels sharing a tile
+    time-multiplex it; streams within link capacity overlap with compute).
+    """
+
+    status: str = "HEURISTIC"
+    seconds: float = 0.0
+    max_link_load: float = 0.0
+    byte_hops: int = 0
+    makespan: int = 0
+    max_link_load_lb: float = 0.0
+    byte_hops_lb: int = 0
+    makespan_lb: int = 0
+    heuristic_max_link_load: float = 0.0
+    heuristic_byte_hops: int = 0
+    heuristic_makespan: int = 0
+    heuristic_seconds: float = 0.0
+    variables: int = 0
+    lns_rounds: int = 0
+    method: str = "heuristic"      # heuristic | monolithic | lns
+    link_capacity: float = 0.0
+
+    def gap(self, term: str) -> float:
+        """Relative gap of an objective term to its lower bound (0 = proven tight)."""
+        value, lb = getattr(self, term), getattr(self, term + "_lb")
+        return 0.0 if value <= 0 else max(0.0, (value - lb) / value)
+
+
+@dataclass
+class Mapping:
+    placement: dict[str, Pos]
+    routes: dict[str, list[Pos]]
+    stats: MappingStats = field(default_factory=MappingStats)
+
+    def link_loads(self, problem: MappingProblem) -> dict[tuple[Pos, Pos], float]:
+        """Summed stream rates per directed link (bytes/cycle)."""
+        rate = {s.name: s.rate for s in problem.streams}
+        loads: dict[tuple[Pos, Pos], float] = defaultdict(float)
+        for name, path in self.routes.items():
+            for a, b in zip(path, path[1:]):
+                loads[(a, b)] += rate.get(name, 0.0)
+        return dict(loads)
+
+
+class MappingInfeasible(AttncError):
+    """No mapping exists (or none was found): the message names the resource, by how
+    much it is over-subscribed, and the kernels that need it."""
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
+
+
+def _kib(n: float) -> str:
+    return f"{n / 1024:g} KiB" if n >= 1024 else f"{int(n)} B"
+
+
+# --------------------------------------------------------------------------- validator
+
+
+def validate(problem: MappingProblem, arch: Arch, mapping: Mapping) -> list[str]:
+    """Every way ``mapping`` breaks the problem or the architecture, in words
+    (empty list = a legal mapping)."""
+    errors: list[str] = []
+    graph = arch.graph()
+    tiles = {(t.x, t.y): t for t in arch.tiles}
+    kernels = {k.name: k for k in problem.kernels}
+    if len(kernels) != len(problem.kernels):
+        errors.append("problem has duplicate kernel names")
+
+    used_ctx: dict[Pos, list[str]] = defaultdict(list)
+    used_sram: dict[Pos, int] = defaultdict(int)
+    for k in problem.kernels:
+        pos = mapping.placement.get(k.name)
+        if pos is None:
+            errors.append(f"kernel '{k.name}' is not placed")
+            continue
+        pos = tuple(pos)
+        tile = tiles.get(pos)
+        if tile is None:
+            errors.append(f"kernel '{k.name}' placed at {pos}, where the array has no tile")
+            continue
+        if tile.kind != k.kind:
+            errors.append(f"kernel '{k.name}' needs a {k.kind} tile, placed on {tile.kind} tile {pos}")
+        used_ctx[pos].append(k.name)
+        used_sram[pos] += k.buffer_bytes
+    for name in mapping.placement:
+        if name not in kernels:
+            errors.append(f"placement names unknown kernel '{name}'")
+    for pos, names in sorted(used_ctx.items()):
+        tile = tiles[pos]
+        if len(names) > tile.contexts:
+            errors.append(f"tile {pos} runs {len(names)} kernels, it has {tile.contexts} contexts: {_names(names)}")
+        if used_sram[pos] > tile.sram_bytes:
+            errors.append(f"tile {pos} needs {used_sram[pos]} B of SRAM, it has {tile.sram_bytes}: {_names(names)}")
+
+    loads: dict[tuple[Pos, Pos], float] = defaultdict(float)
+    users: dict[tuple[Pos, Pos], list[str]] = defaultdict(list)
+    for s in problem.streams:
+        path = mapping.routes.get(s.name)
+        if path is None:
+            errors.append(f"stream '{s.name}' has no route")
+            continue
+        path = [tuple(p) for p in path]
+        if not path:
+            errors.append(f"stream '{s.name}' has an empty route")
+            continue
+        src, dst = mapping.placement.get(s.src), mapping.placement.get(s.dst)
+        if src is not None and path[0] != tuple(src):
+            errors.append(f"stream '{s.name}' starts at {path[0]}, its source '{s.src}' is at {tuple(src)}")
+        if dst is not None and path[-1] != tuple(dst):
+            errors.append(f"stream '{s.name}' ends at {path[-1]}, its destination '{s.dst}' is at {tuple(dst)}")
+        for a, b in zip(path, path[1:]):
+            if not graph.has_edge(a, b):
+                errors.append(f"stream '{s.name}' hops {a}->{b}, which is not a link")
+                continue
+            loads[(a, b)] += s.rate
+            users[(a, b)].append(s.name)
+    for name in mapping.routes:
+        if all(s.name != name for s in problem.streams):
+            errors.append(f"routes name unknown stream '{name}'")
+    for link, load in sorted(loads.items()):
+        cap = graph.edges[link]["bytes_per_cycle"]
+        if load > cap + 1e-9:
+            errors.append(
+                f"link {link[0]}->{link[1]}: streams need {load:g} B/cycle, capacity {cap:g}: {_names(users[link])}"
+            )
+    return errors
+
+
+# --------------------------------------------------------------------------- counting checks
+
+
+def explain_infeasible(problem: MappingProblem, arch: Arch) -> str | None:
+    """Counting arguments that rule out every mapping, as one line each joined by
+    '; ' (None when none applies). Cheap: run before any solver."""
+    reasons: list[str] = []
+    by_kind: dict[str, list[KernelSpec]] = defaultdict(list)
+    for k in problem.kernels:
+        by_kind[k.kind].append(k)
+    names = [k.name for k in problem.kernels]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        reasons.append(f"duplicate kernel names: {_names(dup)}")
+    known = set(names)
+    for s in problem.streams:
+        for end in (s.src, s.dst):
+            if end not in known:
+                reasons.append(f"stream '{s.name}' names unknown kernel '{end}'")
+
+    for kind in sorted(by_kind):
+        ks = by_kind[kind]
+        tiles = [t for t in arch.tiles if t.kind == kind]
+        kn = [k.name for k in ks]
+        if not tiles:
+            reasons.append(f"needs {len(ks)} {kind} kernels but {arch.name} has no {kind} tile: {_names(kn)}")
+            continue
+        slots = sum(t.contexts for t in tiles)
+        if len(ks) > slots:
+            ctx = {t.contexts for t in tiles}
+            per = f"{ctx.pop()} contexts" if len(ctx) == 1 else "contexts"
+            reasons.append(
+                f"needs {len(ks)} {kind} kernels but {arch.name} has {len(tiles)} {kind} tile"
+                f"{'s' if len(tiles) != 1 else ''} x {per} = {slots} slots: {_names(kn)}"
+            )
+        biggest = max(t.sram_bytes for t in tiles)
+        too_big = [k for k in ks if k.buffer_bytes > biggest]
+        for k in too_big[:3]:
+            reasons.append(
+                f"kernel '{k.name}' needs {_kib(k.buffer_bytes)} of SRAM, the largest {kind} tile has {_kib(biggest)}"
+            )
+        if len(too_big) > 3:
+            reasons.append(f"{len(too_big) - 3} more {kind} kernels need more SRAM than any {kind} tile has")
+        total, cap = sum(k.buffer_bytes for k in ks), sum(t.sram_bytes for t in tiles)
+        if not too_big and total > cap:
+            reasons.append(
+                f"{kind} kernels need {_kib(total)} of SRAM together, the {len(tiles)} {kind} tiles have {_kib(cap)}"
+                f" (over by {_kib(total - cap)}): {_names(kn)}"
+            )
+
+    # Streams: a stream whose ends cannot share a tile crosses at least one link.
+    graph = arch.graph()
+    caps = [d["bytes_per_cycle"] for _, _, d in graph.edges(data=True)]
+    link_cap = max(caps) if caps else 0.0
+    kinds = {k.name: k.kind for k in problem.kernels}
+    out_rate: dict[str, float] = defaultdict(float)
+    in_rate: dict[str, float] = defaultdict(float)
+    for s in problem.streams:
+        if s.src not in kinds or s.dst not in kinds:
+            continue
+        if s.rate > link_cap and must_cross(s, kinds):
+            reasons.append(f"stream '{s.name}' needs {s.rate:g} B/cycle, the widest link carries {link_cap:g}")
+        if must_cross(s, kinds):
+            out_rate[s.src] += s.rate
+            in_rate[s.dst] += s.rate
+    for kind in sorted(by_kind):
+        tiles = [(t.x, t.y) for t in arch.tiles if t.kind == kind]
+        if not tiles:
+            continue
+        out_cap = max(sum(graph.edges[e]["bytes_per_cycle"] for e in graph.out_edges(p)) for p in tiles)
+        in_cap = max(sum(graph.edges[e]["bytes_per_cycle"] for e in graph.in_edges(p)) for p in tiles)
+        for k in by_kind[kind]:
+            if out_rate[k.name] > out_cap + 1e-9:
+                reasons.append(
+                    f"kernel '{k.name}' sends {out_rate[k.name]:g} B/cycle to other tiles, a {kind} tile's links"
+                    f" carry at most {out_cap:g} out"
+                )
+            if in_rate[k.name] > in_cap + 1e-9:
+                reasons.append(
+                    f"kernel '{k.name}' receives {in_rate[k.name]:g} B/cycle from other tiles, a {kind} tile's links"
+                    f" carry at most {in_cap:g} in"
+                )
+    return "; ".join(reasons) if reasons else None
+
+
+def must_cross(stream: StreamSpec, kinds: dict[str, str]) -> bool:
+    """A stream between kernels of different kinds always leaves its source tile."""
+    return stream.src != stream.dst and kinds[stream.src] != kinds[stream.dst]
+
+
+# --------------------------------------------------------------------------- synthetic problems
+
+
+def synthetic_attention(heads: int, seq: int, arch: Arch, *, head_dim: int = 64, elem_bytes: int = 2) -> MappingProblem:
+    """The unfused attention graph of REFERENCES §4.4b, for tests and benchmarks.
+
+    Per head: DMA load of X -> layer norm (sfu) -> Q, K, V projections (compute)
+    -> Q.K^T (compute) -> softmax (sfu) -> P.V (compute); every 4 heads share an
+    output projection (compute) and a DMA store. ``seq`` sets bytes and cycles;
+    rates are fractions of ``arch``'s link width and buffers fit its tiles (a
+    quarter of a tile's SRAM per context at most), so the graph suits any preset.
+    """
+    cap = float(arch.noc.link_bytes_per_cycle)
+    sram = {kind: min((t.sram_bytes // max(1, t.contexts) for t in arch.tiles if t.kind == kind), default=0)
+            for kind in ("compute", "sfu", "dma")}
+    row = seq * head_dim * elem_bytes          # one head's activations
+    score_bytes = seq * seq * elem_bytes       # one head's attention matrix
+    weights = head_dim * head_dim * elem_bytes
+
+    def buf(kind: str, want: int) -> int:
+        return max(1, min(want, sram[kind] // 4 * 3))
+
+    kernels: list[KernelSpec] = []
+    streams: list[StreamSpec] = []
+
+    def kernel(name, kind, want_buf, cycles, group, stage):
+        kernels.append(KernelSpec(name, kind, buf(kind, want_buf), max(1, int(cycles)), group, (group, stage)))
+
+    def stream(src, dst, nbytes, frac):
+        streams.append(StreamSpec(f"{src}->{dst}", src, dst, int(nbytes), cap * frac))
+
+    macs = 256
+    for h in range(heads):
+        g = f"head{h}"
+        kernel(f"load_x_h{h}", "dma", row, row / 16, g, 0)
+        kernel(f"ln_h{h}", "sfu", 4 * head_dim, seq * head_dim / 16, g, 1)
+        for p in "qkv":
+            kernel(f"proj_{p}_h{h}", "compute", weights, seq * head_dim * head_dim / macs, g, 2)
+        kernel(f"qk_h{h}", "compute", row, seq * seq * head_dim / macs, g, 3)
+        kernel(f"softmax_h{h}", "sfu", seq * elem_bytes, seq * seq / 16, g, 4)
+        kernel(f"pv_h{h}", "compute", row, seq * seq * head_dim / macs, g, 5)
+        stream(f"load_x_h{h}", f"ln_h{h}", row, 0.5)
+        for p in "qkv":
+            stream(f"ln_h{h}", f"proj_{p}_h{h}", row, 0.25)
+        stream(f"proj_q_h{h}", f"qk_h{h}", row, 0.25)
+        stream(f"proj_k_h{h}", f"qk_h{h}", row, 0.25)
+        stream(f"proj_v_h{h}", f"pv_h{h}", row, 0.25)
+        stream(f"qk_h{h}", f"softmax_h{h}", score_bytes, 0.5)
+        stream(f"softmax_h{h}", f"pv_h{h}", score_bytes, 0.5)
+    for o in range((heads + 3) // 4):
+        g = f"out{o}"
+        members = range(4 * o, min(heads, 4 * o + 4))
+        kernel(f"out_proj_{o}", "compute", weights * len(members), seq * head_dim * head_dim * len(members) / macs, g, 6)
+        kernel(f"store_{o}", "dma", row, row * len(members) / 16, g, 7)
+        for h in members:
+            stream(f"pv_h{h}", f"out_proj_{o}", row, 0.25)
+        stream(f"out_proj_{o}", f"store_{o}", row * len(members), 0.5)
+    return MappingProblem(kernels, streams)

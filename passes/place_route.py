@@ -1,0 +1,515 @@
+"""Placement and routing of dataflow kernels on the array with OR-Tools CP-SAT.
+
+The model (REFERENCES §4): one Boolean ``x[k, t]`` per kernel and tile of its
+kind (exactly one per kernel; contexts and SRAM per tile as linear constraints),
+one Boolean ``f[s, l]`` per stream and directed link (flow conservation at each
+tile, tied to where the stream's ends are placed), and a weighted objective
+
+    W1 * max link load  +  W2 * byte-hops  +  makespan estimate
+
+where one unit of link load outweighs every byte-hop the heuristic spends and one
+byte-hop outweighs the whole makespan term, so it is lexicographic in practice.
+Trivial lower bounds are posted as constraints: they close proofs faster.
+
+Small problems are solved as one model. Larger ones run large-neighbourhood
+search: fix everything outside a window of the array (or one group of kernels,
+or the streams on the most loaded link), re-solve the window from the current
+mapping as a hint, keep the result when it is no worse. Every solve runs on one
+worker with a fixed seed and a deterministic-time limit, so two runs give the
+same mapping; a wall-clock limit is only a safety net. The heuristic mapping is
+the starting point and the fallback: the result is never worse than it.
+
+Link capacity is soft inside the model (the max-load term) so that an
+over-full heuristic hint is still a valid start; a result with a link over
+capacity is reported as ``MappingInfeasible`` naming the link and its streams.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+
+from attnc.mapping import Mapping, MappingInfeasible, MappingProblem, MappingStats, explain_infeasible
+from attnc.passes.mapping_heuristic import (
+    ArrayView,
+    ProblemView,
+    Score,
+    State,
+    fill_stats,
+    heuristic_mapping,
+    heuristic_state,
+    lower_bounds,
+    score,
+    to_mapping,
+)
+
+__all__ = ["place_and_route", "heuristic_mapping"]
+
+# Monolithic model when it is this small (kernels, and stream x link flow Booleans).
+MONOLITHIC_KERNELS = 40
+MONOLITHIC_FLOWS = 20000
+# LNS windows: at most this many flow Booleans per window model.
+WINDOW_FLOWS = 6000
+WINDOW_DTIME = 1.0
+
+
+def place_and_route(
+    problem: MappingProblem,
+    arch,
+    *,
+    time_limit: float = 10.0,
+    seed: int = 0,
+    heuristic_only: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Mapping:
+    """Map ``problem`` onto ``arch``. ``time_limit`` bounds the solver's deterministic
+    time (roughly seconds on one core); ``progress`` receives one-line messages."""
+    start = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    why = explain_infeasible(problem, arch)
+    if why:
+        raise MappingInfeasible(f"cannot map onto {arch.name}: {why}")
+    av = ArrayView(arch)
+    pv = ProblemView(problem, av)
+    hint = heuristic_state(av, pv, seed)
+    h_seconds = time.perf_counter() - start
+    stats = MappingStats(heuristic_seconds=h_seconds)
+    if hint is not None:
+        hs = score(av, pv, hint)
+        stats.heuristic_max_link_load, stats.heuristic_byte_hops, stats.heuristic_makespan = (
+            hs.max_load, hs.byte_hops, hs.makespan)
+        say(f"heuristic: max link {hs.max_load:g} B/cycle, {hs.byte_hops} byte-hops, makespan {hs.makespan}")
+    if heuristic_only or not problem.kernels:
+        if hint is None:
+            raise MappingInfeasible(
+                f"cannot map onto {arch.name}: the greedy packing found no tile with free contexts and SRAM"
+                " for every kernel (try without --heuristic-only)")
+        stats.status, stats.method, stats.seconds = "HEURISTIC", "heuristic", time.perf_counter() - start
+        return _finish(av, pv, hint, fill_stats(stats, av, pv, score(av, pv, hint)))
+
+    solver = _Solver(av, pv, seed, stats, say, deadline=start + 3 * time_limit + 10)
+    flows = len(problem.streams) * len(av.links)
+    if len(problem.kernels) <= MONOLITHIC_KERNELS and flows <= MONOLITHIC_FLOWS:
+        best, status = solver.monolithic(hint, time_limit)
+        stats.method = "monolithic"
+    else:
+        if hint is None:
+            raise MappingInfeasible(
+                f"cannot map onto {arch.name}: no packing of {len(problem.kernels)} kernels into tile contexts and"
+                " SRAM was found (the counting checks pass; the problem is too large for an exact packing proof)")
+        best, status = solver.lns(hint, time_limit)
+        stats.method = "lns"
+    if best is None:
+        if status == "INFEASIBLE":
+            raise MappingInfeasible(
+                f"cannot map onto {arch.name}: CP-SAT proved that no placement fits the tiles' contexts and SRAM"
+                f" ({_packing_summary(av, pv)})")
+        if hint is None:
+            raise MappingInfeasible(f"cannot map onto {arch.name}: no placement found within {time_limit:g} s")
+        best, status = hint, "HEURISTIC"
+    # Never worse than the heuristic.
+    if hint is not None and score(av, pv, hint).key() < score(av, pv, best).key():
+        best, status = hint, "HEURISTIC"
+    stats.status = status
+    stats.seconds = time.perf_counter() - start
+    return _finish(av, pv, best, fill_stats(stats, av, pv, score(av, pv, best)))
+
+
+def _finish(av: ArrayView, pv: ProblemView, st: State, stats: MappingStats) -> Mapping:
+    sc = score(av, pv, st)
+    over = [li for li, load in enumerate(sc.loads) if load > av.cap[li] + 1e-9]
+    if over:
+        li = max(over, key=lambda i: (sc.loads[i] - av.cap[i], -i))
+        a, b = av.links[li]
+        users = [pv.streams[si].name for si, path in enumerate(st.routes) if any(
+            (p, q) == (a, b) for p, q in zip(path, path[1:]))]
+        kernels = sorted({n for si, path in enumerate(st.routes) if pv.streams[si].name in users
+                          for n in (pv.streams[si].src, pv.streams[si].dst)})
+        proven = stats.status == "OPTIMAL"
+        raise MappingInfeasible(
+            f"cannot map onto {av.arch.name}: link {av.pos[a]}->{av.pos[b]}: streams need {sc.loads[li]:g} B/cycle,"
+            f" capacity {av.cap[li]:g} ({len(over)} link{'s' if len(over) > 1 else ''} over capacity"
+            f"{', proven unavoidable' if proven else ' in the best mapping found'}"
+            f" after {stats.seconds:.1f} s): streams {_short(users)}; kernels {_short(kernels)}")
+    return to_mapping(av, pv, st, stats)
+
+
+def _short(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names) if len(names) <= limit else ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
+
+
+def _packing_summary(av: ArrayView, pv: ProblemView) -> str:
+    parts = []
+    kinds = sorted({k.kind for k in pv.kernels})
+    for kind in kinds:
+        ks = [k for k in pv.kernels if k.kind == kind]
+        tiles = av.of_kind[kind]
+        parts.append(
+            f"{len(ks)} {kind} kernels needing {sum(k.buffer_bytes for k in ks)} B in {len(tiles)} tiles of"
+            f" {sum(av.contexts[t] for t in tiles)} contexts and {sum(av.sram[t] for t in tiles)} B")
+    return "; ".join(parts)
+
+
+class _Solver:
+    def __init__(self, av: ArrayView, pv: ProblemView, seed: int, stats: MappingStats, say, deadline: float):
+        self.av, self.pv, self.seed, self.stats, self.say = av, pv, seed, stats, say
+        self.deadline = deadline
+        self.lb = lower_bounds(av, pv)
+        self.l_lb_int = int(self.lb[0] / pv.rate_unit)
+        self.bh_lb_int = sum(
+            pv.b_int[si] * min(av.dist[x][y] for x in pv.cand[pv.src[si]] for y in pv.cand[pv.dst[si]])
+            for si in range(len(pv.streams)) if pv.cross[si])
+        self.m_lb_int = max([max(pv.c_int, default=0)] + [
+            -(-sum(c for c, k in zip(pv.c_int, pv.kernels) if k.kind == kind) // len(tiles))
+            for kind, tiles in av.of_kind.items() if tiles])
+        self.m_ub = sum(pv.c_int)
+        self.w2 = self.m_ub + 1
+
+    def weights(self) -> int:
+        """W1 > W2 * (largest possible byte-hops) + makespan bound, so the weighted
+        objective is lexicographic: a route visits each tile at most once, so a
+        stream crosses fewer links than there are tiles."""
+        return (sum(self.pv.b_int) * len(self.av.pos) + 1) * self.w2
+
+    def objective(self, sc: Score, w1: int) -> int:
+        return w1 * sc.l_int + self.w2 * sc.bh_int + sc.m_int
+
+    # ------------------------------------------------------------------ model
+
+    def solve(self, st: State | None, free_k: list[int], cand: dict[int, list[int]], free_s: list[int],
+              region: set[int] | None, dtime: float, w1: int, symmetry: bool = False):
+        """Re-place ``free_k`` (on ``cand`` tiles) and re-route ``free_s`` (inside
+        ``region``; None = the whole array) with everything else as in ``st``.
+        Returns (new state or None, status name, objective bound, variables)."""
+        from ortools.sat.python import cp_model
+
+        av, pv = self.av, self.pv
+        m = cp_model.CpModel()
+        free_set, fs_set = set(free_k), set(free_s)
+        nodes = range(len(av.pos)) if region is None else sorted(region)
+        node_set = set(nodes)
+        links = [li for li, (a, b) in enumerate(av.links) if a in node_set and b in node_set]
+
+        x: dict[tuple[int, int], object] = {}
+        for k in free_k:
+            for t in cand[k]:
+                x[k, t] = m.NewBoolVar("")
+            m.AddExactlyOne(x[k, t] for t in cand[k])
+        on_tile: dict[int, list[int]] = defaultdict(list)
+        for (k, t) in x:
+            on_tile[t].append(k)
+
+        # Fixed usage by kernels outside the window.
+        fctx, fsram, fbusy = Counter(), Counter(), Counter()
+        if st is not None:
+            for k, t in enumerate(st.place):
+                if k not in free_set:
+                    fctx[t] += 1
+                    fsram[t] += pv.kernels[k].buffer_bytes
+                    fbusy[t] += pv.c_int[k]
+        makespan = m.NewIntVar(self.m_lb_int, max(self.m_ub, self.m_lb_int), "makespan")
+        for t in range(len(av.pos)):
+            if t not in on_tile and fbusy[t]:
+                m.Add(makespan >= fbusy[t])
+        for t, ks in on_tile.items():
+            m.Add(sum(x[k, t] for k in ks) <= av.contexts[t] - fctx[t])
+            m.Add(sum(pv.kernels[k].buffer_bytes * x[k, t] for k in ks) <= av.sram[t] - fsram[t])
+            m.Add(makespan >= fbusy[t] + sum(pv.c_int[k] * x[k, t] for k in ks))
+
+        def at(k: int, v: int):
+            if k in free_set:
+                return x.get((k, v), 0)
+            return 1 if st.place[k] == v else 0
+
+        # Flow routing of the free streams.
+        f: dict[tuple[int, int], object] = {}
+        for si in free_s:
+            a, b = pv.src[si], pv.dst[si]
+            if a == b:
+                continue
+            for li in links:
+                f[si, li] = m.NewBoolVar("")
+            for v in nodes:
+                out = [f[si, li] for li in av.out_links[v] if (si, li) in f]
+                inn = [f[si, li] for li in av.in_links[v] if (si, li) in f]
+                m.Add(sum(out) - sum(inn) == at(a, v) - at(b, v))
+                # A tile forwards a stream at most once: no loops through it.
+                if len(inn) > 1:
+                    m.AddAtMostOne(inn)
+
+        fixed_load = [0] * len(av.links)
+        if st is not None:
+            for si, path in enumerate(st.routes):
+                if si not in fs_set:
+                    for p, q in zip(path, path[1:]):
+                        fixed_load[av.link_index[(p, q)]] += pv.r_int[si]
+        l_ub = max(fixed_load, default=0) + sum(pv.r_int[si] for si in free_s)
+        load = m.NewIntVar(0, max(l_ub, self.l_lb_int), "max_link_load")
+        m.Add(load >= self.l_lb_int)
+        link_set = set(links)
+        for li in range(len(av.links)):
+            terms = [pv.r_int[si] * f[si, li] for si in free_s if (si, li) in f] if li in link_set else []
+            if terms:
+                m.Add(load >= fixed_load[li] + sum(terms))
+            elif fixed_load[li]:
+                m.Add(load >= fixed_load[li])
+        byte_hops = sum(pv.b_int[si] * var for (si, _li), var in f.items())
+        if region is None and len(free_k) == len(pv.kernels):
+            m.Add(byte_hops >= self.bh_lb_int)
+        m.Minimize(w1 * load + self.w2 * byte_hops + makespan)
+
+        hint_state = st
+        if symmetry:
+            hint_state = self._symmetry(m, x, st)
+        if hint_state is not None:
+            self._hint(m, x, f, hint_state, free_k, free_s, links)
+
+        solver = cp_model.CpSolver()
+        p = solver.parameters
+        p.num_workers = 1
+        p.random_seed = self.seed
+        p.max_deterministic_time = dtime
+        p.max_time_in_seconds = max(1.0, self.deadline - time.perf_counter())
+        if region is not None:
+            p.cp_model_probing_level = 0
+            p.symmetry_level = 0
+        status = solver.Solve(m)
+        name = solver.StatusName(status)
+        nvars = len(m.Proto().variables)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None, name, None, nvars, _dtime(solver)
+        place = list(st.place) if st is not None else [-1] * len(pv.kernels)
+        for (k, t), var in x.items():
+            if solver.BooleanValue(var):
+                place[k] = t
+        routes = [list(r) for r in st.routes] if st is not None else [[] for _ in pv.streams]
+        for si in free_s:
+            a, b = place[pv.src[si]], place[pv.dst[si]]
+            used = [av.links[li] for li in links if (si, li) in f and solver.BooleanValue(f[si, li])]
+            routes[si] = _extract_path(used, a, b)
+        return State(place, routes), name, solver.BestObjectiveBound(), nvars, _dtime(solver)
+
+    def _hint(self, m, x, f, st: State, free_k, free_s, links) -> None:
+        for (k, t), var in x.items():
+            m.AddHint(var, int(st.place[k] == t))
+        av = self.av
+        for si in free_s:
+            on = {av.link_index[(p, q)] for p, q in zip(st.routes[si], st.routes[si][1:])}
+            for li in links:
+                if (si, li) in f:
+                    m.AddHint(f[si, li], int(li in on))
+
+    # ------------------------------------------------------------------ symmetry
+
+    def _symmetry(self, m, x, st: State | None) -> State | None:
+        """Order the anchor tiles of interchangeable groups (heads) and relabel the
+        hint to match, else CP-SAT would reject it."""
+        pv = self.pv
+        classes = interchangeable_groups(pv)
+        if not classes:
+            return st
+        for cls in classes:
+            anchors = [members[0] for members in cls]
+            idx = [sum(t * x[a, t] for t in self.pv.cand[a]) for a in anchors]
+            for u, v in zip(idx, idx[1:]):
+                m.Add(u <= v)
+        if st is None:
+            return None
+        place = list(st.place)
+        perm: dict[int, int] = {}     # new kernel -> old kernel whose placement it takes
+        for cls in classes:
+            order = sorted(range(len(cls)), key=lambda g: (st.place[cls[g][0]], g))
+            for g_new, g_old in enumerate(order):
+                for k_new, k_old in zip(cls[g_new], cls[g_old]):
+                    perm[k_new] = k_old
+                    place[k_new] = st.place[k_old]
+        # Streams follow their ends: new stream (a, b) takes the route of the old stream (perm a, perm b).
+        pool: dict[tuple, list[int]] = defaultdict(list)
+        for si, s in enumerate(pv.streams):
+            pool[(pv.src[si], pv.dst[si], s.bytes, s.rate)].append(si)
+        routes = [list(r) for r in st.routes]
+        for si, s in enumerate(pv.streams):
+            a, b = perm.get(pv.src[si], pv.src[si]), perm.get(pv.dst[si], pv.dst[si])
+            routes[si] = list(st.routes[pool[(a, b, s.bytes, s.rate)].pop(0)]) if pool[(a, b, s.bytes, s.rate)] else routes[si]
+        return State(place, routes)
+
+    # ------------------------------------------------------------------ strategies
+
+    def monolithic(self, hint: State | None, time_limit: float):
+        pv = self.pv
+        w1 = self.weights()
+        every = list(range(len(pv.kernels)))
+        cand = {k: pv.cand[k] for k in every}
+        new, name, bound, nvars, _dt = self.solve(hint, every, cand, list(range(len(pv.streams))), None,
+                                                  time_limit, w1, symmetry=True)
+        self.stats.variables = nvars
+        if new is not None:
+            self._bounds_from_objective(bound, w1, name, new)
+            self.say(f"CP-SAT {name}: {nvars} variables")
+        return new, name
+
+    def _bounds_from_objective(self, bound, w1: int, name: str, st: State) -> None:
+        """The objective is lexicographic, so the solver's bound on it bounds the
+        max-load term (in integer rate units, which round each stream's rate up)."""
+        if bound is None:
+            return
+        l_int = int(bound // w1)
+        if name == "OPTIMAL":
+            l_int = score(self.av, self.pv, st).l_int
+        pv = self.pv
+        exact = all(abs(s.rate / pv.rate_unit - r) < 1e-9 for s, r in zip(pv.streams, pv.r_int))
+        slack = 0 if exact else len(pv.streams)
+        self.stats.max_link_load_lb = max(self.stats.max_link_load_lb, max(0, l_int - slack) * pv.rate_unit)
+
+    def lns(self, start: State, time_limit: float):
+        av, pv = self.av, self.pv
+        rng = random.Random(self.seed)
+        cur = start
+        cur_sc = score(av, pv, cur)
+        w1 = self.weights()
+        cur_obj = self.objective(cur_sc, w1)
+        spent, rounds, size, improved = 0.0, 0, 4, False
+        width = max(p[0] for p in av.pos) + 1
+        height = max(p[1] for p in av.pos) + 1
+        groups = sorted({k.group for k in pv.kernels if k.group})
+        kinds_of_round = ["hot", "window", "group", "window"] if groups else ["hot", "window"]
+        max_vars = 0
+        while spent < time_limit - 1e-6 and time.perf_counter() < self.deadline:
+            strategy = kinds_of_round[rounds % len(kinds_of_round)]
+            if strategy == "hot":
+                li = max(range(len(av.links)), key=lambda i: (cur_sc.loads[i], -i))
+                cx, cy = av.pos[av.links[li][0]]
+                x0, y0 = cx - size // 2 + rng.randrange(2), cy - size // 2 + rng.randrange(2)
+                hot = [si for si, path in enumerate(cur.routes)
+                       if any(av.link_index[(p, q)] == li for p, q in zip(path, path[1:]))]
+            else:
+                x0, y0 = rng.randrange(max(1, width - size + 1)), rng.randrange(max(1, height - size + 1))
+                hot = []
+            window = {t for t, (px, py) in enumerate(av.pos) if x0 <= px < x0 + size and y0 <= py < y0 + size}
+            if strategy == "group":
+                g = groups[rng.randrange(len(groups))]
+                free_k = [k for k in range(len(pv.kernels)) if pv.kernels[k].group == g]
+                window = {cur.place[k] for k in free_k}
+                xs = [av.pos[t][0] for t in window]
+                ys = [av.pos[t][1] for t in window]
+                window = {t for t, (px, py) in enumerate(av.pos)
+                          if min(xs) - 1 <= px <= max(xs) + 1 and min(ys) - 1 <= py <= max(ys) + 1}
+            else:
+                free_k = [k for k in range(len(pv.kernels)) if cur.place[k] in window]
+            free_set = set(free_k)
+            free_s = sorted({si for k in free_k for si in pv.incident[k]} | set(hot))
+            cand = {k: [t for t in pv.cand[k] if t in window] or [cur.place[k]] for k in free_k}
+            for k in free_k:
+                if cur.place[k] not in cand[k]:
+                    cand[k].append(cur.place[k])
+            region = set(window)
+            for si in free_s:
+                for k in (pv.src[si], pv.dst[si]):
+                    region |= set(cand[k]) if k in free_set else {cur.place[k]}
+                region |= set(cur.routes[si])
+            region = _box(av, region, margin=1)
+            nlinks = sum(1 for a, b in av.links if a in region and b in region)
+            if len(free_s) * nlinks > WINDOW_FLOWS and size > 2:
+                size -= 1
+                continue
+            dt = min(WINDOW_DTIME, time_limit - spent)
+            new, name, _bound, nvars, used = self.solve(cur, free_k, cand, free_s, region, dt, w1)
+            spent += max(used, 0.05)
+            rounds += 1
+            max_vars = max(max_vars, nvars)
+            if new is not None:
+                sc = score(av, pv, new)
+                obj = self.objective(sc, w1)
+                if obj < cur_obj or (obj == cur_obj and sc.key() <= cur_sc.key()):
+                    if sc.key() < cur_sc.key():
+                        improved = True
+                        self.say(f"LNS round {rounds} ({strategy}): max link {sc.max_load:g} B/cycle, "
+                                 f"{sc.byte_hops} byte-hops, makespan {sc.makespan}")
+                    cur, cur_sc, cur_obj = new, sc, obj
+            if name == "OPTIMAL" and size < max(width, height):
+                size += 1
+            elif name != "OPTIMAL" and size > 3:
+                size -= 1
+        self.stats.lns_rounds = rounds
+        self.stats.variables = max_vars
+        return cur, ("FEASIBLE" if improved or rounds else "HEURISTIC")
+
+
+def _box(av: ArrayView, tiles: set[int], margin: int) -> set[int]:
+    xs = [av.pos[t][0] for t in tiles]
+    ys = [av.pos[t][1] for t in tiles]
+    x0, x1, y0, y1 = min(xs) - margin, max(xs) + margin, min(ys) - margin, max(ys) + margin
+    return {t for t, (px, py) in enumerate(av.pos) if x0 <= px <= x1 and y0 <= py <= y1}
+
+
+def _extract_path(links: list[tuple[int, int]], a: int, b: int) -> list[int]:
+    """The path from a to b through the links a flow uses (BFS: ignores any stray cycle)."""
+    if a == b:
+        return [a]
+    succ: dict[int, list[int]] = defaultdict(list)
+    for p, q in links:
+        succ[p].append(q)
+    prev = {a: a}
+    frontier = [a]
+    while frontier and b not in prev:
+        nxt = []
+        for v in frontier:
+            for w in sorted(succ[v]):
+                if w not in prev:
+                    prev[w] = v
+                    nxt.append(w)
+        frontier = nxt
+    if b not in prev:
+        raise RuntimeError("CP-SAT flow does not connect its stream's ends")  # a model bug, not user input
+    path = [b]
+    while path[-1] != a:
+        path.append(prev[path[-1]])
+    return path[::-1]
+
+
+def interchangeable_groups(pv: ProblemView) -> list[list[list[int]]]:
+    """Classes of groups that can swap places wholesale: same kernels (kind, SRAM,
+    cycles, pipeline stage) and swapping two of them maps the stream multiset onto
+    itself. Each class is a list of groups, each a list of kernel indices aligned
+    so that position i plays the same role in every group."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for ki, k in enumerate(pv.kernels):
+        if k.group:
+            groups[k.group].append(ki)
+
+    def role(ki: int):
+        k = pv.kernels[ki]
+        return (k.pipeline[1] if k.pipeline else -1, k.kind, k.buffer_bytes, k.cycles)
+
+    for g in groups:
+        groups[g].sort(key=lambda ki: (role(ki), ki))
+    by_sig: dict[tuple, list[str]] = defaultdict(list)
+    for g in sorted(groups):
+        sig = tuple(role(ki) for ki in groups[g])
+        if len(set(sig)) == len(sig):  # roles must be unambiguous within a group
+            by_sig[sig].append(g)
+    base = Counter((pv.src[si], pv.dst[si], s.bytes, s.rate) for si, s in enumerate(pv.streams))
+    classes = []
+    for names in by_sig.values():
+        if len(names) < 2:
+            continue
+        ref = groups[names[0]]
+        cls = [ref]
+        for g in names[1:]:
+            swap = {}
+            for a, b in zip(ref, groups[g]):
+                swap[a], swap[b] = b, a
+            moved = Counter((swap.get(pv.src[si], pv.src[si]), swap.get(pv.dst[si], pv.dst[si]), s.bytes, s.rate)
+                            for si, s in enumerate(pv.streams))
+            if moved == base:
+                cls.append(groups[g])
+        if len(cls) > 1:
+            classes.append(cls)
+    return classes
+
+
+def _dtime(solver) -> float:
+    value = solver.deterministic_time
+    return float(value() if callable(value) else value)
