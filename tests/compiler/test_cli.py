@@ -163,10 +163,16 @@ def test_input_shape_given_twice() -> None:
 
 
 def test_check_arch(tmp_path: Path) -> None:
-    for ok in (None, "tiny", "edge", "cloud"):
-        check_arch(ok)
-    (tmp_path / "a.yaml").write_text("grid: [2, 2]\n")
-    check_arch(str(tmp_path / "a.yaml"))
+    assert check_arch(None) is None
+    for ok in ("tiny", "edge", "cloud"):
+        assert check_arch(ok).name == ok
+    from attnc.arch import preset_text
+
+    (tmp_path / "a.yaml").write_text(preset_text("tiny").replace("name: tiny", "name: mine"))
+    assert check_arch(str(tmp_path / "a.yaml")).name == "mine"
+    (tmp_path / "b.yaml").write_text("grid: [2, 2]\n")
+    with pytest.raises(AttncError, match=r"--arch .*b\.yaml:1: top level: missing key 'version'"):
+        check_arch(str(tmp_path / "b.yaml"))
     with pytest.raises(AttncError, match="--arch 'huge': neither a preset"):
         check_arch("huge")
 
