@@ -401,6 +401,33 @@ def test_error_line_numbers_point_at_the_field() -> None:
         parse_arch(block, "f.yaml")
 
 
+# --- docs ---------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "arch.md"
+
+
+def test_docs_full_example_is_the_edge_preset() -> None:
+    example = re.search(r"```yaml\n(.*?)```", DOCS.read_text(), re.S)
+    assert example is not None
+    assert parse_arch(example.group(1)) == load_arch("edge")
+
+
+def test_docs_error_examples_are_real() -> None:
+    """The sample messages in docs/arch.md are what these edits of BASE produce."""
+    shown = DOCS.read_text()
+    for old, new in [
+        ("mac_array:", "mac_arry:"),
+        ("  - S C C", "  - S D C"),
+        ("name: t\n", ""),
+        ("width: 3,", "width: 0,"),
+        ("version: 1", "version: 2"),
+        ("grid: {width: 3, height: 3}", "grid: {width: 3, height: 3}}"),
+    ]:
+        with pytest.raises(AttncError) as e:
+            parse_arch(edit(old, new), "my.yaml")
+        assert str(e.value).split(", got")[0] in shown, str(e.value)
+
+
 # --- load_arch and the CLI -----------------------------------------------------
 
 
