@@ -24,6 +24,7 @@ NAME_ATTR = "attnc.name"
 
 def make_context() -> Context:
     """A context with builtin, func and every attnc dialect loaded."""
+    from attnc.dialects.array import Array
     from attnc.dialects.dataflow import Dataflow
     from attnc.dialects.sparse import Sparse
 
@@ -32,6 +33,7 @@ def make_context() -> Context:
     ctx.load_dialect(func.Func)
     ctx.load_dialect(Sparse)
     ctx.load_dialect(Dataflow)
+    ctx.load_dialect(Array)
     return ctx
 
 

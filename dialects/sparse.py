@@ -40,6 +40,8 @@ from xdsl.irdl import (
     traits_def,
     var_operand_def,
 )
+from xdsl.parser import Parser
+from xdsl.printer import Printer
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
 
@@ -170,10 +172,38 @@ class ConstantOp(SparseOp):
     value = attr_def(DenseIntOrFPElementsAttr)
     result = result_def(TensorType)
     traits = traits_def(Pure())
-    assembly_format = "attr-dict `:` type($result)"
 
     def __init__(self, value: DenseIntOrFPElementsAttr, result_type: TensorType | None = None):
         super().__init__(attributes={"value": value}, result_types=[result_type or value.type])
+
+    def print(self, printer: Printer) -> None:
+        # xDSL 0.74 prints inf/nan elements as hex integers and parses them back as
+        # integer *values*; the raw hex-string form keeps the bits exact.
+        value = self.value
+        printer.print_string(" {value = ")
+        if _has_non_finite(value):
+            printer.print_string(f'dense<"0x{value.data.data.hex().upper()}"> : ')
+            printer.print_attribute(value.type)
+        else:
+            printer.print_attribute(value)
+        for name, attr in self.attributes.items():
+            if name != "value":
+                printer.print_string(f", {name} = ")
+                printer.print_attribute(attr)
+        printer.print_string("} : ")
+        printer.print_attribute(self.result.type)
+
+    @classmethod
+    def parse(cls, parser: Parser) -> ConstantOp:
+        attrs = parser.parse_optional_attr_dict()
+        parser.parse_punctuation(":")
+        ty = parser.parse_type()
+        value = attrs.pop("value", None)
+        if not isinstance(value, DenseIntOrFPElementsAttr) or not isinstance(ty, TensorType):
+            parser.raise_error("sparse.constant needs {value = dense<...> : tensor<...>} : tensor<...>")
+        op = cls(value, ty)
+        op.attributes.update(attrs)
+        return op
 
     def verify_op(self) -> None:
         vt = self.value.type
@@ -186,6 +216,15 @@ class ConstantOp(SparseOp):
             data = to_numpy(self.value)
             if not np.array_equal(project(data, enc), data):
                 raise VerifyException(f"sparse.constant: the value does not satisfy the encoding {enc}")
+
+
+def _has_non_finite(value: DenseIntOrFPElementsAttr) -> bool:
+    elt = value.get_element_type()
+    if isinstance(elt, IntegerType):
+        return False
+    from attnc.encodings import to_numpy
+
+    return not bool(np.isfinite(to_numpy(value)).all())
 
 
 @irdl_op_definition

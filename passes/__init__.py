@@ -18,6 +18,7 @@ PASSES: dict[str, str] = {
     "canonicalize": "attnc.passes.canonicalize:CanonicalizePass",
     "raise-attention": "attnc.passes.raise_attention:RaiseAttentionPass",
     "lower-to-dataflow": "attnc.passes.lower_dataflow:LowerToDataflowPass",
+    "place-route": "attnc.passes.to_array:PlaceRoutePass",
 }
 
 

@@ -1,0 +1,255 @@
+"""place-route: map dataflow kernels onto the array and emit the array dialect.
+
+Reads @main's dataflow kernels, states the mapping problem (kernels with the tile
+kind, SRAM and cycles they need; one stream per producer-consumer edge with the
+bytes the consumer actually reads), solves it with the CP-SAT placer/router of
+``attnc.passes.place_route``, and replaces @main by one ``array.config``: the I/O
+table with DRAM addresses, tiles with their contexts, routes and DMA descriptors.
+The mapping's figures (solver status and time, objective terms and bounds) are
+kept as attributes of the config for reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    DenseArrayBase,
+    FloatAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+    i64,
+)
+from xdsl.ir import Block, Region, SSAValue
+from xdsl.passes import ModulePass
+from xdsl.rewriter import InsertPoint, Rewriter
+
+from attnc.dialects import array as ar
+from attnc.dialects import dataflow as df
+from attnc.dialects import sparse as sp
+from attnc.errors import AttncError
+from attnc.ir import io_names, main_func
+from attnc.mapping import KernelSpec, MappingProblem, StreamSpec
+from attnc.schedule import nbytes
+
+#: DRAM buffers are aligned to this many bytes
+DRAM_ALIGN = 64
+
+
+def _i64s(values) -> DenseArrayBase:
+    return DenseArrayBase.from_list(i64, [int(v) for v in values])
+
+
+def consumed_bytes(arg: SSAValue) -> int:
+    """Bytes a kernel body reads of an input: a slice through data-movement ops reads
+    only the slice, anything else the whole value."""
+    full = nbytes(arg.type)
+    best = 0
+    for use in arg.uses:
+        op = use.operation
+        if isinstance(op, sp.SliceOp):
+            best = max(best, nbytes(op.result.type))
+        elif isinstance(op, (sp.ReshapeOp, sp.TransposeOp)):
+            best = max(best, consumed_bytes(op.results[0]))
+        else:
+            return full
+    return min(best, full) if best else full
+
+
+@dataclass(frozen=True)
+class PlaceRoutePass(ModulePass):
+    """place-route: place kernels on tiles and route streams (OR-Tools CP-SAT), giving array IR."""
+
+    name = "place-route"
+
+    arch: str = "tiny"
+    time_limit: float = 10.0
+    seed: int = 0
+    heuristic_only: bool = False
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        from attnc.arch import load_arch
+        from attnc.passes.place_route import place_and_route
+
+        arch = load_arch(self.arch)
+        fn = main_func(op)
+        kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+        if not kernels:
+            raise AttncError("place-route needs dataflow IR: run lower-to-dataflow first")
+        kid = {k: i for i, k in enumerate(kernels)}
+        in_names, out_names = io_names(fn)
+
+        # streams: one per kernel output, plus one per graph input / output (the DRAM side)
+        stream_of: dict[SSAValue, int] = {}
+        for a in fn.body.block.args:
+            stream_of[a] = len(stream_of)
+        for k in kernels:
+            for r in k.outputs:
+                stream_of[r] = len(stream_of)
+        ret = fn.body.block.last_op
+        assert isinstance(ret, func.ReturnOp)
+        out_streams = {v: stream_of[v] for v in ret.operands}
+
+        edges = []  # (stream id, producer kernel, consumer kernel, bytes)
+        for k in kernels:
+            for v, arg in zip(k.inputs, k.body.block.args):
+                owner = v.owner
+                if isinstance(owner, df.KernelOp):
+                    edges.append((stream_of[v], owner, k, consumed_bytes(arg)))
+        width = arch.noc.link_bytes_per_cycle
+        problem = MappingProblem(
+            kernels=[
+                KernelSpec(k.sym_name.data, k.tile_kind.data, k.buffer_bytes.value.data, max(1, k.cycles.value.data),
+                           k.group.data if k.group else "")  # fmt: skip
+                for k in kernels
+            ],
+            streams=[
+                StreamSpec(f"s{s}:{dst.sym_name.data}", src.sym_name.data, dst.sym_name.data, nbytes_,
+                           min(float(width), nbytes_ / max(src.cycles.value.data, dst.cycles.value.data, 1)))  # fmt: skip
+                for s, src, dst, nbytes_ in edges
+            ],
+        )
+        mapping = place_and_route(problem, arch, time_limit=self.time_limit, seed=self.seed,
+                                  heuristic_only=self.heuristic_only)  # fmt: skip
+
+        config_block = Block()
+        # DRAM: inputs, outputs, then weights (addresses filled by the backend for constants)
+        address = 0
+        for name, a in zip(in_names, fn.body.block.args):
+            config_block.add_op(ar.IOOp.build(attributes=_io(name, "input", a.type, address)))
+            address = _align(address + nbytes(a.type))
+        out_address = {}
+        for name, v in zip(out_names, ret.operands):
+            config_block.add_op(ar.IOOp.build(attributes=_io(name, "output", v.type, address)))
+            out_address[v] = address
+            address = _align(address + nbytes(v.type))
+        by_tile: dict[tuple[int, int], list[df.KernelOp]] = {}
+        for k in kernels:
+            by_tile.setdefault(mapping.placement[k.sym_name.data], []).append(k)
+        for (x, y), placed in sorted(by_tile.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            tile_block = Block()
+            sram = 0
+            for k in placed:
+                inputs = [stream_of[v] for v in k.inputs]
+                outputs = [stream_of[r] for r in k.outputs]
+                size = k.buffer_bytes.value.data
+                tile_block.add_op(
+                    ar.ContextOp.build(
+                        attributes={
+                            "sym_name": k.sym_name,
+                            "kernel": IntegerAttr(kid[k], 64),
+                            "kind": k.kind,
+                            "inputs": _i64s(inputs),
+                            "outputs": _i64s(outputs),
+                            "loops": k.loops,
+                            "trips": k.trips,
+                            "tile": k.tile,
+                            "buffers": ArrayAttr([StringAttr("work")]),
+                            "buffer_addresses": _i64s([sram]),
+                            "buffer_sizes": _i64s([size]),
+                            "cycles": k.cycles,
+                            "macs": k.macs,
+                        },
+                        regions=[k.body.clone()],
+                    )
+                )
+                sram += size
+            kind = arch.tile(x, y).kind
+            config_block.add_op(
+                ar.TileOp.build(
+                    attributes={
+                        "sym_name": StringAttr(f"t{x}_{y}"),
+                        "x": IntegerAttr(x, 64),
+                        "y": IntegerAttr(y, 64),
+                        "kind": StringAttr(kind),
+                    },
+                    regions=[Region(tile_block)],
+                )
+            )
+        for s, src, dst, nb in edges:
+            name = f"s{s}:{dst.sym_name.data}"
+            path = mapping.routes[name]
+            spec = next(st for st in problem.streams if st.name == name)
+            config_block.add_op(
+                ar.RouteOp.build(
+                    attributes={
+                        "sym_name": StringAttr(name),
+                        "stream": IntegerAttr(s, 64),
+                        "src": IntegerAttr(kid[src], 64),
+                        "dst": IntegerAttr(kid[dst], 64),
+                        "hops": _i64s([c for p in path for c in p]),
+                        "vc": IntegerAttr(0, 64),
+                        "bytes": IntegerAttr(nb, 64),
+                        "rate": FloatAttr(spec.rate, 64),
+                    }
+                )
+            )
+        in_address = {a: _io_address(config_block, n) for n, a in zip(in_names, fn.body.block.args)}
+        for k in kernels:
+            if k.kind.data not in ("dma_load", "dma_store"):
+                continue
+            load = k.kind.data == "dma_load"
+            if load:
+                stream = stream_of[k.outputs[0]]
+                src = k.inputs[0] if k.inputs else None
+                addr = in_address.get(src, -1) if src is not None else -1  # -1: a weight, placed by the backend
+            else:
+                stream = stream_of[k.inputs[0]] if k.inputs else stream_of[k.outputs[0]]
+                addr = out_address[k.outputs[0]]
+            config_block.add_op(
+                ar.DmaOp.build(
+                    attributes={
+                        "sym_name": StringAttr(f"dma_{k.sym_name.data}"),
+                        "channel": _i64s(mapping.placement[k.sym_name.data]),
+                        "direction": StringAttr("load" if load else "store"),
+                        "stream": IntegerAttr(stream, 64),
+                        "address": IntegerAttr(addr, 64),
+                        "bytes": IntegerAttr(nbytes(k.outputs[0].type), 64),
+                        "kernel": IntegerAttr(kid[k], 64),
+                    }
+                )
+            )
+        stats = {f"mapping.{k}": v for k, v in asdict(mapping.stats).items()}
+        attrs = {
+            "sym_name": StringAttr("main"),
+            "arch": StringAttr(arch.name),
+            "fingerprint": StringAttr(arch.fingerprint().hex()),
+            "dram_bytes": IntegerAttr(address, 64),
+        }
+        for key, value in stats.items():
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, int):
+                attrs[key] = IntegerAttr(value, 64)
+            elif isinstance(value, float):
+                attrs[key] = FloatAttr(value, 64)
+            elif isinstance(value, str):
+                attrs[key] = StringAttr(value)
+        config = ar.ConfigOp.build(attributes=attrs, regions=[Region(config_block)])
+        Rewriter.insert_op(config, InsertPoint.before(fn))
+        Rewriter.erase_op(fn)
+
+
+def _align(n: int) -> int:
+    return -(-n // DRAM_ALIGN) * DRAM_ALIGN
+
+
+def _io(name: str, direction: str, ty, address: int) -> dict:
+    return {
+        "sym_name": StringAttr(name),
+        "direction": StringAttr(direction),
+        "type": ty,
+        "address": IntegerAttr(address, 64),
+    }
+
+
+def _io_address(block: Block, name: str) -> int:
+    for op in block.ops:
+        if isinstance(op, ar.IOOp) and op.sym_name.data == name and op.direction.data == "input":
+            return op.address.value.data
+    raise AssertionError(name)
+
