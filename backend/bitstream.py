@@ -223,6 +223,7 @@ IO = struct.Struct("<IBBHIQQ")  # name, direction, reserved, rank, dtype, dram a
 META = struct.Struct("<II")  # key str, value str
 U32 = struct.Struct("<I")
 
+_SIZES = {"B": 1, "H": 2, "I": 4, "Q": 8, "q": 8, "d": 8}
 _LIMITS = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFF_FFFF, "Q": 0xFFFF_FFFF_FFFF_FFFF}
 
 
@@ -280,6 +281,13 @@ def arch_name(text: str) -> str:
         return "?"
 
 
+def embed_arch(arch: Any) -> tuple[str, bytes]:
+    """``(arch_source, arch_fingerprint)`` for a ``Bitstream`` built for ``arch`` (an ``attnc.arch.Arch``):
+    its YAML text as read, or its canonical YAML when it was built in code."""
+    text = getattr(arch, "source", "") or _arch_module().dump_arch(arch)
+    return text, _fingerprint_bytes(arch.fingerprint())
+
+
 # ---------------------------------------------------------------------------
 # encoder
 
@@ -324,6 +332,8 @@ class _Writer:
         return BitstreamError(f"{self.section}: {where}: {msg}")
 
     def int(self, value: Any, where: str, code: str = "I") -> int:
+        if type(value) is int and 0 <= value <= _LIMITS.get(code, -1):  # the common case, fast
+            return value
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise self.fail(where, f"expected an integer, got {type(value).__name__} {value!r}")
         v = int(value)
@@ -352,7 +362,10 @@ class _Writer:
         self.buf += st.pack(*values)
 
     def ints(self, values: Any, where: str, code: str) -> None:
-        vs = [self.int(v, f"{where}[{i}]", code) for i, v in enumerate(self.list(values, where))]
+        vs = self.list(values, where)
+        hi = _LIMITS.get(code)
+        if not all(type(v) is int and (0 <= v <= hi if hi else -(1 << 63) <= v < (1 << 63)) for v in vs):
+            vs = [self.int(v, f"{where}[{i}]", code) for i, v in enumerate(vs)]
         self.buf += struct.pack(f"<{len(vs)}{code}", *vs)
 
     def pair(self, value: Any, where: str) -> list[Any]:
@@ -593,12 +606,13 @@ def _encode_constants(bs: Bitstream, w: _Writer) -> None:
         payloads.append((len(entries), data))
         entries += entry.buf
     pos = _align(len(w.buf) + len(entries))
-    body = bytearray()
     for at, data in payloads:
         struct.pack_into("<Q", entries, at + CONSTANT.size - 16, pos)
-        body += bytes(pos - len(w.buf) - len(entries) - len(body)) + data
         pos = _align(pos + len(data))
-    w.buf += entries + body
+    w.buf += entries
+    for _, data in payloads:  # appended in place: weights can be many megabytes
+        w.buf += bytes(_align(len(w.buf)) - len(w.buf))
+        w.buf += data
 
 
 def _encode_io(bs: Bitstream, w: _Writer) -> None:
@@ -648,11 +662,11 @@ def encode(bs: Bitstream) -> bytes:
             f"architecture ({actual.hex()})"
         )
     strings = _Strings()
-    bodies: dict[str, bytes] = {"ARCH": bs.arch_source.encode()}
+    bodies: dict[str, bytes | bytearray] = {"ARCH": bs.arch_source.encode()}
     for name, enc in _ENCODERS.items():
         w = _Writer(name, strings)
         enc(bs, w)
-        bodies[name] = bytes(w.buf)
+        bodies[name] = w.buf
     bodies["STRINGS"] = strings.section()
     return _assemble(bytes(fp), [(kind, bodies[name]) for kind, name in SECTION_KINDS.items()])
 
@@ -668,10 +682,12 @@ def _assemble(fingerprint: bytes, sections: list[tuple[int, bytes]], *, flags: i
         pos = _align(pos + len(body))
     head = HEADER.pack(MAGIC, FORMAT_VERSION, flags, fingerprint, len(sections), 0)[:-4]
     crc = zlib.crc32(table, zlib.crc32(head))
-    out = bytearray(head + U32.pack(crc) + table)
+    parts = [head, U32.pack(crc), table]
+    end = len(head) + 4 + len(table)
     for offset, body in placed:
-        out += bytes(offset - len(out)) + body
-    return bytes(out)
+        parts += [bytes(offset - end), body]
+        end = offset + len(body)
+    return b"".join(parts)
 
 
 # ---------------------------------------------------------------------------
@@ -701,7 +717,9 @@ class _Reader:
         return st.unpack_from(self.data, self.take(st.size, where))
 
     def array(self, code: str, n: int, where: str) -> list[Any]:
-        at = self.take(struct.calcsize(code) * n, where)
+        if n == 0:
+            return []
+        at = self.take(_SIZES[code] * n, where)
         return list(struct.unpack_from(f"<{n}{code}", self.data, at))
 
     def count(self, n: int, min_size: int, where: str) -> int:

@@ -296,6 +296,15 @@ def test_embedded_arch_must_be_valid() -> None:
     rejects(with_section("ARCH", b"\xff\xfe"), match="ARCH: the embedded architecture is not UTF-8")
 
 
+def test_embed_arch() -> None:
+    import dataclasses
+
+    assert B.embed_arch(load_arch("tiny")) == (TINY, TINY_FP)
+    built = dataclasses.replace(load_arch("edge"), source="")  # an Arch made in code has no text
+    text, fp = B.embed_arch(built)
+    assert fp == load_arch("edge").fingerprint() == B.arch_fingerprint(text)
+
+
 def test_expect_arch() -> None:
     assert decode(DATA, expect_arch=load_arch("tiny")) == SAMPLE
     with pytest.raises(BitstreamError) as info:
