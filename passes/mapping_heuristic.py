@@ -262,6 +262,18 @@ def anneal(av: ArrayView, pv: ProblemView, place: list[int], rng: random.Random,
         sram[t] += pv.kernels[ki].buffer_bytes
         on_tile[t].append(ki)
 
+    # Tile pressure: the stream rates of its kernels against the capacity of its
+    # links. Byte-hops alone pile kernels with heavy streams onto one corner tile.
+    io = [sum(pv.r_int[si] for si in pv.incident[ki]) for ki in range(n)]
+    room = [0.5 * RATE_STEPS * (len(av.out_links[t]) + len(av.in_links[t])) for t in range(len(av.pos))]
+    pressure = [0.0] * len(av.pos)
+    for ki, t in enumerate(place):
+        pressure[t] += io[ki]
+    mu = 4.0 * (sum(pv.b_int) / max(1, len(pv.b_int))) / RATE_STEPS
+
+    def over(t: int, extra: float = 0.0) -> float:
+        return mu * max(0.0, pressure[t] + extra - room[t])
+
     def local(ki: int, t: int, skip: int = -1) -> int:
         c = 0
         for si in pv.incident[ki]:
@@ -285,7 +297,10 @@ def anneal(av: ArrayView, pv: ProblemView, place: list[int], rng: random.Random,
         k = pv.kernels[ki]
         if ctx[t_new] < av.contexts[t_new] and sram[t_new] + k.buffer_bytes <= av.sram[t_new]:
             delta = local(ki, t_new) - local(ki, t_old)
+            delta += over(t_new, io[ki]) + over(t_old, -io[ki]) - over(t_new) - over(t_old)
             if delta <= 0 or rng.random() < math.exp(-delta / temp):
+                pressure[t_old] -= io[ki]
+                pressure[t_new] += io[ki]
                 place[ki] = t_new
                 ctx[t_old] -= 1
                 ctx[t_new] += 1
@@ -305,8 +320,11 @@ def anneal(av: ArrayView, pv: ProblemView, place: list[int], rng: random.Random,
         before = local(ki, t_old) + local(kj, t_new, skip=ki)
         place[ki], place[kj] = t_new, t_old
         after = local(ki, t_new) + local(kj, t_old, skip=ki)
-        delta = after - before
+        shift = io[ki] - io[kj]
+        delta = after - before + over(t_new, shift) + over(t_old, -shift) - over(t_new) - over(t_old)
         if delta <= 0 or rng.random() < math.exp(-delta / temp):
+            pressure[t_new] += shift
+            pressure[t_old] -= shift
             sram[t_new] += k.buffer_bytes - bj
             sram[t_old] += bj - k.buffer_bytes
             on_tile[t_new][on_tile[t_new].index(kj)] = ki

@@ -53,6 +53,8 @@ MONOLITHIC_FLOWS = 20000
 # LNS windows: at most this many flow Booleans per window model.
 WINDOW_FLOWS = 6000
 WINDOW_DTIME = 1.0
+BUILD_SECONDS_PER_VAR = 1.2e-4
+STALL_ROUNDS = 40
 
 
 def place_and_route(
@@ -184,6 +186,7 @@ class _Solver:
         ``region``; None = the whole array) with everything else as in ``st``.
         Returns (new state or None, status name, objective bound, variables)."""
         from ortools.sat.python import cp_model
+        from ortools.sat.python.cp_model import LinearExpr
 
         av, pv = self.av, self.pv
         m = cp_model.CpModel()
@@ -195,8 +198,8 @@ class _Solver:
         x: dict[tuple[int, int], object] = {}
         for k in free_k:
             for t in cand[k]:
-                x[k, t] = m.NewBoolVar("")
-            m.AddExactlyOne(x[k, t] for t in cand[k])
+                x[k, t] = m.new_bool_var("")
+            m.add_exactly_one(x[k, t] for t in cand[k])
         on_tile: dict[int, list[int]] = defaultdict(list)
         for (k, t) in x:
             on_tile[t].append(k)
@@ -209,14 +212,15 @@ class _Solver:
                     fctx[t] += 1
                     fsram[t] += pv.kernels[k].buffer_bytes
                     fbusy[t] += pv.c_int[k]
-        makespan = m.NewIntVar(self.m_lb_int, max(self.m_ub, self.m_lb_int), "makespan")
+        makespan = m.new_int_var(self.m_lb_int, max(self.m_ub, self.m_lb_int), "makespan")
         for t in range(len(av.pos)):
             if t not in on_tile and fbusy[t]:
-                m.Add(makespan >= fbusy[t])
+                m.add(makespan >= fbusy[t])
         for t, ks in on_tile.items():
-            m.Add(sum(x[k, t] for k in ks) <= av.contexts[t] - fctx[t])
-            m.Add(sum(pv.kernels[k].buffer_bytes * x[k, t] for k in ks) <= av.sram[t] - fsram[t])
-            m.Add(makespan >= fbusy[t] + sum(pv.c_int[k] * x[k, t] for k in ks))
+            xs = [x[k, t] for k in ks]
+            m.add(LinearExpr.sum(xs) <= av.contexts[t] - fctx[t])
+            m.add(LinearExpr.weighted_sum(xs, [pv.kernels[k].buffer_bytes for k in ks]) <= av.sram[t] - fsram[t])
+            m.add(makespan >= fbusy[t] + LinearExpr.weighted_sum(xs, [pv.c_int[k] for k in ks]))
 
         def at(k: int, v: int):
             if k in free_set:
@@ -230,14 +234,14 @@ class _Solver:
             if a == b:
                 continue
             for li in links:
-                f[si, li] = m.NewBoolVar("")
+                f[si, li] = m.new_bool_var("")
             for v in nodes:
                 out = [f[si, li] for li in av.out_links[v] if (si, li) in f]
                 inn = [f[si, li] for li in av.in_links[v] if (si, li) in f]
-                m.Add(sum(out) - sum(inn) == at(a, v) - at(b, v))
+                m.add(LinearExpr.sum(out) - LinearExpr.sum(inn) == at(a, v) - at(b, v))
                 # A tile forwards a stream at most once: no loops through it.
                 if len(inn) > 1:
-                    m.AddAtMostOne(inn)
+                    m.add_at_most_one(inn)
 
         fixed_load = [0] * len(av.links)
         if st is not None:
@@ -246,19 +250,30 @@ class _Solver:
                     for p, q in zip(path, path[1:]):
                         fixed_load[av.link_index[(p, q)]] += pv.r_int[si]
         l_ub = max(fixed_load, default=0) + sum(pv.r_int[si] for si in free_s)
-        load = m.NewIntVar(0, max(l_ub, self.l_lb_int), "max_link_load")
-        m.Add(load >= self.l_lb_int)
+        # In a window, the load term is the window's own most loaded link: a window
+        # that holds one of several equally hot links can still cool it (LNS accepts
+        # that by the count of links at the maximum). A window that holds no hot link
+        # keeps its current maximum as a floor, so it spends nothing to lower it.
+        floor = self.l_lb_int
+        if region is not None and st is not None:
+            local = max((fixed_load[li] + sum(pv.r_int[si] for si in free_s if _uses(st.routes[si], av.links[li]))
+                         for li in links), default=0)
+            if local < max(score(av, pv, st).l_int, 1):
+                floor = max(floor, local)
+        load = m.new_int_var(0, max(l_ub, floor), "max_link_load")
+        m.add(load >= floor)
         link_set = set(links)
         for li in range(len(av.links)):
-            terms = [pv.r_int[si] * f[si, li] for si in free_s if (si, li) in f] if li in link_set else []
-            if terms:
-                m.Add(load >= fixed_load[li] + sum(terms))
-            elif fixed_load[li]:
-                m.Add(load >= fixed_load[li])
-        byte_hops = sum(pv.b_int[si] * var for (si, _li), var in f.items())
+            on = [si for si in free_s if (si, li) in f] if li in link_set else []
+            if on:
+                m.add(load >= fixed_load[li] + LinearExpr.weighted_sum([f[si, li] for si in on],
+                                                                       [pv.r_int[si] for si in on]))
+            elif fixed_load[li] and region is None:
+                m.add(load >= fixed_load[li])
+        byte_hops = LinearExpr.weighted_sum(list(f.values()), [pv.b_int[si] for (si, _li) in f])
         if region is None and len(free_k) == len(pv.kernels):
-            m.Add(byte_hops >= self.bh_lb_int)
-        m.Minimize(w1 * load + self.w2 * byte_hops + makespan)
+            m.add(byte_hops >= self.bh_lb_int)
+        m.minimize(w1 * load + self.w2 * byte_hops + makespan)
 
         hint_state = st
         if symmetry:
@@ -275,31 +290,31 @@ class _Solver:
         if region is not None:
             p.cp_model_probing_level = 0
             p.symmetry_level = 0
-        status = solver.Solve(m)
-        name = solver.StatusName(status)
-        nvars = len(m.Proto().variables)
+        status = solver.solve(m)
+        name = solver.status_name(status)
+        nvars = len(m.proto.variables)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return None, name, None, nvars, _dtime(solver)
         place = list(st.place) if st is not None else [-1] * len(pv.kernels)
         for (k, t), var in x.items():
-            if solver.BooleanValue(var):
+            if solver.boolean_value(var):
                 place[k] = t
         routes = [list(r) for r in st.routes] if st is not None else [[] for _ in pv.streams]
         for si in free_s:
             a, b = place[pv.src[si]], place[pv.dst[si]]
-            used = [av.links[li] for li in links if (si, li) in f and solver.BooleanValue(f[si, li])]
+            used = [av.links[li] for li in links if (si, li) in f and solver.boolean_value(f[si, li])]
             routes[si] = _extract_path(used, a, b)
-        return State(place, routes), name, solver.BestObjectiveBound(), nvars, _dtime(solver)
+        return State(place, routes), name, solver.best_objective_bound, nvars, _dtime(solver)
 
     def _hint(self, m, x, f, st: State, free_k, free_s, links) -> None:
         for (k, t), var in x.items():
-            m.AddHint(var, int(st.place[k] == t))
+            m.add_hint(var, int(st.place[k] == t))
         av = self.av
         for si in free_s:
             on = {av.link_index[(p, q)] for p, q in zip(st.routes[si], st.routes[si][1:])}
             for li in links:
                 if (si, li) in f:
-                    m.AddHint(f[si, li], int(li in on))
+                    m.add_hint(f[si, li], int(li in on))
 
     # ------------------------------------------------------------------ symmetry
 
@@ -314,7 +329,7 @@ class _Solver:
             anchors = [members[0] for members in cls]
             idx = [sum(t * x[a, t] for t in self.pv.cand[a]) for a in anchors]
             for u, v in zip(idx, idx[1:]):
-                m.Add(u <= v)
+                m.add(u <= v)
         if st is None:
             return None
         place = list(st.place)
@@ -369,14 +384,13 @@ class _Solver:
         cur = start
         cur_sc = score(av, pv, cur)
         w1 = self.weights()
-        cur_obj = self.objective(cur_sc, w1)
-        spent, rounds, size, improved = 0.0, 0, 4, False
+        spent, rounds, size, improved, stall = 0.0, 0, 4, False, 0
         width = max(p[0] for p in av.pos) + 1
         height = max(p[1] for p in av.pos) + 1
         groups = sorted({k.group for k in pv.kernels if k.group})
         kinds_of_round = ["hot", "window", "group", "window"] if groups else ["hot", "window"]
         max_vars = 0
-        while spent < time_limit - 1e-6 and time.perf_counter() < self.deadline:
+        while spent < time_limit - 1e-6 and stall < STALL_ROUNDS and time.perf_counter() < self.deadline:
             strategy = kinds_of_round[rounds % len(kinds_of_round)]
             if strategy == "hot":
                 li = max(range(len(av.links)), key=lambda i: (cur_sc.loads[i], -i))
@@ -416,18 +430,20 @@ class _Solver:
                 continue
             dt = min(WINDOW_DTIME, time_limit - spent)
             new, name, _bound, nvars, used = self.solve(cur, free_k, cand, free_s, region, dt, w1)
-            spent += max(used, 0.05)
+            # Charge model building too (it costs about as much as solving a small
+            # window), by a deterministic measure: the number of variables.
+            spent += used + nvars * BUILD_SECONDS_PER_VAR
             rounds += 1
+            stall += 1
             max_vars = max(max_vars, nvars)
             if new is not None:
                 sc = score(av, pv, new)
-                obj = self.objective(sc, w1)
-                if obj < cur_obj or (obj == cur_obj and sc.key() <= cur_sc.key()):
-                    if sc.key() < cur_sc.key():
-                        improved = True
+                if _lns_key(sc) <= _lns_key(cur_sc):
+                    if _lns_key(sc) < _lns_key(cur_sc):
+                        improved, stall = True, 0
                         self.say(f"LNS round {rounds} ({strategy}): max link {sc.max_load:g} B/cycle, "
                                  f"{sc.byte_hops} byte-hops, makespan {sc.makespan}")
-                    cur, cur_sc, cur_obj = new, sc, obj
+                    cur, cur_sc = new, sc
             if name == "OPTIMAL" and size < max(width, height):
                 size += 1
             elif name != "OPTIMAL" and size > 3:
@@ -513,3 +529,14 @@ def interchangeable_groups(pv: ProblemView) -> list[list[list[int]]]:
 def _dtime(solver) -> float:
     value = solver.deterministic_time
     return float(value() if callable(value) else value)
+
+
+def _uses(path: list[int], link: tuple[int, int]) -> bool:
+    return any((p, q) == link for p, q in zip(path, path[1:]))
+
+
+def _lns_key(sc: Score) -> tuple:
+    """LNS accepts a window's result when this does not grow: the most loaded link,
+    then how many links carry that load, then byte-hops, then makespan."""
+    top = sc.l_int
+    return (top, sum(1 for load in sc.loads if load >= sc.max_load - 1e-9) if top else 0, sc.bh_int, sc.m_int)
