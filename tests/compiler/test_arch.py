@@ -155,6 +155,16 @@ def test_arch_is_hashable_and_compares_by_content() -> None:
     assert a.energy_pj == dict(a.energy_pj) and hash(a.energy_pj) == hash(b.energy_pj)
 
 
+def test_arch_pickles() -> None:
+    """Process pools (benchmarks, explore) send an Arch to workers."""
+    import pickle
+
+    arch = load_arch("edge")
+    arch.graph()
+    again = pickle.loads(pickle.dumps(arch))
+    assert again == arch and again.source == arch.source and again.fingerprint() == arch.fingerprint()
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_fingerprint_stable(name: str) -> None:
     arch = load_arch(name)
