@@ -266,10 +266,26 @@ def explain_infeasible(problem: MappingProblem, arch: Arch) -> str | None:
         if must_cross(s, kinds):
             out_rate[s.src] += s.rate
             in_rate[s.dst] += s.rate
+    rates_in: dict[str, list[float]] = defaultdict(list)
+    rates_out: dict[str, list[float]] = defaultdict(list)
+    for s in problem.streams:
+        if s.src in kinds and s.dst in kinds and must_cross(s, kinds):
+            rates_out[s.src].append(s.rate)
+            rates_in[s.dst].append(s.rate)
     for kind in sorted(by_kind):
         tiles = [(t.x, t.y) for t in arch.tiles if t.kind == kind]
         if not tiles:
             continue
+        # Pigeonhole: more streams than links means two share a link.
+        for k in by_kind[kind]:
+            for rates, way, deg in ((rates_in[k.name], "in", max(graph.in_degree(p) for p in tiles)),
+                                    (rates_out[k.name], "out", max(graph.out_degree(p) for p in tiles))):
+                need = pigeonhole(rates, deg)
+                if need > link_cap + 1e-9:
+                    reasons.append(
+                        f"kernel '{k.name}' has {len(rates)} {way}going streams but a {kind} tile has {deg}"
+                        f" {way}-links: two must share one and need {need:g} B/cycle, capacity {link_cap:g}"
+                    )
         out_cap = max(sum(graph.edges[e]["bytes_per_cycle"] for e in graph.out_edges(p)) for p in tiles)
         in_cap = max(sum(graph.edges[e]["bytes_per_cycle"] for e in graph.in_edges(p)) for p in tiles)
         for k in by_kind[kind]:
@@ -284,6 +300,16 @@ def explain_infeasible(problem: MappingProblem, arch: Arch) -> str | None:
                     f" carry at most {in_cap:g} in"
                 )
     return "; ".join(reasons) if reasons else None
+
+
+def pigeonhole(rates: list[float], links: int) -> float:
+    """Least load of the busiest link when streams of these rates share ``links``
+    links whole: with more streams than links, the two smallest of the largest
+    links+1 streams share one."""
+    if len(rates) <= links or links <= 0:
+        return max(rates, default=0.0) if links > 0 else (sum(rates) if rates else 0.0)
+    top = sorted(rates, reverse=True)[: links + 1]
+    return top[-1] + top[-2]
 
 
 def must_cross(stream: StreamSpec, kinds: dict[str, str]) -> bool:

@@ -16,7 +16,15 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from attnc.mapping import Mapping, MappingInfeasible, MappingProblem, MappingStats, explain_infeasible, must_cross
+from attnc.mapping import (
+    Mapping,
+    MappingInfeasible,
+    MappingProblem,
+    MappingStats,
+    explain_infeasible,
+    must_cross,
+    pigeonhole,
+)
 
 # Integer resolution of the CP-SAT model: a link's capacity is RATE_STEPS units,
 # a stream's bytes at most BYTE_STEPS units, the whole cycle count CYCLE_STEPS units.
@@ -156,10 +164,18 @@ def lower_bounds(av: ArrayView, pv: ProblemView) -> tuple[float, int, int]:
         a, b = pv.cand[pv.src[si]], pv.cand[pv.dst[si]]
         if a and b:
             bh_lb += s.bytes * min(av.dist[x][y] for x in a for y in b)
+    rates_in: dict[int, list[float]] = defaultdict(list)
+    rates_out: dict[int, list[float]] = defaultdict(list)
+    for si, s in enumerate(pv.streams):
+        if pv.cross[si]:
+            rates_out[pv.src[si]].append(s.rate)
+            rates_in[pv.dst[si]].append(s.rate)
     for ki, k in enumerate(pv.kernels):
         tiles = pv.cand[ki]
         if not tiles:
             continue
+        load_lb = max(load_lb, pigeonhole(rates_out[ki], max(len(av.out_links[t]) for t in tiles)),
+                      pigeonhole(rates_in[ki], max(len(av.in_links[t]) for t in tiles)))
         # A kernel's outgoing streams share its tile's out-links (the tile with most links at best).
         outs = max(len(av.out_links[t]) for t in tiles) or 1
         ins = max(len(av.in_links[t]) for t in tiles) or 1

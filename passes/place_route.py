@@ -54,6 +54,9 @@ MONOLITHIC_FLOWS = 20000
 WINDOW_FLOWS = 6000
 WINDOW_DTIME = 1.0
 BUILD_SECONDS_PER_VAR = 1.2e-4
+# One unit of deterministic time took about 3 s on the flow model here; scale
+# so that time_limit is roughly wall seconds.
+MONOLITHIC_DTIME_PER_SECOND = 0.35
 STALL_ROUNDS = 40
 
 
@@ -358,7 +361,7 @@ class _Solver:
         every = list(range(len(pv.kernels)))
         cand = {k: pv.cand[k] for k in every}
         new, name, bound, nvars, _dt = self.solve(hint, every, cand, list(range(len(pv.streams))), None,
-                                                  time_limit, w1, symmetry=True)
+                                                  time_limit * MONOLITHIC_DTIME_PER_SECOND, w1, symmetry=True)
         self.stats.variables = nvars
         if new is not None:
             self._bounds_from_objective(bound, w1, name, new)
@@ -503,26 +506,29 @@ def interchangeable_groups(pv: ProblemView) -> list[list[list[int]]]:
         groups[g].sort(key=lambda ki: (role(ki), ki))
     by_sig: dict[tuple, list[str]] = defaultdict(list)
     for g in sorted(groups):
-        sig = tuple(role(ki) for ki in groups[g])
-        if len(set(sig)) == len(sig):  # roles must be unambiguous within a group
-            by_sig[sig].append(g)
+        # Equal roles within a group are aligned by problem order; the stream check
+        # below rejects any alignment that is not a true symmetry.
+        by_sig[tuple(role(ki) for ki in groups[g])].append(g)
     base = Counter((pv.src[si], pv.dst[si], s.bytes, s.rate) for si, s in enumerate(pv.streams))
-    classes = []
+    def swaps(ref: list[int], other: list[int]) -> bool:
+        swap = {}
+        for a, b in zip(ref, other):
+            swap[a], swap[b] = b, a
+        moved = Counter((swap.get(pv.src[si], pv.src[si]), swap.get(pv.dst[si], pv.dst[si]), s.bytes, s.rate)
+                        for si, s in enumerate(pv.streams))
+        return moved == base
+
+    classes: list[list[list[int]]] = []
     for names in by_sig.values():
-        if len(names) < 2:
-            continue
-        ref = groups[names[0]]
-        cls = [ref]
-        for g in names[1:]:
-            swap = {}
-            for a, b in zip(ref, groups[g]):
-                swap[a], swap[b] = b, a
-            moved = Counter((swap.get(pv.src[si], pv.src[si]), swap.get(pv.dst[si], pv.dst[si]), s.bytes, s.rate)
-                            for si, s in enumerate(pv.streams))
-            if moved == base:
-                cls.append(groups[g])
-        if len(cls) > 1:
-            classes.append(cls)
+        found: list[list[list[int]]] = []
+        for g in names:
+            for cls in found:
+                if swaps(cls[0], groups[g]):
+                    cls.append(groups[g])
+                    break
+            else:
+                found.append([groups[g]])
+        classes += [cls for cls in found if len(cls) > 1]
     return classes
 
 
