@@ -49,7 +49,7 @@ __all__ = ["place_and_route", "heuristic_mapping"]
 
 # Monolithic model when it is this small (kernels, and stream x link flow Booleans).
 MONOLITHIC_KERNELS = 40
-MONOLITHIC_FLOWS = 20000
+MONOLITHIC_FLOWS = 10000
 # LNS windows: at most this many flow Booleans per window model.
 WINDOW_FLOWS = 6000
 WINDOW_DTIME = 1.0
