@@ -186,6 +186,11 @@ def _shape(value: Any) -> str:
 
 def format_report(module: ModuleOp, records: Sequence[PassRecord], import_seconds: float) -> str:
     """Ops by kind, the attention ops with their shapes, and the time of each step."""
+    return format_ops(module) + format_times(records, import_seconds)
+
+
+def format_ops(module: ModuleOp) -> str:
+    """Ops by kind and the attention ops with their shapes."""
     from attnc.dialects.sparse import AttentionOp
 
     kinds: Counter[str] = Counter()
@@ -211,7 +216,11 @@ def format_report(module: ModuleOp, records: Sequence[PassRecord], import_second
             f"kv_heads {op.kv_heads.value.data}, causal {causal}, mask {mask}, scale {op.scale.value.data:.6g}"
             + (f", softcap {op.softcap.value.data:g}" if op.softcap.value.data else "")
         )
-    lines.append("time:")
+    return "\n".join(lines) + "\n"
+
+
+def format_times(records: Sequence[PassRecord], import_seconds: float) -> str:
+    lines = ["time:"]
     steps = [("import", import_seconds)] + [(r.spec, r.seconds) for r in records]
     width = max(len(s) for s, _ in steps)
     for step, seconds in steps:
@@ -293,51 +302,131 @@ _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=
 @cli.command("compile")
 @_model_argument
 @click.option(
-    "-o", "--output", required=True, metavar="OUT.mlir", help="Where to write the compiled IR (text; must end in .mlir)."
+    "-o",
+    "--output",
+    required=True,
+    metavar="OUT.bit|OUT.mlir",
+    help="OUT.bit: the configuration bitstream (the whole back end runs). OUT.mlir: the IR after -p as text.",
 )
-@click.option("--arch", metavar="NAME|FILE", help=f"Target array: a preset ({', '.join(ARCH_PRESETS)}) or a YAML file.")
+@click.option(
+    "--arch",
+    default="edge",
+    show_default=True,
+    metavar="NAME|FILE",
+    help=f"Target array: a preset ({', '.join(ARCH_PRESETS)}) or a YAML file.",
+)
 @_input_shape_option
 @_pipeline_option(DEFAULT_PIPELINE)
+@click.option("--time-limit", default=10.0, show_default=True, type=float, help="Seconds for CP-SAT placement and routing.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Solver seed (results are reproducible for a seed).")
+@click.option("--heuristic-only", is_flag=True, help="Place and route with the greedy heuristic alone, no CP-SAT.")
 @_dump_option
 @_print_after_option
-@click.option("--report", is_flag=True, help="Print ops by kind, the attention ops found and pass times.")
+@click.option(
+    "--report",
+    is_flag=True,
+    help="Print what was compiled (attention ops, kernels per tile kind, utilisation, solver figures, pass times) "
+    "and, for a bitstream, draw the placed array to OUT.svg.",
+)
 def compile_command(
     model: str,
     output: str,
-    arch: str | None,
+    arch: str,
     input_shapes: tuple[str, ...],
     pipeline: str,
+    time_limit: float,
+    seed: int,
+    heuristic_only: bool,
     dump_dir: str | None,
     print_after: tuple[str, ...],
     report: bool,
 ) -> None:
-    """Compile MODEL (.onnx, .pt2 or .mlir) through the pass pipeline.
+    """Compile MODEL (.onnx, .pt2 or .mlir) for the array.
 
-    The array back end does not exist yet: for now OUT is the final IR as .mlir
-    text, and --arch is only loaded and validated (a preset name or a YAML file).
+    With -o OUT.bit the frontend pipeline (-p) is followed by lower-to-dataflow
+    and place-route for --arch, and the placed configuration is written as a
+    bitstream ('attnc inspect' reads it). With -o OUT.mlir only -p runs and its
+    IR is written as text (add the back-end passes to -p to see their IR).
     """
     shapes = parse_input_shapes(input_shapes)
     check_model(model, shapes)
-    check_arch(arch)
-    if Path(output).suffix != ".mlir":
-        raise AttncError(
-            f"-o/--output '{output}': the array back end does not exist yet, so compile writes the final IR "
-            f"as text; name the output *.mlir"
-        )
-    passes = check_pipeline(pipeline, print_after)
+    target = check_arch(arch)
+    suffix = Path(output).suffix
+    if suffix not in (".bit", ".mlir"):
+        raise AttncError(f"-o/--output '{output}': name a bitstream (*.bit) or textual IR (*.mlir)")
+    if time_limit <= 0:
+        raise AttncError(f"--time-limit {time_limit}: must be positive")
+    passes = check_pipeline(pipeline, ())
+    bitstream = suffix == ".bit"
+    if bitstream:
+        from attnc.passes.lower_dataflow import LowerToDataflowPass
+        from attnc.passes.to_array import PlaceRoutePass
+
+        passes += [
+            LowerToDataflowPass(arch=arch),
+            PlaceRoutePass(arch=arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only),
+        ]
+    known = [p.name for p in passes]
+    for name in print_after:
+        if name not in known:
+            raise AttncError(f"--print-ir-after '{name}': not in the pipeline ({', '.join(known)})")
     from attnc.ir import print_module
 
     start = time.perf_counter()
     module = load_model(model, shapes)
     import_seconds = time.perf_counter() - start
-    records = _run_pipeline(module, passes, dump_dir, print_after)
-    with atomic_output(output) as f:
-        f.write(print_module(module))
-    n_attn = sum(op.name == "sparse.attention" for op in module.walk())
+    # the attention ops are gone once lowered: describe them just before
+    frontend_ops: list[str] = []
+    base_progress = _progress()
+
+    def progress(i: int, n: int, name: str) -> None:
+        if name == "lower-to-dataflow" and not frontend_ops:
+            frontend_ops.append(format_ops(module))
+        if base_progress is not None:
+            base_progress(i, n, name)
+
+    from attnc.pipeline import run_pipeline
+
+    records = run_pipeline(
+        module, passes, dump_dir=dump_dir, print_after=print_after, print_stream=sys.stderr, progress=progress
+    )
+    if not bitstream:
+        with atomic_output(output) as f:
+            f.write(print_module(module))
+        n_attn = sum(op.name == "sparse.attention" for op in module.walk())
+        dumped = f"; IR after each pass in {dump_dir}" if dump_dir else ""
+        click.echo(f"attnc: wrote {output} ({n_attn} sparse.attention){dumped}", err=True)
+        if report:
+            click.echo(format_report(module, records, import_seconds), nl=False)
+        return
+    from attnc.backend.bitstream import encode
+    from attnc.backend.emit import emit_bitstream
+    from attnc.dialects.array import ConfigOp
+    from attnc.passes.to_array import mapping_from_config
+
+    meta = {"model": Path(model).name, "pipeline": ",".join(r.spec for r in records)}
+    data = encode(emit_bitstream(module, target, meta))
+    with atomic_output(output, mode="wb") as f:
+        f.write(data)
+    config = next(op for op in module.ops if isinstance(op, ConfigOp))
+    problem, mapping = mapping_from_config(config, target)
+    status = config.attributes["mapping.status"].data
     dumped = f"; IR after each pass in {dump_dir}" if dump_dir else ""
-    click.echo(f"attnc: wrote {output} ({n_attn} sparse.attention){dumped}", err=True)
+    click.echo(
+        f"attnc: wrote {output} ({len(data)} bytes: {len(problem.kernels)} kernels on "
+        f"{len(set(mapping.placement.values()))} tiles of {target.name}, {len(problem.streams)} routed streams, "
+        f"mapping {status}){dumped}",
+        err=True,
+    )
     if report:
-        click.echo(format_report(module, records, import_seconds), nl=False)
+        from attnc.report import format_mapping_report
+        from attnc.report_plot import draw_mapping
+
+        picture = draw_mapping(target, problem, mapping, Path(output).with_suffix(".svg"))
+        click.echo("".join(frontend_ops), nl=False)
+        click.echo(format_mapping_report(config, target, problem, mapping), nl=False)
+        click.echo(format_times(records, import_seconds), nl=False)
+        click.echo(f"picture: {picture}")
 
 
 def load_inputs(path: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ kept as attributes of the config for reports.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -33,7 +33,7 @@ from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
-from attnc.mapping import KernelSpec, MappingProblem, StreamSpec
+from attnc.mapping import KernelSpec, Mapping, MappingProblem, MappingStats, StreamSpec
 from attnc.schedule import nbytes
 
 #: DRAM buffers are aligned to this many bytes
@@ -253,3 +253,34 @@ def _io_address(block: Block, name: str) -> int:
             return op.address.value.data
     raise AssertionError(name)
 
+
+
+def mapping_from_config(config: ar.ConfigOp, arch) -> tuple[MappingProblem, Mapping]:
+    """The mapping problem and its solution as the array IR states them (for reports
+    and for the independent validator): contexts give kernels and placement, routes
+    give streams and paths."""
+    placement: dict[str, tuple[int, int]] = {}
+    kernels: list[KernelSpec] = []
+    names: dict[int, str] = {}
+    for tile in (o for o in config.body.block.ops if isinstance(o, ar.TileOp)):
+        pos = (tile.x.value.data, tile.y.value.data)
+        for ctx in tile.body.block.ops:
+            assert isinstance(ctx, ar.ContextOp)
+            name = ctx.sym_name.data
+            names[ctx.kernel.value.data] = name
+            placement[name] = pos
+            kernels.append(KernelSpec(name, arch.tile(*pos).kind, sum(int(s) for s in ctx.buffer_sizes.get_values()),
+                                      ctx.cycles.value.data))  # fmt: skip
+    streams, routes = [], {}
+    for r in (o for o in config.body.block.ops if isinstance(o, ar.RouteOp)):
+        streams.append(StreamSpec(r.sym_name.data, names[r.src.value.data], names[r.dst.value.data],
+                                  r.bytes.value.data, r.rate.value.data))  # fmt: skip
+        routes[r.sym_name.data] = r.path()
+    stats = MappingStats()
+    for f in fields(MappingStats):
+        attr = config.attributes.get(f"mapping.{f.name}")
+        if isinstance(attr, (IntegerAttr, FloatAttr)):
+            setattr(stats, f.name, type(getattr(stats, f.name))(attr.value.data))
+        elif isinstance(attr, StringAttr):
+            setattr(stats, f.name, attr.data)
+    return MappingProblem(kernels, streams), Mapping(placement, routes, stats)

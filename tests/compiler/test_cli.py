@@ -119,9 +119,10 @@ def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert_user_error(code, err, "No such command 'simulate'")
 
 
-def test_compile_help_says_the_output_is_mlir_for_now(capsys: pytest.CaptureFixture[str]) -> None:
+def test_compile_help_names_both_outputs(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = call(capsys, "compile", "--help")
-    assert code == 0 and ".mlir" in out and "back end does not exist yet" in " ".join(out.split())
+    text = " ".join(out.split())
+    assert code == 0 and "-o OUT.bit" in text and "OUT.mlir" in text and "--time-limit" in text
 
 
 def test_opt_help_lists_passes_and_dialects(capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,7 +228,8 @@ def test_compile_report_describes_attention_ops(capsys, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["-o", "{tmp}/out.bit"], ["-o/--output", "out.bit", ".mlir"]),
+        (["-o", "{tmp}/out.txt"], ["-o/--output", "out.txt", "*.bit", "*.mlir"]),
+        (["-o", "{tmp}/o.bit", "--time-limit", "0"], ["--time-limit 0"]),
         (["-o", "{tmp}/o.mlir", "--arch", "huge"], ["--arch 'huge'"]),
         (["-o", "{tmp}/o.mlir", "-p", "nope"], ["-p/--pipeline", "unknown pass 'nope'", "test-nop"]),
         (["-o", "{tmp}/o.mlir", "-p", "test-nop{x=1}"], ["-p/--pipeline", "bad options for pass 'test-nop'"]),
@@ -285,7 +287,7 @@ def test_attnc_debug_env_shows_the_traceback_of_user_errors(capsys, model, tmp_p
 
 def test_user_error_through_the_console_script(model: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "ATTNC_DEBUG"}
-    r = subprocess.run([attnc_script(), "compile", str(model), "-o", str(tmp_path / "o.bit")], capture_output=True, text=True, env=env)
+    r = subprocess.run([attnc_script(), "compile", str(model), "-o", str(tmp_path / "o.txt")], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and r.stderr.startswith("attnc: error: -o/--output") and "Traceback" not in r.stderr
 
 

@@ -11,7 +11,8 @@ from attnc.dialects import dataflow as df
 from attnc.errors import AttncError
 from attnc.frontend.onnx import import_onnx
 from attnc.ir import parse_module, print_module
-from attnc.mapping import KernelSpec, Mapping, MappingProblem, StreamSpec, validate
+from attnc.mapping import validate
+from attnc.passes.to_array import mapping_from_config
 from attnc.pipeline import run_pipeline
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -26,32 +27,14 @@ def compile_to_array(name: str, arch: str, extra: str = "heuristic-only=true"):
     return module, specs
 
 
-def as_mapping(config: ar.ConfigOp, specs) -> tuple[MappingProblem, Mapping]:
-    """Re-derive the problem and the mapping from the array IR alone, for the independent validator."""
-    placement, kernels = {}, []
-    for tile in (o for o in config.body.block.ops if isinstance(o, ar.TileOp)):
-        for ctx in tile.body.block.ops:
-            name = ctx.sym_name.data
-            placement[name] = (tile.x.value.data, tile.y.value.data)
-            k = specs[name]
-            kernels.append(KernelSpec(name, k.tile_kind.data, k.buffer_bytes.value.data, k.cycles.value.data))
-    names = {specs[n]: n for n in specs}
-    by_id = {i: k for i, k in enumerate(specs.values())}
-    streams, routes = [], {}
-    for r in (o for o in config.body.block.ops if isinstance(o, ar.RouteOp)):
-        src, dst = names[by_id[r.src.value.data]], names[by_id[r.dst.value.data]]
-        streams.append(StreamSpec(r.sym_name.data, src, dst, r.bytes.value.data, r.rate.value.data))
-        routes[r.sym_name.data] = r.path()
-    return MappingProblem(kernels, streams), Mapping(placement, routes)
-
-
 @pytest.mark.parametrize("name, arch", [("attention23", "edge"), ("bert_layer", "edge"), ("gqa_block", "cloud")])
 def test_every_kernel_is_placed_once_and_the_mapping_is_valid(name, arch):
     module, specs = compile_to_array(name, arch)
     (config,) = [o for o in module.walk() if isinstance(o, ar.ConfigOp)]
     contexts = Counter(o.sym_name.data for o in module.walk() if isinstance(o, ar.ContextOp))
     assert set(contexts) == set(specs) and set(contexts.values()) == {1}
-    problem, mapping = as_mapping(config, specs)
+    problem, mapping = mapping_from_config(config, load_arch(arch))
+    assert {k.name: k.cycles for k in problem.kernels} == {n: k.cycles.value.data for n, k in specs.items()}
     assert validate(problem, load_arch(arch), mapping) == []
     dmas = [o for o in module.walk() if isinstance(o, ar.DmaOp)]
     assert len(dmas) == sum(k.kind.data.startswith("dma") for k in specs.values())

@@ -1,0 +1,163 @@
+"""Array IR -> bitstream records (``attnc.backend.bitstream``).
+
+Each ``array.context`` becomes a ``KernelConfig`` whose body is the context's
+sparse ops as micro-ops over kernel-local registers (inputs first, then one
+register per op result): the opcode is the op name without ``sparse.``, the
+params are the op's attributes plus the result's ``dtype`` and ``shape``.
+Constants in a body go to the CONSTANTS section and are referenced by id; the
+weights a DMA kernel loads are laid out in DRAM after the I/O buffers, in
+constant order, so a loader can copy the section into DRAM as it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from xdsl.dialects.builtin import (
+    DenseArrayBase,
+    DenseIntOrFPElementsAttr,
+    FloatAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+    TensorType,
+    UnitAttr,
+)
+from xdsl.ir import Attribute, SSAValue
+
+from attnc import __version__
+from attnc.backend import bitstream as bs
+from attnc.dialects import array as ar
+from attnc.dialects import sparse as sp
+from attnc.encodings import np_dtype
+from attnc.errors import AttncError
+from attnc.schedule import nbytes
+
+DRAM_ALIGN = 64
+
+
+def dtype_name(t: TensorType) -> str:
+    return str(t.element_type)
+
+
+def _strides(shape: list[int]) -> list[int]:
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return list(reversed(out))
+
+
+def _param(attr: Attribute) -> bs.ParamValue | None:
+    if isinstance(attr, IntegerAttr):
+        return int(attr.value.data)
+    if isinstance(attr, FloatAttr):
+        return float(attr.value.data)
+    if isinstance(attr, StringAttr):
+        return attr.data
+    if isinstance(attr, UnitAttr):
+        return 1
+    if isinstance(attr, DenseArrayBase):
+        return [int(v) for v in attr.get_values()]
+    return None
+
+
+def _constant_bytes(value: DenseIntOrFPElementsAttr) -> bytes:
+    ty = value.get_type()
+    assert isinstance(ty, TensorType)
+    n = int(np.prod(ty.get_shape(), dtype=np.int64))
+    raw = value.data.data
+    size = 1 if str(ty.element_type) == "i1" else np_dtype(ty.element_type).itemsize
+    if str(ty.element_type) == "bf16":
+        size = 2
+    return raw * n if len(raw) == size and n != 1 else raw  # splats are stored whole
+
+
+def _align(n: int) -> int:
+    return -(-n // DRAM_ALIGN) * DRAM_ALIGN
+
+
+def emit_bitstream(module: ModuleOp, arch, meta: dict[str, str] | None = None) -> bs.Bitstream:
+    """The bitstream records of a module holding one ``array.config``."""
+    configs = [op for op in module.ops if isinstance(op, ar.ConfigOp)]
+    if len(configs) != 1:
+        raise AttncError("emitting a bitstream needs array IR: run place-route first")
+    config = configs[0]
+    if config.fingerprint.data != arch.fingerprint().hex():
+        raise AttncError(f"the array IR was placed for arch '{config.arch.data}', not '{arch.name}'")
+    ops = list(config.body.block.ops)
+    out = bs.Bitstream(arch_source=arch.source, arch_fingerprint=arch.fingerprint())
+    for io in (o for o in ops if isinstance(o, ar.IOOp)):
+        t = io.type
+        assert isinstance(t, TensorType)
+        out.io.append(bs.IOEntry(io.sym_name.data, io.direction.data, dtype_name(t), list(t.get_shape()),
+                                 io.address.value.data, nbytes(t)))  # fmt: skip
+    dram_top = _align(max((e.dram_address + e.bytes for e in out.io), default=0))
+    weight_address: dict[int, int] = {}  # kernel id -> DRAM address of the weight it loads
+
+    for tile in (o for o in ops if isinstance(o, ar.TileOp)):
+        tcfg = bs.TileConfig(tile.x.value.data, tile.y.value.data, tile.kind.data, [])
+        banks = arch.tile(tcfg.x, tcfg.y).sram_banks
+        for ctx in tile.body.block.ops:
+            assert isinstance(ctx, ar.ContextOp)
+            block = ctx.body.block
+            reg: dict[SSAValue, int] = {}
+            inputs = []
+            for i, (arg, sid) in enumerate(zip(block.args, ctx.inputs.get_values())):
+                reg[arg] = i
+                t = arg.type
+                inputs.append(bs.Port(i, int(sid), dtype_name(t), list(t.get_shape()), 1))
+            body, constants = [], []
+            for op in block.ops:
+                if op is block.last_op:
+                    break
+                results = []
+                for r in op.results:
+                    reg[r] = len(reg)
+                    results.append(reg[r])
+                t = op.results[0].type
+                params: dict[str, bs.ParamValue] = {"dtype": dtype_name(t), "shape": list(t.get_shape())}
+                if isinstance(op, sp.ConstantOp):
+                    cid = len(out.constants)
+                    out.constants.append(bs.ConstantEntry(cid, f"{ctx.sym_name.data}.c{len(constants)}",
+                                                          dtype_name(t), list(t.get_shape()), "dense",
+                                                          _constant_bytes(op.value)))  # fmt: skip
+                    constants.append((results[0], cid))
+                    params["constant"] = cid
+                    if ctx.kind.data == "dma_load":
+                        weight_address[ctx.kernel.value.data] = dram_top
+                        dram_top = _align(dram_top + nbytes(t))
+                for name, attr in op.attributes.items():
+                    if name != "value" and (v := _param(attr)) is not None:
+                        params[name] = v
+                body.append(bs.Instr(op.name.removeprefix("sparse."), [reg[v] for v in op.operands], results, params))
+            outputs = []
+            for v, sid in zip(block.last_op.operands, ctx.outputs.get_values()):
+                t = v.type
+                outputs.append(bs.Port(reg[v], int(sid), dtype_name(t), list(t.get_shape()), 1))
+            buffers = [
+                bs.Buffer(n.data, int(a), int(s), banks, True)
+                for n, a, s in zip(ctx.buffers.data, ctx.buffer_addresses.get_values(), ctx.buffer_sizes.get_values())
+            ]
+            tcfg.contexts.append(
+                bs.KernelConfig(ctx.kernel.value.data, ctx.sym_name.data, ctx.kind.data, inputs, outputs, constants,
+                                buffers, [(n.data, int(t)) for n, t in zip(ctx.loops.data, ctx.trips.get_values())],
+                                body, ctx.cycles.value.data)  # fmt: skip
+            )
+        out.tiles.append(tcfg)
+    for r in (o for o in ops if isinstance(o, ar.RouteOp)):
+        out.routes.append(bs.RouteConfig(r.stream.value.data, r.sym_name.data, r.src.value.data, r.dst.value.data,
+                                         r.path(), r.vc.value.data, r.bytes.value.data, r.rate.value.data))  # fmt: skip
+    shapes = {p.stream: (p.dtype, p.shape) for t in out.tiles for c in t.contexts for p in c.outputs + c.inputs}
+    for d in (o for o in ops if isinstance(o, ar.DmaOp)):
+        address = d.address.value.data
+        if address < 0:
+            address = weight_address[d.kernel.value.data]
+        dtype, shape = shapes[d.stream.value.data]
+        out.dma.append(bs.DmaDescriptor(tuple(int(v) for v in d.channel.get_values()), d.direction.data,
+                                        d.stream.value.data, address, d.bytes.value.data, shape, _strides(shape),
+                                        dtype))  # fmt: skip
+    out.meta = {"compiler": f"attnc {__version__}", "arch": arch.name, **(meta or {})}
+    for key, attr in config.attributes.items():
+        if key.startswith("mapping.") and (v := _param(attr)) is not None:
+            out.meta[key] = str(v)
+    return out
