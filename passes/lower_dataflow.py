@@ -36,7 +36,7 @@ from attnc.dialects import sparse as sp
 from attnc.encodings import from_numpy, np_dtype
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
-from attnc.schedule import kernel_cost, nbytes
+from attnc.schedule import SFU_OPS, kernel_cost, nbytes
 
 TAG = "dataflow.tag"
 GROUP = "dataflow.group"
@@ -76,8 +76,9 @@ def _head_slice(b: _Builder, x: SSAValue, bi: int, hi: int) -> SSAValue:
     return b.add(sp.ReshapeOp(s, [shp[2], shp[3]]))
 
 
-def expand_attention(op: sp.AttentionOp, name: str) -> None:
-    """Replace one sparse.attention by per-head QKᵀ, softmax and PV kernels."""
+def expand_attention(op: sp.AttentionOp, name: str, heads_per_kernel: int = 1) -> None:
+    """Replace one sparse.attention by per-head QKᵀ, softmax and PV kernels (each
+    kernel taking ``heads_per_kernel`` consecutive (batch, head) units)."""
     bld = _Builder(op)
     q, k, v, mask = op.q, op.k, op.v, op.mask
     bsz, hq, sq, _ = sp.shape_of(q)
@@ -95,8 +96,9 @@ def expand_attention(op: sp.AttentionOp, name: str) -> None:
     for bi in range(bsz):
         heads = []
         for hi in range(hq):
-            tag = f"{name}_b{bi}h{hi}"
-            group = f"{name}/b{bi}h{hi}"
+            unit = (bi * hq + hi) // heads_per_kernel
+            tag = f"{name}_b{bi}h{hi}" if heads_per_kernel == 1 else f"{name}_g{unit}"
+            group = f"{name}/b{bi}h{hi}" if heads_per_kernel == 1 else f"{name}/g{unit}"
             qh = _head_slice(bld, q, bi, hi)
             kt = bld.add(sp.TransposeOp(_head_slice(bld, k, bi, hi // rep), [1, 0]))
             s = bld.add(sp.MatmulOp(qh, kt), f"{tag}_qk", group)
@@ -322,8 +324,24 @@ class LowerToDataflowPass(ModulePass):
         fn = main_func(op)
         if any(isinstance(o, df.KernelOp) for o in fn.body.block.ops):
             raise AttncError("lower-to-dataflow: @main is already dataflow IR")
-        count = 0
-        for a in [o for o in fn.body.block.ops if isinstance(o, sp.AttentionOp)]:
-            expand_attention(a, f"attn{count}")
-            count += 1
+        attention = [o for o in fn.body.block.ops if isinstance(o, sp.AttentionOp)]
+        per_kernel = heads_per_kernel(fn, attention, arch)
+        for i, a in enumerate(attention):
+            expand_attention(a, f"attn{i}", per_kernel)
         _Partitioner(fn, arch).run()
+
+
+def heads_per_kernel(fn: func.FuncOp, attention: list[sp.AttentionOp], arch) -> int:
+    """How many (batch, head) units one attention kernel takes: one, unless the
+    per-head softmax and GEMM kernels would not fit the contexts of the array's
+    special-function and compute tiles next to the model's other kernels."""
+    units = sum(sp.shape_of(a.q)[0] * sp.shape_of(a.q)[1] for a in attention)
+    if not units:
+        return 1
+    skip = (sp.ConstantOp, sp.AttentionOp, func.ReturnOp)
+    others = [o for o in fn.body.block.ops if not _is_data(o) and not isinstance(o, skip)]
+    sfu_other = sum(isinstance(o, SFU_OPS) for o in others)
+    compute_other = len(others) - sfu_other
+    sfu_free = max(1, sum(t.contexts for t in arch.tiles_of("sfu")) - sfu_other)
+    compute_free = max(2, sum(t.contexts for t in arch.tiles_of("compute")) - compute_other)
+    return max(1, math.ceil(units / sfu_free), math.ceil(2 * units / compute_free))

@@ -38,7 +38,7 @@ def test_numbers_are_kept(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_unfused_attention_is_three_kernels_per_head(name):
     heads, causal = CASES[name]
-    module, _, _ = lowered(name, "tiny")
+    module, _, _ = lowered(name, "edge")
     kernels = [op for op in module.walk() if isinstance(op, df.KernelOp)]
     assert not any(op.name == "sparse.attention" for op in module.walk())
     kinds = Counter(k.kind.data for k in kernels)
@@ -77,3 +77,13 @@ def test_lowering_twice_is_an_error():
     module, _, _ = lowered("attention23", "tiny")
     with pytest.raises(Exception, match="already dataflow IR"):
         run_pipeline(module, "lower-to-dataflow")
+
+
+def test_heads_share_kernels_when_the_array_is_short_of_contexts():
+    arch = load_arch("tiny")  # one sfu tile with 4 contexts, and the decoder has 2 layer norms and a gelu
+    module, _, _ = lowered("causal_decoder", "tiny")
+    kernels = [op for op in module.walk() if isinstance(op, df.KernelOp)]
+    softmax = [k for k in kernels if k.kind.data == "softmax"]
+    assert len(softmax) < 4 and sum(k.sym_name.data.endswith("_qk") for k in kernels) == len(softmax)
+    sfu = [k for k in kernels if k.tile_kind.data == "sfu"]
+    assert len(sfu) <= sum(t.contexts for t in arch.tiles_of("sfu"))

@@ -54,5 +54,5 @@ def test_placing_twice_needs_dataflow_ir():
 
 
 def test_too_small_an_array_is_explained():
-    with pytest.raises(AttncError, match="compute kernels but tiny has 4 compute tiles"):
+    with pytest.raises(AttncError, match="compute kernels need .* KiB of SRAM together, the 4 compute tiles have 16 KiB"):
         compile_to_array("bert_layer", "tiny")
