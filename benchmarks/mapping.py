@@ -2,16 +2,21 @@
 
     python benchmarks/mapping.py [--time-limit 10] [--quick]
 
-Synthetic unfused attention graphs (attnc.mapping.synthetic_attention: per head
-DMA load -> layer norm -> Q/K/V projections -> QK^T -> softmax -> PV; every 4
-heads share an output projection and a store) for 1..32 heads and seq 128..2048,
-on tiny (smallest only), edge and cloud. Prints one row per case and writes
-benchmarks/results/mapping.md. Not part of the test run.
+Three sources of mapping problems, each on edge and cloud:
+- `example:` the shipped example models, compiled by attnc (import, raise, lower-to-dataflow);
+- `layer:` BERT-style attention layers (d = 64 per head) of 1..32 heads and seq 128..2048,
+  built with examples/make_examples.py and compiled the same way (heads share kernels
+  when the array runs short of contexts, as the compiler does);
+- `graph:` the hand-made per-head graph of REFERENCES 4.4b (attnc.mapping.synthetic_attention:
+  per head DMA load -> layer norm -> Q/K/V projections -> QK^T -> softmax -> PV; every 4
+  heads share an output projection and a store), which keeps one kernel per head and stage.
+Prints one row per case and writes benchmarks/results/mapping.md. Not part of the test run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
@@ -21,11 +26,44 @@ from attnc.arch import load_arch
 from attnc.mapping import MappingInfeasible, synthetic_attention, validate
 from attnc.passes.place_route import heuristic_mapping, place_and_route
 
-CASES = [("tiny", 1, 128)] + [
-    (arch, heads, seq)
-    for arch in ("edge", "cloud")
-    for heads, seq in ((1, 128), (2, 256), (4, 512), (8, 1024), (16, 2048), (32, 2048))
-]
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = ((1, 128), (2, 256), (4, 512), (8, 1024), (16, 2048), (32, 2048))
+
+
+def _examples_module():
+    spec = importlib.util.spec_from_file_location("make_examples", ROOT / "examples" / "make_examples.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def compiled_problem(model, arch_name: str):
+    """The mapping problem attnc states for an ONNX model (path or proto)."""
+    from attnc.frontend.onnx import import_onnx
+    from attnc.passes.to_array import module_problem
+    from attnc.pipeline import run_pipeline
+
+    module = import_onnx(model)
+    run_pipeline(module, f"canonicalize,raise-attention,lower-to-dataflow{{arch={arch_name}}}")
+    return module_problem(module, load_arch(arch_name))
+
+
+def cases():
+    """(source, arch, heads, seq, build) rows: build(arch) gives the mapping problem."""
+    out = []
+    for arch in ("edge", "cloud"):
+        for name in ("attention23", "bert_layer", "causal_decoder", "gqa_block"):
+            out.append((f"example:{name}", arch, "-", "-", lambda a, n=name: compiled_problem(ROOT / "examples" / f"{n}.onnx", a.name)))
+    ex = _examples_module()
+    for arch in ("edge", "cloud"):
+        for heads, seq in SIZES:
+            build = lambda a, h=heads, n=seq: compiled_problem(ex.bert_layer(seq=n, hidden=64 * h, heads=h)[0], a.name)
+            out.append(("layer", arch, heads, seq, build))
+    out.append(("graph", "tiny", 1, 128, lambda a: synthetic_attention(1, 128, a)))
+    for arch in ("edge", "cloud"):
+        for heads, seq in SIZES:
+            out.append(("graph", arch, heads, seq, lambda a, h=heads, n=seq: synthetic_attention(h, n, a)))
+    return out
 
 
 def gap(value: float, lb: float) -> str:
@@ -37,17 +75,17 @@ def main() -> int:
     ap.add_argument("--time-limit", type=float, default=10.0)
     ap.add_argument("--quick", action="store_true", help="the first few cases only")
     args = ap.parse_args()
-    cases = CASES[:4] if args.quick else CASES
-    head = ("| arch | heads | seq | kernels | tiles | method | status | solver s | max link B/c (lb, gap) "
+    todo = cases()[:4] if args.quick else cases()
+    head = ("| source | arch | heads | seq | kernels | tiles | method | status | solver s | max link B/c (lb, gap) "
             "| byte-hops (lb, gap) | makespan (lb) | heuristic s | heuristic max link | heuristic byte-hops "
             "| better | vars | LNS rounds |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     print(head)
     seconds = []
     better = []
-    for arch_name, heads, seq in cases:
+    for source, arch_name, heads, seq, build in todo:
         arch = load_arch(arch_name)
-        problem = synthetic_attention(heads, seq, arch)
+        problem = build(arch)
         t0 = time.perf_counter()
         try:
             heuristic_mapping(problem, arch)
@@ -59,7 +97,7 @@ def main() -> int:
             reason = str(e).split(": ", 1)[1]
             if len(reason) > 150:
                 reason = reason[:147] + "..."
-            row = (f"| {arch_name} | {heads} | {seq} | {len(problem.kernels)} | {len(arch.tiles)} | - | INFEASIBLE "
+            row = (f"| {source} | {arch_name} | {heads} | {seq} | {len(problem.kernels)} | {len(arch.tiles)} | - | INFEASIBLE "
                    f"| {dt:.1f} | {reason} | | | | | | | | |")
             print(row, flush=True)
             rows.append(row)
@@ -72,7 +110,7 @@ def main() -> int:
         theirs = (s.heuristic_max_link_load, s.heuristic_byte_hops, s.heuristic_makespan)
         is_better = ours < theirs
         better.append((len(problem.kernels), is_better))
-        row = (f"| {arch_name} | {heads} | {seq} | {len(problem.kernels)} | {len(arch.tiles)} | {s.method} | {s.status} "
+        row = (f"| {source} | {arch_name} | {heads} | {seq} | {len(problem.kernels)} | {len(arch.tiles)} | {s.method} | {s.status} "
                f"| {dt:.1f} | {s.max_link_load:g} ({s.max_link_load_lb:g}, {gap(s.max_link_load, s.max_link_load_lb)}) "
                f"| {s.byte_hops:,} ({s.byte_hops_lb:,}, {gap(s.byte_hops, s.byte_hops_lb)}) "
                f"| {s.makespan:,} ({s.makespan_lb:,}) | {s.heuristic_seconds:.2f} | {s.heuristic_max_link_load:g} "

@@ -92,27 +92,8 @@ class PlaceRoutePass(ModulePass):
                 stream_of[r] = len(stream_of)
         ret = fn.body.block.last_op
         assert isinstance(ret, func.ReturnOp)
-        out_streams = {v: stream_of[v] for v in ret.operands}
 
-        edges = []  # (stream id, producer kernel, consumer kernel, bytes)
-        for k in kernels:
-            for v, arg in zip(k.inputs, k.body.block.args):
-                owner = v.owner
-                if isinstance(owner, df.KernelOp):
-                    edges.append((stream_of[v], owner, k, consumed_bytes(arg)))
-        width = arch.noc.link_bytes_per_cycle
-        problem = MappingProblem(
-            kernels=[
-                KernelSpec(k.sym_name.data, k.tile_kind.data, k.buffer_bytes.value.data, max(1, k.cycles.value.data),
-                           k.group.data if k.group else "")  # fmt: skip
-                for k in kernels
-            ],
-            streams=[
-                StreamSpec(f"s{s}:{dst.sym_name.data}", src.sym_name.data, dst.sym_name.data, nbytes_,
-                           min(float(width), nbytes_ / max(src.cycles.value.data, dst.cycles.value.data, 1)))  # fmt: skip
-                for s, src, dst, nbytes_ in edges
-            ],
-        )
+        problem, edges = dataflow_problem(kernels, stream_of, arch)
         mapping = place_and_route(problem, arch, time_limit=self.time_limit, seed=self.seed,
                                   heuristic_only=self.heuristic_only)  # fmt: skip
 
@@ -232,6 +213,39 @@ class PlaceRoutePass(ModulePass):
         config = ar.ConfigOp.build(attributes=attrs, regions=[Region(config_block)])
         Rewriter.insert_op(config, InsertPoint.before(fn))
         Rewriter.erase_op(fn)
+
+
+def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int], arch):
+    """The mapping problem of dataflow kernels: one stream per producer-consumer
+    edge, carrying the bytes the consumer reads, at the rate the slower end allows."""
+    edges = []  # (stream id, producer kernel, consumer kernel, bytes)
+    for k in kernels:
+        for v, arg in zip(k.inputs, k.body.block.args):
+            owner = v.owner
+            if isinstance(owner, df.KernelOp):
+                edges.append((stream_of[v], owner, k, consumed_bytes(arg)))
+    width = arch.noc.link_bytes_per_cycle
+    problem = MappingProblem(
+        kernels=[
+            KernelSpec(k.sym_name.data, k.tile_kind.data, k.buffer_bytes.value.data, max(1, k.cycles.value.data),
+                       k.group.data if k.group else "")  # fmt: skip
+            for k in kernels
+        ],
+        streams=[
+            StreamSpec(f"s{s}:{dst.sym_name.data}", src.sym_name.data, dst.sym_name.data, nbytes_,
+                       min(float(width), nbytes_ / max(src.cycles.value.data, dst.cycles.value.data, 1)))  # fmt: skip
+            for s, src, dst, nbytes_ in edges
+        ],
+    )
+    return problem, edges
+
+
+def module_problem(module: ModuleOp, arch) -> MappingProblem:
+    """The mapping problem of a module whose @main is dataflow IR (for benchmarks)."""
+    fn = main_func(module)
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    stream_of = {r: i for i, r in enumerate(r for k in kernels for r in k.outputs)}
+    return dataflow_problem(kernels, stream_of, arch)[0]
 
 
 def _align(n: int) -> int:
