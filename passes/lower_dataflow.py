@@ -251,12 +251,18 @@ class _Partitioner:
         for op in body_ops:
             block.add_op(op)
         block.add_op(df.YieldOp(yields if yields is not None else list(block.args)))
-        cost = kernel_cost(body_ops, list(types), self.arch, dma=dma)
-        kop = df.KernelOp(name, inputs, types, block, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
-                          tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs,
-                          tokens=[cost.tokens] * len(types))  # fmt: skip
+        kop = self._kernel_op(name, inputs, block, dma, "")
         Rewriter.insert_op(kop, InsertPoint.at_start(self.block) if anchor is None else InsertPoint.before(anchor))
         return kop.results[0]
+
+    def _kernel_op(self, name: str, inputs: list[SSAValue], block: Block, dma: str | None, group: str) -> df.KernelOp:
+        """A kernel around a finished body (ending in its yield), costed for the architecture."""
+        *body_ops, yield_op = list(block.ops)
+        types = [v.type for v in yield_op.operands]
+        cost = kernel_cost(body_ops, types, self.arch, dma=dma)
+        return df.KernelOp(name, inputs, types, block, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
+                           tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs,
+                           tokens=[cost.tokens] * len(types), group=group or None)  # fmt: skip
 
     def build(self, name: str, ops: list[Operation], outs: list[SSAValue], group: str, dma: str | None = None):
         inside = set(ops)
@@ -269,13 +275,7 @@ class _Partitioner:
                 return mapping[v]
             owner = v.owner
             if isinstance(owner, Operation) and owner not in inside and _is_data(owner):
-                new_operands = [materialize(o) for o in owner.operands]
-                clone = owner.clone()
-                for i, o in enumerate(new_operands):
-                    clone.operands[i] = o
-                block.add_op(clone)
-                for a, b in zip(owner.results, clone.results):
-                    mapping[a] = b
+                copy_in(owner)
                 return mapping[v]
             stream = v if isinstance(owner, df.KernelOp) else self.streams.get(v) or self.source(v)
             arg = block.insert_arg(v.type, len(block.args))
@@ -283,21 +283,18 @@ class _Partitioner:
             mapping[v] = arg
             return arg
 
-        for op in ops:
+        def copy_in(op: Operation) -> None:
             operands = [materialize(o) for o in op.operands]
             clone = op.clone()
             for i, o in enumerate(operands):
                 clone.operands[i] = o
             block.add_op(clone)
-            for a, b in zip(op.results, clone.results):
-                mapping[a] = b
-        yields = [materialize(v) for v in outs]
-        body_ops = list(block.ops)
-        block.add_op(df.YieldOp(yields))
-        cost = kernel_cost(body_ops, [v.type for v in outs], self.arch, dma=dma)
-        kop = df.KernelOp(name, inputs, [v.type for v in outs], block, kind=cost.kind, tile_kind=cost.tile_kind,
-                          loops=cost.loops, tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles,
-                          macs=cost.macs, tokens=[cost.tokens] * len(outs), group=group or None)  # fmt: skip
+            mapping.update(zip(op.results, clone.results))
+
+        for op in ops:
+            copy_in(op)
+        block.add_op(df.YieldOp([materialize(v) for v in outs]))
+        kop = self._kernel_op(name, inputs, block, dma, group)
         anchor = ops[0] if ops else self.block.last_op
         Rewriter.insert_op(kop, InsertPoint.before(anchor))
         for v, r in zip(outs, kop.results):
