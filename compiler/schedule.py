@@ -43,6 +43,12 @@ class KernelCost:
     tokens: int
 
 
+def _share(tile) -> int:
+    """The SRAM one kernel may use: an equal share among the tile's contexts, so a
+    tile can run as many kernels as it has contexts."""
+    return tile.sram_bytes // max(tile.contexts, 1)
+
+
 def nbytes(t: TensorType) -> int:
     return int(np.prod(t.get_shape(), dtype=np.int64)) * np_dtype(t.element_type).itemsize
 
@@ -77,7 +83,7 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
         tile = arch.tiles_of("dma")[0]
         bursts = max(1, math.ceil(out_bytes / DMA_BURST))
         cycles = math.ceil(out_bytes / arch.dram.bytes_per_cycle) + arch.dram.latency_cycles
-        return KernelCost(dma, "dma", (("burst", bursts),), (DMA_BURST,), min(2 * DMA_BURST, tile.sram_bytes),
+        return KernelCost(dma, "dma", (("burst", bursts),), (DMA_BURST,), min(2 * DMA_BURST, _share(tile)),
                           cycles, 0, bursts)  # fmt: skip
     gemms = [op for op in body_ops if isinstance(op, (sp.MatmulOp, sp.ContractOp))]
     if gemms:
@@ -85,8 +91,8 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
         batch, m, n, k = max((_matmul_dims(op) for op in gemms), key=lambda d: d[0] * d[1] * d[2] * d[3])
         macs = sum(int(np.prod(_matmul_dims(op), dtype=np.int64)) for op in gemms)
         tm, tn = min(m, tile.mac_rows), min(n, tile.mac_cols)
-        # largest reduction chunk whose double-buffered A, B and C tiles fit in half the SRAM
-        budget = tile.sram_bytes // 2
+        # largest reduction chunk whose double-buffered A, B and C tiles fit in the kernel's share
+        budget = _share(tile)
         tk = max(1, min(k, (budget // (2 * eb) - tm * tn) // max(tm + tn, 1)))
         loops = (("b", batch), ("m", math.ceil(m / tm)), ("n", math.ceil(n / tn)), ("k", math.ceil(k / tk)))
         steps = batch * math.ceil(m / tm) * math.ceil(n / tn) * k
@@ -115,7 +121,7 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
     rows = max(1, _elems(outputs[0]) // max(row, 1)) if outputs else 1
     block = min(rows, lanes)
     # an input and an output row block, double-buffered; long rows stream through in
-    # chunks so a kernel never asks for more than a quarter of its tile's SRAM
-    buf = min(4 * eb * block * row, tile.sram_bytes // 4)
+    # chunks so a kernel never asks for more than its share of the tile's SRAM
+    buf = min(4 * eb * block * row, _share(tile))
     loops = (("rows", math.ceil(rows / block)),)
     return KernelCost(kind, tile_kind, loops, (block, row), buf, math.ceil(work / lanes) + 1, 0, loops[0][1])
