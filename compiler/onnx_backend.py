@@ -85,7 +85,8 @@ class AttncBackend(Backend):
 
     @classmethod
     def execute(cls, module: ModuleOp, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Run an imported model; each concrete backend says how (interpreter, simulator)."""
+        raise TypeError(f"{cls.__name__} is the shared base of the attnc backends and runs no model itself")
 
     @classmethod
     def supports_device(cls, device: str) -> bool:
