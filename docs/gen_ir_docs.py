@@ -1,4 +1,4 @@
-"""Generate docs/ir.md, the reference of the `sparse` dialect, from the op and
+"""Generate docs/ir.md, the reference of the `sparse`, `dataflow` and `array` dialects, from the op and
 encoding docstrings and their IRDL definitions.
 
     python docs/gen_ir_docs.py            # rewrite docs/ir.md
@@ -22,7 +22,7 @@ from xdsl.irdl import (
     VarOperandDef,
 )
 
-from attnc.dialects import encoding, sparse
+from attnc.dialects import array, dataflow, encoding, sparse
 
 OUT = Path(__file__).resolve().parent / "ir.md"
 HIDDEN_ATTRS = {"operandSegmentSizes", "resultSegmentSizes"}
@@ -121,6 +121,9 @@ def render() -> str:
         "",
         *[op_section(o) for o in ops],
     ]
+    for module, dialect in ((dataflow, dataflow.Dataflow), (array, array.Array)):
+        parts += [f"# The `{dialect.name}` dialect", "", markdown(module.__doc__), ""]
+        parts += [op_section(o) for o in dialect.operations]
     return "\n".join(parts).rstrip() + "\n"
 
 
