@@ -1,0 +1,622 @@
+"""The timing model: a discrete-event simulation of the array, from the bitstream alone.
+
+``simulate(bitstream)`` never touches tensor values (it is the timing-only mode, and the functional run
+reports the same figures because it calls this). The model, in short (docs/simulator.md has the whole):
+
+* each context's work comes from its body: MACs of matmul/contract/attention on the MAC array
+  (``batch * ceil(M/rows) * ceil(N/cols) * K`` cycles plus a pipeline fill of ``rows + cols`` per
+  kernel), elementwise and special-function work on ``vector_lanes`` lanes; data-movement ops
+  (reshape, slice, ...) are buffer addressing and cost nothing;
+* a context runs as a sequence of segments (its loop steps, grouped to at most ``MAX_SEGMENTS``);
+  contexts on one tile time-multiplex it, round-robin between ready ones at segment granularity
+  (a DMA tile runs ``dma_channels`` at once);
+* an output port's ``tokens`` are emitted as the segments complete; a consumer needs its share of an
+  input's tokens before each segment (all of them first when the input is a weight);
+* tokens cross their route's links as fluid flows: each link's bandwidth is shared max-min fairly
+  between the flows on it, plus ``hop_latency`` per hop; DMA transfers share the DRAM bandwidth the
+  same way after ``latency_cycles``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from attnc.arch import Arch, parse_arch
+from attnc.backend.bitstream import Bitstream, Instr, KernelConfig
+from attnc.errors import AttncError
+from attnc.simulator.stats import KernelStats, LinkStats, Stats, TileStats
+
+#: loop steps are grouped into at most this many segments per context: the round-robin and the
+#: token emission need no finer grain, and it bounds the events of long sequences
+MAX_SEGMENTS = 64
+#: the progress callback is called every this many events
+PROGRESS_EVERY = 2000
+
+DTYPE_BYTES = {
+    "f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "i4": 1, "i1": 1,
+    "si64": 8, "si32": 4, "si16": 2, "si8": 1, "ui64": 8, "ui32": 4, "ui16": 2, "ui8": 1, "index": 8,
+}  # fmt: skip
+#: buffer addressing and configuration data, not work (docs/design.md, "The dataflow level")
+DATA_OPS = frozenset({"constant", "reshape", "transpose", "slice", "concat", "broadcast", "gather", "pad", "convert"})
+MAC_OPS = frozenset({"matmul", "contract", "attention"})
+#: passes over the data a row-wise op makes (softmax: max, exp+sum, scale)
+PASSES = {"softmax": 3, "log_softmax": 3, "layer_norm": 3}
+
+
+def _prod(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= max(int(d), 0)
+    return n
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return DTYPE_BYTES.get(dtype, 4)
+
+
+# ---------------------------------------------------------------------------
+# work of one context, from its body
+
+
+@dataclass
+class Work:
+    macs: int = 0
+    mac_cycles: int = 0  # on this tile's MAC array, before the fill
+    lane_ops: int = 0  # elementwise / special-function operations (per element, passes included)
+    sram_read: int = 0
+    sram_write: int = 0
+
+
+def _shape(value) -> list[int] | None:
+    if isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        return value
+    return None
+
+
+def _gemm_cycles(out: list[int], k: int, rows: int, cols: int) -> int:
+    m = out[-2] if len(out) >= 2 else 1
+    n = out[-1] if out else 1
+    batch = _prod(out[:-2])
+    return batch * -(-max(m, 0) // rows) * -(-max(n, 0) // cols) * max(k, 0)
+
+
+def _einsum_sizes(equation: str, shapes: list[list[int] | None]) -> tuple[dict[str, int], str] | None:
+    if "->" not in equation or "." in equation:
+        return None
+    lhs, out = equation.replace(" ", "").split("->")
+    sizes: dict[str, int] = {}
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        return None
+    for term, shape in zip(terms, shapes):
+        if shape is None or len(term) != len(shape):
+            return None
+        for c, d in zip(term, shape):
+            sizes[c] = max(sizes.get(c, 0), int(d))
+    if any(c not in sizes for c in out):
+        return None
+    return sizes, out
+
+
+def kernel_work(cfg: KernelConfig, tile) -> Work:
+    """MACs, MAC-array cycles, lane operations and SRAM traffic of one context on ``tile``."""
+    shapes: dict[int, list[int]] = {}
+    dtypes: dict[int, str] = {}
+    for p in cfg.inputs:
+        # a port's shape is one token's; the body sees the whole tensor (tokens along the first dim)
+        full = list(p.shape)
+        if full and p.tokens > 1:
+            full[0] = full[0] * p.tokens
+        shapes[p.register] = full
+        dtypes[p.register] = p.dtype
+    rows, cols = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
+    w = Work()
+    for ins in cfg.body:
+        out = _shape(ins.params.get("shape")) or []
+        dtype = str(ins.params.get("dtype", "f32"))
+        for r in ins.results:
+            shapes[r] = out
+            dtypes[r] = dtype
+        if ins.opcode in DATA_OPS:
+            continue
+        ops = [shapes.get(r) for r in ins.operands]
+        out_elems = _prod(out)
+        w.sram_read += sum(_prod(s or []) * _dtype_bytes(dtypes.get(r, "f32")) for r, s in zip(ins.operands, ops))
+        w.sram_write += out_elems * _dtype_bytes(dtype) * max(len(ins.results), 1)
+        if ins.opcode in MAC_OPS:
+            macs, cycles, lane = _mac_work(ins, ops, out, rows, cols)
+            w.macs += macs
+            w.mac_cycles += cycles
+            w.lane_ops += lane
+            continue
+        biggest = max([out_elems] + [_prod(s) for s in ops if s is not None])
+        w.lane_ops += PASSES.get(ins.opcode, 1) * biggest
+    return w
+
+
+def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tuple[int, int, int]:
+    """(MACs, MAC-array cycles, vector ops) of a matmul, contract or attention."""
+    if ins.opcode == "matmul":
+        a = ops[0] if ops else None
+        k = (a[-1] if a else 1) if a is not None else 1
+        return _prod(out) * k, _gemm_cycles(out, k, rows, cols), 0
+    if ins.opcode == "contract":
+        parsed = _einsum_sizes(str(ins.params.get("equation", "")), ops)
+        if parsed is None:
+            return _prod(out), _gemm_cycles(out, 1, rows, cols), 0
+        sizes, outs = parsed
+        k = _prod(sizes[c] for c in sizes if c not in outs)
+        return _prod(sizes.values()), _gemm_cycles(out, k, rows, cols), 0
+    # attention: q (B, H, S, d), k (B, Hkv, T, d), v (B, Hkv, T, dv) -> (B, H, S, dv)
+    q = ops[0] if ops and ops[0] else [1, 1, 1, 1]
+    kk = ops[1] if len(ops) > 1 and ops[1] else q
+    d, t = q[-1], (kk[-2] if len(kk) >= 2 else 1)
+    dv = out[-1] if out else d
+    rows_q = _prod(q[:-1])
+    scores = list(q[:-1]) + [t]
+    macs = rows_q * t * (d + dv)
+    cycles = _gemm_cycles(scores, d, rows, cols) + _gemm_cycles(list(q[:-1]) + [dv], t, rows, cols)
+    return macs, cycles, PASSES["softmax"] * rows_q * t
+
+
+# ---------------------------------------------------------------------------
+# fluid flows: links and DRAM shared max-min fairly
+
+
+@dataclass
+class _Flow:
+    remaining: float
+    resources: tuple
+    on_done: Callable[[float], None]
+    rate: float = 0.0
+    version: int = 0
+
+
+class _Fluid:
+    """Flows over capacity-limited resources; rates are max-min fair and change only when a flow starts
+    or ends, so each flow's completion is one (re)scheduled event."""
+
+    def __init__(self, sim: _Sim, capacity: dict) -> None:
+        self.sim = sim
+        self.capacity = capacity
+        self.flows: dict[int, _Flow] = {}
+        self.last = 0.0
+        self.next_id = 0
+        self.users: dict = {r: 0 for r in capacity}
+        self.busy_since: dict = {}
+
+    def add(self, nbytes: float, resources: tuple, on_done: Callable[[float], None]) -> None:
+        now = self.sim.now
+        if nbytes <= 0 or not resources:
+            on_done(now)
+            return
+        self._advance(now)
+        fid = self.next_id
+        self.next_id += 1
+        self.flows[fid] = _Flow(float(nbytes), resources, on_done)
+        for r in resources:
+            if self.users[r] == 0:
+                self.busy_since[r] = now
+            self.users[r] += 1
+        self._rebalance(now)
+
+    def done(self, fid: int, version: int) -> None:
+        flow = self.flows.get(fid)
+        if flow is None or flow.version != version:
+            return  # rescheduled since
+        now = self.sim.now
+        self._advance(now)
+        del self.flows[fid]
+        for r in flow.resources:
+            self.users[r] -= 1
+            if self.users[r] == 0:
+                self.sim.resource_idle(r, self.busy_since.pop(r), now)
+        self._rebalance(now)
+        flow.on_done(now)
+
+    def _advance(self, now: float) -> None:
+        dt = now - self.last
+        if dt > 0:
+            for f in self.flows.values():
+                f.remaining -= f.rate * dt
+        self.last = now
+
+    def _rebalance(self, now: float) -> None:
+        # progressive filling: the most constrained resource fixes the rate of its flows, repeat
+        left = dict(self.capacity)
+        unfixed = set(self.flows)
+        rates: dict[int, float] = {}
+        while unfixed:
+            count: dict = {}
+            for fid in unfixed:
+                for r in self.flows[fid].resources:
+                    count[r] = count.get(r, 0) + 1
+            bottleneck = min(count, key=lambda r: (left[r] / count[r], str(r)))
+            share = max(left[bottleneck] / count[bottleneck], 0.0)
+            for fid in sorted(f for f in unfixed if bottleneck in self.flows[f].resources):
+                rates[fid] = share
+                unfixed.discard(fid)
+                for r in self.flows[fid].resources:
+                    left[r] -= share
+        for fid in sorted(self.flows):
+            f = self.flows[fid]
+            if rates[fid] != f.rate or f.version == 0:
+                f.rate = rates[fid]
+                f.version += 1
+                eta = now + max(f.remaining, 0.0) / f.rate if f.rate > 0 else math.inf
+                if eta < math.inf:
+                    self.sim.push(eta, self.done, fid, f.version)
+
+
+# ---------------------------------------------------------------------------
+# the simulation
+
+
+@dataclass
+class _InPort:
+    stream: int
+    tokens: int
+    broadcast: bool
+    received: int = 0
+
+
+@dataclass
+class _Kernel:
+    cfg: KernelConfig
+    tile: _Tile
+    stats: KernelStats
+    segments: int
+    durations: Callable[[int], int]
+    is_dma: bool = False
+    dma_bytes: int = 0
+    inputs: list[_InPort] = field(default_factory=list)
+    outputs: list[tuple[int, int, int]] = field(default_factory=list)  # (stream, tokens, bytes per token)
+    done: int = 0  # segments completed
+    emitted: dict[int, int] = field(default_factory=dict)  # stream -> tokens emitted
+    running: bool = False
+
+    def ready(self) -> bool:
+        if self.running or self.done >= self.segments:
+            return False
+        i = self.done
+        for p in self.inputs:
+            need = p.tokens if p.broadcast else -(-(i + 1) * p.tokens // self.segments)
+            if p.received < need:
+                return False
+        return True
+
+
+@dataclass
+class _Tile:
+    pos: tuple[int, int]
+    slots: int
+    stats: TileStats
+    kernels: list[_Kernel] = field(default_factory=list)
+    running: int = 0
+    next_rr: int = 0
+    free_slots: list[int] = field(default_factory=list)
+
+
+class _Sim:
+    def __init__(self, bs: Bitstream, arch: Arch, progress) -> None:
+        self.bs, self.arch, self.progress = bs, arch, progress
+        self.now = 0.0
+        self.heap: list = []
+        self.seq = 0
+        self.events = 0
+        self.stats = Stats(
+            arch=arch.name, clock_mhz=arch.clock_mhz, total_macs_per_cycle=arch.total_macs_per_cycle,
+            dram_bytes_per_cycle=arch.dram.bytes_per_cycle, energy_table=dict(arch.energy_pj),
+        )  # fmt: skip
+        self.links: dict[tuple, LinkStats] = {}
+        capacity: dict = {"dram": float(arch.dram.bytes_per_cycle)}
+        for t in arch.tiles:
+            for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+                nxt = (t.x + dx, t.y + dy)
+                if 0 <= nxt[0] < arch.width and 0 <= nxt[1] < arch.height:
+                    capacity[(t.pos, nxt)] = float(arch.noc.link_bytes_per_cycle)
+        self.fluid = _Fluid(self, capacity)
+        self.kernels: dict[int, _Kernel] = {}
+        self.tiles: list[_Tile] = []
+        self.routes: dict[tuple[int, int], list] = {}  # (stream, src kernel) -> routes
+        self.consumers: dict[int, list[tuple[_Kernel, _InPort]]] = {}
+        self.total_segments = 0
+        self.done_segments = 0
+        self._build()
+
+    # -- setup ------------------------------------------------------------
+
+    def _build(self) -> None:
+        bs, arch = self.bs, self.arch
+        producers: dict[int, KernelConfig] = {}
+        for tc in bs.tiles:
+            for cfg in tc.contexts:
+                for p in cfg.outputs:
+                    producers.setdefault(p.stream, cfg)
+        seen: set[tuple[int, int]] = set()
+        for tc in bs.tiles:
+            where = f"tile ({tc.x},{tc.y})"
+            if not (0 <= tc.x < arch.width and 0 <= tc.y < arch.height):
+                raise AttncError(f"simulate: TILES: {where} is outside the {arch.width}x{arch.height} grid")
+            if (tc.x, tc.y) in seen:
+                raise AttncError(f"simulate: TILES: {where} is configured twice")
+            seen.add((tc.x, tc.y))
+            at = arch.tile(tc.x, tc.y)
+            if tc.kind != at.kind:
+                raise AttncError(
+                    f"simulate: TILES: {where} is configured as {tc.kind} but the array has a {at.kind} tile there"
+                )
+            if len(tc.contexts) > at.contexts:
+                raise AttncError(
+                    f"simulate: TILES: {where} has {len(tc.contexts)} contexts, the tile holds {at.contexts}"
+                )
+            ts = TileStats(tc.x, tc.y, at.kind, at.macs_per_cycle, sram_bytes=at.sram_bytes)
+            tile = _Tile((tc.x, tc.y), max(at.dma_channels, 1) if at.kind == "dma" else 1, ts)
+            tile.free_slots = list(range(tile.slots))
+            self.tiles.append(tile)
+            self.stats.tiles.append(ts)
+            for cfg in tc.contexts:
+                if cfg.kernel in self.kernels:
+                    raise AttncError(f"simulate: TILES: kernel id {cfg.kernel} appears twice")
+                k = self._kernel(cfg, tile, at, producers)
+                self.kernels[cfg.kernel] = k
+                tile.kernels.append(k)
+                ts.kernels.append(cfg.name)
+                ts.buffer_bytes += sum(b.size for b in cfg.buffers)
+                self.total_segments += k.segments
+        for r in bs.routes:
+            where = f"simulate: ROUTES: stream {r.stream} ('{r.name}')"
+            for kid in (r.src_kernel, r.dst_kernel):
+                if kid not in self.kernels:
+                    raise AttncError(f"{where}: kernel {kid} is not configured on any tile")
+            if not r.hops:
+                raise AttncError(f"{where}: the route has no tiles")
+            ends = (self.kernels[r.src_kernel].tile.pos, self.kernels[r.dst_kernel].tile.pos)
+            if (tuple(r.hops[0]), tuple(r.hops[-1])) != ends:
+                raise AttncError(
+                    f"{where}: the path {tuple(r.hops[0])} -> {tuple(r.hops[-1])} does not join kernel "
+                    f"{r.src_kernel}'s tile {ends[0]} to kernel {r.dst_kernel}'s tile {ends[1]}"
+                )
+            for a, b in zip(r.hops, r.hops[1:]):
+                if (tuple(a), tuple(b)) not in self.fluid.capacity:
+                    raise AttncError(f"{where}: hop {tuple(a)} -> {tuple(b)} is not a link of the mesh")
+            self.routes.setdefault((r.stream, r.src_kernel), []).append(r)
+        for k in self.kernels.values():
+            for p in k.inputs:
+                self.consumers.setdefault(p.stream, []).append((k, p))
+        self.stats.kernels = [k.stats for k in self.kernels.values()]
+
+    def _kernel(self, cfg: KernelConfig, tile: _Tile, at, producers) -> _Kernel:
+        steps = _prod(trips for _, trips in cfg.loops) if cfg.loops else 1
+        segments = max(1, min(steps, MAX_SEGMENTS))
+        is_dma = at.kind == "dma" or cfg.kind in ("dma_load", "dma_store")
+        st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
+        k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma)
+        for p in cfg.inputs:
+            src = producers.get(p.stream)
+            # a weight (a constant loaded by DMA) is needed whole before the first step
+            weight = src is not None and not src.inputs and any(i.opcode == "constant" for i in src.body)
+            port = _InPort(p.stream, max(p.tokens, 1), weight)
+            if src is None or src is cfg:
+                port.received = port.tokens  # a DRAM-side stream (or one nothing produces) is there from the start
+            k.inputs.append(port)
+        port_bytes = 0
+        for p in cfg.outputs:
+            tokens = max(p.tokens, 1)
+            nbytes = _prod(p.shape) * _dtype_bytes(p.dtype)
+            k.outputs.append((p.stream, tokens, nbytes))
+            k.emitted[p.stream] = 0
+            port_bytes += nbytes * tokens
+        in_bytes = sum(_prod(p.shape) * max(p.tokens, 1) * _dtype_bytes(p.dtype) for p in cfg.inputs)
+        if is_dma:
+            streams = {p.stream for p in cfg.inputs} | {p.stream for p in cfg.outputs}
+            direction = "store" if cfg.kind == "dma_store" else "load"
+            descs = [d for d in self.bs.dma if d.stream in streams and d.direction == direction]
+            k.dma_bytes = sum(d.bytes for d in descs) if descs else (in_bytes if direction == "store" else port_bytes)
+            if direction == "load":
+                self.stats.dram_read_bytes += k.dma_bytes
+            else:
+                self.stats.dram_write_bytes += k.dma_bytes
+            # the DMA tile stages the data in its buffer: written once, read once
+            self.stats.sram_write_bytes += k.dma_bytes
+            self.stats.sram_read_bytes += k.dma_bytes
+            return k
+        w = kernel_work(cfg, at)
+        lanes = max(at.vector_lanes, 1)
+        if at.kind == "butterfly":
+            # a 2x2 butterfly is 4 multiply-adds, or an operation on 2 elements
+            units = -(-w.macs // 4) + -(-w.lane_ops // 2)
+            compute, fill = -(-units // lanes), 0
+            self.stats.butterfly_ops += units
+        elif at.kind == "compute":
+            compute = w.mac_cycles + -(-w.lane_ops // lanes)
+            fill = at.mac_rows + at.mac_cols if w.macs else 0
+            self.stats.vector_ops += w.lane_ops
+        elif at.kind == "sfu":
+            # no MAC array: a stray contraction runs on the lanes
+            units = w.macs + w.lane_ops
+            compute, fill = -(-units // lanes), 0
+            self.stats.sfu_ops += units
+        else:  # memory tiles hold data and compute nothing
+            compute, fill = 0, 0
+        self.stats.macs += w.macs
+        st.macs = w.macs
+        tile.stats.macs += w.macs
+        # data arrives in the buffer and leaves from it, and each op reads its operands and writes its result
+        self.stats.sram_write_bytes += w.sram_write + in_bytes
+        self.stats.sram_read_bytes += w.sram_read + port_bytes
+
+        def durations(i: int, c=compute, s=segments, f=fill) -> int:
+            return (i + 1) * c // s - i * c // s + (f if i == 0 else 0)
+
+        k.durations = durations
+        return k
+
+    # -- event machinery --------------------------------------------------
+
+    def push(self, t: float, fn, *args) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, fn, args))
+
+    def resource_idle(self, r, start: float, end: float) -> None:
+        if r == "dram":
+            return
+        lk = self._link(r)
+        lk.busy_cycles += end - start
+        lk.intervals.append((start, end))
+
+    def _link(self, r) -> LinkStats:
+        lk = self.links.get(r)
+        if lk is None:
+            lk = self.links[r] = LinkStats(r[0], r[1], self.arch.noc.link_bytes_per_cycle)
+        return lk
+
+    def run(self) -> Stats:
+        for tile in self.tiles:
+            self.schedule(tile)
+        while self.heap:
+            t, _, fn, args = heapq.heappop(self.heap)
+            self.now = t
+            self.events += 1
+            fn(*args)
+            if self.progress is not None and self.events % PROGRESS_EVERY == 0:
+                self.progress(self.done_segments, self.total_segments)
+        stuck = [k for k in self.kernels.values() if k.done < k.segments]
+        if stuck:
+            raise AttncError("simulate: the configuration deadlocks: " + "; ".join(self._waiting(k) for k in stuck[:3]))
+        if self.progress is not None:
+            self.progress(self.done_segments, self.total_segments)
+        end = max((k.stats.end for k in self.kernels.values()), default=0.0)
+        self.stats.cycles = math.ceil(end - 1e-6)
+        self.stats.events = self.events
+        self.stats.links = [self.links[r] for r in sorted(self.links)]
+        return self.stats
+
+    def _waiting(self, k: _Kernel) -> str:
+        for p in k.inputs:
+            if p.received < p.tokens:
+                return (
+                    f"kernel {k.cfg.kernel} '{k.cfg.name}' waits for stream {p.stream} "
+                    f"({p.received} of {p.tokens} tokens arrived)"
+                )
+        return f"kernel {k.cfg.kernel} '{k.cfg.name}' never ran"
+
+    # -- tiles and kernels ------------------------------------------------
+
+    def schedule(self, tile: _Tile) -> None:
+        n = len(tile.kernels)
+        while tile.running < tile.slots and n:
+            for j in range(n):
+                k = tile.kernels[(tile.next_rr + j) % n]
+                if k.ready():
+                    tile.next_rr = (tile.next_rr + j + 1) % n
+                    self.start(k)
+                    break
+            else:
+                return
+
+    def start(self, k: _Kernel) -> None:
+        tile = k.tile
+        tile.running += 1
+        k.running = True
+        slot = tile.free_slots.pop(0)
+        i, now = k.done, self.now
+        if i == 0:
+            k.stats.start = now
+        if k.is_dma:
+            share = (i + 1) * k.dma_bytes // k.segments - i * k.dma_bytes // k.segments
+
+            def begin(_k=k, _slot=slot, _start=now, _share=share):
+                self.fluid.add(_share, ("dram",), lambda t: self.finish(_k, _slot, _start))
+
+            if i == 0 and self.arch.dram.latency_cycles:
+                self.push(now + self.arch.dram.latency_cycles, begin)
+            else:
+                begin()
+        else:
+            self.push(now + k.durations(i), self.finish, k, slot, now)
+
+    def finish(self, k: _Kernel, slot: int, start: float) -> None:
+        now = self.now
+        tile = k.tile
+        tile.running -= 1
+        tile.free_slots.append(slot)
+        tile.free_slots.sort()
+        k.running = False
+        busy = now - start
+        k.stats.busy_cycles += round(busy)
+        tile.stats.busy_cycles += round(busy)
+        sl = tile.stats.slices
+        if sl and sl[-1][0] == slot and sl[-1][1] == k.cfg.name and abs(sl[-1][3] - start) < 1e-9:
+            sl[-1] = (slot, k.cfg.name, sl[-1][2], now)
+        elif busy > 0:
+            sl.append((slot, k.cfg.name, start, now))
+        k.done += 1
+        self.done_segments += 1
+        if k.done == k.segments:
+            k.stats.end = now
+        for stream, tokens, nbytes in k.outputs:
+            target = tokens if k.done == k.segments else k.done * tokens // k.segments
+            new = target - k.emitted[stream]
+            if new > 0:
+                k.emitted[stream] = target
+                self.emit(k, stream, new, nbytes)
+        self.schedule(tile)
+
+    def emit(self, k: _Kernel, stream: int, tokens: int, token_bytes: int) -> None:
+        """``tokens`` new tokens of ``stream`` leave kernel ``k``: over each route to its consumer."""
+        routes = self.routes.get((stream, k.cfg.kernel), [])
+        routed = {r.dst_kernel for r in routes}
+        for r in routes:
+            dst = self.kernels[r.dst_kernel]
+            port_tokens = max((p.tokens for p in dst.inputs if p.stream == stream), default=1)
+            # a route carries what the consumer reads (one head of a projection, say)
+            nbytes = r.bytes * tokens / port_tokens if r.bytes else token_bytes * tokens
+            links = tuple((tuple(a), tuple(b)) for a, b in zip(r.hops, r.hops[1:]))
+            for link in links:
+                lk = self._link(link)
+                lk.bytes += round(nbytes)
+                if r.stream not in lk.streams:
+                    lk.streams.append(r.stream)
+            self.stats.noc_byte_hops += round(nbytes) * len(links)
+            latency = len(links) * self.arch.noc.hop_latency
+
+            def arrived(t, _dst=dst, _tokens=tokens, _lat=latency):
+                self.push(t + _lat, self.deliver, _dst, stream, _tokens)
+
+            self.fluid.add(nbytes, links, arrived)
+        # consumers without a route (on the same tile, or an unrouted stream) read the buffer directly
+        for dst, _ in self.consumers.get(stream, []):
+            if dst.cfg.kernel not in routed and dst is not k:
+                self.deliver(dst, stream, tokens)
+                routed.add(dst.cfg.kernel)
+
+    def deliver(self, dst: _Kernel, stream: int, tokens: int) -> None:
+        for p in dst.inputs:
+            if p.stream == stream:
+                p.received = min(p.tokens, p.received + tokens)
+        self.schedule(dst.tile)
+
+
+def simulate(
+    bitstream: Bitstream, *, progress: Callable[[int, int], None] | None = None, functional: bool = False
+) -> Stats:
+    """Time ``bitstream`` on its embedded architecture, from the bitstream alone (no tensor values).
+
+    ``progress(done, total)`` is called every ``PROGRESS_EVERY`` events and once at the end, counting
+    segments of work. ``functional`` says whether the caller also ran the numpy model; the timing does
+    not depend on values, so it is only recorded (``Stats.mode``) and a timing-only run gives the same
+    cycles. Every problem with the configuration is one ``AttncError``.
+    """
+    arch = parse_arch(bitstream.arch_source, source_name="<bitstream ARCH>")
+    try:
+        stats = _Sim(bitstream, arch, progress).run()
+    except (AttncError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # a last-resort guard, as the decoder has: the tests fail if it fires
+        raise AttncError(f"simulate: timing model bug on this bitstream: {type(e).__name__}: {e}") from e
+    stats.mode = "functional" if functional else "timing-only"
+    return stats

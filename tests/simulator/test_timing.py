@@ -1,0 +1,329 @@
+"""The timing model against answers computed by hand, plus a roofline check on every example.
+
+The hand cases are small bitstreams built with the dataclasses on the ``tiny`` array (4x4 MACs and
+4 lanes per compute tile, 16 B/cycle links with 1 cycle per hop, 16 GiB/s DRAM with 100 ns latency).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnc.arch import load_arch
+from attnc.backend.bitstream import (
+    Bitstream, DmaDescriptor, Instr, KernelConfig, Port, RouteConfig, TileConfig, decode, embed_arch, encode,
+)  # fmt: skip
+from attnc.errors import AttncError
+from attnc.simulator.plots import plot
+from attnc.simulator.timing import MAX_SEGMENTS, simulate
+from attnc.simulator.trace import write_trace
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+TINY = load_arch("tiny")
+
+
+def kernel(kid, name, kind, inputs, outputs, body=(), loops=(("steps", 1),)):
+    return KernelConfig(kid, name, kind, list(inputs), list(outputs), [], [], list(loops), list(body), 0)
+
+
+def port(register, stream, shape, tokens=1, dtype="f32"):
+    return Port(register, stream, dtype, list(shape), tokens)
+
+
+def route(stream, src, dst, hops, nbytes):
+    return RouteConfig(stream, f"s{stream}", src, dst, [tuple(h) for h in hops], 0, nbytes, 1.0)
+
+
+def bitstream(tiles: dict, routes=(), dma=()):
+    """``tiles``: {(x, y): [KernelConfig, ...]}; the tile kind comes from the tiny array."""
+    src, fp = embed_arch(TINY)
+    cfgs = [TileConfig(x, y, TINY.tile(x, y).kind, ks) for (x, y), ks in tiles.items()]
+    bs = Bitstream(src, fp, cfgs, list(routes), list(dma))
+    return decode(encode(bs))  # what the simulator gets is what the format carries
+
+
+def gemm(kid, m, n, k, in_streams=(0, 1), out_stream=2):
+    body = [Instr("matmul", [0, 1], [2], {"dtype": "f32", "shape": [m, n]})]
+    loops = (("m", math.ceil(m / 4)), ("n", math.ceil(n / 4)), ("k", k))
+    return kernel(kid, f"gemm{kid}", "gemm", [port(0, in_streams[0], [m, k]), port(1, in_streams[1], [k, n])],
+                  [port(2, out_stream, [m, n])], body, loops)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# hand-computed cases
+
+
+def test_single_gemm_is_macs_over_the_mac_array_plus_fill():
+    stats = simulate(bitstream({(1, 1): [gemm(0, 64, 64, 64)]}))
+    macs = 64 * 64 * 64
+    assert stats.macs == macs
+    assert stats.cycles == macs // 16 + (4 + 4)
+    assert stats.utilization == pytest.approx(macs / (stats.cycles * TINY.total_macs_per_cycle))
+    (tile,) = [t for t in stats.tiles if t.macs]
+    assert tile.busy_cycles == stats.cycles and tile.macs == macs
+    assert stats.kernels[0].segments == MAX_SEGMENTS
+
+
+def test_partial_mac_tiles_cost_whole_steps():
+    # 10 rows on a 4-row array: 3 row steps, the last one a quarter full
+    stats = simulate(bitstream({(1, 1): [gemm(0, 10, 8, 16)]}))
+    assert stats.cycles == 3 * 2 * 16 + 8
+    assert stats.macs == 10 * 8 * 16
+
+
+def dma_load(kid, dram_stream, stream, nbytes, tokens=1):
+    n = nbytes // 4 // tokens
+    return kernel(kid, f"load{kid}", "dma_load", [port(0, dram_stream, [n], tokens)], [port(0, stream, [n], tokens)],
+                  loops=(("burst", tokens),))  # fmt: skip
+
+
+def dma_store(kid, stream, dram_stream, nbytes, tokens=1):
+    n = nbytes // 4 // tokens
+    return kernel(kid, f"store{kid}", "dma_store", [port(0, stream, [n], tokens)], [port(0, dram_stream, [n], tokens)],
+                  loops=(("burst", tokens),))  # fmt: skip
+
+
+def test_dram_bound_load_is_latency_plus_bytes_over_bandwidth():
+    nbytes = 1 << 16
+    desc = DmaDescriptor((0, 0), "load", 1, 0, nbytes, [nbytes // 4], [1], "f32")
+    stats = simulate(bitstream({(0, 0): [dma_load(0, 100, 1, nbytes)]}, dma=[desc]))
+    assert stats.cycles == math.ceil(TINY.dram.latency_cycles + nbytes / TINY.dram.bytes_per_cycle)
+    assert (stats.dram_read_bytes, stats.dram_write_bytes) == (nbytes, 0)
+
+
+def test_dram_copy_through_one_link():
+    nbytes = 1 << 14
+    dram = (TINY.dram.latency_cycles + nbytes / TINY.dram.bytes_per_cycle)
+    noc = nbytes / TINY.noc.link_bytes_per_cycle + TINY.noc.hop_latency
+    tiles = {(0, 0): [dma_load(0, 100, 1, nbytes)], (1, 0): [dma_store(1, 1, 101, nbytes)]}
+    descs = [DmaDescriptor((0, 0), "load", 1, 0, nbytes, [nbytes // 4], [1], "f32"),
+             DmaDescriptor((1, 0), "store", 1, 1 << 20, nbytes, [nbytes // 4], [1], "f32")]  # fmt: skip
+    stats = simulate(bitstream(tiles, [route(1, 0, 1, [(0, 0), (1, 0)], nbytes)], descs))
+    assert stats.cycles == math.ceil(2 * dram + noc)
+    assert stats.noc_byte_hops == nbytes
+    assert (stats.dram_read_bytes, stats.dram_write_bytes) == (nbytes, nbytes)
+
+
+def test_two_loads_share_the_dram_bandwidth():
+    nbytes = 1 << 14
+    tiles = {(0, 0): [dma_load(0, 100, 1, nbytes)], (1, 0): [dma_load(1, 101, 2, nbytes)]}
+    descs = [DmaDescriptor((0, 0), "load", 1, 0, nbytes, [nbytes // 4], [1], "f32"),
+             DmaDescriptor((1, 0), "load", 2, nbytes, nbytes, [nbytes // 4], [1], "f32")]  # fmt: skip
+    stats = simulate(bitstream(tiles, dma=descs))
+    assert stats.cycles == math.ceil(TINY.dram.latency_cycles + 2 * nbytes / TINY.dram.bytes_per_cycle)
+
+
+def passthrough(kid, name, in_stream, out_stream, n, tokens=1, work=0):
+    """A compute-tile kernel doing ``work`` chained adds per token (0: it only forwards its input)."""
+    body, reg = [], 0
+    for i in range(work):
+        body.append(Instr("add", [reg, reg], [i + 1], {"dtype": "f32", "shape": [n * tokens]}))
+        reg = i + 1
+    return kernel(kid, name, "elementwise", [port(0, in_stream, [n], tokens)], [port(reg, out_stream, [n], tokens)],
+                  body, (("rows", tokens),))  # fmt: skip
+
+
+def test_two_streams_sharing_a_link_take_twice_as_long():
+    nbytes = 4096
+    n = nbytes // 4
+    alone = {(1, 1): [passthrough(0, "a", 10, 11, n)], (2, 1): [passthrough(2, "ca", 11, 12, n)]}
+    r_a = route(11, 0, 2, [(1, 1), (2, 1)], nbytes)
+    one = simulate(bitstream(alone, [r_a]))
+    link = TINY.noc.link_bytes_per_cycle
+    assert one.cycles == nbytes / link + 1
+    # b's route (1,2) -> (1,1) -> (2,1) joins a's on the link (1,1) -> (2,1)
+    both = dict(alone)
+    both[(1, 2)] = [passthrough(1, "b", 20, 21, n)]
+    both[(2, 1)] = both[(2, 1)] + [passthrough(3, "cb", 21, 22, n)]
+    r_b = route(21, 1, 3, [(1, 2), (1, 1), (2, 1)], nbytes)
+    two = simulate(bitstream(both, [r_a, r_b]))
+    ends = {k.name: k.end for k in two.kernels}
+    assert ends["ca"] == 2 * nbytes / link + 1
+    assert ends["cb"] == 2 * nbytes / link + 2
+    shared = [lk for lk in two.links if (lk.src, lk.dst) == ((1, 1), (2, 1))]
+    assert shared[0].bytes == 2 * nbytes and shared[0].busy_cycles == 2 * nbytes / link
+    assert two.noc_byte_hops == 3 * nbytes
+
+
+def test_a_pipeline_runs_at_the_pace_of_its_slowest_kernel():
+    tokens, n = 32, 16  # 16 floats per token: 64 bytes, 4 cycles on a link, 4 cycles of one add on 4 lanes
+    tiles = {
+        (1, 1): [passthrough(0, "fast_a", 0, 1, n, tokens, work=1)],
+        (2, 1): [passthrough(1, "slow", 1, 2, n, tokens, work=4)],
+        (2, 2): [passthrough(2, "fast_c", 2, 3, n, tokens, work=1)],
+    }
+    routes = [route(1, 0, 1, [(1, 1), (2, 1)], n * 4 * tokens), route(2, 1, 2, [(2, 1), (2, 2)], n * 4 * tokens)]
+    stats = simulate(bitstream(tiles, routes))
+    a, b, c = n // 4, 4 * n // 4, n // 4  # cycles per token
+    hop = n * 4 / TINY.noc.link_bytes_per_cycle + TINY.noc.hop_latency
+    assert stats.cycles == a + hop + tokens * b + hop + c
+    # without streaming (one token) the three would run one after the other
+    assert stats.cycles < tokens * (a + b + c)
+
+
+def test_contexts_on_one_tile_take_turns():
+    stats = simulate(bitstream({(1, 1): [gemm(0, 16, 16, 16, (0, 1), 2), gemm(1, 16, 16, 16, (3, 4), 5)]}))
+    each = 16 * 16 * 16 // 16 + 8
+    assert stats.cycles == 2 * each
+    first, second = sorted(stats.kernels, key=lambda k: k.end)
+    # round-robin at segment granularity: both are under way until near the end
+    assert second.start < first.end / 2
+
+
+# ---------------------------------------------------------------------------
+# errors
+
+
+def test_a_route_through_a_non_link_is_an_error():
+    n = 16
+    tiles = {(1, 1): [passthrough(0, "a", 10, 11, n)], (2, 2): [passthrough(1, "c", 11, 12, n)]}
+    with pytest.raises(AttncError, match=r"hop \(1, 1\) -> \(2, 2\) is not a link"):
+        simulate(bitstream(tiles, [route(11, 0, 1, [(1, 1), (2, 2)], 64)]))
+
+
+def test_a_kernel_on_the_wrong_tile_kind_is_an_error():
+    with pytest.raises(AttncError, match=r"tile \(0,0\) is configured as compute but the array has a dma tile"):
+        src, fp = embed_arch(TINY)
+        simulate(Bitstream(src, fp, [TileConfig(0, 0, "compute", [gemm(0, 4, 4, 4)])]))
+
+
+def test_a_cycle_of_streams_is_a_deadlock_error_not_a_hang():
+    n = 16
+    tiles = {(1, 1): [passthrough(0, "a", 1, 2, n, work=1)], (2, 1): [passthrough(1, "b", 2, 1, n, work=1)]}
+    routes = [route(2, 0, 1, [(1, 1), (2, 1)], 64), route(1, 1, 0, [(2, 1), (1, 1)], 64)]
+    with pytest.raises(AttncError, match="deadlocks: kernel 0 'a' waits for stream 1"):
+        simulate(bitstream(tiles, routes))
+
+
+# ---------------------------------------------------------------------------
+# the examples: roofline, determinism, outputs
+
+
+@pytest.fixture(scope="module")
+def example_bitstreams():
+    from attnc.backend.emit import emit_bitstream
+    from attnc.frontend.onnx import import_onnx
+    from attnc.passes.lower_dataflow import LowerToDataflowPass
+    from attnc.passes.to_array import PlaceRoutePass
+    from attnc.pipeline import run_pipeline
+
+    def compile_edge(path, **placer):
+        module = import_onnx(path)
+        run_pipeline(module, "canonicalize,raise-attention")
+        run_pipeline(module, [LowerToDataflowPass(arch="edge"), PlaceRoutePass(arch="edge", **placer)])
+        return decode(encode(emit_bitstream(module, load_arch("edge"), {})))
+
+    out = {}
+    for path in sorted(EXAMPLES.glob("*.onnx")):
+        try:  # the heuristic alone maps most examples at once; CP-SAT for the others
+            out[path.stem] = compile_edge(path, heuristic_only=True)
+        except AttncError:
+            out[path.stem] = compile_edge(path, time_limit=10.0)
+    return out
+
+
+def test_every_example_respects_the_roofline(example_bitstreams):
+    edge = load_arch("edge")
+    assert len(example_bitstreams) >= 4
+    for name, bs in example_bitstreams.items():
+        stats = simulate(bs)
+        dram = stats.dram_read_bytes + stats.dram_write_bytes
+        bound = max(stats.macs / edge.total_macs_per_cycle, dram / edge.dram.bytes_per_cycle)
+        assert stats.cycles >= bound, name
+        assert stats.macs > 0 and stats.dram_read_bytes > 0 and stats.dram_write_bytes > 0, name
+        assert 0 < stats.utilization <= 1, name
+        assert all(t.busy_cycles <= stats.cycles for t in stats.tiles), name
+
+
+def test_same_bitstream_same_stats(example_bitstreams):
+    bs = example_bitstreams["bert_layer"]
+    assert simulate(bs).to_json() == simulate(bs).to_json()
+    assert simulate(bs, functional=True).cycles == simulate(bs).cycles
+
+
+def test_stats_json_trace_and_plots(example_bitstreams, tmp_path):
+    calls = []
+    stats = simulate(example_bitstreams["bert_layer"], progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1]
+    doc = json.loads(json.dumps(stats.to_json()))
+    keys = ("cycles seconds macs dram_read_bytes dram_write_bytes sram_read_bytes sram_write_bytes noc_byte_hops "
+            "energy_pj utilization tiles links events")  # fmt: skip
+    assert set(keys.split()) <= set(doc)
+    energy = doc["energy_pj"]
+    assert set(energy) == {"total", *load_arch("edge").energy_pj}
+    assert energy["total"] == pytest.approx(sum(v for k, v in energy.items() if k != "total"))
+    assert energy["mac"] == pytest.approx(doc["macs"] * 1.5)
+    assert doc["seconds"] == pytest.approx(doc["cycles"] / 940e6)
+    assert {"busy_cycles", "macs", "utilization"} <= set(doc["tiles"][0])
+    assert {"bytes", "busy_cycles", "utilization"} <= set(doc["links"][0])
+    assert sum(lk["bytes"] for lk in doc["links"]) == doc["noc_byte_hops"]
+
+    write_trace(stats, tmp_path / "trace.json")
+    trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    names = {e["args"]["name"] for e in trace if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert any(n.startswith("tile (") for n in names) and any(n.startswith("link (") for n in names)
+    assert all(e["dur"] >= 0 for e in trace if e["ph"] == "X")
+
+    paths = plot(stats, tmp_path / "plots")
+    assert [p.name for p in paths] == ["timeline.png", "heatmap.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_the_timing_model_imports_no_compiler_internals():
+    internals = ("interpreter", "dialects", "passes", "frontend", "pipeline", "mapping", "schedule")
+    code = (
+        "import sys; import attnc.simulator.timing, attnc.simulator.trace, attnc.simulator.plots; "
+        f"bad = [m for m in sys.modules if m.split('.')[:2] in [['attnc', n] for n in {internals!r}]"
+        " or m in ('xdsl', 'onnx', 'torch')]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_mangled_configurations_give_stats_or_one_error(example_bitstreams):
+    """Decoded bitstreams whose fields were changed at random (what the format cannot catch: absurd token
+    counts, shapes and trip counts, broken routes, unknown streams and opcodes): every run ends, quickly,
+    with stats or an AttncError, never another exception."""
+    import copy
+    import random
+
+    rng = random.Random(5)
+    base = example_bitstreams["bert_layer"]
+    outcomes = {"stats": 0, "error": 0}
+    for _ in range(300):
+        bs = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 3)):
+            c = rng.choice([c for t in bs.tiles for c in t.contexts])
+            big = rng.choice([0, 1, 7, 2**31, 2**63])
+            ports = c.inputs + c.outputs
+            what = rng.randrange(8)
+            if what == 0 and ports:
+                rng.choice(ports).tokens = big
+            elif what == 1 and ports:
+                rng.choice(ports).shape = [big] * rng.randint(0, 3)
+            elif what == 2:
+                c.loops = [("x", big)] * rng.randint(0, 3)
+            elif what == 3 and bs.routes:
+                rng.choice(bs.routes).hops = [(rng.randint(0, 6), rng.randint(0, 6)) for _ in range(rng.randint(0, 4))]
+            elif what == 4 and ports:
+                rng.choice(ports).stream = rng.randint(0, 40)
+            elif what == 5:
+                c.kernel = rng.randint(0, 40)
+            elif what == 6 and c.body:
+                ins = rng.choice(c.body)
+                ins.opcode = rng.choice(["matmul", "contract", "attention", "softmax", "add", "zzz"])
+                ins.params[rng.choice(["shape", "equation"])] = rng.choice([big, "ab,bc->ac", [big, 3], [1.5], "x"])
+            elif bs.routes:
+                bs.routes.pop(rng.randrange(len(bs.routes)))
+        try:
+            simulate(bs)
+            outcomes["stats"] += 1
+        except AttncError as e:
+            assert "bug" not in str(e)
+            outcomes["error"] += 1
+    assert outcomes["stats"] and outcomes["error"]
