@@ -586,6 +586,250 @@ def opt(file: str, pipeline: str, output: str, dump_dir: str | None, print_after
 
 
 # ---------------------------------------------------------------------------
+# simulation: `attnc simulate`, `attnc run`
+
+
+def compile_to_bitstream(
+    module: ModuleOp,
+    arch: str,
+    *,
+    time_limit: float = 10.0,
+    seed: int = 0,
+    heuristic_only: bool = False,
+    meta: dict[str, str] | None = None,
+) -> bytes:
+    """The back end of ``attnc compile -o OUT.bit`` in memory: lower-to-dataflow and place-route for
+    ``arch`` (a preset name or YAML file) over ``module`` (in place), then emit and encode."""
+    from attnc.arch import load_arch
+    from attnc.backend.bitstream import encode
+    from attnc.backend.emit import emit_bitstream
+    from attnc.passes.lower_dataflow import LowerToDataflowPass
+    from attnc.passes.to_array import PlaceRoutePass
+    from attnc.pipeline import run_pipeline
+
+    target = load_arch(arch)
+    passes = [
+        LowerToDataflowPass(arch=arch),
+        PlaceRoutePass(arch=arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only),
+    ]
+    records = run_pipeline(module, passes)
+    return encode(emit_bitstream(module, target, {"pipeline": ",".join(r.spec for r in records), **(meta or {})}))
+
+
+def _timing_module() -> Any:
+    """``attnc.simulator.timing`` when it exists (the timing model is built separately), else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("attnc.simulator.timing") is None:
+        return None
+    import inspect
+
+    from attnc.simulator import timing
+
+    # the agreed interface: timing.simulate(bitstream, *, functional: bool) -> Stats
+    if not hasattr(timing, "simulate") or "functional" not in inspect.signature(timing.simulate).parameters:
+        return None
+    return timing
+
+
+def _sim_progress() -> Callable[[int, int], None] | None:
+    """A one-line progress bar on stderr over the contexts executed, only when a person is watching."""
+    if not sys.stderr.isatty():
+        return None
+    start = time.perf_counter()
+
+    def show(i: int, n: int) -> None:
+        if time.perf_counter() - start < 0.5 and i < n:
+            return
+        width = 30
+        done = width * i // max(n, 1)
+        end = "\n" if i == n else ""
+        click.echo(f"\rattnc: simulating [{'#' * done}{'.' * (width - done)}] {i}/{n} contexts{end}", err=True, nl=False)
+
+    return show
+
+
+def format_outputs(outputs: dict[str, Any]) -> str:
+    lines = []
+    for name, x in outputs.items():
+        stats = ""
+        if x.size and x.dtype.kind in "fiu":
+            import numpy as np
+
+            with np.errstate(all="ignore"):
+                stats = f"  min {x.min():.6g}  max {x.max():.6g}  mean {x.astype(np.float64).mean():.6g}"
+        lines.append(f"  {name}: {x.dtype}{list(x.shape)}{stats}")
+    return "\n".join(lines) + "\n"
+
+
+@cli.command("simulate")
+@click.argument("bitstream", metavar="FILE.bit", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--inputs",
+    "inputs_path",
+    metavar="IN.npz",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Input arrays keyed by graph input names. Without it: seeded random inputs.",
+)
+@click.option("-o", "--output", metavar="OUT.npz", help="Where to save the outputs (keyed by output names).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs used when --inputs is omitted.")
+def simulate_command(bitstream: str, inputs_path: str | None, output: str | None, seed: int) -> None:
+    """Run a bitstream on the bundled simulator.
+
+    Reads FILE.bit alone (the architecture is embedded), executes every tile's
+    contexts on numpy in the order the streams allow, and saves the outputs to
+    OUT.npz keyed by the graph's output names.
+    """
+    import numpy as np
+
+    from attnc.backend.bitstream import read
+    from attnc.simulator.functional import run as simulate
+    from attnc.simulator.io import check_inputs, load_npz, random_inputs
+
+    bs = read(bitstream)
+    if inputs_path is None:
+        inputs = random_inputs(bs, seed)
+        listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
+        click.echo(f"attnc: no --inputs given; using random inputs (seed {seed}): {listing}", err=True)
+    else:
+        inputs = check_inputs(bs, load_npz(inputs_path), source=f"--inputs {inputs_path}")
+    start = time.perf_counter()
+    outputs = simulate(bs, inputs, progress=_sim_progress())
+    seconds = time.perf_counter() - start
+    if output is not None:
+        with atomic_output(output, mode="wb") as f:
+            np.savez(f, **outputs)
+    n_ctx = sum(len(t.contexts) for t in bs.tiles)
+    click.echo(
+        f"simulated {bitstream} ({bs.arch_name}): {n_ctx} contexts on {len(bs.tiles)} tiles, "
+        f"{len(bs.routes)} routes, {len(bs.dma)} DMA descriptors in {seconds:.2f} s (functional)"
+    )
+    click.echo("outputs:\n" + format_outputs(outputs), nl=False)
+    if output is not None:
+        click.echo(f"attnc: wrote {output}", err=True)
+
+
+@cli.command("run")
+@_model_argument
+@click.option(
+    "--arch",
+    default="edge",
+    show_default=True,
+    metavar="NAME|FILE",
+    help=f"Target array: a preset ({', '.join(ARCH_PRESETS)}) or a YAML file.",
+)
+@click.option(
+    "--inputs",
+    "inputs_path",
+    metavar="IN.npz",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Input arrays keyed by graph input names. Without it: seeded random inputs.",
+)
+@click.option("-o", "--output", metavar="OUT.npz", help="Save the simulator's outputs here.")
+@_input_shape_option
+@_pipeline_option(DEFAULT_PIPELINE)
+@click.option("--time-limit", default=10.0, show_default=True, type=float, help="Seconds for CP-SAT placement and routing.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Solver seed and seed of the random inputs.")
+@click.option("--heuristic-only", is_flag=True, help="Place and route with the greedy heuristic alone, no CP-SAT.")
+def run_command(
+    model: str,
+    arch: str,
+    inputs_path: str | None,
+    output: str | None,
+    input_shapes: tuple[str, ...],
+    pipeline: str,
+    time_limit: float,
+    seed: int,
+    heuristic_only: bool,
+) -> int:
+    """Compile MODEL, simulate the bitstream and compare with the reference.
+
+    Compiles in memory as 'attnc compile -o OUT.bit' does, decodes the encoded
+    bitstream and runs it on the simulator (which sees only those bytes), runs the
+    reference interpreter on the sparse IR before lowering (and onnxruntime on an
+    .onnx model when it is installed), and prints the largest absolute and relative
+    error of every output. Exits 1 if the simulator disagrees with the reference.
+    """
+    shapes = parse_input_shapes(input_shapes)
+    check_model(model, shapes)
+    check_arch(arch)
+    if time_limit <= 0:
+        raise AttncError(f"--time-limit {time_limit}: must be positive")
+    passes = check_pipeline(pipeline)
+    import numpy as np
+
+    from attnc.backend.bitstream import decode
+    from attnc.interpreter import check_inputs as check_model_inputs, interpret as interpret_module
+    from attnc.ir import main_func
+    from attnc.simulator.functional import run as simulate
+    from attnc.simulator.io import compare
+
+    t0 = time.perf_counter()
+    module = load_model(model, shapes)
+    _run_pipeline(module, passes, None, ())
+    if inputs_path is None:
+        inputs = random_inputs(module, seed)
+        listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
+        click.echo(f"attnc: no --inputs given; using random inputs (seed {seed}): {listing}", err=True)
+    else:
+        inputs = load_inputs(inputs_path)
+        try:
+            check_model_inputs(main_func(module), inputs)
+        except AttncError as e:
+            raise AttncError(f"--inputs {inputs_path}: {e}") from None
+    t1 = time.perf_counter()
+    reference = interpret_module(module, inputs)  # the sparse IR, before lowering
+    t2 = time.perf_counter()
+    data = compile_to_bitstream(module, arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only,
+                                meta={"model": Path(model).name})  # fmt: skip
+    t3 = time.perf_counter()
+    bs = decode(data, source="<compiled bitstream>")
+    outputs = simulate(bs, inputs, progress=_sim_progress())
+    t4 = time.perf_counter()
+    if output is not None:
+        with atomic_output(output, mode="wb") as f:
+            np.savez(f, **outputs)
+
+    n_ctx = sum(len(t.contexts) for t in bs.tiles)
+    click.echo(f"{Path(model).name} on {bs.arch_name}: {len(data)} bytes of bitstream, {n_ctx} kernels on {len(bs.tiles)} tiles")
+    click.echo(f"time: import+passes {t1 - t0:.2f} s, reference {t2 - t1:.2f} s, compile {t3 - t2:.2f} s, simulate {t4 - t3:.2f} s")
+    rows = compare(outputs, reference)
+    ok = all(r.ok for r in rows)
+    click.echo("simulator vs reference interpreter:")
+    for r in rows:
+        click.echo(f"  {r.name}: max abs {r.max_abs:.3g}, max rel {r.max_rel:.3g} ({'ok' if r.ok else 'MISMATCH'}, tol {r.atol:g}+{r.rtol:g}*|ref|)")
+    ort = _onnxruntime_outputs(model, inputs) if Path(model).suffix.lower() == ".onnx" and not shapes else None
+    if ort is not None:
+        click.echo("simulator vs onnxruntime:")
+        for r in compare(outputs, ort):
+            click.echo(f"  {r.name}: max abs {r.max_abs:.3g}, max rel {r.max_rel:.3g} ({'ok' if r.ok else 'differs'})")
+    timing = _timing_module()
+    if timing is not None:
+        stats = timing.simulate(bs, functional=False)
+        click.echo(getattr(stats, "summary", lambda: str(stats))())
+    if not ok:
+        click.echo("attnc: the simulator disagrees with the reference interpreter beyond tolerance", err=True)
+        return 1
+    return 0
+
+
+def _onnxruntime_outputs(model: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """onnxruntime's outputs for an .onnx model, or None when it is not installed or cannot run it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    try:
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        feeds = {i.name: inputs[i.name] for i in session.get_inputs() if i.name in inputs}
+        return dict(zip(names, session.run(None, feeds)))
+    except Exception as e:  # onnxruntime lacks an op or type: say so, it is only a second opinion
+        click.echo(f"attnc: onnxruntime could not run {model}: {' '.join(str(e).split())[:200]}", err=True)
+        return None
+
+
+# ---------------------------------------------------------------------------
 # entry point
 
 

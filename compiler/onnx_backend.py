@@ -11,6 +11,7 @@ subclass :class:`AttncBackend` and provide its own ``execute``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -159,3 +160,42 @@ prepare = ReferenceBackend.prepare
 run_model = ReferenceBackend.run_model
 run_node = ReferenceBackend.run_node
 supports_device = ReferenceBackend.supports_device
+
+
+class SimulatorBackend(AttncBackend):
+    """Runs models on the bundled simulator: the imported model goes through the default frontend
+    pipeline, lower-to-dataflow and place-route for ``arch`` (``cloud`` unless a subclass says
+    otherwise), is encoded to a bitstream, and the simulator executes the decoded bytes alone.
+
+    Placement tries the greedy heuristic first and CP-SAT (``time_limit`` seconds) only when the
+    heuristic finds no mapping. Bitstreams are cached per imported module."""
+
+    arch = "cloud"
+    time_limit = 5.0
+    _bitstreams: weakref.WeakKeyDictionary[ModuleOp, bytes] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def bitstream(cls, module: ModuleOp) -> bytes:
+        """The encoded bitstream of an imported module (compiled on first use)."""
+        data = cls._bitstreams.get(module)
+        if data is None:
+            from attnc.cli import compile_to_bitstream
+            from attnc.pipeline import DEFAULT_PIPELINE, run_pipeline
+
+            try:
+                work = module.clone()
+                run_pipeline(work, DEFAULT_PIPELINE)
+                data = compile_to_bitstream(work, cls.arch, heuristic_only=True)
+            except AttncError:
+                work = module.clone()
+                run_pipeline(work, DEFAULT_PIPELINE)
+                data = compile_to_bitstream(work, cls.arch, time_limit=cls.time_limit)
+            cls._bitstreams[module] = data
+        return data
+
+    @classmethod
+    def execute(cls, module: ModuleOp, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from attnc.backend.bitstream import decode
+        from attnc.simulator.functional import run
+
+        return run(decode(cls.bitstream(module), source="<compiled bitstream>"), inputs)

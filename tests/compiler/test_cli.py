@@ -115,8 +115,8 @@ def test_bare_attnc_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = call(capsys, "simulate")
-    assert_user_error(code, err, "No such command 'simulate'")
+    code, _, err = call(capsys, "frobnicate")
+    assert_user_error(code, err, "No such command 'frobnicate'")
 
 
 def test_compile_help_names_both_outputs(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,283 @@
+"""The functional simulator: executes a bitstream's contexts on numpy and returns the outputs.
+
+It reads the bitstream alone (no compiler module): inputs are written to a DRAM image at the
+addresses of the IO table; DMA load contexts read them back through their descriptors (address,
+shape, strides, dtype); every context runs once its input streams have values (Kahn's order over
+stream ids); DMA store contexts write their values to DRAM through their descriptors; the outputs
+are read from DRAM at the IO table's addresses. Weight loads execute their ``constant`` instruction,
+which reads the CONSTANTS section.
+
+    outputs = run(bitstream.read("out.bit"), {"x": x})
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from attnc.backend.bitstream import Bitstream, DmaDescriptor, KernelConfig
+from attnc.simulator.io import check_inputs, entries
+from attnc.simulator.ops import SimulationError, execute, finish, from_bytes, np_dtype, storage_bytes, to_bytes
+
+# Bounds on what a (possibly hostile) bitstream may ask for, checked before anything is allocated.
+MAX_DRAM_BYTES = 1 << 31
+MAX_ELEMENTS = 1 << 27  # per value (BERT-base scores at seq 2048, all heads: 1 << 25.6)
+
+
+@dataclass
+class Context:
+    tile: tuple[int, int]
+    config: KernelConfig
+
+    @property
+    def label(self) -> str:
+        return f"kernel {self.config.kernel} '{self.config.name}' on tile {self.tile}"
+
+
+def contexts(bs: Bitstream) -> list[Context]:
+    return [Context((t.x, t.y), c) for t in bs.tiles for c in t.contexts]
+
+
+class Dram:
+    """A flat byte image of DRAM, addressed as the IO table and DMA descriptors say."""
+
+    def __init__(self, size: int) -> None:
+        if size > MAX_DRAM_BYTES:
+            raise SimulationError(f"the bitstream addresses {size} bytes of DRAM, more than the simulator's {MAX_DRAM_BYTES}")
+        self.mem = bytearray(size)
+
+    def _offsets(self, address: int, dtype: str, shape: list[int], strides: list[int], where: str) -> np.ndarray | None:
+        """Element byte offsets for a strided access, or None when it is dense and contiguous."""
+        if len(strides) != len(shape):
+            raise SimulationError(f"{where}: {len(strides)} strides for a rank-{len(shape)} shape")
+        size = storage_bytes(dtype)
+        n = math.prod(shape)
+        if n > MAX_ELEMENTS:
+            raise SimulationError(f"{where}: {n} elements exceed the simulator's bound")
+        dense = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+        if all(s == d or n_ == 1 for s, d, n_ in zip(strides, dense, shape)):
+            lo, hi = address, address + n * size
+            offsets = None
+        else:
+            lo = address + size * sum(s * (d - 1) for s, d in zip(strides, shape) if s < 0 and d > 0)
+            hi = address + size * (1 + sum(s * (d - 1) for s, d in zip(strides, shape) if s > 0 and d > 0))
+            grids = np.ix_(*[np.arange(d, dtype=np.int64) * s for d, s in zip(shape, strides)]) if shape else []
+            offsets = (sum(grids, np.zeros((), np.int64)) * size + address).reshape(-1) if n else np.zeros(0, np.int64)
+        if n and (lo < 0 or hi > len(self.mem)):
+            raise SimulationError(f"{where}: bytes {lo}..{hi} lie outside DRAM (0..{len(self.mem)})")
+        return offsets
+
+    def read(self, address: int, dtype: str, shape: list[int], strides: list[int], where: str) -> np.ndarray:
+        offsets = self._offsets(address, dtype, shape, strides, where)
+        size = storage_bytes(dtype)
+        if offsets is None:
+            return from_bytes(bytes(self.mem[address : address + math.prod(shape) * size]), dtype, shape)
+        view = np.frombuffer(self.mem, dtype=np.uint8)
+        raw = view[offsets[:, None] + np.arange(size)].tobytes()
+        return from_bytes(raw, dtype, shape)
+
+    def write(self, address: int, x: np.ndarray, dtype: str, shape: list[int], strides: list[int], where: str) -> None:
+        offsets = self._offsets(address, dtype, shape, strides, where)
+        raw = to_bytes(np.broadcast_to(x, shape) if list(x.shape) != list(shape) else x, dtype)
+        if offsets is None:
+            self.mem[address : address + len(raw)] = raw
+            return
+        view = np.frombuffer(self.mem, dtype=np.uint8)
+        size = storage_bytes(dtype)
+        view[offsets[:, None] + np.arange(size)] = np.frombuffer(raw, dtype=np.uint8).reshape(-1, size)
+
+
+def dram_size(bs: Bitstream) -> int:
+    ends = [e.dram_address + e.bytes for e in bs.io] + [d.dram_address + max(d.bytes, 0) for d in bs.dma]
+    return max(ends, default=0)
+
+
+def dense_strides(shape: list[int]) -> list[int]:
+    return [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+
+
+def schedule(ctxs: list[Context], dma_inputs: set[int]) -> list[int]:
+    """An order in which every context runs after the producers of its input streams (Kahn's algorithm,
+    lowest index first, so the order is deterministic). ``dma_inputs`` are the DRAM-side streams that
+    DMA loads read; any other stream must have exactly one producer."""
+    producer: dict[int, int] = {}
+    for i, c in enumerate(ctxs):
+        for p in c.config.outputs:
+            if p.stream in producer and producer[p.stream] != i:
+                other = ctxs[producer[p.stream]]
+                raise SimulationError(f"stream {p.stream} is produced by both {other.label} and {c.label}")
+            producer[p.stream] = i
+    waiting: list[int] = []
+    consumers: dict[int, list[int]] = {}
+    for i, c in enumerate(ctxs):
+        deps = set()
+        for p in c.config.inputs:
+            if p.stream in producer:
+                deps.add(producer[p.stream])
+            elif not (c.config.kind == "dma_load" and p.stream in dma_inputs):
+                raise SimulationError(f"{c.label} reads stream {p.stream}, which no context produces and no DMA loads")
+        waiting.append(len(deps))
+        for d in deps:
+            consumers.setdefault(d, []).append(i)
+    ready = [i for i, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in consumers.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(ctxs):
+        stuck = [ctxs[i].label for i in range(len(ctxs)) if waiting[i] > 0]
+        raise SimulationError(f"the streams form a cycle; these contexts can never start: {', '.join(stuck[:5])}")
+    return order
+
+
+class Functional:
+    """One functional run over a decoded bitstream."""
+
+    def __init__(self, bs: Bitstream) -> None:
+        self.bs = bs
+        self.ctxs = contexts(bs)
+        self.constants = {c.id: c for c in bs.constants}
+        self._decoded: dict[int, np.ndarray] = {}
+        self.loads: dict[int, DmaDescriptor] = {}
+        self.stores: dict[int, DmaDescriptor] = {}
+        for d in bs.dma:
+            table = self.loads if d.direction == "load" else self.stores
+            if d.stream in table:
+                raise SimulationError(f"DMA: two {d.direction} descriptors for stream {d.stream}")
+            table[d.stream] = d
+
+    def constant(self, cid: Any, where: str) -> np.ndarray:
+        if isinstance(cid, bool) or not isinstance(cid, int) or cid not in self.constants:
+            raise SimulationError(f"{where}: constant {cid!r} is not in the CONSTANTS section")
+        x = self._decoded.get(cid)
+        if x is None:
+            c = self.constants[cid]
+            if c.encoding != "dense":
+                raise SimulationError(f"{where}: constant {cid} has encoding '{c.encoding}'; the simulator runs dense ones")
+            if math.prod(c.shape) > MAX_ELEMENTS:
+                raise SimulationError(f"{where}: constant {cid} is too large")
+            try:
+                x = from_bytes(c.data, c.dtype, list(c.shape))
+            except SimulationError as e:
+                raise SimulationError(f"{where}: constant {cid} '{c.name}': {e}") from None
+            x.flags.writeable = False
+            self._decoded[cid] = x
+        return x
+
+    def load_descriptor(self, c: Context, port_stream: int) -> DmaDescriptor:
+        for s in [port_stream] + [p.stream for p in c.config.outputs]:
+            if s in self.loads:
+                return self.loads[s]
+        raise SimulationError(f"{c.label} reads DRAM-side stream {port_stream} but no DMA load descriptor serves it")
+
+    def run_context(self, c: Context, args: list[np.ndarray]) -> list[np.ndarray]:
+        """Execute one context's body on its input values; the values of its output ports."""
+        cfg = c.config
+        regs: dict[int, np.ndarray] = dict(enumerate(args))
+        for n, ins in enumerate(cfg.body):
+            where = f"{c.label}, instruction {n} '{ins.opcode}'"
+            if len(ins.results) != 1:
+                raise SimulationError(f"{where}: expected one result register, got {len(ins.results)}")
+            shape = ins.params.get("shape")
+            if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
+                if any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
+                    raise SimulationError(f"{where}: result shape {shape} is out of bounds")
+            try:
+                operands = [regs[r] for r in ins.operands]
+            except KeyError as e:
+                raise SimulationError(f"{where}: register r{e.args[0]} is read before it is written") from None
+            try:
+                if ins.opcode == "constant":
+                    value = finish(self.constant(ins.params.get("constant"), where), ins.params)
+                else:
+                    value = execute(ins.opcode, operands, ins.params)
+            except SimulationError as e:
+                raise SimulationError(f"{where}: {e}") from None
+            regs[ins.results[0]] = value
+        outs = []
+        for p in cfg.outputs:
+            if p.register not in regs:
+                raise SimulationError(f"{c.label}: output port register r{p.register} is never written")
+            outs.append(regs[p.register])
+        return outs
+
+    def run(self, inputs: Mapping[str, Any], progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+        values = check_inputs(self.bs, inputs)
+        dram = Dram(dram_size(self.bs))
+        for e in entries(self.bs, "input"):
+            dram.write(e.dram_address, values[e.name], e.dtype, list(e.shape), dense_strides(list(e.shape)),
+                       f"IO '{e.name}'")  # fmt: skip
+        dma_inputs = {p.stream for c in self.ctxs if c.config.kind == "dma_load" for p in c.config.inputs}
+        order = schedule(self.ctxs, dma_inputs)
+        streams: dict[int, np.ndarray] = {}
+        for n, i in enumerate(order):
+            c = self.ctxs[i]
+            args = []
+            for p in c.config.inputs:
+                if p.stream in streams:
+                    x = streams[p.stream]
+                else:  # a DRAM-side stream: the DMA descriptor says where and how
+                    d = self.load_descriptor(c, p.stream)
+                    x = dram.read(d.dram_address, d.dtype, list(d.shape), list(d.strides), f"DMA load of stream {d.stream}")
+                self._check_port(c, p, x, "input")
+                args.append(x)
+            outs = self.run_context(c, args)
+            for p, x in zip(c.config.outputs, outs):
+                self._check_port(c, p, x, "output")
+                streams[p.stream] = x
+            if c.config.kind == "dma_store":
+                self._store(c, args, outs, dram)
+            if progress is not None:
+                progress(n + 1, len(order))
+        result: dict[str, np.ndarray] = {}
+        for e in entries(self.bs, "output"):
+            result[e.name] = dram.read(e.dram_address, e.dtype, list(e.shape), dense_strides(list(e.shape)),
+                                       f"IO '{e.name}'")  # fmt: skip
+        return result
+
+    def _store(self, c: Context, args: list[np.ndarray], outs: list[np.ndarray], dram: Dram) -> None:
+        """A DMA store writes the value its context computes (its first output port) to DRAM.
+
+        The descriptor is found by any of the context's stream ids (the emitter names the store's first
+        input stream). When the descriptor's shape does not describe the whole value but its byte count
+        does (a store that concatenates per-head results carries the shape of its first input), the value
+        is written densely at the descriptor's address."""
+        streams = [p.stream for p in c.config.inputs] + [p.stream for p in c.config.outputs]
+        d = next((self.stores[s] for s in streams if s in self.stores), None)
+        if d is None:
+            raise SimulationError(f"{c.label} is a DMA store but no store descriptor names its streams")
+        if not outs:
+            raise SimulationError(f"{c.label} is a DMA store without an output port")
+        x = outs[0]
+        where = f"DMA store of stream {d.stream}"
+        if d.dtype != c.config.outputs[0].dtype:
+            raise SimulationError(f"{where}: descriptor dtype {d.dtype}, the stored value is {c.config.outputs[0].dtype}")
+        if math.prod(d.shape) == x.size:
+            dram.write(d.dram_address, x.reshape(d.shape), d.dtype, list(d.shape), list(d.strides), where)
+        elif d.bytes == x.size * storage_bytes(d.dtype):
+            dram.write(d.dram_address, x, d.dtype, list(x.shape), dense_strides(list(x.shape)), where)
+        else:
+            raise SimulationError(f"{where}: the descriptor ({d.dtype}{list(d.shape)}, {d.bytes} bytes) "
+                                  f"cannot hold the stored value {list(x.shape)}")
+
+    @staticmethod
+    def _check_port(c: Context, p: Any, x: np.ndarray, direction: str) -> None:
+        if list(x.shape) != list(p.shape) or x.dtype != np_dtype(p.dtype):
+            raise SimulationError(
+                f"{c.label}: {direction} stream {p.stream} carries {x.dtype}{list(x.shape)}, the port says {p.dtype}{list(p.shape)}"
+            )
+
+
+def run(bs: Bitstream, inputs: Mapping[str, Any], progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+    """Execute the bitstream on ``inputs`` (keyed by graph input names); outputs keyed by output names."""
+    return Functional(bs).run(inputs, progress)
