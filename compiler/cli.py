@@ -632,19 +632,21 @@ def _timing_module() -> Any:
     return timing
 
 
-def _sim_progress() -> Callable[[int, int], None] | None:
-    """A one-line progress bar on stderr over the contexts executed, only when a person is watching."""
+def _sim_progress(what: str) -> Callable[[int, int], None] | None:
+    """A one-line progress bar on stderr, only when a person is watching and the run takes a while."""
     if not sys.stderr.isatty():
         return None
     start = time.perf_counter()
+    shown = [False]
 
     def show(i: int, n: int) -> None:
-        if time.perf_counter() - start < 0.5 and i < n:
-            return
+        if time.perf_counter() - start < 0.5 and not shown[0]:
+            return  # short runs print nothing
+        shown[0] = True
         width = 30
-        done = width * i // max(n, 1)
-        end = "\n" if i == n else ""
-        click.echo(f"\rattnc: simulating [{'#' * done}{'.' * (width - done)}] {i}/{n} contexts{end}", err=True, nl=False)
+        done = width * min(i, n) // max(n, 1)
+        end = "\n" if i >= n else ""
+        click.echo(f"\rattnc: {what} [{'#' * done}{'.' * (width - done)}] {i}/{n}{end}", err=True, nl=False)
 
     return show
 
@@ -673,40 +675,92 @@ def format_outputs(outputs: dict[str, Any]) -> str:
 )
 @click.option("-o", "--output", metavar="OUT.npz", help="Where to save the outputs (keyed by output names).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs used when --inputs is omitted.")
-def simulate_command(bitstream: str, inputs_path: str | None, output: str | None, seed: int) -> None:
+@click.option("--stats", "stats_path", metavar="STATS.json", help="Write the timing model's counts, cycles and energy (with per-tile and per-link figures).")
+@click.option("--trace", "trace_path", metavar="TRACE.json", help="Write a Chrome trace-event timeline (Perfetto opens it): one track per tile and per link.")
+@click.option("--plot", "plot_dir", metavar="DIR", type=click.Path(file_okay=False), help="Draw timeline.png and heatmap.png into DIR.")
+@click.option("--timing-only", is_flag=True, help="Run the timing model alone: no tensor values (same cycle count, much faster).")
+def simulate_command(
+    bitstream: str,
+    inputs_path: str | None,
+    output: str | None,
+    seed: int,
+    stats_path: str | None,
+    trace_path: str | None,
+    plot_dir: str | None,
+    timing_only: bool,
+) -> None:
     """Run a bitstream on the bundled simulator.
 
-    Reads FILE.bit alone (the architecture is embedded), executes every tile's
-    contexts on numpy in the order the streams allow, and saves the outputs to
-    OUT.npz keyed by the graph's output names.
+    Reads FILE.bit alone (the architecture is embedded). The functional model
+    executes every tile's contexts on numpy in the order the streams allow and
+    saves the outputs to OUT.npz keyed by the graph's output names; the timing
+    model simulates the array event by event and reports cycles, traffic and
+    energy. --timing-only skips the numpy model (no outputs).
     """
+    import json
+
     import numpy as np
 
     from attnc.backend.bitstream import read
-    from attnc.simulator.functional import run as simulate
     from attnc.simulator.io import check_inputs, load_npz, random_inputs
 
+    if timing_only and output is not None:
+        raise AttncError("-o/--output: --timing-only computes no values; drop one of them")
     bs = read(bitstream)
-    if inputs_path is None:
-        inputs = random_inputs(bs, seed)
-        listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
-        click.echo(f"attnc: no --inputs given; using random inputs (seed {seed}): {listing}", err=True)
-    else:
-        inputs = check_inputs(bs, load_npz(inputs_path), source=f"--inputs {inputs_path}")
-    start = time.perf_counter()
-    outputs = simulate(bs, inputs, progress=_sim_progress())
-    seconds = time.perf_counter() - start
-    if output is not None:
+    timing = _timing_module()
+    if timing is None and (timing_only or stats_path or trace_path or plot_dir):
+        raise AttncError("--timing-only/--stats/--trace/--plot need the timing model (attnc.simulator.timing)")
+    outputs = None
+    seconds = 0.0
+    if not timing_only:
+        from attnc.simulator.functional import run as simulate
+
+        if inputs_path is None:
+            inputs = random_inputs(bs, seed)
+            listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
+            click.echo(f"attnc: no --inputs given; using random inputs (seed {seed}): {listing}", err=True)
+        else:
+            inputs = check_inputs(bs, load_npz(inputs_path), source=f"--inputs {inputs_path}")
+        start = time.perf_counter()
+        outputs = simulate(bs, inputs, progress=_sim_progress("simulating contexts"))
+        seconds = time.perf_counter() - start
+    elif inputs_path is not None:  # the values do not matter, but wrong inputs are still wrong
+        check_inputs(bs, load_npz(inputs_path), source=f"--inputs {inputs_path}")
+    stats = None
+    if timing is not None:
+        start = time.perf_counter()
+        stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=not timing_only)
+        timing_seconds = time.perf_counter() - start
+    if output is not None and outputs is not None:
         with atomic_output(output, mode="wb") as f:
             np.savez(f, **outputs)
+    if stats_path is not None:
+        with atomic_output(stats_path, "--stats") as f:
+            json.dump(stats.to_json(), f, indent=1)
+    if trace_path is not None:
+        from attnc.simulator.trace import write_trace
+
+        write_trace(stats, trace_path)
+    pictures = []
+    if plot_dir is not None:
+        from attnc.simulator.plots import plot
+
+        pictures = plot(stats, plot_dir)
     n_ctx = sum(len(t.contexts) for t in bs.tiles)
+    mode = "timing only" if timing_only else f"functional {seconds:.2f} s"
+    if stats is not None:
+        mode += f", timing {timing_seconds:.2f} s"
     click.echo(
         f"simulated {bitstream} ({bs.arch_name}): {n_ctx} contexts on {len(bs.tiles)} tiles, "
-        f"{len(bs.routes)} routes, {len(bs.dma)} DMA descriptors in {seconds:.2f} s (functional)"
+        f"{len(bs.routes)} routes, {len(bs.dma)} DMA descriptors ({mode})"
     )
-    click.echo("outputs:\n" + format_outputs(outputs), nl=False)
-    if output is not None:
-        click.echo(f"attnc: wrote {output}", err=True)
+    if stats is not None:
+        click.echo(stats.summary())
+    if outputs is not None:
+        click.echo("outputs:\n" + format_outputs(outputs), nl=False)
+    written = [p for p in (output if outputs is not None else None, stats_path, trace_path) if p] + [str(p) for p in pictures]
+    if written:
+        click.echo(f"attnc: wrote {', '.join(written)}", err=True)
 
 
 @cli.command("run")
@@ -784,7 +838,7 @@ def run_command(
                                 meta={"model": Path(model).name})  # fmt: skip
     t3 = time.perf_counter()
     bs = decode(data, source="<compiled bitstream>")
-    outputs = simulate(bs, inputs, progress=_sim_progress())
+    outputs = simulate(bs, inputs, progress=_sim_progress("simulating contexts"))
     t4 = time.perf_counter()
     if output is not None:
         with atomic_output(output, mode="wb") as f:
@@ -805,8 +859,9 @@ def run_command(
             click.echo(f"  {r.name}: max abs {r.max_abs:.3g}, max rel {r.max_rel:.3g} ({'ok' if r.ok else 'differs'})")
     timing = _timing_module()
     if timing is not None:
-        stats = timing.simulate(bs, functional=False)
-        click.echo(getattr(stats, "summary", lambda: str(stats))())
+        click.echo("timing model:")
+        stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=True)
+        click.echo("".join(f"  {line}\n" for line in stats.summary().splitlines()), nl=False)
     if not ok:
         click.echo("attnc: the simulator disagrees with the reference interpreter beyond tolerance", err=True)
         return 1

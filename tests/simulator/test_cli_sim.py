@@ -96,3 +96,27 @@ def test_run_errors(tmp_path: Path, capsys) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros(3, np.float32))
     assert_user_error(*call(capsys, "run", EXAMPLES / "bert_layer.onnx", "--inputs", tmp_path / "bad.npz")[::2],
                       "unknown input(s) 'x'")  # fmt: skip
+
+
+def test_simulate_stats_trace_plot_and_timing_only(bert_bit: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    code, out, err = call(capsys, "simulate", bert_bit, "--stats", tmp_path / "s.json", "--trace", tmp_path / "t.json",
+                          "--plot", tmp_path / "plots")  # fmt: skip
+    assert code == 0, err
+    assert "cycles = " in out and "energy" in out and "outputs:" in out
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["cycles"] > 0 and stats["tiles"] and stats["links"] and "energy_pj" in stats
+    assert json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["heatmap.png", "timeline.png"]
+    code, out, err = call(capsys, "simulate", bert_bit, "--timing-only", "--stats", tmp_path / "s2.json")
+    assert code == 0 and "outputs:" not in out and "random inputs" not in err
+    assert json.loads((tmp_path / "s2.json").read_text())["cycles"] == stats["cycles"]
+    assert_user_error(*call(capsys, "simulate", bert_bit, "--timing-only", "-o", tmp_path / "o.npz")[::2], "--timing-only")
+
+
+def test_run_prints_the_timing_figures(capsys) -> None:
+    code, out, err = call(capsys, "run", EXAMPLES / "bert_layer.onnx", "--heuristic-only")
+    assert code == 0, err
+    for fragment in ("cycles = ", " us at ", "MHz", "energy", "utilisation", "DRAM"):
+        assert fragment in out
