@@ -47,7 +47,8 @@ def test_simulate_writes_the_interpreters_outputs(bert_bit: Path, tmp_path: Path
 def test_simulate_without_inputs_uses_seeded_random_inputs(bert_bit: Path, capsys) -> None:
     code, out, err = call(capsys, "simulate", bert_bit)
     assert code == 0 and "random inputs (seed 0)" in err and "hidden_states [1, 16, 64] float32" in err
-    assert call(capsys, "simulate", bert_bit)[1] == out  # deterministic
+    again = call(capsys, "simulate", bert_bit)[1]
+    assert again.split("outputs:")[1] == out.split("outputs:")[1]  # deterministic (wall times aside)
 
 
 def test_simulate_errors(bert_bit: Path, tmp_path: Path, capsys) -> None:
