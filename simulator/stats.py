@@ -79,6 +79,7 @@ class Stats:
     butterfly_ops: int = 0
     events: int = 0
     mode: str = "timing-only"  # or "functional": whether the numpy model ran too (same cycles either way)
+    warnings: list[str] = field(default_factory=list)  # what the model saw but does not time (buffer overflow)
     tiles: list[TileStats] = field(default_factory=list)
     links: list[LinkStats] = field(default_factory=list)
     kernels: list[KernelStats] = field(default_factory=list)
@@ -126,6 +127,7 @@ class Stats:
             "utilization": self.utilization,
             "events": self.events,
             "mode": self.mode,
+            "warnings": list(self.warnings),
             "tiles": [
                 {
                     "x": t.x, "y": t.y, "kind": t.kind, "busy_cycles": t.busy_cycles,
@@ -176,4 +178,5 @@ class Stats:
                 f"busiest link {hot.src}->{hot.dst}: {hot.bytes} B, "
                 f"{hot.bytes / (self.cycles * hot.bytes_per_cycle):.0%} of its bandwidth"
             )
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

@@ -388,6 +388,13 @@ class _Sim:
             for p in k.inputs:
                 self.consumers.setdefault(p.stream, []).append((k, p))
         self.stats.kernels = [k.stats for k in self.kernels.values()]
+        for ts in self.stats.tiles:
+            # capacity is the placer's to respect; the timing model does not spill, so it says so
+            if ts.buffer_bytes > ts.sram_bytes:
+                self.stats.warnings.append(
+                    f"tile ({ts.x},{ts.y}): the contexts' buffers need {ts.buffer_bytes} bytes, the tile has "
+                    f"{ts.sram_bytes} (timed as if they fit)"
+                )
 
     def _kernel(self, cfg: KernelConfig, tile: _Tile, at, producers) -> _Kernel:
         steps = _prod(trips for _, trips in cfg.loops) if cfg.loops else 1

@@ -179,6 +179,18 @@ def test_contexts_on_one_tile_take_turns():
 # errors
 
 
+def test_buffers_larger_than_the_tile_are_reported():
+    from attnc.backend.bitstream import Buffer
+
+    big = gemm(0, 4, 4, 4)
+    big.buffers = [Buffer("work", 0, 1 << 20, 1, True)]
+    stats = simulate(bitstream({(1, 1): [big]}))
+    assert stats.warnings == [
+        "tile (1,1): the contexts' buffers need 1048576 bytes, the tile has 4096 (timed as if they fit)"
+    ]
+    assert stats.to_json()["warnings"] == stats.warnings
+
+
 def test_a_route_through_a_non_link_is_an_error():
     n = 16
     tiles = {(1, 1): [passthrough(0, "a", 10, 11, n)], (2, 2): [passthrough(1, "c", 11, 12, n)]}
