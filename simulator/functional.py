@@ -149,12 +149,33 @@ class Functional:
         self.constants = {c.id: c for c in bs.constants}
         self._decoded: dict[int, np.ndarray] = {}
         self.loads: dict[int, DmaDescriptor] = {}
-        self.stores: dict[int, DmaDescriptor] = {}
         for d in bs.dma:
-            table = self.loads if d.direction == "load" else self.stores
-            if d.stream in table:
-                raise SimulationError(f"DMA: two {d.direction} descriptors for stream {d.stream}")
-            table[d.stream] = d
+            if d.direction == "load":
+                if d.stream in self.loads:
+                    raise SimulationError(f"DMA: two load descriptors for stream {d.stream}")
+                self.loads[d.stream] = d
+        self.stores = self._pair_stores()
+
+    def _pair_stores(self) -> dict[int, DmaDescriptor]:
+        """Each DMA store context's descriptor, keyed by kernel id.
+
+        A store descriptor names its DMA tile and the stream the store reads, not the kernel, and several
+        stores may read one stream (the outputs of a Split): they are paired with the descriptors of that
+        (tile, stream) in kernel order, the order the emitter writes descriptors in."""
+        pending: dict[tuple[tuple[int, int], int], list[DmaDescriptor]] = {}
+        for d in self.bs.dma:
+            if d.direction == "store":
+                pending.setdefault((tuple(d.channel), d.stream), []).append(d)
+        out: dict[int, DmaDescriptor] = {}
+        stores = sorted((c for c in self.ctxs if c.config.kind == "dma_store"), key=lambda c: c.config.kernel)
+        for c in stores:
+            streams = [p.stream for p in c.config.inputs] + [p.stream for p in c.config.outputs]
+            for s in streams:
+                queue = pending.get((c.tile, s))
+                if queue:
+                    out[c.config.kernel] = queue.pop(0)
+                    break
+        return out
 
     def constant(self, cid: Any, where: str) -> np.ndarray:
         if isinstance(cid, bool) or not isinstance(cid, int) or cid not in self.constants:
@@ -248,14 +269,13 @@ class Functional:
     def _store(self, c: Context, args: list[np.ndarray], outs: list[np.ndarray], dram: Dram) -> None:
         """A DMA store writes the value its context computes (its first output port) to DRAM.
 
-        The descriptor is found by any of the context's stream ids (the emitter names the store's first
-        input stream). When the descriptor's shape does not describe the whole value but its byte count
-        does (a store that concatenates per-head results carries the shape of its first input), the value
-        is written densely at the descriptor's address."""
-        streams = [p.stream for p in c.config.inputs] + [p.stream for p in c.config.outputs]
-        d = next((self.stores[s] for s in streams if s in self.stores), None)
+        The descriptor is paired with the context by ``_pair_stores``. When the descriptor's shape does not
+        describe the whole value but its byte count does (the emitter gives a store descriptor the shape of
+        the store's first input, which differs when the store concatenates per-head results or slices a
+        Split's part), the value is written densely at the descriptor's address."""
+        d = self.stores.get(c.config.kernel)
         if d is None:
-            raise SimulationError(f"{c.label} is a DMA store but no store descriptor names its streams")
+            raise SimulationError(f"{c.label} is a DMA store but no store descriptor on its tile names its streams")
         if not outs:
             raise SimulationError(f"{c.label} is a DMA store without an output port")
         x = outs[0]

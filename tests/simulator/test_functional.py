@@ -86,7 +86,7 @@ def test_torch_exported_models_match():
         sys.path.pop(0)
     from attnc.frontend.torch import export_onnx, import_onnx_and_raise
 
-    for model, exporter in [("bert", "torchscript-17"), ("gqa", "dynamo-18"), ("sdpa_bool_mask", "torchscript-18")]:
+    for model, exporter in [("bert", "torchscript-17"), ("gqa", "torchscript-18")]:
         factory, make_inputs, _ = MODELS[model]
         torch.manual_seed(0)
         mod = factory().eval()
@@ -273,7 +273,7 @@ def test_fuzzed_records_give_only_attnc_errors(monkeypatch):
     base = bsm.decode(data)
     rng = random.Random(99)
     values = [0, 1, 2, 3, 5, 16, 64, -1, 999]
-    for _ in range(400):
+    for _ in range(250):
         b = copy.deepcopy(base)
         ctx = rng.choice([c for t in b.tiles for c in t.contexts])
         what = rng.randrange(6)
