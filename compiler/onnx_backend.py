@@ -5,8 +5,9 @@ runs ONNX's own operator tests against it, as it does for onnxruntime.
     outputs = rep.run([x, y])          # in graph order, with the ONNX output dtypes
 
 ``ReferenceBackend`` imports with the ONNX frontend and runs the reference
-interpreter. A backend that runs compiled bitstreams on the simulator only has to
-subclass :class:`AttncBackend` and provide its own ``execute``.
+interpreter; ``SimulatorBackend`` compiles the imported model for ``cloud``, encodes
+the bitstream and runs the decoded bytes on the bundled simulator. Both subclass
+:class:`AttncBackend` and provide their own ``execute``.
 """
 
 from __future__ import annotations
