@@ -127,7 +127,9 @@ def emit_bitstream(module: ModuleOp, arch, meta: dict[str, str] | None = None) -
                         weight_address[ctx.kernel.value.data] = dram_top
                         dram_top = _align(dram_top + nbytes(t))
                 for name, attr in op.attributes.items():
-                    if name != "value" and (v := _param(attr)) is not None:
+                    if isinstance(op, sp.ConstantOp) and name == "value":
+                        continue  # the data went to the CONSTANTS section
+                    if (v := _param(attr)) is not None:
                         params[name] = v
                 body.append(bs.Instr(op.name.removeprefix("sparse."), [reg[v] for v in op.operands], results, params))
             outputs = []
@@ -148,11 +150,16 @@ def emit_bitstream(module: ModuleOp, arch, meta: dict[str, str] | None = None) -
         out.routes.append(bs.RouteConfig(r.stream.value.data, r.sym_name.data, r.src.value.data, r.dst.value.data,
                                          r.path(), r.vc.value.data, r.bytes.value.data, r.rate.value.data))  # fmt: skip
     shapes = {p.stream: (p.dtype, p.shape) for t in out.tiles for c in t.contexts for p in c.outputs + c.inputs}
+    kernels = {c.kernel: c for t in out.tiles for c in t.contexts}
     for d in (o for o in ops if isinstance(o, ar.DmaOp)):
         address = d.address.value.data
         if address < 0:
             address = weight_address[d.kernel.value.data]
-        dtype, shape = shapes[d.stream.value.data]
+        if d.direction.data == "store":  # what the store kernel writes, not what its input stream carries
+            port = kernels[d.kernel.value.data].outputs[0]
+            dtype, shape = port.dtype, port.shape
+        else:
+            dtype, shape = shapes[d.stream.value.data]
         out.dma.append(bs.DmaDescriptor(tuple(int(v) for v in d.channel.get_values()), d.direction.data,
                                         d.stream.value.data, address, d.bytes.value.data, shape, _strides(shape),
                                         dtype))  # fmt: skip

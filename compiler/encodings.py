@@ -86,9 +86,9 @@ def to_numpy(attr: DenseIntOrFPElementsAttr) -> np.ndarray:
     shape = tuple(ty.get_shape())
     raw = attr.data.data
     if isinstance(elt, BFloat16Type):
-        u16 = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
-        return u16.view(np.float32).reshape(shape)
-    if isinstance(elt, IntegerType) and elt.width.data == 1:
+        arr = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        dt = arr.dtype
+    elif isinstance(elt, IntegerType) and elt.width.data == 1:
         arr = np.frombuffer(raw, dtype=np.int8) != 0
         dt = arr.dtype
     else:

@@ -48,7 +48,8 @@ DATA_OPS = (
 
 
 def _splat(shape: Sequence[int], elt, value) -> sp.ConstantOp:
-    raw = np.asarray([value], dtype=np_dtype(elt)).astype(np.int8 if elt == i1 else np_dtype(elt)).tobytes()
+    # one element in the element type's own storage (bf16 is 2 bytes, i1 one byte)
+    raw = from_numpy(np.asarray([value]).astype(np_dtype(elt)), elt).data.data
     return sp.ConstantOp(DenseIntOrFPElementsAttr(TensorType(elt, list(shape)), BytesAttr(raw)))
 
 

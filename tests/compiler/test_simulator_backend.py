@@ -1,11 +1,10 @@
 """ONNX's Attention node cases (``onnx.backend.test``) through ``SimulatorBackend``: import, compile
 for ``cloud`` (heuristic placement, CP-SAT only if it fails), encode, decode, simulate.
 
-Which cases run (deterministic, to stay near 20 s under ``pytest -n 2``): every ``test_attention*`` node
-case except that of the ``*_expanded`` variants (the same cases written as ONNX function bodies) only
-every other one in name order runs; plus every node case of a few other ops the lowering turns into
-kernels (SUBSET_OPS; split checks outputs that several DMA stores read from one stream). Cases that
-cannot run are in EXCLUDED with the reason; they fail in the compiler, not in the simulator.
+Which cases run: every ``test_attention*`` node case, ``*_expanded`` variants included, plus every node
+case of a few other ops the lowering turns into kernels (SUBSET_OPS; split checks outputs that several DMA
+stores read from one stream). Cases that cannot run are in EXCLUDED with the reason; they fail in the
+compiler, not in the simulator.
 
 Tolerance: each case's own rtol/atol, except that f16 and bf16 outputs may differ by two units in the
 last place near 1: the lowering unfuses attention into per-head kernels (Q·Kᵀ, scale, softmax, ·V)
@@ -34,10 +33,6 @@ EXCLUDED: dict[str, str] = {
 }
 for _name in ("test_attention_4d_gqa_with_past_and_present", "test_attention_3d_gqa_with_past_and_present"):
     EXCLUDED[_name] = "cannot map onto cloud: the past-value DMA load needs more bandwidth than a DMA tile's links carry"
-for _name in ("4d_causal", "4d_padded_kv", "4d_causal_padded_kv", "4d_attn_mask_causal", "3d_causal"):
-    EXCLUDED[f"test_attention_{_name}_bf16"] = (
-        "lower-to-dataflow fails on a bf16 scalar constant (a zero-rank tensor given 2 values): a compiler bug"
-    )
 
 _PATTERN = re.compile(rf"^test_(attention|{'|'.join(SUBSET_OPS)})(_.*)?$")
 # an ulp near 1 is 2**-10 (f16) and 2**-7 (bf16, in the test below); allow two
@@ -46,8 +41,6 @@ _LOW_PRECISION_ATOL = {np.dtype(np.float16): 2 * 2.0**-10}
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the case generators warn about their own inf/nan data
     CASES = sorted((c for c in load_model_tests(kind="node") if _PATTERN.match(c.name)), key=lambda c: c.name)
-_expanded = [c.name for c in CASES if c.name.startswith("test_attention") and c.name.endswith("_expanded")]
-SKIPPED_FOR_TIME = set(_expanded[1::2])
 
 
 def _rule(case) -> str | None:
@@ -65,8 +58,6 @@ def _rule(case) -> str | None:
 def _params():
     out = []
     for c in CASES:
-        if c.name in SKIPPED_FOR_TIME:
-            continue
         why = EXCLUDED.get(c.name) or _rule(c)
         marks = [pytest.mark.skip(reason=why)] if why else []
         out.append(pytest.param(c, id=c.name, marks=marks))
