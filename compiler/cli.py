@@ -873,6 +873,7 @@ def _onnxruntime_outputs(model: str, inputs: dict[str, Any]) -> dict[str, Any] |
     try:
         import onnxruntime
     except ImportError:
+        click.echo("attnc: onnxruntime is not installed; comparing with the reference interpreter only", err=True)
         return None
     try:
         session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])

@@ -15,7 +15,7 @@ def _pct(a: float, b: float) -> str:
 def _gap(value: float, bound: float) -> str:
     if not bound:
         return "-"
-    return f"{100 * (value - bound) / bound:.1f}%"
+    return f"{100 * (value - bound) / value:.1f}%" if value else "-"
 
 
 def format_mapping_report(config, arch, problem: MappingProblem, mapping: Mapping) -> str:
