@@ -359,13 +359,7 @@ def compile_command(
     passes = check_pipeline(pipeline, ())
     bitstream = suffix == ".bit"
     if bitstream:
-        from attnc.passes.lower_dataflow import LowerToDataflowPass
-        from attnc.passes.to_array import PlaceRoutePass
-
-        passes += [
-            LowerToDataflowPass(arch=arch),
-            PlaceRoutePass(arch=arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only),
-        ]
+        passes += backend_passes(arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only)
     known = [p.name for p in passes]
     for name in print_after:
         if name not in known:
@@ -427,6 +421,28 @@ def compile_command(
         click.echo(format_mapping_report(config, target, problem, mapping), nl=False)
         click.echo(format_times(records, import_seconds), nl=False)
         click.echo(f"picture: {picture}")
+
+
+def say_random_inputs(inputs: dict[str, Any], seed: int) -> None:
+    listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
+    click.echo(f"attnc: no --inputs given; using random inputs (seed {seed}): {listing}", err=True)
+
+
+def model_inputs(module: ModuleOp, inputs_path: str | None, seed: int) -> dict[str, Any]:
+    """The inputs for @main: from --inputs (checked against the model), else seeded random ones."""
+    from attnc.interpreter import check_inputs
+    from attnc.ir import main_func
+
+    if inputs_path is None:
+        inputs = random_inputs(module, seed)
+        say_random_inputs(inputs, seed)
+        return inputs
+    inputs = load_inputs(inputs_path)
+    try:
+        check_inputs(main_func(module), inputs)
+    except AttncError as e:
+        raise AttncError(f"--inputs {inputs_path}: {e}") from None
+    return inputs
 
 
 def load_inputs(path: str) -> dict[str, Any]:
@@ -492,21 +508,11 @@ def interpret(
     passes = check_pipeline(pipeline)
     import numpy as np
 
-    from attnc.interpreter import check_inputs, interpret as interpret_module
-    from attnc.ir import main_func
+    from attnc.interpreter import interpret as interpret_module
 
     module = load_model(model, shapes)
     _run_pipeline(module, passes, None, ())
-    if inputs_path is None:
-        inputs = random_inputs(module, seed)
-        listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
-        click.echo(f"attnc: no --inputs given; using random inputs (seed {seed}): {listing}", err=True)
-    else:
-        inputs = load_inputs(inputs_path)
-        try:
-            check_inputs(main_func(module), inputs)
-        except AttncError as e:
-            raise AttncError(f"--inputs {inputs_path}: {e}") from None
+    inputs = model_inputs(module, inputs_path, seed)
     outputs = interpret_module(module, inputs)
     with atomic_output(output, mode="wb") as f:
         np.savez(f, **outputs)
@@ -589,6 +595,18 @@ def opt(file: str, pipeline: str, output: str, dump_dir: str | None, print_after
 # simulation: `attnc simulate`, `attnc run`
 
 
+def backend_passes(arch: str, *, time_limit: float, seed: int, heuristic_only: bool) -> list[Any]:
+    """lower-to-dataflow and place-route for ``arch`` (a preset name or a YAML file path, which a
+    pipeline string could not carry)."""
+    from attnc.passes.lower_dataflow import LowerToDataflowPass
+    from attnc.passes.to_array import PlaceRoutePass
+
+    return [
+        LowerToDataflowPass(arch=arch),
+        PlaceRoutePass(arch=arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only),
+    ]
+
+
 def compile_to_bitstream(
     module: ModuleOp,
     arch: str,
@@ -603,33 +621,11 @@ def compile_to_bitstream(
     from attnc.arch import load_arch
     from attnc.backend.bitstream import encode
     from attnc.backend.emit import emit_bitstream
-    from attnc.passes.lower_dataflow import LowerToDataflowPass
-    from attnc.passes.to_array import PlaceRoutePass
     from attnc.pipeline import run_pipeline
 
     target = load_arch(arch)
-    passes = [
-        LowerToDataflowPass(arch=arch),
-        PlaceRoutePass(arch=arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only),
-    ]
-    records = run_pipeline(module, passes)
+    records = run_pipeline(module, backend_passes(arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only))
     return encode(emit_bitstream(module, target, {"pipeline": ",".join(r.spec for r in records), **(meta or {})}))
-
-
-def _timing_module() -> Any:
-    """``attnc.simulator.timing`` when it exists (the timing model is built separately), else None."""
-    import importlib.util
-
-    if importlib.util.find_spec("attnc.simulator.timing") is None:
-        return None
-    import inspect
-
-    from attnc.simulator import timing
-
-    # the agreed interface: timing.simulate(bitstream, *, functional: bool) -> Stats
-    if not hasattr(timing, "simulate") or "functional" not in inspect.signature(timing.simulate).parameters:
-        return None
-    return timing
 
 
 def _sim_progress(what: str) -> Callable[[int, int], None] | None:
@@ -707,9 +703,8 @@ def simulate_command(
     if timing_only and output is not None:
         raise AttncError("-o/--output: --timing-only computes no values; drop one of them")
     bs = read(bitstream)
-    timing = _timing_module()
-    if timing is None and (timing_only or stats_path or trace_path or plot_dir):
-        raise AttncError("--timing-only/--stats/--trace/--plot need the timing model (attnc.simulator.timing)")
+    from attnc.simulator import timing
+
     outputs = None
     seconds = 0.0
     if not timing_only:
@@ -717,8 +712,7 @@ def simulate_command(
 
         if inputs_path is None:
             inputs = random_inputs(bs, seed)
-            listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
-            click.echo(f"attnc: no --inputs given; using random inputs (seed {seed}): {listing}", err=True)
+            say_random_inputs(inputs, seed)
         else:
             inputs = check_inputs(bs, load_npz(inputs_path), source=f"--inputs {inputs_path}")
         start = time.perf_counter()
@@ -726,11 +720,9 @@ def simulate_command(
         seconds = time.perf_counter() - start
     elif inputs_path is not None:  # the values do not matter, but wrong inputs are still wrong
         check_inputs(bs, load_npz(inputs_path), source=f"--inputs {inputs_path}")
-    stats = None
-    if timing is not None:
-        start = time.perf_counter()
-        stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=not timing_only)
-        timing_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=not timing_only)
+    timing_seconds = time.perf_counter() - start
     if output is not None and outputs is not None:
         with atomic_output(output, mode="wb") as f:
             np.savez(f, **outputs)
@@ -748,14 +740,12 @@ def simulate_command(
         pictures = plot(stats, plot_dir)
     n_ctx = sum(len(t.contexts) for t in bs.tiles)
     mode = "timing only" if timing_only else f"functional {seconds:.2f} s"
-    if stats is not None:
-        mode += f", timing {timing_seconds:.2f} s"
+    mode += f", timing {timing_seconds:.2f} s"
     click.echo(
         f"simulated {bitstream} ({bs.arch_name}): {n_ctx} contexts on {len(bs.tiles)} tiles, "
         f"{len(bs.routes)} routes, {len(bs.dma)} DMA descriptors ({mode})"
     )
-    if stats is not None:
-        click.echo(stats.summary())
+    click.echo(stats.summary())
     if outputs is not None:
         click.echo("outputs:\n" + format_outputs(outputs), nl=False)
     written = [p for p in (output if outputs is not None else None, stats_path, trace_path) if p] + [str(p) for p in pictures]
@@ -813,24 +803,14 @@ def run_command(
     import numpy as np
 
     from attnc.backend.bitstream import decode
-    from attnc.interpreter import check_inputs as check_model_inputs, interpret as interpret_module
-    from attnc.ir import main_func
+    from attnc.interpreter import interpret as interpret_module
     from attnc.simulator.functional import run as simulate
     from attnc.simulator.io import compare
 
     t0 = time.perf_counter()
     module = load_model(model, shapes)
     _run_pipeline(module, passes, None, ())
-    if inputs_path is None:
-        inputs = random_inputs(module, seed)
-        listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
-        click.echo(f"attnc: no --inputs given; using random inputs (seed {seed}): {listing}", err=True)
-    else:
-        inputs = load_inputs(inputs_path)
-        try:
-            check_model_inputs(main_func(module), inputs)
-        except AttncError as e:
-            raise AttncError(f"--inputs {inputs_path}: {e}") from None
+    inputs = model_inputs(module, inputs_path, seed)
     t1 = time.perf_counter()
     reference = interpret_module(module, inputs)  # the sparse IR, before lowering
     t2 = time.perf_counter()
@@ -857,11 +837,11 @@ def run_command(
         click.echo("simulator vs onnxruntime:")
         for r in compare(outputs, ort):
             click.echo(f"  {r.name}: max abs {r.max_abs:.3g}, max rel {r.max_rel:.3g} ({'ok' if r.ok else 'differs'})")
-    timing = _timing_module()
-    if timing is not None:
-        click.echo("timing model:")
-        stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=True)
-        click.echo("".join(f"  {line}\n" for line in stats.summary().splitlines()), nl=False)
+    from attnc.simulator import timing
+
+    click.echo("timing model:")
+    stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=True)
+    click.echo("".join(f"  {line}\n" for line in stats.summary().splitlines()), nl=False)
     if not ok:
         click.echo("attnc: the simulator disagrees with the reference interpreter beyond tolerance", err=True)
         return 1
