@@ -17,7 +17,8 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
 from attnc import __version__
-from attnc.cli import check_arch, parse_input_shapes, run
+from attnc.cli import check_arch, parse_input_shapes
+from cli_helpers import assert_user_error, call
 from attnc.errors import AttncError
 from attnc.passes import PASSES
 
@@ -66,20 +67,6 @@ def inputs(tmp_path: Path) -> Path:
     path = tmp_path / "in.npz"
     np.savez(path, x=np.arange(6, dtype=np.float32).reshape(2, 3), keep=np.eye(2, 3, dtype=bool))
     return path
-
-
-def call(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    assert err.startswith("attnc: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in err, err
 
 
 def test_help_does_not_import_heavy_modules() -> None:

@@ -8,22 +8,9 @@ import numpy as np
 import pytest
 
 from attnc.cli import run
+from cli_helpers import assert_user_error, call
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
-
-
-def call(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    assert err.startswith("attnc: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for f in fragments:
-        assert f in err, err
 
 
 @pytest.fixture(scope="module")
