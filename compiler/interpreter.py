@@ -399,8 +399,10 @@ def attention(
     causal: bool = False,
     causal_offset: int = 0,
     softcap: float = 0.0,
+    key_block: int = 0,
 ) -> np.ndarray:
-    """The meaning of ``sparse.attention`` (see its docstring)."""
+    """The meaning of ``sparse.attention`` (see its docstring); ``key_block > 0`` computes it
+    the online way, one block of keys at a time."""
     hq, hkv = q.shape[1], k.shape[1]
     if hq != hkv:
         k = np.repeat(k, hq // hkv, axis=1)
@@ -418,10 +420,33 @@ def attention(
         i = np.arange(sq)[:, None]
         j = np.arange(skv)[None, :]
         bias = bias + np.where(j <= i + causal_offset, 0, -np.inf).astype(s.dtype)
+    if key_block > 0:
+        return _online(s + bias, v, key_block)
     p = softmax(s + bias, -1)
     dead = np.isneginf(np.max(bias, axis=-1, keepdims=True))
     p = np.where(dead, np.zeros((), p.dtype), p)
     return np.matmul(p, v)
+
+
+def _online(s: np.ndarray, v: np.ndarray, key_block: int) -> np.ndarray:
+    """softmax(s) @ v as a running max, sum and rescaled partial output over blocks of keys
+    (FuseMax's one-pass cascade); a row whose keys are all masked gives zeros."""
+    dt = s.dtype
+    shape = s.shape[:-1] + (1,)
+    m = np.full(shape, -np.inf, dt)
+    total = np.zeros(shape, dt)
+    acc = np.zeros(s.shape[:-1] + v.shape[-1:], dt)
+    for j in range(0, s.shape[-1], key_block):
+        blk = s[..., j : j + key_block]
+        m_new = np.maximum(m, np.max(blk, axis=-1, keepdims=True))
+        # while the running max is still -inf (nothing seen) subtract 0: exp(-inf) = 0 weights
+        ref = np.where(np.isneginf(m_new), np.zeros((), dt), m_new)
+        corr = np.exp(m - ref)
+        p = np.exp(blk - ref)
+        total = total * corr + np.sum(p, axis=-1, keepdims=True)
+        acc = acc * corr + np.matmul(p, v[..., j : j + key_block, :])
+        m = m_new
+    return np.where(total == 0, np.zeros((), dt), acc / np.where(total == 0, 1, total)).astype(dt)
 
 
 @impl(sp.AttentionOp)
@@ -437,6 +462,7 @@ def _attention(op: sp.AttentionOp, args: list[np.ndarray]) -> np.ndarray:
         causal=op.causal is not None,
         causal_offset=op.causal_offset.value.data,
         softcap=op.softcap.value.data,
+        key_block=op.key_block.value.data if op.fusion is not None and op.fusion.data == "online" else 0,
     )
 
 

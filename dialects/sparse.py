@@ -908,6 +908,13 @@ class AttentionOp(SparseOp):
     keys before the queries). ``P = softmax(S)`` over keys, except that rows whose
     bias is -inf everywhere give zeros; the result is ``P @ v``.
 
+    A fused schedule (set by the ``tile`` pass on the per-kernel attention ops it
+    makes) says how the array computes it: ``fusion = "flat"`` sweeps ``row_block``
+    query rows at a time over all keys with a 3-pass softmax (same numbers as
+    above); ``fusion = "online"`` walks ``key_block`` keys at a time with a running
+    max and sum and rescales the partial output (FuseMax's one-pass cascade), which
+    rounds differently.
+
         %o = sparse.attention %q, %k, %v mask %m : tensor<1x1x8x8xi1> {scale = 0.125 : f64, heads = 2 : i64, kv_heads = 2 : i64, causal, causal_offset = 0 : i64, softcap = 0.0 : f64} : tensor<1x2x8x64xf32>, tensor<1x2x8x64xf32>, tensor<1x2x8x64xf32> -> tensor<1x2x8x64xf32>
     """
 
@@ -923,6 +930,9 @@ class AttentionOp(SparseOp):
     causal = opt_attr_def(UnitAttr)
     causal_offset = attr_def(IntegerAttr[I64])
     softcap = attr_def(FloatAttr)
+    fusion = opt_attr_def(StringAttr)
+    row_block = opt_attr_def(IntegerAttr[I64])
+    key_block = opt_attr_def(IntegerAttr[I64])
     traits = traits_def(Pure())
     irdl_options = (AttrSizedOperandSegments(),)
     assembly_format = (
@@ -940,6 +950,9 @@ class AttentionOp(SparseOp):
         causal: bool = False,
         causal_offset: int = 0,
         softcap: float = 0.0,
+        fusion: str | None = None,
+        row_block: int = 0,
+        key_block: int = 0,
     ):
         b, hq, sq, d = shape_of(q)
         hkv, dv = shape_of(k)[1], shape_of(v)[3]
@@ -952,6 +965,10 @@ class AttentionOp(SparseOp):
         }
         if causal:
             attrs["causal"] = UnitAttr()
+        if fusion is not None:
+            attrs["fusion"] = StringAttr(fusion)
+            attrs["row_block"] = IntegerAttr(row_block, 64)
+            attrs["key_block"] = IntegerAttr(key_block, 64)
         super().__init__(operands=[q, k, v, mask], result_types=[tensor((b, hq, sq, dv), elt_of(q))], attributes=attrs)
 
     def verify_op(self) -> None:
@@ -981,9 +998,35 @@ class AttentionOp(SparseOp):
                 raise VerifyException("sparse.attention: the mask must be i1 or have the element type of q")
         if self.softcap.value.data < 0:
             raise VerifyException("sparse.attention: softcap must be >= 0 (0 disables it)")
+        self._verify_fusion(sq, ks[2])
         _expect_same_elt(self, self.q, self.k, self.v, self.result)
         _expect_shape(self, shape_of(self.result), (b, hq, sq, vs[3]))
 
+    def _verify_fusion(self, sq: int, skv: int) -> None:
+        given = [a is not None for a in (self.fusion, self.row_block, self.key_block)]
+        if any(given) and not all(given):
+            raise VerifyException("sparse.attention: fusion, row_block and key_block come together")
+        if self.fusion is None:
+            return
+        fusion, rb, kb = self.fusion.data, self.row_block.value.data, self.key_block.value.data
+        if fusion not in FUSIONS:
+            raise VerifyException(f"sparse.attention: fusion must be one of {FUSIONS}, got {fusion!r}")
+        if not (1 <= rb <= max(sq, 1)) or not (1 <= kb <= max(skv, 1)):
+            raise VerifyException(
+                f"sparse.attention: row_block {rb} and key_block {kb} must lie in [1, {sq}] and [1, {skv}]"
+            )
+        if fusion == "flat" and kb != skv:
+            raise VerifyException(f"sparse.attention: flat fusion takes all {skv} keys at once, not key_block {kb}")
+
+    def schedule(self) -> tuple[str, int, int] | None:
+        """(fusion, row_block, key_block), or None for an unscheduled attention."""
+        if self.fusion is None:
+            return None
+        return self.fusion.data, self.row_block.value.data, self.key_block.value.data
+
+
+#: how a fused attention kernel walks its scores (see AttentionOp)
+FUSIONS = ("flat", "online")
 
 UNARY_OPS = [
     NegOp, AbsOp, ExpOp, LogOp, SqrtOp, RsqrtOp, ReciprocalOp, TanhOp, ErfOp, SigmoidOp, ReluOp, FloorOp,

@@ -189,3 +189,33 @@ def test_attention_matches_onnx_reference(hkv, rep, sq, past, mask_kind, mask_ra
         softcap=softcap if softcap else None, **kw,
     )[0]
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-6), (np.float16, 4e-3)])
+@pytest.mark.parametrize("key_block", [1, 3, 8, 40])
+@pytest.mark.parametrize("masking", ["none", "bool", "causal", "softcap"])
+def test_online_attention_equals_three_pass(dtype, tol, key_block, masking):
+    from attnc.interpreter import attention
+
+    rng = np.random.default_rng(key_block)
+    q = rng.standard_normal((2, 4, 9, 8)).astype(dtype)
+    k = rng.standard_normal((2, 2, 21, 8)).astype(dtype)
+    v = rng.standard_normal((2, 2, 21, 5)).astype(dtype)
+    mask = None
+    kw: dict = {"scale": 0.35}
+    if masking == "bool":
+        mask = rng.random((2, 1, 9, 21)) > 0.4
+        mask[1, 0, 2, :] = False  # a fully masked row gives zeros either way
+    elif masking == "causal":
+        kw.update(causal=True, causal_offset=-2)  # rows 0 and 1 see no key
+    elif masking == "softcap":
+        kw.update(softcap=1.5)
+    three = attention(q, k, v, mask, **kw)
+    online = attention(q, k, v, mask, key_block=key_block, **kw)
+    assert online.dtype == three.dtype
+    np.testing.assert_allclose(online.astype(np.float64), three.astype(np.float64), atol=tol, rtol=0)
+    if masking in ("bool", "causal"):
+        dead = (~mask.any(-1)) if masking == "bool" else np.zeros((1, 1, 9), bool)
+        if masking == "causal":
+            dead[..., :2] = True
+        assert not np.any(online[np.broadcast_to(dead, online.shape[:-1])])

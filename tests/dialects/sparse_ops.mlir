@@ -69,6 +69,7 @@ builtin.module {
     %mk = sparse.slice %m {starts = array<i64: 0, 0, 0, 0>, ends = array<i64: 1, 1, 4, 4>, steps = array<i64: 1, 1, 1, 1>} : tensor<1x1x4x8xi1> -> tensor<1x1x4x4xi1>
     %a0 = sparse.attention %q, %q, %q {scale = 5.000000e-01 : f64, heads = 2 : i64, kv_heads = 2 : i64, causal_offset = 0 : i64, softcap = 0.000000e+00 : f64} : tensor<1x2x4x4xf32>, tensor<1x2x4x4xf32>, tensor<1x2x4x4xf32> -> tensor<1x2x4x4xf32>
     %a1 = sparse.attention %q, %kv, %kv mask %mk : tensor<1x1x4x4xi1> {scale = 5.000000e-01 : f64, heads = 2 : i64, kv_heads = 1 : i64, causal, causal_offset = 1 : i64, softcap = 3.000000e+01 : f64} : tensor<1x2x4x4xf32>, tensor<1x1x4x4xf32>, tensor<1x1x4x4xf32> -> tensor<1x2x4x4xf32>
+    %a2 = sparse.attention %q, %q, %q {scale = 5.000000e-01 : f64, heads = 2 : i64, kv_heads = 2 : i64, causal_offset = 0 : i64, softcap = 0.000000e+00 : f64, fusion = "online", row_block = 4 : i64, key_block = 2 : i64} : tensor<1x2x4x4xf32>, tensor<1x2x4x4xf32>, tensor<1x2x4x4xf32> -> tensor<1x2x4x4xf32>
     func.return %b0 : tensor<4x8xf32>
   }
 }

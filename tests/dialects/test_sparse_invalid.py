@@ -163,7 +163,7 @@ CASES = {
 
 ATTN = (
     "%0 = sparse.attention %q, %k, %v{mask} {{scale = 0.5 : f64, heads = {h} : i64, kv_heads = {hk} : i64, "
-    "causal_offset = 0 : i64, softcap = {cap} : f64}} : {qt}, {kt}, {vt} -> {rt}"
+    "causal_offset = 0 : i64, softcap = {cap} : f64{fused}}} : {qt}, {kt}, {vt} -> {rt}"
 )
 ATTN_ARGS = (
     "%q: tensor<1x4x8x16xf32>, %k: tensor<1x2x8x16xf32>, %v: tensor<1x2x8x16xf32>, %k3: tensor<1x3x8x16xf32>, "
@@ -180,6 +180,11 @@ ATTN_CASES = {
     "attention-mask-type": (dict(mask=" mask %mf : tensor<1x1x8x8xf16>"), "must be i1 or have the element type"),
     "attention-softcap": (dict(cap="-1.0"), "softcap must be >= 0"),
     "attention-result": (dict(rt="tensor<1x4x8x8xf32>"), "result shape"),
+    "attention-fusion-partial": (dict(fused=', fusion = "online"'), "come together"),
+    "attention-fusion-kind": (dict(fused=', fusion = "tiled", row_block = 4 : i64, key_block = 4 : i64'), "fusion must be one of"),
+    "attention-fusion-rows": (dict(fused=', fusion = "online", row_block = 9 : i64, key_block = 4 : i64'), "must lie in"),
+    "attention-fusion-keys": (dict(fused=', fusion = "online", row_block = 8 : i64, key_block = 0 : i64'), "must lie in"),
+    "attention-fusion-flat": (dict(fused=', fusion = "flat", row_block = 8 : i64, key_block = 4 : i64'), "all 8 keys at once"),
 }
 
 
@@ -199,7 +204,7 @@ def test_invalid(case):
 @pytest.mark.parametrize("case", sorted(ATTN_CASES))
 def test_invalid_attention(case):
     fields, expected = ATTN_CASES[case]
-    f = dict(q="%q", k="%k", v="%v", mask="", h=4, hk=2, cap="0.0", qt=Q, kt=K, vt=V, rt="tensor<1x4x8x16xf32>")
+    f = dict(q="%q", k="%k", v="%v", mask="", h=4, hk=2, cap="0.0", fused="", qt=Q, kt=K, vt=V, rt="tensor<1x4x8x16xf32>")
     f.update(fields)
     body = ATTN.format(**f).replace("%q,", f"{f['q']},").replace(" %k,", f" {f['k']},").replace(" %v", f" {f['v']}")
     _check(ATTN_ARGS, body, expected)
