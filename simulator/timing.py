@@ -106,11 +106,8 @@ def kernel_work(cfg: KernelConfig, tile) -> Work:
     shapes: dict[int, list[int]] = {}
     dtypes: dict[int, str] = {}
     for p in cfg.inputs:
-        # a port's shape is one token's; the body sees the whole tensor (tokens along the first dim)
-        full = list(p.shape)
-        if full and p.tokens > 1:
-            full[0] = full[0] * p.tokens
-        shapes[p.register] = full
+        # a port's shape is the whole tensor the body sees; its tokens only say how it streams in
+        shapes[p.register] = list(p.shape)
         dtypes[p.register] = p.dtype
     rows, cols = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
     w = Work()
@@ -273,7 +270,7 @@ class _Kernel:
     is_dma: bool = False
     dma_bytes: int = 0
     inputs: list[_InPort] = field(default_factory=list)
-    outputs: list[tuple[int, int, int]] = field(default_factory=list)  # (stream, tokens, bytes per token)
+    outputs: list[tuple[int, int, int]] = field(default_factory=list)  # (stream, tokens, bytes of the whole tensor)
     done: int = 0  # segments completed
     emitted: dict[int, int] = field(default_factory=dict)  # stream -> tokens emitted
     running: bool = False
@@ -412,12 +409,12 @@ class _Sim:
             k.inputs.append(port)
         port_bytes = 0
         for p in cfg.outputs:
-            tokens = max(p.tokens, 1)
+            # the port's shape is the whole tensor; each of its tokens carries 1/tokens of the bytes
             nbytes = _prod(p.shape) * _dtype_bytes(p.dtype)
-            k.outputs.append((p.stream, tokens, nbytes))
+            k.outputs.append((p.stream, max(p.tokens, 1), nbytes))
             k.emitted[p.stream] = 0
-            port_bytes += nbytes * tokens
-        in_bytes = sum(_prod(p.shape) * max(p.tokens, 1) * _dtype_bytes(p.dtype) for p in cfg.inputs)
+            port_bytes += nbytes
+        in_bytes = sum(_prod(p.shape) * _dtype_bytes(p.dtype) for p in cfg.inputs)
         if is_dma:
             streams = {p.stream for p in cfg.inputs} | {p.stream for p in cfg.outputs}
             direction = "store" if cfg.kind == "dma_store" else "load"
@@ -570,10 +567,10 @@ class _Sim:
             new = target - k.emitted[stream]
             if new > 0:
                 k.emitted[stream] = target
-                self.emit(k, stream, new, nbytes)
+                self.emit(k, stream, new, nbytes / tokens)
         self.schedule(tile)
 
-    def emit(self, k: _Kernel, stream: int, tokens: int, token_bytes: int) -> None:
+    def emit(self, k: _Kernel, stream: int, tokens: int, token_bytes: float) -> None:
         """``tokens`` new tokens of ``stream`` leave kernel ``k``: over each route to its consumer."""
         routes = self.routes.get((stream, k.cfg.kernel), [])
         routed = {r.dst_kernel for r in routes}

@@ -77,13 +77,13 @@ def test_partial_mac_tiles_cost_whole_steps():
 
 
 def dma_load(kid, dram_stream, stream, nbytes, tokens=1):
-    n = nbytes // 4 // tokens
+    n = nbytes // 4  # a port's shape is the whole tensor, whatever its tokens
     return kernel(kid, f"load{kid}", "dma_load", [port(0, dram_stream, [n], tokens)], [port(0, stream, [n], tokens)],
                   loops=(("burst", tokens),))  # fmt: skip
 
 
 def dma_store(kid, stream, dram_stream, nbytes, tokens=1):
-    n = nbytes // 4 // tokens
+    n = nbytes // 4
     return kernel(kid, f"store{kid}", "dma_store", [port(0, stream, [n], tokens)], [port(0, dram_stream, [n], tokens)],
                   loops=(("burst", tokens),))  # fmt: skip
 
@@ -119,13 +119,14 @@ def test_two_loads_share_the_dram_bandwidth():
 
 
 def passthrough(kid, name, in_stream, out_stream, n, tokens=1, work=0):
-    """A compute-tile kernel doing ``work`` chained adds per token (0: it only forwards its input)."""
+    """A compute-tile kernel doing ``work`` chained adds per token of ``n`` floats (0: it only forwards its
+    input); its ports carry the whole ``n * tokens`` floats in ``tokens`` tokens."""
     body, reg = [], 0
     for i in range(work):
         body.append(Instr("add", [reg, reg], [i + 1], {"dtype": "f32", "shape": [n * tokens]}))
         reg = i + 1
-    return kernel(kid, name, "elementwise", [port(0, in_stream, [n], tokens)], [port(reg, out_stream, [n], tokens)],
-                  body, (("rows", tokens),))  # fmt: skip
+    return kernel(kid, name, "elementwise", [port(0, in_stream, [n * tokens], tokens)],
+                  [port(reg, out_stream, [n * tokens], tokens)], body, (("rows", tokens),))  # fmt: skip
 
 
 def test_two_streams_sharing_a_link_take_twice_as_long():
@@ -164,6 +165,28 @@ def test_a_pipeline_runs_at_the_pace_of_its_slowest_kernel():
     assert stats.cycles == a + hop + tokens * b + hop + c
     # without streaming (one token) the three would run one after the other
     assert stats.cycles < tokens * (a + b + c)
+
+
+def test_a_port_shape_is_the_whole_tensor_whatever_its_tokens():
+    # the same two 4096-float adds with the stream between them in 1 or in 8 tokens: same work, same
+    # bytes over the link; with 8 tokens the three stages overlap
+    n = 4096
+    link = TINY.noc.link_bytes_per_cycle
+
+    def run(tokens):
+        tiles = {(1, 1): [passthrough(0, "src", 10, 11, n // tokens, tokens, work=1)],
+                 (2, 1): [passthrough(1, "add", 11, 12, n // tokens, tokens, work=1)]}  # fmt: skip
+        # the route's bytes left 0: each token carries the port's whole bytes / tokens
+        return simulate(bitstream(tiles, [route(11, 0, 1, [(1, 1), (2, 1)], 0)]))
+
+    one, eight = run(1), run(8)
+    assert one.vector_ops == eight.vector_ops == 2 * n
+    assert one.noc_byte_hops == eight.noc_byte_hops == 4 * n
+    assert one.cycles == n // 4 + (4 * n / link + 1) + n // 4
+    # a token: 128 cycles of adds, 128 cycles on the link (+1 hop); the last add follows the last token
+    per_token = n // 4 // 8
+    assert per_token == 4 * n / link / 8
+    assert eight.cycles == per_token + (per_token + 1) + 8 * per_token
 
 
 def test_contexts_on_one_tile_take_turns():
