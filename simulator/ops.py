@@ -427,9 +427,8 @@ def _trilu(args: list[np.ndarray], params: dict[str, Any]) -> Any:
     return np.triu(args[0], k) if _flag(params, "upper") else np.tril(args[0], k)
 
 
-def attention(q, k, v, mask, *, scale: float, causal: bool, causal_offset: int, softcap: float) -> np.ndarray:
-    """Scaled dot-product attention as the ``sparse.attention`` docstring defines it: GQA head
-    sharing, softcap, i1 or additive mask, causal offset, rows masked everywhere give zeros."""
+def _attention_operands(q, k, v, mask, *, causal: bool, causal_offset: int):
+    """(k, v with kv heads repeated for GQA, the additive bias of the mask and the causal rule)."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise SimulationError("attention: q, k and v must be 4-d (batch, heads, seq, head_dim)")
     hq, hkv = q.shape[1], k.shape[1]
@@ -438,36 +437,85 @@ def attention(q, k, v, mask, *, scale: float, causal: bool, causal_offset: int, 
             raise SimulationError(f"attention: {hq} query heads do not divide into {hkv} kv heads")
         k = np.repeat(k, hq // hkv, axis=1)
         v = np.repeat(v, hq // hkv, axis=1)
+    sq, skv = q.shape[-2], k.shape[-2]
+    bias = np.zeros((sq, skv), dtype=q.dtype)
+    if mask is not None:
+        bias = bias + (np.where(mask, 0, -np.inf).astype(q.dtype) if mask.dtype == np.bool_ else mask.astype(q.dtype))
+    if causal:
+        i = np.arange(sq)[:, None]
+        j = np.arange(skv)[None, :]
+        bias = bias + np.where(j <= i + causal_offset, 0, -np.inf).astype(q.dtype)
+    return k, v, bias
+
+
+def _scores(q, k, scale: float, softcap: float) -> np.ndarray:
     root = np.asarray(math.sqrt(scale), dtype=q.dtype)  # sqrt(scale) on each side, as ONNX rounds it
     s = np.matmul(q * root, np.swapaxes(k, -1, -2) * root)
     if softcap > 0:
         s = softcap * np.tanh(s / softcap)
-    sq, skv = s.shape[-2:]
-    bias = np.zeros((sq, skv), dtype=s.dtype)
-    if mask is not None:
-        bias = bias + (np.where(mask, 0, -np.inf).astype(s.dtype) if mask.dtype == np.bool_ else mask.astype(s.dtype))
-    if causal:
-        i = np.arange(sq)[:, None]
-        j = np.arange(skv)[None, :]
-        bias = bias + np.where(j <= i + causal_offset, 0, -np.inf).astype(s.dtype)
+    return s
+
+
+def attention(q, k, v, mask, *, scale: float, causal: bool, causal_offset: int, softcap: float) -> np.ndarray:
+    """Scaled dot-product attention as the ``sparse.attention`` docstring defines it: GQA head
+    sharing, softcap, i1 or additive mask, causal offset, rows masked everywhere give zeros
+    (the 3-pass softmax per row: what ``fusion = "flat"`` and an op without ``fusion`` compute)."""
+    k, v, bias = _attention_operands(q, k, v, mask, causal=causal, causal_offset=causal_offset)
+    s = _scores(q, k, scale, softcap)
     p = softmax(s + bias, -1)
     dead = np.isneginf(np.max(bias, axis=-1, keepdims=True))
     p = np.where(dead, np.zeros((), p.dtype), p)
     return np.matmul(p, v)
 
 
+def online_attention(q, k, v, mask, *, scale: float, causal: bool, causal_offset: int, softcap: float,
+                     key_block: int) -> np.ndarray:  # fmt: skip
+    """The same attention as a 1-pass cascade over blocks of ``key_block`` keys (``fusion = "online"``,
+    FuseMax): a running row maximum ``m``, a running denominator ``l`` and a running output ``acc`` are
+    rescaled by ``exp(m_old - m_new)`` at each block, and ``acc / l`` is the result; a row whose keys are
+    all masked (``l == 0``) gives zeros. Computed in the operands' dtype, block by block."""
+    if key_block < 1:
+        raise SimulationError(f"attention: key_block must be at least 1, got {key_block}")
+    k, v, bias = _attention_operands(q, k, v, mask, causal=causal, causal_offset=causal_offset)
+    dt = q.dtype
+    t = k.shape[-2]
+    rows = np.broadcast_shapes(q.shape[:-1], bias.shape[:-1])
+    m = np.full(rows + (1,), -np.inf, dtype=dt)
+    l = np.zeros(rows + (1,), dtype=dt)
+    acc = np.zeros(rows + (v.shape[-1],), dtype=np.result_type(dt, v.dtype))
+    zero = np.zeros((), dt)
+    for j0 in range(0, t, key_block):
+        j1 = min(t, j0 + key_block)
+        s = _scores(q, k[..., j0:j1, :], scale, softcap) + bias[..., j0:j1]
+        m_new = np.maximum(m, np.max(s, axis=-1, keepdims=True))
+        unseen = np.isneginf(m_new)  # every key so far masked: nothing to rescale, nothing to add
+        safe = np.where(unseen, zero, m_new)
+        corr = np.where(unseen, zero, np.exp(m - safe))
+        p = np.where(unseen, zero, np.exp(s - safe))
+        l = l * corr + np.sum(p, axis=-1, keepdims=True)
+        acc = acc * corr + np.matmul(p, v[..., j0:j1, :])
+        m = m_new
+    dead = l == 0
+    return np.where(dead, np.zeros((), acc.dtype), acc / np.where(dead, np.ones((), dt), l))
+
+
 @op("attention")
 def _attention(args: list[np.ndarray], params: dict[str, Any]) -> Any:
     if len(args) not in (3, 4):
         raise SimulationError(f"'attention' takes 3 or 4 operands, got {len(args)}")
-    return attention(
-        *args[:3],
-        args[3] if len(args) > 3 else None,
+    common = dict(
         scale=_float(params, "scale"),
         causal=_flag(params, "causal"),
         causal_offset=_int(params, "causal_offset", 0),
         softcap=_float(params, "softcap", 0.0),
     )
+    mask = args[3] if len(args) > 3 else None
+    fusion = params.get("fusion", "flat")
+    if fusion == "flat":  # row blocks do not change the numbers
+        return attention(*args[:3], mask, **common)
+    if fusion == "online":
+        return online_attention(*args[:3], mask, key_block=_int(params, "key_block"), **common)
+    raise SimulationError(f"attention: fusion {fusion!r} is not one of 'flat', 'online'")
 
 
 def execute(opcode: str, args: list[np.ndarray], params: dict[str, Any]) -> np.ndarray:

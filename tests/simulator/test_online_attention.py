@@ -1,0 +1,109 @@
+"""The simulator's one-pass (``fusion = "online"``) attention against its 3-pass softmax (``"flat"``):
+equal within fp32 rounding on every masking rule, for every key block size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attnc.errors import AttncError
+from attnc.simulator import ops
+
+RNG = np.random.default_rng(7)
+
+
+def qkv(b=2, hq=2, hkv=2, s=7, t=11, d=8, dv=5, dtype=np.float32, spread=3.0):
+    q = (RNG.standard_normal((b, hq, s, d)) * spread).astype(dtype)
+    k = (RNG.standard_normal((b, hkv, t, d)) * spread).astype(dtype)
+    v = RNG.standard_normal((b, hkv, t, dv)).astype(dtype)
+    return q, k, v
+
+
+def both(q, k, v, mask=None, *, key_block, scale=0.125, causal=False, causal_offset=0, softcap=0.0):
+    common = dict(scale=scale, causal=causal, causal_offset=causal_offset, softcap=softcap)
+    flat = ops.attention(q, k, v, mask, **common)
+    online = ops.online_attention(q, k, v, mask, key_block=key_block, **common)
+    return flat, online
+
+
+BLOCKS = [1, 2, 3, 4, 11, 64]
+
+
+@pytest.mark.parametrize("key_block", BLOCKS)
+def test_plain(key_block):
+    flat, online = both(*qkv(), key_block=key_block)
+    assert online.dtype == np.float32 and online.shape == flat.shape == (2, 2, 7, 5)
+    np.testing.assert_allclose(online, flat, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("key_block", BLOCKS)
+@pytest.mark.parametrize("offset", [0, -3, 2, 4])
+def test_causal_with_offsets(key_block, offset):
+    # offset -3: rows 0..2 see no key at all and give zeros
+    flat, online = both(*qkv(), key_block=key_block, causal=True, causal_offset=offset)
+    np.testing.assert_allclose(online, flat, rtol=1e-5, atol=1e-6)
+    if offset < 0:
+        assert not online[:, :, : -offset].any()
+
+
+@pytest.mark.parametrize("key_block", BLOCKS)
+def test_bool_mask_with_fully_masked_rows(key_block):
+    q, k, v = qkv()
+    mask = RNG.random((2, 1, 7, 11)) < 0.6
+    mask[0, 0, 3] = False  # a row with every key masked
+    mask[1, 0, :, :5] = False  # the first blocks masked for every row of batch 1
+    flat, online = both(q, k, v, mask, key_block=key_block)
+    np.testing.assert_allclose(online, flat, rtol=1e-5, atol=1e-6)
+    assert not online[0, :, 3].any() and np.isfinite(online).all()
+
+
+@pytest.mark.parametrize("key_block", BLOCKS)
+def test_additive_mask_and_causal_together(key_block):
+    q, k, v = qkv(s=11, t=11)
+    mask = np.where(RNG.random((11, 11)) < 0.3, -np.inf, RNG.standard_normal((11, 11))).astype(np.float32)
+    mask[5] = -np.inf
+    flat, online = both(q, k, v, mask, key_block=key_block, causal=True)
+    np.testing.assert_allclose(online, flat, rtol=1e-5, atol=1e-6)
+    assert not online[:, :, 5].any()
+
+
+@pytest.mark.parametrize("key_block", BLOCKS)
+def test_gqa_and_softcap(key_block):
+    q, k, v = qkv(hq=6, hkv=2)
+    flat, online = both(q, k, v, key_block=key_block, softcap=5.0, scale=0.5)
+    np.testing.assert_allclose(online, flat, rtol=1e-5, atol=1e-6)
+    # the softcap changes the result: the comparison above is not between two unsoftcapped runs
+    assert not np.allclose(online, ops.attention(q, k, v, None, scale=0.5, causal=False, causal_offset=0, softcap=0.0))
+
+
+def test_large_scores_rescale_without_overflow():
+    # scores of a few hundred: exp overflows f32 unless each block is rescaled by its running maximum
+    q, k, v = qkv(spread=8.0)
+    flat, online = both(q, k, v, key_block=2, scale=1.0)
+    assert np.isfinite(online).all()
+    np.testing.assert_allclose(online, flat, rtol=1e-4, atol=1e-5)
+
+
+def test_f16_is_computed_in_f16():
+    q, k, v = qkv(dtype=np.float16, spread=1.0)
+    flat, online = both(q, k, v, key_block=3)
+    assert online.dtype == np.float16
+    np.testing.assert_allclose(online.astype(np.float32), flat.astype(np.float32), rtol=2e-2, atol=2e-2)
+
+
+def test_the_opcode_dispatches_on_fusion():
+    q, k, v = qkv()
+    base = {"scale": 0.125, "dtype": "f32", "shape": [2, 2, 7, 5], "causal": 1, "causal_offset": 1}
+    flat = ops.execute("attention", [q, k, v], base)
+    blocked = ops.execute("attention", [q, k, v], {**base, "fusion": "flat", "row_block": 2, "key_block": 11})
+    assert np.array_equal(flat, blocked)  # row blocks do not change the numbers
+    online = ops.execute("attention", [q, k, v], {**base, "fusion": "online", "row_block": 2, "key_block": 4})
+    np.testing.assert_allclose(online, flat, rtol=1e-5, atol=1e-6)
+    # the one-pass order of operations rounds differently: it is not the flat code path
+    assert not np.array_equal(online, flat)
+    with pytest.raises(AttncError, match="fusion 'fused' is not one of 'flat', 'online'"):
+        ops.execute("attention", [q, k, v], {**base, "fusion": "fused"})
+    with pytest.raises(AttncError, match="param 'key_block' must be an integer"):
+        ops.execute("attention", [q, k, v], {**base, "fusion": "online"})
+    with pytest.raises(AttncError, match="key_block must be at least 1, got 0"):
+        ops.execute("attention", [q, k, v], {**base, "fusion": "online", "key_block": 0})
