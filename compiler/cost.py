@@ -1,0 +1,764 @@
+"""The analytical cost model (``attnc.cost``): cycles, traffic and energy from the IR and the architecture.
+
+``estimate(module, arch)`` reads dataflow IR (after ``lower-to-dataflow``) or array IR (after
+``place-route``) and returns a :class:`GraphCost`: per kernel its work, cycles and traffic, per link its
+bytes, and whole-graph cycles, DRAM / SRAM bytes, NoC byte-hops and energy. It is the second tier next to
+the simulator's discrete-event timing model (``attnc.simulator.timing``): it shares no code with it, and
+a test holds the two to the same DRAM bytes exactly and the same cycles within 10% on small shapes.
+
+Work of one kernel (the rules of docs/simulator.md, read off the kernel's body ops):
+
+* ``matmul`` / ``contract``: MACs = result elements x reduction size; on a compute tile
+  ``batch * ceil(M/rows) * ceil(N/cols) * K`` MAC-array cycles. An unscheduled ``attention`` is two such
+  GEMMs plus 3 lane operations per score. A fused ``attention`` (``fusion`` = flat | online) follows the
+  blocked rule of :func:`attention_work` (spec section 2, closed form per row block).
+* softmax, log_softmax, layer_norm: 3 lane operations per element; any other compute op one per element
+  of the largest of its result and operands; data-movement ops and constants cost nothing.
+* A compute tile runs MAC cycles + ``ceil(lane ops / lanes)`` (a fused attention overlaps the two) plus
+  one pipeline fill of ``rows + cols`` when it does MACs; an sfu tile runs MACs and lane ops on its
+  lanes; a butterfly tile runs ``ceil(MACs/4) + ceil(lane ops/2)`` butterflies on its lanes.
+* DMA kernels move their descriptors' bytes (a ``("repeat", P)`` loop moves them P times; a
+  ``dma_spill`` writes and reads its value, so it counts both): ``latency + bytes / DRAM bandwidth``.
+
+Whole-graph cycles are a critical-path / bottleneck model over the kernel graph, not a simulation:
+
+* a kernel whose inputs come in one token starts when its producers have finished and the data has
+  crossed its route (``bytes / link bandwidth + hops * hop latency``); a streamed input (tokens > 1)
+  lets it overlap its producer: it may start one producer step plus one token's transfer after the
+  producer starts, and finishes no earlier than one of its own steps after the last token arrives;
+* kernels sharing a tile add up: a tile runs its kernels one after the other in the order they become
+  ready (list scheduling); a DMA tile runs ``dma_channels`` at once; the DMA transfers that are in flight
+  together share the DRAM bandwidth;
+* the result is the latest finish, bounded from below by ``DRAM latency + DRAM bytes / bandwidth``, by
+  the busiest link's ``bytes / link bandwidth`` and by the busiest tile's summed work.
+
+``GraphCost.bounds`` keeps each of these terms, so a report can say which one decides. On dataflow IR
+nothing is placed yet: each kernel gets a tile of its kind to itself and each stream one hop, so cycles
+and byte-hops are what the best placement could reach (byte-hops a lower bound).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from xdsl.dialects import func
+from xdsl.dialects.builtin import (
+    DenseArrayBase,
+    FloatAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+    TensorType,
+    UnitAttr,
+)
+from xdsl.ir import Operation, SSAValue
+
+from attnc.errors import AttncError
+
+#: bytes per element, by element type name (i1 is one byte, as the bitstream stores it)
+DTYPE_BYTES = {
+    "f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "i4": 1, "i1": 1,
+    "si64": 8, "si32": 4, "si16": 2, "si8": 1, "ui64": 8, "ui32": 4, "ui16": 2, "ui8": 1, "index": 8,
+}  # fmt: skip
+#: buffer addressing and configuration data: no work (docs/design.md, "The dataflow level")
+FREE_OPS = frozenset({"constant", "reshape", "transpose", "slice", "concat", "broadcast", "gather", "pad", "convert"})
+#: row-wise ops make this many passes over their data
+ROW_PASSES = {"softmax": 3, "log_softmax": 3, "layer_norm": 3}
+DMA_KINDS = frozenset({"dma_load", "dma_store", "dma_spill"})
+#: the simulator's grain of a kernel's steps: the first output token of a streamed kernel leaves after
+#: one of at most this many steps
+MAX_STEPS = 64
+
+
+def _prod(dims: Sequence[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= max(int(d), 0)
+    return n
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------------------
+# fused attention (spec section 2)
+
+
+class AttentionWork(NamedTuple):
+    macs: int
+    mac_cycles: int
+    lane_ops: int
+    cycles: int
+
+
+def attention_work(
+    q_shape: Sequence[int],
+    k_shape: Sequence[int],
+    v_shape: Sequence[int],
+    *,
+    fusion: str,
+    row_block: int,
+    key_block: int,
+    causal: bool = False,
+    causal_offset: int = 0,
+    has_mask: bool = False,
+    rows: int,
+    cols: int,
+    lanes: int,
+) -> AttentionWork:
+    """MACs, MAC-array cycles, lane operations and cycles of one fused attention on a ``rows x cols``
+    MAC array with ``lanes`` vector lanes.
+
+    Per (batch, head) unit, row block i (r rows) and key block j (kb keys); a causal step whose first
+    key is masked for its last row is skipped. Closed form per row block: its executed key blocks are a
+    prefix of n of them, all of Kb keys except possibly the last one of the key axis.
+    """
+    if fusion not in ("flat", "online"):
+        raise AttncError(f"attention_work: unknown fusion {fusion!r}")
+    *lead, s, d = (int(x) for x in q_shape)
+    t = int(k_shape[-2])
+    dv = int(v_shape[-1])
+    units = _prod(lead)
+    rows, cols, lanes = max(rows, 1), max(cols, 1), max(lanes, 1)
+    rb = max(1, min(int(row_block), max(s, 1)))
+    kb = t if fusion == "flat" else max(1, min(int(key_block), max(t, 1)))
+    n_kb = _cdiv(t, kb) if t > 0 else 0
+    last_kb = t - (n_kb - 1) * kb if n_kb else 0
+    full_cols, last_cols = _cdiv(kb, cols), _cdiv(last_kb, cols)
+
+    def row_block_work(r: int, last_row: int) -> tuple[int, int, int]:
+        if causal:
+            reach = last_row + int(causal_offset)  # the last key the block's last row may see
+            n = 0 if reach < 0 else min(n_kb, reach // kb + 1)
+        else:
+            n = n_kb
+        if n == 0:
+            return 0, 0, 0
+        keys = t if n == n_kb else n * kb
+        col_steps = (n - 1) * full_cols + (last_cols if n == n_kb else full_cols)
+        macs = r * keys * (d + dv)
+        mac_cycles = _cdiv(r, rows) * (col_steps * d + _cdiv(dv, cols) * keys)
+        if fusion == "flat":
+            lane = 3 * r * keys
+        else:
+            lane = 4 * r * keys + 2 * r * dv * n + r * dv  # rescales per step, the final divide once
+        if has_mask:
+            lane += r * keys
+        return macs, mac_cycles, lane
+
+    n_rb = _cdiv(s, rb) if s > 0 else 0
+    macs = mac_cycles = lane = 0
+    if not causal and n_rb:
+        # every row block sees every key: the full ones are alike, the last may be shorter
+        full = row_block_work(rb, rb - 1)
+        tail = row_block_work(s - (n_rb - 1) * rb, s - 1)
+        macs = (n_rb - 1) * full[0] + tail[0]
+        mac_cycles = (n_rb - 1) * full[1] + tail[1]
+        lane = (n_rb - 1) * full[2] + tail[2]
+    else:
+        for i in range(n_rb):
+            r = min(rb, s - i * rb)
+            m, c, ln = row_block_work(r, i * rb + r - 1)
+            macs, mac_cycles, lane = macs + m, mac_cycles + c, lane + ln
+    macs, mac_cycles, lane = units * macs, units * mac_cycles, units * lane
+    cycles = max(mac_cycles, _cdiv(lane, lanes)) + (rows + cols if macs else 0)
+    return AttentionWork(macs, mac_cycles, lane, cycles)
+
+
+# ---------------------------------------------------------------------------
+# work of one kernel body
+
+
+@dataclass
+class Work:
+    macs: int = 0
+    mac_cycles: int = 0  # serial MAC-array cycles (no fill)
+    lane_ops: int = 0  # serial lane operations
+    fused_cycles: int = 0  # fused attentions: their own cycles, fill included
+    fused_lane_ops: int = 0
+    sram_read: int = 0
+    sram_write: int = 0
+
+
+def _shape(t) -> list[int]:
+    return [int(d) for d in t.get_shape()] if isinstance(t, TensorType) else []
+
+
+def _elt_bytes(t) -> int:
+    return DTYPE_BYTES.get(str(t.element_type), 4) if isinstance(t, TensorType) else 4
+
+
+def _bytes(t) -> int:
+    return _prod(_shape(t)) * _elt_bytes(t)
+
+
+def _gemm_cycles(out: list[int], k: int, rows: int, cols: int) -> int:
+    m = out[-2] if len(out) >= 2 else 1
+    n = out[-1] if out else 1
+    return _prod(out[:-2]) * _cdiv(max(m, 0), rows) * _cdiv(max(n, 0), cols) * max(k, 0)
+
+
+def _contract(equation: str, shapes: list[list[int]], out: list[int], rows: int, cols: int) -> tuple[int, int]:
+    eq = equation.replace(" ", "")
+    lhs, _, res = eq.partition("->")
+    terms = lhs.split(",")
+    sizes: dict[str, int] = {}
+    ok = "->" in eq and "." not in eq and len(terms) == len(shapes)
+    for term, shp in zip(terms, shapes) if ok else ():
+        if len(term) != len(shp):
+            ok = False
+            break
+        for c, n in zip(term, shp):
+            sizes[c] = max(sizes.get(c, 0), n)
+    if not ok or any(c not in sizes for c in res):
+        return _prod(out), _gemm_cycles(out, 1, rows, cols)  # an equation the rule cannot read: one MAC each
+    k = _prod([sizes[c] for c in sizes if c not in res])
+    return _prod(sizes.values()), _gemm_cycles(out, k, rows, cols)
+
+
+def _attr_int(op: Operation, name: str, default: int = 0) -> int:
+    a = op.attributes.get(name)
+    return int(a.value.data) if isinstance(a, IntegerAttr) else default
+
+
+def body_work(ops: Sequence[Operation], tile) -> Work:
+    """The work of a kernel body (terminator excluded) on ``tile`` (an ``attnc.arch.Tile``)."""
+    rows, cols = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
+    w = Work()
+    for op in ops:
+        name = op.name.removeprefix("sparse.")
+        if name in FREE_OPS or not op.results:
+            continue
+        operand_types = [v.type for v in op.operands]
+        shapes = [_shape(t) for t in operand_types]
+        out = _shape(op.results[0].type)
+        w.sram_read += sum(_bytes(t) for t in operand_types)
+        w.sram_write += _bytes(op.results[0].type) * len(op.results)
+        if name == "matmul":
+            k = shapes[0][-1] if shapes and shapes[0] else 1
+            w.macs += _prod(out) * k
+            w.mac_cycles += _gemm_cycles(out, k, rows, cols)
+        elif name == "contract":
+            eq = op.attributes.get("equation")
+            macs, cyc = _contract(eq.data if isinstance(eq, StringAttr) else "", shapes, out, rows, cols)
+            w.macs += macs
+            w.mac_cycles += cyc
+        elif name == "attention":
+            q = shapes[0] or [1, 1, 1, 1]
+            kk = shapes[1] if len(shapes) > 1 and shapes[1] else q
+            fusion = op.attributes.get("fusion")
+            if isinstance(fusion, StringAttr):
+                aw = attention_work(
+                    q, kk, out, fusion=fusion.data, row_block=_attr_int(op, "row_block", 1),
+                    key_block=_attr_int(op, "key_block", 1), causal=isinstance(op.attributes.get("causal"), UnitAttr),
+                    causal_offset=_attr_int(op, "causal_offset"), has_mask=len(op.operands) > 3,
+                    rows=rows, cols=cols, lanes=tile.vector_lanes,
+                )  # fmt: skip
+                w.macs += aw.macs
+                w.fused_cycles += aw.cycles
+                w.fused_lane_ops += aw.lane_ops
+            else:
+                d, t = q[-1], (kk[-2] if len(kk) >= 2 else 1)
+                dv = out[-1] if out else d
+                rows_q = _prod(q[:-1])
+                w.macs += rows_q * t * (d + dv)
+                w.mac_cycles += _gemm_cycles(q[:-1] + [t], d, rows, cols) + _gemm_cycles(q[:-1] + [dv], t, rows, cols)
+                w.lane_ops += 3 * rows_q * t
+        else:
+            biggest = max([_prod(out)] + [_prod(s) for s in shapes])
+            w.lane_ops += ROW_PASSES.get(name, 1) * biggest
+    return w
+
+
+# ---------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class KernelCost:
+    name: str
+    kind: str  # the kernel kind (gemm, softmax, dma_load, ...)
+    tile_kind: str
+    tile: tuple[int, int] | None  # None before placement
+    cycles: int = 0  # busy cycles on its tile (DMA: bytes over the whole DRAM bandwidth, no latency)
+    macs: int = 0
+    lane_ops: int = 0
+    dram_read_bytes: int = 0
+    dram_write_bytes: int = 0
+    sram_read_bytes: int = 0
+    sram_write_bytes: int = 0
+    start: float = 0.0  # from the graph model
+    finish: float = 0.0
+
+
+@dataclass
+class LinkCost:
+    src: tuple[int, int]
+    dst: tuple[int, int]
+    bytes: int
+    cycles: float  # bytes / link bandwidth
+
+
+@dataclass
+class GraphCost:
+    arch: str
+    level: str  # "dataflow" (unplaced) or "array" (placed and routed)
+    clock_mhz: float
+    total_macs_per_cycle: int
+    energy_table: dict[str, float]
+    kernels: list[KernelCost] = field(default_factory=list)
+    links: list[LinkCost] = field(default_factory=list)
+    cycles: int = 0
+    bounds: dict[str, float] = field(default_factory=dict)  # critical_path, dram, link, tile
+    macs: int = 0
+    dram_read_bytes: int = 0
+    dram_write_bytes: int = 0
+    sram_read_bytes: int = 0
+    sram_write_bytes: int = 0
+    noc_byte_hops: int = 0
+    vector_ops: int = 0
+    sfu_ops: int = 0
+    butterfly_ops: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / (self.clock_mhz * 1e6)
+
+    @property
+    def utilization(self) -> float:
+        denom = self.cycles * self.total_macs_per_cycle
+        return self.macs / denom if denom else 0.0
+
+    @property
+    def bottleneck(self) -> str:
+        return max(self.bounds, key=lambda k: self.bounds[k]) if self.bounds else "critical_path"
+
+    def energy_pj(self) -> dict[str, float]:
+        counts = {
+            "mac": self.macs,
+            "sram_byte": self.sram_read_bytes + self.sram_write_bytes,
+            "noc_hop_byte": self.noc_byte_hops,
+            "dram_byte": self.dram_read_bytes + self.dram_write_bytes,
+            "sfu_op": self.sfu_ops,
+            "vector_op": self.vector_ops,
+            "butterfly_op": self.butterfly_ops,
+        }
+        parts = {k: n * float(self.energy_table.get(k, 0.0)) for k, n in counts.items()}
+        return {"total": sum(parts.values()), **parts}
+
+
+# ---------------------------------------------------------------------------
+# the kernel graph, from either IR level
+
+
+@dataclass
+class _Edge:
+    src: int  # producer node index
+    dst: int
+    bytes: int  # what the consumer reads
+    hops: int  # links crossed (0: same tile, a buffer read)
+    links: list[tuple[tuple[int, int], tuple[int, int]]]
+    tokens: int  # the consumer port's tokens
+    weight: bool  # a constant loaded by DMA: needed whole before the first step
+
+
+@dataclass
+class _Node:
+    cost: KernelCost
+    tile_params: object  # attnc.arch.Tile
+    steps: int  # loop steps (trip counts multiplied)
+    out_tokens: int
+    ins: list[_Edge] = field(default_factory=list)
+    is_weight_load: bool = False
+
+
+def _tokens_attr(op: Operation, name: str, n: int) -> list[int]:
+    a = op.attributes.get(name)
+    if isinstance(a, DenseArrayBase):
+        vals = [int(x) for x in a.get_values()]
+        if len(vals) == n:
+            return [max(v, 1) for v in vals]
+    return [1] * n
+
+
+def _loops(names, trips) -> list[tuple[str, int]]:
+    return [(n.data, int(t)) for n, t in zip(names.data, trips.get_values())]
+
+
+def _repeat(loops: list[tuple[str, int]]) -> int:
+    return _prod([t for n, t in loops if n == "repeat"]) if any(n == "repeat" for n, _ in loops) else 1
+
+
+def _kernel_cost(name, kind, tile_kind, pos, body, in_types, out_types, tile, arch) -> tuple[KernelCost, dict]:
+    kc = KernelCost(name, kind, tile_kind, pos)
+    counts = {"vector_ops": 0, "sfu_ops": 0, "butterfly_ops": 0}
+    if kind in DMA_KINDS or tile_kind == "dma":
+        return kc, counts
+    w = body_work(body, tile)
+    lanes = max(tile.vector_lanes, 1)
+    if tile_kind == "compute":
+        kc.cycles = w.mac_cycles + _cdiv(w.lane_ops, lanes) + w.fused_cycles
+        if w.mac_cycles or (w.macs and not w.fused_cycles):
+            kc.cycles += tile.mac_rows + tile.mac_cols  # one fill per kernel (a fused attention has its own)
+        counts["vector_ops"] = w.lane_ops + w.fused_lane_ops
+    elif tile_kind == "sfu":
+        units = w.macs + w.lane_ops + w.fused_lane_ops
+        kc.cycles = _cdiv(units, lanes)
+        counts["sfu_ops"] = units
+    elif tile_kind == "butterfly":
+        units = _cdiv(w.macs, 4) + _cdiv(w.lane_ops + w.fused_lane_ops, 2)
+        kc.cycles = _cdiv(units, lanes)
+        counts["butterfly_ops"] = units
+    kc.macs = w.macs
+    kc.lane_ops = w.lane_ops + w.fused_lane_ops
+    kc.sram_read_bytes = w.sram_read + sum(_bytes(t) for t in out_types)
+    kc.sram_write_bytes = w.sram_write + sum(_bytes(t) for t in in_types)
+    return kc, counts
+
+
+def _dma(kc: KernelCost, descriptors: list[tuple[str, int]], repeat: int, arch) -> None:
+    for direction, nbytes in descriptors:
+        if direction == "load":
+            kc.dram_read_bytes += repeat * nbytes
+        else:
+            kc.dram_write_bytes += repeat * nbytes
+    moved = kc.dram_read_bytes + kc.dram_write_bytes
+    kc.sram_read_bytes = kc.sram_write_bytes = moved  # staged in the DMA tile's buffer
+    kc.cycles = math.ceil(moved / arch.dram.bytes_per_cycle)
+
+
+def _is_weight_body(body: Sequence[Operation], has_inputs: bool) -> bool:
+    return not has_inputs and any(op.name == "sparse.constant" for op in body)
+
+
+def _from_array(config, arch) -> tuple[list[_Node], dict]:
+    from attnc.dialects import array as ar
+
+    nodes: list[_Node] = []
+    by_kid: dict[int, int] = {}
+    producer: dict[int, int] = {}  # stream -> node
+    inputs: list[tuple[int, list[int], list]] = []  # node, streams, arg types
+    counts = {"vector_ops": 0, "sfu_ops": 0, "butterfly_ops": 0}
+    descs: dict[int, list[tuple[str, int]]] = {}
+    for d in (o for o in config.body.block.ops if isinstance(o, ar.DmaOp)):
+        descs.setdefault(d.kernel.value.data, []).append((d.direction.data, d.bytes.value.data))
+    for tile in (o for o in config.body.block.ops if isinstance(o, ar.TileOp)):
+        pos = (tile.x.value.data, tile.y.value.data)
+        tp = arch.tile(*pos)
+        for ctx in tile.body.block.ops:
+            assert isinstance(ctx, ar.ContextOp)
+            block = ctx.body.block
+            body = list(block.ops)[:-1]
+            out_types = [v.type for v in block.last_op.operands]
+            in_types = [a.type for a in block.args]
+            kind = ctx.kind.data
+            kc, c = _kernel_cost(ctx.sym_name.data, kind, tp.kind, pos, body, in_types, out_types, tp, arch)
+            loops = _loops(ctx.loops, ctx.trips)
+            if kind in DMA_KINDS or tp.kind == "dma":
+                _dma(kc, descs.get(ctx.kernel.value.data, []), _repeat(loops), arch)
+            for key in counts:
+                counts[key] += c[key]
+            idx = len(nodes)
+            outs = [int(s) for s in ctx.outputs.get_values()]
+            node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), max(_tokens_attr(ctx, "tokens", len(outs)) or [1]))
+            node.is_weight_load = _is_weight_body(body, bool(in_types))
+            nodes.append(node)
+            by_kid[ctx.kernel.value.data] = idx
+            for s in outs:
+                producer.setdefault(s, idx)
+            inputs.append((idx, [int(s) for s in ctx.inputs.get_values()], in_types))
+    routes: dict[tuple[int, int, int], object] = {}
+    for r in (o for o in config.body.block.ops if isinstance(o, ar.RouteOp)):
+        routes[(r.stream.value.data, r.src.value.data, r.dst.value.data)] = r
+    kid_of = {i: k for k, i in by_kid.items()}
+    for idx, streams, types in inputs:
+        for s, t in zip(streams, types):
+            src = producer.get(s)
+            if src is None or src == idx:
+                continue  # a DRAM-side stream: there from the start
+            r = routes.get((s, kid_of[src], kid_of[idx]))
+            if r is not None:
+                path = r.path()
+                links = list(zip(path, path[1:]))
+                nbytes = r.bytes.value.data or _bytes(t)
+            else:
+                links, nbytes = [], _bytes(t)
+            p = nodes[src]
+            nodes[idx].ins.append(_Edge(src, idx, nbytes, len(links), links, p.out_tokens, p.is_weight_load))
+    return nodes, counts
+
+
+def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
+    from attnc.dialects import dataflow as df
+    from attnc.passes.to_array import consumed_bytes
+
+    nodes: list[_Node] = []
+    index: dict[SSAValue, int] = {}
+    counts = {"vector_ops": 0, "sfu_ops": 0, "butterfly_ops": 0}
+    for k in (o for o in fn.body.block.ops if isinstance(o, df.KernelOp)):
+        tile_kind = k.tile_kind.data
+        tiles = arch.tiles_of(tile_kind)
+        if not tiles:
+            raise AttncError(f"cost: kernel '{k.sym_name.data}' needs a {tile_kind} tile, the array has none")
+        tp = max(tiles, key=lambda t: (t.macs_per_cycle, t.vector_lanes, t.sram_bytes))
+        block = k.body.block
+        body = list(block.ops)[:-1]
+        out_types = [v.type for v in block.last_op.operands]
+        in_types = [a.type for a in block.args]
+        kind = k.kind.data
+        kc, c = _kernel_cost(k.sym_name.data, kind, tile_kind, None, body, in_types, out_types, tp, arch)
+        loops = k.loop_schedule()
+        if kind in DMA_KINDS:
+            if kind == "dma_load":
+                d = [("load", sum(_bytes(t) for t in out_types))]
+            elif kind == "dma_store":
+                d = [("store", sum(_bytes(t) for t in out_types))]
+            else:
+                d = [("store", sum(_bytes(t) for t in in_types)), ("load", sum(_bytes(t) for t in out_types))]
+            _dma(kc, d, _repeat(loops), arch)
+        for key in counts:
+            counts[key] += c[key]
+        idx = len(nodes)
+        node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), max(_tokens_attr(k, "tokens", len(out_types)) or [1]))
+        node.is_weight_load = _is_weight_body(body, bool(in_types))
+        nodes.append(node)
+        for r in k.outputs:
+            index[r] = idx
+        reps = k.attributes.get("input_repeats")
+        repeats = [int(x) for x in reps.get_values()] if isinstance(reps, DenseArrayBase) else [1] * len(in_types)
+        for v, arg, rep in zip(k.inputs, block.args, repeats):
+            src = index.get(v)
+            if src is None:
+                continue
+            # unplaced: one hop per stream, the least any placement on different tiles needs; a fused
+            # kernel reads a re-streamed input once per pass
+            link = ((-1 - src, 0), (-1 - idx, 0))
+            p = nodes[src]
+            nodes[idx].ins.append(_Edge(src, idx, consumed_bytes(arg) * rep, 1, [link], p.out_tokens, p.is_weight_load))
+    return nodes, counts
+
+
+# ---------------------------------------------------------------------------
+# whole-graph cycles
+
+
+class _Shared:
+    """A resource its users share at the same time: weighted processor sharing (the simulator's
+    round-robin over segments gives each kernel a share in proportion to its segment; max-min fair DRAM
+    flows are equal weights). Closed form per arrival: with the users' remaining work r and weights w,
+    in order of r/w, user k finishes once the resource has done sum_j min(r_j, w_j r_k/w_k) of work;
+    a later arrival only delays users still active, and their finish times are updated in place."""
+
+    def __init__(self, finish: list[float], rate: float = 1.0) -> None:
+        self.finish = finish
+        self.rate = rate
+        self.now = 0.0
+        self.jobs: dict[int, list[float]] = {}  # node -> [remaining work, weight]
+
+    def _advance(self, t: float) -> None:
+        work = (t - self.now) * self.rate
+        self.now = t
+        while self.jobs and work > 1e-12:
+            tau = min(r / w for r, w in self.jobs.values())  # virtual time to the next completion
+            total_w = sum(w for _, w in self.jobs.values())
+            step = min(tau, work / total_w)
+            for job in self.jobs.values():
+                job[0] -= job[1] * step
+            work -= step * total_w
+            self.jobs = {n: j for n, j in self.jobs.items() if j[0] > 1e-9}
+
+    def add(self, node: int, t: float, work: float, weight: float = 1.0) -> float:
+        t = max(t, self.now)
+        self._advance(t)
+        if work <= 0:
+            self.finish[node] = t
+            return t
+        self.jobs[node] = [work, max(weight, 1e-12)]
+        total_w = sum(w for _, w in self.jobs.values())
+        done, prev = 0.0, 0.0
+        for n, (r, w) in sorted(self.jobs.items(), key=lambda kv: (kv[1][0] / kv[1][1], kv[0])):
+            tau = r / w
+            done += (tau - prev) * total_w
+            total_w -= w
+            prev = tau
+            self.finish[n] = t + done / self.rate
+        return self.finish[node]
+
+
+def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
+    """Start and finish of every kernel by list scheduling over the kernel graph (see the module
+    docstring); returns the bounds whose maximum is the graph's cycles."""
+    link_bw = float(arch.noc.link_bytes_per_cycle)
+    hop = arch.noc.hop_latency
+    dram_bw = float(arch.dram.bytes_per_cycle)
+    latency = arch.dram.latency_cycles
+    n = len(nodes)
+    succ: list[list[int]] = [[] for _ in nodes]
+    missing = [0] * n
+    for i, node in enumerate(nodes):
+        for e in node.ins:
+            succ[e.src].append(i)
+            missing[i] += 1
+    start = [0.0] * n
+    finish = [0.0] * n
+    tile_of = [nd.cost.tile if placed else ("own", i) for i, nd in enumerate(nodes)]
+    tiles: dict = {}
+    slots: dict = {}
+    for i, nd in enumerate(nodes):
+        if nd.cost.tile_kind == "dma":
+            slots.setdefault(tile_of[i], [0.0] * max(nd.tile_params.dma_channels, 1))
+        else:
+            tiles.setdefault(tile_of[i], _Shared(finish))
+    dram = _Shared(finish, dram_bw)
+    dma_slot: dict[int, tuple[list[float], int]] = {}
+
+    def ready_time(i: int) -> tuple[float, float]:
+        """(earliest start, earliest finish regardless of the tile) from the inputs."""
+        nd = nodes[i]
+        s_at, f_at = 0.0, 0.0
+        for e in nd.ins:
+            p = nodes[e.src]
+            xfer = (e.bytes / link_bw + e.hops * hop) if e.hops else 0.0  # same tile: a buffer read
+            streamed = e.tokens > 1 and p.out_tokens > 1 and not e.weight
+            if not streamed:
+                s_at = max(s_at, finish[e.src] + xfer)
+            else:
+                p_steps = min(p.steps, MAX_STEPS)
+                first = start[e.src] + (finish[e.src] - start[e.src]) / p_steps + xfer / e.tokens
+                s_at = max(s_at, first)
+                own_step = nd.cost.cycles / min(nd.steps, MAX_STEPS)
+                f_at = max(f_at, finish[e.src] + xfer / e.tokens + e.hops * hop + own_step)
+        return s_at, f_at
+
+    heap: list[tuple[float, int]] = []
+    for i in range(n):
+        if missing[i] == 0:
+            heapq.heappush(heap, (ready_time(i)[0], i))
+    while heap:
+        key, i = heapq.heappop(heap)
+        ready, f_at = ready_time(i)
+        if ready > key + 1e-9:  # a producer's busy period grew since: try again later
+            heapq.heappush(heap, (ready, i))
+            continue
+        nd = nodes[i]
+        if nd.cost.tile_kind == "dma" or nd.cost.kind in DMA_KINDS:
+            free = slots[tile_of[i]]
+            slot = min(range(len(free)), key=lambda j: free[j])
+            s = max(ready, free[slot])
+            moved = nd.cost.dram_read_bytes + nd.cost.dram_write_bytes
+            dram.add(i, s + latency, moved)
+            dma_slot[i] = (free, slot)
+        else:
+            s = ready
+            tiles[tile_of[i]].add(i, s, nd.cost.cycles, nd.cost.cycles / min(nd.steps, MAX_STEPS))
+        start[i] = s
+        finish[i] = max(finish[i], f_at)
+        for m in dram.jobs:
+            free, slot = dma_slot[m]
+            free[slot] = max(free[slot], finish[m])
+        for j in succ[i]:
+            missing[j] -= 1
+            if missing[j] == 0:
+                heapq.heappush(heap, (ready_time(j)[0], j))
+    for i, nd in enumerate(nodes):
+        nd.cost.start, nd.cost.finish = start[i], finish[i]
+    load: dict = {}
+    for nd in nodes:
+        for e in nd.ins:
+            for lk in e.links:
+                load[lk] = load.get(lk, 0) + e.bytes
+    busy: dict = {}
+    for i, nd in enumerate(nodes):
+        if nd.cost.tile_kind != "dma":
+            busy[tile_of[i]] = busy.get(tile_of[i], 0) + nd.cost.cycles
+    dram_bytes = sum(nd.cost.dram_read_bytes + nd.cost.dram_write_bytes for nd in nodes)
+    return {
+        "critical_path": max(finish, default=0.0),
+        "dram": (latency + dram_bytes / dram_bw) if dram_bytes else 0.0,
+        "link": max(load.values(), default=0) / link_bw,
+        "tile": float(max(busy.values(), default=0)),
+    }
+
+
+# ---------------------------------------------------------------------------
+# the entry points
+
+
+def _resolve_arch(arch):
+    from attnc.arch import Arch, load_arch
+
+    return arch if isinstance(arch, Arch) else load_arch(str(arch))
+
+
+def estimate(module: ModuleOp, arch) -> GraphCost:
+    """The cost of ``module`` (dataflow IR after lower-to-dataflow, or array IR after place-route) on
+    ``arch`` (an ``attnc.arch.Arch``, a preset name or a YAML path)."""
+    from attnc.dialects import array as ar
+    from attnc.dialects import dataflow as df
+
+    arch = _resolve_arch(arch)
+    configs = [op for op in module.ops if isinstance(op, ar.ConfigOp)]
+    if configs:
+        nodes, counts = _from_array(configs[0], arch)
+        level = "array"
+    else:
+        fns = [op for op in module.ops if isinstance(op, func.FuncOp)]
+        fn = next((f for f in fns if f.sym_name.data == "main"), fns[0] if fns else None)
+        if fn is None or not any(isinstance(o, df.KernelOp) for o in fn.body.block.ops):
+            raise AttncError("cost: needs dataflow IR (after lower-to-dataflow) or array IR (after place-route)")
+        nodes, counts = _from_dataflow(fn, arch)
+        level = "dataflow"
+    g = GraphCost(arch.name, level, arch.clock_mhz, arch.total_macs_per_cycle, dict(arch.energy_pj), **counts)
+    g.bounds = _graph_cycles(nodes, arch, placed=level == "array")
+    g.cycles = math.ceil(max(g.bounds.values(), default=0.0) - 1e-6)
+    g.kernels = [nd.cost for nd in nodes]
+    for k in g.kernels:
+        g.macs += k.macs
+        g.dram_read_bytes += k.dram_read_bytes
+        g.dram_write_bytes += k.dram_write_bytes
+        g.sram_read_bytes += k.sram_read_bytes
+        g.sram_write_bytes += k.sram_write_bytes
+    per_link: dict = {}
+    for nd in nodes:
+        for e in nd.ins:
+            g.noc_byte_hops += e.bytes * e.hops
+            for lk in e.links:
+                per_link[lk] = per_link.get(lk, 0) + e.bytes
+    if level == "array":
+        bw = arch.noc.link_bytes_per_cycle
+        g.links = [LinkCost(a, b, nb, nb / bw) for (a, b), nb in sorted(per_link.items())]
+    return g
+
+
+def format_cost(cost: GraphCost) -> str:
+    """A table for ``attnc compile --report``: one row per kernel, then the graph's totals."""
+    lines = [f"cost model ({cost.level} IR on '{cost.arch}'):"]
+    head = f"  {'kernel':<28} {'kind':<11} {'tile':<8} {'cycles':>9} {'start':>9} {'finish':>9} {'MACs':>11} {'DRAM B':>9} {'SRAM B':>10}"
+    lines.append(head)
+    for k in cost.kernels:
+        where = f"{k.tile[0]},{k.tile[1]}" if k.tile is not None else k.tile_kind
+        lines.append(
+            f"  {k.name[:28]:<28} {k.kind[:11]:<11} {where:<8} {k.cycles:>9} {k.start:>9.0f} {k.finish:>9.0f} "
+            f"{k.macs:>11} {k.dram_read_bytes + k.dram_write_bytes:>9} {k.sram_read_bytes + k.sram_write_bytes:>10}"
+        )
+    e = cost.energy_pj()
+    bounds = ", ".join(f"{name} {value:.0f}" for name, value in cost.bounds.items())
+    lines += [
+        f"  cycles {cost.cycles} ({cost.seconds * 1e6:.2f} us at {cost.clock_mhz:g} MHz), bound by {cost.bottleneck} "
+        f"[{bounds}]",
+        f"  MACs {cost.macs} (utilisation {cost.utilization:.1%}), DRAM {cost.dram_read_bytes} B read / "
+        f"{cost.dram_write_bytes} B written, SRAM {cost.sram_read_bytes + cost.sram_write_bytes} B, "
+        f"NoC {cost.noc_byte_hops} byte-hops{'' if cost.level == 'array' else ' (unplaced: one hop per stream)'}",
+        f"  energy {e['total'] / 1e6:.3f} uJ ("
+        + ", ".join(f"{k} {v / max(e['total'], 1e-30):.0%}" for k, v in e.items() if k != "total" and v)
+        + ")",
+    ]
+    if cost.links:
+        hot = max(cost.links, key=lambda lk: lk.bytes)
+        lines.append(f"  busiest link {hot.src}->{hot.dst}: {hot.bytes} B, {hot.cycles:.0f} cycles of transfer")
+    return "\n".join(lines) + "\n"

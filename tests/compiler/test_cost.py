@@ -1,0 +1,205 @@
+"""The analytical cost model against the simulator's timing model (the two tiers check each other):
+DRAM bytes exactly, cycles within 10%, on every example and on hand-built attention graphs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+
+from attnc.arch import load_arch
+from attnc.backend.bitstream import decode, encode
+from attnc.backend.emit import emit_bitstream
+from attnc.cli import backend_passes
+from attnc.cost import attention_work, estimate, format_cost
+from attnc.errors import AttncError
+from attnc.frontend.onnx import import_onnx
+from attnc.ir import parse_module
+from attnc.pipeline import run_pipeline
+from attnc.simulator.timing import simulate
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.onnx"))
+CYCLES_TOLERANCE = 0.10
+
+
+# ---------------------------------------------------------------------------
+# the fused attention rule (spec section 2), against a step-by-step reading of it
+
+
+def stepwise(q, k, v, *, fusion, row_block, key_block, causal, causal_offset, has_mask, rows, cols, lanes):
+    """The rule as the spec states it: every (unit, row block, key block) step, one at a time."""
+    *lead, s, d = q
+    t, dv = k[-2], v[-1]
+    kb_size = t if fusion == "flat" else key_block
+    macs = mac_cycles = lane = 0
+    for _ in range(math.prod(lead)):
+        for i in range(-(-s // row_block)):
+            r = min(row_block, s - i * row_block)
+            executed = 0
+            for j in range(-(-t // kb_size)):
+                kb = min(kb_size, t - j * kb_size)
+                if causal and j * kb_size > (i * row_block + r - 1) + causal_offset:
+                    continue
+                executed += 1
+                macs += r * kb * (d + dv)
+                mac_cycles += -(-r // rows) * -(-kb // cols) * d + -(-r // rows) * -(-dv // cols) * kb
+                lane += 3 * r * kb if fusion == "flat" else 4 * r * kb + 2 * r * dv
+                lane += r * kb if has_mask else 0
+            if fusion == "online" and executed:
+                lane += r * dv
+    cycles = max(mac_cycles, -(-lane // lanes)) + (rows + cols if macs else 0)
+    return macs, mac_cycles, lane, cycles
+
+
+def test_attention_work_by_hand():
+    # one head, 8 rows in blocks of 4, 8 keys in blocks of 4, d = dv = 4, on a 4x4 MAC array with 4 lanes:
+    # 4 steps of 4*4*8 MACs, each 1*1*4 + 1*1*4 cycles; online lane ops 4*16 + 2*16 per step + 16 per block
+    w = attention_work([1, 1, 8, 4], [1, 1, 8, 4], [1, 1, 8, 4], fusion="online", row_block=4, key_block=4,
+                       causal=False, causal_offset=0, has_mask=False, rows=4, cols=4, lanes=4)  # fmt: skip
+    assert w == (4 * 128, 4 * 8, 4 * 96 + 2 * 16, max(32, (4 * 96 + 32) // 4) + 8)
+    # causal: row block 0 (rows 0..3) sees key block 0 only; row block 1 both
+    c = attention_work([1, 1, 8, 4], [1, 1, 8, 4], [1, 1, 8, 4], fusion="online", row_block=4, key_block=4,
+                       causal=True, causal_offset=0, has_mask=False, rows=4, cols=4, lanes=4)  # fmt: skip
+    assert c.macs == 3 * 128 and c.mac_cycles == 3 * 8 and c.lane_ops == 3 * 96 + 2 * 16
+
+
+@pytest.mark.parametrize("fusion", ["flat", "online"])
+def test_attention_work_is_the_stepwise_rule(fusion):
+    shapes = [((1, 2, 7, 5), (1, 1, 9, 5), (1, 1, 9, 3)), ((2, 1, 16, 8), (2, 1, 16, 8), (2, 1, 16, 8)),
+              ((1, 1, 1, 4), (1, 1, 13, 4), (1, 1, 13, 6))]  # fmt: skip
+    for (q, k, v), rb, kb, causal, offset, mask, (rows, cols, lanes) in itertools.product(
+        shapes, (1, 3, 4, 16), (1, 4, 5, 16), (False, True), (-3, 0, 2), (False, True), ((4, 4, 4), (3, 5, 2))
+    ):
+        rb_, kb_ = min(rb, q[2]), (k[2] if fusion == "flat" else min(kb, k[2]))
+        args = dict(fusion=fusion, row_block=rb_, key_block=kb_, causal=causal, causal_offset=offset,
+                    has_mask=mask, rows=rows, cols=cols, lanes=lanes)  # fmt: skip
+        assert tuple(attention_work(q, k, v, **args)) == stepwise(q, k, v, **args), (q, k, v, args)
+
+
+def test_a_fully_masked_attention_costs_nothing():
+    w = attention_work([1, 1, 4, 4], [1, 1, 4, 4], [1, 1, 4, 4], fusion="online", row_block=2, key_block=2,
+                       causal=True, causal_offset=-8, has_mask=False, rows=4, cols=4, lanes=4)  # fmt: skip
+    assert tuple(w) == (0, 0, 0, 0)
+
+
+# ---------------------------------------------------------------------------
+# the graph model against the simulator
+
+
+def compile_module(module, arch: str):
+    """(dataflow IR, array IR, decoded bitstream) of a sparse-IR module; the heuristic placer first, CP-SAT
+    when it cannot map (as the simulator's own example tests do)."""
+    lowered = module.clone()
+    run_pipeline(lowered, backend_passes(arch, time_limit=10.0, seed=0, heuristic_only=True)[:1])
+    placed = None
+    for heuristic in (True, False):
+        try:
+            placed = lowered.clone()
+            run_pipeline(placed, backend_passes(arch, time_limit=10.0, seed=0, heuristic_only=heuristic)[1:])
+            break
+        except AttncError:
+            if not heuristic:
+                raise
+    bitstream = decode(encode(emit_bitstream(placed, load_arch(arch), {})))
+    return lowered, placed, bitstream
+
+
+def example(name: str):
+    module = import_onnx(EXAMPLES / f"{name}.onnx")
+    run_pipeline(module, "canonicalize,raise-attention")
+    return module
+
+
+def attention_graph(q, kv, *, causal=False, offset=0, mask=None, softcap=0.0):
+    """A module holding one sparse.attention on q (B, H, S, d) and k = v (B, Hkv, T, d)."""
+    ty = lambda s, e="f32": f"tensor<{'x'.join(map(str, s))}x{e}>"  # noqa: E731
+    args = [f"%q: {ty(q)}", f"%k: {ty(kv)}", f"%v: {ty(kv)}"]
+    operands = "%q, %k, %v"
+    if mask is not None:
+        shape, elt = mask
+        args.append(f"%m: {ty(shape, elt)}")
+        operands += f" mask %m : {ty(shape, elt)}"
+    out = ty(q)
+    attrs = (f"scale = {1 / math.sqrt(q[-1])} : f64, heads = {q[1]} : i64, kv_heads = {kv[1]} : i64, "
+             f"{'causal, ' if causal else ''}causal_offset = {offset} : i64, softcap = {softcap} : f64")  # fmt: skip
+    text = (
+        f"builtin.module {{\n  func.func @main({', '.join(args)}) -> {out} {{\n"
+        f"    %o = sparse.attention {operands} {{{attrs}}} : {ty(q)}, {ty(kv)}, {ty(kv)} -> {out}\n"
+        f"    func.return %o : {out}\n  }}\n}}\n"
+    )
+    return parse_module(text)
+
+
+ATTENTION_GRAPHS = {
+    "plain": dict(q=(1, 2, 8, 8), kv=(1, 2, 8, 8)),
+    "causal_cached": dict(q=(1, 2, 6, 8), kv=(1, 2, 10, 8), causal=True, offset=4),
+    "gqa_bool_mask": dict(q=(1, 4, 8, 4), kv=(1, 1, 8, 4), mask=((1, 1, 8, 8), "i1")),
+    "additive_softcap": dict(q=(2, 1, 8, 8), kv=(2, 1, 12, 8), mask=((2, 1, 8, 12), "f32"), softcap=20.0),
+}
+CASES = [(a, "example", n) for a in ("tiny", "edge") for n in NAMES] + [
+    ("tiny", "attention", n) for n in ATTENTION_GRAPHS
+]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    cache: dict = {}
+
+    def get(arch: str, what: str, name: str):
+        if (arch, what, name) not in cache:
+            module = example(name) if what == "example" else attention_graph(**ATTENTION_GRAPHS[name])
+            cache[arch, what, name] = compile_module(module, arch)
+        return cache[arch, what, name]
+
+    return get
+
+
+@pytest.mark.parametrize("arch,what,name", CASES)
+def test_the_cost_model_agrees_with_the_simulator(compiled, arch, what, name):
+    lowered, placed, bitstream = compiled(arch, what, name)
+    cost = estimate(placed, arch)
+    stats = simulate(bitstream)
+    assert cost.level == "array"
+    assert (cost.dram_read_bytes, cost.dram_write_bytes) == (stats.dram_read_bytes, stats.dram_write_bytes)
+    assert cost.macs == stats.macs
+    assert cost.noc_byte_hops == stats.noc_byte_hops
+    assert abs(cost.cycles - stats.cycles) <= CYCLES_TOLERANCE * stats.cycles, (cost.cycles, stats.cycles, cost.bounds)
+    # every bound is a lower bound of the simulated run, up to the model's own error
+    assert cost.bounds["dram"] <= stats.cycles and cost.bounds["link"] <= stats.cycles
+
+
+@pytest.mark.parametrize("arch,what,name", [c for c in CASES if c[0] == "tiny"][:2])
+def test_sram_and_energy_agree_with_the_simulator(compiled, arch, what, name):
+    _, placed, bitstream = compiled(arch, what, name)
+    cost, stats = estimate(placed, arch), simulate(bitstream)
+    assert cost.sram_read_bytes + cost.sram_write_bytes == stats.sram_read_bytes + stats.sram_write_bytes
+    assert cost.energy_pj()["total"] == pytest.approx(stats.energy_pj()["total"], rel=1e-9)
+
+
+def test_dataflow_ir_gives_the_same_traffic_before_placement(compiled):
+    lowered, placed, _ = compiled("tiny", "example", "bert_layer")
+    before, after = estimate(lowered, "tiny"), estimate(placed, "tiny")
+    assert before.level == "dataflow" and not before.links
+    assert (before.dram_read_bytes, before.dram_write_bytes, before.macs) == (
+        after.dram_read_bytes, after.dram_write_bytes, after.macs)  # fmt: skip
+    # unplaced: one hop per stream, which no placement on distinct tiles beats
+    assert 0 < before.noc_byte_hops
+    assert [k.name for k in before.kernels] and all(k.tile is None for k in before.kernels)
+
+
+def test_the_report_table(compiled):
+    _, placed, _ = compiled("tiny", "example", "attention23")
+    cost = estimate(placed, load_arch("tiny"))
+    text = format_cost(cost)
+    assert text.startswith("cost model (array IR on 'tiny'):")
+    assert all(k.name[:28] in text for k in cost.kernels)
+    assert f"cycles {cost.cycles} " in text and f"DRAM {cost.dram_read_bytes} B read" in text
+    assert cost.bottleneck in cost.bounds
+
+
+def test_sparse_ir_is_an_error():
+    with pytest.raises(AttncError, match="needs dataflow IR"):
+        estimate(example("attention23"), "tiny")
