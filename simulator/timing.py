@@ -64,10 +64,15 @@ def _dtype_bytes(dtype: str) -> int:
 @dataclass
 class Work:
     macs: int = 0
-    mac_cycles: int = 0  # on this tile's MAC array, before the fill
+    mac_cycles: int = 0  # on this tile's MAC array, before the fill (fused attention excluded)
     lane_ops: int = 0  # elementwise / special-function operations (per element, passes included)
     sram_read: int = 0
     sram_write: int = 0
+    # the fused attention instructions (spec 2): their MACs and lane operations are in ``macs`` and
+    # ``lane_ops`` too, but they are timed by their own pipelined rule, fill included
+    fused_macs: int = 0
+    fused_lane_ops: int = 0
+    fused_cycles: int = 0
 
 
 def _shape(value) -> list[int] | None:
@@ -123,6 +128,14 @@ def kernel_work(cfg: KernelConfig, tile) -> Work:
         out_elems = _prod(out)
         w.sram_read += sum(_prod(s or []) * _dtype_bytes(dtypes.get(r, "f32")) for r, s in zip(ins.operands, ops))
         w.sram_write += out_elems * _dtype_bytes(dtype) * max(len(ins.results), 1)
+        if ins.opcode == "attention" and "fusion" in ins.params:
+            a = fused_attention_work(ins, ops, out, rows, cols, max(tile.vector_lanes, 1))
+            w.macs += a.macs
+            w.lane_ops += a.lane_ops
+            w.fused_macs += a.macs
+            w.fused_lane_ops += a.lane_ops
+            w.fused_cycles += a.cycles
+            continue
         if ins.opcode in MAC_OPS:
             macs, cycles, lane = _mac_work(ins, ops, out, rows, cols)
             w.macs += macs
@@ -157,6 +170,106 @@ def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tu
     macs = rows_q * t * (d + dv)
     cycles = _gemm_cycles(scores, d, rows, cols) + _gemm_cycles(list(q[:-1]) + [dv], t, rows, cols)
     return macs, cycles, PASSES["softmax"] * rows_q * t
+
+
+@dataclass
+class AttentionWork:
+    macs: int = 0
+    mac_cycles: int = 0
+    lane_ops: int = 0
+    cycles: int = 0
+    steps: int = 0  # (row block, key block) steps executed, over all (batch, head) units
+    skipped: int = 0  # steps skipped by the causal rule
+
+
+#: the causal rule walks row blocks one by one; beyond this many a bitstream is refused, not timed for hours
+MAX_ROW_BLOCKS = 1 << 21
+
+
+def _param_int(ins: Instr, key: str, default: int) -> int:
+    v = ins.params.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise AttncError(f"simulate: attention param '{key}' must be an integer, got {v!r}")
+    return v
+
+
+def fused_attention_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int, lanes: int) -> AttentionWork:
+    """Work of an ``attention`` instruction with a ``fusion`` schedule (spec 2, docs/simulator.md).
+
+    For each (batch, head) unit, row blocks of ``R`` rows by key blocks of ``Kb`` keys (``"flat"``: Kb = T);
+    a step is skipped when ``causal`` masks its first key for its last row. A step of r rows and kb keys does
+    r·kb·(d + dv) MACs in ⌈r/rows⌉·⌈kb/cols⌉·d + ⌈r/rows⌉·⌈dv/cols⌉·kb MAC-array cycles and 3·r·kb
+    (flat) or 4·r·kb + 2·r·dv (online) lane operations, + r·kb with a mask; online adds r·dv per row
+    block that ran (the final divide). The vector unit overlaps the MAC array, so the instruction takes
+    max(MAC cycles, ⌈lane ops / lanes⌉) + (rows + cols) if it did any MAC."""
+    fusion = ins.params.get("fusion")
+    if fusion not in ("flat", "online"):
+        raise AttncError(f"simulate: attention fusion {fusion!r} is not one of 'flat', 'online'")
+    q = ops[0] if ops and ops[0] is not None else None
+    k = ops[1] if len(ops) > 1 and ops[1] is not None else None
+    v = ops[2] if len(ops) > 2 and ops[2] is not None else None
+    if q is None or k is None or len(q) < 2 or len(k) < 2:
+        raise AttncError(f"simulate: fused attention needs q and k of rank >= 2, got {q} and {k}")
+    units, s, d = _prod(q[:-2]), max(q[-2], 0), max(q[-1], 0)
+    t = max(k[-2], 0)
+    dv = max(v[-1], 0) if v else (max(out[-1], 0) if out else d)
+    r_blk = _param_int(ins, "row_block", max(s, 1))
+    k_blk = max(t, 1) if fusion == "flat" else _param_int(ins, "key_block", -1)  # flat: one block of all keys
+    if r_blk < 1 or k_blk < 1:
+        raise AttncError(f"simulate: fused attention needs row_block and key_block >= 1, got {r_blk} and {k_blk}")
+    causal = bool(ins.params.get("causal", 0))
+    offset = _param_int(ins, "causal_offset", 0)
+    masked = len(ins.operands) > 3
+    online = fusion == "online"
+    n_rows = -(-s // r_blk)
+    n_keys = -(-t // k_blk)
+    kb_last = t - (n_keys - 1) * k_blk if n_keys else 0
+    ck_full, ck_last = -(-k_blk // cols), -(-kb_last // cols)
+    cdv = -(-dv // cols)
+
+    def row_block(r: int, n_exec: int) -> tuple[int, int, int]:
+        """(MACs, MAC cycles, lane ops) of a row block of r rows running its first n_exec key blocks."""
+        if n_exec <= 0:
+            return 0, 0, 0
+        if n_exec == n_keys:
+            sum_kb, sum_ck = t, (n_keys - 1) * ck_full + ck_last
+        else:
+            sum_kb, sum_ck = n_exec * k_blk, n_exec * ck_full
+        cr = -(-r // rows)
+        lane = (4 if online else 3) * r * sum_kb + (r * sum_kb if masked else 0)
+        if online:
+            lane += 2 * r * dv * n_exec + r * dv
+        return r * sum_kb * (d + dv), cr * (sum_ck * d + cdv * sum_kb), lane
+
+    a = AttentionWork()
+
+    def add(r: int, n_exec: int, times: int) -> None:
+        m, c, lane = row_block(r, n_exec)
+        a.macs += m * times
+        a.mac_cycles += c * times
+        a.lane_ops += lane * times
+        a.steps += max(n_exec, 0) * times
+        a.skipped += (n_keys - max(n_exec, 0)) * times
+
+    if n_rows and n_keys:
+        r_last = s - (n_rows - 1) * r_blk
+        if not causal:
+            add(r_blk, n_keys, n_rows - 1)
+            add(r_last, n_keys, 1)
+        else:
+            if n_rows > MAX_ROW_BLOCKS:
+                raise AttncError(f"simulate: fused attention has {n_rows} row blocks, more than {MAX_ROW_BLOCKS}")
+            for i in range(n_rows):
+                r = r_blk if i < n_rows - 1 else r_last
+                last = i * r_blk + r - 1 + offset  # the last row's last allowed key
+                add(r, min(n_keys, last // k_blk + 1) if last >= 0 else 0, 1)
+    a.macs *= units
+    a.mac_cycles *= units
+    a.lane_ops *= units
+    a.steps *= units
+    a.skipped *= units
+    a.cycles = max(a.mac_cycles, -(-a.lane_ops // lanes)) + (rows + cols if a.macs else 0)
+    return a
 
 
 # ---------------------------------------------------------------------------
@@ -436,8 +549,9 @@ class _Sim:
             compute, fill = -(-units // lanes), 0
             self.stats.butterfly_ops += units
         elif at.kind == "compute":
-            compute = w.mac_cycles + -(-w.lane_ops // lanes)
-            fill = at.mac_rows + at.mac_cols if w.macs else 0
+            # fused attention instructions carry their own (pipelined) cycles and fill; the rest add up
+            compute = w.mac_cycles + -(-(w.lane_ops - w.fused_lane_ops) // lanes) + w.fused_cycles
+            fill = at.mac_rows + at.mac_cols if w.macs > w.fused_macs else 0
             self.stats.vector_ops += w.lane_ops
         elif at.kind == "sfu":
             # no MAC array: a stray contraction runs on the lanes

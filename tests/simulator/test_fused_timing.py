@@ -1,0 +1,102 @@
+"""The timing rule of a fused ``attention`` instruction (spec 2) against cycles worked out by hand on the
+``tiny`` array: 4x4 MACs, 4 vector lanes, so a MAC-array fill of 4 + 4 = 8 cycles."""
+
+from __future__ import annotations
+
+import pytest
+
+from attnc.arch import load_arch
+from attnc.backend.bitstream import Bitstream, Instr, KernelConfig, Port, TileConfig, decode, embed_arch, encode
+from attnc.errors import AttncError
+from attnc.simulator.timing import simulate
+
+TINY = load_arch("tiny")
+
+
+def attention_kernel(q, k, v, *, mask=None, extra=(), **params):
+    """One context on compute tile (1, 1) whose inputs come from DRAM-side streams (there at time 0)."""
+    shapes = [q, k, v] + ([mask] if mask else [])
+    inputs = [Port(i, 10 + i, "i1" if i == 3 else "f32", list(sh), 1) for i, sh in enumerate(shapes)]
+    out = list(q[:-1]) + [v[-1]]
+    body = [Instr("attention", list(range(len(shapes))), [4], {"dtype": "f32", "shape": out, "scale": 0.5, **params})]
+    reg = 4
+    for opcode in extra:  # elementwise ops after the attention, on its result
+        body.append(Instr(opcode, [reg], [reg + 1], {"dtype": "f32", "shape": out}))
+        reg += 1
+    cfg = KernelConfig(0, "attn", "attention", inputs, [Port(reg, 20, "f32", out, 1)], [], [], [("steps", 1)], body, 0)
+    src, fp = embed_arch(TINY)
+    return simulate(decode(encode(Bitstream(src, fp, [TileConfig(1, 1, "compute", [cfg])]))))
+
+
+def test_online_full_blocks():
+    # 2 row blocks x 2 key blocks of 4: per step 4*4*8 = 128 MACs, 1*1*4 + 1*1*4 = 8 MAC cycles,
+    # 4*16 + 2*4*4 = 96 lane ops; + 4*4 per row block for the divide
+    stats = attention_kernel([1, 1, 8, 4], [1, 1, 8, 4], [1, 1, 8, 4], fusion="online", row_block=4, key_block=4)
+    assert stats.macs == 4 * 128
+    assert stats.vector_ops == 4 * 96 + 2 * 16
+    assert stats.cycles == max(4 * 8, (4 * 96 + 2 * 16) // 4) + 8 == 112
+
+
+def test_causal_steps_are_skipped():
+    # S = T = 8, R = Kb = 2: row block i runs key blocks 0..i, 10 of 16 steps; a step: 2*2*8 = 32 MACs,
+    # ceil(2/4)*ceil(2/4)*4 + ceil(2/4)*ceil(4/4)*2 = 6 MAC cycles, 4*4 + 2*2*4 = 32 lane ops; 4 divides of 8
+    stats = attention_kernel([1, 1, 8, 4], [1, 1, 8, 4], [1, 1, 8, 4], fusion="online", row_block=2, key_block=2,
+                             causal=1, causal_offset=0)  # fmt: skip
+    assert stats.macs == 10 * 32
+    assert stats.vector_ops == 10 * 32 + 4 * 8
+    assert stats.cycles == max(10 * 6, (10 * 32 + 4 * 8) // 4) + 8 == 96
+
+
+def test_partial_blocks_and_a_causal_offset():
+    # S = 5, T = 7, R = 2, Kb = 3, offset 1. Row blocks (rows 0-1, 2-3, 4), key blocks (0-2, 3-5, 6);
+    # a step runs when j*3 <= last row + 1: (0,0), (1,0), (1,1), (2,0), (2,1)
+    q, kv = [1, 1, 5, 4], [1, 1, 7, 4]
+    stats = attention_kernel(q, kv, kv, fusion="online", row_block=2, key_block=3, causal=1, causal_offset=1)
+    assert stats.macs == 3 * (2 * 3 * 8) + 2 * (1 * 3 * 8) == 192
+    lane = 3 * (4 * 6 + 2 * 2 * 4) + 2 * (4 * 3 + 2 * 1 * 4) + (8 + 8 + 4)  # steps, then the divides
+    assert stats.vector_ops == lane == 180
+    assert stats.cycles == max(5 * (4 + 3), 180 // 4) + 8 == 53
+    # offset -2: row block 0 runs nothing (and pays no divide); blocks 1 and 2 run key block 0 only
+    stats = attention_kernel(q, kv, kv, fusion="online", row_block=2, key_block=3, causal=1, causal_offset=-2)
+    assert stats.macs == 2 * 3 * 8 + 1 * 3 * 8
+    assert stats.vector_ops == (4 * 6 + 16) + (4 * 3 + 8) + (8 + 4) == 72
+    assert stats.cycles == max(2 * 7, 72 // 4) + 8 == 26
+
+
+def test_flat_with_a_mask_is_mac_bound_and_faster_than_the_legacy_rule():
+    # flat: one key block of all 16 keys. 2 heads x 2 row blocks of 4 rows: per step 4*16*64 MACs,
+    # 1*4*32 + 1*8*16 = 256 MAC cycles, 3*64 + 64 (mask) = 256 lane ops
+    q, kv, mask = [1, 2, 8, 32], [1, 2, 16, 32], [1, 1, 8, 16]
+    stats = attention_kernel(q, kv, kv, mask=mask, fusion="flat", row_block=4, key_block=3)  # key_block ignored
+    assert stats.macs == 4 * 4 * 16 * 64
+    assert stats.vector_ops == 4 * 256
+    assert stats.cycles == max(4 * 256, 4 * 256 // 4) + 8 == 1032
+    # without `fusion`, today's rule: two GEMMs, then 3 vector passes over the scores, serially
+    legacy = attention_kernel(q, kv, kv, mask=mask)
+    assert legacy.macs == stats.macs
+    assert legacy.cycles == (2 * 2 * 4 * 32 + 2 * 2 * 8 * 16) + 3 * 2 * 8 * 16 // 4 + 8 == 1224
+
+
+def test_gqa_counts_query_heads_and_other_ops_add_serially():
+    # 4 query heads on 2 kv heads: 4 units of 1 row block x 1 key block (R = 8, Kb = 8), each 8*8*8 MACs,
+    # 2*2*4 + 2*1*8 = 32 MAC cycles, 4*64 + 2*8*4 = 320 lane ops + 8*4 divide = 352
+    q, kv = [1, 4, 8, 4], [1, 2, 8, 4]
+    stats = attention_kernel(q, kv, kv, fusion="online", row_block=8, key_block=8, extra=("exp", "neg"))
+    assert stats.macs == 4 * 8 * 8 * 8
+    attn = max(4 * 32, 4 * 352 // 4) + 8
+    # the two elementwise ops over the 4*8*4 outputs: their lane cycles after the attention's, no second fill
+    assert stats.cycles == attn + 2 * 128 // 4 == 360 + 64
+    assert stats.vector_ops == 4 * 352 + 2 * 128
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"fusion": "fused", "row_block": 2, "key_block": 2}, "fusion 'fused' is not one of 'flat', 'online'"),
+        ({"fusion": "online", "row_block": 2}, "row_block and key_block >= 1, got 2 and -1"),
+        ({"fusion": "online", "row_block": 0, "key_block": 2}, "row_block and key_block >= 1, got 0 and 2"),
+    ],
+)
+def test_bad_schedules_are_one_error(params, message):
+    with pytest.raises(AttncError, match=message):
+        attention_kernel([1, 1, 8, 4], [1, 1, 8, 4], [1, 1, 8, 4], **params)
