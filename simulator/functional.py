@@ -5,7 +5,9 @@ addresses of the IO table; DMA load contexts read them back through their descri
 shape, strides, dtype); every context runs once its input streams have values (Kahn's order over
 stream ids); DMA store contexts write their values to DRAM through their descriptors; the outputs
 are read from DRAM at the IO table's addresses. Weight loads execute their ``constant`` instruction,
-which reads the CONSTANTS section.
+which reads the CONSTANTS section. A load with a ``("repeat", P)`` loop reads the same region P times
+on the array; its value is the same each time, so it is loaded once here. A ``dma_spill`` context writes
+its value to DRAM through its store descriptor and reads it back through its load descriptor.
 
     outputs = run(bitstream.read("out.bit"), {"x": x})
 """
@@ -253,6 +255,8 @@ class Functional:
                 self._check_port(c, p, x, "input")
                 args.append(x)
             outs = self.run_context(c, args)
+            if c.config.kind == "dma_spill":
+                outs = self._spill(c, outs, dram)
             for p, x in zip(c.config.outputs, outs):
                 self._check_port(c, p, x, "output")
                 streams[p.stream] = x
@@ -289,6 +293,31 @@ class Functional:
         else:
             raise SimulationError(f"{where}: the descriptor ({d.dtype}{list(d.shape)}, {d.bytes} bytes) "
                                   f"cannot hold the stored value {list(x.shape)}")
+
+    def _spill(self, c: Context, outs: list[np.ndarray], dram: Dram) -> list[np.ndarray]:
+        """A ``dma_spill`` writes the value its context computes through the store descriptor of its input
+        stream and reads its output back through the load descriptor of its output stream (the same DRAM
+        region when the compiler is right; the simulator does not assume it)."""
+        cfg = c.config
+        if len(cfg.inputs) != 1 or len(cfg.outputs) != 1 or len(outs) != 1:
+            raise SimulationError(f"{c.label} is a dma_spill: it needs one input and one output port")
+        src, dst = cfg.inputs[0].stream, cfg.outputs[0].stream
+        stores = [d for d in self.bs.dma if d.direction == "store" and d.stream == src]
+        store = next((d for d in stores if tuple(d.channel) == c.tile), stores[0] if stores else None)
+        load = self.loads.get(dst)
+        if store is None or load is None:
+            missing = "store descriptor of stream" if store is None else "load descriptor of stream"
+            raise SimulationError(f"{c.label} is a dma_spill but no {missing} {src if store is None else dst} exists")
+        x = outs[0]
+        where = f"DMA spill of stream {src}"
+        if math.prod(store.shape) != x.size:
+            raise SimulationError(f"{where}: the store descriptor's shape {list(store.shape)} cannot hold {list(x.shape)}")
+        dram.write(store.dram_address, x.reshape(store.shape), store.dtype, list(store.shape), list(store.strides), where)
+        y = dram.read(load.dram_address, load.dtype, list(load.shape), list(load.strides), f"DMA load of stream {dst}")
+        port = cfg.outputs[0]
+        if y.size != math.prod(port.shape):
+            raise SimulationError(f"DMA load of stream {dst}: {list(load.shape)} does not fill the port's {list(port.shape)}")
+        return [y.reshape(port.shape)]
 
     @staticmethod
     def _check_port(c: Context, p: Any, x: np.ndarray, direction: str) -> None:

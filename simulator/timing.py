@@ -42,6 +42,7 @@ DTYPE_BYTES = {
 #: buffer addressing and configuration data, not work (docs/design.md, "The dataflow level")
 DATA_OPS = frozenset({"constant", "reshape", "transpose", "slice", "concat", "broadcast", "gather", "pad", "convert"})
 MAC_OPS = frozenset({"matmul", "contract", "attention"})
+DMA_KINDS = frozenset({"dma_load", "dma_store", "dma_spill"})
 #: passes over the data a row-wise op makes (softmax: max, exp+sum, scale)
 PASSES = {"softmax": 3, "log_softmax": 3, "layer_norm": 3}
 
@@ -509,7 +510,7 @@ class _Sim:
     def _kernel(self, cfg: KernelConfig, tile: _Tile, at, producers) -> _Kernel:
         steps = _prod(trips for _, trips in cfg.loops) if cfg.loops else 1
         segments = max(1, min(steps, MAX_SEGMENTS))
-        is_dma = at.kind == "dma" or cfg.kind in ("dma_load", "dma_store")
+        is_dma = at.kind == "dma" or cfg.kind in DMA_KINDS
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
         k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma)
         for p in cfg.inputs:
@@ -520,23 +521,22 @@ class _Sim:
             if src is None or src is cfg:
                 port.received = port.tokens  # a DRAM-side stream (or one nothing produces) is there from the start
             k.inputs.append(port)
+        # a DMA context's ("repeat", P) loops run its descriptors P times: its output stream carries P copies
+        repeat = _prod(trips for name, trips in cfg.loops if name == "repeat") if is_dma else 1
         port_bytes = 0
         for p in cfg.outputs:
-            # the port's shape is the whole tensor; each of its tokens carries 1/tokens of the bytes
+            # the port's shape is the whole tensor; each of its tokens carries 1/tokens of the bytes moved
             nbytes = _prod(p.shape) * _dtype_bytes(p.dtype)
-            k.outputs.append((p.stream, max(p.tokens, 1), nbytes))
+            k.outputs.append((p.stream, max(p.tokens, 1), nbytes * repeat))
             k.emitted[p.stream] = 0
             port_bytes += nbytes
         in_bytes = sum(_prod(p.shape) * _dtype_bytes(p.dtype) for p in cfg.inputs)
         if is_dma:
-            streams = {p.stream for p in cfg.inputs} | {p.stream for p in cfg.outputs}
-            direction = "store" if cfg.kind == "dma_store" else "load"
-            descs = [d for d in self.bs.dma if d.stream in streams and d.direction == direction]
-            k.dma_bytes = sum(d.bytes for d in descs) if descs else (in_bytes if direction == "store" else port_bytes)
-            if direction == "load":
-                self.stats.dram_read_bytes += k.dma_bytes
-            else:
-                self.stats.dram_write_bytes += k.dma_bytes
+            read, write = self._dma_bytes(cfg, in_bytes, port_bytes)
+            read, write = read * repeat, write * repeat
+            k.dma_bytes = read + write
+            self.stats.dram_read_bytes += read
+            self.stats.dram_write_bytes += write
             # the DMA tile stages the data in its buffer: written once, read once
             self.stats.sram_write_bytes += k.dma_bytes
             self.stats.sram_read_bytes += k.dma_bytes
@@ -572,6 +572,29 @@ class _Sim:
 
         k.durations = durations
         return k
+
+    def _dma_bytes(self, cfg: KernelConfig, in_bytes: int, port_bytes: int) -> tuple[int, int]:
+        """(DRAM bytes read, DRAM bytes written) by one pass of a DMA context's descriptors.
+
+        A load reads through the load descriptors of its streams, a store writes through the store
+        descriptors; a ``dma_spill`` writes its input through the store descriptor of its input stream and
+        reads it back through the load descriptor of its output stream, so it counts both. A context
+        without descriptors moves its ports' bytes."""
+        ins = {p.stream for p in cfg.inputs}
+        outs = {p.stream for p in cfg.outputs}
+        if cfg.kind == "dma_spill":
+            if len(cfg.inputs) != 1 or len(cfg.outputs) != 1:
+                raise AttncError(
+                    f"simulate: dma_spill kernel {cfg.kernel} '{cfg.name}' needs one input and one output port, "
+                    f"has {len(cfg.inputs)} and {len(cfg.outputs)}"
+                )
+            write = sum(d.bytes for d in self.bs.dma if d.stream in ins and d.direction == "store") or in_bytes
+            read = sum(d.bytes for d in self.bs.dma if d.stream in outs and d.direction == "load") or port_bytes
+            return read, write
+        direction = "store" if cfg.kind == "dma_store" else "load"
+        descs = [d for d in self.bs.dma if d.stream in ins | outs and d.direction == direction]
+        moved = sum(d.bytes for d in descs) if descs else (in_bytes if direction == "store" else port_bytes)
+        return (0, moved) if direction == "store" else (moved, 0)
 
     # -- event machinery --------------------------------------------------
 
