@@ -94,6 +94,14 @@ def emit_bitstream(module: ModuleOp, arch, meta: dict[str, str] | None = None) -
     dram_top = _align(max((e.dram_address + e.bytes for e in out.io), default=0))
     weight_address: dict[int, int] = {}  # kernel id -> DRAM address of the weight it loads
 
+    # a stream has the token count its producer gives it, at both ends
+    stream_tokens: dict[int, int] = {}
+    for tile in (o for o in ops if isinstance(o, ar.TileOp)):
+        for ctx in tile.body.block.ops:
+            assert isinstance(ctx, ar.ContextOp)
+            counts = ctx.tokens.get_values() if ctx.tokens is not None else ()
+            for i, sid in enumerate(ctx.outputs.get_values()):
+                stream_tokens[int(sid)] = int(counts[i]) if i < len(counts) else 1
     for tile in (o for o in ops if isinstance(o, ar.TileOp)):
         tcfg = bs.TileConfig(tile.x.value.data, tile.y.value.data, tile.kind.data, [])
         banks = arch.tile(tcfg.x, tcfg.y).sram_banks
@@ -105,7 +113,7 @@ def emit_bitstream(module: ModuleOp, arch, meta: dict[str, str] | None = None) -
             for i, (arg, sid) in enumerate(zip(block.args, ctx.inputs.get_values())):
                 reg[arg] = i
                 t = arg.type
-                inputs.append(bs.Port(i, int(sid), dtype_name(t), list(t.get_shape()), 1))
+                inputs.append(bs.Port(i, int(sid), dtype_name(t), list(t.get_shape()), stream_tokens.get(int(sid), 1)))
             body, constants = [], []
             for op in block.ops:
                 if op is block.last_op:
@@ -135,7 +143,7 @@ def emit_bitstream(module: ModuleOp, arch, meta: dict[str, str] | None = None) -
             outputs = []
             for v, sid in zip(block.last_op.operands, ctx.outputs.get_values()):
                 t = v.type
-                outputs.append(bs.Port(reg[v], int(sid), dtype_name(t), list(t.get_shape()), 1))
+                outputs.append(bs.Port(reg[v], int(sid), dtype_name(t), list(t.get_shape()), stream_tokens[int(sid)]))
             buffers = [
                 bs.Buffer(n.data, int(a), int(s), banks, True)
                 for n, a, s in zip(ctx.buffers.data, ctx.buffer_addresses.get_values(), ctx.buffer_sizes.get_values())

@@ -596,12 +596,15 @@ def opt(file: str, pipeline: str, output: str, dump_dir: str | None, print_after
 
 
 def backend_passes(arch: str, *, time_limit: float, seed: int, heuristic_only: bool) -> list[Any]:
-    """lower-to-dataflow and place-route for ``arch`` (a preset name or a YAML file path, which a
-    pipeline string could not carry)."""
+    """tile, lower-to-dataflow and place-route for ``arch`` (a preset name or a YAML file path,
+    which a pipeline string could not carry). ``tile`` schedules the attentions that
+    ``fuse-attention`` (in the default front-end pipeline) marked; unmarked ones are lowered per head."""
     from attnc.passes.lower_dataflow import LowerToDataflowPass
+    from attnc.passes.tile import TilePass
     from attnc.passes.to_array import PlaceRoutePass
 
     return [
+        TilePass(arch=arch),
         LowerToDataflowPass(arch=arch),
         PlaceRoutePass(arch=arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only),
     ]

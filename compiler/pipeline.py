@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from xdsl.dialects.builtin import ModuleOp
     from xdsl.passes import ModulePass
 
-DEFAULT_PIPELINE = "canonicalize,raise-attention"
+DEFAULT_PIPELINE = "canonicalize,raise-attention,fuse-attention"
 
 #: ``progress(index, total, pass_name)`` is called before each pass runs.
 Progress = Callable[[int, int, str], None]

@@ -82,9 +82,13 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
     if dma is not None:
         tile = arch.tiles_of("dma")[0]
         bursts = max(1, math.ceil(out_bytes / DMA_BURST))
-        cycles = math.ceil(out_bytes / arch.dram.bytes_per_cycle) + arch.dram.latency_cycles
+        moved = 2 * out_bytes if dma == "dma_spill" else out_bytes  # a spill writes, then reads back
+        cycles = math.ceil(moved / arch.dram.bytes_per_cycle) + arch.dram.latency_cycles
         return KernelCost(dma, "dma", (("burst", bursts),), (DMA_BURST,), min(2 * DMA_BURST, _share(tile)),
                           cycles, 0, bursts)  # fmt: skip
+    fused = [op for op in body_ops if isinstance(op, sp.AttentionOp) and op.fusion is not None]
+    if fused:
+        return _fused_cost(fused[0], arch, eb)
     gemms = [op for op in body_ops if isinstance(op, (sp.MatmulOp, sp.ContractOp))]
     if gemms:
         tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
@@ -125,3 +129,73 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
     buf = min(4 * eb * block * row, _share(tile))
     loops = (("rows", math.ceil(rows / block)),)
     return KernelCost(kind, tile_kind, loops, (block, row), buf, math.ceil(work / lanes) + 1, 0, loops[0][1])
+
+
+# ---------------------------------------------------------------------------
+# fused attention kernels (the rule docs/simulator.md states for a fused `attention` instruction)
+
+
+def fused_attention_work(
+    units: int, rows: int, t: int, d: int, dv: int, *, fusion: str, row_block: int, key_block: int,
+    causal: bool, causal_offset: int, has_mask: bool, tile,
+) -> tuple[int, int, int]:
+    """(MACs, cycles, lane ops) of a fused attention over ``units`` (batch, head) pairs of
+    ``rows`` queries and ``t`` keys: MAC array and vector unit pipelined over the steps,
+    steps whose keys are all causally masked skipped."""  # fmt: skip
+    r_max, kb_max = max(1, row_block), max(1, key_block if fusion == "online" else t)
+    mr, mc, lanes = max(tile.mac_rows, 1), max(tile.mac_cols, 1), max(tile.vector_lanes, 1)
+    macs = mac_cycles = lane = 0
+    for r0 in range(0, rows, r_max):
+        r = min(r_max, rows - r0)
+        last_key = r0 + r - 1 + causal_offset if causal else t - 1
+        n_keys = max(0, min(t, last_key + 1)) if causal else t
+        if n_keys == 0:
+            continue
+        # executed key blocks: those whose first key is allowed for the block's last row
+        blocks = -(-n_keys // kb_max)
+        last = min(kb_max, t - (blocks - 1) * kb_max)  # the last executed block is computed whole
+        rt = -(-r // mr)
+        for kb, count in ((kb_max, blocks - 1), (last, 1)):
+            if count <= 0:
+                continue
+            macs += count * r * kb * (d + dv)
+            mac_cycles += count * (rt * -(-kb // mc) * d + rt * -(-dv // mc) * kb)
+            ops = 3 * r * kb if fusion == "flat" else 4 * r * kb + 2 * r * dv
+            lane += count * (ops + (r * kb if has_mask else 0))
+        if fusion == "online":
+            lane += r * dv
+    macs, mac_cycles, lane = units * macs, units * mac_cycles, units * lane
+    cycles = max(mac_cycles, -(-lane // lanes)) + (mr + mc if macs else 0)
+    return macs, cycles, lane
+
+
+def fused_attention_buffer(rows: int, t: int, d: int, dv: int, eb: int, *, fusion: str, row_block: int,
+                           key_block: int, kv_resident: bool) -> int:
+    """On-chip bytes a fused attention kernel needs: its query rows and output
+    accumulator, the score block (double-buffered, so the vector unit works on one while
+    the MAC array fills the other), the running max and sum, and K and V either whole
+    (resident) or as double-buffered key blocks."""  # fmt: skip
+    r = min(row_block, rows)
+    kb = t if fusion == "flat" else min(key_block, t)
+    need = eb * (r * d + r * dv + 2 * r * kb + 2 * r)
+    need += eb * t * (d + dv) if kv_resident else eb * 2 * kb * (d + dv)
+    return need
+
+
+def _fused_cost(op: sp.AttentionOp, arch, eb: int) -> KernelCost:
+    """A fused attention member: loops over its (batch, head) units, row blocks and key blocks."""
+    tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+    b, h, rows, d = sp.shape_of(op.q)
+    t, dv = sp.shape_of(op.k)[2], sp.shape_of(op.v)[3]
+    fusion, rb, kb = op.schedule()
+    macs, cycles, _ = fused_attention_work(
+        b * h, rows, t, d, dv, fusion=fusion, row_block=rb, key_block=kb, causal=op.causal is not None,
+        causal_offset=op.causal_offset.value.data, has_mask=op.mask is not None, tile=tile,
+    )  # fmt: skip
+    repeat = op.attributes.get("dataflow.repeat")
+    passes = repeat.value.data if repeat is not None else 1
+    resident = rb < rows and passes == 1
+    buf = fused_attention_buffer(rows, t, d, dv, eb, fusion=fusion, row_block=rb, key_block=kb, kv_resident=resident)
+    loops = (("unit", b * h), ("row_block", -(-rows // rb)), ("key_block", -(-t // kb)))
+    steps = b * h * loops[1][1] * loops[2][1]
+    return KernelCost("attention", "compute", loops, (rb, kb), buf, cycles, macs, steps)

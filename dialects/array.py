@@ -35,7 +35,7 @@ from xdsl.dialects.builtin import (
     TypeAttribute,
 )
 from xdsl.ir import Dialect
-from xdsl.irdl import IRDLOperation, attr_def, irdl_op_definition, region_def, traits_def
+from xdsl.irdl import IRDLOperation, attr_def, irdl_op_definition, opt_attr_def, region_def, traits_def
 from xdsl.traits import NoTerminator
 from xdsl.utils.exceptions import VerifyException
 
@@ -135,6 +135,7 @@ class ContextOp(IRDLOperation):
     buffer_sizes = attr_def(DenseArrayBase)
     cycles = attr_def(IntegerAttr[I64])
     macs = attr_def(IntegerAttr[I64])
+    tokens = opt_attr_def(DenseArrayBase)  # per output; absent: one token each
     body = region_def("single_block")
     assembly_format = "$sym_name attr-dict-with-keyword $body"
 

@@ -46,7 +46,7 @@ from xdsl.traits import IsTerminator
 from xdsl.utils.exceptions import VerifyException
 
 TILE_KINDS = ("compute", "sfu", "butterfly", "memory", "dma")
-KERNEL_KINDS = ("gemm", "softmax", "elementwise", "reduce", "layer_norm", "attention", "data", "dma_load", "dma_store")
+KERNEL_KINDS = ("gemm", "softmax", "elementwise", "reduce", "layer_norm", "attention", "data", "dma_load", "dma_store", "dma_spill")
 
 
 def _i64s(values: Sequence[int]) -> DenseArrayBase:

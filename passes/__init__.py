@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 PASSES: dict[str, str] = {
     "canonicalize": "attnc.passes.canonicalize:CanonicalizePass",
     "raise-attention": "attnc.passes.raise_attention:RaiseAttentionPass",
+    "fuse-attention": "attnc.passes.fuse_attention:FuseAttentionPass",
+    "tile": "attnc.passes.tile:TilePass",
     "lower-to-dataflow": "attnc.passes.lower_dataflow:LowerToDataflowPass",
     "place-route": "attnc.passes.to_array:PlaceRoutePass",
 }

@@ -26,7 +26,16 @@ from dataclasses import dataclass
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import BytesAttr, DenseIntOrFPElementsAttr, ModuleOp, StringAttr, TensorType, i1
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    BytesAttr,
+    DenseIntOrFPElementsAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+    TensorType,
+    i1,
+)
 from xdsl.ir import Block, Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
@@ -36,10 +45,8 @@ from attnc.dialects import sparse as sp
 from attnc.encodings import from_numpy, np_dtype
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
+from attnc.passes.fuse_attention import GROUP, REPEAT, SPILL, TAG
 from attnc.schedule import SFU_OPS, kernel_cost, nbytes
-
-TAG = "dataflow.tag"
-GROUP = "dataflow.group"
 #: constants up to this size are cloned into the kernels that use them (configuration data)
 SMALL_CONSTANT_BYTES = 1024
 DATA_OPS = (
@@ -186,7 +193,7 @@ class _Partitioner:
         owner = v.owner
         if isinstance(owner, Operation) and owner in inside:
             return []
-        if isinstance(owner, Operation) and _is_data(owner):
+        if isinstance(owner, Operation) and _is_data(owner) and owner not in self.kernel_of:
             return [x for o in owner.operands for x in self.leaves(o, inside, seen)]
         return [v]
 
@@ -194,7 +201,10 @@ class _Partitioner:
         kernels: dict[str, _Kernel] = {}
         order: list[_Kernel] = []
         for op in list(self.block.ops):
-            if isinstance(op, func.ReturnOp) or _is_data(op) or isinstance(op, sp.ConstantOp):
+            if isinstance(op, func.ReturnOp):
+                continue
+            # a tagged data op belongs to its kernel (a fused member forwarding K and V, a spill)
+            if (_is_data(op) or isinstance(op, sp.ConstantOp)) and TAG not in op.attributes:
                 continue
             tag = op.attributes.pop(TAG, None)
             group = op.attributes.pop(GROUP, None)
@@ -221,7 +231,8 @@ class _Partitioner:
                             lst.append(leaf)
         for k in order:
             outs = [v for op in k.ops for v in exported.get(op, [])]
-            self.build(k.name, k.ops, outs, k.group)
+            spill = len(k.ops) == 1 and k.ops[0].attributes.pop(SPILL, None) is not None
+            self.build(k.name, k.ops, outs, k.group, dma="dma_spill" if spill else None)
         names = io_names(self.fn)[1]
         new_rets = []
         for v, name in zip(ret.operands, names):
@@ -261,9 +272,12 @@ class _Partitioner:
         *body_ops, yield_op = list(block.ops)
         types = [v.type for v in yield_op.operands]
         cost = kernel_cost(body_ops, types, self.arch, dma=dma)
+        # only fused attention kernels stream (their loop order is the order their inputs arrive in);
+        # every other stream is one token, so its consumer starts when it is complete
+        tokens = cost.tokens if cost.kind == "attention" else 1
         return df.KernelOp(name, inputs, types, block, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
                            tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs,
-                           tokens=[cost.tokens] * len(types), group=group or None)  # fmt: skip
+                           tokens=[tokens] * len(types), group=group or None)  # fmt: skip
 
     def build(self, name: str, ops: list[Operation], outs: list[SSAValue], group: str, dma: str | None = None):
         inside = set(ops)
@@ -327,6 +341,63 @@ class LowerToDataflowPass(ModulePass):
         for i, a in enumerate(attention):
             expand_attention(a, f"attn{i}", per_kernel)
         _Partitioner(fn, arch).run()
+        stream_fused_inputs(fn)
+
+
+#: per input of a fused kernel, how many times it is streamed in (K and V once per pass)
+INPUT_REPEATS = "input_repeats"
+
+
+def _reaches(arg: SSAValue, target: SSAValue) -> bool:
+    """Whether a body argument flows into ``target`` through data-movement ops only."""
+    if arg is target:
+        return True
+    return any(
+        isinstance(u.operation, DATA_OPS) and _reaches(u.operation.results[0], target) for u in arg.uses
+    )
+
+
+def stream_fused_inputs(fn: func.FuncOp) -> None:
+    """Stream the DMA loads that feed only fused attention kernels (one token per burst),
+    and make K/V loads re-read DRAM once per pass when a member streams K/V several times."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers: dict[SSAValue, list[tuple[df.KernelOp, int]]] = {}
+    for k in kernels:
+        for i, v in enumerate(k.inputs):
+            consumers.setdefault(v, []).append((k, i))
+    repeats: dict[df.KernelOp, list[int]] = {}
+    for k in kernels:
+        if k.kind.data != "attention":
+            continue
+        attn = next(o for o in k.body.block.ops if isinstance(o, sp.AttentionOp))
+        rep = attn.attributes.pop(REPEAT, None)
+        passes = rep.value.data if rep is not None else 1
+        reps = [
+            passes if any(_reaches(a, x) for x in (attn.k, attn.v)) else 1 for a in k.body.block.args
+        ]
+        repeats[k] = reps
+        if passes > 1:
+            k.attributes[INPUT_REPEATS] = _i64s_attr(reps)
+    for k in kernels:
+        if k.kind.data != "dma_load" or not k.outputs:
+            continue
+        users = consumers.get(k.outputs[0], [])
+        if not users or any(u.kind.data != "attention" for u, _ in users):
+            continue
+        bursts = dict(k.loop_schedule()).get("burst", 1)
+        k.tokens = _i64s_attr([bursts])
+        passes = {repeats[u][i] for u, i in users}
+        if len(passes) == 1 and (p := passes.pop()) > 1:
+            k.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
+            k.trips = _i64s_attr([p, bursts])
+            k.tokens = _i64s_attr([p * bursts])
+            k.cycles = IntegerAttr(p * k.cycles.value.data, 64)
+
+
+def _i64s_attr(values):
+    from xdsl.dialects.builtin import DenseArrayBase, i64
+
+    return DenseArrayBase.from_list(i64, [int(v) for v in values])
 
 
 def heads_per_kernel(fn: func.FuncOp, attention: list[sp.AttentionOp], arch) -> int:

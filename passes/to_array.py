@@ -134,6 +134,7 @@ class PlaceRoutePass(ModulePass):
                             "buffer_sizes": _i64s([size]),
                             "cycles": k.cycles,
                             "macs": k.macs,
+                            "tokens": k.tokens,
                         },
                         regions=[k.body.clone()],
                     )
@@ -171,6 +172,13 @@ class PlaceRoutePass(ModulePass):
             )
         in_address = {a: _io_address(config_block, n) for n, a in zip(in_names, fn.body.block.args)}
         for k in kernels:
+            if k.kind.data == "dma_spill":
+                # written to DRAM and read back: a store of the input stream, a load of the output
+                size = nbytes(k.outputs[0].type)
+                for direction, stream in (("store", stream_of[k.inputs[0]]), ("load", stream_of[k.outputs[0]])):
+                    config_block.add_op(_dma(k, mapping, direction, stream, address, size, kid[k]))
+                address = _align(address + size)
+                continue
             if k.kind.data not in ("dma_load", "dma_store"):
                 continue
             load = k.kind.data == "dma_load"
@@ -195,7 +203,10 @@ class PlaceRoutePass(ModulePass):
                 )
             )
         stats = {f"mapping.{k}": v for k, v in asdict(mapping.stats).items()}
+        # the tile search's choices and predictions travel with the config, for reports
+        kept = {n: a for n, a in fn.attributes.items() if n.startswith("attnc.")}
         attrs = {
+            **kept,
             "sym_name": StringAttr("main"),
             "arch": StringAttr(arch.name),
             "fingerprint": StringAttr(arch.fingerprint().hex()),
@@ -217,13 +228,16 @@ class PlaceRoutePass(ModulePass):
 
 def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int], arch):
     """The mapping problem of dataflow kernels: one stream per producer-consumer
-    edge, carrying the bytes the consumer reads, at the rate the slower end allows."""
+    edge, carrying the bytes the consumer reads (times the passes a fused kernel streams
+    it in), at the rate the slower end allows."""
     edges = []  # (stream id, producer kernel, consumer kernel, bytes)
     for k in kernels:
-        for v, arg in zip(k.inputs, k.body.block.args):
+        reps = k.attributes.get("input_repeats")
+        repeats = reps.get_values() if isinstance(reps, DenseArrayBase) else [1] * len(k.inputs)
+        for v, arg, rep in zip(k.inputs, k.body.block.args, repeats):
             owner = v.owner
             if isinstance(owner, df.KernelOp):
-                edges.append((stream_of[v], owner, k, consumed_bytes(arg)))
+                edges.append((stream_of[v], owner, k, consumed_bytes(arg) * int(rep)))
     width = arch.noc.link_bytes_per_cycle
     problem = MappingProblem(
         kernels=[
@@ -246,6 +260,20 @@ def module_problem(module: ModuleOp, arch) -> MappingProblem:
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     stream_of = {r: i for i, r in enumerate(r for k in kernels for r in k.outputs)}
     return dataflow_problem(kernels, stream_of, arch)[0]
+
+
+def _dma(k: df.KernelOp, mapping: Mapping, direction: str, stream: int, address: int, size: int, kernel: int):
+    return ar.DmaOp.build(
+        attributes={
+            "sym_name": StringAttr(f"dma_{k.sym_name.data}_{direction}"),
+            "channel": _i64s(mapping.placement[k.sym_name.data]),
+            "direction": StringAttr(direction),
+            "stream": IntegerAttr(stream, 64),
+            "address": IntegerAttr(address, 64),
+            "bytes": IntegerAttr(size, 64),
+            "kernel": IntegerAttr(kernel, 64),
+        }
+    )
 
 
 def _align(n: int) -> int:

@@ -72,6 +72,7 @@ def test_compile_raises_one_attention(name: str, tmp_path: Path, capsys: pytest.
         "00-input.mlir",
         "01-canonicalize.mlir",
         "02-raise-attention.mlir",
+        "03-fuse-attention.mlir",
     ]
 
 

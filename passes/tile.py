@@ -1,0 +1,312 @@
+"""tile: choose each attention's schedule with a cost model, then build it.
+
+For every ``sparse.attention`` marked by ``fuse-attention`` the pass enumerates a
+pruned space -- mode (online, FLAT row-block, FLAT head, unfused), groups and
+members (powers of two up to the array's compute tiles), row block and key block
+(powers of two, and the whole extent) -- drops candidates whose buffers do not fit
+the tile or whose kernels do not fit the array's contexts, predicts the cycles of
+the rest (:func:`predict`) and expands the cheapest with
+:func:`attnc.passes.fuse_attention.expand`. Options force any part of the choice:
+``tile{mode=online,members=4,key-block=128}``.
+
+The prediction is first-order on purpose (fast enough to score thousands of
+candidates): members run in parallel on their own tiles; a fused member takes the
+cycles of :func:`attnc.schedule.fused_attention_work`; DRAM moves Q, O and K/V
+(times the passes) plus, unfused, the spilled scores and probabilities; the K/V
+chain and the Q fan-out load their links. ``attnc.cost`` estimates the lowered
+graph afterwards, and the simulator measures it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
+from xdsl.ir import BlockArgument
+from xdsl.passes import ModulePass
+
+from attnc.dialects import sparse as sp
+from attnc.encodings import np_dtype
+from attnc.errors import AttncError
+from attnc.ir import main_func
+from attnc.passes.fuse_attention import FUSION_ATTR, MODES, Schedule, expand, split
+from attnc.schedule import SFU_OPS, fused_attention_buffer, fused_attention_work
+
+#: the schedule chosen for an attention, and the search's figures, kept on @main for reports
+REPORT_ATTR = "attnc.tile_report"
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    heads: int
+    kv_heads: int
+    rows: int  # S, queries
+    keys: int  # T
+    d: int
+    dv: int
+    eb: int  # element bytes
+    causal: bool
+    causal_offset: int
+    has_mask: bool
+    kv_from_dram: bool  # K and V are graph inputs or constants: a DMA load can re-read them
+
+    @property
+    def units(self) -> int:
+        return self.batch * self.kv_heads
+
+    @property
+    def rep(self) -> int:
+        return self.heads // self.kv_heads
+
+
+@dataclass
+class Prediction:
+    schedule: Schedule
+    cycles: int
+    dram_bytes: int
+    buffer_bytes: int
+    kernels: int
+    bound: str  # compute | dram | noc
+
+
+@dataclass
+class SearchResult:
+    best: Prediction
+    candidates: int
+    feasible: int
+    seconds: float
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+def shape_of(op: sp.AttentionOp) -> Shape:
+    b, hq, s, d = sp.shape_of(op.q)
+    hkv, t = sp.shape_of(op.k)[1], sp.shape_of(op.k)[2]
+
+    def from_dram(v) -> bool:
+        return isinstance(v, BlockArgument) or isinstance(v.owner, sp.ConstantOp)
+
+    return Shape(b, hq, hkv, s, t, d, sp.shape_of(op.v)[3], np_dtype(sp.elt_of(op.q)).itemsize,
+                 op.causal is not None, op.causal_offset.value.data, op.mask is not None,
+                 from_dram(op.k) and from_dram(op.v))  # fmt: skip
+
+
+def _pow2_upto(n: int, start: int = 1) -> list[int]:
+    out, x = [], max(1, start)
+    while x < n:
+        out.append(x)
+        x *= 2
+    return out + [n]
+
+
+def _passes(sh: Shape, rows: int, row_block: int, fusion: str, budget: int, key_block: int) -> tuple[int, int]:
+    """(passes over K/V, buffer bytes) for a member of ``rows`` queries: one pass when the
+    rows fit at once or K and V stay resident, else one per row block."""
+    args = (rows, sh.keys, sh.d, sh.dv, sh.eb)
+    if row_block >= rows:
+        return 1, fused_attention_buffer(*args, fusion=fusion, row_block=row_block, key_block=key_block,
+                                         kv_resident=False)  # fmt: skip
+    resident = fused_attention_buffer(*args, fusion=fusion, row_block=row_block, key_block=key_block,
+                                      kv_resident=True)  # fmt: skip
+    if resident <= budget:
+        return 1, resident
+    streamed = fused_attention_buffer(*args, fusion=fusion, row_block=row_block, key_block=key_block,
+                                      kv_resident=False)  # fmt: skip
+    return -(-rows // row_block), streamed
+
+
+def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
+    """First-order cycles and DRAM bytes of one schedule (see the module docstring)."""
+    g, c = sched.groups, sched.members
+    eb = sh.eb
+    q_bytes = sh.batch * sh.heads * sh.rows * sh.d * eb
+    o_bytes = sh.batch * sh.heads * sh.rows * sh.dv * eb
+    kv_bytes = sh.units * sh.keys * (sh.d + sh.dv) * eb
+    mask_bytes = sh.batch * sh.heads * sh.rows * sh.keys * (1 if sh.has_mask else 0)
+    bw = arch.dram.bytes_per_cycle
+    link = arch.noc.link_bytes_per_cycle
+    units_g = -(-sh.units // g)
+    rows_c = -(-sh.rows // c)
+    member = 0
+    if sched.mode == "unfused":
+        scores = sh.units * sh.rep * sh.rows * sh.keys * eb
+        dram = q_bytes + o_bytes + kv_bytes + mask_bytes + 4 * scores
+        mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
+        sfu = max((t.vector_lanes for t in arch.tiles_of("sfu")), default=max(tile.vector_lanes, 1))
+        per = units_g * sh.rep
+        qk = per * -(-rows_c // mr) * -(-sh.keys // mc) * sh.d
+        pv = per * -(-rows_c // mr) * -(-sh.dv // mc) * sh.keys
+        sm = -(-(per * rows_c * sh.keys * (3 + (2 if sh.has_mask or sh.causal else 0))) // sfu)
+        # one token per stream: the phases of a member follow each other, the spills share DRAM
+        member = qk + sm + pv
+        spill = 4 * scores / bw
+        cycles = member + spill
+        bound = "dram" if spill > member else "compute"
+        kernels = 5 * g * c + 4
+        buffer = 0
+    else:
+        passes = sched.passes
+        fusion = "flat" if sched.mode == "flat" else "online"
+        worst = 0
+        for ci in range(c):
+            r0, r1 = split(sh.rows, c, ci)
+            if r1 <= r0:
+                continue
+            _, cyc, _ = fused_attention_work(
+                units_g * sh.rep, r1 - r0, sh.keys, sh.d, sh.dv, fusion=fusion, row_block=sched.row_block,
+                key_block=sched.key_block, causal=sh.causal, causal_offset=sh.causal_offset + r0,
+                has_mask=sh.has_mask, tile=tile,
+            )  # fmt: skip
+            worst = max(worst, cyc)
+        member = worst
+        dram = q_bytes + o_bytes + passes * kv_bytes + mask_bytes
+        chain = passes * kv_bytes / g / link  # each chain link carries its group's K/V per pass
+        fan = max(q_bytes, o_bytes, passes * kv_bytes / 2) / (3 * link)  # through a DMA tile's links
+        noc = max(chain, fan)
+        cycles = max(member, dram / bw, noc)
+        bound = "compute" if cycles == member else ("dram" if cycles == dram / bw else "noc")
+        kernels = g * c + 5
+        buffer = _passes(sh, rows_c, sched.row_block, fusion, 1 << 62, sched.key_block)[1]
+    cycles += arch.dram.latency_cycles + max(tile.mac_rows, 1) + max(tile.mac_cols, 1)
+    return Prediction(sched, math.ceil(cycles), int(dram), buffer, kernels, bound)
+
+
+def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
+               reserved: dict[str, int] | None = None) -> tuple[list[Schedule], dict[str, int]]:
+    """The pruned space, with the reasons candidates were dropped. ``reserved`` counts the
+    contexts per tile kind that the graph's other kernels need."""
+    reserved = reserved or {}
+    tiles = len(arch.tiles_of("compute"))
+    compute_slots = sum(t.contexts for t in arch.tiles_of("compute")) - reserved.get("compute", 0)
+    sfu_slots = sum(t.contexts for t in arch.tiles_of("sfu")) - reserved.get("sfu", 0)
+    dma_slots = sum(t.contexts for t in arch.tiles_of("dma")) - reserved.get("dma", 0)
+    tile = arch.tiles_of("compute")[0]
+    modes = {"auto": ("online", "flat", "flat-head", "unfused"), "flat": ("flat", "flat-head"),
+             "flat-row": ("flat",)}.get(mode, (mode,))  # fmt: skip
+    out: list[Schedule] = []
+    rejected: dict[str, int] = {}
+
+    def reject(why: str) -> None:
+        rejected[why] = rejected.get(why, 0) + 1
+
+    for m in modes:
+        members = [1] if m == "flat-head" else _pow2_upto(min(sh.rows, tiles))
+        for c in members:
+            if forced.get("members") and c != forced["members"]:
+                continue
+            for g in _pow2_upto(min(sh.units, max(1, tiles // c))):
+                if forced.get("groups") and g != forced["groups"]:
+                    continue
+                rows_c = -(-sh.rows // c)
+                if m == "unfused":
+                    if g * c > min(sfu_slots, compute_slots // 2) or 2 * g * c + 4 > dma_slots:
+                        reject("kernels do not fit the array's contexts")
+                        continue
+                    out.append(Schedule("unfused", g, c, rows_c, sh.keys))
+                    continue
+                if g * c > min(tiles, compute_slots) or 4 > dma_slots:
+                    reject("more members than compute tiles")
+                    continue
+                fusion = "online" if m == "online" else "flat"
+                rbs = [rows_c] if m == "flat-head" else _pow2_upto(rows_c)
+                kbs = [sh.keys] if fusion == "flat" else _pow2_upto(sh.keys, min(sh.keys, max(tile.mac_cols, 1)))
+                for r in rbs:
+                    if forced.get("row_block") and r != min(forced["row_block"], rows_c):
+                        continue
+                    for kb in kbs:
+                        if forced.get("key_block") and fusion == "online" and kb != min(forced["key_block"], sh.keys):
+                            continue
+                        passes, need = _passes(sh, rows_c, r, fusion, budget, kb)
+                        if need > budget:
+                            reject("buffers exceed the tile's SRAM")
+                            continue
+                        if passes > 1 and not sh.kv_from_dram:
+                            reject("K/V re-streaming needs K and V in DRAM")
+                            continue
+                        out.append(Schedule(fusion, g, c, r, kb, passes))
+    return out, rejected
+
+
+def search(sh: Shape, arch, mode: str = "auto", budget: int | None = None, forced: dict | None = None,
+           reserved: dict[str, int] | None = None) -> SearchResult:
+    """The cheapest feasible schedule of one attention, by :func:`predict`."""
+    start = time.perf_counter()
+    tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+    budget = tile.sram_bytes if budget is None else budget
+    cands, rejected = candidates(sh, arch, mode, budget, forced or {}, reserved)
+    if not cands:
+        why = "; ".join(f"{n} {r}" for r, n in sorted(rejected.items())) or "no candidate"
+        raise AttncError(f"tile: no {mode} schedule fits {arch.name} ({why})")
+    preds = [predict(sh, s, arch, tile) for s in cands]
+    best = min(preds, key=lambda p: (p.cycles, p.dram_bytes, p.kernels))
+    return SearchResult(best, len(cands) + sum(rejected.values()), len(cands), time.perf_counter() - start, rejected)
+
+
+@dataclass(frozen=True)
+class TilePass(ModulePass):
+    """tile: pick each marked attention's schedule by the cost model and build it."""
+
+    name = "tile"
+
+    arch: str = "edge"
+    mode: str = ""
+    groups: int = 0
+    members: int = 0
+    row_block: int = 0
+    key_block: int = 0
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        from attnc.arch import load_arch
+
+        if self.mode and self.mode not in MODES:
+            raise AttncError(f"tile: mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+        arch = load_arch(self.arch)
+        fn = main_func(op)
+        ops = list(fn.body.block.ops)
+        attention = [o for o in ops if isinstance(o, sp.AttentionOp) and o.fusion is None]
+        reserved = _reserved(fn)
+        tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+        # next to other compute kernels a member leaves one context's share of its tile to them
+        budget = tile.sram_bytes - (tile.sram_bytes // max(tile.contexts, 1) if reserved["compute"] else 0)
+        forced = {"groups": self.groups, "members": self.members, "row_block": self.row_block,
+                  "key_block": self.key_block}  # fmt: skip
+        reports = []
+        for i, a in enumerate(attention):
+            req = a.attributes.pop(FUSION_ATTR, None)
+            mode = self.mode or (req.data if isinstance(req, StringAttr) else "")
+            if not mode or mode == "per-head":
+                continue
+            res = search(shape_of(a), arch, mode, budget, forced, reserved)
+            p = res.best
+            reports.append(
+                f"attn{i}: {p.schedule.text()}; predicted {p.cycles} cycles ({p.bound}-bound), "
+                f"{p.dram_bytes} DRAM bytes, {p.buffer_bytes} B buffer/member; "
+                f"{res.feasible} of {res.candidates} candidates in {res.seconds * 1e3:.1f} ms"
+            )
+            for k, v in (("cycles", p.cycles), ("dram_bytes", p.dram_bytes)):
+                fn.attributes[f"attnc.attn{i}.predicted_{k}"] = IntegerAttr(v, 64)
+            fn.attributes[f"attnc.attn{i}.search_seconds"] = FloatAttr(res.seconds, 64)
+            expand(a, p.schedule, f"attn{i}")
+        if reports:
+            fn.attributes[REPORT_ATTR] = StringAttr("\n".join(reports))
+
+
+def _reserved(fn) -> dict[str, int]:
+    """Contexts per tile kind the graph's kernels other than attention need (as
+    lower-to-dataflow will make them: one kernel per compute op, a DMA kernel per graph
+    input, weight and result)."""
+    from attnc.passes.lower_dataflow import SMALL_CONSTANT_BYTES, _is_data
+    from attnc.schedule import nbytes
+
+    out = {"compute": 0, "sfu": 0, "dma": len(fn.body.block.args) + len(fn.function_type.outputs.data)}
+    for o in fn.body.block.ops:
+        if isinstance(o, sp.ConstantOp):
+            out["dma"] += nbytes(o.result.type) > SMALL_CONSTANT_BYTES
+        elif isinstance(o, sp.AttentionOp) or not o.results or _is_data(o):
+            continue
+        else:
+            out["sfu" if isinstance(o, SFU_OPS) else "compute"] += 1
+    return out
