@@ -20,17 +20,26 @@ Work of one kernel (the rules of docs/simulator.md, read off the kernel's body o
 * DMA kernels move their descriptors' bytes (a ``("repeat", P)`` loop moves them P times; a
   ``dma_spill`` writes and reads its value, so it counts both): ``latency + bytes / DRAM bandwidth``.
 
-Whole-graph cycles are a critical-path / bottleneck model over the kernel graph, not a simulation:
+Whole-graph cycles: a critical path through the kernel graph in which shared resources add up. It works
+at kernel granularity (one start and one finish per kernel, one transfer per stream), not per token:
 
 * a kernel whose inputs come in one token starts when its producers have finished and the data has
-  crossed its route (``bytes / link bandwidth + hops * hop latency``); a streamed input (tokens > 1)
-  lets it overlap its producer: it may start one producer step plus one token's transfer after the
-  producer starts, and finishes no earlier than one of its own steps after the last token arrives;
-* kernels sharing a tile add up: a tile runs its kernels one after the other in the order they become
-  ready (list scheduling); a DMA tile runs ``dma_channels`` at once; the DMA transfers that are in flight
-  together share the DRAM bandwidth;
+  crossed its route (``bytes / link bandwidth + hops * hop latency``; a consumer on the producer's tile
+  reads the buffer); a streamed input (tokens > 1) lets it overlap its producer: it may start one
+  producer step plus one token's transfer after the producer starts, and finishes no earlier than one
+  of its own steps after the last token arrives;
+* kernels sharing a tile add up: the tile's ready kernels take turns one step each (loop steps grouped
+  into at most 64, the fill in the first), in context order -- the simulator's round-robin, evaluated
+  per tile in closed form for the kernels present; a DMA tile runs ``dma_channels`` transfers at once;
+* transfers in flight together share the DRAM bandwidth, and streams crossing a link together share the
+  link (processor sharing, the fluid analogue of the simulator's max-min fair flows); a later arrival
+  pushes back what is still running, so finishes are revised, never fixed early;
 * the result is the latest finish, bounded from below by ``DRAM latency + DRAM bytes / bandwidth``, by
   the busiest link's ``bytes / link bandwidth`` and by the busiest tile's summed work.
+
+With one token per stream (what the unfused lowering emits) these are the simulator's own rules, so the
+two agree to within a few percent and the check mostly guards the work and byte rules; with streamed
+ports the model's overlap rule is coarser than the simulator's token-by-token gating.
 
 ``GraphCost.bounds`` keeps each of these terms, so a report can say which one decides. On dataflow IR
 nothing is placed yet: each kernel gets a tile of its kind to itself and each stream one hop, so cycles
@@ -181,6 +190,7 @@ class Work:
     lane_ops: int = 0  # serial lane operations
     fused_cycles: int = 0  # fused attentions: their own cycles, fill included
     fused_lane_ops: int = 0
+    fused_macs: int = 0
     sram_read: int = 0
     sram_write: int = 0
 
@@ -260,6 +270,7 @@ def body_work(ops: Sequence[Operation], tile) -> Work:
                     rows=rows, cols=cols, lanes=tile.vector_lanes,
                 )  # fmt: skip
                 w.macs += aw.macs
+                w.fused_macs += aw.macs
                 w.fused_cycles += aw.cycles
                 w.fused_lane_ops += aw.lane_ops
             else:
@@ -286,6 +297,7 @@ class KernelCost:
     tile_kind: str
     tile: tuple[int, int] | None  # None before placement
     cycles: int = 0  # busy cycles on its tile (DMA: bytes over the whole DRAM bandwidth, no latency)
+    fill: int = 0  # of which the MAC array's pipeline fill
     macs: int = 0
     lane_ops: int = 0
     dram_read_bytes: int = 0
@@ -363,7 +375,7 @@ class _Edge:
     bytes: int  # what the consumer reads
     hops: int  # links crossed (0: same tile, a buffer read)
     links: list[tuple[tuple[int, int], tuple[int, int]]]
-    tokens: int  # the consumer port's tokens
+    tokens: int  # the stream's tokens (its producer's count, which its consumers see too)
     weight: bool  # a constant loaded by DMA: needed whole before the first step
 
 
@@ -372,9 +384,11 @@ class _Node:
     cost: KernelCost
     tile_params: object  # attnc.arch.Tile
     steps: int  # loop steps (trip counts multiplied)
-    out_tokens: int
+    out_tokens: list[int]  # per output
     ins: list[_Edge] = field(default_factory=list)
     is_weight_load: bool = False
+    position: int = 0  # its context's place on the tile (the round-robin order)
+    contexts: int = 1  # contexts configured on its tile
 
 
 def _tokens_attr(op: Operation, name: str, n: int) -> list[int]:
@@ -403,8 +417,9 @@ def _kernel_cost(name, kind, tile_kind, pos, body, in_types, out_types, tile, ar
     lanes = max(tile.vector_lanes, 1)
     if tile_kind == "compute":
         kc.cycles = w.mac_cycles + _cdiv(w.lane_ops, lanes) + w.fused_cycles
-        if w.mac_cycles or (w.macs and not w.fused_cycles):
-            kc.cycles += tile.mac_rows + tile.mac_cols  # one fill per kernel (a fused attention has its own)
+        if w.macs > w.fused_macs:
+            kc.fill = tile.mac_rows + tile.mac_cols  # one fill per kernel (a fused attention has its own)
+            kc.cycles += kc.fill
         counts["vector_ops"] = w.lane_ops + w.fused_lane_ops
     elif tile_kind == "sfu":
         units = w.macs + w.lane_ops + w.fused_lane_ops
@@ -441,7 +456,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
 
     nodes: list[_Node] = []
     by_kid: dict[int, int] = {}
-    producer: dict[int, int] = {}  # stream -> node
+    producer: dict[int, tuple[int, int]] = {}  # stream -> (node, its output)
     inputs: list[tuple[int, list[int], list]] = []  # node, streams, arg types
     counts = {"vector_ops": 0, "sfu_ops": 0, "butterfly_ops": 0}
     descs: dict[int, list[tuple[str, int]]] = {}
@@ -450,7 +465,8 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
     for tile in (o for o in config.body.block.ops if isinstance(o, ar.TileOp)):
         pos = (tile.x.value.data, tile.y.value.data)
         tp = arch.tile(*pos)
-        for ctx in tile.body.block.ops:
+        contexts = list(tile.body.block.ops)
+        for position, ctx in enumerate(contexts):
             assert isinstance(ctx, ar.ContextOp)
             block = ctx.body.block
             body = list(block.ops)[:-1]
@@ -465,12 +481,13 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
                 counts[key] += c[key]
             idx = len(nodes)
             outs = [int(s) for s in ctx.outputs.get_values()]
-            node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), max(_tokens_attr(ctx, "tokens", len(outs)) or [1]))
+            node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), _tokens_attr(ctx, "tokens", len(outs)))
             node.is_weight_load = _is_weight_body(body, bool(in_types))
+            node.position, node.contexts = position, len(contexts)
             nodes.append(node)
             by_kid[ctx.kernel.value.data] = idx
-            for s in outs:
-                producer.setdefault(s, idx)
+            for j, s in enumerate(outs):
+                producer.setdefault(s, (idx, j))
             inputs.append((idx, [int(s) for s in ctx.inputs.get_values()], in_types))
     routes: dict[tuple[int, int, int], object] = {}
     for r in (o for o in config.body.block.ops if isinstance(o, ar.RouteOp)):
@@ -478,7 +495,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
     kid_of = {i: k for k, i in by_kid.items()}
     for idx, streams, types in inputs:
         for s, t in zip(streams, types):
-            src = producer.get(s)
+            src, out = producer.get(s, (None, 0))
             if src is None or src == idx:
                 continue  # a DRAM-side stream: there from the start
             r = routes.get((s, kid_of[src], kid_of[idx]))
@@ -489,7 +506,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
             else:
                 links, nbytes = [], _bytes(t)
             p = nodes[src]
-            nodes[idx].ins.append(_Edge(src, idx, nbytes, len(links), links, p.out_tokens, p.is_weight_load))
+            nodes[idx].ins.append(_Edge(src, idx, nbytes, len(links), links, p.out_tokens[out], p.is_weight_load))
     return nodes, counts
 
 
@@ -498,7 +515,7 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
     from attnc.passes.to_array import consumed_bytes
 
     nodes: list[_Node] = []
-    index: dict[SSAValue, int] = {}
+    index: dict[SSAValue, tuple[int, int]] = {}  # value -> (producer node, its output)
     counts = {"vector_ops": 0, "sfu_ops": 0, "butterfly_ops": 0}
     for k in (o for o in fn.body.block.ops if isinstance(o, df.KernelOp)):
         tile_kind = k.tile_kind.data
@@ -524,27 +541,86 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
         for key in counts:
             counts[key] += c[key]
         idx = len(nodes)
-        node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), max(_tokens_attr(k, "tokens", len(out_types)) or [1]))
+        node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), _tokens_attr(k, "tokens", len(out_types)))
         node.is_weight_load = _is_weight_body(body, bool(in_types))
         nodes.append(node)
-        for r in k.outputs:
-            index[r] = idx
+        for j, r in enumerate(k.outputs):
+            index[r] = (idx, j)
         reps = k.attributes.get("input_repeats")
         repeats = [int(x) for x in reps.get_values()] if isinstance(reps, DenseArrayBase) else [1] * len(in_types)
         for v, arg, rep in zip(k.inputs, block.args, repeats):
-            src = index.get(v)
+            src, out = index.get(v, (None, 0))
             if src is None:
                 continue
             # unplaced: one hop per stream, the least any placement on different tiles needs; a fused
             # kernel reads a re-streamed input once per pass
             link = ((-1 - src, 0), (-1 - idx, 0))
             p = nodes[src]
-            nodes[idx].ins.append(_Edge(src, idx, consumed_bytes(arg) * rep, 1, [link], p.out_tokens, p.is_weight_load))
+            edge = _Edge(src, idx, consumed_bytes(arg) * rep, 1, [link], p.out_tokens[out], p.is_weight_load)
+            nodes[idx].ins.append(edge)
     return nodes, counts
 
 
 # ---------------------------------------------------------------------------
 # whole-graph cycles
+
+
+class _RoundRobin:
+    """A tile: its ready kernels take turns, one step each (a kernel's loop steps grouped into at most
+    ``MAX_STEPS``, the pipeline fill in its first), in the order of their contexts on the tile, as the
+    simulator's round-robin does. A kernel that arrives joins the rotation; the finish of every kernel
+    on the tile is projected as if nothing else arrives, and updated in place when something does."""
+
+    def __init__(self, finish: list[float], n_slots: int) -> None:
+        self.finish = finish
+        self.n = max(n_slots, 1)
+        self.now = 0.0
+        self.jobs: dict[int, list] = {}  # node -> [steps done, steps, work without fill, fill, position]
+        self.running: tuple[int, float] | None = None  # (node, end of its current step)
+        self.next_rr = 0
+
+    @staticmethod
+    def _step(job: list) -> float:
+        i, steps, work, fill, _ = job
+        return (i + 1) * work / steps - i * work / steps + (fill if i == 0 else 0.0)
+
+    def _pick(self, jobs: dict, next_rr: int) -> int | None:
+        if not jobs:
+            return None
+        return min(jobs, key=lambda n: ((jobs[n][4] - next_rr) % self.n, n))
+
+    def _run(self, jobs: dict, running, next_rr: int, until: float, record: dict | None):
+        """Run steps until ``until`` (``math.inf``: to the end); returns the state there."""
+        t = self.now
+        while True:
+            if running is None:
+                node = self._pick(jobs, next_rr)
+                if node is None:
+                    return jobs, None, next_rr
+                next_rr = (jobs[node][4] + 1) % self.n
+                running = (node, t + self._step(jobs[node]))
+            node, end = running
+            if end > until:
+                return jobs, running, next_rr
+            t = end
+            jobs[node][0] += 1
+            if jobs[node][0] >= jobs[node][1]:
+                del jobs[node]
+                if record is not None:
+                    record[node] = end
+            running = None
+
+    def add(self, node: int, t: float, work: float, steps: int, fill: float, position: int) -> float:
+        t = max(t, self.now)
+        self.jobs, self.running, self.next_rr = self._run(self.jobs, self.running, self.next_rr, t, None)
+        self.now = t
+        self.jobs[node] = [0, max(steps, 1), max(work - fill, 0.0), fill, position]
+        record: dict[int, float] = {}
+        jobs = {n: list(j) for n, j in self.jobs.items()}
+        self._run(jobs, self.running, self.next_rr, math.inf, record)
+        for n, end in record.items():
+            self.finish[n] = end
+        return self.finish[node]
 
 
 class _Shared:
@@ -554,7 +630,7 @@ class _Shared:
     in order of r/w, user k finishes once the resource has done sum_j min(r_j, w_j r_k/w_k) of work;
     a later arrival only delays users still active, and their finish times are updated in place."""
 
-    def __init__(self, finish: list[float], rate: float = 1.0) -> None:
+    def __init__(self, finish, rate: float = 1.0) -> None:
         self.finish = finish
         self.rate = rate
         self.now = 0.0
@@ -592,17 +668,22 @@ class _Shared:
 
 def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
     """Start and finish of every kernel by list scheduling over the kernel graph (see the module
-    docstring); returns the bounds whose maximum is the graph's cycles."""
+    docstring); returns the bounds whose maximum is the graph's cycles.
+
+    Two kinds of events in time order: a kernel becomes ready (its inputs have arrived) and joins its
+    tile, or DRAM for a DMA kernel; a kernel finishes and its outputs join the links of their routes.
+    Tiles, DRAM and links are :class:`_Shared`, so a later arrival can push back the finish of a kernel
+    or a transfer still running; an event whose time moved since it was queued is queued again."""
     link_bw = float(arch.noc.link_bytes_per_cycle)
     hop = arch.noc.hop_latency
     dram_bw = float(arch.dram.bytes_per_cycle)
     latency = arch.dram.latency_cycles
     n = len(nodes)
-    succ: list[list[int]] = [[] for _ in nodes]
+    out_edges: list[list[_Edge]] = [[] for _ in nodes]
     missing = [0] * n
     for i, node in enumerate(nodes):
         for e in node.ins:
-            succ[e.src].append(i)
+            out_edges[e.src].append(e)
             missing[i] += 1
     start = [0.0] * n
     finish = [0.0] * n
@@ -613,58 +694,87 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
         if nd.cost.tile_kind == "dma":
             slots.setdefault(tile_of[i], [0.0] * max(nd.tile_params.dma_channels, 1))
         else:
-            tiles.setdefault(tile_of[i], _Shared(finish))
+            tiles.setdefault(tile_of[i], _RoundRobin(finish, nd.contexts))
     dram = _Shared(finish, dram_bw)
     dma_slot: dict[int, tuple[list[float], int]] = {}
+    edge_id = {id(e): k for k, e in enumerate(e for nd in nodes for e in nd.ins)}
+    sent: list[dict[tuple, float]] = [{} for _ in edge_id]  # edge -> {link: end of its bytes on it}
+    links: dict = {}
+
+    def streamed(e: _Edge) -> bool:
+        return e.tokens > 1 and not e.weight
+
+    def arrival(e: _Edge) -> float:
+        if not e.hops:
+            return finish[e.src]  # same tile: a buffer read
+        return max(sent[edge_id[id(e)]].values()) + e.hops * hop
 
     def ready_time(i: int) -> tuple[float, float]:
         """(earliest start, earliest finish regardless of the tile) from the inputs."""
         nd = nodes[i]
         s_at, f_at = 0.0, 0.0
         for e in nd.ins:
+            if not streamed(e):
+                s_at = max(s_at, arrival(e))
+                continue
+            # tokens flow while the producer runs: the first after one producer step, the last after it ends
             p = nodes[e.src]
-            xfer = (e.bytes / link_bw + e.hops * hop) if e.hops else 0.0  # same tile: a buffer read
-            streamed = e.tokens > 1 and p.out_tokens > 1 and not e.weight
-            if not streamed:
-                s_at = max(s_at, finish[e.src] + xfer)
-            else:
-                p_steps = min(p.steps, MAX_STEPS)
-                first = start[e.src] + (finish[e.src] - start[e.src]) / p_steps + xfer / e.tokens
-                s_at = max(s_at, first)
-                own_step = nd.cost.cycles / min(nd.steps, MAX_STEPS)
-                f_at = max(f_at, finish[e.src] + xfer / e.tokens + e.hops * hop + own_step)
+            xfer = (e.bytes / link_bw + e.hops * hop) if e.hops else 0.0
+            first = start[e.src] + (finish[e.src] - start[e.src]) / min(p.steps, MAX_STEPS) + xfer / e.tokens
+            s_at = max(s_at, first)
+            own_step = nd.cost.cycles / min(nd.steps, MAX_STEPS)
+            f_at = max(f_at, finish[e.src] + xfer / e.tokens + e.hops * hop + own_step)
         return s_at, f_at
 
-    heap: list[tuple[float, int]] = []
+    READY, DONE = 0, 1
+    heap: list[tuple[float, int, int]] = []
     for i in range(n):
         if missing[i] == 0:
-            heapq.heappush(heap, (ready_time(i)[0], i))
+            heapq.heappush(heap, (0.0, READY, i))
     while heap:
-        key, i = heapq.heappop(heap)
-        ready, f_at = ready_time(i)
-        if ready > key + 1e-9:  # a producer's busy period grew since: try again later
-            heapq.heappush(heap, (ready, i))
-            continue
+        key, what, i = heapq.heappop(heap)
         nd = nodes[i]
+        if what == DONE:
+            if finish[i] > key + 1e-9:  # its tile or DRAM took on more work since
+                heapq.heappush(heap, (finish[i], DONE, i))
+                continue
+            for e in out_edges[i]:
+                k = edge_id[id(e)]
+                if e.hops and not streamed(e):
+                    for lk in e.links:
+                        res = links.setdefault(lk, _Shared({}, link_bw))  # its finishes are keyed by edge
+                        res.add(k, finish[i], e.bytes)
+                        sent[k][lk] = res.finish[k]
+                        # every transfer still on this link may have been pushed back
+                        for other in res.jobs:
+                            for lk2 in sent[other]:
+                                if lk2 == lk:
+                                    sent[other][lk] = res.finish[other]
+                elif e.hops:
+                    sent[k] = {lk: finish[i] for lk in e.links}
+                missing[e.dst] -= 1
+                if missing[e.dst] == 0:
+                    heapq.heappush(heap, (ready_time(e.dst)[0], READY, e.dst))
+            continue
+        ready, f_at = ready_time(i)
+        if ready > key + 1e-9:  # an input arrives later than when this was queued
+            heapq.heappush(heap, (ready, READY, i))
+            continue
         if nd.cost.tile_kind == "dma" or nd.cost.kind in DMA_KINDS:
             free = slots[tile_of[i]]
             slot = min(range(len(free)), key=lambda j: free[j])
             s = max(ready, free[slot])
-            moved = nd.cost.dram_read_bytes + nd.cost.dram_write_bytes
-            dram.add(i, s + latency, moved)
+            dram.add(i, s + latency, nd.cost.dram_read_bytes + nd.cost.dram_write_bytes)
             dma_slot[i] = (free, slot)
         else:
             s = ready
-            tiles[tile_of[i]].add(i, s, nd.cost.cycles, nd.cost.cycles / min(nd.steps, MAX_STEPS))
+            tiles[tile_of[i]].add(i, s, nd.cost.cycles, min(nd.steps, MAX_STEPS), nd.cost.fill, nd.position)
         start[i] = s
         finish[i] = max(finish[i], f_at)
         for m in dram.jobs:
             free, slot = dma_slot[m]
             free[slot] = max(free[slot], finish[m])
-        for j in succ[i]:
-            missing[j] -= 1
-            if missing[j] == 0:
-                heapq.heappush(heap, (ready_time(j)[0], j))
+        heapq.heappush(heap, (finish[i], DONE, i))
     for i, nd in enumerate(nodes):
         nd.cost.start, nd.cost.finish = start[i], finish[i]
     load: dict = {}
@@ -738,8 +848,10 @@ def estimate(module: ModuleOp, arch) -> GraphCost:
 def format_cost(cost: GraphCost) -> str:
     """A table for ``attnc compile --report``: one row per kernel, then the graph's totals."""
     lines = [f"cost model ({cost.level} IR on '{cost.arch}'):"]
-    head = f"  {'kernel':<28} {'kind':<11} {'tile':<8} {'cycles':>9} {'start':>9} {'finish':>9} {'MACs':>11} {'DRAM B':>9} {'SRAM B':>10}"
-    lines.append(head)
+    lines.append(
+        f"  {'kernel':<28} {'kind':<11} {'tile':<8} {'cycles':>9} {'start':>9} {'finish':>9} {'MACs':>11} "
+        f"{'DRAM B':>9} {'SRAM B':>10}"
+    )
     for k in cost.kernels:
         where = f"{k.tile[0]},{k.tile[1]}" if k.tile is not None else k.tile_kind
         lines.append(

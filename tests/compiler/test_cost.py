@@ -93,12 +93,13 @@ def compile_module(module, arch: str):
     """(dataflow IR, array IR, decoded bitstream) of a sparse-IR module; the heuristic placer first, CP-SAT
     when it cannot map (as the simulator's own example tests do)."""
     lowered = module.clone()
-    run_pipeline(lowered, backend_passes(arch, time_limit=10.0, seed=0, heuristic_only=True)[:1])
+    # every back-end pass up to lower-to-dataflow, then place-route (the last one)
+    run_pipeline(lowered, backend_passes(arch, time_limit=10.0, seed=0, heuristic_only=True)[:-1])
     placed = None
     for heuristic in (True, False):
         try:
             placed = lowered.clone()
-            run_pipeline(placed, backend_passes(arch, time_limit=10.0, seed=0, heuristic_only=heuristic)[1:])
+            run_pipeline(placed, backend_passes(arch, time_limit=10.0, seed=0, heuristic_only=heuristic)[-1:])
             break
         except AttncError:
             if not heuristic:
