@@ -170,7 +170,7 @@ def fused_attention_work(
 
 
 def fused_attention_buffer(rows: int, t: int, d: int, dv: int, eb: int, *, fusion: str, row_block: int,
-                           key_block: int, kv_resident: bool) -> int:
+                           key_block: int, kv_resident: bool, key_chunk: int = 8) -> int:
     """On-chip bytes a fused attention kernel needs: its query rows and output
     accumulator, the score block (double-buffered, so the vector unit works on one while
     the MAC array fills the other), the running max and sum, and K and V either whole
@@ -178,7 +178,10 @@ def fused_attention_buffer(rows: int, t: int, d: int, dv: int, eb: int, *, fusio
     r = min(row_block, rows)
     kb = t if fusion == "flat" else min(key_block, t)
     need = eb * (r * d + r * dv + 2 * r * kb + 2 * r)
-    need += eb * t * (d + dv) if kv_resident else eb * 2 * kb * (d + dv)
+    # streamed K and V come in blocks: the key block, or (flat, whose score rows span every key)
+    # chunks of ``key_chunk`` keys (the MAC array's width) that fill the score rows piece by piece
+    chunk = kb if fusion == "online" else min(t, key_chunk)
+    need += eb * t * (d + dv) if kv_resident else eb * 2 * chunk * (d + dv)
     return need
 
 
@@ -195,7 +198,8 @@ def _fused_cost(op: sp.AttentionOp, arch, eb: int) -> KernelCost:
     repeat = op.attributes.get("dataflow.repeat")
     passes = repeat.value.data if repeat is not None else 1
     resident = rb < rows and passes == 1
-    buf = fused_attention_buffer(rows, t, d, dv, eb, fusion=fusion, row_block=rb, key_block=kb, kv_resident=resident)
+    buf = fused_attention_buffer(rows, t, d, dv, eb, fusion=fusion, row_block=rb, key_block=kb, kv_resident=resident,
+                                 key_chunk=max(tile.mac_cols, 1))  # fmt: skip
     loops = (("unit", b * h), ("row_block", -(-rows // rb)), ("key_block", -(-t // kb)))
     steps = b * h * loops[1][1] * loops[2][1]
     return KernelCost("attention", "compute", loops, (rb, kb), buf, cycles, macs, steps)

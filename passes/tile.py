@@ -37,6 +37,8 @@ from attnc.schedule import SFU_OPS, fused_attention_buffer, fused_attention_work
 
 #: the schedule chosen for an attention, and the search's figures, kept on @main for reports
 REPORT_ATTR = "attnc.tile_report"
+#: schedules predicted within this fraction of the fastest count as equally fast
+TIE = 0.03
 
 
 @dataclass(frozen=True)
@@ -102,20 +104,18 @@ def _pow2_upto(n: int, start: int = 1) -> list[int]:
     return out + [n]
 
 
-def _passes(sh: Shape, rows: int, row_block: int, fusion: str, budget: int, key_block: int) -> tuple[int, int]:
+def _passes(sh: Shape, rows: int, row_block: int, fusion: str, budget: int, key_block: int,
+            chunk: int) -> tuple[int, int]:
     """(passes over K/V, buffer bytes) for a member of ``rows`` queries: one pass when the
     rows fit at once or K and V stay resident, else one per row block."""
     args = (rows, sh.keys, sh.d, sh.dv, sh.eb)
+    kw = {"fusion": fusion, "row_block": row_block, "key_block": key_block, "key_chunk": chunk}
     if row_block >= rows:
-        return 1, fused_attention_buffer(*args, fusion=fusion, row_block=row_block, key_block=key_block,
-                                         kv_resident=False)  # fmt: skip
-    resident = fused_attention_buffer(*args, fusion=fusion, row_block=row_block, key_block=key_block,
-                                      kv_resident=True)  # fmt: skip
+        return 1, fused_attention_buffer(*args, kv_resident=False, **kw)
+    resident = fused_attention_buffer(*args, kv_resident=True, **kw)
     if resident <= budget:
         return 1, resident
-    streamed = fused_attention_buffer(*args, fusion=fusion, row_block=row_block, key_block=key_block,
-                                      kv_resident=False)  # fmt: skip
-    return -(-rows // row_block), streamed
+    return -(-rows // row_block), fused_attention_buffer(*args, kv_resident=False, **kw)
 
 
 def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
@@ -151,12 +151,11 @@ def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
         passes = sched.passes
         fusion = "flat" if sched.mode == "flat" else "online"
         worst = 0
-        for ci in range(c):
-            r0, r1 = split(sh.rows, c, ci)
-            if r1 <= r0:
-                continue
+        # members differ only in their row count (and, causal, their first row)
+        kinds = {(r1 - r0, r0 if sh.causal else 0) for r0, r1 in (split(sh.rows, c, ci) for ci in range(c)) if r1 > r0}
+        for n, r0 in kinds:
             _, cyc, _ = fused_attention_work(
-                units_g * sh.rep, r1 - r0, sh.keys, sh.d, sh.dv, fusion=fusion, row_block=sched.row_block,
+                units_g * sh.rep, n, sh.keys, sh.d, sh.dv, fusion=fusion, row_block=sched.row_block,
                 key_block=sched.key_block, causal=sh.causal, causal_offset=sh.causal_offset + r0,
                 has_mask=sh.has_mask, tile=tile,
             )  # fmt: skip
@@ -169,7 +168,7 @@ def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
         cycles = max(member, dram / bw, noc)
         bound = "compute" if cycles == member else ("dram" if cycles == dram / bw else "noc")
         kernels = g * c + 5
-        buffer = _passes(sh, rows_c, sched.row_block, fusion, 1 << 62, sched.key_block)[1]
+        buffer = _passes(sh, rows_c, sched.row_block, fusion, 1 << 62, sched.key_block, tile.mac_cols)[1]
     cycles += arch.dram.latency_cycles + max(tile.mac_rows, 1) + max(tile.mac_cols, 1)
     return Prediction(sched, math.ceil(cycles), int(dram), buffer, kernels, bound)
 
@@ -219,7 +218,7 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                     for kb in kbs:
                         if forced.get("key_block") and fusion == "online" and kb != min(forced["key_block"], sh.keys):
                             continue
-                        passes, need = _passes(sh, rows_c, r, fusion, budget, kb)
+                        passes, need = _passes(sh, rows_c, r, fusion, budget, kb, tile.mac_cols)
                         if need > budget:
                             reject("buffers exceed the tile's SRAM")
                             continue
@@ -241,7 +240,9 @@ def search(sh: Shape, arch, mode: str = "auto", budget: int | None = None, force
         why = "; ".join(f"{n} {r}" for r, n in sorted(rejected.items())) or "no candidate"
         raise AttncError(f"tile: no {mode} schedule fits {arch.name} ({why})")
     preds = [predict(sh, s, arch, tile) for s in cands]
-    best = min(preds, key=lambda p: (p.cycles, p.dram_bytes, p.kernels))
+    # fastest first; within TIE of the fastest, the least DRAM traffic (it is most of the energy)
+    fastest = min(p.cycles for p in preds)
+    best = min((p for p in preds if p.cycles <= fastest * (1 + TIE)), key=lambda p: (p.dram_bytes, p.cycles, p.kernels))
     return SearchResult(best, len(cands) + sum(rejected.values()), len(cands), time.perf_counter() - start, rejected)
 
 
