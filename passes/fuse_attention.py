@@ -60,6 +60,7 @@ class Schedule:
     row_block: int
     key_block: int
     passes: int = 1  # times a member streams its group's K and V (1: read once)
+    buffer: int = 0  # on-chip bytes a fused member needs (reports)
 
     def text(self) -> str:
         s = f"{self.mode} groups={self.groups} members={self.members}"

@@ -336,7 +336,8 @@ class LowerToDataflowPass(ModulePass):
         fn = main_func(op)
         if any(isinstance(o, df.KernelOp) for o in fn.body.block.ops):
             raise AttncError("lower-to-dataflow: @main is already dataflow IR")
-        attention = [o for o in fn.body.block.ops if isinstance(o, sp.AttentionOp)]
+        # scheduled attentions (fused kernels made by `tile`) stay whole; the rest are lowered per head
+        attention = [o for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is None]
         per_kernel = heads_per_kernel(fn, attention, arch)
         for i, a in enumerate(attention):
             expand_attention(a, f"attn{i}", per_kernel)

@@ -168,7 +168,7 @@ def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
         cycles = max(member, dram / bw, noc)
         bound = "compute" if cycles == member else ("dram" if cycles == dram / bw else "noc")
         kernels = g * c + 5
-        buffer = _passes(sh, rows_c, sched.row_block, fusion, 1 << 62, sched.key_block, tile.mac_cols)[1]
+        buffer = sched.buffer
     cycles += arch.dram.latency_cycles + max(tile.mac_rows, 1) + max(tile.mac_cols, 1)
     return Prediction(sched, math.ceil(cycles), int(dram), buffer, kernels, bound)
 
@@ -191,14 +191,14 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
     def reject(why: str) -> None:
         rejected[why] = rejected.get(why, 0) + 1
 
+    def sizes(key: str, natural: list[int], cap: int) -> list[int]:
+        # a forced size replaces the natural ones (clamped to what the shape allows)
+        return [min(forced[key], cap)] if forced.get(key) else natural
+
     for m in modes:
-        members = [1] if m == "flat-head" else _pow2_upto(min(sh.rows, tiles))
+        members = [1] if m == "flat-head" else sizes("members", _pow2_upto(min(sh.rows, tiles)), sh.rows)
         for c in members:
-            if forced.get("members") and c != forced["members"]:
-                continue
-            for g in _pow2_upto(min(sh.units, max(1, tiles // c))):
-                if forced.get("groups") and g != forced["groups"]:
-                    continue
+            for g in sizes("groups", _pow2_upto(min(sh.units, max(1, tiles // c))), sh.units):
                 rows_c = -(-sh.rows // c)
                 if m == "unfused":
                     if g * c > min(sfu_slots, compute_slots // 2) or 2 * g * c + 4 > dma_slots:
@@ -210,14 +210,12 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                     reject("more members than compute tiles")
                     continue
                 fusion = "online" if m == "online" else "flat"
-                rbs = [rows_c] if m == "flat-head" else _pow2_upto(rows_c)
-                kbs = [sh.keys] if fusion == "flat" else _pow2_upto(sh.keys, min(sh.keys, max(tile.mac_cols, 1)))
+                rbs = [rows_c] if m == "flat-head" else sizes("row_block", _pow2_upto(rows_c), rows_c)
+                kbs = [sh.keys] if fusion == "flat" else sizes(
+                    "key_block", _pow2_upto(sh.keys, min(sh.keys, max(tile.mac_cols, 1))), sh.keys
+                )
                 for r in rbs:
-                    if forced.get("row_block") and r != min(forced["row_block"], rows_c):
-                        continue
                     for kb in kbs:
-                        if forced.get("key_block") and fusion == "online" and kb != min(forced["key_block"], sh.keys):
-                            continue
                         passes, need = _passes(sh, rows_c, r, fusion, budget, kb, tile.mac_cols)
                         if need > budget:
                             reject("buffers exceed the tile's SRAM")
@@ -225,7 +223,7 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                         if passes > 1 and not sh.kv_from_dram:
                             reject("K/V re-streaming needs K and V in DRAM")
                             continue
-                        out.append(Schedule(fusion, g, c, r, kb, passes))
+                        out.append(Schedule(fusion, g, c, r, kb, passes, need))
     return out, rejected
 
 

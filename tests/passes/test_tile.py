@@ -1,0 +1,152 @@
+"""fuse-attention + tile: the chosen kernels compute what the attention computes, and the search
+honours the buffers, the array and the options it is given."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from attnc.arch import load_arch
+from attnc.dialects import dataflow as df
+from attnc.dialects import sparse as sp
+from attnc.errors import AttncError
+from attnc.frontend.onnx import import_onnx
+from attnc.interpreter import interpret
+from attnc.ir import main_func, parse_module, print_module
+from attnc.passes.tile import Shape, search
+from attnc.pipeline import run_pipeline
+
+
+def attention_model(b=2, h=4, hkv=2, s=12, t=20, d=8, causal=False, mask=None, dtype=TensorProto.FLOAT):
+    ins = [
+        helper.make_tensor_value_info("Q", dtype, [b, h, s, d]),
+        helper.make_tensor_value_info("K", dtype, [b, hkv, t, d]),
+        helper.make_tensor_value_info("V", dtype, [b, hkv, t, d]),
+    ]
+    names = ["Q", "K", "V"]
+    if mask is not None:
+        ins.append(helper.make_tensor_value_info("M", mask, [1, 1, s, t]))
+        names.append("M")
+    node = helper.make_node("Attention", names, ["O"], is_causal=int(causal))
+    graph = helper.make_graph([node], "attn", ins, [helper.make_tensor_value_info("O", dtype, [b, h, s, d])])
+    return import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]))
+
+
+def inputs_for(module, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for arg, name in zip(main_func(module).body.block.args, ("Q", "K", "V", "M")):
+        shape = sp.shape_of(arg)
+        if "i1" in str(arg.type):
+            x = rng.random(shape) > 0.3
+            x[..., 0, :] = False  # a fully masked row gives zeros in every schedule
+            out[name] = x
+        else:
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+CASES = {
+    "plain": {},
+    "causal": {"causal": True},
+    "bool-mask": {"mask": TensorProto.BOOL},
+    "additive-mask": {"mask": TensorProto.FLOAT},
+    "mha": {"hkv": 4},
+}
+
+
+@pytest.mark.parametrize("mode", ["online", "flat", "unfused"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_scheduled_kernels_compute_the_attention(case, mode):
+    module = attention_model(**CASES[case])
+    inputs = inputs_for(module)
+    before = interpret(module, inputs)
+    run_pipeline(module, f"fuse-attention{{mode={mode}}},tile{{arch=edge groups=2 members=3}}")
+    text = print_module(module)
+    assert "attnc.fusion" not in text
+    if mode == "unfused":
+        assert text.count("dataflow.spill") == 2 * 6 and "fusion =" not in text
+    else:
+        assert text.count(f'fusion = "{mode}"') == 6
+    after = interpret(module, inputs)
+    np.testing.assert_allclose(after["O"], before["O"], rtol=0, atol=2e-6)
+    # and the partitioning keeps them
+    run_pipeline(module, "lower-to-dataflow{arch=edge}")
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    kinds = sorted(k.kind.data for k in kernels)
+    if mode == "unfused":
+        assert kinds.count("dma_spill") == 12 and kinds.count("softmax") == 6 and kinds.count("gemm") == 12
+    else:
+        assert kinds.count("attention") == 6
+    np.testing.assert_allclose(interpret(module, inputs)["O"], before["O"], rtol=0, atol=2e-6)
+
+
+def test_members_forward_k_and_v_along_the_group():
+    module = attention_model()
+    run_pipeline(module, "fuse-attention{mode=online},tile{arch=edge groups=1 members=3},lower-to-dataflow{arch=edge}")
+    kernels = {k.sym_name.data: k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)}
+    first, second, third = (kernels[f"attn0_g0_c{c}"] for c in range(3))
+    # K and V of the second member come from the first, not from the DMA loads
+    assert {v.owner for v in second.inputs} >= {first}
+    assert {v.owner for v in third.inputs} >= {second}
+    assert len(first.outputs) == 3 and len(third.outputs) == 1
+    # streamed ports: one token per step of the member's loops
+    steps = int(np.prod(third.trips.get_values()))
+    assert third.tokens.get_values() == (steps,)
+
+
+def test_forced_sizes_are_kept_and_round_trip():
+    module = attention_model()
+    run_pipeline(module, "fuse-attention{mode=online},tile{arch=edge groups=2 members=2 row-block=4 key-block=8}")
+    ops = [o for o in main_func(module).body.block.ops if isinstance(o, sp.AttentionOp)]
+    assert [o.schedule() for o in ops] == [("online", 4, 8)] * 4
+    again = parse_module(print_module(module))
+    assert print_module(again) == print_module(module)
+
+
+def test_unmarked_attention_is_left_to_the_per_head_lowering():
+    module = attention_model()
+    run_pipeline(module, "tile{arch=edge}")
+    assert sum(isinstance(o, sp.AttentionOp) and o.fusion is None for o in main_func(module).body.block.ops) == 1
+
+
+def test_unknown_mode_is_one_error():
+    module = attention_model()
+    with pytest.raises(AttncError, match="mode must be one of"):
+        run_pipeline(module, "fuse-attention{mode=fast}")
+
+
+def test_a_forced_schedule_that_cannot_fit_says_why():
+    module = attention_model(b=1, s=256, t=256, d=64)
+    with pytest.raises(AttncError, match=r"no flat-head schedule fits edge \(\d+ buffers exceed the tile's SRAM\)"):
+        run_pipeline(module, "fuse-attention{mode=flat-head},tile{arch=edge}")
+
+
+BERT = dict(batch=1, heads=12, kv_heads=12, d=64, dv=64, eb=2, causal=False, causal_offset=0, has_mask=False,
+            kv_from_dram=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["edge", "cloud"])
+def test_search_respects_the_buffer_and_prefers_fusion_at_length(arch):
+    a = load_arch(arch)
+    tile = a.tiles_of("compute")[0]
+    for n in (512, 2048):
+        sh = Shape(rows=n, keys=n, **BERT)
+        best = search(sh, a, "auto").best
+        assert best.buffer_bytes <= tile.sram_bytes
+        assert best.schedule.mode in ("online", "flat")
+        unfused = search(sh, a, "unfused").best
+        assert unfused.cycles > best.cycles and unfused.dram_bytes > best.dram_bytes
+
+
+def test_online_traffic_is_compulsory_when_rows_fit_and_unfused_grows_quadratically():
+    a = load_arch("cloud")
+    compulsory = {n: 4 * 12 * n * 64 * 2 for n in (512, 1024, 2048)}
+    for n, minimum in compulsory.items():
+        sh = Shape(rows=n, keys=n, **BERT)
+        online = search(sh, a, "online").best
+        assert online.schedule.passes == 1 and online.dram_bytes == minimum
+        for mode in ("flat", "unfused"):
+            assert search(sh, a, mode).best.dram_bytes >= minimum
+    un = {n: search(Shape(rows=n, keys=n, **BERT), a, "unfused").best.dram_bytes for n in (512, 1024, 2048)}
+    # quadratic: doubling N more than triples the traffic once the scores dominate
+    assert un[2048] / un[1024] > 3 and un[1024] / un[512] > 3
