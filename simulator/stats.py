@@ -33,6 +33,7 @@ class TileStats:
     kernels: list[str] = field(default_factory=list)
     buffer_bytes: int = 0  # the contexts' buffers, summed
     sram_bytes: int = 0  # the tile's capacity
+    peak_buffer_bytes: float = 0  # most bytes its contexts' input buffers held at once (whole bytes after a run)
     slices: list[tuple[int, str, float, float]] = field(default_factory=list)  # (slot, kernel, start, end)
 
 
@@ -58,6 +59,9 @@ class KernelStats:
     busy_cycles: int = 0
     macs: int = 0
     segments: int = 1
+    peak_buffer_bytes: float = 0  # most bytes its input buffers held at once: arrived, not yet released
+    buffer_banks: int = 0  # SRAM banks its buffers occupy (whole banks each)
+    throttled: bool = False  # a DMA load held back by its consumers' buffers
 
 
 @dataclass
@@ -133,7 +137,8 @@ class Stats:
                     "x": t.x, "y": t.y, "kind": t.kind, "busy_cycles": t.busy_cycles,
                     "utilization": t.busy_cycles / cycles, "macs": t.macs,
                     "mac_utilization": t.macs / (cycles * t.macs_per_cycle) if t.macs_per_cycle else 0.0,
-                    "buffer_bytes": t.buffer_bytes, "sram_bytes": t.sram_bytes, "kernels": list(t.kernels),
+                    "buffer_bytes": t.buffer_bytes, "sram_bytes": t.sram_bytes,
+                    "peak_buffer_bytes": t.peak_buffer_bytes, "kernels": list(t.kernels),
                 }
                 for t in self.tiles
             ],  # fmt: skip
@@ -149,7 +154,8 @@ class Stats:
                 {
                     "kernel": k.kernel, "name": k.name, "kind": k.kind, "tile": list(k.tile),
                     "start": round(k.start, 3), "end": round(k.end, 3), "busy_cycles": k.busy_cycles,
-                    "macs": k.macs, "segments": k.segments,
+                    "macs": k.macs, "segments": k.segments, "peak_buffer_bytes": k.peak_buffer_bytes,
+                    "buffer_banks": k.buffer_banks, "throttled": k.throttled,
                 }
                 for k in self.kernels
             ],  # fmt: skip

@@ -372,6 +372,23 @@ class _InPort:
     tokens: int
     broadcast: bool
     received: int = 0
+    producer: _Kernel | None = None  # None: a DRAM-side stream, not held on chip
+    token_bytes: float = 0.0  # bytes one token puts in the consumer's buffer
+    consumed: int = 0  # tokens released by finished segments
+
+    def need(self, segment: int, segments: int) -> int:
+        """Tokens segment ``segment`` (0-based) of ``segments`` needs to have arrived: all of a weight's,
+        else its share."""
+        return self.tokens if self.broadcast else -(-(segment + 1) * self.tokens // segments)
+
+
+@dataclass
+class _Throttle:
+    """Back-pressure of a DMA load on one consumer port: at most ``depth`` tokens ahead of its consumption."""
+
+    consumer: _Kernel
+    port: _InPort
+    depth: int
 
 
 @dataclass
@@ -388,14 +405,24 @@ class _Kernel:
     done: int = 0  # segments completed
     emitted: dict[int, int] = field(default_factory=dict)  # stream -> tokens emitted
     running: bool = False
+    held: float = 0.0  # bytes in the input buffers: arrived, not yet released by a finished segment
+    throttles: list[_Throttle] = field(default_factory=list)  # a throttled DMA load: its consumers
+    throttlers: list[_Kernel] = field(default_factory=list)  # the loads this context throttles
+
+    def emitted_after(self, segment: int, tokens: int) -> int:
+        """Tokens of an output of ``tokens`` emitted once segment ``segment`` (0-based) has finished."""
+        return tokens if segment + 1 >= self.segments else (segment + 1) * tokens // self.segments
 
     def ready(self) -> bool:
         if self.running or self.done >= self.segments:
             return False
         i = self.done
         for p in self.inputs:
-            need = p.tokens if p.broadcast else -(-(i + 1) * p.tokens // self.segments)
-            if p.received < need:
+            if p.received < p.need(i, self.segments):
+                return False
+        for th in self.throttles:
+            ahead = min(self.emitted_after(i, th.port.tokens), th.port.tokens) - th.port.consumed
+            if ahead > th.depth:
                 return False
         return True
 
@@ -406,6 +433,7 @@ class _Tile:
     slots: int
     stats: TileStats
     kernels: list[_Kernel] = field(default_factory=list)
+    held: float = 0.0  # the contexts' input buffers, summed
     running: int = 0
     next_rr: int = 0
     free_slots: list[int] = field(default_factory=list)
@@ -495,9 +523,17 @@ class _Sim:
                 if (tuple(a), tuple(b)) not in self.fluid.capacity:
                     raise AttncError(f"{where}: hop {tuple(a)} -> {tuple(b)} is not a link of the mesh")
             self.routes.setdefault((r.stream, r.src_kernel), []).append(r)
+        by_stream: dict[int, _Kernel] = {}
+        for k in self.kernels.values():
+            for p in k.cfg.outputs:
+                by_stream.setdefault(p.stream, k)
         for k in self.kernels.values():
             for p in k.inputs:
                 self.consumers.setdefault(p.stream, []).append((k, p))
+                src = by_stream.get(p.stream)
+                if src is not None and src is not k:
+                    p.producer = src
+                    p.token_bytes = self._token_bytes(src, k, p)
         self.stats.kernels = [k.stats for k in self.kernels.values()]
         for ts in self.stats.tiles:
             # capacity is the placer's to respect; the timing model does not spill, so it says so
@@ -506,6 +542,107 @@ class _Sim:
                     f"tile ({ts.x},{ts.y}): the contexts' buffers need {ts.buffer_bytes} bytes, the tile has "
                     f"{ts.sram_bytes} (timed as if they fit)"
                 )
+        self._banks()
+        self._back_pressure()
+
+    def _token_bytes(self, src: _Kernel, dst: _Kernel, port: _InPort) -> float:
+        """Bytes one token of ``port`` brings: what its route carries (the consumer's slice, every pass of
+        a repeated load) over the port's tokens, or the producer's bytes per token without a route."""
+        for r in self.routes.get((port.stream, src.cfg.kernel), []):
+            if r.dst_kernel == dst.cfg.kernel and r.bytes:
+                return r.bytes / port.tokens
+        for stream, tokens, nbytes in src.outputs:
+            if stream == port.stream:
+                return nbytes / tokens
+        return 0.0
+
+    def _banks(self) -> None:
+        """A buffer occupies whole banks of ``sram / sram_banks`` bytes; a context whose buffers need more
+        banks than its tile has is a warning (timed as if they fit)."""
+        for k in self.kernels.values():
+            at = self.arch.tile(*k.tile.pos)
+            sizes = [b.size for b in k.cfg.buffers if b.size > 0]
+            if not sizes:
+                continue
+            where = f"kernel {k.cfg.kernel} '{k.cfg.name}' on tile ({k.tile.pos[0]},{k.tile.pos[1]})"
+            if at.sram_banks <= 0 or at.sram_bytes <= 0:
+                self.stats.warnings.append(f"{where}: its buffers need SRAM, the tile has no banks")
+                k.stats.buffer_banks = len(sizes)
+                continue
+            bank = -(-at.sram_bytes // at.sram_banks)
+            k.stats.buffer_banks = sum(-(-size // bank) for size in sizes)
+            if k.stats.buffer_banks > at.sram_banks:
+                self.stats.warnings.append(
+                    f"{where}: its buffers need {k.stats.buffer_banks} banks of {bank} bytes, the tile has "
+                    f"{at.sram_banks} (timed as if they fit)"
+                )
+
+    def _back_pressure(self) -> None:
+        """Throttle each DMA load (a source: all its inputs DRAM-side) by its streamed consumers, when that
+        cannot deadlock.
+
+        A consumer port of T tokens over S segments releases its tokens as its segments finish; the load may
+        start a segment only if, once it has finished, it is at most ``depth`` tokens ahead of what each
+        consumer has released, with depth = max(2, chunk + burst - 1, fit): chunk, the most tokens one
+        consumer segment needs at once; burst, the most tokens one load segment emits (so a consumer always
+        gets what its next segment needs: no deadlock between the two); fit, how many tokens fit in the
+        consumer's double-buffered buffers, their bytes shared evenly by its on-chip input ports (a single
+        buffer is computed on and gives no room to run ahead). Weights (needed whole) are not throttled.
+
+        Waits form a graph: a context waits for its producers, a throttled load waits for its consumers.
+        A load is throttled only if its back-pressure closes no cycle of waits (except the harmless pair
+        "the load waits for its consumer, which waits for the load": the depth rules it out). A fork-join (a
+        consumer of the load also reachable from it through another context) is such a cycle: that load is
+        not throttled, and its consumers' buffers are unbounded as before."""
+        waits: dict[int, set[int]] = {}
+        for k in self.kernels.values():
+            waits[k.cfg.kernel] = {p.producer.cfg.kernel for p in k.inputs if p.producer is not None}
+        for kid in sorted(self.kernels):
+            load = self.kernels[kid]
+            if load.cfg.kind != "dma_load" or any(p.producer is not None for p in load.inputs):
+                continue
+            candidates = []
+            for stream, tokens, _ in load.outputs:
+                for c, p in self.consumers.get(stream, []):
+                    if c is not load and not p.broadcast and p.producer is load:
+                        candidates.append((c, p, tokens))
+            if not candidates:
+                continue
+            extra = {c.cfg.kernel for c, _, _ in candidates}
+            if any(self._reaches(c.cfg.kernel, kid, waits, kid, extra) for c, _, _ in candidates):
+                continue  # back-pressure here could deadlock: unthrottled
+            waits[kid] = waits[kid] | extra
+            load.stats.throttled = True
+            for c, p, tokens in candidates:
+                chunk = max(p.need(i, c.segments) - (p.need(i - 1, c.segments) if i else 0) for i in range(c.segments))
+                burst = max(
+                    min(load.emitted_after(i, tokens), p.tokens) - (min(load.emitted_after(i - 1, tokens), p.tokens) if i else 0)
+                    for i in range(load.segments)
+                )  # fmt: skip
+                room = sum(b.size for b in c.cfg.buffers if b.double_buffered)
+                shared = max(sum(1 for q in c.inputs if q.producer is not None), 1)
+                fit = int(room / shared // p.token_bytes) if p.token_bytes > 0 else 0
+                depth = max(2, chunk + burst - 1, fit)
+                load.throttles.append(_Throttle(c, p, depth))
+                if load not in c.throttlers:
+                    c.throttlers.append(load)
+
+    @staticmethod
+    def _reaches(start: int, target: int, waits: dict[int, set[int]], load: int, extra: set[int]) -> bool:
+        """Whether ``target`` (a load) is reachable from consumer ``start`` over the waits plus the load's new
+        edges to ``extra``, not counting ``start``'s own direct wait for the load."""
+        stack = [n for n in waits.get(start, ()) if n != target]
+        seen = set(stack)
+        while stack:
+            n = stack.pop()
+            if n == target:
+                return True
+            nxt = waits.get(n, set()) | (extra if n == load else set())
+            for m in nxt:
+                if m not in seen:
+                    seen.add(m)
+                    stack.append(m)
+        return False
 
     def _kernel(self, cfg: KernelConfig, tile: _Tile, at, producers) -> _Kernel:
         steps = _prod(trips for _, trips in cfg.loops) if cfg.loops else 1
@@ -632,6 +769,15 @@ class _Sim:
             self.progress(self.done_segments, self.total_segments)
         end = max((k.stats.end for k in self.kernels.values()), default=0.0)
         self.stats.cycles = math.ceil(end - 1e-6)
+        for ts in self.stats.tiles:
+            ts.peak_buffer_bytes = math.ceil(ts.peak_buffer_bytes - 1e-6)
+            if ts.peak_buffer_bytes > ts.sram_bytes:
+                self.stats.warnings.append(
+                    f"tile ({ts.x},{ts.y}): its input buffers held {ts.peak_buffer_bytes} bytes at the peak, the "
+                    f"tile has {ts.sram_bytes} (timed as if they fit)"
+                )
+        for ks in self.stats.kernels:
+            ks.peak_buffer_bytes = math.ceil(ks.peak_buffer_bytes - 1e-6)
         self.stats.events = self.events
         self.stats.links = [self.links[r] for r in sorted(self.links)]
         return self.stats
@@ -699,6 +845,14 @@ class _Sim:
         self.done_segments += 1
         if k.done == k.segments:
             k.stats.end = now
+        for p in k.inputs:
+            if p.producer is None:
+                continue
+            # a streamed input's share is released when the segment that needed it ends; a weight at the end
+            upto = (p.tokens if k.done == k.segments else 0) if p.broadcast else p.need(k.done - 1, k.segments)
+            if upto > p.consumed:
+                self._hold(k, -(upto - p.consumed) * p.token_bytes)
+                p.consumed = upto
         for stream, tokens, nbytes in k.outputs:
             target = tokens if k.done == k.segments else k.done * tokens // k.segments
             new = target - k.emitted[stream]
@@ -706,6 +860,17 @@ class _Sim:
                 k.emitted[stream] = target
                 self.emit(k, stream, new, nbytes / tokens)
         self.schedule(tile)
+        for load in k.throttlers:  # the tokens released may let a throttled load go on
+            if load.tile is not tile:
+                self.schedule(load.tile)
+
+    def _hold(self, k: _Kernel, nbytes: float) -> None:
+        k.held += nbytes
+        k.tile.held += nbytes
+        if k.held > k.stats.peak_buffer_bytes:
+            k.stats.peak_buffer_bytes = k.held
+        if k.tile.held > k.tile.stats.peak_buffer_bytes:
+            k.tile.stats.peak_buffer_bytes = k.tile.held
 
     def emit(self, k: _Kernel, stream: int, tokens: int, token_bytes: float) -> None:
         """``tokens`` new tokens of ``stream`` leave kernel ``k``: over each route to its consumer."""
@@ -738,7 +903,10 @@ class _Sim:
     def deliver(self, dst: _Kernel, stream: int, tokens: int) -> None:
         for p in dst.inputs:
             if p.stream == stream:
-                p.received = min(p.tokens, p.received + tokens)
+                new = min(p.tokens, p.received + tokens) - p.received
+                p.received += new
+                if p.producer is not None and new > 0:
+                    self._hold(dst, new * p.token_bytes)
         self.schedule(dst.tile)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from attnc.arch import load_arch
 from attnc.backend.bitstream import (
-    Bitstream, DmaDescriptor, Instr, IOEntry, KernelConfig, Port, RouteConfig, TileConfig, decode, embed_arch, encode,
+    Bitstream, Buffer, DmaDescriptor, Instr, IOEntry, KernelConfig, Port, RouteConfig, TileConfig, decode, embed_arch, encode,
 )  # fmt: skip
 from attnc.errors import AttncError
 from attnc.simulator.functional import Functional, run
@@ -118,6 +118,7 @@ def repeat_load(passes, bursts=2):
     loops = (("repeat", passes), ("burst", bursts)) if passes > 1 else (("burst", bursts),)
     load = kernel(0, "load_k", "dma_load", [port(0, 100)], [port(0, 1, tokens=tokens)], loops=loops)
     use = elementwise(1, "use", "add", 1, 2, tokens=tokens)
+    use.buffers = [Buffer("in", 0, 2048, 1, True)]  # room for every pass: the load is never held back
     io = [IOEntry("x", "input", "f32", [N], X_AT, 4 * N)]
     # the route carries what the consumer reads: the tensor once per pass
     return make({(1, 0): [load], (1, 1): [use]}, [route(1, 0, 1, [(1, 0), (1, 1)], passes * 4 * N)],

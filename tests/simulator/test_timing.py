@@ -209,9 +209,28 @@ def test_buffers_larger_than_the_tile_are_reported():
     big.buffers = [Buffer("work", 0, 1 << 20, 1, True)]
     stats = simulate(bitstream({(1, 1): [big]}))
     assert stats.warnings == [
-        "tile (1,1): the contexts' buffers need 1048576 bytes, the tile has 4096 (timed as if they fit)"
+        "tile (1,1): the contexts' buffers need 1048576 bytes, the tile has 4096 (timed as if they fit)",
+        # 4096 bytes in 2 banks of 2048: a 1 MiB buffer takes 512 whole banks
+        "kernel 0 'gemm0' on tile (1,1): its buffers need 512 banks of 2048 bytes, the tile has 2 (timed as if they fit)",
     ]
     assert stats.to_json()["warnings"] == stats.warnings
+    assert stats.kernels[0].buffer_banks == 512
+
+
+def test_buffers_occupy_whole_banks():
+    from attnc.backend.bitstream import Buffer
+
+    # three buffers of 1, 2048 and 2049 bytes on a tile of 2 banks of 2048: 1 + 1 + 2 = 4 banks
+    k = gemm(0, 4, 4, 4)
+    k.buffers = [Buffer("a", 0, 1, 1, False), Buffer("b", 1, 2048, 1, False), Buffer("c", 2049, 2049, 1, True)]
+    stats = simulate(bitstream({(1, 1): [k]}))
+    assert stats.kernels[0].buffer_banks == 4
+    assert stats.warnings[-1] == (
+        "kernel 0 'gemm0' on tile (1,1): its buffers need 4 banks of 2048 bytes, the tile has 2 (timed as if they fit)"
+    )
+    k.buffers = k.buffers[:2]  # two banks: fits
+    stats = simulate(bitstream({(1, 1): [k]}))
+    assert stats.kernels[0].buffer_banks == 2 and stats.warnings == []
 
 
 def test_a_route_through_a_non_link_is_an_error():

@@ -1,0 +1,181 @@
+"""On-chip buffers in the timing model: peak bytes held per context and per tile, back-pressure of DMA loads
+on their consumers' buffers (and where it is left out because it could deadlock), on hand-built bitstreams
+for the ``tiny`` array (compute tiles at (1..2, 1..2) with 4 KiB of SRAM in 2 banks and 4 lanes; 16 B/cycle
+links, 1 cycle per hop; DRAM 18.28 B/cycle after 94 cycles)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from attnc.arch import load_arch
+from attnc.backend.bitstream import (
+    Bitstream, Buffer, DmaDescriptor, Instr, IOEntry, KernelConfig, Port, RouteConfig, TileConfig, decode, embed_arch,
+    encode,
+)  # fmt: skip
+from attnc.simulator.functional import run
+from attnc.simulator.timing import simulate
+
+TINY = load_arch("tiny")
+BW, LAT, LINK = TINY.dram.bytes_per_cycle, TINY.dram.latency_cycles, TINY.noc.link_bytes_per_cycle
+TOKENS, PER = 32, 16  # 32 tokens of 16 floats (64 bytes)
+N = TOKENS * PER
+
+
+def kernel(kid, name, kind, inputs, outputs, body=(), loops=(("steps", 1),), buffers=()):
+    return KernelConfig(kid, name, kind, list(inputs), list(outputs), [], list(buffers), list(loops), list(body), 0)
+
+
+def port(register, stream, n=N, tokens=TOKENS):
+    return Port(register, stream, "f32", [n], tokens)
+
+
+def route(stream, src, dst, hops, nbytes=4 * N):
+    return RouteConfig(stream, f"s{stream}", src, dst, [tuple(h) for h in hops], 0, nbytes, 1.0)
+
+
+def load(kid, stream, address=0, dram_stream=100):
+    return kernel(kid, f"load{kid}", "dma_load", [port(0, dram_stream)], [port(0, stream)], loops=(("burst", TOKENS),))
+
+
+def adds(kid, name, in_streams, out_stream, work, buffers=()):
+    """``work`` chained adds per token of the sum of its inputs: 16 * work / 4 = 4 * work cycles a token."""
+    body = []
+    for i in range(1, len(in_streams)):
+        body.append(Instr("add", [i - 1 if i == 1 else 100 + i - 1, i], [100 + i], {"dtype": "f32", "shape": [N]}))
+    reg = 100 + len(in_streams) - 1 if len(in_streams) > 1 else 0
+    for i in range(work):
+        body.append(Instr("add", [reg, reg], [200 + i], {"dtype": "f32", "shape": [N]}))
+        reg = 200 + i
+    inputs = [port(i, s) for i, s in enumerate(in_streams)]
+    return kernel(kid, name, "elementwise", inputs, [port(reg, out_stream)], body, (("rows", TOKENS),), buffers)
+
+
+def make(tiles, routes, dma=(), io=()):
+    src, fp = embed_arch(TINY)
+    cfgs = [TileConfig(x, y, TINY.tile(x, y).kind, ks) for (x, y), ks in tiles.items()]
+    return decode(encode(Bitstream(src, fp, cfgs, list(routes), list(dma), [], list(io))))
+
+
+def slow_consumer(room=256, store=False):
+    """A 2 KiB load on (1,0) in 32 tokens feeding 8 adds a token (32 cycles) on (1,1), whose double-buffered
+    input buffer holds ``room`` bytes; with ``store``, the result goes back to DRAM through (0,0)."""
+    tiles = {(1, 0): [load(0, 1)], (1, 1): [adds(1, "slow", [1], 2, work=8, buffers=[Buffer("in", 0, room, 1, True)])]}
+    routes = [route(1, 0, 1, [(1, 0), (1, 1)])]
+    dma = [DmaDescriptor((1, 0), "load", 1, 0, 4 * N, [N], [1], "f32")]
+    io = [IOEntry("x", "input", "f32", [N], 0, 4 * N)]
+    if store:
+        tiles[(0, 0)] = [kernel(2, "store", "dma_store", [port(0, 2)], [port(0, 101)], loops=(("burst", TOKENS),))]
+        routes.append(route(2, 1, 2, [(1, 1), (1, 0), (0, 0)]))
+        dma.append(DmaDescriptor((0, 0), "store", 2, 4 * N, 4 * N, [N], [1], "f32"))
+        io.append(IOEntry("y", "output", "f32", [N], 4 * N, 4 * N))
+    return make(tiles, routes, dma, io)
+
+
+def by_name(stats):
+    return {k.name: k for k in stats.kernels}
+
+
+def test_a_load_is_held_back_by_a_slow_consumer():
+    stats = simulate(slow_consumer(room=256))
+    k = by_name(stats)
+    token = 4 * PER  # 64 bytes
+    # 256 bytes of double-buffered room = 4 tokens: the load may run at most 4 tokens ahead of the adds
+    # the first token: DRAM is faster than the link, so token 1 joins token 0 on the link before it is
+    # through and the two share it (8 B/cycle each) from then on; then 1 cycle for the hop
+    t1 = LAT + 2 * token / BW
+    first = t1 + (token - LINK * token / BW) / (LINK / 2) + 1
+    slow = 4 * 8  # cycles of adds per token
+    assert k["load0"].throttled and not k["slow"].throttled
+    # the last load segment may start only once the consumer has released 32 - 4 = 28 tokens
+    assert k["load0"].end == pytest.approx(first + 28 * slow + token / BW)
+    assert k["load0"].end > LAT + N * 4 / BW + 700  # far later than the DRAM alone allows
+    assert stats.cycles == math.ceil(first + TOKENS * slow)  # the consumer never starves
+    assert k["slow"].peak_buffer_bytes == 4 * token
+    tile = next(t for t in stats.tiles if (t.x, t.y) == (1, 1))
+    assert tile.peak_buffer_bytes == 4 * token
+    assert stats.to_json()["tiles"][[(t.x, t.y) for t in stats.tiles].index((1, 1))]["peak_buffer_bytes"] == 256
+    assert stats.warnings == []
+
+
+def test_the_depth_is_at_least_two_tokens():
+    # no double-buffered room: the load still keeps 2 tokens in flight (one consumed, one arriving)
+    stats = simulate(slow_consumer(room=0))
+    assert by_name(stats)["slow"].peak_buffer_bytes == 2 * 4 * PER
+    token = 4 * PER
+    t1 = LAT + 2 * token / BW  # as above: token 1 catches token 0 on the link
+    assert stats.cycles == math.ceil(t1 + (token - LINK * token / BW) / (LINK / 2) + 1 + TOKENS * 32)
+    # ... and room for everything lets the load run at the DRAM's pace
+    free = simulate(slow_consumer(room=4096))
+    assert by_name(free)["load0"].end == pytest.approx(LAT + 4 * N / BW)
+    assert by_name(free)["slow"].peak_buffer_bytes > 16 * 4 * PER
+
+
+def test_timing_only_and_functional_runs_agree():
+    bs = slow_consumer(room=256, store=True)
+    x = np.linspace(-1, 1, N, dtype=np.float32)
+    np.testing.assert_array_equal(run(bs, {"x": x})["y"], x * 256)  # 8 doublings
+    timed = simulate(bs)
+    assert simulate(bs, functional=True).cycles == timed.cycles
+    assert by_name(timed)["load0"].throttled
+
+
+def test_a_fork_join_is_not_throttled():
+    # load -> slow on (1,1) and load -> fwd on (2,1) -> slow: with finite buffers the load could wait for
+    # 'slow', which waits for 'fwd', which waits for the load; the load runs free and 'slow' buffers more
+    tiles = {
+        (1, 0): [load(0, 1)],
+        (2, 1): [adds(1, "fwd", [1], 2, work=1)],
+        (1, 1): [adds(2, "slow", [1, 2], 3, work=8, buffers=[Buffer("in", 0, 256, 1, True)])],
+    }
+    routes = [route(1, 0, 1, [(1, 0), (2, 0), (2, 1)]), route(1, 0, 2, [(1, 0), (1, 1)]),
+              route(2, 1, 2, [(2, 1), (1, 1)])]  # fmt: skip
+    dma = [DmaDescriptor((1, 0), "load", 1, 0, 4 * N, [N], [1], "f32")]
+    stats = simulate(make(tiles, routes, dma))
+    k = by_name(stats)
+    assert not k["load0"].throttled
+    assert k["load0"].end == pytest.approx(LAT + 4 * N / BW)  # as fast as DRAM allows
+    assert k["slow"].peak_buffer_bytes > 256
+    assert stats.cycles >= TOKENS * 32
+
+
+def test_back_pressure_that_would_close_a_cycle_of_waits_is_left_out():
+    # load0 -> a, load0 -> b -> c; load1 -> c, load1 -> a. Throttling both could deadlock: load0 waits for
+    # a, a for load1, load1 for c, c for b, b for load0. load0 (first by id) is throttled, load1 is not.
+    tiles = {
+        (1, 0): [load(0, 1)],
+        (3, 2): [load(1, 2, dram_stream=102)],
+        (1, 1): [adds(2, "a", [1, 2], 10, work=8)],
+        (2, 1): [adds(3, "b", [1], 3, work=1)],
+        (2, 2): [adds(4, "c", [3, 2], 11, work=8)],
+    }
+    routes = [
+        route(1, 0, 2, [(1, 0), (1, 1)]), route(1, 0, 3, [(1, 0), (2, 0), (2, 1)]),
+        route(2, 1, 4, [(3, 2), (2, 2)]), route(2, 1, 2, [(3, 2), (2, 2), (1, 2), (1, 1)]),
+        route(3, 3, 4, [(2, 1), (2, 2)]),
+    ]  # fmt: skip
+    dma = [DmaDescriptor((1, 0), "load", 1, 0, 4 * N, [N], [1], "f32"),
+           DmaDescriptor((3, 2), "load", 2, 4 * N, 4 * N, [N], [1], "f32")]  # fmt: skip
+    stats = simulate(make(tiles, routes, dma))
+    k = by_name(stats)
+    assert k["load0"].throttled and not k["load1"].throttled
+    assert all(x.end > 0 for x in stats.kernels)
+
+
+def test_input_buffers_beyond_the_tile_are_a_warning():
+    # one 8 KiB token from (1,1) into (2,1), whose tile has 4 KiB
+    n = 2048
+    src = kernel(0, "src", "elementwise", [Port(0, 10, "f32", [n], 1)], [Port(1, 11, "f32", [n], 1)],
+                 [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})])  # fmt: skip
+    dst = kernel(1, "dst", "elementwise", [Port(0, 11, "f32", [n], 1)], [Port(1, 12, "f32", [n], 1)],
+                 [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})])  # fmt: skip
+    stats = simulate(make({(1, 1): [src], (2, 1): [dst]}, [route(11, 0, 1, [(1, 1), (2, 1)], 4 * n)]))
+    assert by_name(stats)["dst"].peak_buffer_bytes == 4 * n
+    assert by_name(stats)["src"].peak_buffer_bytes == 0  # its input is DRAM-side: not held on chip
+    assert stats.warnings == [
+        "tile (2,1): its input buffers held 8192 bytes at the peak, the tile has 4096 (timed as if they fit)"
+    ]
+    doc = stats.to_json()
+    assert {"peak_buffer_bytes", "buffer_banks", "throttled"} <= set(doc["kernels"][0])
