@@ -369,12 +369,12 @@ def compile_command(
     start = time.perf_counter()
     module = load_model(model, shapes)
     import_seconds = time.perf_counter() - start
-    # the attention ops are gone once lowered: describe them just before
+    # the attention ops are split by tile and gone once lowered: describe them just before
     frontend_ops: list[str] = []
     base_progress = _progress()
 
     def progress(i: int, n: int, name: str) -> None:
-        if name == "lower-to-dataflow" and not frontend_ops:
+        if name in ("tile", "lower-to-dataflow") and not frontend_ops:
             frontend_ops.append(format_ops(module))
         if base_progress is not None:
             base_progress(i, n, name)
@@ -418,9 +418,23 @@ def compile_command(
 
         picture = draw_mapping(target, problem, mapping, Path(output).with_suffix(".svg"))
         click.echo("".join(frontend_ops), nl=False)
+        click.echo(format_schedule(config), nl=False)
         click.echo(format_mapping_report(config, target, problem, mapping), nl=False)
+        from attnc.cost import estimate, format_cost
+
+        click.echo(format_cost(estimate(module, target)), nl=False)
         click.echo(format_times(records, import_seconds), nl=False)
         click.echo(f"picture: {picture}")
+
+
+def format_schedule(config: Any) -> str:
+    """The attention schedules ``tile`` chose: dataflow, sizes, predicted cost and search time."""
+    from attnc.passes.tile import REPORT_ATTR
+
+    attr = config.attributes.get(REPORT_ATTR)
+    if attr is None:
+        return "attention schedules: none chosen (per-head lowering)\n"
+    return "attention schedules (tile search):\n" + "".join(f"  {line}\n" for line in attr.data.splitlines())
 
 
 def say_random_inputs(inputs: dict[str, Any], seed: int) -> None:
