@@ -89,6 +89,9 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
     fused = [op for op in body_ops if isinstance(op, sp.AttentionOp) and op.fusion is not None]
     if fused:
         return _fused_cost(fused[0], arch, eb)
+    staged = [op for op in body_ops if "dataflow.stage" in op.attributes]
+    if staged:
+        return _stage_cost(staged[0], arch, eb)
     gemms = [op for op in body_ops if isinstance(op, (sp.MatmulOp, sp.ContractOp))]
     if gemms:
         tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
@@ -145,7 +148,15 @@ def fused_attention_work(
     r_max, kb_max = max(1, row_block), max(1, key_block if fusion == "online" else t)
     mr, mc, lanes = max(tile.mac_rows, 1), max(tile.mac_cols, 1), max(tile.vector_lanes, 1)
     macs = mac_cycles = lane = 0
-    for r0 in range(0, rows, r_max):
+    if causal:
+        blocks_of_rows = [(r0, 1) for r0 in range(0, rows, r_max)]
+    else:  # every row block is alike but a shorter last one
+        full = rows // r_max
+        blocks_of_rows = [(0, full)] if full else []
+        if rows % r_max:
+            blocks_of_rows.append((full * r_max, 1))
+    for r0, times in blocks_of_rows:
+        before = (macs, mac_cycles, lane)
         r = min(r_max, rows - r0)
         last_key = r0 + r - 1 + causal_offset if causal else t - 1
         n_keys = max(0, min(t, last_key + 1)) if causal else t
@@ -164,6 +175,8 @@ def fused_attention_work(
             lane += count * (ops + (r * kb if has_mask else 0))
         if fusion == "online":
             lane += r * dv
+        if times > 1:
+            macs, mac_cycles, lane = (b + times * (a - b) for a, b in zip((macs, mac_cycles, lane), before))
     macs, mac_cycles, lane = units * macs, units * mac_cycles, units * lane
     cycles = max(mac_cycles, -(-lane // lanes)) + (mr + mc if macs else 0)
     return macs, cycles, lane
@@ -203,3 +216,13 @@ def _fused_cost(op: sp.AttentionOp, arch, eb: int) -> KernelCost:
     loops = (("unit", b * h), ("row_block", -(-rows // rb)), ("key_block", -(-t // kb)))
     steps = b * h * loops[1][1] * loops[2][1]
     return KernelCost("attention", "compute", loops, (rb, kb), buf, cycles, macs, steps)
+
+
+def _stage_cost(op: Operation, arch, eb: int) -> KernelCost:
+    """K or V of a group held in a memory tile, one unit at a time, and streamed to the group's
+    first member once per pass: no work, a buffer of one unit and two key blocks."""
+    units, _, t, d = sp.shape_of(op.results[0])
+    passes = op.attributes["dataflow.stage"].value.data
+    kb = min(op.attributes["dataflow.key_block"].value.data, t)
+    loops = (("unit", units), ("repeat", passes), ("block", -(-t // kb)))
+    return KernelCost("data", "memory", loops, (kb,), eb * d * (t + 2 * kb), 0, 0, units * passes * loops[2][1])

@@ -48,6 +48,8 @@ TAG = "dataflow.tag"
 GROUP = "dataflow.group"
 SPILL = "dataflow.spill"
 REPEAT = "dataflow.repeat"
+#: a copy of K or V held in a memory tile and streamed out once per pass (the value: passes)
+STAGE = "dataflow.stage"
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,14 @@ class Schedule:
     key_block: int
     passes: int = 1  # times a member streams its group's K and V (1: read once)
     buffer: int = 0  # on-chip bytes a fused member needs (reports)
+    staged: bool = False  # passes > 1 re-stream K/V from a memory tile, not from DRAM
 
     def text(self) -> str:
         s = f"{self.mode} groups={self.groups} members={self.members}"
         if self.mode != "unfused":
             s += f" row_block={self.row_block} key_block={self.key_block} passes={self.passes}"
+            if self.staged:
+                s += " (K/V staged in memory tiles)"
         return s
 
 
@@ -124,6 +129,8 @@ def expand(op: sp.AttentionOp, sched: Schedule, name: str) -> None:
         u0, u1 = split(units, sched.groups, g)
         kin = _slice(b, ku, [u0, 0, 0, 0], [u1, 1, t, d])
         vin = _slice(b, vu, [u0, 0, 0, 0], [u1, 1, t, dv])
+        if sched.staged:
+            kin, vin = (_stage(b, x, sched, f"{name}_g{g}_{n}stage", f"{name}/g{g}") for x, n in ((kin, "k"), (vin, "v")))
         rows = []
         for c in range(sched.members):
             r0, r1 = split(s, sched.members, c)
@@ -160,6 +167,13 @@ def _i64(n: int):
     from xdsl.dialects.builtin import IntegerAttr
 
     return IntegerAttr(n, 64)
+
+
+def _stage(b: _Builder, x: SSAValue, sched: Schedule, tag: str, group: str) -> SSAValue:
+    op = sp.ReshapeOp(x, sp.shape_of(x))
+    op.attributes[STAGE] = _i64(sched.passes)
+    op.attributes["dataflow.key_block"] = _i64(sched.key_block)
+    return b.add(op, tag, group)
 
 
 def _spill(b: _Builder, x: SSAValue, tag: str, group: str) -> SSAValue:

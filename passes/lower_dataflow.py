@@ -45,7 +45,7 @@ from attnc.dialects import sparse as sp
 from attnc.encodings import from_numpy, np_dtype
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
-from attnc.passes.fuse_attention import GROUP, REPEAT, SPILL, TAG
+from attnc.passes.fuse_attention import GROUP, REPEAT, SPILL, STAGE, TAG
 from attnc.schedule import SFU_OPS, kernel_cost, nbytes
 #: constants up to this size are cloned into the kernels that use them (configuration data)
 SMALL_CONSTANT_BYTES = 1024
@@ -274,7 +274,10 @@ class _Partitioner:
         cost = kernel_cost(body_ops, types, self.arch, dma=dma)
         # only fused attention kernels stream (their loop order is the order their inputs arrive in);
         # every other stream is one token, so its consumer starts when it is complete
-        tokens = cost.tokens if cost.kind == "attention" else 1
+        tokens = cost.tokens if cost.kind == "attention" or cost.tile_kind == "memory" else 1
+        for op in body_ops:  # the staging markers have served the costing
+            for key in (STAGE, "dataflow.key_block"):
+                op.attributes.pop(key, None)
         return df.KernelOp(name, inputs, types, block, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
                            tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs,
                            tokens=[tokens] * len(types), group=group or None)  # fmt: skip
@@ -383,11 +386,11 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
         if k.kind.data != "dma_load" or not k.outputs:
             continue
         users = consumers.get(k.outputs[0], [])
-        if not users or any(u.kind.data != "attention" for u, _ in users):
+        if not users or any(u.kind.data != "attention" and u.tile_kind.data != "memory" for u, _ in users):
             continue
         bursts = dict(k.loop_schedule()).get("burst", 1)
         k.tokens = _i64s_attr([bursts])
-        passes = {repeats[u][i] for u, i in users}
+        passes = {repeats[u][i] if u in repeats else 1 for u, i in users}
         if len(passes) == 1 and (p := passes.pop()) > 1:
             k.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
             k.trips = _i64s_attr([p, bursts])

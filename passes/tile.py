@@ -161,13 +161,13 @@ def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
             )  # fmt: skip
             worst = max(worst, cyc)
         member = worst
-        dram = q_bytes + o_bytes + passes * kv_bytes + mask_bytes
+        dram = q_bytes + o_bytes + (1 if sched.staged else passes) * kv_bytes + mask_bytes
         chain = passes * kv_bytes / g / link  # each chain link carries its group's K/V per pass
         fan = max(q_bytes, o_bytes, passes * kv_bytes / 2) / (3 * link)  # through a DMA tile's links
         noc = max(chain, fan)
         cycles = max(member, dram / bw, noc)
         bound = "compute" if cycles == member else ("dram" if cycles == dram / bw else "noc")
-        kernels = g * c + 5
+        kernels = g * c + 5 + (2 * g if sched.staged else 0)
         buffer = sched.buffer
     cycles += arch.dram.latency_cycles + max(tile.mac_rows, 1) + max(tile.mac_cols, 1)
     return Prediction(sched, math.ceil(cycles), int(dram), buffer, kernels, bound)
@@ -220,11 +220,23 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                         if need > budget:
                             reject("buffers exceed the tile's SRAM")
                             continue
-                        if passes > 1 and not sh.kv_from_dram:
-                            reject("K/V re-streaming needs K and V in DRAM")
+                        staged = passes > 1 and _stageable(sh, arch, g, kb, reserved)
+                        if passes > 1 and not staged and not sh.kv_from_dram:
+                            reject("K/V re-streaming needs K and V in DRAM or room in the memory tiles")
                             continue
-                        out.append(Schedule(fusion, g, c, r, kb, passes, need))
+                        out.append(Schedule(fusion, g, c, r, kb, passes, need, staged))
     return out, rejected
+
+
+def _stageable(sh: Shape, arch, groups: int, key_block: int, reserved: dict[str, int]) -> bool:
+    """Whether the memory tiles can hold one unit of K and one of V per group (with two key
+    blocks each), so that passes re-read them on chip instead of from DRAM."""
+    if reserved.get("memory", 0):
+        return False
+    kb = min(key_block, sh.keys)
+    need = sh.eb * max(sh.d, sh.dv) * (sh.keys + 2 * kb)
+    slots = sum(min(t.contexts, t.sram_bytes // need) for t in arch.tiles_of("memory")) if need else 0
+    return slots >= 2 * groups
 
 
 def search(sh: Shape, arch, mode: str = "auto", budget: int | None = None, forced: dict | None = None,

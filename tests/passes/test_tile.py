@@ -150,3 +150,22 @@ def test_online_traffic_is_compulsory_when_rows_fit_and_unfused_grows_quadratica
     un = {n: search(Shape(rows=n, keys=n, **BERT), a, "unfused").best.dram_bytes for n in (512, 1024, 2048)}
     # quadratic: doubling N more than triples the traffic once the scores dominate
     assert un[2048] / un[1024] > 3 and un[1024] / un[512] > 3
+
+
+def test_passes_restream_k_and_v_from_memory_tiles_when_they_fit_there():
+    # 512 keys of K and V do not fit a 16 KiB edge tile, so 32-row members walk 8-row blocks and
+    # stream K/V four times; the memory tiles hold a unit of each, so DRAM is read once
+    module = attention_model(b=1, h=2, hkv=2, s=64, t=512, d=16)
+    inputs = inputs_for(module)
+    before = interpret(module, inputs)
+    run_pipeline(module, "fuse-attention{mode=online},tile{arch=edge groups=1 members=2 row-block=8 key-block=16}")
+    report = main_func(module).attributes["attnc.tile_report"].data
+    assert "passes=4 (K/V staged in memory tiles)" in report
+    run_pipeline(module, "lower-to-dataflow{arch=edge}")
+    kernels = {k.sym_name.data: k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)}
+    stages = [k for k in kernels.values() if k.tile_kind.data == "memory"]
+    assert sorted(k.sym_name.data for k in stages) == ["attn0_g0_kstage", "attn0_g0_vstage"]
+    assert all(k.loop_schedule()[1] == ("repeat", 4) for k in stages)
+    loads = [k for k in kernels.values() if k.kind.data == "dma_load"]
+    assert all("repeat" not in dict(k.loop_schedule()) for k in loads)
+    np.testing.assert_allclose(interpret(module, inputs)["O"], before["O"], rtol=0, atol=2e-6)
