@@ -369,6 +369,11 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
     for k in kernels:
         for i, v in enumerate(k.inputs):
             consumers.setdefault(v, []).append((k, i))
+    # the spills of one phase (scores, or probabilities) run together and share DRAM: their cycles
+    # (and so the rates the placer budgets for their streams) are those of all of them
+    spills = [k for k in kernels if k.kind.data == "dma_spill"]
+    for k in spills:
+        k.cycles = IntegerAttr(k.cycles.value.data * max(1, len(spills) // 2), 64)
     repeats: dict[df.KernelOp, list[int]] = {}
     for k in kernels:
         if k.kind.data != "attention":

@@ -239,6 +239,13 @@ def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int],
             if isinstance(owner, df.KernelOp):
                 edges.append((stream_of[v], owner, k, consumed_bytes(arg) * int(rep)))
     width = arch.noc.link_bytes_per_cycle
+    rates = [min(float(width), nb / max(src.cycles.value.data, dst.cycles.value.data, 1)) for _, src, dst, nb in edges]
+    # what DMA loads stream out cannot exceed what DRAM delivers: their rates share its bandwidth
+    loads = [i for i, (_, src, _, _) in enumerate(edges) if src.kind.data == "dma_load"]
+    total = sum(rates[i] for i in loads)
+    if total > arch.dram.bytes_per_cycle:
+        for i in loads:
+            rates[i] *= arch.dram.bytes_per_cycle / total
     problem = MappingProblem(
         kernels=[
             KernelSpec(k.sym_name.data, k.tile_kind.data, k.buffer_bytes.value.data, max(1, k.cycles.value.data),
@@ -246,9 +253,8 @@ def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int],
             for k in kernels
         ],
         streams=[
-            StreamSpec(f"s{s}:{dst.sym_name.data}", src.sym_name.data, dst.sym_name.data, nbytes_,
-                       min(float(width), nbytes_ / max(src.cycles.value.data, dst.cycles.value.data, 1)))  # fmt: skip
-            for s, src, dst, nbytes_ in edges
+            StreamSpec(f"s{s}:{dst.sym_name.data}", src.sym_name.data, dst.sym_name.data, nbytes_, rate)
+            for (s, src, dst, nbytes_), rate in zip(edges, rates)
         ],
     )
     return problem, edges
