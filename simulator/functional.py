@@ -305,18 +305,21 @@ class Functional:
         stores = [d for d in self.bs.dma if d.direction == "store" and d.stream == src]
         store = next((d for d in stores if tuple(d.channel) == c.tile), stores[0] if stores else None)
         load = self.loads.get(dst)
-        if store is None or load is None:
-            missing = "store descriptor of stream" if store is None else "load descriptor of stream"
-            raise SimulationError(f"{c.label} is a dma_spill but no {missing} {src if store is None else dst} exists")
+        if store is None:
+            raise SimulationError(f"{c.label} is a dma_spill but no store descriptor of stream {src} exists")
+        if load is None:
+            raise SimulationError(f"{c.label} is a dma_spill but no load descriptor of stream {dst} exists")
         x = outs[0]
         where = f"DMA spill of stream {src}"
-        if math.prod(store.shape) != x.size:
-            raise SimulationError(f"{where}: the store descriptor's shape {list(store.shape)} cannot hold {list(x.shape)}")
-        dram.write(store.dram_address, x.reshape(store.shape), store.dtype, list(store.shape), list(store.strides), where)
-        y = dram.read(load.dram_address, load.dtype, list(load.shape), list(load.strides), f"DMA load of stream {dst}")
+        shape, strides = list(store.shape), list(store.strides)
+        if math.prod(shape) != x.size:
+            raise SimulationError(f"{where}: the store descriptor's shape {shape} cannot hold {list(x.shape)}")
+        dram.write(store.dram_address, x.reshape(shape), store.dtype, shape, strides, where)
+        where = f"DMA load of stream {dst}"
+        y = dram.read(load.dram_address, load.dtype, list(load.shape), list(load.strides), where)
         port = cfg.outputs[0]
         if y.size != math.prod(port.shape):
-            raise SimulationError(f"DMA load of stream {dst}: {list(load.shape)} does not fill the port's {list(port.shape)}")
+            raise SimulationError(f"{where}: {list(load.shape)} does not fill the port's {list(port.shape)}")
         return [y.reshape(port.shape)]
 
     @staticmethod

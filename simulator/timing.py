@@ -578,28 +578,32 @@ class _Sim:
                 )
 
     def _back_pressure(self) -> None:
-        """Throttle each DMA load (a source: all its inputs DRAM-side) by its streamed consumers, when that
-        cannot deadlock.
+        """Throttle each DMA load and each context on a memory tile (the sources that stream, and re-stream,
+        data they hold) by its streamed consumers, when that cannot deadlock.
 
         A consumer port of T tokens over S segments releases its tokens as its segments finish; the load may
         start a segment only if, once it has finished, it is at most ``depth`` tokens ahead of what each
-        consumer has released, with depth = max(2, chunk + burst - 1, fit): chunk, the most tokens one
-        consumer segment needs at once; burst, the most tokens one load segment emits (so a consumer always
-        gets what its next segment needs: no deadlock between the two); fit, how many tokens fit in the
-        consumer's double-buffered buffers, their bytes shared evenly by its on-chip input ports (a single
-        buffer is computed on and gives no room to run ahead). Weights (needed whole) are not throttled.
+        consumer has released, with depth = max(2·burst + chunk - 1, fit): burst, the most tokens one load
+        segment emits, twice (the load fetches a burst while the consumer works on the one before: double
+        buffering at the load's grain; 2 for a load of one token a segment); chunk, the most tokens one
+        consumer segment needs at once (so a consumer always gets what its next segment needs: no deadlock
+        between the two); fit, how many tokens fit in the consumer's double-buffered buffers, their bytes
+        shared evenly by its on-chip input ports (a single buffer is computed on and gives no room to run
+        ahead). Weights (needed whole) are not throttled.
 
-        Waits form a graph: a context waits for its producers, a throttled load waits for its consumers.
-        A load is throttled only if its back-pressure closes no cycle of waits (except the harmless pair
-        "the load waits for its consumer, which waits for the load": the depth rules it out). A fork-join (a
-        consumer of the load also reachable from it through another context) is such a cycle: that load is
-        not throttled, and its consumers' buffers are unbounded as before."""
+        Waits form a graph: a context waits for its producers, a throttled load waits for its consumers. A
+        deadlock needs a cycle of waits that hold at once, hence a simple one; "the load waits for its
+        consumer, which waits for the load" cannot hold at once (the depth rules it out), so loads are taken
+        in kernel order and a load is throttled only if its edges close no simple cycle of three or more
+        contexts. A fork-join (a consumer of the load also reachable from it through another context) is
+        such a cycle, and so is a load whose consumer waits for another throttled load whose other consumer
+        waits for the first one: that load is not throttled, and its consumers' buffers are unbounded."""
         waits: dict[int, set[int]] = {}
         for k in self.kernels.values():
             waits[k.cfg.kernel] = {p.producer.cfg.kernel for p in k.inputs if p.producer is not None}
         for kid in sorted(self.kernels):
             load = self.kernels[kid]
-            if load.cfg.kind != "dma_load" or any(p.producer is not None for p in load.inputs):
+            if load.cfg.kind != "dma_load" and self.arch.tile(*load.tile.pos).kind != "memory":
                 continue
             candidates = []
             for stream, tokens, _ in load.outputs:
@@ -614,25 +618,26 @@ class _Sim:
             waits[kid] = waits[kid] | extra
             load.stats.throttled = True
             for c, p, tokens in candidates:
-                chunk = max(p.need(i, c.segments) - (p.need(i - 1, c.segments) if i else 0) for i in range(c.segments))
-                burst = max(
-                    min(load.emitted_after(i, tokens), p.tokens) - (min(load.emitted_after(i - 1, tokens), p.tokens) if i else 0)
-                    for i in range(load.segments)
-                )  # fmt: skip
+                needs = [0] + [p.need(i, c.segments) for i in range(c.segments)]
+                chunk = max(b - a for a, b in zip(needs, needs[1:]))
+                sent = [0] + [min(load.emitted_after(i, tokens), p.tokens) for i in range(load.segments)]
+                burst = max(b - a for a, b in zip(sent, sent[1:]))
                 room = sum(b.size for b in c.cfg.buffers if b.double_buffered)
                 shared = max(sum(1 for q in c.inputs if q.producer is not None), 1)
                 fit = int(room / shared // p.token_bytes) if p.token_bytes > 0 else 0
-                depth = max(2, chunk + burst - 1, fit)
+                depth = max(2 * burst + chunk - 1, fit)
                 load.throttles.append(_Throttle(c, p, depth))
                 if load not in c.throttlers:
                     c.throttlers.append(load)
 
     @staticmethod
     def _reaches(start: int, target: int, waits: dict[int, set[int]], load: int, extra: set[int]) -> bool:
-        """Whether ``target`` (a load) is reachable from consumer ``start`` over the waits plus the load's new
-        edges to ``extra``, not counting ``start``'s own direct wait for the load."""
+        """Whether a simple path leads from consumer ``start`` back to ``target`` (the load) over the waits plus
+        the load's new edges to ``extra``, other than ``start``'s direct wait for the load. A closed walk that
+        passes ``start`` twice is made of cycles of its own, each checked when its edges were added; and
+        "load waits for consumer, consumer waits for load" cannot hold at once (the depth rules it out)."""
         stack = [n for n in waits.get(start, ()) if n != target]
-        seen = set(stack)
+        seen = set(stack) | {start}
         while stack:
             n = stack.pop()
             if n == target:
@@ -646,8 +651,10 @@ class _Sim:
 
     def _kernel(self, cfg: KernelConfig, tile: _Tile, at, producers) -> _Kernel:
         steps = _prod(trips for _, trips in cfg.loops) if cfg.loops else 1
-        segments = max(1, min(steps, MAX_SEGMENTS))
         is_dma = at.kind == "dma" or cfg.kind in DMA_KINDS
+        if is_dma:  # a DMA context moves its data token by token, whatever its loops say
+            steps = max([steps] + [p.tokens for p in cfg.outputs + cfg.inputs])
+        segments = max(1, min(steps, MAX_SEGMENTS))
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
         k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma)
         for p in cfg.inputs:
@@ -658,8 +665,8 @@ class _Sim:
             if src is None or src is cfg:
                 port.received = port.tokens  # a DRAM-side stream (or one nothing produces) is there from the start
             k.inputs.append(port)
-        # a DMA context's ("repeat", P) loops run its descriptors P times: its output stream carries P copies
-        repeat = _prod(trips for name, trips in cfg.loops if name == "repeat") if is_dma else 1
+        # ("repeat", P) loops stream the context's outputs P times (a DMA context runs its descriptors P times)
+        repeat = _prod(trips for name, trips in cfg.loops if name == "repeat")
         port_bytes = 0
         for p in cfg.outputs:
             # the port's shape is the whole tensor; each of its tokens carries 1/tokens of the bytes moved

@@ -100,6 +100,14 @@ def test_a_load_is_held_back_by_a_slow_consumer():
     assert stats.warnings == []
 
 
+def test_a_load_streams_token_by_token_whatever_its_loops_say():
+    bs = slow_consumer(room=256)
+    bs.tiles[0].contexts[0].loops = [("burst", 1)]  # one step, 32 tokens on its port
+    stats = simulate(bs)
+    assert by_name(stats)["load0"].segments == TOKENS
+    assert stats.cycles == simulate(slow_consumer(room=256)).cycles
+
+
 def test_the_depth_is_at_least_two_tokens():
     # no double-buffered room: the load still keeps 2 tokens in flight (one consumed, one arriving)
     stats = simulate(slow_consumer(room=0))
@@ -120,6 +128,26 @@ def test_timing_only_and_functional_runs_agree():
     timed = simulate(bs)
     assert simulate(bs, functional=True).cycles == timed.cycles
     assert by_name(timed)["load0"].throttled
+
+
+def test_two_loads_into_one_consumer_are_both_throttled():
+    # K and V of a fused attention: two loads, one consumer; each load waits for the consumer, which may
+    # wait for the other load, but never for one that is held back by it: both are throttled. The
+    # consumer's 256 double-buffered bytes are shared by its two inputs: 2 tokens each
+    tiles = {
+        (1, 0): [load(0, 1)],
+        (2, 0): [load(1, 2, dram_stream=102)],
+        (1, 1): [adds(2, "slow", [1, 2], 3, work=8, buffers=[Buffer("in", 0, 256, 1, True)])],
+    }
+    routes = [route(1, 0, 2, [(1, 0), (1, 1)]), route(2, 1, 2, [(2, 0), (2, 1), (1, 1)])]
+    dma = [DmaDescriptor((1, 0), "load", 1, 0, 4 * N, [N], [1], "f32"),
+           DmaDescriptor((2, 0), "load", 2, 4 * N, 4 * N, [N], [1], "f32")]  # fmt: skip
+    stats = simulate(make(tiles, routes, dma))
+    k = by_name(stats)
+    assert k["load0"].throttled and k["load1"].throttled
+    assert k["slow"].peak_buffer_bytes == 2 * 2 * 4 * PER
+    slow = 4 * 9  # the sum of the two inputs, then 8 doublings
+    assert TOKENS * slow < stats.cycles < TOKENS * slow + 200  # the consumer sets the pace, from its first token
 
 
 def test_a_fork_join_is_not_throttled():
