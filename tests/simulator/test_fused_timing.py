@@ -100,3 +100,28 @@ def test_gqa_counts_query_heads_and_other_ops_add_serially():
 def test_bad_schedules_are_one_error(params, message):
     with pytest.raises(AttncError, match=message):
         attention_kernel([1, 1, 8, 4], [1, 1, 8, 4], [1, 1, 8, 4], **params)
+
+
+def test_the_cost_model_implements_the_same_rule():
+    """attnc.cost.attention_work is written independently from the same spec: both agree exactly."""
+    import random
+
+    from attnc.backend.bitstream import Instr as I
+    from attnc.cost import attention_work
+    from attnc.simulator.timing import fused_attention_work
+
+    rng = random.Random(3)
+    for _ in range(500):
+        b, h, g = rng.randint(1, 2), rng.choice([1, 2, 4]), rng.choice([1, 2])
+        q, kv = [b, h, rng.randint(1, 40), rng.choice([4, 8, 64])], [b, max(h // g, 1), rng.randint(1, 40)]
+        k, v = kv + [q[-1]], kv + [rng.choice([4, 16, 64])]
+        fusion, mask, causal = rng.choice(["flat", "online"]), rng.random() < 0.3, rng.random() < 0.5
+        r, kb, off = rng.randint(1, q[2] + 3), rng.randint(1, kv[2] + 3), rng.randint(-10, 10)
+        rows, cols, lanes = rng.choice([(4, 4, 4), (32, 32, 32), (8, 16, 8)])
+        params = {"fusion": fusion, "row_block": r, "key_block": kb, "causal": int(causal), "causal_offset": off}
+        ours = fused_attention_work(I("attention", [0, 1, 2] + [3] * mask, [4], params), [q, k, v], q[:-1] + v[-1:],
+                                    rows, cols, lanes)  # fmt: skip
+        theirs = attention_work(q, k, v, fusion=fusion, row_block=r, key_block=kb, causal=causal, causal_offset=off,
+                                has_mask=mask, rows=rows, cols=cols, lanes=lanes)  # fmt: skip
+        got = (ours.macs, ours.mac_cycles, ours.lane_ops, ours.cycles)
+        assert got == (theirs.macs, theirs.mac_cycles, theirs.lane_ops, theirs.cycles), (q, k, v, params)
