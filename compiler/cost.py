@@ -25,21 +25,28 @@ at kernel granularity (one start and one finish per kernel, one transfer per str
 
 * a kernel whose inputs come in one token starts when its producers have finished and the data has
   crossed its route (``bytes / link bandwidth + hops * hop latency``; a consumer on the producer's tile
-  reads the buffer); a streamed input (tokens > 1) lets it overlap its producer: it may start one
-  producer step plus one token's transfer after the producer starts, and finishes no earlier than one
-  of its own steps after the last token arrives;
+  reads the buffer);
+* a streamed input (tokens > 1) lets it overlap its producer: the producer emits its tokens evenly over
+  its steps (after its DMA latency or fill), a step needs its share of them (the first ceil(T/steps), the
+  last all), so the kernel starts when its first share has arrived and ends no earlier than one of its
+  steps after the last; a DMA kernel moves data token by token (at least as many steps as tokens);
 * kernels sharing a tile add up: the tile's ready kernels take turns one step each (loop steps grouped
   into at most 64, the fill in the first), in context order -- the simulator's round-robin, evaluated
-  per tile in closed form for the kernels present; a DMA tile runs ``dma_channels`` transfers at once;
+  per tile for the kernels present; a DMA tile's transfers hold its channels, a one-step transfer a
+  channel of its own, transfers of several steps take turns on one;
 * transfers in flight together share the DRAM bandwidth, and streams crossing a link together share the
-  link (processor sharing, the fluid analogue of the simulator's max-min fair flows); a later arrival
-  pushes back what is still running, so finishes are revised, never fixed early;
+  link (processor sharing, the fluid form of the simulator's max-min fair flows); a later arrival pushes
+  back what is still running, so finishes are revised, never fixed early. A stream's tokens come through
+  its links in order, except that a producer which emits faster than its links carry, and is not held
+  back by its consumers' buffers (the simulator's back-pressure on DMA loads and memory-tile stages,
+  where it closes no cycle of waits), piles its tokens up: they come through later, together;
 * the result is the latest finish, bounded from below by ``DRAM latency + DRAM bytes / bandwidth``, by
   the busiest link's ``bytes / link bandwidth`` and by the busiest tile's summed work.
 
-With one token per stream (what the unfused lowering emits) these are the simulator's own rules, so the
-two agree to within a few percent and the check mostly guards the work and byte rules; with streamed
-ports the model's overlap rule is coarser than the simulator's token-by-token gating.
+With one token per stream these are the simulator's own rules evaluated per kernel instead of per
+event, so the two agree closely and the check mostly guards the work and byte rules; with streamed
+ports the overlap and pile-up rules are coarser than the simulator's token-by-token gating (within 10%
+on the tested shapes, see tests/compiler/test_cost.py).
 
 ``GraphCost.bounds`` keeps each of these terms, so a report can say which one decides. On dataflow IR
 nothing is placed yet: each kernel gets a tile of its kind to itself and each stream one hop, so cycles
@@ -388,6 +395,9 @@ class _Node:
     ins: list[_Edge] = field(default_factory=list)
     is_weight_load: bool = False
     position: int = 0  # its context's place on the tile (the round-robin order)
+    lead: float = 0.0  # time of its first step before any output: DMA latency, or the MAC array's fill
+    kid: int = 0  # kernel id (the order the simulator takes loads in for back-pressure)
+    throttled: bool = False  # held back by its streamed consumers' buffers
     contexts: int = 1  # contexts configured on its tile
 
 
@@ -451,6 +461,50 @@ def _is_weight_body(body: Sequence[Operation], has_inputs: bool) -> bool:
     return not has_inputs and any(op.name == "sparse.constant" for op in body)
 
 
+def _back_pressure(nodes: list[_Node]) -> None:
+    """Which sources are held back by their consumers' buffers (the simulator's back-pressure): a DMA load
+    or a memory-tile context with streamed consumers, unless holding it back could close a cycle of
+    waits of three or more kernels (a consumer waits for its producers, a held-back source for its
+    consumers); sources are taken in kernel order."""
+    waits: dict[int, set[int]] = {i: {e.src for e in nd.ins} for i, nd in enumerate(nodes)}
+    consumers: dict[int, set[int]] = {}
+    for i, nd in enumerate(nodes):
+        for e in nd.ins:
+            if e.tokens > 1 and not e.weight:
+                consumers.setdefault(e.src, set()).add(i)
+
+    def closes_cycle(start: int, load: int, extra: set[int]) -> bool:
+        todo = [n for n in waits[start] if n != load]
+        seen = set(todo) | {start}
+        while todo:
+            n = todo.pop()
+            if n == load:
+                return True
+            for m in waits[n] | (extra if n == load else set()):
+                if m not in seen:
+                    seen.add(m)
+                    todo.append(m)
+        return False
+
+    for i in sorted(range(len(nodes)), key=lambda j: nodes[j].kid):
+        nd = nodes[i]
+        if nd.cost.kind != "dma_load" and nd.cost.tile_kind != "memory":
+            continue
+        extra = consumers.get(i, set()) - {i}
+        if not extra or any(closes_cycle(c, i, extra) for c in extra):
+            continue
+        waits[i] |= extra
+        nd.throttled = True
+
+
+def _dma_steps(nodes: list[_Node]) -> None:
+    """A DMA kernel moves its data token by token, whatever its loops say: it has at least as many steps
+    as any of its ports has tokens."""
+    for nd in nodes:
+        if nd.cost.tile_kind == "dma" or nd.cost.kind in DMA_KINDS:
+            nd.steps = max([nd.steps, *nd.out_tokens, *(e.tokens for e in nd.ins)])
+
+
 def _from_array(config, arch) -> tuple[list[_Node], dict]:
     from attnc.dialects import array as ar
 
@@ -484,6 +538,8 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
             node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), _tokens_attr(ctx, "tokens", len(outs)))
             node.is_weight_load = _is_weight_body(body, bool(in_types))
             node.position, node.contexts = position, len(contexts)
+            node.kid = ctx.kernel.value.data
+            node.lead = arch.dram.latency_cycles if tp.kind == "dma" or kind in DMA_KINDS else kc.fill
             nodes.append(node)
             by_kid[ctx.kernel.value.data] = idx
             for j, s in enumerate(outs):
@@ -507,6 +563,8 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
                 links, nbytes = [], _bytes(t)
             p = nodes[src]
             nodes[idx].ins.append(_Edge(src, idx, nbytes, len(links), links, p.out_tokens[out], p.is_weight_load))
+    _dma_steps(nodes)
+    _back_pressure(nodes)
     return nodes, counts
 
 
@@ -542,6 +600,8 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
             counts[key] += c[key]
         idx = len(nodes)
         node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), _tokens_attr(k, "tokens", len(out_types)))
+        node.lead = arch.dram.latency_cycles if kind in DMA_KINDS else kc.fill
+        node.kid = idx
         node.is_weight_load = _is_weight_body(body, bool(in_types))
         nodes.append(node)
         for j, r in enumerate(k.outputs):
@@ -558,6 +618,8 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
             p = nodes[src]
             edge = _Edge(src, idx, consumed_bytes(arg) * rep, 1, [link], p.out_tokens[out], p.is_weight_load)
             nodes[idx].ins.append(edge)
+    _dma_steps(nodes)
+    _back_pressure(nodes)
     return nodes, counts
 
 
@@ -624,45 +686,54 @@ class _RoundRobin:
 
 
 class _Shared:
-    """A resource its users share at the same time: weighted processor sharing (the simulator's
-    round-robin over segments gives each kernel a share in proportion to its segment; max-min fair DRAM
-    flows are equal weights). Closed form per arrival: with the users' remaining work r and weights w,
-    in order of r/w, user k finishes once the resource has done sum_j min(r_j, w_j r_k/w_k) of work;
-    a later arrival only delays users still active, and their finish times are updated in place."""
+    """A resource its users share at the same time (processor sharing: the fluid form of the simulator's
+    max-min fair flows on a link or on DRAM). Users of one ``group`` (the transfers of one DMA tile) hold
+    at most ``caps[group]`` shares between them (its channels: more transfers than channels take turns).
+    A user's finish is projected as if nothing else arrives, by walking the resource from completion to
+    completion; a later arrival only delays users still active, and their finishes are updated in place."""
 
-    def __init__(self, finish, rate: float = 1.0) -> None:
+    def __init__(self, finish, rate: float = 1.0, caps: dict | None = None) -> None:
         self.finish = finish
         self.rate = rate
+        self.caps = caps or {}
         self.now = 0.0
-        self.jobs: dict[int, list[float]] = {}  # node -> [remaining work, weight]
+        self.jobs: dict[int, list] = {}  # user -> [remaining work, group]
 
-    def _advance(self, t: float) -> None:
-        work = (t - self.now) * self.rate
-        self.now = t
-        while self.jobs and work > 1e-12:
-            tau = min(r / w for r, w in self.jobs.values())  # virtual time to the next completion
-            total_w = sum(w for _, w in self.jobs.values())
-            step = min(tau, work / total_w)
-            for job in self.jobs.values():
-                job[0] -= job[1] * step
-            work -= step * total_w
-            self.jobs = {n: j for n, j in self.jobs.items() if j[0] > 1e-9}
+    def _rates(self, jobs: dict) -> dict:
+        count: dict = {}
+        for _, g in jobs.values():
+            count[g] = count.get(g, 0) + 1
+        w = {n: min(1.0, self.caps.get(g, math.inf) / count[g]) for n, (_, g) in jobs.items()}
+        total = sum(w.values())
+        return {n: self.rate * w[n] / total for n in jobs}
 
-    def add(self, node: int, t: float, work: float, weight: float = 1.0) -> float:
+    def _run(self, jobs: dict, t: float, until: float, record: dict | None) -> None:
+        while jobs:
+            rates = self._rates(jobs)
+            dt = min(r / rates[n] for n, (r, _) in jobs.items())
+            step = min(dt, until - t)
+            for n, job in jobs.items():
+                job[0] -= rates[n] * step
+            t += step
+            for n in [n for n, (r, _) in jobs.items() if r <= 1e-9 * max(1.0, self.rate)]:
+                del jobs[n]
+                if record is not None:
+                    record[n] = t
+            if t >= until:
+                return
+
+    def add(self, node: int, t: float, work: float, group=None) -> float:
         t = max(t, self.now)
-        self._advance(t)
+        self._run(self.jobs, self.now, t, None)
+        self.now = t
         if work <= 0:
             self.finish[node] = t
             return t
-        self.jobs[node] = [work, max(weight, 1e-12)]
-        total_w = sum(w for _, w in self.jobs.values())
-        done, prev = 0.0, 0.0
-        for n, (r, w) in sorted(self.jobs.items(), key=lambda kv: (kv[1][0] / kv[1][1], kv[0])):
-            tau = r / w
-            done += (tau - prev) * total_w
-            total_w -= w
-            prev = tau
-            self.finish[n] = t + done / self.rate
+        self.jobs[node] = [work, group]
+        record: dict = {}
+        self._run({n: list(j) for n, j in self.jobs.items()}, t, math.inf, record)
+        for n, end in record.items():
+            self.finish[n] = end
         return self.finish[node]
 
 
@@ -689,16 +760,21 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
     finish = [0.0] * n
     tile_of = [nd.cost.tile if placed else ("own", i) for i, nd in enumerate(nodes)]
     tiles: dict = {}
-    slots: dict = {}
+    free: dict = {}  # (DMA tile, channel) -> when it is free; a transfer holds one channel
+    shared: dict = {}  # (DMA tile, channel) -> whether its holder runs in steps others can take turns with
     for i, nd in enumerate(nodes):
         if nd.cost.tile_kind == "dma":
-            slots.setdefault(tile_of[i], [0.0] * max(nd.tile_params.dma_channels, 1))
+            for c in range(max(nd.tile_params.dma_channels, 1)):
+                free[tile_of[i], c] = 0.0
+                shared[tile_of[i], c] = False
         else:
             tiles.setdefault(tile_of[i], _RoundRobin(finish, nd.contexts))
-    dram = _Shared(finish, dram_bw)
-    dma_slot: dict[int, tuple[list[float], int]] = {}
+    # the transfers holding one channel take turns on it: between them they have one share of DRAM
+    dram = _Shared(finish, dram_bw, {ch: 1 for ch in free})
+    channel_of: dict[int, tuple] = {}
     edge_id = {id(e): k for k, e in enumerate(e for nd in nodes for e in nd.ins)}
     sent: list[dict[tuple, float]] = [{} for _ in edge_id]  # edge -> {link: end of its bytes on it}
+    sent_at = [0.0] * len(edge_id)  # when its bytes joined the links
     links: dict = {}
 
     def streamed(e: _Edge) -> bool:
@@ -707,74 +783,150 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
     def arrival(e: _Edge) -> float:
         if not e.hops:
             return finish[e.src]  # same tile: a buffer read
-        return max(sent[edge_id[id(e)]].values()) + e.hops * hop
+        links_done = sent[edge_id[id(e)]]
+        if not links_done:  # not sent yet: as if alone on its links
+            return finish[e.src] + e.bytes / link_bw + e.hops * hop
+        return max(links_done.values()) + e.hops * hop
+
+    def tokens_in(e: _Edge, need: int) -> float:
+        """When ``need`` of a streamed input's tokens have reached the consumer: the producer emits its
+        tokens evenly over its steps (after its DMA latency or fill), each step's share as one transfer."""
+        p = nodes[e.src]
+        steps = min(p.steps, MAX_STEPS)
+        step = min(steps, -(-need * steps // e.tokens))  # the producer step after which they are out
+        lead = min(p.lead, finish[e.src] - start[e.src])
+        out = start[e.src] + lead + step / steps * (finish[e.src] - start[e.src] - lead)
+        if not e.hops:
+            return out
+        out += e.bytes / min(steps, e.tokens) / link_bw + e.hops * hop
+        k = edge_id[id(e)]
+        if sent[k]:
+            # the stream's bytes share their links with whatever else crosses them from its first
+            # tokens on (``span`` cycles in all). Its tokens share them with each other too: tokens
+            # emitted faster than the links carry them pile up and come through together at the end,
+            # unless the producer is held back by its consumer's buffers; then they come through in
+            # order, each with its share
+            span = max(sent[k].values()) - sent_at[k]
+            working = finish[e.src] - start[e.src] - lead  # the producer emits over this many cycles
+            piled = 0.0 if p.throttled else max(0.0, span - working)
+            through = sent_at[k] + step / steps * span + (1 - step / steps) * piled
+            out = max(out, through + e.hops * hop)
+        return out
 
     def ready_time(i: int) -> tuple[float, float]:
         """(earliest start, earliest finish regardless of the tile) from the inputs."""
         nd = nodes[i]
         s_at, f_at = 0.0, 0.0
+        steps = min(nd.steps, MAX_STEPS)
         for e in nd.ins:
             if not streamed(e):
                 s_at = max(s_at, arrival(e))
                 continue
-            # tokens flow while the producer runs: the first after one producer step, the last after it ends
-            p = nodes[e.src]
-            xfer = (e.bytes / link_bw + e.hops * hop) if e.hops else 0.0
-            first = start[e.src] + (finish[e.src] - start[e.src]) / min(p.steps, MAX_STEPS) + xfer / e.tokens
-            s_at = max(s_at, first)
-            own_step = nd.cost.cycles / min(nd.steps, MAX_STEPS)
-            f_at = max(f_at, finish[e.src] + xfer / e.tokens + e.hops * hop + own_step)
+            # a step needs its share of the tokens: the first step ceil(T/steps) of them, the last all
+            s_at = max(s_at, tokens_in(e, -(-e.tokens // steps)))
+            if steps > 1:
+                last = (nd.cost.cycles - nd.cost.fill) / steps
+                f_at = max(f_at, tokens_in(e, e.tokens) + last)
         return s_at, f_at
 
-    READY, DONE = 0, 1
+    def send(k: int, e: _Edge, t: float) -> None:
+        """The bytes of edge ``k`` join the links of its route at ``t``."""
+        sent_at[k] = t
+        for lk in e.links:
+            res = links.setdefault(lk, _Shared({}, link_bw))  # its finishes are keyed by edge
+            res.add(k, t, e.bytes)
+            for other in res.jobs:  # every transfer still on this link may have been pushed back
+                sent[other][lk] = res.finish[other]
+
+    def first_out(e: _Edge) -> float:
+        """When a streaming producer emits its first tokens (all of them, if it runs one step)."""
+        p = nodes[e.src]
+        steps = min(p.steps, MAX_STEPS)
+        lead = min(p.lead, finish[e.src] - start[e.src])
+        return start[e.src] + lead + (finish[e.src] - start[e.src] - lead) / steps
+
+    # at equal times: finishes first (they send), then DMA transfers that reach DRAM (their finish is
+    # known from then on), streamed sends, and kernels that become ready
+    DONE, JOIN, SEND, READY = 0, 1, 2, 3
+    edges = [e for nd in nodes for e in nd.ins]
     heap: list[tuple[float, int, int]] = []
     for i in range(n):
         if missing[i] == 0:
             heapq.heappush(heap, (0.0, READY, i))
+            missing[i] = -1
     while heap:
         key, what, i = heapq.heappop(heap)
+        if what == SEND:  # a streamed edge's bytes enter its links with the producer's first tokens
+            e = edges[i]
+            t = first_out(e)
+            if t > key + 1e-9:
+                heapq.heappush(heap, (t, SEND, i))
+            else:
+                send(i, e, key)
+            continue
         nd = nodes[i]
+        if what == JOIN:  # a DMA transfer, its latency over, shares the DRAM bandwidth from now on
+            dram.add(i, key, nd.cost.dram_read_bytes + nd.cost.dram_write_bytes, channel_of[i])
+            finish[i] = max(finish[i], ready_time(i)[1])
+            for m in (i, *dram.jobs):
+                ch = channel_of[m]
+                free[ch] = max(free[ch], finish[m])
+            heapq.heappush(heap, (finish[i], DONE, i))
+            continue
         if what == DONE:
             if finish[i] > key + 1e-9:  # its tile or DRAM took on more work since
                 heapq.heappush(heap, (finish[i], DONE, i))
                 continue
             for e in out_edges[i]:
-                k = edge_id[id(e)]
-                if e.hops and not streamed(e):
-                    for lk in e.links:
-                        res = links.setdefault(lk, _Shared({}, link_bw))  # its finishes are keyed by edge
-                        res.add(k, finish[i], e.bytes)
-                        sent[k][lk] = res.finish[k]
-                        # every transfer still on this link may have been pushed back
-                        for other in res.jobs:
-                            for lk2 in sent[other]:
-                                if lk2 == lk:
-                                    sent[other][lk] = res.finish[other]
-                elif e.hops:
-                    sent[k] = {lk: finish[i] for lk in e.links}
+                if streamed(e):
+                    # the consumer was queued when this kernel started; its last step waits for the
+                    # last token, which now has its final time
+                    if missing[e.dst] < 0:
+                        finish[e.dst] = max(finish[e.dst], ready_time(e.dst)[1])
+                    continue
+                if e.hops:
+                    send(edge_id[id(e)], e, finish[i])
                 missing[e.dst] -= 1
                 if missing[e.dst] == 0:
                     heapq.heappush(heap, (ready_time(e.dst)[0], READY, e.dst))
+                    missing[e.dst] = -1  # queued
             continue
         ready, f_at = ready_time(i)
         if ready > key + 1e-9:  # an input arrives later than when this was queued
             heapq.heappush(heap, (ready, READY, i))
             continue
+        s = key
         if nd.cost.tile_kind == "dma" or nd.cost.kind in DMA_KINDS:
-            free = slots[tile_of[i]]
-            slot = min(range(len(free)), key=lambda j: free[j])
-            s = max(ready, free[slot])
-            dram.add(i, s + latency, nd.cost.dram_read_bytes + nd.cost.dram_write_bytes)
-            dma_slot[i] = (free, slot)
+            # a free channel; else a transfer of several steps takes turns with one of several steps
+            # (the tile's round-robin); a one-step transfer waits for a channel of its own
+            mine = [ch for ch in free if ch[0] == tile_of[i]]
+            ch = min(mine, key=lambda c: (free[c], c))
+            multi = min(nd.steps, MAX_STEPS) > 1
+            if free[ch] > key + 1e-9:
+                turns = [c for c in mine if shared[c]] if multi else []
+                if not turns:
+                    heapq.heappush(heap, (free[ch], READY, i))
+                    continue
+                ch = min(turns, key=lambda c: (free[c], c))
+            else:
+                shared[ch] = multi
+            channel_of[i] = ch
+            free[ch] = max(free[ch], key + latency)
+            finish[i] = key + latency
+            heapq.heappush(heap, (key + latency, JOIN, i))
         else:
-            s = ready
             tiles[tile_of[i]].add(i, s, nd.cost.cycles, min(nd.steps, MAX_STEPS), nd.cost.fill, nd.position)
+            finish[i] = max(finish[i], f_at)
+            heapq.heappush(heap, (finish[i], DONE, i))
         start[i] = s
-        finish[i] = max(finish[i], f_at)
-        for m in dram.jobs:
-            free, slot = dma_slot[m]
-            free[slot] = max(free[slot], finish[m])
-        heapq.heappush(heap, (finish[i], DONE, i))
+        for e in out_edges[i]:
+            if streamed(e):  # a streaming consumer may start while this kernel runs
+                if e.hops:
+                    heapq.heappush(heap, (first_out(e), SEND, edge_id[id(e)]))
+                missing[e.dst] -= 1
+                if missing[e.dst] == 0:
+                    heapq.heappush(heap, (max(ready_time(e.dst)[0], s), READY, e.dst))
+                    missing[e.dst] = -1
     for i, nd in enumerate(nodes):
         nd.cost.start, nd.cost.finish = start[i], finish[i]
     load: dict = {}

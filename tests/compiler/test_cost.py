@@ -1,5 +1,6 @@
 """The analytical cost model against the simulator's timing model (the two tiers check each other):
-DRAM bytes exactly, cycles within 10%, on every example and on hand-built attention graphs."""
+DRAM bytes exactly, cycles within 10%, on every example, on hand-built attention graphs in every fusion
+mode, and on hand-built dataflow IR of the fused lowering (streamed ports, re-read K and V)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from attnc.cost import attention_work, estimate, format_cost
 from attnc.errors import AttncError
 from attnc.frontend.onnx import import_onnx
 from attnc.ir import parse_module
-from attnc.pipeline import run_pipeline
+from attnc.passes.fuse_attention import FuseAttentionPass
+from attnc.pipeline import DEFAULT_PIPELINE, run_pipeline
 from attnc.simulator.timing import simulate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -89,12 +91,10 @@ def test_a_fully_masked_attention_costs_nothing():
 # the graph model against the simulator
 
 
-def compile_module(module, arch: str):
-    """(dataflow IR, array IR, decoded bitstream) of a sparse-IR module; the heuristic placer first, CP-SAT
-    when it cannot map (as the simulator's own example tests do)."""
-    lowered = module.clone()
-    # every back-end pass up to lower-to-dataflow, then place-route (the last one)
-    run_pipeline(lowered, backend_passes(arch, time_limit=10.0, seed=0, heuristic_only=True)[:-1])
+def compile_module(module, arch: str, *, lowered: bool = False):
+    """(dataflow IR, array IR, decoded bitstream) of a sparse-IR module (or of dataflow IR, ``lowered``);
+    the heuristic placer first, CP-SAT when it cannot map (as the simulator's own example tests do)."""
+    lowered = module.clone() if lowered else _lower(module, arch)
     placed = None
     for heuristic in (True, False):
         try:
@@ -108,9 +108,16 @@ def compile_module(module, arch: str):
     return lowered, placed, bitstream
 
 
-def example(name: str):
+def _lower(module, arch: str):
+    lowered = module.clone()
+    # every back-end pass up to lower-to-dataflow, then place-route (the last one)
+    run_pipeline(lowered, backend_passes(arch, time_limit=10.0, seed=0, heuristic_only=True)[:-1])
+    return lowered
+
+
+def example(name: str, pipeline: str = "canonicalize,raise-attention"):
     module = import_onnx(EXAMPLES / f"{name}.onnx")
-    run_pipeline(module, "canonicalize,raise-attention")
+    run_pipeline(module, pipeline)
     return module
 
 
@@ -139,10 +146,126 @@ ATTENTION_GRAPHS = {
     "causal_cached": dict(q=(1, 2, 6, 8), kv=(1, 2, 10, 8), causal=True, offset=4),
     "gqa_bool_mask": dict(q=(1, 4, 8, 4), kv=(1, 1, 8, 4), mask=((1, 1, 8, 8), "i1")),
     "additive_softcap": dict(q=(2, 1, 8, 8), kv=(2, 1, 12, 8), mask=((2, 1, 8, 12), "f32"), softcap=20.0),
+    # long enough for K/V to be re-streamed (staged on memory tiles, forwarded member to member)
+    "long": dict(q=(1, 2, 64, 16), kv=(1, 2, 64, 16)),
+    "long_causal": dict(q=(1, 2, 64, 16), kv=(1, 2, 64, 16), causal=True),
 }
-CASES = [(a, "example", n) for a in ("tiny", "edge") for n in NAMES] + [
-    ("tiny", "attention", n) for n in ATTENTION_GRAPHS
-]
+LONG = ("long", "long_causal")
+MODES = ("online", "flat", "unfused")
+
+
+def _ty(shape, elt="f32") -> str:
+    return f"tensor<{'x'.join(map(str, shape))}x{elt}>"
+
+
+def _kernel(res, name, args, arg_types, out_type, body, result, *, kind, tile_kind, loops, tokens):
+    names = ", ".join(f'"{n}"' for n, _ in loops)
+    trips = ", ".join(str(t) for _, t in loops)
+    block = ", ".join(f"%x{i}: {t}" for i, t in enumerate(arg_types))
+    # declared cycles only set the placer's stream rates; the cost model and the simulator read the body
+    return [
+        f'    {res} = dataflow.kernel "{name}"({", ".join(args)}) attributes {{kind = "{kind}", '
+        f'tile_kind = "{tile_kind}", loops = [{names}], trips = array<i64: {trips}>, tile = array<i64>, '
+        f"buffer_bytes = 1024 : i64, cycles = 20000 : i64, macs = 0 : i64, tokens = array<i64: {tokens}>}} "
+        f": ({', '.join(arg_types)}) -> {out_type} {{",
+        f"    ^bb0({block}):",
+        *[f"      {line}" for line in body],
+        f"      dataflow.yield {result} : {out_type}",
+        "    }",
+    ]
+
+
+def fused_dataflow(q, kv, *, fusion="online", row_block=4, key_block=4, members=1, passes=1, causal=False, offset=0):
+    """Dataflow IR as the fused lowering makes it (spec section 4), for one group: DMA loads of Q, K and V
+    (K and V re-read ``passes`` times, a ``("repeat", P)`` loop), ``members`` compute kernels that each run
+    one fused sparse.attention over their slice of the query rows, with streamed ports, and a store."""
+    b, h, s, d = q
+    t = kv[2]
+    units, kb = b * h, (t if fusion == "flat" else key_block)
+    n_k = -(-t // kb)
+    text = [f"builtin.module {{\n  func.func @main(%q: {_ty(q)}, %k: {_ty(kv)}, %v: {_ty(kv)}) -> {_ty(q)} {{"]
+    text += _kernel("%lq", "load_q", ["%q"], [_ty(q)], _ty(q), [], "%x0", kind="dma_load", tile_kind="dma",
+                    loops=[("burst", 1)], tokens=units * -(-s // row_block))  # fmt: skip
+    for n in "kv":
+        text += _kernel(f"%l{n}", f"load_{n}", [f"%{n}"], [_ty(kv)], _ty(kv), [], "%x0", kind="dma_load",
+                        tile_kind="dma", loops=[("repeat", passes), ("burst", 1)],
+                        tokens=passes * units * n_k)  # fmt: skip
+    parts = []
+    for c in range(members):
+        r0, r1 = c * s // members, (c + 1) * s // members
+        rb = min(row_block, r1 - r0)
+        qs = _ty((b, h, r1 - r0, d))
+        attrs = (f"scale = 0.25 : f64, heads = {h} : i64, kv_heads = {kv[1]} : i64, {'causal, ' if causal else ''}"
+                 f'causal_offset = {offset + r0} : i64, softcap = 0.0 : f64, fusion = "{fusion}", '
+                 f"row_block = {rb} : i64, key_block = {kb} : i64")  # fmt: skip
+        body = [
+            f"%qs = sparse.slice %x0 {{starts = array<i64: 0, 0, {r0}, 0>, ends = array<i64: {b}, {h}, {r1}, {d}>, "
+            f"steps = array<i64: 1, 1, 1, 1>}} : {_ty(q)} -> {qs}",
+            f"%o = sparse.attention %qs, %x1, %x2 {{{attrs}}} : {qs}, {_ty(kv)}, {_ty(kv)} -> {qs}",
+        ]
+        n_r = -(-(r1 - r0) // rb)
+        text += _kernel(f"%m{c}", f"member{c}", ["%lq", "%lk", "%lv"], [_ty(q), _ty(kv), _ty(kv)], qs, body, "%o",
+                        kind="attention", tile_kind="compute", loops=[("unit", units), ("row_block", n_r),
+                        ("key_block", n_k)], tokens=units * n_r)  # fmt: skip
+        parts.append((f"%m{c}", qs))
+    regs, types = ", ".join(f"%x{i}" for i in range(members)), ", ".join(p[1] for p in parts)
+    cat = [] if members == 1 else [f"%c = sparse.concat {regs} {{axis = 2 : i64}} : ({types}) -> {_ty(q)}"]
+    text += _kernel("%st", "store_out", [p[0] for p in parts], [p[1] for p in parts], _ty(q), cat,
+                    "%x0" if members == 1 else "%c", kind="dma_store", tile_kind="dma", loops=[("burst", 1)],
+                    tokens=1)  # fmt: skip
+    text += [f"    func.return %st : {_ty(q)}", "  }", "}"]
+    return parse_module("\n".join(text) + "\n")
+
+
+FUSED_DATAFLOW = {
+    "online_1": ("tiny", dict(q=(1, 2, 16, 8), kv=(1, 2, 16, 8))),
+    "online_2x2_passes": ("tiny", dict(q=(1, 2, 16, 8), kv=(1, 2, 16, 8), members=2, passes=2)),
+    "online_causal": ("tiny", dict(q=(1, 2, 16, 8), kv=(1, 2, 16, 8), members=2, passes=2, causal=True)),
+    "flat_1": ("tiny", dict(q=(1, 2, 16, 8), kv=(1, 2, 16, 8), fusion="flat", row_block=2)),
+    "flat_gqa_causal": ("tiny", dict(q=(1, 2, 16, 8), kv=(1, 1, 24, 8), fusion="flat", members=2, causal=True,
+                                     offset=8)),
+    "online_passes4_edge": ("edge", dict(q=(1, 4, 64, 16), kv=(1, 4, 64, 16), passes=4, row_block=8,
+                                         key_block=16)),
+    "online_2_edge": ("edge", dict(q=(1, 2, 32, 16), kv=(1, 2, 32, 16), members=2, passes=2, row_block=8,
+                                   key_block=8)),
+    "online_causal_edge": ("edge", dict(q=(1, 2, 128, 32), kv=(1, 2, 128, 32), members=2, row_block=16,
+                                        key_block=32, causal=True)),  # fmt: skip
+}
+# the examples as `attnc compile` builds them (fuse-attention chooses a schedule): on tiny only those
+# whose chosen kernels fit its 16 compute contexts
+DEFAULT_EXAMPLES = [("edge", n) for n in NAMES] + [("tiny", "attention23"), ("tiny", "gqa_block")]
+CASES = (
+    [(a, "example", n) for a in ("tiny", "edge") for n in NAMES]
+    + [(a, "default", n) for a, n in DEFAULT_EXAMPLES]
+    + [("tiny", "attention", n) for n in ATTENTION_GRAPHS if n not in LONG]
+    + [("tiny", m, n) for m in MODES for n in ATTENTION_GRAPHS if n not in LONG]
+    + [(a, m, n) for a in ("tiny", "edge") for m in ("online", "flat") for n in LONG]
+    + [(a, "fused", n) for n, (a, _) in FUSED_DATAFLOW.items()]
+)
+
+
+#: cases the model does not hold within 10%, and why (reported, not hidden by a wider tolerance)
+KNOWN_GAPS: dict[tuple[str, str, str], str] = {}
+
+
+def _cases(cases):
+    return [
+        pytest.param(*c, marks=pytest.mark.xfail(reason=KNOWN_GAPS[c], strict=False)) if c in KNOWN_GAPS else c
+        for c in cases
+    ]
+
+
+def _source(arch: str, what: str, name: str):
+    if what == "example":
+        return example(name)
+    if what == "default":
+        return example(name, DEFAULT_PIPELINE)
+    if what == "fused":
+        return fused_dataflow(**FUSED_DATAFLOW[name][1])
+    module = attention_graph(**ATTENTION_GRAPHS[name])
+    if what in MODES:
+        run_pipeline(module, [FuseAttentionPass(mode=what)])
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -151,14 +274,13 @@ def compiled():
 
     def get(arch: str, what: str, name: str):
         if (arch, what, name) not in cache:
-            module = example(name) if what == "example" else attention_graph(**ATTENTION_GRAPHS[name])
-            cache[arch, what, name] = compile_module(module, arch)
+            cache[arch, what, name] = compile_module(_source(arch, what, name), arch, lowered=what == "fused")
         return cache[arch, what, name]
 
     return get
 
 
-@pytest.mark.parametrize("arch,what,name", CASES)
+@pytest.mark.parametrize("arch,what,name", _cases(CASES))
 def test_the_cost_model_agrees_with_the_simulator(compiled, arch, what, name):
     lowered, placed, bitstream = compiled(arch, what, name)
     cost = estimate(placed, arch)
@@ -166,10 +288,24 @@ def test_the_cost_model_agrees_with_the_simulator(compiled, arch, what, name):
     assert cost.level == "array"
     assert (cost.dram_read_bytes, cost.dram_write_bytes) == (stats.dram_read_bytes, stats.dram_write_bytes)
     assert cost.macs == stats.macs
-    assert cost.noc_byte_hops == stats.noc_byte_hops
+    # the simulator rounds each token batch's bytes to whole bytes; the model counts the route's bytes once
+    assert cost.noc_byte_hops == pytest.approx(stats.noc_byte_hops, rel=0.01)
     assert abs(cost.cycles - stats.cycles) <= CYCLES_TOLERANCE * stats.cycles, (cost.cycles, stats.cycles, cost.bounds)
     # every bound is a lower bound of the simulated run, up to the model's own error
     assert cost.bounds["dram"] <= stats.cycles and cost.bounds["link"] <= stats.cycles
+
+
+def test_the_fused_cases_stream_and_re_read(compiled):
+    """The hand-built fused graphs exercise what they are there for: fused attention instructions,
+    streamed ports and repeated DMA loads."""
+    repeated = 0
+    for name, (arch, _) in FUSED_DATAFLOW.items():
+        _, _, bitstream = compiled(arch, "fused", name)
+        contexts = [c for t in bitstream.tiles for c in t.contexts]
+        assert any(i.opcode == "attention" and "fusion" in i.params for c in contexts for i in c.body), name
+        assert max(p.tokens for c in contexts for p in c.inputs) > 1, name
+        repeated += any(n == "repeat" and t > 1 for c in contexts for n, t in c.loops)
+    assert repeated >= 3
 
 
 @pytest.mark.parametrize("arch,what,name", [c for c in CASES if c[0] == "tiny"][:2])
