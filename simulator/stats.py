@@ -184,5 +184,12 @@ class Stats:
                 f"busiest link {hot.src}->{hot.dst}: {hot.bytes} B, "
                 f"{hot.bytes / (self.cycles * hot.bytes_per_cycle):.0%} of its bandwidth"
             )
+        fullest = max(self.tiles, key=lambda t: (t.peak_buffer_bytes, -t.y, -t.x), default=None)
+        if fullest is not None and fullest.peak_buffer_bytes:
+            throttled = sum(1 for k in self.kernels if k.throttled)
+            lines.append(
+                f"fullest buffers: tile ({fullest.x},{fullest.y}) held {fullest.peak_buffer_bytes} B of its "
+                f"{fullest.sram_bytes} B at the peak; {throttled} source(s) held back by their consumers"
+            )
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

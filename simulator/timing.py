@@ -796,6 +796,13 @@ class _Sim:
                     f"kernel {k.cfg.kernel} '{k.cfg.name}' waits for stream {p.stream} "
                     f"({p.received} of {p.tokens} tokens arrived)"
                 )
+        for th in k.throttles:
+            ahead = min(k.emitted_after(k.done, th.port.tokens), th.port.tokens) - th.port.consumed
+            if ahead > th.depth:
+                return (
+                    f"kernel {k.cfg.kernel} '{k.cfg.name}' is held back by kernel {th.consumer.cfg.kernel} "
+                    f"'{th.consumer.cfg.name}' ({th.port.consumed} of its tokens released, depth {th.depth})"
+                )
         return f"kernel {k.cfg.kernel} '{k.cfg.name}' never ran"
 
     # -- tiles and kernels ------------------------------------------------

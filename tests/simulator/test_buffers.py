@@ -207,3 +207,26 @@ def test_input_buffers_beyond_the_tile_are_a_warning():
     ]
     doc = stats.to_json()
     assert {"peak_buffer_bytes", "buffer_banks", "throttled"} <= set(doc["kernels"][0])
+
+
+def test_the_summary_names_the_fullest_buffers():
+    stats = simulate(slow_consumer(room=256))
+    assert "fullest buffers: tile (1,1) held 256 B of its 4096 B at the peak; 1 source(s) held back" in stats.summary()
+
+
+def test_a_source_stuck_on_its_throttle_is_named_in_the_deadlock_error(monkeypatch):
+    # the depth rule cannot deadlock; a depth of 0 (no room at all) would, and the error says who waits for whom
+    from attnc.errors import AttncError
+    from attnc.simulator import timing
+
+    real = timing._Sim._back_pressure
+
+    def no_room(self):
+        real(self)
+        for k in self.kernels.values():
+            for th in k.throttles:
+                th.depth = 0
+
+    monkeypatch.setattr(timing._Sim, "_back_pressure", no_room)
+    with pytest.raises(AttncError, match=r"kernel 0 'load0' is held back by kernel 1 'slow' \(0 of its tokens released"):
+        simulate(slow_consumer(room=256))
