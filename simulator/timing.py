@@ -297,6 +297,9 @@ class _Fluid:
         self.last = 0.0
         self.next_id = 0
         self.users: dict = {r: 0 for r in capacity}
+        # ties between equally constrained resources go to the first by name: ranked once, not per comparison
+        self.rank: dict = {r: i for i, r in enumerate(sorted(capacity, key=str))}
+        self.on: dict = {r: set() for r in capacity}  # resource -> the flows using it
         self.busy_since: dict = {}
 
     def add(self, nbytes: float, resources: tuple, on_done: Callable[[float], None]) -> None:
@@ -312,7 +315,8 @@ class _Fluid:
             if self.users[r] == 0:
                 self.busy_since[r] = now
             self.users[r] += 1
-        self._rebalance(now)
+            self.on[r].add(fid)
+        self._rebalance(now, resources)
 
     def done(self, fid: int, version: int) -> None:
         flow = self.flows.get(fid)
@@ -323,9 +327,10 @@ class _Fluid:
         del self.flows[fid]
         for r in flow.resources:
             self.users[r] -= 1
+            self.on[r].discard(fid)
             if self.users[r] == 0:
                 self.sim.resource_idle(r, self.busy_since.pop(r), now)
-        self._rebalance(now)
+        self._rebalance(now, flow.resources)
         flow.on_done(now)
 
     def _advance(self, now: float) -> None:
@@ -335,24 +340,42 @@ class _Fluid:
                 f.remaining -= f.rate * dt
         self.last = now
 
-    def _rebalance(self, now: float) -> None:
-        # progressive filling: the most constrained resource fixes the rate of its flows, repeat
+    def _component(self, resources: tuple) -> set[int]:
+        """The flows connected to ``resources`` through shared resources: only their rates can change."""
+        flows: set[int] = set()
+        todo, seen = list(resources), set(resources)
+        while todo:
+            for fid in self.on[todo.pop()]:
+                if fid not in flows:
+                    flows.add(fid)
+                    for r in self.flows[fid].resources:
+                        if r not in seen:
+                            seen.add(r)
+                            todo.append(r)
+        return flows
+
+    def _rebalance(self, now: float, changed: tuple) -> None:
+        # progressive filling: the most constrained resource fixes the rate of its flows, repeat. Max-min
+        # fairness splits over connected components, so only the component of the changed resources is redone
+        # (its bottlenecks come in the same order as in a global pass, so the rates are the same numbers)
         left = dict(self.capacity)
-        unfixed = set(self.flows)
+        unfixed = self._component(changed)
+        component = sorted(unfixed)
         rates: dict[int, float] = {}
         while unfixed:
             count: dict = {}
             for fid in unfixed:
                 for r in self.flows[fid].resources:
                     count[r] = count.get(r, 0) + 1
-            bottleneck = min(count, key=lambda r: (left[r] / count[r], str(r)))
+            rank = self.rank
+            bottleneck = min(count, key=lambda r: (left[r] / count[r], rank[r]))
             share = max(left[bottleneck] / count[bottleneck], 0.0)
             for fid in sorted(f for f in unfixed if bottleneck in self.flows[f].resources):
                 rates[fid] = share
                 unfixed.discard(fid)
                 for r in self.flows[fid].resources:
                     left[r] -= share
-        for fid in sorted(self.flows):
+        for fid in component:
             f = self.flows[fid]
             if rates[fid] != f.rate or f.version == 0:
                 f.rate = rates[fid]
