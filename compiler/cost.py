@@ -64,7 +64,6 @@ from typing import NamedTuple
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
     DenseArrayBase,
-    FloatAttr,
     IntegerAttr,
     ModuleOp,
     StringAttr,
@@ -741,10 +740,12 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
     """Start and finish of every kernel by list scheduling over the kernel graph (see the module
     docstring); returns the bounds whose maximum is the graph's cycles.
 
-    Two kinds of events in time order: a kernel becomes ready (its inputs have arrived) and joins its
-    tile, or DRAM for a DMA kernel; a kernel finishes and its outputs join the links of their routes.
-    Tiles, DRAM and links are :class:`_Shared`, so a later arrival can push back the finish of a kernel
-    or a transfer still running; an event whose time moved since it was queued is queued again."""
+    Events in time order: a kernel becomes ready (the inputs it needs first have arrived) and joins its
+    tile (a DMA kernel takes a channel of its tile); a DMA transfer, its latency over, joins DRAM; a
+    streaming producer's first tokens put its stream's bytes on their links; a kernel finishes and its
+    one-token outputs join the links of their routes. A tile is a :class:`_RoundRobin`, DRAM and links are
+    :class:`_Shared`, so a later arrival can push back the finish of a kernel or a transfer still
+    running; an event whose time moved since it was queued is queued again."""
     link_bw = float(arch.noc.link_bytes_per_cycle)
     hop = arch.noc.hop_latency
     dram_bw = float(arch.dram.bytes_per_cycle)
