@@ -358,9 +358,9 @@ class _Fluid:
         # progressive filling: the most constrained resource fixes the rate of its flows, repeat. Max-min
         # fairness splits over connected components, so only the component of the changed resources is redone
         # (its bottlenecks come in the same order as in a global pass, so the rates are the same numbers)
-        left = dict(self.capacity)
         unfixed = self._component(changed)
         component = sorted(unfixed)
+        left = {r: self.capacity[r] for fid in component for r in self.flows[fid].resources}
         rates: dict[int, float] = {}
         while unfixed:
             count: dict = {}
