@@ -39,6 +39,8 @@ from attnc.schedule import SFU_OPS, fused_attention_buffer, fused_attention_work
 REPORT_ATTR = "attnc.tile_report"
 #: schedules predicted within this fraction of the fastest count as equally fast
 TIE = 0.03
+#: the share of a link the search lets the K/V chain and the DMA fan-out plan on using
+NOC_HEADROOM = 0.75
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
     units_g = -(-sh.units // g)
     rows_c = -(-sh.rows // c)
     member = 0
+    over = False
     if sched.mode == "unfused":
         scores = sh.units * sh.rep * sh.rows * sh.keys * eb
         dram = q_bytes + o_bytes + kv_bytes + mask_bytes + 4 * scores
@@ -162,15 +165,19 @@ def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
             worst = max(worst, cyc)
         member = worst
         dram = q_bytes + o_bytes + (1 if sched.staged else passes) * kv_bytes + mask_bytes
-        chain = passes * kv_bytes / g / link  # each chain link carries its group's K/V per pass
-        fan = max(q_bytes, o_bytes, passes * kv_bytes / 2) / (3 * link)  # through a DMA tile's links
+        usable = NOC_HEADROOM * link  # the rest of the graph's streams cross these links too
+        chain = passes * kv_bytes / g / usable  # each chain link carries its group's K/V per pass
+        fan = max(q_bytes, o_bytes, passes * kv_bytes / 2) / (3 * usable)  # through a DMA tile's links
         noc = max(chain, fan)
         cycles = max(member, dram / bw, noc)
+        # the chain would have to run its links fuller than the headroom: the placer may not route it
+        over = chain > member
         bound = "compute" if cycles == member else ("dram" if cycles == dram / bw else "noc")
         kernels = g * c + 5 + (2 * g if sched.staged else 0)
         buffer = sched.buffer
     cycles += arch.dram.latency_cycles + max(tile.mac_rows, 1) + max(tile.mac_cols, 1)
-    return Prediction(sched, math.ceil(cycles), int(dram), buffer, kernels, bound)
+    # a schedule whose chain overfills its links comes back with negative cycles (see search)
+    return Prediction(sched, -math.ceil(cycles) if over else math.ceil(cycles), int(dram), buffer, kernels, bound)
 
 
 def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
@@ -250,6 +257,14 @@ def search(sh: Shape, arch, mode: str = "auto", budget: int | None = None, force
         why = "; ".join(f"{n} {r}" for r, n in sorted(rejected.items())) or "no candidate"
         raise AttncError(f"tile: no {mode} schedule fits {arch.name} ({why})")
     preds = [predict(sh, s, arch, tile) for s in cands]
+    # schedules whose K/V chain fits the links' headroom, unless none does (then the placer decides)
+    routable = [p for p in preds if p.cycles >= 0]
+    if routable:
+        rejected["K/V chain over the links' headroom"] = len(preds) - len(routable)
+        preds = routable
+    else:
+        for p in preds:
+            p.cycles = -p.cycles
     # fastest first; within TIE of the fastest, the least DRAM traffic (it is most of the energy)
     fastest = min(p.cycles for p in preds)
     best = min((p for p in preds if p.cycles <= fastest * (1 + TIE)), key=lambda p: (p.dram_bytes, p.cycles, p.kernels))
