@@ -399,10 +399,35 @@ class _InPort:
     token_bytes: float = 0.0  # bytes one token puts in the consumer's buffer
     consumed: int = 0  # tokens released by finished segments
 
+    #: the share of the input read once segment i has ended, when the context's loops say otherwise than
+    #: "evenly over the segments" (a ("repeat", P) loop reads its input in the first pass only)
+    share: Callable[[int], tuple[int, int]] | None = None
+
     def need(self, segment: int, segments: int) -> int:
         """Tokens segment ``segment`` (0-based) of ``segments`` needs to have arrived: all of a weight's,
         else its share."""
-        return self.tokens if self.broadcast else -(-(segment + 1) * self.tokens // segments)
+        if self.broadcast:
+            return self.tokens
+        if self.share is not None:
+            num, den = self.share(segment)
+            return -(-num * self.tokens // den)
+        return -(-(segment + 1) * self.tokens // segments)
+
+
+def _repeat_share(loops: list[tuple[str, int]], segments: int) -> Callable[[int], tuple[int, int]]:
+    """For loops ``outer..., ("repeat", P), inner...``: the share of the input read by the end of a segment.
+    The first of the P passes reads it, the others stream what is held (a memory tile re-sending K/V)."""
+    names = [n for n, _ in loops]
+    j = names.index("repeat")
+    outer, passes, inner = _prod(t for _, t in loops[:j]), max(loops[j][1], 1), _prod(t for _, t in loops[j + 1 :])
+    steps = outer * passes * inner
+
+    def share(i: int) -> tuple[int, int]:
+        done = min(steps, -(-(i + 1) * steps // segments))  # steps finished when segment i ends
+        o, rem = divmod(done, passes * inner)
+        return (o * inner + min(rem, inner), max(outer * inner, 1))
+
+    return share
 
 
 @dataclass
@@ -431,6 +456,9 @@ class _Kernel:
     held: float = 0.0  # bytes in the input buffers: arrived, not yet released by a finished segment
     throttles: list[_Throttle] = field(default_factory=list)  # a throttled DMA load: its consumers
     throttlers: list[_Kernel] = field(default_factory=list)  # the loads this context throttles
+    #: outputs that are a copy of an input (K/V forwarded along a chain of fused kernels): input stream ->
+    #: [output stream]; they leave as the input arrives, not as the context computes
+    forwards: dict[int, list[int]] = field(default_factory=dict)
 
     def emitted_after(self, segment: int, tokens: int) -> int:
         """Tokens of an output of ``tokens`` emitted once segment ``segment`` (0-based) has finished."""
@@ -690,6 +718,12 @@ class _Sim:
             k.inputs.append(port)
         # ("repeat", P) loops stream the context's outputs P times (a DMA context runs its descriptors P times)
         repeat = _prod(trips for name, trips in cfg.loops if name == "repeat")
+        if not is_dma and repeat > 1:
+            share = _repeat_share(list(cfg.loops), segments)
+            for port in k.inputs:
+                port.share = share
+        if not is_dma and repeat == 1:
+            k.forwards = _forwards(cfg)
         port_bytes = 0
         for p in cfg.outputs:
             # the port's shape is the whole tensor; each of its tokens carries 1/tokens of the bytes moved
@@ -890,7 +924,10 @@ class _Sim:
             if upto > p.consumed:
                 self._hold(k, -(upto - p.consumed) * p.token_bytes)
                 p.consumed = upto
+        forwarded = {o for outs in k.forwards.values() for o in outs}
         for stream, tokens, nbytes in k.outputs:
+            if stream in forwarded:
+                continue  # left as its input arrived (deliver)
             target = tokens if k.done == k.segments else k.done * tokens // k.segments
             new = target - k.emitted[stream]
             if new > 0:
@@ -944,7 +981,35 @@ class _Sim:
                 p.received += new
                 if p.producer is not None and new > 0:
                     self._hold(dst, new * p.token_bytes)
+                for out in dst.forwards.get(stream, []):
+                    self._forward(dst, out, p)
         self.schedule(dst.tile)
+
+    def _forward(self, k: _Kernel, stream: int, port: _InPort) -> None:
+        """A copy of an input leaves in step with the input's arrival."""
+        for out, tokens, nbytes in k.outputs:
+            if out != stream:
+                continue
+            target = tokens if port.received >= port.tokens else port.received * tokens // port.tokens
+            new = target - k.emitted[out]
+            if new > 0:
+                k.emitted[out] = target
+                self.emit(k, out, new, nbytes / tokens)
+
+
+def _forwards(cfg: KernelConfig) -> dict[int, list[int]]:
+    """Outputs whose register is an input's register through reshapes only: input stream -> output streams."""
+    origin = {p.register: p.stream for p in cfg.inputs}
+    for ins in cfg.body:
+        if ins.opcode == "reshape" and len(ins.operands) == 1 and ins.operands[0] in origin:
+            for r in ins.results:
+                origin[r] = origin[ins.operands[0]]
+    inputs = {p.register for p in cfg.inputs}
+    out: dict[int, list[int]] = {}
+    for p in cfg.outputs:
+        if p.register in origin and p.register not in inputs:
+            out.setdefault(origin[p.register], []).append(p.stream)
+    return out
 
 
 def simulate(
