@@ -284,6 +284,7 @@ class _Flow:
     on_done: Callable[[float], None]
     rate: float = 0.0
     version: int = 0
+    key: object = None
 
 
 class _Fluid:
@@ -300,23 +301,35 @@ class _Fluid:
         # ties between equally constrained resources go to the first by name: ranked once, not per comparison
         self.rank: dict = {r: i for i, r in enumerate(sorted(capacity, key=str))}
         self.on: dict = {r: set() for r in capacity}  # resource -> the flows using it
+        self.queues: dict = {}  # key -> transfers waiting behind the key's flow
         self.busy_since: dict = {}
 
-    def add(self, nbytes: float, resources: tuple, on_done: Callable[[float], None]) -> None:
+    def add(self, nbytes: float, resources: tuple, on_done: Callable[[float], None], key=None) -> None:
+        """A transfer of ``nbytes`` over ``resources``. Transfers with the same ``key`` (the tokens of one
+        stream on one route) go in order, one after the other, as packets of a stream do."""
         now = self.sim.now
         if nbytes <= 0 or not resources:
             on_done(now)
             return
+        if key is not None:
+            queue = self.queues.get(key)
+            if queue is not None:
+                queue.append((float(nbytes), resources, on_done))
+                return
+            self.queues[key] = []
         self._advance(now)
+        self._start(now, float(nbytes), resources, on_done, key)
+        self._rebalance(now, resources)
+
+    def _start(self, now: float, nbytes: float, resources: tuple, on_done, key) -> None:
         fid = self.next_id
         self.next_id += 1
-        self.flows[fid] = _Flow(float(nbytes), resources, on_done)
+        self.flows[fid] = _Flow(nbytes, resources, on_done, key=key)
         for r in resources:
-            if self.users[r] == 0:
+            if self.users[r] == 0 and r not in self.busy_since:
                 self.busy_since[r] = now
             self.users[r] += 1
             self.on[r].add(fid)
-        self._rebalance(now, resources)
 
     def done(self, fid: int, version: int) -> None:
         flow = self.flows.get(fid)
@@ -325,11 +338,20 @@ class _Fluid:
         now = self.sim.now
         self._advance(now)
         del self.flows[fid]
+        nxt = None
+        if flow.key is not None:
+            queue = self.queues[flow.key]
+            if queue:
+                nxt = queue.pop(0)
+            else:
+                del self.queues[flow.key]
         for r in flow.resources:
             self.users[r] -= 1
             self.on[r].discard(fid)
-            if self.users[r] == 0:
+            if self.users[r] == 0 and nxt is None:
                 self.sim.resource_idle(r, self.busy_since.pop(r), now)
+        if nxt is not None:  # the next transfer of the stream takes the same resources at once
+            self._start(now, nxt[0], nxt[1], nxt[2], flow.key)
         self._rebalance(now, flow.resources)
         flow.on_done(now)
 
@@ -398,6 +420,7 @@ class _InPort:
     producer: _Kernel | None = None  # None: a DRAM-side stream, not held on chip
     token_bytes: float = 0.0  # bytes one token puts in the consumer's buffer
     consumed: int = 0  # tokens released by finished segments
+    forwarded: int = 0  # tokens passed on through the context's forwarded copies (as they started arriving)
 
     #: the share of the input read once segment i has ended, when the context's loops say otherwise than
     #: "evenly over the segments" (a ("repeat", P) loop reads its input in the first pass only)
@@ -946,8 +969,9 @@ class _Sim:
         if k.tile.held > k.tile.stats.peak_buffer_bytes:
             k.tile.stats.peak_buffer_bytes = k.tile.held
 
-    def emit(self, k: _Kernel, stream: int, tokens: int, token_bytes: float) -> None:
-        """``tokens`` new tokens of ``stream`` leave kernel ``k``: over each route to its consumer."""
+    def emit(self, k: _Kernel, stream: int, tokens: int, token_bytes: float, gate: _Gate | None = None) -> None:
+        """``tokens`` new tokens of ``stream`` leave kernel ``k``: over each route to its consumer. ``gate``
+        (a forwarded copy) holds their delivery until the copy's own input has arrived."""
         routes = self.routes.get((stream, k.cfg.kernel), [])
         routed = {r.dst_kernel for r in routes}
         for r in routes:
@@ -963,15 +987,28 @@ class _Sim:
                     lk.streams.append(r.stream)
             self.stats.noc_byte_hops += round(nbytes) * len(links)
             latency = len(links) * self.arch.noc.hop_latency
+            arrival = _Gate()
 
-            def arrived(t, _dst=dst, _tokens=tokens, _lat=latency):
-                self.push(t + _lat, self.deliver, _dst, stream, _tokens)
+            def arrived(t, _dst=dst, _tokens=tokens, _lat=latency, _arrival=arrival):
+                def land(t_in, _t=t):
+                    at = max(_t, t_in) + _lat
+                    _arrival.open(at)
+                    self.push(at, self.deliver, _dst, stream, _tokens)
 
-            self.fluid.add(nbytes, links, arrived)
+                if gate is None:
+                    land(t)
+                else:
+                    gate.after(land)
+
+            # a consumer that forwards what it receives starts its copy now (cut-through): a copy
+            # streams on as its bytes come in, it is not stored and sent again batch by batch
+            self._forward(dst, stream, tokens, arrival)
+            self.fluid.add(nbytes, links, arrived, key=(stream, k.cfg.kernel, r.dst_kernel))
         # consumers without a route (on the same tile, or an unrouted stream) read the buffer directly
         for dst, _ in self.consumers.get(stream, []):
             if dst.cfg.kernel not in routed and dst is not k:
                 self.deliver(dst, stream, tokens)
+                self._forward(dst, stream, tokens, gate)
                 routed.add(dst.cfg.kernel)
 
     def deliver(self, dst: _Kernel, stream: int, tokens: int) -> None:
@@ -981,20 +1018,46 @@ class _Sim:
                 p.received += new
                 if p.producer is not None and new > 0:
                     self._hold(dst, new * p.token_bytes)
-                for out in dst.forwards.get(stream, []):
-                    self._forward(dst, out, p)
         self.schedule(dst.tile)
 
-    def _forward(self, k: _Kernel, stream: int, port: _InPort) -> None:
-        """A copy of an input leaves in step with the input's arrival."""
-        for out, tokens, nbytes in k.outputs:
-            if out != stream:
+    def _forward(self, k: _Kernel, stream: int, tokens: int, gate: _Gate | None) -> None:
+        """Tokens of ``stream`` on their way into ``k`` go on through the outputs that copy it, in step
+        with their arrival (``gate`` opens when they have arrived)."""
+        outs = k.forwards.get(stream)
+        if not outs:
+            return
+        port = next(p for p in k.inputs if p.stream == stream)
+        port.forwarded = min(port.tokens, port.forwarded + tokens)
+        for out, total, nbytes in k.outputs:
+            if out not in outs:
                 continue
-            target = tokens if port.received >= port.tokens else port.received * tokens // port.tokens
+            target = total if port.forwarded >= port.tokens else port.forwarded * total // port.tokens
             new = target - k.emitted[out]
             if new > 0:
                 k.emitted[out] = target
-                self.emit(k, out, new, nbytes / tokens)
+                self.emit(k, out, new, nbytes / total, gate)
+
+
+class _Gate:
+    """A time that is not known yet: callbacks wait for it (a forwarded copy waits for its input)."""
+
+    __slots__ = ("time", "waiting")
+
+    def __init__(self) -> None:
+        self.time: float | None = None
+        self.waiting: list[Callable[[float], None]] = []
+
+    def open(self, t: float) -> None:
+        self.time = t
+        waiting, self.waiting = self.waiting, []
+        for fn in waiting:
+            fn(t)
+
+    def after(self, fn: Callable[[float], None]) -> None:
+        if self.time is not None:
+            fn(self.time)
+        else:
+            self.waiting.append(fn)
 
 
 def _forwards(cfg: KernelConfig) -> dict[int, list[int]]:

@@ -83,10 +83,9 @@ def test_a_load_is_held_back_by_a_slow_consumer():
     k = by_name(stats)
     token = 4 * PER  # 64 bytes
     # 256 bytes of double-buffered room = 4 tokens: the load may run at most 4 tokens ahead of the adds
-    # the first token: DRAM is faster than the link, so token 1 joins token 0 on the link before it is
-    # through and the two share it (8 B/cycle each) from then on; then 1 cycle for the hop
-    t1 = LAT + 2 * token / BW
-    first = t1 + (token - LINK * token / BW) / (LINK / 2) + 1
+    # the first token: out of DRAM, then alone over the link (the stream's later tokens queue behind it,
+    # in order), then 1 cycle for the hop
+    first = LAT + token / BW + token / LINK + 1
     slow = 4 * 8  # cycles of adds per token
     assert k["load0"].throttled and not k["slow"].throttled
     # the last load segment may start only once the consumer has released 32 - 4 = 28 tokens
