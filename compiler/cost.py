@@ -33,13 +33,23 @@ at kernel granularity (one start and one finish per kernel, one transfer per str
 * kernels sharing a tile add up: the tile's ready kernels take turns one step each (loop steps grouped
   into at most 64, the fill in the first), in context order -- the simulator's round-robin, evaluated
   per tile for the kernels present; a DMA tile's transfers hold its channels, a one-step transfer a
-  channel of its own, transfers of several steps take turns on one;
+  channel of its own, transfers of several steps take turns on one (from the end of the holder's first
+  step, which carries the DRAM latency);
+* a forwarded copy (an output that is an input's register through reshapes only: fused attention
+  members pass K/V down their group's chain) is timed by the input it copies, not by its kernel: its
+  tokens start across their links as the input's leave their producer (cut-through; ``CUT_THROUGH =
+  False``: as the input arrives) and are delivered no earlier than the input has arrived; its consumers
+  become ready when the chain's source starts (or finishes, for one-token streams). A compute or memory
+  context with a ``("repeat", P)`` loop needs before each step only the share of its input that its first
+  passes read;
 * transfers in flight together share the DRAM bandwidth, and streams crossing a link together share the
   link (processor sharing, the fluid form of the simulator's max-min fair flows); a later arrival pushes
   back what is still running, so finishes are revised, never fixed early. A stream's tokens come through
-  its links in order, except that a producer which emits faster than its links carry, and is not held
-  back by its consumers' buffers (the simulator's back-pressure on DMA loads and memory-tile stages,
-  where it closes no cycle of waits), piles its tokens up: they come through later, together;
+  its links in order when its producer is held back by its consumers' buffers (the simulator's
+  back-pressure on DMA loads and memory-tile stages, where it closes no cycle of waits; a copy goes at its
+  chain source's pace); otherwise tokens emitted faster than the links carry them pile up: one emitted at
+  t on a link busy since B comes through at about B + (t - B) * e^(load - 1) (load: the stream's link
+  time over its emission time), at the latest with the stream's last;
 * the result is the latest finish, bounded from below by ``DRAM latency + DRAM bytes / bandwidth``, by
   the busiest link's ``bytes / link bandwidth`` and by the busiest tile's summed work.
 
@@ -87,6 +97,10 @@ DMA_KINDS = frozenset({"dma_load", "dma_store", "dma_spill"})
 #: the simulator's grain of a kernel's steps: the first output token of a streamed kernel leaves after
 #: one of at most this many steps
 MAX_STEPS = 64
+#: a forwarded copy (an output that is an input's register through reshapes) starts across its links as
+#: the input starts across its own, and is delivered once both have arrived (the simulator's cut-through);
+#: False: it leaves as the input arrives (store and forward)
+CUT_THROUGH = True
 
 
 def _prod(dims: Sequence[int]) -> int:
@@ -383,6 +397,9 @@ class _Edge:
     links: list[tuple[tuple[int, int], tuple[int, int]]]
     tokens: int  # the stream's tokens (its producer's count, which its consumers see too)
     weight: bool  # a constant loaded by DMA: needed whole before the first step
+    #: a forwarded copy: the producer's input edge whose register this output is (through reshapes only);
+    #: its tokens leave as that input's arrive, not as the producer computes
+    via: _Edge | None = None
 
 
 @dataclass
@@ -398,6 +415,10 @@ class _Node:
     kid: int = 0  # kernel id (the order the simulator takes loads in for back-pressure)
     throttled: bool = False  # held back by its streamed consumers' buffers
     contexts: int = 1  # contexts configured on its tile
+    forwards: dict[int, int] = field(default_factory=dict)  # output -> the input it is a copy of
+    in_edge: dict[int, _Edge] = field(default_factory=dict)  # input -> its edge (on-chip producers only)
+    out_edges: list[tuple[int, _Edge]] = field(default_factory=list)  # (output, edge to a consumer)
+    repeat: tuple[int, int, int] | None = None  # (outer, P, inner) steps of a non-DMA ("repeat", P) loop
 
 
 def _tokens_attr(op: Operation, name: str, n: int) -> list[int]:
@@ -456,8 +477,48 @@ def _dma(kc: KernelCost, descriptors: list[tuple[str, int]], repeat: int, arch) 
     kc.cycles = math.ceil(moved / arch.dram.bytes_per_cycle)
 
 
+def _forwards(body: Sequence[Operation], args: Sequence[SSAValue], results: Sequence[SSAValue]) -> dict[int, int]:
+    """Outputs that are a copy of an input: its register through ``reshape``s only (at least one; an input
+    yielded as it is stays the context's output). Output index -> input index."""
+    origin: dict[SSAValue, int] = {a: j for j, a in enumerate(args)}
+    for op in body:
+        if op.name == "sparse.reshape" and len(op.operands) == 1 and op.operands[0] in origin:
+            for r in op.results:
+                origin[r] = origin[op.operands[0]]
+    inputs = set(args)
+    return {j: origin[v] for j, v in enumerate(results) if v in origin and v not in inputs}
+
+
+def _repeat_split(loops: list[tuple[str, int]]) -> tuple[int, int, int] | None:
+    """(outer, P, inner) steps around the first ``("repeat", P)`` loop, when P > 1."""
+    names = [n for n, _ in loops]
+    if "repeat" not in names or _repeat(loops) <= 1:
+        return None
+    j = names.index("repeat")
+    return _prod([t for _, t in loops[:j]]), max(loops[j][1], 1), _prod([t for _, t in loops[j + 1 :]])
+
+
+def _link_forwards(nodes: list[_Node]) -> None:
+    """A forwarded copy's edges point at the producer's input edge they copy (none: an input from DRAM,
+    timed as the producer computes)."""
+    for nd in nodes:
+        for out, e in nd.out_edges:
+            if out in nd.forwards:
+                e.via = nd.in_edge.get(nd.forwards[out])
+
+
 def _is_weight_body(body: Sequence[Operation], has_inputs: bool) -> bool:
     return not has_inputs and any(op.name == "sparse.constant" for op in body)
+
+
+def _timing_rules(node: _Node, kind: str, tile_kind: str, loops, body, args, results) -> None:
+    """A compute or memory context (not DMA) with a ("repeat", P) loop reads its inputs in the first pass
+    only; without one, its outputs that copy an input are forwarded as the input arrives."""
+    if kind in DMA_KINDS or tile_kind == "dma":
+        return
+    node.repeat = _repeat_split(loops)
+    if node.repeat is None:
+        node.forwards = _forwards(body, list(args), list(results))
 
 
 def _back_pressure(nodes: list[_Node]) -> None:
@@ -539,6 +600,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
             node.position, node.contexts = position, len(contexts)
             node.kid = ctx.kernel.value.data
             node.lead = arch.dram.latency_cycles if tp.kind == "dma" or kind in DMA_KINDS else kc.fill
+            _timing_rules(node, kind, tp.kind, loops, body, block.args, block.last_op.operands)
             nodes.append(node)
             by_kid[ctx.kernel.value.data] = idx
             for j, s in enumerate(outs):
@@ -549,7 +611,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
         routes[(r.stream.value.data, r.src.value.data, r.dst.value.data)] = r
     kid_of = {i: k for k, i in by_kid.items()}
     for idx, streams, types in inputs:
-        for s, t in zip(streams, types):
+        for port, (s, t) in enumerate(zip(streams, types)):
             src, out = producer.get(s, (None, 0))
             if src is None or src == idx:
                 continue  # a DRAM-side stream: there from the start
@@ -561,7 +623,11 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
             else:
                 links, nbytes = [], _bytes(t)
             p = nodes[src]
-            nodes[idx].ins.append(_Edge(src, idx, nbytes, len(links), links, p.out_tokens[out], p.is_weight_load))
+            edge = _Edge(src, idx, nbytes, len(links), links, p.out_tokens[out], p.is_weight_load)
+            nodes[idx].ins.append(edge)
+            nodes[idx].in_edge[port] = edge
+            p.out_edges.append((out, edge))
+    _link_forwards(nodes)
     _dma_steps(nodes)
     _back_pressure(nodes)
     return nodes, counts
@@ -602,12 +668,13 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
         node.lead = arch.dram.latency_cycles if kind in DMA_KINDS else kc.fill
         node.kid = idx
         node.is_weight_load = _is_weight_body(body, bool(in_types))
+        _timing_rules(node, kind, tile_kind, loops, body, block.args, block.last_op.operands)
         nodes.append(node)
         for j, r in enumerate(k.outputs):
             index[r] = (idx, j)
         reps = k.attributes.get("input_repeats")
         repeats = [int(x) for x in reps.get_values()] if isinstance(reps, DenseArrayBase) else [1] * len(in_types)
-        for v, arg, rep in zip(k.inputs, block.args, repeats):
+        for port, (v, arg, rep) in enumerate(zip(k.inputs, block.args, repeats)):
             src, out = index.get(v, (None, 0))
             if src is None:
                 continue
@@ -617,6 +684,9 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
             p = nodes[src]
             edge = _Edge(src, idx, consumed_bytes(arg) * rep, 1, [link], p.out_tokens[out], p.is_weight_load)
             nodes[idx].ins.append(edge)
+            nodes[idx].in_edge[port] = edge
+            p.out_edges.append((out, edge))
+    _link_forwards(nodes)
     _dma_steps(nodes)
     _back_pressure(nodes)
     return nodes, counts
@@ -763,10 +833,11 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
     tiles: dict = {}
     free: dict = {}  # (DMA tile, channel) -> when it is free; a transfer holds one channel
     shared: dict = {}  # (DMA tile, channel) -> whether its holder runs in steps others can take turns with
+    first_step: dict = {}  # (DMA tile, channel) -> when its holder's first step (the latency's) ends
     for i, nd in enumerate(nodes):
         if nd.cost.tile_kind == "dma":
             for c in range(max(nd.tile_params.dma_channels, 1)):
-                free[tile_of[i], c] = 0.0
+                free[tile_of[i], c] = first_step[tile_of[i], c] = 0.0
                 shared[tile_of[i], c] = False
         else:
             tiles.setdefault(tile_of[i], _RoundRobin(finish, nd.contexts))
@@ -776,42 +847,103 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
     edge_id = {id(e): k for k, e in enumerate(e for nd in nodes for e in nd.ins)}
     sent: list[dict[tuple, float]] = [{} for _ in edge_id]  # edge -> {link: end of its bytes on it}
     sent_at = [0.0] * len(edge_id)  # when its bytes joined the links
+    busy_from = [0.0] * len(edge_id)  # since when its links had been busy then
     links: dict = {}
 
     def streamed(e: _Edge) -> bool:
         return e.tokens > 1 and not e.weight
 
-    def arrival(e: _Edge) -> float:
-        if not e.hops:
-            return finish[e.src]  # same tile: a buffer read
-        links_done = sent[edge_id[id(e)]]
-        if not links_done:  # not sent yet: as if alone on its links
-            return finish[e.src] + e.bytes / link_bw + e.hops * hop
-        return max(links_done.values()) + e.hops * hop
+    def copied(e: _Edge, need: int) -> int:
+        """Tokens of the input a forwarded copy needs for ``need`` of its own: ⌊r·T/R⌋ of its T go on
+        once r of the input's R have."""
+        v = e.via
+        return min(v.tokens, -(-need * v.tokens // max(e.tokens, 1)))
 
-    def tokens_in(e: _Edge, need: int) -> float:
-        """When ``need`` of a streamed input's tokens have reached the consumer: the producer emits its
-        tokens evenly over its steps (after its DMA latency or fill), each step's share as one transfer."""
+    def left(e: _Edge, need: int) -> float:
+        """When ``need`` of the stream's tokens have left their producer (joined the links): evenly
+        over the producer's steps after its DMA latency or fill; a forwarded copy as the input it copies
+        leaves its own producer (cut-through: the copy streams on as the input comes in)."""
+        if e.via is not None:
+            if not CUT_THROUGH:  # store and forward: it leaves as the input arrives
+                v = e.via
+                return tokens_in(v, copied(e, need)) if streamed(v) else arrival(v)
+            return left(e.via, copied(e, need))
         p = nodes[e.src]
         steps = min(p.steps, MAX_STEPS)
         step = min(steps, -(-need * steps // e.tokens))  # the producer step after which they are out
         lead = min(p.lead, finish[e.src] - start[e.src])
-        out = start[e.src] + lead + step / steps * (finish[e.src] - start[e.src] - lead)
+        return start[e.src] + lead + step / steps * (finish[e.src] - start[e.src] - lead)
+
+    def gate(e: _Edge, need: int) -> float:
+        """A forwarded copy is delivered no earlier than the input it copies has arrived (0 otherwise)."""
+        if e.via is None or not e.hops or not CUT_THROUGH:
+            return 0.0
+        v = e.via
+        return (tokens_in(v, copied(e, need)) if streamed(v) else arrival(v)) + e.hops * hop
+
+    def arrival(e: _Edge) -> float:
+        done = left(e, e.tokens)
         if not e.hops:
-            return out
-        out += e.bytes / min(steps, e.tokens) / link_bw + e.hops * hop
+            return done  # same tile: a buffer read
+        links_done = sent[edge_id[id(e)]]
+        if not links_done:  # not sent yet: as if alone on its links
+            return max(done + e.bytes / link_bw + e.hops * hop, gate(e, e.tokens))
+        return max(max(links_done.values()) + e.hops * hop, gate(e, e.tokens))
+
+    def tokens_in(e: _Edge, need: int) -> float:
+        """When ``need`` of a streamed input's tokens have reached the consumer: each step's (or input
+        batch's) share crosses the links as one transfer."""
+        if e.via is not None:
+            batches = max(1, min(e.tokens, e.via.tokens if streamed(e.via) else 1))
+            first, last = left(e, 1), left(e, e.tokens)
+            begin = first - (last - first) / (batches - 1) if batches > 1 else first
+            working = last - begin
+            root = e.via
+            while root.via is not None:
+                root = root.via
+            throttled = nodes[root.src].throttled  # the copy goes at the pace its source is held to
+        else:
+            p = nodes[e.src]
+            batches = min(p.steps, MAX_STEPS)
+            lead = min(p.lead, finish[e.src] - start[e.src])
+            working = finish[e.src] - start[e.src] - lead  # the producer emits over this many cycles
+            throttled = p.throttled
+        step = min(batches, -(-need * batches // e.tokens))
+        emit = left(e, need)
+        if not e.hops:
+            return emit
+        out = emit + e.bytes / min(batches, e.tokens) / link_bw + e.hops * hop
         k = edge_id[id(e)]
         if sent[k]:
             # the stream's bytes share their links with whatever else crosses them from its first
-            # tokens on (``span`` cycles in all). Its tokens share them with each other too: tokens
-            # emitted faster than the links carry them pile up and come through together at the end,
-            # unless the producer is held back by its consumer's buffers; then they come through in
-            # order, each with its share
+            # tokens on (``span`` cycles in all). Its tokens share them with each other too, unless the
+            # producer is held back by its consumer's buffers (then they come through in order, each
+            # with its share): tokens emitted faster than the links carry them (load = span / working
+            # > 1) pile up. Under processor sharing the transfers on a link grow in number linearly
+            # from the start B of its busy period, so one that joins at time t leaves at about
+            # B + (t - B) * e^(load - 1): the first tokens of a stream that opens the busy period get
+            # through early, those of a stream that joins a crowded link late, and all of them no
+            # later than the stream's end
             span = max(sent[k].values()) - sent_at[k]
-            working = finish[e.src] - start[e.src] - lead  # the producer emits over this many cycles
-            piled = 0.0 if p.throttled else max(0.0, span - working)
-            through = sent_at[k] + step / steps * span + (1 - step / steps) * piled
+            through = sent_at[k] + step / batches * span
+            if not throttled and span > working:
+                grow = math.exp(min(span / working - 1.0, 50.0)) if working > 0 else math.inf
+                piled = busy_from[k] + (emit - busy_from[k]) * grow if emit > busy_from[k] else emit
+                through = max(through, min(sent_at[k] + span, piled))
             out = max(out, through + e.hops * hop)
+        return max(out, gate(e, need))
+
+    def needs(nd: _Node, tokens: int, segments: int) -> list[int]:
+        """Tokens of an input each segment needs to have arrived: its share, or with a ("repeat", P)
+        loop the share the steps up to the segment's end read, a repeated pass reading nothing new."""
+        if nd.repeat is None:
+            return [-(-(i + 1) * tokens // segments) for i in range(segments)]
+        outer, passes, inner = nd.repeat
+        total = outer * passes * inner
+        out = []
+        for i in range(segments):
+            o, rem = divmod(min(total, -(-(i + 1) * total // segments)), passes * inner)
+            out.append(-(-(o * inner + min(rem, inner)) * tokens // max(outer * inner, 1)))
         return out
 
     def ready_time(i: int) -> tuple[float, float]:
@@ -823,28 +955,42 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
             if not streamed(e):
                 s_at = max(s_at, arrival(e))
                 continue
-            # a step needs its share of the tokens: the first step ceil(T/steps) of them, the last all
-            s_at = max(s_at, tokens_in(e, -(-e.tokens // steps)))
+            # a step needs its share of the tokens; the steps from the first that needs them all on
+            # wait for the last
+            need = needs(nd, e.tokens, steps)
+            s_at = max(s_at, tokens_in(e, need[0]))
             if steps > 1:
-                last = (nd.cost.cycles - nd.cost.fill) / steps
-                f_at = max(f_at, tokens_in(e, e.tokens) + last)
+                per_step = (nd.cost.cycles - nd.cost.fill) / steps
+                whole = next((j for j, n in enumerate(need) if n >= e.tokens), steps - 1)
+                f_at = max(f_at, tokens_in(e, e.tokens) + (steps - whole) * per_step)
         return s_at, f_at
 
     def send(k: int, e: _Edge, t: float) -> None:
         """The bytes of edge ``k`` join the links of its route at ``t``."""
-        sent_at[k] = t
+        sent_at[k] = busy_from[k] = t
         for lk in e.links:
             res = links.setdefault(lk, _Shared({}, link_bw))  # its finishes are keyed by edge
             res.add(k, t, e.bytes)
             for other in res.jobs:  # every transfer still on this link may have been pushed back
                 sent[other][lk] = res.finish[other]
+                busy_from[k] = min(busy_from[k], busy_from[other])  # the link has been busy since
 
     def first_out(e: _Edge) -> float:
         """When a streaming producer emits its first tokens (all of them, if it runs one step)."""
-        p = nodes[e.src]
-        steps = min(p.steps, MAX_STEPS)
-        lead = min(p.lead, finish[e.src] - start[e.src])
-        return start[e.src] + lead + (finish[e.src] - start[e.src] - lead) / steps
+        return left(e, 1)
+
+    copies: dict[int, list[_Edge]] = {}  # edge -> the forwarded copies of it (its consumer's outputs)
+    for nd in nodes:
+        for e in nd.ins:
+            if e.via is not None:
+                copies.setdefault(id(e.via), []).append(e)
+
+    def forwarded(e: _Edge, chain_streamed: bool):
+        """The copies of ``e``, of their copies, ...: (copy, whether it and every edge it copies stream)."""
+        for f in copies.get(id(e), []):
+            ok = chain_streamed and streamed(f)
+            yield f, ok
+            yield from forwarded(f, ok)
 
     # at equal times: finishes first (they send), then DMA transfers that reach DRAM (their finish is
     # known from then on), streamed sends, and kernels that become ready
@@ -857,7 +1003,7 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
             missing[i] = -1
     while heap:
         key, what, i = heapq.heappop(heap)
-        if what == SEND:  # a streamed edge's bytes enter its links with the producer's first tokens
+        if what == SEND:  # a streamed (or forwarded) edge's bytes enter its links with its first tokens
             e = edges[i]
             t = first_out(e)
             if t > key + 1e-9:
@@ -879,18 +1025,32 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
                 heapq.heappush(heap, (finish[i], DONE, i))
                 continue
             for e in out_edges[i]:
+                if e.via is not None:
+                    continue  # a copy of an input: it goes with the input's producer (below)
                 if streamed(e):
                     # the consumer was queued when this kernel started; its last step waits for the
                     # last token, which now has its final time
                     if missing[e.dst] < 0:
                         finish[e.dst] = max(finish[e.dst], ready_time(e.dst)[1])
-                    continue
-                if e.hops:
-                    send(edge_id[id(e)], e, finish[i])
-                missing[e.dst] -= 1
-                if missing[e.dst] == 0:
-                    heapq.heappush(heap, (ready_time(e.dst)[0], READY, e.dst))
-                    missing[e.dst] = -1  # queued
+                else:
+                    if e.hops:
+                        send(edge_id[id(e)], e, finish[i])
+                    missing[e.dst] -= 1
+                    if missing[e.dst] == 0:
+                        heapq.heappush(heap, (ready_time(e.dst)[0], READY, e.dst))
+                        missing[e.dst] = -1  # queued
+                for f, chain_streamed in forwarded(e, streamed(e)):
+                    if chain_streamed:  # queued when this kernel started, like ``e``'s consumer
+                        if missing[f.dst] < 0:
+                            finish[f.dst] = max(finish[f.dst], ready_time(f.dst)[1])
+                        continue
+                    # a copy leaves whole once what it copies has arrived whole
+                    if f.hops:
+                        heapq.heappush(heap, (first_out(f), SEND, edge_id[id(f)]))
+                    missing[f.dst] -= 1
+                    if missing[f.dst] == 0:
+                        heapq.heappush(heap, (ready_time(f.dst)[0], READY, f.dst))
+                        missing[f.dst] = -1
             continue
         ready, f_at = ready_time(i)
         if ready > key + 1e-9:  # an input arrives later than when this was queued
@@ -908,9 +1068,17 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
                 if not turns:
                     heapq.heappush(heap, (free[ch], READY, i))
                     continue
-                ch = min(turns, key=lambda c: (free[c], c))
+                # its first step waits for the end of a step of the transfer it takes turns with (the
+                # first, which holds the channel through the DRAM latency)
+                ch = min(turns, key=lambda c: (max(first_step[c], key), c))
+                if first_step[ch] > key + 1e-9:
+                    heapq.heappush(heap, (first_step[ch], READY, i))
+                    continue
             else:
                 shared[ch] = multi
+                share = dram_bw / max(len(mine), 1)
+                moved = nd.cost.dram_read_bytes + nd.cost.dram_write_bytes
+                first_step[ch] = key + latency + moved / max(min(nd.steps, MAX_STEPS), 1) / share
             channel_of[i] = ch
             free[ch] = max(free[ch], key + latency)
             finish[i] = key + latency
@@ -921,13 +1089,17 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
             heapq.heappush(heap, (finish[i], DONE, i))
         start[i] = s
         for e in out_edges[i]:
-            if streamed(e):  # a streaming consumer may start while this kernel runs
-                if e.hops:
-                    heapq.heappush(heap, (first_out(e), SEND, edge_id[id(e)]))
-                missing[e.dst] -= 1
-                if missing[e.dst] == 0:
-                    heapq.heappush(heap, (max(ready_time(e.dst)[0], s), READY, e.dst))
-                    missing[e.dst] = -1
+            if e.via is not None or not streamed(e):
+                continue
+            # a streaming consumer may start while this kernel runs, and so may the consumers of the
+            # copies it forwards as the stream arrives
+            for f in [e] + [f for f, chain_streamed in forwarded(e, True) if chain_streamed]:
+                if f.hops:
+                    heapq.heappush(heap, (first_out(f), SEND, edge_id[id(f)]))
+                missing[f.dst] -= 1
+                if missing[f.dst] == 0:
+                    heapq.heappush(heap, (max(ready_time(f.dst)[0], s), READY, f.dst))
+                    missing[f.dst] = -1
     for i, nd in enumerate(nodes):
         nd.cost.start, nd.cost.finish = start[i], finish[i]
     load: dict = {}
