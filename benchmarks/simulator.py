@@ -2,8 +2,9 @@
 
     python benchmarks/simulator.py [--seqs 128,512,2048] [--archs edge,cloud] [--repeat 3]
 
-Each case is built with examples/make_examples.py (bert_layer), compiled by attnc (placement by the
-heuristic alone, CP-SAT with a 10 s limit when the heuristic's mapping overloads a link), encoded and
+Each case is built with examples/make_examples.py (bert_layer), compiled by attnc's default pipeline (the
+attention fused as the cost model chooses; placement by the heuristic alone, CP-SAT with a 10 s limit when the
+heuristic's mapping overloads a link), encoded and
 decoded (the simulator sees only bytes), then timed:
 - timing-only: ``attnc.simulator.timing.simulate`` (best of ``--repeat`` wall times), its simulated
   events and events per second, cycles and time at the clock;
@@ -39,22 +40,22 @@ def compile_layer(model, arch: str):
     from attnc.backend.bitstream import decode, encode
     from attnc.backend.emit import emit_bitstream
     from attnc.errors import AttncError
+    from attnc.cli import backend_passes
     from attnc.frontend.onnx import import_onnx
-    from attnc.passes.lower_dataflow import LowerToDataflowPass
-    from attnc.passes.to_array import PlaceRoutePass
-    from attnc.pipeline import run_pipeline
+    from attnc.pipeline import DEFAULT_PIPELINE, run_pipeline
 
-    def build(**placer):
+    def build(heuristic_only: bool, time_limit: float = 10.0):
+        # what `attnc compile` does: the default pipeline (attention fused by the cost model), then the back end
         module = import_onnx(model)
-        run_pipeline(module, "canonicalize,raise-attention")
-        run_pipeline(module, [LowerToDataflowPass(arch=arch), PlaceRoutePass(arch=arch, **placer)])
+        run_pipeline(module, DEFAULT_PIPELINE)
+        run_pipeline(module, backend_passes(arch, time_limit=time_limit, seed=0, heuristic_only=heuristic_only))
         return decode(encode(emit_bitstream(module, load_arch(arch), {})))
 
     start = time.perf_counter()
     try:
         bs, method = build(heuristic_only=True), "heuristic"
     except AttncError:
-        bs, method = build(time_limit=10.0), "cp-sat"
+        bs, method = build(heuristic_only=False), "cp-sat"
     return bs, time.perf_counter() - start, method
 
 
