@@ -28,8 +28,9 @@ at kernel granularity (one start and one finish per kernel, one transfer per str
   reads the buffer);
 * a streamed input (tokens > 1) lets it overlap its producer: the producer emits its tokens evenly over
   its steps (after its DMA latency or fill), a step needs its share of them (the first ceil(T/steps), the
-  last all), so the kernel starts when its first share has arrived and ends no earlier than one of its
-  steps after the last; a DMA kernel moves data token by token (at least as many steps as tokens);
+  last all), so the kernel starts when its first share has arrived and ends no earlier than the steps
+  from the first that needs them all after the last; a DMA kernel moves data token by token (at least as
+  many steps as tokens);
 * kernels sharing a tile add up: the tile's ready kernels take turns one step each (loop steps grouped
   into at most 64, the fill in the first), in context order -- the simulator's round-robin, evaluated
   per tile for the kernels present; a DMA tile's transfers hold its channels, a one-step transfer a
@@ -37,26 +38,27 @@ at kernel granularity (one start and one finish per kernel, one transfer per str
   step, which carries the DRAM latency);
 * a forwarded copy (an output that is an input's register through reshapes only: fused attention
   members pass K/V down their group's chain) is timed by the input it copies, not by its kernel: its
-  tokens start across their links as the input's leave their producer (cut-through; ``CUT_THROUGH =
-  False``: as the input arrives) and are delivered no earlier than the input has arrived; its consumers
-  become ready when the chain's source starts (or finishes, for one-token streams). A compute or memory
-  context with a ``("repeat", P)`` loop needs before each step only the share of its input that its first
-  passes read;
-* transfers in flight together share the DRAM bandwidth, and streams crossing a link together share the
-  link (processor sharing, the fluid form of the simulator's max-min fair flows); a later arrival pushes
-  back what is still running, so finishes are revised, never fixed early. A stream's tokens come through
-  its links in order when its producer is held back by its consumers' buffers (the simulator's
-  back-pressure on DMA loads and memory-tile stages, where it closes no cycle of waits; a copy goes at its
-  chain source's pace); otherwise tokens emitted faster than the links carry them pile up: one emitted at
-  t on a link busy since B comes through at about B + (t - B) * e^(load - 1) (load: the stream's link
-  time over its emission time), at the latest with the stream's last;
+  tokens start across their links as the input's leave their producer (cut-through) and are delivered no
+  earlier than the input has arrived; its consumers become ready when the chain's source starts (or
+  finishes, for one-token streams). A compute or memory context with a ``("repeat", P)`` loop needs
+  before each step only the share of its input that its first passes read;
+* transfers in flight together share the DRAM bandwidth (a DMA tile's transfers between them as many
+  shares as it has channels: its round-robin), and streams crossing a link together share the link
+  (processor sharing, the fluid form of the simulator's max-min fair flows); a later arrival pushes back
+  what is still running, so finishes are revised, never fixed early. A stream's token batches cross a
+  route one after the other (the simulator's FIFO per route): the first f of them are through once f of
+  the stream's time on its links has passed;
+* a source held back by a streamed consumer's buffers (the simulator's back-pressure on DMA loads and
+  memory-tile stages, where it closes no cycle of waits) runs at most ``depth`` tokens ahead of what the
+  consumer's finished steps released: what a step needs beyond that is fetched only after the step
+  before it, and the consumer waits for it (at the pace the source gets from DRAM);
 * the result is the latest finish, bounded from below by ``DRAM latency + DRAM bytes / bandwidth``, by
   the busiest link's ``bytes / link bandwidth`` and by the busiest tile's summed work.
 
 With one token per stream these are the simulator's own rules evaluated per kernel instead of per
 event, so the two agree closely and the check mostly guards the work and byte rules; with streamed
-ports the overlap and pile-up rules are coarser than the simulator's token-by-token gating (within 10%
-on the tested shapes, see tests/compiler/test_cost.py).
+ports the overlap and back-pressure rules are coarser than the simulator's token-by-token gating
+(within 10% on the tested shapes and the benchmark sweep, see tests/compiler/test_cost.py).
 
 ``GraphCost.bounds`` keeps each of these terms, so a report can say which one decides. On dataflow IR
 nothing is placed yet: each kernel gets a tile of its kind to itself and each stream one hop, so cycles
@@ -97,10 +99,6 @@ DMA_KINDS = frozenset({"dma_load", "dma_store", "dma_spill"})
 #: the simulator's grain of a kernel's steps: the first output token of a streamed kernel leaves after
 #: one of at most this many steps
 MAX_STEPS = 64
-#: a forwarded copy (an output that is an input's register through reshapes) starts across its links as
-#: the input starts across its own, and is delivered once both have arrived (the simulator's cut-through);
-#: False: it leaves as the input arrives (store and forward)
-CUT_THROUGH = True
 
 
 def _prod(dims: Sequence[int]) -> int:
@@ -419,6 +417,7 @@ class _Node:
     in_edge: dict[int, _Edge] = field(default_factory=dict)  # input -> its edge (on-chip producers only)
     out_edges: list[tuple[int, _Edge]] = field(default_factory=list)  # (output, edge to a consumer)
     repeat: tuple[int, int, int] | None = None  # (outer, P, inner) steps of a non-DMA ("repeat", P) loop
+    room: int = 0  # bytes of its (double-buffered) input buffers
 
 
 def _tokens_attr(op: Operation, name: str, n: int) -> list[int]:
@@ -598,6 +597,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
             node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), _tokens_attr(ctx, "tokens", len(outs)))
             node.is_weight_load = _is_weight_body(body, bool(in_types))
             node.position, node.contexts = position, len(contexts)
+            node.room = sum(int(x) for x in ctx.buffer_sizes.get_values())
             node.kid = ctx.kernel.value.data
             node.lead = arch.dram.latency_cycles if tp.kind == "dma" or kind in DMA_KINDS else kc.fill
             _timing_rules(node, kind, tp.kind, loops, body, block.args, block.last_op.operands)
@@ -667,6 +667,7 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
         node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), _tokens_attr(k, "tokens", len(out_types)))
         node.lead = arch.dram.latency_cycles if kind in DMA_KINDS else kc.fill
         node.kid = idx
+        node.room = k.buffer_bytes.value.data
         node.is_weight_load = _is_weight_body(body, bool(in_types))
         _timing_rules(node, kind, tile_kind, loops, body, block.args, block.last_op.operands)
         nodes.append(node)
@@ -841,13 +842,16 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
                 shared[tile_of[i], c] = False
         else:
             tiles.setdefault(tile_of[i], _RoundRobin(finish, nd.contexts))
-    # the transfers holding one channel take turns on it: between them they have one share of DRAM
-    dram = _Shared(finish, dram_bw, {ch: 1 for ch in free})
+    # the transfers of a DMA tile share its channels: between them as many shares of DRAM as it has
+    # channels (the tile's round-robin over its contexts, in fluid form)
+    caps: dict = {}
+    for ch in free:
+        caps[ch[0]] = caps.get(ch[0], 0) + 1
+    dram = _Shared(finish, dram_bw, caps)
     channel_of: dict[int, tuple] = {}
     edge_id = {id(e): k for k, e in enumerate(e for nd in nodes for e in nd.ins)}
     sent: list[dict[tuple, float]] = [{} for _ in edge_id]  # edge -> {link: end of its bytes on it}
     sent_at = [0.0] * len(edge_id)  # when its bytes joined the links
-    busy_from = [0.0] * len(edge_id)  # since when its links had been busy then
     links: dict = {}
 
     def streamed(e: _Edge) -> bool:
@@ -864,9 +868,6 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
         over the producer's steps after its DMA latency or fill; a forwarded copy as the input it copies
         leaves its own producer (cut-through: the copy streams on as the input comes in)."""
         if e.via is not None:
-            if not CUT_THROUGH:  # store and forward: it leaves as the input arrives
-                v = e.via
-                return tokens_in(v, copied(e, need)) if streamed(v) else arrival(v)
             return left(e.via, copied(e, need))
         p = nodes[e.src]
         steps = min(p.steps, MAX_STEPS)
@@ -876,7 +877,7 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
 
     def gate(e: _Edge, need: int) -> float:
         """A forwarded copy is delivered no earlier than the input it copies has arrived (0 otherwise)."""
-        if e.via is None or not e.hops or not CUT_THROUGH:
+        if e.via is None or not e.hops:
             return 0.0
         v = e.via
         return (tokens_in(v, copied(e, need)) if streamed(v) else arrival(v)) + e.hops * hop
@@ -892,45 +893,23 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
 
     def tokens_in(e: _Edge, need: int) -> float:
         """When ``need`` of a streamed input's tokens have reached the consumer: each step's (or input
-        batch's) share crosses the links as one transfer."""
+        batch's) share crosses the links as one transfer, in order behind the ones before it."""
         if e.via is not None:
             batches = max(1, min(e.tokens, e.via.tokens if streamed(e.via) else 1))
-            first, last = left(e, 1), left(e, e.tokens)
-            begin = first - (last - first) / (batches - 1) if batches > 1 else first
-            working = last - begin
-            root = e.via
-            while root.via is not None:
-                root = root.via
-            throttled = nodes[root.src].throttled  # the copy goes at the pace its source is held to
         else:
-            p = nodes[e.src]
-            batches = min(p.steps, MAX_STEPS)
-            lead = min(p.lead, finish[e.src] - start[e.src])
-            working = finish[e.src] - start[e.src] - lead  # the producer emits over this many cycles
-            throttled = p.throttled
+            batches = min(nodes[e.src].steps, MAX_STEPS)
         step = min(batches, -(-need * batches // e.tokens))
-        emit = left(e, need)
+        out = left(e, need)
         if not e.hops:
-            return emit
-        out = emit + e.bytes / min(batches, e.tokens) / link_bw + e.hops * hop
+            return out
+        out += e.bytes / min(batches, e.tokens) / link_bw + e.hops * hop
         k = edge_id[id(e)]
         if sent[k]:
             # the stream's bytes share their links with whatever else crosses them from its first
-            # tokens on (``span`` cycles in all). Its tokens share them with each other too, unless the
-            # producer is held back by its consumer's buffers (then they come through in order, each
-            # with its share): tokens emitted faster than the links carry them (load = span / working
-            # > 1) pile up. Under processor sharing the transfers on a link grow in number linearly
-            # from the start B of its busy period, so one that joins at time t leaves at about
-            # B + (t - B) * e^(load - 1): the first tokens of a stream that opens the busy period get
-            # through early, those of a stream that joins a crowded link late, and all of them no
-            # later than the stream's end
+            # tokens on (``span`` cycles in all); its batches go one after the other (a FIFO per
+            # route), so the first f of them are through once f of the span has passed
             span = max(sent[k].values()) - sent_at[k]
-            through = sent_at[k] + step / batches * span
-            if not throttled and span > working:
-                grow = math.exp(min(span / working - 1.0, 50.0)) if working > 0 else math.inf
-                piled = busy_from[k] + (emit - busy_from[k]) * grow if emit > busy_from[k] else emit
-                through = max(through, min(sent_at[k] + span, piled))
-            out = max(out, through + e.hops * hop)
+            out = max(out, sent_at[k] + step / batches * span + e.hops * hop)
         return max(out, gate(e, need))
 
     def needs(nd: _Node, tokens: int, segments: int) -> list[int]:
@@ -946,6 +925,32 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
             out.append(-(-(o * inner + min(rem, inner)) * tokens // max(outer * inner, 1)))
         return out
 
+    def held_back(nd: _Node, e: _Edge, need: list[int]) -> float:
+        """Cycles a consumer waits, over its run, for a source its buffers hold back: the source runs at
+        most ``depth`` tokens ahead of what the consumer's finished steps released (the simulator's
+        depth: two of the source's bursts plus the consumer's largest step share, or what fits in the
+        consumer's buffers), so what a step needs beyond that is fetched only once the step before it
+        has ended (at the pace the source gets from DRAM, or the link's if slower)."""
+        src = nodes[e.src]
+        if not src.throttled or e.via is not None:
+            return 0.0
+        src_steps = min(src.steps, MAX_STEPS)
+        burst = -(-e.tokens // src_steps)
+        chunk = max(b - a for a, b in zip([0, *need], need))
+        token_bytes = e.bytes / e.tokens
+        shared = max(len(nd.ins), 1)
+        fit = int(nd.room / shared // token_bytes) if token_bytes > 0 else 0
+        depth = max(2 * burst + chunk - 1, fit)
+        late = sum(max(0, need[j] - (need[j - 2] if j >= 2 else 0) - depth) for j in range(1, len(need)))
+        if not late:
+            return 0.0
+        per_token = token_bytes / link_bw if e.hops else 0.0
+        if src.cost.tile_kind == "dma" or src.cost.kind in DMA_KINDS:
+            # at the pace the transfer gets from DRAM (its share while it runs)
+            lead = min(src.lead, finish[e.src] - start[e.src])
+            per_token = max(per_token, (finish[e.src] - start[e.src] - lead) / e.tokens)
+        return late * per_token
+
     def ready_time(i: int) -> tuple[float, float]:
         """(earliest start, earliest finish regardless of the tile) from the inputs."""
         nd = nodes[i]
@@ -958,22 +963,23 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
             # a step needs its share of the tokens; the steps from the first that needs them all on
             # wait for the last
             need = needs(nd, e.tokens, steps)
-            s_at = max(s_at, tokens_in(e, need[0]))
+            first = tokens_in(e, need[0])
+            s_at = max(s_at, first)
             if steps > 1:
                 per_step = (nd.cost.cycles - nd.cost.fill) / steps
                 whole = next((j for j, n in enumerate(need) if n >= e.tokens), steps - 1)
                 f_at = max(f_at, tokens_in(e, e.tokens) + (steps - whole) * per_step)
+                f_at = max(f_at, first + nd.cost.cycles + held_back(nd, e, need))
         return s_at, f_at
 
     def send(k: int, e: _Edge, t: float) -> None:
         """The bytes of edge ``k`` join the links of its route at ``t``."""
-        sent_at[k] = busy_from[k] = t
+        sent_at[k] = t
         for lk in e.links:
             res = links.setdefault(lk, _Shared({}, link_bw))  # its finishes are keyed by edge
             res.add(k, t, e.bytes)
             for other in res.jobs:  # every transfer still on this link may have been pushed back
                 sent[other][lk] = res.finish[other]
-                busy_from[k] = min(busy_from[k], busy_from[other])  # the link has been busy since
 
     def first_out(e: _Edge) -> float:
         """When a streaming producer emits its first tokens (all of them, if it runs one step)."""
@@ -1013,7 +1019,7 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
             continue
         nd = nodes[i]
         if what == JOIN:  # a DMA transfer, its latency over, shares the DRAM bandwidth from now on
-            dram.add(i, key, nd.cost.dram_read_bytes + nd.cost.dram_write_bytes, channel_of[i])
+            dram.add(i, key, nd.cost.dram_read_bytes + nd.cost.dram_write_bytes, channel_of[i][0])
             finish[i] = max(finish[i], ready_time(i)[1])
             for m in (i, *dram.jobs):
                 ch = channel_of[m]
