@@ -1,6 +1,8 @@
 """The analytical cost model against the simulator's timing model (the two tiers check each other):
 DRAM bytes exactly, cycles within 10%, on every example, on hand-built attention graphs in every fusion
-mode, and on hand-built dataflow IR of the fused lowering (streamed ports, re-read K and V)."""
+mode, on hand-built dataflow IR of the fused lowering (streamed ports, re-read K and V), and on the
+benchmark sweep's BERT attention where it compiles and simulates in seconds (chains of members forwarding
+K/V, memory-tile stages, spilled unfused intermediates)."""
 
 from __future__ import annotations
 
@@ -231,6 +233,27 @@ FUSED_DATAFLOW = {
     "online_causal_edge": ("edge", dict(q=(1, 2, 128, 32), kv=(1, 2, 128, 32), members=2, row_block=16,
                                         key_block=32, causal=True)),  # fmt: skip
 }
+# the benchmark sweep's workload (benchmarks/attention_sweep.py: BERT-base's attention core, 12 heads of 64,
+# f16, Q/K/V from DRAM) at the points that compile and simulate in a few seconds: (batch, seq, mode)
+SWEEP = {
+    "edge": [(1, 512, "unfused"), (1, 512, "flat"), (1, 512, "online"), (1, 2048, "flat"), (1, 2048, "online"),
+             (1, 4096, "online"), (64, 512, "online"), (64, 2048, "unfused")],
+    "cloud": [(1, 512, "unfused"), (1, 512, "flat"), (1, 512, "online")],
+}  # fmt: skip
+
+
+def bert_attention(batch: int, seq: int, mode: str, heads: int = 12, d: int = 64):
+    """The sweep's ONNX Attention model, raised and scheduled by ``fuse-attention{mode}``."""
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT16, [batch, heads, seq, d]) for n in "QKV"]
+    out = helper.make_tensor_value_info("O", TensorProto.FLOAT16, [batch, heads, seq, d])
+    graph = helper.make_graph([helper.make_node("Attention", ["Q", "K", "V"], ["O"])], "attention", ins, [out])
+    module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]))
+    run_pipeline(module, f"canonicalize,raise-attention,fuse-attention{{mode={mode}}}")
+    return module
+
+
 # the examples as `attnc compile` builds them (fuse-attention chooses a schedule): on tiny only those
 # whose chosen kernels fit its 16 compute contexts
 DEFAULT_EXAMPLES = [("edge", n) for n in NAMES] + [("tiny", "attention23"), ("tiny", "gqa_block")]
@@ -241,6 +264,7 @@ CASES = (
     + [("tiny", m, n) for m in MODES for n in ATTENTION_GRAPHS if n not in LONG]
     + [(a, m, n) for a in ("tiny", "edge") for m in ("online", "flat") for n in LONG]
     + [(a, "fused", n) for n, (a, _) in FUSED_DATAFLOW.items()]
+    + [(a, "sweep", f"b{b}_n{n}_{m}") for a, points in SWEEP.items() for b, n, m in points]
 )
 
 
@@ -262,6 +286,9 @@ def _source(arch: str, what: str, name: str):
         return example(name, DEFAULT_PIPELINE)
     if what == "fused":
         return fused_dataflow(**FUSED_DATAFLOW[name][1])
+    if what == "sweep":
+        b, n, mode = name.split("_")
+        return bert_attention(int(b[1:]), int(n[1:]), mode)
     module = attention_graph(**ATTENTION_GRAPHS[name])
     if what in MODES:
         run_pipeline(module, [FuseAttentionPass(mode=what)])
