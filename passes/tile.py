@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import math
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import BlockArgument
 from xdsl.passes import ModulePass
+from xdsl.rewriter import Rewriter
 
 from attnc.dialects import sparse as sp
 from attnc.encodings import np_dtype
@@ -283,6 +286,7 @@ class TilePass(ModulePass):
     members: int = 0
     row_block: int = 0
     key_block: int = 0
+    gemm_parts: int = -1  # row blocks per large GEMM (projections, FFN): -1 chooses, 1 keeps them whole
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         from attnc.arch import load_arch
@@ -316,6 +320,7 @@ class TilePass(ModulePass):
                 fn.attributes[f"attnc.attn{i}.predicted_{k}"] = IntegerAttr(v, 64)
             fn.attributes[f"attnc.attn{i}.search_seconds"] = FloatAttr(res.seconds, 64)
             expand(a, p.schedule, f"attn{i}")
+        reports += split_gemms(fn, arch, self.gemm_parts)
         if reports:
             fn.attributes[REPORT_ATTR] = StringAttr("\n".join(reports))
 
@@ -336,3 +341,62 @@ def _reserved(fn) -> dict[str, int]:
         else:
             out["sfu" if isinstance(o, SFU_OPS) else "compute"] += 1
     return out
+
+
+#: GEMMs with fewer MACs than this stay one kernel (splitting costs a weight copy per part)
+SPLIT_MIN_MACS = 1 << 22
+
+
+def split_gemms(fn, arch, parts: int = -1) -> list[str]:
+    """Split each large GEMM (a projection or an FFN layer: a matmul whose right operand is a weight)
+    into row blocks, one kernel each, so the array's compute tiles share it: a power of two of parts,
+    at most the compute tiles per large GEMM and one MAC-array height of rows per part. Returns report
+    lines."""
+    from attnc.passes.fuse_attention import TAG, _Builder
+
+    tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+    gemms = []
+    for op in fn.body.block.ops:
+        if not isinstance(op, sp.MatmulOp) or TAG in op.attributes or not isinstance(op.rhs.owner, sp.ConstantOp):
+            continue
+        a = sp.shape_of(op.lhs)
+        if len(a) < 2 or len(sp.shape_of(op.rhs)) != 2:
+            continue
+        macs = int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * a[-1]
+        if macs >= SPLIT_MIN_MACS:
+            gemms.append(op)
+    if not gemms or parts == 1:
+        return []
+    tiles = len(arch.tiles_of("compute"))
+    lines = []
+    for i, op in enumerate(gemms):
+        a = sp.shape_of(op.lhs)
+        rows = int(np.prod(a[:-1], dtype=np.int64))
+        n = parts if parts > 0 else min(_pow2_floor(max(1, tiles // len(gemms))), _pow2_floor(max(1, rows // max(tile.mac_rows, 1))))
+        n = max(1, min(n, rows))
+        if n == 1:
+            continue
+        b = _Builder(op)
+        flat = op.lhs if len(a) == 2 else b.add(sp.ReshapeOp(op.lhs, [rows, a[-1]]))
+        name = f"gemm{i}"
+        pieces = []
+        weight = op.rhs
+        for j in range(n):
+            r0, r1 = split(rows, n, j)
+            piece = b.add(sp.SliceOp(flat, [r0, 0], [r1, a[-1]], [1, 1]))
+            pieces.append(b.add(sp.MatmulOp(piece, weight), f"{name}_p{j}", name))
+            if j + 1 < n:
+                # the weight goes on to the next part (a copy out of this part's buffer), so each link
+                # carries it once instead of a DMA tile sending it to every part
+                weight = b.add(sp.ReshapeOp(weight, sp.shape_of(weight)), f"{name}_p{j}", name)
+        out = b.add(sp.ConcatOp(pieces, 0))
+        if len(a) != 2:
+            out = b.add(sp.ReshapeOp(out, sp.shape_of(op.result)))
+        op.result.replace_all_uses_with(out)
+        Rewriter.erase_op(op)
+        lines.append(f"{name}: {'x'.join(map(str, a))} @ {'x'.join(map(str, sp.shape_of(op.rhs)))} in {n} row blocks")
+    return lines
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)

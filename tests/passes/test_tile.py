@@ -169,3 +169,28 @@ def test_passes_restream_k_and_v_from_memory_tiles_when_they_fit_there():
     loads = [k for k in kernels.values() if k.kind.data == "dma_load"]
     assert all("repeat" not in dict(k.loop_schedule()) for k in loads)
     np.testing.assert_allclose(interpret(module, inputs)["O"], before["O"], rtol=0, atol=2e-6)
+
+
+def test_large_projections_are_split_into_row_blocks_that_pass_the_weight_on():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "make_examples.py"
+    spec = importlib.util.spec_from_file_location("make_examples", path)
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    model, inputs = mk.bert_layer(seq=256, hidden=256, heads=4)
+    module = import_onnx(model)
+    run_pipeline(module, "canonicalize,raise-attention")
+    before = interpret(module, inputs)
+    run_pipeline(module, "tile{arch=cloud}")
+    report = main_func(module).attributes["attnc.tile_report"].data
+    assert report.count("in 8 row blocks") == 4  # Q, K, V and output projections: 32 rows (one MAC array) each
+    run_pipeline(module, "lower-to-dataflow{arch=cloud}")
+    kernels = {k.sym_name.data: k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)}
+    parts = [kernels[f"gemm0_p{j}"] for j in range(8)]
+    # part j > 0 takes the weight from part j - 1, not from the DMA load
+    assert all(any(v.owner is parts[j - 1] for v in parts[j].inputs) for j in range(1, 8))
+    after = interpret(module, inputs)
+    for key, ref in before.items():
+        np.testing.assert_allclose(after[key], ref, rtol=1e-5, atol=1e-5)
