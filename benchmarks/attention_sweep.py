@@ -30,6 +30,7 @@ import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +47,13 @@ def attention_model(batch: int, heads: int, seq: int, d: int):
     out = helper.make_tensor_value_info("O", TensorProto.FLOAT16, [batch, heads, seq, d])
     graph = helper.make_graph([helper.make_node("Attention", ["Q", "K", "V"], ["O"])], "attention", ins, [out])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+
+
+def _point(*args):
+    try:
+        return run_point(*args)
+    except Exception as e:  # noqa: BLE001 - reported per point by the parent
+        return f"{type(e).__name__}: {e}"
 
 
 def run_point(arch: str, model: str, batch: int, seq: int, mode: str, time_limit: float) -> dict:
@@ -139,28 +147,40 @@ def main() -> int:
     ap.add_argument("--modes", default="unfused,flat,online")
     ap.add_argument("--time-limit", type=float, default=2.0, help="placement time limit per point (s)")
     ap.add_argument("--quick", action="store_true", help="bert only, batch 1 and 64, seq 512/2048/4096")
+    ap.add_argument("--jobs", type=int, default=2, help="points compiled and simulated at once")
     ap.add_argument("--out", default=str(RESULTS / "attention_sweep"), help="output path without suffix")
     args = ap.parse_args()
     if args.quick:
         args.models, args.seqs = "bert", "512,2048,4096"
+    points = [
+        (arch, model, batch, seq, mode)
+        for arch in args.archs.split(",")
+        for model in args.models.split(",")
+        for batch in (int(b) for b in args.batches.split(","))
+        for seq in (int(s) for s in args.seqs.split(","))
+        for mode in args.modes.split(",")
+    ]
+    done: dict[tuple, dict] = {}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(_point, *p, args.time_limit): p for p in points}
+        for fut in as_completed(futures):
+            p = futures[fut]
+            r = fut.result()
+            if isinstance(r, str):  # a point that cannot be compiled is reported, not fatal
+                print(f"{p[0]} {p[1]} B={p[2]} N={p[3]} {p[4]}: {r}", flush=True)
+                continue
+            done[p] = r
+            print("  ".join(f"{k}={_fmt(k, r.get(k, ''))}" for k in COLUMNS if k not in ("speedup", "energy_saved")),
+                  flush=True)  # fmt: skip
     rows = []
-    for arch in args.archs.split(","):
-        for model in args.models.split(","):
-            for batch in (int(b) for b in args.batches.split(",")):
-                for seq in (int(s) for s in args.seqs.split(",")):
-                    base = None
-                    for mode in args.modes.split(","):
-                        try:
-                            r = run_point(arch, model, batch, seq, mode, args.time_limit)
-                        except Exception as e:  # a point that cannot be compiled is reported, not fatal
-                            print(f"{arch} {model} B={batch} N={seq} {mode}: {type(e).__name__}: {e}", flush=True)
-                            continue
-                        if mode == "unfused":
-                            base = r
-                        r["speedup"] = base["cycles"] / r["cycles"] if base else ""
-                        r["energy_saved"] = 1 - r["energy_uj"] / base["energy_uj"] if base else ""
-                        rows.append(r)
-                        print("  ".join(f"{k}={_fmt(k, r[k])}" for k in COLUMNS), flush=True)
+    for p in points:
+        if p not in done:
+            continue
+        r = done[p]
+        base = done.get(p[:4] + ("unfused",))
+        r["speedup"] = base["cycles"] / r["cycles"] if base else ""
+        r["energy_saved"] = 1 - r["energy_uj"] / base["energy_uj"] if base else ""
+        rows.append(r)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
