@@ -196,32 +196,11 @@ def _unfused_member(b: _Builder, op: sp.AttentionOp, qc, kin, vin, mc, r0: int, 
         s = b.add(sp.TanhOp(s), f"{tag}_qk", group)
         s = b.add(sp.MulOp(s, b.add(_splat([], elt, cap))), f"{tag}_qk", group)
     s = _spill(b, s, f"{tag}_spill_s", group)
-    smx = f"{tag}_softmax"
+    from attnc.passes.lower_dataflow import masked_softmax
+
     zero, neginf = b.add(_splat([], elt, 0.0)), b.add(_splat([], elt, -np.inf))
-    allowed = additive = None
-    if mc is not None:
-        if sp.elt_of(mc) == i1:
-            allowed = mc
-        else:
-            additive = mc
-    if op.causal is not None:
-        ones = b.add(_splat([rows, t], i1, 1))
-        tri = b.add(sp.TriluOp(ones, op.causal_offset.value.data + r0, upper=False), smx, group)
-        allowed = tri if allowed is None else b.add(sp.AndOp(allowed, tri), smx, group)
-    bias = None
-    if allowed is not None:
-        bias = b.add(sp.WhereOp(allowed, zero, neginf), smx, group)
-        if additive is not None:
-            bias = b.add(sp.AddOp(bias, additive), smx, group)
-    elif additive is not None:
-        bias = additive
-    if bias is not None:
-        s = b.add(sp.AddOp(s, bias), smx, group)
-    p = b.add(sp.SoftmaxOp(s, -1), smx, group)
-    if bias is not None:
-        top = b.add(sp.ReduceOp(bias, "max", [-1], keepdims=True), smx, group)
-        dead = b.add(sp.CmpOp(top, neginf, "eq"), smx, group)
-        p = b.add(sp.WhereOp(dead, zero, p), smx, group)
+    causal = op.causal_offset.value.data + r0 if op.causal is not None else None
+    p = masked_softmax(b, s, mc, causal, (rows, t), zero, neginf, f"{tag}_softmax", group)
     p = _spill(b, p, f"{tag}_spill_p", group)
     return b.add(sp.MatmulOp(p, vin), f"{tag}_pv", group)
 

@@ -116,32 +116,9 @@ def expand_attention(op: sp.AttentionOp, name: str, heads_per_kernel: int = 1) -
                 ic = bld.add(_splat([], elt, 1.0 / cap))
                 t = bld.add(sp.TanhOp(bld.add(sp.MulOp(s, ic), f"{tag}_qk", group)), f"{tag}_qk", group)
                 s = bld.add(sp.MulOp(t, c), f"{tag}_qk", group)
-            smx = f"{tag}_softmax"
-            allowed = additive = None
-            if mask is not None:
-                mh = _head_slice(bld, mask, bi, hi)
-                if sp.elt_of(mask) == i1:
-                    allowed = mh
-                else:
-                    additive = mh
-            if op.causal is not None:
-                ones = bld.add(_splat([sq, skv], i1, 1))
-                tri = bld.add(sp.TriluOp(ones, op.causal_offset.value.data, upper=False), smx, group)
-                allowed = tri if allowed is None else bld.add(sp.AndOp(allowed, tri), smx, group)
-            bias = None
-            if allowed is not None:
-                bias = bld.add(sp.WhereOp(allowed, zero, neginf), smx, group)
-                if additive is not None:
-                    bias = bld.add(sp.AddOp(bias, additive), smx, group)
-            elif additive is not None:
-                bias = additive
-            if bias is not None:
-                s = bld.add(sp.AddOp(s, bias), smx, group)
-            p = bld.add(sp.SoftmaxOp(s, -1), smx, group)
-            if bias is not None:
-                top = bld.add(sp.ReduceOp(bias, "max", [-1], keepdims=True), smx, group)
-                dead = bld.add(sp.CmpOp(top, neginf, "eq"), smx, group)
-                p = bld.add(sp.WhereOp(dead, zero, p), smx, group)
+            mh = _head_slice(bld, mask, bi, hi) if mask is not None else None
+            causal = op.causal_offset.value.data if op.causal is not None else None
+            p = masked_softmax(bld, s, mh, causal, (sq, skv), zero, neginf, f"{tag}_softmax", group)
             vh = _head_slice(bld, v, bi, hi // rep)
             o = bld.add(sp.MatmulOp(p, vh), f"{tag}_pv", group)
             heads.append(bld.add(sp.ReshapeOp(o, [1, 1, sq, dv])))
@@ -149,6 +126,38 @@ def expand_attention(op: sp.AttentionOp, name: str, heads_per_kernel: int = 1) -
     out = batches[0] if len(batches) == 1 else bld.add(sp.ConcatOp(batches, 0))
     op.result.replace_all_uses_with(out)
     Rewriter.erase_op(op)
+
+
+def masked_softmax(bld, s: SSAValue, mask: SSAValue | None, causal_offset: int | None, rows_keys: tuple[int, int],
+                   zero: SSAValue, neginf: SSAValue, tag: str, group: str) -> SSAValue:
+    """softmax over the keys of ``s`` plus its bias -- an i1 mask (false: -inf) or an additive one, and the
+    causal triangle when ``causal_offset`` is given -- with rows masked everywhere giving zeros, as
+    ``sparse.attention`` defines it. Every op is tagged ``tag`` (one softmax kernel)."""
+    allowed = additive = None
+    if mask is not None:
+        if sp.elt_of(mask) == i1:
+            allowed = mask
+        else:
+            additive = mask
+    if causal_offset is not None:
+        ones = bld.add(_splat(list(rows_keys), i1, 1))
+        tri = bld.add(sp.TriluOp(ones, causal_offset, upper=False), tag, group)
+        allowed = tri if allowed is None else bld.add(sp.AndOp(allowed, tri), tag, group)
+    bias = None
+    if allowed is not None:
+        bias = bld.add(sp.WhereOp(allowed, zero, neginf), tag, group)
+        if additive is not None:
+            bias = bld.add(sp.AddOp(bias, additive), tag, group)
+    elif additive is not None:
+        bias = additive
+    if bias is not None:
+        s = bld.add(sp.AddOp(s, bias), tag, group)
+    p = bld.add(sp.SoftmaxOp(s, -1), tag, group)
+    if bias is not None:
+        top = bld.add(sp.ReduceOp(bias, "max", [-1], keepdims=True), tag, group)
+        dead = bld.add(sp.CmpOp(top, neginf, "eq"), tag, group)
+        p = bld.add(sp.WhereOp(dead, zero, p), tag, group)
+    return p
 
 
 # ---------------------------------------------------------------------------
