@@ -398,6 +398,7 @@ class _Edge:
     #: a forwarded copy: the producer's input edge whose register this output is (through reshapes only);
     #: its tokens leave as that input's arrive, not as the producer computes
     via: _Edge | None = None
+    routed: bool = True  # it has a route (possibly of no links: a tile to itself); else a buffer read
 
 
 @dataclass
@@ -624,6 +625,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
                 links, nbytes = [], _bytes(t)
             p = nodes[src]
             edge = _Edge(src, idx, nbytes, len(links), links, p.out_tokens[out], p.is_weight_load)
+            edge.routed = r is not None
             nodes[idx].ins.append(edge)
             nodes[idx].in_edge[port] = edge
             p.out_edges.append((out, edge))
@@ -876,8 +878,9 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
         return start[e.src] + lead + step / steps * (finish[e.src] - start[e.src] - lead)
 
     def gate(e: _Edge, need: int) -> float:
-        """A forwarded copy is delivered no earlier than the input it copies has arrived (0 otherwise)."""
-        if e.via is None or not e.hops:
+        """A forwarded copy over a route (even one of no links) is delivered no earlier than the input it
+        copies has arrived (0 otherwise; a consumer without a route reads the buffer at once)."""
+        if e.via is None or not e.routed:
             return 0.0
         v = e.via
         return (tokens_in(v, copied(e, need)) if streamed(v) else arrival(v)) + e.hops * hop
@@ -885,7 +888,7 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
     def arrival(e: _Edge) -> float:
         done = left(e, e.tokens)
         if not e.hops:
-            return done  # same tile: a buffer read
+            return max(done, gate(e, e.tokens))  # same tile: a buffer read
         links_done = sent[edge_id[id(e)]]
         if not links_done:  # not sent yet: as if alone on its links
             return max(done + e.bytes / link_bw + e.hops * hop, gate(e, e.tokens))
@@ -901,7 +904,7 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
         step = min(batches, -(-need * batches // e.tokens))
         out = left(e, need)
         if not e.hops:
-            return out
+            return max(out, gate(e, need))
         out += e.bytes / min(batches, e.tokens) / link_bw + e.hops * hop
         k = edge_id[id(e)]
         if sent[k]:
