@@ -262,6 +262,16 @@ def cli() -> None:
     """
 
 
+#: --inputs of the commands that make seeded random inputs without it
+_random_inputs_option = click.option(
+    "--inputs",
+    "inputs_path",
+    metavar="IN.npz",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Input arrays keyed by graph input names. Without it: seeded random inputs.",
+)
+
+
 _input_shape_option = click.option(
     "--input-shape",
     "input_shapes",
@@ -498,13 +508,7 @@ def random_inputs(module: ModuleOp, seed: int) -> dict[str, Any]:
 
 @cli.command()
 @_model_argument
-@click.option(
-    "--inputs",
-    "inputs_path",
-    metavar="IN.npz",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Input arrays keyed by graph input names. Without it: seeded random inputs.",
-)
+@_random_inputs_option
 @click.option("-o", "--output", required=True, metavar="OUT.npz", help="Where to save the outputs (keyed by output names).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs used when --inputs is omitted.")
 @_input_shape_option
@@ -679,13 +683,7 @@ def format_outputs(outputs: dict[str, Any]) -> str:
 
 @cli.command("simulate")
 @click.argument("bitstream", metavar="FILE.bit", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--inputs",
-    "inputs_path",
-    metavar="IN.npz",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Input arrays keyed by graph input names. Without it: seeded random inputs.",
-)
+@_random_inputs_option
 @click.option("-o", "--output", metavar="OUT.npz", help="Where to save the outputs (keyed by output names).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs used when --inputs is omitted.")
 @click.option("--stats", "stats_path", metavar="STATS.json", help="Write the timing model's counts, cycles and energy (with per-tile and per-link figures).")
@@ -779,13 +777,7 @@ def simulate_command(
     metavar="NAME|FILE",
     help=f"Target array: a preset ({', '.join(ARCH_PRESETS)}) or a YAML file.",
 )
-@click.option(
-    "--inputs",
-    "inputs_path",
-    metavar="IN.npz",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Input arrays keyed by graph input names. Without it: seeded random inputs.",
-)
+@_random_inputs_option
 @click.option("-o", "--output", metavar="OUT.npz", help="Save the simulator's outputs here.")
 @_input_shape_option
 @_pipeline_option(DEFAULT_PIPELINE)

@@ -45,7 +45,7 @@ from attnc.dialects import sparse as sp
 from attnc.encodings import from_numpy, np_dtype
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
-from attnc.passes.fuse_attention import GROUP, REPEAT, SPILL, STAGE, TAG
+from attnc.passes.fuse_attention import GROUP, REPEAT, SPILL, STAGE, TAG, _Builder
 from attnc.schedule import SFU_OPS, kernel_cost, nbytes
 #: constants up to this size are cloned into the kernels that use them (configuration data)
 SMALL_CONSTANT_BYTES = 1024
@@ -58,21 +58,6 @@ def _splat(shape: Sequence[int], elt, value) -> sp.ConstantOp:
     # one element in the element type's own storage (bf16 is 2 bytes, i1 one byte)
     raw = from_numpy(np.asarray([value]).astype(np_dtype(elt)), elt).data.data
     return sp.ConstantOp(DenseIntOrFPElementsAttr(TensorType(elt, list(shape)), BytesAttr(raw)))
-
-
-class _Builder:
-    """Appends ops before an anchor, tagging the compute ones."""
-
-    def __init__(self, anchor: Operation):
-        self.anchor = anchor
-
-    def add(self, op: Operation, tag: str | None = None, group: str | None = None) -> SSAValue:
-        if tag:
-            op.attributes[TAG] = StringAttr(tag)
-        if group:
-            op.attributes[GROUP] = StringAttr(group)
-        Rewriter.insert_op(op, InsertPoint.before(self.anchor))
-        return op.results[0]
 
 
 def _head_slice(b: _Builder, x: SSAValue, bi: int, hi: int) -> SSAValue:
