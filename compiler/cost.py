@@ -934,8 +934,12 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
         depth: two of the source's bursts plus the consumer's largest step share, or what fits in the
         consumer's buffers), so what a step needs beyond that is fetched only once the step before it
         has ended (at the pace the source gets from DRAM, or the link's if slower)."""
+        while e.via is not None:  # a copy comes at the pace its chain's source is held to
+            e = e.via
+            nd = nodes[e.dst]
+            need = needs(nd, e.tokens, min(nd.steps, MAX_STEPS))
         src = nodes[e.src]
-        if not src.throttled or e.via is not None:
+        if not src.throttled:
             return 0.0
         src_steps = min(src.steps, MAX_STEPS)
         burst = -(-e.tokens // src_steps)
@@ -944,7 +948,13 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
         shared = max(len(nd.ins), 1)
         fit = int(nd.room / shared // token_bytes) if token_bytes > 0 else 0
         depth = max(2 * burst + chunk - 1, fit)
-        late = sum(max(0, need[j] - (need[j - 2] if j >= 2 else 0) - depth) for j in range(1, len(need)))
+        # the source runs whole steps of e.tokens / src_steps tokens: it may run ahead to the last step
+        # that ends within the allowance, and a step that needs more waits for the whole next steps
+        grain = e.tokens / src_steps
+        late = 0.0
+        for j in range(1, len(need)):
+            allowed = math.floor(((need[j - 2] if j >= 2 else 0) + depth) / grain + 1e-9) * grain
+            late += max(0.0, math.ceil(need[j] / grain - 1e-9) * grain - allowed)
         if not late:
             return 0.0
         per_token = token_bytes / link_bw if e.hops else 0.0
