@@ -304,6 +304,7 @@ class TilePass(ModulePass):
         forced = {"groups": self.groups, "members": self.members, "row_block": self.row_block,
                   "key_block": self.key_block}  # fmt: skip
         reports = []
+        used_sram = 0  # compute-tile SRAM the attention members take
         for i, a in enumerate(attention):
             req = a.attributes.pop(FUSION_ATTR, None)
             mode = self.mode or (req.data if isinstance(req, StringAttr) else "")
@@ -320,7 +321,9 @@ class TilePass(ModulePass):
                 fn.attributes[f"attnc.attn{i}.predicted_{k}"] = IntegerAttr(v, 64)
             fn.attributes[f"attnc.attn{i}.search_seconds"] = FloatAttr(res.seconds, 64)
             expand(a, p.schedule, f"attn{i}")
-        reports += split_gemms(fn, arch, self.gemm_parts)
+            if p.schedule.mode != "unfused":
+                used_sram += p.schedule.groups * p.schedule.members * p.schedule.buffer
+        reports += split_gemms(fn, arch, self.gemm_parts, used_sram)
         if reports:
             fn.attributes[REPORT_ATTR] = StringAttr("\n".join(reports))
 
@@ -347,11 +350,12 @@ def _reserved(fn) -> dict[str, int]:
 SPLIT_MIN_MACS = 1 << 22
 
 
-def split_gemms(fn, arch, parts: int = -1) -> list[str]:
+def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
     """Split each large GEMM (a projection or an FFN layer: a matmul whose right operand is a weight)
     into row blocks, one kernel each, so the array's compute tiles share it: a power of two of parts,
-    at most the compute tiles per large GEMM and one MAC-array height of rows per part. Returns report
-    lines."""
+    at most the compute tiles per large GEMM, one MAC-array height of rows per part, and half of the
+    context shares of SRAM the attention members (``used_sram``) and the graph's other compute kernels
+    leave free (the rest is headroom for packing). Returns report lines."""
     from attnc.passes.fuse_attention import TAG, _Builder
 
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
@@ -368,6 +372,10 @@ def split_gemms(fn, arch, parts: int = -1) -> list[str]:
     if not gemms or parts == 1:
         return []
     tiles = len(arch.tiles_of("compute"))
+    share = tile.sram_bytes // max(tile.contexts, 1)
+    others = _reserved(fn)["compute"] - len(gemms)
+    free = (sum(t.sram_bytes for t in arch.tiles_of("compute")) - used_sram) // max(share, 1) - others
+    tiles = min(tiles, max(len(gemms), free // 2))
     lines = []
     for i, op in enumerate(gemms):
         a = sp.shape_of(op.lhs)

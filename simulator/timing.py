@@ -379,32 +379,61 @@ class _Fluid:
     def _rebalance(self, now: float, changed: tuple) -> None:
         # progressive filling: the most constrained resource fixes the rate of its flows, repeat. Max-min
         # fairness splits over connected components, so only the component of the changed resources is redone
-        # (its bottlenecks come in the same order as in a global pass, so the rates are the same numbers)
+        # (its bottlenecks come in the same order as in a global pass, so the rates are the same numbers).
+        # Resources wait in a heap keyed by their fair share (left / unfixed users, ties by rank); a key that
+        # moved since it was pushed is pushed again, so each round costs a log, not a pass over every flow.
         unfixed = self._component(changed)
         component = sorted(unfixed)
-        left = {r: self.capacity[r] for fid in component for r in self.flows[fid].resources}
-        rates: dict[int, float] = {}
-        while unfixed:
-            count: dict = {}
-            for fid in unfixed:
-                for r in self.flows[fid].resources:
-                    count[r] = count.get(r, 0) + 1
-            rank = self.rank
-            bottleneck = min(count, key=lambda r: (left[r] / count[r], rank[r]))
-            share = max(left[bottleneck] / count[bottleneck], 0.0)
-            for fid in sorted(f for f in unfixed if bottleneck in self.flows[f].resources):
-                rates[fid] = share
-                unfixed.discard(fid)
-                for r in self.flows[fid].resources:
-                    left[r] -= share
+        flows, rank = self.flows, self.rank
+        left: dict = {}
+        users: dict = {}
         for fid in component:
-            f = self.flows[fid]
+            for r in flows[fid].resources:
+                left[r] = self.capacity[r]
+                users.setdefault(r, []).append(fid)
+        count = {r: len(fs) for r, fs in users.items()}
+        heap = [(left[r] / count[r], rank[r], r) for r in users]
+        heapq.heapify(heap)
+        rates: dict[int, float] = {}
+        while heap:
+            key, rk, r = heapq.heappop(heap)
+            if count[r] == 0:
+                continue
+            if key != left[r] / count[r]:
+                heapq.heappush(heap, (left[r] / count[r], rk, r))
+                continue
+            share = max(key, 0.0)
+            for fid in users[r]:  # in flow order, as the component is sorted
+                if fid in rates:
+                    continue
+                rates[fid] = share
+                for q in flows[fid].resources:
+                    left[q] -= share
+                    count[q] -= 1
+            for q in {q for fid in users[r] for q in flows[fid].resources}:
+                if count[q] > 0:
+                    heapq.heappush(heap, (left[q] / count[q], rank[q], q))
+        # Only the first flow to finish in each part the change touched needs an event: when it fires, its part
+        # is rebalanced and the next one gets its event (rescheduling every flow whose rate moved would cost an
+        # event per flow per change, nearly all of them stale by the time they come up).
+        part: dict[int, int] = {}
+        for r in changed:
+            if not self.on[r] or next(iter(self.on[r])) in part:
+                continue
+            for fid in self._component((r,)):
+                part.setdefault(fid, r)
+        first: dict = {}
+        for fid in component:
+            f = flows[fid]
             if rates[fid] != f.rate or f.version == 0:
                 f.rate = rates[fid]
                 f.version += 1
-                eta = now + max(f.remaining, 0.0) / f.rate if f.rate > 0 else math.inf
-                if eta < math.inf:
-                    self.sim.push(eta, self.done, fid, f.version)
+            eta = now + max(f.remaining, 0.0) / f.rate if f.rate > 0 else math.inf
+            p = part.get(fid)
+            if eta < first.get(p, (math.inf, 0))[0]:
+                first[p] = (eta, fid)
+        for eta, fid in first.values():
+            self.sim.push(eta, self.done, fid, flows[fid].version)
 
 
 # ---------------------------------------------------------------------------
