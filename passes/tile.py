@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
-from xdsl.ir import BlockArgument
+from xdsl.ir import BlockArgument, Operation
 from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 
@@ -351,7 +351,9 @@ SPLIT_MIN_MACS = 1 << 22
 
 
 def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
-    """Split each large GEMM (a projection or an FFN layer: a matmul whose right operand is a weight)
+    """Split each large GEMM that neither feeds nor reads an attention (the FFN layers: a matmul whose
+    right operand is a weight; a Q/K/V or output projection would send every part's rows to every
+    attention kernel, since a kernel's slice of a concatenation reads all of it)
     into row blocks, one kernel each, so the array's compute tiles share it: a power of two of parts,
     at most the compute tiles per large GEMM, one MAC-array height of rows per part, and half of the
     context shares of SRAM the attention members (``used_sram``) and the graph's other compute kernels
@@ -367,7 +369,7 @@ def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
         if len(a) < 2 or len(sp.shape_of(op.rhs)) != 2:
             continue
         macs = int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * a[-1]
-        if macs >= SPLIT_MIN_MACS:
+        if macs >= SPLIT_MIN_MACS and not _feeds_attention(op.result) and not _fed_by_attention(op.lhs):
             gemms.append(op)
     if not gemms or parts == 1:
         return []
@@ -408,3 +410,31 @@ def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
 
 def _pow2_floor(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
+
+
+def _feeds_attention(v, depth: int = 8) -> bool:
+    """Whether ``v`` reaches an attention before another GEMM (through data movement and elementwise ops,
+    a bias add say): a Q/K/V projection. Its row blocks would reach every attention kernel whole (a
+    kernel's slice of a concatenation reads all of it), so those stay one kernel."""
+    if depth == 0:
+        return False
+    for use in v.uses:
+        op = use.operation
+        if isinstance(op, sp.AttentionOp):
+            return True
+        if op.results and not isinstance(op, (sp.MatmulOp, sp.ContractOp)) and _feeds_attention(op.results[0], depth - 1):
+            return True
+    return False
+
+
+def _fed_by_attention(v, depth: int = 8) -> bool:
+    """Whether ``v`` comes from an attention before another GEMM: an output projection, whose row blocks
+    would each read every attention kernel's output."""
+    op = v.owner
+    if depth == 0 or not isinstance(op, Operation):
+        return False
+    if isinstance(op, sp.AttentionOp):
+        return True
+    if isinstance(op, (sp.MatmulOp, sp.ContractOp)):
+        return False
+    return any(_fed_by_attention(x, depth - 1) for x in op.operands)

@@ -1032,7 +1032,17 @@ class _Sim:
             # a consumer that forwards what it receives starts its copy now (cut-through): a copy
             # streams on as its bytes come in, it is not stored and sent again batch by batch
             self._forward(dst, stream, tokens, arrival)
-            self.fluid.add(nbytes, links, arrived, key=(stream, k.cfg.kernel, r.dst_kernel))
+            if gate is None:
+                self.fluid.add(nbytes, links, arrived, key=(stream, k.cfg.kernel, r.dst_kernel))
+            else:
+                # a copy moves at its input's pace (never faster than its own links): it is charged to its
+                # links but takes no share of them from other streams -- a chain's links are its own, and
+                # keeping copies out of the fair sharing keeps a 64-member chain from being one
+                # 64-flow rebalance at every batch
+                alone = len(links) and nbytes / self.arch.noc.link_bytes_per_cycle
+                for link in links:
+                    self.resource_idle(link, self.now, self.now + alone)
+                arrived(self.now + alone)
         # consumers without a route (on the same tile, or an unrouted stream) read the buffer directly
         for dst, _ in self.consumers.get(stream, []):
             if dst.cfg.kernel not in routed and dst is not k:
