@@ -173,7 +173,7 @@ def attention_work(
         if fusion == "flat":
             lane = 3 * r * keys
         else:
-            lane = 4 * r * keys + 2 * r * dv * n + r * dv  # rescales per step, the final divide once
+            lane = 2 * r * keys + (n - 1) * (r * dv + 2 * r) + r * dv  # rescales after the first step, one divide
         if has_mask:
             lane += r * keys
         return macs, mac_cycles, lane

@@ -171,10 +171,10 @@ def fused_attention_work(
                 continue
             macs += count * r * kb * (d + dv)
             mac_cycles += count * (rt * -(-kb // mc) * d + rt * -(-dv // mc) * kb)
-            ops = 3 * r * kb if fusion == "flat" else 4 * r * kb + 2 * r * dv
+            ops = 3 * r * kb if fusion == "flat" else 2 * r * kb
             lane += count * (ops + (r * kb if has_mask else 0))
-        if fusion == "online":
-            lane += r * dv
+        if fusion == "online":  # rescales after the row block's first step, and one divide
+            lane += (blocks - 1) * (r * dv + 2 * r) + r * dv
         if times > 1:
             macs, mac_cycles, lane = (b + times * (a - b) for a, b in zip((macs, mac_cycles, lane), before))
     macs, mac_cycles, lane = units * macs, units * mac_cycles, units * lane

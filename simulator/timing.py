@@ -200,8 +200,9 @@ def fused_attention_work(ins: Instr, ops: list, out: list[int], rows: int, cols:
     For each (batch, head) unit, row blocks of ``R`` rows by key blocks of ``Kb`` keys (``"flat"``: Kb = T);
     a step is skipped when ``causal`` masks its first key for its last row. A step of r rows and kb keys does
     r·kb·(d + dv) MACs in ⌈r/rows⌉·⌈kb/cols⌉·d + ⌈r/rows⌉·⌈dv/cols⌉·kb MAC-array cycles and 3·r·kb
-    (flat) or 4·r·kb + 2·r·dv (online) lane operations, + r·kb with a mask; online adds r·dv per row
-    block that ran (the final divide). The vector unit overlaps the MAC array, so the instruction takes
+    (flat: max, exp + sum, normalise) or 2·r·kb (online: max, exp + sum) lane operations, + r·kb with a
+    mask; online adds r·dv + 2·r for each step after a row block's first (rescaling the output and the
+    sum by exp(m_old - m_new)) and r·dv per row block that ran (the final divide). The vector unit overlaps the MAC array, so the instruction takes
     max(MAC cycles, ⌈lane ops / lanes⌉) + (rows + cols) if it did any MAC."""
     fusion = ins.params.get("fusion")
     if fusion not in ("flat", "online"):
@@ -237,9 +238,9 @@ def fused_attention_work(ins: Instr, ops: list, out: list[int], rows: int, cols:
         else:
             sum_kb, sum_ck = n_exec * k_blk, n_exec * ck_full
         cr = -(-r // rows)
-        lane = (4 if online else 3) * r * sum_kb + (r * sum_kb if masked else 0)
-        if online:
-            lane += 2 * r * dv * n_exec + r * dv
+        lane = (2 if online else 3) * r * sum_kb + (r * sum_kb if masked else 0)
+        if online:  # every step after the first rescales the output and the sum; one divide at the end
+            lane += (n_exec - 1) * (r * dv + 2 * r) + r * dv
         return r * sum_kb * (d + dv), cr * (sum_ck * d + cdv * sum_kb), lane
 
     a = AttentionWork()
