@@ -213,6 +213,8 @@ def _fused_cost(op: sp.AttentionOp, arch, eb: int) -> KernelCost:
     resident = rb < rows and passes == 1
     buf = fused_attention_buffer(rows, t, d, dv, eb, fusion=fusion, row_block=rb, key_block=kb, kv_resident=resident,
                                  key_chunk=max(tile.mac_cols, 1))  # fmt: skip
+    reserve = op.attributes.get("dataflow.reserve")
+    buf = max(buf, reserve.value.data if reserve is not None else 0)
     loops = (("unit", b * h), ("row_block", -(-rows // rb)), ("key_block", -(-t // kb)))
     steps = b * h * loops[1][1] * loops[2][1]
     return KernelCost("attention", "compute", loops, (rb, kb), buf, cycles, macs, steps)

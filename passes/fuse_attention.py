@@ -50,6 +50,8 @@ SPILL = "dataflow.spill"
 REPEAT = "dataflow.repeat"
 #: a copy of K or V held in a memory tile and streamed out once per pass (the value: passes)
 STAGE = "dataflow.stage"
+#: the SRAM a fused member claims (its tile's budget), so that the placer gives each member its own tile
+RESERVE = "dataflow.reserve"
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Schedule:
     passes: int = 1  # times a member streams its group's K and V (1: read once)
     buffer: int = 0  # on-chip bytes a fused member needs (reports)
     staged: bool = False  # passes > 1 re-stream K/V from a memory tile, not from DRAM
+    reserve: int = 0  # SRAM a fused member claims on its tile: the search planned one member per tile
 
     def text(self) -> str:
         s = f"{self.mode} groups={self.groups} members={self.members}"
@@ -149,6 +152,8 @@ def expand(op: sp.AttentionOp, sched: Schedule, name: str) -> None:
                 )  # fmt: skip
                 if sched.passes > 1:
                     attn.attributes[REPEAT] = _i64(sched.passes)
+                if sched.reserve:
+                    attn.attributes[RESERVE] = _i64(sched.reserve)
                 o = b.add(attn, tag, group)
             rows.append(o)
             if c + 1 < sched.members:

@@ -45,7 +45,7 @@ from attnc.dialects import sparse as sp
 from attnc.encodings import from_numpy, np_dtype
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
-from attnc.passes.fuse_attention import GROUP, REPEAT, SPILL, STAGE, TAG, _Builder
+from attnc.passes.fuse_attention import GROUP, REPEAT, RESERVE, SPILL, STAGE, TAG, _Builder
 from attnc.schedule import SFU_OPS, kernel_cost, nbytes
 #: constants up to this size are cloned into the kernels that use them (configuration data)
 SMALL_CONSTANT_BYTES = 1024
@@ -373,6 +373,7 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
         if k.kind.data != "attention":
             continue
         attn = next(o for o in k.body.block.ops if isinstance(o, sp.AttentionOp))
+        attn.attributes.pop(RESERVE, None)
         rep = attn.attributes.pop(REPEAT, None)
         passes = rep.value.data if rep is not None else 1
         reps = [

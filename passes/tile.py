@@ -23,7 +23,7 @@ import math
 import time
 
 import numpy as np
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
@@ -320,9 +320,15 @@ class TilePass(ModulePass):
             for k, v in (("cycles", p.cycles), ("dram_bytes", p.dram_bytes)):
                 fn.attributes[f"attnc.attn{i}.predicted_{k}"] = IntegerAttr(v, 64)
             fn.attributes[f"attnc.attn{i}.search_seconds"] = FloatAttr(res.seconds, 64)
-            expand(a, p.schedule, f"attn{i}")
-            if p.schedule.mode != "unfused":
-                used_sram += p.schedule.groups * p.schedule.members * p.schedule.buffer
+            # a member claims the SRAM the search budgeted: placing two on one tile would halve their speed
+            # for fewer byte-hops, a trade the placer's objective would otherwise make (when the other compute
+            # kernels' shares leave that much)
+            members = p.schedule.groups * p.schedule.members if p.schedule.mode != "unfused" else 0
+            share = tile.sram_bytes // max(tile.contexts, 1)
+            room = sum(t.sram_bytes for t in arch.tiles_of("compute")) - reserved["compute"] * share - used_sram
+            reserve = budget if members and members * budget <= room else 0
+            expand(a, replace(p.schedule, reserve=reserve), f"attn{i}")
+            used_sram += members * max(p.schedule.buffer, reserve)
         reports += split_gemms(fn, arch, self.gemm_parts, used_sram)
         if reports:
             fn.attributes[REPORT_ATTR] = StringAttr("\n".join(reports))
