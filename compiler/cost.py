@@ -626,12 +626,8 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
             p = nodes[src]
             edge = _Edge(src, idx, nbytes, len(links), links, p.out_tokens[out], p.is_weight_load)
             edge.routed = r is not None
-            nodes[idx].ins.append(edge)
-            nodes[idx].in_edge[port] = edge
-            p.out_edges.append((out, edge))
-    _link_forwards(nodes)
-    _dma_steps(nodes)
-    _back_pressure(nodes)
+            _attach(nodes, out, idx, port, edge)
+    _link_up(nodes)
     return nodes, counts
 
 
@@ -686,13 +682,23 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
             link = ((-1 - src, 0), (-1 - idx, 0))
             p = nodes[src]
             edge = _Edge(src, idx, consumed_bytes(arg) * rep, 1, [link], p.out_tokens[out], p.is_weight_load)
-            nodes[idx].ins.append(edge)
-            nodes[idx].in_edge[port] = edge
-            p.out_edges.append((out, edge))
+            _attach(nodes, out, idx, port, edge)
+    _link_up(nodes)
+    return nodes, counts
+
+
+def _attach(nodes, out: int, idx: int, port: int, edge) -> None:
+    """Join an edge from its producer's output ``out`` to input ``port`` of node ``idx``."""
+    nodes[idx].ins.append(edge)
+    nodes[idx].in_edge[port] = edge
+    nodes[edge.src].out_edges.append((out, edge))
+
+
+def _link_up(nodes) -> None:
+    """What the graph model needs once every edge is in: forwarded copies, DMA steps, back-pressure."""
     _link_forwards(nodes)
     _dma_steps(nodes)
     _back_pressure(nodes)
-    return nodes, counts
 
 
 # ---------------------------------------------------------------------------
