@@ -28,14 +28,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collections.abc import Sequence
+
 import numpy as np
 from xdsl.context import Context
-from xdsl.dialects.builtin import ModuleOp, StringAttr, UnitAttr
+from xdsl.dialects.builtin import (
+    BytesAttr,
+    DenseIntOrFPElementsAttr,
+    IntegerAttr,
+    ModuleOp,
+    StringAttr,
+    TensorType,
+    UnitAttr,
+    i1,
+)
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
 from attnc.dialects import sparse as sp
+from attnc.encodings import from_numpy, np_dtype
 from attnc.errors import AttncError
 from attnc.ir import main_func
 
@@ -102,10 +114,10 @@ def _slice(b: _Builder, x: SSAValue, starts, ends) -> SSAValue:
     return b.add(sp.SliceOp(x, list(starts), list(ends), [1] * len(shp)))
 
 
-def _splat(shape, elt, value) -> sp.ConstantOp:
-    from attnc.passes.lower_dataflow import _splat as splat
-
-    return splat(shape, elt, value)
+def _splat(shape: Sequence[int], elt, value) -> sp.ConstantOp:
+    # one element in the element type's own storage (bf16 is 2 bytes, i1 one byte)
+    raw = from_numpy(np.asarray([value]).astype(np_dtype(elt)), elt).data.data
+    return sp.ConstantOp(DenseIntOrFPElementsAttr(TensorType(elt, list(shape)), BytesAttr(raw)))
 
 
 def expand(op: sp.AttentionOp, sched: Schedule, name: str) -> None:
@@ -151,9 +163,9 @@ def expand(op: sp.AttentionOp, sched: Schedule, name: str) -> None:
                     row_block=min(sched.row_block, r1 - r0), key_block=t if sched.mode == "flat" else sched.key_block,
                 )  # fmt: skip
                 if sched.passes > 1:
-                    attn.attributes[REPEAT] = _i64(sched.passes)
+                    attn.attributes[REPEAT] = IntegerAttr(sched.passes, 64)
                 if sched.reserve:
-                    attn.attributes[RESERVE] = _i64(sched.reserve)
+                    attn.attributes[RESERVE] = IntegerAttr(sched.reserve, 64)
                 o = b.add(attn, tag, group)
             rows.append(o)
             if c + 1 < sched.members:
@@ -168,16 +180,10 @@ def expand(op: sp.AttentionOp, sched: Schedule, name: str) -> None:
     Rewriter.erase_op(op)
 
 
-def _i64(n: int):
-    from xdsl.dialects.builtin import IntegerAttr
-
-    return IntegerAttr(n, 64)
-
-
 def _stage(b: _Builder, x: SSAValue, sched: Schedule, tag: str, group: str) -> SSAValue:
     op = sp.ReshapeOp(x, sp.shape_of(x))
-    op.attributes[STAGE] = _i64(sched.passes)
-    op.attributes["dataflow.key_block"] = _i64(sched.key_block)
+    op.attributes[STAGE] = IntegerAttr(sched.passes, 64)
+    op.attributes["dataflow.key_block"] = IntegerAttr(sched.key_block, 64)
     return b.add(op, tag, group)
 
 
@@ -193,21 +199,57 @@ def _unfused_member(b: _Builder, op: sp.AttentionOp, qc, kin, vin, mc, r0: int, 
     u, rep, rows, _ = sp.shape_of(qc)
     t = sp.shape_of(kin)[2]
     kt = b.add(sp.TransposeOp(kin, [0, 1, 3, 2]))
-    s = b.add(sp.MatmulOp(qc, kt), f"{tag}_qk", group)
-    s = b.add(sp.MulOp(s, b.add(_splat([], elt, op.scale.value.data))), f"{tag}_qk", group)
-    cap = op.softcap.value.data
-    if cap > 0:
-        s = b.add(sp.MulOp(s, b.add(_splat([], elt, 1.0 / cap))), f"{tag}_qk", group)
-        s = b.add(sp.TanhOp(s), f"{tag}_qk", group)
-        s = b.add(sp.MulOp(s, b.add(_splat([], elt, cap))), f"{tag}_qk", group)
+    scale = b.add(_splat([], elt, op.scale.value.data))
+    s = scaled_scores(b, b.add(sp.MatmulOp(qc, kt), f"{tag}_qk", group), scale, op, f"{tag}_qk", group)
     s = _spill(b, s, f"{tag}_spill_s", group)
-    from attnc.passes.lower_dataflow import masked_softmax
-
     zero, neginf = b.add(_splat([], elt, 0.0)), b.add(_splat([], elt, -np.inf))
     causal = op.causal_offset.value.data + r0 if op.causal is not None else None
     p = masked_softmax(b, s, mc, causal, (rows, t), zero, neginf, f"{tag}_softmax", group)
     p = _spill(b, p, f"{tag}_spill_p", group)
     return b.add(sp.MatmulOp(p, vin), f"{tag}_pv", group)
+
+
+def scaled_scores(b: _Builder, s: SSAValue, scale: SSAValue, op: sp.AttentionOp, tag: str, group: str) -> SSAValue:
+    """The scores ``s`` (Q·Kᵀ) times ``scale``, soft-capped as ``op`` says, each op tagged ``tag``."""
+    s = b.add(sp.MulOp(s, scale), tag, group)
+    cap = op.softcap.value.data
+    if cap > 0:
+        s = b.add(sp.MulOp(s, b.add(_splat([], sp.elt_of(s), 1.0 / cap))), tag, group)
+        s = b.add(sp.TanhOp(s), tag, group)
+        s = b.add(sp.MulOp(s, b.add(_splat([], sp.elt_of(s), cap))), tag, group)
+    return s
+
+
+def masked_softmax(bld, s: SSAValue, mask: SSAValue | None, causal_offset: int | None, rows_keys: tuple[int, int],
+                   zero: SSAValue, neginf: SSAValue, tag: str, group: str) -> SSAValue:
+    """softmax over the keys of ``s`` plus its bias -- an i1 mask (false: -inf) or an additive one, and the
+    causal triangle when ``causal_offset`` is given -- with rows masked everywhere giving zeros, as
+    ``sparse.attention`` defines it. Every op is tagged ``tag`` (one softmax kernel)."""
+    allowed = additive = None
+    if mask is not None:
+        if sp.elt_of(mask) == i1:
+            allowed = mask
+        else:
+            additive = mask
+    if causal_offset is not None:
+        ones = bld.add(_splat(list(rows_keys), i1, 1))
+        tri = bld.add(sp.TriluOp(ones, causal_offset, upper=False), tag, group)
+        allowed = tri if allowed is None else bld.add(sp.AndOp(allowed, tri), tag, group)
+    bias = None
+    if allowed is not None:
+        bias = bld.add(sp.WhereOp(allowed, zero, neginf), tag, group)
+        if additive is not None:
+            bias = bld.add(sp.AddOp(bias, additive), tag, group)
+    elif additive is not None:
+        bias = additive
+    if bias is not None:
+        s = bld.add(sp.AddOp(s, bias), tag, group)
+    p = bld.add(sp.SoftmaxOp(s, -1), tag, group)
+    if bias is not None:
+        top = bld.add(sp.ReduceOp(bias, "max", [-1], keepdims=True), tag, group)
+        dead = bld.add(sp.CmpOp(top, neginf, "eq"), tag, group)
+        p = bld.add(sp.WhereOp(dead, zero, p), tag, group)
+    return p
 
 
 @dataclass(frozen=True)

@@ -20,44 +20,38 @@ architecture through the fixed rule of ``attnc.schedule``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import (
-    ArrayAttr,
-    BytesAttr,
-    DenseIntOrFPElementsAttr,
-    IntegerAttr,
-    ModuleOp,
-    StringAttr,
-    TensorType,
-    i1,
-)
+from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import Block, Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
-from attnc.encodings import from_numpy, np_dtype
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
-from attnc.passes.fuse_attention import GROUP, REPEAT, RESERVE, SPILL, STAGE, TAG, _Builder
+from attnc.passes.fuse_attention import (
+    GROUP,
+    REPEAT,
+    RESERVE,
+    SPILL,
+    STAGE,
+    TAG,
+    _Builder,
+    _splat,
+    masked_softmax,
+    scaled_scores,
+)
 from attnc.schedule import SFU_OPS, kernel_cost, nbytes
 #: constants up to this size are cloned into the kernels that use them (configuration data)
 SMALL_CONSTANT_BYTES = 1024
 DATA_OPS = (
     sp.ReshapeOp, sp.TransposeOp, sp.BroadcastOp, sp.SliceOp, sp.ConcatOp, sp.GatherOp, sp.PadOp, sp.ConvertOp,
 )  # fmt: skip
-
-
-def _splat(shape: Sequence[int], elt, value) -> sp.ConstantOp:
-    # one element in the element type's own storage (bf16 is 2 bytes, i1 one byte)
-    raw = from_numpy(np.asarray([value]).astype(np_dtype(elt)), elt).data.data
-    return sp.ConstantOp(DenseIntOrFPElementsAttr(TensorType(elt, list(shape)), BytesAttr(raw)))
 
 
 def _head_slice(b: _Builder, x: SSAValue, bi: int, hi: int) -> SSAValue:
@@ -84,7 +78,6 @@ def expand_attention(op: sp.AttentionOp, name: str, heads_per_kernel: int = 1) -
         mask = bld.add(sp.ReshapeOp(mask, [1] * (4 - len(ms)) + list(ms)))
     scale = bld.add(_splat([], elt, op.scale.value.data))
     zero, neginf = bld.add(_splat([], elt, 0.0)), bld.add(_splat([], elt, -np.inf))
-    cap = op.softcap.value.data
     batches = []
     for bi in range(bsz):
         heads = []
@@ -94,13 +87,7 @@ def expand_attention(op: sp.AttentionOp, name: str, heads_per_kernel: int = 1) -
             group = f"{name}/b{bi}h{hi}" if heads_per_kernel == 1 else f"{name}/g{unit}"
             qh = _head_slice(bld, q, bi, hi)
             kt = bld.add(sp.TransposeOp(_head_slice(bld, k, bi, hi // rep), [1, 0]))
-            s = bld.add(sp.MatmulOp(qh, kt), f"{tag}_qk", group)
-            s = bld.add(sp.MulOp(s, scale), f"{tag}_qk", group)
-            if cap > 0:
-                c = bld.add(_splat([], elt, cap))
-                ic = bld.add(_splat([], elt, 1.0 / cap))
-                t = bld.add(sp.TanhOp(bld.add(sp.MulOp(s, ic), f"{tag}_qk", group)), f"{tag}_qk", group)
-                s = bld.add(sp.MulOp(t, c), f"{tag}_qk", group)
+            s = scaled_scores(bld, bld.add(sp.MatmulOp(qh, kt), f"{tag}_qk", group), scale, op, f"{tag}_qk", group)
             mh = _head_slice(bld, mask, bi, hi) if mask is not None else None
             causal = op.causal_offset.value.data if op.causal is not None else None
             p = masked_softmax(bld, s, mh, causal, (sq, skv), zero, neginf, f"{tag}_softmax", group)
@@ -111,38 +98,6 @@ def expand_attention(op: sp.AttentionOp, name: str, heads_per_kernel: int = 1) -
     out = batches[0] if len(batches) == 1 else bld.add(sp.ConcatOp(batches, 0))
     op.result.replace_all_uses_with(out)
     Rewriter.erase_op(op)
-
-
-def masked_softmax(bld, s: SSAValue, mask: SSAValue | None, causal_offset: int | None, rows_keys: tuple[int, int],
-                   zero: SSAValue, neginf: SSAValue, tag: str, group: str) -> SSAValue:
-    """softmax over the keys of ``s`` plus its bias -- an i1 mask (false: -inf) or an additive one, and the
-    causal triangle when ``causal_offset`` is given -- with rows masked everywhere giving zeros, as
-    ``sparse.attention`` defines it. Every op is tagged ``tag`` (one softmax kernel)."""
-    allowed = additive = None
-    if mask is not None:
-        if sp.elt_of(mask) == i1:
-            allowed = mask
-        else:
-            additive = mask
-    if causal_offset is not None:
-        ones = bld.add(_splat(list(rows_keys), i1, 1))
-        tri = bld.add(sp.TriluOp(ones, causal_offset, upper=False), tag, group)
-        allowed = tri if allowed is None else bld.add(sp.AndOp(allowed, tri), tag, group)
-    bias = None
-    if allowed is not None:
-        bias = bld.add(sp.WhereOp(allowed, zero, neginf), tag, group)
-        if additive is not None:
-            bias = bld.add(sp.AddOp(bias, additive), tag, group)
-    elif additive is not None:
-        bias = additive
-    if bias is not None:
-        s = bld.add(sp.AddOp(s, bias), tag, group)
-    p = bld.add(sp.SoftmaxOp(s, -1), tag, group)
-    if bias is not None:
-        top = bld.add(sp.ReduceOp(bias, "max", [-1], keepdims=True), tag, group)
-        dead = bld.add(sp.CmpOp(top, neginf, "eq"), tag, group)
-        p = bld.add(sp.WhereOp(dead, zero, p), tag, group)
-    return p
 
 
 # ---------------------------------------------------------------------------
@@ -381,7 +336,7 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
         ]
         repeats[k] = reps
         if passes > 1:
-            k.attributes[INPUT_REPEATS] = _i64s_attr(reps)
+            k.attributes[INPUT_REPEATS] = df._i64s(reps)
     for k in kernels:
         if k.kind.data != "dma_load" or not k.outputs:
             continue
@@ -389,19 +344,13 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
         if not users or any(u.kind.data != "attention" and u.tile_kind.data != "memory" for u, _ in users):
             continue
         bursts = dict(k.loop_schedule()).get("burst", 1)
-        k.tokens = _i64s_attr([bursts])
+        k.tokens = df._i64s([bursts])
         passes = {repeats[u][i] if u in repeats else 1 for u, i in users}
         if len(passes) == 1 and (p := passes.pop()) > 1:
             k.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
-            k.trips = _i64s_attr([p, bursts])
-            k.tokens = _i64s_attr([p * bursts])
+            k.trips = df._i64s([p, bursts])
+            k.tokens = df._i64s([p * bursts])
             k.cycles = IntegerAttr(p * k.cycles.value.data, 64)
-
-
-def _i64s_attr(values):
-    from xdsl.dialects.builtin import DenseArrayBase, i64
-
-    return DenseArrayBase.from_list(i64, [int(v) for v in values])
 
 
 def heads_per_kernel(fn: func.FuncOp, attention: list[sp.AttentionOp], arch) -> int:
