@@ -12,7 +12,6 @@ Targets: import + lowering <= 2 s, `attnc --help` <= 0.5 s. Not part of the test
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import platform
 import shutil
 import statistics
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from _examples import make_examples  # benchmarks/, the script's folder, is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "frontend.md"
@@ -43,11 +44,7 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 
 def bert_layer(seq: int) -> tuple[Any, dict[str, np.ndarray]]:
-    spec = importlib.util.spec_from_file_location("make_examples", ROOT / "examples" / "make_examples.py")
-    assert spec is not None and spec.loader is not None
-    examples = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(examples)
-    return examples.bert_layer(seq=seq, hidden=HIDDEN, heads=HEADS)
+    return make_examples().bert_layer(seq=seq, hidden=HIDDEN, heads=HEADS)
 
 
 def bench_seq(seq: int, repeats: int, tmp: Path, pipeline: str) -> dict[str, Any]:

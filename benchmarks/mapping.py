@@ -16,7 +16,6 @@ Prints one row per case and writes benchmarks/results/mapping.md. Not part of th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -26,15 +25,10 @@ from attnc.arch import load_arch
 from attnc.mapping import MappingInfeasible, synthetic_attention, validate
 from attnc.passes.place_route import heuristic_mapping, place_and_route
 
+from _examples import make_examples  # benchmarks/, the script's folder, is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = ((1, 128), (2, 256), (4, 512), (8, 1024), (16, 2048), (32, 2048))
-
-
-def _examples_module():
-    spec = importlib.util.spec_from_file_location("make_examples", ROOT / "examples" / "make_examples.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def compiled_problem(model, arch_name: str):
@@ -54,7 +48,7 @@ def cases():
     for arch in ("edge", "cloud"):
         for name in ("attention23", "bert_layer", "causal_decoder", "gqa_block"):
             out.append((f"example:{name}", arch, "-", "-", lambda a, n=name: compiled_problem(ROOT / "examples" / f"{n}.onnx", a.name)))
-    ex = _examples_module()
+    ex = make_examples()
     for arch in ("edge", "cloud"):
         for heads, seq in SIZES:
             build = lambda a, h=heads, n=seq: compiled_problem(ex.bert_layer(seq=n, hidden=64 * h, heads=h)[0], a.name)

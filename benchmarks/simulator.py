@@ -23,15 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+from _examples import make_examples  # benchmarks/, the script's folder, is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 HIDDEN, HEADS = 768, 12
-
-
-def _examples_module():
-    spec = importlib.util.spec_from_file_location("make_examples", ROOT / "examples" / "make_examples.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def compile_layer(model, arch: str):
@@ -83,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         from attnc.simulator import functional as _functional
 
         functional = getattr(_functional, "run", None)
-    ex = _examples_module()
+    ex = make_examples()
     header = ("| arch | seq | kernels | placement | compile s | timing-only s | events | events/s | cycles | "
               "simulated us | MAC util | functional s | functional+timing s | functional / timing-only |")  # fmt: skip
     rows = [header, "|" + "---|" * (header.count("|") - 1)]

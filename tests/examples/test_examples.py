@@ -3,12 +3,13 @@ agrees with onnxruntime, and `attnc compile` raises each to one sparse.attention
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from example_script import load_make_examples
 
 from attnc.cli import run
 
@@ -17,20 +18,12 @@ EXAMPLES = ROOT / "examples"
 NAMES = ["bert_layer", "causal_decoder", "gqa_block", "attention23"]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_examples", EXAMPLES / "make_examples.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_script_makes_exactly_the_listed_examples() -> None:
-    assert list(load_script().EXAMPLES) == NAMES
+    assert list(load_make_examples().EXAMPLES) == NAMES
 
 
 def test_regenerating_gives_byte_identical_files(tmp_path: Path) -> None:
-    written = load_script().write_examples(tmp_path)
+    written = load_make_examples().write_examples(tmp_path)
     checked_in = sorted(p.name for p in EXAMPLES.iterdir() if p.suffix in (".onnx", ".npz"))
     assert sorted(p.name for p in written) == checked_in
     for p in written:

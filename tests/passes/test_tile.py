@@ -3,6 +3,7 @@ honours the buffers, the array and the options it is given."""
 
 import numpy as np
 import pytest
+from example_script import load_make_examples
 from onnx import TensorProto, helper
 
 from attnc.arch import load_arch
@@ -201,14 +202,7 @@ def test_large_ffn_gemms_are_split_into_row_blocks_that_pass_the_weight_on():
 
 def test_projections_around_an_attention_stay_whole():
     # their row blocks would reach every attention kernel whole: Q/K/V and output projections are not split
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[2] / "examples" / "make_examples.py"
-    spec = importlib.util.spec_from_file_location("make_examples", path)
-    mk = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mk)
-    model, _ = mk.bert_layer(seq=256, hidden=256, heads=4)
+    model, _ = load_make_examples().bert_layer(seq=256, hidden=256, heads=4)
     module = import_onnx(model)
     run_pipeline(module, "canonicalize,raise-attention,fuse-attention,tile{arch=cloud}")
     assert "row blocks" not in main_func(module).attributes["attnc.tile_report"].data
