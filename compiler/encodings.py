@@ -9,9 +9,10 @@ value ``x`` is converted to it (``sparse.convert``):
 - block: zero every block whose layout entry is 0.
 - dynamic top-k along ``axis``: keep the k largest values (ties to the lower index),
   the rest become ``fill``; threshold: keep values >= threshold, the rest ``fill``.
-- butterfly: the Frobenius-nearest product of the encoding's factors. For two
-  factors (Monarch) it is the closed-form blockwise rank-1 projection; deeper
-  factorisations are fitted by the butterfly-decompose pass and are rejected here.
+- butterfly: each matrix projected onto the structure (``attnc.butterfly.project``):
+  Monarch by the closed-form blockwise rank-1 SVD (the Frobenius-nearest one), block
+  butterflies by the hierarchical SVD split (exact on butterfly matrices; the
+  butterfly-decompose pass can refine it further by iteration).
 """
 
 from __future__ import annotations
@@ -150,24 +151,6 @@ def _dynamic(x: np.ndarray, enc: DynamicMaskEncodingAttr) -> np.ndarray:
     return np.moveaxis(np.where(keep, xm, fill), -1, axis)
 
 
-def monarch_project(a: np.ndarray, nblocks: int) -> np.ndarray:
-    """Frobenius-nearest Monarch matrix ``P L Pᵀ R`` with ``nblocks`` blocks (Dao et al.
-    2022): every (j, k) sub-block of the permuted matrix is rank one, so one rank-1 SVD
-    per block projects exactly."""
-    n = a.shape[-1]
-    b = n // nblocks
-    # M[l*J + j, k*I + i] = w2[j, l, k] * w1[k, j, i] with J = nblocks (output blocks),
-    # I = b: view a as [l, j, k, i] and project each (j, k) slice over (l, i).
-    t = a.reshape(*a.shape[:-2], b, nblocks, nblocks, b)
-    out = np.empty_like(t)
-    for j in range(nblocks):
-        for k in range(nblocks):
-            blk = t[..., :, j, k, :]
-            u, s, vt = np.linalg.svd(blk, full_matrices=False)
-            out[..., :, j, k, :] = (u[..., :, :1] * s[..., None, :1]) @ vt[..., :1, :]
-    return out.reshape(a.shape)
-
-
 def project(x: np.ndarray, enc: Attribute | None) -> np.ndarray:
     """The value ``x`` takes in encoding ``enc`` (see the module docstring)."""
     if enc is None or isinstance(enc, (DenseEncodingAttr, CompressedEncodingAttr)):
@@ -179,20 +162,27 @@ def project(x: np.ndarray, enc: Attribute | None) -> np.ndarray:
     if isinstance(enc, DynamicMaskEncodingAttr):
         return _dynamic(x, enc)
     if isinstance(enc, ButterflyEncodingAttr):
-        if enc.factors.data != 2:
-            raise EncodingError(
-                f"projecting onto a {enc.factors.data}-factor butterfly needs the butterfly-decompose pass; "
-                "only the 2-factor (Monarch) projection is closed-form"
-            )
-        n = x.shape[-1]
-        src = x
-        if enc.perm.data == "bitrev":
-            src = x[..., bitrev_permutation(n)]
-        out = monarch_project(src.astype(np.float64), n // enc.block.data).astype(x.dtype)
-        if enc.perm.data == "bitrev":
-            out = out[..., np.argsort(bitrev_permutation(n))]
-        return out
+        return _butterfly(x, enc)
     return x  # an encoding of another dialect: no value semantics known here
+
+
+def _butterfly(x: np.ndarray, enc: ButterflyEncodingAttr) -> np.ndarray:
+    from attnc import butterfly as bf
+
+    n = x.shape[-1]
+    perm = bitrev_permutation(n) if enc.perm.data == "bitrev" else None
+    src = x.astype(np.float64).reshape(-1, n, n)
+    out = np.empty_like(src)
+    for i, m in enumerate(src):
+        if perm is not None:
+            m = m[perm]  # x @ W with x bit-reversed first: W's rows in bit-reversed order
+        try:
+            fit = bf.project(m, enc.kind.data, enc.factors.data, enc.block.data)
+        except bf.ButterflyError as e:
+            raise EncodingError(f"#sparse.butterfly: {e}") from None
+        dense = bf.matrix(fit.weights, fit.stages, n)
+        out[i] = dense[np.argsort(perm)] if perm is not None else dense
+    return out.reshape(x.shape).astype(x.dtype)
 
 
 def bitrev_permutation(n: int) -> np.ndarray:

@@ -22,9 +22,10 @@ from xdsl.dialects.builtin import BFloat16Type, ModuleOp, TensorType
 from xdsl.ir import Attribute, Block, Operation, SSAValue
 from xdsl.traits import IsTerminator
 
+from attnc import butterfly as bf
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
-from attnc.encodings import np_dtype, project, to_numpy
+from attnc.encodings import bitrev_permutation, np_dtype, project, to_numpy
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
 
@@ -280,6 +281,24 @@ def _matmul(op: sp.MatmulOp, args: list[np.ndarray]) -> np.ndarray:
 def _contract(op: sp.ContractOp, args: list[np.ndarray]) -> np.ndarray:
     ins, out, _ = sp.parse_einsum(op.equation.data, [a.shape for a in args])
     return np.einsum(",".join(ins) + "->" + out, *args, optimize=len(args) > 2)
+
+
+@impl(sp.ButterflyStageOp)
+def _butterfly_stage(op: sp.ButterflyStageOp, args: list[np.ndarray]) -> np.ndarray:
+    return bf.apply_stage(args[0], args[1], bf.Stage(*op.params()))
+
+
+@impl(sp.ButterflyMatmulOp)
+def _butterfly_matmul(op: sp.ButterflyMatmulOp, args: list[np.ndarray]) -> np.ndarray:
+    x = args[0]
+    if op.structure.perm.data == "bitrev":
+        x = x[..., bitrev_permutation(x.shape[-1])]
+    return bf.apply(x, list(args[1:]), op.stages())
+
+
+@impl(sp.FourierOp)
+def _fourier(op: sp.FourierOp, args: list[np.ndarray]) -> np.ndarray:
+    return bf.fourier(args[0], tuple(int(a) for a in op.axes.get_values()))
 
 
 _REDUCE = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod}

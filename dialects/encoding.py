@@ -5,7 +5,7 @@ values of the tensor may be non-zero (or kept) and how the tensor is stored:
 
     tensor<64x64xf32, #sparse.nm<n = 2, m = 4, axis = 1>>
     tensor<64x64xf32, #sparse.block<block = [16, 16], grid = [4, 4], layout = [1, 0, ...]>>
-    tensor<256x256xf32, #sparse.butterfly<factors = 2, block = 16, perm = "none">>
+    tensor<256x256xf32, #sparse.butterfly<kind = "block", factors = 4, block = 16, perm = "none">>
     tensor<1x12x128x128xf32, #sparse.dynamic<mode = "topk", k = 32, axis = -1, fill = -inf>>
     tensor<64x64xf32, #sparse.compressed<levels = ["dense", "compressed"], pos = 32, crd = 32>>
     tensor<64x64xf32, #sparse.dense>
@@ -135,21 +135,32 @@ class NMEncodingAttr(SparseEncodingAttr):
 
 @irdl_attr_definition
 class ButterflyEncodingAttr(SparseEncodingAttr):
-    """The matrix (last two dims, square) is a product of ``factors`` block-butterfly
-    factors with ``block``x``block`` blocks, optionally after a bit-reversal input
-    permutation. ``#sparse.butterfly<factors = 2, block = 16, perm = "none">``"""
+    """The matrix (last two dims, square) is a product of ``factors`` stages of a
+    ``kind`` structure with blocks of ``block`` (``attnc.butterfly`` defines them):
+    ``"block"``, the block butterfly of Dao et al. (size ``block · 2^L``, factor ``i``
+    pairing blocks at stride ``2^i``, ``1 <= factors <= L``), or ``"monarch"`` (two
+    block-diagonal factors, ``block x block`` then ``n/block x n/block``). ``perm =
+    "bitrev"`` reverses the bits of the input index first.
+
+        #sparse.butterfly<kind = "block", factors = 8, block = 3, perm = "none">
+    """
 
     name = "sparse.butterfly"
+    kind: StringAttr
     factors: IntAttr
     block: IntAttr
     perm: StringAttr
 
-    def __init__(self, factors: int, block: int, perm: str = "none"):
-        super().__init__(IntAttr(factors), IntAttr(block), StringAttr(perm))
+    def __init__(self, factors: int, block: int, perm: str = "none", kind: str = "block"):
+        super().__init__(StringAttr(kind), IntAttr(factors), IntAttr(block), StringAttr(perm))
 
     def verify(self) -> None:
         if self.factors.data < 1 or self.block.data < 1:
             raise VerifyException("#sparse.butterfly needs factors >= 1 and block >= 1")
+        if self.kind.data not in ("block", "monarch"):
+            raise VerifyException(f'#sparse.butterfly kind must be "block" or "monarch", got "{self.kind.data}"')
+        if self.kind.data == "monarch" and self.factors.data != 2:
+            raise VerifyException(f"#sparse.butterfly: a Monarch matrix has 2 factors, got {self.factors.data}")
         if self.perm.data not in ("none", "bitrev"):
             raise VerifyException(f'#sparse.butterfly perm must be "none" or "bitrev", got "{self.perm.data}"')
 
@@ -263,9 +274,17 @@ def verify_encoding_for_shape(enc: Attribute, shape: Sequence[int]) -> None:
     elif isinstance(enc, ButterflyEncodingAttr):
         if rank < 2 or shape[-1] != shape[-2]:
             raise VerifyException("#sparse.butterfly needs square matrices in the last two dims")
-        n, bs = shape[-1], enc.block.data
-        if n % bs or (n // bs) & (n // bs - 1):
+        n, bs, f = shape[-1], enc.block.data, enc.factors.data
+        if enc.kind.data == "monarch":
+            if n % bs:
+                raise VerifyException(f"#sparse.butterfly: Monarch block {bs} does not divide size {n}")
+        elif n % bs or (n // bs) & (n // bs - 1):
             raise VerifyException(f"#sparse.butterfly: size {n} is not block {bs} times a power of two")
+        elif f > max((n // bs).bit_length() - 1, 1):
+            raise VerifyException(
+                f"#sparse.butterfly: a size-{n} butterfly with block {bs} has at most "
+                f"{max((n // bs).bit_length() - 1, 1)} factors, got {f}"
+            )
     elif isinstance(enc, DynamicMaskEncodingAttr):
         ax = enc.axis.data
         if not -rank <= ax < rank:

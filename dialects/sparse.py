@@ -45,11 +45,13 @@ from xdsl.printer import Printer
 from xdsl.traits import Pure
 from xdsl.utils.exceptions import VerifyException
 
+from attnc import butterfly as bf
 from attnc.dialects.encoding import (
     ENCODINGS,
     DenseEncodingAttr,
     NMEncodingAttr,
     BlockEncodingAttr,
+    ButterflyEncodingAttr,
     verify_encoding_for_shape,
 )
 
@@ -1025,6 +1027,129 @@ class AttentionOp(SparseOp):
         return self.fusion.data, self.row_block.value.data, self.key_block.value.data
 
 
+# ---------------------------------------------------------------------------
+# butterfly structure (attnc.butterfly holds the math)
+
+
+def _stage_weight_shape(n: int, radix: int, stride: int, block: int) -> tuple[int, int, int, int]:
+    k = radix * block
+    if radix < 1 or stride < 1 or block < 1 or n % (k * stride):
+        raise VerifyException(f"radix {radix} x stride {stride} x block {block} does not divide the last dim {n}")
+    return (n // (k * stride), stride, k, k)
+
+
+@irdl_op_definition
+class ButterflyStageOp(SparseOp):
+    """One butterfly factor applied to the last axis: seen as ``[g, radix, stride, block]``,
+    every ``(G, S)`` slice of ``radix·block`` values is multiplied by its own matrix
+    ``w[G, S]`` (``attnc.butterfly.apply_stage``); ``w`` is ``[g, stride, radix·block,
+    radix·block]``.
+
+        %y = sparse.butterfly_stage %x, %w {radix = 2 : i64, stride = 4 : i64, block = 3 : i64} : tensor<16x48xf32>, tensor<2x4x6x6xf32> -> tensor<16x48xf32>
+    """
+
+    name = "sparse.butterfly_stage"
+    input = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    result = result_def(TensorType)
+    radix = attr_def(IntegerAttr[I64])
+    stride = attr_def(IntegerAttr[I64])
+    block = attr_def(IntegerAttr[I64])
+    traits = traits_def(Pure())
+    assembly_format = "$input `,` $weight attr-dict `:` type($input) `,` type($weight) `->` type($result)"
+
+    def __init__(self, x: SSAValue, w: SSAValue, radix: int, stride: int, block: int):
+        super().__init__(
+            operands=[x, w],
+            result_types=[tensor(shape_of(x), elt_of(x))],
+            attributes={k: IntegerAttr(v, 64) for k, v in (("radix", radix), ("stride", stride), ("block", block))},
+        )
+
+    def params(self) -> tuple[int, int, int]:
+        return self.radix.value.data, self.stride.value.data, self.block.value.data
+
+    def verify_op(self) -> None:
+        shp = shape_of(self.input)
+        if not shp:
+            raise VerifyException("sparse.butterfly_stage needs an input of rank >= 1")
+        _expect_shape(self, shape_of(self.weight), _stage_weight_shape(shp[-1], *self.params()))
+        _expect_shape(self, shape_of(self.result), shp)
+        _expect_same_elt(self, self.input, self.weight, self.result)
+
+
+@irdl_op_definition
+class ButterflyMatmulOp(SparseOp):
+    """``x @ W`` for a square ``W`` given by its factors, the stages of ``structure`` (a
+    ``#sparse.butterfly`` encoding) applied to the last axis one after the other (input
+    index bit-reversed first when ``perm = "bitrev"``). A linear layer after
+    butterfly-decompose; the back end expands it into a pipeline of stage kernels.
+
+        %y = sparse.butterfly_matmul %x[%w0, %w1] {structure = #sparse.butterfly<kind = "monarch", factors = 2, block = 4, perm = "none">} : tensor<8x16xf32>[tensor<4x1x4x4xf32>, tensor<1x4x4x4xf32>] -> tensor<8x16xf32>
+    """
+
+    name = "sparse.butterfly_matmul"
+    input = operand_def(TensorType)
+    factors = var_operand_def(TensorType)
+    result = result_def(TensorType)
+    structure = attr_def(ButterflyEncodingAttr)
+    traits = traits_def(Pure())
+    assembly_format = (
+        "$input `[` $factors `]` attr-dict `:` type($input) `[` type($factors) `]` `->` type($result)"
+    )
+
+    def __init__(self, x: SSAValue, factors: Sequence[SSAValue], structure: ButterflyEncodingAttr):
+        super().__init__(
+            operands=[x, list(factors)], result_types=[tensor(shape_of(x), elt_of(x))],
+            attributes={"structure": structure},
+        )  # fmt: skip
+
+    def stages(self) -> list[bf.Stage]:
+        st = self.structure
+        return bf.stages(st.kind.data, shape_of(self.input)[-1], st.factors.data, st.block.data)
+
+    def verify_op(self) -> None:
+        shp = shape_of(self.input)
+        if not shp:
+            raise VerifyException("sparse.butterfly_matmul needs an input of rank >= 1")
+        try:
+            sts = self.stages()
+        except bf.ButterflyError as e:
+            raise VerifyException(str(e)) from None
+        if len(self.factors) != len(sts):
+            raise VerifyException(f"{self.structure} has {len(sts)} factors, got {len(self.factors)} operands")
+        for i, (f, st) in enumerate(zip(self.factors, sts)):
+            if shape_of(f) != st.weight_shape(shp[-1]):
+                raise VerifyException(f"factor {i} must be {st.weight_shape(shp[-1])}, got {shape_of(f)}")
+        _expect_shape(self, shape_of(self.result), shp)
+        _expect_same_elt(self, self.input, *self.factors, self.result)
+
+
+@irdl_op_definition
+class FourierOp(SingleInputOp):
+    """FNet token mixing: the real part of the discrete Fourier transform over ``axes``
+    (``numpy.fft.fftn(x, axes=axes).real``). The back end expands it into complex
+    butterfly stages.
+
+        %y = sparse.fourier %x {axes = array<i64: -2, -1>} : tensor<1x16x8xf32> -> tensor<1x16x8xf32>
+    """
+
+    name = "sparse.fourier"
+    axes = attr_def(DenseArrayBase)
+
+    def __init__(self, x: SSAValue, axes: Sequence[int]):
+        super().__init__(operands=[x], result_types=[x.type], attributes={"axes": i64_array(axes)})
+
+    def verify_op(self) -> None:
+        rank = len(shape_of(self.input))
+        ax = [_norm_axis(a, rank, "sparse.fourier axis") for a in _ints(self.axes)]
+        if not ax or len(set(ax)) != len(ax):
+            raise VerifyException(f"sparse.fourier needs distinct axes, got {list(_ints(self.axes))}")
+        if _is_int(elt_of(self.input)):
+            raise VerifyException("sparse.fourier needs a floating-point input")
+        _expect_shape(self, shape_of(self.result), shape_of(self.input))
+        _expect_same_elt(self, self.input, self.result)
+
+
 #: how a fused attention kernel walks its scores (see AttentionOp)
 FUSIONS = ("flat", "online")
 
@@ -1039,7 +1164,7 @@ Sparse = Dialect(
     [
         ConstantOp, ConvertOp, CastOp, *UNARY_OPS, *BINARY_OPS, WhereOp, MatmulOp, ContractOp, ReduceOp,
         SoftmaxOp, LogSoftmaxOp, LayerNormOp, TransposeOp, ReshapeOp, BroadcastOp, SliceOp, ConcatOp,
-        GatherOp, PadOp, TriluOp, AttentionOp,
+        GatherOp, PadOp, TriluOp, AttentionOp, ButterflyStageOp, ButterflyMatmulOp, FourierOp,
     ],  # fmt: skip
     ENCODINGS,
 )

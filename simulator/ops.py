@@ -310,6 +310,22 @@ def _contract(args: list[np.ndarray], params: dict[str, Any]) -> Any:
     return np.einsum(",".join(ins) + "->" + out, *args, optimize=len(args) > 2)
 
 
+@op("butterfly_stage")
+def _butterfly_stage(args: list[np.ndarray], params: dict[str, Any]) -> Any:
+    """The last axis seen as [groups, radix, stride, block]; each (group, stride position) mixes its
+    radix x block values through its own matrix (docs/simulator.md)."""
+    _arity(args, 2, "butterfly_stage")
+    x, w = args
+    r, s, e = _int(params, "radix"), _int(params, "stride"), _int(params, "block")
+    n = x.shape[-1]
+    if r < 1 or s < 1 or e < 1 or n % (r * s * e) or w.shape != (n // (r * s * e), s, r * e, r * e):
+        raise SimulationError(f"butterfly_stage: weights {w.shape} do not fit radix {r}, stride {s}, block {e} of {n}")
+    g = n // (r * s * e)
+    xs = x.reshape(*x.shape[:-1], g, r, s, e)
+    ws = w.reshape(g, s, r, e, r, e).astype(x.dtype, copy=False)
+    return np.einsum("gsabcd,...gcsd->...gasb", ws, xs).reshape(x.shape)
+
+
 _REDUCE = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min, "prod": np.prod}
 
 

@@ -13,7 +13,8 @@ from attnc.dialects.encoding import (
     DynamicMaskEncodingAttr,
     NMEncodingAttr,
 )
-from attnc.encodings import EncodingError, from_numpy, monarch_project, project, to_numpy
+from attnc import butterfly as bf
+from attnc.encodings import EncodingError, bitrev_permutation, from_numpy, project, to_numpy
 from xdsl.dialects.builtin import BFloat16Type
 
 floats = st.floats(-100, 100, allow_nan=False, width=32)
@@ -59,33 +60,35 @@ def test_compressed_keeps_values():
     assert project(x, CompressedEncodingAttr(["dense", "compressed"])) is x
 
 
-def _monarch(n_blocks: int, b: int, rng) -> np.ndarray:
-    # M[l*J + j, k*I + i] = w2[j, l, k] * w1[k, j, i] (J = n_blocks output blocks, I = b)
-    w1 = rng.standard_normal((n_blocks, n_blocks, b))
-    w2 = rng.standard_normal((n_blocks, b, n_blocks))
-    return np.einsum("jlk,kji->ljki", w2, w1).reshape(b * n_blocks, n_blocks * b)
-
-
-@pytest.mark.parametrize("n_blocks, b", [(2, 2), (4, 4), (4, 2)])
-def test_monarch_projection_recovers_a_monarch_matrix(n_blocks, b):
-    m = _monarch(n_blocks, b, np.random.default_rng(0))
-    np.testing.assert_allclose(monarch_project(m, n_blocks), m, atol=1e-10)
-    y = project(m.astype(np.float32), ButterflyEncodingAttr(2, b))
+@pytest.mark.parametrize("kind, factors, block, n", [("monarch", 2, 4, 16), ("monarch", 2, 2, 8), ("block", 3, 1, 8),
+                                                    ("block", 2, 3, 12)])  # fmt: skip
+def test_butterfly_encoding_keeps_a_matrix_of_its_structure(kind, factors, block, n):
+    sts = bf.stages(kind, n, factors, block)
+    m = bf.matrix(bf.random_factors(sts, n, np.random.default_rng(0)), sts, n)
+    y = project(m.astype(np.float32), ButterflyEncodingAttr(factors, block, kind=kind))
     np.testing.assert_allclose(y, m, rtol=1e-4, atol=1e-4)
 
 
 def test_monarch_projection_is_nearest():
     rng = np.random.default_rng(1)
     a = rng.standard_normal((16, 16))
-    p = monarch_project(a, 4)
+    p = project(a, ButterflyEncodingAttr(2, 4, kind="monarch"))
     # the residual is orthogonal to the projection (blockwise rank-1 SVD truncation)
     assert abs(np.sum((a - p) * p)) < 1e-8
     assert np.linalg.norm(a - p) < np.linalg.norm(a)
 
 
-def test_deep_butterfly_needs_the_decompose_pass():
-    with pytest.raises(EncodingError, match="butterfly-decompose"):
-        project(np.eye(8, dtype=np.float32), ButterflyEncodingAttr(3, 1))
+def test_butterfly_bitrev_permutes_the_input_index():
+    n = 8
+    sts = bf.stages("block", n, 3, 1)
+    m = bf.matrix(bf.random_factors(sts, n, np.random.default_rng(2)), sts, n)
+    inv = np.argsort(bitrev_permutation(n))
+    np.testing.assert_allclose(project(m[inv], ButterflyEncodingAttr(3, 1, perm="bitrev")), m[inv], atol=1e-10)
+
+
+def test_butterfly_encoding_rejects_a_size_it_cannot_have():
+    with pytest.raises(EncodingError, match="power of two"):
+        project(np.eye(12, dtype=np.float32), ButterflyEncodingAttr(2, 5))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, np.int64, np.int32, np.int8, np.uint8, np.bool_])

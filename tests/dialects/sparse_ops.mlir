@@ -12,7 +12,14 @@ builtin.module {
     %cv4 = sparse.convert %x : tensor<4x8xf32> -> tensor<4x8xf32, #sparse.compressed<levels = ["dense", "compressed"], pos = 32, crd = 16>>
     %cv5 = sparse.convert %c0 : tensor<4x8xf32> -> tensor<4x8xf32, #sparse.dense>
     %sq = sparse.constant {value = dense<2.000000e+00> : tensor<8x8xf32>} : tensor<8x8xf32>
-    %cv6 = sparse.convert %sq : tensor<8x8xf32> -> tensor<8x8xf32, #sparse.butterfly<factors = 2, block = 2, perm = "none">>
+    %cv6 = sparse.convert %sq : tensor<8x8xf32> -> tensor<8x8xf32, #sparse.butterfly<kind = "monarch", factors = 2, block = 2, perm = "none">>
+    %cv7 = sparse.convert %sq : tensor<8x8xf32> -> tensor<8x8xf32, #sparse.butterfly<kind = "block", factors = 3, block = 1, perm = "bitrev">>
+    %bw = sparse.constant {value = dense<1.000000e+00> : tensor<1x2x4x4xf32>} : tensor<1x2x4x4xf32>
+    %bs = sparse.butterfly_stage %x, %bw {radix = 2 : i64, stride = 2 : i64, block = 2 : i64} : tensor<4x8xf32>, tensor<1x2x4x4xf32> -> tensor<4x8xf32>
+    %bm0 = sparse.constant {value = dense<1.000000e+00> : tensor<4x1x2x2xf32>} : tensor<4x1x2x2xf32>
+    %bm1 = sparse.constant {value = dense<1.000000e+00> : tensor<1x2x4x4xf32>} : tensor<1x2x4x4xf32>
+    %bm = sparse.butterfly_matmul %x[%bm0, %bm1] {structure = #sparse.butterfly<kind = "monarch", factors = 2, block = 2, perm = "none">} : tensor<4x8xf32>[tensor<4x1x2x2xf32>, tensor<1x2x4x4xf32>] -> tensor<4x8xf32>
+    %ff = sparse.fourier %x {axes = array<i64: 0, 1>} : tensor<4x8xf32> -> tensor<4x8xf32>
     %ca = sparse.cast %x : tensor<4x8xf32> -> tensor<4x8xf16>
     %u0 = sparse.neg %x : tensor<4x8xf32> -> tensor<4x8xf32>
     %u1 = sparse.abs %x : tensor<4x8xf32> -> tensor<4x8xf32>

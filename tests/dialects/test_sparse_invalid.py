@@ -147,9 +147,46 @@ CASES = {
         "does not tile",
     ),
     "encoding-butterfly-square": (
-        '%0 = sparse.convert %x : tensor<4x8xf32> -> tensor<4x8xf32, #sparse.butterfly<factors = 2, block = 2, perm = "none">>',
+        '%0 = sparse.convert %x : tensor<4x8xf32> -> tensor<4x8xf32, #sparse.butterfly<kind = "monarch", factors = 2, block = 2, perm = "none">>',
         "square",
     ),
+    "encoding-butterfly-size": (
+        "%s = sparse.constant {value = dense<1.0> : tensor<8x8xf32>} : tensor<8x8xf32>\n"
+        '%0 = sparse.convert %s : tensor<8x8xf32> -> tensor<8x8xf32, #sparse.butterfly<kind = "block", factors = 1, block = 3, perm = "none">>',
+        "power of two",
+    ),
+    "encoding-butterfly-factors": (
+        "%s = sparse.constant {value = dense<1.0> : tensor<8x8xf32>} : tensor<8x8xf32>\n"
+        '%0 = sparse.convert %s : tensor<8x8xf32> -> tensor<8x8xf32, #sparse.butterfly<kind = "block", factors = 4, block = 1, perm = "none">>',
+        "at most 3 factors",
+    ),
+    "butterfly-stage-weight": (
+        "%w = sparse.constant {value = dense<1.0> : tensor<1x2x4x4xf32>} : tensor<1x2x4x4xf32>\n"
+        "%0 = sparse.butterfly_stage %x, %w {radix = 2 : i64, stride = 1 : i64, block = 2 : i64} "
+        ": tensor<4x8xf32>, tensor<1x2x4x4xf32> -> tensor<4x8xf32>",
+        "result shape",
+    ),
+    "butterfly-stage-divides": (
+        "%w = sparse.constant {value = dense<1.0> : tensor<1x1x3x3xf32>} : tensor<1x1x3x3xf32>\n"
+        "%0 = sparse.butterfly_stage %x, %w {radix = 3 : i64, stride = 1 : i64, block = 1 : i64} "
+        ": tensor<4x8xf32>, tensor<1x1x3x3xf32> -> tensor<4x8xf32>",
+        "does not divide",
+    ),
+    "butterfly-matmul-count": (
+        "%w = sparse.constant {value = dense<1.0> : tensor<4x1x2x2xf32>} : tensor<4x1x2x2xf32>\n"
+        "%0 = sparse.butterfly_matmul %x[%w] "
+        '{structure = #sparse.butterfly<kind = "monarch", factors = 2, block = 2, perm = "none">} '
+        ": tensor<4x8xf32>[tensor<4x1x2x2xf32>] -> tensor<4x8xf32>",
+        "has 2 factors, got 1",
+    ),
+    "butterfly-matmul-shape": (
+        "%w = sparse.constant {value = dense<1.0> : tensor<4x1x2x2xf32>} : tensor<4x1x2x2xf32>\n"
+        "%0 = sparse.butterfly_matmul %x[%w, %w] "
+        '{structure = #sparse.butterfly<kind = "monarch", factors = 2, block = 2, perm = "none">} '
+        ": tensor<4x8xf32>[tensor<4x1x2x2xf32>, tensor<4x1x2x2xf32>] -> tensor<4x8xf32>",
+        "factor 1 must be",
+    ),
+    "fourier-axes": ("%0 = sparse.fourier %x {axes = array<i64: 1, -1>} : tensor<4x8xf32> -> tensor<4x8xf32>", "distinct"),
     "encoding-dynamic-k": (
         "%0 = sparse.convert %x : tensor<4x8xf32> -> "
         'tensor<4x8xf32, #sparse.dynamic<mode = "topk", k = 9, threshold = 0.0, axis = -1, fill = 0.0>>',
@@ -216,8 +253,10 @@ def test_invalid_attention(case):
         ("#sparse.nm<n = 3, m = 2, axis = 0>", "0 < n <= m"),
         ("#sparse.nm<n = 1, m = 2>", "missing parameter"),
         ("#sparse.nm<n = 1, m = 2, axis = 0, k = 1>", "unknown parameter"),
-        ('#sparse.butterfly<factors = 0, block = 2, perm = "none">', "factors >= 1"),
-        ('#sparse.butterfly<factors = 2, block = 2, perm = "odd">', "perm must be"),
+        ('#sparse.butterfly<kind = "block", factors = 0, block = 2, perm = "none">', "factors >= 1"),
+        ('#sparse.butterfly<kind = "block", factors = 2, block = 2, perm = "odd">', "perm must be"),
+        ('#sparse.butterfly<kind = "fly", factors = 2, block = 2, perm = "none">', "kind must be"),
+        ('#sparse.butterfly<kind = "monarch", factors = 3, block = 2, perm = "none">', "2 factors"),
         ("#sparse.block<block = [2], grid = [2, 2], layout = [1, 1, 1, 1]>", "2-d block"),
         ("#sparse.block<block = [2, 2], grid = [2, 2], layout = [1, 1, 1]>", "layout must hold 4"),
         ('#sparse.dynamic<mode = "random", k = 1, threshold = 0.0, axis = -1, fill = 0.0>', "mode must be"),
