@@ -119,26 +119,30 @@ def bert_layer(seq: int = 16, hidden: int = 64, heads: int = 4) -> tuple[onnx.Mo
 
 
 def encoder(seq: int = 16, hidden: int = 64, heads: int = 4, ffn: int = 256, layers: int = 2,
-            seed: int = 5, half: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+            seed: int = 5, half: bool = False, part: str = "block") -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A post-LN BERT encoder of ``layers`` blocks (self-attention, then an erf-GELU FFN), the model
-    benchmarks/butterfly.py decomposes; not a shipped example. ``half``: f16 weights and data."""
+    benchmarks/butterfly.py decomposes; not a shipped example. ``half``: f16 weights and data. ``part``:
+    ``block`` (both sub-layers), or one block's ``attention`` or ``ffn`` sub-layer alone (x -> LN(x + f(x)))."""
     d = hidden // heads
     g = Graph("encoder", seed=seed)
     x = "hidden_states"
     for i in range(layers):
         p = f"layer{i}"
-        q = _split_heads(g, _linear(g, x, f"{p}.query", hidden, hidden), seq, heads, d, [0, 2, 1, 3])
-        kt = _split_heads(g, _linear(g, x, f"{p}.key", hidden, hidden), seq, heads, d, [0, 2, 3, 1])
-        v = _split_heads(g, _linear(g, x, f"{p}.value", hidden, hidden), seq, heads, d, [0, 2, 1, 3])
-        scores = g.op("Div", [g.op("MatMul", [q, kt]), g.const(f"{p}.sqrt_head_dim", np.array(np.sqrt(d), np.float32))])
-        ctx = _merge_heads(g, g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v]), seq, hidden)
-        a = _layer_norm(g, g.op("Add", [_linear(g, ctx, f"{p}.attention.output", hidden, hidden), x]), f"{p}.ln_1", hidden)
-        u = _linear(g, a, f"{p}.intermediate", hidden, ffn)
-        erf = g.op("Erf", [g.op("Div", [u, g.const(f"{p}.sqrt2", np.array(np.sqrt(2.0), np.float32))])])
-        half = g.op("Mul", [u, g.const(f"{p}.half", np.array(0.5, np.float32))])
-        gelu = g.op("Mul", [half, g.op("Add", [erf, g.const(f"{p}.one", np.array(1.0, np.float32))])])
-        out = g.op("Add", [_linear(g, gelu, f"{p}.output", ffn, hidden), a])
-        x = _layer_norm(g, out, f"{p}.ln_2", hidden)
+        if part in ("block", "attention"):
+            q = _split_heads(g, _linear(g, x, f"{p}.query", hidden, hidden), seq, heads, d, [0, 2, 1, 3])
+            kt = _split_heads(g, _linear(g, x, f"{p}.key", hidden, hidden), seq, heads, d, [0, 2, 3, 1])
+            v = _split_heads(g, _linear(g, x, f"{p}.value", hidden, hidden), seq, heads, d, [0, 2, 1, 3])
+            scale = g.const(f"{p}.sqrt_head_dim", np.array(np.sqrt(d), np.float32))
+            ctx = _merge_heads(g, g.op("MatMul", [g.op("Softmax", [g.op("Div", [g.op("MatMul", [q, kt]), scale])],
+                                                       axis=-1), v]), seq, hidden)  # fmt: skip
+            attn = _linear(g, ctx, f"{p}.attention.output", hidden, hidden)
+            x = _layer_norm(g, g.op("Add", [attn, x]), f"{p}.ln_1", hidden)
+        if part in ("block", "ffn"):
+            u = _linear(g, x, f"{p}.intermediate", hidden, ffn)
+            erf = g.op("Erf", [g.op("Div", [u, g.const(f"{p}.sqrt2", np.array(np.sqrt(2.0), np.float32))])])
+            half_u = g.op("Mul", [u, g.const(f"{p}.half", np.array(0.5, np.float32))])
+            gelu = g.op("Mul", [half_u, g.op("Add", [erf, g.const(f"{p}.one", np.array(1.0, np.float32))])])
+            x = _layer_norm(g, g.op("Add", [_linear(g, gelu, f"{p}.output", ffn, hidden), x]), f"{p}.ln_2", hidden)
     g.op("Identity", [x], name="output")
     if half:
         g.inits = [numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name)
@@ -147,8 +151,8 @@ def encoder(seq: int = 16, hidden: int = 64, heads: int = 4, ffn: int = 256, lay
     elt = TensorProto.FLOAT16 if half else FLOAT
     model = g.model([vi("hidden_states", elt, [1, seq, hidden])], [vi("output", elt, [1, seq, hidden])], 17)
     rng = np.random.default_rng(100 + seed)
-    x = rng.standard_normal((1, seq, hidden)).astype(np.float16 if half else np.float32)
-    return model, {"hidden_states": x}
+    x0 = rng.standard_normal((1, seq, hidden)).astype(np.float16 if half else np.float32)
+    return model, {"hidden_states": x0}
 
 
 def causal_decoder() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
