@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 PASSES: dict[str, str] = {
     "canonicalize": "attnc.passes.canonicalize:CanonicalizePass",
     "raise-attention": "attnc.passes.raise_attention:RaiseAttentionPass",
+    "butterfly-decompose": "attnc.passes.butterfly_decompose:ButterflyDecomposePass",
     "fuse-attention": "attnc.passes.fuse_attention:FuseAttentionPass",
     "tile": "attnc.passes.tile:TilePass",
     "lower-to-dataflow": "attnc.passes.lower_dataflow:LowerToDataflowPass",
