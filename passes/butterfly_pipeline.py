@@ -1,0 +1,578 @@
+"""The multilayer butterfly dataflow: ``sparse.butterfly_matmul`` and ``sparse.fourier`` as
+pipelines of stage kernels (called by ``tile`` after the attention schedules).
+
+**Expansion.** A butterfly matmul is its stages one after the other
+(``sparse.butterfly_stage``), after a ``sparse.gather`` with a constant index when its
+input is bit-reversed. FNet's Fourier mixing is, per axis, the FFT of
+:func:`attnc.butterfly.fft_stages` on interleaved (re, im) values: the real input is
+padded with a zero imaginary part once (``[..., n] -> [..., n, 2]``), each axis is
+brought next to the (re, im) pair by a transpose, flattened to ``[..., 2n]``, run through
+its stages, put back in frequency order and transposed back, and the real part is sliced
+out at the end. The digit reversal that ends each FFT is a reshape to the radices, a
+transpose reversing them and a reshape (the mixed-radix digit reversal *is* that
+transpose), so it needs no index constant. Data movement is buffer addressing:
+lower-to-dataflow clones it into the kernels that read it, and a stage's own stride
+permutation is its addressing ``[g, radix, stride, block]`` of the buffer, not a copy.
+
+**Pipeline.** The stages of one op become ``groups x parts`` kernels (tagged like the
+fused attention members): consecutive stages in a group share a kernel (kept as separate
+ops in its body: merging two radix-2 stages into a radix-4 one would keep the MACs but
+save nothing the cost rules see), and each stage of a group is split by columns into
+``parts`` kernels, each owning a contiguous range of the stage's (group, stride) units and
+so a set of columns; kernels of consecutive groups exchange exactly the columns they share
+(a slice of the producer's output per consumer), the butterfly's stride permutation
+carried by the NoC routes between parts. Splitting by columns is what lets a 768-wide
+stage (18 KiB of f32 weights) fit a 16 KiB compute tile, and it runs the parts in
+parallel. The kernels stream row blocks (``tokens`` > 1) to one another, so the
+pipeline's stages overlap: k equal stages over T row blocks take (T + k - 1)/T of one
+stage's time.
+
+**Search.** For each op, parts (powers of two) x groups (consecutive stages balanced by a
+DP, never joining stages whose column sets differ); each candidate's kernels go to the
+array's butterfly and compute tiles left free by the rest of the graph, longest first, each
+to the tile where it would finish soonest (the tile's own rule: a stage is a batch of
+``[rows, radix*block] x [radix*block, radix*block]`` GEMMs on a MAC array, or
+``macs/4`` butterflies on a butterfly tile's lanes); a kernel that is alone on its tile in
+the plan claims more than half of the tile's SRAM, so the placer cannot stack two pipeline
+stages on one tile to save byte-hops. The predicted cycles are the slowest tile's load
+stretched by the pipeline's fill, bounded below by the DRAM traffic. The choices are
+reported in ``attnc.tile_report`` (``bfly<i>: ...`` lines).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from xdsl.dialects.builtin import IntegerAttr, StringAttr
+from xdsl.ir import Operation, SSAValue
+from xdsl.rewriter import Rewriter
+
+from attnc import butterfly as bf
+from attnc.dialects import sparse as sp
+from attnc.encodings import bitrev_permutation, from_numpy, np_dtype, to_numpy
+from attnc.errors import AttncError
+from attnc.passes.fuse_attention import RESERVE, _Builder
+from attnc.schedule import stage_kernel_cycles
+
+#: on a stage op: the row blocks (tokens) its kernel streams, and the tile kind it runs on
+ROWS = "dataflow.rows"
+TILE_KIND = "dataflow.tile_kind"
+#: most row blocks a stage kernel streams (the simulator groups steps into at most 64 segments)
+MAX_TOKENS = 64
+#: candidates predicted within this fraction of the fastest count as equally fast (fewer kernels win)
+TIE = 0.03
+
+
+# ---------------------------------------------------------------------------
+# expansion into stage ops (no kernels yet): the reference interpreter checks it
+
+
+@dataclass
+class Chain:
+    """One run of stages along the last axis of ``x``: what the planner and the builder need."""
+
+    name: str
+    x: SSAValue
+    stages: list[bf.Stage]
+    weights: list  # per stage: an SSA value [g, s, k, k] or a numpy array (FFT twiddles)
+    out: SSAValue | None = None
+    plan: Plan | None = None
+
+    @property
+    def n(self) -> int:
+        return sp.shape_of(self.x)[-1]
+
+    @property
+    def rows(self) -> int:
+        return int(np.prod(sp.shape_of(self.x)[:-1], dtype=np.int64))
+
+    @property
+    def eb(self) -> int:
+        return np_dtype(sp.elt_of(self.x)).itemsize
+
+
+def matmul_chain(b: _Builder, op: sp.ButterflyMatmulOp, name: str) -> Chain:
+    x = op.input
+    if op.structure.perm.data == "bitrev":
+        idx = bitrev_permutation(sp.shape_of(x)[-1]).astype(np.int32)
+        index = b.add(sp.ConstantOp(from_numpy(idx)))
+        x = b.add(sp.GatherOp(x, index, len(sp.shape_of(x)) - 1))
+    return Chain(name, x, op.stages(), list(op.factors))
+
+
+def fourier_steps(b: _Builder, op: sp.FourierOp, name: str, build) -> SSAValue:
+    """Expand one Fourier op; ``build(chain)`` turns each axis's stage chain into ops and returns its result."""
+    x = op.input
+    shp = list(sp.shape_of(x))
+    r = len(shp)
+    elt = sp.elt_of(x)
+    axes = sorted({int(a) % r for a in op.axes.get_values()}, reverse=True)  # the last axis first: no transpose
+    # complex, interleaved: [..., n] -> [..., n, 1] -> pad a zero imaginary part -> [..., n, 2]
+    v = b.add(sp.ReshapeOp(x, shp + [1]))
+    v = b.add(sp.PadOp(v, [0] * (r + 1) + [0] * r + [1], 0.0))
+    for ai, a in enumerate(axes):
+        n = shp[a]
+        perm = [d for d in range(r) if d != a] + [a, r]
+        inv = list(np.argsort(perm))
+        t = v if perm == list(range(r + 1)) else b.add(sp.TransposeOp(v, perm))
+        tshape = sp.shape_of(t)
+        lead = list(tshape[:-2])
+        flat = b.add(sp.ReshapeOp(t, lead + [2 * n]))
+        sts, ws, _ = bf.fft_stages(n)
+        ws = [w.astype(np_dtype(elt)) for w in ws]
+        y = build(Chain(f"{name}_ax{ai}", flat, sts, ws))
+        # digit reversal: position (d1, ..., dk) in radix (r1, ..., rk) holds frequency d1 + r1 (d2 + r2 (...))
+        radices = bf.prime_radices(n)
+        if len(radices) > 1:
+            k = len(radices)
+            y = b.add(sp.ReshapeOp(y, lead + radices + [2]))
+            nl = len(lead)
+            rev = list(range(nl)) + [nl + k - 1 - i for i in range(k)] + [nl + k]
+            y = b.add(sp.TransposeOp(y, rev))
+        y = b.add(sp.ReshapeOp(y, list(tshape)))
+        v = y if perm == list(range(r + 1)) else b.add(sp.TransposeOp(y, inv))
+    re = b.add(sp.SliceOp(v, [0] * (r + 1), shp + [1], [1] * (r + 1)))
+    return b.add(sp.ReshapeOp(re, shp))
+
+
+# ---------------------------------------------------------------------------
+# column parts of a stage
+
+
+@dataclass(frozen=True)
+class View:
+    """Part ``j`` of ``parts`` of a stage: its columns (sorted) and the local stage on them."""
+
+    cols: tuple[int, ...]
+    stage: bf.Stage
+    g0: int
+    g1: int
+    s0: int
+    s1: int
+
+
+def view(st: bf.Stage, n: int, parts: int, j: int) -> View | None:
+    """The columns of the ``j``-th of ``parts`` contiguous ranges of the stage's (G, S) units, or
+    None when the units do not split so. Either whole groups G (contiguous columns, the stage
+    itself on fewer groups) or, within one group, a range of strides S (``radix`` runs of
+    columns, a stage of that many strides)."""
+    g, s, _, _ = st.weight_shape(n)
+    units = g * s
+    if units % parts:
+        return None
+    per = units // parts
+    f0 = j * per
+    r, e = st.radix, st.block
+    if per >= s:
+        if per % s:
+            return None
+        g0, g1 = f0 // s, f0 // s + per // s
+        return View(tuple(range(g0 * r * s * e, g1 * r * s * e)), bf.Stage(r, s, e), g0, g1, 0, s)
+    if s % per:
+        return None
+    g0, s0 = f0 // s, f0 % s
+    cols = [c for rho in range(r) for c in range(((g0 * r + rho) * s + s0) * e, ((g0 * r + rho) * s + s0 + per) * e)]
+    return View(tuple(cols), bf.Stage(r, per, e), g0, g0 + 1, s0, s0 + per)
+
+
+def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs [a, b) of consecutive integers in the sorted ``idx``."""
+    if not len(idx):
+        return []
+    cut = np.nonzero(np.diff(idx) != 1)[0]
+    starts = [int(idx[0])] + [int(idx[c + 1]) for c in cut]
+    ends = [int(idx[c]) + 1 for c in cut] + [int(idx[-1]) + 1]
+    return list(zip(starts, ends))
+
+
+def _pieces(producers: list[tuple[int, ...]], cols: tuple[int, ...]) -> list[tuple[int, int, int, int]] | None:
+    """How a consumer assembles ``cols`` from producers' column sets: (first column, producer,
+    start, end) per slice of a producer's output, in column order; None when the slices, put
+    side by side in that order, would not be ``cols`` in order (it would need a gather)."""
+    want = np.asarray(cols)
+    out = []
+    for p, pc in enumerate(producers):
+        pa = np.asarray(pc)
+        idx = np.nonzero(np.isin(pa, want))[0]
+        for a, e in _runs(idx):
+            # a run of positions is one slice; the slice is a run of columns where they step by one
+            brk = [a] + [i for i in range(a + 1, e) if pa[i] != pa[i - 1] + 1] + [e]
+            out += [(int(pa[u]), p, u, v) for u, v in zip(brk, brk[1:])]
+    out.sort()
+    got = [c for _, p, a, e in out for c in producers[p][a:e]]
+    return out if got == list(cols) else None
+
+
+def part_views(stages: list[bf.Stage], n: int, parts: int) -> list[list[View]] | None:
+    views = []
+    for st in stages:
+        vs = [view(st, n, parts, j) for j in range(parts)]
+        if any(v is None for v in vs):
+            return None
+        views.append(vs)
+    return views
+
+
+# ---------------------------------------------------------------------------
+# planning
+
+
+@dataclass
+class Slot:
+    """A tile the planner may put stage kernels on: what the rest of the graph leaves of it."""
+
+    index: int
+    kind: str
+    tile: object  # attnc.arch.Tile
+    contexts: int
+    sram: int
+    load: int = 0  # cycles of the current candidate's kernels on it
+    used: int = 0  # kernels of the current candidate on it
+
+
+@dataclass
+class Plan:
+    parts: int
+    groups: list[list[int]]
+    kinds: list[str]  # per kernel, group-major
+    slots: list[int]  # per kernel: the planned tile (an index into the slots)
+    claims: list[int]  # per kernel: the SRAM it claims
+    needs: list[int]  # per kernel: the SRAM it needs
+    cycles: list[int]  # per kernel, on its planned tile kind
+    tokens: int
+    predicted: int
+    bound: str
+    candidates: int = 0
+
+    def text(self) -> str:
+        per = [len(g) for g in self.groups]
+        kinds = {k: self.kinds.count(k) for k in dict.fromkeys(self.kinds)}
+        return (f"{len(self.groups)} groups of {per} stages x {self.parts} parts = {len(self.kinds)} kernels ("
+                + ", ".join(f"{n} on {k}" for k, n in kinds.items()) + f"), {self.tokens} row blocks; "
+                f"slowest kernel {max(self.cycles)} cycles, predicted {self.predicted} cycles ({self.bound}-bound)")
+
+
+def _tokens(rows: int, tile) -> int:
+    """Row blocks of at least a MAC-array height, at most MAX_TOKENS of them."""
+    return max(1, min(MAX_TOKENS, rows // max(tile.mac_rows, 1) if tile is not None else rows, rows))
+
+
+def _groups(costs: list[int], joinable: list[bool], k: int) -> list[list[int]] | None:
+    """``k`` consecutive groups of stages minimising the largest summed cost; ``joinable[i]`` says
+    whether stages i and i+1 may share a group. None when no such split exists."""
+    n = len(costs)
+    inf = math.inf
+    # best[j][m]: the least max cost splitting stages[:j] into m groups
+    best = [[inf] * (k + 1) for _ in range(n + 1)]
+    cut = [[-1] * (k + 1) for _ in range(n + 1)]
+    best[0][0] = 0
+    for j in range(1, n + 1):
+        for m in range(1, min(j, k) + 1):
+            total = 0
+            for i in range(j - 1, -1, -1):  # the last group is stages[i:j]
+                total += costs[i]
+                if i < j - 1 and not joinable[i]:
+                    break
+                val = max(best[i][m - 1], total)
+                if val < best[j][m]:
+                    best[j][m], cut[j][m] = val, i
+    if best[n][k] == inf:
+        return None
+    out, j, m = [], n, k
+    while m:
+        i = cut[j][m]
+        out.append(list(range(i, j)))
+        j, m = i, m - 1
+    return out[::-1]
+
+
+def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile) -> int:
+    """SRAM a stage kernel needs: its weights, and two row blocks of one MAC-array height (one
+    butterfly tile row) that the stages update in place while the next one arrives (a token's rows
+    pass through in blocks of that many). The same rule as ``attnc.schedule``'s stage kernels."""
+    n = len(views[0].cols)
+    weights = sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb
+    block = max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))
+    return weights + 2 * block * n * eb
+
+
+def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16) -> Plan:
+    """The fastest feasible grouping of one chain on ``slots`` (see the module docstring)."""
+    n, rows, eb = ch.n, ch.rows, ch.eb
+    compute = [s for s in slots if s.kind == "compute"]
+    ref = compute[0].tile if compute else None
+    tokens = _tokens(rows, ref)
+    dram = (2 * rows * n + sum(int(np.prod(st.weight_shape(n))) for st in ch.stages)) * eb
+    dram_cycles = dram / arch.dram.bytes_per_cycle
+    best: Plan | None = None
+    count = 0
+    parts = 1
+    while parts <= max_parts:
+        views = part_views(ch.stages, n, parts)
+        if views is None:
+            break
+        first = _pieces([tuple(range(n))], views[0][0].cols) is not None
+        joinable = [all(views[i][j].cols == views[i + 1][j].cols for j in range(parts)) for i in range(len(views) - 1)]
+        links = [all(_pieces([v.cols for v in views[i]], views[i + 1][j].cols) is not None for j in range(parts))
+                 for i in range(len(views) - 1)]  # fmt: skip
+        if not first or not all(ok or same for ok, same in zip(links, joinable)):
+            parts *= 2
+            continue
+        costs = [stage_kernel_cycles([views[i][0].stage], len(views[i][0].cols), rows, ref, "compute") if ref else 1
+                 for i in range(len(views))]  # fmt: skip
+        for k in range(1, len(views) + 1):
+            groups = _groups(costs, joinable, k)
+            if groups is None:
+                continue
+            # an unjoinable boundary must be a group boundary whose columns a consumer can slice
+            if any(not links[g[-1]] for g in groups[:-1]):
+                continue
+            count += 1
+            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch)
+            if cand is None:
+                continue
+            if best is None or cand.predicted < best.predicted * (1 - TIE) or (
+                cand.predicted <= best.predicted * (1 + TIE) and len(cand.kinds) < len(best.kinds)
+            ):
+                best = cand
+        parts *= 2
+    if best is None:
+        raise AttncError(f"tile: {ch.name}: no grouping of its {len(ch.stages)} stages fits the free tiles of {arch.name}")
+    best.candidates = count
+    return best
+
+
+def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cycles, arch) -> Plan | None:
+    """Put a candidate's kernels on the slots, longest first, each where it finishes soonest."""
+    n, rows, eb = ch.n, ch.rows, ch.eb
+    kernels = []  # (group index, part)
+    for gi, grp in enumerate(groups):
+        for j in range(parts):
+            kernels.append((gi, j))
+    for s in slots:
+        s.load, s.used = 0, 0
+    sram_left = {s.index: s.sram for s in slots}
+    info = {}
+    for gi, j in kernels:
+        vs = [views[i][j] for i in groups[gi]]
+        local = [v.stage for v in vs]
+        nl = len(vs[0].cols)
+        info[gi, j] = {kind: stage_kernel_cycles(local, nl, rows, t.tile, kind)
+                       for kind, t in {s.kind: s for s in slots}.items()}  # fmt: skip
+        info[gi, j]["need"] = {kind: kernel_need(vs, rows, tokens, eb, t.tile) for kind, t in {s.kind: s for s in slots}.items()}
+    order = sorted(kernels, key=lambda kj: -max(v for k, v in info[kj].items() if k != "need"))
+    placed = {}
+    for kj in order:
+        options = [s for s in slots if s.used < s.contexts and info[kj]["need"][s.kind] <= sram_left[s.index]]
+        if not options:
+            return None
+        s = min(options, key=lambda s: (s.load + info[kj][s.kind], s.kind != "butterfly", s.index))
+        s.load += info[kj][s.kind]
+        s.used += 1
+        sram_left[s.index] -= info[kj]["need"][s.kind]
+        placed[kj] = s
+    slowest = max(s.load for s in slots)
+    # k groups in a pipeline over T row blocks: (T + k - 1) / T of the slowest tile's time
+    pipe = slowest * (tokens + len(groups) - 1) / tokens
+    predicted = max(pipe, dram_cycles) + arch.dram.latency_cycles
+    kinds, where, claims, needs, cycles = [], [], [], [], []
+    for kj in kernels:
+        s = placed[kj]
+        need = info[kj]["need"][s.kind]
+        kinds.append(s.kind)
+        where.append(s.index)
+        needs.append(need)
+        cycles.append(info[kj][s.kind])
+        # alone on its tile in the plan: claim more than half of it, so no other pipeline stage joins it
+        claims.append(max(need, min(sram_left[s.index] + need, s.tile.sram_bytes // 2 + 1)) if s.used == 1 else need)
+    return Plan(parts, groups, kinds, where, claims, needs, cycles, tokens, math.ceil(predicted),
+                "dram" if dram_cycles >= pipe else "compute")
+
+
+def free_slots(arch, reserved: dict[str, int], used_sram: int, members: int) -> list[Slot]:
+    """The butterfly and compute tiles with the contexts and SRAM the graph's other kernels leave:
+    attention members take whole tiles (the first ones), the other compute kernels a context and a
+    context's share of SRAM each, spread evenly."""
+    slots = []
+    for t in arch.tiles_of("butterfly"):
+        slots.append(Slot(len(slots), "butterfly", t, t.contexts, t.sram_bytes))
+    comp = arch.tiles_of("compute")
+    if comp:
+        per_member = used_sram // max(members, 1) if members else 0
+        others = reserved.get("compute", 0)
+        for i, t in enumerate(comp):
+            share = t.sram_bytes // max(t.contexts, 1)
+            mine = others // len(comp) + (1 if i < others % len(comp) else 0)
+            ctx = t.contexts - mine - (1 if i < members else 0)
+            sram = t.sram_bytes - mine * share - (per_member if i < members else 0)
+            if ctx > 0 and sram > 0:
+                slots.append(Slot(len(slots), "compute", t, ctx, sram))
+    return slots
+
+
+def _commit(plan: Plan, slots: list[Slot]) -> None:
+    """What a chosen plan takes from its tiles (the next chain plans with the rest)."""
+    for si, claim in zip(plan.slots, plan.claims):
+        s = slots[si]
+        s.contexts -= 1
+        s.sram -= claim
+    slots[:] = [s for s in slots if s.contexts > 0 and s.sram > 0]
+    for i, s in enumerate(slots):
+        s.index = i
+
+
+# ---------------------------------------------------------------------------
+# building the kernels' ops
+
+
+def _const(b: _Builder, arr: np.ndarray, elt) -> SSAValue:
+    return b.add(sp.ConstantOp(from_numpy(np.ascontiguousarray(arr), elt)))
+
+
+def _weight_source(ch: Chain) -> list[np.ndarray] | None:
+    """The stage weights as numpy arrays when they are all known at compile time."""
+    out = []
+    for w in ch.weights:
+        if isinstance(w, np.ndarray):
+            out.append(w)
+        elif isinstance(w.owner, sp.ConstantOp) and w.type == w.owner.value.type:
+            out.append(to_numpy(w.owner.value))
+        else:
+            return None
+    return out
+
+
+def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
+    """The stage ops of ``ch`` for ``plan``, tagged per kernel; returns the chain's result."""
+    n, x = ch.n, ch.x
+    shp = list(sp.shape_of(x))
+    r = len(shp)
+    elt = sp.elt_of(x)
+    parts = plan.parts
+    views = part_views(ch.stages, n, parts)
+    assert views is not None
+    known = _weight_source(ch)
+    # known weights: one constant holding every kernel's local factors (one DMA load for the chain)
+    offsets: dict[tuple[int, int], int] = {}
+    blob = None
+    if known is not None:
+        chunks, off = [], 0
+        for gi, grp in enumerate(plan.groups):
+            for j in range(parts):
+                for i in grp:
+                    v = views[i][j]
+                    w = np.asarray(known[i])[v.g0 : v.g1, v.s0 : v.s1]
+                    offsets[i, j] = off
+                    chunks.append(w.reshape(-1))
+                    off += w.size
+        blob = _const(b, np.concatenate(chunks).astype(np_dtype(elt)), elt)
+
+    def weight(i: int, j: int) -> SSAValue:
+        v = views[i][j]
+        nl = len(v.cols)
+        wshape = list(v.stage.weight_shape(nl))
+        size = int(np.prod(wshape))
+        if blob is not None:
+            off = offsets[i, j]
+            piece = b.add(sp.SliceOp(blob, [off], [off + size], [1]))
+            return b.add(sp.ReshapeOp(piece, wshape))
+        w = ch.weights[i]
+        if isinstance(w, np.ndarray):
+            return _const(b, w[v.g0 : v.g1, v.s0 : v.s1], elt)
+        full = list(sp.shape_of(w))
+        if [v.g0, v.s0] == [0, 0] and [v.g1, v.s1] == full[:2]:
+            return w
+        return b.add(sp.SliceOp(w, [v.g0, v.s0, 0, 0], [v.g1, v.s1, full[2], full[3]], [1, 1, 1, 1]))
+
+    def assemble(producers: list[tuple[tuple[int, ...], SSAValue]], cols: tuple[int, ...]) -> SSAValue:
+        pcs = _pieces([c for c, _ in producers], cols)
+        assert pcs is not None
+        vals = []
+        for _, p, a, e in pcs:
+            src = producers[p][1]
+            width = sp.shape_of(src)[-1]
+            vals.append(src if (a, e) == (0, width) else
+                        b.add(sp.SliceOp(src, [0] * (r - 1) + [a], shp[:-1] + [e], [1] * r)))  # fmt: skip
+        return vals[0] if len(vals) == 1 else b.add(sp.ConcatOp(vals, r - 1))
+
+    prev: list[tuple[tuple[int, ...], SSAValue]] = [(tuple(range(n)), x)]
+    kid = 0
+    for gi, grp in enumerate(plan.groups):
+        outs = []
+        for j in range(parts):
+            tag = f"{ch.name}_s{gi}" + (f"_p{j}" if parts > 1 else "")
+            cols = views[grp[0]][j].cols
+            v = assemble(prev, cols)
+            for i in grp:
+                st = views[i][j].stage
+                op = sp.ButterflyStageOp(v, weight(i, j), st.radix, st.stride, st.block)
+                op.attributes[ROWS] = IntegerAttr(plan.tokens, 64)
+                op.attributes[TILE_KIND] = StringAttr(plan.kinds[kid])
+                if plan.claims[kid] > plan.needs[kid]:
+                    op.attributes[RESERVE] = IntegerAttr(plan.claims[kid], 64)
+                v = b.add(op, tag, ch.name)
+            outs.append((cols, v))
+            kid += 1
+        prev = outs
+    return assemble(prev, tuple(range(n)))
+
+
+# ---------------------------------------------------------------------------
+# the hook `tile` calls
+
+
+@dataclass
+class Expansion:
+    lines: list[str] = field(default_factory=list)
+    chains: list[Chain] = field(default_factory=list)
+
+
+def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int = 0) -> list[str]:
+    """Expand every butterfly matmul and Fourier op of ``fn`` into planned stage kernels; returns
+    the report lines."""
+    ops = [o for o in fn.body.block.ops if isinstance(o, (sp.ButterflyMatmulOp, sp.FourierOp))]
+    if not ops:
+        return []
+    slots = free_slots(arch, reserved, used_sram, members)
+    if not slots:
+        raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
+    lines = []
+    for i, op in enumerate(ops):
+        name = f"bfly{i}"
+        b = _Builder(op)
+        plans: list[str] = []
+
+        def build(ch: Chain) -> SSAValue:
+            ch.plan = plan_chain(ch, arch, slots)
+            _commit(ch.plan, slots)
+            plans.append(f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {ch.plan.text()}")
+            return build_chain(b, ch, ch.plan)
+
+        if isinstance(op, sp.ButterflyMatmulOp):
+            out = build(matmul_chain(b, op, name))
+        else:
+            out = fourier_steps(b, op, name, build)
+        op.result.replace_all_uses_with(out)
+        Rewriter.erase_op(op)
+        lines += plans
+        if not slots:
+            slots = free_slots(arch, reserved, used_sram, members)  # later ops share tiles with earlier ones
+    return lines
+
+
+def expand_plain(fn) -> None:
+    """Expand without planning (one kernel per stage, compute tiles, one row block): the
+    interpreter's check of the expansion, and the form a module takes without an architecture."""
+    for op in [o for o in fn.body.block.ops if isinstance(o, (sp.ButterflyMatmulOp, sp.FourierOp))]:
+        b = _Builder(op)
+
+        def build(ch: Chain) -> SSAValue:
+            k = len(ch.stages)
+            plan = Plan(1, [[i] for i in range(k)], ["compute"] * k, [0] * k, [0] * k, [0] * k, [0] * k, 1, 0, "")
+            return build_chain(b, ch, plan)
+
+        out = build(matmul_chain(b, op, "bfly")) if isinstance(op, sp.ButterflyMatmulOp) else fourier_steps(b, op, "bfly", build)
+        op.result.replace_all_uses_with(out)
+        Rewriter.erase_op(op)

@@ -1,0 +1,165 @@
+"""The butterfly expansion and pipeline planner (attnc.passes.butterfly_pipeline): the stage ops compute
+what the butterfly matmul and Fourier ops did (reference interpreter, before == after), the planner's
+column parts are the stage's own, and its kernels fit the tiles it was given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from xdsl.dialects import func
+from xdsl.dialects.builtin import FunctionType, ModuleOp, TensorType, f32
+from xdsl.ir import Block, Region
+
+from attnc import butterfly as bf
+from attnc.arch import load_arch
+from attnc.dialects import sparse as sp
+from attnc.dialects.encoding import ButterflyEncodingAttr
+from attnc.encodings import from_numpy
+from attnc.interpreter import interpret
+from attnc.ir import main_func, set_io_names
+from attnc.passes import butterfly_pipeline as bp
+from attnc.passes.fuse_attention import TAG
+from attnc.passes.tile import REPORT_ATTR, TilePass
+from attnc.pipeline import run_pipeline
+
+
+def build_module(arg_shapes, body) -> ModuleOp:
+    """@main(x...) whose body ``body(args, add)`` returns its results; ``add(op)`` appends an op and
+    returns its result."""
+    block = Block(arg_types=[TensorType(f32, list(s)) for s in arg_shapes])
+
+    def add(op):
+        block.add_op(op)
+        return op.results[0]
+
+    outs = body(block.args, add)
+    block.add_op(func.ReturnOp(*outs))
+    fn = func.FuncOp("main", FunctionType.from_lists([a.type for a in block.args], [o.type for o in outs]),
+                     Region(block))  # fmt: skip
+    set_io_names(fn, [f"x{i}" for i in range(len(arg_shapes))], [f"y{i}" for i in range(len(outs))])
+    module = ModuleOp([fn])
+    module.verify()
+    return module
+
+
+def const(add, arr):
+    return add(sp.ConstantOp(from_numpy(np.asarray(arr, dtype=np.float32))))
+
+
+def butterfly(add, x, kind, factors, block, perm="none", seed=0):
+    n = sp.shape_of(x)[-1]
+    sts = bf.stages(kind, n, factors, block)
+    ws = bf.random_factors(sts, n, np.random.default_rng(seed))
+    enc = ButterflyEncodingAttr(factors, block, perm=perm, kind=kind)
+    return add(sp.ButterflyMatmulOp(x, [const(add, w) for w in ws], enc))
+
+
+def inputs(module, seed=1):
+    fn = main_func(module)
+    rng = np.random.default_rng(seed)
+    return {f"x{i}": rng.standard_normal(a.type.get_shape()).astype(np.float32) for i, a in enumerate(fn.body.block.args)}
+
+
+def expanded(module, arch=None):
+    """A clone with its butterfly ops expanded: planned for ``arch`` by ``tile``, or plainly."""
+    out = module.clone()
+    if arch is None:
+        bp.expand_plain(main_func(out))
+    else:
+        run_pipeline(out, [TilePass(arch=arch)])
+    out.verify()
+    fn = main_func(out)
+    assert not [o for o in fn.body.block.ops if isinstance(o, (sp.ButterflyMatmulOp, sp.FourierOp))]
+    return out
+
+
+def same(module, other, tol=1e-5):
+    ins = inputs(module)
+    a, b = interpret(module, ins), interpret(other, ins)
+    for k in a:
+        assert np.max(np.abs(a[k] - b[k])) < tol * max(1.0, float(np.max(np.abs(a[k])))), k
+
+
+CASES = [
+    ("block", 4, 3, "none", (5, 48)),
+    ("block", 2, 2, "none", (2, 3, 32)),
+    ("block", 5, 1, "bitrev", (4, 32)),
+    ("monarch", 2, 4, "none", (6, 16)),
+    ("monarch", 2, 8, "bitrev", (3, 64)),
+]
+
+
+@pytest.mark.parametrize("kind,factors,block,perm,shape", CASES)
+@pytest.mark.parametrize("arch", [None, "tiny", "edge"])
+def test_butterfly_matmul_expansion_keeps_the_numbers(kind, factors, block, perm, shape, arch):
+    m = build_module([shape], lambda a, add: [butterfly(add, a[0], kind, factors, block, perm)])
+    e = expanded(m, arch)
+    same(m, e)
+    stages = [o for o in main_func(e).body.block.ops if isinstance(o, sp.ButterflyStageOp)]
+    assert len(stages) >= factors
+    gathers = [o for o in main_func(e).body.block.ops if isinstance(o, sp.GatherOp)]
+    assert len(gathers) == (perm == "bitrev")
+
+
+@pytest.mark.parametrize("shape,axes", [((1, 16, 24), (-2, -1)), ((2, 6, 10, 8), (1, 2, 3)), ((3, 12), (0,)),
+                                        ((4, 9, 6), (-1,))])  # fmt: skip
+@pytest.mark.parametrize("arch", [None, "edge"])
+def test_fourier_expansion_is_the_fft(shape, axes, arch):
+    m = build_module([shape], lambda a, add: [add(sp.FourierOp(a[0], axes))])
+    e = expanded(m, arch)
+    same(m, e, tol=2e-5)
+    x = inputs(m)["x0"]
+    y = interpret(e, {"x0": x})["y0"]
+    assert np.max(np.abs(y - np.fft.fftn(x.astype(np.float64), axes=axes).real)) < 1e-4 * np.max(np.abs(y))
+
+
+def test_views_are_the_stage_on_its_columns():
+    """Each part of a stage, run on its columns with its slice of the weights, gives those columns of
+    the whole stage's output (every split the planner may pick)."""
+    rng = np.random.default_rng(0)
+    n = 96
+    for st in bf.stages("block", n, 5, 3) + bf.stages("monarch", n, 2, 8) + bf.fft_stages(12)[0]:
+        nn = n if st.block != 2 else 24
+        w = rng.standard_normal(st.weight_shape(nn))
+        x = rng.standard_normal((3, nn))
+        y = bf.apply_stage(x, w, st)
+        for parts in (1, 2, 4, 8):
+            vs = [bp.view(st, nn, parts, j) for j in range(parts)]
+            if any(v is None for v in vs):
+                continue
+            assert sorted(c for v in vs for c in v.cols) == list(range(nn))
+            for v in vs:
+                cols = list(v.cols)
+                local = bf.apply_stage(x[:, cols], w[v.g0 : v.g1, v.s0 : v.s1], v.stage)
+                np.testing.assert_allclose(local, y[:, cols], rtol=1e-12, atol=1e-12)
+
+
+def test_the_planner_splits_a_wide_butterfly_to_fit_the_tiles():
+    """A 384-wide full butterfly (block 3, 7 stages: 9 KiB of f32 weights per stage) cannot sit whole
+    on an 8 KiB butterfly tile: the plan splits it by columns, every kernel's buffer fits its tile, and
+    it uses the butterfly tiles."""
+    arch = load_arch("edge")
+    m = build_module([(2048, 384)], lambda a, add: [butterfly(add, a[0], "block", 7, 3)])
+    out = m.clone()
+    run_pipeline(out, [TilePass(arch="edge")])
+    fn = main_func(out)
+    report = fn.attributes[REPORT_ATTR].data
+    assert "bfly0" in report and "predicted" in report
+    kernels: dict[str, list] = {}
+    for o in fn.body.block.ops:
+        if isinstance(o, sp.ButterflyStageOp):
+            kernels.setdefault(o.attributes[TAG].data, []).append(o)
+    assert len(kernels) > 1
+    kinds = {ops[0].attributes[bp.TILE_KIND].data for ops in kernels.values()}
+    assert "butterfly" in kinds
+    sram = {t.kind: t.sram_bytes for t in arch.tiles}
+    for ops in kernels.values():
+        weights = sum(np.prod(sp.shape_of(o.weight)) * 4 for o in ops)
+        assert weights < sram[ops[0].attributes[bp.TILE_KIND].data]
+
+
+def test_groups_respect_unjoinable_boundaries():
+    assert bp._groups([1, 1, 1, 1], [True, True, True], 2) == [[0, 1], [2, 3]]
+    assert bp._groups([3, 1, 1, 1], [True, True, True], 2) == [[0], [1, 2, 3]]
+    assert bp._groups([1, 1, 1, 1], [True, False, True], 2) == [[0, 1], [2, 3]]
+    assert bp._groups([1, 1, 1, 1], [False, False, True], 2) is None
