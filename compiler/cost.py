@@ -8,6 +8,9 @@ a test holds the two to the same DRAM bytes exactly and the same cycles within 1
 
 Work of one kernel (the rules of docs/simulator.md, read off the kernel's body ops):
 
+* ``butterfly_stage``: ``rows * n * width`` MACs (``width = radix * block``); on a compute tile the
+  ``n / width`` GEMMs ``[rows, width] x [width, width]``: ``n / width * ceil(rows/mac_rows) *
+  ceil(width/mac_cols) * width`` MAC-array cycles.
 * ``matmul`` / ``contract``: MACs = result elements x reduction size; on a compute tile
   ``batch * ceil(M/rows) * ceil(N/cols) * K`` MAC-array cycles. An unscheduled ``attention`` is two such
   GEMMs plus 3 lane operations per score. A fused ``attention`` (``fusion`` = flat | online) follows the
@@ -271,6 +274,13 @@ def body_work(ops: Sequence[Operation], tile) -> Work:
             k = shapes[0][-1] if shapes and shapes[0] else 1
             w.macs += _prod(out) * k
             w.mac_cycles += _gemm_cycles(out, k, rows, cols)
+        elif name == "butterfly_stage":
+            # [rows, n] as n/width GEMMs [rows, width] x [width, width], width = radix * block
+            x = shapes[0] if shapes and shapes[0] else out
+            width = max(_attr_int(op, "radix", 1), 1) * max(_attr_int(op, "block", 1), 1)
+            r = _prod(x[:-1])
+            w.macs += r * x[-1] * width
+            w.mac_cycles += x[-1] // width * _cdiv(r, rows) * _cdiv(width, cols) * width
         elif name == "contract":
             eq = op.attributes.get("equation")
             macs, cyc = _contract(eq.data if isinstance(eq, StringAttr) else "", shapes, out, rows, cols)

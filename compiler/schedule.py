@@ -89,6 +89,9 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
     fused = [op for op in body_ops if isinstance(op, sp.AttentionOp) and op.fusion is not None]
     if fused:
         return _fused_cost(fused[0], arch, eb)
+    stages = [op for op in body_ops if isinstance(op, sp.ButterflyStageOp)]
+    if stages:
+        return _butterfly_cost(stages, body_ops, arch, eb)
     staged = [op for op in body_ops if "dataflow.stage" in op.attributes]
     if staged:
         return _stage_cost(staged[0], arch, eb)
@@ -228,3 +231,61 @@ def _stage_cost(op: Operation, arch, eb: int) -> KernelCost:
     kb = min(op.attributes["dataflow.key_block"].value.data, t)
     loops = (("unit", units), ("repeat", passes), ("block", -(-t // kb)))
     return KernelCost("data", "memory", loops, (kb,), eb * d * (t + 2 * kb), 0, 0, units * passes * loops[2][1])
+
+
+# ---------------------------------------------------------------------------
+# butterfly stage kernels (the rule docs/simulator.md states for a `butterfly_stage` instruction)
+
+
+def stage_kernel_cycles(stages, n: int, rows: int, tile, tile_kind: str) -> int:
+    """Cycles of a kernel running ``stages`` (``attnc.butterfly.Stage``) one after the other on
+    ``rows`` rows of ``n`` columns. On a compute tile each stage is ``n / width`` GEMMs of
+    ``[rows, width] x [width, width]`` (``width = radix * block``): ``n / width * ceil(rows /
+    mac_rows) * ceil(width / mac_cols) * width`` cycles, plus one MAC-array fill per kernel; on a
+    butterfly tile its ``rows * n * width`` MACs run as 2x2 butterflies of 4 MACs, ``vector_lanes``
+    a cycle."""
+    macs = sum(rows * n * st.width for st in stages)
+    if tile_kind == "butterfly":
+        return -(-(-(-macs // 4)) // max(tile.vector_lanes, 1))
+    if tile_kind == "sfu":
+        return -(-macs // max(tile.vector_lanes, 1))
+    mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
+    cycles = sum(n // st.width * -(-rows // mr) * -(-st.width // mc) * st.width for st in stages)
+    return cycles + (mr + mc if macs else 0)
+
+
+def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb: int) -> KernelCost:
+    """A kernel of butterfly stages: ``("rows", T)`` row blocks streamed through it, on the tile
+    kind the pipeline planner chose (``dataflow.tile_kind``; compute without one)."""
+    from attnc.butterfly import Stage
+
+    first = stages[0]
+    shp = sp.shape_of(first.input)
+    n = shp[-1]
+    rows = max(1, int(np.prod(shp[:-1], dtype=np.int64)))
+    kind_attr = first.attributes.get("dataflow.tile_kind")
+    tile_kind = kind_attr.data if kind_attr is not None else "compute"
+    tiles = arch.tiles_of(tile_kind) or arch.tiles_of("compute")
+    tile_kind = tiles[0].kind
+    tile = max(tiles, key=lambda t: (t.macs_per_cycle, t.vector_lanes, t.sram_bytes))
+    sts = [Stage(*op.params()) for op in stages]
+    rows_attr = first.attributes.get("dataflow.rows")
+    tokens = max(1, min(rows_attr.value.data if rows_attr is not None else 1, rows))
+    cycles = stage_kernel_cycles(sts, n, rows, tile, tile_kind)
+    macs = sum(rows * n * st.width for st in sts)
+    weights = sum(nbytes(op.weight.type) for op in stages)
+    block = max(1, min(-(-rows // tokens), max(tile.mac_rows, 1)))
+    buf = weights + 2 * block * n * eb  # two row blocks updated in place (butterfly_pipeline.kernel_need)
+    reserve = max((op.attributes["dataflow.reserve"].value.data for op in stages if "dataflow.reserve" in op.attributes),
+                  default=0)  # fmt: skip
+    # elementwise ops of the body (none in the planner's kernels) run on the lanes after the stages
+    vector = sum(_elems(op.results[0].type) for op in body_ops if op not in stages and op.results
+                 and not isinstance(op, _DATA_TYPES))  # fmt: skip
+    cycles += math.ceil(vector / max(tile.vector_lanes, 1))
+    return KernelCost("gemm", tile_kind, (("rows", tokens),), (block, n), max(buf, reserve), cycles, macs, tokens)
+
+
+_DATA_TYPES = (
+    sp.ConstantOp, sp.ReshapeOp, sp.TransposeOp, sp.BroadcastOp, sp.SliceOp, sp.ConcatOp, sp.GatherOp, sp.PadOp,
+    sp.ConvertOp,
+)  # fmt: skip

@@ -298,7 +298,7 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile) -> int
     return weights + 2 * block * n * eb
 
 
-def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16) -> Plan:
+def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_kernels: int = 1 << 30) -> Plan:
     """The fastest feasible grouping of one chain on ``slots`` (see the module docstring)."""
     n, rows, eb = ch.n, ch.rows, ch.eb
     compute = [s for s in slots if s.kind == "compute"]
@@ -323,6 +323,8 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16) -> Pl
         costs = [stage_kernel_cycles([views[i][0].stage], len(views[i][0].cols), rows, ref, "compute") if ref else 1
                  for i in range(len(views))]  # fmt: skip
         for k in range(1, len(views) + 1):
+            if k * parts > max_kernels and (k > 1 or parts > 1):
+                break
             groups = _groups(costs, joinable, k)
             if groups is None:
                 continue
@@ -346,6 +348,8 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16) -> Pl
 
 def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cycles, arch) -> Plan | None:
     """Put a candidate's kernels on the slots, longest first, each where it finishes soonest."""
+    if not slots:
+        return None
     n, rows, eb = ch.n, ch.rows, ch.eb
     kernels = []  # (group index, part)
     for gi, grp in enumerate(groups):
@@ -363,12 +367,22 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
                        for kind, t in {s.kind: s for s in slots}.items()}  # fmt: skip
         info[gi, j]["need"] = {kind: kernel_need(vs, rows, tokens, eb, t.tile) for kind, t in {s.kind: s for s in slots}.items()}
     order = sorted(kernels, key=lambda kj: -max(v for k, v in info[kj].items() if k != "need"))
-    placed = {}
+    placed: dict[tuple[int, int], Slot] = {}
+    link = max(arch.noc.link_bytes_per_cycle, 1)
+
+    def cost(kj, s: Slot) -> float:
+        # the tile's load with the kernel, plus what reaching it costs: its row stream's cycles on a
+        # link times the mean hops to the neighbouring stages placed so far (two butterfly tiles on
+        # opposite sides of the mesh are fast but far apart)
+        near = [placed[o] for o in placed if abs(o[0] - kj[0]) == 1]
+        hops = sum(abs(s.tile.x - o.tile.x) + abs(s.tile.y - o.tile.y) for o in near) / len(near) if near else 0
+        return s.load + info[kj][s.kind] + hops * rows * len(views[0][kj[1]].cols) * eb / link
+
     for kj in order:
         options = [s for s in slots if s.used < s.contexts and info[kj]["need"][s.kind] <= sram_left[s.index]]
         if not options:
             return None
-        s = min(options, key=lambda s: (s.load + info[kj][s.kind], s.kind != "butterfly", s.index))
+        s = min(options, key=lambda s: (cost(kj, s), s.kind != "butterfly", s.index))
         s.load += info[kj][s.kind]
         s.used += 1
         sram_left[s.index] -= info[kj]["need"][s.kind]
@@ -386,7 +400,9 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         needs.append(need)
         cycles.append(info[kj][s.kind])
         # alone on its tile in the plan: claim more than half of it, so no other pipeline stage joins it
-        claims.append(max(need, min(sram_left[s.index] + need, s.tile.sram_bytes // 2 + 1)) if s.used == 1 else need)
+        # (a chain of one kernel has no neighbour to be stacked with)
+        alone = s.used == 1 and len(kernels) > 1
+        claims.append(max(need, min(sram_left[s.index] + need, s.tile.sram_bytes // 2 + 1)) if alone else need)
     return Plan(parts, groups, kinds, where, claims, needs, cycles, tokens, math.ceil(predicted),
                 "dram" if dram_cycles >= pipe else "compute")
 
@@ -535,17 +551,25 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
     ops = [o for o in fn.body.block.ops if isinstance(o, (sp.ButterflyMatmulOp, sp.FourierOp))]
     if not ops:
         return []
+    # the reservation counted each of these ops as one compute kernel: they are planned here instead
+    reserved = dict(reserved, compute=max(0, reserved.get("compute", 0) - len(ops)))
     slots = free_slots(arch, reserved, used_sram, members)
     if not slots:
         raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
+    # every kernel stays configured for the whole run: each chain gets a share of the free contexts
+    # by its MACs (at least one kernel), and plans on what the chains before it left
+    total = sum(_macs(op) for op in ops)
+    contexts = sum(s.contexts for s in slots)
     lines = []
     for i, op in enumerate(ops):
         name = f"bfly{i}"
         b = _Builder(op)
         plans: list[str] = []
+        axes = 1 if isinstance(op, sp.ButterflyMatmulOp) else len(set(int(a) for a in op.axes.get_values()))
+        cap = max(1, int(contexts * _macs(op) / max(total, 1)) // axes)
 
         def build(ch: Chain) -> SSAValue:
-            ch.plan = plan_chain(ch, arch, slots)
+            ch.plan = plan_chain(ch, arch, slots, max_kernels=cap)
             _commit(ch.plan, slots)
             plans.append(f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {ch.plan.text()}")
             return build_chain(b, ch, ch.plan)
@@ -557,9 +581,18 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
         op.result.replace_all_uses_with(out)
         Rewriter.erase_op(op)
         lines += plans
-        if not slots:
-            slots = free_slots(arch, reserved, used_sram, members)  # later ops share tiles with earlier ones
     return lines
+
+
+def _macs(op: Operation) -> int:
+    """Multiply-adds of a butterfly matmul or a Fourier op once expanded (the planner's shares)."""
+    shp = sp.shape_of(op.results[0])
+    total = int(np.prod(shp, dtype=np.int64))
+    if isinstance(op, sp.ButterflyMatmulOp):
+        return total * sum(st.width for st in op.stages())
+    r = len(shp)
+    axes = {int(a) % r for a in op.axes.get_values()}
+    return sum(2 * total * sum(st.width for st in bf.fft_stages(shp[a])[0]) for a in axes)
 
 
 def expand_plain(fn) -> None:

@@ -47,6 +47,10 @@ from attnc.passes.fuse_attention import (
     scaled_scores,
 )
 from attnc.schedule import SFU_OPS, kernel_cost, nbytes
+
+#: markers the butterfly pipeline planner leaves on stage ops (attnc.passes.butterfly_pipeline)
+ROWS = "dataflow.rows"
+TILE_KIND = "dataflow.tile_kind"
 #: constants up to this size are cloned into the kernels that use them (configuration data)
 SMALL_CONSTANT_BYTES = 1024
 DATA_OPS = (
@@ -227,6 +231,9 @@ class _Partitioner:
         for op in body_ops:  # the staging markers have served the costing
             for key in (STAGE, "dataflow.key_block"):
                 op.attributes.pop(key, None)
+            if isinstance(op, sp.ButterflyStageOp):
+                for key in (ROWS, TILE_KIND, RESERVE):
+                    op.attributes.pop(key, None)
         return df.KernelOp(name, inputs, types, block, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
                            tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs,
                            tokens=[tokens] * len(types), group=group or None)  # fmt: skip
@@ -295,6 +302,7 @@ class LowerToDataflowPass(ModulePass):
             expand_attention(a, f"attn{i}", per_kernel)
         _Partitioner(fn, arch).run()
         stream_fused_inputs(fn)
+        stream_butterfly_chains(fn)
 
 
 #: per input of a fused kernel, how many times it is streamed in (K and V once per pass)
@@ -367,3 +375,95 @@ def heads_per_kernel(fn: func.FuncOp, attention: list[sp.AttentionOp], arch) -> 
     sfu_free = max(1, sum(t.contexts for t in arch.tiles_of("sfu")) - sfu_other)
     compute_free = max(2, sum(t.contexts for t in arch.tiles_of("compute")) - compute_other)
     return max(1, math.ceil(units / sfu_free), math.ceil(2 * units / compute_free))
+
+
+# ---------------------------------------------------------------------------
+# butterfly stage pipelines stream row blocks
+
+
+def _stage_rows(k: df.KernelOp) -> int | None:
+    """The rows a stage kernel walks (its first stage's input rows), or None for other kernels."""
+    for op in k.body.block.ops:
+        if isinstance(op, sp.ButterflyStageOp):
+            return int(np.prod(sp.shape_of(op.input)[:-1], dtype=np.int64))
+    return None
+
+
+#: ops that work row by row (a consumer of a row-streamed value may start on its first row blocks)
+_ROW_OPS = (sp.ButterflyStageOp, sp.MatmulOp, *sp.UNARY_OPS, *sp.BINARY_OPS)
+
+
+def _row_aligned(v: SSAValue, rows: int) -> bool:
+    """Whether every use of ``v`` reads it row block by row block: through data movement that keeps
+    each of its ``rows`` rows' elements together (reshapes; slices, concats, gathers, pads and
+    transposes behind a prefix of untouched dims holding a multiple of ``rows``) into row-wise ops
+    (as their data operand, not a stage's weight) or out of the kernel."""
+    shp = sp.shape_of(v)
+
+    def behind(axes: list[int]) -> bool:
+        lo = min(axes, default=len(shp))
+        prefix = int(np.prod(shp[:lo], dtype=np.int64))
+        return rows > 0 and prefix % rows == 0
+
+    for use in v.uses:
+        op = use.operation
+        if isinstance(op, df.YieldOp):
+            continue
+        if isinstance(op, sp.ReshapeOp):
+            ok = True
+        elif isinstance(op, sp.SliceOp):
+            st, en = list(op.starts.get_values()), list(op.ends.get_values())
+            ok = behind([d for d in range(len(shp)) if (st[d], en[d]) != (0, shp[d])])
+        elif isinstance(op, sp.ConcatOp):
+            ok = behind([op.axis.value.data % len(shp)])
+        elif isinstance(op, sp.GatherOp):
+            ok = use.index == 0 and behind([op.axis.value.data % len(shp)])
+        elif isinstance(op, sp.PadOp):
+            pads = list(op.pads.get_values())
+            ok = behind([d for d in range(len(shp)) if pads[d] or pads[d + len(shp)]])
+        elif isinstance(op, sp.TransposeOp):
+            perm = list(op.permutation.get_values())
+            ok = behind([d for d in range(len(shp)) if perm[d] != d])
+        elif isinstance(op, _ROW_OPS):
+            # a stage's or a matmul's data operand (not its weight), either side of an elementwise op
+            ok = use.index == 0 or not isinstance(op, (sp.ButterflyStageOp, sp.MatmulOp))
+            if ok:
+                continue  # the op's own loops take the rows; its result is the kernel's business
+        else:
+            ok = False
+        if not ok or not (op.results and _row_aligned(op.results[0], rows)):
+            return False
+    return True
+
+
+def stream_butterfly_chains(fn: func.FuncOp) -> None:
+    """Stage kernels stream their row blocks to consumers that read them row by row (the next
+    stages, a bias add, a store), and the DMA loads that feed only stage kernels that way stream
+    one token per burst; everything else keeps one token."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers: dict[SSAValue, list[tuple[df.KernelOp, int]]] = {}
+    for k in kernels:
+        for i, v in enumerate(k.inputs):
+            consumers.setdefault(v, []).append((k, i))
+    rows_of = {k: _stage_rows(k) for k in kernels}
+    for k in kernels:
+        rows = rows_of[k]
+        if rows is None:
+            continue
+        tokens = dict(k.loop_schedule()).get("rows", 1)
+        if tokens <= 1:
+            continue
+        out = list(k.tokens.get_values())
+        for j, r in enumerate(k.outputs):
+            users = consumers.get(r, [])
+            if users and all(u.kind.data != "attention" and _row_aligned(u.body.block.args[i], rows) for u, i in users):
+                out[j] = tokens
+        k.tokens = df._i64s(out)
+    for k in kernels:
+        if k.kind.data != "dma_load" or not k.outputs or any(
+            isinstance(o, sp.ConstantOp) for o in k.body.block.ops
+        ):
+            continue
+        users = consumers.get(k.outputs[0], [])
+        if users and all(rows_of.get(u) and _row_aligned(u.body.block.args[i], rows_of[u]) for u, i in users):
+            k.tokens = df._i64s([dict(k.loop_schedule()).get("burst", 1)])

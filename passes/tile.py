@@ -35,7 +35,8 @@ from attnc.dialects import sparse as sp
 from attnc.encodings import np_dtype
 from attnc.errors import AttncError
 from attnc.ir import main_func
-from attnc.passes.fuse_attention import FUSION_ATTR, MODES, Schedule, expand, split
+from attnc.passes.butterfly_pipeline import expand as expand_butterflies
+from attnc.passes.fuse_attention import FUSION_ATTR, MODES, TAG, Schedule, expand, split
 from attnc.schedule import SFU_OPS, fused_attention_buffer, fused_attention_work
 
 #: the schedule chosen for an attention, and the search's figures, kept on @main for reports
@@ -329,6 +330,9 @@ class TilePass(ModulePass):
             reserve = budget if members and members * budget <= room else 0
             expand(a, replace(p.schedule, reserve=reserve), f"attn{i}")
             used_sram += members * max(p.schedule.buffer, reserve)
+        # butterfly matmuls and Fourier mixing: stage pipelines on the tiles the attentions leave
+        members = sum(1 for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is not None)
+        reports += expand_butterflies(fn, arch, _reserved(fn), used_sram, members)
         reports += split_gemms(fn, arch, self.gemm_parts, used_sram)
         if reports:
             fn.attributes[REPORT_ATTR] = StringAttr("\n".join(reports))
@@ -342,11 +346,18 @@ def _reserved(fn) -> dict[str, int]:
     from attnc.schedule import nbytes
 
     out = {"compute": 0, "sfu": 0, "dma": len(fn.body.block.args) + len(fn.function_type.outputs.data)}
+    stage_tags: set[str] = set()
     for o in fn.body.block.ops:
         if isinstance(o, sp.ConstantOp):
             out["dma"] += nbytes(o.result.type) > SMALL_CONSTANT_BYTES
         elif isinstance(o, sp.AttentionOp) or not o.results or _is_data(o):
             continue
+        elif isinstance(o, sp.ButterflyStageOp) and TAG in o.attributes:
+            # a planned stage kernel (several stage ops share one) sits on the tile the planner chose
+            tag = o.attributes[TAG].data
+            if tag not in stage_tags and o.attributes.get("dataflow.tile_kind", StringAttr("compute")).data == "compute":
+                out["compute"] += 1
+            stage_tags.add(tag)
         else:
             out["sfu" if isinstance(o, SFU_OPS) else "compute"] += 1
     return out

@@ -46,12 +46,18 @@ def _i64s(values) -> DenseArrayBase:
 
 def consumed_bytes(arg: SSAValue) -> int:
     """Bytes a kernel body reads of an input: a slice through data-movement ops reads
-    only the slice, anything else the whole value."""
+    only the slice (slices that one concat joins, all of them), anything else the whole value."""
     full = nbytes(arg.type)
     best = 0
+    pieces = 0  # slices put side by side by a concat (a butterfly part assembling its columns) add up
     for use in arg.uses:
         op = use.operation
         if isinstance(op, sp.SliceOp):
+            uses = list(op.result.uses)
+            if len(uses) == 1 and isinstance(uses[0].operation, sp.ConcatOp):
+                pieces += nbytes(op.result.type)
+                best = max(best, pieces)
+                continue
             best = max(best, nbytes(op.result.type))
         elif isinstance(op, (sp.ReshapeOp, sp.TransposeOp)):
             best = max(best, consumed_bytes(op.results[0]))

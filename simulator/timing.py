@@ -137,6 +137,11 @@ def kernel_work(cfg: KernelConfig, tile) -> Work:
             w.fused_lane_ops += a.lane_ops
             w.fused_cycles += a.cycles
             continue
+        if ins.opcode == "butterfly_stage":
+            macs, cycles = butterfly_stage_work(ins, ops, out, rows, cols)
+            w.macs += macs
+            w.mac_cycles += cycles
+            continue
         if ins.opcode in MAC_OPS:
             macs, cycles, lane = _mac_work(ins, ops, out, rows, cols)
             w.macs += macs
@@ -146,6 +151,18 @@ def kernel_work(cfg: KernelConfig, tile) -> Work:
         biggest = max([out_elems] + [_prod(s) for s in ops if s is not None])
         w.lane_ops += PASSES.get(ins.opcode, 1) * biggest
     return w
+
+
+def butterfly_stage_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tuple[int, int]:
+    """(MACs, MAC-array cycles) of a ``butterfly_stage``: the last axis (n) seen as [g, radix, stride,
+    block], each of the g·stride (group, stride) slices is a GEMM [R, width] x [width, width] over the R
+    rows (width = radix·block): R·n·width MACs, n/width · ⌈R/rows⌉ · ⌈width/cols⌉ · width cycles."""
+    x = ops[0] if ops and ops[0] is not None else out
+    n = max(x[-1], 0) if x else 0
+    r_rows = _prod(x[:-1]) if x else 0
+    width = max(_param_int(ins, "radix", 1), 1) * max(_param_int(ins, "block", 1), 1)
+    slices = n // width
+    return r_rows * n * width, slices * -(-r_rows // rows) * -(-width // cols) * width
 
 
 def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tuple[int, int, int]:

@@ -1,0 +1,132 @@
+"""Butterfly pipelines end to end: sparse IR with butterfly matmuls and Fourier mixing, compiled by the
+back end (tile, lower-to-dataflow, place-route) for ``tiny`` and ``edge``, emitted, and run by the
+functional simulator (the same numbers as the reference interpreter) and the timing model (the stage
+kernels stream, sit on butterfly and compute tiles, and neighbouring stages sit close)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attnc.arch import load_arch
+from attnc.backend.bitstream import decode, encode
+from attnc.backend.emit import emit_bitstream
+from attnc.cli import backend_passes
+from attnc.dialects import sparse as sp
+from attnc.errors import AttncError
+from attnc.interpreter import interpret
+from attnc.pipeline import run_pipeline
+from attnc.simulator.functional import run as simulate_values
+from attnc.simulator.timing import simulate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "passes"))
+from test_butterfly_pipeline import build_module, butterfly, const, inputs  # noqa: E402
+
+
+def compile_bits(module, arch: str):
+    """The bitstream of ``module`` for ``arch``: the heuristic placer first, CP-SAT if it cannot map."""
+    for heuristic in (True, False):
+        placed = module.clone()
+        try:
+            run_pipeline(placed, backend_passes(arch, time_limit=20.0, seed=0, heuristic_only=heuristic))
+            break
+        except AttncError:
+            if not heuristic:
+                raise
+    return decode(encode(emit_bitstream(placed, load_arch(arch), {})))
+
+
+def linear_add(shape, kind="block", factors=3, block=2, perm="none"):
+    """x -> butterfly matmul -> + bias -> relu -> butterfly matmul."""
+
+    def body(a, add):
+        n = shape[-1]
+        y = butterfly(add, a[0], kind, factors, block, perm, seed=1)
+        y = add(sp.AddOp(y, const(add, np.linspace(-1, 1, n))))
+        y = add(sp.ReluOp(y))
+        return [butterfly(add, y, kind, factors, block, perm, seed=2)]
+
+    return build_module([shape], body)
+
+
+def fourier_ffn(shape, block=2):
+    """x -> Fourier mixing over (seq, hidden) -> + x -> FFN of butterflies: two of hidden width side by
+    side (concat, up), relu, and back as the sum of two (down)."""
+
+    def body(a, add):
+        x = a[0]
+        n = shape[-1]
+        h = add(sp.AddOp(add(sp.FourierOp(x, [-2, -1])), x))
+        up = [butterfly(add, h, "block", 2, block, seed=3 + i) for i in range(2)]
+        u = add(sp.ReluOp(add(sp.ConcatOp(up, len(shape) - 1))))
+        halves = [add(sp.SliceOp(u, [0] * (len(shape) - 1) + [i * n], list(shape[:-1]) + [(i + 1) * n],
+                                 [1] * len(shape))) for i in range(2)]  # fmt: skip
+        down = [butterfly(add, hv, "block", 2, block, seed=5 + i) for i, hv in enumerate(halves)]
+        return [add(sp.AddOp(down[0], down[1]))]
+
+    return build_module([shape], body)
+
+
+MODULES = {
+    "linear_block": lambda: linear_add((32, 16), "block", 3, 2),
+    "linear_monarch_bitrev": lambda: linear_add((2, 8, 16), "monarch", 2, 4, "bitrev"),
+    "fourier_ffn": lambda: fourier_ffn((1, 16, 8)),
+}
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    cache = {}
+
+    def get(arch, name):
+        if (arch, name) not in cache:
+            m = MODULES[name]()
+            cache[arch, name] = (m, compile_bits(m, arch))
+        return cache[arch, name]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", ["tiny", "edge"])
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_the_simulator_computes_what_the_interpreter_does(compiled, arch, name):
+    module, bits = compiled(arch, name)
+    ins = inputs(module)
+    want = interpret(module, ins)
+    got = simulate_values(bits, ins)
+    for k in want:
+        assert got[k].dtype == np.float32
+        assert np.max(np.abs(got[k] - want[k])) < 1e-5 * max(1.0, float(np.max(np.abs(want[k])))), k
+    stats = simulate(bits)
+    assert stats.cycles > 0 and stats.macs > 0
+
+
+def _stage_contexts(bits):
+    return [(tc, c) for tc in bits.tiles for c in tc.contexts if any(i.opcode == "butterfly_stage" for i in c.body)]
+
+
+@pytest.mark.parametrize("arch", ["tiny", "edge"])
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_stage_kernels_stream_and_sit_together(compiled, arch, name):
+    _, bits = compiled(arch, name)
+    stages = _stage_contexts(bits)
+    assert stages
+    assert {tc.kind for tc, _ in stages} <= {"butterfly", "compute"}
+    # the pipeline streams: stage contexts pass more than one token to the next stage
+    streamed = [p for _, c in stages for p in c.outputs if p.tokens > 1]
+    assert streamed
+    # neighbouring stages (a stage context feeding another) are close on the mesh
+    where = {c.kernel: (tc.x, tc.y) for tc, c in stages}
+    producer = {p.stream: c.kernel for _, c in stages for p in c.outputs}
+    dists = [abs(where[producer[p.stream]][0] - where[c.kernel][0]) + abs(where[producer[p.stream]][1] - where[c.kernel][1])
+             for _, c in stages for p in c.inputs if p.stream in producer]  # fmt: skip
+    if dists:
+        assert sum(dists) / len(dists) <= 2
+
+
+def test_edge_uses_its_butterfly_tiles(compiled):
+    _, bits = compiled("edge", "linear_block")
+    assert "butterfly" in {tc.kind for tc, _ in _stage_contexts(bits)}
