@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 from attnc import butterfly as bf
 from attnc.dialects import sparse as sp
 from attnc.dialects.encoding import ButterflyEncodingAttr
+from attnc.encodings import from_numpy, np_dtype, to_numpy
 from attnc.errors import AttncError
 from attnc.ir import NAME_ATTR, main_func
 
@@ -256,7 +258,9 @@ def _erase_dead(start: list[Operation]) -> set[int]:
     return erased
 
 
-def _fit(w: np.ndarray, structure_of, iters: int) -> tuple[str, list[bf.Fit], Structure, float]:
+def _fit(
+    w: np.ndarray, structure_of: Callable[[int], Structure], iters: int
+) -> tuple[str, list[bf.Fit], Structure, float]:
     """(mode, fits, structure, relative error) of weight ``w``: one square butterfly, or
     pieces to ``concat`` (dout = k·din) or ``sum`` (din = k·dout)."""
     din, dout = w.shape
@@ -278,8 +282,6 @@ def _fit(w: np.ndarray, structure_of, iters: int) -> tuple[str, list[bf.Fit], St
 def _rewrite_linear(lin: Linear, mode: str, fits: list[bf.Fit], st: Structure) -> None:
     op, x = lin.op, lin.op.lhs
     elt = sp.elt_of(op.rhs)
-    from attnc.encodings import from_numpy, np_dtype
-
     dt = np_dtype(elt)
     shape = sp.shape_of(x)
     outs = []
@@ -445,8 +447,6 @@ class ButterflyDecomposePass(ModulePass):
 
 
 def _weight(c: sp.ConstantOp) -> np.ndarray:
-    from attnc.encodings import to_numpy
-
     return to_numpy(c.value).astype(np.float64)
 
 
@@ -516,7 +516,8 @@ def format_report(module: ModuleOp) -> str:
     else:
         lines.append("  no linear layer decomposed")
     for s in rep["skipped"]:
-        lines.append(f"  skipped block {s['block']} {s['role']} {s['name']} {'x'.join(map(str, s['shape']))}: {s['reason']}")
+        shape = "x".join(map(str, s["shape"]))
+        lines.append(f"  skipped block {s['block']} {s['role']} {s['name']} {shape}: {s['reason']}")
     for f in rep["fourier"]:
         lines.append(
             f"  fourier block {f['block']}: {', '.join(f['replaced'])} -> sparse.fourier over (seq, hidden) of "

@@ -107,8 +107,11 @@ def test_a_model_without_attention_puts_every_linear_in_block_0():
     ("encoder", "butterfly-decompose{kind=monarch block=4}", "monarch", 2, 4),
 ])  # fmt: skip
 def test_output_equals_the_dense_model_with_the_projected_weights(example, spec, kind, factors, block):
-    model, inputs = EX.causal_decoder() if example == "causal_decoder" else \
-        EX.bert_layer(16, 64, 4) if example == "bert_layer" else EX.encoder(seq=8, hidden=32, heads=2, ffn=64)  # fmt: skip
+    model, inputs = {
+        "causal_decoder": EX.causal_decoder,
+        "bert_layer": lambda: EX.bert_layer(16, 64, 4),
+        "encoder": lambda: EX.encoder(seq=8, hidden=32, heads=2, ffn=64),
+    }[example]()
     module = raised(model)
     dense_out = interpret(module, inputs)
     run_pipeline(module, spec)
@@ -170,7 +173,8 @@ def test_rectangular_weights_concat_and_sum_pieces_and_keep_the_bias():
     assert len({id(v.owner.input) for v in concat[0].inputs}) == 1  # all four read the same x
     # the bias add now takes the concatenation
     assert any(isinstance(u.operation, sp.AddOp) for u in concat[0].result.uses)
-    slices = [s for s in ops_of(module, sp.SliceOp) if isinstance(next(iter(s.result.uses)).operation, sp.ButterflyMatmulOp)]
+    slices = [s for s in ops_of(module, sp.SliceOp)
+              if isinstance(next(iter(s.result.uses)).operation, sp.ButterflyMatmulOp)]  # fmt: skip
     assert sorted(list(s.starts.get_values())[-1] for s in slices) == [0, 64, 128, 192]
     # qkv and out stay dense
     assert len([m for m in ops_of(module, sp.MatmulOp) if isinstance(m.rhs.owner, sp.ConstantOp)]) == 2
@@ -300,7 +304,8 @@ def test_skipped_shapes_and_sizes_are_reported():
     module = parse_module(text)
     run_pipeline(module, "butterfly-decompose{kind=monarch}")  # 7 is prime: its nearest-sqrt block is 1
     rep = report(module)
-    assert {s["name"]: s["reason"] for s in rep["skipped"]}["block0.ffn.1"] == "a Monarch matrix of size 7 with block 1 is dense"
+    why = {s["name"]: s["reason"] for s in rep["skipped"]}
+    assert why["block0.ffn.1"] == "a Monarch matrix of size 7 with block 1 is dense"
     assert [(r["name"], r["structure"]) for r in rep["layers"]] == [("block0.ffn.2", "monarch F=2 b=4")]
     module = parse_module(text)
     run_pipeline(module, "butterfly-decompose")
@@ -316,7 +321,8 @@ def test_report_table_and_summary():
     assert format_report(module) == "" and decompose_summary(module)["layers"] == 0
     run_pipeline(module, "butterfly-decompose{block=2 factors=3}")
     table = format_report(module)
-    for needle in ("block0.qkv.0", "block0.out.0", "block0.ffn.1", "64x192", "block F=3 b=2 x3 concat", "total: 4 layers"):
+    for needle in ("block0.qkv.0", "block0.out.0", "block0.ffn.1", "64x192", "block F=3 b=2 x3 concat",
+                   "total: 4 layers"):  # fmt: skip
         assert needle in table
     s = decompose_summary(module)
     rows = report(module)["layers"]
@@ -354,3 +360,18 @@ def test_fourier_needs_projections_around_the_attention():
 
 def test_nearest_sqrt_divisor():
     assert [nearest_sqrt_divisor(n) for n in (768, 3072, 64, 12, 7)] == [24, 48, 8, 3, 1]
+
+
+def test_iters_refine_and_factors_cap_at_the_full_butterfly():
+    model, _ = EX.bert_layer(16, 64, 4)
+    errors = {}
+    for spec in ("butterfly-decompose{linears=out}", "butterfly-decompose{linears=out iters=5}"):
+        module = raised(model)
+        run_pipeline(module, spec)
+        (row,) = report(module)["layers"]
+        errors[spec] = (row["error"], row["iterations"])
+    (e0, i0), (e5, i5) = errors.values()
+    assert i0 == 0 and 0 < i5 <= 5 and e5 < e0
+    module = raised(model)
+    run_pipeline(module, "butterfly-decompose{linears=out factors=20}")
+    assert report(module)["layers"][0]["structure"] == "block F=6 b=1"  # 64 = 1 * 2^6
