@@ -47,7 +47,10 @@ becomes (block 1, all 4 factors)
 A Fourier block: the value the block's output projection (plus its bias add) produced
 is replaced by ``sparse.fourier %x {axes = array<i64: -2, -1>}`` where ``%x`` is the
 common input of the block's Q/K/V projections, and the projections and the attention,
-now dead, are erased:
+now dead, are erased. (When an exporter reshapes or transposes the sub-layer around the
+projections, as torch's ``nn.MultiheadAttention`` does to (seq, batch, hidden), the
+farthest-back layout of the input that some reshaped/transposed form of the output
+shares is used.)
 
     %q = sparse.matmul %x, %wq ...   %k = ...   %v = ...
     %o = sparse.attention %q', %k', %v' ...
@@ -171,6 +174,14 @@ def _constant(v: SSAValue) -> bool:
     return isinstance(v.owner, sp.ConstantOp)
 
 
+def _moves(op: Operation, index: int = 0) -> bool:
+    """Whether ``op`` only moves the values of its operand ``index``: reshape, transpose,
+    slice, concat, broadcast, or a gather by constant indices (torch's split of a fused QKV)."""
+    if isinstance(op, sp.GatherOp):
+        return index == 0 and _constant(op.indices)
+    return isinstance(op, MOVES)
+
+
 def _feeds(v: SSAValue, depth: int = DEPTH) -> sp.AttentionOp | None:
     """The attention whose q, k or v ``v`` reaches through data movement and constant bias adds."""
     if depth == 0:
@@ -180,7 +191,7 @@ def _feeds(v: SSAValue, depth: int = DEPTH) -> sp.AttentionOp | None:
         if isinstance(op, sp.AttentionOp) and use.index < 3:
             return op
         bias = isinstance(op, sp.AddOp) and _constant(op.operands[1 - use.index])
-        if (isinstance(op, MOVES) or bias) and (a := _feeds(op.results[0], depth - 1)) is not None:
+        if (_moves(op, use.index) or bias) and (a := _feeds(op.results[0], depth - 1)) is not None:
             return a
     return None
 
@@ -190,9 +201,9 @@ def _fed_by(v: SSAValue, depth: int = DEPTH) -> sp.AttentionOp | None:
     op = v.owner
     if isinstance(op, sp.AttentionOp):
         return op
-    if depth == 0 or not isinstance(op, MOVES):
+    if depth == 0 or not isinstance(op, Operation) or not _moves(op):
         return None
-    for x in op.operands:
+    for x in op.operands[:1] if isinstance(op, sp.GatherOp) else op.operands:
         if (a := _fed_by(x, depth - 1)) is not None:
             return a
     return None
@@ -313,6 +324,24 @@ def _fourier_macs(shape: tuple[int, ...]) -> int:
     return round(per_row[hidden] + hidden * per_row[seq] / seq)
 
 
+def _layout_chain(v: SSAValue, backward: bool) -> list[SSAValue]:
+    """``v`` and the values it is a reshape/transpose of (``backward``), or that single-use
+    reshapes/transposes make of it (forward)."""
+    chain = [v]
+    while True:
+        if backward:
+            op = v.owner
+            if not isinstance(op, (sp.ReshapeOp, sp.TransposeOp)):
+                return chain
+            v = op.input
+        else:
+            uses = list(v.uses)
+            if len(uses) != 1 or not isinstance(op := uses[0].operation, (sp.ReshapeOp, sp.TransposeOp)):
+                return chain
+            v = op.result
+        chain.append(v)
+
+
 def _replace_by_fourier(i: int, att: sp.AttentionOp, linears: list[Linear]) -> dict[str, Any]:
     qkv = [lin for lin in linears if lin.role == "qkv" and lin.attention is att]
     outs = [lin for lin in linears if lin.role == "out" and lin.attention is att]
@@ -328,11 +357,18 @@ def _replace_by_fourier(i: int, att: sp.AttentionOp, linears: list[Linear]) -> d
     uses = list(target.uses)
     if len(uses) == 1 and isinstance(add := uses[0].operation, sp.AddOp) and _constant(add.operands[1 - uses[0].index]):
         target = add.result  # the bias add belongs to the projection
-    if sp.shape_of(x) != sp.shape_of(target) or len(sp.shape_of(x)) < 2:
+    # an exporter may lay the sub-layer out differently around the projections (torch's MHA works on
+    # (seq, batch, hidden)): match the farthest-back layout of the input with the output's
+    xs = _layout_chain(x, backward=True)
+    ys = _layout_chain(target, backward=False)
+    pair = next(((xc, yc) for xc in reversed(xs) for yc in ys
+                 if sp.shape_of(xc) == sp.shape_of(yc) and len(sp.shape_of(xc)) >= 2), None)  # fmt: skip
+    if pair is None:
         raise _fail(
             f"{where}: the sub-layer input {sp.shape_of(x)} and the projection output {sp.shape_of(target)} "
             "differ (or have rank < 2), so Fourier mixing cannot replace it"
         )
+    x, target = pair
     shape = sp.shape_of(x)
     b, hq, sq, d = sp.shape_of(att.q)
     skv, dv = sp.shape_of(att.v)[2], sp.shape_of(att.v)[3]

@@ -14,7 +14,7 @@ from attnc.dialects import sparse as sp
 from attnc.errors import AttncError
 from attnc.frontend.onnx import import_onnx
 from attnc.interpreter import interpret
-from attnc.ir import main_func, parse_module, print_module
+from attnc.ir import io_names, main_func, parse_module, print_module
 from attnc.passes.butterfly_decompose import (
     REPORT_ATTR,
     ButterflyDecomposePass,
@@ -375,3 +375,54 @@ def test_iters_refine_and_factors_cap_at_the_full_butterfly():
     module = raised(model)
     run_pipeline(module, "butterfly-decompose{linears=out factors=20}")
     assert report(module)["layers"][0]["structure"] == "block F=6 b=1"  # 64 = 1 * 2^6
+
+
+# ---------------------------------------------------------------------------
+# a torch.export model: MultiheadAttention works on (seq, batch, hidden) and splits its fused QKV by gathers
+
+
+@pytest.fixture(scope="module")
+def exported():
+    torch = pytest.importorskip("torch")
+    from attnc.frontend.torch import import_module
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True).eval()
+    x = torch.randn(1, 8, 32)
+    return torch, layer, x, import_module(layer, (x,), dynamo=True)
+
+
+@pytest.fixture
+def torch_layer(exported):
+    import copy
+
+    torch, layer, x, module = exported
+    return torch, copy.deepcopy(layer), x, module.clone()
+
+
+def test_a_torch_encoder_layer_decomposes_like_its_projected_weights(torch_layer):
+    torch, layer, x, module = torch_layer
+    assert roles(module) == [(0, "ffn", (32, 64)), (0, "ffn", (64, 32)), (0, "out", (32, 32)), (0, "qkv", (32, 96))]
+    run_pipeline(module, "butterfly-decompose")
+    (name,) = io_names(main_func(module))[1]
+    got = interpret(module, {io_names(main_func(module))[0][0]: x.numpy()})[name]
+    with torch.no_grad():  # torch keeps W as [out, in]: x @ W.T
+        for p in (layer.self_attn.in_proj_weight, layer.self_attn.out_proj.weight, layer.linear1.weight,
+                  layer.linear2.weight):  # fmt: skip
+            p.copy_(torch.from_numpy(fitted(p.numpy().T.astype(np.float64), "block", 5, 1).T.astype(np.float32)))
+        want = layer(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_torch_encoder_layer_becomes_an_fnet_layer(torch_layer):
+    torch, layer, x, module = torch_layer
+    run_pipeline(module, "butterfly-decompose{fourier=0 layers=none}")
+    assert not ops_of(module, sp.AttentionOp)
+    (f,) = ops_of(module, sp.FourierOp)
+    assert sp.shape_of(f.input) == (1, 8, 32)  # (batch, seq, hidden), not MHA's (seq, batch, hidden)
+    ins, (name,) = io_names(main_func(module))
+    got = interpret(module, {ins[0]: x.numpy()})[name]
+    with torch.no_grad():
+        h = layer.norm1(x + torch.fft.fft2(x).real)
+        want = layer.norm2(h + layer.linear2(torch.relu(layer.linear1(h)))).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
