@@ -51,7 +51,7 @@ def fitted(w, kind, factors, block):
         [w[j * n : (j + 1) * n, :] for j in range(din // n)]  # fmt: skip
     dense = []
     for p in pieces:
-        fit = bf.project(p.astype(np.float64), kind, factors, block)
+        fit = bf.project(p.astype(np.float64), kind, factors or bf.levels(n, block), block)
         dense.append(bf.matrix(fit.weights, fit.stages, n))
     return np.concatenate(dense, axis=1 if dout >= din else 0)
 
@@ -86,6 +86,9 @@ def test_roles_of_a_bert_layer_a_fused_qkv_decoder_and_a_two_block_encoder():
     assert roles(raised(EX.causal_decoder()[0])) == [
         (0, "ffn", (64, 256)), (0, "ffn", (256, 64)), (0, "out", (64, 64)), (0, "qkv", (64, 192)),
     ]  # fmt: skip
+    # grouped-query attention: k and v projections are 64 -> 2 kv heads x 8, repeated to the 8 query heads
+    gqa = [(0, "out", (64, 64))] + [(0, "qkv", (64, 16))] * 2 + [(0, "qkv", (64, 64))]
+    assert roles(raised(EX.gqa_block()[0])) == gqa
     enc = raised(EX.encoder(seq=8, hidden=32, heads=2, ffn=64, layers=2)[0])
     per_block = [("ffn", (32, 64)), ("ffn", (64, 32)), ("out", (32, 32))] + [("qkv", (32, 32))] * 3
     assert roles(enc) == [(b, *r) for b in (0, 1) for r in per_block]
@@ -105,12 +108,14 @@ def test_a_model_without_attention_puts_every_linear_in_block_0():
     ("causal_decoder", "butterfly-decompose", "block", 6, 1),
     ("bert_layer", "butterfly-decompose{kind=monarch}", "monarch", 2, 8),
     ("encoder", "butterfly-decompose{kind=monarch block=4}", "monarch", 2, 4),
+    ("gqa_block", "butterfly-decompose", "block", 0, 1),  # 0: full, 6 factors for 64, 4 for the 16-wide k/v
 ])  # fmt: skip
 def test_output_equals_the_dense_model_with_the_projected_weights(example, spec, kind, factors, block):
     model, inputs = {
         "causal_decoder": EX.causal_decoder,
         "bert_layer": lambda: EX.bert_layer(16, 64, 4),
         "encoder": lambda: EX.encoder(seq=8, hidden=32, heads=2, ffn=64),
+        "gqa_block": EX.gqa_block,
     }[example]()
     module = raised(model)
     dense_out = interpret(module, inputs)
@@ -118,7 +123,7 @@ def test_output_equals_the_dense_model_with_the_projected_weights(example, spec,
     assert not [m for m in ops_of(module, sp.MatmulOp) if isinstance(m.rhs.owner, sp.ConstantOp)]
     bms = ops_of(module, sp.ButterflyMatmulOp)
     assert bms and all(m.structure.kind.data == kind and m.structure.block.data == block for m in bms)
-    assert all(m.structure.factors.data == factors for m in bms)
+    assert all(m.structure.factors.data == (factors or bf.levels(sp.shape_of(m.input)[-1], block)) for m in bms)
     # the reference: the same ONNX model, its 2-D weights replaced by W_fit
     names = [i.name for i in model.graph.initializer if len(i.dims) == 2 and i.name.endswith("weight")]
     ref_model = with_weights(model, {n: fitted(w, kind, factors, block) for n, w in weights(model, names).items()})
