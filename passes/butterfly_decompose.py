@@ -8,8 +8,8 @@ Runs on @main's sparse IR after ``raise-attention``: block ``i`` is the ``i``-th
 is a 2-D ``sparse.constant`` weight ``[din, dout]``; its role is
 
 * ``qkv``: its result reaches an attention's q, k or v through data movement (reshape,
-  transpose, slice, concat, broadcast) and constant bias adds: a (fused) Q/K/V projection
-  of that attention's block;
+  transpose, slice, concat, broadcast, gather by constant indices) and constant bias
+  adds: a (fused) Q/K/V projection of that attention's block;
 * ``out``: its lhs comes from an attention's result through data movement;
 * ``ffn``: any other, in the block of the nearest preceding attention (block 0 if none).
 
@@ -64,8 +64,12 @@ becomes
     %y = sparse.add %x, %f ...
 
 The pass records what it did on @main as the JSON string attribute
-``attnc.butterfly_report``; :func:`format_report` renders it as a table and
-:func:`decompose_summary` totals it.
+``attnc.butterfly_report`` (``layers``: one row per decomposed linear with block, role,
+name, shape, structure, error = ||W - W_fit||_F / ||W||_F, dense/butterfly MACs per token
+and parameters; ``skipped`` with the reason; ``fourier``: per block what it replaced and
+the MACs per token before and after); :func:`format_report` renders it as a table and
+:func:`decompose_summary` totals it. Weight names are the constants' ``attnc.name`` when
+the importer keeps one, else positions such as ``block0.ffn.1``.
 """
 
 from __future__ import annotations
