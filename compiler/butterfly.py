@@ -150,6 +150,26 @@ def random_factors(sts: list[Stage], n: int, rng: np.random.Generator) -> list[n
 # projecting a dense matrix onto a structure
 
 
+def _top_svd(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` leading singular triples ``(u, s, vt)`` of every matrix of the stack ``x``
+    (``[..., r, c]``, ``r <= c``), as ``np.linalg.svd`` truncated to ``k`` gives them (up to
+    rounding and the signs of the vectors), 2x faster for the many small, wide blocks of a
+    butterfly projection: ``u`` from the eigenvectors of the ``r x r`` Gram matrix, then
+    ``uᵀx = s·vt``. The Gram matrix resolves ``u_k`` to about ``eps·(s_1/s_k)²``, so where
+    ``s_k < 1e-3·s_1`` (a rank-deficient block, say, whose null rows LAPACK completes)
+    those matrices go through LAPACK's SVD instead, and the result is the same to ~1e-10."""
+    _, vec = np.linalg.eigh(x @ np.swapaxes(x, -1, -2))  # eigenvalues ascending
+    u = vec[..., ::-1][..., :k]
+    proj = np.swapaxes(u, -1, -2) @ x  # s·vt
+    s = np.linalg.norm(proj, axis=-1)
+    weak = ~(s[..., -1] > 1e-3 * s[..., 0])
+    vt = proj / np.where(weak[..., None], 1.0, s)[..., None]
+    if weak.any():
+        su, ss, svt = np.linalg.svd(x[weak], full_matrices=False)
+        u[weak], s[weak], vt[weak] = su[..., :k], ss[..., :k], svt[..., :k, :]
+    return u, s, vt
+
+
 def _monarch(a: np.ndarray, b: int) -> list[np.ndarray]:
     """Closed-form Frobenius-nearest Monarch factors of the operator ``a`` (y = a x):
     ``a[l·b + j, k·b + i] = w2[0, j, l, k] · w1[k, 0, j, i]``, so each ``(j, k)`` slice over
@@ -180,7 +200,7 @@ def _block_split(a: np.ndarray, b: int, lv: int) -> list[np.ndarray]:
         half, s = n // 2, n // (2 * b)
         rows = a.reshape(p, 2, s, b, 2, half)  # [p, ρ, S, ε, q, input within the half]
         blk = rows.transpose(0, 2, 4, 1, 3, 5).reshape(p, s, 2, 2 * b, half)  # [p, S, q, (ρ, ε), input]
-        u, sv, vt = np.linalg.svd(blk, full_matrices=False)
+        u, sv, vt = _top_svd(blk, b)
         cols = u[..., :b] * sv[..., None, :b]  # [p, S, q, 2b, b]: the top factor's columns of half q
         tops.append(cols.transpose(0, 1, 3, 2, 4).reshape(p, s, 2 * b, 2 * b))
         a = vt[..., :b, :].transpose(0, 2, 1, 3, 4).reshape(2 * p, half, half)  # [p, q, (S, ε), input]

@@ -160,3 +160,32 @@ def test_fourier_is_the_real_part_of_fft2_and_the_stages_compute_it():
         freq[..., order] = y
         z = np.moveaxis(freq, -1, axis)
     np.testing.assert_allclose(z.real, got, rtol=1e-5, atol=1e-4)
+
+
+def test_top_svd_is_lapacks_truncated_svd():
+    rng = np.random.default_rng(4)
+    wide = rng.standard_normal((5, 3, 6, 40))
+    low = rng.standard_normal((4, 6, 2)) @ rng.standard_normal((4, 2, 40))  # rank 2 < k = 3
+    zero = np.zeros((2, 6, 40))
+    for x in (wide, low, zero):
+        u, s, vt = bf._top_svd(x, 3)
+        ru, rs, rvt = np.linalg.svd(x, full_matrices=False)
+        ru, rs, rvt = ru[..., :3], rs[..., :3], rvt[..., :3, :]
+        np.testing.assert_allclose(s, rs, rtol=1e-10, atol=1e-12)
+        # vectors agree up to the sign of each pair
+        sign = np.sign(np.sum(u * ru, axis=-2))[..., None, :]
+        np.testing.assert_allclose(u * sign, ru, atol=1e-9)
+        np.testing.assert_allclose(vt * np.swapaxes(sign, -1, -2), rvt, atol=1e-9)
+    # blocks the Gram matrix cannot resolve are LAPACK's own
+    u, s, vt = bf._top_svd(low, 3)
+    ru, rs, rvt = np.linalg.svd(low, full_matrices=False)
+    np.testing.assert_array_equal(vt, rvt[..., :3, :])
+
+
+def test_a_rank_deficient_matrix_projects_finitely():
+    w = np.random.default_rng(8).standard_normal((96, 3)) @ np.random.default_rng(9).standard_normal((3, 96))
+    for factors in (1, 2, 4, 5):
+        fit = bf.project(w, "block", factors, 3)
+        assert np.isfinite(fit.error) and fit.error < 1
+    z = np.zeros((48, 48))
+    assert bf.project(z, "block", 4, 3).error == 0.0
