@@ -99,6 +99,61 @@ def check_pipeline(spec: str, print_after: Sequence[str] = ()) -> list[Any]:
     return passes
 
 
+#: the keys of ``--butterfly`` (butterfly-decompose's options)
+BUTTERFLY_KEYS = ("layers", "linears", "fourier", "kind", "block", "factors", "iters")
+
+
+def butterfly_pass_spec(spec: str) -> str:
+    """``--butterfly layers=0,1,linears=ffn,block=3`` as a butterfly-decompose pass spec: comma-separated
+    ``key=value`` pairs, where an item without ``=`` continues the previous key's list."""
+    values: dict[str, list[str]] = {}
+    key = None
+    for item in (i.strip() for i in spec.split(",")):
+        if not item:
+            continue
+        if "=" in item:
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in BUTTERFLY_KEYS:
+                raise AttncError(f"--butterfly: unknown key '{key}' (expected {', '.join(BUTTERFLY_KEYS)})")
+            if key in values:
+                raise AttncError(f"--butterfly: '{key}' is given twice")
+            values[key] = [value.strip()]
+        elif key is None:
+            raise AttncError(f"--butterfly: '{item}' is not key=value (keys: {', '.join(BUTTERFLY_KEYS)})")
+        else:
+            values[key].append(item)
+    opts = []
+    for k, vs in values.items():
+        if k in ("block", "factors", "iters"):
+            if len(vs) != 1 or not vs[0].lstrip("-").isdigit():
+                raise AttncError(f"--butterfly: {k} must be an integer, got '{','.join(vs)}'")
+            opts.append(f"{k}={vs[0]}")
+        else:
+            opts.append(f'{k}="{",".join(vs)}"')
+    return "butterfly-decompose" + ("{" + " ".join(opts) + "}" if opts else "")
+
+
+def with_butterfly(passes: list[Any], spec: str | None) -> list[Any]:
+    """The pipeline with ``--butterfly``'s pass before fuse-attention (or at its end)."""
+    if spec is None:
+        return passes
+    if any(p.name == "butterfly-decompose" for p in passes):
+        raise AttncError("--butterfly: the pipeline (-p) already has butterfly-decompose")
+    (bfly,) = check_pipeline(butterfly_pass_spec(spec))
+    at = next((i for i, p in enumerate(passes) if p.name in ("fuse-attention", "tile", "lower-to-dataflow")), len(passes))
+    return passes[:at] + [bfly] + passes[at:]
+
+
+_butterfly_option = click.option(
+    "--butterfly",
+    "butterfly",
+    metavar="SPEC",
+    help="Make linear layers butterflies and attention blocks Fourier mixing (butterfly-decompose, before "
+    "fuse-attention), e.g. layers=0,1,linears=qkv,out,ffn,fourier=2,block=3. Keys: " + ", ".join(BUTTERFLY_KEYS) + ".",
+)
+
+
 # ---------------------------------------------------------------------------
 # loading models, writing files
 
@@ -330,6 +385,7 @@ _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=
 @click.option("--time-limit", default=10.0, show_default=True, type=float, help="Seconds for CP-SAT placement and routing.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Solver seed (results are reproducible for a seed).")
 @click.option("--heuristic-only", is_flag=True, help="Place and route with the greedy heuristic alone, no CP-SAT.")
+@_butterfly_option
 @_dump_option
 @_print_after_option
 @click.option(
@@ -347,6 +403,7 @@ def compile_command(
     time_limit: float,
     seed: int,
     heuristic_only: bool,
+    butterfly: str | None,
     dump_dir: str | None,
     print_after: tuple[str, ...],
     report: bool,
@@ -366,7 +423,7 @@ def compile_command(
         raise AttncError(f"-o/--output '{output}': name a bitstream (*.bit) or textual IR (*.mlir)")
     if time_limit <= 0:
         raise AttncError(f"--time-limit {time_limit}: must be positive")
-    passes = check_pipeline(pipeline, ())
+    passes = with_butterfly(check_pipeline(pipeline, ()), butterfly)
     bitstream = suffix == ".bit"
     if bitstream:
         passes += backend_passes(arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only)
@@ -385,7 +442,7 @@ def compile_command(
 
     def progress(i: int, n: int, name: str) -> None:
         if name in ("tile", "lower-to-dataflow") and not frontend_ops:
-            frontend_ops.append(format_ops(module))
+            frontend_ops.append(format_ops(module) + format_butterfly(module))
         if base_progress is not None:
             base_progress(i, n, name)
 
@@ -401,6 +458,7 @@ def compile_command(
         dumped = f"; IR after each pass in {dump_dir}" if dump_dir else ""
         click.echo(f"attnc: wrote {output} ({n_attn} sparse.attention){dumped}", err=True)
         if report:
+            click.echo(format_butterfly(module), nl=False)
             click.echo(format_report(module, records, import_seconds), nl=False)
         return
     from attnc.backend.bitstream import encode
@@ -435,6 +493,15 @@ def compile_command(
         click.echo(format_cost(estimate(module, target)), nl=False)
         click.echo(format_times(records, import_seconds), nl=False)
         click.echo(f"picture: {picture}")
+
+
+def format_butterfly(module: ModuleOp) -> str:
+    """butterfly-decompose's per-layer report, if it ran."""
+    from attnc.passes.butterfly_decompose import REPORT_ATTR, format_report as format_decomposition
+
+    if REPORT_ATTR not in module.attributes:
+        return ""
+    return format_decomposition(module)
 
 
 def format_schedule(config: Any) -> str:
@@ -513,8 +580,10 @@ def random_inputs(module: ModuleOp, seed: int) -> dict[str, Any]:
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs used when --inputs is omitted.")
 @_input_shape_option
 @_pipeline_option(DEFAULT_PIPELINE)
+@_butterfly_option
 def interpret(
-    model: str, inputs_path: str | None, output: str, seed: int, input_shapes: tuple[str, ...], pipeline: str
+    model: str, inputs_path: str | None, output: str, seed: int, input_shapes: tuple[str, ...], pipeline: str,
+    butterfly: str | None,
 ) -> None:
     """Run MODEL on the reference interpreter.
 
@@ -523,7 +592,7 @@ def interpret(
     """
     shapes = parse_input_shapes(input_shapes)
     check_model(model, shapes)
-    passes = check_pipeline(pipeline)
+    passes = with_butterfly(check_pipeline(pipeline), butterfly)
     import numpy as np
 
     from attnc.interpreter import interpret as interpret_module
@@ -784,6 +853,12 @@ def simulate_command(
 @click.option("--time-limit", default=10.0, show_default=True, type=float, help="Seconds for CP-SAT placement and routing.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Solver seed and seed of the random inputs.")
 @click.option("--heuristic-only", is_flag=True, help="Place and route with the greedy heuristic alone, no CP-SAT.")
+@_butterfly_option
+@click.option(
+    "--dense-baseline",
+    is_flag=True,
+    help="With --butterfly: also compile and time the dense model, and print the speedup and energy ratio.",
+)
 def run_command(
     model: str,
     arch: str,
@@ -794,6 +869,8 @@ def run_command(
     time_limit: float,
     seed: int,
     heuristic_only: bool,
+    butterfly: str | None,
+    dense_baseline: bool,
 ) -> int:
     """Compile MODEL, simulate the bitstream and compare with the reference.
 
@@ -802,13 +879,18 @@ def run_command(
     reference interpreter on the sparse IR before lowering (and onnxruntime on an
     .onnx model when it is installed), and prints the largest absolute and relative
     error of every output. Exits 1 if the simulator disagrees with the reference.
+    With --butterfly it also prints the butterfly model's output error against the
+    dense model.
     """
     shapes = parse_input_shapes(input_shapes)
     check_model(model, shapes)
     check_arch(arch)
     if time_limit <= 0:
         raise AttncError(f"--time-limit {time_limit}: must be positive")
-    passes = check_pipeline(pipeline)
+    if dense_baseline and butterfly is None:
+        raise AttncError("--dense-baseline compares against --butterfly, which is not given")
+    passes = with_butterfly(check_pipeline(pipeline), butterfly)
+    split = next((i for i, p in enumerate(passes) if p.name == "butterfly-decompose"), None)
     import numpy as np
 
     from attnc.backend.bitstream import decode
@@ -818,7 +900,14 @@ def run_command(
 
     t0 = time.perf_counter()
     module = load_model(model, shapes)
-    _run_pipeline(module, passes, None, ())
+    dense = None
+    if split is not None:  # the dense model is the IR just before butterfly-decompose, run on alone
+        _run_pipeline(module, passes[:split], None, ())
+        dense = module.clone()
+        _run_pipeline(module, passes[split:], None, ())
+        _run_pipeline(dense, passes[split + 1 :], None, ())
+    else:
+        _run_pipeline(module, passes, None, ())
     inputs = model_inputs(module, inputs_path, seed)
     t1 = time.perf_counter()
     reference = interpret_module(module, inputs)  # the sparse IR, before lowering
@@ -848,9 +937,28 @@ def run_command(
             click.echo(f"  {r.name}: max abs {r.max_abs:.3g}, max rel {r.max_rel:.3g} ({'ok' if r.ok else 'differs'})")
     from attnc.simulator import timing
 
+    if dense is not None:
+        click.echo(format_butterfly(module), nl=False)
+        click.echo("butterfly model vs dense model (reference interpreter):")
+        dense_out = interpret_module(dense, inputs)
+        for name, y in reference.items():
+            d = np.asarray(dense_out[name], dtype=np.float64)
+            diff = np.asarray(y, dtype=np.float64) - d
+            rel = float(np.linalg.norm(diff) / (np.linalg.norm(d) or 1.0))
+            click.echo(f"  {name}: relative error {rel:.3g} (||y - y_dense|| / ||y_dense||), max abs {np.max(np.abs(diff)):.3g}")
     click.echo("timing model:")
     stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=True)
     click.echo("".join(f"  {line}\n" for line in stats.summary().splitlines()), nl=False)
+    if dense is not None and dense_baseline:
+        dense_bs = decode(compile_to_bitstream(dense, arch, time_limit=time_limit, seed=seed,
+                                               heuristic_only=heuristic_only), source="<dense bitstream>")  # fmt: skip
+        base = timing.simulate(dense_bs, progress=_sim_progress("timing events (dense)"))
+        e_b, e_d = sum(stats.energy_pj().values()), sum(base.energy_pj().values())
+        click.echo(
+            f"dense model: {base.cycles} cycles, {e_d / 1e6:.4g} uJ, {base.macs} MACs; butterfly: "
+            f"{base.cycles / max(stats.cycles, 1):.2f}x faster, {e_d / max(e_b, 1e-12):.2f}x less energy, "
+            f"{base.macs / max(stats.macs, 1):.2f}x fewer MACs"
+        )
     if not ok:
         click.echo("attnc: the simulator disagrees with the reference interpreter beyond tolerance", err=True)
         return 1
