@@ -518,6 +518,8 @@ def _link_forwards(nodes: list[_Node]) -> None:
 
 
 def _is_weight_body(body: Sequence[Operation], has_inputs: bool) -> bool:
+    """A constant loaded by DMA: needed whole before its consumer's first step (unless a ("repeat", P)
+    loop re-reads it: then each of its P copies is needed by its share of the steps)."""
     return not has_inputs and any(op.name == "sparse.constant" for op in body)
 
 
@@ -606,7 +608,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
             idx = len(nodes)
             outs = [int(s) for s in ctx.outputs.get_values()]
             node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), _tokens_attr(ctx, "tokens", len(outs)))
-            node.is_weight_load = _is_weight_body(body, bool(in_types))
+            node.is_weight_load = _is_weight_body(body, bool(in_types)) and _repeat(loops) == 1
             node.position, node.contexts = position, len(contexts)
             node.room = sum(int(x) for x in ctx.buffer_sizes.get_values())
             node.kid = ctx.kernel.value.data
@@ -676,7 +678,7 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
         node.lead = arch.dram.latency_cycles if kind in DMA_KINDS else kc.fill
         node.kid = idx
         node.room = k.buffer_bytes.value.data
-        node.is_weight_load = _is_weight_body(body, bool(in_types))
+        node.is_weight_load = _is_weight_body(body, bool(in_types)) and _repeat(loops) == 1
         _timing_rules(node, kind, tile_kind, loops, body, block.args, block.last_op.operands)
         nodes.append(node)
         for j, r in enumerate(k.outputs):

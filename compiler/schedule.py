@@ -273,7 +273,12 @@ def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb
     tokens = max(1, min(rows_attr.value.data if rows_attr is not None else 1, rows))
     cycles = stage_kernel_cycles(sts, n, rows, tile, tile_kind)
     macs = sum(rows * n * st.width for st in sts)
-    weights = sum(nbytes(op.weight.type) for op in stages)
+    # weights streamed once per row block (dataflow.weight_passes) are held one (group, stride) slice's
+    # matrix at a time, double-buffered (butterfly_pipeline.kernel_need)
+    if "dataflow.weight_passes" in first.attributes:
+        weights = 2 * max(sp.shape_of(op.weight)[-1] ** 2 for op in stages) * eb
+    else:
+        weights = sum(nbytes(op.weight.type) for op in stages)
     block = max(1, min(-(-rows // tokens), max(tile.mac_rows, 1)))
     buf = weights + 2 * block * n * eb  # two row blocks updated in place (butterfly_pipeline.kernel_need)
     reserve = max((op.attributes["dataflow.reserve"].value.data for op in stages if "dataflow.reserve" in op.attributes),

@@ -59,10 +59,18 @@ from attnc.schedule import stage_kernel_cycles
 #: on a stage op: the row blocks (tokens) its kernel streams, and the tile kind it runs on
 ROWS = "dataflow.rows"
 TILE_KIND = "dataflow.tile_kind"
+#: on a stage op and on its chain's weight constant: the passes that stream the weights from DRAM, one
+#: per row block, when they do not stay on chip (absent: loaded once and kept)
+WEIGHT_PASSES = "dataflow.weight_passes"
+#: weight passes the planner tries when the weights do not stay on chip (one row block each)
+PASSES = (4, 8, 16, 32, 64)
 #: most row blocks a stage kernel streams (the simulator groups steps into at most 64 segments)
 MAX_TOKENS = 64
 #: candidates predicted within this fraction of the fastest count as equally fast (fewer kernels win)
 TIE = 0.03
+#: a stage kernel claims this fraction of its proportional share of the tile's SRAM (the rest is slack
+#: for the placer's packing: a tile may then take up to 1/CLAIM of the slowest tile's planned cycles)
+CLAIM = 0.85
 
 
 # ---------------------------------------------------------------------------
@@ -242,6 +250,7 @@ class Plan:
     needs: list[int]  # per kernel: the SRAM it needs
     cycles: list[int]  # per kernel, on its planned tile kind
     tokens: int
+    passes: int  # 1: weights loaded once and kept; else streamed from DRAM once per row block
     predicted: int
     bound: str
     candidates: int = 0
@@ -249,8 +258,9 @@ class Plan:
     def text(self) -> str:
         per = [len(g) for g in self.groups]
         kinds = {k: self.kinds.count(k) for k in dict.fromkeys(self.kinds)}
+        weights = "weights kept on chip" if self.passes == 1 else f"weights streamed from DRAM {self.passes} times"
         return (f"{len(self.groups)} groups of {per} stages x {self.parts} parts = {len(self.kinds)} kernels ("
-                + ", ".join(f"{n} on {k}" for k, n in kinds.items()) + f"), {self.tokens} row blocks; "
+                + ", ".join(f"{n} on {k}" for k, n in kinds.items()) + f"), {self.tokens} row blocks, {weights}; "
                 f"slowest kernel {max(self.cycles)} cycles, predicted {self.predicted} cycles ({self.bound}-bound)")
 
 
@@ -288,23 +298,45 @@ def _groups(costs: list[int], joinable: list[bool], k: int) -> list[list[int]] |
     return out[::-1]
 
 
-def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile) -> int:
-    """SRAM a stage kernel needs: its weights, and two row blocks of one MAC-array height (one
-    butterfly tile row) that the stages update in place while the next one arrives (a token's rows
-    pass through in blocks of that many). The same rule as ``attnc.schedule``'s stage kernels."""
+def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes: int = 1) -> int:
+    """SRAM a stage kernel needs: its weights (streamed weights: one (group, stride) slice's matrix
+    at a time, double-buffered, as they arrive in the order the kernel uses them), and two row blocks
+    of one MAC-array height (one butterfly tile row) that the stages update in place while the next
+    one arrives (a token's rows pass through in blocks of that many). The same rule as
+    ``attnc.schedule``'s stage kernels."""
     n = len(views[0].cols)
-    weights = sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb
+    if passes == 1:
+        weights = sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb
+    else:
+        weights = 2 * max(v.stage.width**2 for v in views) * eb
     block = max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))
     return weights + 2 * block * n * eb
 
 
 def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_kernels: int = 1 << 30) -> Plan:
     """The fastest feasible grouping of one chain on ``slots`` (see the module docstring)."""
+    best: Plan | None = None
+    count = 0
+    # weights kept on chip, or streamed once per row block (more passes: more DRAM traffic, more overlap);
+    # kept on chip wins ties
+    streamable = _weight_source(ch) is not None  # one constant, which a repeated DMA load can re-read
+    for passes in (1,) + tuple(p for p in PASSES if p <= ch.rows and streamable):
+        cand, c = _search(ch, arch, slots, passes, max_parts, max_kernels)
+        count += c
+        if cand is not None and (best is None or cand.predicted < best.predicted * (1 - TIE)):
+            best = cand
+    if best is None:
+        raise AttncError(f"tile: {ch.name}: no grouping of its {len(ch.stages)} stages fits the free tiles of {arch.name}")
+    best.candidates = count
+    return best
+
+
+def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: int) -> tuple[Plan | None, int]:
     n, rows, eb = ch.n, ch.rows, ch.eb
     compute = [s for s in slots if s.kind == "compute"]
     ref = compute[0].tile if compute else None
-    tokens = _tokens(rows, ref)
-    dram = (2 * rows * n + sum(int(np.prod(st.weight_shape(n))) for st in ch.stages)) * eb
+    tokens = _tokens(rows, ref) if passes == 1 else passes
+    dram = (2 * rows * n + passes * sum(int(np.prod(st.weight_shape(n))) for st in ch.stages)) * eb
     dram_cycles = dram / arch.dram.bytes_per_cycle
     best: Plan | None = None
     count = 0
@@ -332,7 +364,7 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
             if any(not links[g[-1]] for g in groups[:-1]):
                 continue
             count += 1
-            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch)
+            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes)
             if cand is None:
                 continue
             if best is None or cand.predicted < best.predicted * (1 - TIE) or (
@@ -340,13 +372,10 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
             ):
                 best = cand
         parts *= 2
-    if best is None:
-        raise AttncError(f"tile: {ch.name}: no grouping of its {len(ch.stages)} stages fits the free tiles of {arch.name}")
-    best.candidates = count
-    return best
+    return best, count
 
 
-def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cycles, arch) -> Plan | None:
+def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cycles, arch, passes: int = 1) -> Plan | None:
     """Put a candidate's kernels on the slots, longest first, each where it finishes soonest."""
     if not slots:
         return None
@@ -365,18 +394,19 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         nl = len(vs[0].cols)
         info[gi, j] = {kind: stage_kernel_cycles(local, nl, rows, t.tile, kind)
                        for kind, t in {s.kind: s for s in slots}.items()}  # fmt: skip
-        info[gi, j]["need"] = {kind: kernel_need(vs, rows, tokens, eb, t.tile) for kind, t in {s.kind: s for s in slots}.items()}
+        info[gi, j]["need"] = {kind: kernel_need(vs, rows, tokens, eb, t.tile, passes)
+                               for kind, t in {s.kind: s for s in slots}.items()}  # fmt: skip
     order = sorted(kernels, key=lambda kj: -max(v for k, v in info[kj].items() if k != "need"))
     placed: dict[tuple[int, int], Slot] = {}
     link = max(arch.noc.link_bytes_per_cycle, 1)
 
     def cost(kj, s: Slot) -> float:
-        # the tile's load with the kernel, plus what reaching it costs: its row stream's cycles on a
-        # link times the mean hops to the neighbouring stages placed so far (two butterfly tiles on
-        # opposite sides of the mesh are fast but far apart)
+        # the tile's load with the kernel, plus what reaching it costs: a row block's cycles on a link
+        # (what a far placement adds to the pipeline's fill) times the mean hops to the neighbouring
+        # stages placed so far (two butterfly tiles on opposite sides of the mesh are fast but far apart)
         near = [placed[o] for o in placed if abs(o[0] - kj[0]) == 1]
         hops = sum(abs(s.tile.x - o.tile.x) + abs(s.tile.y - o.tile.y) for o in near) / len(near) if near else 0
-        return s.load + info[kj][s.kind] + hops * rows * len(views[0][kj[1]].cols) * eb / link
+        return s.load + info[kj][s.kind] + hops * rows * len(views[0][kj[1]].cols) * eb / link / tokens
 
     for kj in order:
         options = [s for s in slots if s.used < s.contexts and info[kj]["need"][s.kind] <= sram_left[s.index]]
@@ -390,7 +420,9 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
     slowest = max(s.load for s in slots)
     # k groups in a pipeline over T row blocks: (T + k - 1) / T of the slowest tile's time
     pipe = slowest * (tokens + len(groups) - 1) / tokens
-    predicted = max(pipe, dram_cycles) + arch.dram.latency_cycles
+    # DRAM streams the rows in and out while the pipeline runs, but not while its first row block
+    # fills it: the store cannot start before a row block has come through every group
+    predicted = max(pipe, dram_cycles + len(groups) * slowest / tokens) + arch.dram.latency_cycles
     kinds, where, claims, needs, cycles = [], [], [], [], []
     for kj in kernels:
         s = placed[kj]
@@ -399,12 +431,30 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         where.append(s.index)
         needs.append(need)
         cycles.append(info[kj][s.kind])
-        # alone on its tile in the plan: claim more than half of it, so no other pipeline stage joins it
-        # (a chain of one kernel has no neighbour to be stacked with)
-        alone = s.used == 1 and len(kernels) > 1
-        claims.append(max(need, min(sram_left[s.index] + need, s.tile.sram_bytes // 2 + 1)) if alone else need)
-    return Plan(parts, groups, kinds, where, claims, needs, cycles, tokens, math.ceil(predicted),
-                "dram" if dram_cycles >= pipe else "compute")
+        # the placer ranks byte-hops above the makespan and would stack pipeline neighbours on one tile;
+        # a kernel claims the share of its tile's free SRAM that its cycles are of the slowest tile's, so
+        # whatever set of the chain's kernels shares a tile sums to at most that many cycles (a chain of
+        # one kernel has no neighbour to be stacked with)
+        # (on a butterfly tile -- few of them, with tight SRAM that proportional claims would make the
+        # placer's best-fit packing miss -- only a kernel of more than half the slowest tile's cycles
+        # claims more than half of it, so two such never share one)
+        if len(kernels) == 1:
+            share = 0
+        elif s.kind == "compute":
+            share = int(CLAIM * s.sram * info[kj][s.kind] / max(slowest, 1))
+        else:
+            share = s.tile.sram_bytes // 2 + 1 if 2 * info[kj][s.kind] > slowest else 0
+        claims.append(max(need, share))
+    # the plan's own packing must stay feasible: a tile's claims beyond the needs shrink to what it has
+    for slot in {s.index: s for s in placed.values()}.values():
+        mine = [i for i, w in enumerate(where) if w == slot.index]
+        extra = sum(claims[i] - needs[i] for i in mine)
+        room = slot.sram - sum(needs[i] for i in mine)
+        if extra > max(room, 0):
+            for i in mine:
+                claims[i] = needs[i] + max(0, (claims[i] - needs[i]) * max(room, 0) // extra)
+    return Plan(parts, groups, kinds, where, claims, needs, cycles, tokens, passes, math.ceil(predicted),
+                "dram" if dram_cycles + len(groups) * slowest / tokens >= pipe else "compute")
 
 
 def free_slots(arch, reserved: dict[str, int], used_sram: int, members: int) -> list[Slot]:
@@ -484,6 +534,8 @@ def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
                     chunks.append(w.reshape(-1))
                     off += w.size
         blob = _const(b, np.concatenate(chunks).astype(np_dtype(elt)), elt)
+        if plan.passes > 1:
+            blob.owner.attributes[WEIGHT_PASSES] = IntegerAttr(plan.passes, 64)
 
     def weight(i: int, j: int) -> SSAValue:
         v = views[i][j]
@@ -526,6 +578,8 @@ def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
                 op = sp.ButterflyStageOp(v, weight(i, j), st.radix, st.stride, st.block)
                 op.attributes[ROWS] = IntegerAttr(plan.tokens, 64)
                 op.attributes[TILE_KIND] = StringAttr(plan.kinds[kid])
+                if plan.passes > 1:
+                    op.attributes[WEIGHT_PASSES] = IntegerAttr(plan.passes, 64)
                 if plan.claims[kid] > plan.needs[kid]:
                     op.attributes[RESERVE] = IntegerAttr(plan.claims[kid], 64)
                 v = b.add(op, tag, ch.name)
@@ -603,7 +657,7 @@ def expand_plain(fn) -> None:
 
         def build(ch: Chain) -> SSAValue:
             k = len(ch.stages)
-            plan = Plan(1, [[i] for i in range(k)], ["compute"] * k, [0] * k, [0] * k, [0] * k, [0] * k, 1, 0, "")
+            plan = Plan(1, [[i] for i in range(k)], ["compute"] * k, [0] * k, [0] * k, [0] * k, [0] * k, 1, 1, 0, "")
             return build_chain(b, ch, plan)
 
         out = build(matmul_chain(b, op, "bfly")) if isinstance(op, sp.ButterflyMatmulOp) else fourier_steps(b, op, "bfly", build)

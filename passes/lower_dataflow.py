@@ -51,6 +51,7 @@ from attnc.schedule import SFU_OPS, kernel_cost, nbytes
 #: markers the butterfly pipeline planner leaves on stage ops (attnc.passes.butterfly_pipeline)
 ROWS = "dataflow.rows"
 TILE_KIND = "dataflow.tile_kind"
+WEIGHT_PASSES = "dataflow.weight_passes"
 #: constants up to this size are cloned into the kernels that use them (configuration data)
 SMALL_CONSTANT_BYTES = 1024
 DATA_OPS = (
@@ -232,7 +233,7 @@ class _Partitioner:
             for key in (STAGE, "dataflow.key_block"):
                 op.attributes.pop(key, None)
             if isinstance(op, sp.ButterflyStageOp):
-                for key in (ROWS, TILE_KIND, RESERVE):
+                for key in (ROWS, TILE_KIND, RESERVE, WEIGHT_PASSES):
                     op.attributes.pop(key, None)
         return df.KernelOp(name, inputs, types, block, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
                            tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs,
@@ -460,10 +461,29 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
                 out[j] = tokens
         k.tokens = df._i64s(out)
     for k in kernels:
-        if k.kind.data != "dma_load" or not k.outputs or any(
-            isinstance(o, sp.ConstantOp) for o in k.body.block.ops
-        ):
+        if k.kind.data != "dma_load" or not k.outputs:
+            continue
+        const = next((o for o in k.body.block.ops if isinstance(o, sp.ConstantOp)), None)
+        if const is not None:
+            passes = const.attributes.pop(WEIGHT_PASSES, None)
+            if passes is not None and passes.value.data > 1:
+                _repeat_weights(k, passes.value.data, consumers.get(k.outputs[0], []))
             continue
         users = consumers.get(k.outputs[0], [])
         if users and all(rows_of.get(u) and _row_aligned(u.body.block.args[i], rows_of[u]) for u, i in users):
             k.tokens = df._i64s([dict(k.loop_schedule()).get("burst", 1)])
+
+
+def _repeat_weights(k: df.KernelOp, passes: int, users: list[tuple[df.KernelOp, int]]) -> None:
+    """A stage chain's weights that do not stay on chip: the load reads them from DRAM once per row
+    block, and its consumers (each pass needs its copy) read them that many times."""
+    bursts = dict(k.loop_schedule()).get("burst", 1)
+    k.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
+    k.trips = df._i64s([passes, bursts])
+    k.tokens = df._i64s([passes * bursts])
+    k.cycles = IntegerAttr(passes * k.cycles.value.data, 64)
+    for u, i in users:
+        reps = u.attributes.get(INPUT_REPEATS)
+        vals = list(reps.get_values()) if reps is not None else [1] * len(u.inputs)
+        vals[i] = passes
+        u.attributes[INPUT_REPEATS] = df._i64s(vals)

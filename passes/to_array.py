@@ -245,7 +245,19 @@ def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int],
             if isinstance(owner, df.KernelOp):
                 edges.append((stream_of[v], owner, k, consumed_bytes(arg) * int(rep)))
     width = arch.noc.link_bytes_per_cycle
-    rates = [min(float(width), nb / max(src.cycles.value.data, dst.cycles.value.data, 1)) for _, src, dst, nb in edges]
+    # a butterfly stage pipeline moves at its slowest kernel's pace: so do its streams (and its inputs')
+    pace: dict[str, int] = {}
+    for k in kernels:
+        if k.group is not None and any(isinstance(o, sp.ButterflyStageOp) for o in k.body.block.ops):
+            pace[k.group.data] = max(pace.get(k.group.data, 0), k.cycles.value.data)
+
+    def cycles(k: df.KernelOp) -> int:
+        own = k.cycles.value.data
+        if k.group is not None and k.group.data in pace and any(isinstance(o, sp.ButterflyStageOp) for o in k.body.block.ops):
+            return max(own, pace[k.group.data])
+        return own
+
+    rates = [min(float(width), nb / max(cycles(src), cycles(dst), 1)) for _, src, dst, nb in edges]
     # what DMA loads stream out cannot exceed what DRAM delivers: their rates share its bandwidth
     loads = [i for i, (_, src, _, _) in enumerate(edges) if src.kind.data == "dma_load"]
     total = sum(rates[i] for i in loads)

@@ -781,7 +781,9 @@ class _Sim:
         for p in cfg.inputs:
             src = producers.get(p.stream)
             # a weight (a constant loaded by DMA) is needed whole before the first step
-            weight = src is not None and not src.inputs and any(i.opcode == "constant" for i in src.body)
+            # (one re-read by a ("repeat", P) loop comes in P copies, each needed by its share of the steps)
+            weight = (src is not None and not src.inputs and any(i.opcode == "constant" for i in src.body)
+                      and _prod(t for name, t in src.loops if name == "repeat") <= 1)  # fmt: skip
             port = _InPort(p.stream, max(p.tokens, 1), weight)
             if src is None or src is cfg:
                 port.received = port.tokens  # a DRAM-side stream (or one nothing produces) is there from the start

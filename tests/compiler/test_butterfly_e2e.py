@@ -130,3 +130,21 @@ def test_stage_kernels_stream_and_sit_together(compiled, arch, name):
 def test_edge_uses_its_butterfly_tiles(compiled):
     _, bits = compiled("edge", "linear_block")
     assert "butterfly" in {tc.kind for tc, _ in _stage_contexts(bits)}
+
+
+def test_weights_that_do_not_fit_stream_from_dram():
+    """A 768-wide full butterfly in f32 (147 KiB of weights) on edge: its weights are re-read from DRAM
+    once per row block by one repeated load, and the numbers stay the interpreter's."""
+    m = build_module([(512, 768)], lambda a, add: [butterfly(add, a[0], "block", 8, 3)])
+    bits = compile_bits(m, "edge")
+    loads = [c for tc in bits.tiles for c in tc.contexts if c.kind == "dma_load" and dict(c.loops).get("repeat", 1) > 1]
+    assert len(loads) == 1
+    passes = dict(loads[0].loops)["repeat"]
+    stages = _stage_contexts(bits)
+    assert all(dict(c.loops)["rows"] == passes for _, c in stages)
+    ins = inputs(m)
+    want, got = interpret(m, ins)["y0"], simulate_values(bits, ins)["y0"]
+    assert np.max(np.abs(got - want)) < 1e-5 * max(1.0, float(np.max(np.abs(want))))
+    stats = simulate(bits)
+    # x and y once, the weights once per pass
+    assert stats.dram_read_bytes == 512 * 768 * 4 + passes * 8 * 768 * 6 * 4
