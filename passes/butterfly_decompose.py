@@ -438,6 +438,8 @@ class ButterflyDecomposePass(ModulePass):
         if b >= n:
             raise _Skip(f"no block >= {max(self.block, 1)} below {n} leaves a power of two ({n}/block)")
         lv = bf.levels(n, b)
+        if lv == 1:
+            raise _Skip(f"a size-{n} butterfly with block {b} is one factor: the dense matrix")
         return Structure("block", min(self.factors, lv) if self.factors else lv, b)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:

@@ -318,6 +318,10 @@ def test_skipped_shapes_and_sizes_are_reported():
     assert [(r["name"], r["structure"]) for r in rep["layers"]] == [("block0.ffn.2", "block F=4 b=1")]  # 16 = 1 * 2^4
     assert {s["name"] for s in rep["skipped"]} == {"block0.ffn.0", "block0.ffn.1"}
     assert "no block >= 1 below 7" in {s["name"]: s["reason"] for s in rep["skipped"]}["block0.ffn.1"]
+    module = parse_module(text)
+    run_pipeline(module, "butterfly-decompose{block=8}")  # 16 = 8 * 2: one 16x16 factor
+    why = {s["name"]: s["reason"] for s in report(module)["skipped"]}
+    assert why["block0.ffn.2"] == "a size-16 butterfly with block 8 is one factor: the dense matrix"
     assert "skipped block 0 ffn block0.ffn.1 7x7" in format_report(module)
 
 
