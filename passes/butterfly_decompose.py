@@ -507,14 +507,16 @@ def report_of(module: ModuleOp) -> dict[str, Any] | None:
 
 def decompose_summary(module: ModuleOp) -> dict[str, Any]:
     """Totals of the report: over the decomposed linear layers, MACs per token and parameters
-    dense and butterfly and the max/mean relative error; over the Fourier blocks, the MACs per
-    token they replaced and the Fourier mixing's. Zeros when the pass did not run."""
+    dense and butterfly and the max/mean relative error; the MACs per token of the linears it
+    left dense (``skipped_macs``); over the Fourier blocks, the MACs per token they replaced
+    and the Fourier mixing's. Zeros when the pass did not run."""
     rep = report_of(module) or {"layers": [], "skipped": [], "fourier": []}
     rows, four = rep["layers"], rep["fourier"]
     errors = [r["error"] for r in rows]
     return {
         "layers": len(rows),
         "skipped": len(rep["skipped"]),
+        "skipped_macs": sum(int(np.prod(r["shape"])) for r in rep["skipped"]),
         "dense_macs": sum(r["dense_macs"] for r in rows),
         "butterfly_macs": sum(r["butterfly_macs"] for r in rows),
         "dense_params": sum(r["dense_params"] for r in rows),

@@ -317,6 +317,7 @@ def test_skipped_shapes_and_sizes_are_reported():
     rep = report(module)
     assert [(r["name"], r["structure"]) for r in rep["layers"]] == [("block0.ffn.2", "block F=4 b=1")]  # 16 = 1 * 2^4
     assert {s["name"] for s in rep["skipped"]} == {"block0.ffn.0", "block0.ffn.1"}
+    assert decompose_summary(module)["skipped_macs"] == 48 * 80 + 7 * 7
     assert "no block >= 1 below 7" in {s["name"]: s["reason"] for s in rep["skipped"]}["block0.ffn.1"]
     module = parse_module(text)
     run_pipeline(module, "butterfly-decompose{block=8}")  # 16 = 8 * 2: one 16x16 factor
