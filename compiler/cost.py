@@ -10,7 +10,8 @@ Work of one kernel (the rules of docs/simulator.md, read off the kernel's body o
 
 * ``butterfly_stage``: ``rows * n * width`` MACs (``width = radix * block``); on a compute tile the
   ``n / width`` GEMMs ``[rows, width] x [width, width]``: ``n / width * ceil(rows/mac_rows) *
-  ceil(width/mac_cols) * width`` MAC-array cycles.
+  ceil(width/mac_cols) * width`` MAC-array cycles (a ``row_block`` b: ``ceil(rows/b) * ceil(b/mac_rows)``
+  row steps instead of ``ceil(rows/mac_rows)``).
 * ``matmul`` / ``contract``: MACs = result elements x reduction size; on a compute tile
   ``batch * ceil(M/rows) * ceil(N/cols) * K`` MAC-array cycles. An unscheduled ``attention`` is two such
   GEMMs plus 3 lane operations per score. A fused ``attention`` (``fusion`` = flat | online) follows the
@@ -279,8 +280,11 @@ def body_work(ops: Sequence[Operation], tile) -> Work:
             x = shapes[0] if shapes and shapes[0] else out
             width = max(_attr_int(op, "radix", 1), 1) * max(_attr_int(op, "block", 1), 1)
             r = _prod(x[:-1])
+            rb = _attr_int(op, "row_block")  # rows held at a time (below the MAC array's height: part-full)
+            rb = min(rb, r) if rb > 0 else r
+            steps = _cdiv(r, rb) * _cdiv(rb, rows) if rb else 0
             w.macs += r * x[-1] * width
-            w.mac_cycles += x[-1] // width * _cdiv(r, rows) * _cdiv(width, cols) * width
+            w.mac_cycles += x[-1] // width * steps * _cdiv(width, cols) * width
         elif name == "contract":
             eq = op.attributes.get("equation")
             macs, cyc = _contract(eq.data if isinstance(eq, StringAttr) else "", shapes, out, rows, cols)

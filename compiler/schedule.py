@@ -237,11 +237,12 @@ def _stage_cost(op: Operation, arch, eb: int) -> KernelCost:
 # butterfly stage kernels (the rule docs/simulator.md states for a `butterfly_stage` instruction)
 
 
-def stage_kernel_cycles(stages, n: int, rows: int, tile, tile_kind: str) -> int:
+def stage_kernel_cycles(stages, n: int, rows: int, tile, tile_kind: str, row_block: int = 0) -> int:
     """Cycles of a kernel running ``stages`` (``attnc.butterfly.Stage``) one after the other on
     ``rows`` rows of ``n`` columns. On a compute tile each stage is ``n / width`` GEMMs of
     ``[rows, width] x [width, width]`` (``width = radix * block``): ``n / width * ceil(rows /
-    mac_rows) * ceil(width / mac_cols) * width`` cycles, plus one MAC-array fill per kernel; on a
+    mac_rows) * ceil(width / mac_cols) * width`` cycles, plus one MAC-array fill per kernel (with a
+    ``row_block`` R below the MAC array's height: ``ceil(rows / R)`` part-full row steps); on a
     butterfly tile its ``rows * n * width`` MACs run as 2x2 butterflies of 4 MACs, ``vector_lanes``
     a cycle."""
     macs = sum(rows * n * st.width for st in stages)
@@ -250,8 +251,15 @@ def stage_kernel_cycles(stages, n: int, rows: int, tile, tile_kind: str) -> int:
     if tile_kind == "sfu":
         return -(-macs // max(tile.vector_lanes, 1))
     mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
-    cycles = sum(n // st.width * -(-rows // mr) * -(-st.width // mc) * st.width for st in stages)
+    steps = _row_steps(rows, mr, row_block)
+    cycles = sum(n // st.width * steps * -(-st.width // mc) * st.width for st in stages)
     return cycles + (mr + mc if macs else 0)
+
+
+def _row_steps(rows: int, mac_rows: int, row_block: int = 0) -> int:
+    """MAC-array row steps over ``rows`` rows taken ``row_block`` at a time (0: all at once)."""
+    rb = min(row_block, rows) if row_block > 0 else rows
+    return -(-rows // rb) * -(-rb // mac_rows) if rb else 0
 
 
 def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb: int) -> KernelCost:
@@ -271,7 +279,9 @@ def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb
     sts = [Stage(*op.params()) for op in stages]
     rows_attr = first.attributes.get("dataflow.rows")
     tokens = max(1, min(rows_attr.value.data if rows_attr is not None else 1, rows))
-    cycles = stage_kernel_cycles(sts, n, rows, tile, tile_kind)
+    rb_attr = first.attributes.get("row_block")
+    row_block = rb_attr.value.data if rb_attr is not None else 0
+    cycles = stage_kernel_cycles(sts, n, rows, tile, tile_kind, row_block)
     macs = sum(rows * n * st.width for st in sts)
     # weights streamed once per row block (dataflow.weight_passes) are held one (group, stride) slice's
     # matrix at a time, double-buffered (butterfly_pipeline.kernel_need)
@@ -279,7 +289,7 @@ def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb
         weights = 2 * max(sp.shape_of(op.weight)[-1] ** 2 for op in stages) * eb
     else:
         weights = sum(nbytes(op.weight.type) for op in stages)
-    block = max(1, min(-(-rows // tokens), max(tile.mac_rows, 1)))
+    block = row_block or max(1, min(-(-rows // tokens), max(tile.mac_rows, 1)))
     buf = weights + 2 * block * n * eb  # two row blocks updated in place (butterfly_pipeline.kernel_need)
     reserve = max((op.attributes["dataflow.reserve"].value.data for op in stages if "dataflow.reserve" in op.attributes),
                   default=0)  # fmt: skip

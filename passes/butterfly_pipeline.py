@@ -254,6 +254,7 @@ class Plan:
     predicted: int
     bound: str
     candidates: int = 0
+    blocks: list[int] = field(default_factory=list)  # per kernel: rows it computes at a time (0: a MAC height)
 
     def text(self) -> str:
         per = [len(g) for g in self.groups]
@@ -298,7 +299,19 @@ def _groups(costs: list[int], joinable: list[bool], k: int) -> list[list[int]] |
     return out[::-1]
 
 
-def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes: int = 1) -> int:
+def row_blocks(tile, kind: str, rows: int, tokens: int) -> list[int]:
+    """Rows a stage kernel may compute at a time, largest first: a MAC-array height (fewer when SRAM is
+    short: the MAC array then runs part-full) on a compute tile, one row on a butterfly tile."""
+    most = max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))
+    if kind != "compute":
+        return [1]
+    out = [most]
+    while out[-1] > 1:
+        out.append(out[-1] // 2)
+    return out
+
+
+def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes: int = 1, block: int | None = None) -> int:
     """SRAM a stage kernel needs: its weights (streamed weights: one (group, stride) slice's matrix
     at a time, double-buffered, as they arrive in the order the kernel uses them), and two row blocks
     of one MAC-array height (one butterfly tile row) that the stages update in place while the next
@@ -309,11 +322,13 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes
         weights = sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb
     else:
         weights = 2 * max(v.stage.width**2 for v in views) * eb
-    block = max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))
+    if block is None:
+        block = max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))
     return weights + 2 * block * n * eb
 
 
-def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_kernels: int = 1 << 30) -> Plan:
+def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_kernels: int = 1 << 30,
+               share: float = 1.0) -> Plan:
     """The fastest feasible grouping of one chain on ``slots`` (see the module docstring)."""
     best: Plan | None = None
     count = 0
@@ -321,7 +336,7 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
     # kept on chip wins ties
     streamable = _weight_source(ch) is not None  # one constant, which a repeated DMA load can re-read
     for passes in (1,) + tuple(p for p in PASSES if p <= ch.rows and streamable):
-        cand, c = _search(ch, arch, slots, passes, max_parts, max_kernels)
+        cand, c = _search(ch, arch, slots, passes, max_parts, max_kernels, share)
         count += c
         if cand is not None and (best is None or cand.predicted < best.predicted * (1 - TIE)):
             best = cand
@@ -331,7 +346,7 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
     return best
 
 
-def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: int) -> tuple[Plan | None, int]:
+def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: int, share: float) -> tuple[Plan | None, int]:
     n, rows, eb = ch.n, ch.rows, ch.eb
     compute = [s for s in slots if s.kind == "compute"]
     ref = compute[0].tile if compute else None
@@ -364,7 +379,7 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
             if any(not links[g[-1]] for g in groups[:-1]):
                 continue
             count += 1
-            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes)
+            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes, share)
             if cand is None:
                 continue
             if best is None or cand.predicted < best.predicted * (1 - TIE) or (
@@ -375,7 +390,8 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
     return best, count
 
 
-def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cycles, arch, passes: int = 1) -> Plan | None:
+def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cycles, arch, passes: int = 1,
+            frac: float = 1.0) -> Plan | None:
     """Put a candidate's kernels on the slots, longest first, each where it finishes soonest."""
     if not slots:
         return None
@@ -387,16 +403,23 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
     for s in slots:
         s.load, s.used = 0, 0
     sram_left = {s.index: s.sram for s in slots}
-    info = {}
+    kinds_of = {s.kind: s.tile for s in slots}
+    # per kernel and tile kind: (cycles, SRAM need, row block) for each row block it may use, largest first
+    info: dict[tuple[int, int], dict[str, list[tuple[int, int, int]]]] = {}
     for gi, j in kernels:
         vs = [views[i][j] for i in groups[gi]]
         local = [v.stage for v in vs]
         nl = len(vs[0].cols)
-        info[gi, j] = {kind: stage_kernel_cycles(local, nl, rows, t.tile, kind)
-                       for kind, t in {s.kind: s for s in slots}.items()}  # fmt: skip
-        info[gi, j]["need"] = {kind: kernel_need(vs, rows, tokens, eb, t.tile, passes)
-                               for kind, t in {s.kind: s for s in slots}.items()}  # fmt: skip
-    order = sorted(kernels, key=lambda kj: -max(v for k, v in info[kj].items() if k != "need"))
+        info[gi, j] = {}
+        for kind, tile in kinds_of.items():
+            info[gi, j][kind] = [(stage_kernel_cycles(local, nl, rows, tile, kind, rb), kernel_need(vs, rows, tokens, eb, tile, passes, rb), rb)
+                                 for rb in row_blocks(tile, kind, rows, tokens)]  # fmt: skip
+
+    def fit(kj, s: Slot) -> tuple[int, int, int] | None:
+        """The fastest row block of kernel ``kj`` whose buffers fit what is left of ``s``."""
+        return next((o for o in info[kj][s.kind] if o[1] <= sram_left[s.index]), None)
+
+    order = sorted(kernels, key=lambda kj: -max(opts[0][0] for opts in info[kj].values()))
     placed: dict[tuple[int, int], Slot] = {}
     link = max(arch.noc.link_bytes_per_cycle, 1)
 
@@ -406,16 +429,24 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         # stages placed so far (two butterfly tiles on opposite sides of the mesh are fast but far apart)
         near = [placed[o] for o in placed if abs(o[0] - kj[0]) == 1]
         hops = sum(abs(s.tile.x - o.tile.x) + abs(s.tile.y - o.tile.y) for o in near) / len(near) if near else 0
-        return s.load + info[kj][s.kind] + hops * rows * len(views[0][kj[1]].cols) * eb / link / tokens
+        return s.load + chosen[kj, s.index][0] + hops * rows * len(views[0][kj[1]].cols) * eb / link / tokens
 
+    chosen: dict = {}
+    pick: dict[tuple[int, int], tuple[int, int, int]] = {}
     for kj in order:
-        options = [s for s in slots if s.used < s.contexts and info[kj]["need"][s.kind] <= sram_left[s.index]]
+        options = []
+        for s in slots:
+            o = fit(kj, s) if s.used < s.contexts else None
+            if o is not None:
+                chosen[kj, s.index] = o
+                options.append(s)
         if not options:
             return None
         s = min(options, key=lambda s: (cost(kj, s), s.kind != "butterfly", s.index))
-        s.load += info[kj][s.kind]
+        pick[kj] = chosen[kj, s.index]
+        s.load += pick[kj][0]
         s.used += 1
-        sram_left[s.index] -= info[kj]["need"][s.kind]
+        sram_left[s.index] -= pick[kj][1]
         placed[kj] = s
     slowest = max(s.load for s in slots)
     # k groups in a pipeline over T row blocks: (T + k - 1) / T of the slowest tile's time
@@ -423,14 +454,15 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
     # DRAM streams the rows in and out while the pipeline runs, but not while its first row block
     # fills it: the store cannot start before a row block has come through every group
     predicted = max(pipe, dram_cycles + len(groups) * slowest / tokens) + arch.dram.latency_cycles
-    kinds, where, claims, needs, cycles = [], [], [], [], []
+    kinds, where, claims, needs, cycles, blocks = [], [], [], [], [], []
     for kj in kernels:
         s = placed[kj]
-        need = info[kj]["need"][s.kind]
+        cyc, need, rb = pick[kj]
         kinds.append(s.kind)
         where.append(s.index)
         needs.append(need)
-        cycles.append(info[kj][s.kind])
+        cycles.append(cyc)
+        blocks.append(rb if rb < info[kj][s.kind][0][2] else 0)  # 0: the tile's own row block
         # the placer ranks byte-hops above the makespan and would stack pipeline neighbours on one tile;
         # a kernel claims the share of its tile's free SRAM that its cycles are of the slowest tile's, so
         # whatever set of the chain's kernels shares a tile sums to at most that many cycles (a chain of
@@ -441,9 +473,10 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         if len(kernels) == 1:
             share = 0
         elif s.kind == "compute":
-            share = int(CLAIM * s.sram * info[kj][s.kind] / max(slowest, 1))
+            # (a chain that shares the array with others claims its share of that: ``frac``)
+            share = int(CLAIM * frac * s.sram * cyc / max(slowest, 1))
         else:
-            share = s.tile.sram_bytes // 2 + 1 if 2 * info[kj][s.kind] > slowest else 0
+            share = s.tile.sram_bytes // 2 + 1 if 2 * cyc > slowest else 0
         claims.append(max(need, share))
     # the plan's own packing must stay feasible: a tile's claims beyond the needs shrink to what it has
     for slot in {s.index: s for s in placed.values()}.values():
@@ -454,7 +487,7 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
             for i in mine:
                 claims[i] = needs[i] + max(0, (claims[i] - needs[i]) * max(room, 0) // extra)
     return Plan(parts, groups, kinds, where, claims, needs, cycles, tokens, passes, math.ceil(predicted),
-                "dram" if dram_cycles + len(groups) * slowest / tokens >= pipe else "compute")
+                "dram" if dram_cycles + len(groups) * slowest / tokens >= pipe else "compute", blocks=blocks)
 
 
 def free_slots(arch, reserved: dict[str, int], used_sram: int, members: int) -> list[Slot]:
@@ -580,6 +613,9 @@ def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
                 op.attributes[TILE_KIND] = StringAttr(plan.kinds[kid])
                 if plan.passes > 1:
                     op.attributes[WEIGHT_PASSES] = IntegerAttr(plan.passes, 64)
+                if plan.blocks and plan.blocks[kid]:
+                    # short of SRAM: fewer rows at a time than the MAC array has (it runs part-full)
+                    op.attributes["row_block"] = IntegerAttr(plan.blocks[kid], 64)
                 if plan.claims[kid] > plan.needs[kid]:
                     op.attributes[RESERVE] = IntegerAttr(plan.claims[kid], 64)
                 v = b.add(op, tag, ch.name)
@@ -605,8 +641,8 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
     ops = [o for o in fn.body.block.ops if isinstance(o, (sp.ButterflyMatmulOp, sp.FourierOp))]
     if not ops:
         return []
-    # the reservation counted each of these ops as one compute kernel: they are planned here instead
-    reserved = dict(reserved, compute=max(0, reserved.get("compute", 0) - len(ops)))
+    # the reservation counted these ops' pipelines (butterfly_contexts): they are planned here instead
+    reserved = dict(reserved, compute=max(0, reserved.get("compute", 0) - sum(butterfly_contexts(o) for o in ops)))
     slots = free_slots(arch, reserved, used_sram, members)
     if not slots:
         raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
@@ -623,7 +659,7 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
         cap = max(1, int(contexts * _macs(op) / max(total, 1)) // axes)
 
         def build(ch: Chain) -> SSAValue:
-            ch.plan = plan_chain(ch, arch, slots, max_kernels=cap)
+            ch.plan = plan_chain(ch, arch, slots, max_kernels=cap, share=_macs(op) / max(total, 1) / axes)
             _commit(ch.plan, slots)
             plans.append(f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {ch.plan.text()}")
             return build_chain(b, ch, ch.plan)
@@ -636,6 +672,21 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
         Rewriter.erase_op(op)
         lines += plans
     return lines
+
+
+#: compute contexts the attention schedules leave for each stage chain (``tile`` reserves them)
+CHAIN_CONTEXTS = 4
+
+
+def butterfly_contexts(op: Operation) -> int:
+    """Compute contexts to keep free for a butterfly matmul's or a Fourier op's stage pipelines when
+    the attentions are scheduled first: a few per chain (up to its stage count), so a block's
+    projections and FFN still have tiles and SRAM once the attention members have claimed theirs."""
+    if isinstance(op, sp.ButterflyMatmulOp):
+        return min(CHAIN_CONTEXTS, len(op.stages()))
+    shp = sp.shape_of(op.results[0])
+    return sum(min(CHAIN_CONTEXTS, len(bf.prime_radices(shp[int(a) % len(shp)])))
+               for a in set(int(a) for a in op.axes.get_values()))  # fmt: skip
 
 
 def _macs(op: Operation) -> int:

@@ -35,7 +35,7 @@ from attnc.dialects import sparse as sp
 from attnc.encodings import np_dtype
 from attnc.errors import AttncError
 from attnc.ir import main_func
-from attnc.passes.butterfly_pipeline import expand as expand_butterflies
+from attnc.passes.butterfly_pipeline import butterfly_contexts, expand as expand_butterflies
 from attnc.passes.fuse_attention import FUSION_ATTR, MODES, TAG, Schedule, expand, split
 from attnc.schedule import SFU_OPS, fused_attention_buffer, fused_attention_work
 
@@ -349,7 +349,14 @@ def _reserved(fn) -> dict[str, int]:
     stage_tags: set[str] = set()
     for o in fn.body.block.ops:
         if isinstance(o, sp.ConstantOp):
-            out["dma"] += nbytes(o.result.type) > SMALL_CONSTANT_BYTES
+            # a butterfly's factors become one constant of its stage pipeline (counted at the op)
+            factors = o.result.uses and all(isinstance(u.operation, sp.ButterflyMatmulOp) and u.index > 0
+                                            for u in o.result.uses)  # fmt: skip
+            out["dma"] += nbytes(o.result.type) > SMALL_CONSTANT_BYTES and not factors
+        elif isinstance(o, (sp.ButterflyMatmulOp, sp.FourierOp)):
+            # one weight load per stage chain (a Fourier op: one per axis), and room for its pipeline
+            out["dma"] += 1 if isinstance(o, sp.ButterflyMatmulOp) else len(set(o.axes.get_values()))
+            out["compute"] += butterfly_contexts(o)
         elif isinstance(o, sp.AttentionOp) or not o.results or _is_data(o):
             continue
         elif isinstance(o, sp.ButterflyStageOp) and TAG in o.attributes:

@@ -156,13 +156,17 @@ def kernel_work(cfg: KernelConfig, tile) -> Work:
 def butterfly_stage_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tuple[int, int]:
     """(MACs, MAC-array cycles) of a ``butterfly_stage``: the last axis (n) seen as [g, radix, stride,
     block], each of the g·stride (group, stride) slices is a GEMM [R, width] x [width, width] over the R
-    rows (width = radix·block): R·n·width MACs, n/width · ⌈R/rows⌉ · ⌈width/cols⌉ · width cycles."""
+    rows (width = radix·block): R·n·width MACs, n/width · ⌈R/rows⌉ · ⌈width/cols⌉ · width cycles. With a
+    ``row_block`` param b (the kernel holds b rows at a time), ⌈R/rows⌉ becomes ⌈R/b⌉ · ⌈b/rows⌉."""
     x = ops[0] if ops and ops[0] is not None else out
     n = max(x[-1], 0) if x else 0
     r_rows = _prod(x[:-1]) if x else 0
     width = max(_param_int(ins, "radix", 1), 1) * max(_param_int(ins, "block", 1), 1)
     slices = n // width
-    return r_rows * n * width, slices * -(-r_rows // rows) * -(-width // cols) * width
+    rb = _param_int(ins, "row_block", 0)
+    rb = min(rb, r_rows) if rb > 0 else r_rows
+    steps = -(-r_rows // rb) * -(-rb // rows) if rb else 0
+    return r_rows * n * width, slices * steps * -(-width // cols) * width
 
 
 def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tuple[int, int, int]:
