@@ -328,25 +328,30 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes
 
 
 def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_kernels: int = 1 << 30,
-               share: float = 1.0) -> Plan:
+               share: float = 1.0, sram_budget: int = 1 << 62) -> Plan:
     """The fastest feasible grouping of one chain on ``slots`` (see the module docstring)."""
     best: Plan | None = None
     count = 0
     # weights kept on chip, or streamed once per row block (more passes: more DRAM traffic, more overlap);
     # kept on chip wins ties
     streamable = _weight_source(ch) is not None  # one constant, which a repeated DMA load can re-read
-    for passes in (1,) + tuple(p for p in PASSES if p <= ch.rows and streamable):
-        cand, c = _search(ch, arch, slots, passes, max_parts, max_kernels, share)
-        count += c
-        if cand is not None and (best is None or cand.predicted < best.predicted * (1 - TIE)):
-            best = cand
+    # within the chain's share of the free SRAM if it can, so the chains after it still fit
+    for budget in (sram_budget, 1 << 62):
+        for passes in (1,) + tuple(p for p in PASSES if p <= ch.rows and streamable):
+            cand, c = _search(ch, arch, slots, passes, max_parts, max_kernels, share, budget)
+            count += c
+            if cand is not None and (best is None or cand.predicted < best.predicted * (1 - TIE)):
+                best = cand
+        if best is not None:
+            break
     if best is None:
         raise AttncError(f"tile: {ch.name}: no grouping of its {len(ch.stages)} stages fits the free tiles of {arch.name}")
     best.candidates = count
     return best
 
 
-def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: int, share: float) -> tuple[Plan | None, int]:
+def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: int, share: float,
+            budget: int) -> tuple[Plan | None, int]:
     n, rows, eb = ch.n, ch.rows, ch.eb
     compute = [s for s in slots if s.kind == "compute"]
     ref = compute[0].tile if compute else None
@@ -380,6 +385,8 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
                 continue
             count += 1
             cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes, share)
+            if cand is not None and sum(cand.claims) > budget:
+                continue
             if cand is None:
                 continue
             if best is None or cand.predicted < best.predicted * (1 - TIE) or (
@@ -650,6 +657,7 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
     # by its MACs (at least one kernel), and plans on what the chains before it left
     total = sum(_macs(op) for op in ops)
     contexts = sum(s.contexts for s in slots)
+    sram = sum(s.sram for s in slots)
     lines = []
     for i, op in enumerate(ops):
         name = f"bfly{i}"
@@ -659,7 +667,8 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
         cap = max(1, int(contexts * _macs(op) / max(total, 1)) // axes)
 
         def build(ch: Chain) -> SSAValue:
-            ch.plan = plan_chain(ch, arch, slots, max_kernels=cap, share=_macs(op) / max(total, 1) / axes)
+            frac = _macs(op) / max(total, 1) / axes
+            ch.plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(sram * frac))
             _commit(ch.plan, slots)
             plans.append(f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {ch.plan.text()}")
             return build_chain(b, ch, ch.plan)
