@@ -87,6 +87,7 @@ class Chain:
     weights: list  # per stage: an SSA value [g, s, k, k] or a numpy array (FFT twiddles)
     out: SSAValue | None = None
     plan: Plan | None = None
+    cache: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -350,6 +351,23 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
     return best
 
 
+def _split(ch: Chain, parts: int):
+    """(views, first part sliceable from the input, joinable stage pairs, sliceable stage boundaries) of
+    a chain split into ``parts`` column parts (None: its stages do not split so); computed once per chain."""
+    key = ("split", parts)
+    if key not in ch.cache:
+        views = part_views(ch.stages, ch.n, parts)
+        if views is None:
+            ch.cache[key] = None
+        else:
+            first = _pieces([tuple(range(ch.n))], views[0][0].cols) is not None
+            joinable = [all(views[i][j].cols == views[i + 1][j].cols for j in range(parts)) for i in range(len(views) - 1)]
+            links = [joinable[i] or all(_pieces([v.cols for v in views[i]], views[i + 1][j].cols) is not None
+                                        for j in range(parts)) for i in range(len(views) - 1)]  # fmt: skip
+            ch.cache[key] = (views, first, joinable, links)
+    return ch.cache[key]
+
+
 def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: int, share: float,
             budget: int) -> tuple[Plan | None, int]:
     n, rows, eb = ch.n, ch.rows, ch.eb
@@ -362,13 +380,10 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
     count = 0
     parts = 1
     while parts <= max_parts:
-        views = part_views(ch.stages, n, parts)
-        if views is None:
+        split = _split(ch, parts)
+        if split is None:
             break
-        first = _pieces([tuple(range(n))], views[0][0].cols) is not None
-        joinable = [all(views[i][j].cols == views[i + 1][j].cols for j in range(parts)) for i in range(len(views) - 1)]
-        links = [all(_pieces([v.cols for v in views[i]], views[i + 1][j].cols) is not None for j in range(parts))
-                 for i in range(len(views) - 1)]  # fmt: skip
+        views, first, joinable, links = split
         if not first or not all(ok or same for ok, same in zip(links, joinable)):
             parts *= 2
             continue
@@ -434,12 +449,14 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         # the tile's load with the kernel, plus what reaching it costs: a row block's cycles on a link
         # (what a far placement adds to the pipeline's fill) times the mean hops to the neighbouring
         # stages placed so far (two butterfly tiles on opposite sides of the mesh are fast but far apart)
-        near = [placed[o] for o in placed if abs(o[0] - kj[0]) == 1]
-        hops = sum(abs(s.tile.x - o.tile.x) + abs(s.tile.y - o.tile.y) for o in near) / len(near) if near else 0
-        return s.load + chosen[kj, s.index][0] + hops * rows * len(views[0][kj[1]].cols) * eb / link / tokens
+        near = by_group.get(kj[0] - 1, []) + by_group.get(kj[0] + 1, [])
+        hops = sum(abs(s.tile.x - x) + abs(s.tile.y - y) for x, y in near) / len(near) if near else 0
+        return s.load + chosen[kj, s.index][0] + hops * row_bytes / link / tokens
 
     chosen: dict = {}
     pick: dict[tuple[int, int], tuple[int, int, int]] = {}
+    by_group: dict[int, list[tuple[int, int]]] = {}  # group -> the tiles of its kernels placed so far
+    row_bytes = rows * n // parts * eb  # a kernel's columns of every row
     for kj in order:
         options = []
         for s in slots:
@@ -455,6 +472,7 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         s.used += 1
         sram_left[s.index] -= pick[kj][1]
         placed[kj] = s
+        by_group.setdefault(kj[0], []).append((s.tile.x, s.tile.y))
     slowest = max(s.load for s in slots)
     # k groups in a pipeline over T row blocks: (T + k - 1) / T of the slowest tile's time
     pipe = slowest * (tokens + len(groups) - 1) / tokens
