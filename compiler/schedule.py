@@ -291,8 +291,8 @@ def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb
         weights = sum(nbytes(op.weight.type) for op in stages)
     block = row_block or max(1, min(-(-rows // tokens), max(tile.mac_rows, 1)))
     buf = weights + 2 * block * n * eb  # two row blocks updated in place (butterfly_pipeline.kernel_need)
-    reserve = max((op.attributes["dataflow.reserve"].value.data for op in stages if "dataflow.reserve" in op.attributes),
-                  default=0)  # fmt: skip
+    claims = [op.attributes["dataflow.reserve"].value.data for op in stages if "dataflow.reserve" in op.attributes]
+    reserve = max(claims, default=0)
     # elementwise ops of the body (none in the planner's kernels) run on the lanes after the stages
     vector = sum(_elems(op.results[0].type) for op in body_ops if op not in stages and op.results
                  and not isinstance(op, _DATA_TYPES))  # fmt: skip

@@ -27,16 +27,23 @@ parallel. The kernels stream row blocks (``tokens`` > 1) to one another, so the
 pipeline's stages overlap: k equal stages over T row blocks take (T + k - 1)/T of one
 stage's time.
 
-**Search.** For each op, parts (powers of two) x groups (consecutive stages balanced by a
-DP, never joining stages whose column sets differ); each candidate's kernels go to the
-array's butterfly and compute tiles left free by the rest of the graph, longest first, each
-to the tile where it would finish soonest (the tile's own rule: a stage is a batch of
-``[rows, radix*block] x [radix*block, radix*block]`` GEMMs on a MAC array, or
-``macs/4`` butterflies on a butterfly tile's lanes); a kernel that is alone on its tile in
-the plan claims more than half of the tile's SRAM, so the placer cannot stack two pipeline
-stages on one tile to save byte-hops. The predicted cycles are the slowest tile's load
-stretched by the pipeline's fill, bounded below by the DRAM traffic. The choices are
-reported in ``attnc.tile_report`` (``bfly<i>: ...`` lines).
+**Search.** For each chain: weights kept on chip or streamed from DRAM once per row block
+(when they do not fit: 147 KiB of f32 for a 768-wide full butterfly) x parts (powers of
+two) x groups (consecutive stages balanced by a DP, never joining stages whose column sets
+differ); each candidate's kernels go to the array's butterfly and compute tiles left free
+by the rest of the graph, longest first, each to the tile where it would finish soonest
+(the tile's own rule: a stage is a batch of ``[rows, radix*block] x [radix*block,
+radix*block]`` GEMMs on a MAC array, or ``macs/4`` butterflies on a butterfly tile's lanes;
+a far tile costs a row block's link time per hop to the neighbouring stages), with the
+most rows at a time (``row_block``, at most a MAC-array height) its SRAM allows. The
+predicted cycles are the slowest tile's load stretched by the pipeline's fill, or the
+DRAM traffic plus the fill DRAM cannot overlap. Every kernel stays configured for the
+whole run, so each chain plans within its share (by MACs) of the free contexts and SRAM.
+The placer ranks byte-hops above the makespan and would stack pipeline neighbours on one
+tile; so a kernel on a compute tile claims the share of the tile's SRAM that its cycles
+are of the slowest tile's (any set of the chain's kernels on a tile then sums to about the
+planned makespan), and a heavy kernel on a butterfly tile more than half of it. The
+choices are reported in ``attnc.tile_report`` (``bfly<i>: ...`` lines).
 """
 
 from __future__ import annotations
@@ -312,7 +319,8 @@ def row_blocks(tile, kind: str, rows: int, tokens: int) -> list[int]:
     return out
 
 
-def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes: int = 1, block: int | None = None) -> int:
+def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes: int = 1,
+                block: int | None = None) -> int:
     """SRAM a stage kernel needs: its weights (streamed weights: one (group, stride) slice's matrix
     at a time, double-buffered, as they arrive in the order the kernel uses them), and two row blocks
     of one MAC-array height (one butterfly tile row) that the stages update in place while the next
@@ -346,7 +354,9 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
         if best is not None:
             break
     if best is None:
-        raise AttncError(f"tile: {ch.name}: no grouping of its {len(ch.stages)} stages fits the free tiles of {arch.name}")
+        raise AttncError(
+            f"tile: {ch.name}: no grouping of its {len(ch.stages)} stages fits the free tiles of {arch.name}"
+        )
     best.candidates = count
     return best
 
@@ -361,7 +371,8 @@ def _split(ch: Chain, parts: int):
             ch.cache[key] = None
         else:
             first = _pieces([tuple(range(ch.n))], views[0][0].cols) is not None
-            joinable = [all(views[i][j].cols == views[i + 1][j].cols for j in range(parts)) for i in range(len(views) - 1)]
+            joinable = [all(views[i][j].cols == views[i + 1][j].cols for j in range(parts))
+                        for i in range(len(views) - 1)]  # fmt: skip
             links = [joinable[i] or all(_pieces([v.cols for v in views[i]], views[i + 1][j].cols) is not None
                                         for j in range(parts)) for i in range(len(views) - 1)]  # fmt: skip
             ch.cache[key] = (views, first, joinable, links)
@@ -434,8 +445,11 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         nl = len(vs[0].cols)
         info[gi, j] = {}
         for kind, tile in kinds_of.items():
-            info[gi, j][kind] = [(stage_kernel_cycles(local, nl, rows, tile, kind, rb), kernel_need(vs, rows, tokens, eb, tile, passes, rb), rb)
-                                 for rb in row_blocks(tile, kind, rows, tokens)]  # fmt: skip
+            info[gi, j][kind] = [
+                (stage_kernel_cycles(local, nl, rows, tile, kind, rb),
+                 kernel_need(vs, rows, tokens, eb, tile, passes, rb), rb)
+                for rb in row_blocks(tile, kind, rows, tokens)
+            ]  # fmt: skip
 
     def fit(kj, s: Slot) -> tuple[int, int, int] | None:
         """The fastest row block of kernel ``kj`` whose buffers fit what is left of ``s``."""
@@ -654,12 +668,6 @@ def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
 # the hook `tile` calls
 
 
-@dataclass
-class Expansion:
-    lines: list[str] = field(default_factory=list)
-    chains: list[Chain] = field(default_factory=list)
-
-
 def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int = 0) -> list[str]:
     """Expand every butterfly matmul and Fourier op of ``fn`` into planned stage kernels; returns
     the report lines."""
@@ -738,6 +746,9 @@ def expand_plain(fn) -> None:
             plan = Plan(1, [[i] for i in range(k)], ["compute"] * k, [0] * k, [0] * k, [0] * k, [0] * k, 1, 1, 0, "")
             return build_chain(b, ch, plan)
 
-        out = build(matmul_chain(b, op, "bfly")) if isinstance(op, sp.ButterflyMatmulOp) else fourier_steps(b, op, "bfly", build)
+        if isinstance(op, sp.ButterflyMatmulOp):
+            out = build(matmul_chain(b, op, "bfly"))
+        else:
+            out = fourier_steps(b, op, "bfly", build)
         op.result.replace_all_uses_with(out)
         Rewriter.erase_op(op)

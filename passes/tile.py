@@ -362,7 +362,8 @@ def _reserved(fn) -> dict[str, int]:
         elif isinstance(o, sp.ButterflyStageOp) and TAG in o.attributes:
             # a planned stage kernel (several stage ops share one) sits on the tile the planner chose
             tag = o.attributes[TAG].data
-            if tag not in stage_tags and o.attributes.get("dataflow.tile_kind", StringAttr("compute")).data == "compute":
+            kind = o.attributes.get("dataflow.tile_kind", StringAttr("compute")).data
+            if tag not in stage_tags and kind == "compute":
                 out["compute"] += 1
             stage_tags.add(tag)
         else:

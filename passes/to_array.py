@@ -253,7 +253,8 @@ def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int],
 
     def cycles(k: df.KernelOp) -> int:
         own = k.cycles.value.data
-        if k.group is not None and k.group.data in pace and any(isinstance(o, sp.ButterflyStageOp) for o in k.body.block.ops):
+        stages = any(isinstance(o, sp.ButterflyStageOp) for o in k.body.block.ops)
+        if k.group is not None and k.group.data in pace and stages:
             return max(own, pace[k.group.data])
         return own
 

@@ -121,8 +121,8 @@ def test_stage_kernels_stream_and_sit_together(compiled, arch, name):
     # neighbouring stages (a stage context feeding another) are close on the mesh
     where = {c.kernel: (tc.x, tc.y) for tc, c in stages}
     producer = {p.stream: c.kernel for _, c in stages for p in c.outputs}
-    dists = [abs(where[producer[p.stream]][0] - where[c.kernel][0]) + abs(where[producer[p.stream]][1] - where[c.kernel][1])
-             for _, c in stages for p in c.inputs if p.stream in producer]  # fmt: skip
+    pairs = [(where[producer[p.stream]], where[c.kernel]) for _, c in stages for p in c.inputs if p.stream in producer]
+    dists = [abs(a[0] - b[0]) + abs(a[1] - b[1]) for a, b in pairs]
     if dists:
         assert sum(dists) / len(dists) <= 2
 

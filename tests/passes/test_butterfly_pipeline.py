@@ -57,7 +57,8 @@ def butterfly(add, x, kind, factors, block, perm="none", seed=0):
 def inputs(module, seed=1):
     fn = main_func(module)
     rng = np.random.default_rng(seed)
-    return {f"x{i}": rng.standard_normal(a.type.get_shape()).astype(np.float32) for i, a in enumerate(fn.body.block.args)}
+    args = fn.body.block.args
+    return {f"x{i}": rng.standard_normal(a.type.get_shape()).astype(np.float32) for i, a in enumerate(args)}
 
 
 def expanded(module, arch=None):

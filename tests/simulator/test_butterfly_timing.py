@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from attnc.arch import load_arch
-from attnc.backend.bitstream import Bitstream, Instr, KernelConfig, Port, RouteConfig, TileConfig, decode, embed_arch, encode
+from attnc.backend.bitstream import (
+    Bitstream, Instr, KernelConfig, Port, RouteConfig, TileConfig, decode, embed_arch, encode,
+)  # fmt: skip
 from attnc.simulator.timing import kernel_work, simulate
 
 TINY = load_arch("tiny")
@@ -87,13 +89,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "passes"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compiler"))
 
 
-@pytest.mark.parametrize("arch,shape,kind,factors,block", [("tiny", (256, 32), "block", 4, 2),
-                                                           ("tiny", (128, 16), "monarch", 2, 4),
-                                                           ("edge", (512, 96), "block", 5, 3),
-                                                           ("edge", (256, 64), "monarch", 2, 8),
-                                                           ("edge", (256, 768), "block", 8, 3),
-                                                           pytest.param("edge", (1024, 768), "block", 8, 3, marks=pytest.mark.xfail(
-                                                               strict=False, reason=STREAMED_GAP))])  # fmt: skip
+PIPELINES = [
+    ("tiny", (256, 32), "block", 4, 2),
+    ("tiny", (128, 16), "monarch", 2, 4),
+    ("edge", (512, 96), "block", 5, 3),
+    ("edge", (256, 64), "monarch", 2, 8),
+    ("edge", (256, 768), "block", 8, 3),
+    pytest.param("edge", (1024, 768), "block", 8, 3, marks=pytest.mark.xfail(strict=False, reason=STREAMED_GAP)),
+]
+
+
+@pytest.mark.parametrize("arch,shape,kind,factors,block", PIPELINES)
 def test_the_cost_model_agrees_on_a_butterfly_pipeline(arch, shape, kind, factors, block):
     """(The 768-wide cases' f32 weights, 147 KiB, do not stay on edge's tiles: they stream from DRAM once
     per row block.)"""
