@@ -109,6 +109,9 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
         vector = sum(_elems(op.results[0].type) for op in body_ops if op not in gemms and op.results)
         cycles = steps + tm + tn + math.ceil(vector / max(tile.vector_lanes, 1))
         buf = 2 * eb * (tm * tk + tk * tn + tm * tn)
+        # a row block of a split GEMM claims the SRAM tile reserved for it (see attnc.passes.tile.split_gemms)
+        buf = max([buf] + [op.attributes["dataflow.reserve"].value.data for op in gemms
+                           if "dataflow.reserve" in op.attributes])  # fmt: skip
         return KernelCost("gemm", "compute", loops, (tm, tn, tk), buf, cycles, macs,
                           batch * math.ceil(m / tm) * math.ceil(n / tn))  # fmt: skip
     sfu = [op for op in body_ops if isinstance(op, SFU_OPS)]

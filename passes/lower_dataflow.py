@@ -235,6 +235,8 @@ class _Partitioner:
             if isinstance(op, sp.ButterflyStageOp):
                 for key in (ROWS, TILE_KIND, RESERVE, WEIGHT_PASSES):
                     op.attributes.pop(key, None)
+            elif isinstance(op, sp.MatmulOp):
+                op.attributes.pop(RESERVE, None)
         return df.KernelOp(name, inputs, types, block, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
                            tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs,
                            tokens=[tokens] * len(types), group=group or None)  # fmt: skip

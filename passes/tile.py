@@ -383,7 +383,7 @@ def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
     at most the compute tiles per large GEMM, one MAC-array height of rows per part, and half of the
     context shares of SRAM the attention members (``used_sram``) and the graph's other compute kernels
     leave free (the rest is headroom for packing). Returns report lines."""
-    from attnc.passes.fuse_attention import TAG, _Builder
+    from attnc.passes.fuse_attention import RESERVE, TAG, _Builder
 
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     gemms = []
@@ -403,12 +403,23 @@ def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
     others = _reserved(fn)["compute"] - len(gemms)
     free = (sum(t.sram_bytes for t in arch.tiles_of("compute")) - used_sram) // max(share, 1) - others
     tiles = min(tiles, max(len(gemms), free // 2))
+    counts = []
+    for op in gemms:
+        rows = int(np.prod(sp.shape_of(op.lhs)[:-1], dtype=np.int64))
+        n = parts if parts > 0 else min(_pow2_floor(max(1, tiles // len(gemms))), _pow2_floor(max(1, rows // max(tile.mac_rows, 1))))
+        counts.append(max(1, min(n, rows)))
+    # the row blocks of a GEMM run at once: each claims most of a tile's SRAM (one context's share left
+    # for the other kernels) when the rest leaves room, or the placer, which ranks byte-hops above the
+    # makespan, stacks them on a few tiles next to their weight (768x768 at seq 2048 on edge: 16 parts on
+    # 4 tiles, 4.9M cycles)
+    split_parts = sum(n for n in counts if n > 1)
+    room = sum(t.sram_bytes for t in arch.tiles_of("compute")) - used_sram - max(others, 0) * share
+    claim = tile.sram_bytes - share
+    reserve = claim if split_parts and split_parts * claim <= room else 0
     lines = []
-    for i, op in enumerate(gemms):
+    for i, (op, n) in enumerate(zip(gemms, counts)):
         a = sp.shape_of(op.lhs)
         rows = int(np.prod(a[:-1], dtype=np.int64))
-        n = parts if parts > 0 else min(_pow2_floor(max(1, tiles // len(gemms))), _pow2_floor(max(1, rows // max(tile.mac_rows, 1))))
-        n = max(1, min(n, rows))
         if n == 1:
             continue
         b = _Builder(op)
@@ -420,6 +431,8 @@ def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
             r0, r1 = split(rows, n, j)
             piece = b.add(sp.SliceOp(flat, [r0, 0], [r1, a[-1]], [1, 1]))
             pieces.append(b.add(sp.MatmulOp(piece, weight), f"{name}_p{j}", name))
+            if reserve:
+                pieces[-1].owner.attributes[RESERVE] = IntegerAttr(reserve, 64)
             if j + 1 < n:
                 # the weight goes on to the next part (a copy out of this part's buffer), so each link
                 # carries it once instead of a DMA tile sending it to every part
