@@ -629,12 +629,11 @@ def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
     def assemble(producers: list[tuple[tuple[int, ...], SSAValue]], cols: tuple[int, ...]) -> SSAValue:
         pcs = _pieces([c for c, _ in producers], cols)
         assert pcs is not None
-        vals = []
-        for _, p, a, e in pcs:
-            src = producers[p][1]
-            width = sp.shape_of(src)[-1]
-            vals.append(src if (a, e) == (0, width) else
-                        b.add(sp.SliceOp(src, [0] * (r - 1) + [a], shp[:-1] + [e], [1] * r)))  # fmt: skip
+        if len(pcs) == 1 and (pcs[0][2], pcs[0][3]) == (0, sp.shape_of(producers[pcs[0][1]][1])[-1]):
+            return producers[pcs[0][1]][1]
+        # every piece is a slice (a whole one too): what a kernel reads of a producer is then the pieces
+        # it takes of it, scaled by what it reads of their concatenation (attnc.passes.to_array.consumed_bytes)
+        vals = [b.add(sp.SliceOp(producers[p][1], [0] * (r - 1) + [a], shp[:-1] + [e], [1] * r)) for _, p, a, e in pcs]
         return vals[0] if len(vals) == 1 else b.add(sp.ConcatOp(vals, r - 1))
 
     prev: list[tuple[tuple[int, ...], SSAValue]] = [(tuple(range(n)), x)]

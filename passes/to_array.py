@@ -55,7 +55,10 @@ def consumed_bytes(arg: SSAValue) -> int:
         if isinstance(op, sp.SliceOp):
             uses = list(op.result.uses)
             if len(uses) == 1 and isinstance(uses[0].operation, sp.ConcatOp):
-                pieces += nbytes(op.result.type)
+                # of which the kernel reads what it reads of the assembled value, taken as spread evenly
+                # over the pieces (a part of a Fourier axis reading a transposed slice of the one before)
+                cat = uses[0].operation.results[0]
+                pieces += nbytes(op.result.type) * consumed_bytes(cat) // max(nbytes(cat.type), 1)
                 best = max(best, pieces)
                 continue
             best = max(best, nbytes(op.result.type))
