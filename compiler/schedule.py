@@ -89,6 +89,12 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
     fused = [op for op in body_ops if isinstance(op, sp.AttentionOp) and op.fusion is not None]
     if fused:
         return _fused_cost(fused[0], arch, eb)
+    held = [op for op in body_ops if "dataflow.weight_stage" in op.attributes]
+    if held:
+        # a piece of a butterfly chain's weights held in a memory tile, re-sent once per row block
+        passes = held[0].attributes["dataflow.weight_stage"].value.data
+        nb = nbytes(held[0].results[0].type)
+        return KernelCost("data", "memory", (("repeat", passes),), (nb,), nb, 0, 0, passes)
     stages = [op for op in body_ops if isinstance(op, sp.ButterflyStageOp)]
     if stages:
         return _butterfly_cost(stages, body_ops, arch, eb)

@@ -27,8 +27,10 @@ parallel. The kernels stream row blocks (``tokens`` > 1) to one another, so the
 pipeline's stages overlap: k equal stages over T row blocks take (T + k - 1)/T of one
 stage's time.
 
-**Search.** For each chain: weights kept on chip or streamed from DRAM once per row block
-(when they do not fit: 147 KiB of f32 for a 768-wide full butterfly) x parts (powers of
+**Search.** For each chain: weights kept on chip, or streamed once per row block when they
+crowd out the row buffers (147 KiB of f32 for a 768-wide full butterfly) -- from memory
+tiles that hold them (read from DRAM once, re-sent over the NoC; the kernels' weights packed
+one piece per memory tile) or, when those are taken, from DRAM -- x parts (powers of
 two) x groups (consecutive stages balanced by a DP, never joining stages whose column sets
 differ); each candidate's kernels go to the array's butterfly and compute tiles left free
 by the rest of the graph, longest first, each to the tile where it would finish soonest
@@ -60,7 +62,7 @@ from attnc import butterfly as bf
 from attnc.dialects import sparse as sp
 from attnc.encodings import bitrev_permutation, from_numpy, np_dtype, to_numpy
 from attnc.errors import AttncError
-from attnc.passes.fuse_attention import RESERVE, _Builder
+from attnc.passes.fuse_attention import RESERVE, STAGE, _Builder
 from attnc.schedule import stage_kernel_cycles
 
 #: on a stage op: the row blocks (tokens) its kernel streams, and the tile kind it runs on
@@ -78,6 +80,10 @@ TIE = 0.03
 #: a stage kernel claims this fraction of its proportional share of the tile's SRAM (the rest is slack
 #: for the placer's packing: a tile may then take up to 1/CLAIM of the slowest tile's planned cycles)
 CLAIM = 0.85
+#: the share of the memory tiles' links the planner lets re-sent weights use
+NOC_SHARE = 0.5
+#: on the constant holding a chain's weights, held in a memory tile and re-sent once per row block
+WEIGHT_STAGE = "dataflow.weight_stage"
 
 
 # ---------------------------------------------------------------------------
@@ -263,11 +269,15 @@ class Plan:
     bound: str
     candidates: int = 0
     blocks: list[int] = field(default_factory=list)  # per kernel: rows it computes at a time (0: a MAC height)
+    staged: bool = False  # streamed weights come from memory tiles that hold them (DRAM read once), not DRAM
+    bins: list[int] = field(default_factory=list)  # staged: free bytes of each memory tile (one piece each)
+    held: list[int] = field(default_factory=list)  # staged: bytes of weights each memory tile holds
 
     def text(self) -> str:
         per = [len(g) for g in self.groups]
         kinds = {k: self.kinds.count(k) for k in dict.fromkeys(self.kinds)}
-        weights = "weights kept on chip" if self.passes == 1 else f"weights streamed from DRAM {self.passes} times"
+        src = "memory tiles" if self.staged else "DRAM"
+        weights = "weights kept on chip" if self.passes == 1 else f"weights streamed from {src} {self.passes} times"
         return (f"{len(self.groups)} groups of {per} stages x {self.parts} parts = {len(self.kinds)} kernels ("
                 + ", ".join(f"{n} on {k}" for k, n in kinds.items()) + f"), {self.tokens} row blocks, {weights}; "
                 f"slowest kernel {max(self.cycles)} cycles, predicted {self.predicted} cycles ({self.bound}-bound)")
@@ -337,7 +347,7 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes
 
 
 def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_kernels: int = 1 << 30,
-               share: float = 1.0, sram_budget: int = 1 << 62) -> Plan:
+               share: float = 1.0, sram_budget: int = 1 << 62, memory: list[int] | None = None) -> Plan:
     """The fastest feasible grouping of one chain on ``slots`` (see the module docstring)."""
     best: Plan | None = None
     count = 0
@@ -345,9 +355,18 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
     # kept on chip wins ties
     streamable = _weight_source(ch) is not None  # one constant, which a repeated DMA load can re-read
     # within the chain's share of the free SRAM if it can, so the chains after it still fit
+    # streamed weights may be held in memory tiles (``memory``: the SRAM each has free), read from DRAM
+    # once and re-sent from there once per row block
+    weight_bytes = sum(int(np.prod(st.weight_shape(ch.n))) for st in ch.stages) * ch.eb
+    stageable = streamable and bool(memory) and sum(memory or []) >= weight_bytes
+    options = [(1, False)] + [(p, st) for p in PASSES if p <= ch.rows and streamable for st in (False, True)
+                              if not st or stageable]  # fmt: skip
     for budget in (sram_budget, 1 << 62):
-        for passes in (1,) + tuple(p for p in PASSES if p <= ch.rows and streamable):
-            cand, c = _search(ch, arch, slots, passes, max_parts, max_kernels, share, budget)
+        for passes, staged in options:
+            if passes > 1 and best is not None and best.passes == 1 and not any(best.blocks):
+                break  # weights that stay on chip with full row blocks do: streaming is for weights that crowd
+                # the row buffers out (a part-full MAC array) or do not fit at all
+            cand, c = _search(ch, arch, slots, passes, max_parts, max_kernels, share, budget, staged, memory)
             count += c
             if cand is not None and (best is None or cand.predicted < best.predicted * (1 - TIE)):
                 best = cand
@@ -379,14 +398,32 @@ def _split(ch: Chain, parts: int):
     return ch.cache[key]
 
 
+def _pack(sizes: list[int], bins: list[int]) -> list[int] | None:
+    """First fit decreasing of ``sizes`` into ``bins`` (free bytes): the bin of each size, or None."""
+    left = list(bins)
+    out = [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        b = next((k for k in range(len(left)) if left[k] >= sizes[i]), None)
+        if b is None:
+            return None
+        left[b] -= sizes[i]
+        out[i] = b
+    return out
+
+
 def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: int, share: float,
-            budget: int) -> tuple[Plan | None, int]:
+            budget: int, staged: bool = False, memory: list[int] | None = None) -> tuple[Plan | None, int]:
     n, rows, eb = ch.n, ch.rows, ch.eb
     compute = [s for s in slots if s.kind == "compute"]
     ref = compute[0].tile if compute else None
     tokens = _tokens(rows, ref) if passes == 1 else passes
-    dram = (2 * rows * n + passes * sum(int(np.prod(st.weight_shape(n))) for st in ch.stages)) * eb
+    weights = sum(int(np.prod(st.weight_shape(n))) for st in ch.stages) * eb
+    dram = 2 * rows * n * eb + (1 if staged else passes) * weights
     dram_cycles = dram / arch.dram.bytes_per_cycle
+    if staged:
+        # the memory tiles send every copy over their links
+        links = sum(len(arch.graph().out_edges((t.x, t.y))) for t in arch.tiles_of("memory"))
+        dram_cycles = max(dram_cycles, passes * weights / max(links * arch.noc.link_bytes_per_cycle * NOC_SHARE, 1))
     best: Plan | None = None
     count = 0
     parts = 1
@@ -413,6 +450,17 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
             cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes, share)
             if cand is not None and sum(cand.claims) > budget:
                 continue
+            if cand is not None and staged:
+                # one piece per memory tile, each kernel's weights in one piece
+                nl = [len(views[g[0]][0].cols) for g in groups]
+                sizes = [sum(int(np.prod(views[i][0].stage.weight_shape(nl[gi]))) for i in g) * eb
+                         for gi, g in enumerate(groups) for _ in range(parts)]  # fmt: skip
+                where = _pack(sizes, memory)
+                if where is None:
+                    continue
+                cand.staged = True
+                cand.bins = list(memory)
+                cand.held = [sum(sz for sz, w in zip(sizes, where) if w == b) for b in range(len(memory))]
             if cand is None:
                 continue
             if best is None or cand.predicted < best.predicted * (1 - TIE) or (
@@ -582,6 +630,34 @@ def _weight_source(ch: Chain) -> list[np.ndarray] | None:
     return out
 
 
+def _stage_weights(b: _Builder, chunks: list[np.ndarray], offsets: dict, plan: Plan, elt, name: str) -> dict:
+    """Weights held in memory tiles: the kernels' weights in pieces of at most a memory tile's SRAM (each
+    kernel's in one piece), each piece loaded once and re-sent once per row block by a memory-tile kernel.
+    Returns (piece value, offset) per (stage, part)."""
+    per_kernel: list[list[tuple[tuple[int, int], np.ndarray]]] = []
+    keys = sorted(offsets, key=lambda k: offsets[k])
+    it = iter(zip(keys, chunks))
+    for grp in plan.groups:
+        for _ in range(plan.parts):
+            per_kernel.append([next(it) for _ in grp])
+    eb = np_dtype(elt).itemsize
+    where = _pack([sum(c.size for _, c in kern) * eb for kern in per_kernel], plan.bins)
+    assert where is not None
+    pieces = [[x for kern, w in zip(per_kernel, where) if w == bi for x in kern] for bi in range(len(plan.bins))]
+    out = {}
+    for pi, piece in enumerate(p for p in pieces if p):
+        data = np.concatenate([c for _, c in piece]).astype(np_dtype(elt))
+        const = _const(b, data, elt)
+        hold = sp.ReshapeOp(const, [data.size])
+        hold.attributes[WEIGHT_STAGE] = IntegerAttr(plan.passes, 64)
+        held = b.add(hold, f"{name}_w{pi}", name)
+        off = 0
+        for key, c in piece:
+            out[key] = (held, off)
+            off += c.size
+    return out
+
+
 def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
     """The stage ops of ``ch`` for ``plan``, tagged per kernel; returns the chain's result."""
     n, x = ch.n, ch.x
@@ -605,15 +681,23 @@ def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
                     offsets[i, j] = off
                     chunks.append(w.reshape(-1))
                     off += w.size
-        blob = _const(b, np.concatenate(chunks).astype(np_dtype(elt)), elt)
-        if plan.passes > 1:
-            blob.owner.attributes[WEIGHT_PASSES] = IntegerAttr(plan.passes, 64)
+        if plan.staged:
+            blob = None
+            holders = _stage_weights(b, chunks, offsets, plan, elt, ch.name)
+        else:
+            blob = _const(b, np.concatenate(chunks).astype(np_dtype(elt)), elt)
+            if plan.passes > 1:
+                blob.owner.attributes[WEIGHT_PASSES] = IntegerAttr(plan.passes, 64)
 
     def weight(i: int, j: int) -> SSAValue:
         v = views[i][j]
         nl = len(v.cols)
         wshape = list(v.stage.weight_shape(nl))
         size = int(np.prod(wshape))
+        if plan.staged and known is not None:
+            src, off = holders[i, j]
+            piece = b.add(sp.SliceOp(src, [off], [off + size], [1]))
+            return b.add(sp.ReshapeOp(piece, wshape))
         if blob is not None:
             off = offsets[i, j]
             piece = b.add(sp.SliceOp(blob, [off], [off + size], [1]))
@@ -682,6 +766,9 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
     # by its MACs (at least one kernel), and plans on what the chains before it left
     total = sum(_macs(op) for op in ops)
     contexts = sum(s.contexts for s in slots)
+    # memory tiles may hold streamed weights, unless an attention stages its K/V there
+    staging = any(STAGE in o.attributes for o in fn.body.block.ops)
+    memory = [] if staging else [t.sram_bytes for t in arch.tiles_of("memory")]
     sram = sum(s.sram for s in slots)
     lines = []
     for i, op in enumerate(ops):
@@ -693,8 +780,12 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
 
         def build(ch: Chain) -> SSAValue:
             frac = _macs(op) / max(total, 1) / axes
-            ch.plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(sram * frac))
+            ch.plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(sram * frac),
+                                 memory=memory)
             _commit(ch.plan, slots)
+            if ch.plan.staged:  # its pieces take that much of their memory tiles
+                for mi, used in enumerate(ch.plan.held):
+                    memory[mi] -= used
             plans.append(f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {ch.plan.text()}")
             return build_chain(b, ch, ch.plan)
 

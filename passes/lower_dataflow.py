@@ -230,7 +230,7 @@ class _Partitioner:
         # every other stream is one token, so its consumer starts when it is complete
         tokens = cost.tokens if cost.kind == "attention" or cost.tile_kind == "memory" else 1
         for op in body_ops:  # the staging markers have served the costing
-            for key in (STAGE, "dataflow.key_block"):
+            for key in (STAGE, "dataflow.key_block", "dataflow.weight_stage"):
                 op.attributes.pop(key, None)
             if isinstance(op, sp.ButterflyStageOp):
                 for key in (ROWS, TILE_KIND, RESERVE, WEIGHT_PASSES):
@@ -463,6 +463,12 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
                 out[j] = tokens
         k.tokens = df._i64s(out)
     for k in kernels:
+        # a piece of a chain's weights held in a memory tile: its stage kernels read it once per pass
+        if k.tile_kind.data == "memory" and k.outputs and (passes := dict(k.loop_schedule()).get("repeat", 1)) > 1:
+            users = consumers.get(k.outputs[0], [])
+            if users and all(rows_of.get(u) for u, _ in users):
+                _repeat_inputs(users, passes)
+    for k in kernels:
         if k.kind.data != "dma_load" or not k.outputs:
             continue
         const = next((o for o in k.body.block.ops if isinstance(o, sp.ConstantOp)), None)
@@ -484,6 +490,11 @@ def _repeat_weights(k: df.KernelOp, passes: int, users: list[tuple[df.KernelOp, 
     k.trips = df._i64s([passes, bursts])
     k.tokens = df._i64s([passes * bursts])
     k.cycles = IntegerAttr(passes * k.cycles.value.data, 64)
+    _repeat_inputs(users, passes)
+
+
+def _repeat_inputs(users: list[tuple[df.KernelOp, int]], passes: int) -> None:
+    """Each consumer reads its input ``passes`` times (the routes carry that many copies)."""
     for u, i in users:
         reps = u.attributes.get(INPUT_REPEATS)
         vals = list(reps.get_values()) if reps is not None else [1] * len(u.inputs)

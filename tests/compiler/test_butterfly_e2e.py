@@ -132,19 +132,37 @@ def test_edge_uses_its_butterfly_tiles(compiled):
     assert "butterfly" in {tc.kind for tc, _ in _stage_contexts(bits)}
 
 
-def test_weights_that_do_not_fit_stream_from_dram():
-    """A 768-wide full butterfly in f32 (147 KiB of weights) on edge: its weights are re-read from DRAM
-    once per row block by one repeated load, and the numbers stay the interpreter's."""
+def test_weights_that_do_not_fit_stream_from_memory_tiles():
+    """A 768-wide full butterfly in f32 (147 KiB of weights) on edge: its weights do not stay on the
+    compute tiles next to full row buffers, so memory tiles hold them (read from DRAM once) and re-send
+    them once per row block; the numbers stay the interpreter's."""
     m = build_module([(512, 768)], lambda a, add: [butterfly(add, a[0], "block", 8, 3)])
     bits = compile_bits(m, "edge")
-    loads = [c for tc in bits.tiles for c in tc.contexts if c.kind == "dma_load" and dict(c.loops).get("repeat", 1) > 1]
-    assert len(loads) == 1
-    passes = dict(loads[0].loops)["repeat"]
+    held = [c for tc in bits.tiles if tc.kind == "memory" for c in tc.contexts]
+    assert held and all(dict(c.loops).get("repeat", 1) > 1 for c in held)
+    passes = dict(held[0].loops)["repeat"]
     stages = _stage_contexts(bits)
     assert all(dict(c.loops)["rows"] == passes for _, c in stages)
     ins = inputs(m)
     want, got = interpret(m, ins)["y0"], simulate_values(bits, ins)["y0"]
     assert np.max(np.abs(got - want)) < 1e-5
     stats = simulate(bits)
-    # x and y once, the weights once per pass
-    assert stats.dram_read_bytes == 512 * 768 * 4 + passes * 8 * 768 * 6 * 4
+    # x and the weights read once (y written once)
+    assert stats.dram_read_bytes == 512 * 768 * 4 + 8 * 768 * 6 * 4
+    assert stats.dram_write_bytes == 512 * 768 * 4
+
+
+def test_weights_beyond_the_memory_tiles_stream_from_dram():
+    """On tiny (one 32 KiB memory tile), a 512-wide butterfly's 64 KiB of f32 weights are re-read from
+    DRAM once per row block by one repeated load; the numbers stay the interpreter's."""
+    m = build_module([(64, 512)], lambda a, add: [butterfly(add, a[0], "block", 8, 2)])
+    bits = compile_bits(m, "tiny")
+    loads = [c for tc in bits.tiles for c in tc.contexts if c.kind == "dma_load" and dict(c.loops).get("repeat", 1) > 1]
+    assert len(loads) == 1
+    passes = dict(loads[0].loops)["repeat"]
+    assert all(dict(c.loops)["rows"] == passes for _, c in _stage_contexts(bits))
+    ins = inputs(m)
+    want, got = interpret(m, ins)["y0"], simulate_values(bits, ins)["y0"]
+    assert np.max(np.abs(got - want)) < 1e-5
+    # x once, the weights once per pass
+    assert simulate(bits).dram_read_bytes == 64 * 512 * 4 + passes * 8 * 512 * 4 * 4
