@@ -306,6 +306,7 @@ class LowerToDataflowPass(ModulePass):
         _Partitioner(fn, arch).run()
         stream_fused_inputs(fn)
         stream_butterfly_chains(fn)
+        stream_row_wise(fn)
 
 
 #: per input of a fused kernel, how many times it is streamed in (K and V once per pass)
@@ -427,6 +428,8 @@ def _row_aligned(v: SSAValue, rows: int) -> bool:
         elif isinstance(op, sp.TransposeOp):
             perm = list(op.permutation.get_values())
             ok = behind([d for d in range(len(shp)) if perm[d] != d])
+        elif isinstance(op, sp.LayerNormOp) and use.index == 0 and op.axis.value.data % len(shp) == len(shp) - 1:
+            continue  # normalises each row alone; its result is the kernel's business
         elif isinstance(op, _ROW_OPS):
             # a stage's or a matmul's data operand (not its weight), either side of an elementwise op
             ok = use.index == 0 or not isinstance(op, (sp.ButterflyStageOp, sp.MatmulOp))
@@ -480,6 +483,49 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
         users = consumers.get(k.outputs[0], [])
         if users and all(rows_of.get(u) and _row_aligned(u.body.block.args[i], rows_of[u]) for u, i in users):
             k.tokens = df._i64s([dict(k.loop_schedule()).get("burst", 1)])
+
+
+def _row_wise(k: df.KernelOp) -> bool:
+    """Whether every op of ``k`` works row by row along the last axis (elementwise ops, a layer norm
+    over the last axis, data movement and constants)."""
+    if k.kind.data not in ("elementwise", "layer_norm"):
+        return False
+    for op in k.body.block.ops:
+        if isinstance(op, (df.YieldOp, sp.ConstantOp, *sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)) or _is_data(op):
+            continue
+        rank = len(sp.shape_of(op.operands[0])) if op.operands else 0
+        if isinstance(op, sp.LayerNormOp) and op.axis.value.data % max(rank, 1) == rank - 1:
+            continue
+        return False
+    return True
+
+
+def stream_row_wise(fn: func.FuncOp) -> None:
+    """Row-wise kernels (a bias add, GELU's ops, a residual add, a layer norm) fed row blocks by a
+    streaming producer pass them on as they come, to consumers that read them row by row, so a chain
+    of them overlaps with the stages before it and with each other instead of each waiting for the
+    whole tensor. Kernels come in program order, so a producer is settled before its consumers."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers: dict[SSAValue, list[tuple[df.KernelOp, int]]] = {}
+    for k in kernels:
+        for i, v in enumerate(k.inputs):
+            consumers.setdefault(v, []).append((k, i))
+    # row streams: what stage kernels stream (a fused attention streams in its own loop order, not by rows)
+    tokens_of = {r: int(t) for k in kernels if _stage_rows(k) for r, t in zip(k.outputs, k.tokens.get_values())}
+    for k in kernels:
+        streamed = max((tokens_of.get(v, 1) for v in k.inputs), default=1)
+        if streamed <= 1 or not _row_wise(k):
+            continue
+        out = list(k.tokens.get_values())
+        for j, r in enumerate(k.outputs):
+            rows = int(np.prod(sp.shape_of(r)[:-1], dtype=np.int64))
+            users = consumers.get(r, [])
+            if rows >= streamed and users and all(
+                u.kind.data != "attention" and _row_aligned(u.body.block.args[i], rows) for u, i in users
+            ):
+                out[j] = streamed
+                tokens_of[r] = streamed
+        k.tokens = df._i64s(out)
 
 
 def _repeat_weights(k: df.KernelOp, passes: int, users: list[tuple[df.KernelOp, int]]) -> None:

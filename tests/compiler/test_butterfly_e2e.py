@@ -166,3 +166,38 @@ def test_weights_beyond_the_memory_tiles_stream_from_dram():
     assert np.max(np.abs(got - want)) < 1e-5
     # x once, the weights once per pass
     assert simulate(bits).dram_read_bytes == 64 * 512 * 4 + passes * 8 * 512 * 4 * 4
+
+
+def gelu_chain(shape):
+    """x -> butterfly matmul -> a GELU written out (div, erf, mul, add, mul) -> layer norm: a row-wise tail."""
+
+    def body(a, add):
+        n = shape[-1]
+        u = butterfly(add, a[0], "block", 3, 2, "none", seed=1)
+        erf = add(sp.ErfOp(add(sp.DivOp(u, const(add, np.full(n, np.sqrt(2.0)))))))
+        half = add(sp.MulOp(u, const(add, np.full(n, 0.5))))
+        g = add(sp.MulOp(half, add(sp.AddOp(erf, const(add, np.ones(n))))))
+        return [add(sp.LayerNormOp(g, const(add, np.ones(n)), None, -1, 1e-5))]
+
+    return build_module([shape], body)
+
+
+def test_row_wise_kernels_pass_a_row_stream_on() -> None:
+    """The elementwise tail of a stage chain streams its rows, so its kernels overlap the stages and each
+    other: each starts before its producer ends, and the numbers do not change."""
+    module = gelu_chain((512, 16))
+    x = inputs(module)
+    bits = compile_bits(module, "edge")
+    stats = simulate(bits)
+    by_name = {k.name: k for k in stats.kernels}
+    tail = [k for k in stats.kernels if k.kind in ("elementwise", "layer_norm")]
+    assert len(tail) >= 4
+    streamed = {c.name for t in bits.tiles for c in t.contexts for p in c.outputs if p.tokens > 1}
+    assert {k.name for k in tail} - streamed <= {tail[-1].name}  # all but the last (it feeds the store)
+    ends = sorted(by_name[k.name].end for k in tail)
+    starts = sorted(by_name[k.name].start for k in tail)
+    assert starts[-1] < ends[0], "the row-wise kernels should run at once, not one after the other"
+    ref = interpret(module, x)
+    got = simulate_values(bits, x)
+    for key in ref:
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-5)
