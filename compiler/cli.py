@@ -497,10 +497,8 @@ def compile_command(
 
 def format_butterfly(module: ModuleOp) -> str:
     """butterfly-decompose's per-layer report, if it ran."""
-    from attnc.passes.butterfly_decompose import REPORT_ATTR, format_report as format_decomposition
+    from attnc.passes.butterfly_decompose import format_report as format_decomposition
 
-    if REPORT_ATTR not in module.attributes:
-        return ""
     return format_decomposition(module)
 
 

@@ -11,7 +11,7 @@ kept as attributes of the config for reports.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -33,7 +33,7 @@ from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
-from attnc.mapping import KernelSpec, Mapping, MappingProblem, MappingStats, StreamSpec
+from attnc.mapping import KernelSpec, Mapping, MappingInfeasible, MappingProblem, MappingStats, StreamSpec
 from attnc.schedule import nbytes
 
 #: DRAM buffers are aligned to this many bytes
@@ -80,9 +80,26 @@ class PlaceRoutePass(ModulePass):
     seed: int = 0
     heuristic_only: bool = False
 
+    def _place(self, problem: MappingProblem, arch) -> tuple[Mapping, float]:
+        """Place and route; when only link bandwidth stands in the way, ask every stream for half its rate
+        (up to an eighth) and try again. A stream's rate is what keeps its slower end busy, so a mapping
+        at a fraction of it is a slower pipeline, not a wrong one (the simulator shares the links)."""
+        from attnc.passes.place_route import place_and_route
+
+        scale, first = 1.0, None
+        while True:
+            try:
+                return place_and_route(problem, arch, time_limit=self.time_limit, seed=self.seed,
+                                       heuristic_only=self.heuristic_only), scale  # fmt: skip
+            except MappingInfeasible as e:
+                first = first or e
+                if "B/cycle" not in str(e) or scale <= 1 / 8:  # contexts, SRAM or links' count: no rate helps
+                    raise first from None
+            scale /= 2
+            problem = replace(problem, streams=[replace(st, rate=st.rate / 2) for st in problem.streams])
+
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         from attnc.arch import load_arch
-        from attnc.passes.place_route import place_and_route
 
         arch = load_arch(self.arch)
         fn = main_func(op)
@@ -103,8 +120,9 @@ class PlaceRoutePass(ModulePass):
         assert isinstance(ret, func.ReturnOp)
 
         problem, edges = dataflow_problem(kernels, stream_of, arch)
-        mapping = place_and_route(problem, arch, time_limit=self.time_limit, seed=self.seed,
-                                  heuristic_only=self.heuristic_only)  # fmt: skip
+        mapping, rate_scale = self._place(problem, arch)
+        if rate_scale < 1:  # say so in the config: its streams were placed at a fraction of their rates
+            fn.attributes["attnc.stream_rate_scale"] = FloatAttr(rate_scale, 64)
 
         config_block = Block()
         # DRAM: inputs, outputs, then weights (addresses filled by the backend for constants)
@@ -261,7 +279,13 @@ def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int],
             return max(own, pace[k.group.data])
         return own
 
-    rates = [min(float(width), nb / max(cycles(src), cycles(dst), 1)) for _, src, dst, nb in edges]
+    def cap(src: df.KernelOp, dst: df.KernelOp) -> float:
+        # a stage chain's streams each carry a whole tensor at the chain's pace, several to a tile: asking
+        # a full link for each would make small chains unplaceable, where sharing one only slows them (the
+        # simulator shares links); half a link each lets two meet on one
+        return width / 2 if any(k.group is not None and k.group.data in pace for k in (src, dst)) else float(width)
+
+    rates = [min(cap(src, dst), nb / max(cycles(src), cycles(dst), 1)) for _, src, dst, nb in edges]
     # what DMA loads stream out cannot exceed what DRAM delivers: their rates share its bandwidth
     loads = [i for i, (_, src, _, _) in enumerate(edges) if src.kind.data == "dma_load"]
     total = sum(rates[i] for i in loads)

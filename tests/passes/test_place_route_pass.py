@@ -65,3 +65,32 @@ def test_too_small_an_array_is_explained(tmp_path):
     run_pipeline(module, "canonicalize,raise-attention")
     with pytest.raises(AttncError, match=r"needs \d+ compute kernels but tiny has 4 compute tiles x 1 contexts = 4 slots"):
         run_pipeline(module, [LowerToDataflowPass(arch=str(small)), PlaceRoutePass(arch=str(small), heuristic_only=True)])
+
+
+def test_link_bandwidth_alone_halves_the_rates_instead_of_failing(monkeypatch) -> None:
+    """When only link bandwidth stands in the way, place-route asks every stream for half its rate and
+    says so in the config; any other shortfall still fails at once."""
+    from attnc.mapping import MappingInfeasible
+    from attnc.passes import place_route
+
+    calls = []
+    real = place_route.place_and_route
+
+    def flaky(problem, arch, **kw):
+        calls.append(max(s.rate for s in problem.streams))
+        if len(calls) < 3:
+            raise MappingInfeasible("cannot map onto edge: link (0, 0)->(0, 1): streams need 40 B/cycle, capacity 32")
+        return real(problem, arch, **kw)
+
+    monkeypatch.setattr(place_route, "place_and_route", flaky)
+    module, _ = compile_to_array("bert_layer", "edge", "heuristic-only=true")
+    assert len(calls) == 3 and calls[1] == calls[0] / 2 and calls[2] == calls[0] / 4
+    (config,) = [o for o in module.walk() if isinstance(o, ar.ConfigOp)]
+    assert config.attributes["attnc.stream_rate_scale"].value.data == 0.25
+
+    def contexts(problem, arch, **kw):
+        raise MappingInfeasible("cannot map onto edge: needs 99 compute kernels")
+
+    monkeypatch.setattr(place_route, "place_and_route", contexts)
+    with pytest.raises(MappingInfeasible, match="99 compute kernels"):
+        compile_to_array("bert_layer", "edge")
