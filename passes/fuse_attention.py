@@ -154,7 +154,7 @@ def expand(op: sp.AttentionOp, sched: Schedule, name: str) -> None:
             qc = _slice(b, qu, [u0, 0, r0, 0], [u1, rep, r1, d])
             mc = None if mu is None else _slice(b, mu, [u0, 0, r0, 0], [u1, rep, r1, t])
             if sched.mode == "unfused":
-                o = _unfused_member(b, op, qc, kin, vin, mc, r0, tag, group)
+                o = _unfused_member(b, op, qc, kin, vin, mc, r0, tag, group, sched.reserve)
             else:
                 attn = sp.AttentionOp(
                     qc, kin, vin, mc, scale=op.scale.value.data, causal=op.causal is not None,
@@ -193,20 +193,27 @@ def _spill(b: _Builder, x: SSAValue, tag: str, group: str) -> SSAValue:
     return b.add(op, tag, group)
 
 
-def _unfused_member(b: _Builder, op: sp.AttentionOp, qc, kin, vin, mc, r0: int, tag: str, group: str) -> SSAValue:
-    """QKᵀ -> DRAM -> softmax -> DRAM -> PV for one member's rows."""
+def _unfused_member(b: _Builder, op: sp.AttentionOp, qc, kin, vin, mc, r0: int, tag: str, group: str,
+                    reserve: int = 0) -> SSAValue:
+    """QKᵀ -> DRAM -> softmax -> DRAM -> PV for one member's rows; its two GEMM kernels claim ``reserve``
+    bytes of their tiles' SRAM (the placer would stack them otherwise, as it would fused members)."""
     elt = sp.elt_of(qc)
     u, rep, rows, _ = sp.shape_of(qc)
     t = sp.shape_of(kin)[2]
     kt = b.add(sp.TransposeOp(kin, [0, 1, 3, 2]))
     scale = b.add(_splat([], elt, op.scale.value.data))
-    s = scaled_scores(b, b.add(sp.MatmulOp(qc, kt), f"{tag}_qk", group), scale, op, f"{tag}_qk", group)
+    qk = b.add(sp.MatmulOp(qc, kt), f"{tag}_qk", group)
+    s = scaled_scores(b, qk, scale, op, f"{tag}_qk", group)
     s = _spill(b, s, f"{tag}_spill_s", group)
     zero, neginf = b.add(_splat([], elt, 0.0)), b.add(_splat([], elt, -np.inf))
     causal = op.causal_offset.value.data + r0 if op.causal is not None else None
     p = masked_softmax(b, s, mc, causal, (rows, t), zero, neginf, f"{tag}_softmax", group)
     p = _spill(b, p, f"{tag}_spill_p", group)
-    return b.add(sp.MatmulOp(p, vin), f"{tag}_pv", group)
+    pv = b.add(sp.MatmulOp(p, vin), f"{tag}_pv", group)
+    if reserve:
+        for v in (qk, pv):
+            v.owner.attributes[RESERVE] = IntegerAttr(reserve, 64)
+    return pv
 
 
 def scaled_scores(b: _Builder, s: SSAValue, scale: SSAValue, op: sp.AttentionOp, tag: str, group: str) -> SSAValue:

@@ -324,10 +324,13 @@ class TilePass(ModulePass):
             # a member claims the SRAM the search budgeted: placing two on one tile would halve their speed
             # for fewer byte-hops, a trade the placer's objective would otherwise make (when the other compute
             # kernels' shares leave that much)
-            members = p.schedule.groups * p.schedule.members if p.schedule.mode != "unfused" else 0
+            # (unfused: a member's QKᵀ and PV GEMMs run one after the other, so they claim half each)
+            unfused = p.schedule.mode == "unfused"
+            members = p.schedule.groups * p.schedule.members * (2 if unfused else 1)
+            claim = budget // 2 if unfused else budget
             share = tile.sram_bytes // max(tile.contexts, 1)
             room = sum(t.sram_bytes for t in arch.tiles_of("compute")) - reserved["compute"] * share - used_sram
-            reserve = budget if members and members * budget <= room else 0
+            reserve = claim if members and members * claim <= room else 0
             expand(a, replace(p.schedule, reserve=reserve), f"attn{i}")
             used_sram += members * max(p.schedule.buffer, reserve)
         # butterfly matmuls and Fourier mixing: stage pipelines on the tiles the attentions leave
