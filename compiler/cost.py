@@ -480,12 +480,12 @@ def _kernel_cost(name, kind, tile_kind, pos, body, in_types, out_types, tile, ar
     return kc, counts
 
 
-def _dma(kc: KernelCost, descriptors: list[tuple[str, int]], repeat: int, arch) -> None:
+def _dma(kc: KernelCost, descriptors: list[tuple[str, int]], repeat: int, arch, spill: bool = False) -> None:
     for direction, nbytes in descriptors:
         if direction == "load":
             kc.dram_read_bytes += repeat * nbytes
-        else:
-            kc.dram_write_bytes += repeat * nbytes
+        else:  # a repeated spill writes its input once and reads it back per pass
+            kc.dram_write_bytes += (1 if spill else repeat) * nbytes
     moved = kc.dram_read_bytes + kc.dram_write_bytes
     kc.sram_read_bytes = kc.sram_write_bytes = moved  # staged in the DMA tile's buffer
     kc.cycles = math.ceil(moved / arch.dram.bytes_per_cycle)
@@ -606,7 +606,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
             kc, c = _kernel_cost(ctx.sym_name.data, kind, tp.kind, pos, body, in_types, out_types, tp, arch)
             loops = _loops(ctx.loops, ctx.trips)
             if kind in DMA_KINDS or tp.kind == "dma":
-                _dma(kc, descs.get(ctx.kernel.value.data, []), _repeat(loops), arch)
+                _dma(kc, descs.get(ctx.kernel.value.data, []), _repeat(loops), arch, kind == "dma_spill")
             for key in counts:
                 counts[key] += c[key]
             idx = len(nodes)
@@ -674,7 +674,7 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
                 d = [("store", sum(_bytes(t) for t in out_types))]
             else:
                 d = [("store", sum(_bytes(t) for t in in_types)), ("load", sum(_bytes(t) for t in out_types))]
-            _dma(kc, d, _repeat(loops), arch)
+            _dma(kc, d, _repeat(loops), arch, kind == "dma_spill")
         for key in counts:
             counts[key] += c[key]
         idx = len(nodes)

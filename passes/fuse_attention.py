@@ -79,6 +79,7 @@ class Schedule:
     buffer: int = 0  # on-chip bytes a fused member needs (reports)
     staged: bool = False  # passes > 1 re-stream K/V from a memory tile, not from DRAM
     reserve: int = 0  # SRAM a fused member claims on its tile: the search planned one member per tile
+    spilled: bool = False  # passes > 1 re-read K/V computed on chip from DRAM: written once, read per pass
 
     def text(self) -> str:
         s = f"{self.mode} groups={self.groups} members={self.members}"
@@ -86,6 +87,8 @@ class Schedule:
             s += f" row_block={self.row_block} key_block={self.key_block} passes={self.passes}"
             if self.staged:
                 s += " (K/V staged in memory tiles)"
+            if self.spilled:
+                s += " (K/V spilled to DRAM, re-read per pass)"
         return s
 
 
@@ -146,6 +149,8 @@ def expand(op: sp.AttentionOp, sched: Schedule, name: str) -> None:
         vin = _slice(b, vu, [u0, 0, 0, 0], [u1, 1, t, dv])
         if sched.staged:
             kin, vin = (_stage(b, x, sched, f"{name}_g{g}_{n}stage", f"{name}/g{g}") for x, n in ((kin, "k"), (vin, "v")))
+        elif sched.spilled:
+            kin, vin = (_spill(b, x, f"{name}_g{g}_{n}spill", f"{name}/g{g}") for x, n in ((kin, "k"), (vin, "v")))
         rows = []
         for c in range(sched.members):
             r0, r1 = split(s, sched.members, c)

@@ -350,7 +350,8 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
         if passes > 1:
             k.attributes[INPUT_REPEATS] = df._i64s(reps)
     for k in kernels:
-        if k.kind.data != "dma_load" or not k.outputs:
+        # a load, or a spill of K/V computed on chip (written once, read back once per pass)
+        if k.kind.data not in ("dma_load", "dma_spill") or not k.outputs:
             continue
         users = consumers.get(k.outputs[0], [])
         if not users or any(u.kind.data != "attention" and u.tile_kind.data != "memory" for u, _ in users):

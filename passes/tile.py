@@ -168,7 +168,8 @@ def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
             )  # fmt: skip
             worst = max(worst, cyc)
         member = worst
-        dram = q_bytes + o_bytes + (1 if sched.staged else passes) * kv_bytes + mask_bytes
+        # (spilled: K/V written once, then read once per pass)
+        dram = q_bytes + o_bytes + ((1 if sched.staged else passes) + sched.spilled) * kv_bytes + mask_bytes
         usable = NOC_HEADROOM * link  # the rest of the graph's streams cross these links too
         chain = passes * kv_bytes / g / usable  # each chain link carries its group's K/V per pass
         fan = max(q_bytes, o_bytes, passes * kv_bytes / 2) / (3 * usable)  # through a DMA tile's links
@@ -177,7 +178,7 @@ def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
         # the chain would have to run its links fuller than the headroom: the placer may not route it
         over = chain > member
         bound = "compute" if cycles == member else ("dram" if cycles == dram / bw else "noc")
-        kernels = g * c + 5 + (2 * g if sched.staged else 0)
+        kernels = g * c + 5 + (2 * g if sched.staged or sched.spilled else 0)
         buffer = sched.buffer
     cycles += arch.dram.latency_cycles + max(tile.mac_rows, 1) + max(tile.mac_cols, 1)
     # a schedule whose chain overfills its links comes back with negative cycles (see search)
@@ -232,10 +233,12 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                             reject("buffers exceed the tile's SRAM")
                             continue
                         staged = passes > 1 and _stageable(sh, arch, g, kb, reserved)
-                        if passes > 1 and not staged and not sh.kv_from_dram:
-                            reject("K/V re-streaming needs K and V in DRAM or room in the memory tiles")
+                        # K/V computed on chip that a member streams several times go through DRAM once
+                        spilled = passes > 1 and not staged and not sh.kv_from_dram
+                        if spilled and 4 + 2 * g > dma_slots:
+                            reject("K/V spills do not fit the DMA tiles' contexts")
                             continue
-                        out.append(Schedule(fusion, g, c, r, kb, passes, need, staged))
+                        out.append(Schedule(fusion, g, c, r, kb, passes, need, staged, spilled=spilled))
     return out, rejected
 
 

@@ -810,7 +810,8 @@ class _Sim:
         in_bytes = sum(_prod(p.shape) * _dtype_bytes(p.dtype) for p in cfg.inputs)
         if is_dma:
             read, write = self._dma_bytes(cfg, in_bytes, port_bytes)
-            read, write = read * repeat, write * repeat
+            # a ("repeat", P) loop runs the loads P times; a spill's store writes its input once
+            read, write = read * repeat, write * (1 if cfg.kind == "dma_spill" else repeat)
             k.dma_bytes = read + write
             self.stats.dram_read_bytes += read
             self.stats.dram_write_bytes += write
