@@ -40,7 +40,12 @@ a far tile costs a row block's link time per hop to the neighbouring stages), wi
 most rows at a time (``row_block``, at most a MAC-array height) its SRAM allows. The
 predicted cycles are the slowest tile's load stretched by the pipeline's fill, or the
 DRAM traffic plus the fill DRAM cannot overlap. Every kernel stays configured for the
-whole run, so each chain plans within its share (by MACs) of the free contexts and SRAM.
+whole run, so each chain plans within its share (by MACs) of the free contexts and SRAM --
+except the axes of one Fourier op, which run one after the other (an axis's FFT needs the
+whole result of the one before): they split every tile's contexts and SRAM, the first
+axis taking the share (of ``AXIS_SHARES``) that minimises the two chains' summed predicted
+cycles (a wide sequence-axis chain needs SRAM for its row blocks far more than its MACs
+say) and the second what it leaves.
 The placer ranks byte-hops above the makespan and would stack pipeline neighbours on one
 tile; so a kernel on a compute tile claims the share of the tile's SRAM that its cycles
 are of the slowest tile's (any set of the chain's kernels on a tile then sums to about the
@@ -51,7 +56,7 @@ choices are reported in ``attnc.tile_report`` (``bfly<i>: ...`` lines).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
@@ -609,6 +614,81 @@ def _commit(plan: Plan, slots: list[Slot]) -> None:
         s.index = i
 
 
+#: first-axis shares of each tile the planner tries for a Fourier op over two axes
+AXIS_SHARES = (0.25, 1 / 3, 0.4, 0.5, 0.6, 2 / 3, 0.75)
+#: the part of its share of a tile's SRAM an axis's chain plans on (the placer's packing of the two
+#: chains' kernels fails when their claims fill the tiles exactly)
+AXIS_SLACK = 1.0
+AXIS_KERNELS = 24
+
+
+def _scaled(slots: list[Slot], share: float) -> list[Slot]:
+    """``slots`` cut to ``share`` of each tile's contexts (at least one) and SRAM, indices kept (so a plan
+    on them commits to ``slots``)."""
+    ctx = (lambda c: c) if share >= 1 else (lambda c: max(1, round(c * share)))
+    return [replace(s, contexts=ctx(s.contexts), sram=int(s.sram * share * AXIS_SLACK)) for s in slots]
+
+
+@dataclass
+class _Probe(Chain):
+    """A chain by its dimensions only (the planner's look-ahead at an axis not yet expanded)."""
+
+    dims: tuple[int, int, int] = (0, 0, 0)
+
+    @property
+    def n(self) -> int:
+        return self.dims[0]
+
+    @property
+    def rows(self) -> int:
+        return self.dims[1]
+
+    @property
+    def eb(self) -> int:
+        return self.dims[2]
+
+
+def axis_shares(op: sp.FourierOp, arch, slots: list[Slot], memory: list[int]) -> list[float]:
+    """Per axis of a Fourier op (in expansion order): the share of each free tile its chain plans on
+    (the last one: what the others left). The axes' chains run one after the other but stay configured
+    together, so two axes split each tile: the first-axis share with the least summed predicted cycles
+    (a chain's cycles fall about as its SRAM grows: its row blocks fill the MAC arrays). Three or more
+    axes split by MACs."""
+    shp = sp.shape_of(op.results[0])
+    r = len(shp)
+    axes = sorted({int(a) % r for a in op.axes.get_values()}, reverse=True)
+    total = int(np.prod(shp, dtype=np.int64))
+    eb = np_dtype(sp.elt_of(op.input)).itemsize
+    probes = []
+    for ai, a in enumerate(axes):
+        sts, ws, _ = bf.fft_stages(shp[a])
+        probes.append(_Probe(f"probe{ai}", None, sts, ws, dims=(2 * shp[a], total // shp[a], eb)))
+    if len(axes) != 2:
+        w = [2 * total * sum(st.width for st in p.stages) for p in probes]
+        left, out = sum(w), []
+        for wi in w:
+            out.append(wi / left if left else 1.0)
+            left -= wi
+        return out
+
+    def time(share: float) -> float:
+        mine, mem = [replace(s) for s in slots], list(memory)
+        out = 0
+        for p, f in zip(probes, (share, 1.0)):
+            try:
+                plan = plan_chain(p, arch, _scaled(mine, f), max_kernels=AXIS_KERNELS, memory=mem)
+            except AttncError:
+                return math.inf
+            _commit(plan, mine)
+            for mi, used in enumerate(plan.held if plan.staged else []):
+                mem[mi] -= used
+            out += plan.predicted
+        return out
+
+    best = min(AXIS_SHARES, key=time)
+    return [best, 1.0]
+
+
 # ---------------------------------------------------------------------------
 # building the kernels' ops
 
@@ -778,11 +858,25 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
         axes = 1 if isinstance(op, sp.ButterflyMatmulOp) else len(set(int(a) for a in op.axes.get_values()))
         cap = max(1, int(contexts * _macs(op) / max(total, 1)) // axes)
 
+        shares = None
+        if axes > 1:
+            shares = axis_shares(op, arch, slots, memory)
+        axis = iter(range(axes))
+
         def build(ch: Chain) -> SSAValue:
             frac = _macs(op) / max(total, 1) / axes
-            ch.plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(sram * frac),
-                                 memory=memory)
-            _commit(ch.plan, slots)
+            ai = next(axis)
+            if shares is not None:
+                # the axes run one after the other (an axis's FFT needs the previous axis's whole result),
+                # so they split every tile's contexts and SRAM (by the share that minimises their summed
+                # predicted times) instead of each taking its MAC share of the array from what the one
+                # before it left
+                ch.plan = plan_chain(ch, arch, _scaled(slots, shares[ai]), max_kernels=AXIS_KERNELS, memory=memory)
+                _commit(ch.plan, slots)
+            else:
+                ch.plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(sram * frac),
+                                     memory=memory)
+                _commit(ch.plan, slots)
             if ch.plan.staged:  # its pieces take that much of their memory tiles
                 for mi, used in enumerate(ch.plan.held):
                     memory[mi] -= used

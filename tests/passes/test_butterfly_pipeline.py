@@ -164,3 +164,34 @@ def test_groups_respect_unjoinable_boundaries():
     assert bp._groups([3, 1, 1, 1], [True, True, True], 2) == [[0], [1, 2, 3]]
     assert bp._groups([1, 1, 1, 1], [True, False, True], 2) == [[0, 1], [2, 3]]
     assert bp._groups([1, 1, 1, 1], [False, False, True], 2) is None
+
+
+def test_fourier_axes_split_each_tile_by_predicted_time():
+    """The two axes of FNet's mixing run one after the other, so their chains split every free tile:
+    the first axis's share is the one with the least summed predicted cycles (no worse than halves),
+    and its plan stays within that share of each tile, leaving the second axis a plan on the rest."""
+    arch = load_arch("edge")
+    m = build_module([(1, 256, 384)], lambda a, add: [add(sp.FourierOp(a[0], (-2, -1)))])
+    op = next(o for o in main_func(m).body.block.ops if isinstance(o, sp.FourierOp))
+    slots = bp.free_slots(arch, {}, 0, 0)
+    shares = bp.axis_shares(op, arch, slots, [])
+    assert len(shares) == 2 and shares[0] in bp.AXIS_SHARES and shares[1] == 1.0
+
+    def total(share):
+        mine, out = [bp.replace(s) for s in slots], 0
+        for (n, rows), f in zip([(384, 256), (256, 384)], (share, 1.0)):
+            sts, ws, _ = bf.fft_stages(n)
+            ch = bp._Probe("p", None, sts, ws, dims=(2 * n, rows, 4))
+            scaled = bp._scaled(mine, f)
+            plan = bp.plan_chain(ch, arch, scaled, max_kernels=bp.AXIS_KERNELS)
+            for si in set(plan.slots):
+                on = [k for k, s in enumerate(plan.slots) if s == si]
+                assert len(on) <= scaled[si].contexts
+                assert sum(plan.claims[k] for k in on) <= scaled[si].sram
+            bp._commit(plan, mine)
+            out += plan.predicted
+        return out
+
+    assert total(shares[0]) <= total(0.5)
+    # the whole op still expands to the FFT on edge with the split
+    same(m, expanded(m, "edge"), tol=2e-5)
