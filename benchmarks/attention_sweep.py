@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import arch_axes, write_markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -188,44 +189,28 @@ def main() -> int:
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in COLUMNS})
-    write_markdown(rows, out.with_suffix(".md"), args)
+    write_table(rows, out.with_suffix(".md"))
     plot(rows, out.parent)
     print(f"wrote {out.with_suffix('.csv')}, {out.with_suffix('.md')} and plots in {out.parent}")
     return 0
 
 
-def write_markdown(rows: list[dict], path: Path, args) -> None:
+def write_table(rows: list[dict], path: Path) -> None:
     shown = ["arch", "model", "batch", "seq", "mode", "schedule", "cycles", "speedup", "dram_vs_min", "utilization",
              "energy_uj", "energy_saved", "binds", "cost_err", "cost_dram_exact", "max_abs_err"]  # fmt: skip
-    lines = [
-        "# Attention dataflow sweep",
-        "",
-        f"`python benchmarks/attention_sweep.py {' '.join(sys.argv[1:])}` on {platform.node() or 'this machine'} "
-        f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}.",
-        "",
+    notes = [
         "Simulated (timing model, from the bitstream). speedup and energy_saved are against unfused at the same",
         "point; dram_vs_min is DRAM bytes over the compulsory 4·B·H·N·d·2; binds is the largest lower bound",
         "(compute: busiest compute tile, dram: bytes/bandwidth, noc: busiest link); cost_err is attnc.cost's",
         "cycle prediction against the simulator.",
-        "",
-        "| " + " | ".join(shown) + " |",
-        "|" + "---|" * len(shown),
     ]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(k, r.get(k, "")) for k in shown) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    write_markdown(path, "Attention dataflow sweep", notes, shown, rows, _fmt)
 
 
 def plot(rows: list[dict], where: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     for metric, label in (("speedup", "speedup over unfused"), ("utilization", "MAC utilisation")):
-        archs = sorted({r["arch"] for r in rows})
-        fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4), squeeze=False)
-        for ax, arch in zip(axes[0], archs):
+        plt, fig, panels = arch_axes(rows)
+        for arch, ax in panels:
             for key in sorted({(r["model"], r["batch"], r["mode"]) for r in rows if r["arch"] == arch}):
                 pts = sorted((r["seq"], r[metric]) for r in rows if (r["model"], r["batch"], r["mode"]) == key
                              and r["arch"] == arch and r[metric] != "")  # fmt: skip

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -47,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _examples import make_examples  # noqa: E402
+from _report import arch_axes, write_markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -301,46 +300,30 @@ def main() -> int:
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in COLUMNS})
-    write_markdown(rows, out.with_suffix(".md"))
+    write_table(rows, out.with_suffix(".md"))
     plot(rows, out.parent)
     print(f"wrote {out.with_suffix('.csv')}, {out.with_suffix('.md')} and a plot in {out.parent}")
     return 0
 
 
-def write_markdown(rows: list[dict], path: Path) -> None:
+def write_table(rows: list[dict], path: Path) -> None:
     shown = ["arch", "workload", "seq", "variant", "macs", "mac_reduction", "cycles", "speedup",
              "speedup_vs_roofline", "energy_uj", "energy_ratio", "utilization", "binds", "proj_error", "out_error",
              "sim_vs_interp"]  # fmt: skip
-    lines = [
-        "# Butterfly sparsity: dense vs butterfly",
-        "",
-        f"`python benchmarks/butterfly.py {' '.join(sys.argv[1:])}` on {platform.node() or 'this machine'} "
-        f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d')}.",
-        "",
+    notes = [
         "Simulated (timing model, from the bitstream). speedup, mac_reduction and energy_ratio are against the",
         "dense variant at the same point; speedup_vs_roofline is against the dense variant's roofline (its",
         "MACs at full array utilisation, or its compulsory DRAM traffic). proj_error is the mean relative",
         "Frobenius error of the projected weights; out_error the output's relative error against the dense",
         "model (reference interpreter); sim_vs_interp the functional simulator against the interpreter on the",
-        "same IR (max abs). The hybrid rows sum their blocks (one array configuration per block).",
-        "",
-        "| " + " | ".join(shown) + " |",
-        "|" + "---|" * len(shown),
+        "same IR (max abs). Blocks and the hybrid sum their sub-layers (one array configuration each).",
     ]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(k, r.get(k, "")) for k in shown) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    write_markdown(path, "Butterfly sparsity: dense vs butterfly", notes, shown, rows, _fmt)
 
 
 def plot(rows: list[dict], where: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    archs = sorted({r["arch"] for r in rows})
-    fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4), squeeze=False)
-    for ax, arch in zip(axes[0], archs):
+    plt, fig, panels = arch_axes(rows)
+    for arch, ax in panels:
         for wl in sorted({r["workload"] for r in rows if r["arch"] == arch}):
             pts = sorted((r["seq"], r["speedup"]) for r in rows
                          if r["arch"] == arch and r["workload"] == wl and r.get("speedup"))  # fmt: skip
