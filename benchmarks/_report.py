@@ -41,3 +41,15 @@ def arch_axes(rows: Sequence[dict]):
     archs = sorted({r["arch"] for r in rows})
     fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4), squeeze=False)
     return plt, fig, list(zip(archs, axes[0]))
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    """``rows`` as CSV with ``columns`` (missing values empty), creating the folder."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in columns})

@@ -37,7 +37,6 @@ Writes benchmarks/results/butterfly.{csv,md} and a plot (PNG). Not part of the t
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -45,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _examples import make_examples  # noqa: E402
-from _report import arch_axes, write_markdown  # noqa: E402
+from _report import arch_axes, write_csv, write_markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -294,12 +293,7 @@ def main() -> int:
             r["mac_reduction"] = b["macs"] / r["macs"]
             r["energy_ratio"] = b["energy_uj"] / r["energy_uj"]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in COLUMNS})
+    write_csv(out.with_suffix(".csv"), COLUMNS, rows)
     write_table(rows, out.with_suffix(".md"))
     plot(rows, out.parent)
     print(f"wrote {out.with_suffix('.csv')}, {out.with_suffix('.md')} and a plot in {out.parent}")
