@@ -41,11 +41,12 @@ most rows at a time (``row_block``, at most a MAC-array height) its SRAM allows.
 predicted cycles are the slowest tile's load stretched by the pipeline's fill, or the
 DRAM traffic plus the fill DRAM cannot overlap. Every kernel stays configured for the
 whole run, so each chain plans within its share (by MACs) of the free contexts and SRAM --
-except the axes of one Fourier op, which run one after the other (an axis's FFT needs the
-whole result of the one before): they split every tile's contexts and SRAM, the first
-axis taking the share (of ``AXIS_SHARES``) that minimises the two chains' summed predicted
-cycles (a wide sequence-axis chain needs SRAM for its row blocks far more than its MACs
-say) and the second what it leaves.
+except the two axes of one Fourier op, which run one after the other (an axis's FFT needs
+the whole result of the one before): they split every tile's contexts and SRAM, one chain
+planned on a share (of ``AXIS_SHARES``) of each tile and the other on what it leaves, in
+the order and share that minimise their summed predicted cycles (a wide sequence-axis chain
+needs SRAM for its row blocks far more than its MACs say). The last axis is expanded last,
+so the op's result leaves in row order and the row-wise ops after it overlap its chain.
 The placer ranks byte-hops above the makespan and would stack pipeline neighbours on one
 tile; so a kernel on a compute tile claims the share of the tile's SRAM that its cycles
 are of the slowest tile's (any set of the chain's kernels on a tile then sums to about the
@@ -135,7 +136,7 @@ def fourier_steps(b: _Builder, op: sp.FourierOp, name: str, build) -> SSAValue:
     shp = list(sp.shape_of(x))
     r = len(shp)
     elt = sp.elt_of(x)
-    axes = sorted({int(a) % r for a in op.axes.get_values()}, reverse=True)  # the last axis first: no transpose
+    axes = fourier_axes(op)
     # complex, interleaved: [..., n] -> [..., n, 1] -> pad a zero imaginary part -> [..., n, 2]
     v = b.add(sp.ReshapeOp(x, shp + [1]))
     v = b.add(sp.PadOp(v, [0] * (r + 1) + [0] * r + [1], 0.0))
@@ -614,11 +615,10 @@ def _commit(plan: Plan, slots: list[Slot]) -> None:
         s.index = i
 
 
-#: first-axis shares of each tile the planner tries for a Fourier op over two axes
+#: shares of each tile the chain planned first may take, for a Fourier op over two axes
 AXIS_SHARES = (0.25, 1 / 3, 0.4, 0.5, 0.6, 2 / 3, 0.75)
-#: the part of its share of a tile's SRAM an axis's chain plans on (the placer's packing of the two
-#: chains' kernels fails when their claims fill the tiles exactly)
-AXIS_SLACK = 1.0
+#: most stage kernels of each axis's chain (the placer's packing of the array fails with many more:
+#: two chains of 32 at seq 512 on edge do not place)
 AXIS_KERNELS = 24
 
 
@@ -626,7 +626,7 @@ def _scaled(slots: list[Slot], share: float) -> list[Slot]:
     """``slots`` cut to ``share`` of each tile's contexts (at least one) and SRAM, indices kept (so a plan
     on them commits to ``slots``)."""
     ctx = (lambda c: c) if share >= 1 else (lambda c: max(1, round(c * share)))
-    return [replace(s, contexts=ctx(s.contexts), sram=int(s.sram * share * AXIS_SLACK)) for s in slots]
+    return [replace(s, contexts=ctx(s.contexts), sram=int(s.sram * share)) for s in slots]
 
 
 @dataclass
@@ -648,45 +648,59 @@ class _Probe(Chain):
         return self.dims[2]
 
 
-def axis_shares(op: sp.FourierOp, arch, slots: list[Slot], memory: list[int]) -> list[float]:
-    """Per axis of a Fourier op (in expansion order): the share of each free tile its chain plans on
-    (the last one: what the others left). The axes' chains run one after the other but stay configured
-    together, so two axes split each tile: the first-axis share with the least summed predicted cycles
-    (a chain's cycles fall about as its SRAM grows: its row blocks fill the MAC arrays). Three or more
-    axes split by MACs."""
+def fourier_axes(op: sp.FourierOp) -> list[int]:
+    """The axes of a Fourier op in expansion order: the last axis last, so the chain that ends the op
+    runs along its rows and streams them to the row-wise ops after it (a residual add, a layer norm)
+    instead of those waiting for a transpose of the whole result."""
+    r = len(sp.shape_of(op.input))
+    return sorted({int(a) % r for a in op.axes.get_values()})
+
+
+def plan_axes(op: sp.FourierOp, arch, slots: list[Slot], memory: list[int]) -> list[Plan] | None:
+    """The plans of a two-axis Fourier op's chains (in expansion order), committed to ``slots`` and
+    ``memory``; None for other axis counts. The axes' chains run one after the other but stay
+    configured together, so they split each tile: one chain plans on a share of every tile's
+    contexts and SRAM, the other on what it leaves; the order and share (of ``AXIS_SHARES``) are
+    those with the least summed predicted cycles (a chain's cycles fall about as its SRAM grows: its
+    row blocks fill the MAC arrays, so a wide sequence-axis chain needs far more than its MACs say)."""
     shp = sp.shape_of(op.results[0])
-    r = len(shp)
-    axes = sorted({int(a) % r for a in op.axes.get_values()}, reverse=True)
+    axes = fourier_axes(op)
+    if len(axes) != 2:
+        return None
     total = int(np.prod(shp, dtype=np.int64))
     eb = np_dtype(sp.elt_of(op.input)).itemsize
     probes = []
     for ai, a in enumerate(axes):
         sts, ws, _ = bf.fft_stages(shp[a])
         probes.append(_Probe(f"probe{ai}", None, sts, ws, dims=(2 * shp[a], total // shp[a], eb)))
-    if len(axes) != 2:
-        w = [2 * total * sum(st.width for st in p.stages) for p in probes]
-        left, out = sum(w), []
-        for wi in w:
-            out.append(wi / left if left else 1.0)
-            left -= wi
-        return out
 
-    def time(share: float) -> float:
+    def attempt(order: tuple[int, int], share: float):
         mine, mem = [replace(s) for s in slots], list(memory)
-        out = 0
-        for p, f in zip(probes, (share, 1.0)):
+        plans: dict[int, Plan] = {}
+        for ai, f in zip(order, (share, 1.0)):
             try:
-                plan = plan_chain(p, arch, _scaled(mine, f), max_kernels=AXIS_KERNELS, memory=mem)
+                plan = plan_chain(probes[ai], arch, _scaled(mine, f), max_kernels=AXIS_KERNELS, memory=mem)
             except AttncError:
-                return math.inf
+                return math.inf, None
             _commit(plan, mine)
             for mi, used in enumerate(plan.held if plan.staged else []):
                 mem[mi] -= used
-            out += plan.predicted
-        return out
+            plans[ai] = plan
+        return sum(p.predicted for p in plans.values()), plans
 
-    best = min(AXIS_SHARES, key=time)
-    return [best, 1.0]
+    best, plans, order = math.inf, None, None
+    for o in ((1, 0), (0, 1)):  # the last axis (usually the narrower chain) planned first wins ties
+        for share in AXIS_SHARES:
+            t, ps = attempt(o, share)
+            if t < best:
+                best, plans, order = t, ps, o
+    if plans is None:
+        return None
+    for ai in order:
+        _commit(plans[ai], slots)
+        for mi, used in enumerate(plans[ai].held if plans[ai].staged else []):
+            memory[mi] -= used
+    return [plans[ai] for ai in range(len(axes))]
 
 
 # ---------------------------------------------------------------------------
@@ -858,25 +872,22 @@ def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int 
         axes = 1 if isinstance(op, sp.ButterflyMatmulOp) else len(set(int(a) for a in op.axes.get_values()))
         cap = max(1, int(contexts * _macs(op) / max(total, 1)) // axes)
 
-        shares = None
-        if axes > 1:
-            shares = axis_shares(op, arch, slots, memory)
+        axis_plans = plan_axes(op, arch, slots, memory) if isinstance(op, sp.FourierOp) else None
         axis = iter(range(axes))
 
         def build(ch: Chain) -> SSAValue:
             frac = _macs(op) / max(total, 1) / axes
             ai = next(axis)
-            if shares is not None:
-                # the axes run one after the other (an axis's FFT needs the previous axis's whole result),
-                # so they split every tile's contexts and SRAM (by the share that minimises their summed
-                # predicted times) instead of each taking its MAC share of the array from what the one
-                # before it left
-                ch.plan = plan_chain(ch, arch, _scaled(slots, shares[ai]), max_kernels=AXIS_KERNELS, memory=memory)
-                _commit(ch.plan, slots)
-            else:
-                ch.plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(sram * frac),
-                                     memory=memory)
-                _commit(ch.plan, slots)
+            if axis_plans is not None:
+                # planned (and committed) with the other axis: the axes run one after the other (an
+                # axis's FFT needs the previous axis's whole result), so they split every tile's contexts
+                # and SRAM instead of each taking its MAC share of the array from what the one before left
+                ch.plan = axis_plans[ai]
+                plans.append(f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {ch.plan.text()}")
+                return build_chain(b, ch, ch.plan)
+            ch.plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(sram * frac),
+                                 memory=memory)
+            _commit(ch.plan, slots)
             if ch.plan.staged:  # its pieces take that much of their memory tiles
                 for mi, used in enumerate(ch.plan.held):
                     memory[mi] -= used
