@@ -353,8 +353,10 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes
 
 
 def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_kernels: int = 1 << 30,
-               share: float = 1.0, sram_budget: int = 1 << 62, memory: list[int] | None = None) -> Plan:
-    """The fastest feasible grouping of one chain on ``slots`` (see the module docstring)."""
+               share: float = 1.0, sram_budget: int = 1 << 62, memory: list[int] | None = None,
+               prefer_staged: bool = False) -> Plan:
+    """The fastest feasible grouping of one chain on ``slots`` (see the module docstring); with
+    ``prefer_staged``, weights held in memory tiles win ties with weights streamed from DRAM."""
     best: Plan | None = None
     count = 0
     # weights kept on chip, or streamed once per row block (more passes: more DRAM traffic, more overlap);
@@ -365,7 +367,8 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
     # once and re-sent from there once per row block
     weight_bytes = sum(int(np.prod(st.weight_shape(ch.n))) for st in ch.stages) * ch.eb
     stageable = streamable and bool(memory) and sum(memory or []) >= weight_bytes
-    options = [(1, False)] + [(p, st) for p in PASSES if p <= ch.rows and streamable for st in (False, True)
+    order = (True, False) if prefer_staged else (False, True)
+    options = [(1, False)] + [(p, st) for p in PASSES if p <= ch.rows and streamable for st in order
                               if not st or stageable]  # fmt: skip
     for budget in (sram_budget, 1 << 62):
         for passes, staged in options:
@@ -679,7 +682,8 @@ def plan_axes(op: sp.FourierOp, arch, slots: list[Slot], memory: list[int]) -> l
         plans: dict[int, Plan] = {}
         for ai, f in zip(order, (share, 1.0)):
             try:
-                plan = plan_chain(probes[ai], arch, _scaled(mine, f), max_kernels=AXIS_KERNELS, memory=mem)
+                plan = plan_chain(probes[ai], arch, _scaled(mine, f), max_kernels=AXIS_KERNELS, memory=mem,
+                                  prefer_staged=True)
             except AttncError:
                 return math.inf, None
             _commit(plan, mine)
