@@ -2,7 +2,7 @@
 FABNet-style hybrid model (issue 7).
 
     python benchmarks/butterfly.py [--archs edge,cloud] [--seqs 512,1024,2048,4096] [--block 1]
-        [--hybrid-layers 4] [--attention-layers 1] [--time-limit 2] [--jobs 2] [--quick]
+        [--hybrid-layers 4] [--attention-layers 1] [--knob 6,12,24] [--time-limit 2] [--jobs 2] [--quick]
 
 Workloads (hidden 768, 12 heads, FFN 3072, 16-bit data, batch 1), each compiled by attnc from ONNX, placed
 and routed, encoded and decoded, and timed by the simulator from the bitstream alone. A whole encoder block
@@ -17,6 +17,8 @@ reconfiguration time itself is not modelled; attnc has no layer folding):
   as butterflies around the dense attention core (FABNet's ABfly).
 * ``fourier``: the attention sub-layer replaced by FNet mixing, LN(x + Re(DFT2(x))), the DFT over sequence and
   hidden as butterfly stages (FABNet's FBfly); compared with the dense attention sub-layer.
+* the accuracy knob: the linear layer on edge at seq 2048 with larger blocks (``--knob``, variants
+  ``block=B``): projection error against speed.
 * ``ffn``: the FFN sub-layer x -> LN(x + W2 gelu(W1 x)); butterfly = both layers (768->3072 as 4 butterflies
   side by side, 3072->768 as 4 summed).
 * blocks: ``abfly`` = attn + ffn, ``fbfly`` = fourier + ffn, against dense attn + ffn; ``hybrid`` =
@@ -68,8 +70,8 @@ def linear_model(seq: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def block_model(seq: int, layers: int = 1, part: str = "block"):
-    model, _ = make_examples().encoder(seq=seq, hidden=HIDDEN, heads=HEADS, ffn=FFN, layers=layers, half=True,
+def block_model(seq: int, layers: int = 1, part: str = "block", half: bool = True):
+    model, _ = make_examples().encoder(seq=seq, hidden=HIDDEN, heads=HEADS, ffn=FFN, layers=layers, half=half,
                                        part=part)  # fmt: skip
     return model
 
@@ -124,7 +126,9 @@ def run_point(arch: str, workload: str, seq: int, variant: str, block: int, time
 
     target = load_arch(arch)
     model = workload_model(workload, seq)
-    spec = decompose_spec(workload, block) if variant == "butterfly" else None
+    if variant.startswith("block="):  # the accuracy knob: the same layer with larger blocks
+        block = int(variant.split("=")[1])
+    spec = decompose_spec(workload, block) if variant != "dense" else None
     t0 = time.perf_counter()
     module = front_end(model, spec)
     params = sum(int(np.prod(op.value.get_type().get_shape())) for op in module.walk()
@@ -230,15 +234,16 @@ def block_rows(done: dict, archs, seqs, layers: int, attention_layers: int, erro
 
 
 def hybrid_error(seq: int, layers: int, attention_layers: int, block: int) -> float:
-    """Output error of the whole hybrid model against the dense one (reference interpreter)."""
+    """Output error of the whole hybrid model against the dense one (reference interpreter, in f32: the
+    approximation's error, not f16's range; four random f16 blocks can overflow)."""
     import numpy as np
 
     from attnc.interpreter import interpret
 
-    model = block_model(seq, layers)
+    model = block_model(seq, layers, half=False)
     fourier = ",".join(str(i) for i in range(layers - attention_layers)) or "none"
     spec = f'butterfly-decompose{{linears="qkv,out,ffn" fourier="{fourier}" block={block}}}'
-    x = {"hidden_states": np.random.default_rng(0).standard_normal((1, seq, HIDDEN)).astype(np.float16)}
+    x = {"hidden_states": np.random.default_rng(0).standard_normal((1, seq, HIDDEN)).astype(np.float32)}
     out = interpret(front_end(model, spec), x)["output"]
     return rel_error(out, interpret(front_end(model, None), x)["output"])
 
@@ -249,6 +254,8 @@ def main() -> int:
     ap.add_argument("--seqs", default="512,1024,2048,4096")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--block", type=int, default=1, help="butterfly block (fitted per layer: 768 -> 3)")
+    ap.add_argument("--knob", default="6,12,24", help="larger blocks for the linear layer on edge at seq 2048: "
+                    "error against speed")
     ap.add_argument("--hybrid-layers", type=int, default=4)
     ap.add_argument("--attention-layers", type=int, default=1, help="ABfly blocks at the top of the hybrid")
     ap.add_argument("--error-max-seq", type=int, default=1024, help="output errors up to this seq")
@@ -262,6 +269,8 @@ def main() -> int:
     archs, seqs = args.archs.split(","), [int(s) for s in args.seqs.split(",")]
     points = [(arch, w, seq, v) for arch in archs for w in args.workloads.split(",") for seq in seqs
               for v in ("dense", "butterfly") if not (w == "fourier" and v == "dense")]  # fmt: skip
+    if "linear" in args.workloads.split(",") and "edge" in archs and 2048 in seqs:
+        points += [("edge", "linear", 2048, f"block={b}") for b in args.knob.split(",") if b]
     done: dict[tuple, dict] = {}
     errors: dict[tuple, float] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
