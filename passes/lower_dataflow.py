@@ -322,14 +322,28 @@ def _reaches(arg: SSAValue, target: SSAValue) -> bool:
     )
 
 
+def _consumers(kernels: list[df.KernelOp]) -> dict[SSAValue, list[tuple[df.KernelOp, int]]]:
+    """Each kernel output's readers: (kernel, input index)."""
+    out: dict[SSAValue, list[tuple[df.KernelOp, int]]] = {}
+    for k in kernels:
+        for i, v in enumerate(k.inputs):
+            out.setdefault(v, []).append((k, i))
+    return out
+
+
+def _read_by_rows(users: list[tuple[df.KernelOp, int]], rows: int) -> bool:
+    """Whether a value of ``rows`` rows has readers and every one reads it row block by row block (a fused
+    attention streams in its own loop order, not by rows)."""
+    return bool(users) and all(
+        u.kind.data != "attention" and _row_aligned(u.body.block.args[i], rows) for u, i in users
+    )
+
+
 def stream_fused_inputs(fn: func.FuncOp) -> None:
     """Stream the DMA loads that feed only fused attention kernels (one token per burst),
     and make K/V loads re-read DRAM once per pass when a member streams K/V several times."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
-    consumers: dict[SSAValue, list[tuple[df.KernelOp, int]]] = {}
-    for k in kernels:
-        for i, v in enumerate(k.inputs):
-            consumers.setdefault(v, []).append((k, i))
+    consumers = _consumers(kernels)
     # the spills of one phase (scores, or probabilities) run together and share DRAM: their cycles
     # (and so the rates the placer budgets for their streams) are those of all of them
     spills = [k for k in kernels if k.kind.data == "dma_spill"]
@@ -448,10 +462,7 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
     stages, a bias add, a store), and the DMA loads that feed only stage kernels that way stream
     one token per burst; everything else keeps one token."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
-    consumers: dict[SSAValue, list[tuple[df.KernelOp, int]]] = {}
-    for k in kernels:
-        for i, v in enumerate(k.inputs):
-            consumers.setdefault(v, []).append((k, i))
+    consumers = _consumers(kernels)
     rows_of = {k: _stage_rows(k) for k in kernels}
     for k in kernels:
         rows = rows_of[k]
@@ -462,8 +473,7 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
             continue
         out = list(k.tokens.get_values())
         for j, r in enumerate(k.outputs):
-            users = consumers.get(r, [])
-            if users and all(u.kind.data != "attention" and _row_aligned(u.body.block.args[i], rows) for u, i in users):
+            if _read_by_rows(consumers.get(r, []), rows):
                 out[j] = tokens
         k.tokens = df._i64s(out)
     for k in kernels:
@@ -507,10 +517,7 @@ def stream_row_wise(fn: func.FuncOp) -> None:
     of them overlaps with the stages before it and with each other instead of each waiting for the
     whole tensor. Kernels come in program order, so a producer is settled before its consumers."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
-    consumers: dict[SSAValue, list[tuple[df.KernelOp, int]]] = {}
-    for k in kernels:
-        for i, v in enumerate(k.inputs):
-            consumers.setdefault(v, []).append((k, i))
+    consumers = _consumers(kernels)
     # row streams: what stage kernels stream (a fused attention streams in its own loop order, not by rows)
     tokens_of = {r: int(t) for k in kernels if _stage_rows(k) for r, t in zip(k.outputs, k.tokens.get_values())}
     for k in kernels:
@@ -520,10 +527,7 @@ def stream_row_wise(fn: func.FuncOp) -> None:
         out = list(k.tokens.get_values())
         for j, r in enumerate(k.outputs):
             rows = int(np.prod(sp.shape_of(r)[:-1], dtype=np.int64))
-            users = consumers.get(r, [])
-            if rows >= streamed and users and all(
-                u.kind.data != "attention" and _row_aligned(u.body.block.args[i], rows) for u, i in users
-            ):
+            if rows >= streamed and _read_by_rows(consumers.get(r, []), rows):
                 out[j] = streamed
                 tokens_of[r] = streamed
         k.tokens = df._i64s(out)
