@@ -31,6 +31,7 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Attribute
 
+from attnc import butterfly as bf
 from attnc.dialects.encoding import (
     BlockEncodingAttr,
     ButterflyEncodingAttr,
@@ -167,8 +168,6 @@ def project(x: np.ndarray, enc: Attribute | None) -> np.ndarray:
 
 
 def _butterfly(x: np.ndarray, enc: ButterflyEncodingAttr) -> np.ndarray:
-    from attnc import butterfly as bf
-
     n = x.shape[-1]
     perm = bitrev_permutation(n) if enc.perm.data == "bitrev" else None
     src = x.astype(np.float64).reshape(-1, n, n)
