@@ -28,9 +28,9 @@ from attnc import __version__
 from attnc.backend import bitstream as bs
 from attnc.dialects import array as ar
 from attnc.dialects import sparse as sp
-from attnc.encodings import np_dtype
+from attnc.dialects.values import np_dtype
 from attnc.errors import AttncError
-from attnc.schedule import nbytes
+from attnc.cost.work import nbytes
 
 DRAM_ALIGN = 64
 

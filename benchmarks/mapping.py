@@ -7,7 +7,7 @@ Three sources of mapping problems, each on edge and cloud:
 - `layer:` BERT-style attention layers (d = 64 per head) of 1..32 heads and seq 128..2048,
   built with examples/make_examples.py and compiled the same way (heads share kernels
   when the array runs short of contexts, as the compiler does);
-- `graph:` the hand-made per-head graph of REFERENCES 4.4b (attnc.mapping.synthetic_attention:
+- `graph:` the hand-made per-head graph of REFERENCES 4.4b (attnc.passes.placement.problem.synthetic_attention:
   per head DMA load -> layer norm -> Q/K/V projections -> QK^T -> softmax -> PV; every 4
   heads share an output projection and a store), which keeps one kernel per head and stage.
 Prints one row per case and writes benchmarks/results/mapping.md. Not part of the test run.
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from attnc.arch import load_arch
-from attnc.mapping import MappingInfeasible, synthetic_attention, validate
-from attnc.passes.place_route import heuristic_mapping, place_and_route
+from attnc.passes.placement.problem import MappingInfeasible, synthetic_attention, validate
+from attnc.passes.placement.cpsat import heuristic_mapping, place_and_route
 
 from _examples import make_examples  # benchmarks/, the script's folder, is on sys.path
 
@@ -34,7 +34,7 @@ SIZES = ((1, 128), (2, 256), (4, 512), (8, 1024), (16, 2048), (32, 2048))
 def compiled_problem(model, arch_name: str):
     """The mapping problem attnc states for an ONNX model (path or proto)."""
     from attnc.frontend.onnx import import_onnx
-    from attnc.passes.to_array import module_problem
+    from attnc.passes.placement.place_route import module_problem
     from attnc.pipeline import run_pipeline
 
     module = import_onnx(model)

@@ -464,7 +464,7 @@ def compile_command(
     from attnc.backend.bitstream import encode
     from attnc.backend.emit import emit_bitstream
     from attnc.dialects.array import ConfigOp
-    from attnc.passes.to_array import mapping_from_config
+    from attnc.passes.placement.place_route import mapping_from_config
 
     meta = {"model": Path(model).name, "pipeline": ",".join(r.spec for r in records)}
     data = encode(emit_bitstream(module, target, meta))
@@ -481,8 +481,8 @@ def compile_command(
         err=True,
     )
     if report:
-        from attnc.report import format_mapping_report
-        from attnc.report_plot import draw_mapping
+        from attnc.passes.placement.report import format_mapping_report
+        from attnc.passes.placement.picture import draw_mapping
 
         picture = draw_mapping(target, problem, mapping, Path(output).with_suffix(".svg"))
         click.echo("".join(frontend_ops), nl=False)
@@ -553,7 +553,7 @@ def random_inputs(module: ModuleOp, seed: int) -> dict[str, Any]:
     """Seeded random inputs for @main: normal floats, 0/1 integers, random booleans."""
     import numpy as np
 
-    from attnc.encodings import np_dtype
+    from attnc.dialects.values import np_dtype
     from attnc.ir import io_names, main_func
 
     fn = main_func(module)
@@ -686,7 +686,7 @@ def backend_passes(arch: str, *, time_limit: float, seed: int, heuristic_only: b
     ``fuse-attention`` (in the default front-end pipeline) marked; unmarked ones are lowered per head."""
     from attnc.passes.lower_dataflow import LowerToDataflowPass
     from attnc.passes.tile import TilePass
-    from attnc.passes.to_array import PlaceRoutePass
+    from attnc.passes.placement.place_route import PlaceRoutePass
 
     return [
         TilePass(arch=arch),

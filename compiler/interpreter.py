@@ -25,7 +25,7 @@ from xdsl.traits import IsTerminator
 from attnc import butterfly as bf
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
-from attnc.encodings import bitrev_permutation, np_dtype, project, to_numpy
+from attnc.dialects.values import bitrev_permutation, np_dtype, project, to_numpy
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
 

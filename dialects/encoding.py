@@ -11,7 +11,7 @@ values of the tensor may be non-zero (or kept) and how the tensor is stored:
     tensor<64x64xf32, #sparse.dense>
 
 A value of an encoded tensor type is the dense value *projected* onto the encoding
-(see ``attnc.encodings.project`` for the exact semantics each one has); the
+(see ``attnc.dialects.values.project`` for the exact semantics each one has); the
 reference interpreter applies that projection wherever ``sparse.convert`` asks for it.
 All encodings share one textual form, ``<key = value, ...>``.
 """

@@ -213,7 +213,7 @@ class ConstantOp(SparseOp):
             raise VerifyException(f"sparse.constant: value type {vt} does not match result type {self.result.type}")
         enc = encoding_of(self.result)
         if isinstance(enc, (NMEncodingAttr, BlockEncodingAttr)):
-            from attnc.encodings import project, to_numpy
+            from attnc.dialects.values import project, to_numpy
 
             data = to_numpy(self.value)
             if not np.array_equal(project(data, enc), data):
@@ -224,7 +224,7 @@ def _has_non_finite(value: DenseIntOrFPElementsAttr) -> bool:
     elt = value.get_element_type()
     if isinstance(elt, IntegerType):
         return False
-    from attnc.encodings import to_numpy
+    from attnc.dialects.values import to_numpy
 
     return not bool(np.isfinite(to_numpy(value)).all())
 
@@ -232,7 +232,7 @@ def _has_non_finite(value: DenseIntOrFPElementsAttr) -> bool:
 @irdl_op_definition
 class ConvertOp(SingleInputOp):
     """Projects a tensor onto the encoding of the result type (same shape and
-    element type); the exact projection of each encoding is in ``attnc.encodings``.
+    element type); the exact projection of each encoding is in ``attnc.dialects.values``.
 
         %s = sparse.convert %x : tensor<8x8xf32> -> tensor<8x8xf32, #sparse.nm<n = 2, m = 4, axis = 1>>
     """

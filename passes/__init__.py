@@ -21,7 +21,7 @@ PASSES: dict[str, str] = {
     "fuse-attention": "attnc.passes.fuse_attention:FuseAttentionPass",
     "tile": "attnc.passes.tile:TilePass",
     "lower-to-dataflow": "attnc.passes.lower_dataflow:LowerToDataflowPass",
-    "place-route": "attnc.passes.to_array:PlaceRoutePass",
+    "place-route": "attnc.passes.placement.place_route:PlaceRoutePass",
 }
 
 

@@ -90,7 +90,7 @@ from xdsl.rewriter import InsertPoint, Rewriter
 from attnc import butterfly as bf
 from attnc.dialects import sparse as sp
 from attnc.dialects.encoding import ButterflyEncodingAttr
-from attnc.encodings import from_numpy, np_dtype, to_numpy
+from attnc.dialects.values import from_numpy, np_dtype, to_numpy
 from attnc.errors import AttncError
 from attnc.ir import NAME_ATTR, main_func
 

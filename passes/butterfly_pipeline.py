@@ -66,10 +66,10 @@ from xdsl.rewriter import Rewriter
 
 from attnc import butterfly as bf
 from attnc.dialects import sparse as sp
-from attnc.encodings import bitrev_permutation, from_numpy, np_dtype, to_numpy
+from attnc.dialects.values import bitrev_permutation, from_numpy, np_dtype, to_numpy
 from attnc.errors import AttncError
 from attnc.passes.fuse_attention import RESERVE, STAGE, _Builder
-from attnc.schedule import stage_kernel_cycles
+from attnc.cost.work import stage_kernel_cycles
 
 #: on a stage op: the row blocks (tokens) its kernel streams, and the tile kind it runs on
 ROWS = "dataflow.rows"
@@ -341,7 +341,7 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes
     at a time, double-buffered, as they arrive in the order the kernel uses them), and two row blocks
     of one MAC-array height (one butterfly tile row) that the stages update in place while the next
     one arrives (a token's rows pass through in blocks of that many). The same rule as
-    ``attnc.schedule``'s stage kernels."""
+    ``attnc.cost.work``'s stage kernels."""
     n = len(views[0].cols)
     if passes == 1:
         weights = sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb
@@ -814,7 +814,7 @@ def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
         if len(pcs) == 1 and (pcs[0][2], pcs[0][3]) == (0, sp.shape_of(producers[pcs[0][1]][1])[-1]):
             return producers[pcs[0][1]][1]
         # every piece is a slice (a whole one too): what a kernel reads of a producer is then the pieces
-        # it takes of it, scaled by what it reads of their concatenation (attnc.passes.to_array.consumed_bytes)
+        # it takes of it, scaled by what it reads of their concatenation (attnc.cost.work.consumed_bytes)
         vals = [b.add(sp.SliceOp(producers[p][1], [0] * (r - 1) + [a], shp[:-1] + [e], [1] * r)) for _, p, a, e in pcs]
         return vals[0] if len(vals) == 1 else b.add(sp.ConcatOp(vals, r - 1))
 

@@ -69,7 +69,7 @@ class FoldConstantOp(RewritePattern):
             return
         if _size(ty) > FOLD_LIMIT and not isinstance(op, (sp.ReshapeOp, sp.TransposeOp)):
             return
-        from attnc.encodings import from_numpy
+        from attnc.dialects.values import from_numpy
         from attnc.interpreter import eval_op
 
         try:

@@ -47,7 +47,7 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
 from attnc.dialects import sparse as sp
-from attnc.encodings import from_numpy, np_dtype
+from attnc.dialects.values import from_numpy, np_dtype
 from attnc.errors import AttncError
 from attnc.ir import main_func
 

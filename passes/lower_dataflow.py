@@ -14,7 +14,7 @@ Two steps, each keeping the numbers the reference interpreter computes:
    DMA store kernels.
 
 Tile sizes, loop schedules, buffer sizes and cycle estimates come from the
-architecture through the fixed rule of ``attnc.schedule``.
+architecture through the fixed rule of ``attnc.cost.work``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from attnc.passes.fuse_attention import (
     masked_softmax,
     scaled_scores,
 )
-from attnc.schedule import SFU_OPS, kernel_cost, nbytes
+from attnc.cost.work import SFU_OPS, kernel_cost, nbytes
 
 #: markers the butterfly pipeline planner leaves on stage ops (attnc.passes.butterfly_pipeline)
 ROWS = "dataflow.rows"

@@ -64,7 +64,7 @@ class Builder:
         return op.results[0]
 
     def constant(self, value: float, elt: Attribute) -> SSAValue:
-        from attnc.encodings import from_numpy, np_dtype
+        from attnc.dialects.values import from_numpy, np_dtype
 
         return self.emit(sp.ConstantOp(from_numpy(np.asarray(value, dtype=np_dtype(elt)), elt)))
 

@@ -11,7 +11,7 @@ the rest (:func:`predict`) and expands the cheapest with
 
 The prediction is first-order on purpose (fast enough to score thousands of
 candidates): members run in parallel on their own tiles; a fused member takes the
-cycles of :func:`attnc.schedule.fused_attention_work`; DRAM moves Q, O and K/V
+cycles of :func:`attnc.cost.work.fused_attention_work`; DRAM moves Q, O and K/V
 (times the passes) plus, unfused, the spilled scores and probabilities; the K/V
 chain and the Q fan-out load their links. ``attnc.cost`` estimates the lowered
 graph afterwards, and the simulator measures it.
@@ -32,12 +32,12 @@ from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 
 from attnc.dialects import sparse as sp
-from attnc.encodings import np_dtype
+from attnc.dialects.values import np_dtype
 from attnc.errors import AttncError
 from attnc.ir import main_func
 from attnc.passes.butterfly_pipeline import butterfly_contexts, expand as expand_butterflies
 from attnc.passes.fuse_attention import FUSION_ATTR, MODES, TAG, Schedule, expand, split
-from attnc.schedule import SFU_OPS, fused_attention_buffer, fused_attention_work
+from attnc.cost.work import SFU_OPS, fused_attention_buffer, fused_attention_work
 
 #: the schedule chosen for an attention, and the search's figures, kept on @main for reports
 REPORT_ATTR = "attnc.tile_report"
@@ -349,7 +349,7 @@ def _reserved(fn) -> dict[str, int]:
     lower-to-dataflow will make them: one kernel per compute op, a DMA kernel per graph
     input, weight and result)."""
     from attnc.passes.lower_dataflow import SMALL_CONSTANT_BYTES, _is_data
-    from attnc.schedule import nbytes
+    from attnc.cost.work import nbytes
 
     out = {"compute": 0, "sfu": 0, "dma": len(fn.body.block.args) + len(fn.function_type.outputs.data)}
     stage_tags: set[str] = set()

@@ -28,7 +28,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Operation, SSAValue
 
 from attnc.dialects import sparse as sp
-from attnc.encodings import elt_type, from_numpy, np_dtype
+from attnc.dialects.values import elt_type, from_numpy, np_dtype
 from attnc.errors import AttncError
 
 if TYPE_CHECKING:

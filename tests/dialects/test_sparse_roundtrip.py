@@ -42,7 +42,7 @@ def test_non_finite_constants_keep_their_bits():
     import numpy as np
 
     from attnc.dialects.sparse import ConstantOp
-    from attnc.encodings import from_numpy, to_numpy
+    from attnc.dialects.values import from_numpy, to_numpy
 
     values = [np.array([0, -np.inf], np.float32), np.array(-np.inf, np.float32), np.array([np.nan, np.inf], np.float16)]
     body = "\n".join(f"  %c{i} = sparse.constant {{value = dense<0.0> : tensor<f32>}} : tensor<f32>" for i in range(3))

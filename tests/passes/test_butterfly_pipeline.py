@@ -14,7 +14,7 @@ from attnc import butterfly as bf
 from attnc.arch import load_arch
 from attnc.dialects import sparse as sp
 from attnc.dialects.encoding import ButterflyEncodingAttr
-from attnc.encodings import from_numpy
+from attnc.dialects.values import from_numpy
 from attnc.interpreter import interpret
 from attnc.ir import main_func, set_io_names
 from attnc.passes import butterfly_pipeline as bp

@@ -69,7 +69,7 @@ def test_shape_subgraph_of_integers_and_predicates_folds() -> None:
         )
     )
     assert ops == ["sparse.constant", "sparse.matmul", "func.return"]
-    from attnc.encodings import to_numpy
+    from attnc.dialects.values import to_numpy
 
     (const,) = [op for op in main_func(module).body.ops if op.name == "sparse.constant"]
     np.testing.assert_array_equal(to_numpy(const.value), [[0, -1e4], [0, 0]])

@@ -14,7 +14,7 @@ from xdsl.dialects.builtin import FunctionType, ModuleOp, f32, i1, i64
 from xdsl.ir import Block, Region, SSAValue
 
 from attnc.dialects import sparse as sp
-from attnc.encodings import from_numpy, np_dtype
+from attnc.dialects.values import from_numpy, np_dtype
 from attnc.interpreter import interpret
 from attnc.ir import make_context, main_func, parse_module, print_module, set_io_names
 from attnc.passes.canonicalize import CanonicalizePass

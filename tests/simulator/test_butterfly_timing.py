@@ -104,7 +104,7 @@ def test_the_cost_model_agrees_on_a_butterfly_pipeline(arch, shape, kind, factor
     """(The 768-wide cases' f32 weights, 147 KiB, do not stay on edge's compute tiles next to full row
     buffers: memory tiles hold them and re-send them once per row block.)"""
     from test_butterfly_pipeline import build_module, butterfly
-    from test_cost import CYCLES_TOLERANCE, compile_module
+    from test_cost_model import CYCLES_TOLERANCE, compile_module
 
     from attnc.cost import estimate
 

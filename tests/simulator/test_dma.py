@@ -160,7 +160,7 @@ def test_a_compiled_fused_attention_with_re_streamed_k_and_v():
     from attnc.passes.fuse_attention import FuseAttentionPass
     from attnc.passes.lower_dataflow import LowerToDataflowPass
     from attnc.passes.tile import TilePass
-    from attnc.passes.to_array import PlaceRoutePass
+    from attnc.passes.placement.place_route import PlaceRoutePass
     from attnc.pipeline import run_pipeline
     from attnc.simulator.io import compare, random_inputs
 

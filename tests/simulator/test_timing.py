@@ -263,7 +263,7 @@ def example_bitstreams():
     from attnc.backend.emit import emit_bitstream
     from attnc.frontend.onnx import import_onnx
     from attnc.passes.lower_dataflow import LowerToDataflowPass
-    from attnc.passes.to_array import PlaceRoutePass
+    from attnc.passes.placement.place_route import PlaceRoutePass
     from attnc.pipeline import run_pipeline
 
     def compile_edge(path, **placer):

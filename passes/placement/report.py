@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from attnc.mapping import Mapping, MappingProblem
+from attnc.passes.placement.problem import Mapping, MappingProblem
 
 
 def _pct(a: float, b: float) -> str:

@@ -1,4 +1,4 @@
-"""The analytical cost model (``attnc.cost``): cycles, traffic and energy from the IR and the architecture.
+"""The analytical cost model (``attnc.cost.model``): cycles, traffic and energy from the IR and the architecture.
 
 ``estimate(module, arch)`` reads dataflow IR (after ``lower-to-dataflow``) or array IR (after
 ``place-route``) and returns a :class:`GraphCost`: per kernel its work, cycles and traffic, per link its
@@ -649,7 +649,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
 
 def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
     from attnc.dialects import dataflow as df
-    from attnc.passes.to_array import consumed_bytes
+    from attnc.cost.work import consumed_bytes
 
     nodes: list[_Node] = []
     index: dict[SSAValue, tuple[int, int]] = {}  # value -> (producer node, its output)

@@ -1,4 +1,4 @@
-"""Exact semantics of the tensor encodings (attnc.encodings.project)."""
+"""Exact semantics of the tensor encodings (attnc.dialects.values.project)."""
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from attnc.dialects.encoding import (
     NMEncodingAttr,
 )
 from attnc import butterfly as bf
-from attnc.encodings import EncodingError, bitrev_permutation, from_numpy, project, to_numpy
+from attnc.dialects.values import EncodingError, bitrev_permutation, from_numpy, project, to_numpy
 from xdsl.dialects.builtin import BFloat16Type
 
 floats = st.floats(-100, 100, allow_nan=False, width=32)

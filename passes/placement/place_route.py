@@ -3,7 +3,7 @@
 Reads @main's dataflow kernels, states the mapping problem (kernels with the tile
 kind, SRAM and cycles they need; one stream per producer-consumer edge with the
 bytes the consumer actually reads), solves it with the CP-SAT placer/router of
-``attnc.passes.place_route``, and replaces @main by one ``array.config``: the I/O
+``attnc.passes.placement.cpsat``, and replaces @main by one ``array.config``: the I/O
 table with DRAM addresses, tiles with their contexts, routes and DMA descriptors.
 The mapping's figures (solver status and time, objective terms and bounds) are
 kept as attributes of the config for reports.
@@ -33,8 +33,8 @@ from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
-from attnc.mapping import KernelSpec, Mapping, MappingInfeasible, MappingProblem, MappingStats, StreamSpec
-from attnc.schedule import nbytes
+from attnc.passes.placement.problem import KernelSpec, Mapping, MappingInfeasible, MappingProblem, MappingStats, StreamSpec
+from attnc.cost.work import consumed_bytes, nbytes
 
 #: DRAM buffers are aligned to this many bytes
 DRAM_ALIGN = 64
@@ -42,31 +42,6 @@ DRAM_ALIGN = 64
 
 def _i64s(values) -> DenseArrayBase:
     return DenseArrayBase.from_list(i64, [int(v) for v in values])
-
-
-def consumed_bytes(arg: SSAValue) -> int:
-    """Bytes a kernel body reads of an input: a slice through data-movement ops reads
-    only the slice (slices that one concat joins, all of them), anything else the whole value."""
-    full = nbytes(arg.type)
-    best = 0
-    pieces = 0  # slices put side by side by a concat (a butterfly part assembling its columns) add up
-    for use in arg.uses:
-        op = use.operation
-        if isinstance(op, sp.SliceOp):
-            uses = list(op.result.uses)
-            if len(uses) == 1 and isinstance(uses[0].operation, sp.ConcatOp):
-                # of which the kernel reads what it reads of the assembled value, taken as spread evenly
-                # over the pieces (a part of a Fourier axis reading a transposed slice of the one before)
-                cat = uses[0].operation.results[0]
-                pieces += nbytes(op.result.type) * consumed_bytes(cat) // max(nbytes(cat.type), 1)
-                best = max(best, pieces)
-                continue
-            best = max(best, nbytes(op.result.type))
-        elif isinstance(op, (sp.ReshapeOp, sp.TransposeOp)):
-            best = max(best, consumed_bytes(op.results[0]))
-        else:
-            return full
-    return min(best, full) if best else full
 
 
 @dataclass(frozen=True)
@@ -84,7 +59,7 @@ class PlaceRoutePass(ModulePass):
         """Place and route; when only link bandwidth stands in the way, ask every stream for half its rate
         (up to an eighth) and try again. A stream's rate is what keeps its slower end busy, so a mapping
         at a fraction of it is a slower pipeline, not a wrong one (the simulator shares the links)."""
-        from attnc.passes.place_route import place_and_route
+        from attnc.passes.placement.cpsat import place_and_route
 
         scale, first = 1.0, None
         while True:

@@ -1,4 +1,4 @@
-"""attnc.mapping: the independent validator, the counting infeasibility checks and the picture."""
+"""attnc.passes.placement.problem: the independent validator, the counting infeasibility checks and the picture."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from attnc.arch import load_arch
 from attnc.errors import AttncError
-from attnc.mapping import (
+from attnc.passes.placement.problem import (
     KernelSpec,
     Mapping,
     MappingProblem,
@@ -133,7 +133,7 @@ def test_picture_svg_and_png(tiny, tmp_path):
     problem = two_kernels(tiny)
     a, b = adjacent_pair(tiny, "dma", "compute")
     m = Mapping({"load": a, "gemm": b}, {"x": [a, b]})
-    from attnc.report_plot import draw_mapping
+    from attnc.passes.placement.picture import draw_mapping
 
     svg = draw_mapping(tiny, problem, m, tmp_path / "map.svg").read_text()
     assert svg.startswith("<?xml") and svg.rstrip().endswith("</svg>")

@@ -16,7 +16,7 @@ from attnc.arch import load_arch
 from attnc.backend.bitstream import decode, encode
 from attnc.backend.emit import emit_bitstream
 from attnc.cli import backend_passes
-from attnc.cost import attention_work, estimate, format_cost
+from attnc.cost.model import attention_work, estimate, format_cost
 from attnc.errors import AttncError
 from attnc.frontend.onnx import import_onnx
 from attnc.ir import parse_module

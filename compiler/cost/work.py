@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from xdsl.dialects.builtin import TensorType
-from xdsl.ir import Operation
+from xdsl.ir import Operation, SSAValue
 
 from attnc.dialects import sparse as sp
-from attnc.encodings import np_dtype
+from attnc.dialects.values import np_dtype
 
 #: sparse ops a special-function tile computes (transcendental or row-wise)
 SFU_OPS = (
@@ -51,6 +51,31 @@ def _share(tile) -> int:
 
 def nbytes(t: TensorType) -> int:
     return int(np.prod(t.get_shape(), dtype=np.int64)) * np_dtype(t.element_type).itemsize
+
+
+def consumed_bytes(arg: SSAValue) -> int:
+    """Bytes a kernel body reads of an input: a slice through data-movement ops reads
+    only the slice (slices that one concat joins, all of them), anything else the whole value."""
+    full = nbytes(arg.type)
+    best = 0
+    pieces = 0  # slices put side by side by a concat (a butterfly part assembling its columns) add up
+    for use in arg.uses:
+        op = use.operation
+        if isinstance(op, sp.SliceOp):
+            uses = list(op.result.uses)
+            if len(uses) == 1 and isinstance(uses[0].operation, sp.ConcatOp):
+                # of which the kernel reads what it reads of the assembled value, taken as spread evenly
+                # over the pieces (a part of a Fourier axis reading a transposed slice of the one before)
+                cat = uses[0].operation.results[0]
+                pieces += nbytes(op.result.type) * consumed_bytes(cat) // max(nbytes(cat.type), 1)
+                best = max(best, pieces)
+                continue
+            best = max(best, nbytes(op.result.type))
+        elif isinstance(op, (sp.ReshapeOp, sp.TransposeOp)):
+            best = max(best, consumed_bytes(op.results[0]))
+        else:
+            return full
+    return min(best, full) if best else full
 
 
 def _elems(t: TensorType) -> int:

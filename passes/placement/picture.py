@@ -13,7 +13,7 @@ from attnc.errors import AttncError
 
 if TYPE_CHECKING:
     from attnc.arch import Arch
-    from attnc.mapping import Mapping, MappingProblem
+    from attnc.passes.placement.problem import Mapping, MappingProblem
 
 KIND_COLOURS = {
     "compute": "#9ecae1",

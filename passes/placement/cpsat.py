@@ -31,8 +31,8 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
-from attnc.mapping import Mapping, MappingInfeasible, MappingProblem, MappingStats, explain_infeasible
-from attnc.passes.mapping_heuristic import (
+from attnc.passes.placement.problem import Mapping, MappingInfeasible, MappingProblem, MappingStats, explain_infeasible
+from attnc.passes.placement.heuristic import (
     ArrayView,
     ProblemView,
     Score,

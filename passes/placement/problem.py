@@ -3,7 +3,7 @@ checks that do not trust the placer: ``validate`` (is a mapping legal?) and
 ``explain_infeasible`` (can any mapping exist, by counting?).
 
 The lowering builds a ``MappingProblem`` (kernels with the tile kind they need,
-streams between them); ``attnc.passes.place_route.place_and_route`` returns a
+streams between them); ``attnc.passes.placement.cpsat.place_and_route`` returns a
 ``Mapping`` (kernel -> tile, stream -> path of tiles); the backend encodes it.
 
 ``validate`` deliberately re-derives everything from the architecture's own

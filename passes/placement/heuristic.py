@@ -4,7 +4,7 @@ the fallback when the solver finds nothing better in time.
 
 Arrays and problems are turned into index-based views here (``ArrayView``,
 ``ProblemView``) that the CP-SAT model in ``place_route`` shares; the
-independent checker in ``attnc.mapping.validate`` does not use them.
+independent checker in ``attnc.passes.placement.problem.validate`` does not use them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from attnc.mapping import (
+from attnc.passes.placement.problem import (
     Mapping,
     MappingInfeasible,
     MappingProblem,
