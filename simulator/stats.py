@@ -1,6 +1,6 @@
 """What a timing run measured: counts, cycles, energy, per-tile and per-link figures.
 
-``Stats.to_json()`` is the ``--stats`` file (keys in /work/shared/ARCHITECTURE.md); the timeline
+``Stats.to_json()`` is the ``--stats`` file (keys in docs/simulator.md, "Outputs"); the timeline
 fields (kernel slices per tile, busy intervals per link) feed the trace and the plots and are left out
 of the JSON to keep it small.
 """
