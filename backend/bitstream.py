@@ -29,6 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union
 
+from attnc.arch.datatypes import ELEMENT_BYTES, PACKED_NIBBLE_TYPES
 from attnc.errors import AttncError
 
 FORMAT_VERSION = 1
@@ -195,12 +196,6 @@ IO_DIRECTIONS = ("input", "output")
 ENCODINGS = ("dense", "nm", "csr", "block", "butterfly")
 MAX_OPCODE_BYTES = 32
 
-# Element sizes of the dtypes whose dense payload sizes are checked (i1: one byte each; i4 is packed
-# two to a byte, see _dense_bytes). Other dtype names are allowed and their payloads left unchecked.
-DTYPE_BYTES = {
-    "i1": 1, "i8": 1, "ui8": 1, "si8": 1, "i16": 2, "ui16": 2, "si16": 2, "i32": 4, "ui32": 4, "si32": 4,
-    "i64": 8, "ui64": 8, "si64": 8, "f16": 2, "bf16": 2, "f32": 4, "f64": 8,
-}  # fmt: skip
 
 # Params values carry a one-byte tag.
 TAG_INT, TAG_FLOAT, TAG_STR, TAG_BOOL, TAG_INTS, TAG_FLOATS = range(6)
@@ -567,9 +562,9 @@ def _encode_dma(bs: Bitstream, w: _Writer) -> None:
 
 
 def _dense_bytes(dtype: str, shape: list[int]) -> int | None:
-    if dtype in ("i4", "ui4", "si4"):
+    if dtype in PACKED_NIBBLE_TYPES:
         return (math.prod(shape) + 1) // 2
-    size = DTYPE_BYTES.get(dtype)
+    size = ELEMENT_BYTES.get(dtype)
     return None if size is None else size * math.prod(shape)
 
 

@@ -45,8 +45,27 @@ from xdsl.irdl import (
 from xdsl.traits import IsTerminator
 from xdsl.utils.exceptions import VerifyException
 
+# Markers the back-end passes put on sparse ops for lower-to-dataflow, which turns them into kernels.
+#: the kernel an op belongs to (ops with one tag become one kernel)
+TAG = "dataflow.tag"
+GROUP = "dataflow.group"
+SPILL = "dataflow.spill"
+REPEAT = "dataflow.repeat"
+#: a copy of K or V held in a memory tile and streamed out once per pass (the value: passes)
+STAGE = "dataflow.stage"
+#: the SRAM a kernel claims (its tile's budget), so that the placer gives each such kernel its own tile
+RESERVE = "dataflow.reserve"
+#: on a butterfly stage op: the row blocks (tokens) its kernel streams, and the tile kind it runs on
+ROWS = "dataflow.rows"
+TILE_KIND = "dataflow.tile_kind"
+#: on a stage op and on its chain's weight constant: the passes that stream the weights from DRAM, one
+#: per row block, when they do not stay on chip (absent: loaded once and kept)
+WEIGHT_PASSES = "dataflow.weight_passes"
+
 TILE_KINDS = ("compute", "sfu", "butterfly", "memory", "dma")
-KERNEL_KINDS = ("gemm", "softmax", "elementwise", "reduce", "layer_norm", "attention", "data", "dma_load", "dma_store", "dma_spill")
+#: kernels that move data between DRAM and the array (they run on DMA tiles)
+DMA_KERNEL_KINDS = ("dma_load", "dma_store", "dma_spill")
+KERNEL_KINDS = ("gemm", "softmax", "elementwise", "reduce", "layer_norm", "attention", "data", *DMA_KERNEL_KINDS)
 
 
 def _i64s(values: Sequence[int]) -> DenseArrayBase:

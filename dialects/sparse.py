@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from attnc import butterfly as bf
+from attnc.dialects.encoding import (
+    ENCODINGS,
+    BlockEncodingAttr,
+    ButterflyEncodingAttr,
+    DenseEncodingAttr,
+    NMEncodingAttr,
+    verify_encoding_for_shape,
+)
 from xdsl.dialects.builtin import (
     I64,
     DenseArrayBase,
@@ -27,33 +37,23 @@ from xdsl.dialects.builtin import (
     i1,
     i64,
 )
-from xdsl.ir import Attribute, Dialect, SSAValue
+from xdsl.ir import Attribute, Dialect, Operation, SSAValue
 from xdsl.irdl import (
     AttrSizedOperandSegments,
     IRDLOperation,
+    attr_def,
     irdl_op_definition,
     operand_def,
     opt_attr_def,
     opt_operand_def,
-    attr_def,
     result_def,
     traits_def,
     var_operand_def,
 )
 from xdsl.parser import Parser
 from xdsl.printer import Printer
-from xdsl.traits import Pure
+from xdsl.traits import OpTrait, Pure
 from xdsl.utils.exceptions import VerifyException
-
-from attnc import butterfly as bf
-from attnc.dialects.encoding import (
-    ENCODINGS,
-    DenseEncodingAttr,
-    NMEncodingAttr,
-    BlockEncodingAttr,
-    ButterflyEncodingAttr,
-    verify_encoding_for_shape,
-)
 
 # ---------------------------------------------------------------------------
 # helpers shared by the verifiers
@@ -128,6 +128,17 @@ def _expect_same_elt(op: IRDLOperation, *vals: SSAValue) -> None:
 
 def _is_int(t: Attribute) -> bool:
     return isinstance(t, IntegerType)
+
+
+@dataclass(frozen=True)
+class DataMovement(OpTrait):
+    """The op only re-addresses values already in a buffer (a view, a copy or a layout change): on the
+    array it is configuration of the address generators and DMA, not work for a compute unit. The
+    back end folds such ops into the kernels around them and the cost models charge them nothing."""
+
+
+def is_data_movement(op: Operation | None) -> bool:
+    return op is not None and op.has_trait(DataMovement)
 
 
 class SparseOp(IRDLOperation):
@@ -238,6 +249,7 @@ class ConvertOp(SingleInputOp):
     """
 
     name = "sparse.convert"
+    traits = traits_def(Pure(), DataMovement())
 
     def __init__(self, x: SSAValue, result_type: TensorType):
         super().__init__(operands=[x], result_types=[result_type])
@@ -674,6 +686,7 @@ class TransposeOp(SingleInputOp):
     """
 
     name = "sparse.transpose"
+    traits = traits_def(Pure(), DataMovement())
     permutation = attr_def(DenseArrayBase)
 
     def __init__(self, x: SSAValue, perm: Sequence[int]):
@@ -701,6 +714,7 @@ class ReshapeOp(SingleInputOp):
     """
 
     name = "sparse.reshape"
+    traits = traits_def(Pure(), DataMovement())
 
     def __init__(self, x: SSAValue, shape: Sequence[int]):
         super().__init__(operands=[x], result_types=[tensor(shape, elt_of(x))])
@@ -719,6 +733,7 @@ class BroadcastOp(SingleInputOp):
     """
 
     name = "sparse.broadcast"
+    traits = traits_def(Pure(), DataMovement())
 
     def __init__(self, x: SSAValue, shape: Sequence[int]):
         super().__init__(operands=[x], result_types=[tensor(shape, elt_of(x))])
@@ -743,6 +758,7 @@ class SliceOp(SingleInputOp):
     """
 
     name = "sparse.slice"
+    traits = traits_def(Pure(), DataMovement())
     starts = attr_def(DenseArrayBase)
     ends = attr_def(DenseArrayBase)
     steps = attr_def(DenseArrayBase)
@@ -781,7 +797,7 @@ class ConcatOp(SparseOp):
     inputs = var_operand_def(TensorType)
     result = result_def(TensorType)
     axis = attr_def(IntegerAttr[I64])
-    traits = traits_def(Pure())
+    traits = traits_def(Pure(), DataMovement())
     assembly_format = "$inputs attr-dict `:` functional-type($inputs, $result)"
 
     def __init__(self, inputs: Sequence[SSAValue], axis: int):
@@ -818,7 +834,7 @@ class GatherOp(SparseOp):
     indices = operand_def(TensorType)
     result = result_def(TensorType)
     axis = attr_def(IntegerAttr[I64])
-    traits = traits_def(Pure())
+    traits = traits_def(Pure(), DataMovement())
     assembly_format = "$input `,` $indices attr-dict `:` type($input) `,` type($indices) `->` type($result)"
 
     def __init__(self, x: SSAValue, idx: SSAValue, axis: int):
@@ -845,6 +861,7 @@ class PadOp(SingleInputOp):
     """
 
     name = "sparse.pad"
+    traits = traits_def(Pure(), DataMovement())
     pads = attr_def(DenseArrayBase)
     value = attr_def(FloatAttr)
 

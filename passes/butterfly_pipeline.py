@@ -60,23 +60,17 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from attnc import butterfly as bf
+from attnc.cost.work import stage_kernel_cycles
+from attnc.dialects import sparse as sp
+from attnc.dialects.dataflow import RESERVE, ROWS, STAGE, TILE_KIND, WEIGHT_PASSES
+from attnc.dialects.values import bitrev_permutation, from_numpy, np_dtype, to_numpy
+from attnc.errors import AttncError
+from attnc.passes.fuse_attention import _Builder
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
 from xdsl.ir import Operation, SSAValue
 from xdsl.rewriter import Rewriter
 
-from attnc import butterfly as bf
-from attnc.dialects import sparse as sp
-from attnc.dialects.values import bitrev_permutation, from_numpy, np_dtype, to_numpy
-from attnc.errors import AttncError
-from attnc.passes.fuse_attention import RESERVE, STAGE, _Builder
-from attnc.cost.work import stage_kernel_cycles
-
-#: on a stage op: the row blocks (tokens) its kernel streams, and the tile kind it runs on
-ROWS = "dataflow.rows"
-TILE_KIND = "dataflow.tile_kind"
-#: on a stage op and on its chain's weight constant: the passes that stream the weights from DRAM, one
-#: per row block, when they do not stay on chip (absent: loaded once and kept)
-WEIGHT_PASSES = "dataflow.weight_passes"
 #: weight passes the planner tries when the weights do not stay on chip (one row block each)
 PASSES = (4, 8, 16, 32, 64)
 #: most row blocks a stage kernel streams (the simulator groups steps into at most 64 segments)

@@ -26,11 +26,15 @@ rewrite the op into tagged per-kernel ops that ``lower-to-dataflow`` partitions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from collections.abc import Sequence
-
 import numpy as np
+from attnc.dialects import sparse as sp
+from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, SPILL, STAGE, TAG
+from attnc.dialects.values import from_numpy, np_dtype
+from attnc.errors import AttncError
+from attnc.ir import main_func
 from xdsl.context import Context
 from xdsl.dialects.builtin import (
     BytesAttr,
@@ -46,24 +50,10 @@ from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
-from attnc.dialects import sparse as sp
-from attnc.dialects.values import from_numpy, np_dtype
-from attnc.errors import AttncError
-from attnc.ir import main_func
-
 #: the requested mode of an attention, set by this pass and read by ``tile``
 FUSION_ATTR = "attnc.fusion"
 #: the chosen schedule, recorded by ``tile`` on the ops it makes (for reports)
 MODES = ("auto", "online", "flat", "flat-row", "flat-head", "unfused", "per-head")
-#: kernel tags and markers read by lower-to-dataflow
-TAG = "dataflow.tag"
-GROUP = "dataflow.group"
-SPILL = "dataflow.spill"
-REPEAT = "dataflow.repeat"
-#: a copy of K or V held in a memory tile and streamed out once per pass (the value: passes)
-STAGE = "dataflow.stage"
-#: the SRAM a fused member claims (its tile's budget), so that the placer gives each member its own tile
-RESERVE = "dataflow.reserve"
 
 
 @dataclass(frozen=True)

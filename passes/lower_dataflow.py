@@ -23,6 +23,18 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from attnc.cost.work import SFU_OPS, kernel_cost, nbytes
+from attnc.dialects import dataflow as df
+from attnc.dialects import sparse as sp
+from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, ROWS, SPILL, STAGE, TAG, TILE_KIND, WEIGHT_PASSES
+from attnc.errors import AttncError
+from attnc.ir import io_names, main_func
+from attnc.passes.fuse_attention import (
+    _Builder,
+    _splat,
+    masked_softmax,
+    scaled_scores,
+)
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, ModuleOp, StringAttr
@@ -30,33 +42,8 @@ from xdsl.ir import Block, Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
-from attnc.dialects import dataflow as df
-from attnc.dialects import sparse as sp
-from attnc.errors import AttncError
-from attnc.ir import io_names, main_func
-from attnc.passes.fuse_attention import (
-    GROUP,
-    REPEAT,
-    RESERVE,
-    SPILL,
-    STAGE,
-    TAG,
-    _Builder,
-    _splat,
-    masked_softmax,
-    scaled_scores,
-)
-from attnc.cost.work import SFU_OPS, kernel_cost, nbytes
-
-#: markers the butterfly pipeline planner leaves on stage ops (attnc.passes.butterfly_pipeline)
-ROWS = "dataflow.rows"
-TILE_KIND = "dataflow.tile_kind"
-WEIGHT_PASSES = "dataflow.weight_passes"
 #: constants up to this size are cloned into the kernels that use them (configuration data)
 SMALL_CONSTANT_BYTES = 1024
-DATA_OPS = (
-    sp.ReshapeOp, sp.TransposeOp, sp.BroadcastOp, sp.SliceOp, sp.ConcatOp, sp.GatherOp, sp.PadOp, sp.ConvertOp,
-)  # fmt: skip
 
 
 def _head_slice(b: _Builder, x: SSAValue, bi: int, hi: int) -> SSAValue:
@@ -109,10 +96,11 @@ def expand_attention(op: sp.AttentionOp, name: str, heads_per_kernel: int = 1) -
 # partitioning
 
 
-def _is_data(op: Operation | None) -> bool:
+def folds_into_kernels(op: Operation | None) -> bool:
+    """Data movement and small constants: cloned into every kernel that reads them, never kernels of their own."""
     if isinstance(op, sp.ConstantOp):
         return nbytes(op.result.type) <= SMALL_CONSTANT_BYTES
-    return isinstance(op, DATA_OPS)
+    return sp.is_data_movement(op)
 
 
 @dataclass
@@ -147,7 +135,7 @@ class _Partitioner:
         owner = v.owner
         if isinstance(owner, Operation) and owner in inside:
             return []
-        if isinstance(owner, Operation) and _is_data(owner) and owner not in self.kernel_of:
+        if isinstance(owner, Operation) and folds_into_kernels(owner) and owner not in self.kernel_of:
             return [x for o in owner.operands for x in self.leaves(o, inside, seen)]
         return [v]
 
@@ -158,7 +146,7 @@ class _Partitioner:
             if isinstance(op, func.ReturnOp):
                 continue
             # a tagged data op belongs to its kernel (a fused member forwarding K and V, a spill)
-            if (_is_data(op) or isinstance(op, sp.ConstantOp)) and TAG not in op.attributes:
+            if (folds_into_kernels(op) or isinstance(op, sp.ConstantOp)) and TAG not in op.attributes:
                 continue
             tag = op.attributes.pop(TAG, None)
             group = op.attributes.pop(GROUP, None)
@@ -251,7 +239,7 @@ class _Partitioner:
             if v in mapping:
                 return mapping[v]
             owner = v.owner
-            if isinstance(owner, Operation) and owner not in inside and _is_data(owner):
+            if isinstance(owner, Operation) and owner not in inside and folds_into_kernels(owner):
                 copy_in(owner)
                 return mapping[v]
             stream = v if isinstance(owner, df.KernelOp) else self.streams.get(v) or self.source(v)
@@ -318,7 +306,7 @@ def _reaches(arg: SSAValue, target: SSAValue) -> bool:
     if arg is target:
         return True
     return any(
-        isinstance(u.operation, DATA_OPS) and _reaches(u.operation.results[0], target) for u in arg.uses
+        sp.is_data_movement(u.operation) and _reaches(u.operation.results[0], target) for u in arg.uses
     )
 
 
@@ -388,7 +376,7 @@ def heads_per_kernel(fn: func.FuncOp, attention: list[sp.AttentionOp], arch) -> 
     if not units:
         return 1
     skip = (sp.ConstantOp, sp.AttentionOp, func.ReturnOp)
-    others = [o for o in fn.body.block.ops if not _is_data(o) and not isinstance(o, skip)]
+    others = [o for o in fn.body.block.ops if not folds_into_kernels(o) and not isinstance(o, skip)]
     sfu_other = sum(isinstance(o, SFU_OPS) for o in others)
     compute_other = len(others) - sfu_other
     sfu_free = max(1, sum(t.contexts for t in arch.tiles_of("sfu")) - sfu_other)
@@ -502,7 +490,7 @@ def _row_wise(k: df.KernelOp) -> bool:
     if k.kind.data not in ("elementwise", "layer_norm"):
         return False
     for op in k.body.block.ops:
-        if isinstance(op, (df.YieldOp, sp.ConstantOp, *sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)) or _is_data(op):
+        if isinstance(op, (df.YieldOp, sp.ConstantOp, *sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)) or folds_into_kernels(op):
             continue
         rank = len(sp.shape_of(op.operands[0])) if op.operands else 0
         if isinstance(op, sp.LayerNormOp) and op.axis.value.data % max(rank, 1) == rank - 1:

@@ -21,23 +21,23 @@ from __future__ import annotations
 
 import math
 import time
-
-import numpy as np
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+from attnc.cost.work import SFU_OPS, fused_attention_buffer, fused_attention_work
+from attnc.dialects import sparse as sp
+from attnc.dialects.dataflow import TAG, TILE_KIND
+from attnc.dialects.values import np_dtype
+from attnc.errors import AttncError
+from attnc.ir import main_func
+from attnc.passes.butterfly_pipeline import butterfly_contexts
+from attnc.passes.butterfly_pipeline import expand as expand_butterflies
+from attnc.passes.fuse_attention import FUSION_ATTR, MODES, Schedule, expand, split
 from xdsl.context import Context
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import BlockArgument, Operation
 from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
-
-from attnc.dialects import sparse as sp
-from attnc.dialects.values import np_dtype
-from attnc.errors import AttncError
-from attnc.ir import main_func
-from attnc.passes.butterfly_pipeline import butterfly_contexts, expand as expand_butterflies
-from attnc.passes.fuse_attention import FUSION_ATTR, MODES, TAG, Schedule, expand, split
-from attnc.cost.work import SFU_OPS, fused_attention_buffer, fused_attention_work
 
 #: the schedule chosen for an attention, and the search's figures, kept on @main for reports
 REPORT_ATTR = "attnc.tile_report"
@@ -348,8 +348,8 @@ def _reserved(fn) -> dict[str, int]:
     """Contexts per tile kind the graph's kernels other than attention need (as
     lower-to-dataflow will make them: one kernel per compute op, a DMA kernel per graph
     input, weight and result)."""
-    from attnc.passes.lower_dataflow import SMALL_CONSTANT_BYTES, _is_data
     from attnc.cost.work import nbytes
+    from attnc.passes.lower_dataflow import SMALL_CONSTANT_BYTES, folds_into_kernels
 
     out = {"compute": 0, "sfu": 0, "dma": len(fn.body.block.args) + len(fn.function_type.outputs.data)}
     stage_tags: set[str] = set()
@@ -363,12 +363,12 @@ def _reserved(fn) -> dict[str, int]:
             # one weight load per stage chain (a Fourier op: one per axis), and room for its pipeline
             out["dma"] += 1 if isinstance(o, sp.ButterflyMatmulOp) else len(set(o.axes.get_values()))
             out["compute"] += butterfly_contexts(o)
-        elif isinstance(o, sp.AttentionOp) or not o.results or _is_data(o):
+        elif isinstance(o, sp.AttentionOp) or not o.results or folds_into_kernels(o):
             continue
         elif isinstance(o, sp.ButterflyStageOp) and TAG in o.attributes:
             # a planned stage kernel (several stage ops share one) sits on the tile the planner chose
             tag = o.attributes[TAG].data
-            kind = o.attributes.get("dataflow.tile_kind", StringAttr("compute")).data
+            kind = o.attributes.get(TILE_KIND, StringAttr("compute")).data
             if tag not in stage_tags and kind == "compute":
                 out["compute"] += 1
             stage_tags.add(tag)
@@ -389,7 +389,8 @@ def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
     at most the compute tiles per large GEMM, one MAC-array height of rows per part, and half of the
     context shares of SRAM the attention members (``used_sram``) and the graph's other compute kernels
     leave free (the rest is headroom for packing). Returns report lines."""
-    from attnc.passes.fuse_attention import RESERVE, TAG, _Builder
+    from attnc.dialects.dataflow import RESERVE, TAG
+    from attnc.passes.fuse_attention import _Builder
 
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     gemms = []

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from attnc.arch import Arch, parse_arch
+from attnc.arch.datatypes import element_bytes
 from attnc.backend.bitstream import Bitstream, Instr, KernelConfig
 from attnc.errors import AttncError
 from attnc.simulator.stats import KernelStats, LinkStats, Stats, TileStats
@@ -35,10 +36,6 @@ MAX_SEGMENTS = 64
 #: the progress callback is called every this many events
 PROGRESS_EVERY = 2000
 
-DTYPE_BYTES = {
-    "f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "i4": 1, "i1": 1,
-    "si64": 8, "si32": 4, "si16": 2, "si8": 1, "ui64": 8, "ui32": 4, "ui16": 2, "ui8": 1, "index": 8,
-}  # fmt: skip
 #: buffer addressing and configuration data, not work (docs/design.md, "The dataflow level")
 DATA_OPS = frozenset({"constant", "reshape", "transpose", "slice", "concat", "broadcast", "gather", "pad", "convert"})
 MAC_OPS = frozenset({"matmul", "contract", "attention"})
@@ -55,7 +52,7 @@ def _prod(dims) -> int:
 
 
 def _dtype_bytes(dtype: str) -> int:
-    return DTYPE_BYTES.get(dtype, 4)
+    return element_bytes(dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -77,6 +77,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from attnc.arch.datatypes import element_bytes
+from attnc.dialects import sparse as sp
+from attnc.dialects.dataflow import DMA_KERNEL_KINDS
+from attnc.errors import AttncError
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
     DenseArrayBase,
@@ -88,18 +92,9 @@ from xdsl.dialects.builtin import (
 )
 from xdsl.ir import Operation, SSAValue
 
-from attnc.errors import AttncError
-
-#: bytes per element, by element type name (i1 is one byte, as the bitstream stores it)
-DTYPE_BYTES = {
-    "f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i64": 8, "i32": 4, "i16": 2, "i8": 1, "i4": 1, "i1": 1,
-    "si64": 8, "si32": 4, "si16": 2, "si8": 1, "ui64": 8, "ui32": 4, "ui16": 2, "ui8": 1, "index": 8,
-}  # fmt: skip
 #: buffer addressing and configuration data: no work (docs/design.md, "The dataflow level")
-FREE_OPS = frozenset({"constant", "reshape", "transpose", "slice", "concat", "broadcast", "gather", "pad", "convert"})
 #: row-wise ops make this many passes over their data
 ROW_PASSES = {"softmax": 3, "log_softmax": 3, "layer_norm": 3}
-DMA_KINDS = frozenset({"dma_load", "dma_store", "dma_spill"})
 #: the simulator's grain of a kernel's steps: the first output token of a streamed kernel leaves after
 #: one of at most this many steps
 MAX_STEPS = 64
@@ -222,7 +217,7 @@ def _shape(t) -> list[int]:
 
 
 def _elt_bytes(t) -> int:
-    return DTYPE_BYTES.get(str(t.element_type), 4) if isinstance(t, TensorType) else 4
+    return element_bytes(str(t.element_type)) if isinstance(t, TensorType) else 4
 
 
 def _bytes(t) -> int:
@@ -264,7 +259,7 @@ def body_work(ops: Sequence[Operation], tile) -> Work:
     w = Work()
     for op in ops:
         name = op.name.removeprefix("sparse.")
-        if name in FREE_OPS or not op.results:
+        if isinstance(op, sp.ConstantOp) or sp.is_data_movement(op) or not op.results:
             continue
         operand_types = [v.type for v in op.operands]
         shapes = [_shape(t) for t in operand_types]
@@ -455,7 +450,7 @@ def _repeat(loops: list[tuple[str, int]]) -> int:
 def _kernel_cost(name, kind, tile_kind, pos, body, in_types, out_types, tile, arch) -> tuple[KernelCost, dict]:
     kc = KernelCost(name, kind, tile_kind, pos)
     counts = {"vector_ops": 0, "sfu_ops": 0, "butterfly_ops": 0}
-    if kind in DMA_KINDS or tile_kind == "dma":
+    if kind in DMA_KERNEL_KINDS or tile_kind == "dma":
         return kc, counts
     w = body_work(body, tile)
     lanes = max(tile.vector_lanes, 1)
@@ -530,7 +525,7 @@ def _is_weight_body(body: Sequence[Operation], has_inputs: bool) -> bool:
 def _timing_rules(node: _Node, kind: str, tile_kind: str, loops, body, args, results) -> None:
     """A compute or memory context (not DMA) with a ("repeat", P) loop reads its inputs in the first pass
     only; without one, its outputs that copy an input are forwarded as the input arrives."""
-    if kind in DMA_KINDS or tile_kind == "dma":
+    if kind in DMA_KERNEL_KINDS or tile_kind == "dma":
         return
     node.repeat = _repeat_split(loops)
     if node.repeat is None:
@@ -577,7 +572,7 @@ def _dma_steps(nodes: list[_Node]) -> None:
     """A DMA kernel moves its data token by token, whatever its loops say: it has at least as many steps
     as any of its ports has tokens."""
     for nd in nodes:
-        if nd.cost.tile_kind == "dma" or nd.cost.kind in DMA_KINDS:
+        if nd.cost.tile_kind == "dma" or nd.cost.kind in DMA_KERNEL_KINDS:
             nd.steps = max([nd.steps, *nd.out_tokens, *(e.tokens for e in nd.ins)])
 
 
@@ -605,7 +600,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
             kind = ctx.kind.data
             kc, c = _kernel_cost(ctx.sym_name.data, kind, tp.kind, pos, body, in_types, out_types, tp, arch)
             loops = _loops(ctx.loops, ctx.trips)
-            if kind in DMA_KINDS or tp.kind == "dma":
+            if kind in DMA_KERNEL_KINDS or tp.kind == "dma":
                 _dma(kc, descs.get(ctx.kernel.value.data, []), _repeat(loops), arch, kind == "dma_spill")
             for key in counts:
                 counts[key] += c[key]
@@ -616,7 +611,7 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
             node.position, node.contexts = position, len(contexts)
             node.room = sum(int(x) for x in ctx.buffer_sizes.get_values())
             node.kid = ctx.kernel.value.data
-            node.lead = arch.dram.latency_cycles if tp.kind == "dma" or kind in DMA_KINDS else kc.fill
+            node.lead = arch.dram.latency_cycles if tp.kind == "dma" or kind in DMA_KERNEL_KINDS else kc.fill
             _timing_rules(node, kind, tp.kind, loops, body, block.args, block.last_op.operands)
             nodes.append(node)
             by_kid[ctx.kernel.value.data] = idx
@@ -648,8 +643,8 @@ def _from_array(config, arch) -> tuple[list[_Node], dict]:
 
 
 def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
-    from attnc.dialects import dataflow as df
     from attnc.cost.work import consumed_bytes
+    from attnc.dialects import dataflow as df
 
     nodes: list[_Node] = []
     index: dict[SSAValue, tuple[int, int]] = {}  # value -> (producer node, its output)
@@ -667,7 +662,7 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
         kind = k.kind.data
         kc, c = _kernel_cost(k.sym_name.data, kind, tile_kind, None, body, in_types, out_types, tp, arch)
         loops = k.loop_schedule()
-        if kind in DMA_KINDS:
+        if kind in DMA_KERNEL_KINDS:
             if kind == "dma_load":
                 d = [("load", sum(_bytes(t) for t in out_types))]
             elif kind == "dma_store":
@@ -679,7 +674,7 @@ def _from_dataflow(fn, arch) -> tuple[list[_Node], dict]:
             counts[key] += c[key]
         idx = len(nodes)
         node = _Node(kc, tp, max(_prod([t for _, t in loops]), 1), _tokens_attr(k, "tokens", len(out_types)))
-        node.lead = arch.dram.latency_cycles if kind in DMA_KINDS else kc.fill
+        node.lead = arch.dram.latency_cycles if kind in DMA_KERNEL_KINDS else kc.fill
         node.kid = idx
         node.room = k.buffer_bytes.value.data
         node.is_weight_load = _is_weight_body(body, bool(in_types)) and _repeat(loops) == 1
@@ -980,7 +975,7 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
         if not late:
             return 0.0
         per_token = token_bytes / link_bw if e.hops else 0.0
-        if src.cost.tile_kind == "dma" or src.cost.kind in DMA_KINDS:
+        if src.cost.tile_kind == "dma" or src.cost.kind in DMA_KERNEL_KINDS:
             # at the pace the transfer gets from DRAM (its share while it runs)
             lead = min(src.lead, finish[e.src] - start[e.src])
             per_token = max(per_token, (finish[e.src] - start[e.src] - lead) / e.tokens)
@@ -1098,7 +1093,7 @@ def _graph_cycles(nodes: list[_Node], arch, placed: bool) -> dict[str, float]:
             heapq.heappush(heap, (ready, READY, i))
             continue
         s = key
-        if nd.cost.tile_kind == "dma" or nd.cost.kind in DMA_KINDS:
+        if nd.cost.tile_kind == "dma" or nd.cost.kind in DMA_KERNEL_KINDS:
             # a free channel; else a transfer of several steps takes turns with one of several steps
             # (the tile's round-robin); a one-step transfer waits for a channel of its own
             mine = [ch for ch in free if ch[0] == tile_of[i]]

@@ -14,11 +14,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from xdsl.dialects.builtin import TensorType
-from xdsl.ir import Operation, SSAValue
-
+from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.dialects.values import np_dtype
+from xdsl.dialects.builtin import TensorType
+from xdsl.ir import Operation, SSAValue
 
 #: sparse ops a special-function tile computes (transcendental or row-wise)
 SFU_OPS = (
@@ -305,13 +305,13 @@ def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb
     shp = sp.shape_of(first.input)
     n = shp[-1]
     rows = max(1, int(np.prod(shp[:-1], dtype=np.int64)))
-    kind_attr = first.attributes.get("dataflow.tile_kind")
+    kind_attr = first.attributes.get(df.TILE_KIND)
     tile_kind = kind_attr.data if kind_attr is not None else "compute"
     tiles = arch.tiles_of(tile_kind) or arch.tiles_of("compute")
     tile_kind = tiles[0].kind
     tile = max(tiles, key=lambda t: (t.macs_per_cycle, t.vector_lanes, t.sram_bytes))
     sts = [Stage(*op.params()) for op in stages]
-    rows_attr = first.attributes.get("dataflow.rows")
+    rows_attr = first.attributes.get(df.ROWS)
     tokens = max(1, min(rows_attr.value.data if rows_attr is not None else 1, rows))
     rb_attr = first.attributes.get("row_block")
     row_block = rb_attr.value.data if rb_attr is not None else 0
@@ -319,7 +319,7 @@ def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb
     macs = sum(rows * n * st.width for st in sts)
     # weights streamed once per row block (dataflow.weight_passes) are held one (group, stride) slice's
     # matrix at a time, double-buffered (butterfly_pipeline.kernel_need)
-    if "dataflow.weight_passes" in first.attributes:
+    if df.WEIGHT_PASSES in first.attributes:
         weights = 2 * max(sp.shape_of(op.weight)[-1] ** 2 for op in stages) * eb
     else:
         weights = sum(nbytes(op.weight.type) for op in stages)
@@ -329,12 +329,8 @@ def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb
     reserve = max(claims, default=0)
     # elementwise ops of the body (none in the planner's kernels) run on the lanes after the stages
     vector = sum(_elems(op.results[0].type) for op in body_ops if op not in stages and op.results
-                 and not isinstance(op, _DATA_TYPES))  # fmt: skip
+                 and not isinstance(op, sp.ConstantOp) and not sp.is_data_movement(op))  # fmt: skip
     cycles += math.ceil(vector / max(tile.vector_lanes, 1))
     return KernelCost("gemm", tile_kind, (("rows", tokens),), (block, n), max(buf, reserve), cycles, macs, tokens)
 
 
-_DATA_TYPES = (
-    sp.ConstantOp, sp.ReshapeOp, sp.TransposeOp, sp.BroadcastOp, sp.SliceOp, sp.ConcatOp, sp.GatherOp, sp.PadOp,
-    sp.ConvertOp,
-)  # fmt: skip

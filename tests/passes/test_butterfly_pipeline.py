@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from xdsl.dialects import func
-from xdsl.dialects.builtin import FunctionType, ModuleOp, TensorType, f32
-from xdsl.ir import Block, Region
-
 from attnc import butterfly as bf
 from attnc.arch import load_arch
 from attnc.dialects import sparse as sp
+from attnc.dialects.dataflow import TAG, TILE_KIND
 from attnc.dialects.encoding import ButterflyEncodingAttr
 from attnc.dialects.values import from_numpy
 from attnc.interpreter import interpret
 from attnc.ir import main_func, set_io_names
 from attnc.passes import butterfly_pipeline as bp
-from attnc.passes.fuse_attention import TAG
 from attnc.passes.tile import REPORT_ATTR, TilePass
 from attnc.pipeline import run_pipeline
+from xdsl.dialects import func
+from xdsl.dialects.builtin import FunctionType, ModuleOp, TensorType, f32
+from xdsl.ir import Block, Region
 
 
 def build_module(arg_shapes, body) -> ModuleOp:
@@ -151,12 +150,12 @@ def test_the_planner_splits_a_wide_butterfly_to_fit_the_tiles():
         if isinstance(o, sp.ButterflyStageOp):
             kernels.setdefault(o.attributes[TAG].data, []).append(o)
     assert len(kernels) > 1
-    kinds = {ops[0].attributes[bp.TILE_KIND].data for ops in kernels.values()}
+    kinds = {ops[0].attributes[TILE_KIND].data for ops in kernels.values()}
     assert "butterfly" in kinds
     sram = {t.kind: t.sram_bytes for t in arch.tiles}
     for ops in kernels.values():
         weights = sum(np.prod(sp.shape_of(o.weight)) * 4 for o in ops)
-        assert weights < sram[ops[0].attributes[bp.TILE_KIND].data]
+        assert weights < sram[ops[0].attributes[TILE_KIND].data]
 
 
 def test_groups_respect_unjoinable_boundaries():
