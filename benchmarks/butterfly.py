@@ -119,7 +119,7 @@ def run_point(arch: str, workload: str, seq: int, variant: str, block: int, time
     from attnc.arch import load_arch
     from attnc.backend.bitstream import decode, encode
     from attnc.backend.emit import emit_bitstream
-    from attnc.cli import backend_passes
+    from attnc.pipeline import backend_passes
     from attnc.interpreter import interpret
     from attnc.pipeline import run_pipeline
     from attnc.simulator.timing import simulate

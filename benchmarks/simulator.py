@@ -35,7 +35,7 @@ def compile_layer(model, arch: str):
     from attnc.backend.bitstream import decode, encode
     from attnc.backend.emit import emit_bitstream
     from attnc.errors import AttncError
-    from attnc.cli import backend_passes
+    from attnc.pipeline import backend_passes
     from attnc.frontend.onnx import import_onnx
     from attnc.pipeline import DEFAULT_PIPELINE, run_pipeline
 

@@ -25,8 +25,17 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from attnc import __version__
+from attnc.arch import DEFAULT_ARCH
+from attnc.arch import PRESETS as ARCH_PRESETS
 from attnc.errors import AttncError
-from attnc.pipeline import DEFAULT_PIPELINE
+from attnc.pipeline import (
+    BACKEND_PASSES,
+    BUTTERFLY_KEYS,
+    DEFAULT_PIPELINE,
+    compile_to_bitstream,
+    run_pipeline,
+    with_butterfly,
+)
 
 if TYPE_CHECKING:
     from xdsl.dialects.builtin import ModuleOp
@@ -34,7 +43,6 @@ if TYPE_CHECKING:
     from attnc.arch import Arch
     from attnc.pipeline import PassRecord
 
-ARCH_PRESETS = ("tiny", "edge", "cloud")
 MODEL_SUFFIXES = (".onnx", ".pt2", ".mlir")
 
 _debug = False
@@ -97,52 +105,6 @@ def check_pipeline(spec: str, print_after: Sequence[str] = ()) -> list[Any]:
                 f"--print-ir-after '{name}': no such pass in the pipeline '{spec}' ({', '.join(names) or 'empty'})"
             )
     return passes
-
-
-#: the keys of ``--butterfly`` (butterfly-decompose's options)
-BUTTERFLY_KEYS = ("layers", "linears", "fourier", "kind", "block", "factors", "iters")
-
-
-def butterfly_pass_spec(spec: str) -> str:
-    """``--butterfly layers=0,1,linears=ffn,block=3`` as a butterfly-decompose pass spec: comma-separated
-    ``key=value`` pairs, where an item without ``=`` continues the previous key's list."""
-    values: dict[str, list[str]] = {}
-    key = None
-    for item in (i.strip() for i in spec.split(",")):
-        if not item:
-            continue
-        if "=" in item:
-            key, _, value = item.partition("=")
-            key = key.strip()
-            if key not in BUTTERFLY_KEYS:
-                raise AttncError(f"--butterfly: unknown key '{key}' (expected {', '.join(BUTTERFLY_KEYS)})")
-            if key in values:
-                raise AttncError(f"--butterfly: '{key}' is given twice")
-            values[key] = [value.strip()]
-        elif key is None:
-            raise AttncError(f"--butterfly: '{item}' is not key=value (keys: {', '.join(BUTTERFLY_KEYS)})")
-        else:
-            values[key].append(item)
-    opts = []
-    for k, vs in values.items():
-        if k in ("block", "factors", "iters"):
-            if len(vs) != 1 or not vs[0].lstrip("-").isdigit():
-                raise AttncError(f"--butterfly: {k} must be an integer, got '{','.join(vs)}'")
-            opts.append(f"{k}={vs[0]}")
-        else:
-            opts.append(f'{k}="{",".join(vs)}"')
-    return "butterfly-decompose" + ("{" + " ".join(opts) + "}" if opts else "")
-
-
-def with_butterfly(passes: list[Any], spec: str | None) -> list[Any]:
-    """The pipeline with ``--butterfly``'s pass before fuse-attention (or at its end)."""
-    if spec is None:
-        return passes
-    if any(p.name == "butterfly-decompose" for p in passes):
-        raise AttncError("--butterfly: the pipeline (-p) already has butterfly-decompose")
-    (bfly,) = check_pipeline(butterfly_pass_spec(spec))
-    at = next((i for i, p in enumerate(passes) if p.name in ("fuse-attention", "tile", "lower-to-dataflow")), len(passes))
-    return passes[:at] + [bfly] + passes[at:]
 
 
 _butterfly_option = click.option(
@@ -223,8 +185,6 @@ def _progress() -> Callable[[int, int, str], None] | None:
 
 
 def _run_pipeline(module: ModuleOp, passes: list[Any], dump_dir: str | None, print_after: Sequence[str]) -> list[PassRecord]:
-    from attnc.pipeline import run_pipeline
-
     return run_pipeline(
         module, passes, dump_dir=dump_dir, print_after=tuple(print_after), print_stream=sys.stderr, progress=_progress()
     )
@@ -327,6 +287,13 @@ _random_inputs_option = click.option(
 )
 
 
+_arch_option = click.option(
+    "--arch",
+    default=DEFAULT_ARCH,
+    show_default=True,
+    metavar="NAME|FILE",
+    help=f"Target array: a preset ({', '.join(ARCH_PRESETS)}) or a YAML file.",
+)
 _input_shape_option = click.option(
     "--input-shape",
     "input_shapes",
@@ -373,13 +340,7 @@ _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=
     metavar="OUT.bit|OUT.mlir",
     help="OUT.bit: the configuration bitstream (the whole back end runs). OUT.mlir: the IR after -p as text.",
 )
-@click.option(
-    "--arch",
-    default="edge",
-    show_default=True,
-    metavar="NAME|FILE",
-    help=f"Target array: a preset ({', '.join(ARCH_PRESETS)}) or a YAML file.",
-)
+@_arch_option
 @_input_shape_option
 @_pipeline_option(DEFAULT_PIPELINE)
 @click.option("--time-limit", default=10.0, show_default=True, type=float, help="Seconds for CP-SAT placement and routing.")
@@ -425,9 +386,7 @@ def compile_command(
         raise AttncError(f"--time-limit {time_limit}: must be positive")
     passes = with_butterfly(check_pipeline(pipeline, ()), butterfly)
     bitstream = suffix == ".bit"
-    if bitstream:
-        passes += backend_passes(arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only)
-    known = [p.name for p in passes]
+    known = [p.name for p in passes] + (list(BACKEND_PASSES) if bitstream else [])
     for name in print_after:
         if name not in known:
             raise AttncError(f"--print-ir-after '{name}': not in the pipeline ({', '.join(known)})")
@@ -446,12 +405,9 @@ def compile_command(
         if base_progress is not None:
             base_progress(i, n, name)
 
-    from attnc.pipeline import run_pipeline
-
-    records = run_pipeline(
-        module, passes, dump_dir=dump_dir, print_after=print_after, print_stream=sys.stderr, progress=progress
-    )
+    run_options = {"dump_dir": dump_dir, "print_after": print_after, "print_stream": sys.stderr, "progress": progress}
     if not bitstream:
+        records = run_pipeline(module, passes, **run_options)
         with atomic_output(output) as f:
             f.write(print_module(module))
         n_attn = sum(op.name == "sparse.attention" for op in module.walk())
@@ -461,13 +417,12 @@ def compile_command(
             click.echo(format_butterfly(module), nl=False)
             click.echo(format_report(module, records, import_seconds), nl=False)
         return
-    from attnc.backend.bitstream import encode
-    from attnc.backend.emit import emit_bitstream
     from attnc.dialects.array import ConfigOp
     from attnc.passes.placement.place_route import mapping_from_config
 
-    meta = {"model": Path(model).name, "pipeline": ",".join(r.spec for r in records)}
-    data = encode(emit_bitstream(module, target, meta))
+    data, records = compile_to_bitstream(module, target, passes=passes, time_limit=time_limit, seed=seed,
+                                         heuristic_only=heuristic_only, meta={"model": Path(model).name},
+                                         **run_options)  # fmt: skip
     with atomic_output(output, mode="wb") as f:
         f.write(data)
     config = next(op for op in module.ops if isinstance(op, ConfigOp))
@@ -526,7 +481,9 @@ def model_inputs(module: ModuleOp, inputs_path: str | None, seed: int) -> dict[s
         inputs = random_inputs(module, seed)
         say_random_inputs(inputs, seed)
         return inputs
-    inputs = load_inputs(inputs_path)
+    from attnc.simulator.io import load_npz
+
+    inputs = load_npz(inputs_path)
     try:
         check_inputs(main_func(module), inputs)
     except AttncError as e:
@@ -534,41 +491,16 @@ def model_inputs(module: ModuleOp, inputs_path: str | None, seed: int) -> dict[s
     return inputs
 
 
-def load_inputs(path: str) -> dict[str, Any]:
-    """The arrays of an .npz file, keyed by name."""
-    import numpy as np
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise AttncError(f"--inputs {path}: not an .npz archive (a single .npy array?)")
-            return {k: data[k] for k in data.files}
-    except AttncError:
-        raise
-    except Exception as e:  # zipfile.BadZipFile, ValueError (pickled object arrays), OSError
-        raise AttncError(f"--inputs {path}: cannot read as .npz: {e}") from None
-
-
 def random_inputs(module: ModuleOp, seed: int) -> dict[str, Any]:
-    """Seeded random inputs for @main: normal floats, 0/1 integers, random booleans."""
-    import numpy as np
-
+    """Seeded random inputs for @main, drawn as the simulator draws them for a bitstream."""
     from attnc.dialects.values import np_dtype
     from attnc.ir import io_names, main_func
+    from attnc.simulator.io import random_arrays
 
     fn = main_func(module)
     names, _ = io_names(fn)
-    rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {}
-    for name, ty in zip(names, fn.function_type.inputs.data):
-        shape, dtype = tuple(ty.get_shape()), np_dtype(ty.element_type)
-        if dtype == np.bool_:
-            out[name] = rng.random(shape) < 0.5
-        elif np.issubdtype(dtype, np.integer):
-            out[name] = rng.integers(0, 2, size=shape).astype(dtype)
-        else:
-            out[name] = rng.standard_normal(shape).astype(dtype)
-    return out
+    types = fn.function_type.inputs.data
+    return random_arrays(((n, tuple(t.get_shape()), np_dtype(t.element_type)) for n, t in zip(names, types)), seed)
 
 
 @cli.command()
@@ -678,42 +610,6 @@ def opt(file: str, pipeline: str, output: str, dump_dir: str | None, print_after
 
 # ---------------------------------------------------------------------------
 # simulation: `attnc simulate`, `attnc run`
-
-
-def backend_passes(arch: str, *, time_limit: float, seed: int, heuristic_only: bool) -> list[Any]:
-    """tile, lower-to-dataflow and place-route for ``arch`` (a preset name or a YAML file path,
-    which a pipeline string could not carry). ``tile`` schedules the attentions that
-    ``fuse-attention`` (in the default front-end pipeline) marked; unmarked ones are lowered per head."""
-    from attnc.passes.lower_dataflow import LowerToDataflowPass
-    from attnc.passes.tile import TilePass
-    from attnc.passes.placement.place_route import PlaceRoutePass
-
-    return [
-        TilePass(arch=arch),
-        LowerToDataflowPass(arch=arch),
-        PlaceRoutePass(arch=arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only),
-    ]
-
-
-def compile_to_bitstream(
-    module: ModuleOp,
-    arch: str,
-    *,
-    time_limit: float = 10.0,
-    seed: int = 0,
-    heuristic_only: bool = False,
-    meta: dict[str, str] | None = None,
-) -> bytes:
-    """The back end of ``attnc compile -o OUT.bit`` in memory: lower-to-dataflow and place-route for
-    ``arch`` (a preset name or YAML file) over ``module`` (in place), then emit and encode."""
-    from attnc.arch import load_arch
-    from attnc.backend.bitstream import encode
-    from attnc.backend.emit import emit_bitstream
-    from attnc.pipeline import run_pipeline
-
-    target = load_arch(arch)
-    records = run_pipeline(module, backend_passes(arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only))
-    return encode(emit_bitstream(module, target, {"pipeline": ",".join(r.spec for r in records), **(meta or {})}))
 
 
 def _sim_progress(what: str) -> Callable[[int, int], None] | None:
@@ -837,13 +733,7 @@ def simulate_command(
 
 @cli.command("run")
 @_model_argument
-@click.option(
-    "--arch",
-    default="edge",
-    show_default=True,
-    metavar="NAME|FILE",
-    help=f"Target array: a preset ({', '.join(ARCH_PRESETS)}) or a YAML file.",
-)
+@_arch_option
 @_random_inputs_option
 @click.option("-o", "--output", metavar="OUT.npz", help="Save the simulator's outputs here.")
 @_input_shape_option
@@ -882,7 +772,7 @@ def run_command(
     """
     shapes = parse_input_shapes(input_shapes)
     check_model(model, shapes)
-    check_arch(arch)
+    target = check_arch(arch)
     if time_limit <= 0:
         raise AttncError(f"--time-limit {time_limit}: must be positive")
     if dense_baseline and butterfly is None:
@@ -910,8 +800,8 @@ def run_command(
     t1 = time.perf_counter()
     reference = interpret_module(module, inputs)  # the sparse IR, before lowering
     t2 = time.perf_counter()
-    data = compile_to_bitstream(module, arch, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only,
-                                meta={"model": Path(model).name})  # fmt: skip
+    data, _ = compile_to_bitstream(module, target, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only,
+                                   meta={"model": Path(model).name})  # fmt: skip
     t3 = time.perf_counter()
     bs = decode(data, source="<compiled bitstream>")
     outputs = simulate(bs, inputs, progress=_sim_progress("simulating contexts"))
@@ -948,8 +838,9 @@ def run_command(
     stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=True)
     click.echo("".join(f"  {line}\n" for line in stats.summary().splitlines()), nl=False)
     if dense is not None and dense_baseline:
-        dense_bs = decode(compile_to_bitstream(dense, arch, time_limit=time_limit, seed=seed,
-                                               heuristic_only=heuristic_only), source="<dense bitstream>")  # fmt: skip
+        dense_data, _ = compile_to_bitstream(dense, target, time_limit=time_limit, seed=seed,
+                                             heuristic_only=heuristic_only)  # fmt: skip
+        dense_bs = decode(dense_data, source="<dense bitstream>")
         base = timing.simulate(dense_bs, progress=_sim_progress("timing events (dense)"))
         e_b, e_d = sum(stats.energy_pj().values()), sum(base.energy_pj().values())
         click.echo(

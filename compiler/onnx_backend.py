@@ -180,17 +180,16 @@ class SimulatorBackend(AttncBackend):
         """The encoded bitstream of an imported module (compiled on first use)."""
         data = cls._bitstreams.get(module)
         if data is None:
-            from attnc.cli import compile_to_bitstream
-            from attnc.pipeline import DEFAULT_PIPELINE, run_pipeline
+            from attnc.pipeline import DEFAULT_PIPELINE, compile_to_bitstream, run_pipeline
 
             try:
                 work = module.clone()
                 run_pipeline(work, DEFAULT_PIPELINE)
-                data = compile_to_bitstream(work, cls.arch, heuristic_only=True)
+                data, _ = compile_to_bitstream(work, cls.arch, heuristic_only=True)
             except AttncError:
                 work = module.clone()
                 run_pipeline(work, DEFAULT_PIPELINE)
-                data = compile_to_bitstream(work, cls.arch, time_limit=cls.time_limit)
+                data, _ = compile_to_bitstream(work, cls.arch, time_limit=cls.time_limit)
             cls._bitstreams[module] = data
         return data
 

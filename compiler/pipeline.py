@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from attnc.errors import AttncError
 
@@ -24,7 +24,11 @@ if TYPE_CHECKING:
     from xdsl.dialects.builtin import ModuleOp
     from xdsl.passes import ModulePass
 
+    from attnc.arch import Arch
+
 DEFAULT_PIPELINE = "canonicalize,raise-attention,fuse-attention"
+#: what ``backend_passes`` appends to the front-end pipeline for a bitstream
+BACKEND_PASSES = ("tile", "lower-to-dataflow", "place-route")
 
 #: ``progress(index, total, pass_name)`` is called before each pass runs.
 Progress = Callable[[int, int, str], None]
@@ -150,3 +154,104 @@ def run_pipeline(
             stream.write(print_module(module))
             stream.flush()
     return records
+
+
+# ---------------------------------------------------------------------------
+# the compile driver: what `attnc compile -o OUT.bit`, `attnc run` and the ONNX backend share
+
+
+def backend_passes(arch: Arch | str | None = None, *, time_limit: float = 10.0, seed: int = 0,
+                   heuristic_only: bool = False) -> list[ModulePass]:
+    """tile, lower-to-dataflow and place-route for ``arch`` (an ``Arch``, a preset name or a YAML path;
+    None is the default array), all given the same ``Arch``. ``tile`` schedules the attentions that
+    ``fuse-attention`` (in the default front-end pipeline) marked; unmarked ones are lowered per head."""
+    from attnc.arch import resolve_arch
+    from attnc.passes.lower_dataflow import LowerToDataflowPass
+    from attnc.passes.placement.place_route import PlaceRoutePass
+    from attnc.passes.tile import TilePass
+
+    target = resolve_arch(arch)
+    return [
+        TilePass(arch=target),
+        LowerToDataflowPass(arch=target),
+        PlaceRoutePass(arch=target, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only),
+    ]
+
+
+def compile_to_bitstream(
+    module: ModuleOp,
+    arch: Arch | str | None = None,
+    *,
+    time_limit: float = 10.0,
+    seed: int = 0,
+    heuristic_only: bool = False,
+    meta: dict[str, str] | None = None,
+    passes: Sequence[ModulePass] = (),
+    **run_options: Any,
+) -> tuple[bytes, list[PassRecord]]:
+    """Compile ``module`` (in place) to a bitstream in memory: ``passes`` (front-end passes, if any are
+    still to run) and the back-end passes for ``arch`` in one pipeline run, then emit and encode.
+    ``run_options`` go to ``run_pipeline`` (IR dumps, printing, progress); the bitstream's ``pipeline``
+    entry lists the passes run here. Returns the bitstream's bytes and the records of the passes."""
+    from attnc.arch import resolve_arch
+    from attnc.backend.bitstream import encode
+    from attnc.backend.emit import emit_bitstream
+
+    target = resolve_arch(arch)
+    back = backend_passes(target, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only)
+    records = run_pipeline(module, [*passes, *back], **run_options)
+    spec = ",".join(r.spec for r in records)
+    return encode(emit_bitstream(module, target, {**(meta or {}), "pipeline": spec})), records
+
+
+# ---------------------------------------------------------------------------
+# --butterfly: butterfly-decompose's options in a command-line friendly form
+
+
+#: the keys of ``--butterfly`` (butterfly-decompose's options)
+BUTTERFLY_KEYS = ("layers", "linears", "fourier", "kind", "block", "factors", "iters")
+
+
+def butterfly_pass_spec(spec: str) -> str:
+    """``--butterfly layers=0,1,linears=ffn,block=3`` as a butterfly-decompose pass spec: comma-separated
+    ``key=value`` pairs, where an item without ``=`` continues the previous key's list."""
+    values: dict[str, list[str]] = {}
+    key = None
+    for item in (i.strip() for i in spec.split(",")):
+        if not item:
+            continue
+        if "=" in item:
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in BUTTERFLY_KEYS:
+                raise AttncError(f"--butterfly: unknown key '{key}' (expected {', '.join(BUTTERFLY_KEYS)})")
+            if key in values:
+                raise AttncError(f"--butterfly: '{key}' is given twice")
+            values[key] = [value.strip()]
+        elif key is None:
+            raise AttncError(f"--butterfly: '{item}' is not key=value (keys: {', '.join(BUTTERFLY_KEYS)})")
+        else:
+            values[key].append(item)
+    opts = []
+    for k, vs in values.items():
+        if k in ("block", "factors", "iters"):
+            if len(vs) != 1 or not vs[0].lstrip("-").isdigit():
+                raise AttncError(f"--butterfly: {k} must be an integer, got '{','.join(vs)}'")
+            opts.append(f"{k}={vs[0]}")
+        else:
+            opts.append(f'{k}="{",".join(vs)}"')
+    return "butterfly-decompose" + ("{" + " ".join(opts) + "}" if opts else "")
+
+
+def with_butterfly(passes: list[Any], spec: str | None) -> list[Any]:
+    """The pipeline with ``--butterfly``'s pass before fuse-attention (or at its end)."""
+    if spec is None:
+        return passes
+    if any(p.name == "butterfly-decompose" for p in passes):
+        raise AttncError("--butterfly: the pipeline (-p) already has butterfly-decompose")
+    try:
+        (bfly,) = parse_pipeline(butterfly_pass_spec(spec))
+    except AttncError as e:
+        raise AttncError(f"--butterfly: {e}") from None
+    at = next((i for i, p in enumerate(passes) if p.name in ("fuse-attention", "tile", "lower-to-dataflow")), len(passes))
+    return passes[:at] + [bfly] + passes[at:]

@@ -29,6 +29,7 @@ from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, ROWS, SPILL, STAGE, TAG, TILE_KIND, WEIGHT_PASSES
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
+from attnc.passes.target import TargetPass
 from attnc.passes.fuse_attention import (
     _Builder,
     _splat,
@@ -39,7 +40,6 @@ from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import Block, Operation, SSAValue
-from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
 #: constants up to this size are cloned into the kernels that use them (configuration data)
@@ -272,17 +272,14 @@ class _Partitioner:
 
 
 @dataclass(frozen=True)
-class LowerToDataflowPass(ModulePass):
+class LowerToDataflowPass(TargetPass):
     """lower-to-dataflow: partition sparse IR into dataflow kernels and streams for an architecture."""
 
     name = "lower-to-dataflow"
 
-    arch: str = "tiny"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        from attnc.arch import load_arch
-
-        arch = load_arch(self.arch)
+        arch = self.target()
         fn = main_func(op)
         if any(isinstance(o, df.KernelOp) for o in fn.body.block.ops):
             raise AttncError("lower-to-dataflow: @main is already dataflow IR")

@@ -30,13 +30,13 @@ from attnc.dialects.dataflow import TAG, TILE_KIND
 from attnc.dialects.values import np_dtype
 from attnc.errors import AttncError
 from attnc.ir import main_func
+from attnc.passes.target import TargetPass
 from attnc.passes.butterfly_pipeline import butterfly_contexts
 from attnc.passes.butterfly_pipeline import expand as expand_butterflies
 from attnc.passes.fuse_attention import FUSION_ATTR, MODES, Schedule, expand, split
 from xdsl.context import Context
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import BlockArgument, Operation
-from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 
 #: the schedule chosen for an attention, and the search's figures, kept on @main for reports
@@ -279,12 +279,11 @@ def search(sh: Shape, arch, mode: str = "auto", budget: int | None = None, force
 
 
 @dataclass(frozen=True)
-class TilePass(ModulePass):
+class TilePass(TargetPass):
     """tile: pick each marked attention's schedule by the cost model and build it."""
 
     name = "tile"
 
-    arch: str = "edge"
     mode: str = ""
     groups: int = 0
     members: int = 0
@@ -293,11 +292,9 @@ class TilePass(ModulePass):
     gemm_parts: int = -1  # row blocks per large GEMM (projections, FFN): -1 chooses, 1 keeps them whole
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        from attnc.arch import load_arch
-
         if self.mode and self.mode not in MODES:
             raise AttncError(f"tile: mode must be one of {', '.join(MODES)}, got '{self.mode}'")
-        arch = load_arch(self.arch)
+        arch = self.target()
         fn = main_func(op)
         ops = list(fn.body.block.ops)
         attention = [o for o in ops if isinstance(o, sp.AttentionOp) and o.fusion is None]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -64,20 +64,24 @@ def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> 
     np.savez(path, **arrays)
 
 
-def random_inputs(bs: Bitstream, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random inputs for the IO table: normal floats, 0/1 integers, random booleans
-    (what ``attnc interpret`` feeds when no inputs are given)."""
+def random_arrays(specs: Iterable[tuple[str, tuple[int, ...], np.dtype]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random arrays for ``(name, shape, dtype)`` specs, in order: normal floats, 0/1 integers,
+    random booleans. The same seed gives the same arrays for a model and for its bitstream."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
-    for e in entries(bs, "input"):
-        shape, dtype = tuple(e.shape), np_dtype(e.dtype)
+    for name, shape, dtype in specs:
         if dtype == np.bool_:
-            out[e.name] = rng.random(shape) < 0.5
+            out[name] = rng.random(shape) < 0.5
         elif np.issubdtype(dtype, np.integer):
-            out[e.name] = rng.integers(0, 2, size=shape).astype(dtype)
+            out[name] = rng.integers(0, 2, size=shape).astype(dtype)
         else:
-            out[e.name] = rng.standard_normal(shape).astype(dtype)
+            out[name] = rng.standard_normal(shape).astype(dtype)
     return out
+
+
+def random_inputs(bs: Bitstream, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs for the IO table (what ``attnc interpret`` feeds when no inputs are given)."""
+    return random_arrays(((e.name, tuple(e.shape), np_dtype(e.dtype)) for e in entries(bs, "input")), seed)
 
 
 # Tolerances by dtype: fp32 results differ from the reference only by the order of accumulation

@@ -3,12 +3,17 @@ and the simulator (format: docs/arch.md).
 
     arch = load_arch("edge")            # a preset shipped in the package, or a path to a YAML file
     arch.tiles_of("compute"), arch.graph(), arch.fingerprint()
+    resolve_arch(None)                  # the default array (DEFAULT_ARCH); an Arch is returned as it is
+
+Each preset and each YAML file (until it changes on disk) is parsed once per process, so passes
+that are given the same name share one ``Arch``.
 
 Only PyYAML is imported here; networkx loads on the first ``Arch.graph()``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from functools import lru_cache
@@ -22,9 +27,12 @@ from attnc.errors import AttncError
 __all__ = [
     "DATATYPES", "DRAM", "ENERGY_ACTIONS", "FORMAT_VERSION", "KIND_LETTERS", "PRESETS", "SUPPORTED_VERSIONS",
     "TILE_KINDS", "Arch", "NoC", "Tile", "dump_arch", "load_arch", "parse_arch", "preset_text",
+    "DEFAULT_ARCH", "resolve_arch",
 ]  # fmt: skip
 
 PRESETS = ("tiny", "edge", "cloud")
+#: the array every command and pass targets when none is named
+DEFAULT_ARCH = "edge"
 
 
 def preset_text(name: str) -> str:
@@ -37,7 +45,17 @@ def preset_text(name: str) -> str:
 @lru_cache(maxsize=None)
 def _load_preset(name: str) -> Arch:
     # Arch is immutable, so every caller may share one instance (and its cached graph).
-    return parse_arch(preset_text(name), source_name=f"<preset {name}>")
+    return dataclasses.replace(parse_arch(preset_text(name), source_name=f"<preset {name}>"), origin=name)
+
+
+@lru_cache(maxsize=32)
+def _load_file(path: str, mtime_ns: int, size: int, origin: str) -> Arch:
+    # keyed by the file's identity and state: an edited file is read again
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AttncError(f"{origin}: cannot read: {e}") from None
+    return dataclasses.replace(parse_arch(text, source_name=origin), origin=origin)
 
 
 def load_arch(spec: str | os.PathLike[str]) -> Arch:
@@ -50,7 +68,15 @@ def load_arch(spec: str | os.PathLike[str]) -> Arch:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise AttncError(f"'{spec}' is neither an architecture preset ({', '.join(PRESETS)}) nor an existing file{hint}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        st = path.stat()
+    except OSError as e:
         raise AttncError(f"{spec}: cannot read: {e}") from None
-    return parse_arch(text, source_name=str(spec))
+    return _load_file(str(path.resolve()), st.st_mtime_ns, st.st_size, str(spec))
+
+
+def resolve_arch(arch: Arch | str | os.PathLike[str] | None) -> Arch:
+    """The array a pass or the driver targets: an ``Arch`` as it is, a preset name or YAML path loaded
+    (once), ``None`` the default preset."""
+    if isinstance(arch, Arch):
+        return arch
+    return load_arch(DEFAULT_ARCH if arch is None else arch)

@@ -110,6 +110,9 @@ class Arch:
     # The YAML text it was read from (embedded in bitstreams). Not part of equality or the
     # fingerprint: two files that differ only in comments or spelling describe the same array.
     source: str = field(default="", compare=False, repr=False)
+    # How the user named it (a preset name or the YAML path given to load_arch), so that a pass spec can
+    # name the array it was given; empty for an Arch built in memory.
+    origin: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.energy_pj, FrozenMap):

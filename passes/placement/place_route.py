@@ -25,7 +25,6 @@ from xdsl.dialects.builtin import (
     i64,
 )
 from xdsl.ir import Block, Region, SSAValue
-from xdsl.passes import ModulePass
 from xdsl.rewriter import InsertPoint, Rewriter
 
 from attnc.dialects import array as ar
@@ -33,6 +32,7 @@ from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
+from attnc.passes.target import TargetPass
 from attnc.passes.placement.problem import KernelSpec, Mapping, MappingInfeasible, MappingProblem, MappingStats, StreamSpec
 from attnc.cost.work import consumed_bytes, nbytes
 
@@ -45,12 +45,11 @@ def _i64s(values) -> DenseArrayBase:
 
 
 @dataclass(frozen=True)
-class PlaceRoutePass(ModulePass):
+class PlaceRoutePass(TargetPass):
     """place-route: place kernels on tiles and route streams (OR-Tools CP-SAT), giving array IR."""
 
     name = "place-route"
 
-    arch: str = "tiny"
     time_limit: float = 10.0
     seed: int = 0
     heuristic_only: bool = False
@@ -74,9 +73,7 @@ class PlaceRoutePass(ModulePass):
             problem = replace(problem, streams=[replace(st, rate=st.rate / 2) for st in problem.streams])
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        from attnc.arch import load_arch
-
-        arch = load_arch(self.arch)
+        arch = self.target()
         fn = main_func(op)
         kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
         if not kernels:

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from attnc.backend.bitstream import decode
-from attnc.cli import compile_to_bitstream
+from attnc.pipeline import compile_to_bitstream
 from attnc.frontend.onnx import import_onnx
 from attnc.interpreter import interpret
 from attnc.pipeline import run_pipeline
@@ -30,7 +30,7 @@ def compiled(n: int, pipeline: str, causal: bool = False):
     inputs = {x: rng.standard_normal((B, H, n, D)).astype(np.float32) for x in "QKV"}
     ref = interpret(module, inputs)["O"]
     run_pipeline(module, pipeline)
-    bs = decode(compile_to_bitstream(module, "edge", time_limit=2))
+    bs = decode(compile_to_bitstream(module, "edge", time_limit=2)[0])
     return bs, inputs, ref
 
 
@@ -91,7 +91,7 @@ def test_k_and_v_computed_on_chip_are_spilled_once_and_re_read_per_pass():
     assert "K/V spilled to DRAM" in report
     passes = int(report.split("passes=")[1].split()[0])
     assert passes > 1
-    bs = decode(compile_to_bitstream(module, "edge", time_limit=3))
+    bs = decode(compile_to_bitstream(module, "edge", time_limit=3)[0])
     np.testing.assert_allclose(run(bs, inputs)["output"], ref, rtol=1e-4, atol=2e-6)
     stats = simulate(bs)
     kv = 2 * 1024 * 256 * 4  # K and V, f32

@@ -14,7 +14,7 @@ import pytest
 from attnc.arch import load_arch
 from attnc.backend.bitstream import decode, encode
 from attnc.backend.emit import emit_bitstream
-from attnc.cli import backend_passes
+from attnc.pipeline import backend_passes
 from attnc.dialects import sparse as sp
 from attnc.errors import AttncError
 from attnc.interpreter import interpret

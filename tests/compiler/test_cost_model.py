@@ -15,7 +15,7 @@ import pytest
 from attnc.arch import load_arch
 from attnc.backend.bitstream import decode, encode
 from attnc.backend.emit import emit_bitstream
-from attnc.cli import backend_passes
+from attnc.pipeline import backend_passes
 from attnc.cost.model import attention_work, estimate, format_cost
 from attnc.errors import AttncError
 from attnc.frontend.onnx import import_onnx

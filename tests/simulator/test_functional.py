@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from attnc.backend import bitstream as bsm
-from attnc.cli import compile_to_bitstream
+from attnc.pipeline import compile_to_bitstream
 from attnc.errors import AttncError
 from attnc.frontend.onnx import import_onnx
 from attnc.interpreter import interpret
@@ -33,7 +33,7 @@ ARCH = {"attention23": "edge", "bert_layer": "edge", "gqa_block": "edge", "causa
 def build(module, arch: str) -> tuple[dict[str, np.ndarray] | None, bytes]:
     """(nothing, encoded bitstream) of an imported module after the default pipeline."""
     run_pipeline(module, DEFAULT_PIPELINE)
-    return module, compile_to_bitstream(module, arch, heuristic_only=True)
+    return module, compile_to_bitstream(module, arch, heuristic_only=True)[0]
 
 
 _CACHE: dict[str, tuple] = {}
@@ -46,7 +46,7 @@ def example(name: str, pipeline: str = DEFAULT_PIPELINE):
         run_pipeline(module, pipeline)
         inputs = dict(np.load(EXAMPLES / f"{name}.inputs.npz"))
         reference = interpret(module, inputs)
-        data = compile_to_bitstream(module, ARCH[name], heuristic_only=True)
+        data, _ = compile_to_bitstream(module, ARCH[name], heuristic_only=True)
         _CACHE[name, pipeline] = (reference, data, inputs)
     return _CACHE[name, pipeline]
 
@@ -97,7 +97,7 @@ def test_torch_exported_models_match():
         names, _ = io_names(main_func(module))
         inputs = {n: a.numpy() for n, a in zip(names, args)}
         reference = interpret(module, inputs)
-        data = compile_to_bitstream(module, "cloud", heuristic_only=True)
+        data, _ = compile_to_bitstream(module, "cloud", heuristic_only=True)
         assert_close(run(bsm.decode(data), inputs), reference)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnc.cli import butterfly_pass_spec, check_pipeline, with_butterfly
+from attnc.pipeline import butterfly_pass_spec, parse_pipeline, with_butterfly
 from attnc.errors import AttncError
 from cli_helpers import assert_user_error, call
 
@@ -46,15 +46,15 @@ def test_bad_spec_is_one_clear_error(spec: str, fragment: str) -> None:
 
 
 def test_the_pass_goes_before_fuse_attention() -> None:
-    passes = with_butterfly(check_pipeline("canonicalize,raise-attention,fuse-attention"), "linears=ffn")
+    passes = with_butterfly(parse_pipeline("canonicalize,raise-attention,fuse-attention"), "linears=ffn")
     assert [p.name for p in passes] == ["canonicalize", "raise-attention", "butterfly-decompose", "fuse-attention"]
-    assert [p.name for p in with_butterfly(check_pipeline("canonicalize"), "")] == ["canonicalize", "butterfly-decompose"]
-    assert with_butterfly(check_pipeline("canonicalize"), None)[0].name == "canonicalize"
+    assert [p.name for p in with_butterfly(parse_pipeline("canonicalize"), "")] == ["canonicalize", "butterfly-decompose"]
+    assert with_butterfly(parse_pipeline("canonicalize"), None)[0].name == "canonicalize"
 
 
 def test_the_pass_is_not_added_twice() -> None:
     with pytest.raises(AttncError, match="already has butterfly-decompose"):
-        with_butterfly(check_pipeline("canonicalize,butterfly-decompose"), "block=1")
+        with_butterfly(parse_pipeline("canonicalize,butterfly-decompose"), "block=1")
 
 
 def test_compile_rejects_a_bad_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
