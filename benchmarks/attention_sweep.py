@@ -3,16 +3,17 @@
     python benchmarks/attention_sweep.py [--archs edge,cloud] [--models bert,trxl,t5,xlm] [--batches 1,64]
         [--seqs 512,1024,2048,4096,8192,16384] [--modes unfused,flat,online] [--time-limit 2] [--quick]
 
-Workloads are FLAT's (REFERENCES 2.7): the attention core softmax(QKᵀ/√d)V of BERT-base (12 heads,
-d 64), TrXL (16, 64), T5 (8, 64) and XLM (16, 128), 16-bit data, Q/K/V read from DRAM and O written back.
+Workloads are FLAT's (Kao et al., "FLAT: An Optimized Dataflow for Mitigating Attention Bottlenecks",
+ASPLOS 2023): the attention core softmax(QKᵀ/√d)V of BERT-base (12 heads, d 64), TrXL (16, 64), T5 (8, 64)
+and XLM (16, 128), 16-bit data, Q/K/V read from DRAM and O written back.
 Each point is one ONNX Attention model compiled by attnc with ``fuse-attention{mode=M}`` and the
 cost-model search of ``tile`` (sizes chosen by attnc, not by this script), placed and routed, encoded and
 decoded, and timed by the simulator from the bitstream alone (timing-only; the functional model also
 runs, and is compared with the reference interpreter, where the tensors are small: batch 1 and
 seq <= 1024). Per point it prints and records:
 
-* cycles, speedup over unfused, DRAM bytes / compulsory minimum (4·B·H·N·d·2, REFERENCES 2.6), MAC
-  utilisation (MACs / (cycles x array MACs)), energy;
+* cycles, speedup over unfused, DRAM bytes / compulsory minimum (4·B·H·N·d·2: Q, K and V read once, O
+  written once), MAC utilisation (MACs / (cycles x array MACs)), energy;
 * the cost model's (``attnc.cost.estimate`` on the array IR) cycles and DRAM bytes and their error
   against the simulator;
 * what binds: the largest of the lower bounds compute (busiest tile's busy cycles), DRAM (bytes /

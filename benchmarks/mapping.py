@@ -7,7 +7,7 @@ Three sources of mapping problems, each on edge and cloud:
 - `layer:` BERT-style attention layers (d = 64 per head) of 1..32 heads and seq 128..2048,
   built with examples/make_examples.py and compiled the same way (heads share kernels
   when the array runs short of contexts, as the compiler does);
-- `graph:` the hand-made per-head graph of REFERENCES 4.4b (attnc.passes.placement.problem.synthetic_attention:
+- `graph:` a hand-made per-head graph (attnc.passes.placement.problem.synthetic_attention:
   per head DMA load -> layer norm -> Q/K/V projections -> QK^T -> softmax -> PV; every 4
   heads share an output projection and a store), which keeps one kernel per head and stage.
 Prints one row per case and writes benchmarks/results/mapping.md. Not part of the test run.

@@ -96,7 +96,7 @@ def test_tiny_preset() -> None:
     [("edge", 32 * 32, 512 * KiB, 50), ("cloud", 256 * 256, 32 * MiB, 400)],
 )
 def test_flat_platform_totals(name: str, macs: int, sram: int, gib_s: float) -> None:
-    """FLAT's edge and cloud platforms (REFERENCES 2.7), in binary units at 940 MHz."""
+    """FLAT's edge and cloud platforms (Kao et al., ASPLOS 2023), in binary units at 940 MHz."""
     arch = load_arch(name)
     assert arch.total_macs_per_cycle == macs
     assert arch.total_sram_bytes == sram
