@@ -63,7 +63,7 @@ def run_point(arch: str, model: str, batch: int, seq: int, mode: str, time_limit
     from attnc.arch import load_arch
     from attnc.backend.bitstream import decode, encode
     from attnc.backend.emit import emit_bitstream
-    from attnc.cli import backend_passes
+    from attnc.pipeline import backend_passes
     from attnc.cost import estimate
     from attnc.frontend.onnx import import_onnx
     from attnc.interpreter import interpret

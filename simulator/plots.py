@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from attnc.arch import KIND_LETTERS
 from attnc.errors import AttncError
 from attnc.simulator.stats import Stats
-
-LETTERS = {"compute": "C", "sfu": "S", "butterfly": "B", "memory": "M", "dma": "D"}
 
 
 def plot(stats: Stats, out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -71,7 +70,7 @@ def _heatmap(stats: Stats):
     im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, label="tile busy fraction")
     for t in stats.tiles:
-        ax.text(t.x, t.y, f"{LETTERS.get(t.kind, '?')}\n{grid[t.y, t.x]:.0%}", ha="center", va="center",
+        ax.text(t.x, t.y, f"{KIND_LETTERS.get(t.kind, '?')}\n{grid[t.y, t.x]:.0%}", ha="center", va="center",
                 fontsize=8, color="white" if grid[t.y, t.x] < 0.6 else "black")  # fmt: skip
     for lk in stats.links:
         use = min(lk.bytes / (cycles * lk.bytes_per_cycle), 1.0)

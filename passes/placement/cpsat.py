@@ -1,6 +1,6 @@
 """Placement and routing of dataflow kernels on the array with OR-Tools CP-SAT.
 
-The model (REFERENCES §4): one Boolean ``x[k, t]`` per kernel and tile of its
+The model (the one-hot placement and flow routing that CGRA-ME and Loom use): one Boolean ``x[k, t]`` per kernel and tile of its
 kind (exactly one per kernel; contexts and SRAM per tile as linear constraints),
 one Boolean ``f[s, l]`` per stream and directed link (flow conservation at each
 tile, tied to where the stream's ends are placed), and a weighted objective

@@ -321,7 +321,7 @@ def must_cross(stream: StreamSpec, kinds: dict[str, str]) -> bool:
 
 
 def synthetic_attention(heads: int, seq: int, arch: Arch, *, head_dim: int = 64, elem_bytes: int = 2) -> MappingProblem:
-    """The unfused attention graph of REFERENCES §4.4b, for tests and benchmarks.
+    """A hand-made unfused attention graph, one small dataflow per head, for tests and benchmarks.
 
     Per head: DMA load of X -> layer norm (sfu) -> Q, K, V projections (compute)
     -> Q.K^T (compute) -> softmax (sfu) -> P.V (compute); every 4 heads share an
