@@ -685,17 +685,9 @@ def sp_int(v: SSAValue) -> np.dtype:
 
 @op("Attention")
 def _attention(n: Node) -> list[Val]:
-    q, k, v = n.value(0), n.value(1), n.value(2)
-    rank = len(shape(q))
-    if rank not in (3, 4) or len(shape(k)) != rank or len(shape(v)) != rank:
-        raise AttncError(f"Q, K and V must all be 3-D or all 4-D, got {shape(q)}, {shape(k)}, {shape(v)}")
-    if rank == 3:
-        hq, hkv = n.attr("q_num_heads"), n.attr("kv_num_heads")
-        if hq is None or hkv is None:
-            raise AttncError("3-D Attention needs the q_num_heads and kv_num_heads attributes")
-        q = _split_heads(n, q, int(hq), "Q")
-        k = _split_heads(n, k, int(hkv), "K")
-        v = _split_heads(n, v, int(hkv), "V")
+    """ONNX opset-23 Attention: one ``sparse.attention`` when it can carry the node's masking, else the
+    same attention with an additive bias, else (``qk_matmul_output`` wanted) the op-by-op decomposition."""
+    q, k, v, rank = _attention_heads(n)
     past_k = n.value(4) if n.has(4) else None
     past_v = n.value(5) if n.has(5) else None
     if (past_k is None) != (past_v is None):
@@ -710,27 +702,15 @@ def _attention(n: Node) -> list[Val]:
         v = n.emit(sp.ConcatOp([past_v, v], 2))
     present_k, present_v = k, v
     elt = sp.elt_of(q)
-    b, hq_, sq, d = shape(q)
-    hkv_, skv = shape(k)[1], shape(k)[2]
+    sq, d = shape(q)[2], shape(q)[3]
+    skv = shape(k)[2]
     scale = n.attr("scale")
     scale = 1.0 / float(np.sqrt(d)) if scale is None else float(scale)
     softcap = n.attr("softcap")
     causal = bool(n.attr("is_causal", 0))
     left, right = int(n.attr("left_window_size", -1)), int(n.attr("right_window_size", -1))
     window = left >= 0 or right >= 0
-    mode = int(n.attr("qk_matmul_output_mode", 0))
-
-    mask = n.value(3) if n.has(3) else None
-    if mask is not None:
-        is_bool = sp.elt_of(mask) == IntegerType(1)
-        if not is_bool:
-            mask = cast(n, mask, elt)
-        width = skv - shape(mask)[-1]
-        if width > 0:  # a mask shorter than the keys: the rest is masked out
-            r = len(shape(mask))
-            pads = [0] * (2 * r)
-            pads[-1] = width
-            mask = n.emit(sp.PadOp(mask, pads, 0.0 if is_bool else float("-inf")))
+    mask = _attention_mask(n, elt, skv)
 
     if not n.used(3) and nonpad is None and not window:
         y = n.emit(
@@ -760,8 +740,49 @@ def _attention(n: Node) -> list[Val]:
     if not n.used(3):
         y = n.emit(sp.AttentionOp(q, k, v, bias, scale=scale, softcap=float(softcap or 0.0)))
         return [_merge_heads(n, y, rank), present_k, present_v, None]
+    y, qk_out = _attention_decomposed(n, q, k, v, bias, bias_b, scale, softcap)
+    return [_merge_heads(n, y, rank), present_k, present_v, qk_out]
 
-    # qk_matmul_output is wanted: the decomposition
+
+def _attention_heads(n: Node) -> tuple[SSAValue, SSAValue, SSAValue, int]:
+    """Q, K and V as (batch, heads, seq, dim), and the rank they came in."""
+    q, k, v = n.value(0), n.value(1), n.value(2)
+    rank = len(shape(q))
+    if rank not in (3, 4) or len(shape(k)) != rank or len(shape(v)) != rank:
+        raise AttncError(f"Q, K and V must all be 3-D or all 4-D, got {shape(q)}, {shape(k)}, {shape(v)}")
+    if rank == 3:
+        hq, hkv = n.attr("q_num_heads"), n.attr("kv_num_heads")
+        if hq is None or hkv is None:
+            raise AttncError("3-D Attention needs the q_num_heads and kv_num_heads attributes")
+        q = _split_heads(n, q, int(hq), "Q")
+        k = _split_heads(n, k, int(hkv), "K")
+        v = _split_heads(n, v, int(hkv), "V")
+    return q, k, v, rank
+
+
+def _attention_mask(n: Node, elt: Attribute, skv: int) -> SSAValue | None:
+    """attn_mask as a boolean or an additive mask in Q's type, padded to the key length (masked out)."""
+    mask = n.value(3) if n.has(3) else None
+    if mask is None:
+        return None
+    is_bool = sp.elt_of(mask) == IntegerType(1)
+    if not is_bool:
+        mask = cast(n, mask, elt)
+    width = skv - shape(mask)[-1]
+    if width > 0:  # a mask shorter than the keys: the rest is masked out
+        r = len(shape(mask))
+        pads = [0] * (2 * r)
+        pads[-1] = width
+        mask = n.emit(sp.PadOp(mask, pads, 0.0 if is_bool else float("-inf")))
+    return mask
+
+
+def _attention_decomposed(n: Node, q: SSAValue, k: SSAValue, v: SSAValue, bias: SSAValue | None, bias_b: _Bias,
+                          scale: float, softcap: Any) -> tuple[SSAValue, SSAValue]:
+    """The attention op by op, for a node whose ``qk_matmul_output`` is used: (output, that output)."""
+    elt = sp.elt_of(q)
+    hq_, hkv_ = shape(q)[1], shape(k)[1]
+    mode = int(n.attr("qk_matmul_output_mode", 0))
     s = n.const(np.asarray(np.sqrt(scale), dtype=np_of_elt(elt)), elt)
     if hq_ != hkv_ and hkv_ > 0 and hq_ % hkv_ == 0:
         k = _repeat_heads(n, k, hq_ // hkv_)
@@ -785,8 +806,7 @@ def _attention(n: Node) -> list[Val]:
     p = cast(n, p, elt)
     if mode == 3:
         qk_out = p
-    y = n.emit(sp.MatmulOp(p, v))
-    return [_merge_heads(n, y, rank), present_k, present_v, qk_out]
+    return n.emit(sp.MatmulOp(p, v)), qk_out
 
 
 def _merge_heads(n: Node, y: SSAValue, rank: int) -> SSAValue:

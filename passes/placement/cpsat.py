@@ -189,15 +189,36 @@ class _Solver:
         ``region``; None = the whole array) with everything else as in ``st``.
         Returns (new state or None, status name, objective bound, variables)."""
         from ortools.sat.python import cp_model
-        from ortools.sat.python.cp_model import LinearExpr
 
-        av, pv = self.av, self.pv
+        av = self.av
         m = cp_model.CpModel()
-        free_set, fs_set = set(free_k), set(free_s)
         nodes = range(len(av.pos)) if region is None else sorted(region)
         node_set = set(nodes)
         links = [li for li, (a, b) in enumerate(av.links) if a in node_set and b in node_set]
+        # the variables are created in this order (placement, makespan, routes, load): the solver's
+        # search, and so its answer for a seed, depends on it
+        x, makespan = self._placement(m, st, free_k, cand)
+        f = self._routing(m, st, x, free_k, free_s, nodes, links)
+        load = self._link_load(m, st, f, free_s, region, links)
+        byte_hops = cp_model.LinearExpr.weighted_sum(list(f.values()), [self.pv.b_int[si] for (si, _li) in f])
+        if region is None and len(free_k) == len(self.pv.kernels):
+            m.add(byte_hops >= self.bh_lb_int)
+        m.minimize(w1 * load + self.w2 * byte_hops + makespan)
 
+        hint_state = st
+        if symmetry:
+            hint_state = self._symmetry(m, x, st)
+        if hint_state is not None:
+            self._hint(m, x, f, hint_state, free_k, free_s, links)
+        return self._run(m, st, x, f, free_s, links, region, dtime)
+
+    def _placement(self, m, st: State | None, free_k: list[int], cand: dict[int, list[int]]):
+        """One-hot placement of the free kernels, with contexts, SRAM and busy time per tile counted
+        against what the fixed kernels already use. Returns the placement variables and the makespan."""
+        from ortools.sat.python.cp_model import LinearExpr
+
+        av, pv = self.av, self.pv
+        free_set = set(free_k)
         x: dict[tuple[int, int], object] = {}
         for k in free_k:
             for t in cand[k]:
@@ -224,13 +245,21 @@ class _Solver:
             m.add(LinearExpr.sum(xs) <= av.contexts[t] - fctx[t])
             m.add(LinearExpr.weighted_sum(xs, [pv.kernels[k].buffer_bytes for k in ks]) <= av.sram[t] - fsram[t])
             m.add(makespan >= fbusy[t] + LinearExpr.weighted_sum(xs, [pv.c_int[k] for k in ks]))
+        return x, makespan
+
+    def _routing(self, m, st: State | None, x, free_k: list[int], free_s: list[int], nodes, links: list[int]):
+        """Flow routing of the free streams: one Boolean per stream and link, conserved at every tile
+        between where the stream's ends are placed."""
+        from ortools.sat.python.cp_model import LinearExpr
+
+        av, pv = self.av, self.pv
+        free_set = set(free_k)
 
         def at(k: int, v: int):
             if k in free_set:
                 return x.get((k, v), 0)
             return 1 if st.place[k] == v else 0
 
-        # Flow routing of the free streams.
         f: dict[tuple[int, int], object] = {}
         for si in free_s:
             a, b = pv.src[si], pv.dst[si]
@@ -245,7 +274,14 @@ class _Solver:
                 # A tile forwards a stream at most once: no loops through it.
                 if len(inn) > 1:
                     m.add_at_most_one(inn)
+        return f
 
+    def _link_load(self, m, st: State | None, f, free_s: list[int], region: set[int] | None, links: list[int]):
+        """The most loaded link's rate (the fixed streams' load plus the free streams routed over it)."""
+        from ortools.sat.python.cp_model import LinearExpr
+
+        av, pv = self.av, self.pv
+        fs_set = set(free_s)
         fixed_load = [0] * len(av.links)
         if st is not None:
             for si, path in enumerate(st.routes):
@@ -273,17 +309,14 @@ class _Solver:
                                                                        [pv.r_int[si] for si in on]))
             elif fixed_load[li] and region is None:
                 m.add(load >= fixed_load[li])
-        byte_hops = LinearExpr.weighted_sum(list(f.values()), [pv.b_int[si] for (si, _li) in f])
-        if region is None and len(free_k) == len(pv.kernels):
-            m.add(byte_hops >= self.bh_lb_int)
-        m.minimize(w1 * load + self.w2 * byte_hops + makespan)
+        return load
 
-        hint_state = st
-        if symmetry:
-            hint_state = self._symmetry(m, x, st)
-        if hint_state is not None:
-            self._hint(m, x, f, hint_state, free_k, free_s, links)
+    def _run(self, m, st: State | None, x, f, free_s: list[int], links: list[int], region: set[int] | None,
+             dtime: float):
+        """Solve on one worker (reproducible for a seed) and read the placement and paths back."""
+        from ortools.sat.python import cp_model
 
+        av, pv = self.av, self.pv
         solver = cp_model.CpSolver()
         p = solver.parameters
         p.num_workers = 1

@@ -267,87 +267,108 @@ def anneal(av: ArrayView, pv: ProblemView, place: list[int], rng: random.Random,
     """Moves and swaps of kernels between tiles of their kind, minimising byte-hops
     (Manhattan-like hop distance) plus a makespan term."""
     place = list(place)
-    n = len(pv.kernels)
-    if n == 0 or not pv.streams:
+    if not pv.kernels or not pv.streams:
         return place
-    ctx = [0] * len(av.pos)
-    sram = [0] * len(av.pos)
-    on_tile: list[list[int]] = [[] for _ in av.pos]
-    for ki, t in enumerate(place):
-        ctx[t] += 1
-        sram[t] += pv.kernels[ki].buffer_bytes
-        on_tile[t].append(ki)
+    movable = [i for i in range(len(pv.kernels)) if len(pv.cand[i]) > 1]
+    if not movable:
+        return place
+    return _Annealer(av, pv, place, rng).run(movable, iterations)
 
-    # Tile pressure: the stream rates of its kernels against the capacity of its
-    # links. Byte-hops alone pile kernels with heavy streams onto one corner tile.
-    io = [sum(pv.r_int[si] for si in pv.incident[ki]) for ki in range(n)]
-    room = [0.5 * RATE_STEPS * (len(av.out_links[t]) + len(av.in_links[t])) for t in range(len(av.pos))]
-    pressure = [0.0] * len(av.pos)
-    for ki, t in enumerate(place):
-        pressure[t] += io[ki]
-    mu = 4.0 * (sum(pv.b_int) / max(1, len(pv.b_int))) / RATE_STEPS
 
-    def over(t: int, extra: float = 0.0) -> float:
-        return mu * max(0.0, pressure[t] + extra - room[t])
+class _Annealer:
+    """The state of one annealing run: where each kernel is and what each tile holds."""
 
-    def local(ki: int, t: int, skip: int = -1) -> int:
-        c = 0
+    def __init__(self, av: ArrayView, pv: ProblemView, place: list[int], rng: random.Random) -> None:
+        self.av, self.pv, self.place, self.rng = av, pv, place, rng
+        n = len(pv.kernels)
+        self.ctx = [0] * len(av.pos)
+        self.sram = [0] * len(av.pos)
+        self.on_tile: list[list[int]] = [[] for _ in av.pos]
+        for ki, t in enumerate(place):
+            self.ctx[t] += 1
+            self.sram[t] += pv.kernels[ki].buffer_bytes
+            self.on_tile[t].append(ki)
+        # Tile pressure: the stream rates of its kernels against the capacity of its
+        # links. Byte-hops alone pile kernels with heavy streams onto one corner tile.
+        self.io = [sum(pv.r_int[si] for si in pv.incident[ki]) for ki in range(n)]
+        self.room = [0.5 * RATE_STEPS * (len(av.out_links[t]) + len(av.in_links[t])) for t in range(len(av.pos))]
+        self.pressure = [0.0] * len(av.pos)
+        for ki, t in enumerate(place):
+            self.pressure[t] += self.io[ki]
+        self.mu = 4.0 * (sum(pv.b_int) / max(1, len(pv.b_int))) / RATE_STEPS
+
+    def over(self, t: int, extra: float = 0.0) -> float:
+        return self.mu * max(0.0, self.pressure[t] + extra - self.room[t])
+
+    def local(self, ki: int, t: int, skip: int = -1) -> int:
+        """Byte-hops of ``ki``'s streams were it on tile ``t`` (leaving out the one to ``skip``)."""
+        pv, c = self.pv, 0
         for si in pv.incident[ki]:
             other = pv.dst[si] if pv.src[si] == ki else pv.src[si]
             if other == skip:
                 continue
-            c += pv.b_int[si] * av.dist[t][place[other]]
+            c += pv.b_int[si] * self.av.dist[t][self.place[other]]
         return c
 
-    temp0 = max(1.0, sum(pv.b_int) / max(1, len(pv.b_int)))
-    movable = [i for i in range(n) if len(pv.cand[i]) > 1]
-    if not movable:
-        return place
-    for it in range(iterations):
-        temp = temp0 * (0.002 ** (it / iterations))
-        ki = movable[rng.randrange(len(movable))]
-        t_old = place[ki]
-        t_new = pv.cand[ki][rng.randrange(len(pv.cand[ki]))]
-        if t_new == t_old:
-            continue
-        k = pv.kernels[ki]
-        if ctx[t_new] < av.contexts[t_new] and sram[t_new] + k.buffer_bytes <= av.sram[t_new]:
-            delta = local(ki, t_new) - local(ki, t_old)
-            delta += over(t_new, io[ki]) + over(t_old, -io[ki]) - over(t_new) - over(t_old)
-            if delta <= 0 or rng.random() < math.exp(-delta / temp):
-                pressure[t_old] -= io[ki]
-                pressure[t_new] += io[ki]
-                place[ki] = t_new
-                ctx[t_old] -= 1
-                ctx[t_new] += 1
-                sram[t_old] -= k.buffer_bytes
-                sram[t_new] += k.buffer_bytes
-                on_tile[t_old].remove(ki)
-                on_tile[t_new].append(ki)
-            continue
-        # Tile full: swap with a kernel of the same kind already there.
-        others = on_tile[t_new]
+    def accept(self, delta: float, temp: float) -> bool:
+        return delta <= 0 or self.rng.random() < math.exp(-delta / temp)
+
+    def run(self, movable: list[int], iterations: int) -> list[int]:
+        pv, rng = self.pv, self.rng
+        temp0 = max(1.0, sum(pv.b_int) / max(1, len(pv.b_int)))
+        for it in range(iterations):
+            temp = temp0 * (0.002 ** (it / iterations))
+            ki = movable[rng.randrange(len(movable))]
+            t_old = self.place[ki]
+            t_new = pv.cand[ki][rng.randrange(len(pv.cand[ki]))]
+            if t_new == t_old:
+                continue
+            k = pv.kernels[ki]
+            if self.ctx[t_new] < self.av.contexts[t_new] and self.sram[t_new] + k.buffer_bytes <= self.av.sram[t_new]:
+                self.move(ki, t_old, t_new, temp)
+            else:  # tile full: swap with a kernel of the same kind already there
+                self.swap(ki, t_old, t_new, temp)
+        return self.place
+
+    def move(self, ki: int, t_old: int, t_new: int, temp: float) -> None:
+        io, bb = self.io[ki], self.pv.kernels[ki].buffer_bytes
+        delta = self.local(ki, t_new) - self.local(ki, t_old)
+        delta += self.over(t_new, io) + self.over(t_old, -io) - self.over(t_new) - self.over(t_old)
+        if self.accept(delta, temp):
+            self.pressure[t_old] -= io
+            self.pressure[t_new] += io
+            self.place[ki] = t_new
+            self.ctx[t_old] -= 1
+            self.ctx[t_new] += 1
+            self.sram[t_old] -= bb
+            self.sram[t_new] += bb
+            self.on_tile[t_old].remove(ki)
+            self.on_tile[t_new].append(ki)
+
+    def swap(self, ki: int, t_old: int, t_new: int, temp: float) -> None:
+        others = self.on_tile[t_new]
         if not others:
-            continue
-        kj = others[rng.randrange(len(others))]
-        bj = pv.kernels[kj].buffer_bytes
-        if sram[t_new] - bj + k.buffer_bytes > av.sram[t_new] or sram[t_old] - k.buffer_bytes + bj > av.sram[t_old]:
-            continue
-        before = local(ki, t_old) + local(kj, t_new, skip=ki)
+            return
+        kj = others[self.rng.randrange(len(others))]
+        bi, bj = self.pv.kernels[ki].buffer_bytes, self.pv.kernels[kj].buffer_bytes
+        sram, cap = self.sram, self.av.sram
+        if sram[t_new] - bj + bi > cap[t_new] or sram[t_old] - bi + bj > cap[t_old]:
+            return
+        place = self.place
+        before = self.local(ki, t_old) + self.local(kj, t_new, skip=ki)
         place[ki], place[kj] = t_new, t_old
-        after = local(ki, t_new) + local(kj, t_old, skip=ki)
-        shift = io[ki] - io[kj]
-        delta = after - before + over(t_new, shift) + over(t_old, -shift) - over(t_new) - over(t_old)
-        if delta <= 0 or rng.random() < math.exp(-delta / temp):
-            pressure[t_new] += shift
-            pressure[t_old] -= shift
-            sram[t_new] += k.buffer_bytes - bj
-            sram[t_old] += bj - k.buffer_bytes
-            on_tile[t_new][on_tile[t_new].index(kj)] = ki
-            on_tile[t_old][on_tile[t_old].index(ki)] = kj
+        after = self.local(ki, t_new) + self.local(kj, t_old, skip=ki)
+        shift = self.io[ki] - self.io[kj]
+        delta = after - before + self.over(t_new, shift) + self.over(t_old, -shift) - self.over(t_new) - self.over(t_old)
+        if self.accept(delta, temp):
+            self.pressure[t_new] += shift
+            self.pressure[t_old] -= shift
+            sram[t_new] += bi - bj
+            sram[t_old] += bj - bi
+            self.on_tile[t_new][self.on_tile[t_new].index(kj)] = ki
+            self.on_tile[t_old][self.on_tile[t_old].index(ki)] = kj
         else:
             place[ki], place[kj] = t_old, t_new
-    return place
 
 
 # --------------------------------------------------------------------------- routing

@@ -207,10 +207,16 @@ def validate(problem: MappingProblem, arch: Arch, mapping: Mapping) -> list[str]
 def explain_infeasible(problem: MappingProblem, arch: Arch) -> str | None:
     """Counting arguments that rule out every mapping, as one line each joined by
     '; ' (None when none applies). Cheap: run before any solver."""
-    reasons: list[str] = []
     by_kind: dict[str, list[KernelSpec]] = defaultdict(list)
     for k in problem.kernels:
         by_kind[k.kind].append(k)
+    reasons = [*_naming_reasons(problem), *_tile_reasons(by_kind, arch), *_link_reasons(problem, by_kind, arch)]
+    return "; ".join(reasons) if reasons else None
+
+
+def _naming_reasons(problem: MappingProblem) -> list[str]:
+    """Kernel names must be unique and every stream must name known kernels."""
+    reasons: list[str] = []
     names = [k.name for k in problem.kernels]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -220,7 +226,12 @@ def explain_infeasible(problem: MappingProblem, arch: Arch) -> str | None:
         for end in (s.src, s.dst):
             if end not in known:
                 reasons.append(f"stream '{s.name}' names unknown kernel '{end}'")
+    return reasons
 
+
+def _tile_reasons(by_kind: dict[str, list[KernelSpec]], arch: Arch) -> list[str]:
+    """Per tile kind: enough tiles, contexts and SRAM for its kernels."""
+    reasons: list[str] = []
     for kind in sorted(by_kind):
         ks = by_kind[kind]
         tiles = [t for t in arch.tiles if t.kind == kind]
@@ -250,8 +261,13 @@ def explain_infeasible(problem: MappingProblem, arch: Arch) -> str | None:
                 f"{kind} kernels need {_kib(total)} of SRAM together, the {len(tiles)} {kind} tiles have {_kib(cap)}"
                 f" (over by {_kib(total - cap)}): {_names(kn)}"
             )
+    return reasons
 
-    # Streams: a stream whose ends cannot share a tile crosses at least one link.
+
+def _link_reasons(problem: MappingProblem, by_kind: dict[str, list[KernelSpec]], arch: Arch) -> list[str]:
+    """A stream whose ends cannot share a tile crosses at least one link: per stream, per kernel's links
+    (pigeonhole) and per kernel's total in and out rates."""
+    reasons: list[str] = []
     graph = arch.graph()
     caps = [d["bytes_per_cycle"] for _, _, d in graph.edges(data=True)]
     link_cap = max(caps) if caps else 0.0
@@ -299,7 +315,7 @@ def explain_infeasible(problem: MappingProblem, arch: Arch) -> str | None:
                     f"kernel '{k.name}' receives {in_rate[k.name]:g} B/cycle from other tiles, a {kind} tile's links"
                     f" carry at most {in_cap:g} in"
                 )
-    return "; ".join(reasons) if reasons else None
+    return reasons
 
 
 def pigeonhole(rates: list[float], links: int) -> float:
