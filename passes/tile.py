@@ -9,22 +9,19 @@ the rest (:func:`predict`) and expands the cheapest with
 :func:`attnc.passes.fuse_attention.expand`. Options force any part of the choice:
 ``tile{mode=online,members=4,key-block=128}``.
 
-The prediction is first-order on purpose (fast enough to score thousands of
-candidates): members run in parallel on their own tiles; a fused member takes the
-cycles of :func:`attnc.cost.work.fused_attention_work`; DRAM moves Q, O and K/V
-(times the passes) plus, unfused, the spilled scores and probabilities; the K/V
-chain and the Q fan-out load their links. ``attnc.cost`` estimates the lowered
-graph afterwards, and the simulator measures it.
+The prediction (:func:`attnc.cost.attention.predict`) is first-order on purpose, fast
+enough to score thousands of candidates; ``attnc.cost`` estimates the lowered graph
+afterwards, and the simulator measures it.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from attnc.cost.work import SFU_OPS, fused_attention_buffer, fused_attention_work
+from attnc.cost.attention import Prediction, Shape, fused_attention_buffer, predict
+from attnc.cost.work import SFU_OPS
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import TAG, TILE_KIND
 from attnc.dialects.values import np_dtype
@@ -43,42 +40,6 @@ from xdsl.rewriter import Rewriter
 REPORT_ATTR = "attnc.tile_report"
 #: schedules predicted within this fraction of the fastest count as equally fast
 TIE = 0.03
-#: the share of a link the search lets the K/V chain and the DMA fan-out plan on using
-NOC_HEADROOM = 0.75
-
-
-@dataclass(frozen=True)
-class Shape:
-    batch: int
-    heads: int
-    kv_heads: int
-    rows: int  # S, queries
-    keys: int  # T
-    d: int
-    dv: int
-    eb: int  # element bytes
-    causal: bool
-    causal_offset: int
-    has_mask: bool
-    kv_from_dram: bool  # K and V are graph inputs or constants: a DMA load can re-read them
-
-    @property
-    def units(self) -> int:
-        return self.batch * self.kv_heads
-
-    @property
-    def rep(self) -> int:
-        return self.heads // self.kv_heads
-
-
-@dataclass
-class Prediction:
-    schedule: Schedule
-    cycles: int
-    dram_bytes: int
-    buffer_bytes: int
-    kernels: int
-    bound: str  # compute | dram | noc
 
 
 @dataclass
@@ -122,67 +83,6 @@ def _passes(sh: Shape, rows: int, row_block: int, fusion: str, budget: int, key_
     if resident <= budget:
         return 1, resident
     return -(-rows // row_block), fused_attention_buffer(*args, kv_resident=False, **kw)
-
-
-def predict(sh: Shape, sched: Schedule, arch, tile) -> Prediction:
-    """First-order cycles and DRAM bytes of one schedule (see the module docstring)."""
-    g, c = sched.groups, sched.members
-    eb = sh.eb
-    q_bytes = sh.batch * sh.heads * sh.rows * sh.d * eb
-    o_bytes = sh.batch * sh.heads * sh.rows * sh.dv * eb
-    kv_bytes = sh.units * sh.keys * (sh.d + sh.dv) * eb
-    mask_bytes = sh.batch * sh.heads * sh.rows * sh.keys * (1 if sh.has_mask else 0)
-    bw = arch.dram.bytes_per_cycle
-    link = arch.noc.link_bytes_per_cycle
-    units_g = -(-sh.units // g)
-    rows_c = -(-sh.rows // c)
-    member = 0
-    over = False
-    if sched.mode == "unfused":
-        scores = sh.units * sh.rep * sh.rows * sh.keys * eb
-        dram = q_bytes + o_bytes + kv_bytes + mask_bytes + 4 * scores
-        mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
-        sfu = max((t.vector_lanes for t in arch.tiles_of("sfu")), default=max(tile.vector_lanes, 1))
-        per = units_g * sh.rep
-        qk = per * -(-rows_c // mr) * -(-sh.keys // mc) * sh.d
-        pv = per * -(-rows_c // mr) * -(-sh.dv // mc) * sh.keys
-        sm = -(-(per * rows_c * sh.keys * (3 + (2 if sh.has_mask or sh.causal else 0))) // sfu)
-        # one token per stream: the phases of a member follow each other, the spills share DRAM
-        member = qk + sm + pv
-        spill = 4 * scores / bw
-        cycles = member + spill
-        bound = "dram" if spill > member else "compute"
-        kernels = 5 * g * c + 4
-        buffer = 0
-    else:
-        passes = sched.passes
-        fusion = "flat" if sched.mode == "flat" else "online"
-        worst = 0
-        # members differ only in their row count (and, causal, their first row)
-        kinds = {(r1 - r0, r0 if sh.causal else 0) for r0, r1 in (split(sh.rows, c, ci) for ci in range(c)) if r1 > r0}
-        for n, r0 in kinds:
-            _, cyc, _ = fused_attention_work(
-                units_g * sh.rep, n, sh.keys, sh.d, sh.dv, fusion=fusion, row_block=sched.row_block,
-                key_block=sched.key_block, causal=sh.causal, causal_offset=sh.causal_offset + r0,
-                has_mask=sh.has_mask, tile=tile,
-            )  # fmt: skip
-            worst = max(worst, cyc)
-        member = worst
-        # (spilled: K/V written once, then read once per pass)
-        dram = q_bytes + o_bytes + ((1 if sched.staged else passes) + sched.spilled) * kv_bytes + mask_bytes
-        usable = NOC_HEADROOM * link  # the rest of the graph's streams cross these links too
-        chain = passes * kv_bytes / g / usable  # each chain link carries its group's K/V per pass
-        fan = max(q_bytes, o_bytes, passes * kv_bytes / 2) / (3 * usable)  # through a DMA tile's links
-        noc = max(chain, fan)
-        cycles = max(member, dram / bw, noc)
-        # the chain would have to run its links fuller than the headroom: the placer may not route it
-        over = chain > member
-        bound = "compute" if cycles == member else ("dram" if cycles == dram / bw else "noc")
-        kernels = g * c + 5 + (2 * g if sched.staged or sched.spilled else 0)
-        buffer = sched.buffer
-    cycles += arch.dram.latency_cycles + max(tile.mac_rows, 1) + max(tile.mac_cols, 1)
-    # a schedule whose chain overfills its links comes back with negative cycles (see search)
-    return Prediction(sched, -math.ceil(cycles) if over else math.ceil(cycles), int(dram), buffer, kernels, bound)
 
 
 def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,

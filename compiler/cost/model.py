@@ -15,7 +15,7 @@ Work of one kernel (the rules of docs/simulator.md, read off the kernel's body o
 * ``matmul`` / ``contract``: MACs = result elements x reduction size; on a compute tile
   ``batch * ceil(M/rows) * ceil(N/cols) * K`` MAC-array cycles. An unscheduled ``attention`` is two such
   GEMMs plus 3 lane operations per score. A fused ``attention`` (``fusion`` = flat | online) follows the
-  blocked rule of :func:`attention_work` (spec section 2, closed form per row block).
+  blocked rule of :func:`attnc.cost.attention.attention_work` (spec section 2, closed form per row block).
 * softmax, log_softmax, layer_norm: 3 lane operations per element; any other compute op one per element
   of the largest of its result and operands; data-movement ops and constants cost nothing.
 * A compute tile runs MAC cycles + ``ceil(lane ops / lanes)`` (a fused attention overlaps the two) plus
@@ -75,9 +75,9 @@ import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from attnc.arch.datatypes import element_bytes
+from attnc.cost.attention import attention_work
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import DMA_KERNEL_KINDS
 from attnc.errors import AttncError
@@ -109,91 +109,6 @@ def _prod(dims: Sequence[int]) -> int:
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
-
-
-# ---------------------------------------------------------------------------
-# fused attention (spec section 2)
-
-
-class AttentionWork(NamedTuple):
-    macs: int
-    mac_cycles: int
-    lane_ops: int
-    cycles: int
-
-
-def attention_work(
-    q_shape: Sequence[int],
-    k_shape: Sequence[int],
-    v_shape: Sequence[int],
-    *,
-    fusion: str,
-    row_block: int,
-    key_block: int,
-    causal: bool = False,
-    causal_offset: int = 0,
-    has_mask: bool = False,
-    rows: int,
-    cols: int,
-    lanes: int,
-) -> AttentionWork:
-    """MACs, MAC-array cycles, lane operations and cycles of one fused attention on a ``rows x cols``
-    MAC array with ``lanes`` vector lanes.
-
-    Per (batch, head) unit, row block i (r rows) and key block j (kb keys); a causal step whose first
-    key is masked for its last row is skipped. Closed form per row block: its executed key blocks are a
-    prefix of n of them, all of Kb keys except possibly the last one of the key axis.
-    """
-    if fusion not in ("flat", "online"):
-        raise AttncError(f"attention_work: unknown fusion {fusion!r}")
-    *lead, s, d = (int(x) for x in q_shape)
-    t = int(k_shape[-2])
-    dv = int(v_shape[-1])
-    units = _prod(lead)
-    rows, cols, lanes = max(rows, 1), max(cols, 1), max(lanes, 1)
-    rb = max(1, min(int(row_block), max(s, 1)))
-    kb = t if fusion == "flat" else max(1, min(int(key_block), max(t, 1)))
-    n_kb = _cdiv(t, kb) if t > 0 else 0
-    last_kb = t - (n_kb - 1) * kb if n_kb else 0
-    full_cols, last_cols = _cdiv(kb, cols), _cdiv(last_kb, cols)
-
-    def row_block_work(r: int, last_row: int) -> tuple[int, int, int]:
-        if causal:
-            reach = last_row + int(causal_offset)  # the last key the block's last row may see
-            n = 0 if reach < 0 else min(n_kb, reach // kb + 1)
-        else:
-            n = n_kb
-        if n == 0:
-            return 0, 0, 0
-        keys = t if n == n_kb else n * kb
-        col_steps = (n - 1) * full_cols + (last_cols if n == n_kb else full_cols)
-        macs = r * keys * (d + dv)
-        mac_cycles = _cdiv(r, rows) * (col_steps * d + _cdiv(dv, cols) * keys)
-        if fusion == "flat":
-            lane = 3 * r * keys
-        else:
-            lane = 2 * r * keys + (n - 1) * (r * dv + 2 * r) + r * dv  # rescales after the first step, one divide
-        if has_mask:
-            lane += r * keys
-        return macs, mac_cycles, lane
-
-    n_rb = _cdiv(s, rb) if s > 0 else 0
-    macs = mac_cycles = lane = 0
-    if not causal and n_rb:
-        # every row block sees every key: the full ones are alike, the last may be shorter
-        full = row_block_work(rb, rb - 1)
-        tail = row_block_work(s - (n_rb - 1) * rb, s - 1)
-        macs = (n_rb - 1) * full[0] + tail[0]
-        mac_cycles = (n_rb - 1) * full[1] + tail[1]
-        lane = (n_rb - 1) * full[2] + tail[2]
-    else:
-        for i in range(n_rb):
-            r = min(rb, s - i * rb)
-            m, c, ln = row_block_work(r, i * rb + r - 1)
-            macs, mac_cycles, lane = macs + m, mac_cycles + c, lane + ln
-    macs, mac_cycles, lane = units * macs, units * mac_cycles, units * lane
-    cycles = max(mac_cycles, _cdiv(lane, lanes)) + (rows + cols if macs else 0)
-    return AttentionWork(macs, mac_cycles, lane, cycles)
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from attnc.cost.attention import attention_work, fused_attention_buffer
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.dialects.values import np_dtype
@@ -172,67 +173,7 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
 
 
 # ---------------------------------------------------------------------------
-# fused attention kernels (the rule docs/simulator.md states for a fused `attention` instruction)
-
-
-def fused_attention_work(
-    units: int, rows: int, t: int, d: int, dv: int, *, fusion: str, row_block: int, key_block: int,
-    causal: bool, causal_offset: int, has_mask: bool, tile,
-) -> tuple[int, int, int]:
-    """(MACs, cycles, lane ops) of a fused attention over ``units`` (batch, head) pairs of
-    ``rows`` queries and ``t`` keys: MAC array and vector unit pipelined over the steps,
-    steps whose keys are all causally masked skipped."""  # fmt: skip
-    r_max, kb_max = max(1, row_block), max(1, key_block if fusion == "online" else t)
-    mr, mc, lanes = max(tile.mac_rows, 1), max(tile.mac_cols, 1), max(tile.vector_lanes, 1)
-    macs = mac_cycles = lane = 0
-    if causal:
-        blocks_of_rows = [(r0, 1) for r0 in range(0, rows, r_max)]
-    else:  # every row block is alike but a shorter last one
-        full = rows // r_max
-        blocks_of_rows = [(0, full)] if full else []
-        if rows % r_max:
-            blocks_of_rows.append((full * r_max, 1))
-    for r0, times in blocks_of_rows:
-        before = (macs, mac_cycles, lane)
-        r = min(r_max, rows - r0)
-        last_key = r0 + r - 1 + causal_offset if causal else t - 1
-        n_keys = max(0, min(t, last_key + 1)) if causal else t
-        if n_keys == 0:
-            continue
-        # executed key blocks: those whose first key is allowed for the block's last row
-        blocks = -(-n_keys // kb_max)
-        last = min(kb_max, t - (blocks - 1) * kb_max)  # the last executed block is computed whole
-        rt = -(-r // mr)
-        for kb, count in ((kb_max, blocks - 1), (last, 1)):
-            if count <= 0:
-                continue
-            macs += count * r * kb * (d + dv)
-            mac_cycles += count * (rt * -(-kb // mc) * d + rt * -(-dv // mc) * kb)
-            ops = 3 * r * kb if fusion == "flat" else 2 * r * kb
-            lane += count * (ops + (r * kb if has_mask else 0))
-        if fusion == "online":  # rescales after the row block's first step, and one divide
-            lane += (blocks - 1) * (r * dv + 2 * r) + r * dv
-        if times > 1:
-            macs, mac_cycles, lane = (b + times * (a - b) for a, b in zip((macs, mac_cycles, lane), before))
-    macs, mac_cycles, lane = units * macs, units * mac_cycles, units * lane
-    cycles = max(mac_cycles, -(-lane // lanes)) + (mr + mc if macs else 0)
-    return macs, cycles, lane
-
-
-def fused_attention_buffer(rows: int, t: int, d: int, dv: int, eb: int, *, fusion: str, row_block: int,
-                           key_block: int, kv_resident: bool, key_chunk: int = 8) -> int:
-    """On-chip bytes a fused attention kernel needs: its query rows and output
-    accumulator, the score block (double-buffered, so the vector unit works on one while
-    the MAC array fills the other), the running max and sum, and K and V either whole
-    (resident) or as double-buffered key blocks."""  # fmt: skip
-    r = min(row_block, rows)
-    kb = t if fusion == "flat" else min(key_block, t)
-    need = eb * (r * d + r * dv + 2 * r * kb + 2 * r)
-    # streamed K and V come in blocks: the key block, or (flat, whose score rows span every key)
-    # chunks of ``key_chunk`` keys (the MAC array's width) that fill the score rows piece by piece
-    chunk = kb if fusion == "online" else min(t, key_chunk)
-    need += eb * t * (d + dv) if kv_resident else eb * 2 * chunk * (d + dv)
-    return need
+# fused attention kernels (the work rule is attnc.cost.attention's)
 
 
 def _fused_cost(op: sp.AttentionOp, arch, eb: int) -> KernelCost:
@@ -241,10 +182,12 @@ def _fused_cost(op: sp.AttentionOp, arch, eb: int) -> KernelCost:
     b, h, rows, d = sp.shape_of(op.q)
     t, dv = sp.shape_of(op.k)[2], sp.shape_of(op.v)[3]
     fusion, rb, kb = op.schedule()
-    macs, cycles, _ = fused_attention_work(
-        b * h, rows, t, d, dv, fusion=fusion, row_block=rb, key_block=kb, causal=op.causal is not None,
-        causal_offset=op.causal_offset.value.data, has_mask=op.mask is not None, tile=tile,
+    work = attention_work(
+        sp.shape_of(op.q), sp.shape_of(op.k), sp.shape_of(op.v), fusion=fusion, row_block=rb, key_block=kb,
+        causal=op.causal is not None, causal_offset=op.causal_offset.value.data, has_mask=op.mask is not None,
+        rows=tile.mac_rows, cols=tile.mac_cols, lanes=tile.vector_lanes,
     )  # fmt: skip
+    macs, cycles = work.macs, work.cycles
     repeat = op.attributes.get("dataflow.repeat")
     passes = repeat.value.data if repeat is not None else 1
     resident = rb < rows and passes == 1

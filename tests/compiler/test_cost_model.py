@@ -16,7 +16,8 @@ from attnc.arch import load_arch
 from attnc.backend.bitstream import decode, encode
 from attnc.backend.emit import emit_bitstream
 from attnc.pipeline import backend_passes
-from attnc.cost.model import attention_work, estimate, format_cost
+from attnc.cost import estimate, format_cost
+from attnc.cost.attention import attention_work
 from attnc.errors import AttncError
 from attnc.frontend.onnx import import_onnx
 from attnc.ir import parse_module

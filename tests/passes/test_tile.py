@@ -13,7 +13,8 @@ from attnc.errors import AttncError
 from attnc.frontend.onnx import import_onnx
 from attnc.interpreter import interpret
 from attnc.ir import main_func, parse_module, print_module
-from attnc.passes.tile import Shape, search
+from attnc.cost.attention import Shape
+from attnc.passes.tile import search
 from attnc.pipeline import run_pipeline
 
 

@@ -105,11 +105,12 @@ def test_bad_schedules_are_one_error(params, message):
 
 
 def test_the_cost_model_implements_the_same_rule():
-    """attnc.cost.model.attention_work is written independently from the same spec: both agree exactly."""
+    """The compiler's rule (attnc.cost.attention.attention_work) is written independently from the same spec:
+    both agree exactly."""
     import random
 
     from attnc.backend.bitstream import Instr as I
-    from attnc.cost.model import attention_work
+    from attnc.cost.attention import attention_work
     from attnc.simulator.timing import fused_attention_work
 
     rng = random.Random(3)

@@ -1,0 +1,264 @@
+"""The cost rules of a fused attention: the work of one fused kernel (the rule docs/simulator.md states for
+a fused ``attention`` instruction), the on-chip bytes it needs, and the first-order prediction the tile
+search ranks whole schedules by.
+
+:func:`attention_work` is the compiler's one implementation of the fused rule: the kernel sizing of
+:mod:`attnc.cost.work`, the graph model's kernel work (:mod:`attnc.cost.kernels`) and :func:`predict`
+all call it. The simulator keeps its own, written independently from the same spec, and a test holds
+the two to the same numbers.
+
+:func:`predict` is first-order on purpose (fast enough to score thousands of candidates): members run in
+parallel on their own tiles, each taking the cycles of :func:`attention_work`; DRAM moves Q, O and K/V
+(times the passes) plus, unfused, the spilled scores and probabilities; the K/V chain and the Q fan-out
+load their links. ``attnc.cost.estimate`` models the lowered graph afterwards, and the simulator
+measures it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+from attnc.errors import AttncError
+
+#: the share of a link the search lets the K/V chain and the DMA fan-out plan on using
+NOC_HEADROOM = 0.75
+
+
+# ---------------------------------------------------------------------------
+# one fused attention kernel
+
+
+class AttentionWork(NamedTuple):
+    macs: int
+    mac_cycles: int
+    lane_ops: int
+    cycles: int
+
+
+def attention_work(
+    q_shape: Sequence[int],
+    k_shape: Sequence[int],
+    v_shape: Sequence[int],
+    *,
+    fusion: str,
+    row_block: int,
+    key_block: int,
+    causal: bool = False,
+    causal_offset: int = 0,
+    has_mask: bool = False,
+    rows: int,
+    cols: int,
+    lanes: int,
+) -> AttentionWork:
+    """MACs, MAC-array cycles, lane operations and cycles of one fused attention on a ``rows x cols``
+    MAC array with ``lanes`` vector lanes; the MAC array and the vector unit are pipelined over the
+    steps, so the cycles are the larger of the two plus one fill.
+
+    Per (batch, head) unit, row block i (r rows) and key block j (kb keys); a causal step whose first
+    key is masked for its last row is skipped. Closed form per row block: its executed key blocks are a
+    prefix of n of them, all of Kb keys except possibly the last one of the key axis.
+    """
+    if fusion not in ("flat", "online"):
+        raise AttncError(f"attention_work: unknown fusion {fusion!r}")
+    *lead, s, d = (int(x) for x in q_shape)
+    t = int(k_shape[-2])
+    dv = int(v_shape[-1])
+    units = math.prod(max(x, 0) for x in lead)
+    rows, cols, lanes = max(rows, 1), max(cols, 1), max(lanes, 1)
+    rb = max(1, min(int(row_block), max(s, 1)))
+    # (with no keys at all, a flat block of one key keeps the causal reach below finite: no block runs)
+    kb = max(t, 1) if fusion == "flat" else max(1, min(int(key_block), max(t, 1)))
+    n_kb = -(-t // kb) if t > 0 else 0
+    last_kb = t - (n_kb - 1) * kb if n_kb else 0
+    full_cols, last_cols = -(-kb // cols), -(-last_kb // cols)
+
+    def row_block_work(r: int, last_row: int) -> tuple[int, int, int]:
+        if causal:
+            reach = last_row + int(causal_offset)  # the last key the block's last row may see
+            n = 0 if reach < 0 else min(n_kb, reach // kb + 1)
+        else:
+            n = n_kb
+        if n == 0:
+            return 0, 0, 0
+        keys = t if n == n_kb else n * kb
+        col_steps = (n - 1) * full_cols + (last_cols if n == n_kb else full_cols)
+        macs = r * keys * (d + dv)
+        mac_cycles = -(-r // rows) * (col_steps * d + -(-dv // cols) * keys)
+        if fusion == "flat":
+            lane = 3 * r * keys
+        else:
+            lane = 2 * r * keys + (n - 1) * (r * dv + 2 * r) + r * dv  # rescales after the first step, one divide
+        if has_mask:
+            lane += r * keys
+        return macs, mac_cycles, lane
+
+    n_rb = -(-s // rb) if s > 0 else 0
+    macs = mac_cycles = lane = 0
+    if not causal and n_rb:
+        # every row block sees every key: the full ones are alike, the last may be shorter
+        full = row_block_work(rb, rb - 1)
+        tail = row_block_work(s - (n_rb - 1) * rb, s - 1)
+        macs = (n_rb - 1) * full[0] + tail[0]
+        mac_cycles = (n_rb - 1) * full[1] + tail[1]
+        lane = (n_rb - 1) * full[2] + tail[2]
+    else:
+        for i in range(n_rb):
+            r = min(rb, s - i * rb)
+            m, c, ln = row_block_work(r, i * rb + r - 1)
+            macs, mac_cycles, lane = macs + m, mac_cycles + c, lane + ln
+    macs, mac_cycles, lane = units * macs, units * mac_cycles, units * lane
+    cycles = max(mac_cycles, -(-lane // lanes)) + (rows + cols if macs else 0)
+    return AttentionWork(macs, mac_cycles, lane, cycles)
+
+
+def fused_attention_buffer(rows: int, t: int, d: int, dv: int, eb: int, *, fusion: str, row_block: int,
+                           key_block: int, kv_resident: bool, key_chunk: int = 8) -> int:
+    """On-chip bytes a fused attention kernel needs: its query rows and output
+    accumulator, the score block (double-buffered, so the vector unit works on one while
+    the MAC array fills the other), the running max and sum, and K and V either whole
+    (resident) or as double-buffered key blocks."""  # fmt: skip
+    r = min(row_block, rows)
+    kb = t if fusion == "flat" else min(key_block, t)
+    need = eb * (r * d + r * dv + 2 * r * kb + 2 * r)
+    # streamed K and V come in blocks: the key block, or (flat, whose score rows span every key)
+    # chunks of ``key_chunk`` keys (the MAC array's width) that fill the score rows piece by piece
+    chunk = kb if fusion == "online" else min(t, key_chunk)
+    need += eb * t * (d + dv) if kv_resident else eb * 2 * chunk * (d + dv)
+    return need
+
+
+# ---------------------------------------------------------------------------
+# a whole attention schedule, first order (the tile search's ranking)
+
+
+def split(n: int, parts: int, i: int) -> tuple[int, int]:
+    """The i-th of ``parts`` balanced contiguous ranges of range(n): the query rows of member i, the
+    (batch, head) units of group i."""
+    return i * n // parts, (i + 1) * n // parts
+
+
+@dataclass(frozen=True)
+class Shape:
+    """An attention as the cost of its schedules sees it."""
+
+    batch: int
+    heads: int
+    kv_heads: int
+    rows: int  # S, queries
+    keys: int  # T
+    d: int
+    dv: int
+    eb: int  # element bytes
+    causal: bool
+    causal_offset: int
+    has_mask: bool
+    kv_from_dram: bool  # K and V are graph inputs or constants: a DMA load can re-read them
+
+    @property
+    def units(self) -> int:
+        return self.batch * self.kv_heads
+
+    @property
+    def rep(self) -> int:
+        return self.heads // self.kv_heads
+
+
+class AttentionSchedule(Protocol):
+    """What :func:`predict` reads of a schedule. The schedule itself is the tile pass's decision
+    (``attnc.passes.fuse_attention.Schedule``); passes use the cost package, never the reverse."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def groups(self) -> int: ...
+    @property
+    def members(self) -> int: ...
+    @property
+    def row_block(self) -> int: ...
+    @property
+    def key_block(self) -> int: ...
+    @property
+    def passes(self) -> int: ...
+    @property
+    def buffer(self) -> int: ...
+    @property
+    def staged(self) -> bool: ...
+    @property
+    def spilled(self) -> bool: ...
+
+
+@dataclass
+class Prediction:
+    schedule: AttentionSchedule
+    cycles: int
+    dram_bytes: int
+    buffer_bytes: int
+    kernels: int
+    bound: str  # compute | dram | noc
+
+
+def predict(sh: Shape, sched: AttentionSchedule, arch, tile) -> Prediction:
+    """First-order cycles and DRAM bytes of one schedule of ``sh`` on ``arch``, its members on ``tile``
+    (see the module docstring)."""
+    g, c = sched.groups, sched.members
+    eb = sh.eb
+    q_bytes = sh.batch * sh.heads * sh.rows * sh.d * eb
+    o_bytes = sh.batch * sh.heads * sh.rows * sh.dv * eb
+    kv_bytes = sh.units * sh.keys * (sh.d + sh.dv) * eb
+    mask_bytes = sh.batch * sh.heads * sh.rows * sh.keys * (1 if sh.has_mask else 0)
+    bw = arch.dram.bytes_per_cycle
+    link = arch.noc.link_bytes_per_cycle
+    units_g = -(-sh.units // g)
+    rows_c = -(-sh.rows // c)
+    member = 0
+    over = False
+    if sched.mode == "unfused":
+        scores = sh.units * sh.rep * sh.rows * sh.keys * eb
+        dram = q_bytes + o_bytes + kv_bytes + mask_bytes + 4 * scores
+        mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
+        sfu = max((t.vector_lanes for t in arch.tiles_of("sfu")), default=max(tile.vector_lanes, 1))
+        per = units_g * sh.rep
+        qk = per * -(-rows_c // mr) * -(-sh.keys // mc) * sh.d
+        pv = per * -(-rows_c // mr) * -(-sh.dv // mc) * sh.keys
+        sm = -(-(per * rows_c * sh.keys * (3 + (2 if sh.has_mask or sh.causal else 0))) // sfu)
+        # one token per stream: the phases of a member follow each other, the spills share DRAM
+        member = qk + sm + pv
+        spill = 4 * scores / bw
+        cycles = member + spill
+        bound = "dram" if spill > member else "compute"
+        kernels = 5 * g * c + 4
+        buffer = 0
+    else:
+        passes = sched.passes
+        fusion = "flat" if sched.mode == "flat" else "online"
+        worst = 0
+        # members differ only in their row count (and, causal, their first row)
+        kinds = {(r1 - r0, r0 if sh.causal else 0) for r0, r1 in (split(sh.rows, c, ci) for ci in range(c)) if r1 > r0}
+        for n, r0 in kinds:
+            work = attention_work(
+                (units_g * sh.rep, n, sh.d), (sh.keys, sh.d), (sh.keys, sh.dv), fusion=fusion,
+                row_block=sched.row_block, key_block=sched.key_block, causal=sh.causal,
+                causal_offset=sh.causal_offset + r0, has_mask=sh.has_mask, rows=tile.mac_rows, cols=tile.mac_cols,
+                lanes=tile.vector_lanes,
+            )  # fmt: skip
+            worst = max(worst, work.cycles)
+        member = worst
+        # (spilled: K/V written once, then read once per pass)
+        dram = q_bytes + o_bytes + ((1 if sched.staged else passes) + sched.spilled) * kv_bytes + mask_bytes
+        usable = NOC_HEADROOM * link  # the rest of the graph's streams cross these links too
+        chain = passes * kv_bytes / g / usable  # each chain link carries its group's K/V per pass
+        fan = max(q_bytes, o_bytes, passes * kv_bytes / 2) / (3 * usable)  # through a DMA tile's links
+        noc = max(chain, fan)
+        cycles = max(member, dram / bw, noc)
+        # the chain would have to run its links fuller than the headroom: the placer may not route it
+        over = chain > member
+        bound = "compute" if cycles == member else ("dram" if cycles == dram / bw else "noc")
+        kernels = g * c + 5 + (2 * g if sched.staged or sched.spilled else 0)
+        buffer = sched.buffer
+    cycles += arch.dram.latency_cycles + max(tile.mac_rows, 1) + max(tile.mac_cols, 1)
+    # a schedule whose chain overfills its links comes back with negative cycles (the search drops it
+    # while a schedule that fits exists)
+    return Prediction(sched, -math.ceil(cycles) if over else math.ceil(cycles), int(dram), buffer, kernels, bound)
