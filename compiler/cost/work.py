@@ -1,11 +1,13 @@
-"""The fixed tiling rule and the first-order cost of one kernel on one tile.
+"""The fixed tiling rule and the first-order cost of one kernel on one tile: a :class:`KernelPlan`.
 
 Tile sizes come straight from the architecture: a GEMM is tiled to the MAC array
 (``mac_rows x mac_cols`` outputs per step, the reduction dim chunked so that the
 double-buffered operand tiles fit the tile's SRAM), a vector or special-function
-kernel sweeps blocks of ``lanes`` rows. The tile search of the fusion issue
-replaces this rule; the numbers here are estimates for placement and reports,
-and the simulator measures the real ones.
+kernel sweeps blocks of ``lanes`` rows; a fused attention follows its schedule
+(:mod:`attnc.cost.attention`). ``lower-to-dataflow`` writes the plan on each kernel;
+the numbers are estimates for placement and reports. The graph model
+(:mod:`attnc.cost.model`) re-derives its own per-kernel figures from the kernel
+bodies, and the simulator measures the real ones.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ DMA_BURST = 4096
 
 
 @dataclass(frozen=True)
-class KernelCost:
+class KernelPlan:
+    """How one kernel is tiled and what that costs first-order, as ``lower-to-dataflow`` records it on the
+    kernel (not the graph model's per-kernel result, :class:`attnc.cost.kernels.KernelCost`)."""
+
     kind: str  # gemm | softmax | layer_norm | reduce | elementwise | dma_load | dma_store | data
     tile_kind: str
     loops: tuple[tuple[str, int], ...]
@@ -101,51 +106,70 @@ def _matmul_dims(op: Operation) -> tuple[int, int, int, int]:
     return batch, m, n, k
 
 
-def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, dma: str | None = None) -> KernelCost:
-    """Cost of a kernel whose body is ``body_ops`` (yield excluded) on the tile kind it needs."""
-    out_bytes = sum(nbytes(t) for t in outputs)
+def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, dma: str | None = None) -> KernelPlan:
+    """The plan of a kernel whose body is ``body_ops`` (yield excluded) on the tile kind it needs: by the
+    first rule below that the body matches (a DMA kernel, a fused attention, a held butterfly weight,
+    butterfly stages, staged K/V, GEMMs, else vector or special-function work)."""
     eb = max((np_dtype(t.element_type).itemsize for t in outputs), default=4)
     if dma is not None:
-        tile = arch.tiles_of("dma")[0]
-        bursts = max(1, math.ceil(out_bytes / DMA_BURST))
-        moved = 2 * out_bytes if dma == "dma_spill" else out_bytes  # a spill writes, then reads back
-        cycles = math.ceil(moved / arch.dram.bytes_per_cycle) + arch.dram.latency_cycles
-        return KernelCost(dma, "dma", (("burst", bursts),), (DMA_BURST,), min(2 * DMA_BURST, _share(tile)),
-                          cycles, 0, bursts)  # fmt: skip
+        return _dma_plan(dma, sum(nbytes(t) for t in outputs), arch)
     fused = [op for op in body_ops if isinstance(op, sp.AttentionOp) and op.fusion is not None]
     if fused:
-        return _fused_cost(fused[0], arch, eb)
+        return _fused_plan(fused[0], arch, eb)
     held = [op for op in body_ops if "dataflow.weight_stage" in op.attributes]
     if held:
-        # a piece of a butterfly chain's weights held in a memory tile, re-sent once per row block
-        passes = held[0].attributes["dataflow.weight_stage"].value.data
-        nb = nbytes(held[0].results[0].type)
-        return KernelCost("data", "memory", (("repeat", passes),), (nb,), nb, 0, 0, passes)
+        return _held_weight_plan(held[0])
     stages = [op for op in body_ops if isinstance(op, sp.ButterflyStageOp)]
     if stages:
-        return _butterfly_cost(stages, body_ops, arch, eb)
+        return _butterfly_plan(stages, body_ops, arch, eb)
     staged = [op for op in body_ops if "dataflow.stage" in op.attributes]
     if staged:
-        return _stage_cost(staged[0], arch, eb)
+        return _stage_plan(staged[0], arch, eb)
     gemms = [op for op in body_ops if isinstance(op, (sp.MatmulOp, sp.ContractOp))]
     if gemms:
-        tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
-        batch, m, n, k = max((_matmul_dims(op) for op in gemms), key=lambda d: d[0] * d[1] * d[2] * d[3])
-        macs = sum(int(np.prod(_matmul_dims(op), dtype=np.int64)) for op in gemms)
-        tm, tn = min(m, tile.mac_rows), min(n, tile.mac_cols)
-        # largest reduction chunk whose double-buffered A, B and C tiles fit in the kernel's share
-        budget = _share(tile)
-        tk = max(1, min(k, (budget // (2 * eb) - tm * tn) // max(tm + tn, 1)))
-        loops = (("b", batch), ("m", math.ceil(m / tm)), ("n", math.ceil(n / tn)), ("k", math.ceil(k / tk)))
-        steps = batch * math.ceil(m / tm) * math.ceil(n / tn) * k
-        vector = sum(_elems(op.results[0].type) for op in body_ops if op not in gemms and op.results)
-        cycles = steps + tm + tn + math.ceil(vector / max(tile.vector_lanes, 1))
-        buf = 2 * eb * (tm * tk + tk * tn + tm * tn)
-        # a row block of a split GEMM claims the SRAM tile reserved for it (see attnc.passes.tile.split_gemms)
-        buf = max([buf] + [op.attributes["dataflow.reserve"].value.data for op in gemms
-                           if "dataflow.reserve" in op.attributes])  # fmt: skip
-        return KernelCost("gemm", "compute", loops, (tm, tn, tk), buf, cycles, macs,
-                          batch * math.ceil(m / tm) * math.ceil(n / tn))  # fmt: skip
+        return _gemm_plan(gemms, body_ops, arch, eb)
+    return _vector_plan(body_ops, outputs, arch, eb)
+
+
+def _dma_plan(dma: str, out_bytes: int, arch) -> KernelPlan:
+    tile = arch.tiles_of("dma")[0]
+    bursts = max(1, math.ceil(out_bytes / DMA_BURST))
+    moved = 2 * out_bytes if dma == "dma_spill" else out_bytes  # a spill writes, then reads back
+    cycles = math.ceil(moved / arch.dram.bytes_per_cycle) + arch.dram.latency_cycles
+    return KernelPlan(dma, "dma", (("burst", bursts),), (DMA_BURST,), min(2 * DMA_BURST, _share(tile)),
+                      cycles, 0, bursts)  # fmt: skip
+
+
+def _held_weight_plan(op: Operation) -> KernelPlan:
+    """A piece of a butterfly chain's weights held in a memory tile, re-sent once per row block."""
+    passes = op.attributes["dataflow.weight_stage"].value.data
+    nb = nbytes(op.results[0].type)
+    return KernelPlan("data", "memory", (("repeat", passes),), (nb,), nb, 0, 0, passes)
+
+
+def _gemm_plan(gemms: list[Operation], body_ops: list[Operation], arch, eb: int) -> KernelPlan:
+    """GEMMs on the largest compute tile, tiled to its MAC array; the body's other ops run on its lanes."""
+    tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+    batch, m, n, k = max((_matmul_dims(op) for op in gemms), key=lambda d: d[0] * d[1] * d[2] * d[3])
+    macs = sum(int(np.prod(_matmul_dims(op), dtype=np.int64)) for op in gemms)
+    tm, tn = min(m, tile.mac_rows), min(n, tile.mac_cols)
+    # largest reduction chunk whose double-buffered A, B and C tiles fit in the kernel's share
+    budget = _share(tile)
+    tk = max(1, min(k, (budget // (2 * eb) - tm * tn) // max(tm + tn, 1)))
+    loops = (("b", batch), ("m", math.ceil(m / tm)), ("n", math.ceil(n / tn)), ("k", math.ceil(k / tk)))
+    steps = batch * math.ceil(m / tm) * math.ceil(n / tn) * k
+    vector = sum(_elems(op.results[0].type) for op in body_ops if op not in gemms and op.results)
+    cycles = steps + tm + tn + math.ceil(vector / max(tile.vector_lanes, 1))
+    buf = 2 * eb * (tm * tk + tk * tn + tm * tn)
+    # a row block of a split GEMM claims the SRAM tile reserved for it (see attnc.passes.tile.split_gemms)
+    buf = max([buf] + [op.attributes["dataflow.reserve"].value.data for op in gemms
+                       if "dataflow.reserve" in op.attributes])  # fmt: skip
+    return KernelPlan("gemm", "compute", loops, (tm, tn, tk), buf, cycles, macs,
+                      batch * math.ceil(m / tm) * math.ceil(n / tn))  # fmt: skip
+
+
+def _vector_plan(body_ops: list[Operation], outputs: list[TensorType], arch, eb: int) -> KernelPlan:
+    """Element- and row-wise work swept ``lanes`` rows at a time, on an sfu tile if any op needs one."""
     sfu = [op for op in body_ops if isinstance(op, SFU_OPS)]
     kind = "elementwise"
     for cls, name in ((sp.SoftmaxOp, "softmax"), (sp.LogSoftmaxOp, "softmax"), (sp.LayerNormOp, "layer_norm"),
@@ -169,14 +193,14 @@ def kernel_cost(body_ops: list[Operation], outputs: list[TensorType], arch, *, d
     # chunks so a kernel never asks for more than its share of the tile's SRAM
     buf = min(4 * eb * block * row, _share(tile))
     loops = (("rows", math.ceil(rows / block)),)
-    return KernelCost(kind, tile_kind, loops, (block, row), buf, math.ceil(work / lanes) + 1, 0, loops[0][1])
+    return KernelPlan(kind, tile_kind, loops, (block, row), buf, math.ceil(work / lanes) + 1, 0, loops[0][1])
 
 
 # ---------------------------------------------------------------------------
 # fused attention kernels (the work rule is attnc.cost.attention's)
 
 
-def _fused_cost(op: sp.AttentionOp, arch, eb: int) -> KernelCost:
+def _fused_plan(op: sp.AttentionOp, arch, eb: int) -> KernelPlan:
     """A fused attention member: loops over its (batch, head) units, row blocks and key blocks."""
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     b, h, rows, d = sp.shape_of(op.q)
@@ -197,17 +221,17 @@ def _fused_cost(op: sp.AttentionOp, arch, eb: int) -> KernelCost:
     buf = max(buf, reserve.value.data if reserve is not None else 0)
     loops = (("unit", b * h), ("row_block", -(-rows // rb)), ("key_block", -(-t // kb)))
     steps = b * h * loops[1][1] * loops[2][1]
-    return KernelCost("attention", "compute", loops, (rb, kb), buf, cycles, macs, steps)
+    return KernelPlan("attention", "compute", loops, (rb, kb), buf, cycles, macs, steps)
 
 
-def _stage_cost(op: Operation, arch, eb: int) -> KernelCost:
+def _stage_plan(op: Operation, arch, eb: int) -> KernelPlan:
     """K or V of a group held in a memory tile, one unit at a time, and streamed to the group's
     first member once per pass: no work, a buffer of one unit and two key blocks."""
     units, _, t, d = sp.shape_of(op.results[0])
     passes = op.attributes["dataflow.stage"].value.data
     kb = min(op.attributes["dataflow.key_block"].value.data, t)
     loops = (("unit", units), ("repeat", passes), ("block", -(-t // kb)))
-    return KernelCost("data", "memory", loops, (kb,), eb * d * (t + 2 * kb), 0, 0, units * passes * loops[2][1])
+    return KernelPlan("data", "memory", loops, (kb,), eb * d * (t + 2 * kb), 0, 0, units * passes * loops[2][1])
 
 
 # ---------------------------------------------------------------------------
@@ -239,7 +263,7 @@ def _row_steps(rows: int, mac_rows: int, row_block: int = 0) -> int:
     return -(-rows // rb) * -(-rb // mac_rows) if rb else 0
 
 
-def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb: int) -> KernelCost:
+def _butterfly_plan(stages: list[Operation], body_ops: list[Operation], arch, eb: int) -> KernelPlan:
     """A kernel of butterfly stages: ``("rows", T)`` row blocks streamed through it, on the tile
     kind the pipeline planner chose (``dataflow.tile_kind``; compute without one)."""
     from attnc.butterfly import Stage
@@ -274,6 +298,4 @@ def _butterfly_cost(stages: list[Operation], body_ops: list[Operation], arch, eb
     vector = sum(_elems(op.results[0].type) for op in body_ops if op not in stages and op.results
                  and not isinstance(op, sp.ConstantOp) and not sp.is_data_movement(op))  # fmt: skip
     cycles += math.ceil(vector / max(tile.vector_lanes, 1))
-    return KernelCost("gemm", tile_kind, (("rows", tokens),), (block, n), max(buf, reserve), cycles, macs, tokens)
-
-
+    return KernelPlan("gemm", tile_kind, (("rows", tokens),), (block, n), max(buf, reserve), cycles, macs, tokens)
