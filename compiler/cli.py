@@ -294,6 +294,12 @@ _arch_option = click.option(
     metavar="NAME|FILE",
     help=f"Target array: a preset ({', '.join(ARCH_PRESETS)}) or a YAML file.",
 )
+_time_limit_option = click.option(
+    "--time-limit", default=10.0, show_default=True, type=float, help="Seconds for CP-SAT placement and routing."
+)
+_heuristic_option = click.option(
+    "--heuristic-only", is_flag=True, help="Place and route with the greedy heuristic alone, no CP-SAT."
+)
 _input_shape_option = click.option(
     "--input-shape",
     "input_shapes",
@@ -343,9 +349,9 @@ _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=
 @_arch_option
 @_input_shape_option
 @_pipeline_option(DEFAULT_PIPELINE)
-@click.option("--time-limit", default=10.0, show_default=True, type=float, help="Seconds for CP-SAT placement and routing.")
+@_time_limit_option
 @click.option("--seed", default=0, show_default=True, type=int, help="Solver seed (results are reproducible for a seed).")
-@click.option("--heuristic-only", is_flag=True, help="Place and route with the greedy heuristic alone, no CP-SAT.")
+@_heuristic_option
 @_butterfly_option
 @_dump_option
 @_print_after_option
@@ -390,7 +396,6 @@ def compile_command(
     for name in print_after:
         if name not in known:
             raise AttncError(f"--print-ir-after '{name}': not in the pipeline ({', '.join(known)})")
-    from attnc.ir import print_module
 
     start = time.perf_counter()
     module = load_model(model, shapes)
@@ -406,48 +411,64 @@ def compile_command(
             base_progress(i, n, name)
 
     run_options = {"dump_dir": dump_dir, "print_after": print_after, "print_stream": sys.stderr, "progress": progress}
+    dumped = f"; IR after each pass in {dump_dir}" if dump_dir else ""
     if not bitstream:
         records = run_pipeline(module, passes, **run_options)
-        with atomic_output(output) as f:
-            f.write(print_module(module))
-        n_attn = sum(op.name == "sparse.attention" for op in module.walk())
-        dumped = f"; IR after each pass in {dump_dir}" if dump_dir else ""
-        click.echo(f"attnc: wrote {output} ({n_attn} sparse.attention){dumped}", err=True)
+        _write_ir(module, output, dumped)
         if report:
             click.echo(format_butterfly(module), nl=False)
             click.echo(format_report(module, records, import_seconds), nl=False)
         return
-    from attnc.dialects.array import ConfigOp
-    from attnc.passes.placement.place_route import mapping_from_config
-
     data, records = compile_to_bitstream(module, target, passes=passes, time_limit=time_limit, seed=seed,
                                          heuristic_only=heuristic_only, meta={"model": Path(model).name},
                                          **run_options)  # fmt: skip
     with atomic_output(output, mode="wb") as f:
         f.write(data)
-    config = next(op for op in module.ops if isinstance(op, ConfigOp))
-    problem, mapping = mapping_from_config(config, target)
-    status = config.attributes["mapping.status"].data
-    dumped = f"; IR after each pass in {dump_dir}" if dump_dir else ""
+    config, problem, mapping = _placed(module, target)
     click.echo(
         f"attnc: wrote {output} ({len(data)} bytes: {len(problem.kernels)} kernels on "
         f"{len(set(mapping.placement.values()))} tiles of {target.name}, {len(problem.streams)} routed streams, "
-        f"mapping {status}){dumped}",
+        f"mapping {config.attributes['mapping.status'].data}){dumped}",
         err=True,
     )
     if report:
-        from attnc.passes.placement.report import format_mapping_report
-        from attnc.passes.placement.picture import draw_mapping
-
-        picture = draw_mapping(target, problem, mapping, Path(output).with_suffix(".svg"))
         click.echo("".join(frontend_ops), nl=False)
-        click.echo(format_schedule(config), nl=False)
-        click.echo(format_mapping_report(config, target, problem, mapping), nl=False)
-        from attnc.cost import estimate, format_cost
+        _report_bitstream(module, target, output, records, import_seconds)
 
-        click.echo(format_cost(estimate(module, target)), nl=False)
-        click.echo(format_times(records, import_seconds), nl=False)
-        click.echo(f"picture: {picture}")
+
+def _write_ir(module: ModuleOp, output: str, dumped: str) -> None:
+    from attnc.ir import print_module
+
+    with atomic_output(output) as f:
+        f.write(print_module(module))
+    n_attn = sum(op.name == "sparse.attention" for op in module.walk())
+    click.echo(f"attnc: wrote {output} ({n_attn} sparse.attention){dumped}", err=True)
+
+
+def _placed(module: ModuleOp, target: Arch) -> tuple[Any, Any, Any]:
+    """The placed configuration of compiled array IR, with its mapping problem and solution."""
+    from attnc.dialects.array import ConfigOp
+    from attnc.passes.placement.place_route import mapping_from_config
+
+    config = next(op for op in module.ops if isinstance(op, ConfigOp))
+    problem, mapping = mapping_from_config(config, target)
+    return config, problem, mapping
+
+
+def _report_bitstream(module: ModuleOp, target: Arch, output: str, records: Sequence[PassRecord],
+                      import_seconds: float) -> None:
+    """``attnc compile --report`` for a bitstream: schedules, mapping, cost model, pass times, picture."""
+    from attnc.cost import estimate, format_cost
+    from attnc.passes.placement.picture import draw_mapping
+    from attnc.passes.placement.report import format_mapping_report
+
+    config, problem, mapping = _placed(module, target)
+    picture = draw_mapping(target, problem, mapping, Path(output).with_suffix(".svg"))
+    click.echo(format_schedule(config), nl=False)
+    click.echo(format_mapping_report(config, target, problem, mapping), nl=False)
+    click.echo(format_cost(estimate(module, target)), nl=False)
+    click.echo(format_times(records, import_seconds), nl=False)
+    click.echo(f"picture: {picture}")
 
 
 def format_butterfly(module: ModuleOp) -> str:
@@ -738,9 +759,9 @@ def simulate_command(
 @click.option("-o", "--output", metavar="OUT.npz", help="Save the simulator's outputs here.")
 @_input_shape_option
 @_pipeline_option(DEFAULT_PIPELINE)
-@click.option("--time-limit", default=10.0, show_default=True, type=float, help="Seconds for CP-SAT placement and routing.")
+@_time_limit_option
 @click.option("--seed", default=0, show_default=True, type=int, help="Solver seed and seed of the random inputs.")
-@click.option("--heuristic-only", is_flag=True, help="Place and route with the greedy heuristic alone, no CP-SAT.")
+@_heuristic_option
 @_butterfly_option
 @click.option(
     "--dense-baseline",
@@ -778,24 +799,15 @@ def run_command(
     if dense_baseline and butterfly is None:
         raise AttncError("--dense-baseline compares against --butterfly, which is not given")
     passes = with_butterfly(check_pipeline(pipeline), butterfly)
-    split = next((i for i, p in enumerate(passes) if p.name == "butterfly-decompose"), None)
     import numpy as np
 
     from attnc.backend.bitstream import decode
     from attnc.interpreter import interpret as interpret_module
     from attnc.simulator.functional import run as simulate
-    from attnc.simulator.io import compare
 
     t0 = time.perf_counter()
     module = load_model(model, shapes)
-    dense = None
-    if split is not None:  # the dense model is the IR just before butterfly-decompose, run on alone
-        _run_pipeline(module, passes[:split], None, ())
-        dense = module.clone()
-        _run_pipeline(module, passes[split:], None, ())
-        _run_pipeline(dense, passes[split + 1 :], None, ())
-    else:
-        _run_pipeline(module, passes, None, ())
+    dense = _run_frontend(module, passes)
     inputs = model_inputs(module, inputs_path, seed)
     t1 = time.perf_counter()
     reference = interpret_module(module, inputs)  # the sparse IR, before lowering
@@ -813,8 +825,45 @@ def run_command(
     n_ctx = sum(len(t.contexts) for t in bs.tiles)
     click.echo(f"{Path(model).name} on {bs.arch_name}: {len(data)} bytes of bitstream, {n_ctx} kernels on {len(bs.tiles)} tiles")
     click.echo(f"time: import+passes {t1 - t0:.2f} s, reference {t2 - t1:.2f} s, compile {t3 - t2:.2f} s, simulate {t4 - t3:.2f} s")
+    ok = _compare_outputs(model, shapes, inputs, outputs, reference)
+    if dense is not None:
+        _echo_butterfly_error(module, dense, inputs, reference)
+    from attnc.simulator import timing
+
+    click.echo("timing model:")
+    stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=True)
+    click.echo("".join(f"  {line}\n" for line in stats.summary().splitlines()), nl=False)
+    if dense is not None and dense_baseline:
+        dense_data, _ = compile_to_bitstream(dense, target, time_limit=time_limit, seed=seed,
+                                             heuristic_only=heuristic_only)  # fmt: skip
+        _echo_dense_baseline(stats, decode(dense_data, source="<dense bitstream>"))
+    if not ok:
+        click.echo("attnc: the simulator disagrees with the reference interpreter beyond tolerance", err=True)
+        return 1
+    return 0
+
+
+def _run_frontend(module: ModuleOp, passes: list[Any]) -> ModuleOp | None:
+    """Run the front-end passes; with butterfly-decompose among them, also return the dense model: the IR
+    just before butterfly-decompose, taken on through the passes after it."""
+    split = next((i for i, p in enumerate(passes) if p.name == "butterfly-decompose"), None)
+    if split is None:
+        _run_pipeline(module, passes, None, ())
+        return None
+    _run_pipeline(module, passes[:split], None, ())
+    dense = module.clone()
+    _run_pipeline(module, passes[split:], None, ())
+    _run_pipeline(dense, passes[split + 1 :], None, ())
+    return dense
+
+
+def _compare_outputs(model: str, shapes: dict[str, list[int]], inputs: dict[str, Any], outputs: dict[str, Any],
+                     reference: dict[str, Any]) -> bool:
+    """Print the simulator's error against the reference interpreter (and onnxruntime); True if within
+    tolerance of the reference."""
+    from attnc.simulator.io import compare
+
     rows = compare(outputs, reference)
-    ok = all(r.ok for r in rows)
     click.echo("simulator vs reference interpreter:")
     for r in rows:
         click.echo(f"  {r.name}: max abs {r.max_abs:.3g}, max rel {r.max_rel:.3g} ({'ok' if r.ok else 'MISMATCH'}, tol {r.atol:g}+{r.rtol:g}*|ref|)")
@@ -823,35 +872,34 @@ def run_command(
         click.echo("simulator vs onnxruntime:")
         for r in compare(outputs, ort):
             click.echo(f"  {r.name}: max abs {r.max_abs:.3g}, max rel {r.max_rel:.3g} ({'ok' if r.ok else 'differs'})")
+    return all(r.ok for r in rows)
+
+
+def _echo_butterfly_error(module: ModuleOp, dense: ModuleOp, inputs: dict[str, Any], reference: dict[str, Any]) -> None:
+    import numpy as np
+
+    from attnc.interpreter import interpret as interpret_module
+
+    click.echo(format_butterfly(module), nl=False)
+    click.echo("butterfly model vs dense model (reference interpreter):")
+    dense_out = interpret_module(dense, inputs)
+    for name, y in reference.items():
+        d = np.asarray(dense_out[name], dtype=np.float64)
+        diff = np.asarray(y, dtype=np.float64) - d
+        rel = float(np.linalg.norm(diff) / (np.linalg.norm(d) or 1.0))
+        click.echo(f"  {name}: relative error {rel:.3g} (||y - y_dense|| / ||y_dense||), max abs {np.max(np.abs(diff)):.3g}")
+
+
+def _echo_dense_baseline(stats: Any, dense_bs: Any) -> None:
     from attnc.simulator import timing
 
-    if dense is not None:
-        click.echo(format_butterfly(module), nl=False)
-        click.echo("butterfly model vs dense model (reference interpreter):")
-        dense_out = interpret_module(dense, inputs)
-        for name, y in reference.items():
-            d = np.asarray(dense_out[name], dtype=np.float64)
-            diff = np.asarray(y, dtype=np.float64) - d
-            rel = float(np.linalg.norm(diff) / (np.linalg.norm(d) or 1.0))
-            click.echo(f"  {name}: relative error {rel:.3g} (||y - y_dense|| / ||y_dense||), max abs {np.max(np.abs(diff)):.3g}")
-    click.echo("timing model:")
-    stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=True)
-    click.echo("".join(f"  {line}\n" for line in stats.summary().splitlines()), nl=False)
-    if dense is not None and dense_baseline:
-        dense_data, _ = compile_to_bitstream(dense, target, time_limit=time_limit, seed=seed,
-                                             heuristic_only=heuristic_only)  # fmt: skip
-        dense_bs = decode(dense_data, source="<dense bitstream>")
-        base = timing.simulate(dense_bs, progress=_sim_progress("timing events (dense)"))
-        e_b, e_d = sum(stats.energy_pj().values()), sum(base.energy_pj().values())
-        click.echo(
-            f"dense model: {base.cycles} cycles, {e_d / 1e6:.4g} uJ, {base.macs} MACs; butterfly: "
-            f"{base.cycles / max(stats.cycles, 1):.2f}x faster, {e_d / max(e_b, 1e-12):.2f}x less energy, "
-            f"{base.macs / max(stats.macs, 1):.2f}x fewer MACs"
-        )
-    if not ok:
-        click.echo("attnc: the simulator disagrees with the reference interpreter beyond tolerance", err=True)
-        return 1
-    return 0
+    base = timing.simulate(dense_bs, progress=_sim_progress("timing events (dense)"))
+    e_b, e_d = sum(stats.energy_pj().values()), sum(base.energy_pj().values())
+    click.echo(
+        f"dense model: {base.cycles} cycles, {e_d / 1e6:.4g} uJ, {base.macs} MACs; butterfly: "
+        f"{base.cycles / max(stats.cycles, 1):.2f}x faster, {e_d / max(e_b, 1e-12):.2f}x less energy, "
+        f"{base.macs / max(stats.macs, 1):.2f}x fewer MACs"
+    )
 
 
 def _onnxruntime_outputs(model: str, inputs: dict[str, Any]) -> dict[str, Any] | None:

@@ -31,7 +31,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
-from attnc.passes.placement.problem import Mapping, MappingInfeasible, MappingProblem, MappingStats, explain_infeasible
+from attnc.passes.placement.problem import Mapping, MappingInfeasible, MappingProblem, MappingStats
 from attnc.passes.placement.heuristic import (
     ArrayView,
     ProblemView,
@@ -43,6 +43,7 @@ from attnc.passes.placement.heuristic import (
     lower_bounds,
     score,
     to_mapping,
+    views,
 )
 
 __all__ = ["place_and_route", "heuristic_mapping"]
@@ -73,11 +74,7 @@ def place_and_route(
     time (roughly seconds on one core); ``progress`` receives one-line messages."""
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
-    why = explain_infeasible(problem, arch)
-    if why:
-        raise MappingInfeasible(f"cannot map onto {arch.name}: {why}")
-    av = ArrayView(arch)
-    pv = ProblemView(problem, av)
+    av, pv = views(problem, arch)
     hint = heuristic_state(av, pv, seed)
     h_seconds = time.perf_counter() - start
     stats = MappingStats(heuristic_seconds=h_seconds)

@@ -463,16 +463,21 @@ def fill_stats(stats: MappingStats, av: ArrayView, pv: ProblemView, sc: Score) -
     return stats
 
 
+def views(problem: MappingProblem, arch) -> tuple[ArrayView, ProblemView]:
+    """The solver-side views of a problem, after the counting checks that rule a mapping out cheaply."""
+    why = explain_infeasible(problem, arch)
+    if why:
+        raise MappingInfeasible(f"cannot map onto {arch.name}: {why}")
+    av = ArrayView(arch)
+    return av, ProblemView(problem, av)
+
+
 def heuristic_mapping(problem: MappingProblem, arch, *, seed: int = 0) -> Mapping:
     """Greedy placement + simulated annealing + congestion-aware routing. Links may
     end up over capacity when the greedy cannot avoid it (``validate`` says so);
     ``place_and_route`` fixes that or explains it."""
     start = time.perf_counter()
-    why = explain_infeasible(problem, arch)
-    if why:
-        raise MappingInfeasible(f"cannot map onto {arch.name}: {why}")
-    av = ArrayView(arch)
-    pv = ProblemView(problem, av)
+    av, pv = views(problem, arch)
     st = heuristic_state(av, pv, seed)
     if st is None:
         raise MappingInfeasible(

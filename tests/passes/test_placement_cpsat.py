@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import attnc.passes.placement.cpsat as place_route
+import attnc.passes.placement.cpsat as cpsat
+import attnc.passes.placement.heuristic as heuristic
 from attnc.arch import load_arch
 from attnc.passes.placement.problem import KernelSpec, MappingInfeasible, MappingProblem, StreamSpec, synthetic_attention, validate
 from attnc.passes.placement.heuristic import ArrayView, ProblemView
@@ -57,7 +58,7 @@ def test_heuristic_alone_is_valid_and_marked(tiny):
 
 
 def test_lns_path_valid_and_never_worse(tiny, monkeypatch):
-    monkeypatch.setattr(place_route, "MONOLITHIC_KERNELS", 0)
+    monkeypatch.setattr(cpsat, "MONOLITHIC_KERNELS", 0)
     problem = synthetic_attention(2, 256, tiny)
     messages = []
     m = place_and_route(problem, tiny, time_limit=1.5, progress=messages.append)
@@ -91,7 +92,7 @@ def test_pigeonhole_counting_check(tiny):
 
 def test_solver_proves_link_overload_and_names_it(tiny, monkeypatch):
     # Without the counting checks, CP-SAT must find the overload itself.
-    monkeypatch.setattr(place_route, "explain_infeasible", lambda problem, arch: None)
+    monkeypatch.setattr(heuristic, "explain_infeasible", lambda problem, arch: None)
     with pytest.raises(MappingInfeasible) as info:
         place_and_route(five_into_one(tiny), tiny, time_limit=2)
     text = str(info.value)
