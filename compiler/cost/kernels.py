@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from attnc.arch.datatypes import element_bytes
 from attnc.cost.attention import attention_work
+from attnc.cost.work import stage_mac_cycles
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import DMA_KERNEL_KINDS
 from xdsl.dialects.builtin import IntegerAttr, StringAttr, TensorType, UnitAttr
@@ -132,11 +133,9 @@ def body_work(ops: Sequence[Operation], tile) -> Work:
             x = shapes[0] if shapes and shapes[0] else out
             width = max(_attr_int(op, "radix", 1), 1) * max(_attr_int(op, "block", 1), 1)
             r = dims_product(x[:-1])
-            rb = _attr_int(op, "row_block")  # rows held at a time (below the MAC array's height: part-full)
-            rb = min(rb, r) if rb > 0 else r
-            steps = _cdiv(r, rb) * _cdiv(rb, rows) if rb else 0
             w.macs += r * x[-1] * width
-            w.mac_cycles += x[-1] // width * steps * _cdiv(width, cols) * width
+            # rows held row_block at a time: below the MAC array's height, part-full row steps
+            w.mac_cycles += stage_mac_cycles(x[-1], width, r, rows, cols, _attr_int(op, "row_block"))
         elif name == "contract":
             eq = op.attributes.get("equation")
             macs, cyc = _contract(eq.data if isinstance(eq, StringAttr) else "", shapes, out, rows, cols)

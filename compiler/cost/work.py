@@ -252,9 +252,15 @@ def stage_kernel_cycles(stages, n: int, rows: int, tile, tile_kind: str, row_blo
     if tile_kind == "sfu":
         return -(-macs // max(tile.vector_lanes, 1))
     mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
-    steps = _row_steps(rows, mr, row_block)
-    cycles = sum(n // st.width * steps * -(-st.width // mc) * st.width for st in stages)
+    cycles = sum(stage_mac_cycles(n, st.width, rows, mr, mc, row_block) for st in stages)
     return cycles + (mr + mc if macs else 0)
+
+
+def stage_mac_cycles(n: int, width: int, rows: int, mac_rows: int, mac_cols: int, row_block: int = 0) -> int:
+    """MAC-array cycles of one butterfly stage on a compute tile, fill excluded: ``n / width`` GEMMs
+    ``[rows, width] x [width, width]``, the rows taken ``row_block`` at a time (0: all at once). The
+    graph model (:mod:`attnc.cost.kernels`) charges a stage by this rule too."""
+    return n // width * _row_steps(rows, mac_rows, row_block) * -(-width // mac_cols) * width
 
 
 def _row_steps(rows: int, mac_rows: int, row_block: int = 0) -> int:
