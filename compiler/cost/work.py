@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from attnc.cost.attention import attention_work, fused_attention_buffer
+from attnc.arch.datatypes import element_bytes
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.dialects.values import np_dtype
@@ -56,7 +57,9 @@ def _share(tile) -> int:
 
 
 def nbytes(t: TensorType) -> int:
-    return int(np.prod(t.get_shape(), dtype=np.int64)) * np_dtype(t.element_type).itemsize
+    """Bytes of a tensor as the array stores it (``attnc.arch.datatypes``): bf16 takes two bytes, though
+    numpy computes it in f32."""
+    return int(np.prod(t.get_shape(), dtype=np.int64)) * element_bytes(str(t.element_type))
 
 
 def consumed_bytes(arg: SSAValue) -> int:
