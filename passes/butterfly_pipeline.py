@@ -1,5 +1,6 @@
 """The multilayer butterfly dataflow: ``sparse.butterfly_matmul`` and ``sparse.fourier`` as
-pipelines of stage kernels (called by ``tile`` after the attention schedules).
+pipelines of stage kernels (``tile`` plans them with :func:`plan_butterflies` after the attention
+schedules, then rewrites the ops with :class:`ExpandButterflyPattern`).
 
 **Expansion.** A butterfly matmul is its stages one after the other
 (``sparse.butterfly_stage``), after a ``sparse.gather`` with a constant index when its
@@ -66,10 +67,10 @@ from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import RESERVE, ROWS, STAGE, TILE_KIND, WEIGHT_PASSES
 from attnc.dialects.values import bitrev_permutation, from_numpy, np_dtype, to_numpy
 from attnc.errors import AttncError
-from attnc.passes.fuse_attention import _Builder
+from attnc.passes.kernel_builder import KernelBuilder
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
 from xdsl.ir import Operation, SSAValue
-from xdsl.rewriter import Rewriter
+from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
 
 #: weight passes the planner tries when the weights do not stay on chip (one row block each)
 PASSES = (4, 8, 16, 32, 64)
@@ -115,7 +116,7 @@ class Chain:
         return np_dtype(sp.elt_of(self.x)).itemsize
 
 
-def matmul_chain(b: _Builder, op: sp.ButterflyMatmulOp, name: str) -> Chain:
+def matmul_chain(b: KernelBuilder, op: sp.ButterflyMatmulOp, name: str) -> Chain:
     x = op.input
     if op.structure.perm.data == "bitrev":
         idx = bitrev_permutation(sp.shape_of(x)[-1]).astype(np.int32)
@@ -124,7 +125,7 @@ def matmul_chain(b: _Builder, op: sp.ButterflyMatmulOp, name: str) -> Chain:
     return Chain(name, x, op.stages(), list(op.factors))
 
 
-def fourier_steps(b: _Builder, op: sp.FourierOp, name: str, build) -> SSAValue:
+def fourier_steps(b: KernelBuilder, op: sp.FourierOp, name: str, build) -> SSAValue:
     """Expand one Fourier op; ``build(chain)`` turns each axis's stage chain into ops and returns its result."""
     x = op.input
     shp = list(sp.shape_of(x))
@@ -705,7 +706,7 @@ def plan_axes(op: sp.FourierOp, arch, slots: list[Slot], memory: list[int]) -> l
 # building the kernels' ops
 
 
-def _const(b: _Builder, arr: np.ndarray, elt) -> SSAValue:
+def _const(b: KernelBuilder, arr: np.ndarray, elt) -> SSAValue:
     return b.add(sp.ConstantOp(from_numpy(np.ascontiguousarray(arr), elt)))
 
 
@@ -722,7 +723,7 @@ def _weight_source(ch: Chain) -> list[np.ndarray] | None:
     return out
 
 
-def _stage_weights(b: _Builder, chunks: list[np.ndarray], offsets: dict, plan: Plan, elt, name: str) -> dict:
+def _stage_weights(b: KernelBuilder, chunks: list[np.ndarray], offsets: dict, plan: Plan, elt, name: str) -> dict:
     """Weights held in memory tiles: the kernels' weights in pieces of at most a memory tile's SRAM (each
     kernel's in one piece), each piece loaded once and re-sent once per row block by a memory-tile kernel.
     Returns (piece value, offset) per (stage, part)."""
@@ -750,7 +751,7 @@ def _stage_weights(b: _Builder, chunks: list[np.ndarray], offsets: dict, plan: P
     return out
 
 
-def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
+def build_chain(b: KernelBuilder, ch: Chain, plan: Plan) -> SSAValue:
     """The stage ops of ``ch`` for ``plan``, tagged per kernel; returns the chain's result."""
     n, x = ch.n, ch.x
     shp = list(sp.shape_of(x))
@@ -840,66 +841,121 @@ def build_chain(b: _Builder, ch: Chain, plan: Plan) -> SSAValue:
 
 
 # ---------------------------------------------------------------------------
-# the hook `tile` calls
+# the decisions `tile` makes (planning) and the pattern that applies them
 
 
-def expand(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int = 0) -> list[str]:
-    """Expand every butterfly matmul and Fourier op of ``fn`` into planned stage kernels; returns
-    the report lines."""
+@dataclass
+class ButterflyPlans:
+    """The planner's decisions for a module: per butterfly matmul or Fourier op its name and the plan of
+    each of its stage chains (in expansion order), and the report lines."""
+
+    plans: dict[Operation, tuple[str, list[Plan]]] = field(default_factory=dict)
+    reports: list[str] = field(default_factory=list)
+
+
+def chain_probes(op: sp.ButterflyMatmulOp | sp.FourierOp, name: str) -> list[Chain]:
+    """The stage chains ``op`` expands into, in expansion order, as the planner sees them: their stages,
+    weights and dimensions (the values they will run on are made only when the op is expanded)."""
+    if isinstance(op, sp.ButterflyMatmulOp):
+        # (a bit-reversing gather before the stages keeps the input's shape)
+        return [Chain(name, op.input, op.stages(), list(op.factors))]
+    shp = sp.shape_of(op.input)
+    total = int(np.prod(shp, dtype=np.int64))
+    dt = np_dtype(sp.elt_of(op.input))
+    probes: list[Chain] = []
+    for ai, a in enumerate(fourier_axes(op)):
+        sts, ws, _ = bf.fft_stages(shp[a])
+        ws = [w.astype(dt) for w in ws]
+        probes.append(_Probe(f"{name}_ax{ai}", None, sts, ws, dims=(2 * shp[a], total // shp[a], dt.itemsize)))
+    return probes
+
+
+def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int = 0) -> ButterflyPlans:
+    """Plan every butterfly matmul and Fourier op of ``fn`` into stage kernels on the tiles the rest of the
+    graph leaves (see the module docstring), in program order, each chain on what the ones before it
+    left; :class:`ExpandButterflyPattern` then builds the plans."""
     ops = [o for o in fn.body.block.ops if isinstance(o, (sp.ButterflyMatmulOp, sp.FourierOp))]
+    out = ButterflyPlans()
     if not ops:
-        return []
+        return out
     # the reservation counted these ops' pipelines (butterfly_contexts): they are planned here instead
     reserved = dict(reserved, compute=max(0, reserved.get("compute", 0) - sum(butterfly_contexts(o) for o in ops)))
     slots = free_slots(arch, reserved, used_sram, members)
     if not slots:
         raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
-    # every kernel stays configured for the whole run: each chain gets a share of the free contexts
-    # by its MACs (at least one kernel), and plans on what the chains before it left
-    total = sum(_macs(op) for op in ops)
-    contexts = sum(s.contexts for s in slots)
     # memory tiles may hold streamed weights, unless an attention stages its K/V there
     staging = any(STAGE in o.attributes for o in fn.body.block.ops)
     memory = [] if staging else [t.sram_bytes for t in arch.tiles_of("memory")]
-    sram = sum(s.sram for s in slots)
-    lines = []
+    budget = _ChainBudget(sum(_macs(op) for op in ops), sum(s.contexts for s in slots), sum(s.sram for s in slots))
     for i, op in enumerate(ops):
         name = f"bfly{i}"
-        b = _Builder(op)
-        plans: list[str] = []
-        axes = 1 if isinstance(op, sp.ButterflyMatmulOp) else len(set(int(a) for a in op.axes.get_values()))
-        cap = max(1, int(contexts * _macs(op) / max(total, 1)) // axes)
+        chains = chain_probes(op, name)
+        plans = _plan_op(op, chains, arch, slots, memory, budget)
+        out.plans[op] = (name, plans)
+        out.reports += [f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {plan.text()}"
+                        for ch, plan in zip(chains, plans)]  # fmt: skip
+    return out
 
-        axis_plans = plan_axes(op, arch, slots, memory) if isinstance(op, sp.FourierOp) else None
-        axis = iter(range(axes))
+
+@dataclass(frozen=True)
+class _ChainBudget:
+    """What the chains share: every kernel stays configured for the whole run, so each op's chains get a
+    share of the free contexts and SRAM by its MACs (at least one kernel)."""
+
+    macs: int
+    contexts: int
+    sram: int
+
+
+def _plan_op(op: Operation, chains: list[Chain], arch, slots: list[Slot], memory: list[int],
+             budget: _ChainBudget) -> list[Plan]:
+    """The plans of one op's chains, committed to ``slots`` and ``memory``."""
+    axes = 1 if isinstance(op, sp.ButterflyMatmulOp) else len({int(a) for a in op.axes.get_values()})
+    if isinstance(op, sp.FourierOp) and (axis_plans := plan_axes(op, arch, slots, memory)) is not None:
+        # planned (and committed) together: the axes run one after the other (an axis's FFT needs the
+        # previous axis's whole result), so they split every tile's contexts and SRAM instead of each
+        # taking its MAC share of the array from what the one before left
+        return axis_plans
+    cap = max(1, int(budget.contexts * _macs(op) / max(budget.macs, 1)) // axes)
+    frac = _macs(op) / max(budget.macs, 1) / axes
+    plans = []
+    for ch in chains:
+        plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(budget.sram * frac),
+                          memory=memory)  # fmt: skip
+        _commit(plan, slots)
+        if plan.staged:  # its pieces take that much of their memory tiles
+            for mi, used in enumerate(plan.held):
+                memory[mi] -= used
+        plans.append(plan)
+    return plans
+
+
+class ExpandButterflyPattern(RewritePattern):
+    """Rewrites each ``sparse.butterfly_matmul`` and ``sparse.fourier`` that has plans into its stage
+    kernels: the matmul's stages (after a bit-reversing gather when its input is bit-reversed), or per axis
+    of the Fourier op the interleaved-complex FFT's stages between the layout changes around them (see the
+    module docstring), each chain's ``sparse.butterfly_stage`` ops tagged per kernel as its plan groups and
+    splits them. Ops without plans are left as they are."""
+
+    def __init__(self, plans: dict[Operation, tuple[str, list[Plan]]]):
+        self.plans = plans
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: sp.ButterflyMatmulOp | sp.FourierOp, rewriter: PatternRewriter) -> None:
+        if op not in self.plans:
+            return
+        name, plans = self.plans[op]
+        b = KernelBuilder(rewriter, op)
+        chain_plans = iter(plans)
 
         def build(ch: Chain) -> SSAValue:
-            frac = _macs(op) / max(total, 1) / axes
-            ai = next(axis)
-            if axis_plans is not None:
-                # planned (and committed) with the other axis: the axes run one after the other (an
-                # axis's FFT needs the previous axis's whole result), so they split every tile's contexts
-                # and SRAM instead of each taking its MAC share of the array from what the one before left
-                ch.plan = axis_plans[ai]
-                plans.append(f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {ch.plan.text()}")
-                return build_chain(b, ch, ch.plan)
-            ch.plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(sram * frac),
-                                 memory=memory)
-            _commit(ch.plan, slots)
-            if ch.plan.staged:  # its pieces take that much of their memory tiles
-                for mi, used in enumerate(ch.plan.held):
-                    memory[mi] -= used
-            plans.append(f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {ch.plan.text()}")
-            return build_chain(b, ch, ch.plan)
+            return build_chain(b, ch, next(chain_plans))
 
         if isinstance(op, sp.ButterflyMatmulOp):
             out = build(matmul_chain(b, op, name))
         else:
             out = fourier_steps(b, op, name, build)
-        op.result.replace_all_uses_with(out)
-        Rewriter.erase_op(op)
-        lines += plans
-    return lines
+        b.replace_anchor(out)
 
 
 #: compute contexts the attention schedules leave for each stage chain (``tile`` reserves them)
@@ -931,17 +987,11 @@ def _macs(op: Operation) -> int:
 def expand_plain(fn) -> None:
     """Expand without planning (one kernel per stage, compute tiles, one row block): the
     interpreter's check of the expansion, and the form a module takes without an architecture."""
-    for op in [o for o in fn.body.block.ops if isinstance(o, (sp.ButterflyMatmulOp, sp.FourierOp))]:
-        b = _Builder(op)
+    ops = [o for o in fn.body.block.ops if isinstance(o, (sp.ButterflyMatmulOp, sp.FourierOp))]
+    plans = {op: ("bfly", [_plain_plan(len(ch.stages)) for ch in chain_probes(op, "bfly")]) for op in ops}
+    PatternRewriteWalker(ExpandButterflyPattern(plans), apply_recursively=False).rewrite_region(fn.body)
 
-        def build(ch: Chain) -> SSAValue:
-            k = len(ch.stages)
-            plan = Plan(1, [[i] for i in range(k)], ["compute"] * k, [0] * k, [0] * k, [0] * k, [0] * k, 1, 1, 0, "")
-            return build_chain(b, ch, plan)
 
-        if isinstance(op, sp.ButterflyMatmulOp):
-            out = build(matmul_chain(b, op, "bfly"))
-        else:
-            out = fourier_steps(b, op, "bfly", build)
-        op.result.replace_all_uses_with(out)
-        Rewriter.erase_op(op)
+def _plain_plan(k: int) -> Plan:
+    """One kernel per stage of a ``k``-stage chain, on compute tiles, one row block."""
+    return Plan(1, [[i] for i in range(k)], ["compute"] * k, [0] * k, [0] * k, [0] * k, [0] * k, 1, 1, 0, "")

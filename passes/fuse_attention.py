@@ -19,36 +19,34 @@ Modes (the ``mode`` option; ``tile`` picks the sizes with the cost model):
   between them (``dma_spill`` kernels), so DRAM traffic grows with N².
 * ``auto``: ``tile`` chooses among the three.
 
-This pass only records the requested mode on each attention
-(``attnc.fusion``); ``tile`` chooses the sizes and calls :func:`expand` to
-rewrite the op into tagged per-kernel ops that ``lower-to-dataflow`` partitions.
+This pass only records the requested mode on each attention (``attnc.fusion``,
+:class:`RequestFusionPattern`): the sizes need the architecture and one SRAM budget
+shared by every attention of the module, so ``tile`` chooses them and then applies
+:class:`FuseAttentionPattern`, which rewrites each op into tagged per-kernel ops that
+``lower-to-dataflow`` partitions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from attnc.dialects import sparse as sp
-from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, SPILL, STAGE, TAG
-from attnc.dialects.values import from_numpy, np_dtype
+from attnc.dialects.dataflow import REPEAT, RESERVE, SPILL, STAGE
 from attnc.errors import AttncError
 from attnc.ir import main_func
+from attnc.passes.kernel_builder import KernelBuilder, splat
 from xdsl.context import Context
-from xdsl.dialects.builtin import (
-    BytesAttr,
-    DenseIntOrFPElementsAttr,
-    IntegerAttr,
-    ModuleOp,
-    StringAttr,
-    TensorType,
-    UnitAttr,
-    i1,
-)
-from xdsl.ir import Operation, SSAValue
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, UnitAttr, i1
+from xdsl.ir import SSAValue
 from xdsl.passes import ModulePass
-from xdsl.rewriter import InsertPoint, Rewriter
+from xdsl.pattern_rewriter import (
+    PatternRewriter,
+    PatternRewriteWalker,
+    RewritePattern,
+    op_type_rewrite_pattern,
+)
 
 #: the requested mode of an attention, set by this pass and read by ``tile``
 FUSION_ATTR = "attnc.fusion"
@@ -87,120 +85,155 @@ def split(n: int, parts: int, i: int) -> tuple[int, int]:
     return i * n // parts, (i + 1) * n // parts
 
 
-class _Builder:
-    def __init__(self, anchor: Operation):
-        self.anchor = anchor
-
-    def add(self, op: Operation, tag: str | None = None, group: str | None = None) -> SSAValue:
-        if tag:
-            op.attributes[TAG] = StringAttr(tag)
-        if group:
-            op.attributes[GROUP] = StringAttr(group)
-        Rewriter.insert_op(op, InsertPoint.before(self.anchor))
-        return op.results[0]
+def check_schedule(op: sp.AttentionOp, sched: Schedule, name: str) -> None:
+    """Raise unless ``sched`` fits ``op``: no more groups than kv heads, no more members than query rows."""
+    units = sp.shape_of(op.q)[0] * sp.shape_of(op.k)[1]
+    rows = sp.shape_of(op.q)[2]
+    if sched.groups > units or sched.members > rows:
+        raise AttncError(f"fuse-attention: {name}: {sched.text()} does not fit {units} kv heads and {rows} query rows")
 
 
-def _slice(b: _Builder, x: SSAValue, starts, ends) -> SSAValue:
+class FuseAttentionPattern(RewritePattern):
+    """Rewrites each ``sparse.attention`` that ``tile`` scheduled into the tagged per-kernel ops of its
+    :class:`Schedule` (the numbers stay those of the op): the kv heads become units, each group slices
+    its units' K and V (staged in memory tiles or spilled to DRAM when its members re-stream them),
+    each member computes its slice of the query rows -- one fused ``sparse.attention`` (online or FLAT),
+    or unfused QKᵀ, softmax and PV kernels -- and forwards K and V to the next member, and the members'
+    and groups' results are concatenated back. Attentions without a schedule are left as they are.
+
+    ``schedules`` maps each op to rewrite to its name (the kernels' tag prefix) and schedule; the search
+    that chose them (``attnc.passes.tile``) shares one SRAM budget over the module, so it runs first
+    and this pattern only applies its decisions."""
+
+    def __init__(self, schedules: Mapping[sp.AttentionOp, tuple[str, Schedule]]):
+        self.schedules = schedules
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: sp.AttentionOp, rewriter: PatternRewriter) -> None:
+        if op not in self.schedules:
+            return
+        name, sched = self.schedules[op]
+        b = KernelBuilder(rewriter, op)
+        bsz, hq, s, _ = sp.shape_of(op.q)
+        units = _Units.of(b, op)
+        outs = [_expand_group(b, op, sched, name, units, g) for g in range(sched.groups)]
+        out = outs[0] if len(outs) == 1 else b.add(sp.ConcatOp(outs, 0))
+        b.replace_anchor(b.add(sp.ReshapeOp(out, [bsz, hq, s, sp.shape_of(op.v)[3]])))
+
+
+@dataclass(frozen=True)
+class _Units:
+    """An attention's operands with its B*Hkv key/value heads as one leading "unit" axis: q and the mask
+    ``[units, rep, S, ...]``, k and v ``[units, 1, T, ...]``."""
+
+    q: SSAValue
+    k: SSAValue
+    v: SSAValue
+    mask: SSAValue | None
+    count: int
+    rep: int
+
+    @staticmethod
+    def of(b: KernelBuilder, op: sp.AttentionOp) -> _Units:
+        bsz, hq, s, d = sp.shape_of(op.q)
+        hkv, t = sp.shape_of(op.k)[1], sp.shape_of(op.k)[2]
+        dv = sp.shape_of(op.v)[3]
+        rep, units = hq // hkv, bsz * hkv
+        qu = b.add(sp.ReshapeOp(op.q, [units, rep, s, d]))
+        ku = b.add(sp.ReshapeOp(op.k, [units, 1, t, d]))
+        vu = b.add(sp.ReshapeOp(op.v, [units, 1, t, dv]))
+        mu = None
+        if op.mask is not None:
+            full = op.mask
+            if list(sp.shape_of(op.mask)) != [bsz, hq, s, t]:
+                full = b.add(sp.BroadcastOp(op.mask, [bsz, hq, s, t]))
+            mu = b.add(sp.ReshapeOp(full, [units, rep, s, t]))
+        return _Units(qu, ku, vu, mu, units, rep)
+
+
+def _expand_group(b: KernelBuilder, op: sp.AttentionOp, sched: Schedule, name: str, units: _Units,
+                  g: int) -> SSAValue:
+    """Group ``g``: its units' K and V enter at its first member and pass member to member; returns the
+    members' results concatenated along the query rows."""
+    s, d = sp.shape_of(op.q)[2], sp.shape_of(op.q)[3]
+    t, dv = sp.shape_of(op.k)[2], sp.shape_of(op.v)[3]
+    u0, u1 = split(units.count, sched.groups, g)
+    group = f"{name}/g{g}"
+    kin = _slice(b, units.k, [u0, 0, 0, 0], [u1, 1, t, d])
+    vin = _slice(b, units.v, [u0, 0, 0, 0], [u1, 1, t, dv])
+    if sched.staged:
+        kin, vin = (_stage(b, x, sched, f"{name}_g{g}_{n}stage", group) for x, n in ((kin, "k"), (vin, "v")))
+    elif sched.spilled:
+        kin, vin = (_spill(b, x, f"{name}_g{g}_{n}spill", group) for x, n in ((kin, "k"), (vin, "v")))
+    rows = []
+    for c in range(sched.members):
+        r0, r1 = split(s, sched.members, c)
+        tag = f"{name}_g{g}_c{c}" if sched.groups * sched.members > 1 else name
+        qc = _slice(b, units.q, [u0, 0, r0, 0], [u1, units.rep, r1, d])
+        mc = None if units.mask is None else _slice(b, units.mask, [u0, 0, r0, 0], [u1, units.rep, r1, t])
+        if sched.mode == "unfused":
+            rows.append(_unfused_member(b, op, qc, kin, vin, mc, r0, tag, group, sched.reserve))
+        else:
+            rows.append(_fused_member(b, op, qc, kin, vin, mc, r0, r1, sched, tag, group))
+        if c + 1 < sched.members:
+            # forward K and V to the next member: a copy out of this kernel's buffer (unfused: out of the
+            # QKᵀ and the PV kernel, the ones that read them)
+            kin = b.add(sp.ReshapeOp(kin, sp.shape_of(kin)), f"{tag}_qk" if sched.mode == "unfused" else tag, group)
+            vin = b.add(sp.ReshapeOp(vin, sp.shape_of(vin)), f"{tag}_pv" if sched.mode == "unfused" else tag, group)
+    return rows[0] if len(rows) == 1 else b.add(sp.ConcatOp(rows, 2))
+
+
+def _fused_member(b: KernelBuilder, op: sp.AttentionOp, qc: SSAValue, kin: SSAValue, vin: SSAValue,
+                  mc: SSAValue | None, r0: int, r1: int, sched: Schedule, tag: str, group: str) -> SSAValue:
+    """One member's kernel: a fused ``sparse.attention`` over query rows [r0, r1) of its group's units,
+    marked with the passes it streams K and V in and the SRAM it claims."""
+    t = sp.shape_of(kin)[2]
+    attn = sp.AttentionOp(
+        qc, kin, vin, mc, scale=op.scale.value.data, causal=op.causal is not None,
+        causal_offset=op.causal_offset.value.data + r0, softcap=op.softcap.value.data,
+        fusion="flat" if sched.mode == "flat" else "online",
+        row_block=min(sched.row_block, r1 - r0), key_block=t if sched.mode == "flat" else sched.key_block,
+    )  # fmt: skip
+    if sched.passes > 1:
+        attn.attributes[REPEAT] = IntegerAttr(sched.passes, 64)
+    if sched.reserve:
+        attn.attributes[RESERVE] = IntegerAttr(sched.reserve, 64)
+    return b.add(attn, tag, group)
+
+
+def _slice(b: KernelBuilder, x: SSAValue, starts, ends) -> SSAValue:
     shp = sp.shape_of(x)
     if list(starts) == [0] * len(shp) and list(ends) == list(shp):
         return x
     return b.add(sp.SliceOp(x, list(starts), list(ends), [1] * len(shp)))
 
 
-def _splat(shape: Sequence[int], elt, value) -> sp.ConstantOp:
-    # one element in the element type's own storage (bf16 is 2 bytes, i1 one byte)
-    raw = from_numpy(np.asarray([value]).astype(np_dtype(elt)), elt).data.data
-    return sp.ConstantOp(DenseIntOrFPElementsAttr(TensorType(elt, list(shape)), BytesAttr(raw)))
-
-
-def expand(op: sp.AttentionOp, sched: Schedule, name: str) -> None:
-    """Rewrite ``op`` into tagged per-kernel ops for ``sched`` (the numbers stay those of the op)."""
-    b = _Builder(op)
-    q, k, v, mask = op.q, op.k, op.v, op.mask
-    bsz, hq, s, d = sp.shape_of(q)
-    hkv, t = sp.shape_of(k)[1], sp.shape_of(k)[2]
-    dv = sp.shape_of(v)[3]
-    rep = hq // hkv
-    units = bsz * hkv
-    if sched.groups > units or sched.members > s:
-        raise AttncError(f"fuse-attention: {name}: {sched.text()} does not fit {units} kv heads and {s} query rows")
-    qu = b.add(sp.ReshapeOp(q, [units, rep, s, d]))
-    ku = b.add(sp.ReshapeOp(k, [units, 1, t, d]))
-    vu = b.add(sp.ReshapeOp(v, [units, 1, t, dv]))
-    mu = None
-    if mask is not None:
-        ms = sp.shape_of(mask)
-        full = b.add(sp.BroadcastOp(mask, [bsz, hq, s, t])) if list(ms) != [bsz, hq, s, t] else mask
-        mu = b.add(sp.ReshapeOp(full, [units, rep, s, t]))
-    outs = []
-    for g in range(sched.groups):
-        u0, u1 = split(units, sched.groups, g)
-        kin = _slice(b, ku, [u0, 0, 0, 0], [u1, 1, t, d])
-        vin = _slice(b, vu, [u0, 0, 0, 0], [u1, 1, t, dv])
-        if sched.staged:
-            kin, vin = (_stage(b, x, sched, f"{name}_g{g}_{n}stage", f"{name}/g{g}") for x, n in ((kin, "k"), (vin, "v")))
-        elif sched.spilled:
-            kin, vin = (_spill(b, x, f"{name}_g{g}_{n}spill", f"{name}/g{g}") for x, n in ((kin, "k"), (vin, "v")))
-        rows = []
-        for c in range(sched.members):
-            r0, r1 = split(s, sched.members, c)
-            tag = f"{name}_g{g}_c{c}" if sched.groups * sched.members > 1 else name
-            group = f"{name}/g{g}"
-            qc = _slice(b, qu, [u0, 0, r0, 0], [u1, rep, r1, d])
-            mc = None if mu is None else _slice(b, mu, [u0, 0, r0, 0], [u1, rep, r1, t])
-            if sched.mode == "unfused":
-                o = _unfused_member(b, op, qc, kin, vin, mc, r0, tag, group, sched.reserve)
-            else:
-                attn = sp.AttentionOp(
-                    qc, kin, vin, mc, scale=op.scale.value.data, causal=op.causal is not None,
-                    causal_offset=op.causal_offset.value.data + r0, softcap=op.softcap.value.data,
-                    fusion="flat" if sched.mode == "flat" else "online",
-                    row_block=min(sched.row_block, r1 - r0), key_block=t if sched.mode == "flat" else sched.key_block,
-                )  # fmt: skip
-                if sched.passes > 1:
-                    attn.attributes[REPEAT] = IntegerAttr(sched.passes, 64)
-                if sched.reserve:
-                    attn.attributes[RESERVE] = IntegerAttr(sched.reserve, 64)
-                o = b.add(attn, tag, group)
-            rows.append(o)
-            if c + 1 < sched.members:
-                # forward K and V to the next member: a copy out of this kernel's buffer
-                fwd = f"{tag}_qk" if sched.mode == "unfused" else tag
-                kin = b.add(sp.ReshapeOp(kin, sp.shape_of(kin)), fwd, group)
-                vin = b.add(sp.ReshapeOp(vin, sp.shape_of(vin)), f"{tag}_pv" if sched.mode == "unfused" else tag, group)
-        outs.append(rows[0] if len(rows) == 1 else b.add(sp.ConcatOp(rows, 2)))
-    out = outs[0] if len(outs) == 1 else b.add(sp.ConcatOp(outs, 0))
-    out = b.add(sp.ReshapeOp(out, [bsz, hq, s, dv]))
-    op.result.replace_all_uses_with(out)
-    Rewriter.erase_op(op)
-
-
-def _stage(b: _Builder, x: SSAValue, sched: Schedule, tag: str, group: str) -> SSAValue:
+def _stage(b: KernelBuilder, x: SSAValue, sched: Schedule, tag: str, group: str) -> SSAValue:
     op = sp.ReshapeOp(x, sp.shape_of(x))
     op.attributes[STAGE] = IntegerAttr(sched.passes, 64)
     op.attributes["dataflow.key_block"] = IntegerAttr(sched.key_block, 64)
     return b.add(op, tag, group)
 
 
-def _spill(b: _Builder, x: SSAValue, tag: str, group: str) -> SSAValue:
+def _spill(b: KernelBuilder, x: SSAValue, tag: str, group: str) -> SSAValue:
     op = sp.ReshapeOp(x, sp.shape_of(x))
     op.attributes[SPILL] = UnitAttr()
     return b.add(op, tag, group)
 
 
-def _unfused_member(b: _Builder, op: sp.AttentionOp, qc, kin, vin, mc, r0: int, tag: str, group: str,
+def _unfused_member(b: KernelBuilder, op: sp.AttentionOp, qc, kin, vin, mc, r0: int, tag: str, group: str,
                     reserve: int = 0) -> SSAValue:
     """QKᵀ -> DRAM -> softmax -> DRAM -> PV for one member's rows; its two GEMM kernels claim ``reserve``
     bytes of their tiles' SRAM (the placer would stack them otherwise, as it would fused members)."""
     elt = sp.elt_of(qc)
-    u, rep, rows, _ = sp.shape_of(qc)
+    rows = sp.shape_of(qc)[2]
     t = sp.shape_of(kin)[2]
     kt = b.add(sp.TransposeOp(kin, [0, 1, 3, 2]))
-    scale = b.add(_splat([], elt, op.scale.value.data))
+    scale = b.add(splat([], elt, op.scale.value.data))
     qk = b.add(sp.MatmulOp(qc, kt), f"{tag}_qk", group)
     s = scaled_scores(b, qk, scale, op, f"{tag}_qk", group)
     s = _spill(b, s, f"{tag}_spill_s", group)
-    zero, neginf = b.add(_splat([], elt, 0.0)), b.add(_splat([], elt, -np.inf))
+    zero, neginf = b.add(splat([], elt, 0.0)), b.add(splat([], elt, -np.inf))
     causal = op.causal_offset.value.data + r0 if op.causal is not None else None
     p = masked_softmax(b, s, mc, causal, (rows, t), zero, neginf, f"{tag}_softmax", group)
     p = _spill(b, p, f"{tag}_spill_p", group)
@@ -211,14 +244,14 @@ def _unfused_member(b: _Builder, op: sp.AttentionOp, qc, kin, vin, mc, r0: int, 
     return pv
 
 
-def scaled_scores(b: _Builder, s: SSAValue, scale: SSAValue, op: sp.AttentionOp, tag: str, group: str) -> SSAValue:
+def scaled_scores(b: KernelBuilder, s: SSAValue, scale: SSAValue, op: sp.AttentionOp, tag: str, group: str) -> SSAValue:
     """The scores ``s`` (Q·Kᵀ) times ``scale``, soft-capped as ``op`` says, each op tagged ``tag``."""
     s = b.add(sp.MulOp(s, scale), tag, group)
     cap = op.softcap.value.data
     if cap > 0:
-        s = b.add(sp.MulOp(s, b.add(_splat([], sp.elt_of(s), 1.0 / cap))), tag, group)
+        s = b.add(sp.MulOp(s, b.add(splat([], sp.elt_of(s), 1.0 / cap))), tag, group)
         s = b.add(sp.TanhOp(s), tag, group)
-        s = b.add(sp.MulOp(s, b.add(_splat([], sp.elt_of(s), cap))), tag, group)
+        s = b.add(sp.MulOp(s, b.add(splat([], sp.elt_of(s), cap))), tag, group)
     return s
 
 
@@ -234,7 +267,7 @@ def masked_softmax(bld, s: SSAValue, mask: SSAValue | None, causal_offset: int |
         else:
             additive = mask
     if causal_offset is not None:
-        ones = bld.add(_splat(list(rows_keys), i1, 1))
+        ones = bld.add(splat(list(rows_keys), i1, 1))
         tri = bld.add(sp.TriluOp(ones, causal_offset, upper=False), tag, group)
         allowed = tri if allowed is None else bld.add(sp.AndOp(allowed, tri), tag, group)
     bias = None
@@ -254,6 +287,20 @@ def masked_softmax(bld, s: SSAValue, mask: SSAValue | None, causal_offset: int |
     return p
 
 
+class RequestFusionPattern(RewritePattern):
+    """Marks a ``sparse.attention`` that is not a fused kernel yet with the requested mode
+    (``attnc.fusion = "<mode>"``), replacing an earlier request."""
+
+    def __init__(self, mode: str):
+        self.mode = StringAttr(mode)
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: sp.AttentionOp, rewriter: PatternRewriter) -> None:
+        if op.fusion is None and op.attributes.get(FUSION_ATTR) != self.mode:
+            op.attributes[FUSION_ATTR] = self.mode
+            rewriter.notify_op_modified(op)
+
+
 @dataclass(frozen=True)
 class FuseAttentionPass(ModulePass):
     """fuse-attention: request a fused (or unfused) dataflow for every attention; ``tile`` sizes it."""
@@ -265,6 +312,4 @@ class FuseAttentionPass(ModulePass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         if self.mode not in MODES:
             raise AttncError(f"fuse-attention: mode must be one of {', '.join(MODES)}, got '{self.mode}'")
-        for a in main_func(op).body.block.ops:
-            if isinstance(a, sp.AttentionOp) and a.fusion is None:
-                a.attributes[FUSION_ATTR] = StringAttr(self.mode)
+        PatternRewriteWalker(RequestFusionPattern(self.mode), apply_recursively=False).rewrite_region(main_func(op).body)

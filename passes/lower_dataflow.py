@@ -2,10 +2,12 @@
 
 Two steps, each keeping the numbers the reference interpreter computes:
 
-1. ``sparse.attention`` is expanded per (batch, head) into the unfused pipeline a
-   dataflow array runs: a QKᵀ GEMM kernel, a softmax kernel on a special-function
-   tile (mask, causal bias and the fully-masked-row rule included) and a PV GEMM
-   kernel. The head outputs are gathered back by data-movement ops.
+1. ``sparse.attention`` that ``tile`` left unscheduled is expanded per (batch, head)
+   into the unfused pipeline a dataflow array runs (:class:`LowerAttentionPerHeadPattern`):
+   a QKᵀ GEMM kernel, a softmax kernel on a special-function tile (mask, causal bias
+   and the fully-masked-row rule included) and a PV GEMM kernel. The head outputs
+   are gathered back by data-movement ops. How many heads share a kernel is decided
+   once for the module (:func:`heads_per_kernel`: the contexts the rest leaves).
 2. Every compute op becomes a kernel of its own (ops tagged with the same
    ``dataflow.tag`` share one). Data-movement ops (reshape, transpose, slice,
    concat, broadcast, ...) and small constants are cloned into each kernel that
@@ -30,23 +32,20 @@ from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, ROWS, SPILL, STAGE, 
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
 from attnc.passes.target import TargetPass
-from attnc.passes.fuse_attention import (
-    _Builder,
-    _splat,
-    masked_softmax,
-    scaled_scores,
-)
+from attnc.passes.fuse_attention import masked_softmax, scaled_scores
+from attnc.passes.kernel_builder import KernelBuilder, splat
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import Block, Operation, SSAValue
+from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
 from xdsl.rewriter import InsertPoint, Rewriter
 
 #: constants up to this size are cloned into the kernels that use them (configuration data)
 SMALL_CONSTANT_BYTES = 1024
 
 
-def _head_slice(b: _Builder, x: SSAValue, bi: int, hi: int) -> SSAValue:
+def _head_slice(b: KernelBuilder, x: SSAValue, bi: int, hi: int) -> SSAValue:
     """x[bi, hi] of a rank-4 value as a 2-d matrix (size-1 dims broadcast)."""
     shp = sp.shape_of(x)
     bi = bi if shp[0] > 1 else 0
@@ -55,41 +54,70 @@ def _head_slice(b: _Builder, x: SSAValue, bi: int, hi: int) -> SSAValue:
     return b.add(sp.ReshapeOp(s, [shp[2], shp[3]]))
 
 
-def expand_attention(op: sp.AttentionOp, name: str, heads_per_kernel: int = 1) -> None:
-    """Replace one sparse.attention by per-head QKᵀ, softmax and PV kernels (each
-    kernel taking ``heads_per_kernel`` consecutive (batch, head) units)."""
-    bld = _Builder(op)
-    q, k, v, mask = op.q, op.k, op.v, op.mask
-    bsz, hq, sq, _ = sp.shape_of(q)
-    hkv, skv = sp.shape_of(k)[1], sp.shape_of(k)[2]
-    dv = sp.shape_of(v)[3]
-    elt = sp.elt_of(q)
-    rep = hq // hkv
-    if mask is not None and len(sp.shape_of(mask)) < 4:
-        ms = sp.shape_of(mask)
-        mask = bld.add(sp.ReshapeOp(mask, [1] * (4 - len(ms)) + list(ms)))
-    scale = bld.add(_splat([], elt, op.scale.value.data))
-    zero, neginf = bld.add(_splat([], elt, 0.0)), bld.add(_splat([], elt, -np.inf))
-    batches = []
-    for bi in range(bsz):
-        heads = []
-        for hi in range(hq):
-            unit = (bi * hq + hi) // heads_per_kernel
-            tag = f"{name}_b{bi}h{hi}" if heads_per_kernel == 1 else f"{name}_g{unit}"
-            group = f"{name}/b{bi}h{hi}" if heads_per_kernel == 1 else f"{name}/g{unit}"
-            qh = _head_slice(bld, q, bi, hi)
-            kt = bld.add(sp.TransposeOp(_head_slice(bld, k, bi, hi // rep), [1, 0]))
-            s = scaled_scores(bld, bld.add(sp.MatmulOp(qh, kt), f"{tag}_qk", group), scale, op, f"{tag}_qk", group)
-            mh = _head_slice(bld, mask, bi, hi) if mask is not None else None
-            causal = op.causal_offset.value.data if op.causal is not None else None
-            p = masked_softmax(bld, s, mh, causal, (sq, skv), zero, neginf, f"{tag}_softmax", group)
-            vh = _head_slice(bld, v, bi, hi // rep)
-            o = bld.add(sp.MatmulOp(p, vh), f"{tag}_pv", group)
-            heads.append(bld.add(sp.ReshapeOp(o, [1, 1, sq, dv])))
-        batches.append(heads[0] if len(heads) == 1 else bld.add(sp.ConcatOp(heads, 1)))
-    out = batches[0] if len(batches) == 1 else bld.add(sp.ConcatOp(batches, 0))
-    op.result.replace_all_uses_with(out)
-    Rewriter.erase_op(op)
+class LowerAttentionPerHeadPattern(RewritePattern):
+    """Rewrites each ``sparse.attention`` that ``tile`` left unscheduled into the unfused pipeline per
+    (batch, head): a QKᵀ GEMM kernel (scaled and soft-capped), a softmax kernel with the mask, the causal
+    bias and the fully-masked-row rule, and a PV GEMM kernel, each kernel taking ``heads_per_kernel``
+    consecutive (batch, head) units; the heads' outputs are concatenated back.
+
+    ``names`` maps each op to lower to its kernels' name prefix; ``heads_per_kernel`` is the pass's
+    decision for the whole module (:func:`heads_per_kernel`)."""
+
+    def __init__(self, names: dict[sp.AttentionOp, str], heads_per_kernel: int = 1):
+        self.names = names
+        self.heads_per_kernel = heads_per_kernel
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: sp.AttentionOp, rewriter: PatternRewriter) -> None:
+        if op not in self.names:
+            return
+        name, per = self.names[op], self.heads_per_kernel
+        bld = KernelBuilder(rewriter, op)
+        bsz, hq, _, _ = sp.shape_of(op.q)
+        elt = sp.elt_of(op.q)
+        mask = op.mask
+        if mask is not None and len(sp.shape_of(mask)) < 4:
+            ms = sp.shape_of(mask)
+            mask = bld.add(sp.ReshapeOp(mask, [1] * (4 - len(ms)) + list(ms)))
+        consts = _HeadConstants(bld.add(splat([], elt, op.scale.value.data)), bld.add(splat([], elt, 0.0)),
+                                bld.add(splat([], elt, -np.inf)))  # fmt: skip
+        batches = []
+        for bi in range(bsz):
+            heads = []
+            for hi in range(hq):
+                unit = (bi * hq + hi) // per
+                tag = f"{name}_b{bi}h{hi}" if per == 1 else f"{name}_g{unit}"
+                group = f"{name}/b{bi}h{hi}" if per == 1 else f"{name}/g{unit}"
+                heads.append(_lower_head(bld, op, mask, consts, bi, hi, tag, group))
+            batches.append(heads[0] if len(heads) == 1 else bld.add(sp.ConcatOp(heads, 1)))
+        bld.replace_anchor(batches[0] if len(batches) == 1 else bld.add(sp.ConcatOp(batches, 0)))
+
+
+@dataclass(frozen=True)
+class _HeadConstants:
+    """The scalars every head's kernels share: the softmax scale, 0 and -inf."""
+
+    scale: SSAValue
+    zero: SSAValue
+    neginf: SSAValue
+
+
+def _lower_head(bld: KernelBuilder, op: sp.AttentionOp, mask: SSAValue | None, consts: _HeadConstants, bi: int,
+                hi: int, tag: str, group: str) -> SSAValue:
+    """The QKᵀ, softmax and PV kernels of (batch ``bi``, head ``hi``); returns its output as [1, 1, S, dv]."""
+    sq, skv = sp.shape_of(op.q)[2], sp.shape_of(op.k)[2]
+    dv = sp.shape_of(op.v)[3]
+    rep = sp.shape_of(op.q)[1] // sp.shape_of(op.k)[1]
+    qh = _head_slice(bld, op.q, bi, hi)
+    kt = bld.add(sp.TransposeOp(_head_slice(bld, op.k, bi, hi // rep), [1, 0]))
+    qk = bld.add(sp.MatmulOp(qh, kt), f"{tag}_qk", group)
+    s = scaled_scores(bld, qk, consts.scale, op, f"{tag}_qk", group)
+    mh = _head_slice(bld, mask, bi, hi) if mask is not None else None
+    causal = op.causal_offset.value.data if op.causal is not None else None
+    p = masked_softmax(bld, s, mh, causal, (sq, skv), consts.zero, consts.neginf, f"{tag}_softmax", group)
+    vh = _head_slice(bld, op.v, bi, hi // rep)
+    o = bld.add(sp.MatmulOp(p, vh), f"{tag}_pv", group)
+    return bld.add(sp.ReshapeOp(o, [1, 1, sq, dv]))
 
 
 # ---------------------------------------------------------------------------
@@ -285,9 +313,9 @@ class LowerToDataflowPass(TargetPass):
             raise AttncError("lower-to-dataflow: @main is already dataflow IR")
         # scheduled attentions (fused kernels made by `tile`) stay whole; the rest are lowered per head
         attention = [o for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is None]
-        per_kernel = heads_per_kernel(fn, attention, arch)
-        for i, a in enumerate(attention):
-            expand_attention(a, f"attn{i}", per_kernel)
+        per_head = LowerAttentionPerHeadPattern({a: f"attn{i}" for i, a in enumerate(attention)},
+                                                heads_per_kernel(fn, attention, arch))  # fmt: skip
+        PatternRewriteWalker(per_head, apply_recursively=False).rewrite_region(fn.body)
         _Partitioner(fn, arch).run()
         stream_fused_inputs(fn)
         stream_butterfly_chains(fn)

@@ -5,9 +5,15 @@ pruned space -- mode (online, FLAT row-block, FLAT head, unfused), groups and
 members (powers of two up to the array's compute tiles), row block and key block
 (powers of two, and the whole extent) -- drops candidates whose buffers do not fit
 the tile or whose kernels do not fit the array's contexts, predicts the cycles of
-the rest (:func:`predict`) and expands the cheapest with
-:func:`attnc.passes.fuse_attention.expand`. Options force any part of the choice:
+the rest (:func:`predict`) and keeps the cheapest. Options force any part of the choice:
 ``tile{mode=online,members=4,key-block=128}``.
+
+Each step decides for the whole module first and then rewrites the IR with a pattern
+that applies the decisions: the attention search (one SRAM budget shared by every
+attention) -> :class:`attnc.passes.fuse_attention.FuseAttentionPattern`; the
+butterfly stage-pipeline planner, on the tiles the attentions leave ->
+:class:`attnc.passes.butterfly_pipeline.ExpandButterflyPattern`; the GEMM row-block
+split, on what both leave -> :class:`SplitGemmPattern`.
 
 The prediction (:func:`attnc.cost.attention.predict`) is first-order on purpose, fast
 enough to score thousands of candidates; ``attnc.cost`` estimates the lowered graph
@@ -23,18 +29,19 @@ import numpy as np
 from attnc.cost.attention import Prediction, Shape, fused_attention_buffer, predict
 from attnc.cost.work import SFU_OPS
 from attnc.dialects import sparse as sp
-from attnc.dialects.dataflow import TAG, TILE_KIND
+from attnc.dialects.dataflow import RESERVE, TAG, TILE_KIND
 from attnc.dialects.values import np_dtype
 from attnc.errors import AttncError
 from attnc.ir import main_func
 from attnc.passes.target import TargetPass
-from attnc.passes.butterfly_pipeline import butterfly_contexts
-from attnc.passes.butterfly_pipeline import expand as expand_butterflies
-from attnc.passes.fuse_attention import FUSION_ATTR, MODES, Schedule, expand, split
+from attnc.passes.butterfly_pipeline import ExpandButterflyPattern, butterfly_contexts, plan_butterflies
+from attnc.passes.fuse_attention import FUSION_ATTR, MODES, FuseAttentionPattern, Schedule, check_schedule, split
+from attnc.passes.kernel_builder import KernelBuilder
 from xdsl.context import Context
+from xdsl.dialects import func
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import BlockArgument, Operation
-from xdsl.rewriter import Rewriter
+from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
 
 #: the schedule chosen for an attention, and the search's figures, kept on @main for reports
 REPORT_ATTR = "attnc.tile_report"
@@ -196,49 +203,87 @@ class TilePass(TargetPass):
             raise AttncError(f"tile: mode must be one of {', '.join(MODES)}, got '{self.mode}'")
         arch = self.target()
         fn = main_func(op)
-        ops = list(fn.body.block.ops)
-        attention = [o for o in ops if isinstance(o, sp.AttentionOp) and o.fusion is None]
-        reserved = _reserved(fn)
-        tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
-        # next to other compute kernels a member leaves one context's share of its tile to them
-        budget = tile.sram_bytes - (tile.sram_bytes // max(tile.contexts, 1) if reserved["compute"] else 0)
         forced = {"groups": self.groups, "members": self.members, "row_block": self.row_block,
                   "key_block": self.key_block}  # fmt: skip
-        reports = []
-        used_sram = 0  # compute-tile SRAM the attention members take
-        for i, a in enumerate(attention):
-            req = a.attributes.pop(FUSION_ATTR, None)
-            mode = self.mode or (req.data if isinstance(req, StringAttr) else "")
-            if not mode or mode == "per-head":
-                continue
-            res = search(shape_of(a), arch, mode, budget, forced, reserved)
-            p = res.best
-            reports.append(
-                f"attn{i}: {p.schedule.text()}; predicted {p.cycles} cycles ({p.bound}-bound), "
-                f"{p.dram_bytes} DRAM bytes, {p.buffer_bytes} B buffer/member; "
-                f"{res.feasible} of {res.candidates} candidates in {res.seconds * 1e3:.1f} ms"
-            )
-            for k, v in (("cycles", p.cycles), ("dram_bytes", p.dram_bytes)):
-                fn.attributes[f"attnc.attn{i}.predicted_{k}"] = IntegerAttr(v, 64)
-            fn.attributes[f"attnc.attn{i}.search_seconds"] = FloatAttr(res.seconds, 64)
-            # a member claims the SRAM the search budgeted: placing two on one tile would halve their speed
-            # for fewer byte-hops, a trade the placer's objective would otherwise make (when the other compute
-            # kernels' shares leave that much)
-            # (unfused: a member's QKᵀ and PV GEMMs run one after the other, so they claim half each)
-            unfused = p.schedule.mode == "unfused"
-            members = p.schedule.groups * p.schedule.members * (2 if unfused else 1)
-            claim = budget // 2 if unfused else budget
-            share = tile.sram_bytes // max(tile.contexts, 1)
-            room = sum(t.sram_bytes for t in arch.tiles_of("compute")) - reserved["compute"] * share - used_sram
-            reserve = claim if members and members * claim <= room else 0
-            expand(a, replace(p.schedule, reserve=reserve), f"attn{i}")
-            used_sram += members * max(p.schedule.buffer, reserve)
+        # each step decides for the whole module (the attentions share one SRAM budget, the stage chains
+        # plan on what the attentions leave, the GEMM split on what both leave), then applies its decisions
+        attention = schedule_attentions(fn, arch, self.mode, forced)
+        _rewrite(fn, FuseAttentionPattern(attention.schedules))
+        reports = attention.reports
         # butterfly matmuls and Fourier mixing: stage pipelines on the tiles the attentions leave
         members = sum(1 for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is not None)
-        reports += expand_butterflies(fn, arch, _reserved(fn), used_sram, members)
-        reports += split_gemms(fn, arch, self.gemm_parts, used_sram)
+        chains = plan_butterflies(fn, arch, _reserved(fn), attention.used_sram, members)
+        _rewrite(fn, ExpandButterflyPattern(chains.plans))
+        reports += chains.reports
+        gemms = plan_gemm_splits(fn, arch, self.gemm_parts, attention.used_sram)
+        _rewrite(fn, SplitGemmPattern(gemms.splits))
+        reports += gemms.reports
         if reports:
             fn.attributes[REPORT_ATTR] = StringAttr("\n".join(reports))
+
+
+def _rewrite(fn: func.FuncOp, pattern: RewritePattern) -> None:
+    """Apply ``pattern`` once to each op of @main (the ops it rewrites are those the search decided on)."""
+    PatternRewriteWalker(pattern, apply_recursively=False).rewrite_region(fn.body)
+
+
+@dataclass
+class AttentionSchedules:
+    """The tile search's decisions for a module: each scheduled attention's name and schedule, the
+    report lines, and the compute-tile SRAM the members take (the butterfly and GEMM planning use
+    what is left)."""
+
+    schedules: dict[sp.AttentionOp, tuple[str, Schedule]] = field(default_factory=dict)
+    reports: list[str] = field(default_factory=list)
+    used_sram: int = 0
+
+
+def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict) -> AttentionSchedules:
+    """Choose the schedule of every attention that ``fuse-attention`` marked (or of every attention, when
+    ``mode`` forces one), in program order: each searched alone, all within the SRAM of the compute tiles
+    (the members of the ones before claim theirs). Consumes the marks and records the predictions on
+    ``fn`` for reports; the IR is rewritten afterwards, by :class:`FuseAttentionPattern`."""
+    attention = [o for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is None]
+    reserved = _reserved(fn)
+    tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+    # next to other compute kernels a member leaves one context's share of its tile to them
+    budget = tile.sram_bytes - (tile.sram_bytes // max(tile.contexts, 1) if reserved["compute"] else 0)
+    out = AttentionSchedules()
+    for i, a in enumerate(attention):
+        req = a.attributes.pop(FUSION_ATTR, None)
+        chosen = mode or (req.data if isinstance(req, StringAttr) else "")
+        if not chosen or chosen == "per-head":
+            continue
+        res = search(shape_of(a), arch, chosen, budget, forced, reserved)
+        p = res.best
+        out.reports.append(
+            f"attn{i}: {p.schedule.text()}; predicted {p.cycles} cycles ({p.bound}-bound), "
+            f"{p.dram_bytes} DRAM bytes, {p.buffer_bytes} B buffer/member; "
+            f"{res.feasible} of {res.candidates} candidates in {res.seconds * 1e3:.1f} ms"
+        )
+        for k, v in (("cycles", p.cycles), ("dram_bytes", p.dram_bytes)):
+            fn.attributes[f"attnc.attn{i}.predicted_{k}"] = IntegerAttr(v, 64)
+        fn.attributes[f"attnc.attn{i}.search_seconds"] = FloatAttr(res.seconds, 64)
+        members, reserve = _member_claims(p.schedule, arch, tile, budget, reserved, out.used_sram)
+        sched = replace(p.schedule, reserve=reserve)
+        check_schedule(a, sched, f"attn{i}")
+        out.schedules[a] = (f"attn{i}", sched)
+        out.used_sram += members * max(p.schedule.buffer, reserve)
+    return out
+
+
+def _member_claims(sched: Schedule, arch, tile, budget: int, reserved: dict[str, int],
+                   used_sram: int) -> tuple[int, int]:
+    """(kernels that claim SRAM, the bytes each claims) of a schedule. A member claims the SRAM the search
+    budgeted: placing two on one tile would halve their speed for fewer byte-hops, a trade the placer's
+    objective would otherwise make (when the other compute kernels' shares leave that much; unfused, a
+    member's QKᵀ and PV GEMMs run one after the other, so they claim half each)."""
+    unfused = sched.mode == "unfused"
+    members = sched.groups * sched.members * (2 if unfused else 1)
+    claim = budget // 2 if unfused else budget
+    share = tile.sram_bytes // max(tile.contexts, 1)
+    room = sum(t.sram_bytes for t in arch.tiles_of("compute")) - reserved["compute"] * share - used_sram
+    return members, claim if members and members * claim <= room else 0
 
 
 def _reserved(fn) -> dict[str, int]:
@@ -278,30 +323,35 @@ def _reserved(fn) -> dict[str, int]:
 SPLIT_MIN_MACS = 1 << 22
 
 
-def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
-    """Split each large GEMM that neither feeds nor reads an attention (the FFN layers: a matmul whose
-    right operand is a weight; a Q/K/V or output projection would send every part's rows to every
-    attention kernel, since a kernel's slice of a concatenation reads all of it)
-    into row blocks, one kernel each, so the array's compute tiles share it: a power of two of parts,
-    at most the compute tiles per large GEMM, one MAC-array height of rows per part, and half of the
-    context shares of SRAM the attention members (``used_sram``) and the graph's other compute kernels
-    leave free (the rest is headroom for packing). Returns report lines."""
-    from attnc.dialects.dataflow import RESERVE, TAG
-    from attnc.passes.fuse_attention import _Builder
+@dataclass(frozen=True)
+class GemmSplit:
+    """A GEMM cut into ``parts`` row blocks, kernels ``<name>_p<j>`` claiming ``reserve`` bytes of SRAM each."""
 
+    name: str
+    parts: int
+    reserve: int
+
+
+@dataclass
+class GemmSplits:
+    """The GEMM split's decisions: the GEMMs to split, and the report lines."""
+
+    splits: dict[sp.MatmulOp, GemmSplit] = field(default_factory=dict)
+    reports: list[str] = field(default_factory=list)
+
+
+def plan_gemm_splits(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0) -> GemmSplits:
+    """Choose how to split each large GEMM that neither feeds nor reads an attention (the FFN layers: a
+    matmul whose right operand is a weight; a Q/K/V or output projection would send every part's rows to
+    every attention kernel, since a kernel's slice of a concatenation reads all of it) into row blocks,
+    one kernel each, so the array's compute tiles share it: a power of two of parts, at most the compute
+    tiles per large GEMM, one MAC-array height of rows per part, and half of the context shares of SRAM
+    the attention members (``used_sram``) and the graph's other compute kernels leave free (the rest is
+    headroom for packing). :class:`SplitGemmPattern` applies the decisions."""
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
-    gemms = []
-    for op in fn.body.block.ops:
-        if not isinstance(op, sp.MatmulOp) or TAG in op.attributes or not isinstance(op.rhs.owner, sp.ConstantOp):
-            continue
-        a = sp.shape_of(op.lhs)
-        if len(a) < 2 or len(sp.shape_of(op.rhs)) != 2:
-            continue
-        macs = int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * a[-1]
-        if macs >= SPLIT_MIN_MACS and not _feeds_attention(op.result) and not _fed_by_attention(op.lhs):
-            gemms.append(op)
+    gemms = [op for op in fn.body.block.ops if _splittable(op)]
     if not gemms or parts == 1:
-        return []
+        return GemmSplits()
     tiles = len(arch.tiles_of("compute"))
     share = tile.sram_bytes // max(tile.contexts, 1)
     others = _reserved(fn)["compute"] - len(gemms)
@@ -320,23 +370,53 @@ def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
     room = sum(t.sram_bytes for t in arch.tiles_of("compute")) - used_sram - max(others, 0) * share
     claim = tile.sram_bytes - share
     reserve = claim if split_parts and split_parts * claim <= room else 0
-    lines = []
+    out = GemmSplits()
     for i, (op, n) in enumerate(zip(gemms, counts)):
-        a = sp.shape_of(op.lhs)
-        rows = int(np.prod(a[:-1], dtype=np.int64))
         if n == 1:
             continue
-        b = _Builder(op)
+        out.splits[op] = GemmSplit(f"gemm{i}", n, reserve)
+        a, w = sp.shape_of(op.lhs), sp.shape_of(op.rhs)
+        out.reports.append(f"gemm{i}: {'x'.join(map(str, a))} @ {'x'.join(map(str, w))} in {n} row blocks")
+    return out
+
+
+def _splittable(op: Operation) -> bool:
+    """A large GEMM by a weight, not yet part of a kernel, that neither feeds nor reads an attention."""
+    if not isinstance(op, sp.MatmulOp) or TAG in op.attributes or not isinstance(op.rhs.owner, sp.ConstantOp):
+        return False
+    a = sp.shape_of(op.lhs)
+    if len(a) < 2 or len(sp.shape_of(op.rhs)) != 2:
+        return False
+    macs = int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * a[-1]
+    return macs >= SPLIT_MIN_MACS and not _feeds_attention(op.result) and not _fed_by_attention(op.lhs)
+
+
+class SplitGemmPattern(RewritePattern):
+    """Rewrites each ``sparse.matmul`` that :func:`plan_gemm_splits` chose into its row blocks: the lhs
+    flattened to rows and sliced, one matmul kernel per block (claiming the planned SRAM), the weight
+    forwarded block to block, and the blocks concatenated and reshaped back."""
+
+    def __init__(self, splits: dict[sp.MatmulOp, GemmSplit]):
+        self.splits = splits
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: sp.MatmulOp, rewriter: PatternRewriter) -> None:
+        if op not in self.splits:
+            return
+        split_ = self.splits[op]
+        name, n = split_.name, split_.parts
+        b = KernelBuilder(rewriter, op)
+        a = sp.shape_of(op.lhs)
+        rows = int(np.prod(a[:-1], dtype=np.int64))
         flat = op.lhs if len(a) == 2 else b.add(sp.ReshapeOp(op.lhs, [rows, a[-1]]))
-        name = f"gemm{i}"
         pieces = []
         weight = op.rhs
         for j in range(n):
             r0, r1 = split(rows, n, j)
             piece = b.add(sp.SliceOp(flat, [r0, 0], [r1, a[-1]], [1, 1]))
             pieces.append(b.add(sp.MatmulOp(piece, weight), f"{name}_p{j}", name))
-            if reserve:
-                pieces[-1].owner.attributes[RESERVE] = IntegerAttr(reserve, 64)
+            if split_.reserve:
+                pieces[-1].owner.attributes[RESERVE] = IntegerAttr(split_.reserve, 64)
             if j + 1 < n:
                 # the weight goes on to the next part (a copy out of this part's buffer), so each link
                 # carries it once instead of a DMA tile sending it to every part
@@ -344,10 +424,7 @@ def split_gemms(fn, arch, parts: int = -1, used_sram: int = 0) -> list[str]:
         out = b.add(sp.ConcatOp(pieces, 0))
         if len(a) != 2:
             out = b.add(sp.ReshapeOp(out, sp.shape_of(op.result)))
-        op.result.replace_all_uses_with(out)
-        Rewriter.erase_op(op)
-        lines.append(f"{name}: {'x'.join(map(str, a))} @ {'x'.join(map(str, sp.shape_of(op.rhs)))} in {n} row blocks")
-    return lines
+        b.replace_anchor(out)
 
 
 def _pow2_floor(n: int) -> int:
