@@ -475,22 +475,49 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
     return best, count
 
 
+#: a kernel's choice on one tile kind: (cycles, SRAM need, rows at a time)
+_Option = tuple[int, int, int]
+
+
 def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cycles, arch, passes: int = 1,
             frac: float = 1.0) -> Plan | None:
     """Put a candidate's kernels on the slots, longest first, each where it finishes soonest."""
     if not slots:
         return None
-    n, rows, eb = ch.n, ch.rows, ch.eb
-    kernels = []  # (group index, part)
-    for gi, grp in enumerate(groups):
-        for j in range(parts):
-            kernels.append((gi, j))
+    kernels = [(gi, j) for gi in range(len(groups)) for j in range(parts)]  # (group index, part)
     for s in slots:
         s.load, s.used = 0, 0
-    sram_left = {s.index: s.sram for s in slots}
-    kinds_of = {s.kind: s.tile for s in slots}
-    # per kernel and tile kind: (cycles, SRAM need, row block) for each row block it may use, largest first
-    info: dict[tuple[int, int], dict[str, list[tuple[int, int, int]]]] = {}
+    info = _kernel_options(ch, views, groups, kernels, tokens, passes, {s.kind: s.tile for s in slots})
+    greedy = _place_greedy(ch, kernels, info, slots, parts, tokens, arch)
+    if greedy is None:
+        return None
+    placed, pick = greedy
+    slowest = max(s.load for s in slots)
+    # k groups in a pipeline over T row blocks: (T + k - 1) / T of the slowest tile's time
+    pipe = slowest * (tokens + len(groups) - 1) / tokens
+    # DRAM streams the rows in and out while the pipeline runs, but not while its first row block
+    # fills it: the store cannot start before a row block has come through every group
+    predicted = max(pipe, dram_cycles + len(groups) * slowest / tokens) + arch.dram.latency_cycles
+    kinds, where, claims, needs, cycles, blocks = [], [], [], [], [], []
+    for kj in kernels:
+        s = placed[kj]
+        cyc, need, rb = pick[kj]
+        kinds.append(s.kind)
+        where.append(s.index)
+        needs.append(need)
+        cycles.append(cyc)
+        blocks.append(rb if rb < info[kj][s.kind][0][2] else 0)  # 0: the tile's own row block
+        claims.append(max(need, _claim(s, cyc, slowest, frac, len(kernels) == 1)))
+    _shrink_claims(placed, where, claims, needs)
+    return Plan(parts, groups, kinds, where, claims, needs, cycles, tokens, passes, math.ceil(predicted),
+                "dram" if dram_cycles + len(groups) * slowest / tokens >= pipe else "compute", blocks=blocks)
+
+
+def _kernel_options(ch: Chain, views, groups, kernels, tokens: int, passes: int,
+                    kinds_of: dict[str, object]) -> dict[tuple[int, int], dict[str, list[_Option]]]:
+    """Per kernel and tile kind: the options for each row block it may use, largest first."""
+    rows, eb = ch.rows, ch.eb
+    info: dict[tuple[int, int], dict[str, list[_Option]]] = {}
     for gi, j in kernels:
         vs = [views[i][j] for i in groups[gi]]
         local = [v.stage for v in vs]
@@ -502,8 +529,18 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
                  kernel_need(vs, rows, tokens, eb, tile, passes, rb), rb)
                 for rb in row_blocks(tile, kind, rows, tokens)
             ]  # fmt: skip
+    return info
 
-    def fit(kj, s: Slot) -> tuple[int, int, int] | None:
+
+def _place_greedy(ch: Chain, kernels, info, slots: list[Slot], parts: int, tokens: int,
+                  arch) -> tuple[dict[tuple[int, int], Slot], dict[tuple[int, int], _Option]] | None:
+    """Longest kernel first, each on the slot where it would finish soonest (its load there plus what
+    reaching its neighbouring stages costs), with the fastest row block that fits what is left of the
+    slot's SRAM; None when a kernel fits nowhere. Updates the slots' load and use."""
+    n, rows, eb = ch.n, ch.rows, ch.eb
+    sram_left = {s.index: s.sram for s in slots}
+
+    def fit(kj, s: Slot) -> _Option | None:
         """The fastest row block of kernel ``kj`` whose buffers fit what is left of ``s``."""
         return next((o for o in info[kj][s.kind] if o[1] <= sram_left[s.index]), None)
 
@@ -520,7 +557,7 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         return s.load + chosen[kj, s.index][0] + hops * row_bytes / link / tokens
 
     chosen: dict = {}
-    pick: dict[tuple[int, int], tuple[int, int, int]] = {}
+    pick: dict[tuple[int, int], _Option] = {}
     by_group: dict[int, list[tuple[int, int]]] = {}  # group -> the tiles of its kernels placed so far
     row_bytes = rows * n // parts * eb  # a kernel's columns of every row
     for kj in order:
@@ -539,37 +576,29 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         sram_left[s.index] -= pick[kj][1]
         placed[kj] = s
         by_group.setdefault(kj[0], []).append((s.tile.x, s.tile.y))
-    slowest = max(s.load for s in slots)
-    # k groups in a pipeline over T row blocks: (T + k - 1) / T of the slowest tile's time
-    pipe = slowest * (tokens + len(groups) - 1) / tokens
-    # DRAM streams the rows in and out while the pipeline runs, but not while its first row block
-    # fills it: the store cannot start before a row block has come through every group
-    predicted = max(pipe, dram_cycles + len(groups) * slowest / tokens) + arch.dram.latency_cycles
-    kinds, where, claims, needs, cycles, blocks = [], [], [], [], [], []
-    for kj in kernels:
-        s = placed[kj]
-        cyc, need, rb = pick[kj]
-        kinds.append(s.kind)
-        where.append(s.index)
-        needs.append(need)
-        cycles.append(cyc)
-        blocks.append(rb if rb < info[kj][s.kind][0][2] else 0)  # 0: the tile's own row block
-        # the placer ranks byte-hops above the makespan and would stack pipeline neighbours on one tile;
-        # a kernel claims the share of its tile's free SRAM that its cycles are of the slowest tile's, so
-        # whatever set of the chain's kernels shares a tile sums to at most that many cycles (a chain of
-        # one kernel has no neighbour to be stacked with)
-        # (on a butterfly tile -- few of them, with tight SRAM that proportional claims would make the
-        # placer's best-fit packing miss -- only a kernel of more than half the slowest tile's cycles
-        # claims more than half of it, so two such never share one)
-        if len(kernels) == 1:
-            share = 0
-        elif s.kind == "compute":
-            # (a chain that shares the array with others claims its share of that: ``frac``)
-            share = int(CLAIM * frac * s.sram * cyc / max(slowest, 1))
-        else:
-            share = s.tile.sram_bytes // 2 + 1 if 2 * cyc > slowest else 0
-        claims.append(max(need, share))
-    # the plan's own packing must stay feasible: a tile's claims beyond the needs shrink to what it has
+    return placed, pick
+
+
+def _claim(s: Slot, cyc: int, slowest: int, frac: float, alone: bool) -> int:
+    """The SRAM share a kernel of ``cyc`` cycles claims on slot ``s`` beyond its need.
+
+    The placer ranks byte-hops above the makespan and would stack pipeline neighbours on one tile; a
+    kernel claims the share of its tile's free SRAM that its cycles are of the slowest tile's, so whatever
+    set of the chain's kernels shares a tile sums to at most that many cycles (a chain of one kernel has
+    no neighbour to be stacked with). On a butterfly tile -- few of them, with tight SRAM that proportional
+    claims would make the placer's best-fit packing miss -- only a kernel of more than half the slowest
+    tile's cycles claims more than half of it, so two such never share one."""
+    if alone:
+        return 0
+    if s.kind == "compute":
+        # (a chain that shares the array with others claims its share of that: ``frac``)
+        return int(CLAIM * frac * s.sram * cyc / max(slowest, 1))
+    return s.tile.sram_bytes // 2 + 1 if 2 * cyc > slowest else 0
+
+
+def _shrink_claims(placed: dict[tuple[int, int], Slot], where: list[int], claims: list[int],
+                   needs: list[int]) -> None:
+    """Keep the plan's own packing feasible: a tile's claims beyond the needs shrink to what it has."""
     for slot in {s.index: s for s in placed.values()}.values():
         mine = [i for i, w in enumerate(where) if w == slot.index]
         extra = sum(claims[i] - needs[i] for i in mine)
@@ -577,8 +606,6 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         if extra > max(room, 0):
             for i in mine:
                 claims[i] = needs[i] + max(0, (claims[i] - needs[i]) * max(room, 0) // extra)
-    return Plan(parts, groups, kinds, where, claims, needs, cycles, tokens, passes, math.ceil(predicted),
-                "dram" if dram_cycles + len(groups) * slowest / tokens >= pipe else "compute", blocks=blocks)
 
 
 def free_slots(arch, reserved: dict[str, int], used_sram: int, members: int) -> list[Slot]:
@@ -754,90 +781,106 @@ def _stage_weights(b: KernelBuilder, chunks: list[np.ndarray], offsets: dict, pl
 def build_chain(b: KernelBuilder, ch: Chain, plan: Plan) -> SSAValue:
     """The stage ops of ``ch`` for ``plan``, tagged per kernel; returns the chain's result."""
     n, x = ch.n, ch.x
-    shp = list(sp.shape_of(x))
-    r = len(shp)
-    elt = sp.elt_of(x)
-    parts = plan.parts
-    views = part_views(ch.stages, n, parts)
+    views = part_views(ch.stages, n, plan.parts)
     assert views is not None
-    known = _weight_source(ch)
-    # known weights: one constant holding every kernel's local factors (one DMA load for the chain)
-    offsets: dict[tuple[int, int], int] = {}
-    blob = None
-    if known is not None:
-        chunks, off = [], 0
-        for gi, grp in enumerate(plan.groups):
-            for j in range(parts):
-                for i in grp:
-                    v = views[i][j]
-                    w = np.asarray(known[i])[v.g0 : v.g1, v.s0 : v.s1]
-                    offsets[i, j] = off
-                    chunks.append(w.reshape(-1))
-                    off += w.size
-        if plan.staged:
-            blob = None
-            holders = _stage_weights(b, chunks, offsets, plan, elt, ch.name)
-        else:
-            blob = _const(b, np.concatenate(chunks).astype(np_dtype(elt)), elt)
-            if plan.passes > 1:
-                blob.owner.attributes[WEIGHT_PASSES] = IntegerAttr(plan.passes, 64)
-
-    def weight(i: int, j: int) -> SSAValue:
-        v = views[i][j]
-        nl = len(v.cols)
-        wshape = list(v.stage.weight_shape(nl))
-        size = int(np.prod(wshape))
-        if plan.staged and known is not None:
-            src, off = holders[i, j]
-            piece = b.add(sp.SliceOp(src, [off], [off + size], [1]))
-            return b.add(sp.ReshapeOp(piece, wshape))
-        if blob is not None:
-            off = offsets[i, j]
-            piece = b.add(sp.SliceOp(blob, [off], [off + size], [1]))
-            return b.add(sp.ReshapeOp(piece, wshape))
-        w = ch.weights[i]
-        if isinstance(w, np.ndarray):
-            return _const(b, w[v.g0 : v.g1, v.s0 : v.s1], elt)
-        full = list(sp.shape_of(w))
-        if [v.g0, v.s0] == [0, 0] and [v.g1, v.s1] == full[:2]:
-            return w
-        return b.add(sp.SliceOp(w, [v.g0, v.s0, 0, 0], [v.g1, v.s1, full[2], full[3]], [1, 1, 1, 1]))
-
-    def assemble(producers: list[tuple[tuple[int, ...], SSAValue]], cols: tuple[int, ...]) -> SSAValue:
-        pcs = _pieces([c for c, _ in producers], cols)
-        assert pcs is not None
-        if len(pcs) == 1 and (pcs[0][2], pcs[0][3]) == (0, sp.shape_of(producers[pcs[0][1]][1])[-1]):
-            return producers[pcs[0][1]][1]
-        # every piece is a slice (a whole one too): what a kernel reads of a producer is then the pieces
-        # it takes of it, scaled by what it reads of their concatenation (attnc.cost.work.consumed_bytes)
-        vals = [b.add(sp.SliceOp(producers[p][1], [0] * (r - 1) + [a], shp[:-1] + [e], [1] * r)) for _, p, a, e in pcs]
-        return vals[0] if len(vals) == 1 else b.add(sp.ConcatOp(vals, r - 1))
-
+    weights = _ChainWeights(b, ch, plan, views)
     prev: list[tuple[tuple[int, ...], SSAValue]] = [(tuple(range(n)), x)]
     kid = 0
     for gi, grp in enumerate(plan.groups):
         outs = []
-        for j in range(parts):
-            tag = f"{ch.name}_s{gi}" + (f"_p{j}" if parts > 1 else "")
+        for j in range(plan.parts):
+            tag = f"{ch.name}_s{gi}" + (f"_p{j}" if plan.parts > 1 else "")
             cols = views[grp[0]][j].cols
-            v = assemble(prev, cols)
+            v = _assemble(b, x, prev, cols)
             for i in grp:
-                st = views[i][j].stage
-                op = sp.ButterflyStageOp(v, weight(i, j), st.radix, st.stride, st.block)
-                op.attributes[ROWS] = IntegerAttr(plan.tokens, 64)
-                op.attributes[TILE_KIND] = StringAttr(plan.kinds[kid])
-                if plan.passes > 1:
-                    op.attributes[WEIGHT_PASSES] = IntegerAttr(plan.passes, 64)
-                if plan.blocks and plan.blocks[kid]:
-                    # short of SRAM: fewer rows at a time than the MAC array has (it runs part-full)
-                    op.attributes["row_block"] = IntegerAttr(plan.blocks[kid], 64)
-                if plan.claims[kid] > plan.needs[kid]:
-                    op.attributes[RESERVE] = IntegerAttr(plan.claims[kid], 64)
-                v = b.add(op, tag, ch.name)
+                v = b.add(_stage_op(v, weights.weight(i, j), views[i][j].stage, plan, kid), tag, ch.name)
             outs.append((cols, v))
             kid += 1
         prev = outs
-    return assemble(prev, tuple(range(n)))
+    return _assemble(b, x, prev, tuple(range(n)))
+
+
+def _stage_op(v: SSAValue, weight: SSAValue, st: bf.Stage, plan: Plan, kid: int) -> sp.ButterflyStageOp:
+    """One stage of kernel ``kid`` on ``v``, marked with what the plan chose for the kernel."""
+    op = sp.ButterflyStageOp(v, weight, st.radix, st.stride, st.block)
+    op.attributes[ROWS] = IntegerAttr(plan.tokens, 64)
+    op.attributes[TILE_KIND] = StringAttr(plan.kinds[kid])
+    if plan.passes > 1:
+        op.attributes[WEIGHT_PASSES] = IntegerAttr(plan.passes, 64)
+    if plan.blocks and plan.blocks[kid]:
+        # short of SRAM: fewer rows at a time than the MAC array has (it runs part-full)
+        op.attributes["row_block"] = IntegerAttr(plan.blocks[kid], 64)
+    if plan.claims[kid] > plan.needs[kid]:
+        op.attributes[RESERVE] = IntegerAttr(plan.claims[kid], 64)
+    return op
+
+
+def _assemble(b: KernelBuilder, x: SSAValue, producers: list[tuple[tuple[int, ...], SSAValue]],
+              cols: tuple[int, ...]) -> SSAValue:
+    """The columns ``cols`` of a chain on ``x``, from the producers' outputs (their columns, their value)."""
+    shp = list(sp.shape_of(x))
+    r = len(shp)
+    pcs = _pieces([c for c, _ in producers], cols)
+    assert pcs is not None
+    if len(pcs) == 1 and (pcs[0][2], pcs[0][3]) == (0, sp.shape_of(producers[pcs[0][1]][1])[-1]):
+        return producers[pcs[0][1]][1]
+    # every piece is a slice (a whole one too): what a kernel reads of a producer is then the pieces
+    # it takes of it, scaled by what it reads of their concatenation (attnc.cost.work.consumed_bytes)
+    vals = [b.add(sp.SliceOp(producers[p][1], [0] * (r - 1) + [a], shp[:-1] + [e], [1] * r)) for _, p, a, e in pcs]
+    return vals[0] if len(vals) == 1 else b.add(sp.ConcatOp(vals, r - 1))
+
+
+class _ChainWeights:
+    """Where each kernel's stage weights come from. Weights known at compile time are one constant holding
+    every kernel's local factors (one DMA load for the chain), or, when the plan stages them, pieces held
+    in memory tiles; each kernel's weight is then a slice of it. Other weights are sliced from the op's
+    factor values."""
+
+    def __init__(self, b: KernelBuilder, ch: Chain, plan: Plan, views: list[list[View]]):
+        self.b, self.ch, self.plan, self.views = b, ch, plan, views
+        self.elt = sp.elt_of(ch.x)
+        self.known = _weight_source(ch)
+        self.offsets: dict[tuple[int, int], int] = {}
+        self.blob: SSAValue | None = None
+        self.holders: dict = {}
+        if self.known is None:
+            return
+        chunks, off = [], 0
+        for grp in plan.groups:
+            for j in range(plan.parts):
+                for i in grp:
+                    v = views[i][j]
+                    w = np.asarray(self.known[i])[v.g0 : v.g1, v.s0 : v.s1]
+                    self.offsets[i, j] = off
+                    chunks.append(w.reshape(-1))
+                    off += w.size
+        if plan.staged:
+            self.holders = _stage_weights(b, chunks, self.offsets, plan, self.elt, ch.name)
+        else:
+            self.blob = _const(b, np.concatenate(chunks).astype(np_dtype(self.elt)), self.elt)
+            if plan.passes > 1:
+                self.blob.owner.attributes[WEIGHT_PASSES] = IntegerAttr(plan.passes, 64)
+
+    def weight(self, i: int, j: int) -> SSAValue:
+        """The weight of stage ``i`` in part ``j``: ``[g, s, radix*block, radix*block]`` of its own units."""
+        b, v = self.b, self.views[i][j]
+        wshape = list(v.stage.weight_shape(len(v.cols)))
+        size = int(np.prod(wshape))
+        if self.plan.staged and self.known is not None:
+            src, off = self.holders[i, j]
+            piece = b.add(sp.SliceOp(src, [off], [off + size], [1]))
+            return b.add(sp.ReshapeOp(piece, wshape))
+        if self.blob is not None:
+            off = self.offsets[i, j]
+            piece = b.add(sp.SliceOp(self.blob, [off], [off + size], [1]))
+            return b.add(sp.ReshapeOp(piece, wshape))
+        w = self.ch.weights[i]
+        if isinstance(w, np.ndarray):
+            return _const(b, w[v.g0 : v.g1, v.s0 : v.s1], self.elt)
+        full = list(sp.shape_of(w))
+        if [v.g0, v.s0] == [0, 0] and [v.g1, v.s1] == full[:2]:
+            return w
+        return b.add(sp.SliceOp(w, [v.g0, v.s0, 0, 0], [v.g1, v.s1, full[2], full[3]], [1, 1, 1, 1]))
 
 
 # ---------------------------------------------------------------------------
