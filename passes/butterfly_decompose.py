@@ -63,6 +63,10 @@ becomes
     %f = sparse.fourier %x {axes = array<i64: -2, -1>} : tensor<1x8x16xf32> -> tensor<1x8x16xf32>
     %y = sparse.add %x, %f ...
 
+The rewrites are two patterns: :class:`FourierMixingPattern` (the chosen blocks, first,
+so the projections it erases are not fitted) and :class:`ButterflyLinearPattern`, which
+applies the fits the pass chose for each remaining linear layer.
+
 The pass records what it did on @main as the JSON string attribute
 ``attnc.butterfly_report`` (``layers``: one row per decomposed linear with block, role,
 name, shape, structure, error = ||W - W_fit||_F / ||W||_F, dense/butterfly MACs per token
@@ -85,7 +89,8 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import IntegerType, ModuleOp, StringAttr
 from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
-from xdsl.rewriter import InsertPoint, Rewriter
+from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
+from xdsl.rewriter import InsertPoint
 
 from attnc import butterfly as bf
 from attnc.dialects import sparse as sp
@@ -251,12 +256,12 @@ def find_linears(fn) -> tuple[list[sp.AttentionOp], list[Linear]]:
 # rewriting
 
 
-def _insert(op: Operation, anchor: Operation) -> SSAValue:
-    Rewriter.insert_op(op, InsertPoint.before(anchor))
+def _insert(rewriter: PatternRewriter, op: Operation, anchor: Operation) -> SSAValue:
+    rewriter.insert(op, InsertPoint.before(anchor))
     return op.results[0]
 
 
-def _erase_dead(start: list[Operation]) -> set[int]:
+def _erase_dead(rewriter: PatternRewriter, start: list[Operation]) -> set[int]:
     """Erase the ops of ``start`` and their producers that nothing uses any more; the ids erased."""
     erased: set[int] = set()
     work = list(start)
@@ -267,7 +272,7 @@ def _erase_dead(start: list[Operation]) -> set[int]:
         if any(r.uses.get_length() for r in op.results):
             continue
         producers = [x.owner for x in op.operands if isinstance(x.owner, Operation)]
-        Rewriter.erase_op(op)
+        rewriter.erase(op)
         erased.add(id(op))
         work += producers
     return erased
@@ -294,30 +299,55 @@ def _fit(
     return mode, fits, st, math.sqrt(sq) / (float(np.linalg.norm(w)) or 1.0)
 
 
-def _rewrite_linear(lin: Linear, mode: str, fits: list[bf.Fit], st: Structure) -> None:
-    op, x = lin.op, lin.op.lhs
-    elt = sp.elt_of(op.rhs)
-    dt = np_dtype(elt)
-    shape = sp.shape_of(x)
-    outs = []
-    for j, fit in enumerate(fits):
-        xin = x
-        if mode == "sum":
-            n = sp.shape_of(op.result)[-1]
-            starts = [0] * (len(shape) - 1) + [j * n]
-            ends = list(shape[:-1]) + [(j + 1) * n]
-            xin = _insert(sp.SliceOp(x, starts, ends, [1] * len(shape)), op)
-        factors = [_insert(sp.ConstantOp(from_numpy(np.asarray(w, dtype=dt), elt)), op) for w in fit.weights]
-        enc = ButterflyEncodingAttr(len(fit.stages), st.block, "none", st.kind)
-        outs.append(_insert(sp.ButterflyMatmulOp(xin, factors, enc), op))
-    y = outs[0]
-    if mode == "concat":
-        y = _insert(sp.ConcatOp(outs, -1), op)
-    elif mode == "sum":
-        for o in outs[1:]:
-            y = _insert(sp.AddOp(y, o), op)
-    op.result.replace_all_uses_with(y)
-    _erase_dead([op])
+@dataclass(frozen=True)
+class LinearFit:
+    """A linear layer's butterfly form: one square butterfly (``mode`` "one"), or pieces to ``concat``
+    (dout = k·din) or ``sum`` (din = k·dout), with their fitted factors and structure."""
+
+    mode: str
+    fits: list[bf.Fit]
+    structure: Structure
+
+
+class ButterflyLinearPattern(RewritePattern):
+    """Rewrites each linear layer (``sparse.matmul`` by a weight) that has a fit into
+    ``sparse.butterfly_matmul`` ops whose factors are constants in the weight's dtype: one, or one per
+    column block of W concatenated, or one per row block of W (on a slice of the input each) summed; the
+    weight and whatever only it used are erased."""
+
+    def __init__(self, fits: dict[sp.MatmulOp, LinearFit]):
+        self.fits = fits
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: sp.MatmulOp, rewriter: PatternRewriter) -> None:
+        if op not in self.fits:
+            return
+        fit_ = self.fits[op]
+        mode, st = fit_.mode, fit_.structure
+        x = op.lhs
+        elt = sp.elt_of(op.rhs)
+        dt = np_dtype(elt)
+        shape = sp.shape_of(x)
+        outs = []
+        for j, fit in enumerate(fit_.fits):
+            xin = x
+            if mode == "sum":
+                n = sp.shape_of(op.result)[-1]
+                starts = [0] * (len(shape) - 1) + [j * n]
+                ends = list(shape[:-1]) + [(j + 1) * n]
+                xin = _insert(rewriter, sp.SliceOp(x, starts, ends, [1] * len(shape)), op)
+            factors = [_insert(rewriter, sp.ConstantOp(from_numpy(np.asarray(w, dtype=dt), elt)), op)
+                       for w in fit.weights]  # fmt: skip
+            enc = ButterflyEncodingAttr(len(fit.stages), st.block, "none", st.kind)
+            outs.append(_insert(rewriter, sp.ButterflyMatmulOp(xin, factors, enc), op))
+        y = outs[0]
+        if mode == "concat":
+            y = _insert(rewriter, sp.ConcatOp(outs, -1), op)
+        elif mode == "sum":
+            for o in outs[1:]:
+                y = _insert(rewriter, sp.AddOp(y, o), op)
+        rewriter.replace_all_uses_with(op.result, y)
+        _erase_dead(rewriter, [op])
 
 
 def _fourier_macs(shape: tuple[int, ...]) -> int:
@@ -346,10 +376,20 @@ def _layout_chain(v: SSAValue, backward: bool) -> list[SSAValue]:
         chain.append(v)
 
 
-def _replace_by_fourier(i: int, att: sp.AttentionOp, linears: list[Linear]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _FourierSite:
+    """What Fourier mixing replaces in one block: the value ``target`` (the output projection's, with its
+    bias add, in the layout that matches the input's) becomes the mixing of ``x`` (the sub-layer's input)."""
+
+    x: SSAValue
+    target: SSAValue
+    projections: list[Linear]  # the Q/K/V projections, then the output projection
+
+
+def _fourier_site(where: str, att: sp.AttentionOp, linears: list[Linear]) -> _FourierSite:
+    """The sub-layer around ``att`` that Fourier mixing replaces; an AttncError when it has no such shape."""
     qkv = [lin for lin in linears if lin.role == "qkv" and lin.attention is att]
     outs = [lin for lin in linears if lin.role == "out" and lin.attention is att]
-    where = f"fourier block {i}"
     if not qkv:
         raise _fail(f"{where}: no Q/K/V projection (a matmul by a constant weight) feeds its sparse.attention")
     if len({id(lin.op.lhs) for lin in qkv}) != 1:
@@ -372,27 +412,59 @@ def _replace_by_fourier(i: int, att: sp.AttentionOp, linears: list[Linear]) -> d
             f"{where}: the sub-layer input {sp.shape_of(x)} and the projection output {sp.shape_of(target)} "
             "differ (or have rank < 2), so Fourier mixing cannot replace it"
         )
-    x, target = pair
-    shape = sp.shape_of(x)
-    b, hq, sq, d = sp.shape_of(att.q)
-    skv, dv = sp.shape_of(att.v)[2], sp.shape_of(att.v)[3]
-    dense = sum(int(np.prod(sp.shape_of(lin.op.rhs))) for lin in qkv + outs) + hq * skv * (d + dv) * sq // shape[-2]
-    f = sp.FourierOp(x, (-2, -1))
-    anchor = target.owner
-    assert isinstance(anchor, Operation)
-    _insert(f, anchor)
-    target.replace_all_uses_with(f.result)
-    erased = _erase_dead([anchor])
-    if id(att) not in erased:
-        raise _fail(f"{where}: its sparse.attention result has uses besides the output projection")
-    return {
-        "block": i,
-        "input": list(shape),
-        "replaced": [f"sparse.attention ({hq} heads, {sq} queries x {skv} keys)"] + [lin.name for lin in qkv + outs],
-        "dense_macs": int(dense),
-        "fourier_macs": _fourier_macs(shape),
-        "ops_erased": len(erased),
-    }
+    return _FourierSite(pair[0], pair[1], qkv + outs)
+
+
+class FourierMixingPattern(RewritePattern):
+    """Rewrites the attention sub-layer of each chosen block (``blocks``: its ``sparse.attention`` -> the
+    block index) into FNet's Fourier mixing: the value its output projection (plus bias add) produces
+    becomes ``sparse.fourier`` over the (seq, hidden) axes of the input its Q/K/V projections share, and
+    the projections and the attention, now dead, are erased.
+
+    A block that is not such a sub-layer is left as it is: the user asked for it, so its error is kept in
+    ``failures`` for the pass to raise once the walk is over (an error raised inside a pattern would come
+    back with the whole module printed into it). ``rows`` holds the report row of each block replaced."""
+
+    def __init__(self, blocks: dict[sp.AttentionOp, int], linears: list[Linear]):
+        self.blocks = blocks
+        self.linears = linears
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.failures: dict[int, AttncError] = {}
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: sp.AttentionOp, rewriter: PatternRewriter) -> None:
+        if op not in self.blocks:
+            return
+        i = self.blocks[op]
+        where = f"fourier block {i}"
+        try:
+            site = _fourier_site(where, op, self.linears)
+        except AttncError as e:
+            self.failures[i] = e
+            return
+        shape = sp.shape_of(site.x)
+        _, hq, sq, d = sp.shape_of(op.q)
+        skv, dv = sp.shape_of(op.v)[2], sp.shape_of(op.v)[3]
+        weights = sum(int(np.prod(sp.shape_of(lin.op.rhs))) for lin in site.projections)
+        dense = weights + hq * skv * (d + dv) * sq // shape[-2]
+        f = sp.FourierOp(site.x, (-2, -1))
+        anchor = site.target.owner
+        assert isinstance(anchor, Operation)
+        _insert(rewriter, f, anchor)
+        rewriter.replace_all_uses_with(site.target, f.result)
+        erased = _erase_dead(rewriter, [anchor])
+        if id(op) not in erased:
+            self.failures[i] = _fail(f"{where}: its sparse.attention result has uses besides the output projection")
+            return
+        self.rows[i] = {
+            "block": i,
+            "input": list(shape),
+            "replaced": [f"sparse.attention ({hq} heads, {sq} queries x {skv} keys)"]
+            + [lin.name for lin in site.projections],
+            "dense_macs": int(dense),
+            "fourier_macs": _fourier_macs(shape),
+            "ops_erased": len(erased),
+        }
 
 
 # ---------------------------------------------------------------------------
@@ -442,6 +514,40 @@ class ButterflyDecomposePass(ModulePass):
             raise _Skip(f"a size-{n} butterfly with block {b} is one factor: the dense matrix")
         return Structure("block", min(self.factors, lv) if self.factors else lv, b)
 
+    def fit_linears(self, linears: list[Linear], chosen: set[int], roles: set[str],
+                    report: dict[str, Any]) -> dict[sp.MatmulOp, LinearFit]:
+        """The butterfly fit of each linear layer of a chosen block and role, in program order; the
+        report gets a row per layer fitted and per layer skipped (with the reason)."""
+        fits: dict[sp.MatmulOp, LinearFit] = {}
+        for lin in linears:
+            if lin.block not in chosen or lin.role not in roles:
+                continue
+            row: dict[str, Any] = {"block": lin.block, "role": lin.role, "name": lin.name,
+                                   "shape": list(sp.shape_of(lin.op.rhs))}  # fmt: skip
+            try:
+                if isinstance(sp.elt_of(lin.op.rhs), IntegerType):
+                    raise _Skip("an integer weight")
+                if sp.encoding_of(lin.op.rhs) is not None:
+                    raise _Skip(f"the weight already has the encoding {sp.encoding_of(lin.op.rhs)}")
+                w = _weight(lin.weight)
+                mode, pieces, st, error = _fit(w, self.structure, self.iters)
+            except _Skip as e:
+                report["skipped"].append({**row, "reason": str(e)})
+                continue
+            n = w.shape[1] if mode == "sum" else w.shape[0]  # the size of each butterfly
+            row.update(
+                structure=st.text() + (f" x{len(pieces)} {mode}" if mode != "one" else ""),
+                error=error,
+                dense_macs=int(w.size),
+                butterfly_macs=sum(bf.mac_count(f.stages, n) for f in pieces),
+                dense_params=int(w.size),
+                butterfly_params=sum(bf.param_count(f.stages, n) for f in pieces),
+                iterations=max(f.iterations for f in pieces),
+            )
+            fits[lin.op] = LinearFit(mode, pieces, st)
+            report["layers"].append(row)
+        return fits
+
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         self._check()
         fn = main_func(op)
@@ -456,35 +562,15 @@ class ButterflyDecomposePass(ModulePass):
             "skipped": [],
             "fourier": [],
         }
+        # the Fourier blocks first: the linear layers they replace are gone before the fits are chosen
+        mixing = FourierMixingPattern({attention[i]: i for i in fourier}, linears)
+        PatternRewriteWalker(mixing, apply_recursively=False).rewrite_region(fn.body)
         for i in fourier:
-            report["fourier"].append(_replace_by_fourier(i, attention[i], linears))
-        for lin in linears:
-            if lin.op.parent is None or lin.block not in chosen or lin.role not in roles:
-                continue
-            row: dict[str, Any] = {"block": lin.block, "role": lin.role, "name": lin.name,
-                                   "shape": list(sp.shape_of(lin.op.rhs))}  # fmt: skip
-            try:
-                if isinstance(sp.elt_of(lin.op.rhs), IntegerType):
-                    raise _Skip("an integer weight")
-                if sp.encoding_of(lin.op.rhs) is not None:
-                    raise _Skip(f"the weight already has the encoding {sp.encoding_of(lin.op.rhs)}")
-                w = _weight(lin.weight)
-                mode, fits, st, error = _fit(w, self.structure, self.iters)
-            except _Skip as e:
-                report["skipped"].append({**row, "reason": str(e)})
-                continue
-            n = w.shape[1] if mode == "sum" else w.shape[0]  # the size of each butterfly
-            row.update(
-                structure=st.text() + (f" x{len(fits)} {mode}" if mode != "one" else ""),
-                error=error,
-                dense_macs=int(w.size),
-                butterfly_macs=sum(bf.mac_count(f.stages, n) for f in fits),
-                dense_params=int(w.size),
-                butterfly_params=sum(bf.param_count(f.stages, n) for f in fits),
-                iterations=max(f.iterations for f in fits),
-            )
-            _rewrite_linear(lin, mode, fits, st)
-            report["layers"].append(row)
+            if i in mixing.failures:
+                raise mixing.failures[i]
+            report["fourier"].append(mixing.rows[i])
+        fits = self.fit_linears([lin for lin in linears if lin.op.parent is not None], chosen, roles, report)
+        PatternRewriteWalker(ButterflyLinearPattern(fits), apply_recursively=False).rewrite_region(fn.body)
         fn.attributes[REPORT_ATTR] = StringAttr(json.dumps(report))
 
 
