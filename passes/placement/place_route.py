@@ -5,8 +5,10 @@ kind, SRAM and cycles they need; one stream per producer-consumer edge with the
 bytes the consumer actually reads), solves it with the CP-SAT placer/router of
 ``attnc.passes.placement.cpsat``, and replaces @main by one ``array.config``: the I/O
 table with DRAM addresses, tiles with their contexts, routes and DMA descriptors.
-The mapping's figures (solver status and time, objective terms and bounds) are
-kept as attributes of the config for reports.
+The mapping is one search over the whole graph; :class:`MainToConfigPattern` then
+applies it, rewriting @main into the config. The mapping's figures (solver status
+and time, objective terms and bounds) are kept as attributes of the config for
+reports.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from xdsl.dialects.builtin import (
     i64,
 )
 from xdsl.ir import Block, Region, SSAValue
-from xdsl.rewriter import InsertPoint, Rewriter
+from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
+from xdsl.rewriter import InsertPoint
 
+from attnc.arch import Arch
 from attnc.dialects import array as ar
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
@@ -78,90 +82,136 @@ class PlaceRoutePass(TargetPass):
         kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
         if not kernels:
             raise AttncError("place-route needs dataflow IR: run lower-to-dataflow first")
-        kid = {k: i for i, k in enumerate(kernels)}
-        in_names, out_names = io_names(fn)
-
-        # streams: one per kernel output, plus one per graph input / output (the DRAM side)
-        stream_of: dict[SSAValue, int] = {}
-        for a in fn.body.block.args:
-            stream_of[a] = len(stream_of)
-        for k in kernels:
-            for r in k.outputs:
-                stream_of[r] = len(stream_of)
-        ret = fn.body.block.last_op
-        assert isinstance(ret, func.ReturnOp)
-
+        stream_of = _stream_ids(fn, kernels)
         problem, edges = dataflow_problem(kernels, stream_of, arch)
         mapping, rate_scale = self._place(problem, arch)
         if rate_scale < 1:  # say so in the config: its streams were placed at a fraction of their rates
             fn.attributes["attnc.stream_rate_scale"] = FloatAttr(rate_scale, 64)
+        placed = PlacedGraph(fn, arch, kernels, stream_of, problem, edges, mapping)
+        PatternRewriteWalker(MainToConfigPattern(placed), apply_recursively=False).rewrite_module(op)
 
-        config_block = Block()
-        # DRAM: inputs, outputs, then weights (addresses filled by the backend for constants)
-        address = 0
+
+def _stream_ids(fn: func.FuncOp, kernels: list[df.KernelOp]) -> dict[SSAValue, int]:
+    """Stream numbers: one per graph input (the DRAM side), then one per kernel output."""
+    stream_of: dict[SSAValue, int] = {}
+    for a in fn.body.block.args:
+        stream_of[a] = len(stream_of)
+    for k in kernels:
+        for r in k.outputs:
+            stream_of[r] = len(stream_of)
+    return stream_of
+
+
+@dataclass
+class PlacedGraph:
+    """@main's dataflow kernels with the mapping place-route found for them: what the config states."""
+
+    fn: func.FuncOp
+    arch: Arch
+    kernels: list[df.KernelOp]
+    stream_of: dict[SSAValue, int]
+    problem: MappingProblem
+    edges: list[tuple[int, df.KernelOp, df.KernelOp, int]]  # (stream, producer, consumer, bytes)
+    mapping: Mapping
+
+
+class MainToConfigPattern(RewritePattern):
+    """Rewrites the placed @main into one ``array.config``: the I/O table with the inputs' and outputs'
+    DRAM addresses, per used tile its contexts (one per kernel placed there, with its body and
+    buffers), one route per stream, the DMA descriptors of loads, stores and spills, and @main's report
+    attributes with the mapping's figures."""
+
+    def __init__(self, placed: PlacedGraph):
+        self.placed = placed
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: func.FuncOp, rewriter: PatternRewriter) -> None:
+        if op is not self.placed.fn:
+            return
+        config = _ConfigBuilder(self.placed)
+        config.io()
+        config.tiles()
+        config.routes()
+        config.dmas()
+        rewriter.insert(config.build(), InsertPoint.before(op))
+        rewriter.erase(op)
+
+
+class _ConfigBuilder:
+    """The body of an ``array.config``, section by section, and the DRAM bytes it lays out (inputs, outputs,
+    then spill buffers; weights are placed by the backend)."""
+
+    def __init__(self, placed: PlacedGraph):
+        self.p = placed
+        self.block = Block()
+        self.address = 0
+        self.kid = {k: i for i, k in enumerate(placed.kernels)}
+        self.out_address: dict[SSAValue, int] = {}
+
+    def io(self) -> None:
+        fn = self.p.fn
+        in_names, out_names = io_names(fn)
         for name, a in zip(in_names, fn.body.block.args):
-            config_block.add_op(ar.IOOp.build(attributes=_io(name, "input", a.type, address)))
-            address = _align(address + nbytes(a.type))
-        out_address = {}
+            self.block.add_op(ar.IOOp.build(attributes=_io(name, "input", a.type, self.address)))
+            self.address = _align(self.address + nbytes(a.type))
+        ret = fn.body.block.last_op
+        assert isinstance(ret, func.ReturnOp)
         for name, v in zip(out_names, ret.operands):
-            config_block.add_op(ar.IOOp.build(attributes=_io(name, "output", v.type, address)))
-            out_address[v] = address
-            address = _align(address + nbytes(v.type))
+            self.block.add_op(ar.IOOp.build(attributes=_io(name, "output", v.type, self.address)))
+            self.out_address[v] = self.address
+            self.address = _align(self.address + nbytes(v.type))
+
+    def tiles(self) -> None:
+        """One ``array.tile`` per used tile (row-major), its kernels' contexts stacked in its SRAM."""
         by_tile: dict[tuple[int, int], list[df.KernelOp]] = {}
-        for k in kernels:
-            by_tile.setdefault(mapping.placement[k.sym_name.data], []).append(k)
+        for k in self.p.kernels:
+            by_tile.setdefault(self.p.mapping.placement[k.sym_name.data], []).append(k)
         for (x, y), placed in sorted(by_tile.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             tile_block = Block()
             sram = 0
             for k in placed:
-                inputs = [stream_of[v] for v in k.inputs]
-                outputs = [stream_of[r] for r in k.outputs]
-                size = k.buffer_bytes.value.data
-                tile_block.add_op(
-                    ar.ContextOp.build(
-                        attributes={
-                            "sym_name": k.sym_name,
-                            "kernel": IntegerAttr(kid[k], 64),
-                            "kind": k.kind,
-                            "inputs": _i64s(inputs),
-                            "outputs": _i64s(outputs),
-                            "loops": k.loops,
-                            "trips": k.trips,
-                            "tile": k.tile,
-                            "buffers": ArrayAttr([StringAttr("work")]),
-                            "buffer_addresses": _i64s([sram]),
-                            "buffer_sizes": _i64s([size]),
-                            "cycles": k.cycles,
-                            "macs": k.macs,
-                            "tokens": k.tokens,
-                        },
-                        regions=[k.body.clone()],
-                    )
-                )
-                sram += size
-            kind = arch.tile(x, y).kind
-            config_block.add_op(
-                ar.TileOp.build(
-                    attributes={
-                        "sym_name": StringAttr(f"t{x}_{y}"),
-                        "x": IntegerAttr(x, 64),
-                        "y": IntegerAttr(y, 64),
-                        "kind": StringAttr(kind),
-                    },
-                    regions=[Region(tile_block)],
-                )
-            )
-        for s, src, dst, nb in edges:
+                tile_block.add_op(self._context(k, sram))
+                sram += k.buffer_bytes.value.data
+            attributes = {"sym_name": StringAttr(f"t{x}_{y}"), "x": IntegerAttr(x, 64), "y": IntegerAttr(y, 64),
+                          "kind": StringAttr(self.p.arch.tile(x, y).kind)}  # fmt: skip
+            self.block.add_op(ar.TileOp.build(attributes=attributes, regions=[Region(tile_block)]))
+
+    def _context(self, k: df.KernelOp, sram: int) -> ar.ContextOp:
+        """Kernel ``k`` as a context of its tile, its work buffer at ``sram``."""
+        stream_of = self.p.stream_of
+        return ar.ContextOp.build(
+            attributes={
+                "sym_name": k.sym_name,
+                "kernel": IntegerAttr(self.kid[k], 64),
+                "kind": k.kind,
+                "inputs": _i64s([stream_of[v] for v in k.inputs]),
+                "outputs": _i64s([stream_of[r] for r in k.outputs]),
+                "loops": k.loops,
+                "trips": k.trips,
+                "tile": k.tile,
+                "buffers": ArrayAttr([StringAttr("work")]),
+                "buffer_addresses": _i64s([sram]),
+                "buffer_sizes": _i64s([k.buffer_bytes.value.data]),
+                "cycles": k.cycles,
+                "macs": k.macs,
+                "tokens": k.tokens,
+            },
+            regions=[k.body.clone()],
+        )
+
+    def routes(self) -> None:
+        """One ``array.route`` per producer-consumer stream, along the path the router chose."""
+        for s, src, dst, nb in self.p.edges:
             name = f"s{s}:{dst.sym_name.data}"
-            path = mapping.routes[name]
-            spec = next(st for st in problem.streams if st.name == name)
-            config_block.add_op(
+            path = self.p.mapping.routes[name]
+            spec = next(st for st in self.p.problem.streams if st.name == name)
+            self.block.add_op(
                 ar.RouteOp.build(
                     attributes={
                         "sym_name": StringAttr(name),
                         "stream": IntegerAttr(s, 64),
-                        "src": IntegerAttr(kid[src], 64),
-                        "dst": IntegerAttr(kid[dst], 64),
+                        "src": IntegerAttr(self.kid[src], 64),
+                        "dst": IntegerAttr(self.kid[dst], 64),
                         "hops": _i64s([c for p in path for c in p]),
                         "vc": IntegerAttr(0, 64),
                         "bytes": IntegerAttr(nb, 64),
@@ -169,14 +219,18 @@ class PlaceRoutePass(TargetPass):
                     }
                 )
             )
-        in_address = {a: _io_address(config_block, n) for n, a in zip(in_names, fn.body.block.args)}
-        for k in kernels:
+
+    def dmas(self) -> None:
+        """The DMA descriptors: a load or a store per DMA kernel, a store and a load per spill."""
+        fn, mapping, stream_of = self.p.fn, self.p.mapping, self.p.stream_of
+        in_address = {a: _io_address(self.block, n) for n, a in zip(io_names(fn)[0], fn.body.block.args)}
+        for k in self.p.kernels:
             if k.kind.data == "dma_spill":
                 # written to DRAM and read back: a store of the input stream, a load of the output
                 size = nbytes(k.outputs[0].type)
                 for direction, stream in (("store", stream_of[k.inputs[0]]), ("load", stream_of[k.outputs[0]])):
-                    config_block.add_op(_dma(k, mapping, direction, stream, address, size, kid[k]))
-                address = _align(address + size)
+                    self.block.add_op(_dma(k, mapping, direction, stream, self.address, size, self.kid[k]))
+                self.address = _align(self.address + size)
                 continue
             if k.kind.data not in ("dma_load", "dma_store"):
                 continue
@@ -187,8 +241,8 @@ class PlaceRoutePass(TargetPass):
                 addr = in_address.get(src, -1) if src is not None else -1  # -1: a weight, placed by the backend
             else:
                 stream = stream_of[k.inputs[0]] if k.inputs else stream_of[k.outputs[0]]
-                addr = out_address[k.outputs[0]]
-            config_block.add_op(
+                addr = self.out_address[k.outputs[0]]
+            self.block.add_op(
                 ar.DmaOp.build(
                     attributes={
                         "sym_name": StringAttr(f"dma_{k.sym_name.data}"),
@@ -197,32 +251,33 @@ class PlaceRoutePass(TargetPass):
                         "stream": IntegerAttr(stream, 64),
                         "address": IntegerAttr(addr, 64),
                         "bytes": IntegerAttr(nbytes(k.outputs[0].type), 64),
-                        "kernel": IntegerAttr(kid[k], 64),
+                        "kernel": IntegerAttr(self.kid[k], 64),
                     }
                 )
             )
-        stats = {f"mapping.{k}": v for k, v in asdict(mapping.stats).items()}
-        # the tile search's choices and predictions travel with the config, for reports
-        kept = {n: a for n, a in fn.attributes.items() if n.startswith("attnc.")}
+
+    def build(self) -> ar.ConfigOp:
+        """The config around the sections built so far, with @main's report attributes (the tile search's
+        choices and predictions travel with it) and the mapping's figures."""
+        arch = self.p.arch
+        kept = {n: a for n, a in self.p.fn.attributes.items() if n.startswith("attnc.")}
         attrs = {
             **kept,
             "sym_name": StringAttr("main"),
             "arch": StringAttr(arch.name),
             "fingerprint": StringAttr(arch.fingerprint().hex()),
-            "dram_bytes": IntegerAttr(address, 64),
+            "dram_bytes": IntegerAttr(self.address, 64),
         }
-        for key, value in stats.items():
+        for key, value in asdict(self.p.mapping.stats).items():
             if isinstance(value, bool) or value is None:
                 continue
             if isinstance(value, int):
-                attrs[key] = IntegerAttr(value, 64)
+                attrs[f"mapping.{key}"] = IntegerAttr(value, 64)
             elif isinstance(value, float):
-                attrs[key] = FloatAttr(value, 64)
+                attrs[f"mapping.{key}"] = FloatAttr(value, 64)
             elif isinstance(value, str):
-                attrs[key] = StringAttr(value)
-        config = ar.ConfigOp.build(attributes=attrs, regions=[Region(config_block)])
-        Rewriter.insert_op(config, InsertPoint.before(fn))
-        Rewriter.erase_op(fn)
+                attrs[f"mapping.{key}"] = StringAttr(value)
+        return ar.ConfigOp.build(attributes=attrs, regions=[Region(self.block)])
 
 
 def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int], arch):
