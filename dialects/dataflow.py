@@ -68,7 +68,8 @@ DMA_KERNEL_KINDS = ("dma_load", "dma_store", "dma_spill")
 KERNEL_KINDS = ("gemm", "softmax", "elementwise", "reduce", "layer_norm", "attention", "data", *DMA_KERNEL_KINDS)
 
 
-def _i64s(values: Sequence[int]) -> DenseArrayBase:
+def i64_array(values: Sequence[int]) -> DenseArrayBase:
+    """An ``array<i64: ...>`` attribute (the form of every list of integers on dataflow and array ops)."""
     return DenseArrayBase.from_list(i64, [int(v) for v in values])
 
 
@@ -131,12 +132,12 @@ class KernelOp(IRDLOperation):
             "kind": StringAttr(kind),
             "tile_kind": StringAttr(tile_kind),
             "loops": ArrayAttr([StringAttr(n) for n, _ in loops]),
-            "trips": _i64s([t for _, t in loops]),
-            "tile": _i64s(tile),
+            "trips": i64_array([t for _, t in loops]),
+            "tile": i64_array(tile),
             "buffer_bytes": IntegerAttr(buffer_bytes, 64),
             "cycles": IntegerAttr(cycles, 64),
             "macs": IntegerAttr(macs, 64),
-            "tokens": _i64s(tokens if tokens is not None else [1] * len(result_types)),
+            "tokens": i64_array(tokens if tokens is not None else [1] * len(result_types)),
         }
         if group:
             attrs["group"] = StringAttr(group)

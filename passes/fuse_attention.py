@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from attnc.dialects import sparse as sp
+from attnc.cost.attention import split
 from attnc.dialects.dataflow import REPEAT, RESERVE, SPILL, STAGE
 from attnc.errors import AttncError
 from attnc.ir import main_func
@@ -78,11 +79,6 @@ class Schedule:
             if self.spilled:
                 s += " (K/V spilled to DRAM, re-read per pass)"
         return s
-
-
-def split(n: int, parts: int, i: int) -> tuple[int, int]:
-    """The i-th of ``parts`` balanced contiguous ranges of range(n)."""
-    return i * n // parts, (i + 1) * n // parts
 
 
 def check_schedule(op: sp.AttentionOp, sched: Schedule, name: str) -> None:

@@ -375,7 +375,7 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
         ]
         repeats[k] = reps
         if passes > 1:
-            k.attributes[INPUT_REPEATS] = df._i64s(reps)
+            k.attributes[INPUT_REPEATS] = df.i64_array(reps)
     for k in kernels:
         # a load, or a spill of K/V computed on chip (written once, read back once per pass)
         if k.kind.data not in ("dma_load", "dma_spill") or not k.outputs:
@@ -384,12 +384,12 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
         if not users or any(u.kind.data != "attention" and u.tile_kind.data != "memory" for u, _ in users):
             continue
         bursts = dict(k.loop_schedule()).get("burst", 1)
-        k.tokens = df._i64s([bursts])
+        k.tokens = df.i64_array([bursts])
         passes = {repeats[u][i] if u in repeats else 1 for u, i in users}
         if len(passes) == 1 and (p := passes.pop()) > 1:
             k.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
-            k.trips = df._i64s([p, bursts])
-            k.tokens = df._i64s([p * bursts])
+            k.trips = df.i64_array([p, bursts])
+            k.tokens = df.i64_array([p * bursts])
             k.cycles = IntegerAttr(p * k.cycles.value.data, 64)
 
 
@@ -488,7 +488,7 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
         for j, r in enumerate(k.outputs):
             if _read_by_rows(consumers.get(r, []), rows):
                 out[j] = tokens
-        k.tokens = df._i64s(out)
+        k.tokens = df.i64_array(out)
     for k in kernels:
         # a piece of a chain's weights held in a memory tile: its stage kernels read it once per pass
         if k.tile_kind.data == "memory" and k.outputs and (passes := dict(k.loop_schedule()).get("repeat", 1)) > 1:
@@ -506,7 +506,7 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
             continue
         users = consumers.get(k.outputs[0], [])
         if users and all(rows_of.get(u) and _row_aligned(u.body.block.args[i], rows_of[u]) for u, i in users):
-            k.tokens = df._i64s([dict(k.loop_schedule()).get("burst", 1)])
+            k.tokens = df.i64_array([dict(k.loop_schedule()).get("burst", 1)])
 
 
 def _row_wise(k: df.KernelOp) -> bool:
@@ -543,7 +543,7 @@ def stream_row_wise(fn: func.FuncOp) -> None:
             if rows >= streamed and _read_by_rows(consumers.get(r, []), rows):
                 out[j] = streamed
                 tokens_of[r] = streamed
-        k.tokens = df._i64s(out)
+        k.tokens = df.i64_array(out)
 
 
 def _repeat_weights(k: df.KernelOp, passes: int, users: list[tuple[df.KernelOp, int]]) -> None:
@@ -551,8 +551,8 @@ def _repeat_weights(k: df.KernelOp, passes: int, users: list[tuple[df.KernelOp, 
     block, and its consumers (each pass needs its copy) read them that many times."""
     bursts = dict(k.loop_schedule()).get("burst", 1)
     k.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
-    k.trips = df._i64s([passes, bursts])
-    k.tokens = df._i64s([passes * bursts])
+    k.trips = df.i64_array([passes, bursts])
+    k.tokens = df.i64_array([passes * bursts])
     k.cycles = IntegerAttr(passes * k.cycles.value.data, 64)
     _repeat_inputs(users, passes)
 
@@ -563,4 +563,4 @@ def _repeat_inputs(users: list[tuple[df.KernelOp, int]], passes: int) -> None:
         reps = u.attributes.get(INPUT_REPEATS)
         vals = list(reps.get_values()) if reps is not None else [1] * len(u.inputs)
         vals[i] = passes
-        u.attributes[INPUT_REPEATS] = df._i64s(vals)
+        u.attributes[INPUT_REPEATS] = df.i64_array(vals)

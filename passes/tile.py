@@ -35,7 +35,8 @@ from attnc.errors import AttncError
 from attnc.ir import main_func
 from attnc.passes.target import TargetPass
 from attnc.passes.butterfly_pipeline import ExpandButterflyPattern, butterfly_contexts, plan_butterflies
-from attnc.passes.fuse_attention import FUSION_ATTR, MODES, FuseAttentionPattern, Schedule, check_schedule, split
+from attnc.cost.attention import split
+from attnc.passes.fuse_attention import FUSION_ATTR, MODES, FuseAttentionPattern, Schedule, check_schedule
 from attnc.passes.kernel_builder import KernelBuilder
 from xdsl.context import Context
 from xdsl.dialects import func

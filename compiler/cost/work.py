@@ -164,7 +164,7 @@ def _gemm_plan(gemms: list[Operation], body_ops: list[Operation], arch, eb: int)
     vector = sum(_elems(op.results[0].type) for op in body_ops if op not in gemms and op.results)
     cycles = steps + tm + tn + math.ceil(vector / max(tile.vector_lanes, 1))
     buf = 2 * eb * (tm * tk + tk * tn + tm * tn)
-    # a row block of a split GEMM claims the SRAM tile reserved for it (see attnc.passes.tile.split_gemms)
+    # a row block of a split GEMM claims the SRAM tile reserved for it (see attnc.passes.tile.SplitGemmPattern)
     buf = max([buf] + [op.attributes["dataflow.reserve"].value.data for op in gemms
                        if "dataflow.reserve" in op.attributes])  # fmt: skip
     return KernelPlan("gemm", "compute", loops, (tm, tn, tk), buf, cycles, macs,

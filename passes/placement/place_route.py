@@ -24,7 +24,6 @@ from xdsl.dialects.builtin import (
     IntegerAttr,
     ModuleOp,
     StringAttr,
-    i64,
 )
 from xdsl.ir import Block, Region, SSAValue
 from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
@@ -42,10 +41,6 @@ from attnc.cost.work import consumed_bytes, nbytes
 
 #: DRAM buffers are aligned to this many bytes
 DRAM_ALIGN = 64
-
-
-def _i64s(values) -> DenseArrayBase:
-    return DenseArrayBase.from_list(i64, [int(v) for v in values])
 
 
 @dataclass(frozen=True)
@@ -184,14 +179,14 @@ class _ConfigBuilder:
                 "sym_name": k.sym_name,
                 "kernel": IntegerAttr(self.kid[k], 64),
                 "kind": k.kind,
-                "inputs": _i64s([stream_of[v] for v in k.inputs]),
-                "outputs": _i64s([stream_of[r] for r in k.outputs]),
+                "inputs": df.i64_array([stream_of[v] for v in k.inputs]),
+                "outputs": df.i64_array([stream_of[r] for r in k.outputs]),
                 "loops": k.loops,
                 "trips": k.trips,
                 "tile": k.tile,
                 "buffers": ArrayAttr([StringAttr("work")]),
-                "buffer_addresses": _i64s([sram]),
-                "buffer_sizes": _i64s([k.buffer_bytes.value.data]),
+                "buffer_addresses": df.i64_array([sram]),
+                "buffer_sizes": df.i64_array([k.buffer_bytes.value.data]),
                 "cycles": k.cycles,
                 "macs": k.macs,
                 "tokens": k.tokens,
@@ -212,7 +207,7 @@ class _ConfigBuilder:
                         "stream": IntegerAttr(s, 64),
                         "src": IntegerAttr(self.kid[src], 64),
                         "dst": IntegerAttr(self.kid[dst], 64),
-                        "hops": _i64s([c for p in path for c in p]),
+                        "hops": df.i64_array([c for p in path for c in p]),
                         "vc": IntegerAttr(0, 64),
                         "bytes": IntegerAttr(nb, 64),
                         "rate": FloatAttr(spec.rate, 64),
@@ -246,7 +241,7 @@ class _ConfigBuilder:
                 ar.DmaOp.build(
                     attributes={
                         "sym_name": StringAttr(f"dma_{k.sym_name.data}"),
-                        "channel": _i64s(mapping.placement[k.sym_name.data]),
+                        "channel": df.i64_array(mapping.placement[k.sym_name.data]),
                         "direction": StringAttr("load" if load else "store"),
                         "stream": IntegerAttr(stream, 64),
                         "address": IntegerAttr(addr, 64),
@@ -345,7 +340,7 @@ def _dma(k: df.KernelOp, mapping: Mapping, direction: str, stream: int, address:
     return ar.DmaOp.build(
         attributes={
             "sym_name": StringAttr(f"dma_{k.sym_name.data}_{direction}"),
-            "channel": _i64s(mapping.placement[k.sym_name.data]),
+            "channel": df.i64_array(mapping.placement[k.sym_name.data]),
             "direction": StringAttr(direction),
             "stream": IntegerAttr(stream, 64),
             "address": IntegerAttr(address, 64),
