@@ -22,6 +22,7 @@ from pathlib import Path
 
 from attnc.arch.model import DRAM, ENERGY_ACTIONS, KIND_LETTERS, TILE_KINDS, Arch, NoC, Tile
 from attnc.arch.schema import DATATYPES, FORMAT_VERSION, SUPPORTED_VERSIONS, dump_arch, parse_arch
+from attnc import limits
 from attnc.errors import AttncError
 
 __all__ = [
@@ -51,10 +52,18 @@ def _load_preset(name: str) -> Arch:
 @lru_cache(maxsize=32)
 def _load_file(path: str, mtime_ns: int, size: int, origin: str) -> Arch:
     # keyed by the file's identity and state: an edited file is read again
+    limits.check(size, origin, limits.ARCH_FILE_BYTES)  # before reading: the size stat() gave
+    cap = limits.ARCH_FILE_BYTES.value()
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise AttncError(f"{origin}: cannot read: {e}") from None
+        with open(path, "rb") as f:
+            raw = f.read(cap + 1)  # a file that grew since stat() is still read only up to the limit
+    except OSError as e:
+        raise AttncError(f"{origin}: cannot read: {e.strerror or type(e).__name__}") from None
+    limits.check(len(raw), origin, limits.ARCH_FILE_BYTES)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AttncError(f"{origin}: cannot read: not UTF-8 text (byte {e.start}); not an architecture description") from None
     return dataclasses.replace(parse_arch(text, source_name=origin), origin=origin)
 
 

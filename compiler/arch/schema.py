@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from attnc import limits
 from attnc.arch.model import DRAM, ENERGY_ACTIONS, KIND_LETTERS, LETTER_KINDS, TILE_KINDS, Arch, FrozenMap, NoC, Tile
 from attnc.errors import AttncError
 
@@ -71,9 +72,9 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, str):
-            raise _YamlKeyError(line, f"key {key!r} is not a string")
+            raise _YamlKeyError(line, f"key {limits.shown(repr(key), 40)[1:-1]} is not a string")
         if key in m:
-            raise _YamlKeyError(line, f"duplicate key '{key}' (first at line {m.lines[key]})")
+            raise _YamlKeyError(line, f"duplicate key {limits.shown(key)} (first at line {m.lines[key]})")
         m[key] = loader.construct_object(value_node, deep=True)
         m.lines[key] = line
     return m
@@ -102,6 +103,67 @@ class _YamlKeyError(Exception):
         self.line = line
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _count_nodes(root: yaml.Node, cap: int) -> int:
+    """How many nodes ``root`` expands to when every alias is replaced by what it refers to, counted
+    without expanding (each distinct node once, memoised), stopping as soon as the count passes ``cap``.
+    Raises _YamlNodeError for a node that contains itself (a recursive alias)."""
+    memo: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            total = 1
+            for child in _children(node):
+                total += memo[id(child)]
+                if total > cap:
+                    raise _YamlNodeError(node.start_mark.line + 1, total)
+            memo[key] = total
+            continue
+        if key in memo:
+            continue
+        if key in on_path:
+            raise _YamlNodeError(node.start_mark.line + 1, None)
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                raise _YamlNodeError(child.start_mark.line + 1, None)
+            if id(child) not in memo:
+                stack.append((child, False))
+    return memo[id(root)]
+
+
+class _YamlNodeError(Exception):
+    def __init__(self, line: int, count: int | None) -> None:
+        super().__init__(count)
+        self.line, self.count = line, count
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.load(text, _Loader)``, but the composed node graph is measured before anything is built:
+    aliases (a "billion laughs" chain) may not expand to more than the ARCH_NODES limit."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_nodes(node, limits.ARCH_NODES.value())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 # ---------------------------------------------------------------------------
 # field readers
 
@@ -114,6 +176,7 @@ class _Reader:
 
     def fail(self, line: int, path: str, message: str) -> AttncError:
         where = f"{self.source_name}:{line}" if line else self.source_name
+        path = limits.shown(path, 80)[1:-1]  # keys come from the file: escaped, shortened
         return AttncError(f"{where}: {path}: {message}" if path else f"{where}: {message}")
 
     def mapping(self, value: Any, path: str, line: int, what: str = "a mapping of keys to values") -> _Map:
@@ -165,15 +228,15 @@ class _Reader:
         else:
             match = _SIZE_RE.match(value)
             if not match:
-                raise self.fail(line, where, f"cannot read size '{value}' (expected e.g. '64 KiB' or 65536)")
+                raise self.fail(line, where, f"cannot read size {limits.shown(value)} (expected e.g. '64 KiB' or 65536)")
             number, unit = match.groups()
             if unit not in SIZE_UNITS:
                 close = difflib.get_close_matches(unit, SIZE_UNITS, n=1, cutoff=0.3)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise self.fail(line, where, f"unknown unit '{unit}' (use {', '.join(SIZE_UNITS)}: binary units{hint})")
+                raise self.fail(line, where, f"unknown unit {limits.shown(unit)} (use {', '.join(SIZE_UNITS)}: binary units{hint})")
             exact = float(number) * SIZE_UNITS[unit]
             if exact != int(exact):
-                raise self.fail(line, where, f"'{value}' is not a whole number of bytes")
+                raise self.fail(line, where, f"{limits.shown(value)} is not a whole number of bytes")
             n = int(exact)
         _check_range(self, line, where, n, 0, MAX_TILE_SRAM)
         return n
@@ -194,8 +257,10 @@ def _describe(value: Any) -> str:
     if value is None:
         return "nothing (null)"
     kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(type(value))
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
     if kind:
-        return f"{kind} ({value!r})"
+        return f"{kind} ({limits.shown(repr(value), 40)[1:-1]})"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -210,19 +275,37 @@ def _describe(value: Any) -> str:
 def parse_arch(text: str, source_name: str = "<arch>") -> Arch:
     """Parse and validate an architecture description (YAML text)."""
     r = _Reader(source_name)
+    limits.check(len(text.encode("utf-8", "surrogatepass")), source_name, limits.ARCH_FILE_BYTES)
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        doc = _load_yaml(text)
     except _YamlKeyError as e:
         raise r.fail(e.line, "", str(e)) from None
+    except _YamlNodeError as e:
+        if e.count is None:
+            raise r.fail(e.line, "", "a YAML alias refers to a node that contains it (recursive)") from None
+        cap = limits.ARCH_NODES
+        raise r.fail(
+            e.line, "",
+            f"the YAML expands (aliases included) to more than {cap.value():,} nodes, the {cap.name} limit "
+            f"(set {cap.env} to raise it)",
+        ) from None  # fmt: skip
+    except RecursionError:
+        raise r.fail(0, "", "the YAML is nested too deeply") from None
+    except ValueError as e:  # e.g. an integer literal of more digits than Python converts
+        raise r.fail(0, "", f"cannot read a value: {limits.shown(' '.join(str(e).split()), 120)[1:-1]}") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        problem = " ".join(str(e.problem or e.context or "invalid YAML").split())
+        problem = limits.shown(" ".join(str(e.problem or e.context or "invalid YAML").split()), 120)[1:-1]
         raise r.fail(mark.line + 1 if mark else 0, "", f"YAML syntax error: {problem}") from None
     except yaml.YAMLError as e:
-        raise r.fail(0, "", f"YAML error: {' '.join(str(e).split())}") from None
+        raise r.fail(0, "", f"YAML error: {limits.shown(' '.join(str(e).split()), 120)[1:-1]}") from None
     if doc is None:
         raise r.fail(0, "", "empty architecture description")
-    top = r.mapping(doc, "", 1, "a mapping at the top level (version, name, grid, ...)")
+    if not isinstance(doc, _Map):  # said without quoting the text: it may be any file (--arch /etc/passwd)
+        got = _describe(doc).split(" (")[0]
+        raise r.fail(1, "", f"expected a mapping at the top level (version, name, grid, ...), got {got}: "
+                            "not an architecture description")
+    top = doc
 
     if "version" in top:  # checked first: a newer file may have keys this reader does not know
         version = top["version"]
@@ -239,7 +322,7 @@ def parse_arch(text: str, source_name: str = "<arch>") -> Arch:
 
     name = r.string(top, "name", "")
     if not _NAME_RE.match(name):
-        raise r.fail(top.lines["name"], "name", f"'{name}' must be letters, digits, '_', '.', '+' or '-'")
+        raise r.fail(top.lines["name"], "name", f"{limits.shown(name)} must be letters, digits, '_', '.', '+' or '-'")
 
     grid = r.mapping(top["grid"], "grid", top.lines["grid"])
     r.keys(grid, "grid", ("width", "height"))
@@ -319,7 +402,7 @@ def _layout(r: _Reader, top: _Map, width: int, height: int, kinds: dict[str, dic
     for y, (row, row_line) in enumerate(zip(rows, rows.lines)):
         cells = row.replace(" ", "")  # spaces between letters are optional
         if len(cells) != width:
-            raise r.fail(row_line, f"layout[{y}]", f"'{row}' has {len(cells)} tiles for a grid of width {width}")
+            raise r.fail(row_line, f"layout[{y}]", f"{limits.shown(row)} has {len(cells)} tiles for a grid of width {width}")
         for x, letter in enumerate(cells):
             if letter not in LETTER_KINDS:
                 raise r.fail(
@@ -343,7 +426,7 @@ def _noc(r: _Reader, top: _Map) -> NoC:
     r.keys(m, "noc", ("topology", "link_bytes_per_cycle", "hop_latency", "virtual_channels"), optional=("topology",))
     topology = r.string(m, "topology", "noc") if "topology" in m else "mesh"
     if topology not in TOPOLOGIES:
-        raise r.fail(m.lines["topology"], "noc.topology", f"unsupported topology '{topology}' (supported: mesh)")
+        raise r.fail(m.lines["topology"], "noc.topology", f"unsupported topology {limits.shown(topology)} (supported: mesh)")
     return NoC(
         topology=topology,
         link_bytes_per_cycle=r.int(m, "link_bytes_per_cycle", "noc", 1),
@@ -375,7 +458,7 @@ def _datatypes(r: _Reader, top: _Map) -> tuple[str, ...]:
         if dt not in DATATYPES:
             close = difflib.get_close_matches(str(dt), DATATYPES, n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise r.fail(dt_line, f"datatypes[{i}]", f"unknown datatype {dt!r} (known: {', '.join(DATATYPES)}{hint})")
+            raise r.fail(dt_line, f"datatypes[{i}]", f"unknown datatype {limits.shown(repr(dt), 40)[1:-1]} (known: {', '.join(DATATYPES)}{hint})")
         if dt in seen:
             raise r.fail(dt_line, f"datatypes[{i}]", f"'{dt}' is listed twice")
         seen.append(dt)
