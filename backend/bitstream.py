@@ -29,6 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union
 
+from attnc import limits
 from attnc.arch.datatypes import ELEMENT_BYTES, PACKED_NIBBLE_TYPES
 from attnc.errors import AttncError
 
@@ -563,9 +564,33 @@ def _encode_dma(bs: Bitstream, w: _Writer) -> None:
 
 def _dense_bytes(dtype: str, shape: list[int]) -> int | None:
     if dtype in PACKED_NIBBLE_TYPES:
-        return (math.prod(shape) + 1) // 2
+        return (bounded_prod(shape) + 1) // 2
     size = ELEMENT_BYTES.get(dtype)
-    return None if size is None else size * math.prod(shape)
+    return None if size is None else size * bounded_prod(shape)
+
+
+#: the product of a shape is capped here: a decoded shape has up to 65535 dims of 64 bits each, and an
+#: exact product of those is a number of megabits computed in quadratic time
+PROD_CAP = 1 << 80
+
+
+def shape_text(shape: list[int], width: int = 60) -> str:
+    """A shape for a message: ``[2, 3, 4]``, shortened when a hostile file declares thousands of dims."""
+    text = "[" + ", ".join(map(str, shape[:32])) + "]"
+    return text if len(text) <= width and len(shape) <= 32 else text[: width - 6] + ", ...]"
+
+
+def bounded_prod(shape: Iterable[int], cap: int = PROD_CAP) -> int:
+    """``math.prod(shape)`` for non-negative dims, or ``cap`` when it reaches ``cap`` (0 if any dim is 0)."""
+    dims = list(shape)
+    if any(d == 0 for d in dims):
+        return 0
+    n = 1
+    for d in dims:
+        n *= d
+        if n >= cap:
+            return cap
+    return n
 
 
 def _encode_constants(bs: Bitstream, w: _Writer) -> None:
@@ -770,8 +795,8 @@ def _decode_meta(r: _Reader) -> dict[str, str]:
         k, v = r.unpack(META, "entry")
         key = r.str(k, "key")
         if key in meta:
-            raise r.fail(f"key '{key}'", "repeated")
-        meta[key] = r.str(v, f"'{key}'")
+            raise r.fail(f"key {limits.shown(key)}", "repeated")
+        meta[key] = r.str(v, limits.shown(key))
     return meta
 
 
@@ -805,14 +830,14 @@ def _decode_instr(r: _Reader, where: str) -> Instr:
     op, n_operands, n_results, n_params = r.unpack(INSTR, where)
     opcode = r.str(op, f"{where} opcode")
     if len(opcode.encode()) > MAX_OPCODE_BYTES:
-        raise r.fail(f"{where} opcode", f"{opcode[:40]!r} is longer than {MAX_OPCODE_BYTES} bytes")
+        raise r.fail(f"{where} opcode", f"{limits.shown(opcode, 40)} is longer than {MAX_OPCODE_BYTES} bytes")
     operands = r.array("I", n_operands, f"{where} operands")
     results = r.array("I", n_results, f"{where} results")
     params: dict[str, ParamValue] = {}
     for _ in range(r.count(n_params, PARAM.size, f"{where} param count")):
         k, tag, res1, res2 = r.unpack(PARAM, f"{where} param")
         key = r.str(k, f"{where} param key")
-        pw = f"{where} param '{key}'"
+        pw = f"{where} param {limits.shown(key)}"
         r.enum(tag, TAG_NAMES, f"{pw} tag")
         r.zero(res1 | res2, pw)
         if key in params:
@@ -825,7 +850,7 @@ def _decode_kernel(r: _Reader, where: str) -> KernelConfig:
     kid, name, kind, cycles, n_in, n_out, n_const, n_buf, n_loops, reserved, n_body = r.unpack(KERNEL, where)
     r.zero(reserved, where)
     name_s = r.str(name, f"{where} name")
-    where = f"{where} (kernel {kid} '{name_s}')"
+    where = f"{where} (kernel {kid} {limits.shown(name_s)})"
     inputs = [_decode_port(r, f"{where} input {i}") for i in range(r.count(n_in, PORT.size, f"{where} input count"))]
     outputs = [
         _decode_port(r, f"{where} output {i}") for i in range(r.count(n_out, PORT.size, f"{where} output count"))
@@ -900,7 +925,7 @@ def _decode_constants(r: _Reader) -> list[ConstantEntry]:
     for i in range(r.count(n, CONSTANT.size, "constant count")):
         cid, name, dtype, enc, reserved, rank, offset, length = r.unpack(CONSTANT, f"constant {i}")
         name_s = r.str(name, f"constant {i} name")
-        where = f"constant {i} ('{name_s}')"
+        where = f"constant {i} ({limits.shown(name_s)})"
         r.zero(reserved, where)
         entries.append(
             (cid, name_s, r.str(dtype, f"{where} dtype"), _decode_shape(r, rank, where),
@@ -921,7 +946,8 @@ def _decode_constants(r: _Reader) -> list[ConstantEntry]:
         if enc == "dense":
             expected = _dense_bytes(dtype, shape)
             if expected is not None and expected != length:
-                raise r.fail(f"{where} data", f"{length} bytes, but dense {dtype} {shape} needs {expected}")
+                raise r.fail(f"{where} data", f"{length} bytes, but dense {limits.shown(dtype, 20)[1:-1]} "
+                                              f"{shape_text(shape)} needs {expected if expected < PROD_CAP else 'more'}")
         out.append(ConstantEntry(cid, name_s, dtype, shape, enc, data))
         pos = offset + length
     r.pos = pos
@@ -934,7 +960,7 @@ def _decode_io(r: _Reader) -> list[IOEntry]:
     for i in range(r.count(n, IO.size, "entry count")):
         name, direction, reserved, rank, dtype, address, nbytes = r.unpack(IO, f"entry {i}")
         name_s = r.str(name, f"entry {i} name")
-        where = f"entry {i} ('{name_s}')"
+        where = f"entry {i} ({limits.shown(name_s)})"
         r.zero(reserved, where)
         d = r.enum(direction, IO_DIRECTIONS, f"{where} direction")
         ios.append(IOEntry(name_s, d, r.str(dtype, f"{where} dtype"), _decode_shape(r, rank, where), address, nbytes))
@@ -1021,6 +1047,7 @@ def decode(data: bytes, *, source: str = "<bitstream>", expect_arch: Any = None)
         data = bytes(data)
         header = _read_header(data)
         body = {s.name: data[s.offset : s.offset + s.length] for s in header.sections}
+        limits.check(len(body["ARCH"]), "ARCH: the embedded architecture", limits.ARCH_FILE_BYTES)
         try:
             arch_source = body["ARCH"].decode()
         except UnicodeDecodeError:
@@ -1041,11 +1068,14 @@ def decode(data: bytes, *, source: str = "<bitstream>", expect_arch: Any = None)
             want = _fingerprint_bytes(expect_arch.fingerprint())
             if want != header.fingerprint:
                 raise BitstreamError(
-                    f"built for arch '{arch_name(arch_source)}' (fingerprint {header.fingerprint.hex()}), "
+                    f"built for arch {limits.shown(arch_name(arch_source))} (fingerprint {header.fingerprint.hex()}), "
                     f"not '{getattr(expect_arch, 'name', '?')}' ({want.hex()})"
                 )
-    except BitstreamError as e:
+    except AttncError as e:  # BitstreamError, or a limit of attnc.limits
         raise BitstreamError(f"{source}: {e}") from None
+    except (MemoryError, RecursionError) as e:
+        # every declared size is checked before allocating, so this means the machine itself is short
+        raise BitstreamError(f"{source}: too large to decode on this machine ({type(e).__name__})") from None
     except Exception as e:
         # A safety net: every check above should fire first. Tests look for this text.
         raise BitstreamError(f"{source}: malformed bitstream (decoder bug: {type(e).__name__}: {e})") from None
@@ -1092,10 +1122,19 @@ def read(path: str | os.PathLike[str], *, expect_arch: Any = None) -> Bitstream:
 
 
 def _read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The file's bytes; one above the FILE_BYTES limit is refused before it is read."""
+    cap = limits.FILE_BYTES.value()
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            limits.check(size, f"{path}", limits.FILE_BYTES)
+            data = f.read(cap + 1)  # a special file or one that grows is still read only up to the limit
+            limits.check(len(data), f"{path}", limits.FILE_BYTES)
+    except AttncError as e:
+        raise BitstreamError(str(e)) from None
     except OSError as e:
         raise BitstreamError(f"{path}: cannot read: {e.strerror or e}") from None
+    return data
 
 
 # ---------------------------------------------------------------------------
