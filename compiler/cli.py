@@ -11,20 +11,22 @@ exits 2; anything else is a bug and prints ``attnc: internal error: ...`` and ex
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import sys
 import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from attnc import __version__
+from attnc import __version__, limits
 from attnc.arch import DEFAULT_ARCH
 from attnc.arch import PRESETS as ARCH_PRESETS
 from attnc.errors import AttncError
@@ -155,22 +157,150 @@ def _read_text(path: str) -> str:
         raise AttncError(f"{path}: cannot read: {e}") from None
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def _writable_dir(directory: Path, option: str, path: str) -> None:
+    if not directory.is_dir():
+        raise AttncError(f"{option} {limits.shown(path, 120)}: directory {limits.shown(directory, 120)} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise AttncError(f"{option} {limits.shown(path, 120)}: directory {limits.shown(directory, 120)} is not writable")
+
+
+def _check_file_target(path: str, option: str, inputs: Sequence[tuple[str, str | None]]) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise AttncError(f"{option} {limits.shown(path, 120)}: cannot use it: {e.strerror or e}") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise AttncError(f"{option} {limits.shown(path, 120)}: is a directory; name a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise AttncError(f"{option} {limits.shown(path, 120)}: exists and is not a regular file (a device, "
+                             "fifo or socket); attnc writes only regular files")  # fmt: skip
+        for what, source in inputs:
+            if source and source != "-" and _same_file(path, source):
+                raise AttncError(f"{option} {limits.shown(path, 120)}: is the same file as {what} "
+                                 f"{limits.shown(source, 120)}; refusing to overwrite an input")  # fmt: skip
+    target = Path(path)
+    _writable_dir(target.parent if str(target.parent) else Path("."), option, path)
+
+
+def check_outputs(outputs: Sequence[tuple[str, str | None]], inputs: Sequence[tuple[str, str | None]] = (),
+                  dirs: Sequence[tuple[str, str | None, Sequence[str]]] = ()) -> None:
+    """Refuse, before any work, outputs that would clobber an input or each other, replace a directory or a
+    special file (device, fifo), or land in a missing or read-only directory.
+
+    ``outputs`` and ``inputs`` are (option, path) pairs (a None path is skipped, '-' is stdout/stdin);
+    ``dirs`` are output directories as (option, path, names of the files written into it)."""
+    files = [(option, path) for option, path in outputs if path is not None and path != "-"]
+    for option, path, names in dirs:
+        if path is None:
+            continue
+        d = Path(path)
+        if d.exists() and not d.is_dir():
+            raise AttncError(f"{option} {limits.shown(path, 120)}: exists and is not a directory")
+        if d.is_dir():
+            _writable_dir(d, option, path)
+            files += [(option, str(d / name)) for name in names]
+        else:  # created with its parents: the nearest existing ancestor must take it
+            ancestor = d.absolute().parent
+            while not ancestor.exists() and ancestor != ancestor.parent:
+                ancestor = ancestor.parent
+            _writable_dir(ancestor, option, path)
+    for option, path in files:
+        _check_file_target(path, option, inputs)
+    seen: list[tuple[str, str]] = []
+    for option, path in files:
+        real = os.path.realpath(path)
+        for other_option, other in seen:
+            if real == os.path.realpath(other) or _same_file(path, other):
+                raise AttncError(f"{option} {limits.shown(path, 120)}: is also the file of {other_option}; "
+                                 "name different files")  # fmt: skip
+        seen.append((option, path))
+
+
+def input_files(model: str | None = None, arch: str | None = None,
+                inputs_path: str | None = None) -> list[tuple[str, str | None]]:
+    """The files a command reads, as check_outputs takes them."""
+    return [("MODEL", model), ("--arch", arch if arch is not None and arch not in ARCH_PRESETS else None),
+            ("--inputs", inputs_path)]
+
+
+def dump_names(pass_names: Sequence[str]) -> list[str]:
+    """The files --dump-ir-after-all writes for these passes."""
+    return ["00-input.mlir"] + [f"{i:02d}-{name}.mlir" for i, name in enumerate(pass_names, 1)]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
-def atomic_output(path: str, option: str = "-o/--output", mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds,
-    so an error never leaves a half-written output."""
+def _atomic_temp(path: str, option: str) -> Iterator[tuple[int, str]]:
+    """A temporary file next to ``path`` (its descriptor, which the caller closes, and its name), renamed
+    onto ``path`` if the block succeeds and removed if not."""
     target = Path(path)
     parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise AttncError(f"{option} '{path}': directory '{parent}' does not exist")
+    _writable_dir(parent, option, path)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
+        os.fchmod(fd, 0o666 & ~_umask())
+        yield fd, tmp
+        # the check made before the work, again: something may have appeared at the path meanwhile
+        if target.exists() and not target.is_file():
+            raise AttncError(f"{option} {limits.shown(path, 120)}: exists and is not a regular file")
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_output(path: str, option: str = "-o/--output", mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; rename it onto ``path`` only if the block succeeds,
+    so an error or an interrupt never leaves a half-written output (nor the temporary file). The file
+    gets the permissions of any new file (0666 less the umask), not mkstemp's 0600."""
+    with _atomic_temp(path, option) as (fd, _tmp), os.fdopen(fd, mode) as f:
+        yield f
+
+
+@contextmanager
+def atomic_path(path: str, option: str) -> Iterator[str]:
+    """``atomic_output`` for a writer that takes a file name: yields the temporary file's name."""
+    with _atomic_temp(path, option) as (fd, tmp):
+        os.close(fd)
+        yield tmp
+
+
+def check_npz_names(path: str, names: Iterable[str], option: str = "-o/--output") -> None:
+    """Each name must be one plain member of an .npz (no path separator, NUL, '..' or empty name)."""
+    for name in names:
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise AttncError(f"{option} {limits.shown(path, 120)}: output name {limits.shown(name)} cannot be an "
+                             "npz key (empty, '..', or a path separator or NUL in it); rename the graph output")  # fmt: skip
+
+
+def save_npz(path: str, arrays: dict[str, Any], option: str = "-o/--output") -> None:
+    """Save ``arrays`` as an .npz keyed by their names (as np.savez, atomically). A name that would not be one
+    plain member of the archive (a path separator, '..', NUL, empty) is refused: names come from the model."""
+    import zipfile
+
+    import numpy as np
+
+    check_npz_names(path, arrays, option)
+    with atomic_output(path, option, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def _progress() -> Callable[[int, int, str], None] | None:
@@ -294,9 +424,27 @@ _arch_option = click.option(
     metavar="NAME|FILE",
     help=f"Target array: a preset ({', '.join(ARCH_PRESETS)}) or a YAML file.",
 )
+#: the largest --time-limit (a day): the solver's budget, not a wait without end
+MAX_TIME_LIMIT = 86400.0
+#: --seed: what CP-SAT's random_seed and numpy's generators both take
+MAX_SEED = 2**31 - 1
+
+
+def _check_time_limit(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not (math.isfinite(value) and 0 < value <= MAX_TIME_LIMIT):
+        raise AttncError(f"--time-limit {value:g}: must be a number of seconds in (0, {MAX_TIME_LIMIT:g}]")
+    return value
+
+
 _time_limit_option = click.option(
-    "--time-limit", default=10.0, show_default=True, type=float, help="Seconds for CP-SAT placement and routing."
+    "--time-limit", default=10.0, show_default=True, type=float, callback=_check_time_limit,
+    help="Seconds for CP-SAT placement and routing.",
 )
+
+
+def _seed_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
+                        help=help + f" 0..{MAX_SEED}.")  # fmt: skip
 _heuristic_option = click.option(
     "--heuristic-only", is_flag=True, help="Place and route with the greedy heuristic alone, no CP-SAT."
 )
@@ -350,7 +498,7 @@ _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=
 @_input_shape_option
 @_pipeline_option(DEFAULT_PIPELINE)
 @_time_limit_option
-@click.option("--seed", default=0, show_default=True, type=int, help="Solver seed (results are reproducible for a seed).")
+@_seed_option("Solver seed (results are reproducible for a seed).")
 @_heuristic_option
 @_butterfly_option
 @_dump_option
@@ -388,14 +536,16 @@ def compile_command(
     suffix = Path(output).suffix
     if suffix not in (".bit", ".mlir"):
         raise AttncError(f"-o/--output '{output}': name a bitstream (*.bit) or textual IR (*.mlir)")
-    if time_limit <= 0:
-        raise AttncError(f"--time-limit {time_limit}: must be positive")
     passes = with_butterfly(check_pipeline(pipeline, ()), butterfly)
     bitstream = suffix == ".bit"
     known = [p.name for p in passes] + (list(BACKEND_PASSES) if bitstream else [])
     for name in print_after:
         if name not in known:
             raise AttncError(f"--print-ir-after '{name}': not in the pipeline ({', '.join(known)})")
+    outputs = [("-o/--output", output)]
+    if report and bitstream:
+        outputs.append(("--report", str(Path(output).with_suffix(".svg"))))
+    check_outputs(outputs, input_files(model, arch), dirs=[("--dump-ir-after-all", dump_dir, dump_names(known))])
 
     start = time.perf_counter()
     module = load_model(model, shapes)
@@ -463,7 +613,9 @@ def _report_bitstream(module: ModuleOp, target: Arch, output: str, records: Sequ
     from attnc.passes.placement.report import format_mapping_report
 
     config, problem, mapping = _placed(module, target)
-    picture = draw_mapping(target, problem, mapping, Path(output).with_suffix(".svg"))
+    svg = Path(output).with_suffix(".svg")
+    with atomic_output(str(svg), "--report", "wb") as f:
+        picture = draw_mapping(target, problem, mapping, svg, file=f)
     click.echo(format_schedule(config), nl=False)
     click.echo(format_mapping_report(config, target, problem, mapping), nl=False)
     click.echo(format_cost(estimate(module, target)), nl=False)
@@ -528,7 +680,7 @@ def random_inputs(module: ModuleOp, seed: int) -> dict[str, Any]:
 @_model_argument
 @_random_inputs_option
 @click.option("-o", "--output", required=True, metavar="OUT.npz", help="Where to save the outputs (keyed by output names).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs used when --inputs is omitted.")
+@_seed_option("Seed of the random inputs used when --inputs is omitted.")
 @_input_shape_option
 @_pipeline_option(DEFAULT_PIPELINE)
 @_butterfly_option
@@ -544,16 +696,17 @@ def interpret(
     shapes = parse_input_shapes(input_shapes)
     check_model(model, shapes)
     passes = with_butterfly(check_pipeline(pipeline), butterfly)
-    import numpy as np
-
+    check_outputs([("-o/--output", output)], input_files(model, None, inputs_path))
     from attnc.interpreter import interpret as interpret_module
 
     module = load_model(model, shapes)
     _run_pipeline(module, passes, None, ())
+    from attnc.ir import io_names, main_func
+
+    check_npz_names(output, io_names(main_func(module))[1])
     inputs = model_inputs(module, inputs_path, seed)
     outputs = interpret_module(module, inputs)
-    with atomic_output(output, mode="wb") as f:
-        np.savez(f, **outputs)
+    save_npz(output, outputs)
     listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in outputs.items())
     click.echo(f"attnc: wrote {output}: {listing}", err=True)
 
@@ -617,6 +770,8 @@ def opt(file: str, pipeline: str, output: str, dump_dir: str | None, print_after
     none) reads stdin.
     """
     passes = check_pipeline(pipeline, print_after)
+    check_outputs([("-o/--output", output)], [("FILE", file)],
+                  dirs=[("--dump-ir-after-all", dump_dir, dump_names([p.name for p in passes]))])
     from attnc.ir import parse_module, print_module
 
     module = parse_module(_read_text(file), name="<stdin>" if file == "-" else file)
@@ -669,7 +824,7 @@ def format_outputs(outputs: dict[str, Any]) -> str:
 @click.argument("bitstream", metavar="FILE.bit", type=click.Path(exists=True, dir_okay=False))
 @_random_inputs_option
 @click.option("-o", "--output", metavar="OUT.npz", help="Where to save the outputs (keyed by output names).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs used when --inputs is omitted.")
+@_seed_option("Seed of the random inputs used when --inputs is omitted.")
 @click.option("--stats", "stats_path", metavar="STATS.json", help="Write the timing model's counts, cycles and energy (with per-tile and per-link figures).")
 @click.option("--trace", "trace_path", metavar="TRACE.json", help="Write a Chrome trace-event timeline (Perfetto opens it): one track per tile and per link.")
 @click.option("--plot", "plot_dir", metavar="DIR", type=click.Path(file_okay=False), help="Draw timeline.png and heatmap.png into DIR.")
@@ -694,13 +849,14 @@ def simulate_command(
     """
     import json
 
-    import numpy as np
-
     from attnc.backend.bitstream import read
     from attnc.simulator.io import check_inputs, load_npz, random_inputs
 
     if timing_only and output is not None:
         raise AttncError("-o/--output: --timing-only computes no values; drop one of them")
+    check_outputs([("-o/--output", output), ("--stats", stats_path), ("--trace", trace_path)],
+                  [("FILE.bit", bitstream), ("--inputs", inputs_path)],
+                  dirs=[("--plot", plot_dir, ("timeline.png", "heatmap.png"))])  # fmt: skip
     bs = read(bitstream)
     from attnc.simulator import timing
 
@@ -723,15 +879,15 @@ def simulate_command(
     stats = timing.simulate(bs, progress=_sim_progress("timing events"), functional=not timing_only)
     timing_seconds = time.perf_counter() - start
     if output is not None and outputs is not None:
-        with atomic_output(output, mode="wb") as f:
-            np.savez(f, **outputs)
+        save_npz(output, outputs)
     if stats_path is not None:
         with atomic_output(stats_path, "--stats") as f:
             json.dump(stats.to_json(), f, indent=1)
     if trace_path is not None:
         from attnc.simulator.trace import write_trace
 
-        write_trace(stats, trace_path)
+        with atomic_path(trace_path, "--trace") as tmp:
+            write_trace(stats, tmp)
     pictures = []
     if plot_dir is not None:
         from attnc.simulator.plots import plot
@@ -760,7 +916,7 @@ def simulate_command(
 @_input_shape_option
 @_pipeline_option(DEFAULT_PIPELINE)
 @_time_limit_option
-@click.option("--seed", default=0, show_default=True, type=int, help="Solver seed and seed of the random inputs.")
+@_seed_option("Solver seed and seed of the random inputs.")
 @_heuristic_option
 @_butterfly_option
 @click.option(
@@ -794,13 +950,10 @@ def run_command(
     shapes = parse_input_shapes(input_shapes)
     check_model(model, shapes)
     target = check_arch(arch)
-    if time_limit <= 0:
-        raise AttncError(f"--time-limit {time_limit}: must be positive")
     if dense_baseline and butterfly is None:
         raise AttncError("--dense-baseline compares against --butterfly, which is not given")
     passes = with_butterfly(check_pipeline(pipeline), butterfly)
-    import numpy as np
-
+    check_outputs([("-o/--output", output)], input_files(model, arch, inputs_path))
     from attnc.backend.bitstream import decode
     from attnc.interpreter import interpret as interpret_module
     from attnc.simulator.functional import run as simulate
@@ -808,6 +961,10 @@ def run_command(
     t0 = time.perf_counter()
     module = load_model(model, shapes)
     dense = _run_frontend(module, passes)
+    if output is not None:
+        from attnc.ir import io_names, main_func
+
+        check_npz_names(output, io_names(main_func(module))[1])
     inputs = model_inputs(module, inputs_path, seed)
     t1 = time.perf_counter()
     reference = interpret_module(module, inputs)  # the sparse IR, before lowering
@@ -819,8 +976,7 @@ def run_command(
     outputs = simulate(bs, inputs, progress=_sim_progress("simulating contexts"))
     t4 = time.perf_counter()
     if output is not None:
-        with atomic_output(output, mode="wb") as f:
-            np.savez(f, **outputs)
+        save_npz(output, outputs)
 
     n_ctx = sum(len(t.contexts) for t in bs.tiles)
     click.echo(f"{Path(model).name} on {bs.arch_name}: {len(data)} bytes of bitstream, {n_ctx} kernels on {len(bs.tiles)} tiles")
@@ -923,14 +1079,46 @@ def _onnxruntime_outputs(model: str, inputs: dict[str, Any]) -> dict[str, Any] |
 # entry point
 
 
+def one_line(prefix: str, text: object, suffix: str = "") -> str:
+    """``prefix + text + suffix`` as one line of at most attnc.limits.MESSAGE_CHARS characters: control and
+    bidirectional characters in ``text`` escaped (a name in a message cannot forge another line), the
+    text shortened to fit (prefix and suffix are attnc's own and kept whole)."""
+    width = max(limits.MESSAGE_CHARS - len(prefix) - len(suffix), 20)
+    return prefix + limits.shown(str(text)[: 4 * width], width)[1:-1] + suffix
+
+
+#: exceptions of the machine's limits, not bugs: what to tell the user instead of "internal error"
+def _resource_error(e: BaseException) -> str | None:
+    if isinstance(e, MemoryError):
+        return ("out of memory: the input asks for more than this machine holds (the limits in docs/cli.md "
+                "bound what attnc allocates; lower ATTNC_MAX_TENSOR_BYTES or check the input's shapes)")
+    if isinstance(e, RecursionError):
+        return "the input is nested too deeply to process (Python's recursion limit)"
+    if isinstance(e, ValueError) and "Maximum allowed dimension exceeded" in str(e):
+        return "a tensor in the input is larger than numpy can index (Maximum allowed dimension exceeded)"
+    return None
+
+
+def _traceback() -> None:
+    if _debug_on():
+        try:
+            traceback.print_exc()
+        except Exception:  # noqa: BLE001 -- a traceback that cannot be printed must not change the exit status
+            click.echo("attnc: (the traceback could not be printed)", err=True)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI on ``argv`` and return the exit status instead of exiting."""
+    """Run the CLI on ``argv`` and return the exit status instead of exiting.
+
+    0 success; 2 an error in the input or the options (one ``attnc: error:`` line); 130 interrupted (nothing
+    written); 1 a bug in attnc (``attnc: internal error:``), or ``attnc run``'s simulator mismatch.
+    ``--debug`` and ``ATTNC_DEBUG=1`` only add the traceback: the status is the same with or without."""
     global _debug
     _debug = False
     try:
         rv = cli.main(args=list(argv) if argv is not None else None, prog_name="attnc", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("attnc: interrupted", err=True)
         return 130
     except click.exceptions.NoArgsIsHelpError as e:
@@ -940,26 +1128,21 @@ def run(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as e:
         # click's usage errors name the option; add where to look, keep it one line.
         msg = " ".join(e.format_message().split())
-        if isinstance(e, click.UsageError) and e.ctx is not None:
-            msg += f" (see '{e.ctx.command_path} --help')"
-        click.echo(f"attnc: error: {msg}", err=True)
+        hint = f" (see '{e.ctx.command_path} --help')" if isinstance(e, click.UsageError) and e.ctx is not None else ""
+        click.echo(one_line("attnc: error: ", msg, hint), err=True)
         return 2
     except AttncError as e:
-        if _debug_on():
-            traceback.print_exc()
-        click.echo(f"attnc: error: {e}", err=True)
+        _traceback()
+        click.echo(one_line("attnc: error: ", e), err=True)
         return 2
-    except KeyboardInterrupt:
-        click.echo("attnc: interrupted", err=True)
-        return 130
-    except Exception as e:
-        if _debug_on():
-            traceback.print_exc()
-            click.echo(f"attnc: internal error: {type(e).__name__}: {e}", err=True)
-        else:
-            click.echo(
-                f"attnc: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True
-            )
+    except Exception as e:  # noqa: BLE001 -- the one place every other exception ends
+        _traceback()
+        resource = _resource_error(e)
+        if resource is not None:
+            click.echo(one_line("attnc: error: ", resource), err=True)
+            return 2
+        hint = "" if _debug_on() else " (rerun with --debug for the traceback)"
+        click.echo(one_line("attnc: internal error: ", f"{type(e).__name__}: {e}", hint), err=True)
         return 1
 
 

@@ -7,7 +7,7 @@ matplotlib is imported only here, and only when a picture is asked for.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from attnc.errors import AttncError
 
@@ -31,8 +31,10 @@ KERNEL_COLOURS = {
 }
 
 
-def draw_mapping(arch: Arch, problem: MappingProblem, mapping: Mapping, path: str | Path) -> Path:
-    """Write the picture to ``path``; the suffix (.svg or .png) picks the format."""
+def draw_mapping(arch: Arch, problem: MappingProblem, mapping: Mapping, path: str | Path,
+                 file: IO[bytes] | None = None) -> Path:
+    """Write the picture to ``path``; the suffix (.svg or .png) picks the format. With ``file`` (an open
+    binary file, e.g. the CLI's atomic temporary file) the picture goes there and ``path`` only names it."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("svg", "png"):
@@ -96,7 +98,7 @@ def draw_mapping(arch: Arch, problem: MappingProblem, mapping: Mapping, path: st
         fontsize=max(6, 10 - size // 4))
     fig.tight_layout()
     try:
-        fig.savefig(path, format=fmt, dpi=150)
+        fig.savefig(path if file is None else file, format=fmt, dpi=150)
     except OSError as e:
         raise AttncError(f"{path}: cannot write the picture: {e.strerror or e}") from e
     finally:
