@@ -27,6 +27,7 @@ capacity is reported as ``MappingInfeasible`` naming the link and its streams.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -59,6 +60,11 @@ BUILD_SECONDS_PER_VAR = 1.2e-4
 # so that time_limit is roughly wall seconds.
 MONOLITHIC_DTIME_PER_SECOND = 0.35
 STALL_ROUNDS = 40
+# The wall-clock safety net: deterministic time is the binding limit (the mapping, and so the bitstream,
+# must not depend on the machine's load), so the net sits far beyond what the deterministic budget takes
+# on a loaded machine and only stops a search whose deterministic-time estimate has gone wrong.
+SAFETY_SECONDS_PER_SECOND = 20
+SAFETY_SECONDS = 120
 
 
 def place_and_route(
@@ -91,7 +97,7 @@ def place_and_route(
         stats.status, stats.method, stats.seconds = "HEURISTIC", "heuristic", time.perf_counter() - start
         return _finish(av, pv, hint, fill_stats(stats, av, pv, score(av, pv, hint)))
 
-    solver = _Solver(av, pv, seed, stats, say, deadline=start + 3 * time_limit + 10)
+    solver = _Solver(av, pv, seed, stats, say, deadline=start + SAFETY_SECONDS_PER_SECOND * time_limit + SAFETY_SECONDS)
     flows = len(problem.streams) * len(av.links)
     if len(problem.kernels) <= MONOLITHIC_KERNELS and flows <= MONOLITHIC_FLOWS:
         best, status = solver.monolithic(hint, time_limit)
@@ -117,6 +123,38 @@ def place_and_route(
     stats.status = status
     stats.seconds = time.perf_counter() - start
     return _finish(av, pv, best, fill_stats(stats, av, pv, score(av, pv, best)))
+
+
+def solve_interruptibly(solver, model) -> int:
+    """``solver.solve(model)``, but a KeyboardInterrupt (Ctrl-C) stops the search and is raised once the
+    solver has returned, so the caller writes nothing. On the main thread the solve runs on a helper
+    thread (CP-SAT releases the GIL) while the main thread waits, where Python delivers SIGINT."""
+    if threading.current_thread() is not threading.main_thread():
+        return solver.solve(model)
+    result: dict[str, object] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            result["status"] = solver.solve(model)
+        except BaseException as e:  # handed to the main thread below
+            result["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="cp-sat", daemon=True).start()
+    # An Event, not Thread.join: an interrupted join(timeout) can mark the thread finished while it runs
+    # (CPython 3.11), and leaving the solver running at exit aborts the process.
+    try:
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        solver.stop_search()
+        done.wait()
+        raise
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["status"]  # type: ignore[return-value]
 
 
 def _finish(av: ArrayView, pv: ProblemView, st: State, stats: MappingStats) -> Mapping:
@@ -320,10 +358,12 @@ class _Solver:
         p.random_seed = self.seed
         p.max_deterministic_time = dtime
         p.max_time_in_seconds = max(1.0, self.deadline - time.perf_counter())
+        # Ctrl-C is ours, not the solver's: CP-SAT's own handler would end the search and let attnc go on.
+        p.catch_sigint_signal = False
         if region is not None:
             p.cp_model_probing_level = 0
             p.symmetry_level = 0
-        status = solver.solve(m)
+        status = solve_interruptibly(solver, m)
         name = solver.status_name(status)
         nvars = len(m.proto.variables)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -481,6 +521,9 @@ class _Solver:
                 size += 1
             elif name != "OPTIMAL" and size > 3:
                 size -= 1
+        if time.perf_counter() >= self.deadline:
+            self.say("LNS stopped by the wall-clock safety net, not its deterministic budget: this mapping may "
+                     "differ from another run's")
         self.stats.lns_rounds = rounds
         self.stats.variables = max_vars
         return cur, ("FEASIBLE" if improved or rounds else "HEURISTIC")
