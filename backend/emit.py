@@ -212,6 +212,8 @@ class _Emitter:
 
     def meta(self, meta: dict[str, str]) -> None:
         self.out.meta = {"compiler": f"attnc {__version__}", "arch": self.arch.name, **meta}
+        # wall-clock figures (mapping.seconds, mapping.heuristic_seconds) stay on the IR for --report: the
+        # bitstream holds only what the inputs determine, so the same compile gives the same bytes
         for key, attr in self.config.attributes.items():
-            if key.startswith("mapping.") and (v := _param(attr)) is not None:
+            if key.startswith("mapping.") and not key.endswith("seconds") and (v := _param(attr)) is not None:
                 self.out.meta[key] = str(v)
