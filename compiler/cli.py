@@ -4,9 +4,12 @@ Only click and the standard library are imported at module level: ``attnc --help
 must answer fast, so xdsl, onnx, numpy and torch are imported inside the commands
 that need them.
 
-Errors: an ``AttncError`` or a click usage error prints ``attnc: error: <msg>`` and
-exits 2; anything else is a bug and prints ``attnc: internal error: ...`` and exits
-1. ``--debug`` (or ``ATTNC_DEBUG=1``) adds the Python traceback.
+Errors: an ``AttncError``, a click usage error or running out of memory or recursion
+depth on an input prints ``attnc: error: <msg>`` (one escaped line of at most
+attnc.limits.MESSAGE_CHARS characters) and exits 2; Ctrl-C exits 130; anything else
+is a bug and prints ``attnc: internal error: ...`` and exits 1. ``--debug`` (or
+``ATTNC_DEBUG=1``) adds the Python traceback and changes nothing else. Outputs are
+checked before any work (``check_outputs``) and written atomically.
 """
 
 from __future__ import annotations
@@ -407,6 +410,13 @@ def cli() -> None:
     """
 
 
+#: --debug is also taken after the command (``attnc compile --debug ...``), as ATTNC_DEBUG=1 is taken
+#: anywhere: the same run, with a traceback, never a usage error instead
+_command_debug_option = click.option(
+    "--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set_debug, hidden=True
+)
+
+
 #: --inputs of the commands that make seeded random inputs without it
 _random_inputs_option = click.option(
     "--inputs",
@@ -486,6 +496,7 @@ _model_argument = click.argument("model", type=click.Path(exists=True, dir_okay=
 
 
 @cli.command("compile")
+@_command_debug_option
 @_model_argument
 @click.option(
     "-o",
@@ -677,6 +688,7 @@ def random_inputs(module: ModuleOp, seed: int) -> dict[str, Any]:
 
 
 @cli.command()
+@_command_debug_option
 @_model_argument
 @_random_inputs_option
 @click.option("-o", "--output", required=True, metavar="OUT.npz", help="Where to save the outputs (keyed by output names).")
@@ -712,6 +724,7 @@ def interpret(
 
 
 @cli.command("inspect")
+@_command_debug_option
 @click.argument("bitstream", metavar="FILE.bit", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 def inspect_command(bitstream: str, as_json: bool) -> None:
@@ -758,6 +771,7 @@ class _OptCommand(click.Command):
 
 
 @cli.command(cls=_OptCommand)
+@_command_debug_option
 @click.argument("file", default="-", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @_pipeline_option("")
 @click.option("-o", "--output", default="-", metavar="OUT", help="Where to write the IR ('-' is stdout).")
@@ -821,6 +835,7 @@ def format_outputs(outputs: dict[str, Any]) -> str:
 
 
 @cli.command("simulate")
+@_command_debug_option
 @click.argument("bitstream", metavar="FILE.bit", type=click.Path(exists=True, dir_okay=False))
 @_random_inputs_option
 @click.option("-o", "--output", metavar="OUT.npz", help="Where to save the outputs (keyed by output names).")
@@ -909,6 +924,7 @@ def simulate_command(
 
 
 @cli.command("run")
+@_command_debug_option
 @_model_argument
 @_arch_option
 @_random_inputs_option

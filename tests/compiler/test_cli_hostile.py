@@ -308,3 +308,14 @@ def test_atomic_output_removes_its_temp_file_on_interrupt(tmp_path: Path) -> Non
         f.write("half")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_debug_after_the_command_is_the_debug_option(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    # `attnc interpret --debug ...` was a usage error (exit 2) where ATTNC_DEBUG=1 showed the bug (exit 1)
+    model = _model(tmp_path)
+    _raising(monkeypatch, ZeroDivisionError("a bug"))
+    code, _, err = call(capsys, "interpret", model, "--debug", "-o", tmp_path / "o.npz")
+    assert code == 1 and "Traceback" in err
+    monkeypatch.setenv("ATTNC_DEBUG", "1")
+    assert call(capsys, "interpret", model, "-o", tmp_path / "o.npz")[0] == 1
