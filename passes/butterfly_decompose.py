@@ -98,6 +98,7 @@ from attnc.dialects.encoding import ButterflyEncodingAttr
 from attnc.dialects.values import from_numpy, np_dtype, to_numpy
 from attnc.errors import AttncError
 from attnc.ir import NAME_ATTR, main_func
+from attnc.limits import shown
 
 REPORT_ATTR = "attnc.butterfly_report"
 ROLES = ("qkv", "out", "ffn")
@@ -135,7 +136,7 @@ def _blocks(value: Any, option: str, count: int) -> set[int]:
     out = set()
     for t in toks:
         if not t.isdigit():
-            raise _fail(f"{option} must be 'all', 'none' or block indexes (0, 1, ...), got '{t}'")
+            raise _fail(f"{option} must be 'all', 'none' or block indexes (0, 1, ...), got {shown(t)}")
         i = int(t)
         if i >= count and count == 0:
             raise _fail(f"{option} names block {i} but the model has no sparse.attention")
@@ -485,9 +486,12 @@ class ButterflyDecomposePass(ModulePass):
     factors: int = 0
     iters: int = 0
 
+    def __post_init__(self) -> None:
+        self._check()  # when the pipeline is parsed, before any model is read
+
     def _check(self) -> None:
         if self.kind not in bf.KINDS:
-            raise _fail(f"kind must be one of {', '.join(bf.KINDS)}, got '{self.kind}'")
+            raise _fail(f"kind must be one of {', '.join(bf.KINDS)}, got {shown(self.kind)}")
         for opt in ("block", "factors", "iters"):
             if getattr(self, opt) < 0:
                 raise _fail(f"{opt} must be >= 0, got {getattr(self, opt)}")
@@ -495,7 +499,7 @@ class ButterflyDecomposePass(ModulePass):
             raise _fail(f"a Monarch matrix has 2 factors, got factors={self.factors}")
         for role in _tokens(self.linears):
             if role not in ROLES:
-                raise _fail(f"linears takes {', '.join(ROLES)}, got '{role}'")
+                raise _fail(f"linears takes {', '.join(ROLES)}, got {shown(role)}")
 
     def structure(self, n: int) -> Structure:
         """The structure a size-``n`` butterfly gets under these options (``_Skip`` if none)."""

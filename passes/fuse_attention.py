@@ -37,6 +37,7 @@ from attnc.cost.attention import split
 from attnc.dialects.dataflow import REPEAT, RESERVE, SPILL, STAGE
 from attnc.errors import AttncError
 from attnc.ir import main_func
+from attnc.limits import shown
 from attnc.passes.kernel_builder import KernelBuilder, splat
 from xdsl.context import Context
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, UnitAttr, i1
@@ -305,7 +306,10 @@ class FuseAttentionPass(ModulePass):
 
     mode: str = "auto"
 
-    def apply(self, ctx: Context, op: ModuleOp) -> None:
+    def __post_init__(self) -> None:
+        # checked when the pipeline is parsed, before any model is read
         if self.mode not in MODES:
-            raise AttncError(f"fuse-attention: mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+            raise AttncError(f"fuse-attention: mode must be one of {', '.join(MODES)}, got {shown(self.mode)}")
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
         PatternRewriteWalker(RequestFusionPattern(self.mode), apply_recursively=False).rewrite_region(main_func(op).body)

@@ -9,25 +9,37 @@ and the pass prints back as a spec that names the same array.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import os
 from abc import ABC
 from dataclasses import dataclass
 
 from xdsl.passes import ModulePass
 from xdsl.utils.arg_spec import ArgSpec
 
-from attnc.arch import DEFAULT_ARCH, Arch, resolve_arch
+from attnc.arch import DEFAULT_ARCH, PRESETS, Arch, resolve_arch
+from attnc.errors import AttncError
+from attnc.limits import shown
 
 
 @dataclass(frozen=True)
 class TargetPass(ModulePass, ABC):
     arch: str | Arch = DEFAULT_ARCH
 
+    def __post_init__(self) -> None:
+        # a pipeline naming no array fails when it is parsed, before any model is read (the file itself is
+        # read and validated when the pass runs, or up front by the driver)
+        if isinstance(self.arch, str) and self.arch not in PRESETS and not os.path.isfile(self.arch):
+            raise AttncError(f"{self.name}: arch {shown(self.arch)} is neither an architecture preset "
+                             f"({', '.join(PRESETS)}) nor an existing file")
+
     def target(self) -> Arch:
         return resolve_arch(self.arch)
 
     def spec(self, *, include_default: bool = False) -> ArgSpec:
         if isinstance(self.arch, Arch):  # a spec carries the name the array was loaded by
-            named = dataclasses.replace(self, arch=self.arch.origin or self.arch.name)
+            # (a copy, not dataclasses.replace: an array parsed from text has a name that is no file)
+            named = copy.copy(self)
+            object.__setattr__(named, "arch", self.arch.origin or self.arch.name)
             return named.spec(include_default=include_default)
         return super().spec(include_default=include_default)

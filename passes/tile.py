@@ -33,6 +33,7 @@ from attnc.dialects.dataflow import RESERVE, TAG, TILE_KIND
 from attnc.dialects.values import np_dtype
 from attnc.errors import AttncError
 from attnc.ir import main_func
+from attnc.limits import shown
 from attnc.passes.target import TargetPass
 from attnc.passes.butterfly_pipeline import ExpandButterflyPattern, butterfly_contexts, plan_butterflies
 from attnc.cost.attention import split
@@ -199,9 +200,18 @@ class TilePass(TargetPass):
     key_block: int = 0
     gemm_parts: int = -1  # row blocks per large GEMM (projections, FFN): -1 chooses, 1 keeps them whole
 
-    def apply(self, ctx: Context, op: ModuleOp) -> None:
+    def __post_init__(self) -> None:
+        # checked when the pipeline is parsed, before any model is read
+        super().__post_init__()
         if self.mode and self.mode not in MODES:
-            raise AttncError(f"tile: mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+            raise AttncError(f"tile: mode must be one of {', '.join(MODES)}, got {shown(self.mode)}")
+        for opt in ("groups", "members", "row_block", "key_block"):
+            if getattr(self, opt) < 0:
+                raise AttncError(f"tile: {opt.replace('_', '-')} must be >= 0 (0 chooses), got {getattr(self, opt)}")
+        if self.gemm_parts < -1:
+            raise AttncError(f"tile: gemm-parts must be >= 1, or -1 to choose, got {self.gemm_parts}")
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = self.target()
         fn = main_func(op)
         forced = {"groups": self.groups, "members": self.members, "row_block": self.row_block,
