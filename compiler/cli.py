@@ -873,6 +873,8 @@ def simulate_command(
                   [("FILE.bit", bitstream), ("--inputs", inputs_path)],
                   dirs=[("--plot", plot_dir, ("timeline.png", "heatmap.png"))])  # fmt: skip
     bs = read(bitstream)
+    if output is not None:
+        check_npz_names(output, [e.name for e in bs.io if e.direction == "output"])
     from attnc.simulator import timing
 
     outputs = None

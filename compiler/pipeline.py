@@ -94,8 +94,12 @@ def _verify(module: ModuleOp, after: str) -> None:
 def _write_text(path: Path, text: str) -> None:
     # Write then rename, so a dump is either complete or absent.
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # an error or Ctrl-C leaves no temporary file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def run_pipeline(
