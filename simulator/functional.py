@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from attnc.backend.bitstream import Bitstream, DmaDescriptor, KernelConfig
-from attnc.simulator.io import check_inputs, entries
+from attnc import limits
+from attnc.backend.bitstream import Bitstream, DmaDescriptor, KernelConfig, bounded_prod, shape_text
+from attnc.simulator.io import MAX_RANK, check_inputs, check_io, check_shape, entries
 from attnc.simulator.ops import SimulationError, execute, finish, from_bytes, np_dtype, storage_bytes, to_bytes
 
-# Bounds on what a (possibly hostile) bitstream may ask for, checked before anything is allocated.
-MAX_DRAM_BYTES = 1 << 31
-MAX_ELEMENTS = 1 << 27  # per value (BERT-base scores at seq 2048, all heads: 1 << 25.6)
+# What a (possibly hostile) bitstream may ask for is checked before anything is allocated: every value,
+# the DRAM image and the index arrays of a strided access against the TENSOR_BYTES limit (attnc.limits).
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Context:
 
     @property
     def label(self) -> str:
-        return f"kernel {self.config.kernel} '{self.config.name}' on tile {self.tile}"
+        return f"kernel {self.config.kernel} {limits.shown(self.config.name)} on tile {self.tile}"
 
 
 def contexts(bs: Bitstream) -> list[Context]:
@@ -49,25 +49,24 @@ class Dram:
     """A flat byte image of DRAM, addressed as the IO table and DMA descriptors say."""
 
     def __init__(self, size: int) -> None:
-        if size > MAX_DRAM_BYTES:
-            raise SimulationError(f"the bitstream addresses {size} bytes of DRAM, more than the simulator's {MAX_DRAM_BYTES}")
+        limits.check(size, "the simulated DRAM image (the highest address the bitstream uses)", limits.TENSOR_BYTES)
         self.mem = bytearray(size)
 
     def _offsets(self, address: int, dtype: str, shape: list[int], strides: list[int], where: str) -> np.ndarray | None:
         """Element byte offsets for a strided access, or None when it is dense and contiguous."""
         if len(strides) != len(shape):
             raise SimulationError(f"{where}: {len(strides)} strides for a rank-{len(shape)} shape")
+        check_shape(shape, dtype, where)
         size = storage_bytes(dtype)
-        n = math.prod(shape)
-        if n > MAX_ELEMENTS:
-            raise SimulationError(f"{where}: {n} elements exceed the simulator's bound")
-        dense = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+        n = bounded_prod(shape)
+        dense = dense_strides(shape)
         if all(s == d or n_ == 1 for s, d, n_ in zip(strides, dense, shape)):
             lo, hi = address, address + n * size
             offsets = None
         else:
             lo = address + size * sum(s * (d - 1) for s, d in zip(strides, shape) if s < 0 and d > 0)
             hi = address + size * (1 + sum(s * (d - 1) for s, d in zip(strides, shape) if s > 0 and d > 0))
+            limits.check(n * 8, f"{where}: the strided access's offsets", limits.TENSOR_BYTES)
             grids = np.ix_(*[np.arange(d, dtype=np.int64) * s for d, s in zip(shape, strides)]) if shape else []
             offsets = (sum(grids, np.zeros((), np.int64)) * size + address).reshape(-1) if n else np.zeros(0, np.int64)
         if n and (lo < 0 or hi > len(self.mem)):
@@ -80,8 +79,10 @@ class Dram:
         if offsets is None:
             return from_bytes(bytes(self.mem[address : address + math.prod(shape) * size]), dtype, shape)
         view = np.frombuffer(self.mem, dtype=np.uint8)
-        raw = view[offsets[:, None] + np.arange(size)].tobytes()
-        return from_bytes(raw, dtype, shape)
+        raw = np.empty((len(offsets), size), np.uint8)
+        for k in range(size):  # byte by byte: an (n, size) index array would be 8 times the value
+            raw[:, k] = view[offsets + k]
+        return from_bytes(raw.tobytes(), dtype, shape)
 
     def write(self, address: int, x: np.ndarray, dtype: str, shape: list[int], strides: list[int], where: str) -> None:
         offsets = self._offsets(address, dtype, shape, strides, where)
@@ -91,7 +92,9 @@ class Dram:
             return
         view = np.frombuffer(self.mem, dtype=np.uint8)
         size = storage_bytes(dtype)
-        view[offsets[:, None] + np.arange(size)] = np.frombuffer(raw, dtype=np.uint8).reshape(-1, size)
+        data = np.frombuffer(raw, dtype=np.uint8).reshape(-1, size)
+        for k in range(size):
+            view[offsets + k] = data[:, k]
 
 
 def dram_size(bs: Bitstream) -> int:
@@ -100,7 +103,11 @@ def dram_size(bs: Bitstream) -> int:
 
 
 def dense_strides(shape: list[int]) -> list[int]:
-    return [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    out, n = [], 1
+    for d in reversed(shape):  # linear in the rank
+        out.append(n)
+        n *= d
+    return out[::-1]
 
 
 def schedule(ctxs: list[Context], dma_inputs: set[int]) -> list[int]:
@@ -147,6 +154,10 @@ class Functional:
 
     def __init__(self, bs: Bitstream) -> None:
         self.bs = bs
+        check_io(bs)
+        for d in bs.dma:
+            if len(d.shape) > MAX_RANK or len(d.strides) > MAX_RANK:
+                raise SimulationError(f"DMA descriptor of stream {d.stream}: more than {MAX_RANK} dimensions")
         self.ctxs = contexts(bs)
         self.constants = {c.id: c for c in bs.constants}
         self._decoded: dict[int, np.ndarray] = {}
@@ -187,12 +198,11 @@ class Functional:
             c = self.constants[cid]
             if c.encoding != "dense":
                 raise SimulationError(f"{where}: constant {cid} has encoding '{c.encoding}'; the simulator runs dense ones")
-            if math.prod(c.shape) > MAX_ELEMENTS:
-                raise SimulationError(f"{where}: constant {cid} is too large")
             try:
+                check_shape(list(c.shape), c.dtype, f"constant {cid} {limits.shown(c.name)}")
                 x = from_bytes(c.data, c.dtype, list(c.shape))
             except SimulationError as e:
-                raise SimulationError(f"{where}: constant {cid} '{c.name}': {e}") from None
+                raise SimulationError(f"{where}: constant {cid} {limits.shown(c.name)}: {e}") from None
             x.flags.writeable = False
             self._decoded[cid] = x
         return x
@@ -208,13 +218,14 @@ class Functional:
         cfg = c.config
         regs: dict[int, np.ndarray] = dict(enumerate(args))
         for n, ins in enumerate(cfg.body):
-            where = f"{c.label}, instruction {n} '{ins.opcode}'"
+            where = f"{c.label}, instruction {n} {limits.shown(ins.opcode, 32)}"
             if len(ins.results) != 1:
                 raise SimulationError(f"{where}: expected one result register, got {len(ins.results)}")
-            shape = ins.params.get("shape")
+            shape, dtype = ins.params.get("shape"), ins.params.get("dtype")
             if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
-                if any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
-                    raise SimulationError(f"{where}: result shape {shape} is out of bounds")
+                if any(d < 0 for d in shape):
+                    raise SimulationError(f"{where}: result shape {shape_text(shape)} has a negative dimension")
+                check_shape(shape, dtype if isinstance(dtype, str) else "f64", f"{where}: result")
             try:
                 operands = [regs[r] for r in ins.operands]
             except KeyError as e:
@@ -286,7 +297,7 @@ class Functional:
         where = f"DMA store of stream {d.stream}"
         if d.dtype != c.config.outputs[0].dtype:
             raise SimulationError(f"{where}: descriptor dtype {d.dtype}, the stored value is {c.config.outputs[0].dtype}")
-        if math.prod(d.shape) == x.size:
+        if bounded_prod(d.shape) == x.size:
             dram.write(d.dram_address, x.reshape(d.shape), d.dtype, list(d.shape), list(d.strides), where)
         elif d.bytes == x.size * storage_bytes(d.dtype):
             dram.write(d.dram_address, x, d.dtype, list(x.shape), dense_strides(list(x.shape)), where)
@@ -312,13 +323,13 @@ class Functional:
         x = outs[0]
         where = f"DMA spill of stream {src}"
         shape, strides = list(store.shape), list(store.strides)
-        if math.prod(shape) != x.size:
+        if bounded_prod(shape) != x.size:
             raise SimulationError(f"{where}: the store descriptor's shape {shape} cannot hold {list(x.shape)}")
         dram.write(store.dram_address, x.reshape(shape), store.dtype, shape, strides, where)
         where = f"DMA load of stream {dst}"
         y = dram.read(load.dram_address, load.dtype, list(load.shape), list(load.strides), where)
         port = cfg.outputs[0]
-        if y.size != math.prod(port.shape):
+        if y.size != bounded_prod(port.shape):
             raise SimulationError(f"{where}: {list(load.shape)} does not fill the port's {list(port.shape)}")
         return [y.reshape(port.shape)]
 

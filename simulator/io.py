@@ -7,66 +7,151 @@ input or output, its dtype, shape and DRAM address. Every mismatch is one ``Attn
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-from attnc.backend.bitstream import Bitstream, IOEntry
+from attnc import limits
+from attnc.backend.bitstream import Bitstream, IOEntry, bounded_prod, shape_text
 from attnc.errors import AttncError
-from attnc.simulator.ops import np_dtype
+from attnc.simulator.ops import SimulationError, np_dtype, storage_bytes
+
+#: the most dimensions a simulated tensor may have (numpy's own bound is 32 or 64)
+MAX_RANK = 32
 
 
 def entries(bs: Bitstream, direction: str) -> list[IOEntry]:
     return [e for e in bs.io if e.direction == direction]
 
 
+def check_shape(shape: list[int], dtype: str, what: str) -> int:
+    """The bytes a dense ``dtype`` tensor of ``shape`` takes in DRAM, after checking its rank and that it
+    is within the TENSOR_BYTES limit (before anything of that size is allocated)."""
+    if len(shape) > MAX_RANK:
+        raise SimulationError(f"{what}: rank {len(shape)} exceeds the simulator's {MAX_RANK} dimensions")
+    nbytes = bounded_prod(shape) * storage_bytes(dtype)
+    limits.check(nbytes, what, limits.TENSOR_BYTES)
+    # in memory a bf16 value is a float32: twice its DRAM bytes
+    limits.check(bounded_prod(shape) * np_dtype(dtype).itemsize, what, limits.TENSOR_BYTES)
+    return nbytes
+
+
+def check_io(bs: Bitstream) -> None:
+    """Every IO entry's shape and dtype agree with its byte count, and fit the TENSOR_BYTES limit: checked
+    before any input is drawn or any DRAM allocated (a hostile table can declare any shape)."""
+    for e in bs.io:
+        what = f"IO {e.direction} {limits.shown(e.name)} ({limits.shown(e.dtype, 12)[1:-1]}{shape_text(list(e.shape))})"
+        nbytes = check_shape(list(e.shape), e.dtype, what)
+        if nbytes != e.bytes:
+            raise SimulationError(f"{what}: the shape needs {nbytes} bytes, the entry says {e.bytes}")
+
+
 def check_inputs(bs: Bitstream, inputs: Mapping[str, Any], *, source: str = "inputs") -> dict[str, np.ndarray]:
     """The inputs as arrays of the IO table's dtypes; missing/extra keys, shapes and dtypes are errors."""
+    check_io(bs)
     want = entries(bs, "input")
     names = [e.name for e in want]
     extra = sorted(set(inputs) - set(names))
     if extra:
-        raise AttncError(f"{source}: unknown input(s) {', '.join(map(repr, extra))}; the bitstream's inputs are {names}")
+        raise AttncError(
+            f"{source}: unknown input(s) {', '.join(limits.shown(x, 40) for x in extra[:5])}; "
+            f"the bitstream's inputs are {', '.join(limits.shown(x, 40) for x in names[:5])}"
+        )
     out: dict[str, np.ndarray] = {}
     for e in want:
+        name = limits.shown(e.name)
         if e.name not in inputs:
-            raise AttncError(f"{source}: missing input '{e.name}' ({e.dtype}{list(e.shape)})")
+            raise AttncError(f"{source}: missing input {name} ({e.dtype}{shape_text(list(e.shape))})")
         x = inputs[e.name]
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         if x.shape != tuple(e.shape):
-            raise AttncError(f"{source}: input '{e.name}' has shape {list(x.shape)}, the bitstream expects {list(e.shape)}")
+            raise AttncError(f"{source}: input {name} has shape {shape_text(list(x.shape))}, "
+                             f"the bitstream expects {shape_text(list(e.shape))}")
         dt = np_dtype(e.dtype)
         if e.dtype == "bf16" and x.dtype.name == "bfloat16":
             x = x.astype(np.float32)
         elif x.dtype != dt:
-            raise AttncError(f"{source}: input '{e.name}' has dtype {x.dtype}, the bitstream expects {e.dtype} ({dt})")
+            raise AttncError(f"{source}: input {name} has dtype {x.dtype}, the bitstream expects {e.dtype} ({dt})")
         out[e.name] = x
     return out
 
 
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
+
+
 def load_npz(path: str | os.PathLike[str], option: str = "--inputs") -> dict[str, np.ndarray]:
-    """The arrays of an .npz file keyed by name; anything unreadable is one error naming the file."""
+    """The arrays of an .npz file keyed by name; anything unreadable is one error naming the file.
+
+    Each member's declared shape is read from its .npy header and checked against the TENSOR_BYTES
+    limit and against the bytes the member holds before the array is allocated (a small compressed
+    file can declare any size)."""
+    where = f"{option} {path}"
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic not in _ZIP_MAGICS:
+            what = "a single .npy array" if magic == b"\x93NUM" else "not a zip file"
+            raise AttncError(f"{where}: cannot read as .npz: not an .npz archive ({what})")
         with np.load(path, allow_pickle=False) as data:
             if not hasattr(data, "files"):
-                raise AttncError(f"{option} {path}: not an .npz archive (a single .npy array?)")
+                raise AttncError(f"{where}: not an .npz archive (a single .npy array?)")
+            for k in data.files:
+                _check_member(data.zip, k, where)
             return {k: data[k] for k in data.files}
     except AttncError:
         raise
+    except MemoryError:
+        raise AttncError(f"{where}: an array is too large to load on this machine") from None
     except Exception as e:  # BadZipFile, ValueError (pickled objects), OSError, EOFError
-        raise AttncError(f"{option} {path}: cannot read as .npz: {e}") from None
+        raise AttncError(f"{where}: cannot read as .npz: {limits.shown(' '.join(str(e).split()), 120)[1:-1]}") from None
+
+
+def _check_member(zf: zipfile.ZipFile, key: str, where: str) -> None:
+    """Check one member's .npy header (shape, dtype) against the limit and the member's size."""
+    info = zf.getinfo(key if key in zf.namelist() else f"{key}.npy")
+    what = f"{where}: array {limits.shown(key)}"
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        header = f.tell()
+    if dtype.hasobject:
+        raise AttncError(f"{what}: contains pickled (object) data, which attnc does not load")
+    nbytes = bounded_prod(shape) * dtype.itemsize
+    limits.check(nbytes, what, limits.TENSOR_BYTES)
+    if info.file_size - header < nbytes:
+        raise AttncError(f"{what}: declares {nbytes} bytes of data, the member holds {info.file_size - header}")
+
+
+def check_npz_name(name: str, what: str = "array") -> None:
+    """An npz member name must be a plain name: numpy makes ``name + '.npy'`` a path inside the archive."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise AttncError(f"{what} name {limits.shown(name)} cannot be stored in an .npz file (no path separators)")
 
 
 def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    for name in arrays:
+        check_npz_name(name)
     np.savez(path, **arrays)
 
 
 def random_arrays(specs: Iterable[tuple[str, tuple[int, ...], np.dtype]], seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random arrays for ``(name, shape, dtype)`` specs, in order: normal floats, 0/1 integers,
     random booleans. The same seed gives the same arrays for a model and for its bitstream."""
+    specs = list(specs)
+    for name, shape, dtype in specs:  # every size first: nothing is drawn if one input is too large
+        if len(shape) > MAX_RANK:
+            raise AttncError(f"input {limits.shown(name)}: rank {len(shape)} exceeds {MAX_RANK} dimensions")
+        if any(d < 0 for d in shape):
+            raise AttncError(f"input {limits.shown(name)}: shape {shape_text(list(shape))} has a negative dimension")
+        limits.check(bounded_prod(shape) * np.dtype(dtype).itemsize, f"random input {limits.shown(name)}",
+                     limits.TENSOR_BYTES)  # fmt: skip
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for name, shape, dtype in specs:
@@ -81,6 +166,7 @@ def random_arrays(specs: Iterable[tuple[str, tuple[int, ...], np.dtype]], seed: 
 
 def random_inputs(bs: Bitstream, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs for the IO table (what ``attnc interpret`` feeds when no inputs are given)."""
+    check_io(bs)
     return random_arrays(((e.name, tuple(e.shape), np_dtype(e.dtype)) for e in entries(bs, "input")), seed)
 
 

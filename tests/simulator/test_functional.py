@@ -228,8 +228,7 @@ def _simulate_bytes(data: bytes, inputs) -> None:
 
 def test_fuzzed_bitstreams_give_only_attnc_errors(monkeypatch):
     # a tighter bound on values and DRAM than real runs: a corrupted shape must not allocate gigabytes
-    monkeypatch.setattr(functional, "MAX_ELEMENTS", 1 << 16)
-    monkeypatch.setattr(functional, "MAX_DRAM_BYTES", 1 << 20)
+    monkeypatch.setenv("ATTNC_MAX_TENSOR_BYTES", str(1 << 20))  # attnc.limits.TENSOR_BYTES, and the DRAM image
     _, data, inputs = example("attention23")
     fingerprint = bsm.read_header(data).fingerprint
     sections = _sections(data)
@@ -266,8 +265,7 @@ def test_fuzzed_bitstreams_give_only_attnc_errors(monkeypatch):
 
 def test_fuzzed_records_give_only_attnc_errors(monkeypatch):
     """Random edits of the decoded records (registers, streams, shapes, params) that still encode."""
-    monkeypatch.setattr(functional, "MAX_ELEMENTS", 1 << 16)
-    monkeypatch.setattr(functional, "MAX_DRAM_BYTES", 1 << 20)
+    monkeypatch.setenv("ATTNC_MAX_TENSOR_BYTES", str(1 << 20))  # attnc.limits.TENSOR_BYTES, and the DRAM image
     _, data, inputs = example("attention23")
     base = bsm.decode(data)
     rng = random.Random(99)
