@@ -29,16 +29,19 @@ def test_io_shape_that_disagrees_with_its_bytes_is_refused_before_allocating():
     # 10^6 x 10^6 f32 declared in a 64-byte entry: used to draw 4 TB of random input before complaining
     bs = table(IOEntry("x", "input", "f32", [10**6, 10**6], 0, 64), IOEntry("y", "output", "f32", [4, 4], 64, 64))
     t0 = time.monotonic()
+    with pytest.raises(AttncError, match="the entry says 64"):
+        io.random_inputs(bs)
+    with pytest.raises(AttncError, match="the entry says 64"):
+        functional.run(bs, {})
+    bs = table(IOEntry("x", "input", "f32", [10**5, 10**5], 0, 4 * 10**10), IOEntry("y", "output", "f32", [4, 4], 64, 64))
     with pytest.raises(AttncError, match="ATTNC_MAX_TENSOR_BYTES"):
         io.random_inputs(bs)
-    with pytest.raises(AttncError, match="ATTNC_MAX_TENSOR_BYTES"):
-        functional.run(bs, {})
     assert time.monotonic() - t0 < 2
 
 
 def test_io_bytes_must_match_the_shape():
     bs = table(IOEntry("x", "input", "f32", [1000, 1000], 0, 64), IOEntry("y", "output", "f32", [4, 4], 64, 64))
-    with pytest.raises(AttncError, match="the shape needs 4000000 bytes, the entry says 64"):
+    with pytest.raises(AttncError, match="the shape needs 4,000,000 bytes, the entry says 64"):
         io.random_inputs(bs)
     with pytest.raises(AttncError, match="the entry says 64"):
         functional.run(bs, {"x": np.zeros((4, 4), np.float32)})
