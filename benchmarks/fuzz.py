@@ -1,7 +1,7 @@
 """The large-budget fuzz run of issue 13: hostile inputs of every kind through the attnc CLI, bounded.
 
     python benchmarks/fuzz.py [--cases 20000] [--workers 1] [--seed 0] [--timeout 60] [--mem-gib 4]
-                              [--kinds onnx,npz,...] [--budget SECONDS] [--corpus DIR] [--no-save]
+                              [--kinds onnx,npz,...] [--budget SECONDS] [--corpus DIR] [--no-save] [--env KEY=VALUE]...
 
 Cases come from the generators of tests/fuzz/fuzzlib.py (mutated ONNX protos, npz inputs, arch YAML,
 pipeline strings, .mlir text, option values, CRC-valid bitstreams), round-robin over the kinds, case i seeded
@@ -48,8 +48,11 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.0, help="stop after this many seconds (0: no limit)")
     ap.add_argument("--corpus", type=Path, default=fuzzlib.CORPUS)
     ap.add_argument("--no-save", action="store_true", help="do not write crashers into the corpus")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for the workers, e.g. ATTNC_MAX_FILE_BYTES=67108864 (repeatable)")
     args = ap.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
+    env = dict(e.split("=", 1) for e in args.env)
     unknown = set(kinds) - set(fuzzlib.GENERATORS)
     if unknown:
         ap.error(f"unknown kinds {sorted(unknown)} (known: {', '.join(fuzzlib.GENERATORS)})")
@@ -70,7 +73,7 @@ def main() -> None:
         return kind, v, line[:120]
 
     def work() -> None:
-        worker = fuzzlib.Worker(mem_bytes=int(args.mem_gib * fuzzlib.GiB), timeout=args.timeout)
+        worker = fuzzlib.Worker(mem_bytes=int(args.mem_gib * fuzzlib.GiB), timeout=args.timeout, env=env)
         try:
             while True:
                 with lock:
@@ -140,7 +143,8 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / "fuzz.md"
     summary = (
         f"{int(total['cases'])} cases in {elapsed:.0f} s, {args.workers} worker(s), RLIMIT_AS {args.mem_gib:g} GiB, "
-        f"{args.timeout:g} s per case, seed {args.seed}, default resource limits. Max RSS: the peak resident set "
+        f"{args.timeout:g} s per case, seed {args.seed}, "
+        f"{'environment ' + ' '.join(args.env) if args.env else 'default resource limits'}. Max RSS: the peak resident set "
         "of a case (the worker's VmHWM, reset before each case), imports included."
     )
     notes = [summary]

@@ -94,6 +94,11 @@ def hostile_int(c: Chooser) -> int:
     return c.choice(HOSTILE_INTS) if c.coin(0.7) else c.integer(-(1 << 40), 1 << 40)
 
 
+def hostile_i64(c: Chooser) -> int:
+    """A hostile value that fits a protobuf int64 field."""
+    return max(-(1 << 63), min((1 << 63) - 1, hostile_int(c)))
+
+
 def hostile_name(c: Chooser) -> str:
     return c.choice(HOSTILE_NAMES)
 
@@ -151,6 +156,34 @@ def _onnx_models() -> list[Any]:
                      [numpy_helper.from_array(np.array(0, np.int64), "s"),
                       numpy_helper.from_array(np.array(4, np.int64), "l"),
                       numpy_helper.from_array(np.array(1, np.int64), "d")]))
+    i64 = TensorProto.INT64
+
+    def sym(name: str, dtype: int, rank: int) -> Any:
+        return helper.make_tensor_value_info(name, dtype, [f"{name}{i}" for i in range(rank)])
+
+    def shaped(op: str, x_shape: list[int], consts: dict[str, Any], rank: int = 2, **attrs: Any) -> Any:
+        """``y = op(x, *consts)`` with symbolic output dims (a mutated constant reaches shape inference)."""
+        inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+        node = helper.make_node(op, ["x", *consts], ["y"], name=op.lower(), **attrs)
+        return mk([node], [vi("x", f, x_shape)], [sym("y", f, rank)], inits)
+
+    models += [
+        shaped("Reshape", [2, 6], {"shape": np.array([3, 4], np.int64)}),
+        shaped("Expand", [1, 3], {"shape": np.array([2, 3], np.int64)}),
+        shaped("Tile", [2, 3], {"repeats": np.array([2, 1], np.int64)}),
+        shaped("Slice", [4, 6], {"starts": np.array([0, 1], np.int64), "ends": np.array([2, 5], np.int64)}),
+        shaped("Gather", [5, 3], {"idx": np.array([0, 4, 2], np.int64)}, axis=0),
+        shaped("Pad", [2, 3], {"pads": np.array([0, 1, 0, 1], np.int64)}),
+        shaped("Transpose", [2, 3, 4], {}, rank=3, perm=[2, 0, 1]),
+        shaped("Softmax", [2, 3], {}, axis=-1),
+        shaped("ReduceSum", [2, 3], {"axes": np.array([1], np.int64)}, keepdims=1),
+        shaped("Concat", [2, 3], {"c": np.ones((2, 3), np.float32)}, axis=0),
+        shaped("Trilu", [4, 4], {"k": np.array(0, np.int64)}, upper=0),
+        mk([helper.make_node("ConstantOfShape", ["s"], ["y"], value=helper.make_tensor("v", f, [1], [0.5]))],
+           [], [sym("y", f, 2)], [numpy_helper.from_array(np.array([2, 3], np.int64), "s")]),
+        mk([helper.make_node("Range", ["a", "b", "d"], ["y"])], [], [sym("y", i64, 1)],
+           [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in (("a", 0), ("b", 5), ("d", 1))]),
+    ]
     return models
 
 
@@ -168,7 +201,9 @@ def _mutate_onnx(c: Chooser, m: Any) -> None:
     from onnx import AttributeProto, TensorProto
 
     g = m.graph
-    op = c.integer(0, 13)
+    op = c.integer(0, 19)
+    if op > 14:
+        op = c.choice([8, 9, 13, 13, 14])  # weigh the mutations that pass the checker
     vis = list(g.input) + list(g.output)
     if op == 0 and vis:  # a dimension
         v = c.choice(vis)
@@ -177,7 +212,7 @@ def _mutate_onnx(c: Chooser, m: Any) -> None:
             d = c.choice(dims)
             if c.coin(0.7):
                 d.dim_value = c.choice([0, 1, 2, 10**9, 10**12, (1 << 62), (1 << 63) - 1]) if c.coin() else max(
-                    0, hostile_int(c))
+                    0, hostile_i64(c))
             else:
                 d.dim_param = c.choice(["?", "N", "", "-1", "a\nb"])
         else:
@@ -195,19 +230,19 @@ def _mutate_onnx(c: Chooser, m: Any) -> None:
         if n.attribute and c.coin():
             a = c.choice(n.attribute)
             if a.type == AttributeProto.INT:
-                a.i = hostile_int(c)
+                a.i = hostile_i64(c)
             elif a.type == AttributeProto.FLOAT:
                 a.f = c.choice(HOSTILE_FLOATS)
             elif a.type == AttributeProto.INTS:
                 del a.ints[:]
-                a.ints.extend(hostile_int(c) % (1 << 63) * c.choice([1, -1]) for _ in range(c.integer(0, 5)))
+                a.ints.extend(hostile_i64(c) for _ in range(c.integer(0, 5)))
             else:
                 a.type = c.choice([AttributeProto.INT, AttributeProto.STRING, AttributeProto.FLOATS])
         else:
             a = n.attribute.add()
             a.name = c.choice(["axis", "perm", "transA", "to", "value", "num_heads", "scale", "bogus"])
             a.type = AttributeProto.INT
-            a.i = hostile_int(c)
+            a.i = hostile_i64(c)
     elif op == 6 and g.node:  # node input/output rewiring
         n = c.choice(g.node)
         if n.input and c.coin():
@@ -231,6 +266,26 @@ def _mutate_onnx(c: Chooser, m: Any) -> None:
         if arr.dtype.kind in "iu" or c.coin():
             arr = np.full(arr.shape, c.choice([30000, 6 * 10**8, 10**9, -1, 0]), dtype=np.int64)
             t.CopyFrom(numpy_helper.from_array(arr, t.name))
+    elif op == 13 and g.initializer:  # one element of a shape-like constant
+        import numpy as np
+        from onnx import numpy_helper
+
+        ints = [t for t in g.initializer if t.data_type == TensorProto.INT64]
+        if ints:
+            t = c.choice(ints)
+            arr = numpy_helper.to_array(t).copy()
+            if arr.size:
+                arr.flat[c.integer(0, arr.size - 1)] = c.choice(
+                    [0, -1, -2, 30000, 6 * 10**8, 10**9, (1 << 62), -(1 << 63), (1 << 63) - 1, 2, 7])
+                t.CopyFrom(numpy_helper.from_array(arr, t.name))
+    elif op == 14 and vis:  # a huge but consistent input dimension (the output left to shape inference)
+        v = c.choice(list(g.input) or vis)
+        for d in v.type.tensor_type.shape.dim:
+            if c.coin():
+                d.dim_value = c.choice([10**5, 10**9, 30000, 1 << 31])
+        for o in g.output:
+            for i, d in enumerate(o.type.tensor_type.shape.dim):
+                d.dim_param = f"out{i}"
     elif op == 10:
         m.opset_import[0].version = c.choice([1, 6, 13, 17, 21, 23, 99, 0])
     elif op == 11 and g.output:
@@ -251,7 +306,10 @@ def gen_onnx(c: Chooser) -> Case:
     m = onnx.ModelProto()
     m.ParseFromString(models[c.integer(0, len(models) - 1)])
     for _ in range(c.integer(1, 3)):
-        _mutate_onnx(c, m)
+        try:
+            _mutate_onnx(c, m)
+        except ValueError:  # a mutation onnx's own helpers refuse to build: try the next one
+            pass
     data = m.SerializeToString()
     if c.coin(0.1):  # raw damage of the serialized proto
         b = bytearray(data)
