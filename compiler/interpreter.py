@@ -23,11 +23,13 @@ from xdsl.ir import Attribute, Block, Operation, SSAValue
 from xdsl.traits import IsTerminator
 
 from attnc import butterfly as bf
+from attnc import limits
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.dialects.values import bitrev_permutation, np_dtype, project, to_numpy
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
+from attnc.limits import shown
 
 Impl = Callable[[Operation, list[np.ndarray]], np.ndarray]
 IMPLS: dict[type[Operation], Impl] = {}
@@ -79,11 +81,38 @@ def finish(x: np.ndarray | np.generic, ty: Attribute) -> np.ndarray:
 # execution
 
 
+def type_bytes(ty: Attribute) -> int:
+    """The bytes a value of tensor type ``ty`` takes in the interpreter (bf16 is held in float32)."""
+    assert isinstance(ty, TensorType)
+    n = 1
+    for d in ty.get_shape():
+        n *= max(int(d), 0)
+    return n * np.dtype(np_dtype(ty.element_type)).itemsize
+
+
+def check_size(ty: Attribute, what: str) -> None:
+    """Refuse to materialise a value of type ``ty`` above ``limits.TENSOR_BYTES`` (before allocating it)."""
+    limits.check(type_bytes(ty), f"{what} ({shown(ty, 80)[1:-1]})", limits.TENSOR_BYTES)
+
+
+def _check_temporaries(op: Operation) -> None:
+    # the values an op computes on the way that are larger than its result: attention's score matrix
+    if isinstance(op, sp.AttentionOp):
+        q, k = sp.shape_of(op.operands[0]), sp.shape_of(op.operands[1])
+        scores = math.prod(q[:-1]) * k[-2] * np.dtype(np_dtype(sp.elt_of(op.operands[0]))).itemsize
+        limits.check(scores, f"the attention scores of '{op.name}' ({'x'.join(map(str, [*q[:-1], k[-2]]))})",
+                     limits.TENSOR_BYTES)  # fmt: skip
+
+
 def eval_op(op: Operation, args: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Evaluate one op on numpy values; the results have the op's result types."""
+    """Evaluate one op on numpy values; the results have the op's result types. A result (or temporary)
+    above ``limits.TENSOR_BYTES`` is refused before the op runs."""
     fn = IMPLS.get(type(op))
     if fn is None:
         raise InterpreterError(f"the reference interpreter has no implementation of '{op.name}'")
+    for i, r in enumerate(op.results):
+        check_size(r.type, f"result {i} of '{op.name}'")
+    _check_temporaries(op)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = fn(op, list(args))
     outs = out if isinstance(out, tuple) else (out,)
@@ -109,8 +138,13 @@ def run_block(block: Block, args: Sequence[np.ndarray]) -> list[np.ndarray]:
             results = eval_op(op, [env[v] for v in op.operands])
         except AttncError:
             raise
+        except MemoryError:
+            raise InterpreterError(
+                f"evaluating '{op.name}' ran out of memory (lower {limits.TENSOR_BYTES.env}, now "
+                f"{limits.TENSOR_BYTES.value():,} bytes, to refuse such tensors up front)"
+            ) from None
         except Exception as e:  # numpy errors name no op: say which one failed
-            raise InterpreterError(f"evaluating '{op.name}' failed: {e}") from e
+            raise InterpreterError(f"evaluating '{op.name}' failed: {shown(e, 200)[1:-1]}") from e
         for r, x in zip(op.results, results):
             env[r] = x
     raise InterpreterError("a block has no terminator")
@@ -121,21 +155,24 @@ def check_inputs(fn: func.FuncOp, inputs: Mapping[str, np.ndarray]) -> list[np.n
     names, _ = io_names(fn)
     extra = sorted(set(inputs) - set(names))
     if extra:
-        raise AttncError(f"unknown input(s) {', '.join(map(repr, extra))}; the model's inputs are {names}")
+        raise AttncError(f"unknown input(s) {', '.join(shown(e, 40) for e in extra[:8])}; "
+                         f"the model's inputs are {', '.join(shown(n, 40) for n in names[:8])}")  # fmt: skip
+    for name, ty in zip(names, fn.function_type.inputs.data):
+        check_size(ty, f"input {shown(name)}")  # every declared input, before any is converted
     args = []
     for name, ty in zip(names, fn.function_type.inputs.data):
         assert isinstance(ty, TensorType)
         shape = tuple(ty.get_shape())
         if name not in inputs:
-            raise AttncError(f"missing input '{name}' (shape {list(shape)}, {ty.element_type})")
+            raise AttncError(f"missing input {shown(name)} (shape {list(shape)}, {ty.element_type})")
         x = np.asarray(inputs[name])
         if x.shape != shape:
-            raise AttncError(f"input '{name}' has shape {list(x.shape)}, the model expects {list(shape)}")
+            raise AttncError(f"input {shown(name)} has shape {list(x.shape)}, the model expects {list(shape)}")
         want = np_dtype(ty.element_type)
         if isinstance(ty.element_type, BFloat16Type) and x.dtype.name == "bfloat16":
             x = x.astype(np.float32)
         elif x.dtype != want:
-            raise AttncError(f"input '{name}' has dtype {x.dtype}, the model expects {ty.element_type} ({want})")
+            raise AttncError(f"input {shown(name)} has dtype {x.dtype}, the model expects {ty.element_type} ({want})")
         args.append(x)
     return args
 

@@ -70,18 +70,80 @@ def set_io_names(fn: func.FuncOp, inputs: Sequence[str], outputs: Sequence[str])
     fn.res_attrs = builtin.ArrayAttr([DictionaryAttr({NAME_ATTR: StringAttr(n)}) for n in outputs])
 
 
+#: the deepest nesting of regions attnc IR may have (a module holds @main, whose kernels hold bodies: a few
+#: levels; a deeper file is refused before anything walks it recursively)
+MAX_NESTING = 64
+
+
+def _nesting(module: ModuleOp) -> int:
+    """The deepest region nesting below ``module`` (counted without recursion)."""
+    deepest, todo = 0, [(module, 0)]
+    while todo:
+        op, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_NESTING:
+            todo.extend((inner, depth + 1) for region in op.regions for block in region.blocks for inner in block.ops)
+    return deepest
+
+
+def check_shape(shape: Sequence[int], what: str) -> None:
+    """A tensor shape from input: every dimension known and >= 0, the element count within
+    ``limits.TENSOR_ELEMENTS`` (AttncError naming ``what``, which should show the shape, otherwise)."""
+    from attnc import limits
+
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise AttncError(f"{what}: an unknown or negative dimension (attnc needs static shapes)")
+    n = 1
+    for d in dims:
+        n *= d
+    limits.check(n, what, limits.TENSOR_ELEMENTS)
+
+
+def _check_types(module: ModuleOp, name: str) -> None:
+    """Every tensor type the IR names (values, block arguments, function signatures, typed attributes) has a
+    static, non-negative shape within the element limit."""
+    from attnc.limits import shown
+
+    def types(op):
+        yield from op.result_types
+        for region in op.regions:
+            for block in region.blocks:
+                yield from block.arg_types
+        for attr in (*op.attributes.values(), *op.properties.values()):
+            if isinstance(attr, builtin.FunctionType):
+                yield from attr.inputs.data
+                yield from attr.outputs.data
+            elif isinstance(t := getattr(attr, "type", None), builtin.TensorType):
+                yield t
+
+    for op in module.walk():
+        for t in types(op):
+            if isinstance(t, builtin.TensorType | builtin.MemRefType | builtin.VectorType):
+                check_shape(t.get_shape(), f"{name}: {op.name}: type {shown(t, 80)}")
+
+
 def parse_module(text: str, name: str = "<input>") -> ModuleOp:
-    """Parse textual IR (with every attnc dialect registered) and verify it."""
+    """Parse textual IR (with every attnc dialect registered) and verify it; every tensor shape in it must
+    be static and within ``limits.TENSOR_ELEMENTS``, and regions nest at most ``MAX_NESTING`` deep."""
     from xdsl.utils.exceptions import ParseError, VerifyException, DiagnosticException
 
+    from attnc.limits import shown
+
+    name = shown(name, 120)[1:-1]
     try:
         module = Parser(make_context(), text, name).parse_module()
+        if _nesting(module) > MAX_NESTING:
+            raise AttncError(f"{name}: regions nest more than {MAX_NESTING} deep")
+        _check_types(module, name)
         module.verify()
     except ParseError as e:
         # one line, compiler style: "file:line:col: message" (str(e) adds a multi-line source excerpt)
-        raise AttncError(f"{e.span.get_location()}: {e.msg}") from e
+        raise AttncError(f"{e.span.get_location()}: {shown(e.msg, 200)[1:-1]}") from e
     except (VerifyException, DiagnosticException) as e:
-        raise AttncError(f"{name}: {e}") from e
+        raise AttncError(f"{name}: {shown(e, 200)[1:-1]}") from e
+    except RecursionError:
+        raise AttncError(f"{name}: the IR is nested too deeply to parse") from None
     return module
 
 
