@@ -1246,7 +1246,8 @@ def describe(bs: Bitstream, header: Header | None = None, *, source: str = "<bit
         lines += _table([["name", "direction", "dtype", "shape", "dram", "bytes"]]
                         + [[e.name, e.direction, e.dtype, _dims(e.shape), f"0x{e.dram_address:x}", str(e.bytes)]
                            for e in bs.io])  # fmt: skip
-    return "\n".join(lines) + "\n"
+    # names come from the file: a newline or a bidi control in one must not forge lines of the listing
+    return "\n".join(limits.shown(line, len(line) + 1)[1:-1] for line in lines) + "\n"
 
 
 def inspect_file(path: str, *, as_json: bool = False) -> str:

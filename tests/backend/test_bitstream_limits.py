@@ -107,3 +107,10 @@ def test_names_are_escaped_in_messages():
     data[sec.offset + 8 + 13] = 1  # the entry's reserved byte
     msg = rejects(refresh_crcs(data), "reserved")
     assert "\u202e" not in msg and "forged" in msg
+
+
+def test_inspect_listing_escapes_names():
+    bs = small(constants=[ConstantEntry(0, "w\nattnc: error: forged\u202e", "f32", [2, 2], "dense", bytes(16))])
+    text = B.describe(decode(encode(bs)))
+    assert "\u202e" not in text and not any(line.startswith("attnc: error") for line in text.splitlines())
+    assert "w\\nattnc: error: forged\\u202e" in text
