@@ -529,9 +529,41 @@ SMALL_MLIR = """builtin.module {
 """
 
 
+ATTENTION_MLIR = """builtin.module {
+  func.func @main(%q: T {attnc.name = "q"}, %k: T {attnc.name = "k"}, %v: T {attnc.name = "v"}, %m: M {attnc.name = "m"}) -> (T {attnc.name = "o"}) {
+    %o = sparse.attention %q, %k, %v mask %m : M {scale = 0.25 : f64, heads = 4 : i64, kv_heads = 4 : i64, causal, causal_offset = 0 : i64, softcap = 0.0 : f64} : T, T, T -> T
+    func.return %o : T
+  }
+}
+"""
+
+
+def _attention_mlir(c: Chooser) -> str:
+    t, m = "tensor<1x4x8x16xf32>", "tensor<1x1x8x8xi1>"
+    text = ATTENTION_MLIR
+    for _ in range(c.integer(1, 3)):
+        op = c.integer(0, 3)
+        if op == 0:
+            key = c.choice(["scale", "heads", "kv_heads", "causal_offset", "softcap"])
+            val = c.choice(["0", "-1", "3", "1000000000", "9223372036854775807", "0x7fffffff"])
+            if key in ("scale", "softcap"):
+                val = c.choice(["0x7FF8000000000000", "-1.0", "1.0e308", "0.0"])
+            text = text.replace(f"{key} = ", f"{key} = {val} : i64, _{key}_old = ", 1) if c.coin(0.2) else \
+                __import__("re").sub(rf"{key} = [^:]+:", f"{key} = {val} :", text, count=1)
+        elif op == 1:
+            t = c.choice(["tensor<1x4x8x16xf32>", "tensor<1x4x8x16xf16>", "tensor<1x3x8x16xf32>", "tensor<0x4x8x16xf32>",
+                          "tensor<1x4x100000x16xf32>", "tensor<1x4x8xf32>", "tensor<1x4x8x16xi1>"])
+        elif op == 2:
+            m = c.choice(["tensor<1x1x8x8xi1>", "tensor<1x1x8x9xi1>", "tensor<8x8xf32>", "tensor<1x4x8x8xi1>",
+                          "tensor<1x1x100000x100000xi1>"])
+        else:
+            text = text.replace(" causal,", c.choice(["", " causal = 5,", " causal, causal,"]), 1)
+    return text.replace("T", t).replace("M", m)
+
+
 def gen_mlir(c: Chooser) -> Case:
-    text = SMALL_MLIR
-    op = c.integer(0, 4)
+    text = SMALL_MLIR if c.coin(0.4) else _attention_mlir(c)
+    op = c.integer(0, 6)
     if op == 0:
         text = text.replace("2x3", c.choice(["-2x3", "?x3", "0x3", "1000000000x1000000000", "2x?", "x", "2x3x"]), 1)
     elif op == 1:
@@ -544,14 +576,15 @@ def gen_mlir(c: Chooser) -> Case:
         for _ in range(c.integer(1, 4)):
             b[c.integer(0, len(b) - 1)] = c.integer(0, 255)
         return Case("mlir", _mlir_argv(c), bytes(b), ".mlir")
-    else:
+    elif op == 4:
         text = text[: c.integer(0, len(text))]
     return Case("mlir", _mlir_argv(c), text.encode(), ".mlir")
 
 
 def _mlir_argv(c: Chooser) -> list[str]:
     return c.choice([["opt", "{case}", "-p", "canonicalize"], ["interpret", "{case}", "-o", "{tmp}/out.npz"],
-                     ["compile", "{case}", "-o", "{tmp}/out.bit", *COMPILE_FAST]])
+                     ["compile", "{case}", "-o", "{tmp}/out.bit", *COMPILE_FAST], ["run", "{case}", *COMPILE_FAST],
+                     ["compile", "{case}", "-o", "{tmp}/out.bit", "--arch", "tiny", *COMPILE_FAST]])
 
 
 # --- command-line options

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("ATTNC_FUZZ_EXAMPLES", "0")) or None
 #: the default examples per kind: the cheap kinds get more, the ones that compile or simulate fewer
-DEFAULT_EXAMPLES = {"onnx": 15, "npz": 12, "arch": 15, "pipeline": 15, "mlir": 15, "options": 12, "bitstream": 25}
+DEFAULT_EXAMPLES = {"onnx": 30, "npz": 25, "arch": 30, "pipeline": 25, "mlir": 30, "options": 20, "bitstream": 40}
 
 FUZZ = settings(
     derandomize=True,
