@@ -13,23 +13,26 @@ Known values turn into ``sparse.constant`` ops only where a runtime op reads the
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from xdsl.dialects import func
-from xdsl.dialects.builtin import FunctionType, ModuleOp
+from xdsl.dialects.builtin import FunctionType, ModuleOp, TensorType
 from xdsl.ir import Block, Operation, Region, SSAValue
 from xdsl.utils.exceptions import VerifyException
 
+from attnc import limits
 from attnc.dialects.sparse import tensor
 from attnc.errors import AttncError
 from attnc.frontend import fold
 from attnc.frontend.onnx_ops import DOMAIN_OPS, OPS, Node, Val, const_op, np_of_elt, onnx_elt
-from attnc.ir import set_io_names
+from attnc.ir import check_shape, set_io_names
+from attnc.limits import shown
 
 #: ONNX default-domain opsets older than this are rejected: 7 brought numpy-style
 #: broadcasting to the arithmetic ops; opsets 7..12 are upgraded to UPGRADE_TO.
@@ -51,13 +54,14 @@ def _upgrade(model: onnx.ModelProto, src: str) -> onnx.ModelProto:
 
         return version_converter.convert_version(model, UPGRADE_TO)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = _first_line(e)
         raise AttncError(f"{src}: upgrading the model from opset {_default_opset(model)} to {UPGRADE_TO} failed: {first}") from e
 
 
 def _first_line(e: BaseException) -> str:
+    # the messages of onnx and numpy quote the model's names: escaped, like every untrusted text
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return shown(text.splitlines()[0], 200)[1:-1] if text else type(e).__name__
 
 
 def _debug() -> bool:
@@ -119,6 +123,29 @@ def _infer(model: onnx.ModelProto, src: str) -> onnx.ModelProto:
         raise AttncError(f"{src}: ONNX shape inference failed: {_first_line(e)}") from e
 
 
+def _check_ranges(model: onnx.ModelProto, src: str) -> None:
+    """Refuse a Range of known bounds whose result is over the fold limit, before shape inference: ONNX's
+    data propagation would materialise it (and Range has no runtime lowering)."""
+    known: dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.domain in DEFAULT_DOMAINS and n.output:
+            t = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "value"), None)
+            if isinstance(t, onnx.TensorProto):
+                known[n.output[0]] = t
+        if n.op_type != "Range" or n.domain not in DEFAULT_DOMAINS or len(n.input) != 3:
+            continue
+        if not all(i in known and math.prod(known[i].dims) == 1 for i in n.input):
+            continue
+        ins = [numpy_helper.to_array(known[i]) for i in n.input]
+        size = fold.result_bytes(n, ins, {})
+        if size is not None and size > limits.FOLD_BYTES.value():
+            raise AttncError(
+                f"{src}: node {shown(n.name or n.output[0])} (Range): its result ({size:,} bytes) is too large to "
+                f"fold at compile time (the {limits.FOLD_BYTES.name} limit is {limits.FOLD_BYTES.value():,} bytes; "
+                f"set {limits.FOLD_BYTES.env} to raise it), and Range has no runtime lowering"
+            )
+
+
 def _bind_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], src: str) -> None:
     """Give every graph input a static shape, in place."""
     inits = {t.name for t in model.graph.initializer}
@@ -126,39 +153,40 @@ def _bind_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
     names = [i.name for i in inputs]
     for key in input_shapes:
         if key not in names:
-            raise AttncError(f"{src}: --input-shape names '{key}', which is not an input (inputs: {', '.join(names)})")
+            raise AttncError(f"{src}: --input-shape names {shown(key)}, which is not an input "
+                              f"(inputs: {', '.join(shown(n, 40)[1:-1] for n in names[:8])}{', ...' if len(names) > 8 else ''})")
     for inp in inputs:
         tt = inp.type.tensor_type if inp.type.HasField("tensor_type") else None
         if tt is None:
-            raise AttncError(f"{src}: input '{inp.name}' is not a tensor; attnc imports tensor inputs only")
+            raise AttncError(f"{src}: input {shown(inp.name)} is not a tensor; attnc imports tensor inputs only")
         want = input_shapes.get(inp.name)
         if want is not None:
             want = [int(d) for d in want]
             if any(d < 0 for d in want):
-                raise AttncError(f"{src}: --input-shape {inp.name}={','.join(map(str, want))} has a negative dim")
+                raise AttncError(f"{src}: --input-shape {shown(inp.name)[1:-1]}={','.join(map(str, want))} has a negative dim")
             if tt.HasField("shape"):
                 dims = tt.shape.dim
                 if len(dims) != len(want):
                     raise AttncError(
-                        f"{src}: input '{inp.name}' has rank {len(dims)}, --input-shape gives {len(want)} dims"
+                        f"{src}: input {shown(inp.name)} has rank {len(dims)}, --input-shape gives {len(want)} dims"
                     )
                 for i, (d, w) in enumerate(zip(dims, want)):
                     if d.HasField("dim_value") and d.dim_value != w:
                         raise AttncError(
-                            f"{src}: input '{inp.name}' has dim {i} = {d.dim_value}, --input-shape gives {w}"
+                            f"{src}: input {shown(inp.name)} has dim {i} = {d.dim_value}, --input-shape gives {w}"
                         )
             tt.shape.Clear()
             for w in want:
                 tt.shape.dim.add().dim_value = w
             continue
         if not tt.HasField("shape"):
-            raise AttncError(f"{src}: input '{inp.name}' has no shape; bind it with --input-shape {inp.name}=...")
+            raise AttncError(f"{src}: input {shown(inp.name)} has no shape; bind it with --input-shape {shown(inp.name)[1:-1]}=...")
         for i, d in enumerate(tt.shape.dim):
             if not d.HasField("dim_value"):
                 sym = d.dim_param or "?"
                 raise AttncError(
-                    f"{src}: input '{inp.name}' has symbolic dim '{sym}' (dim {i}); "
-                    f"bind it with --input-shape {inp.name}=..."
+                    f"{src}: input {shown(inp.name)} has symbolic dim {shown(sym, 30)} (dim {i}); "
+                    f"bind it with --input-shape {shown(inp.name)[1:-1]}=..."
                 )
 
 
@@ -179,6 +207,8 @@ class Importer:
         self._by_name: dict[str, SSAValue] = {}
         self._by_content: dict[tuple, SSAValue] = {}
         self._built: list[Operation] = []  # ops emitted for the current node
+        # the types shape inference gave the values (the size of a result before it is folded)
+        self.declared: dict[str, onnx.TypeProto] = {v.name: v.type for v in [*self.graph.value_info, *self.graph.output]}
         self.used: set[str] = {o.name for o in self.graph.output}
         for n in self.graph.node:
             self.used.update(i for i in n.input if i)
@@ -215,6 +245,8 @@ class Importer:
     def run(self) -> ModuleOp:
         g = self.graph
         for t in g.initializer:
+            dims = list(t.dims)
+            check_shape(dims, f"{self.src}: initializer {shown(t.name)} (shape {'x'.join(map(str, dims))})")
             self.env[t.name] = numpy_helper.to_array(t)
         if len(g.sparse_initializer):
             raise AttncError(f"{self.src}: sparse initializers are not supported")
@@ -224,11 +256,13 @@ class Importer:
             if inp.name in self.env:
                 continue
             tt = inp.type.tensor_type
-            elt = onnx_elt(tt.elem_type, f"{self.src}: input '{inp.name}'")
+            elt = onnx_elt(tt.elem_type, f"{self.src}: input {shown(inp.name)}")
             if inp.name in self.known_inputs:
                 self.env[inp.name] = np.asarray(self.known_inputs[inp.name]).astype(np_of_elt(elt))
                 continue
-            ty = tensor([d.dim_value for d in tt.shape.dim], elt)
+            dims = [d.dim_value for d in tt.shape.dim]
+            check_shape(dims, f"{self.src}: input {shown(inp.name)} (shape {'x'.join(map(str, dims))})")
+            ty = tensor(dims, elt)
             arg = self.block.insert_arg(ty, len(self.block.args))
             args.append(ty)
             in_names.append(inp.name)
@@ -238,7 +272,7 @@ class Importer:
         outs = []
         for o in g.output:
             if o.name not in self.env:
-                raise AttncError(f"{self.src}: graph output '{o.name}' is produced by no node")
+                raise AttncError(f"{self.src}: graph output {shown(o.name)} is produced by no node")
             outs.append(self.value(o.name))
         self.block.add_op(func.ReturnOp(*outs))
         fn = func.FuncOp("main", FunctionType.from_lists(args, [v.type for v in outs]), Region(self.block))
@@ -253,7 +287,7 @@ class Importer:
     def describe(self, node: onnx.NodeProto) -> str:
         dom = node.domain or ""
         ver = self.opsets.get(dom if dom != "ai.onnx" else "", "?")
-        return f"node '{node.name or node.output[0]}' ({node.op_type}, domain '{dom}', opset {ver})"
+        return f"node {shown(node.name or node.output[0])} ({shown(node.op_type, 40)[1:-1]}, domain {shown(dom, 40)}, opset {ver})"
 
     def import_node(self, node: onnx.NodeProto) -> None:
         try:
@@ -271,22 +305,40 @@ class Importer:
     def _import_node(self, node: onnx.NodeProto) -> None:
         for i in node.input:
             if i and i not in self.env:
-                raise AttncError(f"input '{i}' is produced by no earlier node")
+                raise AttncError(f"input {shown(i)} is produced by no earlier node")
         default = node.domain in DEFAULT_DOMAINS
         ins = [self.env[i] if i else None for i in node.input]
+        unfolded = None  # the bytes of a result too large to fold
         if default and node.op_type not in NO_FOLD and all(x is None or isinstance(x, np.ndarray) for x in ins):
             if node.input or node.op_type in FOLD_WITHOUT_INPUTS:
-                outs = fold.evaluate(node, ins, {"": self.opsets[""]})
-                self._bind(node, outs)
-                return
+                # a Constant's value is in the file already; anything else is computed, so its size is checked
+                # before it is (from shape inference, or from the inputs of the ops that make big from small)
+                size = None if node.op_type in FOLD_WITHOUT_INPUTS else fold.result_bytes(node, ins, self.declared)
+                if size is None or size <= limits.FOLD_BYTES.value():
+                    outs = fold.evaluate(node, ins, {"": self.opsets[""]})
+                    size = sum(o.nbytes for o in outs if isinstance(o, np.ndarray))
+                    if node.op_type in FOLD_WITHOUT_INPUTS or size <= limits.FOLD_BYTES.value():
+                        self._bind(node, outs)
+                        return
+                unfolded = size  # too large: the op stays in the graph
         handler = OPS.get(node.op_type) if default else DOMAIN_OPS.get((node.domain, node.op_type))
+        if unfolded is not None and (handler is None or getattr(handler, "needs_known", False)):
+            raise AttncError(
+                f"its result ({unfolded:,} bytes) is too large to fold at compile time (the {limits.FOLD_BYTES.name} "
+                f"limit is {limits.FOLD_BYTES.value():,} bytes; set {limits.FOLD_BYTES.env} to raise it), "
+                f"and {node.op_type} has no runtime lowering"
+            )
         if handler is None:
             supported = ", ".join([*sorted(OPS), *sorted(f"{d}.{o}" for d, o in DOMAIN_OPS)])
             raise AttncError(f"{self.src}: {self.describe(node)} is not supported; supported ops: {supported}")
         self._built = []
         outs = handler(Node(node, self, ins))
-        # verify what this node built here, so an inconsistency names the node
+        # verify what this node built here, so an inconsistency names the node; no result may declare more
+        # elements than a tensor may have
         for op in self._built:
+            for t in op.result_types:
+                if isinstance(t, TensorType):
+                    check_shape(t.get_shape(), f"its result type {shown(t, 80)}")
             op.verify()
         self._bind(node, outs)
 
@@ -295,12 +347,12 @@ class Importer:
             if name:
                 if v is None:
                     if name in self.used:
-                        raise AttncError(f"output '{name}' is not supported")
+                        raise AttncError(f"output {shown(name)} is not supported")
                     continue
                 self.env[name] = np.asarray(v) if isinstance(v, np.generic) else v
         for name in node.output[len(outs) :]:
             if name and name in self.used:
-                raise AttncError(f"output '{name}' is not supported")
+                raise AttncError(f"output {shown(name)} is not supported")
 
 
 #: never evaluated at compile time even with known inputs (random or stateful)
@@ -333,6 +385,7 @@ def import_onnx(
     if opsets[""] < UPGRADE_TO:
         proto = _upgrade(proto, src)
         opsets = _check_opsets(proto, src)
+    _check_ranges(proto, src)
     proto = _infer(proto, src)
     known = dict(known_inputs or {})
     shapes = {k: list(np.shape(v)) for k, v in known.items()}

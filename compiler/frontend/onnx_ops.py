@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import ml_dtypes
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from xdsl.dialects.builtin import (
     BFloat16Type,
     Float16Type,
@@ -595,12 +595,25 @@ def _needs_known(what: str) -> Handler:
         for i in range(len(n.ins)):
             if n.has(i):
                 n.known(i, what)
-        raise AssertionError("unreachable: a node with known inputs is folded")
+        raise AssertionError("unreachable: a node with known inputs is folded (the importer reports one too large to)")
 
+    handler.needs_known = True  # type: ignore[attr-defined]  # no runtime lowering: the importer must fold it
     return handler
 
 
-OPS["ConstantOfShape"] = _needs_known("shape")
+@op("ConstantOfShape")
+def _constant_of_shape(n: Node) -> list[Val]:
+    # reached when the result is too large to fold: a one-element constant broadcast to the shape
+    dims = n.ints(0, "shape")
+    value = n.attr("value")
+    arr = numpy_helper.to_array(value).reshape(-1)[:1] if value is not None else np.zeros(1, np.float32)
+    if arr.size != 1:
+        raise AttncError("the 'value' attribute of ConstantOfShape must hold one element")
+    elt = onnx_elt(value.data_type, "ConstantOfShape's value") if value is not None else None
+    one = n.const(arr.reshape([1] * len(dims)), elt)
+    return [n.emit(sp.BroadcastOp(one, dims))]
+
+
 OPS["Range"] = _needs_known("start, limit and delta")
 
 
