@@ -30,6 +30,7 @@ from xdsl.ir import Attribute, Operation, SSAValue
 from attnc.dialects import sparse as sp
 from attnc.dialects.values import elt_type, from_numpy, np_dtype
 from attnc.errors import AttncError
+from attnc.limits import shown
 
 if TYPE_CHECKING:
     from attnc.frontend.onnx import Importer
@@ -130,7 +131,7 @@ class Node:
         v = self.ins[i]
         if not isinstance(v, np.ndarray):
             raise NotKnownError(
-                f"input {i} ('{what}', value '{self.proto.input[i]}') must be known at compile time, "
+                f"input {i} ('{what}', value {shown(self.proto.input[i])}) must be known at compile time, "
                 "but it depends on a model input"
             )
         return v

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnc.errors import AttncError
+from attnc.limits import shown
 
 if TYPE_CHECKING:
     import onnx
@@ -42,7 +43,7 @@ def _torch() -> Any:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return shown(text.splitlines()[0], 200)[1:-1] if text else type(e).__name__
 
 
 @contextlib.contextmanager
