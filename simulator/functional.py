@@ -66,11 +66,13 @@ class Dram:
         else:
             lo = address + size * sum(s * (d - 1) for s, d in zip(strides, shape) if s < 0 and d > 0)
             hi = address + size * (1 + sum(s * (d - 1) for s, d in zip(strides, shape) if s > 0 and d > 0))
-            limits.check(n * 8, f"{where}: the strided access's offsets", limits.TENSOR_BYTES)
-            grids = np.ix_(*[np.arange(d, dtype=np.int64) * s for d, s in zip(shape, strides)]) if shape else []
-            offsets = (sum(grids, np.zeros((), np.int64)) * size + address).reshape(-1) if n else np.zeros(0, np.int64)
+            offsets = np.zeros(0, np.int64)
         if n and (lo < 0 or hi > len(self.mem)):
             raise SimulationError(f"{where}: bytes {lo}..{hi} lie outside DRAM (0..{len(self.mem)})")
+        if offsets is not None and n:  # within DRAM (checked above), so every offset fits an int64
+            limits.check(n * 8, f"{where}: the strided access's offsets", limits.TENSOR_BYTES)
+            grids = np.ix_(*[np.arange(d, dtype=np.int64) * s for d, s in zip(shape, strides)]) if shape else []
+            offsets = (sum(grids, np.zeros((), np.int64)) * size + address).reshape(-1)
         return offsets
 
     def read(self, address: int, dtype: str, shape: list[int], strides: list[int], where: str) -> np.ndarray:

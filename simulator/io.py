@@ -32,6 +32,8 @@ def check_shape(shape: list[int], dtype: str, what: str) -> int:
     is within the TENSOR_BYTES limit (before anything of that size is allocated)."""
     if len(shape) > MAX_RANK:
         raise SimulationError(f"{what}: rank {len(shape)} exceeds the simulator's {MAX_RANK} dimensions")
+    if bounded_prod([d for d in shape if d]) > 1 << 58:  # numpy refuses even an empty array of such dims
+        raise SimulationError(f"{what}: shape {shape_text(list(shape))} is out of range")
     nbytes = bounded_prod(shape) * storage_bytes(dtype)
     limits.check(nbytes, what, limits.TENSOR_BYTES)
     # in memory a bf16 value is a float32: twice its DRAM bytes

@@ -106,3 +106,12 @@ def test_names_in_messages_are_escaped():
         functional.run(bs, {})
     msg = str(e.value)
     assert "\n" not in msg and "\u202e" not in msg and len(msg) < 300, msg
+
+
+def test_empty_shape_with_huge_dims_is_a_clean_error():
+    # found by fuzzing: numpy refuses even an empty array of such dims (MemoryError / "array is too big")
+    bs = table(IOEntry("x", "input", "f32", [0, 1 << 62, 1 << 62], 0, 0), IOEntry("y", "output", "f32", [2], 0, 8))
+    with pytest.raises(AttncError, match="out of range"):
+        io.random_inputs(bs)
+    with pytest.raises(AttncError, match="out of range"):
+        functional.run(bs, {"x": np.zeros((0, 1, 1), np.float32)})
