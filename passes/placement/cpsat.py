@@ -137,7 +137,7 @@ def solve_interruptibly(solver, model) -> int:
     def work() -> None:
         try:
             result["status"] = solver.solve(model)
-        except BaseException as e:  # handed to the main thread below
+        except BaseException as e:  # noqa: BLE001 -- handed to the main thread below
             result["error"] = e
         finally:
             done.set()

@@ -40,7 +40,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("work started before the output was checked")
 
     monkeypatch.setattr(cli, "load_model", boom)
-    import attnc.backend.bitstream as bitstream
+    from attnc.backend import bitstream
 
     monkeypatch.setattr(bitstream, "read", boom)
 
