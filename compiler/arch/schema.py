@@ -235,6 +235,8 @@ class _Reader:
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise self.fail(line, where, f"unknown unit {limits.shown(unit)} (use {', '.join(SIZE_UNITS)}: binary units{hint})")
             exact = float(number) * SIZE_UNITS[unit]
+            if not math.isfinite(exact) or exact > MAX_TILE_SRAM:
+                raise self.fail(line, where, f"must be at most {MAX_TILE_SRAM} bytes, got {limits.shown(value, 40)}")
             if exact != int(exact):
                 raise self.fail(line, where, f"{limits.shown(value)} is not a whole number of bytes")
             n = int(exact)

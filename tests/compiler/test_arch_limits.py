@@ -78,3 +78,10 @@ def test_untrusted_values_are_escaped_and_shortened():
     assert "\n" not in msg and "\u202e" not in msg and len(msg) < 300
     with pytest.raises(AttncError, match="cannot read a value|integer of"):
         parse_arch(preset_text("tiny").replace("clock_mhz:", "clock_mhz: " + "9" * 6000 + "\nold_clock:", 1))
+
+
+def test_huge_size_string_is_a_clean_error():
+    # found by fuzzing: '999...9 KiB' is float infinity (OverflowError in int())
+    text = preset_text("tiny").replace("sram: 4 KiB", "sram: " + "9" * 400 + " KiB", 1)
+    with pytest.raises(AttncError, match="must be at most"):
+        parse_arch(text)
