@@ -311,6 +311,7 @@ class LowerToDataflowPass(TargetPass):
         fn = main_func(op)
         if any(isinstance(o, df.KernelOp) for o in fn.body.block.ops):
             raise AttncError("lower-to-dataflow: @main is already dataflow IR")
+        self.refuse_empty(fn)
         # scheduled attentions (fused kernels made by `tile`) stay whole; the rest are lowered per head
         attention = [o for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is None]
         per_head = LowerAttentionPerHeadPattern({a: f"attn{i}" for i, a in enumerate(attention)},

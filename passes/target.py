@@ -14,6 +14,8 @@ import os
 from abc import ABC
 from dataclasses import dataclass
 
+from xdsl.dialects import func
+from xdsl.dialects.builtin import TensorType
 from xdsl.passes import ModulePass
 from xdsl.utils.arg_spec import ArgSpec
 
@@ -35,6 +37,21 @@ class TargetPass(ModulePass, ABC):
 
     def target(self) -> Arch:
         return resolve_arch(self.arch)
+
+    def refuse_empty(self, fn: func.FuncOp) -> None:
+        """An AttncError if an attention or a matrix product of ``fn`` has an empty (zero-size) operand or
+        result: its kernels' trip counts and the cost model divide by those dimensions (empty values that
+        are only moved or returned compile as before)."""
+        from attnc.dialects import sparse as sp
+
+        for op in fn.walk():
+            if not isinstance(op, sp.AttentionOp | sp.MatmulOp | sp.ContractOp):
+                continue
+            for v in (*op.operands, *op.results):
+                t = v.type
+                if isinstance(t, TensorType) and 0 in tuple(t.get_shape()):
+                    raise AttncError(f"{self.name}: {op.name} has an empty (zero-size) operand or result ({t}), "
+                                     "which the array cannot compute (the reference interpreter runs it)")
 
     def spec(self, *, include_default: bool = False) -> ArgSpec:
         if isinstance(self.arch, Arch):  # a spec carries the name the array was loaded by

@@ -214,6 +214,7 @@ class TilePass(TargetPass):
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = self.target()
         fn = main_func(op)
+        self.refuse_empty(fn)
         forced = {"groups": self.groups, "members": self.members, "row_block": self.row_block,
                   "key_block": self.key_block}  # fmt: skip
         # each step decides for the whole module (the attentions share one SRAM budget, the stage chains
