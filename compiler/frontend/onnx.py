@@ -136,7 +136,10 @@ def _check_ranges(model: onnx.ModelProto, src: str) -> None:
             continue
         if not all(i in known and math.prod(known[i].dims) == 1 for i in n.input):
             continue
-        ins = [numpy_helper.to_array(known[i]) for i in n.input]
+        try:
+            ins = [numpy_helper.to_array(known[i]) for i in n.input]
+        except Exception:  # a malformed tensor: the import reports it where it reads it
+            continue
         size = fold.result_bytes(n, ins, {})
         if size is not None and size > limits.FOLD_BYTES.value():
             raise AttncError(
@@ -247,7 +250,10 @@ class Importer:
         for t in g.initializer:
             dims = list(t.dims)
             check_shape(dims, f"{self.src}: initializer {shown(t.name)} (shape {'x'.join(map(str, dims))})")
-            self.env[t.name] = numpy_helper.to_array(t)
+            try:
+                self.env[t.name] = numpy_helper.to_array(t)
+            except Exception as e:  # data that does not match its dims or type
+                raise AttncError(f"{self.src}: initializer {shown(t.name)} is malformed: {_first_line(e)}") from None
         if len(g.sparse_initializer):
             raise AttncError(f"{self.src}: sparse initializers are not supported")
         args = []

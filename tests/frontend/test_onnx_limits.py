@@ -136,3 +136,13 @@ def test_input_names_are_escaped(onnx_model) -> None:
     with pytest.raises(AttncError) as e:
         import_onnx(m, name="m.onnx")
     assert "\u202e" not in str(e.value) and "symbolic dim" in str(e.value)
+
+
+def test_a_malformed_range_bound_is_no_internal_error(onnx_model) -> None:
+    # the fuzzer's case: the Range check before shape inference must not choke on a bad tensor
+    m = _range(onnx_model, 10)
+    init = m.graph.initializer[0]
+    init.ClearField("int64_data")
+    init.raw_data = b"\0" * 32  # 4 values for a scalar
+    with pytest.raises(AttncError):
+        import_onnx(m, name="m.onnx")
