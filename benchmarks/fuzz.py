@@ -37,6 +37,16 @@ COLUMNS = ["kind", "cases", "ok", "clean", "unclean", "internal", "hang", "memor
            "max wall s"]
 
 
+def _rel(p: Path | None) -> str:
+    """A saved case's path relative to the repository (the results file names no machine's paths)."""
+    if p is None:
+        return "not saved"
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return p.name
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", type=int, default=20000)
@@ -148,7 +158,7 @@ def main() -> None:
         "of a case (the worker's VmHWM, reset before each case), imports included."
     )
     notes = [summary]
-    notes += [f"- {v} ({k}): `{line}` -> {p}" for (k, v, line), p in saved.items()]
+    notes += [f"- {v} ({k}): `{line}` -> {_rel(p)}" for (k, v, line), p in saved.items()]
     write_markdown(out, "Fuzzing the attnc CLI with hostile input", notes, COLUMNS, rows, fmt)
     print(f"wrote {out}")
 
