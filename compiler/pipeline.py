@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from attnc.errors import AttncError
+from attnc.limits import shown
 
 if TYPE_CHECKING:
     from xdsl.dialects.builtin import ModuleOp
@@ -60,11 +61,11 @@ def parse_pipeline(spec: str) -> list[ModulePass]:
         specs = list(parse_specs(spec))
     except ArgSpecParseError as e:
         detail = str(e).strip().splitlines()[-1].strip()
-        raise AttncError(f"bad pipeline '{spec}': {detail}") from None
+        raise AttncError(f"bad pipeline {shown(spec)}: {shown(detail, 120)[1:-1]}") from None
     passes: list[ModulePass] = []
     for s in specs:
         if s.name not in available:
-            raise AttncError(f"unknown pass '{s.name}' in pipeline '{spec}'; known passes: {', '.join(sorted(available))}")
+            raise AttncError(f"unknown pass {shown(s.name)} in pipeline {shown(spec)}; known passes: {', '.join(sorted(available))}")
         try:
             cls = available[s.name]()
         except (ImportError, AttributeError) as e:
@@ -72,7 +73,7 @@ def parse_pipeline(spec: str) -> list[ModulePass]:
         try:
             passes.append(cls.from_pass_spec(s))
         except (ValueError, TypeError) as e:
-            raise AttncError(f"bad options for pass '{s.name}': {e}") from None
+            raise AttncError(f"bad options for pass '{s.name}': {shown(e, 200)[1:-1]}") from None
     return passes
 
 

@@ -13,6 +13,8 @@ reports.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, fields, replace
 
 from xdsl.context import Context
@@ -52,6 +54,14 @@ class PlaceRoutePass(TargetPass):
     time_limit: float = 10.0
     seed: int = 0
     heuristic_only: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # the solver takes a finite positive budget and a 31-bit seed; anything else fails before any work
+        if not (math.isfinite(self.time_limit) and self.time_limit > 0):
+            raise AttncError(f"place-route: time-limit must be a positive number of seconds, got {self.time_limit}")
+        if not 0 <= self.seed < 2**31:
+            raise AttncError(f"place-route: seed must be in 0..{2**31 - 1}, got {self.seed}")
 
     def _place(self, problem: MappingProblem, arch) -> tuple[Mapping, float]:
         """Place and route; when only link bandwidth stands in the way, ask every stream for half its rate

@@ -94,3 +94,24 @@ def test_link_bandwidth_alone_halves_the_rates_instead_of_failing(monkeypatch) -
     monkeypatch.setattr(place_route, "place_and_route", contexts)
     with pytest.raises(MappingInfeasible, match="99 compute kernels"):
         compile_to_array("bert_layer", "edge")
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("place-route{time-limit=-1.0}", "time-limit must be a positive number"),
+    ("place-route{time-limit=0.0}", "time-limit must be a positive number"),
+    ("place-route{seed=-3}", "seed must be in 0..2147483647"),
+    ("place-route{seed=4294967296}", "seed must be in"),
+])
+def test_bad_solver_options_fail_when_the_pipeline_is_parsed(spec, fragment) -> None:
+    from attnc.pipeline import parse_pipeline
+
+    with pytest.raises(AttncError, match=fragment):
+        parse_pipeline(spec)
+
+
+def test_pipeline_text_is_escaped_in_messages() -> None:
+    from attnc.pipeline import parse_pipeline
+
+    with pytest.raises(AttncError) as info:
+        parse_pipeline("canonicalize,no\u202esuch\npass")
+    assert "\n" not in str(info.value) and "\u202e" not in str(info.value)
