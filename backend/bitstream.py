@@ -1128,8 +1128,14 @@ def _read_bytes(path: str | os.PathLike[str]) -> bytes:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             limits.check(size, f"{path}", limits.FILE_BYTES)
-            data = f.read(cap + 1)  # a special file or one that grows is still read only up to the limit
-            limits.check(len(data), f"{path}", limits.FILE_BYTES)
+            # in chunks: read(cap + 1) would reserve a buffer of the whole limit; a special file or one
+            # that grows is still read only up to the limit
+            chunks, total = [], 0
+            while chunk := f.read(min(1 << 24, cap + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                limits.check(total, f"{path}", limits.FILE_BYTES)
+            data = b"".join(chunks)
     except AttncError as e:
         raise BitstreamError(str(e)) from None
     except OSError as e:
