@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import struct
 import time
-import zlib
 
 import pytest
+from test_bitstream import refresh_crcs
 
 from attnc.arch import load_arch, preset_text
 from attnc.backend import bitstream as B
@@ -30,19 +29,6 @@ def with_section(data: bytes, name: str, body: bytes) -> bytes:
     header = B.read_header(data)
     bodies = [(s.kind, body if s.name == name else data[s.offset : s.offset + s.length]) for s in header.sections]
     return B._assemble(header.fingerprint, bodies)
-
-
-def refresh_crcs(data: bytes | bytearray) -> bytes:
-    """Recompute every section CRC and the header CRC, so a mutation reaches the structural checks."""
-    out = bytearray(data)
-    count = struct.unpack_from("<I", out, 20)[0]
-    for i in range(count):
-        at = B.HEADER.size + B.ENTRY.size * i
-        kind, res, offset, length, _ = B.ENTRY.unpack_from(out, at)
-        B.ENTRY.pack_into(out, at, kind, res, offset, length, zlib.crc32(out[offset : offset + length]))
-    end = B.HEADER.size + B.ENTRY.size * count
-    struct.pack_into("<I", out, 24, zlib.crc32(out[B.HEADER.size : end], zlib.crc32(out[:24])))
-    return bytes(out)
 
 
 def rejects(data: bytes, match: str) -> str:
