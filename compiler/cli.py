@@ -286,8 +286,10 @@ def atomic_path(path: str, option: str) -> Iterator[str]:
 
 def check_npz_names(path: str, names: Iterable[str], option: str = "-o/--output") -> None:
     """Each name must be one plain member of an .npz (no path separator, NUL, '..' or empty name)."""
+    from attnc.simulator.io import is_npz_member_name
+
     for name in names:
-        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        if not is_npz_member_name(name):
             raise AttncError(f"{option} {limits.shown(path, 120)}: output name {limits.shown(name)} cannot be an "
                              "npz key (empty, '..', or a path separator or NUL in it); rename the graph output")  # fmt: skip
 

@@ -133,9 +133,14 @@ def _check_member(zf: zipfile.ZipFile, key: str, where: str) -> None:
         raise AttncError(f"{what}: declares {nbytes} bytes of data, the member holds {info.file_size - header}")
 
 
+def is_npz_member_name(name: str) -> bool:
+    """Whether ``name`` can be one plain member of an .npz: numpy makes ``name + '.npy'`` a path inside the
+    archive, so no path separator, NUL, '.', '..' or empty name."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
 def check_npz_name(name: str, what: str = "array") -> None:
-    """An npz member name must be a plain name: numpy makes ``name + '.npy'`` a path inside the archive."""
-    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+    if not is_npz_member_name(name):
         raise AttncError(f"{what} name {limits.shown(name)} cannot be stored in an .npz file (no path separators)")
 
 
