@@ -7,6 +7,7 @@ matplotlib is imported here only, with the Agg backend through ``Figure`` (no py
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from attnc.arch import KIND_LETTERS
@@ -20,11 +21,27 @@ def plot(stats: Stats, out_dir: str | os.PathLike[str]) -> list[Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / "timeline.png", out / "heatmap.png"]
-        _timeline(stats).savefig(paths[0], dpi=110)
-        _heatmap(stats).savefig(paths[1], dpi=110)
+        for path, figure in zip(paths, (_timeline(stats), _heatmap(stats))):
+            _save(figure, path)
     except OSError as e:
         raise AttncError(f"{out}: cannot write the plots: {e.strerror or e}") from None
     return paths
+
+
+def _save(figure, path: Path) -> None:
+    """Write the PNG beside ``path`` and rename it over, so an interrupt never leaves half a picture; the file
+    gets a new file's usual permissions (0666 less the umask), not mkstemp's 0600."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            figure.savefig(f, format="png", dpi=110)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _timeline(stats: Stats):

@@ -123,6 +123,18 @@ def _infer(model: onnx.ModelProto, src: str) -> onnx.ModelProto:
         raise AttncError(f"{src}: ONNX shape inference failed: {_first_line(e)}") from e
 
 
+def supported_ops() -> list[str]:
+    """Every op type the importer has a handler for, default domain first, sorted."""
+    return [*sorted(OPS), *sorted(f"{d}.{o}" for d, o in DOMAIN_OPS)]
+
+
+def _closest(op_type: str) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(op_type, supported_ops(), n=3, cutoff=0.6)
+    return f"; closest supported: {', '.join(near)}" if near else ""
+
+
 def _check_ranges(model: onnx.ModelProto, src: str) -> None:
     """Refuse a Range of known bounds whose result is over the fold limit, before shape inference: ONNX's
     data propagation would materialise it (and Range has no runtime lowering)."""
@@ -335,8 +347,8 @@ class Importer:
                 f"and {node.op_type} has no runtime lowering"
             )
         if handler is None:
-            supported = ", ".join([*sorted(OPS), *sorted(f"{d}.{o}" for d, o in DOMAIN_OPS)])
-            raise AttncError(f"{self.src}: {self.describe(node)} is not supported; supported ops: {supported}")
+            raise AttncError(f"{self.src}: {self.describe(node)} is not supported{_closest(node.op_type)} "
+                             f"(docs/onnx.md lists the {len(supported_ops())} ops attnc imports)")
         self._built = []
         outs = handler(Node(node, self, ins))
         # verify what this node built here, so an inconsistency names the node; no result may declare more

@@ -76,6 +76,12 @@ def cases() -> dict[str, tuple[bytes | None, str, dict[str, Any]]]:
                helper.make_node("Add", ["x", "rf"], ["y"])],
               [vi("x", F, [1])], [vi("y", F, [600000000])], [i64("a", 0), i64("b", 600000000), i64("d", 1)]),
         ".onnx", ["compile", "{case}", "-o", "{tmp}/o.mlir"], note="folding Range(0, 6e8)")
+    add("onnx/range-computed-bounds",
+        model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "z"], ["n"], axis=0),
+               helper.make_node("Range", ["z", "n", "o"], ["r"])],
+              [vi("x", F, [600000000])], [vi("r", TensorProto.INT64, ["k"])], [i64("z", 0), i64("o", 1)]),
+        ".onnx", ["interpret", "{case}", "-o", "{tmp}/o.npz"],
+        note="Range whose bound comes from Shape->Gather; ONNX data propagation must not materialise it")
     add("onnx/matmul-1e9",
         model([helper.make_node("MatMul", ["a", "b"], ["y"])], [vi("a", F, [10**9, 10**9]), vi("b", F, [10**9, 10**9])],
               [vi("y", F, [10**9, 10**9])]), ".onnx", ["compile", "{case}", "-o", "{tmp}/o.bit", *FAST],

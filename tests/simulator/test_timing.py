@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from attnc.arch import load_arch
 from attnc.backend.bitstream import (
-    Bitstream, DmaDescriptor, Instr, KernelConfig, Port, RouteConfig, TileConfig, decode, embed_arch, encode,
+    Bitstream,
+    DmaDescriptor,
+    Instr,
+    KernelConfig,
+    Port,
+    RouteConfig,
+    TileConfig,
+    decode,
+    embed_arch,
+    encode,
 )  # fmt: skip
 from attnc.errors import AttncError
 from attnc.simulator.plots import plot
@@ -326,6 +335,11 @@ def test_stats_json_trace_and_plots(example_bitstreams, tmp_path):
     paths = plot(stats, tmp_path / "plots")
     assert [p.name for p in paths] == ["timeline.png", "heatmap.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+    # written by rename from a temporary file, which is gone, with a new file's permissions (not 0600)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["heatmap.png", "timeline.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in paths)
 
 
 def test_the_timing_model_imports_no_compiler_internals():
