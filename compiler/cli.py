@@ -85,8 +85,6 @@ def check_arch(arch: str | None) -> Arch | None:
     """``--arch`` is a preset name or a YAML file; load and validate it (attnc.arch, imported lazily)."""
     if arch is None:
         return None
-    if arch not in ARCH_PRESETS and not Path(arch).is_file():
-        raise AttncError(f"--arch '{arch}': neither a preset ({', '.join(ARCH_PRESETS)}) nor an existing file")
     from attnc.arch import load_arch
 
     try:

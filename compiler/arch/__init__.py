@@ -75,7 +75,7 @@ def load_arch(spec: str | os.PathLike[str]) -> Arch:
     if not path.is_file():
         close = difflib.get_close_matches(str(spec), PRESETS, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise AttncError(f"'{spec}' is neither an architecture preset ({', '.join(PRESETS)}) nor an existing file{hint}")
+        raise AttncError(f"{limits.shown(str(spec), 120)} is neither an architecture preset ({', '.join(PRESETS)}) nor an existing file{hint}")
     try:
         st = path.stat()
     except OSError as e:

@@ -161,7 +161,7 @@ def test_check_arch(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("grid: [2, 2]\n")
     with pytest.raises(AttncError, match=r"--arch .*b\.yaml:1: top level: missing key 'version'"):
         check_arch(str(tmp_path / "b.yaml"))
-    with pytest.raises(AttncError, match="--arch 'huge': neither a preset"):
+    with pytest.raises(AttncError, match="^--arch 'huge' is neither an architecture preset"):
         check_arch("huge")
 
 
