@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from attnc.arch import Arch, parse_arch
-from attnc.arch.datatypes import element_bytes
-from attnc.backend.bitstream import Bitstream, Instr, KernelConfig
+from attnc.backend.bitstream import Bitstream, KernelConfig
 from attnc.errors import AttncError
 from attnc.simulator.stats import KernelStats, LinkStats, Stats, TileStats
+from attnc.simulator.work import dtype_bytes, prod_dims, kernel_work
 
 #: loop steps are grouped into at most this many segments per context: the round-robin and the
 #: token emission need no finer grain, and it bounds the events of long sequences
@@ -36,260 +36,7 @@ MAX_SEGMENTS = 64
 #: the progress callback is called every this many events
 PROGRESS_EVERY = 2000
 
-#: buffer addressing and configuration data, not work (docs/design.md, "The dataflow level")
-DATA_OPS = frozenset({"constant", "reshape", "transpose", "slice", "concat", "broadcast", "gather", "pad", "convert"})
-MAC_OPS = frozenset({"matmul", "contract", "attention"})
 DMA_KINDS = frozenset({"dma_load", "dma_store", "dma_spill"})
-#: passes over the data a row-wise op makes (softmax: max, exp+sum, scale)
-PASSES = {"softmax": 3, "log_softmax": 3, "layer_norm": 3}
-
-
-def _prod(dims) -> int:
-    n = 1
-    for d in dims:
-        n *= max(int(d), 0)
-    return n
-
-
-def _dtype_bytes(dtype: str) -> int:
-    return element_bytes(dtype)
-
-
-# ---------------------------------------------------------------------------
-# work of one context, from its body
-
-
-@dataclass
-class Work:
-    macs: int = 0
-    mac_cycles: int = 0  # on this tile's MAC array, before the fill (fused attention excluded)
-    lane_ops: int = 0  # elementwise / special-function operations (per element, passes included)
-    sram_read: int = 0
-    sram_write: int = 0
-    # the fused attention instructions (spec 2): their MACs and lane operations are in ``macs`` and
-    # ``lane_ops`` too, but they are timed by their own pipelined rule, fill included
-    fused_macs: int = 0
-    fused_lane_ops: int = 0
-    fused_cycles: int = 0
-
-
-def _shape(value) -> list[int] | None:
-    if isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in value):
-        return value
-    return None
-
-
-def _gemm_cycles(out: list[int], k: int, rows: int, cols: int) -> int:
-    m = out[-2] if len(out) >= 2 else 1
-    n = out[-1] if out else 1
-    batch = _prod(out[:-2])
-    return batch * -(-max(m, 0) // rows) * -(-max(n, 0) // cols) * max(k, 0)
-
-
-def _einsum_sizes(equation: str, shapes: list[list[int] | None]) -> tuple[dict[str, int], str] | None:
-    if "->" not in equation or "." in equation:
-        return None
-    lhs, out = equation.replace(" ", "").split("->")
-    sizes: dict[str, int] = {}
-    terms = lhs.split(",")
-    if len(terms) != len(shapes):
-        return None
-    for term, shape in zip(terms, shapes):
-        if shape is None or len(term) != len(shape):
-            return None
-        for c, d in zip(term, shape):
-            sizes[c] = max(sizes.get(c, 0), int(d))
-    if any(c not in sizes for c in out):
-        return None
-    return sizes, out
-
-
-def kernel_work(cfg: KernelConfig, tile) -> Work:
-    """MACs, MAC-array cycles, lane operations and SRAM traffic of one context on ``tile``."""
-    shapes: dict[int, list[int]] = {}
-    dtypes: dict[int, str] = {}
-    for p in cfg.inputs:
-        # a port's shape is the whole tensor the body sees; its tokens only say how it streams in
-        shapes[p.register] = list(p.shape)
-        dtypes[p.register] = p.dtype
-    rows, cols = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
-    w = Work()
-    for ins in cfg.body:
-        out = _shape(ins.params.get("shape")) or []
-        dtype = str(ins.params.get("dtype", "f32"))
-        for r in ins.results:
-            shapes[r] = out
-            dtypes[r] = dtype
-        if ins.opcode in DATA_OPS:
-            continue
-        ops = [shapes.get(r) for r in ins.operands]
-        out_elems = _prod(out)
-        w.sram_read += sum(_prod(s or []) * _dtype_bytes(dtypes.get(r, "f32")) for r, s in zip(ins.operands, ops))
-        w.sram_write += out_elems * _dtype_bytes(dtype) * max(len(ins.results), 1)
-        if ins.opcode == "attention" and "fusion" in ins.params:
-            a = fused_attention_work(ins, ops, out, rows, cols, max(tile.vector_lanes, 1))
-            w.macs += a.macs
-            w.lane_ops += a.lane_ops
-            w.fused_macs += a.macs
-            w.fused_lane_ops += a.lane_ops
-            w.fused_cycles += a.cycles
-            continue
-        if ins.opcode == "butterfly_stage":
-            macs, cycles = butterfly_stage_work(ins, ops, out, rows, cols)
-            w.macs += macs
-            w.mac_cycles += cycles
-            continue
-        if ins.opcode in MAC_OPS:
-            macs, cycles, lane = _mac_work(ins, ops, out, rows, cols)
-            w.macs += macs
-            w.mac_cycles += cycles
-            w.lane_ops += lane
-            continue
-        biggest = max([out_elems] + [_prod(s) for s in ops if s is not None])
-        w.lane_ops += PASSES.get(ins.opcode, 1) * biggest
-    return w
-
-
-def butterfly_stage_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tuple[int, int]:
-    """(MACs, MAC-array cycles) of a ``butterfly_stage``: the last axis (n) seen as [g, radix, stride,
-    block], each of the g·stride (group, stride) slices is a GEMM [R, width] x [width, width] over the R
-    rows (width = radix·block): R·n·width MACs, n/width · ⌈R/rows⌉ · ⌈width/cols⌉ · width cycles. With a
-    ``row_block`` param b (the kernel holds b rows at a time), ⌈R/rows⌉ becomes ⌈R/b⌉ · ⌈b/rows⌉."""
-    x = ops[0] if ops and ops[0] is not None else out
-    n = max(x[-1], 0) if x else 0
-    r_rows = _prod(x[:-1]) if x else 0
-    width = max(_param_int(ins, "radix", 1), 1) * max(_param_int(ins, "block", 1), 1)
-    slices = n // width
-    rb = _param_int(ins, "row_block", 0)
-    rb = min(rb, r_rows) if rb > 0 else r_rows
-    steps = -(-r_rows // rb) * -(-rb // rows) if rb else 0
-    return r_rows * n * width, slices * steps * -(-width // cols) * width
-
-
-def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tuple[int, int, int]:
-    """(MACs, MAC-array cycles, vector ops) of a matmul, contract or attention."""
-    if ins.opcode == "matmul":
-        a = ops[0] if ops else None
-        k = (a[-1] if a else 1) if a is not None else 1
-        return _prod(out) * k, _gemm_cycles(out, k, rows, cols), 0
-    if ins.opcode == "contract":
-        parsed = _einsum_sizes(str(ins.params.get("equation", "")), ops)
-        if parsed is None:
-            return _prod(out), _gemm_cycles(out, 1, rows, cols), 0
-        sizes, outs = parsed
-        k = _prod(sizes[c] for c in sizes if c not in outs)
-        return _prod(sizes.values()), _gemm_cycles(out, k, rows, cols), 0
-    # attention: q (B, H, S, d), k (B, Hkv, T, d), v (B, Hkv, T, dv) -> (B, H, S, dv)
-    q = ops[0] if ops and ops[0] else [1, 1, 1, 1]
-    kk = ops[1] if len(ops) > 1 and ops[1] else q
-    d, t = q[-1], (kk[-2] if len(kk) >= 2 else 1)
-    dv = out[-1] if out else d
-    rows_q = _prod(q[:-1])
-    scores = list(q[:-1]) + [t]
-    macs = rows_q * t * (d + dv)
-    cycles = _gemm_cycles(scores, d, rows, cols) + _gemm_cycles(list(q[:-1]) + [dv], t, rows, cols)
-    return macs, cycles, PASSES["softmax"] * rows_q * t
-
-
-@dataclass
-class AttentionWork:
-    macs: int = 0
-    mac_cycles: int = 0
-    lane_ops: int = 0
-    cycles: int = 0
-    steps: int = 0  # (row block, key block) steps executed, over all (batch, head) units
-    skipped: int = 0  # steps skipped by the causal rule
-
-
-#: the causal rule walks row blocks one by one; beyond this many a bitstream is refused, not timed for hours
-MAX_ROW_BLOCKS = 1 << 21
-
-
-def _param_int(ins: Instr, key: str, default: int) -> int:
-    v = ins.params.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise AttncError(f"simulate: attention param '{key}' must be an integer, got {v!r}")
-    return v
-
-
-def fused_attention_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int, lanes: int) -> AttentionWork:
-    """Work of an ``attention`` instruction with a ``fusion`` schedule (spec 2, docs/simulator.md).
-
-    For each (batch, head) unit, row blocks of ``R`` rows by key blocks of ``Kb`` keys (``"flat"``: Kb = T);
-    a step is skipped when ``causal`` masks its first key for its last row. A step of r rows and kb keys does
-    r·kb·(d + dv) MACs in ⌈r/rows⌉·⌈kb/cols⌉·d + ⌈r/rows⌉·⌈dv/cols⌉·kb MAC-array cycles and 3·r·kb
-    (flat: max, exp + sum, normalise) or 2·r·kb (online: max, exp + sum) lane operations, + r·kb with a
-    mask; online adds r·dv + 2·r for each step after a row block's first (rescaling the output and the
-    sum by exp(m_old - m_new)) and r·dv per row block that ran (the final divide). The vector unit overlaps the MAC array, so the instruction takes
-    max(MAC cycles, ⌈lane ops / lanes⌉) + (rows + cols) if it did any MAC."""
-    fusion = ins.params.get("fusion")
-    if fusion not in ("flat", "online"):
-        raise AttncError(f"simulate: attention fusion {fusion!r} is not one of 'flat', 'online'")
-    q = ops[0] if ops and ops[0] is not None else None
-    k = ops[1] if len(ops) > 1 and ops[1] is not None else None
-    v = ops[2] if len(ops) > 2 and ops[2] is not None else None
-    if q is None or k is None or len(q) < 2 or len(k) < 2:
-        raise AttncError(f"simulate: fused attention needs q and k of rank >= 2, got {q} and {k}")
-    units, s, d = _prod(q[:-2]), max(q[-2], 0), max(q[-1], 0)
-    t = max(k[-2], 0)
-    dv = max(v[-1], 0) if v else (max(out[-1], 0) if out else d)
-    r_blk = _param_int(ins, "row_block", max(s, 1))
-    k_blk = max(t, 1) if fusion == "flat" else _param_int(ins, "key_block", -1)  # flat: one block of all keys
-    if r_blk < 1 or k_blk < 1:
-        raise AttncError(f"simulate: fused attention needs row_block and key_block >= 1, got {r_blk} and {k_blk}")
-    causal = bool(ins.params.get("causal", 0))
-    offset = _param_int(ins, "causal_offset", 0)
-    masked = len(ins.operands) > 3
-    online = fusion == "online"
-    n_rows = -(-s // r_blk)
-    n_keys = -(-t // k_blk)
-    kb_last = t - (n_keys - 1) * k_blk if n_keys else 0
-    ck_full, ck_last = -(-k_blk // cols), -(-kb_last // cols)
-    cdv = -(-dv // cols)
-
-    def row_block(r: int, n_exec: int) -> tuple[int, int, int]:
-        """(MACs, MAC cycles, lane ops) of a row block of r rows running its first n_exec key blocks."""
-        if n_exec <= 0:
-            return 0, 0, 0
-        if n_exec == n_keys:
-            sum_kb, sum_ck = t, (n_keys - 1) * ck_full + ck_last
-        else:
-            sum_kb, sum_ck = n_exec * k_blk, n_exec * ck_full
-        cr = -(-r // rows)
-        lane = (2 if online else 3) * r * sum_kb + (r * sum_kb if masked else 0)
-        if online:  # every step after the first rescales the output and the sum; one divide at the end
-            lane += (n_exec - 1) * (r * dv + 2 * r) + r * dv
-        return r * sum_kb * (d + dv), cr * (sum_ck * d + cdv * sum_kb), lane
-
-    a = AttentionWork()
-
-    def add(r: int, n_exec: int, times: int) -> None:
-        m, c, lane = row_block(r, n_exec)
-        a.macs += m * times
-        a.mac_cycles += c * times
-        a.lane_ops += lane * times
-        a.steps += max(n_exec, 0) * times
-        a.skipped += (n_keys - max(n_exec, 0)) * times
-
-    if n_rows and n_keys:
-        r_last = s - (n_rows - 1) * r_blk
-        if not causal:
-            add(r_blk, n_keys, n_rows - 1)
-            add(r_last, n_keys, 1)
-        else:
-            if n_rows > MAX_ROW_BLOCKS:
-                raise AttncError(f"simulate: fused attention has {n_rows} row blocks, more than {MAX_ROW_BLOCKS}")
-            for i in range(n_rows):
-                r = r_blk if i < n_rows - 1 else r_last
-                last = i * r_blk + r - 1 + offset  # the last row's last allowed key
-                add(r, min(n_keys, last // k_blk + 1) if last >= 0 else 0, 1)
-    a.macs *= units
-    a.mac_cycles *= units
-    a.lane_ops *= units
-    a.steps *= units
-    a.skipped *= units
-    a.cycles = max(a.mac_cycles, -(-a.lane_ops // lanes)) + (rows + cols if a.macs else 0)
-    return a
 
 
 # ---------------------------------------------------------------------------
@@ -490,7 +237,7 @@ def _repeat_share(loops: list[tuple[str, int]], segments: int) -> Callable[[int]
     The first of the P passes reads it, the others stream what is held (a memory tile re-sending K/V)."""
     names = [n for n, _ in loops]
     j = names.index("repeat")
-    outer, passes, inner = _prod(t for _, t in loops[:j]), max(loops[j][1], 1), _prod(t for _, t in loops[j + 1 :])
+    outer, passes, inner = prod_dims(t for _, t in loops[:j]), max(loops[j][1], 1), prod_dims(t for _, t in loops[j + 1 :])
     steps = outer * passes * inner
 
     def share(i: int) -> tuple[int, int]:
@@ -772,7 +519,7 @@ class _Sim:
         return False
 
     def _kernel(self, cfg: KernelConfig, tile: _Tile, at, producers) -> _Kernel:
-        steps = _prod(trips for _, trips in cfg.loops) if cfg.loops else 1
+        steps = prod_dims(trips for _, trips in cfg.loops) if cfg.loops else 1
         is_dma = at.kind == "dma" or cfg.kind in DMA_KINDS
         if is_dma:  # a DMA context moves its data token by token, whatever its loops say
             steps = max([steps] + [p.tokens for p in cfg.outputs + cfg.inputs])
@@ -784,13 +531,13 @@ class _Sim:
             # a weight (a constant loaded by DMA) is needed whole before the first step
             # (one re-read by a ("repeat", P) loop comes in P copies, each needed by its share of the steps)
             weight = (src is not None and not src.inputs and any(i.opcode == "constant" for i in src.body)
-                      and _prod(t for name, t in src.loops if name == "repeat") <= 1)  # fmt: skip
+                      and prod_dims(t for name, t in src.loops if name == "repeat") <= 1)  # fmt: skip
             port = _InPort(p.stream, max(p.tokens, 1), weight)
             if src is None or src is cfg:
                 port.received = port.tokens  # a DRAM-side stream (or one nothing produces) is there from the start
             k.inputs.append(port)
         # ("repeat", P) loops stream the context's outputs P times (a DMA context runs its descriptors P times)
-        repeat = _prod(trips for name, trips in cfg.loops if name == "repeat")
+        repeat = prod_dims(trips for name, trips in cfg.loops if name == "repeat")
         if not is_dma and repeat > 1:
             share = _repeat_share(list(cfg.loops), segments)
             for port in k.inputs:
@@ -800,11 +547,11 @@ class _Sim:
         port_bytes = 0
         for p in cfg.outputs:
             # the port's shape is the whole tensor; each of its tokens carries 1/tokens of the bytes moved
-            nbytes = _prod(p.shape) * _dtype_bytes(p.dtype)
+            nbytes = prod_dims(p.shape) * dtype_bytes(p.dtype)
             k.outputs.append((p.stream, max(p.tokens, 1), nbytes * repeat))
             k.emitted[p.stream] = 0
             port_bytes += nbytes
-        in_bytes = sum(_prod(p.shape) * _dtype_bytes(p.dtype) for p in cfg.inputs)
+        in_bytes = sum(prod_dims(p.shape) * dtype_bytes(p.dtype) for p in cfg.inputs)
         if is_dma:
             read, write = self._dma_bytes(cfg, in_bytes, port_bytes)
             # a ("repeat", P) loop runs the loads P times; a spill's store writes its input once

@@ -13,7 +13,8 @@ from attnc.arch import load_arch
 from attnc.backend.bitstream import (
     Bitstream, Instr, KernelConfig, Port, RouteConfig, TileConfig, decode, embed_arch, encode,
 )  # fmt: skip
-from attnc.simulator.timing import kernel_work, simulate
+from attnc.simulator.timing import simulate
+from attnc.simulator.work import kernel_work
 
 TINY = load_arch("tiny")
 

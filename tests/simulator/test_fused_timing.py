@@ -111,7 +111,7 @@ def test_the_cost_model_implements_the_same_rule():
 
     from attnc.backend.bitstream import Instr as I
     from attnc.cost.attention import attention_work
-    from attnc.simulator.timing import fused_attention_work
+    from attnc.simulator.work import fused_attention_work
 
     rng = random.Random(3)
     for _ in range(500):

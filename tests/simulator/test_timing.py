@@ -437,7 +437,7 @@ def test_the_simulator_charges_nothing_for_exactly_the_dialects_data_movement():
     """The simulator keeps its own list of free ops (it may not import the dialects); it must name the
     ops that carry the sparse dialect's DataMovement trait, and constants."""
     from attnc.dialects import sparse as sp
-    from attnc.simulator.timing import DATA_OPS
+    from attnc.simulator.work import DATA_OPS
 
     moved = {op.name.removeprefix("sparse.") for op in sp.Sparse.operations if op.has_trait(sp.DataMovement)}
     assert DATA_OPS == moved | {"constant"}
