@@ -28,7 +28,7 @@ from attnc.arch import Arch, parse_arch
 from attnc.backend.bitstream import Bitstream, KernelConfig
 from attnc.errors import AttncError
 from attnc.simulator.stats import KernelStats, LinkStats, Stats, TileStats
-from attnc.simulator.work import dtype_bytes, prod_dims, kernel_work
+from attnc.simulator.work import context_cycles, dtype_bytes, kernel_work, prod_dims
 
 #: loop steps are grouped into at most this many segments per context: the round-robin and the
 #: token emission need no finer grain, and it bounds the events of long sequences
@@ -564,24 +564,11 @@ class _Sim:
             self.stats.sram_read_bytes += k.dma_bytes
             return k
         w = kernel_work(cfg, at)
-        lanes = max(at.vector_lanes, 1)
-        if at.kind == "butterfly":
-            # a 2x2 butterfly is 4 multiply-adds, or an operation on 2 elements
-            units = -(-w.macs // 4) + -(-w.lane_ops // 2)
-            compute, fill = -(-units // lanes), 0
-            self.stats.butterfly_ops += units
-        elif at.kind == "compute":
-            # fused attention instructions carry their own (pipelined) cycles and fill; the rest add up
-            compute = w.mac_cycles + -(-(w.lane_ops - w.fused_lane_ops) // lanes) + w.fused_cycles
-            fill = at.mac_rows + at.mac_cols if w.macs > w.fused_macs else 0
-            self.stats.vector_ops += w.lane_ops
-        elif at.kind == "sfu":
-            # no MAC array: a stray contraction runs on the lanes
-            units = w.macs + w.lane_ops
-            compute, fill = -(-units // lanes), 0
-            self.stats.sfu_ops += units
-        else:  # memory tiles hold data and compute nothing
-            compute, fill = 0, 0
+        c = context_cycles(w, at)
+        compute, fill = c.compute, c.fill
+        self.stats.butterfly_ops += c.butterfly_ops
+        self.stats.vector_ops += c.vector_ops
+        self.stats.sfu_ops += c.sfu_ops
         self.stats.macs += w.macs
         st.macs = w.macs
         tile.stats.macs += w.macs

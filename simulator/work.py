@@ -126,6 +126,36 @@ def kernel_work(cfg: KernelConfig, tile) -> Work:
     return w
 
 
+@dataclass
+class ContextCycles:
+    """How long a context's work takes on its tile, and the operations charged to each unit."""
+
+    compute: int  # cycles of work, spread over the context's segments
+    fill: int  # pipeline fill, paid by the first segment
+    vector_ops: int = 0
+    sfu_ops: int = 0
+    butterfly_ops: int = 0
+
+
+def context_cycles(w: Work, tile) -> ContextCycles:
+    """The cycles of ``w`` on ``tile`` (an ``attnc.arch.Tile``), by the unit each operation runs on."""
+    lanes = max(tile.vector_lanes, 1)
+    if tile.kind == "butterfly":
+        # a 2x2 butterfly is 4 multiply-adds, or an operation on 2 elements
+        units = -(-w.macs // 4) + -(-w.lane_ops // 2)
+        return ContextCycles(-(-units // lanes), 0, butterfly_ops=units)
+    if tile.kind == "compute":
+        # fused attention instructions carry their own (pipelined) cycles and fill; the rest add up
+        compute = w.mac_cycles + -(-(w.lane_ops - w.fused_lane_ops) // lanes) + w.fused_cycles
+        fill = tile.mac_rows + tile.mac_cols if w.macs > w.fused_macs else 0
+        return ContextCycles(compute, fill, vector_ops=w.lane_ops)
+    if tile.kind == "sfu":
+        # no MAC array: a stray contraction runs on the lanes
+        units = w.macs + w.lane_ops
+        return ContextCycles(-(-units // lanes), 0, sfu_ops=units)
+    return ContextCycles(0, 0)  # memory tiles hold data and compute nothing
+
+
 def butterfly_stage_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tuple[int, int]:
     """(MACs, MAC-array cycles) of a ``butterfly_stage``: the last axis (n) seen as [g, radix, stride,
     block], each of the g·stride (group, stride) slices is a GEMM [R, width] x [width, width] over the R
