@@ -529,9 +529,12 @@ class _Sim:
         for p in cfg.inputs:
             src = producers.get(p.stream)
             # a weight (a constant loaded by DMA) is needed whole before the first step
-            # (one re-read by a ("repeat", P) loop comes in P copies, each needed by its share of the steps)
+            # (one re-read by a ("repeat", P) loop comes in P copies, each needed by its share of the steps),
+            # unless a GEMM streams it in chunks of its reduction dimension: then it comes in several tokens,
+            # each needed by its share of the steps like any stream (a fused attention keeps K/V whole)
+            chunked = p.tokens > 1 and cfg.kind != "attention"
             weight = (src is not None and not src.inputs and any(i.opcode == "constant" for i in src.body)
-                      and prod_dims(t for name, t in src.loops if name == "repeat") <= 1)  # fmt: skip
+                      and prod_dims(t for name, t in src.loops if name == "repeat") <= 1 and not chunked)  # fmt: skip
             port = _InPort(p.stream, max(p.tokens, 1), weight)
             if src is None or src is cfg:
                 port.received = port.tokens  # a DRAM-side stream (or one nothing produces) is there from the start
