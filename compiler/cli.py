@@ -652,7 +652,9 @@ def format_schedule(config: Any) -> str:
 
 
 def say_random_inputs(inputs: dict[str, Any], seed: int) -> None:
-    listing = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in inputs.items())
+    # names come from the model: escaped, and the line kept short
+    listing = ", ".join(f"{limits.shown(k, 40)[1:-1]} {list(v.shape)} {v.dtype}" for k, v in list(inputs.items())[:8])
+    listing += ", ..." if len(inputs) > 8 else ""
     click.echo(f"attnc: no --inputs given; using random inputs (seed {seed}): {listing}", err=True)
 
 

@@ -22,6 +22,10 @@ from attnc.arch.model import DRAM, ENERGY_ACTIONS, KIND_LETTERS, LETTER_KINDS, T
 from attnc.errors import AttncError
 
 FORMAT_VERSION = 1
+#: bounds on any count or rate of a file: far beyond any real array, and small enough that every figure derived
+#: from them (cycles, bytes per cycle, energy) stays a 64-bit integer in the IR and the bitstream
+MAX_INT = 1 << 30
+MAX_NUMBER = 1e9
 SUPPORTED_VERSIONS = (1,)
 DATATYPES = ("f32", "f16", "bf16", "i32", "i16", "i8", "i4")
 TOPOLOGIES = ("mesh",)
@@ -195,14 +199,15 @@ class _Reader:
             if key not in m and key not in optional:
                 raise self.fail(m.line, path or "top level", f"missing key '{key}'")
 
-    def int(self, m: _Map, key: str, path: str, lo: int, hi: int | None = None) -> int:
+    def int(self, m: _Map, key: str, path: str, lo: int, hi: int | None = MAX_INT) -> int:
         value, where = m[key], _join(path, key)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(m.lines[key], where, f"expected an integer, got {_describe(value)}")
         _check_range(self, m.lines[key], where, value, lo, hi)
         return value
 
-    def number(self, m: _Map, key: str, path: str, lo: float, *, positive: bool = False) -> float:
+    def number(self, m: _Map, key: str, path: str, lo: float, *, positive: bool = False,
+               hi: float = MAX_NUMBER) -> float:
         value, where = m[key], _join(path, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self.fail(m.lines[key], where, f"expected a finite number, got {_describe(value)}")
@@ -210,6 +215,8 @@ class _Reader:
             raise self.fail(m.lines[key], where, f"must be positive, got {value}")
         if value < lo:
             raise self.fail(m.lines[key], where, f"must be at least {lo}, got {value}")
+        if value > hi:
+            raise self.fail(m.lines[key], where, f"must be at most {hi:g}, got {value:g}")
         return float(value)
 
     def string(self, m: _Map, key: str, path: str) -> str:
@@ -330,7 +337,7 @@ def parse_arch(text: str, source_name: str = "<arch>") -> Arch:
     r.keys(grid, "grid", ("width", "height"))
     width = r.int(grid, "width", "grid", 1, MAX_GRID)
     height = r.int(grid, "height", "grid", 1, MAX_GRID)
-    clock_mhz = r.number(top, "clock_mhz", "", 0, positive=True)
+    clock_mhz = r.number(top, "clock_mhz", "", 0, positive=True, hi=1e5)  # 100 GHz
 
     kinds = _tile_kinds(r, top)
     tiles = _layout(r, top, width, height, kinds)
