@@ -405,11 +405,12 @@ class _Sim:
                     p.token_bytes = self._token_bytes(src, k, p)
         self.stats.kernels = [k.stats for k in self.kernels.values()]
         for ts in self.stats.tiles:
-            # capacity is the placer's to respect; the timing model does not spill, so it says so
+            # the contexts' buffers are allocated side by side in the tile's SRAM: a configuration that asks for
+            # more than the tile has cannot be loaded, so it is refused rather than timed
             if ts.buffer_bytes > ts.sram_bytes:
-                self.stats.warnings.append(
-                    f"tile ({ts.x},{ts.y}): the contexts' buffers need {ts.buffer_bytes} bytes, the tile has "
-                    f"{ts.sram_bytes} (timed as if they fit)"
+                raise AttncError(
+                    f"simulate: TILES: tile ({ts.x},{ts.y}): its contexts' buffers need {ts.buffer_bytes} bytes, "
+                    f"the tile has {ts.sram_bytes}"
                 )
         self._banks()
         self._back_pressure()

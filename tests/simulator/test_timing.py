@@ -211,27 +211,29 @@ def test_contexts_on_one_tile_take_turns():
 # errors
 
 
-def test_buffers_larger_than_the_tile_are_reported():
+def test_buffers_larger_than_the_tile_are_refused():
     from attnc.backend.bitstream import Buffer
 
     big = gemm(0, 4, 4, 4)
     big.buffers = [Buffer("work", 0, 1 << 20, 1, True)]
-    stats = simulate(bitstream({(1, 1): [big]}))
-    assert stats.warnings == [
-        "tile (1,1): the contexts' buffers need 1048576 bytes, the tile has 4096 (timed as if they fit)",
-        # 4096 bytes in 2 banks of 2048: a 1 MiB buffer takes 512 whole banks
-        "kernel 0 'gemm0' on tile (1,1): its buffers need 512 banks of 2048 bytes, the tile has 2 (timed as if they fit)",
-    ]
-    assert stats.to_json()["warnings"] == stats.warnings
-    assert stats.kernels[0].buffer_banks == 512
+    with pytest.raises(AttncError, match=r"^simulate: TILES: tile \(1,1\): its contexts' buffers need 1048576 bytes, "
+                                         r"the tile has 4096$"):
+        simulate(bitstream({(1, 1): [big]}))
+    # the limit is the tile's, over all its contexts: two that fit alone do not fit together
+    a, b = gemm(0, 4, 4, 4), gemm(1, 4, 4, 4, in_streams=(3, 4), out_stream=5)
+    a.buffers, b.buffers = [Buffer("a", 0, 2048, 1, True)], [Buffer("b", 2048, 2049, 1, True)]
+    with pytest.raises(AttncError, match="need 4097 bytes, the tile has 4096"):
+        simulate(bitstream({(1, 1): [a, b]}))
+    b.buffers = [Buffer("b", 2048, 2048, 1, True)]
+    assert simulate(bitstream({(1, 1): [a, b]})).warnings == []
 
 
 def test_buffers_occupy_whole_banks():
     from attnc.backend.bitstream import Buffer
 
-    # three buffers of 1, 2048 and 2049 bytes on a tile of 2 banks of 2048: 1 + 1 + 2 = 4 banks
+    # three buffers of 1, 1024 and 2049 bytes on a tile of 2 banks of 2048: 1 + 1 + 2 = 4 banks
     k = gemm(0, 4, 4, 4)
-    k.buffers = [Buffer("a", 0, 1, 1, False), Buffer("b", 1, 2048, 1, False), Buffer("c", 2049, 2049, 1, True)]
+    k.buffers = [Buffer("a", 0, 1, 1, False), Buffer("b", 1, 1024, 1, False), Buffer("c", 1025, 2049, 1, True)]
     stats = simulate(bitstream({(1, 1): [k]}))
     assert stats.kernels[0].buffer_banks == 4
     assert stats.warnings[-1] == (
