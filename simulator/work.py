@@ -1,5 +1,6 @@
-"""The work of one context, from its body: MACs, MAC-array cycles, lane operations and SRAM traffic, by the
-rules docs/simulator.md states (the event model in :mod:`attnc.simulator.timing` turns them into time).
+"""The work of one context, from its body: MACs, MAC-array cycles, lane and special-function operations and
+SRAM traffic, by the rules docs/simulator.md states (the event model in :mod:`attnc.simulator.timing` turns
+them into time), and which unit of the tile runs each.
 
 Written from the spec independently of the compiler's cost model (``attnc.cost``); tests hold the two to the
 same numbers.
@@ -16,8 +17,26 @@ from attnc.errors import AttncError
 #: buffer addressing and configuration data, not work (docs/design.md, "The dataflow level")
 DATA_OPS = frozenset({"constant", "reshape", "transpose", "slice", "concat", "broadcast", "gather", "pad", "convert"})
 MAC_OPS = frozenset({"matmul", "contract", "attention"})
-#: passes over the data a row-wise op makes (softmax: max, exp+sum, scale)
-PASSES = {"softmax": 3, "log_softmax": 3, "layer_norm": 3}
+
+# What each op costs (docs/simulator.md, "Operation costs"): (lane operations per element, special-function
+# operations per element, lane operations per row, special-function operations per row). Lane operations are
+# add, subtract, multiply, divide, max, compare, select; special functions (exp, log, erf, tanh, sigmoid,
+# sqrt, rsqrt, reciprocal) are one result each of an exp unit or an sfu lane. A row is a slice a row-wise op
+# reduces. Any op not listed: one lane operation per element.
+SPECIAL = ("exp", "log", "sqrt", "rsqrt", "reciprocal", "tanh", "erf", "sigmoid")
+PASSES: dict[str, tuple[int, int, int, int]] = {
+    **{name: (0, 1, 0, 0) for name in SPECIAL},
+    "gelu": (4, 1, 0, 0),  # x/√2, erf, 1 + e, x·(..), ·0.5
+    "gelu_tanh": (8, 1, 0, 0),  # x², ·0.044715, + 1, x·(..), ·√(2/π), tanh, 1 + t, x·(..), ·0.5
+    "softmax": (4, 1, 0, 1),  # max, x − m, exp, Σ, ·(1/Σ); per row 1/Σ
+    "log_softmax": (4, 1, 1, 1),  # max, x − m, exp, Σ, x − (m + log Σ); per row m + log Σ, log Σ
+    "layer_norm": (6, 0, 3, 1),  # Σx, x − μ, (x − μ)², Σ, ·rstd, ·γ; per row /L, /L, + ε, rsqrt
+    "layer_norm_bias": (7, 0, 3, 1),  # ... + β
+}
+ROW_OPS = frozenset({"softmax", "log_softmax", "layer_norm"})
+# fused attention (per score; per row and step): see fused_attention_work
+FLAT_PER_SCORE = (4, 1)  # max, s − m, Σ, p·(1/Σ); exp
+ONLINE_PER_SCORE = (3, 1)  # max, s − m, Σ; exp (the probabilities stay unnormalised)
 
 
 def prod_dims(dims) -> int:
@@ -39,13 +58,15 @@ def dtype_bytes(dtype: str) -> int:
 class Work:
     macs: int = 0
     mac_cycles: int = 0  # on this tile's MAC array, before the fill (fused attention excluded)
-    lane_ops: int = 0  # elementwise / special-function operations (per element, passes included)
+    lane_ops: int = 0  # vector-lane operations (per element, passes included)
+    special_ops: int = 0  # special-function operations (exp, erf, rsqrt, ...)
     sram_read: int = 0
     sram_write: int = 0
     # the fused attention instructions (spec 2): their MACs and lane operations are in ``macs`` and
     # ``lane_ops`` too, but they are timed by their own pipelined rule, fill included
     fused_macs: int = 0
     fused_lane_ops: int = 0
+    fused_special_ops: int = 0
     fused_cycles: int = 0
 
 
@@ -103,11 +124,17 @@ def kernel_work(cfg: KernelConfig, tile) -> Work:
         w.sram_read += sum(prod_dims(s or []) * dtype_bytes(dtypes.get(r, "f32")) for r, s in zip(ins.operands, ops))
         w.sram_write += out_elems * dtype_bytes(dtype) * max(len(ins.results), 1)
         if ins.opcode == "attention" and "fusion" in ins.params:
-            a = fused_attention_work(ins, ops, out, rows, cols, max(tile.vector_lanes, 1))
+            exps = _special_rate(tile)
+            if exps <= 0:
+                raise AttncError(f"simulate: kernel '{cfg.name}' on {tile.kind} tile ({tile.x}, {tile.y}): a fused "
+                                 "attention runs its exps on the tile's exp unit, and the tile has none (exp_per_cycle 0)")
+            a = fused_attention_work(ins, ops, out, rows, cols, max(tile.vector_lanes, 1), exps)
             w.macs += a.macs
             w.lane_ops += a.lane_ops
+            w.special_ops += a.special_ops
             w.fused_macs += a.macs
             w.fused_lane_ops += a.lane_ops
+            w.fused_special_ops += a.special_ops
             w.fused_cycles += a.cycles
             continue
         if ins.opcode == "butterfly_stage":
@@ -116,14 +143,41 @@ def kernel_work(cfg: KernelConfig, tile) -> Work:
             w.mac_cycles += cycles
             continue
         if ins.opcode in MAC_OPS:
-            macs, cycles, lane = _mac_work(ins, ops, out, rows, cols)
+            macs, cycles, lane, special = _mac_work(ins, ops, out, rows, cols)
             w.macs += macs
             w.mac_cycles += cycles
             w.lane_ops += lane
+            w.special_ops += special
             continue
         biggest = max([out_elems] + [prod_dims(s) for s in ops if s is not None])
-        w.lane_ops += PASSES.get(ins.opcode, 1) * biggest
+        key = ins.opcode
+        if key == "gelu" and ins.params.get("approximate") == "tanh":
+            key = "gelu_tanh"
+        elif key == "layer_norm" and len(ins.operands) > 2:
+            key = "layer_norm_bias"
+        lane, special, lane_row, special_row = PASSES.get(key, (1, 0, 0, 0))
+        rows_n = _rows(ins, ops[0] if ops and ops[0] is not None else out) if ins.opcode in ROW_OPS else 0
+        w.lane_ops += lane * biggest + lane_row * rows_n
+        w.special_ops += special * biggest + special_row * rows_n
     return w
+
+
+def _rows(ins: Instr, shape: list[int]) -> int:
+    """The slices a row-wise op reduces: softmax along ``axis``, layer_norm over every dim from ``axis`` on."""
+    if not shape:
+        return 1
+    axis = ins.params.get("axis", -1)
+    ax = (axis if isinstance(axis, int) and not isinstance(axis, bool) else -1) % len(shape)
+    if ins.opcode == "layer_norm":
+        return prod_dims(shape[:ax])
+    return prod_dims(shape) // shape[ax] if shape[ax] > 0 else 0
+
+
+def _special_rate(tile) -> int:
+    """Special-function results per cycle: a compute tile's exp unit (0: none), an sfu tile's lanes."""
+    if tile.kind == "compute":
+        return max(getattr(tile, "exp_per_cycle", 0), 0)
+    return max(tile.vector_lanes, 0) if tile.kind == "sfu" else 0
 
 
 @dataclass
@@ -138,20 +192,30 @@ class ContextCycles:
 
 
 def context_cycles(w: Work, tile) -> ContextCycles:
-    """The cycles of ``w`` on ``tile`` (an ``attnc.arch.Tile``), by the unit each operation runs on."""
+    """The cycles of ``w`` on ``tile`` (an ``attnc.arch.Tile``), by the unit each operation runs on: MACs on
+    the MAC array, lane operations on the vector lanes, special functions on the exp unit (a compute tile)
+    or the lanes (an sfu tile). Work a tile has no unit for is an error, not timed."""
     lanes = max(tile.vector_lanes, 1)
+    if w.special_ops and _special_rate(tile) <= 0:
+        raise AttncError(
+            f"simulate: {tile.kind} tile ({tile.x}, {tile.y}) is given {w.special_ops} special-function operations "
+            "(exp, erf, tanh, rsqrt, ...) and has no unit for them"
+            + (" (exp_per_cycle 0)" if tile.kind == "compute" else "")
+        )  # fmt: skip
     if tile.kind == "butterfly":
         # a 2x2 butterfly is 4 multiply-adds, or an operation on 2 elements
         units = -(-w.macs // 4) + -(-w.lane_ops // 2)
         return ContextCycles(-(-units // lanes), 0, butterfly_ops=units)
     if tile.kind == "compute":
         # fused attention instructions carry their own (pipelined) cycles and fill; the rest add up
+        special = w.special_ops - w.fused_special_ops
         compute = w.mac_cycles + -(-(w.lane_ops - w.fused_lane_ops) // lanes) + w.fused_cycles
+        compute += -(-special // tile.exp_per_cycle) if special else 0
         fill = tile.mac_rows + tile.mac_cols if w.macs > w.fused_macs else 0
-        return ContextCycles(compute, fill, vector_ops=w.lane_ops)
+        return ContextCycles(compute, fill, vector_ops=w.lane_ops, sfu_ops=w.special_ops)
     if tile.kind == "sfu":
-        # no MAC array: a stray contraction runs on the lanes
-        units = w.macs + w.lane_ops
+        # no MAC array: a stray contraction runs on the lanes; a lane evaluates one special function a cycle
+        units = w.macs + w.lane_ops + w.special_ops
         return ContextCycles(-(-units // lanes), 0, sfu_ops=units)
     return ContextCycles(0, 0)  # memory tiles hold data and compute nothing
 
@@ -172,19 +236,19 @@ def butterfly_stage_work(ins: Instr, ops: list, out: list[int], rows: int, cols:
     return r_rows * n * width, slices * steps * -(-width // cols) * width
 
 
-def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tuple[int, int, int]:
-    """(MACs, MAC-array cycles, vector ops) of a matmul, contract or attention."""
+def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tuple[int, int, int, int]:
+    """(MACs, MAC-array cycles, lane ops, special ops) of a matmul, contract or attention."""
     if ins.opcode == "matmul":
         a = ops[0] if ops else None
         k = (a[-1] if a else 1) if a is not None else 1
-        return prod_dims(out) * k, _gemm_cycles(out, k, rows, cols), 0
+        return prod_dims(out) * k, _gemm_cycles(out, k, rows, cols), 0, 0
     if ins.opcode == "contract":
         parsed = _einsum_sizes(str(ins.params.get("equation", "")), ops)
         if parsed is None:
-            return prod_dims(out), _gemm_cycles(out, 1, rows, cols), 0
+            return prod_dims(out), _gemm_cycles(out, 1, rows, cols), 0, 0
         sizes, outs = parsed
         k = prod_dims(sizes[c] for c in sizes if c not in outs)
-        return prod_dims(sizes.values()), _gemm_cycles(out, k, rows, cols), 0
+        return prod_dims(sizes.values()), _gemm_cycles(out, k, rows, cols), 0, 0
     # attention: q (B, H, S, d), k (B, Hkv, T, d), v (B, Hkv, T, dv) -> (B, H, S, dv)
     q = ops[0] if ops and ops[0] else [1, 1, 1, 1]
     kk = ops[1] if len(ops) > 1 and ops[1] else q
@@ -194,7 +258,8 @@ def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tu
     scores = list(q[:-1]) + [t]
     macs = rows_q * t * (d + dv)
     cycles = _gemm_cycles(scores, d, rows, cols) + _gemm_cycles(list(q[:-1]) + [dv], t, rows, cols)
-    return macs, cycles, PASSES["softmax"] * rows_q * t
+    lane, special, lane_row, special_row = PASSES["softmax"]  # a softmax over the scores, after QKᵀ
+    return macs, cycles, lane * rows_q * t + lane_row * rows_q, special * rows_q * t + special_row * rows_q
 
 
 @dataclass
@@ -202,6 +267,7 @@ class AttentionWork:
     macs: int = 0
     mac_cycles: int = 0
     lane_ops: int = 0
+    special_ops: int = 0
     cycles: int = 0
     steps: int = 0  # (row block, key block) steps executed, over all (batch, head) units
     skipped: int = 0  # steps skipped by the causal rule
@@ -218,16 +284,19 @@ def _param_int(ins: Instr, key: str, default: int) -> int:
     return v
 
 
-def fused_attention_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int, lanes: int) -> AttentionWork:
+def fused_attention_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int, lanes: int,
+                         exps: int) -> AttentionWork:
     """Work of an ``attention`` instruction with a ``fusion`` schedule (spec 2, docs/simulator.md).
 
     For each (batch, head) unit, row blocks of ``R`` rows by key blocks of ``Kb`` keys (``"flat"``: Kb = T);
     a step is skipped when ``causal`` masks its first key for its last row. A step of r rows and kb keys does
-    r·kb·(d + dv) MACs in ⌈r/rows⌉·⌈kb/cols⌉·d + ⌈r/rows⌉·⌈dv/cols⌉·kb MAC-array cycles and 3·r·kb
-    (flat: max, exp + sum, normalise) or 2·r·kb (online: max, exp + sum) lane operations, + r·kb with a
-    mask; online adds r·dv + 2·r for each step after a row block's first (rescaling the output and the
-    sum by exp(m_old - m_new)) and r·dv per row block that ran (the final divide). The vector unit overlaps the MAC array, so the instruction takes
-    max(MAC cycles, ⌈lane ops / lanes⌉) + (rows + cols) if it did any MAC."""
+    r·kb·(d + dv) MACs in ⌈r/rows⌉·⌈kb/cols⌉·d + ⌈r/rows⌉·⌈dv/cols⌉·kb MAC-array cycles, and per score
+    4 lane operations (flat: max, s − m, Σ, p·(1/Σ)) or 3 (online: max, s − m, Σ) and one exp, + 1 lane
+    operation with a mask. Flat adds one reciprocal per row; online adds, per row at each step after its
+    row block's first, dv + 4 lane operations and one exp (m' = max(m, m_blk), m − m', α = exp(m − m'),
+    l·α + l_blk, o·α), and per row of a row block that ran, one reciprocal and dv multiplies (o·(1/l)).
+    The lanes and the exp unit (``exps`` results a cycle) overlap the MAC array, so the instruction takes
+    max(MAC cycles, ⌈lane ops / lanes⌉, ⌈special ops / exps⌉) + (rows + cols) if it did any MAC."""
     fusion = ins.params.get("fusion")
     if fusion not in ("flat", "online"):
         raise AttncError(f"simulate: attention fusion {fusion!r} is not one of 'flat', 'online'")
@@ -253,27 +322,32 @@ def fused_attention_work(ins: Instr, ops: list, out: list[int], rows: int, cols:
     ck_full, ck_last = -(-k_blk // cols), -(-kb_last // cols)
     cdv = -(-dv // cols)
 
-    def row_block(r: int, n_exec: int) -> tuple[int, int, int]:
-        """(MACs, MAC cycles, lane ops) of a row block of r rows running its first n_exec key blocks."""
+    def row_block(r: int, n_exec: int) -> tuple[int, int, int, int]:
+        """(MACs, MAC cycles, lane ops, special ops) of a row block of r rows running its first n_exec key
+        blocks."""
         if n_exec <= 0:
-            return 0, 0, 0
+            return 0, 0, 0, 0
         if n_exec == n_keys:
             sum_kb, sum_ck = t, (n_keys - 1) * ck_full + ck_last
         else:
             sum_kb, sum_ck = n_exec * k_blk, n_exec * ck_full
         cr = -(-r // rows)
-        lane = (2 if online else 3) * r * sum_kb + (r * sum_kb if masked else 0)
-        if online:  # every step after the first rescales the output and the sum; one divide at the end
-            lane += (n_exec - 1) * (r * dv + 2 * r) + r * dv
-        return r * sum_kb * (d + dv), cr * (sum_ck * d + cdv * sum_kb), lane
+        per_lane, per_exp = ONLINE_PER_SCORE if online else FLAT_PER_SCORE
+        lane = per_lane * r * sum_kb + (r * sum_kb if masked else 0)
+        special = per_exp * r * sum_kb + r  # + one reciprocal per row (1/Σ, 1/l)
+        if online:  # every step after the first rescales the output and the sum; o·(1/l) at the end
+            lane += (n_exec - 1) * r * (dv + 4) + r * dv
+            special += (n_exec - 1) * r
+        return r * sum_kb * (d + dv), cr * (sum_ck * d + cdv * sum_kb), lane, special
 
     a = AttentionWork()
 
     def add(r: int, n_exec: int, times: int) -> None:
-        m, c, lane = row_block(r, n_exec)
+        m, c, lane, special = row_block(r, n_exec)
         a.macs += m * times
         a.mac_cycles += c * times
         a.lane_ops += lane * times
+        a.special_ops += special * times
         a.steps += max(n_exec, 0) * times
         a.skipped += (n_keys - max(n_exec, 0)) * times
 
@@ -292,7 +366,9 @@ def fused_attention_work(ins: Instr, ops: list, out: list[int], rows: int, cols:
     a.macs *= units
     a.mac_cycles *= units
     a.lane_ops *= units
+    a.special_ops *= units
     a.steps *= units
     a.skipped *= units
-    a.cycles = max(a.mac_cycles, -(-a.lane_ops // lanes)) + (rows + cols if a.macs else 0)
+    exps = max(exps, 1)
+    a.cycles = max(a.mac_cycles, -(-a.lane_ops // lanes), -(-a.special_ops // exps)) + (rows + cols if a.macs else 0)
     return a

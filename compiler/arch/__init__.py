@@ -31,7 +31,7 @@ __all__ = [
     "DEFAULT_ARCH", "resolve_arch",
 ]  # fmt: skip
 
-PRESETS = ("tiny", "edge", "cloud")
+PRESETS = ("tiny", "edge", "cloud", "flat-cloud")
 #: the array every command and pass targets when none is named
 DEFAULT_ARCH = "edge"
 
@@ -68,7 +68,7 @@ def _load_file(path: str, mtime_ns: int, size: int, origin: str) -> Arch:
 
 
 def load_arch(spec: str | os.PathLike[str]) -> Arch:
-    """A preset name (``tiny``, ``edge``, ``cloud``) or the path of a YAML file."""
+    """A preset name (``tiny``, ``edge``, ``cloud``, ``flat-cloud``) or the path of a YAML file."""
     if isinstance(spec, str) and spec in PRESETS:
         return _load_preset(spec)
     path = Path(spec)

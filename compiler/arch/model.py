@@ -22,6 +22,9 @@ TILE_KINDS = ("compute", "sfu", "butterfly", "memory", "dma")
 KIND_LETTERS = {"compute": "C", "sfu": "S", "butterfly": "B", "memory": "M", "dma": "D"}
 LETTER_KINDS = {letter: kind for kind, letter in KIND_LETTERS.items()}
 
+#: Tile fields added after the format's first version: canonical() lists them only when set
+_OPTIONAL_TILE_FIELDS = frozenset({"exp_per_cycle"})
+
 ENERGY_ACTIONS = ("mac", "sram_byte", "noc_hop_byte", "dram_byte", "sfu_op", "butterfly_op", "vector_op")
 
 
@@ -39,6 +42,10 @@ class Tile:
     mac_cols: int = 0
     vector_lanes: int = 0  # compute vector unit / sfu lanes / butterfly lanes (ops per cycle)
     dma_channels: int = 0  # dma tiles
+    # compute: special-function results (exp, erf, tanh, sigmoid, rsqrt, reciprocal, ...) per cycle of the
+    # tile's exp unit, beside its vector lanes; 0 = no exp unit, such work cannot run on the tile
+    # (docs/arch.md, "Where exp runs"). An sfu tile evaluates them on its lanes.
+    exp_per_cycle: int = 0
 
     @property
     def pos(self) -> tuple[int, int]:
@@ -47,6 +54,14 @@ class Tile:
     @property
     def macs_per_cycle(self) -> int:
         return self.mac_rows * self.mac_cols
+
+    @property
+    def special_per_cycle(self) -> int:
+        """Special-function results (exp and the other transcendentals) per cycle: a compute tile's exp
+        unit, an sfu tile's lanes; 0 where none can run."""
+        if self.kind == "compute":
+            return self.exp_per_cycle
+        return self.vector_lanes if self.kind == "sfu" else 0
 
 
 @dataclass(frozen=True)
@@ -174,7 +189,9 @@ class Arch:
             "width": self.width,
             "height": self.height,
             "clock_mhz": float(self.clock_mhz),
-            "tiles": [[getattr(t, f.name) for f in fields(Tile)] for t in self.tiles],
+            # (a field at its default is left out, so adding one keeps the fingerprints of arrays without it)
+            "tiles": [[getattr(t, f.name) for f in fields(Tile) if f.name not in _OPTIONAL_TILE_FIELDS
+                       or getattr(t, f.name) != f.default] for t in self.tiles],
             "noc": [getattr(self.noc, f.name) for f in fields(NoC)],
             "dram": [float(self.dram.bytes_per_cycle), self.dram.latency_cycles, float(self.dram.bandwidth_gib_s)],
             "datatypes": list(self.datatypes),

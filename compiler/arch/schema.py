@@ -37,7 +37,7 @@ TOP_KEYS = ("version", "name", "description", "grid", "clock_mhz", "tile_kinds",
 TOP_OPTIONAL = ("description",)
 COMMON_TILE_KEYS = ("contexts", "sram", "sram_banks")
 KIND_KEYS = {
-    "compute": ("mac_array", "vector_lanes"),
+    "compute": ("mac_array", "vector_lanes", "exp_per_cycle"),
     "sfu": ("vector_lanes",),
     "butterfly": ("vector_lanes",),
     "memory": (),
@@ -363,7 +363,7 @@ def _tile_kinds(r: _Reader, top: _Map) -> dict[str, dict[str, int]]:
     for kind, value in m.items():
         path = f"tile_kinds.{kind}"
         spec = r.mapping(value, path, m.lines[kind])
-        r.keys(spec, path, COMMON_TILE_KEYS + KIND_KEYS[kind], optional=("sram_banks",))
+        r.keys(spec, path, COMMON_TILE_KEYS + KIND_KEYS[kind], optional=("sram_banks", "exp_per_cycle"))
         p: dict[str, int] = {"contexts": r.int(spec, "contexts", path, 1, 255)}
         sram = r.size(spec, "sram", path)
         if sram == 0 and kind != "dma":
@@ -385,6 +385,8 @@ def _tile_kinds(r: _Reader, top: _Map) -> dict[str, dict[str, int]]:
             p["mac_rows"], p["mac_cols"] = rows, cols
         if "vector_lanes" in KIND_KEYS[kind]:
             p["vector_lanes"] = r.int(spec, "vector_lanes", path, 1)
+        if "exp_per_cycle" in spec:  # an exp unit beside the lanes; without one, no exp runs on the tile
+            p["exp_per_cycle"] = r.int(spec, "exp_per_cycle", path, 0)
         if kind == "dma":
             p["dma_channels"] = r.int(spec, "dma_channels", path, 1, 255)
         out[kind] = p
@@ -494,6 +496,8 @@ def dump_arch(arch: Arch) -> str:
             spec["mac_array"] = f"[{t.mac_rows}, {t.mac_cols}]"
         if "vector_lanes" in KIND_KEYS[t.kind]:
             spec["vector_lanes"] = t.vector_lanes
+        if t.exp_per_cycle:
+            spec["exp_per_cycle"] = t.exp_per_cycle
         if t.kind == "dma":
             spec["dma_channels"] = t.dma_channels
         if kinds.setdefault(t.kind, spec) != spec:

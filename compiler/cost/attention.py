@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from attnc.cost import op_costs as oc
 from attnc.errors import AttncError
 
 #: the share of a link the search lets the K/V chain and the DMA fan-out plan on using
@@ -36,6 +37,7 @@ class AttentionWork(NamedTuple):
     mac_cycles: int
     lane_ops: int
     cycles: int
+    special_ops: int = 0  # exps and reciprocals, on the tile's exp unit
 
 
 def attention_work(
@@ -52,10 +54,14 @@ def attention_work(
     rows: int,
     cols: int,
     lanes: int,
+    exps: int | None = None,
 ) -> AttentionWork:
-    """MACs, MAC-array cycles, lane operations and cycles of one fused attention on a ``rows x cols``
-    MAC array with ``lanes`` vector lanes; the MAC array and the vector unit are pipelined over the
-    steps, so the cycles are the larger of the two plus one fill.
+    """MACs, MAC-array cycles, lane operations, cycles and special-function operations of one fused
+    attention on a ``rows x cols`` MAC array with ``lanes`` vector lanes and an exp unit of ``exps``
+    results per cycle (None: as many as lanes, what every preset has); the MAC array, the lanes and the
+    exp unit are pipelined over the steps, so the cycles are the largest of the three plus one fill.
+    The operations per score and per row are :mod:`attnc.cost.op_costs`'s. A tile without an exp unit
+    (``exps`` 0) cannot run it: an error.
 
     Per (batch, head) unit, row block i (r rows) and key block j (kb keys); a causal step whose first
     key is masked for its last row is skipped. Closed form per row block: its executed key blocks are a
@@ -68,6 +74,9 @@ def attention_work(
     dv = int(v_shape[-1])
     units = math.prod(max(x, 0) for x in lead)
     rows, cols, lanes = max(rows, 1), max(cols, 1), max(lanes, 1)
+    exps = lanes if exps is None else int(exps)
+    if exps <= 0:
+        raise AttncError("attention_work: a fused attention runs its exps on the tile's exp unit, and the tile has none")
     rb = max(1, min(int(row_block), max(s, 1)))
     # (with no keys at all, a flat block of one key keeps the causal reach below finite: no block runs)
     kb = max(t, 1) if fusion == "flat" else max(1, min(int(key_block), max(t, 1)))
@@ -75,43 +84,43 @@ def attention_work(
     last_kb = t - (n_kb - 1) * kb if n_kb else 0
     full_cols, last_cols = -(-kb // cols), -(-last_kb // cols)
 
-    def row_block_work(r: int, last_row: int) -> tuple[int, int, int]:
+    def row_block_work(r: int, last_row: int) -> tuple[int, int, int, int]:
         if causal:
             reach = last_row + int(causal_offset)  # the last key the block's last row may see
             n = 0 if reach < 0 else min(n_kb, reach // kb + 1)
         else:
             n = n_kb
         if n == 0:
-            return 0, 0, 0
+            return 0, 0, 0, 0
         keys = t if n == n_kb else n * kb
         col_steps = (n - 1) * full_cols + (last_cols if n == n_kb else full_cols)
         macs = r * keys * (d + dv)
         mac_cycles = -(-r // rows) * (col_steps * d + -(-dv // cols) * keys)
         if fusion == "flat":
-            lane = 3 * r * keys
-        else:
-            lane = 2 * r * keys + (n - 1) * (r * dv + 2 * r) + r * dv  # rescales after the first step, one divide
+            lane = oc.FLAT_SCORE.lane * r * keys
+            special = oc.FLAT_SCORE.special * r * keys + oc.FLAT_ROW_SPECIAL * r
+        else:  # rescales after the first step, then 1/l and the final multiply
+            lane = oc.ONLINE_SCORE.lane * r * keys + (n - 1) * r * (dv + oc.ONLINE_RESCALE_LANE) + r * dv
+            special = oc.ONLINE_SCORE.special * r * keys + (n - 1) * r * oc.ONLINE_RESCALE_SPECIAL
+            special += oc.ONLINE_FINAL_SPECIAL * r
         if has_mask:
-            lane += r * keys
-        return macs, mac_cycles, lane
+            lane += oc.MASK_LANE * r * keys
+        return macs, mac_cycles, lane, special
 
     n_rb = -(-s // rb) if s > 0 else 0
-    macs = mac_cycles = lane = 0
+    total = [0, 0, 0, 0]  # MACs, MAC cycles, lane ops, special ops
     if not causal and n_rb:
         # every row block sees every key: the full ones are alike, the last may be shorter
         full = row_block_work(rb, rb - 1)
         tail = row_block_work(s - (n_rb - 1) * rb, s - 1)
-        macs = (n_rb - 1) * full[0] + tail[0]
-        mac_cycles = (n_rb - 1) * full[1] + tail[1]
-        lane = (n_rb - 1) * full[2] + tail[2]
+        total = [(n_rb - 1) * f + x for f, x in zip(full, tail)]
     else:
         for i in range(n_rb):
             r = min(rb, s - i * rb)
-            m, c, ln = row_block_work(r, i * rb + r - 1)
-            macs, mac_cycles, lane = macs + m, mac_cycles + c, lane + ln
-    macs, mac_cycles, lane = units * macs, units * mac_cycles, units * lane
-    cycles = max(mac_cycles, -(-lane // lanes)) + (rows + cols if macs else 0)
-    return AttentionWork(macs, mac_cycles, lane, cycles)
+            total = [a + b for a, b in zip(total, row_block_work(r, i * rb + r - 1))]
+    macs, mac_cycles, lane, special = (units * x for x in total)
+    cycles = max(mac_cycles, -(-lane // lanes), -(-special // exps)) + (rows + cols if macs else 0)
+    return AttentionWork(macs, mac_cycles, lane, cycles, special)
 
 
 def fused_attention_buffer(rows: int, t: int, d: int, dv: int, eb: int, *, fusion: str, row_block: int,
@@ -223,7 +232,11 @@ def predict(sh: Shape, sched: AttentionSchedule, arch, tile) -> Prediction:
         per = units_g * sh.rep
         qk = per * -(-rows_c // mr) * -(-sh.keys // mc) * sh.d
         pv = per * -(-rows_c // mr) * -(-sh.dv // mc) * sh.keys
-        sm = -(-(per * rows_c * sh.keys * (3 + (2 if sh.has_mask or sh.causal else 0))) // sfu)
+        # the softmax kernel on the sfu lanes (lane and special operations alike), + a mask's add and select
+        soft = oc.OP_COSTS["softmax"]
+        sm_ops = per * rows_c * (sh.keys * (soft.per_element + (2 if sh.has_mask or sh.causal else 0))
+                                 + soft.lane_row + soft.special_row)
+        sm = -(-sm_ops // sfu)
         # one token per stream: the phases of a member follow each other, the spills share DRAM
         member = qk + sm + pv
         spill = 4 * scores / bw
@@ -234,6 +247,11 @@ def predict(sh: Shape, sched: AttentionSchedule, arch, tile) -> Prediction:
     else:
         passes = sched.passes
         fusion = "flat" if sched.mode == "flat" else "online"
+        if tile.exp_per_cycle <= 0:
+            raise AttncError(
+                f"tile: the compute tiles of {arch.name} have no exp unit (exp_per_cycle 0), so a {fusion} "
+                "attention cannot run on them; use fuse-attention{mode=unfused}"
+            )
         worst = 0
         # members differ only in their row count (and, causal, their first row)
         kinds = {(r1 - r0, r0 if sh.causal else 0) for r0, r1 in (split(sh.rows, c, ci) for ci in range(c)) if r1 > r0}
@@ -242,7 +260,7 @@ def predict(sh: Shape, sched: AttentionSchedule, arch, tile) -> Prediction:
                 (units_g * sh.rep, n, sh.d), (sh.keys, sh.d), (sh.keys, sh.dv), fusion=fusion,
                 row_block=sched.row_block, key_block=sched.key_block, causal=sh.causal,
                 causal_offset=sh.causal_offset + r0, has_mask=sh.has_mask, rows=tile.mac_rows, cols=tile.mac_cols,
-                lanes=tile.vector_lanes,
+                lanes=tile.vector_lanes, exps=tile.exp_per_cycle,
             )  # fmt: skip
             worst = max(worst, work.cycles)
         member = worst

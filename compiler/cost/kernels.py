@@ -8,13 +8,15 @@ Work of one kernel (the rules of docs/simulator.md, read off the kernel's body o
   row steps instead of ``ceil(rows/mac_rows)``).
 * ``matmul`` / ``contract``: MACs = result elements x reduction size; on a compute tile
   ``batch * ceil(M/rows) * ceil(N/cols) * K`` MAC-array cycles. An unscheduled ``attention`` is two such
-  GEMMs plus 3 lane operations per score. A fused ``attention`` (``fusion`` = flat | online) follows the
+  GEMMs plus a softmax over the scores. A fused ``attention`` (``fusion`` = flat | online) follows the
   blocked rule of :func:`attnc.cost.attention.attention_work` (spec section 2, closed form per row block).
-* softmax, log_softmax, layer_norm: 3 lane operations per element; any other compute op one per element
-  of the largest of its result and operands; data-movement ops and constants cost nothing.
-* A compute tile runs MAC cycles + ``ceil(lane ops / lanes)`` (a fused attention overlaps the two) plus
-  one pipeline fill of ``rows + cols`` when it does MACs; an sfu tile runs MACs and lane ops on its
-  lanes; a butterfly tile runs ``ceil(MACs/4) + ceil(lane ops/2)`` butterflies on its lanes.
+* every other compute op: the lane and special-function operations of :mod:`attnc.cost.op_costs` (per
+  element of the largest of its result and operands, and per row of a row-wise op: softmax, LayerNorm,
+  GELU in either form, exp and the other special functions); data-movement ops and constants cost nothing.
+* A compute tile runs MAC cycles + ``ceil(lane ops / lanes)`` + ``ceil(special ops / exp_per_cycle)``
+  (a fused attention overlaps the three) plus one pipeline fill of ``rows + cols`` when it does MACs; an
+  sfu tile runs MACs, lane and special ops on its lanes; a butterfly tile runs ``ceil(MACs/4) + ceil(lane
+  ops/2)`` butterflies on its lanes.
 * DMA kernels move their descriptors' bytes (a ``("repeat", P)`` loop moves them P times; a
   ``dma_spill`` writes and reads its value, so it counts both): ``latency + bytes / DRAM bandwidth``.
 
@@ -30,15 +32,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from attnc.arch.datatypes import element_bytes
+from attnc.cost import op_costs as oc
 from attnc.cost.attention import attention_work
 from attnc.cost.work import stage_mac_cycles
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import DMA_KERNEL_KINDS
 from xdsl.dialects.builtin import IntegerAttr, StringAttr, TensorType, UnitAttr
 from xdsl.ir import Operation
-
-#: row-wise ops make this many passes over their data
-ROW_PASSES = {"softmax": 3, "log_softmax": 3, "layer_norm": 3}
 
 
 def dims_product(dims: Sequence[int]) -> int:
@@ -65,6 +65,8 @@ class Work:
     fused_cycles: int = 0  # fused attentions: their own cycles, fill included
     fused_lane_ops: int = 0
     fused_macs: int = 0
+    special_ops: int = 0  # serial special-function operations (exp, erf, rsqrt, ...)
+    fused_special_ops: int = 0
     sram_read: int = 0
     sram_write: int = 0
 
@@ -150,23 +152,37 @@ def body_work(ops: Sequence[Operation], tile) -> Work:
                     q, kk, out, fusion=fusion.data, row_block=_attr_int(op, "row_block", 1),
                     key_block=_attr_int(op, "key_block", 1), causal=isinstance(op.attributes.get("causal"), UnitAttr),
                     causal_offset=_attr_int(op, "causal_offset"), has_mask=len(op.operands) > 3,
-                    rows=rows, cols=cols, lanes=tile.vector_lanes,
+                    rows=rows, cols=cols, lanes=tile.vector_lanes, exps=_exps(tile),
                 )  # fmt: skip
                 w.macs += aw.macs
                 w.fused_macs += aw.macs
                 w.fused_cycles += aw.cycles
                 w.fused_lane_ops += aw.lane_ops
+                w.fused_special_ops += aw.special_ops
             else:
                 d, t = q[-1], (kk[-2] if len(kk) >= 2 else 1)
                 dv = out[-1] if out else d
                 rows_q = dims_product(q[:-1])
                 w.macs += rows_q * t * (d + dv)
                 w.mac_cycles += _gemm_cycles(q[:-1] + [t], d, rows, cols) + _gemm_cycles(q[:-1] + [dv], t, rows, cols)
-                w.lane_ops += 3 * rows_q * t
+                lane, special = oc.vector_work("softmax", rows_q * t, rows_q)
+                w.lane_ops += lane
+                w.special_ops += special
         else:
             biggest = max([dims_product(out)] + [dims_product(s) for s in shapes])
-            w.lane_ops += ROW_PASSES.get(name, 1) * biggest
+            approx = op.attributes.get("approximate")
+            lane, special = oc.vector_work(
+                name, biggest, oc.row_count(name, shapes[0] if shapes else out, _attr_int(op, "axis", -1)),
+                approximate=approx.data if isinstance(approx, StringAttr) else "", operands=len(op.operands),
+            )  # fmt: skip
+            w.lane_ops += lane
+            w.special_ops += special
     return w
+
+
+def _exps(tile) -> int:
+    """The exp unit's results per cycle (0: none; the fused rule refuses it)."""
+    return tile.exp_per_cycle if tile.kind == "compute" else tile.vector_lanes
 
 
 # ---------------------------------------------------------------------------
@@ -206,20 +222,22 @@ def estimate_kernel(name, kind, tile_kind, pos, body, in_types, out_types, tile)
     lanes = max(tile.vector_lanes, 1)
     if tile_kind == "compute":
         kc.cycles = w.mac_cycles + _cdiv(w.lane_ops, lanes) + w.fused_cycles
+        kc.cycles += _cdiv(w.special_ops, max(tile.exp_per_cycle, 1))  # (the simulator refuses them without a unit)
         if w.macs > w.fused_macs:
             kc.fill = tile.mac_rows + tile.mac_cols  # one fill per kernel (a fused attention has its own)
             kc.cycles += kc.fill
         counts["vector_ops"] = w.lane_ops + w.fused_lane_ops
+        counts["sfu_ops"] = w.special_ops + w.fused_special_ops  # on the tile's exp unit
     elif tile_kind == "sfu":
-        units = w.macs + w.lane_ops + w.fused_lane_ops
+        units = w.macs + w.lane_ops + w.fused_lane_ops + w.special_ops + w.fused_special_ops
         kc.cycles = _cdiv(units, lanes)
         counts["sfu_ops"] = units
     elif tile_kind == "butterfly":
-        units = _cdiv(w.macs, 4) + _cdiv(w.lane_ops + w.fused_lane_ops, 2)
+        units = _cdiv(w.macs, 4) + _cdiv(w.lane_ops + w.fused_lane_ops + w.special_ops + w.fused_special_ops, 2)
         kc.cycles = _cdiv(units, lanes)
         counts["butterfly_ops"] = units
     kc.macs = w.macs
-    kc.lane_ops = w.lane_ops + w.fused_lane_ops
+    kc.lane_ops = w.lane_ops + w.fused_lane_ops + w.special_ops + w.fused_special_ops
     kc.sram_read_bytes = w.sram_read + sum(tensor_bytes(t) for t in out_types)
     kc.sram_write_bytes = w.sram_write + sum(tensor_bytes(t) for t in in_types)
     return kc, counts

@@ -13,7 +13,7 @@ bodies, and the simulator measures the real ones.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from attnc.cost.attention import attention_work, fused_attention_buffer
@@ -30,7 +30,7 @@ SFU_OPS = (
     sp.SoftmaxOp, sp.LogSoftmaxOp, sp.LayerNormOp, sp.ReduceOp,
 )  # fmt: skip
 #: passes over the data a row-wise op makes (softmax: max, exp+sum, scale)
-PASSES = {sp.SoftmaxOp: 3, sp.LogSoftmaxOp: 3, sp.LayerNormOp: 3}
+from attnc.cost.op_costs import PASSES  # noqa: E402 - the one table of what ops cost (docs/simulator.md)
 #: bytes a DMA kernel keeps in flight (double-buffered bursts)
 DMA_BURST = 4096
 
@@ -155,13 +155,18 @@ def _gemm_plan(gemms: list[Operation], body_ops: list[Operation], arch, eb: int)
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     batch, m, n, k = max((_matmul_dims(op) for op in gemms), key=lambda d: d[0] * d[1] * d[2] * d[3])
     macs = sum(int(np.prod(_matmul_dims(op), dtype=np.int64)) for op in gemms)
+    vector = sum(_elems(op.results[0].type) for op in body_ops if op not in gemms and op.results)
+    block = next((op.attributes[GEMM_BLOCK] for op in gemms if GEMM_BLOCK in op.attributes), None)
+    if block is not None:
+        plan = _grid_part_plan(tuple(int(v) for v in block.get_values()), (batch, m, n, k), macs, vector, tile, eb)
+        claims = [op.attributes["dataflow.reserve"].value.data for op in gemms if "dataflow.reserve" in op.attributes]
+        return replace(plan, buffer_bytes=max([plan.buffer_bytes, *claims]))
     tm, tn = min(m, tile.mac_rows), min(n, tile.mac_cols)
     # largest reduction chunk whose double-buffered A, B and C tiles fit in the kernel's share
     budget = _share(tile)
     tk = max(1, min(k, (budget // (2 * eb) - tm * tn) // max(tm + tn, 1)))
     loops = (("b", batch), ("m", math.ceil(m / tm)), ("n", math.ceil(n / tn)), ("k", math.ceil(k / tk)))
     steps = batch * math.ceil(m / tm) * math.ceil(n / tn) * k
-    vector = sum(_elems(op.results[0].type) for op in body_ops if op not in gemms and op.results)
     cycles = steps + tm + tn + math.ceil(vector / max(tile.vector_lanes, 1))
     buf = 2 * eb * (tm * tk + tk * tn + tm * tn)
     # a row block of a split GEMM claims the SRAM tile reserved for it (see attnc.passes.tile.SplitGemmPattern)
@@ -169,6 +174,26 @@ def _gemm_plan(gemms: list[Operation], body_ops: list[Operation], arch, eb: int)
                        if "dataflow.reserve" in op.attributes])  # fmt: skip
     return KernelPlan("gemm", "compute", loops, (tm, tn, tk), buf, cycles, macs,
                       batch * math.ceil(m / tm) * math.ceil(n / tn))  # fmt: skip
+
+
+#: a part of a GEMM grid carries its sub-block and k-chunk, [mb, nb, kc] (attnc.passes.gemm)
+GEMM_BLOCK = "dataflow.gemm_block"
+
+
+def _grid_part_plan(block: tuple[int, ...], dims: tuple[int, int, int, int], macs: int, vector: int, tile,
+                    eb: int) -> KernelPlan:
+    """A part of a GEMM grid (:mod:`attnc.passes.gemm`): its ``m x n`` outputs in sub-blocks of ``mb x nb``,
+    each walking K in chunks of ``kc``. Buffers: the f32 accumulator of a sub-block and the double-buffered
+    A and B chunks (or the SRAM the part claims, if more); one output token per sub-block."""
+    mb, nb, kc = block
+    batch, m, n, k = dims
+    mb, nb, kc = max(1, min(mb, m)), max(1, min(nb, n)), max(1, min(kc, k))
+    mt, nt, kt = batch * math.ceil(m / mb), math.ceil(n / nb), math.ceil(k / kc)
+    mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
+    cycles = mt * nt * math.ceil(mb / mr) * math.ceil(nb / mc) * k + mr + mc
+    cycles += math.ceil(vector / max(tile.vector_lanes, 1))
+    buf = 4 * mb * nb + 2 * eb * kc * (mb + nb)
+    return KernelPlan("gemm", "compute", (("m", mt), ("n", nt), ("k", kt)), (mb, nb, kc), buf, cycles, macs, mt * nt)
 
 
 def _vector_plan(body_ops: list[Operation], outputs: list[TensorType], arch, eb: int) -> KernelPlan:

@@ -106,6 +106,33 @@ def test_flat_platform_totals(name: str, macs: int, sram: int, gib_s: float) -> 
     assert all(arch.tiles_of(k) for k in TILE_KINDS)
 
 
+def test_where_exp_runs() -> None:
+    """Every preset's compute tiles have an exp unit (a fused attention's exps run there); without the key
+    a compute tile has none; only compute tiles take it."""
+    for name in PRESETS:
+        for t in load_arch(name).tiles_of("compute"):
+            assert t.exp_per_cycle == t.vector_lanes == t.special_per_cycle > 0
+        assert all(t.special_per_cycle == t.vector_lanes for t in load_arch(name).tiles_of("sfu"))
+    assert parse_arch(BASE).tile(1, 1).exp_per_cycle == 0
+    assert parse_arch(edit("vector_lanes: 4}\n  sfu", "vector_lanes: 4, exp_per_cycle: 2}\n  sfu")).tile(1, 1).exp_per_cycle == 2
+    with pytest.raises(AttncError, match=r"tile_kinds.sfu.exp_per_cycle: unknown key"):
+        parse_arch(edit("sfu: {contexts: 2, sram: 1 KiB, vector_lanes: 4}", "sfu: {contexts: 2, sram: 1 KiB, vector_lanes: 4, exp_per_cycle: 4}"))
+    with pytest.raises(AttncError, match=r"exp_per_cycle: must be at least 0"):
+        parse_arch(edit("vector_lanes: 4}\n  sfu", "vector_lanes: 4, exp_per_cycle: -1}\n  sfu"))
+
+
+def test_flat_cloud_is_cloud_with_the_1d_unit() -> None:
+    """flat-cloud: cloud's MACs, SRAM, DRAM and mesh; its compute tiles' vector work is a 256-lane 1-D unit
+    in all (4 lanes and 4 exps a cycle beside each 32x32 block)."""
+    cloud, flat = load_arch("cloud"), load_arch("flat-cloud")
+    assert flat.total_macs_per_cycle == cloud.total_macs_per_cycle == 65536
+    assert flat.total_sram_bytes == 32 * MiB and flat.dram == cloud.dram and flat.noc == cloud.noc
+    assert flat.layout_rows() == cloud.layout_rows()
+    compute = flat.tiles_of("compute")
+    assert sum(t.vector_lanes for t in compute) == sum(t.exp_per_cycle for t in compute) == 256
+    assert sum(t.vector_lanes for t in flat.tiles_of("sfu")) == 256
+
+
 def test_cloud_links_are_wider_than_edge() -> None:
     assert load_arch("cloud").noc.link_bytes_per_cycle > load_arch("edge").noc.link_bytes_per_cycle
 
@@ -178,9 +205,10 @@ def test_preset_fingerprints_are_pinned() -> None:
     """Bitstreams embed these: a change here means the presets (or the canonical form) changed,
     and old bitstreams are rejected as built for another architecture."""
     assert {p: load_arch(p).fingerprint().hex() for p in PRESETS} == {
-        "tiny": "ed6cc94ae3b17076",
-        "edge": "183ce56505ed8c68",
-        "cloud": "ca1ad2920d85f97d",
+        "tiny": "790037cd8ab6c588",
+        "edge": "9e0a10a083ce7bd5",
+        "cloud": "9b25fcd41ee72db6",
+        "flat-cloud": "116e40425ad55157",
     }
 
 
@@ -195,6 +223,7 @@ def test_preset_fingerprints_are_pinned() -> None:
         ("sram_banks: 2", "sram_banks: 4"),
         ("mac_array: [4, 4]", "mac_array: [4, 8]"),
         ("mac_array: [4, 4], vector_lanes: 4", "mac_array: [4, 4], vector_lanes: 8"),
+        ("vector_lanes: 4}\n  sfu", "vector_lanes: 4, exp_per_cycle: 4}\n  sfu"),
         ("sfu: {contexts: 2, sram: 1 KiB, vector_lanes: 4}", "sfu: {contexts: 2, sram: 1 KiB, vector_lanes: 2}"),
         ("dma_channels: 1", "dma_channels: 2"),
         ("sram: 0, dma", "sram: 1 KiB, dma"),
@@ -259,6 +288,8 @@ def archs(draw: st.DrawFn) -> Arch:
             p |= {"mac_rows": draw(st.integers(1, 64)), "mac_cols": draw(st.integers(1, 64))}
         if kind in ("compute", "sfu", "butterfly"):
             p["vector_lanes"] = draw(st.integers(1, 64))
+        if kind == "compute":
+            p["exp_per_cycle"] = draw(st.integers(0, 64))
         if kind == "dma":
             p["dma_channels"] = draw(st.integers(1, 8))
         params[kind] = p
@@ -449,7 +480,7 @@ def test_load_arch_from_file(tmp_path: Path) -> None:
 
 
 def test_load_arch_errors(tmp_path: Path) -> None:
-    with pytest.raises(AttncError, match=r"^'egde' is neither an architecture preset \(tiny, edge, cloud\) nor an existing file \(did you mean 'edge'\?\)$"):
+    with pytest.raises(AttncError, match=r"^'egde' is neither an architecture preset \(tiny, edge, cloud, flat-cloud\) nor an existing file \(did you mean 'edge'\?\)$"):
         load_arch("egde")
     with pytest.raises(AttncError, match=r"'nothing\.yaml' is neither"):
         load_arch("nothing.yaml")
