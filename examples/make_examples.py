@@ -155,6 +155,48 @@ def encoder(seq: int = 16, hidden: int = 64, heads: int = 4, ffn: int = 256, lay
     return model, {"hidden_states": x0}
 
 
+def _rms_norm(g: Graph, x: str, prefix: str, d: int) -> str:
+    """x / sqrt(mean(x^2) + eps) * weight in the ops a torch export writes (Pow, ReduceMean, Add, Sqrt, Div,
+    Mul), not ONNX's RMSNormalization (opset 23)."""
+    ms = g.op("ReduceMean", [g.op("Pow", [x, g.const(f"{prefix}.two", np.array(2.0, np.float32))]),
+                             g.ints(f"{prefix}.axes", [-1])], keepdims=1)  # fmt: skip
+    rms = g.op("Sqrt", [g.op("Add", [ms, g.const(f"{prefix}.eps", np.array(1e-5, np.float32))])])
+    scale = g.const(f"{prefix}.weight", (1.0 + 0.1 * g.rng.standard_normal(d)).astype(np.float32))
+    return g.op("Mul", [g.op("Div", [x, rms]), scale])
+
+
+def llama_layer(seq: int = 16, hidden: int = 64, heads: int = 8, kv_heads: int = 2, ffn: int = 176, seed: int = 6,
+                half: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:  # fmt: skip
+    """A Llama-style decoder layer, the model benchmarks/layer.py measures; not a shipped example:
+    x1 = x + O(attention(RMSNorm(x))), y = x1 + W_down(silu(W_gate h) * W_up h) with h = RMSNorm(x1).
+    Grouped-query attention (``heads`` query heads sharing ``kv_heads`` key/value heads), causal, as one opset-23
+    ``Attention`` node on 3-D inputs (its ``q_num_heads``/``kv_num_heads``: no seq x seq mask constant). No
+    biases; rotary embeddings are left out (elementwise on Q and K, no MACs). ``half``: f16 weights and data."""
+    d = hidden // heads
+    g = Graph("llama_layer", seed=seed)
+    x = "hidden_states"
+    h = _rms_norm(g, x, "input_norm", hidden)
+    q = g.op("MatMul", [h, g.weight("q_proj.weight", (hidden, heads * d))])
+    k = g.op("MatMul", [h, g.weight("k_proj.weight", (hidden, kv_heads * d))])
+    v = g.op("MatMul", [h, g.weight("v_proj.weight", (hidden, kv_heads * d))])
+    ctx = g.op("Attention", [q, k, v], is_causal=1, q_num_heads=heads, kv_num_heads=kv_heads)
+    x1 = g.op("Add", [x, g.op("MatMul", [ctx, g.weight("o_proj.weight", (hidden, hidden))])])
+    h = _rms_norm(g, x1, "post_attention_norm", hidden)
+    gate = g.op("MatMul", [h, g.weight("gate_proj.weight", (hidden, ffn))])
+    up = g.op("MatMul", [h, g.weight("up_proj.weight", (hidden, ffn))])
+    silu = g.op("Mul", [gate, g.op("Sigmoid", [gate])])
+    down = g.op("MatMul", [g.op("Mul", [silu, up]), g.weight("down_proj.weight", (ffn, hidden))])
+    g.op("Add", [x1, down], name="output")
+    if half:
+        g.inits = [numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name)
+                   if t.data_type == FLOAT else t for t in g.inits]  # fmt: skip
+    elt = TensorProto.FLOAT16 if half else FLOAT
+    vi = helper.make_tensor_value_info
+    model = g.model([vi(x, elt, [1, seq, hidden])], [vi("output", elt, [1, seq, hidden])], 23)
+    rng = np.random.default_rng(100 + seed)
+    return model, {x: rng.standard_normal((1, seq, hidden)).astype(np.float16 if half else np.float32)}
+
+
 def causal_decoder() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     seq, hidden, heads, ffn = 16, 64, 4, 256
     d = hidden // heads
