@@ -5,11 +5,16 @@ kind (exactly one per kernel; contexts and SRAM per tile as linear constraints),
 one Boolean ``f[s, l]`` per stream and directed link (flow conservation at each
 tile, tied to where the stream's ends are placed), and a weighted objective
 
-    W1 * max link load  +  W2 * byte-hops  +  makespan estimate
+    W1 * link overload  +  W2 * makespan estimate  +  byte-hops
 
-where one unit of link load outweighs every byte-hop the heuristic spends and one
-byte-hop outweighs the whole makespan term, so it is lexicographic in practice.
-Trivial lower bounds are posted as constraints: they close proofs faster.
+where the overload is how far the fullest link is over its capacity (0 within
+it), the makespan estimate is the schedule's phases, each stretched by its
+busiest tile (one integer per phase, ``attnc.passes.placement.phases``), and one
+unit of a term outweighs every unit of the terms after it: lexicographic. A
+mapping with overload is never returned, so link capacity is a hard limit; a
+link below capacity costs nothing, so the solver spends no makespan to empty it.
+Byte-hops only break ties. Trivial lower bounds are posted as constraints: they
+close proofs faster.
 
 Small problems are solved as one model. Larger ones run large-neighbourhood
 search: fix everything outside a window of the array (or one group of kernels,
@@ -19,9 +24,11 @@ worker with a fixed seed and a deterministic-time limit, so two runs give the
 same mapping; a wall-clock limit is only a safety net. The heuristic mapping is
 the starting point and the fallback: the result is never worse than it.
 
-Link capacity is soft inside the model (the max-load term) so that an
-over-full heuristic hint is still a valid start; a result with a link over
-capacity is reported as ``MappingInfeasible`` naming the link and its streams.
+Link capacity is a penalty inside the model (the overload term) rather than a
+constraint so that an over-full heuristic hint is still a valid start and an LNS
+window that cannot reach an over-full link still solves; a result with a link
+over capacity is reported as ``MappingInfeasible`` naming the link and its
+streams, and nothing is written.
 """
 
 from __future__ import annotations
@@ -88,7 +95,8 @@ def place_and_route(
         hs = score(av, pv, hint)
         stats.heuristic_max_link_load, stats.heuristic_byte_hops, stats.heuristic_makespan = (
             hs.max_load, hs.byte_hops, hs.makespan)
-        say(f"heuristic: max link {hs.max_load:g} B/cycle, {hs.byte_hops} byte-hops, makespan {hs.makespan}")
+        say(f"heuristic: makespan {hs.makespan}, {hs.byte_hops} byte-hops, max link {hs.max_load:g} B/cycle"
+            + (f" ({hs.overload:g} over capacity)" if hs.overload else ""))
     if heuristic_only or not problem.kernels:
         if hint is None:
             raise MappingInfeasible(
@@ -197,24 +205,21 @@ class _Solver:
         self.av, self.pv, self.seed, self.stats, self.say = av, pv, seed, stats, say
         self.deadline = deadline
         self.lb = lower_bounds(av, pv)
-        self.l_lb_int = int(self.lb[0] / pv.rate_unit)
         self.bh_lb_int = sum(
             pv.b_int[si] * min(av.dist[x][y] for x in pv.cand[pv.src[si]] for y in pv.cand[pv.dst[si]])
             for si in range(len(pv.streams)) if pv.cross[si])
-        self.m_lb_int = max([max(pv.c_int, default=0)] + [
-            -(-sum(c for c, k in zip(pv.c_int, pv.kernels) if k.kind == kind) // len(tiles))
-            for kind, tiles in av.of_kind.items() if tiles])
-        self.m_ub = sum(pv.c_int)
-        self.w2 = self.m_ub + 1
+        # per phase: at least its length and its largest piece of work
+        self.top_lb = [max([n] + [w for parts in pv.w_int for j, w in parts if j == jj])
+                       for jj, n in enumerate(pv.len_int)]
+        self.top_ub = [n + sum(w for parts in pv.w_int for j, w in parts if j == jj)
+                       for jj, n in enumerate(pv.len_int)]
+        # a route visits each tile at most once, so a stream crosses fewer links than there are tiles
+        self.w2 = sum(pv.b_int) * len(av.pos) + 1
 
     def weights(self) -> int:
-        """W1 > W2 * (largest possible byte-hops) + makespan bound, so the weighted
-        objective is lexicographic: a route visits each tile at most once, so a
-        stream crosses fewer links than there are tiles."""
-        return (sum(self.pv.b_int) * len(self.av.pos) + 1) * self.w2
-
-    def objective(self, sc: Score, w1: int) -> int:
-        return w1 * sc.l_int + self.w2 * sc.bh_int + sc.m_int
+        """W1 > W2 * (largest makespan estimate) + largest byte-hops, so the weighted objective is
+        lexicographic."""
+        return (sum(self.top_ub) + 1) * self.w2
 
     # ------------------------------------------------------------------ model
 
@@ -234,11 +239,11 @@ class _Solver:
         # search, and so its answer for a seed, depends on it
         x, makespan = self._placement(m, st, free_k, cand)
         f = self._routing(m, st, x, free_k, free_s, nodes, links)
-        load = self._link_load(m, st, f, free_s, region, links)
+        over = self._overload(m, st, f, free_s, region, links)
         byte_hops = cp_model.LinearExpr.weighted_sum(list(f.values()), [self.pv.b_int[si] for (si, _li) in f])
         if region is None and len(free_k) == len(self.pv.kernels):
             m.add(byte_hops >= self.bh_lb_int)
-        m.minimize(w1 * load + self.w2 * byte_hops + makespan)
+        m.minimize(w1 * over + self.w2 * makespan + byte_hops)
 
         hint_state = st
         if symmetry:
@@ -248,8 +253,9 @@ class _Solver:
         return self._run(m, st, x, f, free_s, links, region, dtime)
 
     def _placement(self, m, st: State | None, free_k: list[int], cand: dict[int, list[int]]):
-        """One-hot placement of the free kernels, with contexts, SRAM and busy time per tile counted
-        against what the fixed kernels already use. Returns the placement variables and the makespan."""
+        """One-hot placement of the free kernels, with contexts, SRAM and work per tile and phase counted
+        against what the fixed kernels already use. Returns the placement variables and the makespan
+        estimate (the sum of the phases' tops: each at least its length and every tile's work in it)."""
         from ortools.sat.python.cp_model import LinearExpr
 
         av, pv = self.av, self.pv
@@ -270,17 +276,22 @@ class _Solver:
                 if k not in free_set:
                     fctx[t] += 1
                     fsram[t] += pv.kernels[k].buffer_bytes
-                    fbusy[t] += pv.c_int[k]
-        makespan = m.new_int_var(self.m_lb_int, max(self.m_ub, self.m_lb_int), "makespan")
-        for t in range(len(av.pos)):
-            if t not in on_tile and fbusy[t]:
-                m.add(makespan >= fbusy[t])
+                    for j, w in pv.w_int[k]:
+                        fbusy[t, j] += w
+        fixed_top = [self.top_lb[j] for j in range(len(pv.len_int))]
+        for (t, j), w in fbusy.items():
+            fixed_top[j] = max(fixed_top[j], w)
+        tops = [m.new_int_var(fixed_top[j], max(fixed_top[j], self.top_ub[j]), "") for j in range(len(pv.len_int))]
         for t, ks in on_tile.items():
             xs = [x[k, t] for k in ks]
             m.add(LinearExpr.sum(xs) <= av.contexts[t] - fctx[t])
             m.add(LinearExpr.weighted_sum(xs, [pv.kernels[k].buffer_bytes for k in ks]) <= av.sram[t] - fsram[t])
-            m.add(makespan >= fbusy[t] + LinearExpr.weighted_sum(xs, [pv.c_int[k] for k in ks]))
-        return x, makespan
+            for j in range(len(pv.len_int)):
+                parts = [(x[k, t], w) for k in ks for jj, w in pv.w_int[k] if jj == j and w > 0]
+                if parts:
+                    m.add(tops[j] >= fbusy[t, j] + LinearExpr.weighted_sum([v for v, _ in parts],
+                                                                           [w for _, w in parts]))
+        return x, LinearExpr.sum(tops)
 
     def _routing(self, m, st: State | None, x, free_k: list[int], free_s: list[int], nodes, links: list[int]):
         """Flow routing of the free streams: one Boolean per stream and link, conserved at every tile
@@ -311,8 +322,10 @@ class _Solver:
                     m.add_at_most_one(inn)
         return f
 
-    def _link_load(self, m, st: State | None, f, free_s: list[int], region: set[int] | None, links: list[int]):
-        """The most loaded link's rate (the fixed streams' load plus the free streams routed over it)."""
+    def _overload(self, m, st: State | None, f, free_s: list[int], region: set[int] | None, links: list[int]):
+        """How far the fullest link is over its capacity (0 within it): the fixed streams' load plus the
+        free streams routed over it, less its capacity. In a window only the window's links count (the
+        others' load cannot change; LNS compares whole states)."""
         from ortools.sat.python.cp_model import LinearExpr
 
         av, pv = self.av, self.pv
@@ -323,28 +336,15 @@ class _Solver:
                 if si not in fs_set:
                     for p, q in zip(path, path[1:]):
                         fixed_load[av.link_index[(p, q)]] += pv.r_int[si]
-        l_ub = max(fixed_load, default=0) + sum(pv.r_int[si] for si in free_s)
-        # In a window, the load term is the window's own most loaded link: a window
-        # that holds one of several equally hot links can still cool it (LNS accepts
-        # that by the count of links at the maximum). A window that holds no hot link
-        # keeps its current maximum as a floor, so it spends nothing to lower it.
-        floor = self.l_lb_int
-        if region is not None and st is not None:
-            local = max((fixed_load[li] + sum(pv.r_int[si] for si in free_s if _uses(st.routes[si], av.links[li]))
-                         for li in links), default=0)
-            if local < max(score(av, pv, st).l_int, 1):
-                floor = max(floor, local)
-        load = m.new_int_var(0, max(l_ub, floor), "max_link_load")
-        m.add(load >= floor)
+        ub = max(fixed_load, default=0) + sum(pv.r_int[si] for si in free_s)
+        over = m.new_int_var(0, max(ub, 0), "link_overload")
         link_set = set(links)
         for li in range(len(av.links)):
             on = [si for si in free_s if (si, li) in f] if li in link_set else []
             if on:
-                m.add(load >= fixed_load[li] + LinearExpr.weighted_sum([f[si, li] for si in on],
-                                                                       [pv.r_int[si] for si in on]))
-            elif fixed_load[li] and region is None:
-                m.add(load >= fixed_load[li])
-        return load
+                m.add(over >= fixed_load[li] - pv.cap_int[li]
+                      + LinearExpr.weighted_sum([f[si, li] for si in on], [pv.r_int[si] for si in on]))
+        return over
 
     def _run(self, m, st: State | None, x, f, free_s: list[int], links: list[int], region: set[int] | None,
              dtime: float):
@@ -434,22 +434,8 @@ class _Solver:
                                                   time_limit * MONOLITHIC_DTIME_PER_SECOND, w1, symmetry=True)
         self.stats.variables = nvars
         if new is not None:
-            self._bounds_from_objective(bound, w1, name, new)
             self.say(f"CP-SAT {name}: {nvars} variables")
         return new, name
-
-    def _bounds_from_objective(self, bound, w1: int, name: str, st: State) -> None:
-        """The objective is lexicographic, so the solver's bound on it bounds the
-        max-load term (in integer rate units, which round each stream's rate up)."""
-        if bound is None:
-            return
-        l_int = int(bound // w1)
-        if name == "OPTIMAL":
-            l_int = score(self.av, self.pv, st).l_int
-        pv = self.pv
-        exact = all(abs(s.rate / pv.rate_unit - r) < 1e-9 for s, r in zip(pv.streams, pv.r_int))
-        slack = 0 if exact else len(pv.streams)
-        self.stats.max_link_load_lb = max(self.stats.max_link_load_lb, max(0, l_int - slack) * pv.rate_unit)
 
     def lns(self, start: State, time_limit: float):
         av, pv = self.av, self.pv
@@ -465,12 +451,16 @@ class _Solver:
         max_vars = 0
         while spent < time_limit - 1e-6 and stall < STALL_ROUNDS and time.perf_counter() < self.deadline:
             strategy = kinds_of_round[rounds % len(kinds_of_round)]
-            if strategy == "hot":
-                li = max(range(len(av.links)), key=lambda i: (cur_sc.loads[i], -i))
+            if strategy == "hot" and cur_sc.o_int:  # around the fullest link, its streams free to move
+                li = max(range(len(av.links)), key=lambda i: (cur_sc.iloads[i] - pv.cap_int[i], -i))
                 cx, cy = av.pos[av.links[li][0]]
                 x0, y0 = cx - size // 2 + rng.randrange(2), cy - size // 2 + rng.randrange(2)
                 hot = [si for si, path in enumerate(cur.routes)
                        if any(av.link_index[(p, q)] == li for p, q in zip(path, path[1:]))]
+            elif strategy == "hot":  # around the tile that stretches a phase most
+                cx, cy = av.pos[_stretching_tile(pv, cur, rng)]
+                x0, y0 = cx - size // 2 + rng.randrange(2), cy - size // 2 + rng.randrange(2)
+                hot = []
             else:
                 x0, y0 = rng.randrange(max(1, width - size + 1)), rng.randrange(max(1, height - size + 1))
                 hot = []
@@ -511,11 +501,11 @@ class _Solver:
             max_vars = max(max_vars, nvars)
             if new is not None:
                 sc = score(av, pv, new)
-                if _lns_key(sc) <= _lns_key(cur_sc):
-                    if _lns_key(sc) < _lns_key(cur_sc):
+                if _lns_key(pv, sc) <= _lns_key(pv, cur_sc):
+                    if _lns_key(pv, sc) < _lns_key(pv, cur_sc):
                         improved, stall = True, 0
-                        self.say(f"LNS round {rounds} ({strategy}): max link {sc.max_load:g} B/cycle, "
-                                 f"{sc.byte_hops} byte-hops, makespan {sc.makespan}")
+                        self.say(f"LNS round {rounds} ({strategy}): makespan {sc.makespan}, "
+                                 f"{sc.byte_hops} byte-hops, max link {sc.max_load:g} B/cycle")
                     cur, cur_sc = new, sc
             if name == "OPTIMAL" and size < max(width, height):
                 size += 1
@@ -573,7 +563,7 @@ def interchangeable_groups(pv: ProblemView) -> list[list[list[int]]]:
 
     def role(ki: int):
         k = pv.kernels[ki]
-        return (k.pipeline[1] if k.pipeline else -1, k.kind, k.buffer_bytes, k.cycles)
+        return (k.pipeline[1] if k.pipeline else -1, k.kind, k.buffer_bytes, k.cycles, pv.w_int[ki])
 
     for g in groups:
         groups[g].sort(key=lambda ki: (role(ki), ki))
@@ -610,12 +600,22 @@ def _dtime(solver) -> float:
     return float(value() if callable(value) else value)
 
 
-def _uses(path: list[int], link: tuple[int, int]) -> bool:
-    return any((p, q) == link for p, q in zip(path, path[1:]))
+def _lns_key(pv: ProblemView, sc: Score) -> tuple:
+    """LNS accepts a window's result when this does not grow: the overload, then the
+    total excess over all links (a window can empty one of several full links),
+    then the makespan estimate, then byte-hops."""
+    excess = sum(max(0, load - cap) for load, cap in zip(sc.iloads, pv.cap_int)) if sc.o_int else 0
+    return (sc.o_int, excess, sc.m_int, sc.bh_int)
 
 
-def _lns_key(sc: Score) -> tuple:
-    """LNS accepts a window's result when this does not grow: the most loaded link,
-    then how many links carry that load, then byte-hops, then makespan."""
-    top = sc.l_int
-    return (top, sum(1 for load in sc.loads if load >= sc.max_load - 1e-9) if top else 0, sc.bh_int, sc.m_int)
+def _stretching_tile(pv: ProblemView, st: State, rng: random.Random) -> int:
+    """The tile with the most work in the phase it stretches most (a random kernel's tile when none
+    stretches one)."""
+    busy: dict[tuple[int, int], int] = defaultdict(int)
+    for k, t in enumerate(st.place):
+        for j, w in pv.w_int[k]:
+            busy[t, j] += w
+    best = max(busy.items(), key=lambda kv: (kv[1] - pv.len_int[kv[0][1]], -kv[0][0]), default=None)
+    if best is None or best[1] <= pv.len_int[best[0][1]]:
+        return st.place[rng.randrange(len(st.place))] if st.place else 0
+    return best[0][0]

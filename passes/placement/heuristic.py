@@ -1,6 +1,9 @@
 """The fast mapper: greedy placement, a little simulated annealing, and
-congestion-aware shortest-path routing. It gives CP-SAT a complete hint and is
-the fallback when the solver finds nothing better in time.
+congestion-aware shortest-path routing, then moves of kernels off over-full
+links. It gives CP-SAT a complete hint and is the fallback when the solver finds
+nothing better in time. It ranks mappings as the solver does: link capacity
+first (it is a hard limit), then the schedule-aware makespan estimate
+(``attnc.passes.placement.phases``), then byte-hops.
 
 Arrays and problems are turned into index-based views here (``ArrayView``,
 ``ProblemView``) that the CP-SAT model in ``place_route`` shares; the
@@ -25,12 +28,16 @@ from attnc.passes.placement.problem import (
     must_cross,
     pigeonhole,
 )
+from attnc.passes.placement.phases import phases_of
 
 # Integer resolution of the CP-SAT model: a link's capacity is RATE_STEPS units,
-# a stream's bytes at most BYTE_STEPS units, the whole cycle count CYCLE_STEPS units.
-RATE_STEPS = 256
+# a stream's bytes at most BYTE_STEPS units, the schedule's length plus all the
+# kernels' work CYCLE_STEPS units.
+RATE_STEPS = 1024
 BYTE_STEPS = 100
-CYCLE_STEPS = 1000
+CYCLE_STEPS = 4000
+# Rounds of moving kernels off over-full links, after routing.
+RELIEF_ROUNDS = 24
 
 
 class ArrayView:
@@ -94,9 +101,15 @@ class ProblemView:
         max_bytes = max((s.bytes for s in self.streams), default=1)
         self.byte_unit = max(1, math.ceil(max_bytes / BYTE_STEPS))
         self.b_int = [math.ceil(s.bytes / self.byte_unit) for s in self.streams]
-        total_cycles = sum(k.cycles for k in self.kernels) or 1
-        self.cycle_unit = max(1, math.ceil(total_cycles / CYCLE_STEPS))
+        # a link's capacity in rate units, rounded down as the streams' rates are rounded up: a mapping
+        # within it in integers is within it in bytes per cycle
+        self.cap_int = [math.floor(c / self.rate_unit + 1e-9) for c in av.cap]
+        self.phases = phases_of(problem)
+        span = sum(self.phases.lengths) + sum(k.cycles for k in self.kernels)
+        self.cycle_unit = max(1, math.ceil(span / CYCLE_STEPS))
         self.c_int = [math.ceil(k.cycles / self.cycle_unit) for k in self.kernels]
+        self.len_int = [round(n / self.cycle_unit) for n in self.phases.lengths]
+        self.w_int = [tuple((j, round(w / self.cycle_unit)) for j, w in parts) for parts in self.phases.work]
         self.cand = [av.of_kind.get(k.kind, []) for k in self.kernels]
         self.incident: list[list[int]] = [[] for _ in self.kernels]
         for si, (a, b) in enumerate(zip(self.src, self.dst)):
@@ -113,18 +126,22 @@ class State:
 
 @dataclass(frozen=True)
 class Score:
-    """Exact objective terms of a state, and the integer ones the CP-SAT model sees."""
+    """Exact objective terms of a state, and the integer ones the CP-SAT model sees. ``overload``: how
+    far the fullest link is over its capacity (0 within it), the term that must be 0; ``max_load`` is
+    reported, not ranked."""
 
     max_load: float
+    overload: float
     byte_hops: int
     makespan: int
-    l_int: int
+    o_int: int
     bh_int: int
     m_int: int
     loads: tuple[float, ...]
+    iloads: tuple[int, ...]
 
     def key(self) -> tuple:
-        return (round(self.max_load, 9), self.byte_hops, self.makespan)
+        return (round(self.overload, 9), self.makespan, self.byte_hops)
 
 
 def score(av: ArrayView, pv: ProblemView, st: State) -> Score:
@@ -140,13 +157,53 @@ def score(av: ArrayView, pv: ProblemView, st: State) -> Score:
             li = av.link_index[(a, b)]
             loads[li] += s.rate
             iloads[li] += pv.r_int[si]
-    busy = [0] * len(av.pos)
-    ibusy = [0] * len(av.pos)
-    for ki, t in enumerate(st.place):
-        busy[t] += pv.kernels[ki].cycles
-        ibusy[t] += pv.c_int[ki]
-    return Score(max(loads, default=0.0), bh, max(busy, default=0), max(iloads, default=0), bh_int,
-                 max(ibusy, default=0), tuple(loads))
+    over = max((load - cap for load, cap in zip(loads, av.cap)), default=0.0)
+    o_int = max((load - cap for load, cap in zip(iloads, pv.cap_int)), default=0)
+    busy = _Busy(pv, len(av.pos), st.place)
+    return Score(max(loads, default=0.0), max(0.0, over) if over > 1e-9 else 0.0, bh,
+                 round(pv.phases.estimate(st.place)), max(0, o_int), bh_int, busy.total(), tuple(loads),
+                 tuple(iloads))
+
+
+class _Busy:
+    """Work per phase and tile in the model's integer units, and the makespan estimate it gives: per
+    phase the larger of its length and its busiest tile's work."""
+
+    def __init__(self, pv: ProblemView, n_tiles: int, place: list[int] | None = None) -> None:
+        self.pv = pv
+        self.col = [[0] * n_tiles for _ in pv.len_int]
+        for k, t in enumerate(place or []):
+            if t >= 0:
+                self.add(k, t, 1)
+
+    def add(self, k: int, t: int, sign: int) -> None:
+        for j, w in self.pv.w_int[k]:
+            self.col[j][t] += sign * w
+
+    def top(self, j: int) -> int:
+        return max(self.pv.len_int[j], max(self.col[j]))
+
+    def total(self) -> int:
+        return sum(self.top(j) for j in range(len(self.col)))
+
+    def join_cost(self, k: int, t: int, tops: dict[int, int]) -> int:
+        """How much the estimate grows if ``k`` joins tile ``t`` (``tops``: the phases' current tops)."""
+        return sum(max(0, self.col[j][t] + w - tops[j]) for j, w in self.pv.w_int[k])
+
+    def move_cost(self, moves: list[tuple[int, int, int]]) -> int:
+        """How much the estimate grows if each (kernel, from, to) moves (then undone)."""
+        touched = {j for k, _a, _b in moves for j, _w in self.pv.w_int[k]}
+        if not touched:
+            return 0
+        before = sum(self.top(j) for j in touched)
+        for k, a, b in moves:
+            self.add(k, a, -1)
+            self.add(k, b, 1)
+        after = sum(self.top(j) for j in touched)
+        for k, a, b in moves:
+            self.add(k, b, -1)
+            self.add(k, a, 1)
+        return after - before
 
 
 def lower_bounds(av: ArrayView, pv: ProblemView) -> tuple[float, int, int]:
@@ -180,15 +237,22 @@ def lower_bounds(av: ArrayView, pv: ProblemView) -> tuple[float, int, int]:
         outs = max(len(av.out_links[t]) for t in tiles) or 1
         ins = max(len(av.in_links[t]) for t in tiles) or 1
         load_lb = max(load_lb, out_rate[ki] / outs, in_rate[ki] / ins)
-    ms_lb = max((k.cycles for k in pv.kernels), default=0)
-    by_kind: dict[str, int] = defaultdict(int)
-    for k in pv.kernels:
-        by_kind[k.kind] += k.cycles
-    for kind, cycles in by_kind.items():
-        n = len(av.of_kind.get(kind, []))
-        if n:
-            ms_lb = max(ms_lb, math.ceil(cycles / n))
-    return load_lb, bh_lb, ms_lb
+    # per phase: its length, its largest piece of work, its work of a kind spread over that kind's tiles
+    ms_lb = 0.0
+    for j, length in enumerate(pv.phases.lengths):
+        by_kind: dict[str, float] = defaultdict(float)
+        top = length
+        for ki, parts in enumerate(pv.phases.work):
+            for jj, w in parts:
+                if jj == j:
+                    by_kind[pv.kernels[ki].kind] += w
+                    top = max(top, w)
+        for kind, w in by_kind.items():
+            n = len(av.of_kind.get(kind, []))
+            if n:
+                top = max(top, w / n)
+        ms_lb += top
+    return load_lb, bh_lb, math.floor(ms_lb)
 
 
 # --------------------------------------------------------------------------- placement
@@ -219,12 +283,16 @@ def _order(pv: ProblemView) -> list[int]:
 
 
 def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
+    """Each kernel, in dataflow order, on the tile where it grows the makespan estimate least (a tile
+    idle in its phases), then nearest its placed neighbours."""
     n = len(pv.kernels)
     place = [-1] * n
     ctx = [0] * len(av.pos)
     sram = [0] * len(av.pos)
+    busy = _Busy(pv, len(av.pos))
     for ki in _order(pv):
         k = pv.kernels[ki]
+        tops = {j: busy.top(j) for j, _w in pv.w_int[ki]}
         best, best_cost = -1, None
         for t in pv.cand[ki]:
             if ctx[t] >= av.contexts[t] or sram[t] + k.buffer_bytes > av.sram[t]:
@@ -235,7 +303,7 @@ def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
                 if place[other] >= 0:
                     cost += pv.b_int[si] * av.dist[t][place[other]]
             # Ties (and kernels with nothing placed yet) go to the emptiest tile: spreads load.
-            c = (cost, ctx[t], t)
+            c = (busy.join_cost(ki, t, tops), cost, ctx[t], t)
             if best_cost is None or c < best_cost:
                 best, best_cost = t, c
         if best < 0:
@@ -243,6 +311,7 @@ def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
         place[ki] = best
         ctx[best] += 1
         sram[best] += k.buffer_bytes
+        busy.add(ki, best, 1)
     return place
 
 
@@ -264,8 +333,8 @@ def _first_fit_decreasing(av: ArrayView, pv: ProblemView) -> list[int] | None:
 
 
 def anneal(av: ArrayView, pv: ProblemView, place: list[int], rng: random.Random, iterations: int) -> list[int]:
-    """Moves and swaps of kernels between tiles of their kind, minimising byte-hops
-    (Manhattan-like hop distance) plus a makespan term."""
+    """Moves and swaps of kernels between tiles of their kind, minimising the makespan estimate
+    (weighted to outrank a few hops), byte-hops and a link-pressure term."""
     place = list(place)
     if not pv.kernels or not pv.streams:
         return place
@@ -296,6 +365,9 @@ class _Annealer:
         for ki, t in enumerate(place):
             self.pressure[t] += self.io[ki]
         self.mu = 4.0 * (sum(pv.b_int) / max(1, len(pv.b_int))) / RATE_STEPS
+        # one unit of the makespan estimate weighs as much as moving an average stream four hops
+        self.wm = 4.0 * max(1.0, sum(pv.b_int) / max(1, len(pv.b_int)))
+        self.busy = _Busy(pv, len(av.pos), place)
 
     def over(self, t: int, extra: float = 0.0) -> float:
         return self.mu * max(0.0, self.pressure[t] + extra - self.room[t])
@@ -334,7 +406,10 @@ class _Annealer:
         io, bb = self.io[ki], self.pv.kernels[ki].buffer_bytes
         delta = self.local(ki, t_new) - self.local(ki, t_old)
         delta += self.over(t_new, io) + self.over(t_old, -io) - self.over(t_new) - self.over(t_old)
+        delta += self.wm * self.busy.move_cost([(ki, t_old, t_new)])
         if self.accept(delta, temp):
+            self.busy.add(ki, t_old, -1)
+            self.busy.add(ki, t_new, 1)
             self.pressure[t_old] -= io
             self.pressure[t_new] += io
             self.place[ki] = t_new
@@ -360,7 +435,11 @@ class _Annealer:
         after = self.local(ki, t_new) + self.local(kj, t_old, skip=ki)
         shift = self.io[ki] - self.io[kj]
         delta = after - before + self.over(t_new, shift) + self.over(t_old, -shift) - self.over(t_new) - self.over(t_old)
+        delta += self.wm * self.busy.move_cost([(ki, t_old, t_new), (kj, t_new, t_old)])
         if self.accept(delta, temp):
+            for k, a, b in ((ki, t_old, t_new), (kj, t_new, t_old)):
+                self.busy.add(k, a, -1)
+                self.busy.add(k, b, 1)
             self.pressure[t_new] += shift
             self.pressure[t_old] -= shift
             sram[t_new] += bi - bj
@@ -398,6 +477,72 @@ def route_all(av: ArrayView, pv: ProblemView, place: list[int], rounds: int = 4)
             routes[si] = _cheapest(av, loads, place[pv.src[si]], place[pv.dst[si]], pv.streams[si].rate)
             add(si, 1.0)
     return routes
+
+
+def relieve(av: ArrayView, pv: ProblemView, place: list[int], routes: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Move kernels off over-full links (link capacity is a hard limit): while a link is over, try each
+    kernel with a stream on the fullest one on the nearest tiles of its kind with room, its streams
+    rerouted around the others' load, and take the move that lowers the total excess most (ties: the
+    smaller makespan estimate, then the shorter routes). Stops when every link is within capacity or
+    no move helps."""
+    place, routes = list(place), [list(r) for r in routes]
+    loads = [0.0] * len(av.links)
+
+    def add(si: int, path: list[int], sign: float) -> None:
+        for a, b in zip(path, path[1:]):
+            loads[av.link_index[(a, b)]] += sign * pv.streams[si].rate
+
+    def excess() -> float:
+        return sum(max(0.0, load - cap - 1e-9) for load, cap in zip(loads, av.cap))
+
+    for si, path in enumerate(routes):
+        add(si, path, 1.0)
+    for _ in range(RELIEF_ROUNDS):
+        before = excess()
+        if before <= 0:
+            break
+        hot = max(range(len(av.links)), key=lambda li: (loads[li] - av.cap[li], -li))
+        on_hot = [si for si, path in enumerate(routes)
+                  if any(av.link_index[(a, b)] == hot for a, b in zip(path, path[1:]))]
+        ctx = [0] * len(av.pos)
+        sram = [0] * len(av.pos)
+        for ki, t in enumerate(place):
+            ctx[t] += 1
+            sram[t] += pv.kernels[ki].buffer_bytes
+        busy = _Busy(pv, len(av.pos), place)
+        best = None
+        for ki in sorted({pv.src[si] for si in on_hot} | {pv.dst[si] for si in on_hot}):
+            here = place[ki]
+            near = sorted((t for t in pv.cand[ki] if t != here and ctx[t] < av.contexts[t]
+                           and sram[t] + pv.kernels[ki].buffer_bytes <= av.sram[t]),
+                          key=lambda t: (av.dist[here][t], t))[:8]
+            mine = pv.incident[ki]
+            for si in mine:
+                add(si, routes[si], -1.0)
+            for t in near:
+                place[ki] = t
+                trial = {}
+                for si in mine:
+                    trial[si] = _cheapest(av, loads, place[pv.src[si]], place[pv.dst[si]], pv.streams[si].rate)
+                    add(si, trial[si], 1.0)
+                hops = sum(pv.b_int[si] * (len(trial[si]) - len(routes[si])) for si in mine)
+                key = (round(excess(), 9), busy.move_cost([(ki, here, t)]), hops, ki, t)
+                for si in mine:
+                    add(si, trial[si], -1.0)
+                if best is None or key < best[0]:
+                    best = (key, ki, t, trial)
+            place[ki] = here
+            for si in mine:
+                add(si, routes[si], 1.0)
+        if best is None or best[0][0] >= before - 1e-9:
+            break
+        _key, ki, t, trial = best
+        place[ki] = t
+        for si, path in trial.items():
+            add(si, routes[si], -1.0)
+            routes[si] = path
+            add(si, path, 1.0)
+    return place, routes
 
 
 def _cheapest(av: ArrayView, loads: list[float], a: int, b: int, rate: float) -> list[int]:
@@ -442,7 +587,12 @@ def heuristic_state(av: ArrayView, pv: ProblemView, seed: int = 0) -> State | No
     rng = random.Random(seed)
     iterations = min(30000, 300 * len(pv.kernels))
     place = anneal(av, pv, place, rng, iterations)
-    return State(place, route_all(av, pv, place))
+    routes = route_all(av, pv, place)
+    if any(load > cap + 1e-9 for load, cap in zip(score(av, pv, State(place, routes)).loads, av.cap)):
+        moved = State(*relieve(av, pv, place, routes))
+        if score(av, pv, moved).key() < score(av, pv, State(place, routes)).key():
+            return moved
+    return State(place, routes)
 
 
 def to_mapping(av: ArrayView, pv: ProblemView, st: State, stats: MappingStats) -> Mapping:
@@ -473,9 +623,9 @@ def views(problem: MappingProblem, arch) -> tuple[ArrayView, ProblemView]:
 
 
 def heuristic_mapping(problem: MappingProblem, arch, *, seed: int = 0) -> Mapping:
-    """Greedy placement + simulated annealing + congestion-aware routing. Links may
-    end up over capacity when the greedy cannot avoid it (``validate`` says so);
-    ``place_and_route`` fixes that or explains it."""
+    """Greedy placement + simulated annealing + congestion-aware routing + moves off
+    over-full links. Links may still end up over capacity when none of that avoids
+    it (``validate`` says so); ``place_and_route`` fixes that or refuses, naming the link."""
     start = time.perf_counter()
     av, pv = views(problem, arch)
     st = heuristic_state(av, pv, seed)

@@ -64,9 +64,17 @@ class PlaceRoutePass(TargetPass):
             raise AttncError(f"place-route: seed must be in 0..{2**31 - 1}, got {self.seed}")
 
     def _place(self, problem: MappingProblem, arch) -> tuple[Mapping, float]:
-        """Place and route; when only link bandwidth stands in the way, ask every stream for half its rate
-        (up to an eighth) and try again. A stream's rate is what keeps its slower end busy, so a mapping
-        at a fraction of it is a slower pipeline, not a wrong one (the simulator shares the links)."""
+        """Place and route within link capacity; when only link bandwidth stands in the way, throttle:
+        ask every stream for half its rate (down to an eighth) and try again, charging the slowdown.
+
+        Link capacity is a hard limit on the rates the configuration states: no route carries more than
+        its link's bandwidth at them. Throttling is the explicit way to fit a graph whose streams at full
+        speed do not: a stream's rate is what keeps its slower end busy, so at a fraction of it the
+        pipeline is slower, not wrong (the simulator shares a link max-min fairly and times that). The
+        slowdown is charged: each kernel's cycles in the problem become at least the time its streams
+        take at their throttled rates, so the makespan estimate the placer minimises, and the report,
+        see it; the config records the scale (``attnc.stream_rate_scale``). Below an eighth the pass
+        refuses with the full-rate error, which names the fullest link and its streams."""
         from attnc.passes.placement.cpsat import place_and_route
 
         scale, first = 1.0, None
@@ -79,7 +87,7 @@ class PlaceRoutePass(TargetPass):
                 if "B/cycle" not in str(e) or scale <= 1 / 8:  # contexts, SRAM or links' count: no rate helps
                     raise first from None
             scale /= 2
-            problem = replace(problem, streams=[replace(st, rate=st.rate / 2) for st in problem.streams])
+            problem = throttled(problem, 0.5)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = self.target()
@@ -88,12 +96,25 @@ class PlaceRoutePass(TargetPass):
         if not kernels:
             raise AttncError("place-route needs dataflow IR: run lower-to-dataflow first")
         stream_of = _stream_ids(fn, kernels)
-        problem, edges = dataflow_problem(kernels, stream_of, arch)
+        problem, edges = dataflow_problem(kernels, stream_of, arch, schedule_windows(fn, arch))
         mapping, rate_scale = self._place(problem, arch)
         if rate_scale < 1:  # say so in the config: its streams were placed at a fraction of their rates
             fn.attributes["attnc.stream_rate_scale"] = FloatAttr(rate_scale, 64)
         placed = PlacedGraph(fn, arch, kernels, stream_of, problem, edges, mapping)
         PatternRewriteWalker(MainToConfigPattern(placed), apply_recursively=False).rewrite_module(op)
+
+
+def throttled(problem: MappingProblem, factor: float) -> MappingProblem:
+    """``problem`` with every stream at ``factor`` of its rate, and every kernel's cycles at least the
+    time its streams take at those rates (the slowdown throttling costs)."""
+    streams = [replace(st, rate=st.rate * factor) for st in problem.streams]
+    need: dict[str, float] = {}
+    for st in streams:
+        if st.rate > 0:
+            for end in (st.src, st.dst):
+                need[end] = max(need.get(end, 0.0), st.bytes / st.rate)
+    kernels = [replace(k, cycles=max(k.cycles, math.ceil(need.get(k.name, 0.0) - 1e-9))) for k in problem.kernels]
+    return replace(problem, kernels=kernels, streams=streams)
 
 
 def _stream_ids(fn: func.FuncOp, kernels: list[df.KernelOp]) -> dict[SSAValue, int]:
@@ -285,10 +306,28 @@ class _ConfigBuilder:
         return ar.ConfigOp.build(attributes=attrs, regions=[Region(self.block)])
 
 
-def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int], arch):
+def schedule_windows(fn: func.FuncOp, arch) -> list[tuple[float, float]] | None:
+    """When each kernel of ``fn`` runs (start, finish) in the cost model's event schedule of the unplaced
+    graph (every kernel a tile of its own, streams one hop): which kernels run at the same time, for the
+    placer's phases. None when the cost model cannot time the graph (the placer then takes every kernel
+    as running all the time)."""
+    from attnc.cost.events import EventSchedule
+    from attnc.cost.graph import from_dataflow
+
+    try:
+        nodes, _ = from_dataflow(fn, arch)
+        EventSchedule(nodes, arch, placed=False).run()
+    except AttncError:
+        return None
+    return [(nd.cost.start, nd.cost.finish) for nd in nodes]
+
+
+def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int], arch,
+                     windows: list[tuple[float, float]] | None = None):
     """The mapping problem of dataflow kernels: one stream per producer-consumer
     edge, carrying the bytes the consumer reads (times the passes a fused kernel streams
-    it in), at the rate the slower end allows."""
+    it in), at the rate the slower end allows; ``windows``: when each kernel runs
+    (``schedule_windows``)."""
     edges = []  # (stream id, producer kernel, consumer kernel, bytes)
     for k in kernels:
         reps = k.attributes.get("input_repeats")
@@ -327,8 +366,8 @@ def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int],
     problem = MappingProblem(
         kernels=[
             KernelSpec(k.sym_name.data, k.tile_kind.data, k.buffer_bytes.value.data, max(1, k.cycles.value.data),
-                       k.group.data if k.group else "")  # fmt: skip
-            for k in kernels
+                       k.group.data if k.group else "", window=windows[i] if windows else None)  # fmt: skip
+            for i, k in enumerate(kernels)
         ],
         streams=[
             StreamSpec(f"s{s}:{dst.sym_name.data}", src.sym_name.data, dst.sym_name.data, nbytes_, rate)
@@ -343,7 +382,7 @@ def module_problem(module: ModuleOp, arch) -> MappingProblem:
     fn = main_func(module)
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     stream_of = {r: i for i, r in enumerate(r for k in kernels for r in k.outputs)}
-    return dataflow_problem(kernels, stream_of, arch)[0]
+    return dataflow_problem(kernels, stream_of, arch, schedule_windows(fn, arch))[0]
 
 
 def _dma(k: df.KernelOp, mapping: Mapping, direction: str, stream: int, address: int, size: int, kernel: int):

@@ -27,7 +27,10 @@ Pos = tuple[int, int]
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """A tile-sized unit of work that must sit on one tile of kind ``kind``."""
+    """A tile-sized unit of work that must sit on one tile of kind ``kind``. ``window``: when it runs
+    (start, finish cycles) in the graph's schedule with a tile of its own, which tells the placer which
+    kernels may share a tile at no cost (``attnc.passes.placement.phases``); None: unknown, every kernel
+    is taken as running all the time."""
 
     name: str
     kind: str
@@ -35,6 +38,7 @@ class KernelSpec:
     cycles: int
     group: str = ""
     pipeline: tuple[str, int] | None = None
+    window: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,10 +72,14 @@ class MappingStats:
     ``status`` is OPTIMAL (CP-SAT proved the weighted objective optimal), FEASIBLE
     (CP-SAT improved or confirmed it without proof), or HEURISTIC (the greedy
     mapping, either asked for or because the solver found nothing better in time).
-    The three objective terms are, in priority order: the most loaded link
-    (bytes/cycle), total byte-hops (bytes x links crossed, summed over streams) and
-    the makespan estimate (cycles of the busiest tile: kernels sharing a tile
-    time-multiplex it; streams within link capacity overlap with compute).
+    Link capacity is a hard limit: a mapping with any link over it is never
+    returned. Within it, the objective terms are, in priority order: the makespan
+    estimate (cycles of the graph's schedule, each phase stretched by the tile
+    with the most work placed in it: kernels that run at the same time and share
+    a tile take turns, see ``attnc.passes.placement.phases``) and total byte-hops
+    (bytes x links crossed, summed over streams). ``max_link_load`` is reported,
+    not minimised: a stream within capacity runs at its rate however full its
+    links are.
     """
 
     status: str = "HEURISTIC"
