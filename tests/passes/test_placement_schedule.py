@@ -1,0 +1,122 @@
+"""The placer's hard link capacity and its schedule-aware makespan estimate, on the tiny array.
+
+tiny's layout (x right, y down): dma row on top and bottom, then ``B C C S`` and ``M C C D``: one butterfly
+tile (0, 1), one sfu tile (3, 1), one memory tile (0, 2), four compute tiles in the middle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from attnc.arch import load_arch
+from attnc.passes.placement.cpsat import heuristic_mapping, place_and_route
+from attnc.passes.placement.phases import phases_of
+from attnc.passes.placement.place_route import throttled
+from attnc.passes.placement.problem import KernelSpec, MappingInfeasible, MappingProblem, StreamSpec, validate
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_arch("tiny")
+
+
+def _hops(mapping, name: str) -> int:
+    return len(mapping.routes[name]) - 1
+
+
+def test_the_only_mapping_within_capacity_takes_a_detour(tiny):
+    # Two butterfly kernels (tiny's one butterfly tile) each stream 3/4 of a link to the one sfu tile,
+    # three tiles east on the same row: both on the straight path would need 1.5 links, so one of them
+    # must leave north or south and go round (5 hops instead of 3).
+    cap = tiny.noc.link_bytes_per_cycle
+    problem = MappingProblem(
+        [KernelSpec("b1", "butterfly", 16, 100), KernelSpec("b2", "butterfly", 16, 100),
+         KernelSpec("s", "sfu", 16, 100)],
+        [StreamSpec("b1->s", "b1", "s", 1000, 0.75 * cap), StreamSpec("b2->s", "b2", "s", 1000, 0.75 * cap)])
+    for m in (heuristic_mapping(problem, tiny), place_and_route(problem, tiny, time_limit=2)):
+        assert validate(problem, tiny, m) == []
+        assert sorted(_hops(m, s) for s in ("b1->s", "b2->s")) == [3, 5]
+        assert m.stats.max_link_load == pytest.approx(0.75 * cap)
+
+
+def over_the_butterfly_tile(tiny) -> MappingProblem:
+    # Two butterfly kernels each send two streams of 3/4 of a link: four streams leave the butterfly
+    # tile, which has three out-links, so two share one (1.5 links). No counting check sees it (each
+    # kernel alone fits), so the solver has to.
+    cap = tiny.noc.link_bytes_per_cycle
+    kernels = [KernelSpec("b1", "butterfly", 16, 100), KernelSpec("b2", "butterfly", 16, 100),
+               KernelSpec("s", "sfu", 16, 100), KernelSpec("c1", "compute", 16, 100),
+               KernelSpec("c2", "compute", 16, 100)]
+    streams = [StreamSpec(f"{a}->{b}", a, b, 1000, 0.75 * cap) for a, b in
+               (("b1", "s"), ("b1", "c1"), ("b2", "s"), ("b2", "c2"))]
+    return MappingProblem(kernels, streams)
+
+
+def test_a_mapping_over_capacity_is_refused_naming_the_link(tiny):
+    problem = over_the_butterfly_tile(tiny)
+    cap = tiny.noc.link_bytes_per_cycle
+    with pytest.raises(MappingInfeasible) as info:
+        place_and_route(problem, tiny, time_limit=2)
+    text = str(info.value)
+    assert "link (0, 1)->" in text and f"need {1.5 * cap:g} B/cycle, capacity {cap:g}" in text
+    assert "proven unavoidable" in text and "streams b" in text and "b1" in text
+    # the greedy mapping alone is refused too (never written over capacity)
+    with pytest.raises(MappingInfeasible, match=rf"link \(0, 1\)->.* B/cycle, capacity {cap:g}"):
+        place_and_route(problem, tiny, heuristic_only=True)
+    # at half the rates it fits, and the slowdown is charged to the kernels whose streams slowed
+    half = throttled(problem, 0.5)
+    m = place_and_route(half, tiny, time_limit=2)
+    assert validate(half, tiny, m) == []
+    assert half.kernel("b1").cycles == math.ceil(1000 / (0.375 * cap))
+    assert half.kernel("b1").cycles > problem.kernel("b1").cycles
+
+
+def fan_out(window_b, window_c) -> MappingProblem:
+    # "a" feeds "b" and "c" (all compute); placed together, no stream crosses a link.
+    kernels = [KernelSpec("a", "compute", 16, 1000, window=(0.0, 1000.0)),
+               KernelSpec("b", "compute", 16, 1000, window=window_b),
+               KernelSpec("c", "compute", 16, 1000, window=window_c)]
+    streams = [StreamSpec("a->b", "a", "b", 4000, 4.0), StreamSpec("a->c", "a", "c", 4000, 4.0)]
+    return MappingProblem(kernels, streams)
+
+
+@pytest.mark.parametrize("solver", ["cpsat", "heuristic"])
+def test_kernels_that_run_together_do_not_stack(tiny, solver):
+    # a, b, c run at the same time (a streams to both as it computes): sharing a tile would make them
+    # take turns, so they go on three tiles although that costs byte-hops.
+    problem = fan_out((0.0, 1000.0), (0.0, 1000.0))
+    m = place_and_route(problem, tiny, time_limit=2, heuristic_only=solver == "heuristic")
+    assert validate(problem, tiny, m) == []
+    assert len({m.placement[k] for k in "abc"}) == 3
+    assert m.stats.makespan == 1000 and m.stats.byte_hops > 0
+
+
+@pytest.mark.parametrize("solver", ["cpsat", "heuristic"])
+def test_kernels_that_run_one_after_another_share_a_tile(tiny, solver):
+    # a, then b, then c: one tile runs them in turn at no cost to the schedule, and no byte crosses a link.
+    problem = fan_out((1000.0, 2000.0), (2000.0, 3000.0))
+    m = place_and_route(problem, tiny, time_limit=2, heuristic_only=solver == "heuristic")
+    assert validate(problem, tiny, m) == []
+    assert len({m.placement[k] for k in "abc"}) == 1
+    assert m.stats.makespan == 3000 and m.stats.byte_hops == 0
+    # without a schedule every kernel is taken as running all the time: they spread again
+    unknown = MappingProblem([replace(k, window=None) for k in problem.kernels], problem.streams)
+    m = place_and_route(unknown, tiny, time_limit=2, heuristic_only=solver == "heuristic")
+    assert len({m.placement[k] for k in "abc"}) == 3
+
+
+def test_phases_split_work_by_overlap_and_merge_short_segments():
+    ks = [KernelSpec("a", "compute", 1, 100, window=(0.0, 100.0)),
+          KernelSpec("b", "compute", 1, 300, window=(50.0, 150.0)),   # more work than its window
+          KernelSpec("c", "compute", 1, 10, window=(150.0, 151.0))]
+    ph = phases_of(MappingProblem(ks, []))
+    assert ph.lengths == (50.0, 50.0, 50.0, 1.0)
+    assert ph.work[1] == ((1, 150.0), (2, 150.0))
+    # on one tile: a and b overlap in [50, 100), stretching it to 50 + 150; b alone then takes 150
+    assert ph.estimate([0, 0, 0]) == 50 + 200 + 150 + 10
+    assert ph.estimate([0, 1, 0]) == 50 + 150 + 150 + 10
+    merged = phases_of(MappingProblem(ks, []), max_phases=2)
+    assert len(merged.lengths) == 2 and sum(merged.lengths) == 151.0
