@@ -34,12 +34,13 @@ CYCLES_TOLERANCE = 0.10
 # the fused attention rule (spec section 2), against a step-by-step reading of it
 
 
-def stepwise(q, k, v, *, fusion, row_block, key_block, causal, causal_offset, has_mask, rows, cols, lanes):
-    """The rule as the spec states it: every (unit, row block, key block) step, one at a time."""
+def stepwise(q, k, v, *, fusion, row_block, key_block, causal, causal_offset, has_mask, rows, cols, lanes, exps):
+    """The rule as the spec states it: every (unit, row block, key block) step, one at a time (the operations
+    per score and per row are docs/simulator.md's table)."""
     *lead, s, d = q
     t, dv = k[-2], v[-1]
     kb_size = t if fusion == "flat" else key_block
-    macs = mac_cycles = lane = 0
+    macs = mac_cycles = lane = special = 0
     for _ in range(math.prod(lead)):
         for i in range(-(-s // row_block)):
             r = min(row_block, s - i * row_block)
@@ -51,44 +52,61 @@ def stepwise(q, k, v, *, fusion, row_block, key_block, causal, causal_offset, ha
                 executed += 1
                 macs += r * kb * (d + dv)
                 mac_cycles += -(-r // rows) * -(-kb // cols) * d + -(-r // rows) * -(-dv // cols) * kb
-                lane += 3 * r * kb if fusion == "flat" else 2 * r * kb + (r * dv + 2 * r if executed > 1 else 0)
+                special += r * kb  # the exps
+                if fusion == "flat":
+                    lane += 4 * r * kb  # max, s - m, sum, p * (1/sum)
+                else:
+                    lane += 3 * r * kb  # max, s - m, sum
+                    if executed > 1:  # max(m, m_blk), m - m', l * a + l_blk, o * a; a = exp(m - m')
+                        lane += r * (4 + dv)
+                        special += r
                 lane += r * kb if has_mask else 0
-            if fusion == "online" and executed:
-                lane += r * dv
-    cycles = max(mac_cycles, -(-lane // lanes)) + (rows + cols if macs else 0)
-    return macs, mac_cycles, lane, cycles
+            if executed:  # 1/sum per row; online: and o * (1/l)
+                special += r
+                lane += r * dv if fusion == "online" else 0
+    cycles = max(mac_cycles, -(-lane // lanes), -(-special // exps)) + (rows + cols if macs else 0)
+    return macs, mac_cycles, lane, cycles, special
 
 
 def test_attention_work_by_hand():
-    # one head, 8 rows in blocks of 4, 8 keys in blocks of 4, d = dv = 4, on a 4x4 MAC array with 4 lanes:
-    # 4 steps of 4*4*8 MACs, each 1*1*4 + 1*1*4 cycles; online lane ops 2*16 per step, 4*4 + 2*4 for the
-    # rescale of each row block's second step, 16 per row block for the divide
+    # one head, 8 rows in blocks of 4, 8 keys in blocks of 4, d = dv = 4, on a 4x4 MAC array with 4 lanes
+    # and 4 exps a cycle: 4 steps of 4*4*8 MACs, each 1*1*4 + 1*1*4 cycles; online lane ops 3*16 per step,
+    # 4*(4 + 4) for the rescale of each row block's second step, 4*4 per row block for o * (1/l); exps 16
+    # per step, 4 per rescale, 4 reciprocals per row block
     w = attention_work([1, 1, 8, 4], [1, 1, 8, 4], [1, 1, 8, 4], fusion="online", row_block=4, key_block=4,
-                       causal=False, causal_offset=0, has_mask=False, rows=4, cols=4, lanes=4)  # fmt: skip
-    assert w == (4 * 128, 4 * 8, 4 * 32 + 2 * 24 + 2 * 16, max(32, 208 // 4) + 8)
+                       causal=False, causal_offset=0, has_mask=False, rows=4, cols=4, lanes=4, exps=4)  # fmt: skip
+    assert w == (4 * 128, 4 * 8, 4 * 48 + 2 * 32 + 2 * 16, max(32, 288 // 4, 80 // 4) + 8, 4 * 16 + 2 * 4 + 2 * 4)
     # causal: row block 0 (rows 0..3) sees key block 0 only; row block 1 both
     c = attention_work([1, 1, 8, 4], [1, 1, 8, 4], [1, 1, 8, 4], fusion="online", row_block=4, key_block=4,
                        causal=True, causal_offset=0, has_mask=False, rows=4, cols=4, lanes=4)  # fmt: skip
-    assert c.macs == 3 * 128 and c.mac_cycles == 3 * 8 and c.lane_ops == 3 * 32 + 24 + 2 * 16
+    assert c.macs == 3 * 128 and c.mac_cycles == 3 * 8 and c.lane_ops == 3 * 48 + 32 + 2 * 16
+    assert c.special_ops == 3 * 16 + 4 + 2 * 4
+    # a slow exp unit binds: 1 exp a cycle
+    slow = attention_work([1, 1, 8, 4], [1, 1, 8, 4], [1, 1, 8, 4], fusion="online", row_block=4, key_block=4,
+                          causal=False, causal_offset=0, has_mask=False, rows=4, cols=4, lanes=4, exps=1)  # fmt: skip
+    assert slow.cycles == 80 + 8
+    with pytest.raises(AttncError, match="the tile has none"):
+        attention_work([1, 1, 8, 4], [1, 1, 8, 4], [1, 1, 8, 4], fusion="flat", row_block=4, key_block=4,
+                       rows=4, cols=4, lanes=4, exps=0)  # fmt: skip
 
 
 @pytest.mark.parametrize("fusion", ["flat", "online"])
 def test_attention_work_is_the_stepwise_rule(fusion):
     shapes = [((1, 2, 7, 5), (1, 1, 9, 5), (1, 1, 9, 3)), ((2, 1, 16, 8), (2, 1, 16, 8), (2, 1, 16, 8)),
               ((1, 1, 1, 4), (1, 1, 13, 4), (1, 1, 13, 6))]  # fmt: skip
-    for (q, k, v), rb, kb, causal, offset, mask, (rows, cols, lanes) in itertools.product(
-        shapes, (1, 3, 4, 16), (1, 4, 5, 16), (False, True), (-3, 0, 2), (False, True), ((4, 4, 4), (3, 5, 2))
+    for (q, k, v), rb, kb, causal, offset, mask, (rows, cols, lanes, exps) in itertools.product(
+        shapes, (1, 3, 4, 16), (1, 4, 5, 16), (False, True), (-3, 0, 2), (False, True), ((4, 4, 4, 4), (3, 5, 2, 1))
     ):
         rb_, kb_ = min(rb, q[2]), (k[2] if fusion == "flat" else min(kb, k[2]))
         args = dict(fusion=fusion, row_block=rb_, key_block=kb_, causal=causal, causal_offset=offset,
-                    has_mask=mask, rows=rows, cols=cols, lanes=lanes)  # fmt: skip
+                    has_mask=mask, rows=rows, cols=cols, lanes=lanes, exps=exps)  # fmt: skip
         assert tuple(attention_work(q, k, v, **args)) == stepwise(q, k, v, **args), (q, k, v, args)
 
 
 def test_a_fully_masked_attention_costs_nothing():
     w = attention_work([1, 1, 4, 4], [1, 1, 4, 4], [1, 1, 4, 4], fusion="online", row_block=2, key_block=2,
                        causal=True, causal_offset=-8, has_mask=False, rows=4, cols=4, lanes=4)  # fmt: skip
-    assert tuple(w) == (0, 0, 0, 0)
+    assert tuple(w) == (0, 0, 0, 0, 0)
 
 
 # ---------------------------------------------------------------------------
