@@ -259,7 +259,8 @@ def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tu
     macs = rows_q * t * (d + dv)
     cycles = _gemm_cycles(scores, d, rows, cols) + _gemm_cycles(list(q[:-1]) + [dv], t, rows, cols)
     lane, special, lane_row, special_row = PASSES["softmax"]  # a softmax over the scores, after QKᵀ
-    return macs, cycles, lane * rows_q * t + lane_row * rows_q, special * rows_q * t + special_row * rows_q
+    lane = lane * rows_q * t + lane_row * rows_q + (rows_q * t if len(ins.operands) > 3 else 0)  # + the mask's add
+    return macs, cycles, lane, special * rows_q * t + special_row * rows_q
 
 
 @dataclass

@@ -166,7 +166,7 @@ def body_work(ops: Sequence[Operation], tile) -> Work:
                 w.macs += rows_q * t * (d + dv)
                 w.mac_cycles += _gemm_cycles(q[:-1] + [t], d, rows, cols) + _gemm_cycles(q[:-1] + [dv], t, rows, cols)
                 lane, special = oc.vector_work("softmax", rows_q * t, rows_q)
-                w.lane_ops += lane
+                w.lane_ops += lane + (oc.MASK_LANE * rows_q * t if len(op.operands) > 3 else 0)
                 w.special_ops += special
         else:
             biggest = max([dims_product(out)] + [dims_product(s) for s in shapes])
