@@ -93,8 +93,8 @@ def draw_mapping(arch: Arch, problem: MappingProblem, mapping: Mapping, path: st
     s = mapping.stats
     ax.set_title(
         f"{arch.name} {arch.width}x{arch.height}: {len(problem.kernels)} kernels, {len(problem.streams)} streams\n"
-        f"{s.status} in {s.seconds:.1f} s; max link {s.max_link_load:g} B/cycle (lb {s.max_link_load_lb:g}, "
-        f"cap {s.link_capacity:g}); {s.byte_hops:,} byte-hops (lb {s.byte_hops_lb:,}); makespan {s.makespan:,}",
+        f"{s.status} in {s.seconds:.1f} s; makespan est. {s.makespan:,} (lb {s.makespan_lb:,}); "
+        f"{s.byte_hops:,} byte-hops (lb {s.byte_hops_lb:,}); max link {s.max_link_load:g} of {s.link_capacity:g} B/cycle",
         fontsize=max(6, 10 - size // 4))
     fig.tight_layout()
     try:

@@ -263,6 +263,13 @@ def _tile_reasons(by_kind: dict[str, list[KernelSpec]], arch: Arch) -> list[str]
             )
         if len(too_big) > 3:
             reasons.append(f"{len(too_big) - 3} more {kind} kernels need more SRAM than any {kind} tile has")
+        # kernels needing more than half the SRAM of every tile they fit cannot share one: one tile each
+        halves = [k for k in ks if all(2 * k.buffer_bytes > t.sram_bytes for t in tiles if t.sram_bytes >= k.buffer_bytes)]
+        if not too_big and len(halves) > len(tiles):
+            reasons.append(
+                f"{len(halves)} {kind} kernels each need more than half a {kind} tile's SRAM, so no two share a tile,"
+                f" but {arch.name} has {len(tiles)} {kind} tiles: {_names([k.name for k in halves])}"
+            )
         total, cap = sum(k.buffer_bytes for k in ks), sum(t.sram_bytes for t in tiles)
         if not too_big and total > cap:
             reasons.append(

@@ -112,6 +112,18 @@ def test_explain_sram_and_missing_kind(tiny):
     assert "no nonexistent tile" in why and "fft" in why
 
 
+def test_explain_kernels_over_half_a_tile_each(tiny):
+    # total SRAM fits, but kernels over half a tile's SRAM cannot pair up: one tile each, and there are
+    # more of them than compute tiles
+    tiles = tiny.tiles_of("compute")
+    sram = min(t.sram_bytes for t in tiles)
+    big = [KernelSpec(f"big{i}", "compute", sram // 2 + 64, 1) for i in range(len(tiles) + 1)]
+    why = explain_infeasible(MappingProblem(big, []), tiny)
+    assert f"{len(tiles) + 1} compute kernels each need more than half a compute tile's SRAM" in why
+    assert f"tiny has {len(tiles)} compute tiles" in why
+    assert explain_infeasible(MappingProblem(big[:-1], []), tiny) is None
+
+
 def test_explain_stream_too_wide(tiny):
     cap = tiny.noc.link_bytes_per_cycle
     why = explain_infeasible(two_kernels(tiny, rate=cap * 2), tiny)
