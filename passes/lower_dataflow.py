@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from attnc.cost.work import SFU_OPS, kernel_cost, nbytes
+from attnc.cost.work import GEMM_BLOCK, SFU_OPS, kernel_cost, nbytes
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, ROWS, SPILL, STAGE, TAG, TILE_KIND, WEIGHT_PASSES
@@ -253,6 +253,7 @@ class _Partitioner:
                     op.attributes.pop(key, None)
             elif isinstance(op, sp.MatmulOp):
                 op.attributes.pop(RESERVE, None)
+                op.attributes.pop(GEMM_BLOCK, None)
         return df.KernelOp(name, inputs, types, block, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
                            tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs,
                            tokens=[tokens] * len(types), group=group or None)  # fmt: skip
@@ -320,6 +321,7 @@ class LowerToDataflowPass(TargetPass):
         _Partitioner(fn, arch).run()
         stream_fused_inputs(fn)
         stream_butterfly_chains(fn)
+        stream_gemm_grids(fn)
         stream_row_wise(fn)
 
 
@@ -565,3 +567,81 @@ def _repeat_inputs(users: list[tuple[df.KernelOp, int]], passes: int) -> None:
         vals = list(reps.get_values()) if reps is not None else [1] * len(u.inputs)
         vals[i] = passes
         u.attributes[INPUT_REPEATS] = df.i64_array(vals)
+
+
+# ---------------------------------------------------------------------------
+# GEMM grids stream their operands in k-chunks
+
+
+#: a part of a GEMM grid that reads its row strip several times (attnc.passes.gemm.A_PASSES)
+A_PASSES = "dataflow.a_passes"
+
+
+def _copied_input(k: df.KernelOp, j: int) -> int | None:
+    """The input whose copy output ``j`` of ``k`` is (through data movement), or None."""
+    v = k.body.block.last_op.operands[j]
+    while isinstance(v.owner, Operation) and sp.is_data_movement(v.owner) and len(v.owner.operands) == 1:
+        v = v.owner.operands[0]
+    return k.body.block.args.index(v) if v in k.body.block.args else None
+
+
+def _grid_part(k: df.KernelOp) -> str | None:
+    """"streamed" for a part of a GEMM grid that streams both operands in k-chunks, "resident" for one that
+    holds its weight block whole (it needs it before its first step), None for other kernels."""
+    if k.kind.data != "gemm":
+        return None
+    return {("m", "n", "k"): "streamed", ("m", "k"): "resident"}.get(tuple(n.data for n in k.loops.data))
+
+
+def _reaches_lhs(k: df.KernelOp, i: int) -> bool:
+    """Whether input ``i`` of kernel ``k`` is (through data movement) the left operand of its matmul."""
+    mm = next(o for o in k.body.block.ops if isinstance(o, sp.MatmulOp))
+    return _reaches(k.body.block.args[i], mm.lhs)
+
+
+def stream_gemm_grids(fn: func.FuncOp) -> None:
+    """The parts of a GEMM grid (``tile``'s :class:`attnc.passes.gemm.GemmGridPattern`) stream: a weight
+    block's load (made to re-send it once per row sub-block by ``stream_butterfly_chains``) and a row strip's
+    load re-sent once per column sub-block come in one token per burst; the copies a part passes on along its
+    row and down its column carry as many tokens as their input, read as many times; a part's result is one
+    token per sub-block when DMA stores take it (they write blocks in any order), else one token."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    for k in kernels:
+        # a row strip or a weight block read from DRAM by the first part of a row or column: a token per burst
+        if k.kind.data == "dma_load" and k.outputs and len(k.loops.data) == 1:
+            users = consumers.get(k.outputs[0], [])
+            if users and all(_grid_part(u) == "streamed" or (_grid_part(u) and _reaches_lhs(u, i)) for u, i in users):
+                k.tokens = df.i64_array([dict(k.loop_schedule()).get("burst", 1)])
+    tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
+    for k in kernels:
+        mm = next((o for o in k.body.block.ops if isinstance(o, sp.MatmulOp) and A_PASSES in o.attributes), None)
+        if mm is None:
+            continue
+        passes = mm.attributes.pop(A_PASSES).value.data
+        for v in k.inputs:
+            load = v.owner
+            if isinstance(load, df.KernelOp) and load.kind.data == "dma_load" and len(load.loops.data) == 1:
+                _repeat_weights(load, passes, consumers.get(v, []))
+                tokens_of[v] = int(load.tokens.get_values()[0])
+    for k in kernels:
+        if _grid_part(k) is None:
+            continue
+        reps = k.attributes.get(INPUT_REPEATS)
+        reps = list(reps.get_values()) if reps is not None else [1] * len(k.inputs)
+        out = list(k.tokens.get_values())
+        for j, r in enumerate(k.outputs):
+            users = consumers.get(r, [])
+            i = _copied_input(k, j)
+            if i is not None:
+                # a copy passed on: as many tokens as its input, read as often by the next part
+                out[j] = tokens_of.get(k.inputs[i], 1)
+                if reps[i] > 1:
+                    _repeat_inputs(users, int(reps[i]))
+            elif users and all(u.kind.data == "dma_store" for u, _ in users):
+                trips = dict(k.loop_schedule())
+                out[j] = trips.get("m", 1) * trips.get("n", 1)
+            else:
+                out[j] = 1
+            tokens_of[r] = out[j]
+        k.tokens = df.i64_array(out)

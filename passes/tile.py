@@ -12,8 +12,8 @@ Each step decides for the whole module first and then rewrites the IR with a pat
 that applies the decisions: the attention search (one SRAM budget shared by every
 attention) -> :class:`attnc.passes.fuse_attention.FuseAttentionPattern`; the
 butterfly stage-pipeline planner, on the tiles the attentions leave ->
-:class:`attnc.passes.butterfly_pipeline.ExpandButterflyPattern`; the GEMM row-block
-split, on what both leave -> :class:`SplitGemmPattern`.
+:class:`attnc.passes.butterfly_pipeline.ExpandButterflyPattern`; the GEMM grids, on what
+both leave -> :class:`attnc.passes.gemm.GemmGridPattern`.
 
 The prediction (:func:`attnc.cost.attention.predict`) is first-order on purpose, fast
 enough to score thousands of candidates; ``attnc.cost`` estimates the lowered graph
@@ -29,7 +29,7 @@ import numpy as np
 from attnc.cost.attention import Prediction, Shape, fused_attention_buffer, predict
 from attnc.cost.work import SFU_OPS
 from attnc.dialects import sparse as sp
-from attnc.dialects.dataflow import RESERVE, TAG, TILE_KIND
+from attnc.dialects.dataflow import TAG, TILE_KIND
 from attnc.dialects.values import np_dtype
 from attnc.errors import AttncError
 from attnc.ir import main_func
@@ -38,7 +38,7 @@ from attnc.passes.target import TargetPass
 from attnc.passes.butterfly_pipeline import ExpandButterflyPattern, butterfly_contexts, plan_butterflies
 from attnc.cost.attention import split
 from attnc.passes.fuse_attention import FUSION_ATTR, MODES, FuseAttentionPattern, Schedule, check_schedule
-from attnc.passes.kernel_builder import KernelBuilder
+from attnc.passes.gemm import GemmGridPattern, plan_gemms, splittable
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
@@ -198,7 +198,7 @@ class TilePass(TargetPass):
     members: int = 0
     row_block: int = 0
     key_block: int = 0
-    gemm_parts: int = -1  # row blocks per large GEMM (projections, FFN): -1 chooses, 1 keeps them whole
+    gemm_parts: int = -1  # parts per large GEMM (a grid of row x column blocks): -1 chooses, 1 keeps them whole
 
     def __post_init__(self) -> None:
         # checked when the pipeline is parsed, before any model is read
@@ -227,8 +227,12 @@ class TilePass(TargetPass):
         chains = plan_butterflies(fn, arch, _reserved(fn), attention.used_sram, members)
         _rewrite(fn, ExpandButterflyPattern(chains.plans))
         reports += chains.reports
-        gemms = plan_gemm_splits(fn, arch, self.gemm_parts, attention.used_sram)
-        _rewrite(fn, SplitGemmPattern(gemms.splits))
+        # every large GEMM across the compute tiles of its phase, on the contexts and SRAM the rest leave
+        chosen = [o for o in fn.body.block.ops if splittable(o) and not _feeds_attention(o.result)
+                  and not _fed_by_attention(o.lhs)]  # fmt: skip
+        others = _reserved(fn)["compute"] - len(chosen) + members
+        gemms = plan_gemms(fn, arch, self.gemm_parts, attention.used_sram, others, chosen)
+        _rewrite(fn, GemmGridPattern(gemms.grids))
         reports += gemms.reports
         if reports:
             fn.attributes[REPORT_ATTR] = StringAttr("\n".join(reports))
@@ -329,114 +333,6 @@ def _reserved(fn) -> dict[str, int]:
         else:
             out["sfu" if isinstance(o, SFU_OPS) else "compute"] += 1
     return out
-
-
-#: GEMMs with fewer MACs than this stay one kernel (splitting costs a weight copy per part)
-SPLIT_MIN_MACS = 1 << 22
-
-
-@dataclass(frozen=True)
-class GemmSplit:
-    """A GEMM cut into ``parts`` row blocks, kernels ``<name>_p<j>`` claiming ``reserve`` bytes of SRAM each."""
-
-    name: str
-    parts: int
-    reserve: int
-
-
-@dataclass
-class GemmSplits:
-    """The GEMM split's decisions: the GEMMs to split, and the report lines."""
-
-    splits: dict[sp.MatmulOp, GemmSplit] = field(default_factory=dict)
-    reports: list[str] = field(default_factory=list)
-
-
-def plan_gemm_splits(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0) -> GemmSplits:
-    """Choose how to split each large GEMM that neither feeds nor reads an attention (the FFN layers: a
-    matmul whose right operand is a weight; a Q/K/V or output projection would send every part's rows to
-    every attention kernel, since a kernel's slice of a concatenation reads all of it) into row blocks,
-    one kernel each, so the array's compute tiles share it: a power of two of parts, at most the compute
-    tiles per large GEMM, one MAC-array height of rows per part, and half of the context shares of SRAM
-    the attention members (``used_sram``) and the graph's other compute kernels leave free (the rest is
-    headroom for packing). :class:`SplitGemmPattern` applies the decisions."""
-    tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
-    gemms = [op for op in fn.body.block.ops if _splittable(op)]
-    if not gemms or parts == 1:
-        return GemmSplits()
-    tiles = len(arch.tiles_of("compute"))
-    share = tile.sram_bytes // max(tile.contexts, 1)
-    others = _reserved(fn)["compute"] - len(gemms)
-    free = (sum(t.sram_bytes for t in arch.tiles_of("compute")) - used_sram) // max(share, 1) - others
-    tiles = min(tiles, max(len(gemms), free // 2))
-    counts = []
-    for op in gemms:
-        rows = int(np.prod(sp.shape_of(op.lhs)[:-1], dtype=np.int64))
-        n = parts if parts > 0 else min(_pow2_floor(max(1, tiles // len(gemms))), _pow2_floor(max(1, rows // max(tile.mac_rows, 1))))
-        counts.append(max(1, min(n, rows)))
-    # the row blocks of a GEMM run at once: each claims most of a tile's SRAM (one context's share left
-    # for the other kernels) when the rest leaves room, or the placer, which ranks byte-hops above the
-    # makespan, stacks them on a few tiles next to their weight (768x768 at seq 2048 on edge: 16 parts on
-    # 4 tiles, 4.9M cycles)
-    split_parts = sum(n for n in counts if n > 1)
-    room = sum(t.sram_bytes for t in arch.tiles_of("compute")) - used_sram - max(others, 0) * share
-    claim = tile.sram_bytes - share
-    reserve = claim if split_parts and split_parts * claim <= room else 0
-    out = GemmSplits()
-    for i, (op, n) in enumerate(zip(gemms, counts)):
-        if n == 1:
-            continue
-        out.splits[op] = GemmSplit(f"gemm{i}", n, reserve)
-        a, w = sp.shape_of(op.lhs), sp.shape_of(op.rhs)
-        out.reports.append(f"gemm{i}: {'x'.join(map(str, a))} @ {'x'.join(map(str, w))} in {n} row blocks")
-    return out
-
-
-def _splittable(op: Operation) -> bool:
-    """A large GEMM by a weight, not yet part of a kernel, that neither feeds nor reads an attention."""
-    if not isinstance(op, sp.MatmulOp) or TAG in op.attributes or not isinstance(op.rhs.owner, sp.ConstantOp):
-        return False
-    a = sp.shape_of(op.lhs)
-    if len(a) < 2 or len(sp.shape_of(op.rhs)) != 2:
-        return False
-    macs = int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * a[-1]
-    return macs >= SPLIT_MIN_MACS and not _feeds_attention(op.result) and not _fed_by_attention(op.lhs)
-
-
-class SplitGemmPattern(RewritePattern):
-    """Rewrites each ``sparse.matmul`` that :func:`plan_gemm_splits` chose into its row blocks: the lhs
-    flattened to rows and sliced, one matmul kernel per block (claiming the planned SRAM), the weight
-    forwarded block to block, and the blocks concatenated and reshaped back."""
-
-    def __init__(self, splits: dict[sp.MatmulOp, GemmSplit]):
-        self.splits = splits
-
-    @op_type_rewrite_pattern
-    def match_and_rewrite(self, op: sp.MatmulOp, rewriter: PatternRewriter) -> None:
-        if op not in self.splits:
-            return
-        split_ = self.splits[op]
-        name, n = split_.name, split_.parts
-        b = KernelBuilder(rewriter, op)
-        a = sp.shape_of(op.lhs)
-        rows = int(np.prod(a[:-1], dtype=np.int64))
-        flat = op.lhs if len(a) == 2 else b.add(sp.ReshapeOp(op.lhs, [rows, a[-1]]))
-        pieces = []
-        weight = op.rhs
-        for j in range(n):
-            r0, r1 = split(rows, n, j)
-            piece = b.add(sp.SliceOp(flat, [r0, 0], [r1, a[-1]], [1, 1]))
-            pieces.append(b.add(sp.MatmulOp(piece, weight), f"{name}_p{j}", name))
-            if split_.reserve:
-                pieces[-1].owner.attributes[RESERVE] = IntegerAttr(split_.reserve, 64)
-            if j + 1 < n:
-                # the weight goes on to the next part (a copy out of this part's buffer), so each link
-                # carries it once instead of a DMA tile sending it to every part
-                weight = b.add(sp.ReshapeOp(weight, sp.shape_of(weight)), f"{name}_p{j}", name)
-        out = b.add(sp.ConcatOp(pieces, 0))
-        if len(a) != 2:
-            out = b.add(sp.ReshapeOp(out, sp.shape_of(op.result)))
-        b.replace_anchor(out)
 
 
 def _pow2_floor(n: int) -> int:

@@ -184,14 +184,18 @@ def _grid_part_plan(block: tuple[int, ...], dims: tuple[int, int, int, int], mac
                     eb: int) -> KernelPlan:
     """A part of a GEMM grid (:mod:`attnc.passes.gemm`): its ``m x n`` outputs in sub-blocks of ``mb x nb``,
     each walking K in chunks of ``kc``. Buffers: the f32 accumulator of a sub-block and the double-buffered
-    A and B chunks (or the SRAM the part claims, if more); one output token per sub-block."""
-    mb, nb, kc = block
+    A and B chunks, or, with the weight block ``resident``, the whole block and double-buffered A chunks (or
+    the SRAM the part claims, if more); one output token per sub-block."""
+    mb, nb, kc, resident = (*block, 0)[:4]
     batch, m, n, k = dims
     mb, nb, kc = max(1, min(mb, m)), max(1, min(nb, n)), max(1, min(kc, k))
     mt, nt, kt = batch * math.ceil(m / mb), math.ceil(n / nb), math.ceil(k / kc)
     mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
     cycles = mt * nt * math.ceil(mb / mr) * math.ceil(nb / mc) * k + mr + mc
     cycles += math.ceil(vector / max(tile.vector_lanes, 1))
+    if resident:  # the weight block held whole, the A chunks double-buffered
+        buf = 4 * mb * nb + k * nb * eb + 2 * eb * kc * mb
+        return KernelPlan("gemm", "compute", (("m", mt), ("k", kt)), (mb, nb, kc), buf, cycles, macs, mt)
     buf = 4 * mb * nb + 2 * eb * kc * (mb + nb)
     return KernelPlan("gemm", "compute", (("m", mt), ("n", nt), ("k", kt)), (mb, nb, kc), buf, cycles, macs, mt * nt)
 

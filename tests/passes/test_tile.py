@@ -187,20 +187,6 @@ def ffn_model(rows=256, hidden=256, inner=512):
     return model, {"x": rng.standard_normal((rows, hidden)).astype(np.float32)}
 
 
-def test_large_ffn_gemms_are_split_into_row_blocks_that_pass_the_weight_on():
-    module, inputs = ffn_model()
-    before = interpret(module, inputs)
-    run_pipeline(module, "tile{arch=cloud}")
-    report = main_func(module).attributes["attnc.tile_report"].data
-    assert report.count("in 8 row blocks") == 2  # 256 rows: 8 parts of one 32-row MAC array each
-    run_pipeline(module, "lower-to-dataflow{arch=cloud}")
-    kernels = {k.sym_name.data: k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)}
-    parts = [kernels[f"gemm0_p{j}"] for j in range(8)]
-    # part j > 0 takes the weight from part j - 1, not from the DMA load
-    assert all(any(v.owner is parts[j - 1] for v in parts[j].inputs) for j in range(1, 8))
-    np.testing.assert_allclose(interpret(module, inputs)["y"], before["y"], rtol=1e-5, atol=1e-5)
-
-
 def test_projections_around_an_attention_stay_whole():
     # their row blocks would reach every attention kernel whole: Q/K/V and output projections are not split
     model, _ = load_make_examples().bert_layer(seq=256, hidden=256, heads=4)

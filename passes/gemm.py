@@ -1,0 +1,321 @@
+"""The GEMM dataflow of ``tile``: every large GEMM by a weight across the compute tiles of its phase.
+
+A GEMM ``y[M, N] = a[M, K] @ w[K, N]`` becomes a grid of ``R x C`` parts, output-stationary: part (i, j)
+computes the row block i and column block j of ``y``. It walks its block in sub-blocks of ``mb x nb`` outputs
+(an f32 accumulator each), and each sub-block walks the reduction dimension in chunks of ``kc``: an A chunk
+``[mb, kc]`` and a B chunk ``[kc, nb]`` double-buffered next to the accumulator, all within the part's share
+of its tile's SRAM. The shared operands travel once per row or column of parts: the weight's column block j
+is its own constant (its own DMA load), read by part (0, j) and passed down the column, each part forwarding
+it through a copy that is one of its outputs (the simulator forwards such copies cut-through); the row strip
+of ``a`` is read by part (i, 0) and passed along the row the same way. A part that walks ``mt`` row
+sub-blocks needs its weight block ``mt`` times (the load streams it that often, in k-chunk order); one that
+walks ``nt`` column sub-blocks needs its row strip ``nt`` times, which only a DMA load can re-send (``a``
+a graph input read by nothing else), so with ``a`` made on chip a part takes all its columns at once.
+
+:func:`grid_search` picks ``R, C, mb, nb, kc`` by a first-order cost model (MAC-array cycles of a part, DRAM
+bytes, the bytes a chain link carries), like the attention search; :func:`plan_gemms` decides, for the whole
+module, how many parts each GEMM gets: GEMMs that cannot run at the same time (one reads what the other
+writes, FFN2 after FFN1) each take every tile (a tile runs several kernels through its contexts), GEMMs of
+one phase (Q, K and V) share them. :class:`GemmGridPattern` applies the decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from attnc.dialects import sparse as sp
+from attnc.dialects.dataflow import RESERVE, TAG, WEIGHT_PASSES, i64_array
+from attnc.dialects.values import from_numpy, np_dtype, to_numpy
+from attnc.passes.kernel_builder import KernelBuilder
+from xdsl.dialects import func
+from xdsl.dialects.builtin import IntegerAttr, NoneAttr
+from xdsl.ir import BlockArgument, Operation
+from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
+
+#: a part's matmul carries its sub-block and k-chunk ([mb, nb, kc]) to the cost rule (attnc.cost.work)
+GEMM_BLOCK = "dataflow.gemm_block"
+#: how many times a part reads its row strip (its column sub-blocks), when a DMA load re-sends it
+A_PASSES = "dataflow.a_passes"
+#: GEMMs with fewer MACs than this stay one kernel (a grid costs a weight copy per part)
+SPLIT_MIN_MACS = 1 << 22
+#: grids predicted within this fraction of the fastest count as equally fast
+TIE = 0.03
+
+
+@dataclass(frozen=True)
+class GemmGrid:
+    """A GEMM as ``rows x cols`` parts, each walking ``mb x nb`` sub-blocks and ``kc``-chunks of K, claiming
+    ``reserve`` bytes of SRAM; the figures the search predicted for it."""
+
+    name: str
+    rows: int
+    cols: int
+    mb: int
+    nb: int
+    kc: int
+    reserve: int = 0
+    a_passes: int = 1  # a part's reads of its row strip (> 1 only with a re-sent DMA load)
+    w_passes: int = 1  # a part's reads of its weight block
+    cycles: int = 0
+    dram_bytes: int = 0
+    buffer: int = 0
+    resident: bool = False  # the part holds its weight block whole (read once) and streams its row strip
+
+    def text(self) -> str:
+        held = ", weight block held" if self.resident else ""
+        return f"{self.rows}x{self.cols} parts, blocks {self.mb}x{self.nb}, k-chunk {self.kc}{held}"
+
+
+def part_buffer(mb: int, nb: int, kc: int, eb: int) -> int:
+    """SRAM of a part: the f32 accumulator of a sub-block and the double-buffered A and B chunks."""
+    return 4 * mb * nb + 2 * eb * kc * (mb + nb)
+
+
+def _steps(n: int, unit: int) -> list[int]:
+    """Block sizes to try along an extent of ``n``: multiples of the MAC array by powers of two, and ``n``."""
+    out, x = [], max(1, unit)
+    while x < n:
+        out.append(x)
+        x *= 2
+    return out + [n]
+
+
+def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, budget: int, a_dram: bool,
+                col_unit: int = 1) -> GemmGrid | None:
+    """The cheapest grid of at most ``parts`` parts whose buffers fit ``budget`` bytes, or None.
+
+    A part of ``Mi x Nj`` outputs in ``mt x nt`` sub-blocks takes ``mt * nt * ceil(mb/rows) * ceil(nb/cols)
+    * K`` MAC-array cycles; DRAM carries the weight ``mt`` times, ``a`` ``nt`` times when a load re-sends it
+    (else once, or not at all when it is made on chip) and ``y`` once; the links of a row chain carry the
+    row strip ``nt`` times, those of a column chain the weight block ``mt`` times. The prediction is the
+    largest of the three times. Column blocks are multiples of ``col_unit`` (whole heads of a projection)."""
+    tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+    mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
+    link = max(arch.noc.link_bytes_per_cycle, 1)
+    dram = max(arch.dram.bytes_per_cycle, 1e-9)
+    best: GemmGrid | None = None
+    for r in _steps(min(parts, max(1, m // mr)), 1):
+        for c in _steps(max(1, parts // r), 1):
+            if r * c > parts or (n // c) < 1 or (n // c) % col_unit or n % c and col_unit > 1:
+                continue
+            mi, nj = -(-m // r), -(-n // c)
+            for mb in _steps(mi, mr):
+                for resident in (False, True):
+                    for nb in [nj] if resident or not a_dram else _steps(nj, mc):
+                        g = _predict(name, (m, k, n, r, c, mb, nb), eb, resident, a_dram, budget, (mr, mc), link,
+                                     dram)  # fmt: skip
+                        if g is not None and (best is None or _better(g, best)):
+                            best = g
+    return best
+
+
+def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: bool, budget: int,
+             mac: tuple[int, int], link: int, dram: float) -> GemmGrid | None:
+    """One candidate's figures, or None when its buffers do not fit ``budget``. A part either streams its
+    weight block in k-chunks with each sub-block (``mt`` times in all), or, ``resident``, holds it whole
+    (read once, needed before its first step) and streams only its row strip."""
+    m, k, n, r, c, mb, nb = dims
+    mr, mc = mac
+    mi, nj = -(-m // r), -(-n // c)
+    acc = 4 * mb * nb
+    held = k * nb * eb if resident else 0
+    kc = min(k, (budget - acc - held) // max(2 * eb * (mb if resident else mb + nb), 1))
+    if kc < min(k, mr):
+        return None
+    mt, nt = -(-mi // mb), -(-nj // nb)
+    w_passes = 1 if resident else mt
+    steps = mt * nt * -(-mb // mr) * -(-nb // mc) * k + mr + mc
+    y_bytes = m * n * eb
+    moved = k * n * eb * w_passes + m * k * eb * (nt if a_dram else 1) + y_bytes
+    chain = max(mi * k * eb * nt if c > 1 else 0, k * nj * eb * w_passes if r > 1 else 0) / link
+    # the result leaves through a store that takes a link or two; what the last sub-blocks finish
+    # drains after the last step, and a held weight block arrives before the first
+    store = y_bytes / (2 * link)
+    tail = y_bytes / (mt * nt) / (2 * link) + (k * nj * eb / link if resident else 0)
+    cycles = int(max(steps, moved / dram, chain, store) + tail)
+    buf = acc + held + 2 * eb * kc * (mb if resident else mb + nb)
+    return GemmGrid(name, r, c, mb, nb, kc, 0, nt if a_dram else 1, w_passes, cycles, moved, buf, resident)
+
+
+def _better(g: GemmGrid, best: GemmGrid) -> bool:
+    """Faster beyond the tie margin; within it, less DRAM traffic, then fewer parts."""
+    if g.cycles < best.cycles * (1 - TIE):
+        return True
+    if g.cycles > best.cycles * (1 + TIE):
+        return False
+    return (g.dram_bytes, g.rows * g.cols, g.cycles) < (best.dram_bytes, best.rows * best.cols, best.cycles)
+
+
+@dataclass
+class GemmPlans:
+    """The GEMM planning's decisions: each GEMM's grid, and the report lines."""
+
+    grids: dict[sp.MatmulOp, GemmGrid] = field(default_factory=dict)
+    reports: list[str] = field(default_factory=list)
+
+
+def splittable(op: Operation) -> bool:
+    """A large GEMM by a plain 2-d weight, not yet part of a kernel."""
+    if not isinstance(op, sp.MatmulOp) or TAG in op.attributes or not isinstance(op.rhs.owner, sp.ConstantOp):
+        return False
+    a, w = sp.shape_of(op.lhs), sp.shape_of(op.rhs)
+    if len(a) < 2 or len(w) != 2 or not isinstance(op.rhs.type.encoding, NoneAttr):
+        return False
+    macs = int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * a[-1]
+    return macs >= SPLIT_MIN_MACS
+
+
+def phases(fn: func.FuncOp, gemms: list[sp.MatmulOp]) -> dict[sp.MatmulOp, int]:
+    """Each GEMM's phase: 0 for those reading nothing another GEMM wrote, else one more than the latest
+    GEMM it depends on (through any ops). GEMMs of one phase can run at once; others cannot."""
+    level: dict = {}
+    out: dict[sp.MatmulOp, int] = {}
+    chosen = set(gemms)
+    for op in fn.body.block.ops:
+        below = max((level.get(v, -1) for v in op.operands), default=-1)
+        if op in chosen:
+            out[op] = below + 1
+            below += 1
+        for r in op.results:
+            level[r] = below
+    return out
+
+
+def _a_from_dram(op: sp.MatmulOp) -> bool:
+    """Whether the GEMM's left operand is a graph input that nothing else reads (through data movement),
+    so that its DMA load may re-send it once per column sub-block."""
+    v = op.lhs
+    while not isinstance(v, BlockArgument):
+        owner = v.owner
+        if not isinstance(owner, sp.ReshapeOp) or len(list(v.uses)) != 1:
+            return False
+        v = owner.operands[0]
+    return len(list(v.uses)) == 1 and len(list(op.lhs.uses)) == 1
+
+
+def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reserved_compute: int = 0,
+               gemms: list[sp.MatmulOp] | None = None, heads: dict | None = None) -> GemmPlans:
+    """Choose the grid of each of ``gemms`` (default: every :func:`splittable` one). ``reserved_compute``
+    counts the compute contexts the other kernels (attention members included) take, ``used_sram`` the SRAM
+    the attention members claim; ``heads`` maps a GEMM that feeds or reads an attention to its head width
+    (its column blocks hold whole heads)."""
+    heads = heads or {}
+    gemms = [op for op in fn.body.block.ops if splittable(op)] if gemms is None else gemms
+    if not gemms or parts == 1:
+        return GemmPlans()
+    computes = arch.tiles_of("compute")
+    tile = max(computes, key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+    tiles = len(computes)
+    contexts = sum(t.contexts for t in computes)
+    level = phases(fn, gemms)
+    by_phase: dict[int, list[sp.MatmulOp]] = {}
+    for g in gemms:
+        by_phase.setdefault(level[g], []).append(g)
+    # the contexts left to GEMM parts, spread evenly over the phases (a phase gets at most every tile)
+    free = max(len(gemms), contexts - reserved_compute)
+    per_phase = max(1, min(tiles, free // max(len(by_phase), 1)))
+    share: dict[sp.MatmulOp, int] = {}
+    for members in by_phase.values():
+        total = sum(_macs(g) for g in members)
+        for g in members:
+            n = parts if parts > 0 else max(1, _pow2_floor(per_phase * _macs(g) // max(total, 1)))
+            share[g] = n
+    used = sum(share.values())
+    # the SRAM a part may use: what the attention members and one context share per other kernel leave,
+    # spread over every part (a tile holds several), at most a tile
+    ctx_share = tile.sram_bytes // max(tile.contexts, 1)
+    room = sum(t.sram_bytes for t in computes) - used_sram - max(reserved_compute, 0) * ctx_share
+    budget = max(ctx_share, min(tile.sram_bytes, room // max(used, 1)))
+    out = GemmPlans()
+    for i, g in enumerate(gemms):
+        a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
+        m = int(np.prod(a[:-1], dtype=np.int64))
+        eb = np_dtype(sp.elt_of(g.lhs)).itemsize
+        grid = grid_search(f"gemm{i}", m, a[-1], w[1], eb, arch, share[g], budget, _a_from_dram(g),
+                           heads.get(g, 1))  # fmt: skip
+        if grid is None or grid.rows * grid.cols == 1:
+            continue
+        # a part claims its share of SRAM, so that the placer does not stack the parts of one GEMM
+        grid = GemmGrid(**{**grid.__dict__, "reserve": budget})
+        out.grids[g] = grid
+        out.reports.append(
+            f"gemm{i}: {'x'.join(map(str, a))} @ {'x'.join(map(str, w))} in {grid.text()}; predicted "
+            f"{grid.cycles} cycles, {grid.dram_bytes} DRAM bytes, {grid.buffer} B buffer/part"
+        )
+    return out
+
+
+def _macs(op: sp.MatmulOp) -> int:
+    return int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * sp.shape_of(op.lhs)[-1]
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def _split(n: int, parts: int, i: int, unit: int = 1) -> tuple[int, int]:
+    """The i-th of ``parts`` contiguous ranges of range(n), in whole ``unit``s, balanced."""
+    units = -(-n // unit)
+    lo, hi = i * units // parts * unit, (i + 1) * units // parts * unit
+    return min(lo, n), min(hi, n)
+
+
+class GemmGridPattern(RewritePattern):
+    """Rewrites each ``sparse.matmul`` that :func:`plan_gemms` chose into its grid of parts: the lhs
+    flattened to rows and sliced into row strips, the weight cut into column blocks (a constant each), one
+    matmul kernel per part (its block and k-chunk on the op), the strip passed along its row and the block
+    down its column through copies, and the parts concatenated and reshaped back."""
+
+    def __init__(self, grids: dict[sp.MatmulOp, GemmGrid]):
+        self.grids = grids
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: sp.MatmulOp, rewriter: PatternRewriter) -> None:
+        if op not in self.grids:
+            return
+        g = self.grids[op]
+        b = KernelBuilder(rewriter, op)
+        a = sp.shape_of(op.lhs)
+        k, n = sp.shape_of(op.rhs)
+        rows = int(np.prod(a[:-1], dtype=np.int64))
+        flat = op.lhs if len(a) == 2 else b.add(sp.ReshapeOp(op.lhs, [rows, k]))
+        weight = to_numpy(op.rhs.owner.value)
+        elt = sp.elt_of(op.rhs)
+        cols = [_split(n, g.cols, j) for j in range(g.cols)]
+        down = []
+        for c0, c1 in cols:
+            const = sp.ConstantOp(from_numpy(np.ascontiguousarray(weight[:, c0:c1]), elt))
+            if g.w_passes > 1:
+                const.attributes[WEIGHT_PASSES] = IntegerAttr(g.w_passes, 64)
+            down.append(b.add(const))
+        strips = []
+        for i in range(g.rows):
+            r0, r1 = _split(rows, g.rows, i)
+            strip = b.add(sp.SliceOp(flat, [r0, 0], [r1, k], [1, 1]))
+            pieces = []
+            for j in range(g.cols):
+                tag = f"{g.name}_r{i}c{j}"
+                mm = sp.MatmulOp(strip, down[j])
+                mm.attributes[GEMM_BLOCK] = _i64s([min(g.mb, r1 - r0), min(g.nb, cols[j][1] - cols[j][0]), g.kc,
+                                                   int(g.resident)])  # fmt: skip
+                if g.reserve:
+                    mm.attributes[RESERVE] = IntegerAttr(g.reserve, 64)
+                if g.a_passes > 1 and j == 0:
+                    mm.attributes[A_PASSES] = IntegerAttr(g.a_passes, 64)
+                pieces.append(b.add(mm, tag, g.name))
+                # the strip goes on along the row and the weight block down the column, as copies out of
+                # this part's buffers: each link carries them once instead of a DMA tile sending them to all
+                if j + 1 < g.cols:
+                    strip = b.add(sp.ReshapeOp(strip, sp.shape_of(strip)), tag, g.name)
+                if i + 1 < g.rows:
+                    down[j] = b.add(sp.ReshapeOp(down[j], sp.shape_of(down[j])), tag, g.name)
+            strips.append(pieces[0] if len(pieces) == 1 else b.add(sp.ConcatOp(pieces, 1)))
+        out = strips[0] if len(strips) == 1 else b.add(sp.ConcatOp(strips, 0))
+        if len(a) != 2:
+            out = b.add(sp.ReshapeOp(out, sp.shape_of(op.result)))
+        b.replace_anchor(out)
+
+
+def _i64s(vals: list[int]):
+    return i64_array(vals)

@@ -1,0 +1,85 @@
+"""tile's GEMM grids (attnc.passes.gemm): every large GEMM over the compute tiles of its phase, its parts
+computing what the GEMM computes, their buffers within the tile's SRAM, the operands passed along the grid."""
+
+import numpy as np
+import pytest
+from test_tile import ffn_model
+
+from attnc.arch import load_arch
+from attnc.dialects import dataflow as df
+from attnc.interpreter import interpret
+from attnc.ir import main_func
+from attnc.passes.gemm import grid_search, part_buffer
+from attnc.pipeline import run_pipeline
+
+
+def _kernels(module) -> dict[str, df.KernelOp]:
+    return {k.sym_name.data: k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)}
+
+
+def _part(name: str) -> tuple[str, int, int] | None:
+    head, _, rc = name.rpartition("_r")
+    if not head.startswith("gemm") or "c" not in rc:
+        return None
+    r, c = rc.split("c")
+    return head, int(r), int(c)
+
+
+@pytest.mark.parametrize("arch", ["edge", "cloud"])
+def test_grid_parts_compute_the_gemms_and_pass_operands_along_rows_and_columns(arch):
+    module, inputs = ffn_model()
+    before = interpret(module, inputs)
+    run_pipeline(module, f"tile{{arch={arch}}}")
+    report = main_func(module).attributes["attnc.tile_report"].data
+    assert report.count("parts, blocks") == 2
+    np.testing.assert_allclose(interpret(module, inputs)["y"], before["y"], rtol=1e-5, atol=1e-5)
+    run_pipeline(module, f"lower-to-dataflow{{arch={arch}}}")
+    np.testing.assert_allclose(interpret(module, inputs)["y"], before["y"], rtol=1e-5, atol=1e-5)
+    kernels = _kernels(module)
+    parts = {p: k for n, k in kernels.items() if (p := _part(n))}
+    tile = load_arch(arch).tiles_of("compute")[0]
+    assert parts and all(k.buffer_bytes.value.data <= tile.sram_bytes for k in parts.values())
+    for (g, r, c), k in parts.items():
+        sources = {getattr(v.owner, "sym_name", None) and v.owner.sym_name.data for v in k.inputs}
+        # the row strip from the part to the left, the weight block from the part above (or their loads)
+        left, up = f"{g}_r{r}c{c - 1}", f"{g}_r{r - 1}c{c}"
+        assert (left in sources) == (c > 0) and (up in sources) == (r > 0)
+        assert any(s and s.startswith("load_const") for s in sources) == (r == 0)  # the block's own load
+        assert not any(s and s.startswith(g + "_") for s in sources - {left, up})
+
+
+def test_sequential_gemms_each_take_every_tile():
+    # FFN2 reads what FFN1 writes: they cannot run at once, so neither leaves half the array idle
+    module, _ = ffn_model()
+    run_pipeline(module, "tile{arch=edge}")
+    kernels = [o for o in main_func(module).body.block.ops if "dataflow.tag" in o.attributes]
+    tags = {o.attributes["dataflow.tag"].data for o in kernels if o.name == "sparse.matmul"}
+    tiles = len(load_arch("edge").tiles_of("compute"))
+    for g in ("gemm0", "gemm1"):
+        assert sum(1 for t in tags if t.startswith(g + "_")) == tiles
+
+
+@pytest.mark.parametrize("arch", ["edge", "cloud"])
+@pytest.mark.parametrize("a_dram", [False, True])
+def test_grid_search_keeps_buffers_within_the_budget_and_the_parts_within_the_count(arch, a_dram):
+    target = load_arch(arch)
+    tile = target.tiles_of("compute")[0]
+    budget = tile.sram_bytes // tile.contexts
+    g = grid_search("g", 2048, 768, 3072, 2, target, 16, budget, a_dram)
+    if g is None:
+        # a row strip made on chip is read once, so a part accumulates all its columns: no room on edge
+        assert not a_dram and 4 * tile.mac_rows * (3072 // 16) > budget
+        return
+    assert g.rows * g.cols <= 16
+    assert g.buffer <= budget
+    if not g.resident:
+        assert g.buffer == part_buffer(g.mb, g.nb, g.kc, 2)
+    if not a_dram:  # a row strip made on chip is read once: a part takes all its columns at once
+        assert g.a_passes == 1 and g.nb == -(-3072 // g.cols)
+    # the prediction is never below the MAC-array bound of the part
+    assert g.cycles >= 2048 * 768 * 3072 / (g.rows * g.cols * tile.macs_per_cycle)
+
+
+def test_no_grid_fits_a_budget_too_small_for_one_mac_array_block():
+    target = load_arch("edge")
+    assert grid_search("g", 512, 768, 768, 2, target, 16, 256, True) is None
