@@ -155,7 +155,9 @@ def _gemm_plan(gemms: list[Operation], body_ops: list[Operation], arch, eb: int)
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     batch, m, n, k = max((_matmul_dims(op) for op in gemms), key=lambda d: d[0] * d[1] * d[2] * d[3])
     macs = sum(int(np.prod(_matmul_dims(op), dtype=np.int64)) for op in gemms)
-    vector = sum(_elems(op.results[0].type) for op in body_ops if op not in gemms and op.results)
+    # data movement is buffer addressing (a part's copies of its operands included), not lane work
+    vector = sum(_elems(op.results[0].type) for op in body_ops
+                 if op not in gemms and op.results and not sp.is_data_movement(op))  # fmt: skip
     block = next((op.attributes[GEMM_BLOCK] for op in gemms if GEMM_BLOCK in op.attributes), None)
     if block is not None:
         plan = _grid_part_plan(tuple(int(v) for v in block.get_values()), (batch, m, n, k), macs, vector, tile, eb)
