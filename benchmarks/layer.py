@@ -38,7 +38,8 @@ Per point:
   attention is a ``projection`` (Q/K/V), the first linear after an attention (reachable from it without
   another linear on the way; parts of one linear split over tiles count as one) is a ``projection`` (O), and
   linears after that are ``ffn``. The remaining kernels (elementwise, reductions, norms) fall into groups,
-  the connected pieces of the kernel graph between linears and attentions: a group with a normalisation in it
+  the connected pieces of the kernel graph between linears and attentions (a kernel fed by a linear or an
+  attention starts a group, so a residual add does not join two sub-layers): a group with a normalisation in it
   (a LayerNorm, or a reduction such as RMSNorm's mean of squares) is ``norms`` (with the residual add and
   bias beside it); any other group (biases, GELU, SiLU gating) belongs to the linear or attention feeding it
   (an epilogue), or if none, the one it feeds. When a later compiler fuses an epilogue into its GEMM, its
@@ -224,14 +225,18 @@ def classify(bs) -> dict[int, str]:
             out[k] = r
     # the remaining kernels: connected groups between linears and attentions
     rest = {k for k, r in role.items() if r in ("norm", "other")}
+    # a kernel fed by a linear or attention starts a group (that kernel's epilogue); no stream into it joins it
+    # to another group, so a residual add does not merge the sub-layers it connects
+    heavy = {k: r for k, r in out.items() if r != "dma"}
+    starts = {k for k in rest if pred[k] & heavy.keys()}
     done: set[int] = set()
-    for k0 in rest:
+    for k0 in sorted(rest):
         if k0 in done:
             continue
         comp, stack = {k0}, [k0]
         while stack:
             k = stack.pop()
-            for n in succ[k] | pred[k]:
+            for n in [s for s in succ[k] if s not in starts] + ([] if k in starts else sorted(pred[k])):
                 if n in rest and n not in comp:
                     comp.add(n)
                     stack.append(n)
@@ -239,8 +244,8 @@ def classify(bs) -> dict[int, str]:
         if any(role[k] == "norm" for k in comp):
             label = "norms"
         else:
-            ups = [out[p] for k in comp for p in pred[k] if p in out and out[p] != "dma"]
-            downs = [out[s] for k in comp for s in succ[k] if s in out and out[s] != "dma"]
+            ups = [heavy[p] for k in sorted(comp) for p in sorted(pred[k]) if p in heavy]
+            downs = [heavy[s] for k in sorted(comp) for s in sorted(succ[k]) if s in heavy]
             label = (ups or downs or ["norms"])[0]
         for k in comp:
             out[k] = label
