@@ -1,10 +1,20 @@
 """The reference interpreter: executes sparse-dialect IR with numpy.
 
-It is the oracle for every pass and, later, for the simulator, so each op's numpy
-implementation here *is* that op's meaning. Each op computes in its
-operands' numpy dtype, as ONNX's own numpy reference does (so f16 ops round the
-way the ONNX conformance data expects); bf16, which numpy lacks, is held in
-float32 and rounded to bf16 after every op.
+It is the oracle for every pass and for the simulator, so each op's numpy
+implementation here *is* that op's meaning. Each op computes in its operands'
+numpy dtype and rounds its result to its result type; bf16, which numpy lacks, is
+held in float32 and rounded to bf16 after every op.
+
+Wide accumulation (the rule the functional simulator follows too; docs/simulator.md,
+"Functional model"): the ops that accumulate -- matmul, contract, butterfly stages,
+attention, softmax, log_softmax, layer_norm and the sum/mean/prod reductions -- keep
+their accumulators and running statistics in f32 when their operands are f16 or bf16
+(:func:`wide`), as a MAC array and a softmax unit do, and round once, at their result.
+Attention multiplies the f32 accumulator of Q·Kᵀ by its scale and keeps the scores,
+the softmax's max and sum (or the online cascade's running max, sum and output) and
+the probabilities in f32. Inside a ``dataflow.kernel`` f16 values are held in f32
+from op to op and rounded where they leave the kernel (its results) or at an explicit
+cast, so a GEMM's epilogue (the attention scale, a bias) works on the accumulator.
 
     outputs = interpret(module, {"x": x})        # keyed by graph names
     results = run_func(main_func(module), [x])   # positional
@@ -63,6 +73,19 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(f), f, out)
 
 
+def wide(dt: np.dtype) -> np.dtype:
+    """The dtype a value of dtype ``dt`` is accumulated and held in inside an op or a kernel: f32 for
+    f16 (bf16 is held in f32 already), the dtype itself otherwise (f32, f64, integers, bool)."""
+    dt = np.dtype(dt)
+    return np.dtype(np.float32) if dt == np.float16 else dt
+
+
+def widened(*xs: np.ndarray) -> list[np.ndarray]:
+    """The operands in the dtype they accumulate in: numpy's promotion of theirs, widened by :func:`wide`."""
+    w = wide(np.result_type(*xs))
+    return [np.asarray(x).astype(w, copy=False) for x in xs]
+
+
 def finish(x: np.ndarray | np.generic, ty: Attribute) -> np.ndarray:
     """Cast a computed value to the storage of result type ``ty``."""
     assert isinstance(ty, TensorType)
@@ -99,14 +122,21 @@ def _check_temporaries(op: Operation) -> None:
     # the values an op computes on the way that are larger than its result: attention's score matrix
     if isinstance(op, sp.AttentionOp):
         q, k = sp.shape_of(op.operands[0]), sp.shape_of(op.operands[1])
-        scores = math.prod(q[:-1]) * k[-2] * np.dtype(np_dtype(sp.elt_of(op.operands[0]))).itemsize
+        scores = math.prod(q[:-1]) * k[-2] * wide(np_dtype(sp.elt_of(op.operands[0]))).itemsize  # held in f32
         limits.check(scores, f"the attention scores of '{op.name}' ({'x'.join(map(str, [*q[:-1], k[-2]]))})",
                      limits.TENSOR_BYTES)  # fmt: skip
 
 
-def eval_op(op: Operation, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+def held(x: np.ndarray) -> np.ndarray:
+    """A kernel's intermediate value as the kernel holds it: f16 widened to f32 (``x`` already has the
+    op's result type; a cast or convert has rounded it to that type first)."""
+    return x.astype(wide(x.dtype), copy=False)
+
+
+def eval_op(op: Operation, args: Sequence[np.ndarray], *, in_kernel: bool = False) -> list[np.ndarray]:
     """Evaluate one op on numpy values; the results have the op's result types. A result (or temporary)
-    above ``limits.TENSOR_BYTES`` is refused before the op runs."""
+    above ``limits.TENSOR_BYTES`` is refused before the op runs. ``in_kernel``: the op is in a kernel's
+    body, where f16 values stay in f32 between ops (rounded only by casts and at the kernel's results)."""
     fn = IMPLS.get(type(op))
     if fn is None:
         raise InterpreterError(f"the reference interpreter has no implementation of '{op.name}'")
@@ -116,7 +146,21 @@ def eval_op(op: Operation, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = fn(op, list(args))
     outs = out if isinstance(out, tuple) else (out,)
-    return [finish(o, r.type) for o, r in zip(outs, op.results, strict=True)]
+    if in_kernel and not isinstance(op, (sp.CastOp, sp.ConvertOp, sp.ConstantOp)):
+        return [_finish_held(o, r.type) for o, r in zip(outs, op.results, strict=True)]
+    results = [finish(o, r.type) for o, r in zip(outs, op.results, strict=True)]
+    return [held(x) for x in results] if in_kernel else results
+
+
+def _finish_held(x: np.ndarray | np.generic, ty: Attribute) -> np.ndarray:
+    """A value cast to the f32 a kernel holds a result of type ``ty`` in (f16 and bf16 are not rounded)."""
+    assert isinstance(ty, TensorType)
+    dt = np_dtype(ty.element_type)
+    x = np.asarray(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = x.astype(wide(dt), copy=False)
+    want = tuple(ty.get_shape())
+    return out if out.shape == want else np.broadcast_to(out, want)
 
 
 def run_func(fn: func.FuncOp, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -126,16 +170,17 @@ def run_func(fn: func.FuncOp, args: Sequence[np.ndarray]) -> list[np.ndarray]:
     return run_block(block, args)
 
 
-def run_block(block: Block, args: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run a block on positional arguments; its terminator's operands are the results."""
+def run_block(block: Block, args: Sequence[np.ndarray], *, in_kernel: bool = False) -> list[np.ndarray]:
+    """Run a block on positional arguments; its terminator's operands are the results. ``in_kernel``:
+    the block is a kernel's body (see :func:`eval_op`); its arguments are widened on entry."""
     env: dict[SSAValue, np.ndarray] = {}
     for a, x in zip(block.args, args, strict=True):
-        env[a] = x
+        env[a] = x.astype(wide(x.dtype), copy=False) if in_kernel else x
     for op in block.ops:
         if op.has_trait(IsTerminator):
             return [env[v] for v in op.operands]
         try:
-            results = eval_op(op, [env[v] for v in op.operands])
+            results = eval_op(op, [env[v] for v in op.operands], in_kernel=in_kernel)
         except AttncError:
             raise
         except MemoryError:
@@ -311,18 +356,19 @@ def _where(op: sp.WhereOp, args: list[np.ndarray]) -> np.ndarray:
 
 @impl(sp.MatmulOp)
 def _matmul(op: sp.MatmulOp, args: list[np.ndarray]) -> np.ndarray:
-    return np.matmul(args[0], args[1])
+    return np.matmul(*widened(args[0], args[1]))
 
 
 @impl(sp.ContractOp)
 def _contract(op: sp.ContractOp, args: list[np.ndarray]) -> np.ndarray:
     ins, out, _ = sp.parse_einsum(op.equation.data, [a.shape for a in args])
-    return np.einsum(",".join(ins) + "->" + out, *args, optimize=len(args) > 2)
+    return np.einsum(",".join(ins) + "->" + out, *(widened(*args) if args else args), optimize=len(args) > 2)
 
 
 @impl(sp.ButterflyStageOp)
 def _butterfly_stage(op: sp.ButterflyStageOp, args: list[np.ndarray]) -> np.ndarray:
-    return bf.apply_stage(args[0], args[1], bf.Stage(*op.params()))
+    x, w = args[0], args[1]
+    return bf.apply_stage(x.astype(wide(x.dtype), copy=False), w, bf.Stage(*op.params()))
 
 
 @impl(sp.ButterflyMatmulOp)
@@ -330,7 +376,11 @@ def _butterfly_matmul(op: sp.ButterflyMatmulOp, args: list[np.ndarray]) -> np.nd
     x = args[0]
     if op.structure.perm.data == "bitrev":
         x = x[..., bitrev_permutation(x.shape[-1])]
-    return bf.apply(x, list(args[1:]), op.stages())
+    for w, st in zip(args[1:], op.stages(), strict=True):  # each stage accumulates wide and rounds, as a stage op
+        x = bf.apply_stage(x.astype(wide(x.dtype), copy=False), w, st).astype(x.dtype)
+        if isinstance(sp.elt_of(op.result), BFloat16Type):
+            x = round_bf16(x)
+    return x
 
 
 @impl(sp.FourierOp)
@@ -350,11 +400,14 @@ def _reduce(op: sp.ReduceOp, args: list[np.ndarray]) -> np.ndarray:
     if x.size == 0 and kind in ("max", "min"):  # ONNX: the identity of an empty max/min is -inf/+inf
         shape = sp.shape_of(op.result)
         return np.full(shape, -np.inf if kind == "max" else np.inf)
+    if kind in ("sum", "mean", "prod"):  # an accumulator: f32 for f16
+        x = x.astype(wide(x.dtype), copy=False)
     return _REDUCE[kind](x, axis=axes, keepdims=op.keepdims is not None)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Softmax along ``axis``; a slice that is -inf everywhere gives zeros."""
+    """Softmax along ``axis``, computed in ``wide(x.dtype)``; a slice that is -inf everywhere gives zeros."""
+    x = x.astype(wide(x.dtype), copy=False)
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isneginf(m), 0, m)
     e = np.exp(x - m)
@@ -369,7 +422,7 @@ def _softmax(op: sp.SoftmaxOp, args: list[np.ndarray]) -> np.ndarray:
 
 @impl(sp.LogSoftmaxOp)
 def _log_softmax(op: sp.LogSoftmaxOp, args: list[np.ndarray]) -> np.ndarray:
-    x, ax = args[0], op.axis.value.data
+    x, ax = args[0].astype(wide(args[0].dtype), copy=False), op.axis.value.data
     m = np.max(x, axis=ax, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     return x - m - np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True))
@@ -377,6 +430,7 @@ def _log_softmax(op: sp.LogSoftmaxOp, args: list[np.ndarray]) -> np.ndarray:
 
 @impl(sp.LayerNormOp)
 def _layer_norm(op: sp.LayerNormOp, args: list[np.ndarray]) -> np.ndarray:
+    args = widened(*args)  # mean and variance in f32 for f16 (ONNX's stash_type)
     x = args[0]
     ax = op.axis.value.data % x.ndim
     axes = tuple(range(ax, x.ndim))
@@ -458,14 +512,15 @@ def attention(
     key_block: int = 0,
 ) -> np.ndarray:
     """The meaning of ``sparse.attention`` (see its docstring); ``key_block > 0`` computes it
-    the online way, one block of keys at a time."""
+    the online way, one block of keys at a time. Everything is computed in ``wide(q.dtype)``
+    (f32 for f16): the scale multiplies the Q·Kᵀ accumulator, and the scores, the softmax
+    statistics, the probabilities and the output stay wide; the caller rounds the output once."""
     hq, hkv = q.shape[1], k.shape[1]
     if hq != hkv:
         k = np.repeat(k, hq // hkv, axis=1)
         v = np.repeat(v, hq // hkv, axis=1)
-    # sqrt(scale) on each side, in q's dtype, as ONNX's reference rounds it
-    root = np.asarray(math.sqrt(scale), dtype=q.dtype)
-    s = np.matmul(q * root, np.swapaxes(k, -1, -2) * root)
+    q, k, v = widened(q, k, v)
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(scale, dtype=q.dtype)
     if softcap > 0:
         s = softcap * np.tanh(s / softcap)
     sq, skv = s.shape[-2:]
@@ -486,7 +541,8 @@ def attention(
 
 def _online(s: np.ndarray, v: np.ndarray, key_block: int) -> np.ndarray:
     """softmax(s) @ v as a running max, sum and rescaled partial output over blocks of keys
-    (FuseMax's one-pass cascade); a row whose keys are all masked gives zeros."""
+    (FuseMax's one-pass cascade), all held in ``s``'s (wide) dtype; a row whose keys are all
+    masked gives zeros."""
     dt = s.dtype
     shape = s.shape[:-1] + (1,)
     m = np.full(shape, -np.inf, dt)
@@ -528,5 +584,6 @@ def _attention(op: sp.AttentionOp, args: list[np.ndarray]) -> np.ndarray:
 
 @impl(df.KernelOp)
 def _kernel(op: df.KernelOp, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-    # a kernel computes what its body computes; the schedule only says how
-    return tuple(run_block(op.body.block, args))
+    # a kernel computes what its body computes; the schedule only says how. Its body holds f16 values in
+    # f32 (the tile's datapath); eval_op rounds the kernel's results to their types as they leave it.
+    return tuple(run_block(op.body.block, args, in_kernel=True))

@@ -25,7 +25,8 @@ import numpy as np
 from attnc import limits
 from attnc.backend.bitstream import Bitstream, DmaDescriptor, KernelConfig, bounded_prod, shape_text
 from attnc.simulator.io import MAX_RANK, check_inputs, check_io, check_shape, entries
-from attnc.simulator.ops import SimulationError, execute, finish, from_bytes, np_dtype, storage_bytes, to_bytes
+from attnc.simulator.ops import (SimulationError, execute, finish, from_bytes, np_dtype, storage_bytes, stored,
+                                 to_bytes, wide)
 
 # What a (possibly hostile) bitstream may ask for is checked before anything is allocated: every value,
 # the DRAM image and the index arrays of a strided access against the TENSOR_BYTES limit (attnc.limits).
@@ -216,9 +217,13 @@ class Functional:
         raise SimulationError(f"{c.label} reads DRAM-side stream {port_stream} but no DMA load descriptor serves it")
 
     def run_context(self, c: Context, args: list[np.ndarray]) -> list[np.ndarray]:
-        """Execute one context's body on its input values; the values of its output ports."""
+        """Execute one context's body on its input values; the values of its output ports.
+
+        The body holds f16 values in f32 from instruction to instruction (the tile's datapath: a GEMM's
+        epilogue works on its f32 accumulator); they are rounded to the port's dtype as they leave on an
+        output port, and by an explicit cast or convert (ops.execute)."""
         cfg = c.config
-        regs: dict[int, np.ndarray] = dict(enumerate(args))
+        regs: dict[int, np.ndarray] = {i: x.astype(wide(x.dtype), copy=False) for i, x in enumerate(args)}
         for n, ins in enumerate(cfg.body):
             where = f"{c.label}, instruction {n} {limits.shown(ins.opcode, 32)}"
             if len(ins.results) != 1:
@@ -235,8 +240,9 @@ class Functional:
             try:
                 if ins.opcode == "constant":
                     value = finish(self.constant(ins.params.get("constant"), where), ins.params)
+                    value = value.astype(wide(value.dtype), copy=False)
                 else:
-                    value = execute(ins.opcode, operands, ins.params)
+                    value = execute(ins.opcode, operands, ins.params, in_kernel=True)
             except SimulationError as e:
                 raise SimulationError(f"{where}: {e}") from None
             regs[ins.results[0]] = value
@@ -244,7 +250,10 @@ class Functional:
         for p in cfg.outputs:
             if p.register not in regs:
                 raise SimulationError(f"{c.label}: output port register r{p.register} is never written")
-            outs.append(regs[p.register])
+            x = regs[p.register]
+            if x.dtype.kind == "f" and isinstance(p.dtype, str) and np_dtype(p.dtype).kind == "f":
+                x = stored(x, p.dtype)  # leaving the kernel: rounded to the stream's dtype
+            outs.append(x)
         return outs
 
     def run(self, inputs: Mapping[str, Any], progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:

@@ -5,8 +5,13 @@ attributes plus ``dtype`` and ``shape`` of its result. These implementations fol
 written in the ``sparse`` dialect's docstrings, re-implemented here on purpose: the simulator must
 depend on the bitstream alone, never on compiler modules, so that a bitstream is a real contract.
 
-Each op computes in its operands' numpy dtype; bf16 (which numpy lacks) is held in float32 and
-rounded to bf16 after every op, as the reference interpreter does.
+Each op computes in its operands' numpy dtype and rounds its result to the result's dtype; bf16
+(which numpy lacks) is held in float32 and rounded to bf16 after every op, as the reference interpreter
+does. The ops that accumulate -- matmul, contract, butterfly_stage, attention, softmax, log_softmax,
+layer_norm and the sum/mean/prod reductions -- keep their accumulators and running statistics in f32 when
+the operands are f16 or bf16 (:func:`wide`), as a MAC array and a softmax unit do, and round once, at
+their result (docs/simulator.md, "Functional model"). Inside a kernel the simulator holds f16 values in
+f32 between instructions (``functional.run_context``), so a GEMM's epilogue works on the accumulator.
 """
 
 from __future__ import annotations
@@ -44,6 +49,19 @@ def np_dtype(name: str) -> np.dtype:
                 return np.dtype(f"{kind}{width}")
             break
     raise SimulationError(f"dtype '{name}' is not supported by the simulator")
+
+
+def wide(dt: np.dtype) -> np.dtype:
+    """The dtype a value of dtype ``dt`` is accumulated and held in inside an op or a kernel: f32 for
+    f16 (bf16 is held in f32 already), the dtype itself otherwise (f32, f64, integers, bool)."""
+    dt = np.dtype(dt)
+    return np.dtype(np.float32) if dt == np.float16 else dt
+
+
+def widened(*xs: np.ndarray) -> list[np.ndarray]:
+    """The operands in the dtype they accumulate in: numpy's promotion of theirs, widened by :func:`wide`."""
+    w = wide(np.result_type(*xs))
+    return [np.asarray(x).astype(w, copy=False) for x in xs]
 
 
 def storage_bytes(name: str) -> int:
@@ -84,16 +102,24 @@ def to_bytes(x: np.ndarray, dtype: str) -> bytes:
     return np.ascontiguousarray(x, dtype=np_dtype(dtype).newbyteorder("<")).tobytes()
 
 
-def finish(x: Any, params: dict[str, Any]) -> np.ndarray:
-    """Cast a computed value to the result's dtype and shape named in ``params``."""
+def stored(x: Any, dtype: str) -> np.ndarray:
+    """A value rounded to bitstream dtype ``dtype``, as a stream, a buffer or DRAM holds it."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.asarray(x).astype(np_dtype(dtype), copy=False)
+    return round_bf16(out) if dtype == "bf16" else out
+
+
+def finish(x: Any, params: dict[str, Any], held: bool = False) -> np.ndarray:
+    """Cast a computed value to the result's dtype and shape named in ``params``. ``held``: to the dtype a
+    kernel holds that result in between instructions (``wide``: f16 and bf16 stay in f32, unrounded)."""
     dtype, shape = params.get("dtype"), params.get("shape")
     if not isinstance(dtype, str) or not isinstance(shape, list):
         raise SimulationError("the instruction's params lack its result 'dtype' and 'shape'")
-    x = np.asarray(x)
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = x.astype(np_dtype(dtype), copy=False)
-    if dtype == "bf16":
-        out = round_bf16(out)
+    if held:
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = np.asarray(x).astype(wide(np_dtype(dtype)), copy=False)
+    else:
+        out = stored(x, dtype)
     want = tuple(int(d) for d in shape)
     if out.shape != want:
         try:
@@ -274,7 +300,7 @@ def _convert(args: list[np.ndarray], params: dict[str, Any]) -> Any:
 @op("matmul")
 def _matmul(args: list[np.ndarray], params: dict[str, Any]) -> Any:
     _arity(args, 2, "matmul")
-    return np.matmul(args[0], args[1])
+    return np.matmul(*widened(args[0], args[1]))
 
 
 def parse_einsum(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[str], str]:
@@ -307,7 +333,7 @@ def parse_einsum(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[str
 @op("contract")
 def _contract(args: list[np.ndarray], params: dict[str, Any]) -> Any:
     ins, out = parse_einsum(_str(params, "equation"), [a.shape for a in args])
-    return np.einsum(",".join(ins) + "->" + out, *args, optimize=len(args) > 2)
+    return np.einsum(",".join(ins) + "->" + out, *(widened(*args) if args else args), optimize=len(args) > 2)
 
 
 @op("butterfly_stage")
@@ -321,8 +347,9 @@ def _butterfly_stage(args: list[np.ndarray], params: dict[str, Any]) -> Any:
     if r < 1 or s < 1 or e < 1 or n % (r * s * e) or w.shape != (n // (r * s * e), s, r * e, r * e):
         raise SimulationError(f"butterfly_stage: weights {w.shape} do not fit radix {r}, stride {s}, block {e} of {n}")
     g = n // (r * s * e)
-    xs = x.reshape(*x.shape[:-1], g, r, s, e)
-    ws = w.reshape(g, s, r, e, r, e).astype(x.dtype, copy=False)
+    acc = wide(x.dtype)
+    xs = x.reshape(*x.shape[:-1], g, r, s, e).astype(acc, copy=False)
+    ws = w.reshape(g, s, r, e, r, e).astype(acc, copy=False)
     return np.einsum("gsabcd,...gcsd->...gasb", ws, xs).reshape(x.shape)
 
 
@@ -340,11 +367,14 @@ def _reduce(args: list[np.ndarray], params: dict[str, Any]) -> Any:
         return x
     if x.size == 0 and kind in ("max", "min"):  # the identity of an empty max/min is -inf/+inf
         return np.full(_ints(params, "shape"), -np.inf if kind == "max" else np.inf)
+    if kind in ("sum", "mean", "prod"):  # an accumulator: f32 for f16
+        x = x.astype(wide(x.dtype), copy=False)
     return _REDUCE[kind](x, axis=axes, keepdims=_flag(params, "keepdims"))
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Softmax along ``axis``; a slice that is -inf everywhere gives zeros."""
+    """Softmax along ``axis``, computed in ``wide(x.dtype)``; a slice that is -inf everywhere gives zeros."""
+    x = x.astype(wide(x.dtype), copy=False)
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isneginf(m), 0, m)
     e = np.exp(x - m)
@@ -361,7 +391,7 @@ def _softmax(args: list[np.ndarray], params: dict[str, Any]) -> Any:
 @op("log_softmax")
 def _log_softmax(args: list[np.ndarray], params: dict[str, Any]) -> Any:
     _arity(args, 1, "log_softmax")
-    x, ax = args[0], _int(params, "axis")
+    x, ax = args[0].astype(wide(args[0].dtype), copy=False), _int(params, "axis")
     m = np.max(x, axis=ax, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     return x - m - np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True))
@@ -371,6 +401,7 @@ def _log_softmax(args: list[np.ndarray], params: dict[str, Any]) -> Any:
 def _layer_norm(args: list[np.ndarray], params: dict[str, Any]) -> Any:
     if len(args) not in (2, 3):
         raise SimulationError(f"'layer_norm' takes 2 or 3 operands, got {len(args)}")
+    args = widened(*args)  # mean and variance in f32 for f16 (ONNX's stash_type)
     x = args[0]
     ax = _int(params, "axis") % max(x.ndim, 1)
     axes = tuple(range(ax, x.ndim))
@@ -444,7 +475,8 @@ def _trilu(args: list[np.ndarray], params: dict[str, Any]) -> Any:
 
 
 def _attention_operands(q, k, v, mask, *, causal: bool, causal_offset: int):
-    """(k, v with kv heads repeated for GQA, the additive bias of the mask and the causal rule)."""
+    """(q, k, v in the accumulator dtype with kv heads repeated for GQA, the additive bias of the mask and
+    the causal rule in that dtype)."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise SimulationError("attention: q, k and v must be 4-d (batch, heads, seq, head_dim)")
     hq, hkv = q.shape[1], k.shape[1]
@@ -453,20 +485,22 @@ def _attention_operands(q, k, v, mask, *, causal: bool, causal_offset: int):
             raise SimulationError(f"attention: {hq} query heads do not divide into {hkv} kv heads")
         k = np.repeat(k, hq // hkv, axis=1)
         v = np.repeat(v, hq // hkv, axis=1)
+    q, k, v = widened(q, k, v)
+    acc = q.dtype
     sq, skv = q.shape[-2], k.shape[-2]
-    bias = np.zeros((sq, skv), dtype=q.dtype)
+    bias = np.zeros((sq, skv), dtype=acc)
     if mask is not None:
-        bias = bias + (np.where(mask, 0, -np.inf).astype(q.dtype) if mask.dtype == np.bool_ else mask.astype(q.dtype))
+        bias = bias + (np.where(mask, 0, -np.inf).astype(acc) if mask.dtype == np.bool_ else mask.astype(acc))
     if causal:
         i = np.arange(sq)[:, None]
         j = np.arange(skv)[None, :]
-        bias = bias + np.where(j <= i + causal_offset, 0, -np.inf).astype(q.dtype)
-    return k, v, bias
+        bias = bias + np.where(j <= i + causal_offset, 0, -np.inf).astype(acc)
+    return q, k, v, bias
 
 
 def _scores(q, k, scale: float, softcap: float) -> np.ndarray:
-    root = np.asarray(math.sqrt(scale), dtype=q.dtype)  # sqrt(scale) on each side, as ONNX rounds it
-    s = np.matmul(q * root, np.swapaxes(k, -1, -2) * root)
+    # the scale multiplies the f32 accumulator of Q·Kᵀ (one rounding, at the attention's result)
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(scale, dtype=q.dtype)
     if softcap > 0:
         s = softcap * np.tanh(s / softcap)
     return s
@@ -475,8 +509,10 @@ def _scores(q, k, scale: float, softcap: float) -> np.ndarray:
 def attention(q, k, v, mask, *, scale: float, causal: bool, causal_offset: int, softcap: float) -> np.ndarray:
     """Scaled dot-product attention as the ``sparse.attention`` docstring defines it: GQA head
     sharing, softcap, i1 or additive mask, causal offset, rows masked everywhere give zeros
-    (the 3-pass softmax per row: what ``fusion = "flat"`` and an op without ``fusion`` compute)."""
-    k, v, bias = _attention_operands(q, k, v, mask, causal=causal, causal_offset=causal_offset)
+    (the 3-pass softmax per row: what ``fusion = "flat"`` and an op without ``fusion`` compute).
+    Scores, softmax statistics, probabilities and the output accumulate in ``wide(q.dtype)`` (f32
+    for f16); ``execute`` rounds the output once."""
+    q, k, v, bias = _attention_operands(q, k, v, mask, causal=causal, causal_offset=causal_offset)
     s = _scores(q, k, scale, softcap)
     p = softmax(s + bias, -1)
     dead = np.isneginf(np.max(bias, axis=-1, keepdims=True))
@@ -489,16 +525,17 @@ def online_attention(q, k, v, mask, *, scale: float, causal: bool, causal_offset
     """The same attention as a 1-pass cascade over blocks of ``key_block`` keys (``fusion = "online"``,
     FuseMax): a running row maximum ``m``, a running denominator ``l`` and a running output ``acc`` are
     rescaled by ``exp(m_old - m_new)`` at each block, and ``acc / l`` is the result; a row whose keys are
-    all masked (``l == 0``) gives zeros. Computed in the operands' dtype, block by block."""
+    all masked (``l == 0``) gives zeros. ``m``, ``l``, ``acc`` and each block's scores and weights are
+    held in ``wide(q.dtype)`` (f32 for f16), block by block; ``execute`` rounds ``acc / l`` once."""
     if key_block < 1:
         raise SimulationError(f"attention: key_block must be at least 1, got {key_block}")
-    k, v, bias = _attention_operands(q, k, v, mask, causal=causal, causal_offset=causal_offset)
+    q, k, v, bias = _attention_operands(q, k, v, mask, causal=causal, causal_offset=causal_offset)
     dt = q.dtype
     t = k.shape[-2]
     rows = np.broadcast_shapes(q.shape[:-1], bias.shape[:-1])
     m = np.full(rows + (1,), -np.inf, dtype=dt)
     l = np.zeros(rows + (1,), dtype=dt)
-    acc = np.zeros(rows + (v.shape[-1],), dtype=np.result_type(dt, v.dtype))
+    acc = np.zeros(rows + (v.shape[-1],), dtype=dt)
     zero = np.zeros((), dt)
     for j0 in range(0, t, key_block):
         j1 = min(t, j0 + key_block)
@@ -512,7 +549,7 @@ def online_attention(q, k, v, mask, *, scale: float, causal: bool, causal_offset
         acc = acc * corr + np.matmul(p, v[..., j0:j1, :])
         m = m_new
     dead = l == 0
-    return np.where(dead, np.zeros((), acc.dtype), acc / np.where(dead, np.ones((), dt), l))
+    return np.where(dead, zero, acc / np.where(dead, np.ones((), dt), l))
 
 
 @op("attention")
@@ -534,14 +571,23 @@ def _attention(args: list[np.ndarray], params: dict[str, Any]) -> Any:
     raise SimulationError(f"attention: fusion {fusion!r} is not one of 'flat', 'online'")
 
 
-def execute(opcode: str, args: list[np.ndarray], params: dict[str, Any]) -> np.ndarray:
-    """One instruction: its result, cast to the dtype and shape its params name."""
+#: opcodes whose meaning is a rounding to their result dtype, inside a kernel too
+ROUNDING = frozenset({"cast", "convert", "constant"})
+
+
+def execute(opcode: str, args: list[np.ndarray], params: dict[str, Any], in_kernel: bool = False) -> np.ndarray:
+    """One instruction: its result, cast to the dtype and shape its params name. ``in_kernel``: as a
+    kernel holds it for its next instruction -- f16 in f32 unrounded, except after a cast or convert,
+    which round to their dtype (a context's output ports round, ``functional.run_context``)."""
     fn = OPS.get(opcode)
     if fn is None:
         raise SimulationError(f"unknown opcode '{opcode}'")
     try:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return finish(fn(args, params), params)
+            if in_kernel and opcode not in ROUNDING:
+                return finish(fn(args, params), params, held=True)
+            x = finish(fn(args, params), params)
+            return x.astype(wide(x.dtype), copy=False) if in_kernel else x
     except AttncError:
         raise
     except (ValueError, TypeError, IndexError, OverflowError, MemoryError, ZeroDivisionError) as e:

@@ -219,3 +219,93 @@ def test_online_attention_equals_three_pass(dtype, tol, key_block, masking):
         if masking == "causal":
             dead[..., :2] = True
         assert not np.any(online[np.broadcast_to(dead, online.shape[:-1])])
+
+
+# ---------------------------------------------------------------------------
+# wide accumulation: f16 accumulators and running statistics are f32, one rounding per result
+
+
+def _f16_operands(m=8, k=256, n=8, seed=3):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((m, k)).astype(np.float16), rng.standard_normal((k, n)).astype(np.float16)
+
+
+def test_f16_contractions_accumulate_in_f32():
+    a, b = _f16_operands()
+    want = (a.astype(np.float32) @ b.astype(np.float32)).astype(np.float16)
+    for body in ("sparse.matmul %a, %b : tensor<8x256xf16>, tensor<256x8xf16> -> tensor<8x8xf16>",
+                 'sparse.contract %a, %b {equation = "ik,kj->ij"} : (tensor<8x256xf16>, tensor<256x8xf16>) -> tensor<8x8xf16>'):
+        m = _module("%a: tensor<8x256xf16>, %b: tensor<256x8xf16>", f"  %r = {body}", "%r : tensor<8x8xf16>")
+        (out,) = run_func(main_func(m), [a, b])
+        assert out.dtype == np.float16
+        np.testing.assert_array_equal(out, want)
+
+
+def test_f16_softmax_and_layer_norm_keep_f32_statistics():
+    from attnc.interpreter import softmax
+
+    x = (np.random.default_rng(4).standard_normal((4, 512)) * 4).astype(np.float16)
+    assert softmax(x).dtype == np.float32  # the op's result type rounds it, once
+    m = _module("%x: tensor<4x512xf16>", "  %r = sparse.softmax %x {axis = 1 : i64} : tensor<4x512xf16> -> tensor<4x512xf16>",
+                "%r : tensor<4x512xf16>")
+    (out,) = run_func(main_func(m), [x])
+    e = np.exp(x.astype(np.float64) - x.max(1, keepdims=True))
+    truth = e / e.sum(1, keepdims=True)
+    np.testing.assert_array_less(np.abs(out - truth), 0.51 * np.spacing(truth.astype(np.float16)).astype(np.float64) + 1e-12)
+
+
+@pytest.mark.parametrize("key_block", [0, 3])
+def test_f16_attention_is_the_exact_value_rounded_once(key_block):
+    from attnc.interpreter import attention, finish
+
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal(s).astype(np.float16) for s in ((1, 2, 6, 8), (1, 2, 96, 8), (1, 2, 96, 5)))
+    m = _module(
+        "%q: tensor<1x2x6x8xf16>, %k: tensor<1x2x96x8xf16>, %v: tensor<1x2x96x5xf16>",
+        "  %r = sparse.attention %q, %k, %v {scale = 0.3 : f64, heads = 2 : i64, kv_heads = 2 : i64, "
+        "causal_offset = 0 : i64, softcap = 0.0 : f64"
+        + (f', fusion = "online", key_block = {key_block} : i64, row_block = 6 : i64' if key_block else "")
+        + "} : tensor<1x2x6x8xf16>, tensor<1x2x96x8xf16>, tensor<1x2x96x5xf16> -> tensor<1x2x6x5xf16>",
+        "%r : tensor<1x2x6x5xf16>",
+    )
+    (out,) = run_func(main_func(m), [q, k, v])
+    s = q.astype(np.float64) @ np.swapaxes(k.astype(np.float64), -1, -2) * 0.3
+    p = np.exp(s - s.max(-1, keepdims=True))
+    truth = (p / p.sum(-1, keepdims=True)) @ v.astype(np.float64)
+    ulps = np.abs(out.astype(np.float64) - truth) / np.spacing(np.abs(truth).astype(np.float16)).astype(np.float64)
+    assert out.dtype == np.float16 and ulps.max() <= 0.51  # f16 statistics were off by many ulps
+    assert attention(q, k, v, None, scale=0.3).dtype == np.float32  # held wide until the result type rounds it
+    assert finish(attention(q, k, v, None, scale=0.3), main_func(m).function_type.outputs.data[0]).dtype == np.float16
+
+
+KERNEL = """builtin.module {
+  func.func @main(%a: tensor<8x256xf16>, %b: tensor<256x8xf16>) -> tensor<8x8xf16> {
+    %c = dataflow.kernel "qk"(%a, %b) attributes {kind = "gemm", tile_kind = "compute", loops = ["m", "n", "k"], trips = array<i64: 1, 1, 1>, tile = array<i64: 8, 8, 256>, buffer_bytes = 8448 : i64, cycles = 16 : i64, macs = 16384 : i64, tokens = array<i64: 1>} : (tensor<8x256xf16>, tensor<256x8xf16>) -> tensor<8x8xf16> {
+    ^bb0(%x: tensor<8x256xf16>, %y: tensor<256x8xf16>):
+      %r = sparse.matmul %x, %y : tensor<8x256xf16>, tensor<256x8xf16> -> tensor<8x8xf16>
+      %s = sparse.constant {value = dense<0.3535> : tensor<f16>} : tensor<f16>
+      %e = sparse.mul %r, %s : tensor<8x8xf16>, tensor<f16> -> tensor<8x8xf16>
+      dataflow.yield %e : tensor<8x8xf16>
+    }
+    func.return %c : tensor<8x8xf16>
+  }
+}"""
+
+
+def test_a_kernel_holds_f16_in_f32_and_rounds_its_results():
+    # the scale is an epilogue on the GEMM's f32 accumulator: one rounding, as the kernel's result leaves it
+    a, b = _f16_operands()
+    (out,) = run_func(main_func(parse_module(KERNEL)), [a, b])
+    acc = a.astype(np.float32) @ b.astype(np.float32)
+    scale = np.float32(np.float16(0.3535))
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out, (acc * scale).astype(np.float16))
+    per_op = (acc.astype(np.float16) * np.float16(0.3535)).astype(np.float16)
+    assert not np.array_equal(out, per_op)  # rounding the accumulator first gives other numbers
+    # a cast inside a kernel still rounds
+    text = KERNEL.replace(
+        "%e = sparse.mul %r, %s : tensor<8x8xf16>, tensor<f16> -> tensor<8x8xf16>",
+        "%w = sparse.cast %r : tensor<8x8xf16> -> tensor<8x8xf16>\n      %e = sparse.mul %w, %s : tensor<8x8xf16>, tensor<f16> -> tensor<8x8xf16>",
+    )
+    (rounded,) = run_func(main_func(parse_module(text)), [a, b])
+    np.testing.assert_array_equal(rounded, per_op)

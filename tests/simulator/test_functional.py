@@ -159,6 +159,54 @@ def test_attention_opcode_matches_the_interpreter_semantics():
         np.testing.assert_allclose(ops.execute("attention", [q, k, v, mask], params), want, rtol=1e-6, atol=1e-6)
 
 
+def test_f16_attention_opcode_equals_the_interpreter_bit_for_bit():
+    # one rule on both sides: f32 scores, statistics and output, one rounding (flat and online alike)
+    from attnc.interpreter import attention as reference_attention
+
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((1, 4, 5, 8)).astype(np.float16)
+    k, v = (rng.standard_normal((1, 2, 40, 8)).astype(np.float16) for _ in range(2))
+    mask = rng.random((5, 40)) < 0.7
+    base = {"dtype": "f16", "shape": [1, 4, 5, 8], "scale": 0.3, "causal": 1, "causal_offset": 2}
+    for extra, key_block in (({}, 0), ({"fusion": "online", "key_block": 7}, 7)):
+        want = reference_attention(q, k, v, mask, scale=0.3, causal=True, causal_offset=2, key_block=key_block)
+        np.testing.assert_array_equal(ops.execute("attention", [q, k, v, mask], {**base, **extra}), want.astype(np.float16))
+
+
+UNFUSED = """func.func @main(%q: tensor<1x2x8x8xf16>, %k: tensor<1x2x64x8xf16>, %v: tensor<1x2x64x8xf16>) -> (tensor<1x2x8x8xf16>) {
+  %r = sparse.attention %q, %k, %v {scale = 0.35355339059327373 : f64, heads = 2 : i64, kv_heads = 2 : i64, causal, causal_offset = 0 : i64, softcap = 0.0 : f64} : tensor<1x2x8x8xf16>, tensor<1x2x64x8xf16>, tensor<1x2x64x8xf16> -> tensor<1x2x8x8xf16>
+  func.return %r : tensor<1x2x8x8xf16>
+}"""
+
+
+def test_a_context_holds_f16_in_f32_and_rounds_at_its_ports():
+    # unfused f16 attention: the QKᵀ kernel scales its f32 accumulator and rounds once as the scores leave
+    # it; the softmax kernel works in f32 and rounds the probabilities; the PV kernel accumulates in f32
+    from attnc.ir import main_func, parse_module, set_io_names
+    from attnc.pipeline import backend_passes
+
+    module = parse_module(UNFUSED)
+    set_io_names(main_func(module), ["q", "k", "v"], ["y"])
+    run_pipeline(module, "canonicalize,fuse-attention{mode=unfused}")
+    lowered = module.clone()
+    run_pipeline(lowered, [p for p in backend_passes("tiny") if p.name != "place-route"])
+    data, _ = compile_to_bitstream(module, "tiny", heuristic_only=True)
+    rng = np.random.default_rng(0)
+    x = {n: rng.standard_normal(s).astype(np.float16) for n, s in (("q", (1, 2, 8, 8)), ("k", (1, 2, 64, 8)), ("v", (1, 2, 64, 8)))}
+    got = run(bsm.decode(data), x)["y"]
+    np.testing.assert_array_equal(got, interpret(lowered, x)["y"])  # the oracle on the kernels, bit for bit
+    f32 = np.float32
+    q, k, v = (x[n].astype(f32) for n in "qkv")
+    rounded_once = ((q @ np.swapaxes(k, -1, -2)) * f32(np.float16(0.35355339059327373))).astype(np.float16)
+    scores = rounded_once.astype(f32) + np.where(np.arange(64)[None] <= np.arange(8)[:, None], 0, -np.inf).astype(f32)
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    p = (e / e.sum(-1, keepdims=True)).astype(np.float16).astype(f32)
+    np.testing.assert_array_equal(got, (p @ v).astype(np.float16))
+    # rounding Q·Kᵀ before the scale (per-op f16, what the kernels did before) gives other scores
+    per_op = (q @ np.swapaxes(k, -1, -2)).astype(np.float16) * np.float16(0.35355339059327373)
+    assert not np.array_equal(per_op, rounded_once)
+
+
 # ---------------------------------------------------------------------------
 # errors
 
