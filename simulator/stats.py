@@ -62,6 +62,7 @@ class KernelStats:
     peak_buffer_bytes: float = 0  # most bytes its input buffers held at once: arrived, not yet released
     buffer_banks: int = 0  # SRAM banks its buffers occupy (whole banks each)
     throttled: bool = False  # a DMA load held back by its consumers' buffers
+    sram_stall_cycles: int = 0  # cycles its SRAM traffic adds beyond its compute (the banks' ports bind)
 
 
 @dataclass
@@ -156,6 +157,7 @@ class Stats:
                     "start": round(k.start, 3), "end": round(k.end, 3), "busy_cycles": k.busy_cycles,
                     "macs": k.macs, "segments": k.segments, "peak_buffer_bytes": k.peak_buffer_bytes,
                     "buffer_banks": k.buffer_banks, "throttled": k.throttled,
+                    "sram_stall_cycles": k.sram_stall_cycles,
                 }
                 for k in self.kernels
             ],  # fmt: skip

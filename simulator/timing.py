@@ -322,6 +322,11 @@ class _Sim:
         self.links: dict[tuple, LinkStats] = {}
         capacity: dict = {"dram": float(arch.dram.bytes_per_cycle)}
         for t in arch.tiles:
+            # a DMA context stages what it moves in its tile's buffer (written once, read once): the banks' ports
+            # bound it (a tile without SRAM streams straight through)
+            if t.sram_bytes_per_cycle > 0:
+                capacity[("sram", t.pos)] = t.sram_bytes_per_cycle / 2
+        for t in arch.tiles:
             for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
                 nxt = (t.x + dx, t.y + dy)
                 if 0 <= nxt[0] < arch.width and 0 <= nxt[1] < arch.height:
@@ -579,8 +584,17 @@ class _Sim:
         # data arrives in the buffer and leaves from it, and each op reads its operands and writes its result
         self.stats.sram_write_bytes += w.sram_write + in_bytes
         self.stats.sram_read_bytes += w.sram_read + port_bytes
+        # ... through the banks' ports: a context moves at most the tile's SRAM bytes per cycle (one context
+        # runs at a time on a tile), so traffic beyond what its compute takes stalls it
+        sram = w.sram_read + w.sram_write + in_bytes + port_bytes
+        if sram and at.sram_bytes_per_cycle <= 0:
+            raise AttncError(f"simulate: kernel {cfg.kernel} '{cfg.name}' on tile ({at.x},{at.y}) moves {sram} bytes "
+                             "through SRAM, and the tile has no SRAM banks")  # fmt: skip
+        sram_cycles = -(-sram // at.sram_bytes_per_cycle) if sram else 0
+        st.sram_stall_cycles = max(0, sram_cycles - compute)
+        work = max(compute, sram_cycles)
 
-        def durations(i: int, c=compute, s=segments, f=fill) -> int:
+        def durations(i: int, c=work, s=segments, f=fill) -> int:
             return (i + 1) * c // s - i * c // s + (f if i == 0 else 0)
 
         k.durations = durations
@@ -616,7 +630,7 @@ class _Sim:
         heapq.heappush(self.heap, (t, self.seq, fn, args))
 
     def resource_idle(self, r, start: float, end: float) -> None:
-        if r == "dram":
+        if r == "dram" or r[0] == "sram":
             return
         lk = self._link(r)
         lk.busy_cycles += end - start
@@ -700,7 +714,9 @@ class _Sim:
             share = (i + 1) * k.dma_bytes // k.segments - i * k.dma_bytes // k.segments
 
             def begin(_k=k, _slot=slot, _start=now, _share=share):
-                self.fluid.add(_share, ("dram",), lambda t: self.finish(_k, _slot, _start))
+                staging = ("sram", _k.tile.pos)
+                over = ("dram", staging) if staging in self.fluid.capacity else ("dram",)
+                self.fluid.add(_share, over, lambda t: self.finish(_k, _slot, _start))
 
             if i == 0 and self.arch.dram.latency_cycles:
                 self.push(now + self.arch.dram.latency_cycles, begin)

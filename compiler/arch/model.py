@@ -23,7 +23,9 @@ KIND_LETTERS = {"compute": "C", "sfu": "S", "butterfly": "B", "memory": "M", "dm
 LETTER_KINDS = {letter: kind for kind, letter in KIND_LETTERS.items()}
 
 #: Tile fields added after the format's first version: canonical() lists them only when set
-_OPTIONAL_TILE_FIELDS = frozenset({"exp_per_cycle"})
+_OPTIONAL_TILE_FIELDS = frozenset({"exp_per_cycle", "sram_bank_bytes_per_cycle"})
+#: bytes each SRAM bank reads or writes per cycle when a file does not say (a 128-bit port)
+DEFAULT_BANK_BYTES_PER_CYCLE = 16
 
 ENERGY_ACTIONS = ("mac", "sram_byte", "noc_hop_byte", "dram_byte", "sfu_op", "butterfly_op", "vector_op")
 
@@ -46,6 +48,13 @@ class Tile:
     # tile's exp unit, beside its vector lanes; 0 = no exp unit, such work cannot run on the tile
     # (docs/arch.md, "Where exp runs"). An sfu tile evaluates them on its lanes.
     exp_per_cycle: int = 0
+    # bytes each SRAM bank reads or writes per cycle: the tile's buffers move at most sram_banks times this
+    sram_bank_bytes_per_cycle: int = DEFAULT_BANK_BYTES_PER_CYCLE
+
+    @property
+    def sram_bytes_per_cycle(self) -> int:
+        """What the tile's SRAM reads and writes per cycle, all banks together."""
+        return self.sram_banks * self.sram_bank_bytes_per_cycle
 
     @property
     def pos(self) -> tuple[int, int]:

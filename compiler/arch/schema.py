@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from attnc import limits
-from attnc.arch.model import DRAM, ENERGY_ACTIONS, KIND_LETTERS, LETTER_KINDS, TILE_KINDS, Arch, FrozenMap, NoC, Tile
+from attnc.arch.model import DEFAULT_BANK_BYTES_PER_CYCLE, DRAM, ENERGY_ACTIONS, KIND_LETTERS, LETTER_KINDS, TILE_KINDS, Arch, FrozenMap, NoC, Tile
 from attnc.errors import AttncError
 
 FORMAT_VERSION = 1
@@ -35,7 +35,7 @@ MAX_TILE_SRAM = (1 << 32) - 1  # a tile's buffer is addressed with 32 bits
 TOP_KEYS = ("version", "name", "description", "grid", "clock_mhz", "tile_kinds", "layout", "noc", "dram",
             "datatypes", "energy_pj")  # fmt: skip
 TOP_OPTIONAL = ("description",)
-COMMON_TILE_KEYS = ("contexts", "sram", "sram_banks")
+COMMON_TILE_KEYS = ("contexts", "sram", "sram_banks", "sram_bank_bytes_per_cycle")
 KIND_KEYS = {
     "compute": ("mac_array", "vector_lanes", "exp_per_cycle"),
     "sfu": ("vector_lanes",),
@@ -363,7 +363,7 @@ def _tile_kinds(r: _Reader, top: _Map) -> dict[str, dict[str, int]]:
     for kind, value in m.items():
         path = f"tile_kinds.{kind}"
         spec = r.mapping(value, path, m.lines[kind])
-        r.keys(spec, path, COMMON_TILE_KEYS + KIND_KEYS[kind], optional=("sram_banks", "exp_per_cycle"))
+        r.keys(spec, path, COMMON_TILE_KEYS + KIND_KEYS[kind], optional=("sram_banks", "sram_bank_bytes_per_cycle", "exp_per_cycle"))
         p: dict[str, int] = {"contexts": r.int(spec, "contexts", path, 1, 255)}
         sram = r.size(spec, "sram", path)
         if sram == 0 and kind != "dma":
@@ -380,6 +380,8 @@ def _tile_kinds(r: _Reader, top: _Map) -> dict[str, dict[str, int]]:
         else:
             banks = 1 if sram else 0
         p["sram_bytes"], p["sram_banks"] = sram, banks
+        if "sram_bank_bytes_per_cycle" in spec:  # the banks' port width: what the timing lets the buffers move
+            p["sram_bank_bytes_per_cycle"] = r.int(spec, "sram_bank_bytes_per_cycle", path, 1)
         if kind == "compute":
             rows, cols = _mac_array(r, spec, path)
             p["mac_rows"], p["mac_cols"] = rows, cols
@@ -496,6 +498,8 @@ def dump_arch(arch: Arch) -> str:
             spec["mac_array"] = f"[{t.mac_rows}, {t.mac_cols}]"
         if "vector_lanes" in KIND_KEYS[t.kind]:
             spec["vector_lanes"] = t.vector_lanes
+        if t.sram_bank_bytes_per_cycle != DEFAULT_BANK_BYTES_PER_CYCLE:
+            spec["sram_bank_bytes_per_cycle"] = t.sram_bank_bytes_per_cycle
         if t.exp_per_cycle:
             spec["exp_per_cycle"] = t.exp_per_cycle
         if t.kind == "dma":

@@ -205,10 +205,10 @@ def test_preset_fingerprints_are_pinned() -> None:
     """Bitstreams embed these: a change here means the presets (or the canonical form) changed,
     and old bitstreams are rejected as built for another architecture."""
     assert {p: load_arch(p).fingerprint().hex() for p in PRESETS} == {
-        "tiny": "790037cd8ab6c588",
-        "edge": "9e0a10a083ce7bd5",
-        "cloud": "9b25fcd41ee72db6",
-        "flat-cloud": "116e40425ad55157",
+        "tiny": "fd1f261abb1940d3",
+        "edge": "6afc7752a8d23423",
+        "cloud": "a1b543b41be853e5",
+        "flat-cloud": "a1e68b804fd6216c",
     }
 
 
@@ -506,3 +506,15 @@ def test_cli_rejects_a_broken_arch_file(tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 2
     assert err == f"attnc: error: --arch {arch}:11: layout[1]: dma tile at (1, 1) is not on the edge of the grid\n"
     assert not (tmp_path / "o.mlir").exists()
+
+
+def test_sram_port_width_is_read_checked_and_written_back() -> None:
+    edge = load_arch("edge")
+    assert {t.kind: t.sram_bytes_per_cycle for t in edge.tiles} == {
+        "compute": 4 * 64, "sfu": 2 * 64, "butterfly": 2 * 64, "memory": 8 * 64, "dma": 1 * 128}
+    # a file without it gets the default; the canonical text keeps a value that is not the default
+    text = re.sub(r", sram_bank_bytes_per_cycle: \d+", "", preset_text("tiny"))
+    assert {t.sram_bank_bytes_per_cycle for t in parse_arch(text).tiles} == {16}
+    assert parse_arch(dump_arch(edge)) == edge
+    with pytest.raises(AttncError, match="sram_bank_bytes_per_cycle: must be at least 1, got 0"):
+        parse_arch(preset_text("tiny").replace("sram_bank_bytes_per_cycle: 64", "sram_bank_bytes_per_cycle: 0", 1))

@@ -6,6 +6,7 @@ The hand cases are small bitstreams built with the dataclasses on the ``tiny`` a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -48,10 +49,15 @@ def route(stream, src, dst, hops, nbytes):
     return RouteConfig(stream, f"s{stream}", src, dst, [tuple(h) for h in hops], 0, nbytes, 1.0)
 
 
-def bitstream(tiles: dict, routes=(), dma=()):
+#: the tiny array with SRAM ports too wide to bind: for the cases that work out the NoC alone
+WIDE_SRAM = dataclasses.replace(TINY, source="", tiles=tuple(dataclasses.replace(t, sram_bank_bytes_per_cycle=1 << 20)
+                                                  for t in TINY.tiles))  # fmt: skip
+
+
+def bitstream(tiles: dict, routes=(), dma=(), arch=TINY):
     """``tiles``: {(x, y): [KernelConfig, ...]}; the tile kind comes from the tiny array."""
-    src, fp = embed_arch(TINY)
-    cfgs = [TileConfig(x, y, TINY.tile(x, y).kind, ks) for (x, y), ks in tiles.items()]
+    src, fp = embed_arch(arch)
+    cfgs = [TileConfig(x, y, arch.tile(x, y).kind, ks) for (x, y), ks in tiles.items()]
     bs = Bitstream(src, fp, cfgs, list(routes), list(dma))
     return decode(encode(bs))  # what the simulator gets is what the format carries
 
@@ -138,23 +144,40 @@ def passthrough(kid, name, in_stream, out_stream, n, tokens=1, work=0):
                   [port(reg, out_stream, [n * tokens], tokens)], body, (("rows", tokens),))  # fmt: skip
 
 
+def test_a_context_moves_at_most_its_tiles_sram_bytes_per_cycle():
+    # a passthrough of 4 KiB on (1,1) with nothing to compute: 4 KiB arrive in its buffer and 4 KiB leave it, through
+    # 2 banks of 64 bytes a cycle: 64 cycles. With ports too wide to bind it takes no time.
+    n = 1024
+    tile = TINY.tile(1, 1)
+    assert tile.sram_bytes_per_cycle == 2 * 64
+    stats = simulate(bitstream({(1, 1): [passthrough(0, "p", 10, 11, n)]}))
+    assert stats.cycles == 2 * 4 * n // tile.sram_bytes_per_cycle and stats.kernels[0].sram_stall_cycles == 64
+    # (a cycle is the least any traffic takes)
+    assert simulate(bitstream({(1, 1): [passthrough(0, "p", 10, 11, n)]}, arch=WIDE_SRAM)).cycles == 1
+    # work that takes longer than its traffic hides it: 8 adds of 1024 floats on 4 lanes, 2048 cycles, moving
+    # 4 KiB in, 8 x (8 KiB read + 4 KiB written), 4 KiB out = 104 KiB: 832 cycles of SRAM
+    stats = simulate(bitstream({(1, 1): [passthrough(0, "p", 10, 11, n, work=8)]}))
+    assert stats.cycles == 8 * n // tile.vector_lanes and stats.kernels[0].sram_stall_cycles == 0
+
+
 def test_two_streams_sharing_a_link_take_twice_as_long():
     nbytes = 4096
     n = nbytes // 4
     alone = {(1, 1): [passthrough(0, "a", 10, 11, n)], (2, 1): [passthrough(2, "ca", 11, 12, n)]}
     r_a = route(11, 0, 2, [(1, 1), (2, 1)], nbytes)
-    one = simulate(bitstream(alone, [r_a]))
+    one = simulate(bitstream(alone, [r_a], arch=WIDE_SRAM))
     link = TINY.noc.link_bytes_per_cycle
-    assert one.cycles == nbytes / link + 1
+    # + 2: the sender and the receiver each take one cycle to pass their bytes through their (wide) SRAM ports
+    assert one.cycles == nbytes / link + 1 + 2
     # b's route (1,2) -> (1,1) -> (2,1) joins a's on the link (1,1) -> (2,1)
     both = dict(alone)
     both[(1, 2)] = [passthrough(1, "b", 20, 21, n)]
     both[(2, 1)] = both[(2, 1)] + [passthrough(3, "cb", 21, 22, n)]
     r_b = route(21, 1, 3, [(1, 2), (1, 1), (2, 1)], nbytes)
-    two = simulate(bitstream(both, [r_a, r_b]))
+    two = simulate(bitstream(both, [r_a, r_b], arch=WIDE_SRAM))
     ends = {k.name: k.end for k in two.kernels}
-    assert ends["ca"] == 2 * nbytes / link + 1
-    assert ends["cb"] == 2 * nbytes / link + 2
+    assert ends["ca"] == 2 * nbytes / link + 1 + 2
+    assert ends["cb"] == 2 * nbytes / link + 2 + 2
     shared = [lk for lk in two.links if (lk.src, lk.dst) == ((1, 1), (2, 1))]
     assert shared[0].bytes == 2 * nbytes and shared[0].busy_cycles == 2 * nbytes / link
     assert two.noc_byte_hops == 3 * nbytes
@@ -412,11 +435,12 @@ def test_a_new_flow_slows_its_neighbours_neighbours():
     tiles[(1, 2)][1].outputs[0].shape = tiles[(2, 2)][0].outputs[0].shape = [n]  # 4 KiB each, after 64 cycles of adds
     routes = [route(11, 0, 4, [(1, 1), (2, 1)], 4 * n), route(21, 1, 7, [(1, 2), (1, 1), (2, 1)], 4 * n),
               route(13, 2, 5, [(1, 2), (1, 1)], 4 * n), route(14, 3, 6, [(2, 2), (1, 2), (1, 1)], 4 * n)]  # fmt: skip
-    stats = simulate(bitstream(tiles, routes))
+    stats = simulate(bitstream(tiles, routes, arch=WIDE_SRAM))
     # until cycle 64 a and b share (1,1)->(2,1): 8 B/cycle each, 512 bytes sent. Then b drops to 16/3 on the
     # first link and a takes the rest of the second: 32/3 B/cycle for its remaining 3584 bytes
     a_done = 64 + (4 * n - 64 * 8) / (16 - 16 / 3)
-    assert {k.name: k.end for k in stats.kernels}["sink"] == pytest.approx(a_done + 1)
+    # + 2: a and the sink each take one cycle to pass their bytes through their (wide) SRAM ports
+    assert {k.name: k.end for k in stats.kernels}["sink"] == pytest.approx(a_done + 1 + 2)
 
 
 def test_rates_recomputed_per_component_equal_a_global_recomputation(example_bitstreams, monkeypatch):
