@@ -128,9 +128,16 @@ def place_and_route(
     # Never worse than the heuristic.
     if hint is not None and score(av, pv, hint).key() < score(av, pv, best).key():
         best, status = hint, "HEURISTIC"
+    proven = False
+    if score(av, pv, best).o_int > 0:
+        # over capacity: one more search for any mapping within it, which also proves there is none
+        fit, proven = solver.within_capacity(best, time_limit)
+        if fit is not None:
+            best, status = fit, "FEASIBLE"
+            say("a mapping within link capacity found by the capacity-only search")
     stats.status = status
     stats.seconds = time.perf_counter() - start
-    return _finish(av, pv, best, fill_stats(stats, av, pv, score(av, pv, best)))
+    return _finish(av, pv, best, fill_stats(stats, av, pv, score(av, pv, best)), proven=proven)
 
 
 def solve_interruptibly(solver, model) -> int:
@@ -165,7 +172,7 @@ def solve_interruptibly(solver, model) -> int:
     return result["status"]  # type: ignore[return-value]
 
 
-def _finish(av: ArrayView, pv: ProblemView, st: State, stats: MappingStats) -> Mapping:
+def _finish(av: ArrayView, pv: ProblemView, st: State, stats: MappingStats, proven: bool = False) -> Mapping:
     sc = score(av, pv, st)
     over = [li for li, load in enumerate(sc.loads) if load > av.cap[li] + 1e-9]
     if over:
@@ -175,7 +182,7 @@ def _finish(av: ArrayView, pv: ProblemView, st: State, stats: MappingStats) -> M
             (p, q) == (a, b) for p, q in zip(path, path[1:]))]
         kernels = sorted({n for si, path in enumerate(st.routes) if pv.streams[si].name in users
                           for n in (pv.streams[si].src, pv.streams[si].dst)})
-        proven = stats.status == "OPTIMAL"
+        proven = proven or stats.status == "OPTIMAL"
         raise MappingInfeasible(
             f"cannot map onto {av.arch.name}: link {av.pos[a]}->{av.pos[b]}: streams need {sc.loads[li]:g} B/cycle,"
             f" capacity {av.cap[li]:g} ({len(over)} link{'s' if len(over) > 1 else ''} over capacity"
@@ -211,7 +218,9 @@ class _Solver:
         # per phase: at least its length and its largest piece of work
         self.top_lb = [max([n] + [w for parts in pv.w_int for j, w in parts if j == jj])
                        for jj, n in enumerate(pv.len_int)]
+        narrow = min(av.cap, default=1.0)
         self.top_ub = [n + sum(w for parts in pv.w_int for j, w in parts if j == jj)
+                       + sum(w for si in range(len(pv.streams)) for j, w in pv.t_int.get((si, narrow), ()) if j == jj)
                        for jj, n in enumerate(pv.len_int)]
         # a route visits each tile at most once, so a stream crosses fewer links than there are tiles
         self.w2 = sum(pv.b_int) * len(av.pos) + 1
@@ -224,10 +233,11 @@ class _Solver:
     # ------------------------------------------------------------------ model
 
     def solve(self, st: State | None, free_k: list[int], cand: dict[int, list[int]], free_s: list[int],
-              region: set[int] | None, dtime: float, w1: int, symmetry: bool = False):
+              region: set[int] | None, dtime: float, w1: int, symmetry: bool = False, capacity_only: bool = False):
         """Re-place ``free_k`` (on ``cand`` tiles) and re-route ``free_s`` (inside
         ``region``; None = the whole array) with everything else as in ``st``.
-        Returns (new state or None, status name, objective bound, variables)."""
+        Returns (new state or None, status name, objective bound, variables). ``capacity_only``: no
+        objective, every link within capacity (a feasibility search, or a proof that none is)."""
         from ortools.sat.python import cp_model
 
         av = self.av
@@ -237,13 +247,18 @@ class _Solver:
         links = [li for li, (a, b) in enumerate(av.links) if a in node_set and b in node_set]
         # the variables are created in this order (placement, makespan, routes, load): the solver's
         # search, and so its answer for a seed, depends on it
-        x, makespan = self._placement(m, st, free_k, cand)
+        x, tops = self._placement(m, st, free_k, cand)
         f = self._routing(m, st, x, free_k, free_s, nodes, links)
+        self._link_time(m, st, f, free_s, tops)
+        makespan = cp_model.LinearExpr.sum(tops)
         over = self._overload(m, st, f, free_s, region, links)
         byte_hops = cp_model.LinearExpr.weighted_sum(list(f.values()), [self.pv.b_int[si] for (si, _li) in f])
         if region is None and len(free_k) == len(self.pv.kernels):
             m.add(byte_hops >= self.bh_lb_int)
-        m.minimize(w1 * over + self.w2 * makespan + byte_hops)
+        if capacity_only:
+            m.add(over == 0)
+        else:
+            m.minimize(w1 * over + self.w2 * makespan + byte_hops)
 
         hint_state = st
         if symmetry:
@@ -291,7 +306,33 @@ class _Solver:
                 if parts:
                     m.add(tops[j] >= fbusy[t, j] + LinearExpr.weighted_sum([v for v, _ in parts],
                                                                            [w for _, w in parts]))
-        return x, LinearExpr.sum(tops)
+        return x, tops
+
+    def _link_time(self, m, st: State | None, f, free_s: list[int], tops) -> None:
+        """Each link's time per phase (the bytes routed over it then, over its bandwidth) bounds the
+        phase's top, like a tile's work: the fixed streams' time plus the free streams routed over it."""
+        from ortools.sat.python.cp_model import LinearExpr
+
+        av, pv = self.av, self.pv
+        fs_set = set(free_s)
+        fixed: dict[tuple[int, int], int] = defaultdict(int)
+        if st is not None:
+            for si, path in enumerate(st.routes):
+                if si not in fs_set:
+                    for p, q in zip(path, path[1:]):
+                        li = av.link_index[(p, q)]
+                        for j, w in pv.t_int[si, av.cap[li]]:
+                            fixed[li, j] += w
+        terms: dict[tuple[int, int], list] = defaultdict(list)
+        for (si, li), var in f.items():
+            for j, w in pv.t_int[si, av.cap[li]]:
+                if w > 0:
+                    terms[li, j].append((var, w))
+        for (li, j), parts in sorted(terms.items()):
+            m.add(tops[j] >= fixed[li, j] + LinearExpr.weighted_sum([v for v, _ in parts], [w for _, w in parts]))
+        for (li, j), w in sorted(fixed.items()):
+            if (li, j) not in terms and w > 0:
+                m.add(tops[j] >= w)
 
     def _routing(self, m, st: State | None, x, free_k: list[int], free_s: list[int], nodes, links: list[int]):
         """Flow routing of the free streams: one Boolean per stream and link, conserved at every tile
@@ -436,6 +477,18 @@ class _Solver:
         if new is not None:
             self.say(f"CP-SAT {name}: {nvars} variables")
         return new, name
+
+    def within_capacity(self, hint: State, time_limit: float) -> tuple[State | None, bool]:
+        """Any mapping with every link within capacity, searched on the whole model from ``hint``:
+        (the mapping or None, whether CP-SAT proved there is none)."""
+        pv = self.pv
+        every = list(range(len(pv.kernels)))
+        new, name, _bound, _nvars, _dt = self.solve(
+            hint, every, {k: pv.cand[k] for k in every}, list(range(len(pv.streams))), None,
+            time_limit * MONOLITHIC_DTIME_PER_SECOND, self.weights(), symmetry=True, capacity_only=True)
+        if new is not None and score(self.av, pv, new).overload > 0:
+            new = None  # within capacity in integer units only: cannot happen (rates round up), but never trust it
+        return new, name == "INFEASIBLE"
 
     def lns(self, start: State, time_limit: float):
         av, pv = self.av, self.pv

@@ -110,6 +110,11 @@ class ProblemView:
         self.c_int = [math.ceil(k.cycles / self.cycle_unit) for k in self.kernels]
         self.len_int = [round(n / self.cycle_unit) for n in self.phases.lengths]
         self.w_int = [tuple((j, round(w / self.cycle_unit)) for j, w in parts) for parts in self.phases.work]
+        # a stream's time on a link per phase, in the same units, for a link of each capacity
+        self.t_int: dict[tuple[int, float], tuple[tuple[int, int], ...]] = {}
+        for si, parts in enumerate(self.phases.transfer):
+            for cap in set(av.cap):
+                self.t_int[si, cap] = tuple((j, round(nb / cap / self.cycle_unit)) for j, nb in parts)
         self.cand = [av.of_kind.get(k.kind, []) for k in self.kernels]
         self.incident: list[list[int]] = [[] for _ in self.kernels]
         for si, (a, b) in enumerate(zip(self.src, self.dst)):
@@ -160,9 +165,24 @@ def score(av: ArrayView, pv: ProblemView, st: State) -> Score:
     over = max((load - cap for load, cap in zip(loads, av.cap)), default=0.0)
     o_int = max((load - cap for load, cap in zip(iloads, pv.cap_int)), default=0)
     busy = _Busy(pv, len(av.pos), st.place)
+    links = pv.phases.link_work(st.routes, lambda a, b: av.cap[av.link_index[(a, b)]])
     return Score(max(loads, default=0.0), max(0.0, over) if over > 1e-9 else 0.0, bh,
-                 round(pv.phases.estimate(st.place)), max(0, o_int), bh_int, busy.total(), tuple(loads),
-                 tuple(iloads))
+                 round(pv.phases.estimate(st.place, links)), max(0, o_int), bh_int,
+                 busy.total(_link_time_int(av, pv, st.routes)), tuple(loads), tuple(iloads))
+
+
+def _link_time_int(av: ArrayView, pv: ProblemView, routes: list[list[int]]) -> dict[int, int]:
+    """Per phase, the busiest link's time in the model's integer units."""
+    per: dict[tuple[int, int], int] = defaultdict(int)
+    for si, path in enumerate(routes):
+        for a, b in zip(path, path[1:]):
+            li = av.link_index[(a, b)]
+            for j, w in pv.t_int[si, av.cap[li]]:
+                per[li, j] += w
+    top: dict[int, int] = defaultdict(int)
+    for (_li, j), w in per.items():
+        top[j] = max(top[j], w)
+    return top
 
 
 class _Busy:
@@ -183,8 +203,10 @@ class _Busy:
     def top(self, j: int) -> int:
         return max(self.pv.len_int[j], max(self.col[j]))
 
-    def total(self) -> int:
-        return sum(self.top(j) for j in range(len(self.col)))
+    def total(self, links: dict[int, int] | None = None) -> int:
+        """The estimate; ``links``: per phase the busiest link's time, when the routes are known."""
+        links = links or {}
+        return sum(max(self.top(j), links.get(j, 0)) for j in range(len(self.col)))
 
     def join_cost(self, k: int, t: int, tops: dict[int, int]) -> int:
         """How much the estimate grows if ``k`` joins tile ``t`` (``tops``: the phases' current tops)."""

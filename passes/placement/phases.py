@@ -15,6 +15,13 @@ proportion. The makespan estimate of a placement is
 linear in the placement (one variable per phase), it charges stacking concurrent kernels and not
 sharing a tile across phases, and a placement that gives every kernel its own tile meets the schedule.
 
+Links are resources of the same kind: a stream moves its bytes in its *transfer window* -- between its
+producer's finish and its consumer's start when the consumer waits for all of it (a one-token stream:
+the schedule's gap is that transfer), else while both run -- and a link's work in a phase is the bytes
+of the streams routed over it there over its bandwidth. Streams that cross one link at the same time
+share it (the simulator's max-min fair flows), so their bursts add up; the same max over links joins
+the max over tiles. Rates within capacity are a separate, hard limit; this term is about time.
+
 A problem without windows (hand-made ones in tests and benchmarks) is one phase: every kernel is taken
 as running all the time, and the estimate is the busiest tile's summed work.
 """
@@ -35,43 +42,78 @@ class Phases:
 
     lengths: tuple[float, ...]
     work: tuple[tuple[tuple[int, float], ...], ...]
+    #: per stream (problem order), the bytes it moves in each phase as (phase, bytes)
+    transfer: tuple[tuple[tuple[int, float], ...], ...] = ()
 
-    def estimate(self, place: list[int]) -> float:
-        """The makespan estimate of a placement (kernel index -> tile)."""
+    def estimate(self, place: list[int], link_time: dict[tuple[object, int], float] | None = None) -> float:
+        """The makespan estimate of a placement (kernel index -> tile); ``link_time``: each link's work
+        per phase, (link, phase) -> cycles (``link_work``)."""
         busy: dict[tuple[int, int], float] = {}
         for k, t in enumerate(place):
             for j, w in self.work[k]:
                 busy[t, j] = busy.get((t, j), 0.0) + w
         top = list(self.lengths)
-        for (_t, j), w in busy.items():
+        for (_t, j), w in [*busy.items(), *(link_time or {}).items()]:
             top[j] = max(top[j], w)
         return sum(top)
+
+    def link_work(self, routes: list[list], capacity) -> dict[tuple[object, int], float]:
+        """Each link's work per phase, (link, phase) -> cycles: the bytes routed over it in the phase over
+        its bandwidth. ``routes``: per stream the path of tiles; ``capacity(a, b)``: a link's bytes/cycle."""
+        out: dict[tuple[object, int], float] = {}
+        for si, path in enumerate(routes):
+            for a, b in zip(path, path[1:]):
+                cap = capacity(a, b)
+                for j, nb in self.transfer[si]:
+                    out[(a, b), j] = out.get(((a, b), j), 0.0) + nb / cap
+        return out
 
 
 def phases_of(problem: MappingProblem, max_phases: int = MAX_PHASES) -> Phases:
     """The phases of ``problem``'s schedule (its kernels' windows), and each kernel's work in them."""
     ks = problem.kernels
     if not ks or any(k.window is None for k in ks):
-        # no schedule: one phase as long as the longest kernel, every kernel all of it
+        # no schedule: one phase as long as the longest kernel, every kernel and stream all of it
         return Phases((float(max((k.cycles for k in ks), default=0)),),
-                      tuple(((0, float(k.cycles)),) if k.cycles > 0 else () for k in ks))
+                      tuple(((0, float(k.cycles)),) if k.cycles > 0 else () for k in ks),
+                      tuple(((0, float(st.bytes)),) if st.bytes > 0 else () for st in problem.streams))
     spans = []
     for k in ks:
         s, f = (float(v) for v in k.window)
         if f <= s:  # an instant in the schedule (a zero-time stage, a tiny transfer): its work just after
             f = s + max(1.0, float(k.cycles))
         spans.append((s, f))
-    cuts = _merge(sorted({v for span in spans for v in span}), max_phases)
+    index = {k.name: i for i, k in enumerate(ks)}
+    moves = [_transfer_window(spans[index[st.src]], spans[index[st.dst]]) for st in problem.streams]
+    cuts = _merge(sorted({v for span in spans + moves for v in span}), max_phases)
     lengths = tuple(b - a for a, b in zip(cuts, cuts[1:]))
-    work = []
-    for k, (s, f) in zip(ks, spans):
-        parts = []
-        for j, (a, b) in enumerate(zip(cuts, cuts[1:])):
-            overlap = min(f, b) - max(s, a)
-            if overlap > 0 and k.cycles > 0:
-                parts.append((j, k.cycles * overlap / (f - s)))
-        work.append(tuple(parts))
-    return Phases(lengths, tuple(work))
+    work = tuple(_spread(float(k.cycles), span, cuts) for k, span in zip(ks, spans))
+    transfer = tuple(_spread(float(st.bytes), span, cuts) for st, span in zip(problem.streams, moves))
+    return Phases(lengths, work, transfer)
+
+
+def _transfer_window(src: tuple[float, float], dst: tuple[float, float]) -> tuple[float, float]:
+    """When a stream's bytes cross the links: the gap between its producer's finish and its consumer's
+    start when there is one (the consumer waited for all of it), else from when both run until the
+    producer is done (or, a producer done first, the consumer)."""
+    if src[1] < dst[0]:
+        return src[1], dst[0]
+    a = max(src[0], dst[0])
+    b = src[1] if src[1] > a else dst[1]
+    return a, max(b, a + 1.0)
+
+
+def _spread(amount: float, span: tuple[float, float], cuts: list[float]) -> tuple[tuple[int, float], ...]:
+    """``amount`` spread over the phases ``span`` overlaps, in proportion."""
+    s, f = span
+    if amount <= 0:
+        return ()
+    parts = []
+    for j, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        overlap = min(f, b) - max(s, a)
+        if overlap > 0:
+            parts.append((j, amount * overlap / (f - s)))
+    return tuple(parts)
 
 
 def _merge(cuts: list[float], max_phases: int) -> list[float]:
