@@ -516,5 +516,5 @@ def test_sram_port_width_is_read_checked_and_written_back() -> None:
     text = re.sub(r", sram_bank_bytes_per_cycle: \d+", "", preset_text("tiny"))
     assert {t.sram_bank_bytes_per_cycle for t in parse_arch(text).tiles} == {16}
     assert parse_arch(dump_arch(edge)) == edge
-    with pytest.raises(AttncError, match="sram_bank_bytes_per_cycle: must be at least 1, got 0"):
+    with pytest.raises(AttncError, match="compute.sram_bank_bytes_per_cycle: must be positive, got 0"):
         parse_arch(preset_text("tiny").replace("sram_bank_bytes_per_cycle: 64", "sram_bank_bytes_per_cycle: 0", 1))
