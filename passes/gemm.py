@@ -96,7 +96,11 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
     dram = max(arch.dram.bytes_per_cycle, 1e-9)
     best: GemmGrid | None = None
     for r in _steps(min(parts, max(1, m // mr)), 1):
-        for c in _steps(max(1, parts // r), 1):
+        cols = set(_steps(max(1, parts // r), 1))
+        if col_unit > 1:  # whole units per part: the divisors of the unit count
+            units = n // col_unit
+            cols = {c for c in range(1, units + 1) if units % c == 0 and r * c <= parts}
+        for c in sorted(cols):
             if r * c > parts or (n // c) < 1 or (n // c) % col_unit or n % c and col_unit > 1:
                 continue
             mi, nj = -(-m // r), -(-n // c)
@@ -166,6 +170,47 @@ def splittable(op: Operation) -> bool:
     return macs >= SPLIT_MIN_MACS
 
 
+def merge_shared_lhs(fn: func.FuncOp) -> dict[sp.MatmulOp, int]:
+    """GEMMs by plain 2-d weights that read the same value (the Q, K and V projections) become one GEMM by
+    their weights side by side, each result a column slice of it: one grid over the tiles instead of three
+    that would share them, and the row strip read once. Returns each merged GEMM's column unit: the
+    greatest common divisor of the merged widths, so that no part straddles two of them (whole heads, when
+    they feed an attention)."""
+    groups: dict = {}
+    for op in fn.body.block.ops:
+        if splittable(op):
+            groups.setdefault(op.lhs, []).append(op)
+    out: dict[sp.MatmulOp, int] = {}
+    for lhs, ops in groups.items():
+        k = sp.shape_of(ops[0].rhs)[0]
+        ops = [o for o in ops if sp.shape_of(o.rhs)[0] == k and sp.elt_of(o.rhs) == sp.elt_of(ops[0].rhs)]
+        if len(ops) < 2:
+            continue
+        weights = [to_numpy(o.rhs.owner.value) for o in ops]
+        merged = sp.ConstantOp(from_numpy(np.ascontiguousarray(np.concatenate(weights, axis=1)), sp.elt_of(ops[0].rhs)))
+        mm = sp.MatmulOp(lhs, merged.result)
+        first = ops[0]
+        first.parent_block().insert_ops_before([merged, mm], first)
+        shape = sp.shape_of(mm.result)
+        lo = 0
+        for o, w in zip(ops, weights):
+            starts, ends = [0] * len(shape), list(shape)
+            starts[-1], ends[-1] = lo, lo + w.shape[1]
+            lo += w.shape[1]
+            piece = sp.SliceOp(mm.result, starts, ends, [1] * len(shape))
+            first.parent_block().insert_op_before(piece, first)
+            o.result.replace_all_uses_with(piece.result)
+        for o in ops:
+            rhs = o.rhs.owner
+            o.detach()
+            o.erase()
+            if isinstance(rhs, sp.ConstantOp) and not rhs.result.uses:
+                rhs.detach()
+                rhs.erase()
+        out[mm] = int(np.gcd.reduce([w.shape[1] for w in weights]))
+    return out
+
+
 def phases(fn: func.FuncOp, gemms: list[sp.MatmulOp]) -> dict[sp.MatmulOp, int]:
     """Each GEMM's phase: 0 for those reading nothing another GEMM wrote, else one more than the latest
     GEMM it depends on (through any ops). GEMMs of one phase can run at once; others cannot."""
@@ -195,10 +240,10 @@ def _a_from_dram(op: sp.MatmulOp) -> bool:
 
 
 def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reserved_compute: int = 0,
-               gemms: list[sp.MatmulOp] | None = None, heads: dict | None = None) -> GemmPlans:
+               gemms: list[sp.MatmulOp] | None = None, heads: dict | None = None, members: int = 0) -> GemmPlans:
     """Choose the grid of each of ``gemms`` (default: every :func:`splittable` one). ``reserved_compute``
-    counts the compute contexts the other kernels (attention members included) take, ``used_sram`` the SRAM
-    the attention members claim; ``heads`` maps a GEMM that feeds or reads an attention to its head width
+    counts the compute contexts the other kernels take (a context share of SRAM each), ``members`` the
+    attention members, ``used_sram`` the SRAM those claim; ``heads`` maps a GEMM that feeds or reads an attention to its head width
     (its column blocks hold whole heads)."""
     heads = heads or {}
     gemms = [op for op in fn.body.block.ops if splittable(op)] if gemms is None else gemms
@@ -207,36 +252,22 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
     computes = arch.tiles_of("compute")
     tile = max(computes, key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     tiles = len(computes)
-    contexts = sum(t.contexts for t in computes)
     level = phases(fn, gemms)
-    by_phase: dict[int, list[sp.MatmulOp]] = {}
-    for g in gemms:
-        by_phase.setdefault(level[g], []).append(g)
-    # the contexts left to GEMM parts, spread evenly over the phases (a phase gets at most every tile)
-    free = max(len(gemms), contexts - reserved_compute)
-    per_phase = max(1, min(tiles, free // max(len(by_phase), 1)))
-    share: dict[sp.MatmulOp, int] = {}
-    for members in by_phase.values():
-        total = sum(_macs(g) for g in members)
-        for g in members:
-            n = parts if parts > 0 else max(1, _pow2_floor(per_phase * _macs(g) // max(total, 1)))
-            share[g] = n
-    used = sum(share.values())
-    # the SRAM a part may use: what the attention members and one context share per other kernel leave,
-    # spread over every part (a tile holds several), at most a tile
+    free = max(len(gemms), sum(t.contexts for t in computes) - reserved_compute - members)
     ctx_share = tile.sram_bytes // max(tile.contexts, 1)
     room = sum(t.sram_bytes for t in computes) - used_sram - max(reserved_compute, 0) * ctx_share
-    budget = max(ctx_share, min(tile.sram_bytes, room // max(used, 1)))
+    options = {g: _options(g, i, arch, tiles if parts < 1 else parts, ctx_share, tile, heads.get(g, 1))
+               for i, g in enumerate(gemms)}  # fmt: skip
+    chosen = _allocate(options, level, tiles, free, room)
     out = GemmPlans()
     for i, g in enumerate(gemms):
-        a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
-        m = int(np.prod(a[:-1], dtype=np.int64))
-        eb = np_dtype(sp.elt_of(g.lhs)).itemsize
-        grid = grid_search(f"gemm{i}", m, a[-1], w[1], eb, arch, share[g], budget, _a_from_dram(g),
-                           heads.get(g, 1))  # fmt: skip
-        if grid is None or grid.rows * grid.cols == 1:
+        if g not in chosen:
             continue
-        # a part claims its share of SRAM, so that the placer does not stack the parts of one GEMM
+        grid, budget = chosen[g]
+        if grid.rows * grid.cols == 1:
+            continue
+        a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
+        # a part claims its budget of SRAM, so that the placer does not stack more parts on a tile than fit
         grid = GemmGrid(**{**grid.__dict__, "reserve": budget})
         out.grids[g] = grid
         out.reports.append(
@@ -244,6 +275,80 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
             f"{grid.cycles} cycles, {grid.dram_bytes} DRAM bytes, {grid.buffer} B buffer/part"
         )
     return out
+
+
+def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_unit: int) -> list[tuple[GemmGrid, int]]:
+    """A GEMM's candidate (grid, SRAM budget per part): at most 1, 2, 4, ... ``most`` parts, each with one to
+    all of its tile's context shares of SRAM."""
+    a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
+    m = int(np.prod(a[:-1], dtype=np.int64))
+    eb = np_dtype(sp.elt_of(g.lhs)).itemsize
+    out = []
+    for parts in _steps(most, 1):
+        for j in range(1, max(tile.contexts, 1) + 1):
+            budget = ctx_share * j
+            grid = grid_search(f"gemm{i}", m, a[-1], w[1], eb, arch, parts, budget, _a_from_dram(g), col_unit)
+            if grid is not None:
+                out.append((grid, budget))
+    return out
+
+
+def _allocate(options: dict, level: dict, tiles: int, free: int, room: int) -> dict:
+    """Each GEMM's option, greedily: from the smallest SRAM footprint (parts x budget) each, take the upgrade
+    that saves the most predicted cycles per byte while the parts fit the free contexts and the footprints
+    the SRAM ``room``. GEMMs of one phase with the same shapes (Q, K and V) move together. The time predicted
+    is the sum over phases of the phase's time: its slowest GEMM, or its GEMMs' tile-cycles spread over the
+    tiles, if more (GEMMs of a phase share tiles through contexts)."""
+    classes: dict[tuple, list] = {}
+    for g, opts in options.items():
+        if opts:
+            key = (level[g], tuple(sp.shape_of(g.lhs)), tuple(sp.shape_of(g.rhs)), len(opts))
+            classes.setdefault(key, []).append(g)
+    keys = list(classes)
+
+    def foot(o) -> int:
+        return o[0].rows * o[0].cols * o[1]
+
+    def expand(pick: dict) -> dict:
+        return {g: options[g][pick[key]] for key in keys for g in classes[key]}
+
+    def total(ch: dict) -> float:
+        by: dict[int, list] = {}
+        for g, (grid, _) in ch.items():
+            by.setdefault(level[g], []).append(grid)
+        return sum(max(max(x.cycles for x in gs), sum(x.cycles * x.rows * x.cols for x in gs) / tiles)
+                   for gs in by.values())  # fmt: skip
+
+    def fits(ch: dict) -> bool:
+        return (sum(o[0].rows * o[0].cols for o in ch.values()) <= free
+                and sum(foot(o) for o in ch.values()) <= room)  # fmt: skip
+
+    def used(ch: dict) -> int:
+        return sum(foot(o) for o in ch.values())
+
+    pick = {key: min(range(len(options[classes[key][0]])), key=lambda j, k=key: (foot(options[classes[k][0]][j]),
+                                                                                  options[classes[k][0]][j][0].cycles))
+            for key in keys}  # fmt: skip
+    chosen = expand(pick)
+    if not fits(chosen):
+        return chosen
+    while True:
+        now, best = total(chosen), None
+        for key in keys:
+            for j in range(len(options[classes[key][0]])):
+                if j == pick[key]:
+                    continue
+                trial = expand({**pick, key: j})
+                gain = now - total(trial)
+                if gain <= 0 or not fits(trial):
+                    continue
+                ratio = gain / max(used(trial) - used(chosen), 1)
+                if best is None or ratio > best[0]:
+                    best = (ratio, key, j)
+        if best is None:
+            return chosen
+        pick[best[1]] = best[2]
+        chosen = expand(pick)
 
 
 def _macs(op: sp.MatmulOp) -> int:

@@ -32,6 +32,7 @@ from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, ROWS, SPILL, STAGE, 
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
 from attnc.passes.target import TargetPass
+from attnc.passes.concat_folds import fold_concats
 from attnc.passes.fuse_attention import masked_softmax, scaled_scores
 from attnc.passes.kernel_builder import KernelBuilder, splat
 from xdsl.context import Context
@@ -318,6 +319,8 @@ class LowerToDataflowPass(TargetPass):
         per_head = LowerAttentionPerHeadPattern({a: f"attn{i}" for i, a in enumerate(attention)},
                                                 heads_per_kernel(fn, attention, arch))  # fmt: skip
         PatternRewriteWalker(per_head, apply_recursively=False).rewrite_region(fn.body)
+        # a kernel that reads some of a GEMM's parts (a member one head of a projection) reads only those
+        fold_concats(fn.body)
         _Partitioner(fn, arch).run()
         stream_fused_inputs(fn)
         stream_butterfly_chains(fn)

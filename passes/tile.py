@@ -38,7 +38,8 @@ from attnc.passes.target import TargetPass
 from attnc.passes.butterfly_pipeline import ExpandButterflyPattern, butterfly_contexts, plan_butterflies
 from attnc.cost.attention import split
 from attnc.passes.fuse_attention import FUSION_ATTR, MODES, FuseAttentionPattern, Schedule, check_schedule
-from attnc.passes.gemm import GemmGridPattern, plan_gemms, splittable
+from attnc.passes.concat_folds import fold_concats
+from attnc.passes.gemm import GemmGridPattern, merge_shared_lhs, plan_gemms, splittable
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
@@ -228,11 +229,17 @@ class TilePass(TargetPass):
         _rewrite(fn, ExpandButterflyPattern(chains.plans))
         reports += chains.reports
         # every large GEMM across the compute tiles of its phase, on the contexts and SRAM the rest leave
-        chosen = [o for o in fn.body.block.ops if splittable(o) and not _feeds_attention(o.result)
-                  and not _fed_by_attention(o.lhs)]  # fmt: skip
-        others = _reserved(fn)["compute"] - len(chosen) + members
-        gemms = plan_gemms(fn, arch, self.gemm_parts, attention.used_sram, others, chosen)
+        merged = merge_shared_lhs(fn) if self.gemm_parts != 1 else {}
+        chosen = [o for o in fn.body.block.ops if splittable(o)]
+        # a Q/K/V projection's column blocks hold whole heads, so a member reads only the parts of its heads
+        heads = {o: w for o in chosen if (w := _head_width(o.result))}
+        for o, width in merged.items():
+            heads[o] = int(np.gcd(width, _gcd_heads(o)))
+        others = _reserved(fn)["compute"] - len(chosen)
+        gemms = plan_gemms(fn, arch, self.gemm_parts, attention.used_sram, others, chosen, heads, members)
         _rewrite(fn, GemmGridPattern(gemms.grids))
+        # what reads some of a grid's parts (a member, one head of a projection) reads only those
+        fold_concats(fn.body)
         reports += gemms.reports
         if reports:
             fn.attributes[REPORT_ATTR] = StringAttr("\n".join(reports))
@@ -290,13 +297,14 @@ def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict) -> Atten
 
 def _member_claims(sched: Schedule, arch, tile, budget: int, reserved: dict[str, int],
                    used_sram: int) -> tuple[int, int]:
-    """(kernels that claim SRAM, the bytes each claims) of a schedule. A member claims the SRAM the search
-    budgeted: placing two on one tile would halve their speed for fewer byte-hops, a trade the placer's
-    objective would otherwise make (when the other compute kernels' shares leave that much; unfused, a
-    member's QKᵀ and PV GEMMs run one after the other, so they claim half each)."""
+    """(kernels that claim SRAM, the bytes each claims) of a schedule. A member claims more than half its
+    tile (its buffer, if more, up to what the search budgeted): placing two on one tile would halve their
+    speed for fewer byte-hops, a trade the placer's objective would otherwise make, and the rest of the tile
+    is left to the kernels of other phases (the GEMM parts), when the other compute kernels' shares leave
+    that much; unfused, a member's QKᵀ and PV GEMMs run one after the other, so they claim half each."""
     unfused = sched.mode == "unfused"
     members = sched.groups * sched.members * (2 if unfused else 1)
-    claim = budget // 2 if unfused else budget
+    claim = budget // 2 if unfused else min(budget, max(sched.buffer, tile.sram_bytes // max(tile.contexts, 1)))
     share = tile.sram_bytes // max(tile.contexts, 1)
     room = sum(t.sram_bytes for t in arch.tiles_of("compute")) - reserved["compute"] * share - used_sram
     return members, claim if members and members * claim <= room else 0
@@ -352,6 +360,26 @@ def _feeds_attention(v, depth: int = 8) -> bool:
         if op.results and not isinstance(op, (sp.MatmulOp, sp.ContractOp)) and _feeds_attention(op.results[0], depth - 1):
             return True
     return False
+
+
+def _gcd_heads(op: sp.MatmulOp) -> int:
+    """The head widths the column slices of a merged projection feed, as one divisor (0 if none)."""
+    return int(np.gcd.reduce([_head_width(u.operation.results[0]) for u in op.result.uses
+                              if isinstance(u.operation, sp.SliceOp)] or [0]))  # fmt: skip
+
+
+def _head_width(v, depth: int = 8) -> int:
+    """The width of a head of the attention ``v`` reaches before another GEMM (through data movement and
+    elementwise ops: a Q, K or V projection), or 0."""
+    if depth == 0:
+        return 0
+    for use in v.uses:
+        op = use.operation
+        if isinstance(op, sp.AttentionOp):
+            return sp.shape_of(op.operands[use.index])[-1] if use.index < 3 else 0
+        if op.results and not isinstance(op, (sp.MatmulOp, sp.ContractOp)) and (w := _head_width(op.results[0], depth - 1)):
+            return w
+    return 0
 
 
 def _fed_by_attention(v, depth: int = 8) -> bool:

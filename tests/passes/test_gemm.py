@@ -48,15 +48,15 @@ def test_grid_parts_compute_the_gemms_and_pass_operands_along_rows_and_columns(a
         assert not any(s and s.startswith(g + "_") for s in sources - {left, up})
 
 
-def test_sequential_gemms_each_take_every_tile():
-    # FFN2 reads what FFN1 writes: they cannot run at once, so neither leaves half the array idle
+def test_sequential_gemms_are_not_given_the_array_as_if_they_ran_at_once():
+    # FFN2 reads what FFN1 writes: they cannot run at once, so each may take more than half the tiles
     module, _ = ffn_model()
-    run_pipeline(module, "tile{arch=edge}")
-    kernels = [o for o in main_func(module).body.block.ops if "dataflow.tag" in o.attributes]
-    tags = {o.attributes["dataflow.tag"].data for o in kernels if o.name == "sparse.matmul"}
-    tiles = len(load_arch("edge").tiles_of("compute"))
-    for g in ("gemm0", "gemm1"):
-        assert sum(1 for t in tags if t.startswith(g + "_")) == tiles
+    run_pipeline(module, "tile{arch=cloud}")
+    tags = {o.attributes["dataflow.tag"].data for o in main_func(module).body.block.ops
+            if o.name == "sparse.matmul" and "dataflow.tag" in o.attributes}  # fmt: skip
+    tiles = len(load_arch("cloud").tiles_of("compute"))
+    counts = [sum(1 for t in tags if t.startswith(g + "_")) for g in ("gemm0", "gemm1")]
+    assert sum(counts) > tiles and max(counts) == tiles
 
 
 @pytest.mark.parametrize("arch", ["edge", "cloud"])
