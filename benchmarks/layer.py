@@ -449,18 +449,39 @@ def write_table(rows: list[dict], path: Path, title: str) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Per arch: each layer's cycles / roofline against seq (solid), its worst GEMM alone (dashed, hollow),
+    and the layers that failed (x on the top edge)."""
     plt, fig, panels = arch_axes(rows)
+    seqs = sorted({r["seq"] for r in rows})
     for arch, ax in panels:
-        for wl in sorted({r["workload"] for r in rows if r["arch"] == arch}):
-            pts = sorted((r["seq"], r["ratio"]) for r in rows if r["arch"] == arch and r["workload"] == wl
-                         and r["part"] == "layer" and r.get("ratio"))  # fmt: skip
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=wl)
-        ax.axhline(2.0, color="grey", linestyle="--", linewidth=0.8, label="2x (target)")
+        mine = [r for r in rows if r["arch"] == arch]
+        top = max([r["ratio"] for r in mine if r.get("ratio")] + [2.0]) * 1.5
+        for i, wl in enumerate(sorted({r["workload"] for r in mine})):
+            color = f"C{i}"
+            layer = sorted((r["seq"], r["ratio"]) for r in mine if r["workload"] == wl and r["part"] == "layer"
+                           and r.get("ratio"))  # fmt: skip
+            if layer:
+                ax.plot(*zip(*layer), marker="o", color=color, label=f"{wl} layer")
+            worst: dict[int, float] = {}
+            for r in mine:
+                if r["workload"] == wl and r["part"] != "layer" and r.get("ratio"):
+                    worst[r["seq"]] = max(worst.get(r["seq"], 0.0), r["ratio"])
+            if worst:
+                ax.plot(*zip(*sorted(worst.items())), marker="o", mfc="none", linestyle="--", color=color,
+                        label=f"{wl} worst GEMM alone")  # fmt: skip
+            failed = [r["seq"] for r in mine if r["workload"] == wl and r["part"] == "layer" and r.get("error")]
+            if failed:
+                ax.plot(failed, [top] * len(failed), marker="x", linestyle="none", color=color, markersize=9,
+                        label=f"{wl} layer failed")  # fmt: skip
+        ax.axhline(2.0, color="grey", linestyle="--", linewidth=0.8, label="2x (layer target)")
+        ax.axhline(1.25, color="grey", linestyle=":", linewidth=0.8, label="1.25x (GEMM target)")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(seqs, [str(q) for q in seqs])
+        ax.set_xlim(seqs[0] / 1.5, seqs[-1] * 1.5)
         ax.set_yscale("log")
+        ax.set_ylim(0.9, top * 1.3)
         ax.set_xlabel("sequence length")
-        ax.set_ylabel("cycles / roofline (one configuration)")
+        ax.set_ylabel("simulated cycles / roofline")
         ax.set_title(arch)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -520,8 +541,7 @@ def main() -> int:
     write_csv(out.with_suffix(".csv"), COLUMNS, rows)
     title = "Whole transformer layers against the roofline" + (f" ({args.label})" if args.label else "")
     write_table(rows, out.with_suffix(".md"), title)
-    if any(r.get("ratio") for r in rows):
-        plot(rows, out.with_suffix(".png"))
+    plot(rows, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.csv')}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
     return 0
 
