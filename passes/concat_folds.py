@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import TAG
+from xdsl.rewriter import InsertPoint
 from xdsl.pattern_rewriter import (
     GreedyRewritePatternApplier,
     PatternRewriter,
@@ -72,7 +73,7 @@ class SliceOfConcatPattern(RewritePattern):
                 pieces.append(x)
                 continue
             piece = sp.SliceOp(x, st, en, steps)
-            rewriter.insert_op(piece)
+            rewriter.insert(piece, InsertPoint.before(op))
             pieces.append(piece.results[0])
         if len(pieces) == 1:
             rewriter.replace(op, [], [pieces[0]])
@@ -93,7 +94,7 @@ class TransposeOfConcatPattern(RewritePattern):
         pieces = []
         for x in cat.inputs:
             t = sp.TransposeOp(x, perm)
-            rewriter.insert_op(t)
+            rewriter.insert(t, InsertPoint.before(op))
             pieces.append(t.results[0])
         rewriter.replace(op, sp.ConcatOp(pieces, perm.index(axis)))
 
@@ -130,7 +131,7 @@ class ReshapeOfConcatPattern(RewritePattern):
         pieces = []
         for x, shape in zip(cat.inputs, shapes):
             r = sp.ReshapeOp(x, shape)
-            rewriter.insert_op(r)
+            rewriter.insert(r, InsertPoint.before(op))
             pieces.append(r.results[0])
         rewriter.replace(op, sp.ConcatOp(pieces, b))
 

@@ -187,9 +187,22 @@ def ffn_model(rows=256, hidden=256, inner=512):
     return model, {"x": rng.standard_normal((rows, hidden)).astype(np.float32)}
 
 
-def test_projections_around_an_attention_stay_whole():
-    # their row blocks would reach every attention kernel whole: Q/K/V and output projections are not split
-    model, _ = load_make_examples().bert_layer(seq=256, hidden=256, heads=4)
+def test_projections_are_split_in_whole_heads_and_a_member_reads_only_the_parts_of_its_heads():
+    model, inputs = load_make_examples().bert_layer(seq=256, hidden=256, heads=4)
     module = import_onnx(model)
-    run_pipeline(module, "canonicalize,raise-attention,fuse-attention,tile{arch=cloud}")
-    assert "row blocks" not in main_func(module).attributes["attnc.tile_report"].data
+    run_pipeline(module, "canonicalize,raise-attention,fuse-attention")
+    before = interpret(module, inputs)
+    run_pipeline(module, "tile{arch=cloud},lower-to-dataflow{arch=cloud}")
+    report = main_func(module).attributes["attnc.tile_report"].data
+    assert "@ 256x768 in" in report  # Q, K and V as one GEMM of their weights side by side
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    parts = [k for k in kernels if k.sym_name.data.startswith("gemm0_")]
+    assert len(parts) % 3 == 0
+    for k in kernels:
+        if k in parts:
+            continue
+        # what reads Q (its bias add, then the members) reaches only Q's parts, not K's and V's
+        read = {v.owner for v in k.inputs if v.owner in parts}
+        assert len(read) <= len(parts) // 3
+    for name, want in before.items():
+        np.testing.assert_allclose(interpret(module, inputs)[name], want, rtol=1e-4, atol=1e-4)
