@@ -48,7 +48,6 @@ from attnc.passes.placement.heuristic import (
     fill_stats,
     heuristic_mapping,
     heuristic_state,
-    lower_bounds,
     score,
     to_mapping,
     views,
@@ -129,7 +128,7 @@ def place_and_route(
     if hint is not None and score(av, pv, hint).key() < score(av, pv, best).key():
         best, status = hint, "HEURISTIC"
     proven = False
-    if score(av, pv, best).o_int > 0:
+    if score(av, pv, best).o_int > 0 and status != "OPTIMAL":
         # over capacity: one more search for any mapping within it, which also proves there is none
         fit, proven = solver.within_capacity(best, time_limit)
         if fit is not None:
@@ -211,7 +210,6 @@ class _Solver:
     def __init__(self, av: ArrayView, pv: ProblemView, seed: int, stats: MappingStats, say, deadline: float):
         self.av, self.pv, self.seed, self.stats, self.say = av, pv, seed, stats, say
         self.deadline = deadline
-        self.lb = lower_bounds(av, pv)
         self.bh_lb_int = sum(
             pv.b_int[si] * min(av.dist[x][y] for x in pv.cand[pv.src[si]] for y in pv.cand[pv.dst[si]])
             for si in range(len(pv.streams)) if pv.cross[si])
