@@ -7,9 +7,11 @@ held in float32 and rounded to bf16 after every op.
 
 Wide accumulation (the rule the functional simulator follows too; docs/simulator.md,
 "Functional model"): the ops that accumulate -- matmul, contract, butterfly stages,
-attention, softmax, log_softmax, layer_norm and the sum/mean/prod reductions -- keep
-their accumulators and running statistics in f32 when their operands are f16 or bf16
-(:func:`wide`), as a MAC array and a softmax unit do, and round once, at their result.
+attention, layer_norm and the sum/mean/prod reductions -- keep their accumulators and
+running statistics in f32 when their operands are f16 or bf16 (:func:`wide`), as a MAC
+array and a softmax unit do, and round once, at their result. A lone softmax or
+log_softmax op computes in its operand's dtype, as ONNX's reference does (its
+conformance data for f16 relies on it); in a kernel its operand is held in f32.
 Attention multiplies the f32 accumulator of Q·Kᵀ by its scale and keeps the scores,
 the softmax's max and sum (or the online cascade's running max, sum and output) and
 the probabilities in f32. Inside a ``dataflow.kernel`` f16 values are held in f32
@@ -406,8 +408,8 @@ def _reduce(op: sp.ReduceOp, args: list[np.ndarray]) -> np.ndarray:
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Softmax along ``axis``, computed in ``wide(x.dtype)``; a slice that is -inf everywhere gives zeros."""
-    x = x.astype(wide(x.dtype), copy=False)
+    """Softmax along ``axis`` in ``x``'s dtype (ONNX's reference does the same; a softmax kernel gets its
+    operand held in f32); a slice that is -inf everywhere gives zeros."""
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isneginf(m), 0, m)
     e = np.exp(x - m)
@@ -422,7 +424,7 @@ def _softmax(op: sp.SoftmaxOp, args: list[np.ndarray]) -> np.ndarray:
 
 @impl(sp.LogSoftmaxOp)
 def _log_softmax(op: sp.LogSoftmaxOp, args: list[np.ndarray]) -> np.ndarray:
-    x, ax = args[0].astype(wide(args[0].dtype), copy=False), op.axis.value.data
+    x, ax = args[0], op.axis.value.data
     m = np.max(x, axis=ax, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     return x - m - np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True))

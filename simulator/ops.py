@@ -7,11 +7,12 @@ depend on the bitstream alone, never on compiler modules, so that a bitstream is
 
 Each op computes in its operands' numpy dtype and rounds its result to the result's dtype; bf16
 (which numpy lacks) is held in float32 and rounded to bf16 after every op, as the reference interpreter
-does. The ops that accumulate -- matmul, contract, butterfly_stage, attention, softmax, log_softmax,
-layer_norm and the sum/mean/prod reductions -- keep their accumulators and running statistics in f32 when
-the operands are f16 or bf16 (:func:`wide`), as a MAC array and a softmax unit do, and round once, at
-their result (docs/simulator.md, "Functional model"). Inside a kernel the simulator holds f16 values in
-f32 between instructions (``functional.run_context``), so a GEMM's epilogue works on the accumulator.
+does. The ops that accumulate -- matmul, contract, butterfly_stage, attention, layer_norm and the
+sum/mean/prod reductions -- keep their accumulators and running statistics in f32 when the operands are
+f16 or bf16 (:func:`wide`), as a MAC array and a softmax unit do, and round once, at their result
+(docs/simulator.md, "Functional model"). Inside a kernel the simulator holds f16 values in f32 between
+instructions (``functional.run_context``), so a GEMM's epilogue works on the accumulator and a softmax
+kernel keeps its max and sum in f32.
 """
 
 from __future__ import annotations
@@ -373,8 +374,8 @@ def _reduce(args: list[np.ndarray], params: dict[str, Any]) -> Any:
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Softmax along ``axis``, computed in ``wide(x.dtype)``; a slice that is -inf everywhere gives zeros."""
-    x = x.astype(wide(x.dtype), copy=False)
+    """Softmax along ``axis`` in ``x``'s dtype (ONNX's reference does the same; a softmax kernel gets its
+    operand held in f32); a slice that is -inf everywhere gives zeros."""
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isneginf(m), 0, m)
     e = np.exp(x - m)
@@ -391,7 +392,7 @@ def _softmax(args: list[np.ndarray], params: dict[str, Any]) -> Any:
 @op("log_softmax")
 def _log_softmax(args: list[np.ndarray], params: dict[str, Any]) -> Any:
     _arity(args, 1, "log_softmax")
-    x, ax = args[0].astype(wide(args[0].dtype), copy=False), _int(params, "axis")
+    x, ax = args[0], _int(params, "axis")
     m = np.max(x, axis=ax, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     return x - m - np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True))

@@ -241,17 +241,44 @@ def test_f16_contractions_accumulate_in_f32():
         np.testing.assert_array_equal(out, want)
 
 
-def test_f16_softmax_and_layer_norm_keep_f32_statistics():
-    from attnc.interpreter import softmax
+def test_f16_layer_norm_keeps_f32_statistics():
+    x = (np.random.default_rng(4).standard_normal((4, 512)) * 4 + 30).astype(np.float16)
+    g, b = np.float16([1.5]), np.float16([0.25])
+    m = _module("%x: tensor<4x512xf16>, %g: tensor<1xf16>, %b: tensor<1xf16>",
+                "  %r = sparse.layer_norm %x, %g bias %b : tensor<1xf16> {axis = -1 : i64, epsilon = 1.0e-05 : f64} : "
+                "tensor<4x512xf16>, tensor<1xf16> -> tensor<4x512xf16>", "%r : tensor<4x512xf16>")
+    (out,) = run_func(main_func(m), [x, g, b])
+    w = x.astype(np.float32)
+    mean = w.mean(-1, keepdims=True)
+    want = (w - mean) / np.sqrt(((w - mean) ** 2).mean(-1, keepdims=True) + np.float32(1e-5)) * np.float32(1.5) + np.float32(0.25)
+    np.testing.assert_array_equal(out, want.astype(np.float16))
 
+
+SOFTMAX = """builtin.module {
+  func.func @main(%x: tensor<4x512xf16>) -> tensor<4x512xf16> {
+    %c = dataflow.kernel "sm"(%x) attributes {kind = "softmax", tile_kind = "sfu", loops = ["rows"], trips = array<i64: 1>, tile = array<i64: 4, 512>, buffer_bytes = 16384 : i64, cycles = 16 : i64, macs = 0 : i64, tokens = array<i64: 1>} : (tensor<4x512xf16>) -> tensor<4x512xf16> {
+    ^bb0(%y: tensor<4x512xf16>):
+      %r = sparse.softmax %y {axis = 1 : i64} : tensor<4x512xf16> -> tensor<4x512xf16>
+      dataflow.yield %r : tensor<4x512xf16>
+    }
+    func.return %c : tensor<4x512xf16>
+  }
+}"""
+
+
+def test_f16_softmax_is_onnx_alone_and_f32_in_a_kernel():
     x = (np.random.default_rng(4).standard_normal((4, 512)) * 4).astype(np.float16)
-    assert softmax(x).dtype == np.float32  # the op's result type rounds it, once
-    m = _module("%x: tensor<4x512xf16>", "  %r = sparse.softmax %x {axis = 1 : i64} : tensor<4x512xf16> -> tensor<4x512xf16>",
-                "%r : tensor<4x512xf16>")
-    (out,) = run_func(main_func(m), [x])
     e = np.exp(x.astype(np.float64) - x.max(1, keepdims=True))
     truth = e / e.sum(1, keepdims=True)
-    np.testing.assert_array_less(np.abs(out - truth), 0.51 * np.spacing(truth.astype(np.float16)).astype(np.float64) + 1e-12)
+    ulp = np.spacing(truth.astype(np.float16)).astype(np.float64)
+    # in a kernel (a softmax unit) the max, exponentials and sum are f32: correctly rounded
+    (unit,) = run_func(main_func(parse_module(SOFTMAX)), [x])
+    assert unit.dtype == np.float16 and (np.abs(unit - truth) / ulp).max() <= 0.51
+    # alone it is ONNX's reference, step by step in f16 (ONNX's f16 conformance data is computed so)
+    m = _module("%x: tensor<4x512xf16>", "  %r = sparse.softmax %x {axis = 1 : i64} : tensor<4x512xf16> -> tensor<4x512xf16>",
+                "%r : tensor<4x512xf16>")
+    (alone,) = run_func(main_func(m), [x])
+    np.testing.assert_array_equal(alone, (lambda t: t / t.sum(1, keepdims=True))(np.exp(x - x.max(1, keepdims=True))))
 
 
 @pytest.mark.parametrize("key_block", [0, 3])
