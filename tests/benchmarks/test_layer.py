@@ -1,0 +1,78 @@
+"""benchmarks/layer.py's own arithmetic: the layer's MACs and compulsory DRAM bytes counted from the ONNX graph,
+and the rule that splits a compiled layer's busy cycles into sub-layers (on a small layer, compiled for real)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def layer() -> ModuleType:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("layer_benchmark", BENCHMARKS / "layer.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_counts_of_an_encoder_layer(layer: ModuleType) -> None:
+    s, h, f = 16, 64, 128
+    model, _ = layer.make_examples().encoder(seq=s, hidden=h, heads=4, ffn=f, layers=1, half=True)
+    macs, compulsory = layer.model_counts(model)
+    assert macs == 4 * s * h * h + 2 * s * h * f + 2 * s * s * h  # Q/K/V/O, FFN, QK^T and PV
+    weights = 4 * (h * h + h) + (h * f + f) + (f * h + h) + 2 * 2 * h  # linears with biases, two LayerNorms
+    scalars = 4  # sqrt(d), sqrt(2), 0.5, 1 (GELU)
+    assert compulsory == 2 * (2 * s * h + weights + scalars)  # f16: input and output once, every float weight
+
+
+def test_counts_of_a_causal_gqa_layer(layer: ModuleType) -> None:
+    s, h, heads, kv, f = 8, 32, 4, 2, 48
+    model, _ = layer.make_examples().llama_layer(seq=s, hidden=h, heads=heads, kv_heads=kv, ffn=f, half=True)
+    macs, _ = layer.model_counts(model)
+    d = h // heads
+    linears = s * h * (h + 2 * kv * d + h) + 3 * s * h * f
+    assert macs == linears + 2 * heads * d * s * (s + 1) // 2  # causal: the scores on or below the diagonal
+
+
+def test_sub_layer_rule_on_a_compiled_encoder_layer(layer: ModuleType) -> None:
+    from attnc.arch import load_arch
+    from attnc.backend.emit import emit_bitstream
+    from attnc.frontend.onnx import import_onnx
+    from attnc.pipeline import DEFAULT_PIPELINE, backend_passes, run_pipeline
+
+    model, _ = layer.make_examples().encoder(seq=16, hidden=64, heads=4, ffn=128, layers=1, half=True)
+    module = import_onnx(model)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    run_pipeline(module, backend_passes("edge", time_limit=1.0, seed=0, heuristic_only=True))
+    bs = emit_bitstream(module, load_arch("edge"), {})
+    roles = layer.classify(bs)
+    kernels = {c.kernel: c for t in bs.tiles for c in t.contexts}
+    assert set(roles) == set(kernels) and set(roles.values()) <= {"dma", *layer.SUBLAYERS}
+    by_role: dict[str, set[str]] = {}
+    for k, c in kernels.items():
+        by_role.setdefault(roles[k], set()).add(c.kind)
+    assert by_role["dma"] <= {"dma_load", "dma_store"}
+    assert "attention" in by_role["attention"]
+    # a LayerNorm kernel of its own is a norm; one fused into a GEMM's epilogue is that GEMM's sub-layer
+    assert all(roles[k] == "norms" for k, c in kernels.items() if c.kind == "layer_norm")
+    assert "gemm" not in by_role.get("norms", set())
+    # every linear is a projection or FFN; the FFN's weights are the 128-wide ones
+    for k, c in kernels.items():
+        if c.kind == "gemm":
+            assert roles[k] in ("projection", "ffn")
+    ffn = sum(1 for k, c in kernels.items() if c.kind == "gemm" and roles[k] == "ffn")
+    proj = sum(1 for k, c in kernels.items() if c.kind == "gemm" and roles[k] == "projection")
+    assert ffn >= 2 and proj >= 4  # two FFN linears, four projections (each maybe split over tiles)
+    # the GELU between the FFN's linears is FFN work, not a norm
+    assert {roles[k] for k, c in kernels.items() if any(i.opcode == "erf" for i in c.body)} <= {"ffn"}
