@@ -95,8 +95,9 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
     link = max(arch.noc.link_bytes_per_cycle, 1)
     dram = max(arch.dram.bytes_per_cycle, 1e-9)
     best: GemmGrid | None = None
-    for r in _steps(min(parts, max(1, m // mr)), 1):
-        cols = set(_steps(max(1, parts // r), 1))
+    # powers of two, and the divisors of the MAC-array blocks along each side (no part wastes a column)
+    for r in sorted(set(_steps(min(parts, max(1, m // mr)), 1)) | _divisors(-(-m // mr), parts)):
+        cols = set(_steps(max(1, parts // r), 1)) | _divisors(-(-n // mc), parts // r)
         if col_unit > 1:  # whole units per part: the divisors of the unit count
             units = n // col_unit
             cols = {c for c in range(1, units + 1) if units % c == 0 and r * c <= parts}
@@ -112,6 +113,10 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
                         if g is not None and (best is None or _better(g, best)):
                             best = g
     return best
+
+
+def _divisors(n: int, most: int) -> set[int]:
+    return {d for d in range(1, min(n, most) + 1) if n % d == 0}
 
 
 def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: bool, budget: int,
@@ -134,10 +139,15 @@ def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: 
     moved = k * n * eb * w_passes + m * k * eb * (nt if a_dram else 1) + y_bytes
     chain = max(mi * k * eb * nt if c > 1 else 0, k * nj * eb * w_passes if r > 1 else 0) / link
     # the result leaves through a store that takes a link or two; what the last sub-blocks finish
-    # drains after the last step, and a held weight block arrives before the first
+    # drains after the last step; held weight blocks (all of them, sharing DRAM) arrive before the first
     store = y_bytes / (2 * link)
-    tail = y_bytes / (mt * nt) / (2 * link) + (k * nj * eb / link if resident else 0)
-    cycles = int(max(steps, moved / dram, chain, store) + tail)
+    tail = y_bytes / (mt * nt) / (2 * link)
+    if resident:
+        w_bytes = k * n * eb
+        head = max(k * nj * eb / link, w_bytes / dram)
+        cycles = int(head + max(steps, (moved - w_bytes) / dram, chain, store) + tail)
+    else:
+        cycles = int(max(steps, moved / dram, chain, store) + tail)
     buf = acc + held + 2 * eb * kc * (mb if resident else mb + nb)
     return GemmGrid(name, r, c, mb, nb, kc, 0, nt if a_dram else 1, w_passes, cycles, moved, buf, resident)
 
