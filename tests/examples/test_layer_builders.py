@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from example_script import load_make_examples
-
 from attnc.frontend.onnx import import_onnx
 from attnc.interpreter import interpret
 from attnc.pipeline import DEFAULT_PIPELINE, run_pipeline
+from example_script import load_make_examples
 
 
 def _onnxruntime(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
