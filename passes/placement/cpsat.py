@@ -55,6 +55,10 @@ from attnc.passes.placement.heuristic import (
 
 __all__ = ["place_and_route", "heuristic_mapping"]
 
+# Deterministic time for the exact packing when the greedy ones fail.
+PACK_DTIME = 2.0
+# At most this many tile patterns in the exact packing of alike tiles.
+PATTERN_LIMIT = 5000
 # Monolithic model when it is this small (kernels, and stream x link flow Booleans).
 MONOLITHIC_KERNELS = 40
 MONOLITHIC_FLOWS = 10000
@@ -88,6 +92,16 @@ def place_and_route(
     say = progress or (lambda _msg: None)
     av, pv = views(problem, arch)
     hint = heuristic_state(av, pv, seed)
+    if hint is None and not heuristic_only and problem.kernels:
+        # the greedy packings failed: an exact packing (contexts and SRAM only) finds one or proves none
+        place, kind = _pack(av, pv, seed, min(PACK_DTIME, time_limit * MONOLITHIC_DTIME_PER_SECOND))
+        if kind is not None:
+            raise MappingInfeasible(
+                f"cannot map onto {arch.name}: CP-SAT proved that no placement fits the {kind} tiles' contexts and"
+                f" SRAM ({_packing_summary(av, pv, kind)})")
+        if place is not None:
+            hint = heuristic_state(av, pv, seed, place)
+            say("greedy packing failed; an exact packing found one")
     h_seconds = time.perf_counter() - start
     stats = MappingStats(heuristic_seconds=h_seconds)
     if hint is not None:
@@ -194,9 +208,9 @@ def _short(names: list[str], limit: int = 6) -> str:
     return ", ".join(names) if len(names) <= limit else ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
 
 
-def _packing_summary(av: ArrayView, pv: ProblemView) -> str:
+def _packing_summary(av: ArrayView, pv: ProblemView, only: str | None = None) -> str:
     parts = []
-    kinds = sorted({k.kind for k in pv.kernels})
+    kinds = [only] if only else sorted({k.kind for k in pv.kernels})
     for kind in kinds:
         ks = [k for k in pv.kernels if k.kind == kind]
         tiles = av.of_kind[kind]
@@ -204,6 +218,106 @@ def _packing_summary(av: ArrayView, pv: ProblemView) -> str:
             f"{len(ks)} {kind} kernels needing {sum(k.buffer_bytes for k in ks)} B in {len(tiles)} tiles of"
             f" {sum(av.contexts[t] for t in tiles)} contexts and {sum(av.sram[t] for t in tiles)} B")
     return "; ".join(parts)
+
+
+def _pack(av: ArrayView, pv: ProblemView, seed: int, dtime: float) -> tuple[list[int] | None, str | None]:
+    """A placement within every tile's contexts and SRAM, ignoring streams, kind by kind (the kinds do
+    not interact): (the placement or None, the first kind CP-SAT proved cannot be packed, or None)."""
+    from ortools.sat.python import cp_model
+
+    place = [-1] * len(pv.kernels)
+    for kind in sorted({k.kind for k in pv.kernels}):
+        by_pattern = _pack_alike(av, pv, kind, seed, dtime)
+        if by_pattern == "infeasible":
+            return None, kind
+        if isinstance(by_pattern, dict):
+            for k, t in by_pattern.items():
+                place[k] = t
+            continue
+        ks = sorted((i for i, k in enumerate(pv.kernels) if k.kind == kind), key=lambda i: (-pv.kernels[i].buffer_bytes, i))
+        tiles = av.of_kind.get(kind, [])
+        m = cp_model.CpModel()
+        x = {(k, t): m.new_bool_var("") for k in ks for t in tiles}
+        for k in ks:
+            m.add_exactly_one(x[k, t] for t in tiles)
+        for t in tiles:
+            m.add(cp_model.LinearExpr.sum([x[k, t] for k in ks]) <= av.contexts[t])
+            m.add(cp_model.LinearExpr.weighted_sum([x[k, t] for k in ks], [pv.kernels[k].buffer_bytes for k in ks])
+                  <= av.sram[t])
+        # fewer equivalent packings to rule out: interchangeable kernels (same SRAM) take tiles in order,
+        # and, when the tiles are alike, the largest kernel takes the first
+        index = {k: sum(i * x[k, t] for i, t in enumerate(tiles)) for k in ks}
+        for a, b in zip(ks, ks[1:]):
+            if pv.kernels[a].buffer_bytes == pv.kernels[b].buffer_bytes:
+                m.add(index[a] <= index[b])
+        if ks and len({(av.contexts[t], av.sram[t]) for t in tiles}) == 1:
+            m.add(x[ks[0], tiles[0]] == 1)
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = 1
+        solver.parameters.random_seed = seed
+        solver.parameters.max_deterministic_time = dtime
+        solver.parameters.catch_sigint_signal = False
+        status = solve_interruptibly(solver, m)
+        if status == cp_model.INFEASIBLE:
+            return None, kind
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None, None
+        for (k, t), var in x.items():
+            if solver.boolean_value(var):
+                place[k] = t
+    return place, None
+
+
+def _pack_alike(av: ArrayView, pv: ProblemView, kind: str, seed: int, dtime: float):
+    """Packing one kind's kernels when its tiles are alike, by patterns: a pattern is a multiset of buffer
+    sizes one tile holds (within its contexts and SRAM), and the model only counts how many tiles take each
+    pattern -- small, and free of the tiles' symmetry, so CP-SAT proves infeasibility at once where the
+    one-hot model searches. Returns kernel -> tile, "infeasible", or None (tiles differ, too many patterns,
+    or undecided)."""
+    from itertools import combinations_with_replacement
+
+    from ortools.sat.python import cp_model
+
+    tiles = av.of_kind.get(kind, [])
+    if not tiles or len({(av.contexts[t], av.sram[t]) for t in tiles}) != 1:
+        return None
+    ks = [i for i, k in enumerate(pv.kernels) if k.kind == kind]
+    need = Counter(pv.kernels[k].buffer_bytes for k in ks)
+    sizes = sorted(need)
+    ctx, sram = av.contexts[tiles[0]], av.sram[tiles[0]]
+    patterns: list[Counter] = []
+    for r in range(1, min(ctx, len(ks)) + 1):
+        for combo in combinations_with_replacement(sizes, r):
+            c = Counter(combo)
+            if sum(combo) <= sram and all(c[z] <= need[z] for z in c):
+                patterns.append(c)
+                if len(patterns) > PATTERN_LIMIT:
+                    return None
+    m = cp_model.CpModel()
+    y = [m.new_int_var(0, len(tiles), "") for _ in patterns]
+    m.add(cp_model.LinearExpr.sum(y) <= len(tiles))
+    for z in sizes:
+        m.add(cp_model.LinearExpr.weighted_sum(y, [p[z] for p in patterns]) == need[z])
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = seed
+    solver.parameters.max_deterministic_time = dtime
+    solver.parameters.catch_sigint_signal = False
+    status = solve_interruptibly(solver, m)
+    if status == cp_model.INFEASIBLE:
+        return "infeasible"
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    pool = {z: [k for k in ks if pv.kernels[k].buffer_bytes == z] for z in sizes}
+    out: dict[int, int] = {}
+    free = iter(tiles)
+    for p, var in zip(patterns, y):
+        for _ in range(solver.value(var)):
+            t = next(free)
+            for z, n in sorted(p.items()):
+                for _ in range(n):
+                    out[pool[z].pop()] = t
+    return out
 
 
 class _Solver:

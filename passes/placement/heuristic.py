@@ -602,8 +602,9 @@ def _cheapest(av: ArrayView, loads: list[float], a: int, b: int, rate: float) ->
 # --------------------------------------------------------------------------- entry point
 
 
-def heuristic_state(av: ArrayView, pv: ProblemView, seed: int = 0) -> State | None:
-    place = greedy_place(av, pv)
+def heuristic_state(av: ArrayView, pv: ProblemView, seed: int = 0, place: list[int] | None = None) -> State | None:
+    """The greedy mapping (or, given ``place``, one from that packing), annealed, routed and relieved."""
+    place = place or greedy_place(av, pv)
     if place is None:
         return None
     rng = random.Random(seed)

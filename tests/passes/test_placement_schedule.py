@@ -142,3 +142,36 @@ def test_bursts_that_would_share_a_link_take_separate_routes(tiny, solver):
         assert m.stats.makespan == 400
     else:
         assert m.stats.makespan in (400, 500)
+
+
+def test_a_packing_no_count_rules_out_is_proven_impossible(tiny):
+    # 2n+1 kernels of 35% of a compute tile's SRAM on n tiles: two fit a tile, three do not, so one is
+    # left over, though their total (and each one alone) fits and no kernel needs half a tile
+    tiles = tiny.tiles_of("compute")
+    size = int(0.35 * tiles[0].sram_bytes)
+    ks = [KernelSpec(f"k{i}", "compute", size, 10) for i in range(2 * len(tiles) + 1)]
+    with pytest.raises(MappingInfeasible, match="CP-SAT proved that no placement fits the compute tiles"):
+        place_and_route(MappingProblem(ks, []), tiny, time_limit=2)
+    # with one fewer, the exact packing (or the greedy one) maps them two to a tile
+    m = place_and_route(MappingProblem(ks[:-1], []), tiny, time_limit=2)
+    assert validate(MappingProblem(ks[:-1], []), tiny, m) == []
+
+
+def test_exact_packing_of_alike_tiles_respects_contexts_and_sram(tiny):
+    from attnc.passes.placement.cpsat import _pack
+    from attnc.passes.placement.heuristic import views
+
+    tiles = tiny.tiles_of("compute")
+    sram = tiles[0].sram_bytes
+    # 35% + 35% + 30% fills a tile exactly: the only packing uses every tile so
+    ks = [KernelSpec(f"a{i}", "compute", int(0.35 * sram), 1) for i in range(2 * len(tiles))]
+    ks += [KernelSpec(f"b{i}", "compute", sram - 2 * int(0.35 * sram), 1) for i in range(len(tiles))]
+    problem = MappingProblem(ks, [])
+    av, pv = views(problem, tiny)
+    place, kind = _pack(av, pv, 0, 1.0)
+    assert kind is None and place is not None
+    used: dict[int, list[int]] = {}
+    for k, t in enumerate(place):
+        used.setdefault(t, []).append(pv.kernels[k].buffer_bytes)
+    assert len(used) == len(tiles)
+    assert all(sum(b) == sram and len(b) == 3 for b in used.values())
