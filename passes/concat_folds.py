@@ -8,7 +8,8 @@ to the kernels it comes from, so a slice of a concatenation would make every par
 and every part's result would cross the network to it. These patterns rewrite, where the numbers stay the
 same:
 
-* ``slice(concat(xs))`` along the concatenated axis (step 1) into the slices of the pieces it overlaps;
+* ``slice(concat(xs))`` (step 1 along the concatenated axis) into the concatenation of the slices of the
+  pieces it overlaps;
 * ``transpose(concat(xs, a))`` into ``concat(transpose(x) for x in xs)`` along the axis ``a`` moves to;
 * ``reshape(concat(xs, a))`` into ``concat(reshape(x) for x in xs)`` when each piece is a contiguous run of
   the reshaped axis (the reshape splits or merges ``a`` with dims inside it, at piece boundaries).
@@ -63,8 +64,10 @@ class SliceOfConcatPattern(RewritePattern):
             return
         s, e = starts[axis], ends[axis]
         hit = [(x, lo, hi) for x, (lo, hi) in zip(cat.inputs, spans) if lo < e and hi > s]
-        if not hit or len(hit) == len(spans):
-            return
+        shape = sp.shape_of(cat.results[0])
+        narrow = any((starts[d], ends[d], steps[d]) != (0, shape[d], 1) for d in range(len(shape)) if d != axis)
+        if not hit or (len(hit) == len(spans) and not narrow):
+            return  # a slice of all pieces that keeps the other axes whole: nothing to move
         pieces = []
         for x, lo, hi in hit:
             st, en = list(starts), list(ends)

@@ -63,3 +63,30 @@ def test_a_head_of_a_concatenation_of_column_parts_reads_one_part():
 )
 def test_reshaped_pieces_only_where_each_piece_stays_a_run_of_one_axis(src, dst, axis, spans, want):
     assert reshaped_pieces(src, dst, axis, spans) == want
+
+
+# two row parts, read one column block: the slice goes into each row part
+ROWS = """
+builtin.module {
+  func.func @main(%x: tensor<4x6xf32>) -> (tensor<4x2xf32>) {
+    %a = sparse.slice %x {starts = array<i64: 0, 0>, ends = array<i64: 2, 6>, steps = array<i64: 1, 1>} : tensor<4x6xf32> -> tensor<2x6xf32>
+    %b = sparse.slice %x {starts = array<i64: 2, 0>, ends = array<i64: 4, 6>, steps = array<i64: 1, 1>} : tensor<4x6xf32> -> tensor<2x6xf32>
+    %ea = sparse.exp %a : tensor<2x6xf32> -> tensor<2x6xf32>
+    %eb = sparse.exp %b : tensor<2x6xf32> -> tensor<2x6xf32>
+    %cat = sparse.concat %ea, %eb {axis = 0 : i64} : (tensor<2x6xf32>, tensor<2x6xf32>) -> tensor<4x6xf32>
+    %c = sparse.slice %cat {starts = array<i64: 0, 2>, ends = array<i64: 4, 4>, steps = array<i64: 1, 1>} : tensor<4x6xf32> -> tensor<4x2xf32>
+    func.return %c : tensor<4x2xf32>
+  }
+}
+"""
+
+
+def test_a_column_slice_of_row_parts_goes_into_each_part():
+    module = parse_module(ROWS)
+    x = {"arg0": np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)}
+    before = next(iter(interpret(module, x).values()))
+    fn = main_func(module)
+    fold_concats(fn.body)
+    cat = fn.body.block.last_op.operands[0].owner
+    assert isinstance(cat, sp.ConcatOp) and all(sp.shape_of(v) == (2, 2) for v in cat.inputs)
+    np.testing.assert_array_equal(next(iter(interpret(module, x).values())), before)
