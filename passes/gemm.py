@@ -268,7 +268,7 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
     room = sum(t.sram_bytes for t in computes) - used_sram - max(reserved_compute, 0) * ctx_share
     options = {g: _options(g, i, arch, tiles if parts < 1 else parts, ctx_share, tile, heads.get(g, 1))
                for i, g in enumerate(gemms)}  # fmt: skip
-    chosen = _allocate(options, level, tiles, free, room)
+    chosen = _allocate(options, level, tiles, free, room, tile.sram_bytes)
     out = GemmPlans()
     for i, g in enumerate(gemms):
         if g not in chosen:
@@ -303,7 +303,7 @@ def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_
     return out
 
 
-def _allocate(options: dict, level: dict, tiles: int, free: int, room: int) -> dict:
+def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram: int) -> dict:
     """Each GEMM's option, greedily: from the smallest SRAM footprint (parts x budget) each, take the upgrade
     that saves the most predicted cycles per byte while the parts fit the free contexts and the footprints
     the SRAM ``room``. GEMMs of one phase with the same shapes (Q, K and V) move together. The time predicted
@@ -330,7 +330,9 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int) -> d
                    for gs in by.values())  # fmt: skip
 
     def fits(ch: dict) -> bool:
-        return (sum(o[0].rows * o[0].cols for o in ch.values()) <= free
+        # parts over half a tile each need a tile of their own
+        alone = sum(o[0].rows * o[0].cols for o in ch.values() if 2 * o[1] > sram)
+        return (sum(o[0].rows * o[0].cols for o in ch.values()) <= free and alone <= tiles
                 and sum(foot(o) for o in ch.values()) <= room)  # fmt: skip
 
     def used(ch: dict) -> int:
@@ -340,8 +342,12 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int) -> d
                                                                                   options[classes[k][0]][j][0].cycles))
             for key in keys}  # fmt: skip
     chosen = expand(pick)
-    if not fits(chosen):
-        return chosen
+    while not fits(chosen) and keys:
+        # the GEMMs whose smallest grid does not fit with the rest's stay whole (one kernel, as before)
+        drop = max(keys, key=lambda k: sum(foot(options[g][pick[k]]) for g in classes[k]))
+        keys.remove(drop)
+        del pick[drop]
+        chosen = expand(pick)
     while True:
         now, best = total(chosen), None
         for key in keys:
