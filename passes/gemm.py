@@ -250,10 +250,12 @@ def _a_from_dram(op: sp.MatmulOp) -> bool:
 
 
 def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reserved_compute: int = 0,
-               gemms: list[sp.MatmulOp] | None = None, heads: dict | None = None, members: int = 0) -> GemmPlans:
+               gemms: list[sp.MatmulOp] | None = None, heads: dict | None = None, members: int = 0,
+               dma_free: int | None = None) -> GemmPlans:
     """Choose the grid of each of ``gemms`` (default: every :func:`splittable` one). ``reserved_compute``
     counts the compute contexts the other kernels take (a context share of SRAM each), ``members`` the
-    attention members, ``used_sram`` the SRAM those claim; ``heads`` maps a GEMM that feeds or reads an attention to its head width
+    attention members, ``used_sram`` the SRAM those claim, ``dma_free`` the DMA contexts left to the
+    GEMMs' weight loads (default: all); ``heads`` maps a GEMM that feeds or reads an attention to its head width
     (its column blocks hold whole heads)."""
     heads = heads or {}
     gemms = [op for op in fn.body.block.ops if splittable(op)] if gemms is None else gemms
@@ -264,11 +266,13 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
     tiles = len(computes)
     level = phases(fn, gemms)
     free = max(len(gemms), sum(t.contexts for t in computes) - reserved_compute - members)
+    if dma_free is None:
+        dma_free = sum(t.contexts for t in arch.tiles_of("dma"))
     ctx_share = tile.sram_bytes // max(tile.contexts, 1)
     room = sum(t.sram_bytes for t in computes) - used_sram - max(reserved_compute, 0) * ctx_share
     options = {g: _options(g, i, arch, tiles if parts < 1 else parts, ctx_share, tile, heads.get(g, 1))
                for i, g in enumerate(gemms)}  # fmt: skip
-    chosen = _allocate(options, level, tiles, free, room, tile.sram_bytes)
+    chosen = _allocate(options, level, tiles, free, room, tile.sram_bytes, dma_free)
     out = GemmPlans()
     for i, g in enumerate(gemms):
         if g not in chosen:
@@ -303,7 +307,7 @@ def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_
     return out
 
 
-def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram: int) -> dict:
+def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram: int, dma_free: int) -> dict:
     """Each GEMM's option, greedily: from the smallest SRAM footprint (parts x budget) each, take the upgrade
     that saves the most predicted cycles per byte while the parts fit the free contexts and the footprints
     the SRAM ``room``. GEMMs of one phase with the same shapes (Q, K and V) move together. The time predicted
@@ -332,8 +336,10 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
     def fits(ch: dict) -> bool:
         # parts over half a tile each need a tile of their own
         alone = sum(o[0].rows * o[0].cols for o in ch.values() if 2 * o[1] > sram)
+        # a weight block per column is a DMA load of its own (a GEMM left whole keeps one)
+        loads = sum(o[0].cols for o in ch.values()) + len(options) - len(ch)
         return (sum(o[0].rows * o[0].cols for o in ch.values()) <= free and alone <= tiles
-                and sum(foot(o) for o in ch.values()) <= room)  # fmt: skip
+                and sum(foot(o) for o in ch.values()) <= room and loads <= dma_free)  # fmt: skip
 
     def used(ch: dict) -> int:
         return sum(foot(o) for o in ch.values())

@@ -235,8 +235,12 @@ class TilePass(TargetPass):
         heads = {o: w for o in chosen if (w := _head_width(o.result))}
         for o, width in merged.items():
             heads[o] = int(np.gcd(width, _gcd_heads(o)))
-        others = _reserved(fn)["compute"] - len(chosen)
-        gemms = plan_gemms(fn, arch, self.gemm_parts, attention.used_sram, others, chosen, heads, members)
+        reserved = _reserved(fn)
+        others = reserved["compute"] - len(chosen)
+        # the DMA contexts the rest leave to the GEMMs' weight loads (each counted in `reserved` once)
+        dma_free = sum(t.contexts for t in arch.tiles_of("dma")) - reserved["dma"] + len(chosen)
+        gemms = plan_gemms(fn, arch, self.gemm_parts, attention.used_sram, others, chosen, heads, members,
+                           dma_free)  # fmt: skip
         _rewrite(fn, GemmGridPattern(gemms.grids))
         # what reads some of a grid's parts (a member, one head of a projection) reads only those
         fold_concats(fn.body)
@@ -271,6 +275,9 @@ def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict) -> Atten
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     # next to other compute kernels a member leaves one context's share of its tile to them
     budget = tile.sram_bytes - (tile.sram_bytes // max(tile.contexts, 1) if reserved["compute"] else 0)
+    if any(splittable(o) for o in fn.body.block.ops):
+        # the GEMM grids of the other phases take SRAM on the same tiles: a member keeps to half a tile
+        budget = min(budget, tile.sram_bytes // 2)
     out = AttentionSchedules()
     for i, a in enumerate(attention):
         req = a.attributes.pop(FUSION_ATTR, None)
