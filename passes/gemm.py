@@ -269,7 +269,8 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
     if dma_free is None:
         dma_free = sum(t.contexts for t in arch.tiles_of("dma"))
     ctx_share = tile.sram_bytes // max(tile.contexts, 1)
-    room = sum(t.sram_bytes for t in computes) - used_sram - max(reserved_compute, 0) * ctx_share
+    # an eighth of the SRAM left as headroom: the placer packs whole kernels into tiles (bins), not bytes
+    room = sum(t.sram_bytes for t in computes) * 7 // 8 - used_sram - max(reserved_compute, 0) * ctx_share
     options = {g: _options(g, i, arch, tiles if parts < 1 else parts, ctx_share, tile, heads.get(g, 1))
                for i, g in enumerate(gemms)}  # fmt: skip
     chosen = _allocate(options, level, tiles, free, room, tile.sram_bytes, dma_free)
