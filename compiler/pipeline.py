@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 DEFAULT_PIPELINE = "canonicalize,raise-attention,fuse-attention"
 #: what ``backend_passes`` appends to the front-end pipeline for a bitstream
-BACKEND_PASSES = ("tile", "lower-to-dataflow", "place-route")
+BACKEND_PASSES = ("tile", "fuse-elementwise", "lower-to-dataflow", "place-route")
 
 #: ``progress(index, total, pass_name)`` is called before each pass runs.
 Progress = Callable[[int, int, str], None]
@@ -167,10 +167,11 @@ def run_pipeline(
 
 def backend_passes(arch: Arch | str | None = None, *, time_limit: float = 10.0, seed: int = 0,
                    heuristic_only: bool = False) -> list[ModulePass]:
-    """tile, lower-to-dataflow and place-route for ``arch`` (an ``Arch``, a preset name or a YAML path;
-    None is the default array), all given the same ``Arch``. ``tile`` schedules the attentions that
+    """tile, fuse-elementwise, lower-to-dataflow and place-route for ``arch`` (an ``Arch``, a preset name or a
+    YAML path; None is the default array), all given the same ``Arch``. ``tile`` schedules the attentions that
     ``fuse-attention`` (in the default front-end pipeline) marked; unmarked ones are lowered per head."""
     from attnc.arch import resolve_arch
+    from attnc.passes.fuse_elementwise import FuseElementwisePass
     from attnc.passes.lower_dataflow import LowerToDataflowPass
     from attnc.passes.placement.place_route import PlaceRoutePass
     from attnc.passes.tile import TilePass
@@ -178,6 +179,7 @@ def backend_passes(arch: Arch | str | None = None, *, time_limit: float = 10.0, 
     target = resolve_arch(arch)
     return [
         TilePass(arch=target),
+        FuseElementwisePass(arch=target),
         LowerToDataflowPass(arch=target),
         PlaceRoutePass(arch=target, time_limit=time_limit, seed=seed, heuristic_only=heuristic_only),
     ]

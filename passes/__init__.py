@@ -20,6 +20,7 @@ PASSES: dict[str, str] = {
     "butterfly-decompose": "attnc.passes.butterfly_decompose:ButterflyDecomposePass",
     "fuse-attention": "attnc.passes.fuse_attention:FuseAttentionPass",
     "tile": "attnc.passes.tile:TilePass",
+    "fuse-elementwise": "attnc.passes.fuse_elementwise:FuseElementwisePass",
     "lower-to-dataflow": "attnc.passes.lower_dataflow:LowerToDataflowPass",
     "place-route": "attnc.passes.placement.place_route:PlaceRoutePass",
 }

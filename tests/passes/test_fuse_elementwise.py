@@ -1,0 +1,272 @@
+"""fuse-elementwise: elementwise and row-wise ops become epilogues of the GEMM kernels that produce their
+inputs, or one row kernel per chain, and the IR computes the same numbers before and after (the reference
+interpreter is the oracle), also once lowered to dataflow kernels."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType, f16, f32
+from xdsl.ir import Block, Region, SSAValue
+
+import attnc.arch
+from attnc.arch.schema import parse_arch
+from attnc.dialects import dataflow as df
+from attnc.dialects import sparse as sp
+from attnc.dialects.dataflow import GROUP, TAG
+from attnc.dialects.values import from_numpy
+from attnc.interpreter import interpret
+from attnc.ir import main_func, set_io_names
+from attnc.passes.fuse_elementwise import ROWS, FuseElementwisePass
+from attnc.passes.lower_dataflow import LowerToDataflowPass
+from attnc.pipeline import run_pipeline
+
+ROWS_N, K, N = 8, 16, 12  # x[8, 16] @ W[16, 12]
+
+
+class Builder:
+    """Straight-line IR for @main, op by op."""
+
+    def __init__(self, inputs: dict[str, list[int]], seed: int = 0):
+        self.block = Block(arg_types=[TensorType(f32, s) for s in inputs.values()])
+        self.names = list(inputs)
+        self.args = dict(zip(inputs, self.block.args))
+        self.rng = np.random.default_rng(seed)
+
+    def op(self, op, tag: str | None = None, group: str | None = None) -> SSAValue:
+        if tag:
+            op.attributes[TAG] = StringAttr(tag)
+        if group:
+            op.attributes[GROUP] = StringAttr(group)
+        self.block.add_op(op)
+        return op.results[0]
+
+    def const(self, shape: list[int], value: float | None = None) -> SSAValue:
+        x = np.full(shape, value, np.float32) if value is not None else self.rng.standard_normal(shape).astype(np.float32)
+        return self.op(sp.ConstantOp(from_numpy(x, f32), TensorType(f32, shape)))
+
+    def module(self, *outs: SSAValue) -> ModuleOp:
+        self.block.add_op(func.ReturnOp(*outs))
+        fn = func.FuncOp("main", ([a.type for a in self.block.args], [o.type for o in outs]), Region(self.block))
+        set_io_names(fn, self.names, [f"out{i}" for i in range(len(outs))])
+        return ModuleOp([fn])
+
+
+def split_gemm(b: Builder, x: SSAValue, w: SSAValue, rows: int, cols: int, name: str = "g") -> SSAValue:
+    """``x @ w`` as ``tile`` leaves a 2-D split: the lhs flattened and cut into row blocks, the weight into
+    column blocks, one tagged matmul kernel per (row block, column block), concatenated back and reshaped."""
+    xs = sp.shape_of(x)
+    m = int(np.prod(xs[:-1]))
+    flat = b.op(sp.ReshapeOp(x, [m, xs[-1]]))
+    n = sp.shape_of(w)[1]
+    row_parts = []
+    for i in range(rows):
+        r0, r1 = i * m // rows, (i + 1) * m // rows
+        a = b.op(sp.SliceOp(flat, [r0, 0], [r1, xs[-1]], [1, 1]))
+        col_parts = []
+        for j in range(cols):
+            c0, c1 = j * n // cols, (j + 1) * n // cols
+            wj = b.op(sp.SliceOp(w, [0, c0], [xs[-1], c1], [1, 1])) if cols > 1 else w
+            col_parts.append(b.op(sp.MatmulOp(a, wj), f"{name}_r{i}c{j}", name))
+        row_parts.append(col_parts[0] if cols == 1 else b.op(sp.ConcatOp(col_parts, 1)))
+    out = row_parts[0] if rows == 1 else b.op(sp.ConcatOp(row_parts, 0))
+    return b.op(sp.ReshapeOp(out, [*xs[:-1], n]))
+
+
+# activations, written as the front end imports them
+def gelu_erf(b: Builder, x: SSAValue) -> SSAValue:
+    e = b.op(sp.ErfOp(b.op(sp.DivOp(x, b.const([], np.sqrt(2.0))))))
+    return b.op(sp.MulOp(b.op(sp.MulOp(x, b.const([], 0.5))), b.op(sp.AddOp(e, b.const([], 1.0)))))
+
+
+def gelu_tanh(b: Builder, x: SSAValue) -> SSAValue:
+    cube = b.op(sp.MulOp(b.op(sp.MulOp(x, x)), x))
+    inner = b.op(sp.MulOp(b.op(sp.AddOp(x, b.op(sp.MulOp(cube, b.const([], 0.044715))))), b.const([], 0.7978845608)))
+    t = b.op(sp.AddOp(b.op(sp.TanhOp(inner)), b.const([], 1.0)))
+    return b.op(sp.MulOp(b.op(sp.MulOp(x, b.const([], 0.5))), t))
+
+
+def silu(b: Builder, x: SSAValue) -> SSAValue:
+    return b.op(sp.MulOp(x, b.op(sp.SigmoidOp(x))))
+
+
+def relu(b: Builder, x: SSAValue) -> SSAValue:
+    return b.op(sp.ReluOp(x))
+
+
+def sigmoid_cast(b: Builder, x: SSAValue) -> SSAValue:
+    return b.op(sp.CastOp(b.op(sp.CastOp(b.op(sp.SigmoidOp(x)), f16)), f32))
+
+
+ACTIVATIONS: dict[str, Callable[[Builder, SSAValue], SSAValue]] = {
+    "gelu-erf": gelu_erf, "gelu-tanh": gelu_tanh, "silu": silu, "relu": relu, "sigmoid-cast": sigmoid_cast,
+}  # fmt: skip
+
+
+def layer_norm(b: Builder, x: SSAValue) -> SSAValue:
+    n = sp.shape_of(x)[-1]
+    return b.op(sp.LayerNormOp(x, b.const([n]), b.const([n]), -1, 1e-5))
+
+
+def rms_norm(b: Builder, x: SSAValue) -> SSAValue:
+    n = sp.shape_of(x)[-1]
+    ms = b.op(sp.ReduceOp(b.op(sp.MulOp(x, x)), "mean", [-1], True))
+    r = b.op(sp.RsqrtOp(b.op(sp.AddOp(ms, b.const([], 1e-6)))))
+    return b.op(sp.MulOp(b.op(sp.MulOp(x, r)), b.const([n])))
+
+
+NORMS = {"layer-norm": layer_norm, "rms-norm": rms_norm}
+
+
+def ffn_block(rows: int, cols: int, act, norm, scale: bool = True) -> ModuleOp:
+    """norm(x @ W + bias -> activation (-> scaling) + residual), the GEMM split ``rows`` x ``cols``."""
+    b = Builder({"x": [1, ROWS_N, K], "res": [1, ROWS_N, N]})
+    y = split_gemm(b, b.args["x"], b.const([K, N]), rows, cols)
+    y = act(b, b.op(sp.AddOp(y, b.const([N]))))
+    if scale:
+        y = b.op(sp.MulOp(y, b.const([], 0.125)))
+    y = b.op(sp.AddOp(y, b.args["res"]))
+    return b.module(norm(b, y))
+
+
+def inputs(module: ModuleOp, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    fn = main_func(module)
+    names = ["x", "res", "y"]
+    return {n: rng.standard_normal(sp.shape_of(a)).astype(np.float32) for n, a in zip(names, fn.body.block.args)}
+
+
+def fused(module: ModuleOp, arch="tiny") -> ModuleOp:
+    run_pipeline(module, [FuseElementwisePass(arch=arch)])
+    return module
+
+
+def compute_ops(module: ModuleOp) -> list:
+    return [o for o in main_func(module).body.block.ops
+            if not isinstance(o, (sp.ConstantOp, func.ReturnOp)) and not sp.is_data_movement(o)]  # fmt: skip
+
+
+def tag(op) -> str | None:
+    t = op.attributes.get(TAG)
+    return t.data if t is not None else None
+
+
+def same_numbers(before: dict, after: dict) -> None:
+    for k in before:
+        np.testing.assert_allclose(after[k], before[k], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_row_block_parts_take_the_whole_chain_as_epilogues(act, norm):
+    module = ffn_block(2, 1, ACTIVATIONS[act], NORMS[norm])
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    same_numbers(want, interpret(module, x))
+    # every elementwise op and the norm run in one of the two GEMM kernels, on that kernel's rows
+    ops = compute_ops(module)
+    assert {tag(o) for o in ops} == {"g_r0c0", "g_r1c0"}
+    for o in ops:
+        if not isinstance(o, sp.MatmulOp):
+            assert sp.shape_of(o.results[0])[0] in (ROWS_N // 2, 1) or sp.shape_of(o.results[0]) == []
+            assert o.attributes[GROUP].data == "g"
+    # lowered: two GEMM kernels (the epilogues inside), loads and a store, and nothing elementwise
+    run_pipeline(module, [LowerToDataflowPass(arch="tiny")])
+    kinds = [k.kind.data for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    assert kinds.count("gemm") == 2 and not {"elementwise", "layer_norm", "reduce"} & set(kinds)
+    same_numbers(want, interpret(module, x))
+
+
+def test_column_parts_take_the_elementwise_ops_and_the_norm_is_one_row_kernel():
+    module = ffn_block(2, 3, gelu_erf, rms_norm)
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    same_numbers(want, interpret(module, x))
+    parts = {f"g_r{i}c{j}" for i in range(2) for j in range(3)}
+    ops = compute_ops(module)
+    # bias, GELU, scaling and residual add: per part; the norm needs whole rows, which no part has
+    for o in ops:
+        if isinstance(o, (sp.ReduceOp, sp.RsqrtOp)):
+            assert tag(o).startswith(ROWS)
+    rows = {tag(o) for o in ops if tag(o) not in parts}
+    assert len(rows) == 1 and rows.pop().startswith(ROWS)
+    assert sum(1 for o in ops if tag(o) in parts and isinstance(o, sp.ErfOp)) == 6
+    run_pipeline(module, [LowerToDataflowPass(arch="tiny")])
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    assert sum(k.kind.data == "gemm" for k in kernels) == 6
+    assert sum(k.kind.data in ("elementwise", "reduce", "layer_norm") for k in kernels) == 1
+    same_numbers(want, interpret(module, x))
+
+
+def test_an_unsplit_gemm_gets_a_tag_its_epilogue_shares():
+    b = Builder({"x": [ROWS_N, K]})
+    y = b.op(sp.MatmulOp(b.args["x"], b.const([K, N])))
+    module = b.module(relu(b, b.op(sp.AddOp(y, b.const([N])))))
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    same_numbers(want, interpret(module, x))
+    tags = {tag(o) for o in compute_ops(module)}
+    assert len(tags) == 1 and None not in tags
+
+
+def test_without_an_exp_unit_special_functions_leave_the_gemm_kernel():
+    text = (Path(attnc.arch.__file__).parent / "presets" / "tiny.yaml").read_text()
+    assert ", exp_per_cycle: 4" in text
+    noexp = parse_arch(text.replace(", exp_per_cycle: 4", ""))
+    assert not any(t.special_per_cycle for t in noexp.tiles_of("compute"))
+    module = ffn_block(2, 1, gelu_erf, layer_norm)
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module, noexp)
+    same_numbers(want, interpret(module, x))
+    ops = compute_ops(module)
+    parts = {"g_r0c0", "g_r1c0"}
+    # the bias add and the division before erf are epilogues; erf and all after it form row kernels
+    assert all(tag(o) in parts for o in ops if isinstance(o, (sp.MatmulOp, sp.DivOp)))
+    assert all(tag(o) not in parts for o in ops if isinstance(o, (sp.ErfOp, sp.LayerNormOp)))
+    assert all(tag(o) is None or tag(o) in parts or tag(o).startswith(ROWS) for o in ops)
+
+
+def test_an_op_needing_the_split_axis_whole_stays_out_of_the_parts():
+    # softmax along the rows the GEMM is split into: no part has them all
+    b = Builder({"x": [ROWS_N, K]})
+    y = split_gemm(b, b.args["x"], b.const([K, N]), 2, 1)
+    module = b.module(b.op(sp.MulOp(b.op(sp.SoftmaxOp(y, 0)), b.const([], 2.0))))
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    same_numbers(want, interpret(module, x))
+    ops = compute_ops(module)
+    soft = next(o for o in ops if isinstance(o, sp.SoftmaxOp))
+    assert tag(soft).startswith(ROWS) and tag(soft) == tag(next(o for o in ops if isinstance(o, sp.MulOp)))
+    run_pipeline(module, [LowerToDataflowPass(arch="tiny")])
+    same_numbers(want, interpret(module, x))
+
+
+def test_an_epilogue_never_reads_a_kernel_that_starts_later():
+    # add(A, B) with B computed after A's kernel starts: it joins B's kernel, never A's
+    b = Builder({"x": [ROWS_N, K]})
+    a = b.op(sp.MatmulOp(b.args["x"], b.const([K, N])))
+    a_relu = b.op(sp.ReluOp(a))
+    bb = b.op(sp.MatmulOp(b.args["x"], b.const([K, N])))
+    module = b.module(b.op(sp.AddOp(a_relu, bb)))
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    ops = compute_ops(module)
+    ta, trelu, tb, tadd = (tag(o) for o in ops)
+    assert trelu == ta and tadd == tb != ta
+    run_pipeline(module, [LowerToDataflowPass(arch="tiny")])
+    same_numbers(want, interpret(module, x))
+
+
+def test_lone_ops_keep_their_own_kernel_name():
+    b = Builder({"x": [ROWS_N, K]})
+    module = b.module(b.op(sp.ExpOp(b.args["x"])))
+    fused(module)
+    assert all(TAG not in o.attributes for o in compute_ops(module))
