@@ -221,6 +221,28 @@ def merge_shared_lhs(fn: func.FuncOp) -> dict[sp.MatmulOp, int]:
     return out
 
 
+def unmerge(mm: sp.MatmulOp) -> None:
+    """Undo :func:`merge_shared_lhs` for one merged GEMM that got no grid: one GEMM per column slice again
+    (whole GEMMs run on a tile each; merged, they would run one after the other on one)."""
+    weight = to_numpy(mm.rhs.owner.value)
+    elt = sp.elt_of(mm.rhs)
+    block = mm.parent_block()
+    for use in list(mm.result.uses):
+        piece = use.operation
+        lo, hi = list(piece.starts.get_values())[-1], list(piece.ends.get_values())[-1]
+        const = sp.ConstantOp(from_numpy(np.ascontiguousarray(weight[:, lo:hi]), elt))
+        part = sp.MatmulOp(mm.lhs, const.result)
+        block.insert_ops_before([const, part], piece)
+        piece.result.replace_all_uses_with(part.result)
+        piece.detach()
+        piece.erase()
+    rhs = mm.rhs.owner
+    mm.detach()
+    mm.erase()
+    rhs.detach()
+    rhs.erase()
+
+
 def phases(fn: func.FuncOp, gemms: list[sp.MatmulOp]) -> dict[sp.MatmulOp, int]:
     """Each GEMM's phase: 0 for those reading nothing another GEMM wrote, else one more than the latest
     GEMM it depends on (through any ops). GEMMs of one phase can run at once; others cannot."""

@@ -39,7 +39,7 @@ from attnc.passes.butterfly_pipeline import ExpandButterflyPattern, butterfly_co
 from attnc.cost.attention import split
 from attnc.passes.fuse_attention import FUSION_ATTR, MODES, FuseAttentionPattern, Schedule, check_schedule
 from attnc.passes.concat_folds import fold_concats
-from attnc.passes.gemm import GemmGridPattern, merge_shared_lhs, plan_gemms, splittable
+from attnc.passes.gemm import GemmGridPattern, merge_shared_lhs, plan_gemms, splittable, unmerge
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
@@ -241,6 +241,9 @@ class TilePass(TargetPass):
         dma_free = sum(t.contexts for t in arch.tiles_of("dma")) - reserved["dma"] + len(chosen)
         gemms = plan_gemms(fn, arch, self.gemm_parts, attention.used_sram, others, chosen, heads, members,
                            dma_free)  # fmt: skip
+        for o in merged:
+            if o not in gemms.grids:
+                unmerge(o)
         _rewrite(fn, GemmGridPattern(gemms.grids))
         # what reads some of a grid's parts (a member, one head of a projection) reads only those
         fold_concats(fn.body)

@@ -83,3 +83,24 @@ def test_grid_search_keeps_buffers_within_the_budget_and_the_parts_within_the_co
 def test_no_grid_fits_a_budget_too_small_for_one_mac_array_block():
     target = load_arch("edge")
     assert grid_search("g", 512, 768, 768, 2, target, 16, 256, True) is None
+
+
+def test_projections_of_one_value_merge_into_one_gemm_and_back():
+    from example_script import load_make_examples
+
+    from attnc.frontend.onnx import import_onnx
+    from attnc.passes.gemm import merge_shared_lhs, unmerge
+
+    model, inputs = load_make_examples().bert_layer(seq=256, hidden=256, heads=4)
+    module = import_onnx(model)
+    run_pipeline(module, "canonicalize,raise-attention,fuse-attention")
+    before = interpret(module, inputs)["output"]
+    fn = main_func(module)
+    merged = merge_shared_lhs(fn)
+    assert [int(w) for w in merged.values()] == [256]  # Q, K and V side by side, 256 columns each
+    assert sum(o.name == "sparse.matmul" for o in fn.body.block.ops) == 2  # the merged one and the output's
+    np.testing.assert_allclose(interpret(module, inputs)["output"], before, rtol=1e-5, atol=1e-5)
+    for o in merged:
+        unmerge(o)
+    assert sum(o.name == "sparse.matmul" for o in fn.body.block.ops) == 4
+    np.testing.assert_array_equal(interpret(module, inputs)["output"], before)
