@@ -142,7 +142,7 @@ def place_and_route(
     if hint is not None and score(av, pv, hint).key() < score(av, pv, best).key():
         best, status = hint, "HEURISTIC"
     proven = False
-    if score(av, pv, best).o_int > 0 and status != "OPTIMAL":
+    if score(av, pv, best).overload > 0 and status != "OPTIMAL":
         # over capacity: one more search for any mapping within it, which also proves there is none
         fit, proven = solver.within_capacity(best, time_limit)
         if fit is not None:
@@ -368,7 +368,9 @@ class _Solver:
         if region is None and len(free_k) == len(self.pv.kernels):
             m.add(byte_hops >= self.bh_lb_int)
         if capacity_only:
-            m.add(over == 0)
+            # integer rates round up (less than a unit per stream): allow that much, so that INFEASIBLE
+            # proves no mapping is within capacity in bytes per cycle; a mapping found is checked in them
+            m.add(over <= len(free_s))
         else:
             m.minimize(w1 * over + self.w2 * makespan + byte_hops)
 
@@ -599,7 +601,7 @@ class _Solver:
             hint, every, {k: pv.cand[k] for k in every}, list(range(len(pv.streams))), None,
             time_limit * MONOLITHIC_DTIME_PER_SECOND, self.weights(), symmetry=True, capacity_only=True)
         if new is not None and score(self.av, pv, new).overload > 0:
-            new = None  # within capacity in integer units only: cannot happen (rates round up), but never trust it
+            new = None  # within the rounding slack only: over capacity in bytes per cycle
         return new, name == "INFEASIBLE"
 
     def lns(self, start: State, time_limit: float):
@@ -616,8 +618,8 @@ class _Solver:
         max_vars = 0
         while spent < time_limit - 1e-6 and stall < STALL_ROUNDS and time.perf_counter() < self.deadline:
             strategy = kinds_of_round[rounds % len(kinds_of_round)]
-            if strategy == "hot" and cur_sc.o_int:  # around the fullest link, its streams free to move
-                li = max(range(len(av.links)), key=lambda i: (cur_sc.iloads[i] - pv.cap_int[i], -i))
+            if strategy == "hot" and cur_sc.overload:  # around the fullest link, its streams free to move
+                li = max(range(len(av.links)), key=lambda i: (cur_sc.loads[i] - av.cap[i], -i))
                 cx, cy = av.pos[av.links[li][0]]
                 x0, y0 = cx - size // 2 + rng.randrange(2), cy - size // 2 + rng.randrange(2)
                 hot = [si for si, path in enumerate(cur.routes)
@@ -769,8 +771,10 @@ def _lns_key(pv: ProblemView, sc: Score) -> tuple:
     """LNS accepts a window's result when this does not grow: the overload, then the
     total excess over all links (a window can empty one of several full links),
     then the makespan estimate, then byte-hops."""
-    excess = sum(max(0, load - cap) for load, cap in zip(sc.iloads, pv.cap_int)) if sc.o_int else 0
-    return (sc.o_int, excess, sc.m_int, sc.bh_int)
+    # in bytes per cycle, as the final check counts: the model's integer rates round up, so a link exactly
+    # at capacity can look over it there
+    excess = sum(max(0.0, load - cap - 1e-9) for load, cap in zip(sc.loads, pv.av_cap)) if sc.overload else 0.0
+    return (round(sc.overload, 9), round(excess, 9), sc.m_int, sc.bh_int)
 
 
 def _stretching_tile(pv: ProblemView, st: State, rng: random.Random) -> int:

@@ -104,6 +104,7 @@ class ProblemView:
         # a link's capacity in rate units, rounded down as the streams' rates are rounded up: a mapping
         # within it in integers is within it in bytes per cycle
         self.cap_int = [math.floor(c / self.rate_unit + 1e-9) for c in av.cap]
+        self.av_cap = list(av.cap)
         self.phases = phases_of(problem)
         span = sum(self.phases.lengths) + sum(k.cycles for k in self.kernels)
         self.cycle_unit = max(1, math.ceil(span / CYCLE_STEPS))
