@@ -405,7 +405,8 @@ COLUMNS = [
 ]  # fmt: skip
 SHOWN = [
     "arch", "workload", "seq", "part", "gemms", "cycles", "utilization", "roofline", "ratio", "dram_vs_compulsory",
-    "energy_uj", "binds", *(f"share_{s}" for s in SUBLAYERS), "compile_s", "sim_vs_interp", "warnings", "error",
+    "energy_uj", "binds", "bound_share", *(f"share_{s}" for s in SUBLAYERS), "compile_s", "sim_vs_interp",
+    "warnings", "error",
 ]  # fmt: skip
 
 
@@ -433,7 +434,8 @@ def write_table(rows: list[dict], path: Path, title: str) -> None:
         "layer's MACs over cycles x the array's MACs per cycle; roofline = max(MACs / array MACs per cycle,",
         "compulsory DRAM bytes / DRAM bytes per cycle), compulsory = input, weights and output once (f16); ratio =",
         "cycles / roofline; dram_vs_compulsory = DRAM bytes moved / compulsory. binds: the largest lower bound",
-        "(busiest compute tile, DRAM, busiest link). share_*: the kernels' busy cycles per sub-layer (rule in the",
+        "(busiest compute tile, DRAM, busiest link), bound_share: that bound over the cycles (far below 100%:",
+        "nothing binds, the schedule serialises). share_*: the kernels' busy cycles per sub-layer (rule in the",
         "script's docstring). 'gemm KxN' rows: one linear x[seq, K] @ W[K, N] of the layer alone (gemms: the",
         "layer's linears of that shape). sim_vs_interp: the functional simulator against the reference interpreter",
         "(relative Frobenius error), at the smallest seq only. warnings: the simulator's (first one in the CSV).",
