@@ -478,17 +478,34 @@ class _Annealer:
 
 def route_all(av: ArrayView, pv: ProblemView, place: list[int], rounds: int = 4) -> list[list[int]]:
     """Shortest paths, heaviest streams first, with links priced by how full they
-    are; then rip up and reroute the streams on over-full links a few times."""
+    are and by how much a stream's bytes would stretch a phase on them (bursts that
+    cross one link at the same time take turns); then rip up and reroute the streams
+    on over-full links a few times."""
     loads = [0.0] * len(av.links)
+    busy: list[dict[int, float]] = [defaultdict(float) for _ in av.links]  # link -> phase -> cycles
     routes: list[list[int]] = [[] for _ in pv.streams]
     order = sorted(range(len(pv.streams)), key=lambda s: (-pv.streams[s].rate, s))
+    lengths = pv.phases.lengths
+    # a phase stretched by 0.1% of the schedule costs as much as a hop
+    per_cycle = 1000.0 / max(1.0, sum(lengths))
 
     def add(si: int, sign: float) -> None:
         for a, b in zip(routes[si], routes[si][1:]):
-            loads[av.link_index[(a, b)]] += sign * pv.streams[si].rate
+            li = av.link_index[(a, b)]
+            loads[li] += sign * pv.streams[si].rate
+            for j, nb in pv.phases.transfer[si]:
+                busy[li][j] += sign * nb / av.cap[li]
+
+    def stretch(si: int):
+        parts = pv.phases.transfer[si]
+        return lambda li: per_cycle * sum(max(0.0, busy[li][j] + nb / av.cap[li] - max(lengths[j], busy[li][j]))
+                                          for j, nb in parts)
+
+    def route(si: int) -> list[int]:
+        return _cheapest(av, loads, place[pv.src[si]], place[pv.dst[si]], pv.streams[si].rate, stretch(si))
 
     for si in order:
-        routes[si] = _cheapest(av, loads, place[pv.src[si]], place[pv.dst[si]], pv.streams[si].rate)
+        routes[si] = route(si)
         add(si, 1.0)
     for _ in range(rounds):
         over = {li for li, load in enumerate(loads) if load > av.cap[li] + 1e-9}
@@ -497,7 +514,7 @@ def route_all(av: ArrayView, pv: ProblemView, place: list[int], rounds: int = 4)
         victims = [si for si in order if any(av.link_index[(a, b)] in over for a, b in zip(routes[si], routes[si][1:]))]
         for si in victims:
             add(si, -1.0)
-            routes[si] = _cheapest(av, loads, place[pv.src[si]], place[pv.dst[si]], pv.streams[si].rate)
+            routes[si] = route(si)
             add(si, 1.0)
     return routes
 
@@ -568,7 +585,9 @@ def relieve(av: ArrayView, pv: ProblemView, place: list[int], routes: list[list[
     return place, routes
 
 
-def _cheapest(av: ArrayView, loads: list[float], a: int, b: int, rate: float) -> list[int]:
+def _cheapest(av: ArrayView, loads: list[float], a: int, b: int, rate: float, extra=None) -> list[int]:
+    """The cheapest path from ``a`` to ``b``: a hop costs 1, a fuller link a little more, an over-full
+    link a lot; ``extra(link)`` adds a cost of its own."""
     if a == b:
         return [a]
     far = float("inf")
@@ -587,6 +606,8 @@ def _cheapest(av: ArrayView, loads: list[float], a: int, b: int, rate: float) ->
             after = loads[li] + rate
             # One hop costs 1; a fuller link a little more; an over-full link a lot.
             cost = 1.0 + 0.5 * after / cap + (50.0 + 100.0 * (after - cap) / cap if after > cap + 1e-9 else 0.0)
+            if extra is not None:
+                cost += extra(li)
             nd = d + cost
             if nd < dist.get(w, far) - 1e-12:
                 dist[w] = nd

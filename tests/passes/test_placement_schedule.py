@@ -137,11 +137,8 @@ def test_bursts_that_would_share_a_link_take_separate_routes(tiny, solver):
         [StreamSpec("b1->s", "b1", "s", 100 * cap, 1.0), StreamSpec("b2->s", "b2", "s", 100 * cap, 1.0)])
     m = place_and_route(problem, tiny, time_limit=2, heuristic_only=solver == "heuristic")
     assert validate(problem, tiny, m) == []
-    if solver == "cpsat":  # the greedy router does not see time; CP-SAT must
-        assert sorted(_hops(m, s) for s in ("b1->s", "b2->s")) == [3, 5]
-        assert m.stats.makespan == 400
-    else:
-        assert m.stats.makespan in (400, 500)
+    assert sorted(_hops(m, s) for s in ("b1->s", "b2->s")) == [3, 5]
+    assert m.stats.makespan == 400
 
 
 def test_a_packing_no_count_rules_out_is_proven_impossible(tiny):
