@@ -33,6 +33,9 @@ from attnc.simulator.work import context_cycles, dtype_bytes, kernel_work, prod_
 #: loop steps are grouped into at most this many segments per context: the round-robin and the
 #: token emission need no finer grain, and it bounds the events of long sequences
 MAX_SEGMENTS = 64
+#: ... unless the context streams more than its buffers hold: then finer, so that a segment's share of what
+#: it streams fits a quarter of its buffers (double-buffered, for each of two operands), up to this many
+MAX_STREAMED_SEGMENTS = 1024
 #: the progress callback is called every this many events
 PROGRESS_EVERY = 2000
 
@@ -530,6 +533,12 @@ class _Sim:
         if is_dma:  # a DMA context moves its data token by token, whatever its loops say
             steps = max([steps] + [p.tokens for p in cfg.outputs + cfg.inputs])
         segments = max(1, min(steps, MAX_SEGMENTS))
+        room = sum(b.size for b in cfg.buffers)
+        streamed = sum(prod_dims(p.shape) * dtype_bytes(p.dtype) for p in cfg.inputs if p.tokens > 1)
+        if not is_dma and room > 0 and streamed > room:
+            # the step grain is what the hardware runs at; grouping steps must not make a segment need more of a
+            # stream at once than the context has room for (a GEMM part walking K in chunks holds one chunk)
+            segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, -(-4 * streamed // room)))
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
         k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma)
         for p in cfg.inputs:
