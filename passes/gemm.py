@@ -273,12 +273,13 @@ def _a_from_dram(op: sp.MatmulOp) -> bool:
 
 def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reserved_compute: int = 0,
                gemms: list[sp.MatmulOp] | None = None, heads: dict | None = None, members: int = 0,
-               dma_free: int | None = None) -> GemmPlans:
+               dma_free: int | None = None, part_cap: int | None = None) -> GemmPlans:
     """Choose the grid of each of ``gemms`` (default: every :func:`splittable` one). ``reserved_compute``
     counts the compute contexts the other kernels take (a context share of SRAM each), ``members`` the
     attention members, ``used_sram`` the SRAM those claim, ``dma_free`` the DMA contexts left to the
     GEMMs' weight loads (default: all); ``heads`` maps a GEMM that feeds or reads an attention to its head width
-    (its column blocks hold whole heads)."""
+    (its column blocks hold whole heads); ``part_cap`` the most SRAM a part may claim (what attention members
+    on every tile leave)."""
     heads = heads or {}
     gemms = [op for op in fn.body.block.ops if splittable(op)] if gemms is None else gemms
     if not gemms or parts == 1:
@@ -293,7 +294,9 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
     ctx_share = tile.sram_bytes // max(tile.contexts, 1)
     # an eighth of the SRAM left as headroom: the placer packs whole kernels into tiles (bins), not bytes
     room = sum(t.sram_bytes for t in computes) * 7 // 8 - used_sram - max(reserved_compute, 0) * ctx_share
-    options = {g: _options(g, i, arch, tiles if parts < 1 else parts, ctx_share, tile, heads.get(g, 1))
+    options = {g: [(grid, budget) for grid, budget in
+                   _options(g, i, arch, tiles if parts < 1 else parts, ctx_share, tile, heads.get(g, 1))
+                   if part_cap is None or budget <= part_cap]
                for i, g in enumerate(gemms)}  # fmt: skip
     chosen = _allocate(options, level, tiles, free, room, tile.sram_bytes, dma_free)
     out = GemmPlans()

@@ -118,6 +118,10 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
         return [min(forced[key], cap)] if forced.get(key) else natural
 
     for m in modes:
+        if m != "unfused" and tile.exp_per_cycle <= 0:
+            # a fused attention computes its exps where its scores are: on the compute tile's exp unit
+            reject("the compute tiles have no exp unit for a fused softmax")
+            continue
         members = [1] if m == "flat-head" else sizes("members", _pow2_upto(min(sh.rows, tiles)), sh.rows)
         for c in members:
             for g in sizes("groups", _pow2_upto(min(sh.units, max(1, tiles // c))), sh.units):
@@ -239,8 +243,13 @@ class TilePass(TargetPass):
         others = reserved["compute"] - len(chosen)
         # the DMA contexts the rest leave to the GEMMs' weight loads (each counted in `reserved` once)
         dma_free = sum(t.contexts for t in arch.tiles_of("dma")) - reserved["dma"] + len(chosen)
+        # members on every compute tile leave each tile what they do not claim: no part may need more
+        computes = arch.tiles_of("compute")
+        part_cap = None
+        if members >= len(computes) and attention.used_sram:
+            part_cap = min(t.sram_bytes for t in computes) - -(-attention.used_sram // members)
         gemms = plan_gemms(fn, arch, self.gemm_parts, attention.used_sram, others, chosen, heads, members,
-                           dma_free)  # fmt: skip
+                           dma_free, part_cap)  # fmt: skip
         for o in merged:
             if o not in gemms.grids:
                 unmerge(o)
@@ -277,17 +286,24 @@ def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict) -> Atten
     reserved = _reserved(fn)
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     # next to other compute kernels a member leaves one context's share of its tile to them
-    budget = tile.sram_bytes - (tile.sram_bytes // max(tile.contexts, 1) if reserved["compute"] else 0)
-    if any(splittable(o) for o in fn.body.block.ops):
-        # the GEMM grids of the other phases take SRAM on the same tiles: a member keeps to half a tile
-        budget = min(budget, tile.sram_bytes // 2)
+    full = tile.sram_bytes - (tile.sram_bytes // max(tile.contexts, 1) if reserved["compute"] else 0)
+    # the GEMM grids of the other phases take SRAM on the same tiles: a member keeps to half a tile, unless no
+    # schedule fits in half (then the members take what they need and the grids get less)
+    half = min(full, tile.sram_bytes // 2) if any(splittable(o) for o in fn.body.block.ops) else full
     out = AttentionSchedules()
     for i, a in enumerate(attention):
         req = a.attributes.pop(FUSION_ATTR, None)
         chosen = mode or (req.data if isinstance(req, StringAttr) else "")
         if not chosen or chosen == "per-head":
             continue
-        res = search(shape_of(a), arch, chosen, budget, forced, reserved)
+        budget = half
+        try:
+            res = search(shape_of(a), arch, chosen, budget, forced, reserved)
+        except AttncError:
+            if half >= full:
+                raise
+            budget = full
+            res = search(shape_of(a), arch, chosen, budget, forced, reserved)
         p = res.best
         out.reports.append(
             f"attn{i}: {p.schedule.text()}; predicted {p.cycles} cycles ({p.bound}-bound), "

@@ -127,11 +127,14 @@ def fused_attention_buffer(rows: int, t: int, d: int, dv: int, eb: int, *, fusio
                            key_block: int, kv_resident: bool, key_chunk: int = 8) -> int:
     """On-chip bytes a fused attention kernel needs: its query rows and output
     accumulator, the score block (double-buffered, so the vector unit works on one while
-    the MAC array fills the other), the running max and sum, and K and V either whole
-    (resident) or as double-buffered key blocks."""  # fmt: skip
+    the MAC array fills the other), the running max and sum (these three in f32), and K and V
+    either whole (resident) or as double-buffered key blocks."""  # fmt: skip
     r = min(row_block, rows)
     kb = t if fusion == "flat" else min(key_block, t)
-    need = eb * (r * d + r * dv + 2 * r * kb + 2 * r)
+    # the output accumulator, the scores and the running max and sum are held in f32 (at least), whatever the
+    # operands' type: the kernel rounds only its result (docs/simulator.md, the numerics rule)
+    acc = max(eb, 4)
+    need = eb * r * d + acc * (r * dv + 2 * r * kb + 2 * r)
     # streamed K and V come in blocks: the key block, or (flat, whose score rows span every key)
     # chunks of ``key_chunk`` keys (the MAC array's width) that fill the score rows piece by piece
     chunk = kb if fusion == "online" else min(t, key_chunk)

@@ -166,11 +166,12 @@ def _gemm_plan(gemms: list[Operation], body_ops: list[Operation], arch, eb: int)
     tm, tn = min(m, tile.mac_rows), min(n, tile.mac_cols)
     # largest reduction chunk whose double-buffered A, B and C tiles fit in the kernel's share
     budget = _share(tile)
-    tk = max(1, min(k, (budget // (2 * eb) - tm * tn) // max(tm + tn, 1)))
+    acc = max(eb, 4)  # the C tile accumulates in f32 (the kernel rounds only its result)
+    tk = max(1, min(k, (budget - acc * tm * tn) // max(2 * eb * (tm + tn), 1)))
     loops = (("b", batch), ("m", math.ceil(m / tm)), ("n", math.ceil(n / tn)), ("k", math.ceil(k / tk)))
     steps = batch * math.ceil(m / tm) * math.ceil(n / tn) * k
     cycles = steps + tm + tn + math.ceil(vector / max(tile.vector_lanes, 1))
-    buf = 2 * eb * (tm * tk + tk * tn + tm * tn)
+    buf = 2 * eb * (tm * tk + tk * tn) + acc * tm * tn
     # a row block of a split GEMM claims the SRAM tile reserved for it (see attnc.passes.tile.SplitGemmPattern)
     buf = max([buf] + [op.attributes["dataflow.reserve"].value.data for op in gemms
                        if "dataflow.reserve" in op.attributes])  # fmt: skip
@@ -225,7 +226,8 @@ def _vector_plan(body_ops: list[Operation], outputs: list[TensorType], arch, eb:
     block = min(rows, lanes)
     # an input and an output row block, double-buffered; long rows stream through in
     # chunks so a kernel never asks for more than its share of the tile's SRAM
-    buf = min(4 * eb * block * row, _share(tile))
+    # (the rows being worked on are held in f32, with a max/sum or mean/variance per row)
+    buf = min(2 * eb * block * row + 2 * max(eb, 4) * block * row + 2 * 4 * block, _share(tile))
     loops = (("rows", math.ceil(rows / block)),)
     return KernelPlan(kind, tile_kind, loops, (block, row), buf, math.ceil(work / lanes) + 1, 0, loops[0][1])
 
@@ -243,7 +245,7 @@ def _fused_plan(op: sp.AttentionOp, arch, eb: int) -> KernelPlan:
     work = attention_work(
         sp.shape_of(op.q), sp.shape_of(op.k), sp.shape_of(op.v), fusion=fusion, row_block=rb, key_block=kb,
         causal=op.causal is not None, causal_offset=op.causal_offset.value.data, has_mask=op.mask is not None,
-        rows=tile.mac_rows, cols=tile.mac_cols, lanes=tile.vector_lanes,
+        rows=tile.mac_rows, cols=tile.mac_cols, lanes=tile.vector_lanes, exps=tile.exp_per_cycle,
     )  # fmt: skip
     macs, cycles = work.macs, work.cycles
     repeat = op.attributes.get("dataflow.repeat")

@@ -206,3 +206,13 @@ def test_projections_are_split_in_whole_heads_and_a_member_reads_only_the_parts_
         assert len(read) <= len(parts) // 3
     for name, want in before.items():
         np.testing.assert_allclose(interpret(module, inputs)[name], want, rtol=1e-4, atol=1e-4)
+
+def test_without_an_exp_unit_only_the_unfused_schedule_is_offered():
+    from attnc.arch import parse_arch, preset_text
+
+    no_exp = parse_arch(preset_text("tiny").replace(", exp_per_cycle: 4", ""))
+    sh = Shape(1, 2, 2, 64, 64, 16, 16, 2, False, 0, False, True)
+    assert search(sh, no_exp, "auto").best.schedule.mode == "unfused"
+    assert search(sh, load_arch("tiny"), "online").best.schedule.mode == "online"
+    with pytest.raises(AttncError, match="no online schedule fits tiny .*no exp unit for a fused softmax"):
+        search(sh, no_exp, "online")
