@@ -226,31 +226,39 @@ def stem(kernels: Kernels, v: SSAValue, depth: int = STEM_DEPTH, seen: dict | No
 
 
 def parts_of(kernels: Kernels, v: SSAValue) -> list[SSAValue] | None:
-    """The parts ``v`` assembles when it is an untagged concatenation of values computed in MAC kernels
-    (or by epilogues to be of them; nested concatenations included: a 2-D split), else None."""
+    """The parts ``v`` assembles when it is put together, by untagged concatenations (nested for a 2-D split)
+    and reshapes that keep the last axis, from values computed in MAC kernels (or by epilogues to be of
+    them), else None."""
+    if stem(kernels, v) is not None:
+        return [v]
     op = v.owner
+    if isinstance(op, sp.ReshapeOp) and TAG not in op.attributes:
+        same_rows = sp.shape_of(op.input)[-1:] == sp.shape_of(v)[-1:]
+        return parts_of(kernels, op.input) if same_rows else None
     if not isinstance(op, sp.ConcatOp) or TAG in op.attributes:
         return None
     out = []
     for x in op.inputs:
-        if stem(kernels, x) is not None:
-            out.append(x)
-        elif (inner := parts_of(kernels, x)) is not None:
-            out += inner
-        else:
+        inner = parts_of(kernels, x)
+        if inner is None:
             return None
+        out += inner
     return out
 
 
 def _reaches_stems(kernels: Kernels, v: SSAValue, axes: set[int]) -> bool:
     """Whether a row-wise op needing ``axes`` whole, moved through the concatenations behind ``v`` as far as
     they let it, ends up on values of single MAC kernels (where it can be an epilogue)."""
-    cat = v.owner
+    op = v.owner
     if stem(kernels, v) is not None:
         return True
-    if not isinstance(cat, sp.ConcatOp) or TAG in cat.attributes or cat.axis.value.data in axes:
+    rank = len(sp.shape_of(v))
+    if isinstance(op, sp.ReshapeOp) and TAG not in op.attributes and axes == {rank - 1}:
+        return sp.shape_of(op.input)[-1:] == sp.shape_of(v)[-1:] and _reaches_stems(
+            kernels, op.input, {len(sp.shape_of(op.input)) - 1})
+    if not isinstance(op, sp.ConcatOp) or TAG in op.attributes or op.axis.value.data in axes:
         return False
-    return all(_reaches_stems(kernels, x, axes) for x in cat.inputs)
+    return all(_reaches_stems(kernels, x, axes) for x in op.inputs)
 
 
 def _starts_before(kernels: Kernels, v: SSAValue, parts: list[SSAValue]) -> bool:
@@ -293,7 +301,8 @@ class SinkThroughReshapePattern(RewritePattern):
             if not isinstance(r, sp.ReshapeOp) or TAG in r.attributes or (axes and i != 0):
                 continue
             c = r.input
-            if parts_of(self.kernels, c) is None:
+            # towards the parts only: onto a concatenation of them or onto a part (reshaped into one)
+            if stem(self.kernels, c) is None and (not isinstance(c.owner, sp.ConcatOp) or parts_of(self.kernels, c) is None):
                 continue
             cs, rs = list(sp.shape_of(c)), list(sp.shape_of(x))
             if not cs or not rs or cs == rs or cs[-1] != rs[-1] or axes not in (set(), {len(rs) - 1}):

@@ -54,9 +54,11 @@ class Builder:
         return ModuleOp([fn])
 
 
-def split_gemm(b: Builder, x: SSAValue, w: SSAValue, rows: int, cols: int, name: str = "g") -> SSAValue:
+def split_gemm(b: Builder, x: SSAValue, w: SSAValue, rows: int, cols: int, name: str = "g",
+               reshaped: bool = False) -> SSAValue:  # fmt: skip
     """``x @ w`` as ``tile`` leaves a 2-D split: the lhs flattened and cut into row blocks, the weight into
-    column blocks, one tagged matmul kernel per (row block, column block), concatenated back and reshaped."""
+    column blocks, one tagged matmul kernel per (row block, column block), concatenated back and reshaped
+    (``reshaped``: each part reshaped to the lhs's rank first, then concatenated)."""
     xs = sp.shape_of(x)
     m = int(np.prod(xs[:-1]))
     flat = b.op(sp.ReshapeOp(x, [m, xs[-1]]))
@@ -69,10 +71,13 @@ def split_gemm(b: Builder, x: SSAValue, w: SSAValue, rows: int, cols: int, name:
         for j in range(cols):
             c0, c1 = j * n // cols, (j + 1) * n // cols
             wj = b.op(sp.SliceOp(w, [0, c0], [xs[-1], c1], [1, 1])) if cols > 1 else w
-            col_parts.append(b.op(sp.MatmulOp(a, wj), f"{name}_r{i}c{j}", name))
-        row_parts.append(col_parts[0] if cols == 1 else b.op(sp.ConcatOp(col_parts, 1)))
-    out = row_parts[0] if rows == 1 else b.op(sp.ConcatOp(row_parts, 0))
-    return b.op(sp.ReshapeOp(out, [*xs[:-1], n]))
+            part = b.op(sp.MatmulOp(a, wj), f"{name}_r{i}c{j}", name)
+            if reshaped:
+                part = b.op(sp.ReshapeOp(part, [*xs[:-2], r1 - r0, c1 - c0]))
+            col_parts.append(part)
+        row_parts.append(col_parts[0] if cols == 1 else b.op(sp.ConcatOp(col_parts, len(xs) - 1 if reshaped else 1)))
+    out = row_parts[0] if rows == 1 else b.op(sp.ConcatOp(row_parts, len(xs) - 2 if reshaped else 0))
+    return out if reshaped else b.op(sp.ReshapeOp(out, [*xs[:-1], n]))
 
 
 # activations, written as the front end imports them
@@ -120,10 +125,10 @@ def rms_norm(b: Builder, x: SSAValue) -> SSAValue:
 NORMS = {"layer-norm": layer_norm, "rms-norm": rms_norm}
 
 
-def ffn_block(rows: int, cols: int, act, norm, scale: bool = True) -> ModuleOp:
+def ffn_block(rows: int, cols: int, act, norm, scale: bool = True, reshaped: bool = False) -> ModuleOp:
     """norm(x @ W + bias -> activation (-> scaling) + residual), the GEMM split ``rows`` x ``cols``."""
     b = Builder({"x": [1, ROWS_N, K], "res": [1, ROWS_N, N]})
-    y = split_gemm(b, b.args["x"], b.const([K, N]), rows, cols)
+    y = split_gemm(b, b.args["x"], b.const([K, N]), rows, cols, reshaped=reshaped)
     y = act(b, b.op(sp.AddOp(y, b.const([N]))))
     if scale:
         y = b.op(sp.MulOp(y, b.const([], 0.125)))
@@ -180,8 +185,9 @@ def test_row_block_parts_take_the_whole_chain_as_epilogues(act, norm):
     same_numbers(want, interpret(module, x))
 
 
-def test_column_parts_take_the_elementwise_ops_and_the_norm_is_one_row_kernel():
-    module = ffn_block(2, 3, gelu_erf, rms_norm)
+@pytest.mark.parametrize("reshaped", [False, True])
+def test_column_parts_take_the_elementwise_ops_and_the_norm_is_one_row_kernel(reshaped):
+    module = ffn_block(2, 3, gelu_erf, rms_norm, reshaped=reshaped)
     x = inputs(module)
     want = interpret(module, x)
     fused(module)
