@@ -255,7 +255,8 @@ def _reaches_stems(kernels: Kernels, v: SSAValue, axes: set[int]) -> bool:
     rank = len(sp.shape_of(v))
     if isinstance(op, sp.ReshapeOp) and TAG not in op.attributes and axes == {rank - 1}:
         return sp.shape_of(op.input)[-1:] == sp.shape_of(v)[-1:] and _reaches_stems(
-            kernels, op.input, {len(sp.shape_of(op.input)) - 1})
+            kernels, op.input, {len(sp.shape_of(op.input)) - 1}
+        )
     if not isinstance(op, sp.ConcatOp) or TAG in op.attributes or op.axis.value.data in axes:
         return False
     return all(_reaches_stems(kernels, x, axes) for x in op.inputs)
@@ -302,7 +303,9 @@ class SinkThroughReshapePattern(RewritePattern):
                 continue
             c = r.input
             # towards the parts only: onto a concatenation of them or onto a part (reshaped into one)
-            if stem(self.kernels, c) is None and (not isinstance(c.owner, sp.ConcatOp) or parts_of(self.kernels, c) is None):
+            if stem(self.kernels, c) is None and (
+                not isinstance(c.owner, sp.ConcatOp) or parts_of(self.kernels, c) is None
+            ):
                 continue
             cs, rs = list(sp.shape_of(c)), list(sp.shape_of(x))
             if not cs or not rs or cs == rs or cs[-1] != rs[-1] or axes not in (set(), {len(rs) - 1}):
@@ -539,6 +542,6 @@ class FuseElementwisePass(TargetPass):
         for pattern in (EpilogueIntoProducerPattern(kernels), ChainIntoRowKernelPattern(kernels)):
             PatternRewriteWalker(pattern, apply_recursively=False).rewrite_region(fn.body)
         # a "chain" of one op is the kernel it was already: keep its usual name
-        for tag, ops in kernels.rows.items():
+        for ops in kernels.rows.values():
             if len(ops) == 1:
                 del ops[0].attributes[TAG]

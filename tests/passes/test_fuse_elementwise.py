@@ -5,13 +5,9 @@ interpreter is the oracle), also once lowered to dataflow kernels."""
 from collections.abc import Callable
 from pathlib import Path
 
+import attnc.arch
 import numpy as np
 import pytest
-from xdsl.dialects import func
-from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType, f16, f32
-from xdsl.ir import Block, Region, SSAValue
-
-import attnc.arch
 from attnc.arch.schema import parse_arch
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
@@ -22,6 +18,9 @@ from attnc.ir import main_func, set_io_names
 from attnc.passes.fuse_elementwise import ROWS, FuseElementwisePass
 from attnc.passes.lower_dataflow import LowerToDataflowPass
 from attnc.pipeline import run_pipeline
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp, StringAttr, TensorType, f16, f32
+from xdsl.ir import Block, Region, SSAValue
 
 ROWS_N, K, N = 8, 16, 12  # x[8, 16] @ W[16, 12]
 
@@ -44,7 +43,11 @@ class Builder:
         return op.results[0]
 
     def const(self, shape: list[int], value: float | None = None) -> SSAValue:
-        x = np.full(shape, value, np.float32) if value is not None else self.rng.standard_normal(shape).astype(np.float32)
+        x = (
+            np.full(shape, value, np.float32)
+            if value is not None
+            else self.rng.standard_normal(shape).astype(np.float32)
+        )
         return self.op(sp.ConstantOp(from_numpy(x, f32), TensorType(f32, shape)))
 
     def module(self, *outs: SSAValue) -> ModuleOp:
@@ -159,8 +162,8 @@ def tag(op) -> str | None:
 
 
 def same_numbers(before: dict, after: dict) -> None:
-    for k in before:
-        np.testing.assert_allclose(after[k], before[k], rtol=1e-5, atol=1e-5)
+    for k, want in before.items():
+        np.testing.assert_allclose(after[k], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("norm", sorted(NORMS))
