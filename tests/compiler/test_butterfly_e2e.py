@@ -191,7 +191,7 @@ def test_row_wise_kernels_pass_a_row_stream_on() -> None:
     stats = simulate(bits)
     by_name = {k.name: k for k in stats.kernels}
     tail = [k for k in stats.kernels if k.kind in ("elementwise", "layer_norm")]
-    assert len(tail) >= 4
+    assert len(tail) >= 2  # (fuse-elementwise makes GELU's chain one row kernel)
     streamed = {c.name for t in bits.tiles for c in t.contexts for p in c.outputs if p.tokens > 1}
     assert {k.name for k in tail} - streamed <= {tail[-1].name}  # all but the last (it feeds the store)
     ends = sorted(by_name[k.name].end for k in tail)

@@ -109,7 +109,7 @@ def test_registry_names_the_known_passes_and_loads_them_lazily() -> None:
         "print(names, sorted(m for m in sys.modules if m.startswith(('xdsl', 'attnc.passes.'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['butterfly-decompose', 'canonicalize', 'fuse-attention', 'lower-to-dataflow', 'place-route', 'raise-attention', 'tile'] []"
+    assert out.strip() == "['butterfly-decompose', 'canonicalize', 'fuse-attention', 'fuse-elementwise', 'lower-to-dataflow', 'place-route', 'raise-attention', 'tile'] []"
 
 
 def test_registry_loader_returns_the_pass_class() -> None:
@@ -143,7 +143,7 @@ def test_parse_pipeline_errors_are_user_errors(spec: str, message: str) -> None:
 
 
 def test_unknown_pass_error_lists_the_known_passes() -> None:
-    with pytest.raises(AttncError, match="known passes: butterfly-decompose, canonicalize, fuse-attention, lower-to-dataflow, place-route, raise-attention, test-break"):
+    with pytest.raises(AttncError, match="known passes: butterfly-decompose, canonicalize, fuse-attention, fuse-elementwise, lower-to-dataflow, place-route, raise-attention, test-break"):
         parse_pipeline("nope")
 
 
