@@ -489,7 +489,7 @@ def _arch_argv(c: Chooser) -> list[str]:
 
 # --- pipelines
 
-PASSES = ["canonicalize", "raise-attention", "fuse-attention", "tile", "lower-to-dataflow", "place-route",
+PASSES = ["canonicalize", "raise-attention", "fuse-attention", "tile", "fuse-elementwise", "lower-to-dataflow", "place-route",
           "butterfly-decompose", "nosuch", ""]
 OPTION_KEYS = ["mode", "arch", "members", "key-block", "tile-m", "layers", "fourier", "block", "factors", "iters",
                "kind", "bogus", ""]
