@@ -38,6 +38,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from typing import Any
 
 from attnc.passes.placement.problem import Mapping, MappingInfeasible, MappingProblem, MappingStats
 from attnc.passes.placement.heuristic import (
@@ -220,6 +221,18 @@ def _packing_summary(av: ArrayView, pv: ProblemView, only: str | None = None) ->
     return "; ".join(parts)
 
 
+
+def _solve_packing(m: Any, seed: int, dtime: float) -> tuple[Any, int]:
+    """Solve a packing model deterministically (one worker, a deterministic-time budget), Ctrl-C stopping it."""
+    from ortools.sat.python import cp_model
+
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = seed
+    solver.parameters.max_deterministic_time = dtime
+    solver.parameters.catch_sigint_signal = False
+    return solver, solve_interruptibly(solver, m)
+
 def _pack(av: ArrayView, pv: ProblemView, seed: int, dtime: float) -> tuple[list[int] | None, str | None]:
     """A placement within every tile's contexts and SRAM, ignoring streams, kind by kind (the kinds do
     not interact): (the placement or None, the first kind CP-SAT proved cannot be packed, or None)."""
@@ -252,12 +265,7 @@ def _pack(av: ArrayView, pv: ProblemView, seed: int, dtime: float) -> tuple[list
                 m.add(index[a] <= index[b])
         if ks and len({(av.contexts[t], av.sram[t]) for t in tiles}) == 1:
             m.add(x[ks[0], tiles[0]] == 1)
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = 1
-        solver.parameters.random_seed = seed
-        solver.parameters.max_deterministic_time = dtime
-        solver.parameters.catch_sigint_signal = False
-        status = solve_interruptibly(solver, m)
+        solver, status = _solve_packing(m, seed, dtime)
         if status == cp_model.INFEASIBLE:
             return None, kind
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -298,12 +306,7 @@ def _pack_alike(av: ArrayView, pv: ProblemView, kind: str, seed: int, dtime: flo
     m.add(cp_model.LinearExpr.sum(y) <= len(tiles))
     for z in sizes:
         m.add(cp_model.LinearExpr.weighted_sum(y, [p[z] for p in patterns]) == need[z])
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1
-    solver.parameters.random_seed = seed
-    solver.parameters.max_deterministic_time = dtime
-    solver.parameters.catch_sigint_signal = False
-    status = solve_interruptibly(solver, m)
+    solver, status = _solve_packing(m, seed, dtime)
     if status == cp_model.INFEASIBLE:
         return "infeasible"
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
