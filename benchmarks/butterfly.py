@@ -169,7 +169,7 @@ def run_point(arch: str, workload: str, seq: int, variant: str, block: int, time
     return {
         "arch": arch, "workload": workload, "seq": seq, "variant": variant, "macs": stats.macs, "params": params,
         "cycles": stats.cycles, "ms": stats.cycles / (target.clock_mhz * 1e3),
-        "energy_uj": sum(stats.energy_pj().values()) / 1e6, "dram_bytes": dram, "utilization": stats.utilization,
+        "energy_uj": stats.energy_pj()["total"] / 1e6, "dram_bytes": dram, "utilization": stats.utilization,
         "binds": binds, "bound_share": bounds[binds] / stats.cycles if stats.cycles else 0.0,
         "roofline_cycles": int(roofline), "proj_error": summary.get("mean_error", ""),
         "out_error": err, "sim_vs_interp": sim_err, "compile_s": t1 - t0, "sim_s": t2 - t1,
