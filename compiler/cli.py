@@ -18,7 +18,6 @@ import math
 import os
 import stat
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter
@@ -33,6 +32,7 @@ from attnc import __version__, limits
 from attnc.arch import DEFAULT_ARCH
 from attnc.arch import PRESETS as ARCH_PRESETS
 from attnc.errors import AttncError
+from attnc.files import replacing
 from attnc.pipeline import (
     BACKEND_PASSES,
     BUTTERFLY_KEYS,
@@ -239,30 +239,16 @@ def dump_names(pass_names: Sequence[str]) -> list[str]:
     return ["00-input.mlir"] + [f"{i:02d}-{name}.mlir" for i, name in enumerate(pass_names, 1)]
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def _atomic_temp(path: str, option: str) -> Iterator[tuple[int, str]]:
-    """A temporary file next to ``path`` (its descriptor, which the caller closes, and its name), renamed
-    onto ``path`` if the block succeeds and removed if not."""
+    """``attnc.files.replacing`` for an output option: its directory checked first, and the check made before
+    the work made again before the rename (something may have appeared at the path meanwhile)."""
     target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    _writable_dir(parent, option, path)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
+    _writable_dir(target.parent if str(target.parent) else Path("."), option, path)
+    with replacing(target) as (fd, tmp):
         yield fd, tmp
-        # the check made before the work, again: something may have appeared at the path meanwhile
         if target.exists() and not target.is_file():
             raise AttncError(f"{option} {limits.shown(path, 120)}: exists and is not a regular file")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

@@ -7,11 +7,11 @@ matplotlib is imported here only, with the Agg backend through ``Figure`` (no py
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from attnc.arch import KIND_LETTERS
 from attnc.errors import AttncError
+from attnc.files import replacing
 from attnc.simulator.stats import Stats
 
 
@@ -29,19 +29,9 @@ def plot(stats: Stats, out_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def _save(figure, path: Path) -> None:
-    """Write the PNG beside ``path`` and rename it over, so an interrupt never leaves half a picture; the file
-    gets a new file's usual permissions (0666 less the umask), not mkstemp's 0600."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the PNG beside ``path`` and rename it over, so an interrupt never leaves half a picture."""
+    with replacing(path) as (fd, _tmp), os.fdopen(fd, "wb") as f:
+        figure.savefig(f, format="png", dpi=110)
 
 
 def _timeline(stats: Stats):

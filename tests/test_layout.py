@@ -28,12 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # a module applies (attnc.cost is bound by its own rule and by the one for all of attnc).
 ALLOWED: dict[str, tuple[str, ...]] = {
     "attnc.errors": (),
+    "attnc.files": (),
     "attnc.limits": ("attnc.errors",),
     "attnc.arch": ("attnc.arch", "attnc.errors", "attnc.limits"),
     "attnc.butterfly": ("attnc.errors",),
     "attnc.dialects": ("attnc.dialects", "attnc.butterfly", "attnc.errors", "attnc.arch", "attnc.limits"),
     "attnc.backend.bitstream": ("attnc.errors", "attnc.arch", "attnc.limits"),
-    "attnc.simulator": ("attnc.simulator", "attnc.backend.bitstream", "attnc.arch", "attnc.errors", "attnc.limits"),
+    "attnc.simulator": ("attnc.simulator", "attnc.backend.bitstream", "attnc.arch", "attnc.errors", "attnc.limits",
+                        "attnc.files"),
 }
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "attnc.cost": ("attnc.passes", "attnc.cli", "attnc.pipeline", "attnc.frontend", "attnc.backend.emit"),
