@@ -39,7 +39,8 @@ def _concat_of(v) -> sp.ConcatOp | None:
     return None
 
 
-def _offsets(cat: sp.ConcatOp) -> tuple[int, list[tuple[int, int]]]:
+def concat_spans(cat: sp.ConcatOp) -> tuple[int, list[tuple[int, int]]]:
+    """The concatenation's axis (non-negative) and the [lo, hi) range of it each operand fills."""
     axis = cat.axis.value.data % len(sp.shape_of(cat.results[0]))
     out, lo = [], 0
     for x in cat.inputs:
@@ -57,7 +58,7 @@ class SliceOfConcatPattern(RewritePattern):
         cat = _concat_of(op.operands[0])
         if cat is None or TAG in op.attributes:
             return
-        axis, spans = _offsets(cat)
+        axis, spans = concat_spans(cat)
         starts, ends = list(op.starts.get_values()), list(op.ends.get_values())
         steps = list(op.steps.get_values())
         if steps[axis] != 1:
@@ -92,7 +93,7 @@ class TransposeOfConcatPattern(RewritePattern):
         cat = _concat_of(op.operands[0])
         if cat is None or TAG in op.attributes:
             return
-        axis, _ = _offsets(cat)
+        axis, _ = concat_spans(cat)
         perm = list(op.permutation.get_values())
         pieces = []
         for x in cat.inputs:
@@ -126,7 +127,7 @@ class ReshapeOfConcatPattern(RewritePattern):
         cat = _concat_of(op.operands[0])
         if cat is None or TAG in op.attributes:
             return
-        axis, spans = _offsets(cat)
+        axis, spans = concat_spans(cat)
         got = reshaped_pieces(list(sp.shape_of(cat.results[0])), list(sp.shape_of(op.results[0])), axis, spans)
         if got is None:
             return

@@ -34,6 +34,7 @@ from attnc.cost.work import SFU_OPS
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import GROUP, TAG, i64_array
 from attnc.ir import main_func
+from attnc.passes.concat_folds import concat_spans
 from attnc.passes.target import TargetPass
 from xdsl.context import Context
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, NoneAttr, StringAttr, TensorType
@@ -361,13 +362,12 @@ def piece(y: SSAValue, axis: int, lo: int, hi: int, anchor: Operation, rewriter:
     """Rows ``lo:hi`` of ``y`` along ``axis``: the operand of a concatenation along ``axis`` that spans
     them exactly, else a slice."""
     cat = y.owner
-    if isinstance(cat, sp.ConcatOp) and TAG not in cat.attributes and cat.axis.value.data == axis:
-        at = 0
-        for x in cat.inputs:
-            n = sp.shape_of(x)[axis]
-            if (at, at + n) == (lo, hi):
-                return x
-            at += n
+    if isinstance(cat, sp.ConcatOp) and TAG not in cat.attributes:
+        cat_axis, spans = concat_spans(cat)
+        if cat_axis == axis:
+            for x, span in zip(cat.inputs, spans):
+                if span == (lo, hi):
+                    return x
     shp = list(sp.shape_of(y))
     st = [0] * len(shp)
     en = list(shp)
