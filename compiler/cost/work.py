@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from attnc.cost.attention import attention_work, fused_attention_buffer
+from attnc.cost.op_costs import PASSES  # the one table of what ops cost (docs/simulator.md)
 from attnc.arch.datatypes import element_bytes
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
@@ -29,8 +30,6 @@ SFU_OPS = (
     sp.ExpOp, sp.LogOp, sp.SqrtOp, sp.RsqrtOp, sp.ReciprocalOp, sp.TanhOp, sp.ErfOp, sp.SigmoidOp, sp.GeluOp,
     sp.SoftmaxOp, sp.LogSoftmaxOp, sp.LayerNormOp, sp.ReduceOp,
 )  # fmt: skip
-#: passes over the data a row-wise op makes (softmax: max, exp+sum, scale)
-from attnc.cost.op_costs import PASSES  # noqa: E402 - the one table of what ops cost (docs/simulator.md)
 #: bytes a DMA kernel keeps in flight (double-buffered bursts)
 DMA_BURST = 4096
 
