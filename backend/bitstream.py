@@ -90,6 +90,9 @@ class KernelConfig:
     loops: list[tuple[str, int]]  # (loop name, trip count), outermost first
     body: list[Instr]
     cycles: int  # the compiler's estimate, for reports
+    #: 0: holds its buffers for the whole run; p >= 1: only while it runs, after its tile's phases 1..p-1
+    #: (buffers of different nonzero phases may share addresses; docs/bitstream.md)
+    phase: int = 0
 
 
 @dataclass
@@ -204,7 +207,7 @@ TAG_NAMES = ("int", "float", "str", "bool", "list[int]", "list[float]")
 
 # Fixed parts of the records (variable parts follow each).
 TILE = struct.Struct("<HHII")  # x, y, kind str, context count
-KERNEL = struct.Struct("<IIIQHHHHHHI")  # kernel, name, kind, cycles, #in, #out, #const, #buf, #loops, reserved, #body
+KERNEL = struct.Struct("<IIIQHHHHHHI")  # kernel, name, kind, cycles, #in, #out, #const, #buf, #loops, phase, #body
 PORT = struct.Struct("<IIIQI")  # register, stream, dtype str, tokens, rank
 CONST_REF = struct.Struct("<II")  # register, constant id
 BUFFER = struct.Struct("<IQQIBBH")  # name, address, size, banks, double_buffered, reserved, reserved
@@ -468,7 +471,7 @@ def _encode_kernel(w: _Writer, k: KernelConfig, where: str) -> None:
         w.int(k.cycles, f"{where} cycles", "Q"),
         *(w.int(len(xs), f"{where} {what} count", "H") for xs, what in
           ((inputs, "input"), (outputs, "output"), (consts, "constant"), (buffers, "buffer"), (loops, "loop"))),
-        0,
+        w.int(k.phase, f"{where} phase", "H"),
         w.int(len(body), f"{where} body length"),
     )  # fmt: skip
     for i, p in enumerate(inputs):
@@ -847,8 +850,7 @@ def _decode_instr(r: _Reader, where: str) -> Instr:
 
 
 def _decode_kernel(r: _Reader, where: str) -> KernelConfig:
-    kid, name, kind, cycles, n_in, n_out, n_const, n_buf, n_loops, reserved, n_body = r.unpack(KERNEL, where)
-    r.zero(reserved, where)
+    kid, name, kind, cycles, n_in, n_out, n_const, n_buf, n_loops, phase, n_body = r.unpack(KERNEL, where)
     name_s = r.str(name, f"{where} name")
     where = f"{where} (kernel {kid} {limits.shown(name_s)})"
     inputs = [_decode_port(r, f"{where} input {i}") for i in range(r.count(n_in, PORT.size, f"{where} input count"))]
@@ -873,7 +875,8 @@ def _decode_kernel(r: _Reader, where: str) -> KernelConfig:
         loops.append((r.str(lname, f"{where} loop {i} name"), trips))
     body = [_decode_instr(r, f"{where} body instr {i}") for i in range(r.count(n_body, INSTR.size, f"{where} body length"))]
     return KernelConfig(
-        kid, name_s, r.str(kind, f"{where} kind"), inputs, outputs, consts, buffers, loops, body, cycles  # type: ignore[arg-type]
+        kid, name_s, r.str(kind, f"{where} kind"), inputs, outputs, consts, buffers, loops, body, cycles,  # type: ignore[arg-type]
+        phase,
     )
 
 
