@@ -119,7 +119,9 @@ class TileOp(IRDLOperation):
 class ContextOp(IRDLOperation):
     """A placed kernel: its body, the streams it reads and writes (by id, one per body
     argument and per yielded value), its loop schedule and its buffers (name,
-    address, size in bytes, in the tile's SRAM)."""
+    address, size in bytes, in the tile's SRAM). ``phase`` (absent: 0) is its
+    kernel's SRAM phase: buffers of contexts with different nonzero phases on one
+    tile may share addresses."""
 
     name = "array.context"
     sym_name = attr_def(StringAttr)
@@ -136,13 +138,22 @@ class ContextOp(IRDLOperation):
     cycles = attr_def(IntegerAttr[I64])
     macs = attr_def(IntegerAttr[I64])
     tokens = opt_attr_def(DenseArrayBase)  # per output; absent: one token each
+    #: the SRAM phase (absent: 0, resident); read it as ``phase``
+    phase_attr = opt_attr_def(IntegerAttr[I64], attr_name="phase")
     body = region_def("single_block")
     assembly_format = "$sym_name attr-dict-with-keyword $body"
+
+    @property
+    def phase(self) -> int:
+        """The context's SRAM phase: 0 (resident, the default) or p >= 1."""
+        return 0 if self.phase_attr is None else self.phase_attr.value.data
 
     def verify_(self) -> None:
         where = f"array.context '{self.sym_name.data}'"
         if self.kind.data not in KERNEL_KINDS:
             raise VerifyException(f"{where}: kind must be one of {KERNEL_KINDS}")
+        if self.phase < 0:
+            raise VerifyException(f"{where}: phase must be >= 0, got {self.phase}")
         block = self.body.block
         if len(block.args) != len(_ints(self.inputs)):
             raise VerifyException(f"{where}: one input stream per body argument")

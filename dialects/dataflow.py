@@ -6,7 +6,11 @@ the SSA edges between kernels are the streams. A kernel records what the back
 end needs to place, route and time it: the tile kind that can run it, its loop
 schedule (loop names and trip counts, outermost first), its tile sizes, the
 on-chip buffer bytes it needs (double-buffered), its estimated busy cycles and
-MACs, and the number of tokens on each output stream.
+MACs, and the number of tokens on each output stream. An optional ``phase``
+(absent: 0) is its SRAM phase: 0 keeps its buffers for the whole run; a kernel
+of phase p >= 1 holds them only while it runs, once its tile's kernels of phases
+1..p-1 are done, so kernels of different nonzero phases on one tile reuse the
+same SRAM addresses (docs/bitstream.md).
 
     %s = dataflow.kernel "qk_h0"(%q, %k) attributes {kind = "gemm", tile_kind = "compute",
            loops = ["m", "n", "k"], trips = array<i64: 2, 2, 16>, tile = array<i64: 8, 8, 4>,
@@ -107,6 +111,8 @@ class KernelOp(IRDLOperation):
     macs = attr_def(IntegerAttr[I64])
     tokens = attr_def(DenseArrayBase)
     group = opt_attr_def(StringAttr)
+    #: the SRAM phase (absent: 0, resident); read it as ``phase``
+    phase_attr = opt_attr_def(IntegerAttr[I64], attr_name="phase")
     body = region_def("single_block")
     assembly_format = "$sym_name `(` $inputs `)` attr-dict-with-keyword `:` functional-type($inputs, $outputs) $body"
 
@@ -126,6 +132,7 @@ class KernelOp(IRDLOperation):
         macs: int = 0,
         tokens: Sequence[int] | None = None,
         group: str | None = None,
+        phase: int = 0,
     ):
         attrs: dict[str, Attribute] = {
             "sym_name": StringAttr(name),
@@ -141,11 +148,18 @@ class KernelOp(IRDLOperation):
         }
         if group:
             attrs["group"] = StringAttr(group)
+        if phase:  # absent means 0: IR without phases prints as before
+            attrs["phase"] = IntegerAttr(phase, 64)
         super().__init__(operands=[list(inputs)], result_types=[list(result_types)], attributes=attrs, regions=[Region(body)])
 
     @property
     def kernel_name(self) -> str:
         return self.sym_name.data
+
+    @property
+    def phase(self) -> int:
+        """The kernel's SRAM phase: 0 (resident, the default) or p >= 1."""
+        return 0 if self.phase_attr is None else self.phase_attr.value.data
 
     def loop_schedule(self) -> list[tuple[str, int]]:
         return [(n.data, int(t)) for n, t in zip(self.loops.data, self.trips.get_values())]
@@ -164,6 +178,8 @@ class KernelOp(IRDLOperation):
         for name in ("buffer_bytes", "cycles", "macs"):
             if getattr(self, name).value.data < 0:
                 raise VerifyException(f"{where}: {name} must be >= 0")
+        if self.phase < 0:
+            raise VerifyException(f"{where}: phase must be >= 0, got {self.phase}")
         block = self.body.block
         if [a.type for a in block.args] != [v.type for v in self.inputs]:
             raise VerifyException(f"{where}: body arguments do not match the input streams")

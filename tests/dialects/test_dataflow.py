@@ -60,3 +60,42 @@ def test_body_must_be_sparse_ops():
     )
     with pytest.raises(AttncError, match="holds sparse ops only"):
         parse_module(text)
+
+
+def _mm(module):
+    from attnc.dialects.dataflow import KernelOp
+
+    return next(op for op in module.walk() if isinstance(op, KernelOp) and op.kernel_name == "mm")
+
+
+def test_phase_is_optional_and_round_trips():
+    assert _mm(parse_module(SOURCE)).phase == 0  # absent: resident
+    text = SOURCE.replace('group = "g0"}', 'group = "g0", phase = 2 : i64}', 1)
+    first = print_module(parse_module(text))
+    assert "phase = 2 : i64" in first and print_module(parse_module(first)) == first
+    assert _mm(parse_module(first)).phase == 2
+
+
+def test_phase_keyword_sets_the_attribute_only_when_nonzero():
+    from xdsl.dialects.builtin import TensorType, f32
+    from xdsl.ir import Block
+
+    from attnc.dialects.dataflow import KernelOp, YieldOp
+
+    t = TensorType(f32, [4])
+
+    def kernel(phase):
+        block = Block(arg_types=[t])
+        block.add_op(YieldOp([block.args[0]]))
+        src = Block(arg_types=[t])
+        return KernelOp("k", [src.args[0]], [t], block, kind="data", tile_kind="memory", phase=phase)
+
+    assert "phase" not in kernel(0).attributes and kernel(0).phase == 0
+    k3 = kernel(3)
+    assert k3.attributes["phase"].value.data == 3 and k3.phase == 3
+
+
+def test_negative_phase_is_refused():
+    text = SOURCE.replace('group = "g0"}', 'group = "g0", phase = -1 : i64}', 1)
+    with pytest.raises(AttncError, match="phase must be >= 0"):
+        parse_module(text)
