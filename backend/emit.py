@@ -159,7 +159,7 @@ class _Emitter:
         ]
         return bs.KernelConfig(ctx.kernel.value.data, ctx.sym_name.data, ctx.kind.data, inputs, outputs, constants,
                                buffers, [(n.data, int(t)) for n, t in zip(ctx.loops.data, ctx.trips.get_values())],
-                               body, ctx.cycles.value.data)  # fmt: skip
+                               body, ctx.cycles.value.data, phase=ctx.phase)  # fmt: skip
 
     def instr(self, op, ctx: ar.ContextOp, reg: dict[SSAValue, int], constants: list[tuple[int, int]]) -> bs.Instr:
         """One body op as an instruction; a constant's data goes to the CONSTANTS section (and, loaded by

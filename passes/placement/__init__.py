@@ -5,5 +5,6 @@
 - ``cpsat``: the OR-Tools CP-SAT placer and router.
 - ``heuristic``: the greedy placer that seeds CP-SAT and stands in for it with ``--heuristic-only``.
 - ``place_route``: the ``place-route`` pass, dataflow IR -> array IR.
+- ``sram``: a tile's SRAM need when kernels have SRAM phases (resident plus the largest phase).
 - ``report``, ``picture``: what ``attnc compile --report`` prints and draws.
 """

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from attnc.passes.placement.problem import Mapping, MappingInfeasible, MappingProblem, MappingStats
+from attnc.passes.placement.sram import sram_need
 from attnc.passes.placement.heuristic import (
     ArrayView,
     ProblemView,
@@ -215,10 +216,29 @@ def _packing_summary(av: ArrayView, pv: ProblemView, only: str | None = None) ->
     for kind in kinds:
         ks = [k for k in pv.kernels if k.kind == kind]
         tiles = av.of_kind[kind]
+        phased = any(k.phase for k in ks)
+        need = sram_need((k.buffer_bytes, k.phase) for k in ks)  # all on one tile: resident + largest phase
         parts.append(
-            f"{len(ks)} {kind} kernels needing {sum(k.buffer_bytes for k in ks)} B in {len(tiles)} tiles of"
-            f" {sum(av.contexts[t] for t in tiles)} contexts and {sum(av.sram[t] for t in tiles)} B")
+            f"{len(ks)} {kind} kernels needing {need} B{' (resident plus the largest SRAM phase)' if phased else ''}"
+            f" in {len(tiles)} tiles of {sum(av.contexts[t] for t in tiles)} contexts and"
+            f" {sum(av.sram[t] for t in tiles)} B")
     return "; ".join(parts)
+
+
+def _sram_limit(m: Any, terms: list[tuple[Any, int, int]], cap: int, fixed: Counter | dict) -> None:
+    """One tile's SRAM in a model: ``terms`` are (placement Boolean, buffer bytes, SRAM phase) of the kernels
+    that may go there, ``fixed`` the bytes per phase of those already there. Phase 0 holds its buffers all
+    the time and each phase p >= 1 reuses the others' addresses, so per p: phase 0 plus phase p fit; with
+    phase 0 only, one sum (the constraint the model always had)."""
+    from ortools.sat.python.cp_model import LinearExpr
+
+    phases = sorted({p for _v, _b, p in terms if p} | {p for p, b in fixed.items() if p and b})
+    resident = [(v, b) for v, b, p in terms if p == 0]
+    for p in phases or [0]:
+        part = resident + ([(v, b) for v, b, q in terms if q == p] if p else [])
+        if part:
+            m.add(LinearExpr.weighted_sum([v for v, _ in part], [b for _, b in part])
+                  <= cap - fixed.get(0, 0) - (fixed.get(p, 0) if p else 0))
 
 
 
@@ -247,7 +267,8 @@ def _pack(av: ArrayView, pv: ProblemView, seed: int, dtime: float) -> tuple[list
             for k, t in by_pattern.items():
                 place[k] = t
             continue
-        ks = sorted((i for i, k in enumerate(pv.kernels) if k.kind == kind), key=lambda i: (-pv.kernels[i].buffer_bytes, i))
+        ks = sorted((i for i, k in enumerate(pv.kernels) if k.kind == kind),
+                    key=lambda i: (-pv.kernels[i].buffer_bytes, pv.kernels[i].phase, i))
         tiles = av.of_kind.get(kind, [])
         m = cp_model.CpModel()
         x = {(k, t): m.new_bool_var("") for k in ks for t in tiles}
@@ -255,13 +276,13 @@ def _pack(av: ArrayView, pv: ProblemView, seed: int, dtime: float) -> tuple[list
             m.add_exactly_one(x[k, t] for t in tiles)
         for t in tiles:
             m.add(cp_model.LinearExpr.sum([x[k, t] for k in ks]) <= av.contexts[t])
-            m.add(cp_model.LinearExpr.weighted_sum([x[k, t] for k in ks], [pv.kernels[k].buffer_bytes for k in ks])
-                  <= av.sram[t])
-        # fewer equivalent packings to rule out: interchangeable kernels (same SRAM) take tiles in order,
-        # and, when the tiles are alike, the largest kernel takes the first
+            _sram_limit(m, [(x[k, t], pv.kernels[k].buffer_bytes, pv.kernels[k].phase) for k in ks], av.sram[t], {})
+        # fewer equivalent packings to rule out: interchangeable kernels (same SRAM and SRAM phase) take
+        # tiles in order, and, when the tiles are alike, the largest kernel takes the first
         index = {k: sum(i * x[k, t] for i, t in enumerate(tiles)) for k in ks}
         for a, b in zip(ks, ks[1:]):
-            if pv.kernels[a].buffer_bytes == pv.kernels[b].buffer_bytes:
+            ka, kb = pv.kernels[a], pv.kernels[b]
+            if (ka.buffer_bytes, ka.phase) == (kb.buffer_bytes, kb.phase):
                 m.add(index[a] <= index[b])
         if ks and len({(av.contexts[t], av.sram[t]) for t in tiles}) == 1:
             m.add(x[ks[0], tiles[0]] == 1)
@@ -277,9 +298,9 @@ def _pack(av: ArrayView, pv: ProblemView, seed: int, dtime: float) -> tuple[list
 
 
 def _pack_alike(av: ArrayView, pv: ProblemView, kind: str, seed: int, dtime: float):
-    """Packing one kind's kernels when its tiles are alike, by patterns: a pattern is a multiset of buffer
-    sizes one tile holds (within its contexts and SRAM), and the model only counts how many tiles take each
-    pattern -- small, and free of the tiles' symmetry, so CP-SAT proves infeasibility at once where the
+    """Packing one kind's kernels when its tiles are alike, by patterns: a pattern is a multiset of (buffer
+    size, SRAM phase) one tile holds (within its contexts and SRAM), and the model only counts how many tiles
+    take each pattern -- small, and free of the tiles' symmetry, so CP-SAT proves infeasibility at once where the
     one-hot model searches. Returns kernel -> tile, "infeasible", or None (tiles differ, too many patterns,
     or undecided)."""
     from itertools import combinations_with_replacement
@@ -290,14 +311,14 @@ def _pack_alike(av: ArrayView, pv: ProblemView, kind: str, seed: int, dtime: flo
     if not tiles or len({(av.contexts[t], av.sram[t]) for t in tiles}) != 1:
         return None
     ks = [i for i, k in enumerate(pv.kernels) if k.kind == kind]
-    need = Counter(pv.kernels[k].buffer_bytes for k in ks)
+    need = Counter((pv.kernels[k].buffer_bytes, pv.kernels[k].phase) for k in ks)
     sizes = sorted(need)
     ctx, sram = av.contexts[tiles[0]], av.sram[tiles[0]]
     patterns: list[Counter] = []
     for r in range(1, min(ctx, len(ks)) + 1):
         for combo in combinations_with_replacement(sizes, r):
             c = Counter(combo)
-            if sum(combo) <= sram and all(c[z] <= need[z] for z in c):
+            if sram_need(combo) <= sram and all(c[z] <= need[z] for z in c):
                 patterns.append(c)
                 if len(patterns) > PATTERN_LIMIT:
                     return None
@@ -311,7 +332,7 @@ def _pack_alike(av: ArrayView, pv: ProblemView, kind: str, seed: int, dtime: flo
         return "infeasible"
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
-    pool = {z: [k for k in ks if pv.kernels[k].buffer_bytes == z] for z in sizes}
+    pool = {z: [k for k in ks if (pv.kernels[k].buffer_bytes, pv.kernels[k].phase) == z] for z in sizes}
     out: dict[int, int] = {}
     free = iter(tiles)
     for p, var in zip(patterns, y):
@@ -402,12 +423,13 @@ class _Solver:
             on_tile[t].append(k)
 
         # Fixed usage by kernels outside the window.
-        fctx, fsram, fbusy = Counter(), Counter(), Counter()
+        fctx, fbusy = Counter(), Counter()
+        fsram: dict[int, Counter] = defaultdict(Counter)  # tile -> SRAM phase -> bytes
         if st is not None:
             for k, t in enumerate(st.place):
                 if k not in free_set:
                     fctx[t] += 1
-                    fsram[t] += pv.kernels[k].buffer_bytes
+                    fsram[t][pv.kernels[k].phase] += pv.kernels[k].buffer_bytes
                     for j, w in pv.w_int[k]:
                         fbusy[t, j] += w
         fixed_top = [self.top_lb[j] for j in range(len(pv.len_int))]
@@ -417,7 +439,8 @@ class _Solver:
         for t, ks in on_tile.items():
             xs = [x[k, t] for k in ks]
             m.add(LinearExpr.sum(xs) <= av.contexts[t] - fctx[t])
-            m.add(LinearExpr.weighted_sum(xs, [pv.kernels[k].buffer_bytes for k in ks]) <= av.sram[t] - fsram[t])
+            _sram_limit(m, [(x[k, t], pv.kernels[k].buffer_bytes, pv.kernels[k].phase) for k in ks], av.sram[t],
+                        fsram.get(t, {}))
             for j in range(len(pv.len_int)):
                 parts = [(x[k, t], w) for k in ks for jj, w in pv.w_int[k] if jj == j and w > 0]
                 if parts:
@@ -733,7 +756,7 @@ def interchangeable_groups(pv: ProblemView) -> list[list[list[int]]]:
 
     def role(ki: int):
         k = pv.kernels[ki]
-        return (k.pipeline[1] if k.pipeline else -1, k.kind, k.buffer_bytes, k.cycles, pv.w_int[ki])
+        return (k.pipeline[1] if k.pipeline else -1, k.kind, k.buffer_bytes, k.cycles, pv.w_int[ki], k.phase)
 
     for g in groups:
         groups[g].sort(key=lambda ki: (role(ki), ki))

@@ -29,6 +29,7 @@ from attnc.passes.placement.problem import (
     pigeonhole,
 )
 from attnc.passes.placement.phases import phases_of
+from attnc.passes.placement.sram import SramUse
 
 # Integer resolution of the CP-SAT model: a link's capacity is RATE_STEPS units,
 # a stream's bytes at most BYTE_STEPS units, the schedule's length plus all the
@@ -311,14 +312,13 @@ def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
     n = len(pv.kernels)
     place = [-1] * n
     ctx = [0] * len(av.pos)
-    sram = [0] * len(av.pos)
+    sram = SramUse.of(av.sram, pv.kernels)
     busy = _Busy(pv, len(av.pos))
     for ki in _order(pv):
-        k = pv.kernels[ki]
         tops = {j: busy.top(j) for j, _w in pv.w_int[ki]}
         best, best_cost = -1, None
         for t in pv.cand[ki]:
-            if ctx[t] >= av.contexts[t] or sram[t] + k.buffer_bytes > av.sram[t]:
+            if ctx[t] >= av.contexts[t] or not sram.fits(t, ki):
                 continue
             cost = 0
             for si in pv.incident[ki]:
@@ -333,7 +333,7 @@ def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
             return _first_fit_decreasing(av, pv)
         place[ki] = best
         ctx[best] += 1
-        sram[best] += k.buffer_bytes
+        sram.add(best, ki)
         busy.add(ki, best, 1)
     return place
 
@@ -342,16 +342,15 @@ def _first_fit_decreasing(av: ArrayView, pv: ProblemView) -> list[int] | None:
     """Packing without locality, for when the greedy order strands a kernel."""
     place = [-1] * len(pv.kernels)
     ctx = [0] * len(av.pos)
-    sram = [0] * len(av.pos)
+    sram = SramUse.of(av.sram, pv.kernels)
     for ki in sorted(range(len(pv.kernels)), key=lambda i: (-pv.kernels[i].buffer_bytes, i)):
-        k = pv.kernels[ki]
-        fits = [t for t in pv.cand[ki] if ctx[t] < av.contexts[t] and sram[t] + k.buffer_bytes <= av.sram[t]]
+        fits = [t for t in pv.cand[ki] if ctx[t] < av.contexts[t] and sram.fits(t, ki)]
         if not fits:
             return None
-        t = min(fits, key=lambda t: (av.sram[t] - sram[t] - k.buffer_bytes, t))
+        t = min(fits, key=lambda t: (sram.left(t, ki), t))  # best fit: the least room left
         place[ki] = t
         ctx[t] += 1
-        sram[t] += k.buffer_bytes
+        sram.add(t, ki)
     return place
 
 
@@ -374,11 +373,10 @@ class _Annealer:
         self.av, self.pv, self.place, self.rng = av, pv, place, rng
         n = len(pv.kernels)
         self.ctx = [0] * len(av.pos)
-        self.sram = [0] * len(av.pos)
+        self.sram = SramUse.of(av.sram, pv.kernels, place)
         self.on_tile: list[list[int]] = [[] for _ in av.pos]
         for ki, t in enumerate(place):
             self.ctx[t] += 1
-            self.sram[t] += pv.kernels[ki].buffer_bytes
             self.on_tile[t].append(ki)
         # Tile pressure: the stream rates of its kernels against the capacity of its
         # links. Byte-hops alone pile kernels with heavy streams onto one corner tile.
@@ -418,15 +416,14 @@ class _Annealer:
             t_new = pv.cand[ki][rng.randrange(len(pv.cand[ki]))]
             if t_new == t_old:
                 continue
-            k = pv.kernels[ki]
-            if self.ctx[t_new] < self.av.contexts[t_new] and self.sram[t_new] + k.buffer_bytes <= self.av.sram[t_new]:
+            if self.ctx[t_new] < self.av.contexts[t_new] and self.sram.fits(t_new, ki):
                 self.move(ki, t_old, t_new, temp)
             else:  # tile full: swap with a kernel of the same kind already there
                 self.swap(ki, t_old, t_new, temp)
         return self.place
 
     def move(self, ki: int, t_old: int, t_new: int, temp: float) -> None:
-        io, bb = self.io[ki], self.pv.kernels[ki].buffer_bytes
+        io = self.io[ki]
         delta = self.local(ki, t_new) - self.local(ki, t_old)
         delta += self.over(t_new, io) + self.over(t_old, -io) - self.over(t_new) - self.over(t_old)
         delta += self.wm * self.busy.move_cost([(ki, t_old, t_new)])
@@ -438,8 +435,8 @@ class _Annealer:
             self.place[ki] = t_new
             self.ctx[t_old] -= 1
             self.ctx[t_new] += 1
-            self.sram[t_old] -= bb
-            self.sram[t_new] += bb
+            self.sram.add(t_old, ki, -1)
+            self.sram.add(t_new, ki)
             self.on_tile[t_old].remove(ki)
             self.on_tile[t_new].append(ki)
 
@@ -448,9 +445,8 @@ class _Annealer:
         if not others:
             return
         kj = others[self.rng.randrange(len(others))]
-        bi, bj = self.pv.kernels[ki].buffer_bytes, self.pv.kernels[kj].buffer_bytes
-        sram, cap = self.sram, self.av.sram
-        if sram[t_new] - bj + bi > cap[t_new] or sram[t_old] - bi + bj > cap[t_old]:
+        sram = self.sram
+        if not (sram.fits_exchange(t_new, kj, ki) and sram.fits_exchange(t_old, ki, kj)):
             return
         place = self.place
         before = self.local(ki, t_old) + self.local(kj, t_new, skip=ki)
@@ -465,8 +461,9 @@ class _Annealer:
                 self.busy.add(k, b, 1)
             self.pressure[t_new] += shift
             self.pressure[t_old] -= shift
-            sram[t_new] += bi - bj
-            sram[t_old] += bj - bi
+            for k, a, b in ((ki, t_old, t_new), (kj, t_new, t_old)):
+                sram.add(a, k, -1)
+                sram.add(b, k)
             self.on_tile[t_new][self.on_tile[t_new].index(kj)] = ki
             self.on_tile[t_old][self.on_tile[t_old].index(ki)] = kj
         else:
@@ -545,16 +542,14 @@ def relieve(av: ArrayView, pv: ProblemView, place: list[int], routes: list[list[
         on_hot = [si for si, path in enumerate(routes)
                   if any(av.link_index[(a, b)] == hot for a, b in zip(path, path[1:]))]
         ctx = [0] * len(av.pos)
-        sram = [0] * len(av.pos)
         for ki, t in enumerate(place):
             ctx[t] += 1
-            sram[t] += pv.kernels[ki].buffer_bytes
+        sram = SramUse.of(av.sram, pv.kernels, place)
         busy = _Busy(pv, len(av.pos), place)
         best = None
         for ki in sorted({pv.src[si] for si in on_hot} | {pv.dst[si] for si in on_hot}):
             here = place[ki]
-            near = sorted((t for t in pv.cand[ki] if t != here and ctx[t] < av.contexts[t]
-                           and sram[t] + pv.kernels[ki].buffer_bytes <= av.sram[t]),
+            near = sorted((t for t in pv.cand[ki] if t != here and ctx[t] < av.contexts[t] and sram.fits(t, ki)),
                           key=lambda t: (av.dist[here][t], t))[:8]
             mine = pv.incident[ki]
             for si in mine:

@@ -188,23 +188,28 @@ class _ConfigBuilder:
             self.address = _align(self.address + nbytes(v.type))
 
     def tiles(self) -> None:
-        """One ``array.tile`` per used tile (row-major), its kernels' contexts stacked in its SRAM."""
+        """One ``array.tile`` per used tile (row-major), its kernels' contexts stacked in its SRAM: the
+        phase-0 (resident) buffers from address 0, then each SRAM phase p >= 1's from the top of those again,
+        so that phases, which never hold their buffers at the same time, share addresses."""
         by_tile: dict[tuple[int, int], list[df.KernelOp]] = {}
         for k in self.p.kernels:
             by_tile.setdefault(self.p.mapping.placement[k.sym_name.data], []).append(k)
         for (x, y), placed in sorted(by_tile.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             tile_block = Block()
-            sram = 0
+            resident = sum(k.buffer_bytes.value.data for k in placed if k.phase == 0)
+            top: dict[int, int] = {0: 0}  # SRAM phase -> next free address
             for k in placed:
-                tile_block.add_op(self._context(k, sram))
-                sram += k.buffer_bytes.value.data
+                address = top.setdefault(k.phase, resident)
+                tile_block.add_op(self._context(k, address))
+                top[k.phase] = address + k.buffer_bytes.value.data
             attributes = {"sym_name": StringAttr(f"t{x}_{y}"), "x": IntegerAttr(x, 64), "y": IntegerAttr(y, 64),
                           "kind": StringAttr(self.p.arch.tile(x, y).kind)}  # fmt: skip
             self.block.add_op(ar.TileOp.build(attributes=attributes, regions=[Region(tile_block)]))
 
     def _context(self, k: df.KernelOp, sram: int) -> ar.ContextOp:
-        """Kernel ``k`` as a context of its tile, its work buffer at ``sram``."""
+        """Kernel ``k`` as a context of its tile, its work buffer at ``sram``, with its SRAM phase."""
         stream_of = self.p.stream_of
+        phase = {"phase": IntegerAttr(k.phase, 64)} if k.phase else {}  # absent: 0, as on the kernel
         return ar.ContextOp.build(
             attributes={
                 "sym_name": k.sym_name,
@@ -221,6 +226,7 @@ class _ConfigBuilder:
                 "cycles": k.cycles,
                 "macs": k.macs,
                 "tokens": k.tokens,
+                **phase,
             },
             regions=[k.body.clone()],
         )
@@ -366,7 +372,8 @@ def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int],
     problem = MappingProblem(
         kernels=[
             KernelSpec(k.sym_name.data, k.tile_kind.data, k.buffer_bytes.value.data, max(1, k.cycles.value.data),
-                       k.group.data if k.group else "", window=windows[i] if windows else None)  # fmt: skip
+                       k.group.data if k.group else "", window=windows[i] if windows else None,
+                       phase=k.phase)  # fmt: skip
             for i, k in enumerate(kernels)
         ],
         streams=[
@@ -435,7 +442,7 @@ def mapping_from_config(config: ar.ConfigOp, arch) -> tuple[MappingProblem, Mapp
             names[ctx.kernel.value.data] = name
             placement[name] = pos
             kernels.append(KernelSpec(name, arch.tile(*pos).kind, sum(int(s) for s in ctx.buffer_sizes.get_values()),
-                                      ctx.cycles.value.data))  # fmt: skip
+                                      ctx.cycles.value.data, phase=ctx.phase))  # fmt: skip
     streams, routes = [], {}
     for r in (o for o in config.body.block.ops if isinstance(o, ar.RouteOp)):
         streams.append(StreamSpec(r.sym_name.data, names[r.src.value.data], names[r.dst.value.data],

@@ -13,7 +13,7 @@ it on the mapper's output check the mapper independently.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,7 +30,9 @@ class KernelSpec:
     """A tile-sized unit of work that must sit on one tile of kind ``kind``. ``window``: when it runs
     (start, finish cycles) in the graph's schedule with a tile of its own, which tells the placer which
     kernels may share a tile at no cost (``attnc.passes.placement.phases``); None: unknown, every kernel
-    is taken as running all the time."""
+    is taken as running all the time. ``phase``: its SRAM phase (not a phase of the schedule): 0 holds its
+    buffers for the whole run; on a tile, kernels of different phases p >= 1 reuse the same SRAM, so a
+    tile needs its phase-0 buffers plus, for each p >= 1, its phase-p buffers (``attnc.passes.placement.sram``)."""
 
     name: str
     kind: str
@@ -39,6 +41,7 @@ class KernelSpec:
     group: str = ""
     pipeline: tuple[str, int] | None = None
     window: tuple[float, float] | None = None
+    phase: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ def validate(problem: MappingProblem, arch: Arch, mapping: Mapping) -> list[str]
         errors.append("problem has duplicate kernel names")
 
     used_ctx: dict[Pos, list[str]] = defaultdict(list)
-    used_sram: dict[Pos, int] = defaultdict(int)
+    used_sram: dict[tuple[Pos, int], int] = defaultdict(int)  # (tile, SRAM phase) -> bytes
+    named: dict[tuple[Pos, int], list[str]] = defaultdict(list)
     for k in problem.kernels:
         pos = mapping.placement.get(k.name)
         if pos is None:
@@ -164,7 +168,8 @@ def validate(problem: MappingProblem, arch: Arch, mapping: Mapping) -> list[str]
         if tile.kind != k.kind:
             errors.append(f"kernel '{k.name}' needs a {k.kind} tile, placed on {tile.kind} tile {pos}")
         used_ctx[pos].append(k.name)
-        used_sram[pos] += k.buffer_bytes
+        used_sram[pos, k.phase] += k.buffer_bytes
+        named[pos, k.phase].append(k.name)
     for name in mapping.placement:
         if name not in kernels:
             errors.append(f"placement names unknown kernel '{name}'")
@@ -172,8 +177,18 @@ def validate(problem: MappingProblem, arch: Arch, mapping: Mapping) -> list[str]
         tile = tiles[pos]
         if len(names) > tile.contexts:
             errors.append(f"tile {pos} runs {len(names)} kernels, it has {tile.contexts} contexts: {_names(names)}")
-        if used_sram[pos] > tile.sram_bytes:
-            errors.append(f"tile {pos} needs {used_sram[pos]} B of SRAM, it has {tile.sram_bytes}: {_names(names)}")
+        # phase 0 holds its buffers all the time; each phase p >= 1 holds its own on top of them, and
+        # reuses the addresses of the other nonzero phases
+        resident = used_sram.get((pos, 0), 0)
+        if resident > tile.sram_bytes:
+            errors.append(f"tile {pos} needs {resident} B of SRAM, it has {tile.sram_bytes}: {_names(named[pos, 0])}")
+            continue
+        for p in sorted({p for (q, p) in used_sram if q == pos and p != 0}):
+            if resident + used_sram[pos, p] > tile.sram_bytes:
+                errors.append(
+                    f"tile {pos} needs {resident + used_sram[pos, p]} B of SRAM in phase {p} ({resident} B resident"
+                    f" + {used_sram[pos, p]} B of phase {p}), it has {tile.sram_bytes}:"
+                    f" {_names(named[pos, 0] + named[pos, p])}")
 
     loads: dict[tuple[Pos, Pos], float] = defaultdict(float)
     users: dict[tuple[Pos, Pos], list[str]] = defaultdict(list)
@@ -263,18 +278,29 @@ def _tile_reasons(by_kind: dict[str, list[KernelSpec]], arch: Arch) -> list[str]
             )
         if len(too_big) > 3:
             reasons.append(f"{len(too_big) - 3} more {kind} kernels need more SRAM than any {kind} tile has")
-        # kernels needing more than half the SRAM of every tile they fit cannot share one: one tile each
+        # kernels needing more than half the SRAM of every tile they fit cannot share one (unless they are of
+        # different SRAM phases >= 1): a phase-0 one takes a tile alone, the others one per phase and tile
         halves = [k for k in ks if all(2 * k.buffer_bytes > t.sram_bytes for t in tiles if t.sram_bytes >= k.buffer_bytes)]
-        if not too_big and len(halves) > len(tiles):
+        by_phase = Counter(k.phase for k in halves)
+        apart = by_phase.pop(0, 0) + max(by_phase.values(), default=0)
+        if not too_big and apart > len(tiles):
+            phased = " of one SRAM phase" if by_phase else ""
             reasons.append(
-                f"{len(halves)} {kind} kernels each need more than half a {kind} tile's SRAM, so no two share a tile,"
+                f"{apart} {kind} kernels{phased} each need more than half a {kind} tile's SRAM, so no two share a tile,"
                 f" but {arch.name} has {len(tiles)} {kind} tiles: {_names([k.name for k in halves])}"
             )
-        total, cap = sum(k.buffer_bytes for k in ks), sum(t.sram_bytes for t in tiles)
+        # every tile holds its phase-0 buffers and its largest phase's: together, at least the phase-0 total
+        # and the largest phase's total
+        per_phase = Counter()
+        for k in ks:
+            per_phase[k.phase] += k.buffer_bytes
+        resident = per_phase.pop(0, 0)
+        total, cap = resident + max(per_phase.values(), default=0), sum(t.sram_bytes for t in tiles)
         if not too_big and total > cap:
+            which = " (resident plus the largest SRAM phase)" if per_phase else ""
             reasons.append(
-                f"{kind} kernels need {_kib(total)} of SRAM together, the {len(tiles)} {kind} tiles have {_kib(cap)}"
-                f" (over by {_kib(total - cap)}): {_names(kn)}"
+                f"{kind} kernels need {_kib(total)} of SRAM together{which}, the {len(tiles)} {kind} tiles have"
+                f" {_kib(cap)} (over by {_kib(total - cap)}): {_names(kn)}"
             )
     return reasons
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from attnc.passes.placement.problem import Mapping, MappingProblem
+from attnc.passes.placement.sram import sram_need
 
 
 def _pct(a: float, b: float) -> str:
@@ -28,11 +29,14 @@ def format_mapping_report(config, arch, problem: MappingProblem, mapping: Mappin
     used_tiles: dict[str, set] = defaultdict(set)
     ctx_used: Counter[str] = Counter()
     sram_used: Counter[str] = Counter()
+    buffers: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
     for k in problem.kernels:
         pos = mapping.placement[k.name]
         used_tiles[k.kind].add(pos)
         ctx_used[k.kind] += 1
-        sram_used[k.kind] += k.buffer_bytes
+        buffers[k.kind, pos].append((k.buffer_bytes, k.phase))
+    for (kind, _pos), held in buffers.items():  # SRAM phases on a tile share addresses
+        sram_used[kind] += sram_need(held)
     lines.append(f"  {'tile kind':<10} {'kernels':>7} {'tiles used':>12} {'contexts':>14} {'SRAM used':>18}")
     for kind in kinds:
         tiles = arch.tiles_of(kind)
