@@ -115,3 +115,56 @@ def test_pipeline_text_is_escaped_in_messages() -> None:
     with pytest.raises(AttncError) as info:
         parse_pipeline("canonicalize,no\u202esuch\npass")
     assert "\n" not in str(info.value) and "\u202e" not in str(info.value)
+
+
+def _phased_kernel(res: str, name: str, src: str, kind: str, tile_kind: str, size: int, phase: int = 0) -> str:
+    """One dataflow kernel over a tensor<16xf32> stream: a DMA kernel passes it on, any other takes its exp."""
+    attrs = (f'kind = "{kind}", tile_kind = "{tile_kind}", loops = ["rows"], trips = array<i64: 1>, '
+             f"tile = array<i64: 16>, buffer_bytes = {size} : i64, cycles = 16 : i64, macs = 0 : i64, "
+             f"tokens = array<i64: 1>" + (f", phase = {phase} : i64" if phase else ""))
+    body = ("      dataflow.yield %v : tensor<16xf32>\n" if tile_kind == "dma" else
+            "      %e = sparse.exp %v : tensor<16xf32> -> tensor<16xf32>\n      dataflow.yield %e : tensor<16xf32>\n")
+    return (f'    %{res} = dataflow.kernel "{name}"(%{src}) attributes {{{attrs}}} : (tensor<16xf32>) -> tensor<16xf32> {{\n'
+            f"    ^bb0(%v: tensor<16xf32>):\n{body}    }}\n")
+
+
+def test_sram_phases_share_addresses_on_the_tile_and_in_the_bitstream(tmp_path):
+    """A resident kernel and two SRAM phases over a tile's SRAM together, on the only compute tile: the
+    resident buffer from address 0, each phase's from its top again (phase 1's two kernels stacked), so the
+    phases overlap; contexts and bitstream records carry the phases."""
+    from attnc.arch import preset_text
+    from attnc.backend import bitstream as bs
+    from attnc.backend.emit import emit_bitstream
+    from attnc.passes.placement.place_route import PlaceRoutePass
+
+    one = tmp_path / "one.yaml"  # tiny with a single compute tile
+    one.write_text(preset_text("tiny").replace("  - B C C S\n  - M C C D", "  - B C S S\n  - M M M D"))
+    arch = load_arch(str(one))
+    assert len(arch.tiles_of("compute")) == 1
+    q = arch.tiles_of("compute")[0].sram_bytes // 4
+    kernels = [("l", "load_x", "x", "dma_load", "dma", 128, 0), ("r", "resident", "l", "elementwise", "compute", q, 0),
+               ("a", "phase1_a", "l", "elementwise", "compute", 2 * q, 1),
+               ("a2", "phase1_b", "a", "elementwise", "compute", q, 1),
+               ("s", "spill", "a2", "dma_spill", "dma", 128, 0),
+               ("b", "phase2", "s", "elementwise", "compute", 3 * q, 2),
+               ("y", "store_y", "b", "dma_store", "dma", 128, 0), ("z", "store_z", "r", "dma_store", "dma", 128, 0)]
+    text = ("builtin.module {\n  func.func @main(%x: tensor<16xf32>) -> (tensor<16xf32>, tensor<16xf32>) {\n"
+            + "".join(_phased_kernel(*k) for k in kernels)
+            + "    func.return %y, %z : tensor<16xf32>, tensor<16xf32>\n  }\n}\n")
+    module = parse_module(text)
+    run_pipeline(module, [PlaceRoutePass(arch=str(one), time_limit=1.0)])
+    (config,) = [o for o in module.walk() if isinstance(o, ar.ConfigOp)]
+    problem, mapping = mapping_from_config(config, arch)
+    assert validate(problem, arch, mapping) == []
+    assert {k.name: k.phase for k in problem.kernels if k.phase} == {"phase1_a": 1, "phase1_b": 1, "phase2": 2}
+    ctx = {o.sym_name.data: o for o in module.walk() if isinstance(o, ar.ContextOp)}
+    assert [ctx[n].phase for n in ("resident", "phase1_a", "phase1_b", "phase2")] == [0, 1, 1, 2]
+    assert "phase" not in ctx["resident"].attributes  # absent when 0, as on the kernel
+    assert print_module(parse_module(print_module(module))) == print_module(module)
+
+    b = emit_bitstream(module, arch)
+    assert bs.decode(bs.encode(b), expect_arch=arch) == b
+    (tile,) = [t for t in b.tiles if t.kind == "compute"]
+    spans = {c.name: (c.phase, [(buf.address, buf.address + buf.size) for buf in c.buffers]) for c in tile.contexts}
+    assert spans == {"resident": (0, [(0, q)]), "phase1_a": (1, [(q, 3 * q)]), "phase1_b": (1, [(3 * q, 4 * q)]),
+                     "phase2": (2, [(q, 4 * q)])}
