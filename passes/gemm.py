@@ -82,14 +82,16 @@ def _steps(n: int, unit: int) -> list[int]:
 
 
 def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, budget: int, a_dram: bool,
-                col_unit: int = 1) -> GemmGrid | None:
+                col_unit: int = 1, col_width: int = 0) -> GemmGrid | None:
     """The cheapest grid of at most ``parts`` parts whose buffers fit ``budget`` bytes, or None.
 
     A part of ``Mi x Nj`` outputs in ``mt x nt`` sub-blocks takes ``mt * nt * ceil(mb/rows) * ceil(nb/cols)
     * K`` MAC-array cycles; DRAM carries the weight ``mt`` times, ``a`` ``nt`` times when a load re-sends it
     (else once, or not at all when it is made on chip) and ``y`` once; the links of a row chain carry the
     row strip ``nt`` times, those of a column chain the weight block ``mt`` times. The prediction is the
-    largest of the three times. Column blocks are multiples of ``col_unit`` (whole heads of a projection)."""
+    largest of the three times. Column blocks are multiples of ``col_unit`` (whole heads of a projection) and,
+    with ``col_width`` (the width of each GEMM merged into this one), never straddle two merged GEMMs, so that
+    an epilogue of one of them (its bias add) joins the parts that make it."""
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
     link = max(arch.noc.link_bytes_per_cycle, 1)
@@ -103,6 +105,8 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
             cols = {c for c in range(1, units + 1) if units % c == 0 and r * c <= parts}
         for c in sorted(cols):
             if r * c > parts or (n // c) < 1 or (n // c) % col_unit or n % c and col_unit > 1:
+                continue
+            if col_width and col_width % (n // c) and (n // c) % col_width:
                 continue
             mi, nj = -(-m // r), -(-n // c)
             for mb in _steps(mi, mr):
@@ -218,7 +222,53 @@ def merge_shared_lhs(fn: func.FuncOp) -> dict[sp.MatmulOp, int]:
                 rhs.detach()
                 rhs.erase()
         out[mm] = int(np.gcd.reduce([w.shape[1] for w in weights]))
+        _merge_biases(mm)
     return out
+
+
+def _bias(piece: sp.SliceOp) -> sp.AddOp | None:
+    """The add of a constant vector along the last axis that is the only reader of a merged GEMM's slice."""
+    uses = list(piece.result.uses)
+    if len(uses) != 1 or not isinstance(add := uses[0].operation, sp.AddOp):
+        return None
+    other = add.operands[1 - uses[0].index]
+    width = sp.shape_of(piece.result)[-1]
+    if not isinstance(other.owner, sp.ConstantOp) or list(sp.shape_of(other)) != [width] or add.result.type != piece.result.type:
+        return None
+    return add
+
+
+def _merge_biases(mm: sp.MatmulOp) -> None:
+    """Q, K and V each add their bias after the merged GEMM's slice: one add of the biases side by side on the
+    merged result instead, before the slices, so that it runs as the grid parts' epilogue (three adds on the
+    slices would straddle the parts, or each take a kernel of their own)."""
+    pieces = [u.operation for u in mm.result.uses]
+    adds = [_bias(p) if isinstance(p, sp.SliceOp) else None for p in pieces]
+    if not adds or any(a is None for a in adds):
+        return
+    order = sorted(zip(pieces, adds), key=lambda pa: list(pa[0].starts.get_values())[-1])
+    lo = 0
+    for piece, _ in order:  # the slices tile the columns, in order
+        if list(piece.starts.get_values())[-1] != lo:
+            return
+        lo = list(piece.ends.get_values())[-1]
+    if lo != sp.shape_of(mm.result)[-1]:
+        return
+    consts = [next(o for o in a.operands if isinstance(o.owner, sp.ConstantOp)) for _, a in order]
+    values = np.concatenate([to_numpy(c.owner.value) for c in consts])
+    bias = sp.ConstantOp(from_numpy(np.ascontiguousarray(values), sp.elt_of(consts[0])))
+    add = sp.AddOp(mm.result, bias.result)
+    block = mm.parent_block()
+    block.insert_ops_after([bias, add], mm)
+    for piece, old in order:
+        piece.operands[0] = add.result
+        old.result.replace_all_uses_with(piece.result)
+        old.detach()
+        old.erase()
+    for c in consts:
+        if not c.uses:
+            c.owner.detach()
+            c.owner.erase()
 
 
 def unmerge(mm: sp.MatmulOp) -> None:
@@ -227,15 +277,30 @@ def unmerge(mm: sp.MatmulOp) -> None:
     weight = to_numpy(mm.rhs.owner.value)
     elt = sp.elt_of(mm.rhs)
     block = mm.parent_block()
-    for use in list(mm.result.uses):
+    # biases merged by _merge_biases: each part adds its own again
+    merged_add = next((u.operation for u in mm.result.uses if isinstance(u.operation, sp.AddOp)), None)
+    bias = None
+    if merged_add is not None:
+        bias_op = next(o.owner for o in merged_add.operands if isinstance(o.owner, sp.ConstantOp))
+        bias = to_numpy(bias_op.value)
+    for use in list((merged_add or mm).results[0].uses):
         piece = use.operation
         lo, hi = list(piece.starts.get_values())[-1], list(piece.ends.get_values())[-1]
         const = sp.ConstantOp(from_numpy(np.ascontiguousarray(weight[:, lo:hi]), elt))
         part = sp.MatmulOp(mm.lhs, const.result)
-        block.insert_ops_before([const, part], piece)
-        piece.result.replace_all_uses_with(part.result)
+        new = [const, part]
+        if bias is not None:
+            b = sp.ConstantOp(from_numpy(np.ascontiguousarray(bias[lo:hi]), sp.elt_of(merged_add.results[0])))
+            new += [b, sp.AddOp(part.result, b.result)]
+        block.insert_ops_before(new, piece)
+        piece.result.replace_all_uses_with(new[-1].results[0])
         piece.detach()
         piece.erase()
+    if merged_add is not None:
+        merged_add.detach()
+        merged_add.erase()
+        bias_op.detach()
+        bias_op.erase()
     rhs = mm.rhs.owner
     mm.detach()
     mm.erase()
@@ -273,13 +338,17 @@ def _a_from_dram(op: sp.MatmulOp) -> bool:
 
 def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reserved_compute: int = 0,
                gemms: list[sp.MatmulOp] | None = None, heads: dict | None = None, members: int = 0,
-               dma_free: int | None = None, part_cap: int | None = None) -> GemmPlans:
+               dma_free: int | None = None, part_cap: int | None = None, shared: bool = False,
+               widths: dict | None = None) -> GemmPlans:
     """Choose the grid of each of ``gemms`` (default: every :func:`splittable` one). ``reserved_compute``
     counts the compute contexts the other kernels take (a context share of SRAM each), ``members`` the
     attention members, ``used_sram`` the SRAM those claim, ``dma_free`` the DMA contexts left to the
     GEMMs' weight loads (default: all); ``heads`` maps a GEMM that feeds or reads an attention to its head width
     (its column blocks hold whole heads); ``part_cap`` the most SRAM a part may claim (what attention members
-    on every tile leave)."""
+    on every tile leave). ``shared``: phases share SRAM (each phase has the whole ``room``) and every GEMM's
+    left operand comes from DRAM (a load or a spill between phases), so a part may re-read its row strip.
+    ``widths`` maps a merged GEMM to the width of each GEMM merged into it (see :func:`grid_search`)."""
+    widths = widths or {}
     heads = heads or {}
     gemms = [op for op in fn.body.block.ops if splittable(op)] if gemms is None else gemms
     if not gemms or parts == 1:
@@ -295,10 +364,11 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
     # an eighth of the SRAM left as headroom: the placer packs whole kernels into tiles (bins), not bytes
     room = sum(t.sram_bytes for t in computes) * 7 // 8 - used_sram - max(reserved_compute, 0) * ctx_share
     options = {g: [(grid, budget) for grid, budget in
-                   _options(g, i, arch, tiles if parts < 1 else parts, ctx_share, tile, heads.get(g, 1))
+                   _options(g, i, arch, tiles if parts < 1 else parts, ctx_share, tile, heads.get(g, 1), shared,
+                            widths.get(g, 0))
                    if part_cap is None or budget <= part_cap]
                for i, g in enumerate(gemms)}  # fmt: skip
-    chosen = _allocate(options, level, tiles, free, room, tile.sram_bytes, dma_free)
+    chosen = _allocate(options, level, tiles, free, room, tile.sram_bytes, dma_free, shared)
     out = GemmPlans()
     for i, g in enumerate(gemms):
         if g not in chosen:
@@ -317,7 +387,8 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
     return out
 
 
-def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_unit: int) -> list[tuple[GemmGrid, int]]:
+def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_unit: int,
+             a_dram: bool = False, col_width: int = 0) -> list[tuple[GemmGrid, int]]:
     """A GEMM's candidate (grid, SRAM budget per part): at most 1, 2, 4, ... ``most`` parts, each with one to
     all of its tile's context shares of SRAM."""
     a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
@@ -327,18 +398,21 @@ def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_
     for parts in _steps(most, 1):
         for j in range(1, max(tile.contexts, 1) + 1):
             budget = ctx_share * j
-            grid = grid_search(f"gemm{i}", m, a[-1], w[1], eb, arch, parts, budget, _a_from_dram(g), col_unit)
+            grid = grid_search(f"gemm{i}", m, a[-1], w[1], eb, arch, parts, budget, a_dram or _a_from_dram(g),
+                               col_unit, col_width)  # fmt: skip
             if grid is not None:
                 out.append((grid, budget))
     return out
 
 
-def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram: int, dma_free: int) -> dict:
+def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram: int, dma_free: int,
+              shared: bool = False) -> dict:
     """Each GEMM's option, greedily: from the smallest SRAM footprint (parts x budget) each, take the upgrade
     that saves the most predicted cycles per byte while the parts fit the free contexts and the footprints
     the SRAM ``room``. GEMMs of one phase with the same shapes (Q, K and V) move together. The time predicted
     is the sum over phases of the phase's time: its slowest GEMM, or its GEMMs' tile-cycles spread over the
-    tiles, if more (GEMMs of a phase share tiles through contexts)."""
+    tiles, if more (GEMMs of a phase share tiles through contexts). ``shared``: the footprints of each phase
+    (not of all) fit the room, and parts of different phases may share a tile."""
     classes: dict[tuple, list] = {}
     for g, opts in options.items():
         if opts:
@@ -360,12 +434,13 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
                    for gs in by.values())  # fmt: skip
 
     def fits(ch: dict) -> bool:
-        # parts over half a tile each need a tile of their own
-        alone = sum(o[0].rows * o[0].cols for o in ch.values() if 2 * o[1] > sram)
+        # parts over half a tile each need a tile of their own (sharing SRAM: within their phase)
+        by = [[o for g, o in ch.items() if level[g] == lv] for lv in set(level[g] for g in ch)] if shared else [list(ch.values())]
+        alone = max((sum(o[0].rows * o[0].cols for o in os if 2 * o[1] > sram) for os in by), default=0)
         # a weight block per column is a DMA load of its own (a GEMM left whole keeps one)
         loads = sum(o[0].cols for o in ch.values()) + len(options) - len(ch)
         return (sum(o[0].rows * o[0].cols for o in ch.values()) <= free and alone <= tiles
-                and sum(foot(o) for o in ch.values()) <= room and loads <= dma_free)  # fmt: skip
+                and max((sum(foot(o) for o in os) for os in by), default=0) <= room and loads <= dma_free)  # fmt: skip
 
     def used(ch: dict) -> int:
         return sum(foot(o) for o in ch.values())

@@ -35,6 +35,7 @@ from attnc.passes.target import TargetPass
 from attnc.passes.concat_folds import fold_concats
 from attnc.passes.fuse_attention import masked_softmax, scaled_scores
 from attnc.passes.kernel_builder import KernelBuilder, splat
+from attnc.passes.sram_phases import SHARE_ATTR, assign_phases
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, ModuleOp, StringAttr
@@ -322,6 +323,8 @@ class LowerToDataflowPass(TargetPass):
         # a kernel that reads some of a GEMM's parts (a member one head of a projection) reads only those
         fold_concats(fn.body)
         _Partitioner(fn, arch).run()
+        if fn.attributes.pop(SHARE_ATTR, None) is not None:
+            assign_phases(fn, arch)
         stream_fused_inputs(fn)
         stream_butterfly_chains(fn)
         stream_gemm_grids(fn)
@@ -386,16 +389,16 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
         # a load, or a spill of K/V computed on chip (written once, read back once per pass)
         if k.kind.data not in ("dma_load", "dma_spill") or not k.outputs:
             continue
-        users = consumers.get(k.outputs[0], [])
+        users = [u for r in k.outputs for u in consumers.get(r, [])]
         if not users or any(u.kind.data != "attention" and u.tile_kind.data != "memory" for u, _ in users):
             continue
         bursts = dict(k.loop_schedule()).get("burst", 1)
-        k.tokens = df.i64_array([bursts])
+        k.tokens = df.i64_array([bursts] * len(k.outputs))
         passes = {repeats[u][i] if u in repeats else 1 for u, i in users}
         if len(passes) == 1 and (p := passes.pop()) > 1:
             k.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
             k.trips = df.i64_array([p, bursts])
-            k.tokens = df.i64_array([p * bursts])
+            k.tokens = df.i64_array([p * bursts] * len(k.outputs))
             k.cycles = IntegerAttr(p * k.cycles.value.data, 64)
 
 
@@ -558,7 +561,7 @@ def _repeat_weights(k: df.KernelOp, passes: int, users: list[tuple[df.KernelOp, 
     bursts = dict(k.loop_schedule()).get("burst", 1)
     k.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
     k.trips = df.i64_array([passes, bursts])
-    k.tokens = df.i64_array([passes * bursts])
+    k.tokens = df.i64_array([passes * bursts] * len(k.outputs))
     k.cycles = IntegerAttr(passes * k.cycles.value.data, 64)
     _repeat_inputs(users, passes)
 
@@ -611,22 +614,25 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     consumers = _consumers(kernels)
     for k in kernels:
-        # a row strip or a weight block read from DRAM by the first part of a row or column: a token per burst
-        if k.kind.data == "dma_load" and k.outputs and len(k.loops.data) == 1:
-            users = consumers.get(k.outputs[0], [])
+        # a row strip or a weight block read from DRAM (a load, or a spill between phases) by the first part of
+        # a row or column: a token per burst
+        if k.kind.data in ("dma_load", "dma_spill") and k.outputs and len(k.loops.data) == 1:
+            users = [u for r in k.outputs for u in consumers.get(r, [])]
             if users and all(_grid_part(u) == "streamed" or (_grid_part(u) and _reaches_lhs(u, i)) for u, i in users):
-                k.tokens = df.i64_array([dict(k.loop_schedule()).get("burst", 1)])
+                k.tokens = df.i64_array([dict(k.loop_schedule()).get("burst", 1)] * len(k.outputs))
     tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
     for k in kernels:
         mm = next((o for o in k.body.block.ops if isinstance(o, sp.MatmulOp) and A_PASSES in o.attributes), None)
         if mm is None:
             continue
         passes = mm.attributes.pop(A_PASSES).value.data
-        for v in k.inputs:
+        for i, v in enumerate(k.inputs):
             load = v.owner
-            if isinstance(load, df.KernelOp) and load.kind.data == "dma_load" and len(load.loops.data) == 1:
-                _repeat_weights(load, passes, consumers.get(v, []))
-                tokens_of[v] = int(load.tokens.get_values()[0])
+            if (isinstance(load, df.KernelOp) and load.kind.data in ("dma_load", "dma_spill") and len(load.loops.data) == 1
+                    and _reaches_lhs(k, i)):  # fmt: skip
+                _repeat_weights(load, passes, [u for r in load.outputs for u in consumers.get(r, [])])
+                for r, t in zip(load.outputs, load.tokens.get_values()):
+                    tokens_of[r] = int(t)
     for k in kernels:
         if _grid_part(k) is None:
             continue

@@ -39,6 +39,7 @@ from attnc.passes.butterfly_pipeline import ExpandButterflyPattern, butterfly_co
 from attnc.cost.attention import split
 from attnc.passes.fuse_attention import FUSION_ATTR, MODES, FuseAttentionPattern, Schedule, check_schedule
 from attnc.passes.concat_folds import fold_concats
+from attnc.passes.sram_phases import SHARE_ATTR
 from attnc.passes.gemm import GemmGridPattern, merge_shared_lhs, plan_gemms, splittable, unmerge
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -204,6 +205,7 @@ class TilePass(TargetPass):
     row_block: int = 0
     key_block: int = 0
     gemm_parts: int = -1  # parts per large GEMM (a grid of row x column blocks): -1 chooses, 1 keeps them whole
+    share_sram: str = "auto"  # on: phases reuse SRAM (data crossing them goes through DRAM); off; auto decides
 
     def __post_init__(self) -> None:
         # checked when the pipeline is parsed, before any model is read
@@ -215,6 +217,8 @@ class TilePass(TargetPass):
                 raise AttncError(f"tile: {opt.replace('_', '-')} must be >= 0 (0 chooses), got {getattr(self, opt)}")
         if self.gemm_parts < -1:
             raise AttncError(f"tile: gemm-parts must be >= 1, or -1 to choose, got {self.gemm_parts}")
+        if self.share_sram not in ("auto", "on", "off"):
+            raise AttncError(f"tile: share-sram must be auto, on or off, got {shown(self.share_sram)}")
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         arch = self.target()
@@ -224,12 +228,17 @@ class TilePass(TargetPass):
                   "key_block": self.key_block}  # fmt: skip
         # each step decides for the whole module (the attentions share one SRAM budget, the stage chains
         # plan on what the attentions leave, the GEMM split on what both leave), then applies its decisions
-        attention = schedule_attentions(fn, arch, self.mode, forced)
+        shared = shares_sram(fn, arch, self.share_sram, self.gemm_parts)
+        if shared:
+            fn.attributes[SHARE_ATTR] = IntegerAttr(1, 64)
+        attention = schedule_attentions(fn, arch, self.mode, forced, shared)
         _rewrite(fn, FuseAttentionPattern(attention.schedules))
         reports = attention.reports
         # butterfly matmuls and Fourier mixing: stage pipelines on the tiles the attentions leave
         members = sum(1 for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is not None)
-        chains = plan_butterflies(fn, arch, _reserved(fn), attention.used_sram, members)
+        # (sharing SRAM, the members are a phase of their own: later phases get the tiles' SRAM back)
+        used_sram = 0 if shared else attention.used_sram
+        chains = plan_butterflies(fn, arch, _reserved(fn), used_sram, members)
         _rewrite(fn, ExpandButterflyPattern(chains.plans))
         reports += chains.reports
         # every large GEMM across the compute tiles of its phase, on the contexts and SRAM the rest leave
@@ -243,13 +252,15 @@ class TilePass(TargetPass):
         others = reserved["compute"] - len(chosen)
         # the DMA contexts the rest leave to the GEMMs' weight loads (each counted in `reserved` once)
         dma_free = sum(t.contexts for t in arch.tiles_of("dma")) - reserved["dma"] + len(chosen)
+        if shared:  # the DRAM spills between phases and the per-phase loads of shared inputs
+            dma_free -= 2 * (len(chosen) + (1 if members else 0))
         # members on every compute tile leave each tile what they do not claim: no part may need more
         computes = arch.tiles_of("compute")
         part_cap = None
-        if members >= len(computes) and attention.used_sram:
-            part_cap = min(t.sram_bytes for t in computes) - -(-attention.used_sram // members)
-        gemms = plan_gemms(fn, arch, self.gemm_parts, attention.used_sram, others, chosen, heads, members,
-                           dma_free, part_cap)  # fmt: skip
+        if members >= len(computes) and used_sram:
+            part_cap = min(t.sram_bytes for t in computes) - -(-used_sram // members)
+        gemms = plan_gemms(fn, arch, self.gemm_parts, used_sram, others, chosen, heads, members,
+                           dma_free, part_cap, shared, merged)  # fmt: skip
         for o in merged:
             if o not in gemms.grids:
                 unmerge(o)
@@ -277,19 +288,38 @@ class AttentionSchedules:
     used_sram: int = 0
 
 
-def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict) -> AttentionSchedules:
+def shares_sram(fn: func.FuncOp, arch, option: str = "auto", gemm_parts: int = -1) -> bool:
+    """Whether the module's phases share SRAM. ``auto``: when it has large GEMMs (or a GEMM and an attention) in
+    more than one phase and its weights are more than the compute tiles hold, so that keeping every phase's
+    kernels resident would leave each a sliver of its tile."""
+    if option != "auto":
+        return option == "on"
+    from attnc.cost.work import nbytes
+    from attnc.passes.gemm import phases
+
+    ops = list(fn.body.block.ops)
+    gemms = [o for o in ops if splittable(o)]
+    attention = [o for o in ops if isinstance(o, sp.AttentionOp) and o.fusion is None]
+    if gemm_parts == 1 or not gemms or len(set(phases(fn, gemms).values())) + bool(attention) < 2:
+        return False
+    weights = sum(nbytes(o.rhs.type) for o in gemms)
+    return weights > sum(t.sram_bytes for t in arch.tiles_of("compute"))
+
+
+def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict, shared: bool = False) -> AttentionSchedules:
     """Choose the schedule of every attention that ``fuse-attention`` marked (or of every attention, when
     ``mode`` forces one), in program order: each searched alone, all within the SRAM of the compute tiles
-    (the members of the ones before claim theirs). Consumes the marks and records the predictions on
-    ``fn`` for reports; the IR is rewritten afterwards, by :class:`FuseAttentionPattern`."""
+    (the members of the ones before claim theirs; ``shared``: each attention is a phase of its own, with the
+    whole tiles). Consumes the marks and records the predictions on ``fn`` for reports; the IR is rewritten
+    afterwards, by :class:`FuseAttentionPattern`."""
     attention = [o for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is None]
     reserved = _reserved(fn)
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     # next to other compute kernels a member leaves one context's share of its tile to them
-    full = tile.sram_bytes - (tile.sram_bytes // max(tile.contexts, 1) if reserved["compute"] else 0)
+    full = tile.sram_bytes - (tile.sram_bytes // max(tile.contexts, 1) if reserved["compute"] and not shared else 0)
     # the GEMM grids of the other phases take SRAM on the same tiles: a member keeps to half a tile, unless no
     # schedule fits in half (then the members take what they need and the grids get less)
-    half = min(full, tile.sram_bytes // 2) if any(splittable(o) for o in fn.body.block.ops) else full
+    half = min(full, tile.sram_bytes // 2) if any(splittable(o) for o in fn.body.block.ops) and not shared else full
     out = AttentionSchedules()
     for i, a in enumerate(attention):
         req = a.attributes.pop(FUSION_ATTR, None)
@@ -313,7 +343,9 @@ def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict) -> Atten
         for k, v in (("cycles", p.cycles), ("dram_bytes", p.dram_bytes)):
             fn.attributes[f"attnc.attn{i}.predicted_{k}"] = IntegerAttr(v, 64)
         fn.attributes[f"attnc.attn{i}.search_seconds"] = FloatAttr(res.seconds, 64)
-        members, reserve = _member_claims(p.schedule, arch, tile, budget, reserved, out.used_sram)
+        members, reserve = _member_claims(p.schedule, arch, tile, budget, reserved, 0 if shared else out.used_sram)
+        if shared:  # no other phase's kernel needs the rest of the tile: a member claims what it uses
+            reserve = min(reserve, p.schedule.buffer) if reserve else 0
         sched = replace(p.schedule, reserve=reserve)
         check_schedule(a, sched, f"attn{i}")
         out.schedules[a] = (f"attn{i}", sched)
@@ -364,9 +396,27 @@ def _reserved(fn) -> dict[str, int]:
             if tag not in stage_tags and kind == "compute":
                 out["compute"] += 1
             stage_tags.add(tag)
+        elif _joins_producer(o):
+            continue
         else:
             out["sfu" if isinstance(o, SFU_OPS) else "compute"] += 1
     return out
+
+
+def _joins_producer(op: Operation) -> bool:
+    """Whether ``fuse-elementwise`` will run an elementwise op inside another kernel: an epilogue of the GEMM
+    or attention that makes one of its operands, or the next op of a chain (so it takes no context)."""
+    from attnc.passes.fuse_elementwise import ELEMENTWISE, MAC_OPS
+
+    if not isinstance(op, ELEMENTWISE):
+        return False
+    for v in op.operands:
+        src = v.owner
+        while isinstance(src, Operation) and sp.is_data_movement(src) and src.operands:
+            src = src.operands[0].owner
+        if isinstance(src, (*MAC_OPS, *ELEMENTWISE, sp.LayerNormOp)):
+            return True
+    return False
 
 
 def _pow2_floor(n: int) -> int:

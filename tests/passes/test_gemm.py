@@ -99,8 +99,32 @@ def test_projections_of_one_value_merge_into_one_gemm_and_back():
     merged = merge_shared_lhs(fn)
     assert [int(w) for w in merged.values()] == [256]  # Q, K and V side by side, 256 columns each
     assert sum(o.name == "sparse.matmul" for o in fn.body.block.ops) == 2  # the merged one and the output's
+    # their bias adds merge too: one add of the three biases side by side, on the merged result
+    assert _bias_widths(fn) == [768, 256]  # the merged biases, and the output projection's
     np.testing.assert_allclose(interpret(module, inputs)["output"], before, rtol=1e-5, atol=1e-5)
     for o in merged:
         unmerge(o)
     assert sum(o.name == "sparse.matmul" for o in fn.body.block.ops) == 4
+    assert _bias_widths(fn) == [256, 256, 256, 256]
     np.testing.assert_array_equal(interpret(module, inputs)["output"], before)
+
+
+def _bias_widths(fn) -> list[int]:
+    """The widths of the constant vectors added to a GEMM's result, in program order."""
+    out = []
+    for o in fn.body.block.ops:
+        if o.name == "sparse.add" and o.operands[0].owner.name == "sparse.matmul":
+            c = o.operands[1].owner
+            if c.name == "sparse.constant" and len(c.result.type.get_shape()) == 1:
+                out.append(c.result.type.get_shape()[0])
+    return out
+
+
+def test_column_blocks_of_a_merged_gemm_never_straddle_two_of_its_gemms():
+    target = load_arch("cloud")
+    # Q, K and V of 256 columns each, merged into 768: blocks of 64, 128, 256 (or whole multiples) only
+    for parts in (4, 8, 16, 32):
+        g = grid_search("g", 256, 256, 768, 2, target, parts, 64 << 10, True, 64, 256)
+        assert g is not None
+        width = 768 // g.cols
+        assert 256 % width == 0 or width % 256 == 0

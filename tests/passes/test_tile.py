@@ -192,7 +192,8 @@ def test_projections_are_split_in_whole_heads_and_a_member_reads_only_the_parts_
     module = import_onnx(model)
     run_pipeline(module, "canonicalize,raise-attention,fuse-attention")
     before = interpret(module, inputs)
-    run_pipeline(module, "tile{arch=cloud},lower-to-dataflow{arch=cloud}")
+    # (their biases are merged too, and become the parts' epilogue in fuse-elementwise)
+    run_pipeline(module, "tile{arch=cloud},fuse-elementwise{arch=cloud},lower-to-dataflow{arch=cloud}")
     report = main_func(module).attributes["attnc.tile_report"].data
     assert "@ 256x768 in" in report  # Q, K and V as one GEMM of their weights side by side
     kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
@@ -201,9 +202,10 @@ def test_projections_are_split_in_whole_heads_and_a_member_reads_only_the_parts_
     for k in kernels:
         if k in parts:
             continue
-        # what reads Q (its bias add, then the members) reaches only Q's parts, not K's and V's
+        # a member reads its own rows of Q and the K and V of its heads, never the rest of Q (the grid's column
+        # blocks never straddle Q, K and V, whose merged biases are the parts' epilogue)
         read = {v.owner for v in k.inputs if v.owner in parts}
-        assert len(read) <= len(parts) // 3
+        assert len(read) <= 2 * (len(parts) // 3) + 1
     for name, want in before.items():
         np.testing.assert_allclose(interpret(module, inputs)[name], want, rtol=1e-4, atol=1e-4)
 

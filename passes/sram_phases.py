@@ -1,0 +1,150 @@
+"""SRAM phases: kernels that cannot run at the same time reuse the same SRAM.
+
+Used by ``lower-to-dataflow`` when ``tile`` decided that the module's phases share SRAM (``tile{share-sram}``).
+Each compute kernel gets a phase >= 1: kernels of one group (a GEMM's grid parts, an attention's members, a
+row kernel's parts) share one, and a group's phase is one more than the latest phase it reads from (groups
+that read each other, a cycle, are merged). The array runs a tile's phases in order and lets the buffers of
+different phases overlap (docs/simulator.md, "SRAM phases"), so data that crosses phases cannot wait on chip
+in a buffer that the next phase overwrites: it goes through DRAM.
+
+* Every stream from a kernel of one phase into kernels of another goes through a ``dma_spill``, one per
+  (producer group, consumer group): it stores its inputs as they are made and reads them back once the
+  consumers' phase has begun. Output i of a spill is its input i.
+* A DMA load (a graph input, a weight) read by kernels of several phases is cloned, one load per phase.
+* DMA kernels (loads, spills, stores) keep phase 0: they hold their staging buffers all the time.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+from attnc.cost.work import kernel_cost
+from attnc.dialects import dataflow as df
+from xdsl.dialects import func
+from xdsl.dialects.builtin import IntegerAttr, StringAttr
+from xdsl.ir import Block, Operation
+
+#: the kernel attribute that carries the phase (dataflow.kernel ``phase``; absent: 0)
+PHASE = "phase"
+#: set on @main by ``tile`` when the module's phases share SRAM
+SHARE_ATTR = "attnc.share_sram"
+
+DMA_KINDS = ("dma_load", "dma_store", "dma_spill")
+
+
+def is_dma(k: df.KernelOp) -> bool:
+    return k.kind.data in DMA_KINDS or k.tile_kind.data == "dma"
+
+
+def phase_of(k: df.KernelOp) -> int:
+    attr = k.attributes.get(PHASE)
+    return attr.value.data if isinstance(attr, IntegerAttr) else 0
+
+
+def _group(k: df.KernelOp) -> str:
+    g = k.group
+    return g.data if g is not None and g.data else k.sym_name.data
+
+
+def assign_phases(fn: func.FuncOp, arch) -> dict[str, int]:
+    """Give every compute kernel of @main its phase and route the data between phases through DRAM.
+    Returns each group's phase."""
+    block = fn.body.block
+    kernels = [k for k in block.ops if isinstance(k, df.KernelOp)]
+    compute = [k for k in kernels if not is_dma(k)]
+    graph = nx.DiGraph()
+    graph.add_nodes_from(_group(k) for k in compute)
+    for k in compute:
+        for v in k.inputs:
+            src = v.owner
+            if isinstance(src, df.KernelOp) and not is_dma(src) and _group(src) != _group(k):
+                graph.add_edge(_group(src), _group(k))
+    # groups that read each other run together: one phase
+    dag = nx.condensation(graph)
+    level: dict[int, int] = {}
+    for c in nx.topological_sort(dag):
+        level[c] = 1 + max((level[p] for p in dag.predecessors(c)), default=0)
+    phase = {g: level[c] for g, c in dag.graph["mapping"].items()}
+    for k in compute:
+        k.attributes[PHASE] = IntegerAttr(phase[_group(k)], 64)
+    _spill_crossings(block, compute, arch)
+    _split_loads(block, [k for k in kernels if k.kind.data == "dma_load"], arch)
+    _sort(block)
+    return phase
+
+
+def _spill_crossings(block: Block, compute: list[df.KernelOp], arch) -> None:
+    """One ``dma_spill`` per (producer group, consumer group) whose phases differ, carrying every stream
+    between them; the consumers read its outputs instead."""
+    crossings: dict[tuple[str, str], list[tuple[df.KernelOp, int]]] = {}
+    for k in compute:
+        for i, v in enumerate(k.inputs):
+            src = v.owner
+            if isinstance(src, df.KernelOp) and not is_dma(src) and phase_of(src) != phase_of(k):
+                crossings.setdefault((_group(src), _group(k)), []).append((k, i))
+    used: set[str] = {k.sym_name.data for k in block.ops if isinstance(k, df.KernelOp)}
+    for (src, dst), readers in crossings.items():
+        values = list(dict.fromkeys(k.inputs[i] for k, i in readers))
+        body = Block(arg_types=[v.type for v in values])
+        body.add_op(df.YieldOp(list(body.args)))
+        types = [v.type for v in values]
+        cost = kernel_cost([], types, arch, dma="dma_spill")
+        name = _unique(f"spill_{src}_to_{dst}".replace("/", "_"), used)
+        spill = df.KernelOp(name, values, types, body, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
+                            tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs)  # fmt: skip
+        block.insert_op_after(spill, max((v.owner for v in values), key=_index(block)))
+        out = dict(zip(values, spill.results))
+        for k, i in readers:
+            k.operands[i] = out[k.inputs[i]]
+
+
+def _split_loads(block: Block, loads: list[df.KernelOp], arch) -> None:
+    """A load read by kernels of several phases becomes one load per phase (a DMA context whose data waits
+    in DRAM for one phase at a time)."""
+    used: set[str] = {k.sym_name.data for k in block.ops if isinstance(k, df.KernelOp)}
+    for load in loads:
+        for j, v in enumerate(load.results):
+            by_phase: dict[int, list[tuple[Operation, int]]] = {}
+            for use in list(v.uses):
+                if isinstance(use.operation, df.KernelOp) and not is_dma(use.operation):
+                    by_phase.setdefault(phase_of(use.operation), []).append((use.operation, use.index))
+            for p in sorted(by_phase)[1:]:
+                twin = load.clone()
+                twin.attributes["sym_name"] = StringAttr(_unique(f"{load.sym_name.data}_p{p}", used))
+                block.insert_op_after(twin, load)
+                for op, i in by_phase[p]:
+                    op.operands[i] = twin.results[j]
+
+
+def _unique(base: str, used: set[str]) -> str:
+    name, i = base, 1
+    while name in used:
+        name, i = f"{base}_{i}", i + 1
+    used.add(name)
+    return name
+
+
+def _index(block: Block):
+    order = {op: i for i, op in enumerate(block.ops)}
+    return lambda op: order.get(op, -1)
+
+
+def _sort(block: Block) -> None:
+    """Kernels in an order where each comes after what it reads (a spill placed after its last producer may
+    come after one of its readers), the terminator last."""
+    ops = list(block.ops)
+    term = ops[-1]
+    body = ops[:-1]
+    pos = {op: i for i, op in enumerate(body)}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(len(body)))
+    for i, op in enumerate(body):
+        for v in op.operands:
+            if v.owner in pos:
+                graph.add_edge(pos[v.owner], i)
+    order = list(nx.lexicographical_topological_sort(graph))
+    if order == list(range(len(body))):
+        return
+    for op in body:
+        op.detach()
+    for i in order:
+        block.insert_op_before(body[i], term)
