@@ -317,18 +317,23 @@ class Functional:
                                   f"cannot hold the stored value {list(x.shape)}")
 
     def _spill(self, c: Context, outs: list[np.ndarray], dram: Dram) -> list[np.ndarray]:
-        """A ``dma_spill`` writes the value its context computes through the store descriptor of its input
-        stream and reads its output back through the load descriptor of its output stream (the same DRAM
-        region when the compiler is right; the simulator does not assume it)."""
+        """A ``dma_spill`` writes the value its context computes (its body's result: its one input, or a
+        concatenation of the parts on its several inputs) through the store descriptor of an input stream
+        (the first input's that has one, on the spill's own DMA tile if there is one there) and reads its
+        output back through the load descriptor of its output stream (the same DRAM region when the compiler
+        is right; the simulator does not assume it)."""
         cfg = c.config
-        if len(cfg.inputs) != 1 or len(cfg.outputs) != 1 or len(outs) != 1:
-            raise SimulationError(f"{c.label} is a dma_spill: it needs one input and one output port")
-        src, dst = cfg.inputs[0].stream, cfg.outputs[0].stream
-        stores = [d for d in self.bs.dma if d.direction == "store" and d.stream == src]
-        store = next((d for d in stores if tuple(d.channel) == c.tile), stores[0] if stores else None)
+        if not cfg.inputs or len(cfg.outputs) != 1 or len(outs) != 1:
+            raise SimulationError(f"{c.label} is a dma_spill: it needs one or more input ports and one output port")
+        ins, dst = [p.stream for p in cfg.inputs], cfg.outputs[0].stream
+        stores = sorted((d for d in self.bs.dma if d.direction == "store" and d.stream in ins),
+                        key=lambda d: (tuple(d.channel) != c.tile, ins.index(d.stream)))  # fmt: skip
+        store = stores[0] if stores else None
+        src = store.stream if store is not None else ins[0]
         load = self.loads.get(dst)
         if store is None:
-            raise SimulationError(f"{c.label} is a dma_spill but no store descriptor of stream {src} exists")
+            streams = " or ".join(str(s) for s in dict.fromkeys(ins))
+            raise SimulationError(f"{c.label} is a dma_spill but no store descriptor of stream {streams} exists")
         if load is None:
             raise SimulationError(f"{c.label} is a dma_spill but no load descriptor of stream {dst} exists")
         x = outs[0]

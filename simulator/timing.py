@@ -280,13 +280,28 @@ class _Kernel:
     #: outputs that are a copy of an input (K/V forwarded along a chain of fused kernels): input stream ->
     #: [output stream]; they leave as the input arrives, not as the context computes
     forwards: dict[int, list[int]] = field(default_factory=dict)
+    # SRAM phases (docs/simulator.md, "SRAM phases")
+    phase: int = 0
+    gates: int = 0  # contexts of lower nonzero phases on the tile still to finish: gated while > 0
+    opens: list[_Kernel] = field(default_factory=list)  # the contexts this one's finishing helps open
+    closed: int = 0  # gated contexts among those its outputs stream to: it waits while > 0
+    watch: list[_Kernel] = field(default_factory=list)  # the gated contexts among them, as built
+    waiters: list[_Kernel] = field(default_factory=list)  # the contexts that wait for this one to open
+    #: a spill whose consumers start gated runs its two sides apart: the write segments done (the read
+    #: side's are ``done``), and the DRAM bytes of each side; None: both sides in each segment, as any DMA
+    written: int | None = None
+    spill_bytes: tuple[int, int] = (0, 0)  # (read, written)
 
     def emitted_after(self, segment: int, tokens: int) -> int:
         """Tokens of an output of ``tokens`` emitted once segment ``segment`` (0-based) has finished."""
         return tokens if segment + 1 >= self.segments else (segment + 1) * tokens // self.segments
 
     def ready(self) -> bool:
-        if self.running or self.done >= self.segments:
+        if self.running or self.done >= self.segments or self.gates:
+            return False
+        if self.written is not None:
+            return self.spill_side() is not None
+        if self.closed:  # no data goes into a gated context's buffers
             return False
         i = self.done
         for p in self.inputs:
@@ -297,6 +312,15 @@ class _Kernel:
             if ahead > th.depth:
                 return False
         return True
+
+    def spill_side(self) -> str | None:
+        """The side a split spill runs next: the read-back of what is written once its consumers are open,
+        else the store of what has arrived (it waits for no consumer)."""
+        if self.done < self.written and not self.closed:
+            return "read"
+        if self.written < self.segments and all(p.received >= p.need(self.written, self.segments) for p in self.inputs):
+            return "write"
+        return None
 
 
 @dataclass
@@ -412,16 +436,120 @@ class _Sim:
                     p.producer = src
                     p.token_bytes = self._token_bytes(src, k, p)
         self.stats.kernels = [k.stats for k in self.kernels.values()]
-        for ts in self.stats.tiles:
-            # the contexts' buffers are allocated side by side in the tile's SRAM: a configuration that asks for
-            # more than the tile has cannot be loaded, so it is refused rather than timed
-            if ts.buffer_bytes > ts.sram_bytes:
-                raise AttncError(
-                    f"simulate: TILES: tile ({ts.x},{ts.y}): its contexts' buffers need {ts.buffer_bytes} bytes, "
-                    f"the tile has {ts.sram_bytes}"
-                )
+        for tile in self.tiles:
+            self._sram(tile)
+        self._phases()
         self._banks()
         self._back_pressure()
+
+    def _sram(self, tile: _Tile) -> None:
+        """A configuration whose buffers the tile cannot hold cannot be loaded: refused, not timed.
+
+        Resident (phase-0) buffers are held for the whole run; a phase p >= 1 holds its buffers only while it
+        runs, so the tile needs its resident bytes plus those of its largest phase, every buffer lies inside
+        its SRAM, and two buffers share addresses only when they belong to contexts of different nonzero
+        phases (which never hold them at the same time)."""
+        ts, (x, y) = tile.stats, tile.pos
+        where = f"simulate: TILES: tile ({x},{y})"
+        per_phase: dict[int, list[_Kernel]] = {}
+        for k in tile.kernels:
+            per_phase.setdefault(k.phase, []).append(k)
+
+        def size(ks: list[_Kernel]) -> int:
+            return sum(b.size for k in ks for b in k.cfg.buffers)
+
+        resident = size(per_phase.get(0, []))
+        peak = max((p for p in per_phase if p), key=lambda p: (size(per_phase[p]), -p), default=None)
+        need = resident + (size(per_phase[peak]) if peak is not None else 0)
+        if need > ts.sram_bytes:
+            detail = ""
+            if peak is not None:
+                names = ", ".join(f"{k.cfg.kernel} '{k.cfg.name}'" for k in per_phase[peak])
+                detail = f" ({resident} resident + {need - resident} in phase {peak}: kernels {names})"
+            raise AttncError(f"{where}: its contexts' buffers need {need} bytes{detail}, the tile has {ts.sram_bytes}")
+        spans = []
+        for k in tile.kernels:
+            for b in k.cfg.buffers:
+                what = f"buffer '{b.name}' [{b.address}, {b.address + b.size}) of kernel {k.cfg.kernel} '{k.cfg.name}' (phase {k.phase})"
+                if b.address < 0 or b.address + b.size > ts.sram_bytes:
+                    raise AttncError(f"{where}: {what} lies outside the tile's SRAM [0, {ts.sram_bytes})")
+                if b.size > 0:
+                    spans.append((b.address, b.address + b.size, k, what))
+        spans.sort(key=lambda s: (s[0], s[1]))
+        for i, (lo, hi, k, what) in enumerate(spans):
+            for lo2, _, k2, what2 in spans[i + 1 :]:
+                if lo2 >= hi:
+                    break
+                if k is k2 or k.phase == k2.phase or not k.phase or not k2.phase:
+                    raise AttncError(f"{where}: {what} overlaps {what2}: only contexts of different nonzero "
+                                     "phases may share SRAM addresses")  # fmt: skip
+
+    def _phases(self) -> None:
+        """The streams a phase allows, and the gates (a phase p >= 1 opens once its tile's phases 1..p-1 have
+        finished) and back-pressure (nothing streams into a gated context) precomputed per context, so that
+        ``ready`` only reads two counters."""
+        kernels = list(self.kernels.values())
+        for k in kernels:
+            if not k.phase:
+                continue
+            for p in k.inputs:
+                src = p.producer
+                if src is not None and src.phase != k.phase and src.cfg.kind not in ("dma_load", "dma_spill"):
+                    raise AttncError(
+                        f"simulate: stream {p.stream} from kernel {src.cfg.kernel} '{src.cfg.name}' (phase {src.phase}) "
+                        f"into kernel {k.cfg.kernel} '{k.cfg.name}' (phase {k.phase}): data crossing phases goes "
+                        "through DRAM (a dma_spill), not a direct stream"
+                    )
+        for k in kernels:
+            if k.cfg.kind not in ("dma_load", "dma_spill"):
+                continue
+            phases: dict[int, _Kernel] = {}
+            for stream, _, _ in k.outputs:
+                for c, p in self.consumers.get(stream, []):
+                    if c is not k and p.producer is k and c.phase:
+                        phases.setdefault(c.phase, c)
+            if len(phases) > 1:
+                names = ", ".join(f"kernel {c.cfg.kernel} '{c.cfg.name}' (phase {q})" for q, c in sorted(phases.items()))
+                raise AttncError(
+                    f"simulate: {k.cfg.kind} kernel {k.cfg.kernel} '{k.cfg.name}' feeds contexts of different phases "
+                    f"({names}): a DMA context serves one phase (one context per consuming phase)"
+                )
+        for tile in self.tiles:
+            for k in tile.kernels:
+                for g in tile.kernels:
+                    if k.phase and 1 <= g.phase < k.phase:
+                        k.gates += 1
+                        g.opens.append(k)
+        for k in kernels:
+            k.watch = [c for c in self._downstream(k) if c.gates]
+            k.closed = len(k.watch)
+            for c in k.watch:
+                c.waiters.append(k)
+            if k.cfg.kind == "dma_spill" and k.closed:
+                # its store runs as its inputs arrive; only the read-back waits for the consumers
+                k.written = 0
+                self.total_segments += k.segments
+
+    def _downstream(self, k: _Kernel) -> list[_Kernel]:
+        """The contexts ``k``'s outputs put data into: its streams' consumers and, through a consumer's
+        forwarded copies (which leave as they arrive), theirs."""
+        out: list[_Kernel] = []
+        seen = {k.cfg.kernel}
+        todo = [(k, s) for s, _, _ in k.outputs]
+        visited = {(src.cfg.kernel, s) for src, s in todo}
+        while todo:
+            src, stream = todo.pop()
+            for c, _ in self.consumers.get(stream, []):
+                if c is src:
+                    continue
+                if c.cfg.kernel not in seen:
+                    seen.add(c.cfg.kernel)
+                    out.append(c)
+                for o in c.forwards.get(stream, []):
+                    if (c.cfg.kernel, o) not in visited:
+                        visited.add((c.cfg.kernel, o))
+                        todo.append((c, o))
+        return out
 
     def _token_bytes(self, src: _Kernel, dst: _Kernel, port: _InPort) -> float:
         """Bytes one token of ``port`` brings: what its route carries (the consumer's slice, every pass of
@@ -540,7 +668,7 @@ class _Sim:
             # stream at once than the context has room for (a GEMM part walking K in chunks holds one chunk)
             segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, -(-4 * streamed // room)))
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
-        k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma)
+        k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma, phase=cfg.phase)
         for p in cfg.inputs:
             src = producers.get(p.stream)
             # a weight (a constant loaded by DMA) is needed whole before the first step
@@ -575,6 +703,7 @@ class _Sim:
             # a ("repeat", P) loop runs the loads P times; a spill's store writes its input once
             read, write = read * repeat, write * (1 if cfg.kind == "dma_spill" else repeat)
             k.dma_bytes = read + write
+            k.spill_bytes = (read, write)
             self.stats.dram_read_bytes += read
             self.stats.dram_write_bytes += write
             # the DMA tile stages the data in its buffer: written once, read once
@@ -619,10 +748,10 @@ class _Sim:
         ins = {p.stream for p in cfg.inputs}
         outs = {p.stream for p in cfg.outputs}
         if cfg.kind == "dma_spill":
-            if len(cfg.inputs) != 1 or len(cfg.outputs) != 1:
+            if not cfg.inputs or len(cfg.outputs) != 1:
                 raise AttncError(
-                    f"simulate: dma_spill kernel {cfg.kernel} '{cfg.name}' needs one input and one output port, "
-                    f"has {len(cfg.inputs)} and {len(cfg.outputs)}"
+                    f"simulate: dma_spill kernel {cfg.kernel} '{cfg.name}' needs one or more input ports and one "
+                    f"output port, has {len(cfg.inputs)} and {len(cfg.outputs)}"
                 )
             write = sum(d.bytes for d in self.bs.dma if d.stream in ins and d.direction == "store") or in_bytes
             read = sum(d.bytes for d in self.bs.dma if d.stream in outs and d.direction == "load") or port_bytes
@@ -682,6 +811,17 @@ class _Sim:
         return self.stats
 
     def _waiting(self, k: _Kernel) -> str:
+        who = f"kernel {k.cfg.kernel} '{k.cfg.name}'"
+        if k.gates:
+            lower = [g for g in k.tile.kernels if 1 <= g.phase < k.phase and g.done < g.segments]
+            if lower:
+                g = lower[0]
+                return (f"{who} (phase {k.phase}) waits for kernel {g.cfg.kernel} '{g.cfg.name}' (phase {g.phase}) "
+                        "on its tile to finish")  # fmt: skip
+        gated = next((c for c in k.watch if c.gates), None)
+        if gated is not None and (k.written is None or k.written >= k.segments):
+            return (f"{who} holds its data back for kernel {gated.cfg.kernel} '{gated.cfg.name}' (phase "
+                    f"{gated.phase}), which is not open yet")  # fmt: skip
         for p in k.inputs:
             if p.received < p.tokens:
                 return (
@@ -716,16 +856,18 @@ class _Sim:
         tile.running += 1
         k.running = True
         slot = tile.free_slots.pop(0)
-        i, now = k.done, self.now
-        if i == 0:
+        side = k.spill_side() if k.written is not None else None  # a split spill: which of its sides runs
+        i, now = (k.written if side == "write" else k.done), self.now
+        if i == 0 and side != "read":
             k.stats.start = now
         if k.is_dma:
-            share = (i + 1) * k.dma_bytes // k.segments - i * k.dma_bytes // k.segments
+            total = k.dma_bytes if side is None else k.spill_bytes[side == "write"]
+            share = (i + 1) * total // k.segments - i * total // k.segments
 
-            def begin(_k=k, _slot=slot, _start=now, _share=share):
+            def begin(_k=k, _slot=slot, _start=now, _share=share, _side=side):
                 staging = ("sram", _k.tile.pos)
                 over = ("dram", staging) if staging in self.fluid.capacity else ("dram",)
-                self.fluid.add(_share, over, lambda t: self.finish(_k, _slot, _start))
+                self.fluid.add(_share, over, lambda t: self.finish(_k, _slot, _start, _side))
 
             if i == 0 and self.arch.dram.latency_cycles:
                 self.push(now + self.arch.dram.latency_cycles, begin)
@@ -734,7 +876,7 @@ class _Sim:
         else:
             self.push(now + k.durations(i), self.finish, k, slot, now)
 
-    def finish(self, k: _Kernel, slot: int, start: float) -> None:
+    def finish(self, k: _Kernel, slot: int, start: float, side: str | None = None) -> None:
         now = self.now
         tile = k.tile
         tile.running -= 1
@@ -749,18 +891,25 @@ class _Sim:
             sl[-1] = (slot, k.cfg.name, sl[-1][2], now)
         elif busy > 0:
             sl.append((slot, k.cfg.name, start, now))
-        k.done += 1
+        if side == "write":
+            k.written += 1
+        else:
+            k.done += 1
         self.done_segments += 1
         if k.done == k.segments:
             k.stats.end = now
+        n = k.done if k.written is None else k.written  # segments that have read their inputs
         for p in k.inputs:
             if p.producer is None:
                 continue
             # a streamed input's share is released when the segment that needed it ends; a weight at the end
-            upto = (p.tokens if k.done == k.segments else 0) if p.broadcast else p.need(k.done - 1, k.segments)
+            upto = (p.tokens if n == k.segments else 0) if p.broadcast else p.need(n - 1, k.segments)
             if upto > p.consumed:
                 self._hold(k, -(upto - p.consumed) * p.token_bytes)
                 p.consumed = upto
+        if side == "write":  # stored: nothing leaves until it is read back
+            self.schedule(tile)
+            return
         forwarded = {o for outs in k.forwards.values() for o in outs}
         for stream, tokens, nbytes in k.outputs:
             if stream in forwarded:
@@ -770,10 +919,23 @@ class _Sim:
             if new > 0:
                 k.emitted[stream] = target
                 self.emit(k, stream, new, nbytes / tokens)
+        if k.done == k.segments:
+            for g in k.opens:  # a context of a higher phase on the tile may now hold its buffers
+                g.gates -= 1
+                if not g.gates:
+                    self._open(g)
         self.schedule(tile)
         for load in k.throttlers:  # the tokens released may let a throttled load go on
             if load.tile is not tile:
                 self.schedule(load.tile)
+
+    def _open(self, g: _Kernel) -> None:
+        """``g`` is open: the contexts that held back their data for it may run (its own tile is rescheduled
+        by the caller, whose context opened it)."""
+        for w in g.waiters:
+            w.closed -= 1
+            if not w.closed and w.tile is not g.tile:
+                self.schedule(w.tile)
 
     def _hold(self, k: _Kernel, nbytes: float) -> None:
         k.held += nbytes
