@@ -136,6 +136,7 @@ def test_sram_phases_share_addresses_on_the_tile_and_in_the_bitstream(tmp_path):
     from attnc.backend import bitstream as bs
     from attnc.backend.emit import emit_bitstream
     from attnc.passes.placement.place_route import PlaceRoutePass
+    from attnc.passes.placement.report import format_mapping_report
 
     one = tmp_path / "one.yaml"  # tiny with a single compute tile
     one.write_text(preset_text("tiny").replace("  - B C C S\n  - M C C D", "  - B C S S\n  - M M M D"))
@@ -161,6 +162,9 @@ def test_sram_phases_share_addresses_on_the_tile_and_in_the_bitstream(tmp_path):
     assert [ctx[n].phase for n in ("resident", "phase1_a", "phase1_b", "phase2")] == [0, 1, 1, 2]
     assert "phase" not in ctx["resident"].attributes  # absent when 0, as on the kernel
     assert print_module(parse_module(print_module(module))) == print_module(module)
+    (line,) = [ln for ln in format_mapping_report(config, arch, problem, mapping).splitlines()
+               if ln.strip().startswith("compute")]
+    assert line.rstrip().endswith("100.0%")  # resident + the largest phase fill the tile, no more
 
     b = emit_bitstream(module, arch)
     assert bs.decode(bs.encode(b), expect_arch=arch) == b
