@@ -258,11 +258,15 @@ class _ConfigBuilder:
         in_address = {a: _io_address(self.block, n) for n, a in zip(io_names(fn)[0], fn.body.block.args)}
         for k in self.p.kernels:
             if k.kind.data == "dma_spill":
-                # written to DRAM and read back: a store of the input stream, a load of the output
-                size = nbytes(k.outputs[0].type)
-                for direction, stream in (("store", stream_of[k.inputs[0]]), ("load", stream_of[k.outputs[0]])):
-                    self.block.add_op(_dma(k, mapping, direction, stream, self.address, size, self.kid[k]))
-                self.address = _align(self.address + size)
+                # written to DRAM and read back: a store of each input stream, a load of the output made of it
+                # (a spill between SRAM phases carries several streams, output i being input i)
+                pairs = list(zip(k.inputs, k.outputs)) if len(k.inputs) == len(k.outputs) else [(k.inputs[0], k.outputs[0])]
+                for j, (src, dst) in enumerate(pairs):
+                    size = nbytes(dst.type)
+                    for direction, stream in (("store", stream_of[src]), ("load", stream_of[dst])):
+                        self.block.add_op(_dma(k, mapping, direction, stream, self.address, size, self.kid[k],
+                                               f"_{j}" if len(pairs) > 1 else ""))  # fmt: skip
+                    self.address = _align(self.address + size)
                 continue
             if k.kind.data not in ("dma_load", "dma_store"):
                 continue
@@ -392,10 +396,11 @@ def module_problem(module: ModuleOp, arch) -> MappingProblem:
     return dataflow_problem(kernels, stream_of, arch, schedule_windows(fn, arch))[0]
 
 
-def _dma(k: df.KernelOp, mapping: Mapping, direction: str, stream: int, address: int, size: int, kernel: int):
+def _dma(k: df.KernelOp, mapping: Mapping, direction: str, stream: int, address: int, size: int, kernel: int,
+         suffix: str = ""):
     return ar.DmaOp.build(
         attributes={
-            "sym_name": StringAttr(f"dma_{k.sym_name.data}_{direction}"),
+            "sym_name": StringAttr(f"dma_{k.sym_name.data}_{direction}{suffix}"),
             "channel": df.i64_array(mapping.placement[k.sym_name.data]),
             "direction": StringAttr(direction),
             "stream": IntegerAttr(stream, 64),
