@@ -36,7 +36,6 @@ from attnc.ir import main_func
 from attnc.limits import shown
 from attnc.passes.target import TargetPass
 from attnc.passes.butterfly_pipeline import ExpandButterflyPattern, butterfly_contexts, plan_butterflies
-from attnc.cost.attention import split
 from attnc.passes.fuse_attention import FUSION_ATTR, MODES, FuseAttentionPattern, Schedule, check_schedule
 from attnc.passes.concat_folds import fold_concats
 from attnc.passes.sram_phases import SHARE_ATTR
@@ -45,7 +44,7 @@ from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
 from xdsl.ir import BlockArgument, Operation
-from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
+from xdsl.pattern_rewriter import PatternRewriteWalker, RewritePattern
 
 #: the schedule chosen for an attention, and the search's figures, kept on @main for reports
 REPORT_ATTR = "attnc.tile_report"
