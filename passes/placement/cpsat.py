@@ -1,7 +1,8 @@
 """Placement and routing of dataflow kernels on the array with OR-Tools CP-SAT.
 
 The model (the one-hot placement and flow routing that CGRA-ME and Loom use): one Boolean ``x[k, t]`` per kernel and tile of its
-kind (exactly one per kernel; contexts and SRAM per tile as linear constraints),
+kind (exactly one per kernel; contexts per tile and SRAM per tile and SRAM phase as
+linear constraints, ``_sram_limit``),
 one Boolean ``f[s, l]`` per stream and directed link (flow conservation at each
 tile, tied to where the stream's ends are placed), and a weighted objective
 
@@ -406,8 +407,8 @@ class _Solver:
         return self._run(m, st, x, f, free_s, links, region, dtime)
 
     def _placement(self, m, st: State | None, free_k: list[int], cand: dict[int, list[int]]):
-        """One-hot placement of the free kernels, with contexts, SRAM and work per tile and phase counted
-        against what the fixed kernels already use. Returns the placement variables and the makespan
+        """One-hot placement of the free kernels, with contexts, SRAM (per SRAM phase) and work per tile and
+        schedule phase counted against what the fixed kernels already use. Returns the placement variables and the makespan
         estimate (the sum of the phases' tops: each at least its length and every tile's work in it)."""
         from ortools.sat.python.cp_model import LinearExpr
 
