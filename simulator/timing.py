@@ -14,7 +14,10 @@ reports the same figures because it calls this). The model, in short (docs/simul
   input's tokens before each segment (all of them first when the input is a weight);
 * tokens cross their route's links as fluid flows: each link's bandwidth is shared max-min fairly
   between the flows on it, plus ``hop_latency`` per hop; DMA transfers share the DRAM bandwidth the
-  same way after ``latency_cycles``.
+  same way after ``latency_cycles``;
+* SRAM phases: a context of phase p >= 1 starts once its tile's contexts of phases 1..p-1 have finished,
+  and nothing streams into a context before it has started that way (a spill stores what arrives and
+  reads it back later).
 """
 
 from __future__ import annotations
@@ -742,9 +745,9 @@ class _Sim:
         """(DRAM bytes read, DRAM bytes written) by one pass of a DMA context's descriptors.
 
         A load reads through the load descriptors of its streams, a store writes through the store
-        descriptors; a ``dma_spill`` writes its input through the store descriptor of its input stream and
-        reads it back through the load descriptor of its output stream, so it counts both. A context
-        without descriptors moves its ports' bytes."""
+        descriptors; a ``dma_spill`` writes its inputs (one, or the parts of the value it stores) through the
+        store descriptors of its input streams and reads the value back through the load descriptor of its
+        output stream, so it counts both. A context without descriptors moves its ports' bytes."""
         ins = {p.stream for p in cfg.inputs}
         outs = {p.stream for p in cfg.outputs}
         if cfg.kind == "dma_spill":

@@ -136,6 +136,23 @@ def test_layout_is_as_documented() -> None:
         assert DATA[consts.offset + entry[6] :][: len(c.data)] == c.data
 
 
+def test_the_phase_is_the_kernel_record_u16_at_offset_30() -> None:
+    # the sample's first tile record, then its first kernel record
+    at = section("TILES").offset + 4 + B.TILE.size
+    assert struct.unpack_from("<H", DATA, at + 30) == (0,)  # phase 0 writes what the reserved field held
+    for phase in (1, 7, 0xFFFF):
+        bs = sample()
+        bs.tiles[0].contexts[0].phase = phase
+        data = encode(bs)
+        tiles = next(s for s in B.read_header(data).sections if s.name == "TILES")
+        assert struct.unpack_from("<H", data, tiles.offset + 4 + B.TILE.size + 30) == (phase,)
+        assert decode(data) == bs and decode(data).tiles[0].contexts[0].phase == phase
+    bs = sample()
+    bs.tiles[0].contexts[0].phase = 0x10000
+    with pytest.raises(BitstreamError, match=r"TILES: tile \(1,1\) context 0 phase: 65536 is out of range \[0, 65535\]"):
+        encode(bs)
+
+
 def test_dict_order_does_not_change_bytes() -> None:
     a, b = sample(), sample()
     body = b.tiles[0].contexts[0].body[0]
@@ -170,7 +187,7 @@ buffers = st.builds(Buffer, text, u64, u64, u32, st.booleans())
 kernels = st.builds(
     KernelConfig, u32, text, text, st.lists(ports, max_size=2), st.lists(ports, max_size=2),
     st.lists(st.tuples(u32, u32), max_size=2), st.lists(buffers, max_size=2),
-    st.lists(st.tuples(text, u64), max_size=3), st.lists(instrs, max_size=3), u64,
+    st.lists(st.tuples(text, u64), max_size=3), st.lists(instrs, max_size=3), u64, u16,
 )  # fmt: skip
 tiles = st.builds(TileConfig, u16, u16, text, st.lists(kernels, max_size=2))
 routes = st.builds(RouteConfig, u32, text, u32, u32, st.lists(st.tuples(u16, u16), max_size=4), u32, u64, finite)

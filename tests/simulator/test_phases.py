@@ -277,3 +277,28 @@ def test_a_spill_of_several_inputs_stores_its_body_s_value():
     # x loaded; the concatenation written once and read back once; z stored
     assert (stats.dram_read_bytes, stats.dram_write_bytes) == (4 * N + 8 * N, 8 * N + 8 * N)
     assert by_name(stats)["spill"].start >= max(by_name(stats)[n].end for n in ("double", "square"))
+
+
+def test_a_load_shared_by_a_resident_and_a_gated_context_can_deadlock_and_says_why():
+    # the load feeds 'resident' and 'late' (phase 2); 'late' opens after 'early' (phase 1), which needs what
+    # 'resident' computes (spilled): the load holds back for 'late', so nothing moves. The hardware would hang;
+    # the simulator says so (the compiler gives each consuming phase its own DMA context).
+    tiles = {
+        (1, 0): [dma(0, "load", "dma_load", [port(0, 100)], [port(0, 1)])],
+        (2, 1): [adds(1, "resident", 1, 2)],
+        (2, 0): [dma(2, "spill", "dma_spill", [port(0, 2)], [port(0, 3)])],
+        (1, 1): [adds(3, "early", 3, 4, phase=1), adds(4, "late", 1, 5, phase=2)],
+    }
+    routes = [route(1, 0, 1, [(1, 0), (2, 0), (2, 1)]), route(1, 0, 4, [(1, 0), (1, 1)]),
+              route(2, 1, 2, [(2, 1), (2, 0)]), route(3, 2, 3, [(2, 0), (1, 0), (1, 1)])]  # fmt: skip
+    descs = [desc((1, 0), "load", 1, 0), desc((2, 0), "store", 2, 256), desc((2, 0), "load", 3, 256)]
+    with pytest.raises(AttncError, match=r"^simulate: the configuration deadlocks: kernel 0 'load' holds its data "
+                                         r"back for kernel 4 'late' \(phase 2\), which is not open yet; kernel 1 "
+                                         r"'resident' waits for stream 1"):
+        simulate(make(tiles, routes, descs))
+    # with its own load, 'late' is served after the gate and the rest runs at once
+    tiles[(3, 0)] = [dma(5, "load_late", "dma_load", [port(0, 100)], [port(0, 6)])]
+    tiles[(1, 1)][1] = adds(4, "late", 6, 5, phase=2)
+    routes[1] = route(6, 5, 4, [(3, 0), (2, 0), (1, 0), (1, 1)])
+    k = by_name(simulate(make(tiles, routes, descs + [desc((3, 0), "load", 6, 0)])))
+    assert k["load"].start == 0 and k["load_late"].start == k["early"].end
