@@ -282,12 +282,13 @@ def _tile_reasons(by_kind: dict[str, list[KernelSpec]], arch: Arch) -> list[str]
         # different SRAM phases >= 1): a phase-0 one takes a tile alone, the others one per phase and tile
         halves = [k for k in ks if all(2 * k.buffer_bytes > t.sram_bytes for t in tiles if t.sram_bytes >= k.buffer_bytes)]
         by_phase = Counter(k.phase for k in halves)
-        apart = by_phase.pop(0, 0) + max(by_phase.values(), default=0)
-        if not too_big and apart > len(tiles):
-            phased = " of one SRAM phase" if by_phase else ""
+        worst = max((p for p in by_phase if p), key=lambda p: (by_phase[p], -p), default=0)
+        apart = [k for k in halves if k.phase in (0, worst)]
+        if not too_big and len(apart) > len(tiles):
+            phased = f" (resident or of SRAM phase {worst})" if worst else ""
             reasons.append(
-                f"{apart} {kind} kernels{phased} each need more than half a {kind} tile's SRAM, so no two share a tile,"
-                f" but {arch.name} has {len(tiles)} {kind} tiles: {_names([k.name for k in halves])}"
+                f"{len(apart)} {kind} kernels{phased} each need more than half a {kind} tile's SRAM, so no two share a"
+                f" tile, but {arch.name} has {len(tiles)} {kind} tiles: {_names([k.name for k in apart])}"
             )
         # every tile holds its phase-0 buffers and its largest phase's: together, at least the phase-0 total
         # and the largest phase's total

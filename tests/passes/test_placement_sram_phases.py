@@ -84,7 +84,7 @@ def test_the_same_phase_cannot_share(tiny, sram):
     ab = [KernelSpec("a", "compute", 3 * sram // 4, 100, phase=1), KernelSpec("b", "compute", 3 * sram // 4, 100, phase=1)]
     problem = with_stream([*fillers(tiny, sram), *ab])
     why = explain_infeasible(problem, tiny)
-    assert why is not None and "of one SRAM phase each need more than half a compute tile's SRAM" in why
+    assert why is not None and "5 compute kernels (resident or of SRAM phase 1) each need more than half" in why
     with pytest.raises(MappingInfeasible, match="no two share a tile"):
         place_and_route(problem, tiny, time_limit=1)
 
