@@ -211,7 +211,9 @@ def _vector_plan(body_ops: list[Operation], outputs: list[TensorType], arch, eb:
         if any(isinstance(op, cls) for op in body_ops):
             kind = name
             break
-    tile_kind = "sfu" if sfu else "compute"
+    # a row block of a split row kernel says where it runs (fuse-elementwise: compute tiles with an exp unit)
+    marked = [op.attributes[df.TILE_KIND].data for op in body_ops if df.TILE_KIND in op.attributes]
+    tile_kind = marked[0] if marked else "sfu" if sfu else "compute"
     tile = max(arch.tiles_of(tile_kind), key=lambda t: (t.vector_lanes, t.sram_bytes))
     lanes = max(tile.vector_lanes, 1)
     work = 0
