@@ -14,6 +14,11 @@ chain**. Three steps, each a rewrite pattern per concern:
 2. :class:`EpilogueIntoProducerPattern` tags an op into the kernel of the GEMM/attention that produces one of
    its operands (an unsplit GEMM gets a tag of its own first).
 3. :class:`ChainIntoRowKernelPattern` gathers what is left, op after op, into row kernels (``rows<i>``).
+4. :class:`SplitRowKernelPattern` cuts a row kernel over many rows into row blocks, a kernel each on a tile
+   of its own (:func:`plan_row_splits` decides how many: about as long as a part of the GEMM or attention
+   kernel next to it, within the free contexts). The rows are independent (a norm or softmax works along
+   the last axes), so each part runs the whole chain on its rows; the parts share a ``dataflow.group``
+   named after the kernel they were, so later passes see one phase.
 
 Both kinds of tagging keep ``lower-to-dataflow``'s order: a kernel is built where its first op is, so every
 value a kernel reads from another kernel must come from one whose first op is earlier (a large constant it
@@ -21,8 +26,8 @@ reads is moved before its first op, as its DMA load is made where the constant i
 (exp, erf, tanh, sigmoid, rsqrt, ..., LayerNorm, softmax) become epilogues only on compute tiles with an exp
 unit (``exp_per_cycle``); otherwise they stay in row kernels, which run on sfu tiles.
 
-Tags only decide which kernel an op runs in: the IR computes the same numbers (the rewrites of step 1 are
-exact: elementwise ops commute with slicing, and a row-wise op with slicing whole rows).
+Tags only decide which kernel an op runs in: the IR computes the same numbers (the rewrites of steps 1 and
+4 are exact: elementwise ops commute with slicing, and a row-wise op with slicing whole rows).
 """
 
 from __future__ import annotations
@@ -30,13 +35,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from attnc.cost.work import SFU_OPS
+from attnc.cost.work import SFU_OPS, kernel_cost
 from attnc.dialects import sparse as sp
-from attnc.dialects.dataflow import GROUP, TAG, i64_array
+from attnc.dialects.dataflow import GROUP, TAG, TILE_KIND, i64_array
 from attnc.ir import main_func
 from attnc.passes.concat_folds import concat_spans
 from attnc.passes.target import TargetPass
 from xdsl.context import Context
+from xdsl.dialects import func
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, NoneAttr, StringAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 from xdsl.pattern_rewriter import (
@@ -523,6 +529,261 @@ class ChainIntoRowKernelPattern(RewritePattern):
         rewriter.handle_operation_modification(op)
 
 
+# ---------------------------------------------------------------------------
+# step 4: a row kernel over many rows, in row blocks across tiles
+
+
+#: contexts of a tile kind that row-block parts leave free (one in this many), headroom for placement
+HEADROOM = 8
+
+
+@dataclass(frozen=True)
+class RowSplit:
+    """A row kernel cut into ``parts`` balanced blocks of its ``axis`` (counted from the end, ``extent``
+    long); ``base`` names the group and prefixes the parts' tags; ``tile_kind`` is marked on each part when
+    the cost rule would not pick it by itself (special functions on compute tiles with an exp unit)."""
+
+    base: str
+    axis: int
+    extent: int
+    parts: int
+    tile_kind: str | None
+
+
+def _broadcast(y: SSAValue, axis: int) -> bool:
+    """Whether ``y`` is the same for every row along ``axis`` (counted from the end): it has no such axis
+    or one of size 1."""
+    return _rank(y) < -axis or sp.shape_of(y)[axis] == 1
+
+
+def _link(v: SSAValue, inside: set[Operation]) -> list[sp.ReshapeOp] | None:
+    """The untagged reshapes through which ``v`` carries a result of the chain's ops ``inside`` (innermost
+    last), [] for a value of the chain or one computed without it, None for other data movement from it
+    (a part could not compute its own block of it)."""
+    owner = v.owner
+    if not isinstance(owner, Operation) or owner in inside or not any(x in inside for x in leaves(v)):
+        return []
+    if isinstance(owner, sp.ReshapeOp) and TAG not in owner.attributes:
+        inner = _link(owner.input, inside)
+        return None if inner is None else [owner, *inner]
+    return None
+
+
+def _keeps_rows(v: SSAValue, axis: int, extent: int) -> bool:
+    """Whether ``v`` has ``extent`` rows along ``axis`` (counted from the end)."""
+    return _rank(v) >= -axis and sp.shape_of(v)[axis] == extent
+
+
+def split_axis(chain: list[Operation]) -> tuple[int, int] | None:
+    """(axis counted from the end, extent) of the longest leading axis that every op of ``chain`` keeps
+    (the same extent in each result, an operand from outside either of that extent or broadcast along it)
+    and none needs whole; None when there is none. A chain's value an op reads through reshapes must keep
+    the axis and everything after it (the reshapes regroup what comes before): a part reshapes its own
+    block; through other data movement the chain is not split."""
+    inside = set(chain)
+    links = [_link(v, inside) for op in chain for v in op.operands]
+    if any(x is None for x in links):
+        return None
+    best = None
+    for axis in range(-min(_rank(op.results[0]) for op in chain), -1):
+        extent = sp.shape_of(chain[0].results[0])[axis]
+        if extent < 2 or best is not None and extent <= best[1]:
+            continue
+        ok = all(_keeps_rows(op.results[0], axis, extent) and (_rank(op.results[0]) + axis) not in row_axes(op)
+                 and all(v.owner in inside or _broadcast(v, axis) or _keeps_rows(v, axis, extent)
+                         for v in op.operands)
+                 for op in chain)  # fmt: skip
+        ok = ok and all(sp.shape_of(r.input)[axis:] == sp.shape_of(r.result)[axis:]
+                        and _keeps_rows(r.input, axis, extent) for rs in links for r in rs)  # fmt: skip
+        if ok:
+            best = (axis, extent)
+    return best
+
+
+def _tagged_ops(block) -> dict[str, list[Operation]]:
+    out: dict[str, list[Operation]] = {}
+    for op in block.ops:
+        tag = op.attributes.get(TAG)
+        if isinstance(tag, StringAttr):
+            out.setdefault(tag.data, []).append(op)
+    return out
+
+
+def _kind(ops: list[Operation]) -> str:
+    """The tile kind a kernel of ``ops`` runs on: compute with a MAC op or no special function, else sfu
+    (the cost rule's choice, attnc.cost.work)."""
+    if any(isinstance(op, MAC_OPS) for op in ops) or not any(isinstance(op, SFU_OPS) for op in ops):
+        return "compute"
+    return "sfu"
+
+
+def kernels_on(block, kernels: Kernels, kind: str, skip: set[str]) -> int:
+    """How many kernels of the module run on tiles of ``kind``, the row kernels ``skip`` left out: one per
+    tag, one per untagged compute op (as ``lower-to-dataflow`` makes them), and for an attention it lowers
+    per head, a QKᵀ and a PV kernel (compute) and a softmax kernel (sfu) per (batch, head), at most."""
+    n = 0
+    for tag, ops in _tagged_ops(block).items():
+        n += tag not in skip and _kind(ops) == kind
+    for op in block.ops:
+        if TAG in op.attributes or isinstance(op, (sp.ConstantOp, func.ReturnOp)) or sp.is_data_movement(op):
+            continue
+        if isinstance(op, sp.AttentionOp):
+            units = sp.shape_of(op.q)[0] * sp.shape_of(op.q)[1]
+            n += 2 * units if kind == "compute" else units
+        else:
+            n += _kind([op]) == kind
+    return n
+
+
+def _cycles(ops: list[Operation], arch, kind: str | None = None) -> int:
+    """The cost rule's cycles of a kernel of ``ops`` (on tiles of ``kind``, when given)."""
+    mark = ops[0].attributes.get(TILE_KIND)
+    if kind is not None:
+        ops[0].attributes[TILE_KIND] = StringAttr(kind)
+    try:
+        out = next((op.results[0].type for op in ops if isinstance(op, MAC_OPS)), ops[-1].results[0].type)
+        return kernel_cost(ops, [out], arch).cycles
+    finally:
+        if kind is not None and mark is None:
+            del ops[0].attributes[TILE_KIND]
+
+
+def neighbour_cycles(kernels: Kernels, chain: list[Operation], tagged: dict[str, list[Operation]], arch) -> int | None:
+    """The cycles of the shortest GEMM or attention kernel that computes one of ``chain``'s inputs or reads
+    one of its results (a part of its grid, when split), or None when no such kernel is next to it."""
+    inside = set(chain)
+    near: dict = {}
+    for op in chain:
+        for x in [leaf for v in op.operands for leaf in leaves(v)] + readers(op.results[0]):
+            tag = kernels.tag_of(x)
+            if x in inside or tag in near:
+                continue
+            if tag in kernels.mac:
+                near[tag] = tagged[tag]
+            elif tag is None and isinstance(x, (sp.MatmulOp, sp.ContractOp)):
+                near[x] = [x]
+    return min((_cycles(ops, arch) for ops in near.values()), default=None)
+
+
+def plan_row_splits(block, kernels: Kernels, arch) -> dict[Operation, tuple[list[Operation], RowSplit]]:
+    """Which row kernels to cut into row blocks, and into how many: a part about as long as the shortest
+    GEMM/attention kernel next to the chain (its vector work no longer than that part's), at most one part
+    per row and per tile of its kind, and all parts of all chains within the contexts of that kind that the
+    module's other kernels leave (less an eighth as headroom; the longest chains give up parts first).
+    Keyed by each chain's first op."""
+    tagged = _tagged_ops(block)
+    order = {op: i for i, op in enumerate(block.ops)}
+    wanted: dict[str, list] = {}
+    for tag, chain in kernels.rows.items():
+        chain = sorted(chain, key=order.__getitem__)
+        axis = split_axis(chain)
+        near = neighbour_cycles(kernels, chain, tagged, arch)
+        if axis is None or not near:
+            continue
+        kind = _kind(chain)
+        if kind == "sfu" and kernels.special_on_compute:
+            kind = "compute"  # many more of them, and their exp units run the special functions
+        tiles = len(arch.tiles_of(kind))
+        parts = min(-(-_cycles(chain, arch, kind) // near), axis[1], tiles)
+        if parts > 1:
+            wanted[tag] = [chain, axis, kind, parts]
+    for kind in {w[2] for w in wanted.values()}:
+        mine = [w for w in wanted.values() if w[2] == kind]
+        total = sum(t.contexts for t in arch.tiles_of(kind))
+        free = total - total // HEADROOM - kernels_on(block, kernels, kind, set(wanted))
+        while mine and sum(w[3] for w in mine) > max(free, len(mine)):
+            max(mine, key=lambda w: w[3])[3] -= 1
+    out = {}
+    names = set(tagged)
+    for tag, (chain, (axis, extent), kind, parts) in wanted.items():
+        if parts < 2:
+            continue
+        base = chain[0].name.removeprefix("sparse.") if len(chain) == 1 else tag
+        name, i = base, 1
+        while name in names - {tag}:
+            name, i = f"{base}_{i}", i + 1
+        names.add(name)
+        marked = kind if kind != _kind(chain) else None
+        out[chain[0]] = (chain, RowSplit(name, axis, extent, parts, marked))
+    return out
+
+
+class SplitRowKernelPattern(RewritePattern):
+    """A row kernel planned by :func:`plan_row_splits` (matched at its first op) becomes its parts: each op
+    of the chain once per block of rows, on the same block of its operands (a matching concatenation's
+    operand, else a slice; what broadcasts along the rows stays whole), tagged ``<base>_p<j>`` in group
+    ``<base>``; a result read outside the chain is the concatenation of its parts."""
+
+    def __init__(self, kernels: Kernels, splits: dict[Operation, tuple[list[Operation], RowSplit]]):
+        self.kernels = kernels
+        self.splits = splits
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
+        if op not in self.splits:
+            return
+        chain, s = self.splits.pop(op)
+        inside = set(chain)
+        blocks = [(j * s.extent // s.parts, (j + 1) * s.extent // s.parts) for j in range(s.parts)]
+        tags = [f"{s.base}_p{j}" for j in range(s.parts)]
+        copies: dict[SSAValue, list[SSAValue]] = {}
+        carried = _carried(chain)
+        keep = inside | carried
+
+        def block_of(y: SSAValue, j: int, lo: int, hi: int, anchor: Operation) -> SSAValue:
+            if y in copies:
+                return copies[y][j]
+            if y.owner in carried:  # a chain's value regrouped: the part's own block, regrouped
+                shape = list(sp.shape_of(y))
+                shape[_rank(y) + s.axis] = hi - lo
+                r = sp.ReshapeOp(block_of(y.owner.input, j, lo, hi, anchor), shape)
+                rewriter.insert(r, InsertPoint.before(anchor))
+                return r.result
+            return y if _broadcast(y, s.axis) else piece(y, _rank(y) + s.axis, lo, hi, anchor, rewriter)
+
+        for c in chain:
+            res = c.results[0]
+            axis = _rank(res) + s.axis
+            outs = []
+            for j, (lo, hi) in enumerate(blocks):
+                operands = [block_of(y, j, lo, hi, c) for y in c.operands]
+                shape = list(sp.shape_of(res))
+                shape[axis] = hi - lo
+                new = _rebuilt(c, operands, shape)
+                new.attributes[TAG] = StringAttr(tags[j])
+                new.attributes[GROUP] = StringAttr(s.base)
+                if s.tile_kind is not None and c is chain[0]:
+                    new.attributes[TILE_KIND] = StringAttr(s.tile_kind)
+                rewriter.insert(new, InsertPoint.before(c))
+                outs.append(new.results[0])
+                self.kernels.first.setdefault(tags[j], new)
+            copies[res] = outs
+            if any(u.operation not in keep for u in res.uses):
+                joined = sp.ConcatOp(outs, axis)
+                rewriter.insert(joined, InsertPoint.before(c))
+                rewriter.replace_uses_with_if(res, joined.result, lambda u: u.operation not in keep)
+        block = op.parent_block()
+        moved = [y.owner for c in chain for y in c.operands]
+        for c in reversed([o for o in block.ops if o in keep]):
+            rewriter.erase(c)
+        # what assembled the chain's inputs whole, now that each part reads its own block
+        while moved:
+            x = moved.pop()
+            if isinstance(x, Operation) and x.parent is block and sp.is_data_movement(x) and TAG not in x.attributes \
+                    and not any(r.uses for r in x.results):
+                moved += [y.owner for y in x.operands]
+                rewriter.erase(x)
+
+
+def _carried(chain: list[Operation]) -> set[sp.ReshapeOp]:
+    """The reshapes that carry the chain's values from op to op and are read by nothing else: each part
+    makes its own (others read the concatenated parts)."""
+    inside = set(chain)
+    out = {r for op in chain for v in op.operands for r in _link(v, inside) or []}
+    while drop := {r for r in out if any(u.operation not in inside | out for u in r.result.uses)}:
+        out -= drop
+    return out
+
+
 @dataclass(frozen=True)
 class FuseElementwisePass(TargetPass):
     """fuse-elementwise: elementwise and row-wise ops run as epilogues of the GEMM/attention kernels that
@@ -541,7 +802,10 @@ class FuseElementwisePass(TargetPass):
         PatternRewriteWalker(GreedyRewritePatternApplier(sink), apply_recursively=True).rewrite_region(fn.body)
         for pattern in (EpilogueIntoProducerPattern(kernels), ChainIntoRowKernelPattern(kernels)):
             PatternRewriteWalker(pattern, apply_recursively=False).rewrite_region(fn.body)
+        splits = plan_row_splits(block, kernels, arch)
+        split = {tag for tag, ops in kernels.rows.items() if any(op in splits for op in ops)}
+        PatternRewriteWalker(SplitRowKernelPattern(kernels, splits), apply_recursively=False).rewrite_region(fn.body)
         # a "chain" of one op is the kernel it was already: keep its usual name
-        for ops in kernels.rows.values():
-            if len(ops) == 1:
+        for tag, ops in kernels.rows.items():
+            if len(ops) == 1 and tag not in split:
                 del ops[0].attributes[TAG]

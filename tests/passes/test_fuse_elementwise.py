@@ -189,7 +189,7 @@ def test_row_block_parts_take_the_whole_chain_as_epilogues(act, norm):
 
 
 @pytest.mark.parametrize("reshaped", [False, True])
-def test_column_parts_take_the_elementwise_ops_and_the_norm_is_one_row_kernel(reshaped):
+def test_column_parts_take_the_elementwise_ops_and_the_norm_is_one_row_kernel_in_row_blocks(reshaped):
     module = ffn_block(2, 3, gelu_erf, rms_norm, reshaped=reshaped)
     x = inputs(module)
     want = interpret(module, x)
@@ -201,13 +201,19 @@ def test_column_parts_take_the_elementwise_ops_and_the_norm_is_one_row_kernel(re
     for o in ops:
         if isinstance(o, (sp.ReduceOp, sp.RsqrtOp)):
             assert tag(o).startswith(ROWS)
-    rows = {tag(o) for o in ops if tag(o) not in parts}
-    assert len(rows) == 1 and rows.pop().startswith(ROWS)
     assert sum(1 for o in ops if tag(o) in parts and isinstance(o, sp.ErfOp)) == 6
+    # the norm's row kernel (5 ops over 8 rows) outlasts a GEMM part (4 rows x 4 columns): two row blocks,
+    # each the whole chain on 4 rows, one group named after the kernel
+    rows = [o for o in ops if tag(o) not in parts]
+    assert {tag(o) for o in rows} == {"rows6_p0", "rows6_p1"}
+    assert all(o.attributes[GROUP].data == "rows6" and sp.shape_of(o.results[0])[-2] == ROWS_N // 2 for o in rows)
     run_pipeline(module, [LowerToDataflowPass(arch="tiny")])
     kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
     assert sum(k.kind.data == "gemm" for k in kernels) == 6
-    assert sum(k.kind.data in ("elementwise", "reduce", "layer_norm") for k in kernels) == 1
+    norm = [k for k in kernels if k.kind.data in ("elementwise", "reduce", "layer_norm")]
+    assert len(norm) == 2 and {k.group.data for k in norm} == {"rows6"}
+    # the special function (rsqrt) on compute tiles, which have an exp unit on tiny
+    assert {k.tile_kind.data for k in norm} == {"compute"}
     same_numbers(want, interpret(module, x))
 
 
