@@ -285,3 +285,88 @@ def test_lone_ops_keep_their_own_kernel_name():
     module = b.module(b.op(sp.ExpOp(b.args["x"])))
     fused(module)
     assert all(TAG not in o.attributes for o in compute_ops(module))
+
+
+# ---------------------------------------------------------------------------
+# row kernels over many rows, in row blocks across tiles
+
+
+def norm_after_split_gemm(rows: int, k: int, row_parts: int, col_parts: int) -> ModuleOp:
+    """layer_norm(x @ W + bias + residual) over ``rows`` rows, the GEMM split ``row_parts`` x ``col_parts``:
+    the adds are the parts' epilogues, the norm (whole rows) is left a row kernel."""
+    b = Builder({"x": [1, rows, k], "res": [1, rows, N]})
+    y = split_gemm(b, b.args["x"], b.const([k, N]), row_parts, col_parts)
+    y = b.op(sp.AddOp(b.op(sp.AddOp(y, b.const([N]))), b.args["res"]))
+    return b.module(layer_norm(b, y))
+
+
+def kernels_of(module: ModuleOp) -> list[df.KernelOp]:
+    return [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+
+
+def test_a_long_row_kernel_becomes_balanced_row_blocks_of_one_group_that_read_only_their_rows():
+    module = norm_after_split_gemm(32, K, 2, 3)
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    same_numbers(want, interpret(module, x))
+    norms = [o for o in compute_ops(module) if isinstance(o, sp.LayerNormOp)]
+    # 32 x 12 norm on 4 lanes (~670 cycles) against a GEMM part of ~70: as many parts as tiny has
+    # compute tiles, 8 rows each, one group named after the kernel the norm was
+    assert [tag(o) for o in norms] == [f"layer_norm_p{j}" for j in range(4)]
+    assert {o.attributes[GROUP].data for o in norms} == {"layer_norm"}
+    assert [sp.shape_of(o.results[0]) for o in norms] == [(8, N)] * 4  # on the GEMM's flattened rows
+    run_pipeline(module, [LowerToDataflowPass(arch="tiny")])
+    same_numbers(want, interpret(module, x))
+    kernels = kernels_of(module)
+    parts = [k for k in kernels if k.kind.data == "layer_norm"]
+    assert len(parts) == 4 and {k.group.data for k in parts} == {"layer_norm"}
+    assert {k.tile_kind.data for k in parts} == {"compute"}  # rsqrt on the exp unit
+    # each part reads the GEMM parts of its own 8 rows (row strip 0 for parts 0 and 1, 1 for 2 and 3)
+    for j, k in enumerate(parts):
+        read = {v.owner.sym_name.data for v in k.inputs if isinstance(v.owner, df.KernelOp)}
+        gemms = {n for n in read if n.startswith("g_")}
+        assert gemms == {f"g_r{j // 2}c{c}" for c in range(3)}
+
+
+def test_row_blocks_compile_and_the_functional_simulator_agrees_with_the_interpreter():
+    from attnc.backend import bitstream as bsm
+    from attnc.backend.emit import emit_bitstream
+    from attnc.passes.placement.place_route import PlaceRoutePass
+    from attnc.simulator.functional import run
+
+    module = norm_after_split_gemm(32, K, 2, 3)
+    x = inputs(module)
+    want = interpret(module, x)
+    run_pipeline(module, [FuseElementwisePass(arch="tiny"), LowerToDataflowPass(arch="tiny"),
+                          PlaceRoutePass(arch="tiny", heuristic_only=True)])  # fmt: skip
+    got = run(bsm.decode(bsm.encode(emit_bitstream(module, attnc.arch.load_arch("tiny")))), x)
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5)
+
+
+def test_a_row_kernel_shorter_than_the_gemm_part_next_to_it_stays_one_kernel():
+    # K = 512: a GEMM part takes ~520 cycles, the 8 x 12 norm ~170
+    module = norm_after_split_gemm(ROWS_N, 512, 2, 3)
+    fused(module)
+    norm = next(o for o in compute_ops(module) if isinstance(o, sp.LayerNormOp))
+    assert TAG not in norm.attributes and GROUP not in norm.attributes
+    assert sp.shape_of(norm.results[0]) == (ROWS_N, N)
+
+
+def test_on_edge_row_blocks_stay_within_the_contexts_the_gemm_grid_leaves():
+    # a GEMM in 25 x 2 parts takes 50 of edge's 64 compute contexts; the norm over 400 rows would want a
+    # part per compute tile (16), but gets what the rest leaves, less an eighth of all as headroom
+    edge = attnc.arch.load_arch("edge")
+    contexts = sum(t.contexts for t in edge.tiles_of("compute"))
+    module = norm_after_split_gemm(400, K, 25, 2)
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module, edge)
+    same_numbers(want, interpret(module, x))
+    norms = {tag(o) for o in compute_ops(module) if isinstance(o, sp.LayerNormOp)}
+    assert 1 < len(norms) <= contexts - contexts // 8 - 50
+    run_pipeline(module, [LowerToDataflowPass(arch=edge)])
+    same_numbers(want, interpret(module, x))
+    on_compute = [k for k in kernels_of(module) if k.tile_kind.data == "compute"]
+    assert len(on_compute) == 50 + len(norms) <= contexts - contexts // 8
