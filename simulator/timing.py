@@ -523,6 +523,8 @@ class _Sim:
                     if k.phase and 1 <= g.phase < k.phase:
                         k.gates += 1
                         g.opens.append(k)
+        if not any(k.gates for k in kernels):
+            return  # nothing is ever gated: no back-pressure to set up
         for k in kernels:
             k.watch = [c for c in self._downstream(k) if c.gates]
             k.closed = len(k.watch)
@@ -746,15 +748,17 @@ class _Sim:
 
         A load reads through the load descriptors of its streams, a store writes through the store
         descriptors; a ``dma_spill`` writes its inputs (one, or the parts of the value it stores) through the
-        store descriptors of its input streams and reads the value back through the load descriptor of its
-        output stream, so it counts both. A context without descriptors moves its ports' bytes."""
+        store descriptors of its input streams and reads the value back through the load descriptors of its
+        output streams (one, or one per input), so it counts both. A context without descriptors moves its ports' bytes."""
         ins = {p.stream for p in cfg.inputs}
         outs = {p.stream for p in cfg.outputs}
         if cfg.kind == "dma_spill":
-            if not cfg.inputs or len(cfg.outputs) != 1:
+            # one output (the stored value read back), or one per input (a spill between SRAM phases carrying
+            # several streams, output i being input i)
+            if not cfg.inputs or len(cfg.outputs) != 1 and len(cfg.outputs) != len(cfg.inputs):
                 raise AttncError(
                     f"simulate: dma_spill kernel {cfg.kernel} '{cfg.name}' needs one or more input ports and one "
-                    f"output port, has {len(cfg.inputs)} and {len(cfg.outputs)}"
+                    f"output port (or one per input), has {len(cfg.inputs)} and {len(cfg.outputs)}"
                 )
             write = sum(d.bytes for d in self.bs.dma if d.stream in ins and d.direction == "store") or in_bytes
             read = sum(d.bytes for d in self.bs.dma if d.stream in outs and d.direction == "load") or port_bytes
@@ -910,9 +914,15 @@ class _Sim:
             if upto > p.consumed:
                 self._hold(k, -(upto - p.consumed) * p.token_bytes)
                 p.consumed = upto
-        if side == "write":  # stored: nothing leaves until it is read back
-            self.schedule(tile)
-            return
+        if side != "write":  # a spill's stored value leaves only as it is read back
+            self._emit_done(k)
+        self.schedule(tile)
+        for load in k.throttlers:  # the tokens released may let a throttled load go on
+            if load.tile is not tile:
+                self.schedule(load.tile)
+
+    def _emit_done(self, k: _Kernel) -> None:
+        """What ``k``'s finished segments let leave; once it has finished, the phases it gated may open."""
         forwarded = {o for outs in k.forwards.values() for o in outs}
         for stream, tokens, nbytes in k.outputs:
             if stream in forwarded:
@@ -927,10 +937,6 @@ class _Sim:
                 g.gates -= 1
                 if not g.gates:
                     self._open(g)
-        self.schedule(tile)
-        for load in k.throttlers:  # the tokens released may let a throttled load go on
-            if load.tile is not tile:
-                self.schedule(load.tile)
 
     def _open(self, g: _Kernel) -> None:
         """``g`` is open: the contexts that held back their data for it may run (its own tile is rescheduled

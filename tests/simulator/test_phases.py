@@ -302,3 +302,32 @@ def test_a_load_shared_by_a_resident_and_a_gated_context_can_deadlock_and_says_w
     routes[1] = route(6, 5, 4, [(3, 0), (2, 0), (1, 0), (1, 1)])
     k = by_name(simulate(make(tiles, routes, descs + [desc((3, 0), "load", 6, 0)])))
     assert k["load"].start == 0 and k["load_late"].start == k["early"].end
+
+
+def test_a_streamed_spill_reads_back_only_what_it_has_written_once_its_consumer_opens():
+    # 8 tokens of 64 floats, one every 16 cycles; the consumer opens at 160, while the spill writes token 2
+    t, n = 8, 8 * N
+
+    def streamed(kid, name, src, dst, phase=0):
+        return KernelConfig(kid, name, "elementwise", [Port(0, src, "f32", [n], t)], [Port(1, dst, "f32", [n], t)],
+                            [], [], [("rows", t)], [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})], 0,
+                            phase)  # fmt: skip
+
+    tiles = {
+        (2, 1): [streamed(0, "src", 100, 1)],
+        (2, 0): [KernelConfig(3, "spill", "dma_spill", [Port(0, 1, "f32", [n], t)], [Port(0, 3, "f32", [n], t)], [],
+                              [], [("burst", t)], [], 0)],  # fmt: skip
+        (1, 1): [adds(1, "first", 101, 102, work=10, phase=1), streamed(2, "use", 3, 4, phase=2)],
+    }
+    routes = [route(1, 0, 3, [(2, 1), (2, 0)], 4 * n), route(3, 3, 2, [(2, 0), (1, 0), (1, 1)], 4 * n)]
+    stats = simulate(make(tiles, routes, [desc((2, 0), "store", 1, 0, n), desc((2, 0), "load", 3, 0, n)]))
+    k = by_name(stats)
+    assert k["first"].end == 160
+    assert (stats.dram_write_bytes, stats.dram_read_bytes) == (4 * n, 4 * n)
+    # one DMA channel: token 0 is written from its arrival at 33 (latency, then 256 bytes), tokens 1 and 2 as
+    # they come (the consumer is gated); after token 2 the read-back starts (latency again), and from then on
+    # the spill reads back what it has written before writing the next token
+    token = 4 * N / BW
+    assert k["spill"].start == 33
+    assert k["use"].start == pytest.approx(33 + LAT + 3 * token + LAT + token + 4 * N / 16 + 2)
+    assert k["spill"].end == pytest.approx(33 + 2 * LAT + 2 * t * token)
