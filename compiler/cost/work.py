@@ -218,7 +218,9 @@ def _vector_plan(body_ops: list[Operation], outputs: list[TensorType], arch, eb:
     lanes = max(tile.vector_lanes, 1)
     work = 0
     for op in body_ops:
-        if op.results and isinstance(op.results[0].type, TensorType):
+        # data movement and constants are buffer addressing, not lane work (as the simulator counts them)
+        if op.results and isinstance(op.results[0].type, TensorType) and not (
+                sp.is_data_movement(op) or isinstance(op, sp.ConstantOp)):
             src = max((_elems(v.type) for v in op.operands if isinstance(v.type, TensorType)), default=0)
             work += PASSES.get(type(op), 1) * max(_elems(op.results[0].type), src)
     shape = outputs[0].get_shape() if outputs else (1,)
