@@ -473,7 +473,8 @@ class _Sim:
         spans = []
         for k in tile.kernels:
             for b in k.cfg.buffers:
-                what = f"buffer '{b.name}' [{b.address}, {b.address + b.size}) of kernel {k.cfg.kernel} '{k.cfg.name}' (phase {k.phase})"
+                what = (f"buffer '{b.name}' [{b.address}, {b.address + b.size}) of kernel {k.cfg.kernel} "
+                        f"'{k.cfg.name}' (phase {k.phase})")  # fmt: skip
                 if b.address < 0 or b.address + b.size > ts.sram_bytes:
                     raise AttncError(f"{where}: {what} lies outside the tile's SRAM [0, {ts.sram_bytes})")
                 if b.size > 0:
@@ -499,9 +500,9 @@ class _Sim:
                 src = p.producer
                 if src is not None and src.phase != k.phase and src.cfg.kind not in ("dma_load", "dma_spill"):
                     raise AttncError(
-                        f"simulate: stream {p.stream} from kernel {src.cfg.kernel} '{src.cfg.name}' (phase {src.phase}) "
-                        f"into kernel {k.cfg.kernel} '{k.cfg.name}' (phase {k.phase}): data crossing phases goes "
-                        "through DRAM (a dma_spill), not a direct stream"
+                        f"simulate: stream {p.stream} from kernel {src.cfg.kernel} '{src.cfg.name}' (phase "
+                        f"{src.phase}) into kernel {k.cfg.kernel} '{k.cfg.name}' (phase {k.phase}): data crossing "
+                        "phases goes through DRAM (a dma_spill), not a direct stream"
                     )
         for k in kernels:
             if k.cfg.kind not in ("dma_load", "dma_spill"):
@@ -512,7 +513,8 @@ class _Sim:
                     if c is not k and p.producer is k and c.phase:
                         phases.setdefault(c.phase, c)
             if len(phases) > 1:
-                names = ", ".join(f"kernel {c.cfg.kernel} '{c.cfg.name}' (phase {q})" for q, c in sorted(phases.items()))
+                names = ", ".join(f"kernel {c.cfg.kernel} '{c.cfg.name}' (phase {q})"
+                                  for q, c in sorted(phases.items()))  # fmt: skip
                 raise AttncError(
                     f"simulate: {k.cfg.kind} kernel {k.cfg.kernel} '{k.cfg.name}' feeds contexts of different phases "
                     f"({names}): a DMA context serves one phase (one context per consuming phase)"
@@ -749,7 +751,8 @@ class _Sim:
         A load reads through the load descriptors of its streams, a store writes through the store
         descriptors; a ``dma_spill`` writes its inputs (one, or the parts of the value it stores) through the
         store descriptors of its input streams and reads the value back through the load descriptors of its
-        output streams (one, or one per input), so it counts both. A context without descriptors moves its ports' bytes."""
+        output streams (one, or one per input), so it counts both. A context without descriptors moves its
+        ports' bytes."""
         ins = {p.stream for p in cfg.inputs}
         outs = {p.stream for p in cfg.outputs}
         if cfg.kind == "dma_spill":
