@@ -116,7 +116,11 @@ class _Emitter:
             assert isinstance(t, TensorType)
             self.out.io.append(bs.IOEntry(io.sym_name.data, io.direction.data, dtype_name(t), list(t.get_shape()),
                                           io.address.value.data, nbytes(t)))  # fmt: skip
-        self.dram_top = _align(max((e.dram_address + e.bytes for e in self.out.io), default=0))
+        # weights go above everything place-route put in DRAM: the I/O table and the spills' regions
+        ends = [e.dram_address + e.bytes for e in self.out.io]
+        ends += [d.address.value.data + d.bytes.value.data for d in self.ops
+                 if isinstance(d, ar.DmaOp) and d.address.value.data >= 0]  # fmt: skip
+        self.dram_top = _align(max(ends, default=0))
 
     def count_tokens(self) -> None:
         # a stream has the token count its producer gives it, at both ends
