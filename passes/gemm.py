@@ -61,6 +61,10 @@ class GemmGrid:
     dram_bytes: int = 0
     buffer: int = 0
     resident: bool = False  # the part holds its weight block whole (read once) and streams its row strip
+    #: every part reads its row strip from DRAM (a spill between SRAM phases) instead of from the part to its
+    #: left: a strip that is an attention's heads spilled and transposed back could not be passed on as it
+    #: arrives (a strip of spilled rows can: the simulator forwards a concatenation of inputs cut-through)
+    direct: bool = False
 
     def text(self) -> str:
         held = ", weight block held" if self.resident else ""
@@ -339,7 +343,7 @@ def _a_from_dram(op: sp.MatmulOp) -> bool:
 def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reserved_compute: int = 0,
                gemms: list[sp.MatmulOp] | None = None, heads: dict | None = None, members: int = 0,
                dma_free: int | None = None, part_cap: int | None = None, shared: bool = False,
-               widths: dict | None = None) -> GemmPlans:
+               widths: dict | None = None, direct: set | frozenset = frozenset()) -> GemmPlans:
     """Choose the grid of each of ``gemms`` (default: every :func:`splittable` one). ``reserved_compute``
     counts the compute contexts the other kernels take (a context share of SRAM each), ``members`` the
     attention members, ``used_sram`` the SRAM those claim, ``dma_free`` the DMA contexts left to the
@@ -347,7 +351,8 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
     (its column blocks hold whole heads); ``part_cap`` the most SRAM a part may claim (what attention members
     on every tile leave). ``shared``: phases share SRAM (each phase has the whole ``room``) and every GEMM's
     left operand comes from DRAM (a load or a spill between phases), so a part may re-read its row strip.
-    ``widths`` maps a merged GEMM to the width of each GEMM merged into it (see :func:`grid_search`)."""
+    ``widths`` maps a merged GEMM to the width of each GEMM merged into it (see :func:`grid_search`); the
+    parts of the GEMMs in ``direct`` each read their row strip from DRAM (``GemmGrid.direct``)."""
     widths = widths or {}
     heads = heads or {}
     gemms = [op for op in fn.body.block.ops if splittable(op)] if gemms is None else gemms
@@ -378,7 +383,7 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
             continue
         a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
         # a part claims its budget of SRAM, so that the placer does not stack more parts on a tile than fit
-        grid = GemmGrid(**{**grid.__dict__, "reserve": budget})
+        grid = GemmGrid(**{**grid.__dict__, "reserve": budget, "direct": g in direct})
         out.grids[g] = grid
         out.reports.append(
             f"gemm{i}: {'x'.join(map(str, a))} @ {'x'.join(map(str, w))} in {grid.text()}; predicted "
@@ -529,12 +534,12 @@ class GemmGridPattern(RewritePattern):
                                                    int(g.resident)])  # fmt: skip
                 if g.reserve:
                     mm.attributes[RESERVE] = IntegerAttr(g.reserve, 64)
-                if g.a_passes > 1 and j == 0:
+                if g.a_passes > 1 and (j == 0 or g.direct):
                     mm.attributes[A_PASSES] = IntegerAttr(g.a_passes, 64)
                 pieces.append(b.add(mm, tag, g.name))
                 # the strip goes on along the row and the weight block down the column, as copies out of
                 # this part's buffers: each link carries them once instead of a DMA tile sending them to all
-                if j + 1 < g.cols:
+                if j + 1 < g.cols and not g.direct:
                     strip = b.add(sp.ReshapeOp(strip, sp.shape_of(strip)), tag, g.name)
                 if i + 1 < g.rows:
                     down[j] = b.add(sp.ReshapeOp(down[j], sp.shape_of(down[j])), tag, g.name)

@@ -584,11 +584,18 @@ A_PASSES = "dataflow.a_passes"
 
 
 def _copied_input(k: df.KernelOp, j: int) -> int | None:
-    """The input whose copy output ``j`` of ``k`` is (through data movement), or None."""
-    v = k.body.block.last_op.operands[j]
-    while isinstance(v.owner, Operation) and sp.is_data_movement(v.owner) and len(v.owner.operands) == 1:
-        v = v.owner.operands[0]
-    return k.body.block.args.index(v) if v in k.body.block.args else None
+    """The input whose copy output ``j`` of ``k`` is (through data movement; for a concatenation of inputs, a
+    row strip made of the parts a spill brings, the first of them), or None."""
+    def root(v: SSAValue) -> SSAValue:
+        while isinstance(v.owner, Operation) and sp.is_data_movement(v.owner) and len(v.owner.operands) == 1:
+            v = v.owner.operands[0]
+        return v
+
+    args = k.body.block.args
+    v = root(k.body.block.last_op.operands[j])
+    if isinstance(v.owner, sp.ConcatOp) and all(root(o) in args for o in v.owner.operands):
+        v = root(v.owner.operands[0])
+    return args.index(v) if v in args else None
 
 
 def _grid_part(k: df.KernelOp) -> str | None:

@@ -259,7 +259,8 @@ class TilePass(TargetPass):
         if members >= len(computes) and used_sram:
             part_cap = min(t.sram_bytes for t in computes) - -(-used_sram // members)
         gemms = plan_gemms(fn, arch, self.gemm_parts, used_sram, others, chosen, heads, members,
-                           dma_free, part_cap, shared, merged)  # fmt: skip
+                           dma_free, part_cap, shared, merged,
+                           {o for o in chosen if shared and _fed_by_attention(o.lhs)})  # fmt: skip
         for o in merged:
             if o not in gemms.grids:
                 unmerge(o)

@@ -323,9 +323,19 @@ class Functional:
         output back through the load descriptor of its output stream (the same DRAM region when the compiler
         is right; the simulator does not assume it)."""
         cfg = c.config
+        if len(cfg.outputs) > 1 and len(cfg.outputs) == len(cfg.inputs) == len(outs):
+            # a spill between SRAM phases carries several streams: output i is input i, each through its own
+            # store and load descriptors
+            return [self._spill_one(c, [p.stream], q, x, dram) for p, q, x in zip(cfg.inputs, cfg.outputs, outs)]
         if not cfg.inputs or len(cfg.outputs) != 1 or len(outs) != 1:
-            raise SimulationError(f"{c.label} is a dma_spill: it needs one or more input ports and one output port")
-        ins, dst = [p.stream for p in cfg.inputs], cfg.outputs[0].stream
+            raise SimulationError(f"{c.label} is a dma_spill: it needs one or more input ports and one output port "
+                                  "(or as many output ports as input ports)")  # fmt: skip
+        return [self._spill_one(c, [p.stream for p in cfg.inputs], cfg.outputs[0], outs[0], dram)]
+
+    def _spill_one(self, c: Context, ins: list[int], port: Any, x: np.ndarray, dram: Dram) -> np.ndarray:
+        """Write ``x`` through the store descriptor of one of the ``ins`` streams and read ``port``'s stream
+        back through its load descriptor."""
+        dst = port.stream
         stores = sorted((d for d in self.bs.dma if d.direction == "store" and d.stream in ins),
                         key=lambda d: (tuple(d.channel) != c.tile, ins.index(d.stream)))  # fmt: skip
         store = stores[0] if stores else None
@@ -336,7 +346,6 @@ class Functional:
             raise SimulationError(f"{c.label} is a dma_spill but no store descriptor of stream {streams} exists")
         if load is None:
             raise SimulationError(f"{c.label} is a dma_spill but no load descriptor of stream {dst} exists")
-        x = outs[0]
         where = f"DMA spill of stream {src}"
         shape, strides = list(store.shape), list(store.strides)
         if bounded_prod(shape) != x.size:
@@ -344,10 +353,9 @@ class Functional:
         dram.write(store.dram_address, x.reshape(shape), store.dtype, shape, strides, where)
         where = f"DMA load of stream {dst}"
         y = dram.read(load.dram_address, load.dtype, list(load.shape), list(load.strides), where)
-        port = cfg.outputs[0]
         if y.size != bounded_prod(port.shape):
             raise SimulationError(f"{where}: {list(load.shape)} does not fill the port's {list(port.shape)}")
-        return [y.reshape(port.shape)]
+        return y.reshape(port.shape)
 
     @staticmethod
     def _check_port(c: Context, p: Any, x: np.ndarray, direction: str) -> None:

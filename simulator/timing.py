@@ -283,6 +283,7 @@ class _Kernel:
     #: outputs that are a copy of an input (K/V forwarded along a chain of fused kernels): input stream ->
     #: [output stream]; they leave as the input arrives, not as the context computes
     forwards: dict[int, list[int]] = field(default_factory=dict)
+    made_of: dict[int, tuple[int, ...]] = field(default_factory=dict)  # a forwarded output -> the inputs it copies
     # SRAM phases (docs/simulator.md, "SRAM phases")
     phase: int = 0
     gates: int = 0  # contexts of lower nonzero phases on the tile still to finish: gated while > 0
@@ -696,7 +697,7 @@ class _Sim:
             for port in k.inputs:
                 port.share = share
         if not is_dma and repeat == 1:
-            k.forwards = _forwards(cfg)
+            k.forwards, k.made_of = _forwards(cfg)
         port_bytes = 0
         for p in cfg.outputs:
             # the port's shape is the whole tensor; each of its tokens carries 1/tokens of the bytes moved
@@ -1029,7 +1030,12 @@ class _Sim:
         for out, total, nbytes in k.outputs:
             if out not in outs:
                 continue
-            target = total if port.forwarded >= port.tokens else port.forwarded * total // port.tokens
+            # a copy of several inputs (concatenated) goes on as far as all of them have come
+            ports = [q for q in k.inputs if q.stream in k.made_of.get(out, (stream,))] or [port]
+            if all(q.forwarded >= q.tokens for q in ports):
+                target = total
+            else:
+                target = min(q.forwarded * total // q.tokens for q in ports)
             new = target - k.emitted[out]
             if new > 0:
                 k.emitted[out] = target
@@ -1058,19 +1064,24 @@ class _Gate:
             self.waiting.append(fn)
 
 
-def _forwards(cfg: KernelConfig) -> dict[int, list[int]]:
-    """Outputs whose register is an input's register through reshapes only: input stream -> output streams."""
-    origin = {p.register: p.stream for p in cfg.inputs}
+def _forwards(cfg: KernelConfig) -> tuple[dict[int, list[int]], dict[int, tuple[int, ...]]]:
+    """Outputs whose register is an input's register, or a concatenation of inputs' registers, through
+    reshapes and concatenations only (a row strip passed on whole, or made of the parts a spill brings):
+    input stream -> output streams, and output stream -> the input streams it is made of."""
+    origin: dict[int, tuple[int, ...]] = {p.register: (p.stream,) for p in cfg.inputs}
     for ins in cfg.body:
-        if ins.opcode == "reshape" and len(ins.operands) == 1 and ins.operands[0] in origin:
+        if ins.opcode in ("reshape", "concat") and ins.operands and all(o in origin for o in ins.operands):
             for r in ins.results:
-                origin[r] = origin[ins.operands[0]]
+                origin[r] = tuple(s for o in ins.operands for s in origin[o])
     inputs = {p.register for p in cfg.inputs}
     out: dict[int, list[int]] = {}
+    made: dict[int, tuple[int, ...]] = {}
     for p in cfg.outputs:
         if p.register in origin and p.register not in inputs:
-            out.setdefault(origin[p.register], []).append(p.stream)
-    return out
+            made[p.stream] = origin[p.register]
+            for s in dict.fromkeys(origin[p.register]):
+                out.setdefault(s, []).append(p.stream)
+    return out, made
 
 
 def simulate(

@@ -146,9 +146,12 @@ class Score:
     m_int: int
     loads: tuple[float, ...]
     iloads: tuple[int, ...]
+    #: kernels of one nonzero SRAM phase on a tile beyond the first, summed: they run at the same time and take
+    #: turns, which the estimate misses while their phase's window has slack
+    stacked: int = 0
 
     def key(self) -> tuple:
-        return (round(self.overload, 9), self.makespan, self.byte_hops)
+        return (round(self.overload, 9), self.makespan, self.stacked, self.byte_hops)
 
 
 def score(av: ArrayView, pv: ProblemView, st: State) -> Score:
@@ -168,9 +171,14 @@ def score(av: ArrayView, pv: ProblemView, st: State) -> Score:
     o_int = max((load - cap for load, cap in zip(iloads, pv.cap_int)), default=0)
     busy = _Busy(pv, len(av.pos), st.place)
     links = pv.phases.link_work(st.routes, lambda a, b: av.cap[av.link_index[(a, b)]])
+    per: dict[tuple[int, int], int] = defaultdict(int)
+    for k, t in enumerate(st.place):
+        if pv.kernels[k].phase:
+            per[t, pv.kernels[k].phase] += 1
     return Score(max(loads, default=0.0), max(0.0, over) if over > 1e-9 else 0.0, bh,
                  round(pv.phases.estimate(st.place, links)), max(0, o_int), bh_int,
-                 busy.total(_link_time_int(av, pv, st.routes)), tuple(loads), tuple(iloads))
+                 busy.total(_link_time_int(av, pv, st.routes)), tuple(loads), tuple(iloads),
+                 sum(n - 1 for n in per.values()))
 
 
 def _link_time_int(av: ArrayView, pv: ProblemView, routes: list[list[int]]) -> dict[int, int]:
@@ -314,8 +322,19 @@ def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
     ctx = [0] * len(av.pos)
     sram = SramUse.of(av.sram, pv.kernels)
     busy = _Busy(pv, len(av.pos))
+    # where the kernels need nearly every context of their tiles, a kernel that stacks on a busy tile (free in
+    # the estimate while its phase has slack) strands those that come later: there the emptiest tile comes
+    # before the nearest one
+    demand: dict[tuple[int, ...], int] = defaultdict(int)
+    for ki in range(n):
+        demand[tuple(pv.cand[ki])] += 1
+    tight = {c: d * 4 > sum(av.contexts[t] for t in c) * 3 for c, d in demand.items()}
+    # kernels of one SRAM phase run at the same time: two on one tile take turns, whatever the estimate's slack
+    same: dict[tuple[int, int], int] = defaultdict(int)
     for ki in _order(pv):
         tops = {j: busy.top(j) for j, _w in pv.w_int[ki]}
+        spread = tight[tuple(pv.cand[ki])]
+        phase = pv.kernels[ki].phase
         best, best_cost = -1, None
         for t in pv.cand[ki]:
             if ctx[t] >= av.contexts[t] or not sram.fits(t, ki):
@@ -326,31 +345,39 @@ def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
                 if place[other] >= 0:
                     cost += pv.b_int[si] * av.dist[t][place[other]]
             # Ties (and kernels with nothing placed yet) go to the emptiest tile: spreads load.
-            c = (busy.join_cost(ki, t, tops), cost, ctx[t], t)
+            stacked = same[t, phase] if phase else 0
+            c = (stacked, busy.join_cost(ki, t, tops), ctx[t], cost, t) if spread else \
+                (stacked, busy.join_cost(ki, t, tops), cost, ctx[t], t)
             if best_cost is None or c < best_cost:
                 best, best_cost = t, c
         if best < 0:
             return _first_fit_decreasing(av, pv)
         place[ki] = best
         ctx[best] += 1
+        same[best, phase] += 1
         sram.add(best, ki)
         busy.add(ki, best, 1)
     return place
 
 
 def _first_fit_decreasing(av: ArrayView, pv: ProblemView) -> list[int] | None:
-    """Packing without locality, for when the greedy order strands a kernel."""
+    """Packing without locality, for when the greedy order strands a kernel: largest buffers first, each on
+    the tile where it grows the makespan estimate least (kernels of one phase on separate tiles, when the
+    contexts are nearly all taken), then the best fit (the least room left)."""
     place = [-1] * len(pv.kernels)
     ctx = [0] * len(av.pos)
     sram = SramUse.of(av.sram, pv.kernels)
+    busy = _Busy(pv, len(av.pos))
     for ki in sorted(range(len(pv.kernels)), key=lambda i: (-pv.kernels[i].buffer_bytes, i)):
         fits = [t for t in pv.cand[ki] if ctx[t] < av.contexts[t] and sram.fits(t, ki)]
         if not fits:
             return None
-        t = min(fits, key=lambda t: (sram.left(t, ki), t))  # best fit: the least room left
+        tops = {j: busy.top(j) for j, _w in pv.w_int[ki]}
+        t = min(fits, key=lambda t: (busy.join_cost(ki, t, tops), sram.left(t, ki), t))
         place[ki] = t
         ctx[t] += 1
         sram.add(t, ki)
+        busy.add(ki, t, 1)
     return place
 
 
@@ -389,6 +416,28 @@ class _Annealer:
         # one unit of the makespan estimate weighs as much as moving an average stream four hops
         self.wm = 4.0 * max(1.0, sum(pv.b_int) / max(1, len(pv.b_int)))
         self.busy = _Busy(pv, len(av.pos), place)
+        # kernels of one nonzero SRAM phase per tile (Score.stacked): a kernel joining another of its phase costs
+        # its own work, which the estimate misses while the phase's window has slack
+        self.same: dict[tuple[int, int], int] = defaultdict(int)
+        for ki, t in enumerate(place):
+            if pv.kernels[ki].phase:
+                self.same[t, pv.kernels[ki].phase] += 1
+        self.work = [sum(w for _j, w in pv.w_int[ki]) for ki in range(n)]
+
+    def stack(self, moves: list[tuple[int, int, int]]) -> float:
+        """What ``moves`` (kernel, from, to) change in stacked kernels of one phase, weighted by their work."""
+        out = 0.0
+        for ki, a, b in moves:
+            p = self.pv.kernels[ki].phase
+            if p:
+                out += self.wm * self.work[ki] * ((self.same[b, p] >= 1) - (self.same[a, p] >= 2))
+        return out
+
+    def shift(self, ki: int, a: int, b: int) -> None:
+        p = self.pv.kernels[ki].phase
+        if p:
+            self.same[a, p] -= 1
+            self.same[b, p] += 1
 
     def over(self, t: int, extra: float = 0.0) -> float:
         return self.mu * max(0.0, self.pressure[t] + extra - self.room[t])
@@ -426,8 +475,9 @@ class _Annealer:
         io = self.io[ki]
         delta = self.local(ki, t_new) - self.local(ki, t_old)
         delta += self.over(t_new, io) + self.over(t_old, -io) - self.over(t_new) - self.over(t_old)
-        delta += self.wm * self.busy.move_cost([(ki, t_old, t_new)])
+        delta += self.wm * self.busy.move_cost([(ki, t_old, t_new)]) + self.stack([(ki, t_old, t_new)])
         if self.accept(delta, temp):
+            self.shift(ki, t_old, t_new)
             self.busy.add(ki, t_old, -1)
             self.busy.add(ki, t_new, 1)
             self.pressure[t_old] -= io
@@ -455,7 +505,11 @@ class _Annealer:
         shift = self.io[ki] - self.io[kj]
         delta = after - before + self.over(t_new, shift) + self.over(t_old, -shift) - self.over(t_new) - self.over(t_old)
         delta += self.wm * self.busy.move_cost([(ki, t_old, t_new), (kj, t_new, t_old)])
+        if self.pv.kernels[ki].phase != self.pv.kernels[kj].phase:
+            delta += self.stack([(ki, t_old, t_new)]) + self.stack([(kj, t_new, t_old)])
         if self.accept(delta, temp):
+            self.shift(ki, t_old, t_new)
+            self.shift(kj, t_new, t_old)
             for k, a, b in ((ki, t_old, t_new), (kj, t_new, t_old)):
                 self.busy.add(k, a, -1)
                 self.busy.add(k, b, 1)
