@@ -665,12 +665,42 @@ def neighbour_cycles(kernels: Kernels, chain: list[Operation], tagged: dict[str,
     return min((_cycles(ops, arch) for ops in near.values()), default=None)
 
 
+def row_strips(chain: list[Operation], axis: int) -> int:
+    """How many equal row strips an input of ``chain`` is concatenated from along ``axis`` (counted from the
+    end): a split GEMM's row strips; 1 if none is."""
+    inside = set(chain)
+    for op in chain:
+        for y in op.operands:
+            # (through reshapes that only regroup what comes before the axis)
+            while isinstance(r := y.owner, sp.ReshapeOp) and TAG not in r.attributes and _rank(r.input) >= -axis \
+                    and sp.shape_of(r.input)[axis:] == sp.shape_of(y)[axis:]:
+                y = r.input
+            cat = y.owner
+            if isinstance(cat, sp.ConcatOp) and cat not in inside and TAG not in cat.attributes:
+                cat_axis, spans = concat_spans(cat)
+                if cat_axis == _rank(y) + axis and len({hi - lo for lo, hi in spans}) == 1:
+                    return len(spans)
+    return 1
+
+
+def aligned(parts: int, strips: int, most: int, room: int) -> int:
+    """``parts`` made a count whose balanced blocks never straddle two of ``strips`` equal strips (a divisor
+    or a multiple of ``strips``): the next such count up if it is at most ``most`` and ``room``, else the
+    next one down."""
+    if strips < 2:
+        return parts
+    counts = [n for n in range(1, most + 1) if strips % n == 0 or n % strips == 0]
+    up = [n for n in counts if parts <= n <= room]
+    return min(up) if up else max(n for n in counts if n <= parts)
+
+
 def plan_row_splits(block, kernels: Kernels, arch) -> dict[Operation, tuple[list[Operation], RowSplit]]:
     """Which row kernels to cut into row blocks, and into how many: a part about as long as the shortest
     GEMM/attention kernel next to the chain (its vector work no longer than that part's), at most one part
     per row and per tile of its kind, and all parts of all chains within the contexts of that kind that the
-    module's other kernels leave (less an eighth as headroom; the longest chains give up parts first).
-    Keyed by each chain's first op."""
+    module's other kernels leave (less an eighth as headroom; the longest chains give up parts first). A
+    chain whose input comes in equal row strips gets a divisor or a multiple of their number, so that no
+    part straddles two (it would read both strips' parts). Keyed by each chain's first op."""
     tagged = _tagged_ops(block)
     order = {op: i for i, op in enumerate(block.ops)}
     wanted: dict[str, list] = {}
@@ -683,19 +713,21 @@ def plan_row_splits(block, kernels: Kernels, arch) -> dict[Operation, tuple[list
         kind = _kind(chain)
         if kind == "sfu" and kernels.special_on_compute:
             kind = "compute"  # many more of them, and their exp units run the special functions
-        tiles = len(arch.tiles_of(kind))
-        parts = min(-(-_cycles(chain, arch, kind) // near), axis[1], tiles)
+        most = min(axis[1], len(arch.tiles_of(kind)))
+        parts = min(-(-_cycles(chain, arch, kind) // near), most)
         if parts > 1:
-            wanted[tag] = [chain, axis, kind, parts]
+            wanted[tag] = [chain, axis, kind, parts, most, row_strips(chain, axis[0])]
     for kind in {w[2] for w in wanted.values()}:
         mine = [w for w in wanted.values() if w[2] == kind]
         total = sum(t.contexts for t in arch.tiles_of(kind))
-        free = total - total // HEADROOM - kernels_on(block, kernels, kind, set(wanted))
-        while mine and sum(w[3] for w in mine) > max(free, len(mine)):
+        free = max(total - total // HEADROOM - kernels_on(block, kernels, kind, set(wanted)), len(mine))
+        while sum(w[3] for w in mine) > free:
             max(mine, key=lambda w: w[3])[3] -= 1
+        for w in mine:
+            w[3] = aligned(w[3], w[5], w[4], free - sum(x[3] for x in mine) + w[3])
     out = {}
     names = set(tagged)
-    for tag, (chain, (axis, extent), kind, parts) in wanted.items():
+    for tag, (chain, (axis, extent), kind, parts, _, _) in wanted.items():
         if parts < 2:
             continue
         base = chain[0].name.removeprefix("sparse.") if len(chain) == 1 else tag
