@@ -18,7 +18,8 @@ chain**. Three steps, each a rewrite pattern per concern:
    of its own (:func:`plan_row_splits` decides how many: about as long as a part of the GEMM or attention
    kernel next to it, within the free contexts). The rows are independent (a norm or softmax works along
    the last axes), so each part runs the whole chain on its rows; the parts share a ``dataflow.group``
-   named after the kernel they were, so later passes see one phase.
+   named after the kernel they were, so later passes see one phase. Parts with special functions run on
+   compute tiles that have an exp unit (marked ``dataflow.tile_kind``): there are many more of those.
 
 Both kinds of tagging keep ``lower-to-dataflow``'s order: a kernel is built where its first op is, so every
 value a kernel reads from another kernel must come from one whose first op is earlier (a large constant it
@@ -672,8 +673,12 @@ def row_strips(chain: list[Operation], axis: int) -> int:
     for op in chain:
         for y in op.operands:
             # (through reshapes that only regroup what comes before the axis)
-            while isinstance(r := y.owner, sp.ReshapeOp) and TAG not in r.attributes and _rank(r.input) >= -axis \
-                    and sp.shape_of(r.input)[axis:] == sp.shape_of(y)[axis:]:
+            while (
+                isinstance(r := y.owner, sp.ReshapeOp)
+                and TAG not in r.attributes
+                and _rank(r.input) >= -axis
+                and sp.shape_of(r.input)[axis:] == sp.shape_of(y)[axis:]
+            ):
                 y = r.input
             cat = y.owner
             if isinstance(cat, sp.ConcatOp) and cat not in inside and TAG not in cat.attributes:
@@ -800,8 +805,13 @@ class SplitRowKernelPattern(RewritePattern):
         # what assembled the chain's inputs whole, now that each part reads its own block
         while moved:
             x = moved.pop()
-            if isinstance(x, Operation) and x.parent is block and sp.is_data_movement(x) and TAG not in x.attributes \
-                    and not any(r.uses for r in x.results):
+            if (
+                isinstance(x, Operation)
+                and x.parent is block
+                and sp.is_data_movement(x)
+                and TAG not in x.attributes
+                and not any(r.uses for r in x.results)
+            ):
                 moved += [y.owner for y in x.operands]
                 rewriter.erase(x)
 
