@@ -8,7 +8,7 @@ different phases overlap (docs/simulator.md, "SRAM phases"), so data that crosse
 in a buffer that the next phase overwrites: it goes through DRAM.
 
 * Every stream from a kernel of one phase into kernels of another goes through a ``dma_spill``, one per
-  (producer group, consumer group): it stores its inputs as they are made and reads them back once the
+  (producer group, consumer phase): it stores its inputs as they are made and reads them back once the
   consumers' phase has begun. Output i of a spill is its input i.
 * A DMA load (a graph input, a weight) read by kernels of several phases is cloned, one load per phase.
 * DMA kernels (loads, spills, stores) keep phase 0: they hold their staging buffers all the time.
@@ -73,16 +73,18 @@ def assign_phases(fn: func.FuncOp, arch) -> dict[str, int]:
 
 
 def _spill_crossings(block: Block, compute: list[df.KernelOp], arch) -> None:
-    """One ``dma_spill`` per (producer group, consumer group) whose phases differ, carrying every stream
-    between them; the consumers read its outputs instead."""
-    crossings: dict[tuple[str, str], list[tuple[df.KernelOp, int]]] = {}
+    """One ``dma_spill`` per (producer group, consumer phase) whose phases differ, carrying every stream
+    between them (each value written once, however many groups of the phase read it); the consumers read its
+    outputs instead."""
+    crossings: dict[tuple[str, int], list[tuple[df.KernelOp, int]]] = {}
     for k in compute:
         for i, v in enumerate(k.inputs):
             src = v.owner
             if isinstance(src, df.KernelOp) and not is_dma(src) and phase_of(src) != phase_of(k):
-                crossings.setdefault((_group(src), _group(k)), []).append((k, i))
+                crossings.setdefault((_group(src), phase_of(k)), []).append((k, i))
     used: set[str] = {k.sym_name.data for k in block.ops if isinstance(k, df.KernelOp)}
-    for (src, dst), readers in crossings.items():
+    for (src, _phase), readers in crossings.items():
+        dst = _group(readers[0][0])
         values = list(dict.fromkeys(k.inputs[i] for k, i in readers))
         body = Block(arg_types=[v.type for v in values])
         body.add_op(df.YieldOp(list(body.args)))

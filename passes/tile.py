@@ -439,8 +439,11 @@ def _feeds_attention(v, depth: int = 8) -> bool:
 
 
 def _gcd_heads(op: sp.MatmulOp) -> int:
-    """The head widths the column slices of a merged projection feed, as one divisor (0 if none)."""
-    return int(np.gcd.reduce([_head_width(u.operation.results[0]) for u in op.result.uses
+    """The head widths the column slices of a merged projection feed, as one divisor (0 if none); the slices
+    may follow the merged bias add."""
+    uses = [u for u in op.result.uses]
+    uses += [v for u in uses if isinstance(u.operation, sp.AddOp) for v in u.operation.results[0].uses]
+    return int(np.gcd.reduce([_head_width(u.operation.results[0]) for u in uses
                               if isinstance(u.operation, sp.SliceOp)] or [0]))  # fmt: skip
 
 
