@@ -227,9 +227,13 @@ class TilePass(TargetPass):
                   "key_block": self.key_block}  # fmt: skip
         # each step decides for the whole module (the attentions share one SRAM budget, the stage chains
         # plan on what the attentions leave, the GEMM split on what both leave), then applies its decisions
+        # projections of one value (Q, K, V) become one GEMM first: the decisions below count its parts once
+        merged = merge_shared_lhs(fn) if self.gemm_parts != 1 else {}
         shared = shares_sram(fn, arch, self.share_sram, self.gemm_parts)
         if shared:
             fn.attributes[SHARE_ATTR] = IntegerAttr(1, 64)
+        if shared and not self.members and not self.groups and self.gemm_parts != 1:
+            forced.update(_members_for_grids(fn, arch, self.mode, forced, merged))
         attention = schedule_attentions(fn, arch, self.mode, forced, shared)
         _rewrite(fn, FuseAttentionPattern(attention.schedules))
         reports = attention.reports
@@ -241,7 +245,6 @@ class TilePass(TargetPass):
         _rewrite(fn, ExpandButterflyPattern(chains.plans))
         reports += chains.reports
         # every large GEMM across the compute tiles of its phase, on the contexts and SRAM the rest leave
-        merged = merge_shared_lhs(fn) if self.gemm_parts != 1 else {}
         chosen = [o for o in fn.body.block.ops if splittable(o)]
         # a Q/K/V projection's column blocks hold whole heads, so a member reads only the parts of its heads
         heads = {o: w for o in chosen if (w := _head_width(o.result))}
@@ -270,6 +273,68 @@ class TilePass(TargetPass):
         reports += gemms.reports
         if reports:
             fn.attributes[REPORT_ATTR] = StringAttr("\n".join(reports))
+
+
+def _members_for_grids(fn: func.FuncOp, arch, mode: str, forced: dict, merged: dict) -> dict[str, int]:
+    """The attentions' members and groups when phases share SRAM (empty: the search's own choice). Contexts are
+    not shared: every phase's kernels keep theirs, so members the attention gains are parts the GEMM grids lose
+    (on edge, 16 members leave an FFN grid 8 parts). Tries the search's choice, then one group of half as many
+    members, and so on, and keeps the one whose attentions plus GEMM phases are predicted fastest."""
+    from attnc.passes.gemm import phases as gemm_phases
+
+    ops = list(fn.body.block.ops)
+    todo = []
+    for a in ops:
+        if isinstance(a, sp.AttentionOp) and a.fusion is None:
+            req = a.attributes.get(FUSION_ATTR)
+            chosen = mode or (req.data if isinstance(req, StringAttr) else "")
+            if chosen and chosen != "per-head":
+                todo.append((a, chosen))
+    gemms = [o for o in ops if splittable(o)]
+    if not todo or not gemms:
+        return {}
+    tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+    reserved = _reserved(fn)
+    others = reserved["compute"] - len(gemms)
+    dma_free = sum(t.contexts for t in arch.tiles_of("dma")) - reserved["dma"] - len(gemms) - 2
+    heads = {o: w for o in gemms if (w := _head_width(o.result))}
+    for o, width in merged.items():
+        heads[o] = int(np.gcd(width, _gcd_heads(o)))
+    level = gemm_phases(fn, gemms)
+    direct = {o for o in gemms if _fed_by_attention(o.lhs)}
+
+    def predicted(pick: dict[str, int]) -> tuple[float, int] | None:
+        cycles, count = 0.0, 0
+        for a, chosen in todo:
+            try:
+                best = search(shape_of(a), arch, chosen, tile.sram_bytes, {**forced, **pick}, reserved).best
+            except AttncError:
+                return None
+            cycles += best.cycles
+            count += best.schedule.groups * best.schedule.members
+        plans = plan_gemms(fn, arch, -1, 0, others, gemms, heads, count, dma_free, None, True, merged, direct)
+        by: dict[int, float] = {}
+        for g in gemms:
+            grid = plans.grids.get(g)
+            t = grid.cycles if grid else _macs(g) / max(tile.macs_per_cycle, 1)
+            by[level[g]] = max(by.get(level[g], 0.0), t)
+        return cycles + sum(by.values()), count
+
+    free = predicted({})
+    if free is None:
+        return {}
+    best, best_pick = free[0], {}
+    m = max(1, free[1] // max(1, len(todo)))
+    while m > 1:
+        m //= 2
+        got = predicted({"groups": 1, "members": m})
+        if got is not None and got[0] < best * (1 - TIE):
+            best, best_pick = got[0], {"groups": 1, "members": m}
+    return best_pick
+
+
+def _macs(op: sp.MatmulOp) -> int:
+    return int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * sp.shape_of(op.lhs)[-1]
 
 
 def _rewrite(fn: func.FuncOp, pattern: RewritePattern) -> None:
