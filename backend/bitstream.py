@@ -1221,7 +1221,8 @@ def describe(bs: Bitstream, header: Header | None = None, *, source: str = "<bit
     for t in bs.tiles:
         lines.append(f"  tile ({t.x},{t.y}) {t.kind}: {len(t.contexts)} context(s)")
         for i, k in enumerate(t.contexts):
-            lines.append(f"    [{i}] kernel {k.kernel} '{k.name}' {k.kind}, ~{k.cycles} cycles")
+            phase = f", SRAM phase {k.phase}" if k.phase else ""
+            lines.append(f"    [{i}] kernel {k.kernel} '{k.name}' {k.kind}, ~{k.cycles} cycles{phase}")
             lines += [f"        in   {_port_text(p, '<-')}" for p in k.inputs]
             lines += [f"        out  {_port_text(p, '->')}" for p in k.outputs]
             lines += [f"        const r{reg} = constant {cid}" for reg, cid in k.constants]
