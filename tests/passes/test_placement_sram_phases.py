@@ -190,3 +190,22 @@ def test_random_phased_problems_map_validly_or_explain(tiny, problem):
         assert str(e).startswith("cannot map onto tiny:") and h is None
         return
     assert validate(problem, tiny, m) == []
+
+
+def test_kernels_of_one_phase_are_spread_over_the_tiles_when_contexts_are_tight(tiny):
+    # four compute tiles of four contexts, four phases of four kernels: the only placement without two kernels
+    # of one phase on a tile (which would take turns) is one of each phase per tile; the estimate's windows are
+    # long enough to hide the stacking, and streams between the kernels of a phase pull them onto one tile
+    computes = len(tiny.tiles_of("compute"))
+    contexts = tiny.tiles_of("compute")[0].contexts
+    ks = [KernelSpec(f"k{p}_{i}", "compute", 256, 100, window=(1000 * p, 1000 * p + 900), phase=p + 1)
+          for p in range(contexts) for i in range(computes)]  # fmt: skip
+    streams = [StreamSpec(f"s{p}_{i}", f"k{p}_{i}", f"k{p}_{i + 1}", 4096, 1.0)
+               for p in range(contexts) for i in range(computes - 1)]  # fmt: skip
+    problem = MappingProblem(ks, streams)
+    for m in (heuristic_mapping(problem, tiny), place_and_route(problem, tiny, time_limit=2)):
+        validate(problem, tiny, m)
+        per = {}
+        for k in ks:
+            per.setdefault((m.placement[k.name], k.phase), []).append(k.name)
+        assert all(len(names) == 1 for names in per.values()), per
