@@ -146,8 +146,8 @@ class Score:
     m_int: int
     loads: tuple[float, ...]
     iloads: tuple[int, ...]
-    #: kernels of one nonzero SRAM phase on a tile beyond the first, summed: they run at the same time and take
-    #: turns, which the estimate misses while their phase's window has slack
+    #: kernels that run at the same time (one nonzero SRAM phase, or one ``together`` group) on a tile beyond the
+    #: first, summed: they take turns, which the estimate misses while their window has slack
     stacked: int = 0
 
     def key(self) -> tuple:
@@ -171,14 +171,21 @@ def score(av: ArrayView, pv: ProblemView, st: State) -> Score:
     o_int = max((load - cap for load, cap in zip(iloads, pv.cap_int)), default=0)
     busy = _Busy(pv, len(av.pos), st.place)
     links = pv.phases.link_work(st.routes, lambda a, b: av.cap[av.link_index[(a, b)]])
-    per: dict[tuple[int, int], int] = defaultdict(int)
+    per: dict[tuple, int] = defaultdict(int)
     for k, t in enumerate(st.place):
-        if pv.kernels[k].phase:
-            per[t, pv.kernels[k].phase] += 1
+        if (key := stack_key(pv.kernels[k])) is not None:
+            per[t, key] += 1
     return Score(max(loads, default=0.0), max(0.0, over) if over > 1e-9 else 0.0, bh,
                  round(pv.phases.estimate(st.place, links)), max(0, o_int), bh_int,
                  busy.total(_link_time_int(av, pv, st.routes)), tuple(loads), tuple(iloads),
                  sum(n - 1 for n in per.values()))
+
+
+def stack_key(k) -> tuple | None:
+    """What a kernel runs at the same time as: its nonzero SRAM phase, or its ``together`` group (None: no one)."""
+    if k.phase:
+        return ("phase", k.phase)
+    return ("group", k.together) if k.together else None
 
 
 def _link_time_int(av: ArrayView, pv: ProblemView, routes: list[list[int]]) -> dict[int, int]:
@@ -329,12 +336,13 @@ def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
     for ki in range(n):
         demand[tuple(pv.cand[ki])] += 1
     tight = {c: d * 4 > sum(av.contexts[t] for t in c) * 3 for c, d in demand.items()}
-    # kernels of one SRAM phase run at the same time: two on one tile take turns, whatever the estimate's slack
-    same: dict[tuple[int, int], int] = defaultdict(int)
+    # kernels of one SRAM phase or one group run at the same time: two on one tile take turns, whatever the
+    # estimate's slack
+    same: dict[tuple, int] = defaultdict(int)
     for ki in _order(pv):
         tops = {j: busy.top(j) for j, _w in pv.w_int[ki]}
         spread = tight[tuple(pv.cand[ki])]
-        phase = pv.kernels[ki].phase
+        phase = stack_key(pv.kernels[ki])
         best, best_cost = -1, None
         for t in pv.cand[ki]:
             if ctx[t] >= av.contexts[t] or not sram.fits(t, ki):
@@ -345,7 +353,7 @@ def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
                 if place[other] >= 0:
                     cost += pv.b_int[si] * av.dist[t][place[other]]
             # Ties (and kernels with nothing placed yet) go to the emptiest tile: spreads load.
-            stacked = same[t, phase] if phase else 0
+            stacked = same[t, phase] if phase is not None else 0
             c = (stacked, busy.join_cost(ki, t, tops), ctx[t], cost, t) if spread else \
                 (stacked, busy.join_cost(ki, t, tops), cost, ctx[t], t)
             if best_cost is None or c < best_cost:
@@ -418,24 +426,24 @@ class _Annealer:
         self.busy = _Busy(pv, len(av.pos), place)
         # kernels of one nonzero SRAM phase per tile (Score.stacked): a kernel joining another of its phase costs
         # its own work, which the estimate misses while the phase's window has slack
-        self.same: dict[tuple[int, int], int] = defaultdict(int)
+        self.same: dict[tuple, int] = defaultdict(int)
         for ki, t in enumerate(place):
-            if pv.kernels[ki].phase:
-                self.same[t, pv.kernels[ki].phase] += 1
+            if (key := stack_key(pv.kernels[ki])) is not None:
+                self.same[t, key] += 1
         self.work = [sum(w for _j, w in pv.w_int[ki]) for ki in range(n)]
 
     def stack(self, moves: list[tuple[int, int, int]]) -> float:
         """What ``moves`` (kernel, from, to) change in stacked kernels of one phase, weighted by their work."""
         out = 0.0
         for ki, a, b in moves:
-            p = self.pv.kernels[ki].phase
-            if p:
+            p = stack_key(self.pv.kernels[ki])
+            if p is not None:
                 out += self.wm * self.work[ki] * ((self.same[b, p] >= 1) - (self.same[a, p] >= 2))
         return out
 
     def shift(self, ki: int, a: int, b: int) -> None:
-        p = self.pv.kernels[ki].phase
-        if p:
+        p = stack_key(self.pv.kernels[ki])
+        if p is not None:
             self.same[a, p] -= 1
             self.same[b, p] += 1
 
@@ -505,7 +513,7 @@ class _Annealer:
         shift = self.io[ki] - self.io[kj]
         delta = after - before + self.over(t_new, shift) + self.over(t_old, -shift) - self.over(t_new) - self.over(t_old)
         delta += self.wm * self.busy.move_cost([(ki, t_old, t_new), (kj, t_new, t_old)])
-        if self.pv.kernels[ki].phase != self.pv.kernels[kj].phase:
+        if stack_key(self.pv.kernels[ki]) != stack_key(self.pv.kernels[kj]):
             delta += self.stack([(ki, t_old, t_new)]) + self.stack([(kj, t_new, t_old)])
         if self.accept(delta, temp):
             self.shift(ki, t_old, t_new)

@@ -373,11 +373,18 @@ def dataflow_problem(kernels: list[df.KernelOp], stream_of: dict[SSAValue, int],
     if total > arch.dram.bytes_per_cycle:
         for i in loads:
             rates[i] *= arch.dram.bytes_per_cycle / total
+    # a group whose kernels are all of one kind runs them at the same time (a grid's parts, a group's members);
+    # one of several kinds is a pipeline of steps (an unfused head's QK, softmax and PV)
+    kinds: dict[str, set[str]] = {}
+    for k in kernels:
+        if k.group:
+            kinds.setdefault(k.group.data, set()).add(k.kind.data)
     problem = MappingProblem(
         kernels=[
             KernelSpec(k.sym_name.data, k.tile_kind.data, k.buffer_bytes.value.data, max(1, k.cycles.value.data),
                        k.group.data if k.group else "", window=windows[i] if windows else None,
-                       phase=k.phase)  # fmt: skip
+                       phase=k.phase,
+                       together=k.group.data if k.group and len(kinds[k.group.data]) == 1 else "")  # fmt: skip
             for i, k in enumerate(kernels)
         ],
         streams=[

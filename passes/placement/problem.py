@@ -42,6 +42,9 @@ class KernelSpec:
     pipeline: tuple[str, int] | None = None
     window: tuple[float, float] | None = None
     phase: int = 0
+    #: kernels with the same non-empty ``together`` run at the same time (a GEMM grid's parts, an attention
+    #: group's members): two of them on one tile take turns, so the placer keeps them apart where it can
+    together: str = ""
 
 
 @dataclass(frozen=True)
