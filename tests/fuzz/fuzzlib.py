@@ -491,7 +491,7 @@ def _arch_argv(c: Chooser) -> list[str]:
 
 PASSES = ["canonicalize", "raise-attention", "fuse-attention", "tile", "fuse-elementwise", "lower-to-dataflow", "place-route",
           "butterfly-decompose", "nosuch", ""]
-OPTION_KEYS = ["mode", "arch", "members", "key-block", "tile-m", "layers", "fourier", "block", "factors", "iters",
+OPTION_KEYS = ["mode", "arch", "members", "key-block", "share-sram", "tile-m", "layers", "fourier", "block", "factors", "iters",
                "kind", "bogus", ""]
 OPTION_VALUES = ["bogus", "-5", "-1", "0", "1", "10000000000000000000000", "nosuch", "tiny", "edge", "nan", "",
                  "1,2", "\u202e", "a b", "{", "}", "=", "all", "none"]
