@@ -61,7 +61,7 @@ class KernelStats:
     segments: int = 1
     peak_buffer_bytes: float = 0  # most bytes its input buffers held at once: arrived, not yet released
     buffer_banks: int = 0  # SRAM banks its buffers occupy (whole banks each)
-    throttled: bool = False  # a DMA load held back by its consumers' buffers
+    throttled: bool = False  # a producer held back by its consumers' buffers (back-pressure)
     sram_stall_cycles: int = 0  # cycles its SRAM traffic adds beyond its compute (the banks' ports bind)
 
 

@@ -256,11 +256,20 @@ def _repeat_share(loops: list[tuple[str, int]], segments: int) -> Callable[[int]
 
 @dataclass
 class _Throttle:
-    """Back-pressure of a DMA load on one consumer port: at most ``depth`` tokens ahead of its consumption."""
+    """Back-pressure of a producer on one consumer port (its own stream's, or one a consumer's forwarded copy
+    of it reaches): at most ``depth`` of the port's tokens ahead of its consumption."""
 
     consumer: _Kernel
     port: _InPort
     depth: int
+    stream: int  # the producer's output stream
+    tokens: int  # the producer's tokens of the stream (its emission, scaled to the port's tokens)
+
+    def credit(self) -> int:
+        """The producer's tokens of the stream it may have sent so far: the port's released tokens plus the
+        depth, in the producer's tokens."""
+        room = self.port.consumed + self.depth
+        return self.tokens if room >= self.port.tokens else room * self.tokens // self.port.tokens
 
 
 @dataclass
@@ -278,8 +287,9 @@ class _Kernel:
     emitted: dict[int, int] = field(default_factory=dict)  # stream -> tokens emitted
     running: bool = False
     held: float = 0.0  # bytes in the input buffers: arrived, not yet released by a finished segment
-    throttles: list[_Throttle] = field(default_factory=list)  # a throttled DMA load: its consumers
-    throttlers: list[_Kernel] = field(default_factory=list)  # the loads this context throttles
+    throttles: list[_Throttle] = field(default_factory=list)  # a throttled producer: its consumers' ports
+    throttlers: list[_Kernel] = field(default_factory=list)  # the producers this context throttles
+    credits: dict[int, list[_Throttle]] = field(default_factory=dict)  # output stream -> its throttles
     #: outputs that are a copy of an input (K/V forwarded along a chain of fused kernels): input stream ->
     #: [output stream]; they leave as the input arrives, not as the context computes
     forwards: dict[int, list[int]] = field(default_factory=dict)
@@ -311,16 +321,21 @@ class _Kernel:
         for p in self.inputs:
             if p.received < p.need(i, self.segments):
                 return False
-        for th in self.throttles:
-            ahead = min(self.emitted_after(i, th.port.tokens), th.port.tokens) - th.port.consumed
-            if ahead > th.depth:
-                return False
-        return True
+        return not self.pending()
+
+    def target(self, stream: int, tokens: int) -> int:
+        """Tokens of an output the finished segments have produced."""
+        return tokens if self.done >= self.segments else self.done * tokens // self.segments
+
+    def pending(self) -> bool:
+        """Whether a finished segment's output still waits for room in a consumer's buffers: its output buffer
+        is full, so it does not start another segment (back-pressure)."""
+        return any(self.emitted[th.stream] < self.target(th.stream, th.tokens) for th in self.throttles)
 
     def spill_side(self) -> str | None:
         """The side a split spill runs next: the read-back of what is written once its consumers are open,
         else the store of what has arrived (it waits for no consumer)."""
-        if self.done < self.written and not self.closed:
+        if self.done < self.written and not self.closed and not self.pending():
             return "read"
         if self.written < self.segments and all(p.received >= p.need(self.written, self.segments) for p in self.inputs):
             return "write"
@@ -592,75 +607,137 @@ class _Sim:
                 )
 
     def _back_pressure(self) -> None:
-        """Throttle each DMA load and each context on a memory tile (the sources that stream, and re-stream,
-        data they hold) by its streamed consumers, when that cannot deadlock.
+        """Throttle every context by the buffers of the contexts its streams fill, when that cannot deadlock.
 
-        A consumer port of T tokens over S segments releases its tokens as its segments finish; the load may
-        start a segment only if, once it has finished, it is at most ``depth`` tokens ahead of what each
-        consumer has released, with depth = max(2·burst + chunk - 1, fit): burst, the most tokens one load
-        segment emits, twice (the load fetches a burst while the consumer works on the one before: double
-        buffering at the load's grain; 2 for a load of one token a segment); chunk, the most tokens one
-        consumer segment needs at once (so a consumer always gets what its next segment needs: no deadlock
-        between the two); fit, how many tokens fit in the consumer's double-buffered buffers, their bytes
-        shared evenly by its on-chip input ports (a single buffer is computed on and gives no room to run
-        ahead). Weights (needed whole) are not throttled.
+        A producer's segment emits its share of each output's tokens; a consumer port of T tokens over S
+        segments releases its tokens as its segments finish. The producer may start a segment only if, once it
+        has finished, it is at most ``depth`` tokens ahead of what each streamed consumer port (tokens > 1, not
+        a weight) has released, with depth = max(2·burst + chunk - 1, fit): burst, the most tokens one producer
+        segment emits, twice (it produces a burst while the consumer works on the one before: double buffering
+        at its grain; 2 for one token a segment); chunk, the most tokens one consumer segment needs at once (so
+        a consumer always gets what its next segment needs); fit, how many tokens fit in the consumer's
+        double-buffered buffers, their bytes shared evenly by its on-chip input ports (a single buffer is
+        computed on and gives no room to run ahead). Weights (needed whole) are not throttled. A forwarded copy
+        (it leaves a consumer as its input arrives) fills the buffers of the copy's consumers at its source's
+        pace: the source is throttled by those too, in their tokens.
 
-        Waits form a graph: a context waits for its producers, a throttled load waits for its consumers. A
-        deadlock needs a cycle of waits that hold at once, hence a simple one; "the load waits for its
-        consumer, which waits for the load" cannot hold at once (the depth rules it out), so loads are taken
-        in kernel order and a load is throttled only if its edges close no simple cycle of three or more
-        contexts. A fork-join (a consumer of the load also reachable from it through another context) is
-        such a cycle, and so is a load whose consumer waits for another throttled load whose other consumer
-        waits for the first one: that load is not throttled, and its consumers' buffers are unbounded."""
-        waits: dict[int, set[int]] = {}
-        for k in self.kernels.values():
-            waits[k.cfg.kernel] = {p.producer.cfg.kernel for p in k.inputs if p.producer is not None}
-        for kid in sorted(self.kernels):
-            load = self.kernels[kid]
-            if load.cfg.kind != "dma_load" and self.arch.tile(*load.tile.pos).kind != "memory":
-                continue
+        Waits form a graph: a context waits for its producers (for a forwarded copy, for the copy's source),
+        a throttled producer for its consumers. A deadlock needs a cycle of waits that hold at once, hence a
+        simple one; "the producer waits for its consumer, which waits for the producer" cannot hold at once
+        (the depth rules it out), so producers are taken in kernel order and one is throttled only if its
+        edges close no simple cycle of three or more contexts. A fork-join (a consumer of the producer also
+        reachable from it through another context) is such a cycle, and so is a producer whose consumer waits
+        for another throttled producer whose other consumer waits for the first one: that producer is not
+        throttled, and its consumers' buffers are unbounded (the SRAM check at the end says where they
+        overflowed)."""
+        kernels = self.kernels
+
+        def roots(k: _Kernel, stream: int, seen: frozenset = frozenset()) -> set[int]:
+            # the contexts whose segments send ``stream`` out of ``k``: ``k``, or up the chains of copies
+            if stream not in k.made_of or k.cfg.kernel in seen:
+                return {k.cfg.kernel}
+            out: set[int] = set()
+            for s in k.made_of[stream]:
+                p = next((q for q in k.inputs if q.stream == s), None)
+                if p is not None and p.producer is not None:
+                    out |= roots(p.producer, s, seen | {k.cfg.kernel})
+            return out
+
+        # waits[a][b]: a waits for b; True when in step with its own progress (a streamed input it needs its
+        # share of before each step), False when it needs all of b first (a one-token stream, a weight, an input
+        # read in the first of P passes, the gate of an SRAM phase)
+        waits: dict[int, dict[int, bool]] = {k.cfg.kernel: {} for k in kernels.values()}
+
+        def wait(a: int, b: int, in_step: bool) -> None:
+            if a != b:
+                waits[a][b] = waits[a].get(b, True) and in_step
+
+        for k in kernels.values():
+            for p in k.inputs:
+                if p.producer is not None:
+                    for r in roots(p.producer, p.stream):
+                        wait(k.cfg.kernel, r, p.tokens > 1 and not p.broadcast and p.share is None)
+            for g in k.tile.kernels:
+                if k.phase and 1 <= g.phase < k.phase:
+                    wait(k.cfg.kernel, g.cfg.kernel, False)
+            for c in k.watch:  # it holds its data back until c opens
+                for g in c.tile.kernels:
+                    if 1 <= g.phase < c.phase:
+                        wait(k.cfg.kernel, g.cfg.kernel, False)
+        for kid in sorted(kernels):
+            src = kernels[kid]
             candidates = []
-            for stream, tokens, _ in load.outputs:
-                for c, p in self.consumers.get(stream, []):
-                    if c is not load and not p.broadcast and p.producer is load:
-                        candidates.append((c, p, tokens))
+            for stream, tokens, _ in src.outputs:
+                if stream in src.made_of:
+                    continue  # a copy: its source's segments send it
+                todo, seen = [(src, stream)], {(kid, stream)}
+                while todo:
+                    frm, s = todo.pop()
+                    for c, p in self.consumers.get(s, []):
+                        if c is frm or p.producer is not frm:
+                            continue
+                        if p.tokens > 1 and not p.broadcast and c is not src:
+                            candidates.append((c, p, stream, tokens))
+                        for o in c.forwards.get(s, []):
+                            if (c.cfg.kernel, o) not in seen:
+                                seen.add((c.cfg.kernel, o))
+                                todo.append((c, o))
             if not candidates:
                 continue
-            extra = {c.cfg.kernel for c, _, _ in candidates}
-            if any(self._reaches(c.cfg.kernel, kid, waits, kid, extra) for c, _, _ in candidates):
+            extra: dict[int, bool] = {}
+            for c, p, _, _ in candidates:
+                extra[c.cfg.kernel] = extra.get(c.cfg.kernel, True) and p.share is None
+            if any(self._reaches(c, kid, waits, extra) for c in extra):
                 continue  # back-pressure here could deadlock: unthrottled
-            waits[kid] = waits[kid] | extra
-            load.stats.throttled = True
-            for c, p, tokens in candidates:
+            for c, in_step in extra.items():
+                wait(kid, c, in_step)
+            src.stats.throttled = True
+            for c, p, stream, tokens in candidates:
                 needs = [0] + [p.need(i, c.segments) for i in range(c.segments)]
                 chunk = max(b - a for a, b in zip(needs, needs[1:]))
-                sent = [0] + [min(load.emitted_after(i, tokens), p.tokens) for i in range(load.segments)]
+                sent = [0] + [min(-(-src.emitted_after(i, tokens) * p.tokens // tokens), p.tokens)
+                              for i in range(src.segments)]  # fmt: skip
                 burst = max(b - a for a, b in zip(sent, sent[1:]))
                 room = sum(b.size for b in c.cfg.buffers if b.double_buffered)
                 shared = max(sum(1 for q in c.inputs if q.producer is not None), 1)
                 fit = int(room / shared // p.token_bytes) if p.token_bytes > 0 else 0
                 depth = max(2 * burst + chunk - 1, fit)
-                load.throttles.append(_Throttle(c, p, depth))
-                if load not in c.throttlers:
-                    c.throttlers.append(load)
+                th = _Throttle(c, p, depth, stream, tokens)
+                src.throttles.append(th)
+                src.credits.setdefault(stream, []).append(th)
+                if src not in c.throttlers:
+                    c.throttlers.append(src)
 
     @staticmethod
-    def _reaches(start: int, target: int, waits: dict[int, set[int]], load: int, extra: set[int]) -> bool:
-        """Whether a simple path leads from consumer ``start`` back to ``target`` (the load) over the waits plus
-        the load's new edges to ``extra``, other than ``start``'s direct wait for the load. A closed walk that
-        passes ``start`` twice is made of cycles of its own, each checked when its edges were added; and
-        "load waits for consumer, consumer waits for load" cannot hold at once (the depth rules it out)."""
-        stack = [n for n in waits.get(start, ()) if n != target]
-        seen = set(stack) | {start}
+    def _reaches(start: int, source: int, waits: dict[int, dict[int, bool]], extra: dict[int, bool]) -> bool:
+        """Whether throttling ``source`` by its consumers ``extra`` could close a cycle of waits that deadlocks:
+        a walk from consumer ``start`` back to ``source`` over the waits plus the new edges (other than
+        ``start``'s direct wait for the source: "the source waits for its consumer, which waits for the source"
+        cannot hold at once, the depth rules it out) with at least one wait that needs all of its producer.
+
+        A cycle of in-step waits cannot deadlock: take its least advanced context (by the share of its steps
+        done); its producers on the cycle have sent at least its share, and a throttled producer waits only for
+        a consumer at least as far, which has released all but one step's share; the depth (two producer
+        bursts plus one consumer step) leaves room for the next step. A wait for all of a producer breaks
+        that: the producer must run to its end, as far ahead of the consumers holding it back as it likes. A
+        closed walk that passes a context twice is made of cycles of its own, each checked when its edges
+        were added."""
+        stack = [(n, in_step and extra[start]) for n, in_step in waits[start].items() if n != source]
+        seen = set(stack)
         while stack:
-            n = stack.pop()
-            if n == target:
-                return True
-            nxt = waits.get(n, set()) | (extra if n == load else set())
-            for m in nxt:
-                if m not in seen:
-                    seen.add(m)
-                    stack.append(m)
+            n, in_step = stack.pop()
+            if n == source:
+                if not in_step:
+                    return True
+                continue
+            nxt = dict(waits[n])
+            if n == source:
+                nxt.update(extra)
+            for m, step in nxt.items():
+                state = (m, in_step and step)
+                if state not in seen:
+                    seen.add(state)
+                    stack.append(state)
         return False
 
     def _kernel(self, cfg: KernelConfig, tile: _Tile, at, producers) -> _Kernel:
@@ -840,8 +917,7 @@ class _Sim:
                     f"({p.received} of {p.tokens} tokens arrived)"
                 )
         for th in k.throttles:
-            ahead = min(k.emitted_after(k.done, th.port.tokens), th.port.tokens) - th.port.consumed
-            if ahead > th.depth:
+            if k.emitted[th.stream] < k.target(th.stream, th.tokens) and k.emitted[th.stream] >= th.credit():
                 return (
                     f"kernel {k.cfg.kernel} '{k.cfg.name}' is held back by kernel {th.consumer.cfg.kernel} "
                     f"'{th.consumer.cfg.name}' ({th.port.consumed} of its tokens released, depth {th.depth})"
@@ -920,27 +996,35 @@ class _Sim:
                 p.consumed = upto
         if side != "write":  # a spill's stored value leaves only as it is read back
             self._emit_done(k)
+        for src in k.throttlers:  # the tokens released make room for what a held-back producer has ready
+            self._send(src)
         self.schedule(tile)
-        for load in k.throttlers:  # the tokens released may let a throttled load go on
-            if load.tile is not tile:
-                self.schedule(load.tile)
+        for src in k.throttlers:  # ... and may let it go on
+            if src.tile is not tile:
+                self.schedule(src.tile)
 
     def _emit_done(self, k: _Kernel) -> None:
         """What ``k``'s finished segments let leave; once it has finished, the phases it gated may open."""
-        forwarded = {o for outs in k.forwards.values() for o in outs}
-        for stream, tokens, nbytes in k.outputs:
-            if stream in forwarded:
-                continue  # left as its input arrived (deliver)
-            target = tokens if k.done == k.segments else k.done * tokens // k.segments
-            new = target - k.emitted[stream]
-            if new > 0:
-                k.emitted[stream] = target
-                self.emit(k, stream, new, nbytes / tokens)
+        self._send(k)
         if k.done == k.segments:
             for g in k.opens:  # a context of a higher phase on the tile may now hold its buffers
                 g.gates -= 1
                 if not g.gates:
                     self._open(g)
+
+    def _send(self, k: _Kernel) -> None:
+        """Send what ``k``'s finished segments have produced, as far as its consumers' buffers have room (the
+        rest waits in its output buffer, and it starts no segment until that has left)."""
+        for stream, tokens, nbytes in k.outputs:
+            if stream in k.made_of:
+                continue  # a copy leaves as its input arrives (deliver)
+            target = k.target(stream, tokens)
+            for th in k.credits.get(stream, ()):
+                target = min(target, th.credit())
+            new = target - k.emitted[stream]
+            if new > 0:
+                k.emitted[stream] = target
+                self.emit(k, stream, new, nbytes / tokens)
 
     def _open(self, g: _Kernel) -> None:
         """``g`` is open: the contexts that held back their data for it may run (its own tile is rescheduled

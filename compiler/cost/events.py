@@ -467,7 +467,10 @@ class EventSchedule:
             nd = self.nodes[e.dst]
             need = self._needs(nd, e.tokens, min(nd.steps, MAX_STEPS))
         src = self.nodes[e.src]
-        if not src.throttled:
+        dma = src.cost.tile_kind == "dma" or src.cost.kind in DMA_KERNEL_KINDS
+        if not src.throttled or not (dma or src.cost.tile_kind == "memory"):
+            # a held-back compute producer keeps computing into its output buffer while the consumer frees
+            # room, and the consumer already waits for its compute (``_tokens_in``): no prefetch is lost
             return 0.0
         src_steps = min(src.steps, MAX_STEPS)
         burst = -(-e.tokens // src_steps)
@@ -476,17 +479,17 @@ class EventSchedule:
         inputs = max(len(nd.ins), 1)  # the inputs that share the consumer's buffer room
         fit = int(nd.room / inputs // token_bytes) if token_bytes > 0 else 0
         depth = max(2 * burst + chunk - 1, fit)
-        # the source runs whole steps of e.tokens / src_steps tokens: it may run ahead to the last step
-        # that ends within the allowance, and a step that needs more waits for the whole next steps
+        # the source runs whole steps of e.tokens / src_steps tokens: it sends as far as the allowance goes and
+        # holds one step more in its own output buffer, so a step that needs more waits for the next steps
         grain = e.tokens / src_steps
         late = 0.0
         for j in range(1, len(need)):
-            allowed = math.floor(((need[j - 2] if j >= 2 else 0) + depth) / grain + 1e-9) * grain
+            allowed = math.floor(((need[j - 2] if j >= 2 else 0) + depth) / grain + 1e-9) * grain + grain
             late += max(0.0, math.ceil(need[j] / grain - 1e-9) * grain - allowed)
         if not late:
             return 0.0
         per_token = token_bytes / self.link_bw if e.hops else 0.0
-        if src.cost.tile_kind == "dma" or src.cost.kind in DMA_KERNEL_KINDS:
+        if dma:
             # at the pace the transfer gets from DRAM (its share while it runs)
             start, finish = self.start[e.src], self.finish[e.src]
             lead = min(src.lead, finish - start)

@@ -124,40 +124,60 @@ def _timing_rules(node: Node, kind: str, tile_kind: str, loops, body, args, resu
         node.forwards = _forwards(body, list(args), list(results))
 
 
+def _root(e: Edge) -> Edge:
+    """The edge whose producer sends ``e``'s tokens: ``e``, or up its chain of forwarded copies."""
+    seen = 0
+    while e.via is not None and seen < 1000:
+        e, seen = e.via, seen + 1
+    return e
+
+
 def _back_pressure(nodes: list[Node]) -> None:
-    """Which sources are held back by their consumers' buffers (the simulator's back-pressure): a DMA load
-    or a memory-tile context with streamed consumers, unless holding it back could close a cycle of
-    waits of three or more kernels (a consumer waits for its producers, a held-back source for its
-    consumers); sources are taken in kernel order."""
-    waits: dict[int, set[int]] = {i: {e.src for e in nd.ins} for i, nd in enumerate(nodes)}
-    consumers: dict[int, set[int]] = {}
+    """Which producers are held back by their consumers' buffers (the simulator's back-pressure): any kernel
+    with streamed consumers (tokens > 1, not a weight; a forwarded copy's consumers count for the copy's
+    source), unless holding it back could close a cycle of waits of three or more kernels with a wait for
+    all of a producer on it (a consumer waits for its producers -- for a copy, the copy's source -- in step
+    when it streams the input, for all of it when the input is one token, a weight or read in the first of
+    P passes; a held-back producer waits for its consumers); producers are taken in kernel order."""
+    waits: dict[int, dict[int, bool]] = {i: {} for i in range(len(nodes))}
+
+    def wait(a: int, b: int, in_step: bool) -> None:
+        if a != b:
+            waits[a][b] = waits[a].get(b, True) and in_step
+
+    consumers: dict[int, dict[int, bool]] = {}
     for i, nd in enumerate(nodes):
         for e in nd.ins:
-            if e.tokens > 1 and not e.weight:
-                consumers.setdefault(e.src, set()).add(i)
+            src = _root(e).src
+            in_step = e.tokens > 1 and not e.weight and nd.repeat is None
+            wait(i, src, in_step)
+            if e.tokens > 1 and not e.weight and i != src:
+                consumers.setdefault(src, {})
+                consumers[src][i] = consumers[src].get(i, True) and nd.repeat is None
 
-    def closes_cycle(start: int, load: int, extra: set[int]) -> bool:
-        todo = [n for n in waits[start] if n != load]
-        seen = set(todo) | {start}
+    def closes_cycle(start: int, load: int, extra: dict[int, bool]) -> bool:
+        todo = [(n, step and extra[start]) for n, step in waits[start].items() if n != load]
+        seen = set(todo)
         while todo:
-            n = todo.pop()
+            n, step = todo.pop()
             if n == load:
-                return True
-            for m in waits[n] | (extra if n == load else set()):
-                if m not in seen:
-                    seen.add(m)
-                    todo.append(m)
+                if not step:
+                    return True
+                continue
+            for m, s in waits[n].items():
+                state = (m, step and s)
+                if state not in seen:
+                    seen.add(state)
+                    todo.append(state)
         return False
 
     for i in sorted(range(len(nodes)), key=lambda j: nodes[j].kid):
-        nd = nodes[i]
-        if nd.cost.kind != "dma_load" and nd.cost.tile_kind != "memory":
-            continue
-        extra = consumers.get(i, set()) - {i}
+        extra = consumers.get(i, {})
         if not extra or any(closes_cycle(c, i, extra) for c in extra):
             continue
-        waits[i] |= extra
-        nd.throttled = True
+        for c, step in extra.items():
+            wait(i, c, step)
+        nodes[i].throttled = True
 
 
 def _dma_steps(nodes: list[Node]) -> None:

@@ -1,5 +1,6 @@
-"""On-chip buffers in the timing model: peak bytes held per context and per tile, back-pressure of DMA loads
-on their consumers' buffers (and where it is left out because it could deadlock), on hand-built bitstreams
+"""On-chip buffers in the timing model: peak bytes held per context and per tile, back-pressure of producers
+(DMA loads and compute contexts) on their consumers' buffers (and where it is left out because it could
+deadlock), on hand-built bitstreams
 for the ``tiny`` array (compute tiles at (1..2, 1..2) with 4 KiB of SRAM in 2 banks and 4 lanes; 16 B/cycle
 links, 1 cycle per hop; DRAM 18.28 B/cycle after 94 cycles)."""
 
@@ -88,8 +89,9 @@ def test_a_load_is_held_back_by_a_slow_consumer():
     first = LAT + token / BW + token / LINK + 1
     slow = 4 * 8  # cycles of adds per token
     assert k["load0"].throttled and not k["slow"].throttled
-    # the last load segment may start only once the consumer has released 32 - 4 = 28 tokens
-    assert k["load0"].end == pytest.approx(first + 28 * slow + token / BW)
+    # the load sends token t once the consumer has released t - 4, and fetches the next one into its own staging
+    # meanwhile: its last segment starts once token 30 has left, i.e. once the consumer has released 27 tokens
+    assert k["load0"].end == pytest.approx(first + 27 * slow + token / BW)
     assert k["load0"].end > LAT + N * 4 / BW + 700  # far later than the DRAM alone allows
     assert stats.cycles == math.ceil(first + TOKENS * slow)  # the consumer never starves
     assert k["slow"].peak_buffer_bytes == 4 * token
@@ -149,34 +151,55 @@ def test_two_loads_into_one_consumer_are_both_throttled():
     assert TOKENS * slow < stats.cycles < TOKENS * slow + 200  # the consumer sets the pace, from its first token
 
 
-def test_a_fork_join_is_not_throttled():
-    # load -> slow on (1,1) and load -> fwd on (2,1) -> slow: with finite buffers the load could wait for
-    # 'slow', which waits for 'fwd', which waits for the load; the load runs free and 'slow' buffers more
-    tiles = {
-        (1, 0): [load(0, 1)],
-        (2, 1): [adds(1, "fwd", [1], 2, work=1)],
-        (1, 1): [adds(2, "slow", [1, 2], 3, work=8, buffers=[Buffer("in", 0, 256, 1, True)])],
-    }
+def fork_join(fwd_tokens=TOKENS):
+    """load -> slow on (1,1) and load -> fwd on (2,1) -> slow; fwd's output in ``fwd_tokens`` tokens."""
+    fwd = adds(1, "fwd", [1], 2, work=1)
+    fwd.outputs[0].tokens = fwd_tokens
+    slow = adds(2, "slow", [1, 2], 3, work=8, buffers=[Buffer("in", 0, 256, 1, True)])
+    slow.inputs[1].tokens = fwd_tokens
+    tiles = {(1, 0): [load(0, 1)], (2, 1): [fwd], (1, 1): [slow]}
     routes = [route(1, 0, 1, [(1, 0), (2, 0), (2, 1)]), route(1, 0, 2, [(1, 0), (1, 1)]),
               route(2, 1, 2, [(2, 1), (1, 1)])]  # fmt: skip
     dma = [DmaDescriptor((1, 0), "load", 1, 0, 4 * N, [N], [1], "f32")]
-    stats = simulate(make(tiles, routes, dma))
+    return simulate(make(tiles, routes, dma))
+
+
+def test_a_fork_join_in_step_is_throttled():
+    # the load waits for 'slow' and 'fwd', 'slow' for 'fwd' and the load, each for its share a step: the least
+    # advanced of them always has what its next step needs, so the cycle of waits cannot deadlock and every
+    # producer is held to its consumers' room
+    stats = fork_join()
     k = by_name(stats)
-    assert not k["load0"].throttled
+    assert k["load0"].throttled and k["fwd"].throttled
+    # 256 bytes shared by two inputs: 2 tokens of room each, the depth's floor
+    assert k["slow"].peak_buffer_bytes <= 4 * 4 * PER
+    assert TOKENS * 36 <= stats.cycles < TOKENS * 36 + 200  # the consumer sets the pace
+    assert stats.warnings == []
+
+
+def test_a_fork_join_through_a_whole_tensor_is_not_throttled():
+    # 'fwd' sends its result in one token: 'slow' needs all of it, so 'fwd' needs all of the load, which would
+    # wait for 'slow' if it were held back: it runs free, and 'slow' buffers what it sends
+    stats = fork_join(fwd_tokens=1)
+    k = by_name(stats)
+    assert not k["load0"].throttled and not k["fwd"].throttled
     assert k["load0"].end == pytest.approx(LAT + 4 * N / BW)  # as fast as DRAM allows
     assert k["slow"].peak_buffer_bytes > 256
     assert stats.cycles >= TOKENS * 32
 
 
-def test_back_pressure_that_would_close_a_cycle_of_waits_is_left_out():
-    # load0 -> a, load0 -> b -> c; load1 -> c, load1 -> a. Throttling both could deadlock: load0 waits for
-    # a, a for load1, load1 for c, c for b, b for load0. load0 (first by id) is throttled, load1 is not.
+def crossed(b_tokens):
+    """load0 -> a, load0 -> b -> c; load1 -> c, load1 -> a; b's output in ``b_tokens`` tokens."""
+    b = adds(3, "b", [1], 3, work=1)
+    b.outputs[0].tokens = b_tokens
+    c = adds(4, "c", [3, 2], 11, work=8)
+    c.inputs[0].tokens = b_tokens
     tiles = {
         (1, 0): [load(0, 1)],
         (3, 2): [load(1, 2, dram_stream=102)],
         (1, 1): [adds(2, "a", [1, 2], 10, work=8)],
-        (2, 1): [adds(3, "b", [1], 3, work=1)],
-        (2, 2): [adds(4, "c", [3, 2], 11, work=8)],
+        (2, 1): [b],
+        (2, 2): [c],
     }
     routes = [
         route(1, 0, 2, [(1, 0), (1, 1)]), route(1, 0, 3, [(1, 0), (2, 0), (2, 1)]),
@@ -185,10 +208,39 @@ def test_back_pressure_that_would_close_a_cycle_of_waits_is_left_out():
     ]  # fmt: skip
     dma = [DmaDescriptor((1, 0), "load", 1, 0, 4 * N, [N], [1], "f32"),
            DmaDescriptor((3, 2), "load", 2, 4 * N, 4 * N, [N], [1], "f32")]  # fmt: skip
-    stats = simulate(make(tiles, routes, dma))
+    return simulate(make(tiles, routes, dma))
+
+
+def test_back_pressure_that_would_close_a_cycle_of_waits_is_left_out():
+    # with b's result in one token, throttling both loads could deadlock: load0 waits for a, a for load1,
+    # load1 for c, c for all of b, b for load0. load0 (first by id) is throttled, load1 is not.
+    stats = crossed(b_tokens=1)
     k = by_name(stats)
     assert k["load0"].throttled and not k["load1"].throttled
     assert all(x.end > 0 for x in stats.kernels)
+    # ... the same cycle with every wait in step cannot deadlock: both loads and b are held back
+    stats = crossed(b_tokens=TOKENS)
+    k = by_name(stats)
+    assert k["load0"].throttled and k["load1"].throttled and k["b"].throttled
+    assert all(x.end > 0 for x in stats.kernels)
+
+
+def test_a_compute_producer_is_held_back_by_a_small_consumer_buffer():
+    # 'fast' (4 cycles a token, its input from DRAM-side) on (1,1) streams 32 tokens of 64 bytes to 'slow'
+    # (32 cycles a token) on (2,1), whose 256 double-buffered bytes hold 4 of them. A token crosses the link in
+    # 64/16 = 4 cycles + 1 hop. 'fast' sends token t once 'slow' has released t - 4 and computes the next one
+    # meanwhile into its own output buffer: tokens 0..3 leave at 4, 8, 12, 16; 'slow' runs token t from
+    # 9 + 32 t and releases it at 9 + 32 (t + 1); token 30 leaves at the release of token 26, 9 + 32 * 27 = 873,
+    # and 'fast' computes its last token from then on.
+    fast = adds(0, "fast", [100], 1, work=1)
+    slow = adds(1, "slow", [1], 2, work=8, buffers=[Buffer("in", 0, 256, 1, True)])
+    stats = simulate(make({(1, 1): [fast], (2, 1): [slow]}, [route(1, 0, 1, [(1, 1), (2, 1)])]))
+    k = by_name(stats)
+    assert k["fast"].throttled and not k["slow"].throttled
+    assert k["fast"].end == 9 + 32 * 27 + 4  # free, it would end at 32 * 4 = 128
+    assert stats.cycles == 9 + 32 * TOKENS  # 'slow' never waits
+    assert k["slow"].peak_buffer_bytes == 4 * 4 * PER  # exactly its room
+    assert stats.warnings == []
 
 
 def test_input_buffers_beyond_the_tile_are_a_warning():

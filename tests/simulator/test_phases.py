@@ -330,8 +330,10 @@ def test_a_streamed_spill_reads_back_only_what_it_has_written_once_its_consumer_
     # the spill reads back what it has written before writing the next token
     token = 4 * N / BW
     assert k["spill"].start == 33
-    assert k["use"].start == pytest.approx(33 + LAT + 3 * token + LAT + token + 4 * N / 16 + 2)
-    assert k["spill"].end == pytest.approx(33 + 2 * LAT + 2 * t * token)
+    # the spill declares no buffers: it holds 2 tokens, so 'src' sends token 2 once token 0 is written (at
+    # 33 + LAT + token) and it arrives 16 + 1 cycles later, after token 1 is written
+    assert k["use"].start == pytest.approx(33 + LAT + token + 17 + token + LAT + token + 4 * N / 16 + 2)
+    assert k["spill"].end == pytest.approx(33 + 2 * LAT + 2 * t * token + (17 - token))  # token 2's wait, above
 
 
 def test_a_spill_carrying_several_streams_between_phases():

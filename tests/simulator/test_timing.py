@@ -227,10 +227,12 @@ def test_a_port_shape_is_the_whole_tensor_whatever_its_tokens():
     assert one.vector_ops == eight.vector_ops == 2 * n
     assert one.noc_byte_hops == eight.noc_byte_hops == 4 * n
     assert one.cycles == n // 4 + (4 * n / link + 1) + n // 4
-    # a token: 128 cycles of adds, 128 cycles on the link (+1 hop); the last add follows the last token
+    # a token: 128 cycles of adds, 128 cycles on the link (+1 hop); the last add follows the last token. The
+    # consumer declares no buffers: it has room for 2 tokens (the depth's floor), so 'src' sends token t only
+    # once token t - 2 is released, and every other token waits the hop for that room (tokens 2, 4 and 6)
     per_token = n // 4 // 8
     assert per_token == 4 * n / link / 8
-    assert eight.cycles == per_token + (per_token + 1) + 8 * per_token
+    assert eight.cycles == per_token + (per_token + 1) + 8 * per_token + 3
 
 
 def test_contexts_on_one_tile_take_turns():
