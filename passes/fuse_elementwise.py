@@ -470,11 +470,11 @@ class EpilogueIntoProducerPattern(RewritePattern):
             return
         producers = []
         for v in op.operands:
-            # an operand assembled from several MAC kernels (a split GEMM's whole result) has no one producer
+            # an operand assembled from several MAC kernels (a split GEMM's whole result) has no one producer: it
+            # is read like any input (a residual from another grid) by the kernel of another operand, if any
             found = {k.head(x): x for x in leaves(v) if self._producer(x)}
-            if len(found) > 1:
-                return
-            producers += found.values()
+            if len(found) == 1:
+                producers += found.values()
         if not producers:
             return
         # the producer whose kernel starts last: every other kernel op reads must start before it
