@@ -617,7 +617,7 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
     block's load (made to re-send it once per row sub-block by ``stream_butterfly_chains``) and a row strip's
     load re-sent once per column sub-block come in one token per burst; the copies a part passes on along its
     row and down its column carry as many tokens as their input, read as many times; a part's result is one
-    token per sub-block when DMA stores take it (they write blocks in any order), else one token."""
+    token per sub-block when DMA stores or spills take it (they write blocks in any order), else one token."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     consumers = _consumers(kernels)
     for k in kernels:
@@ -654,7 +654,7 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
                 out[j] = tokens_of.get(k.inputs[i], 1)
                 if reps[i] > 1:
                     _repeat_inputs(users, int(reps[i]))
-            elif users and all(u.kind.data == "dma_store" for u, _ in users):
+            elif users and all(u.kind.data in ("dma_store", "dma_spill") for u, _ in users):
                 trips = dict(k.loop_schedule())
                 out[j] = trips.get("m", 1) * trips.get("n", 1)
             else:
