@@ -290,6 +290,7 @@ class _Kernel:
     throttles: list[_Throttle] = field(default_factory=list)  # a throttled producer: its consumers' ports
     throttlers: list[_Kernel] = field(default_factory=list)  # the producers this context throttles
     credits: dict[int, list[_Throttle]] = field(default_factory=dict)  # output stream -> its throttles
+    holds: list[tuple[_Kernel, int]] = field(default_factory=list)  # (producer, its stream) this context holds back
     #: outputs that are a copy of an input (K/V forwarded along a chain of fused kernels): input stream ->
     #: [output stream]; they leave as the input arrives, not as the context computes
     forwards: dict[int, list[int]] = field(default_factory=dict)
@@ -707,6 +708,8 @@ class _Sim:
                 src.credits.setdefault(stream, []).append(th)
                 if src not in c.throttlers:
                     c.throttlers.append(src)
+                if not any(h is src and hs == stream for h, hs in c.holds):
+                    c.holds.append((src, stream))
 
     @staticmethod
     def _reaches(start: int, source: int, waits: dict[int, dict[int, bool]], extra: dict[int, bool]) -> bool:
@@ -996,8 +999,8 @@ class _Sim:
                 p.consumed = upto
         if side != "write":  # a spill's stored value leaves only as it is read back
             self._emit_done(k)
-        for src in k.throttlers:  # the tokens released make room for what a held-back producer has ready
-            self._send(src)
+        for src, stream in k.holds:  # the tokens released make room for what a held-back producer has ready
+            self._send(src, stream)
         self.schedule(tile)
         for src in k.throttlers:  # ... and may let it go on
             if src.tile is not tile:
@@ -1012,11 +1015,12 @@ class _Sim:
                 if not g.gates:
                     self._open(g)
 
-    def _send(self, k: _Kernel) -> None:
-        """Send what ``k``'s finished segments have produced, as far as its consumers' buffers have room (the
-        rest waits in its output buffer, and it starts no segment until that has left)."""
+    def _send(self, k: _Kernel, only: int | None = None) -> None:
+        """Send what ``k``'s finished segments have produced (of stream ``only``, or of all), as far as its
+        consumers' buffers have room (the rest waits in its output buffer, and it starts no segment until that
+        has left)."""
         for stream, tokens, nbytes in k.outputs:
-            if stream in k.made_of:
+            if stream in k.made_of or only is not None and stream != only:
                 continue  # a copy leaves as its input arrives (deliver)
             target = k.target(stream, tokens)
             for th in k.credits.get(stream, ()):
