@@ -29,10 +29,12 @@ at kernel granularity (one start and one finish per kernel, one transfer per str
   what is still running, so finishes are revised, never fixed early. A stream's token batches cross a
   route one after the other (the simulator's FIFO per route): the first f of them are through once f of
   the stream's time on its links has passed;
-* a source held back by a streamed consumer's buffers (the simulator's back-pressure on DMA loads and
-  memory-tile stages, where it closes no cycle of waits) runs at most ``depth`` tokens ahead of what the
-  consumer's finished steps released: what a step needs beyond that is fetched only after the step
-  before it, and the consumer waits for it (at the pace the source gets from DRAM);
+* a source held back by a streamed consumer's buffers (the simulator's back-pressure, which holds every
+  producer where it closes no cycle of waits with a wait for a whole tensor on it) runs at most ``depth``
+  tokens ahead of what the consumer's finished steps released, plus the step it holds in its own output
+  buffer: what a step needs beyond that is fetched only after the step before it, and the consumer waits
+  for it (at the pace a DMA source gets from DRAM; a held-back compute producer keeps computing into its
+  output buffer, and the consumer already waits for its compute, so it costs nothing here);
 * the result is the latest finish, bounded from below by ``DRAM latency + DRAM bytes / bandwidth``, by
   the busiest link's ``bytes / link bandwidth`` and by the busiest tile's summed work.
 
