@@ -1154,11 +1154,12 @@ class _Gate:
 
 def _forwards(cfg: KernelConfig) -> tuple[dict[int, list[int]], dict[int, tuple[int, ...]]]:
     """Outputs whose register is an input's register, or a concatenation of inputs' registers, through
-    reshapes and concatenations only (a row strip passed on whole, or made of the parts a spill brings):
+    reshapes, slices and concatenations only (a row strip passed on whole, or made of the parts a spill brings):
     input stream -> output streams, and output stream -> the input streams it is made of."""
     origin: dict[int, tuple[int, ...]] = {p.register: (p.stream,) for p in cfg.inputs}
     for ins in cfg.body:
-        if ins.opcode in ("reshape", "concat") and ins.operands and all(o in origin for o in ins.operands):
+        if (ins.opcode in ("reshape", "concat") or ins.opcode == "slice" and len(ins.operands) == 1) and ins.operands \
+                and all(o in origin for o in ins.operands):
             for r in ins.results:
                 origin[r] = tuple(s for o in ins.operands for s in origin[o])
     inputs = {p.register for p in cfg.inputs}
