@@ -79,11 +79,12 @@ def _repeat(loops: list[tuple[str, int]]) -> int:
 
 
 def _forwards(body: Sequence[Operation], args: Sequence[SSAValue], results: Sequence[SSAValue]) -> dict[int, int]:
-    """Outputs that are a copy of an input: its register through ``reshape``s only (at least one; an input
-    yielded as it is stays the context's output). Output index -> input index."""
+    """Outputs that are a copy of an input: its register through ``reshape``s and ``slice``s only (at least one;
+    an input yielded as it is stays the context's output), as the simulator forwards them. Output index -> input
+    index. (The simulator also forwards a concatenation of inputs; here such an output is timed as computed.)"""
     origin: dict[SSAValue, int] = {a: j for j, a in enumerate(args)}
     for op in body:
-        if op.name == "sparse.reshape" and len(op.operands) == 1 and op.operands[0] in origin:
+        if op.name in ("sparse.reshape", "sparse.slice") and len(op.operands) == 1 and op.operands[0] in origin:
             for r in op.results:
                 origin[r] = origin[op.operands[0]]
     inputs = set(args)
