@@ -322,9 +322,10 @@ class LowerToDataflowPass(TargetPass):
         PatternRewriteWalker(per_head, apply_recursively=False).rewrite_region(fn.body)
         # a kernel that reads some of a GEMM's parts (a member one head of a projection) reads only those
         fold_concats(fn.body)
-        _Partitioner(fn, arch).run()
+        partitioner = _Partitioner(fn, arch)
+        partitioner.run()
         if fn.attributes.pop(SHARE_ATTR, None) is not None:
-            assign_phases(fn, arch)
+            assign_phases(fn, arch, partitioner.unique)
         stream_fused_inputs(fn)
         stream_butterfly_chains(fn)
         stream_gemm_grids(fn)

@@ -16,28 +16,22 @@ in a buffer that the next phase overwrites: it goes through DRAM.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import networkx as nx
 from attnc.cost.work import kernel_cost
 from attnc.dialects import dataflow as df
+from attnc.dialects.dataflow import DMA_KERNEL_KINDS
 from xdsl.dialects import func
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
 from xdsl.ir import Block, Operation
 
-#: the kernel attribute that carries the phase (dataflow.kernel ``phase``; absent: 0)
-PHASE = "phase"
 #: set on @main by ``tile`` when the module's phases share SRAM
 SHARE_ATTR = "attnc.share_sram"
 
-DMA_KINDS = ("dma_load", "dma_store", "dma_spill")
-
 
 def is_dma(k: df.KernelOp) -> bool:
-    return k.kind.data in DMA_KINDS or k.tile_kind.data == "dma"
-
-
-def phase_of(k: df.KernelOp) -> int:
-    attr = k.attributes.get(PHASE)
-    return attr.value.data if isinstance(attr, IntegerAttr) else 0
+    return k.kind.data in DMA_KERNEL_KINDS or k.tile_kind.data == "dma"
 
 
 def _group(k: df.KernelOp) -> str:
@@ -45,9 +39,10 @@ def _group(k: df.KernelOp) -> str:
     return g.data if g is not None and g.data else k.sym_name.data
 
 
-def assign_phases(fn: func.FuncOp, arch) -> dict[str, int]:
-    """Give every compute kernel of @main its phase and route the data between phases through DRAM.
-    Returns each group's phase."""
+def assign_phases(fn: func.FuncOp, arch, unique: Callable[[str], str]) -> dict[str, int]:
+    """Give every compute kernel of @main its phase and route the data between phases through DRAM
+    (``unique`` names the kernels it adds: the partitioner's, which knows every name taken). Returns each
+    group's phase."""
     block = fn.body.block
     kernels = [k for k in block.ops if isinstance(k, df.KernelOp)]
     compute = [k for k in kernels if not is_dma(k)]
@@ -65,14 +60,14 @@ def assign_phases(fn: func.FuncOp, arch) -> dict[str, int]:
         level[c] = 1 + max((level[p] for p in dag.predecessors(c)), default=0)
     phase = {g: level[c] for g, c in dag.graph["mapping"].items()}
     for k in compute:
-        k.attributes[PHASE] = IntegerAttr(phase[_group(k)], 64)
-    _spill_crossings(block, compute, arch)
-    _split_loads(block, [k for k in kernels if k.kind.data == "dma_load"], arch)
+        k.attributes["phase"] = IntegerAttr(phase[_group(k)], 64)
+    _spill_crossings(block, compute, arch, unique)
+    _split_loads(block, [k for k in kernels if k.kind.data == "dma_load"], unique)
     _sort(block)
     return phase
 
 
-def _spill_crossings(block: Block, compute: list[df.KernelOp], arch) -> None:
+def _spill_crossings(block: Block, compute: list[df.KernelOp], arch, unique: Callable[[str], str]) -> None:
     """One ``dma_spill`` per (producer group, consumer phase) whose phases differ, carrying every stream
     between them (each value written once, however many groups of the phase read it); the consumers read its
     outputs instead."""
@@ -80,9 +75,8 @@ def _spill_crossings(block: Block, compute: list[df.KernelOp], arch) -> None:
     for k in compute:
         for i, v in enumerate(k.inputs):
             src = v.owner
-            if isinstance(src, df.KernelOp) and not is_dma(src) and phase_of(src) != phase_of(k):
-                crossings.setdefault((_group(src), phase_of(k)), []).append((k, i))
-    used: set[str] = {k.sym_name.data for k in block.ops if isinstance(k, df.KernelOp)}
+            if isinstance(src, df.KernelOp) and not is_dma(src) and src.phase != k.phase:
+                crossings.setdefault((_group(src), k.phase), []).append((k, i))
     for (src, _phase), readers in crossings.items():
         dst = _group(readers[0][0])
         values = list(dict.fromkeys(k.inputs[i] for k, i in readers))
@@ -90,7 +84,7 @@ def _spill_crossings(block: Block, compute: list[df.KernelOp], arch) -> None:
         body.add_op(df.YieldOp(list(body.args)))
         types = [v.type for v in values]
         cost = kernel_cost([], types, arch, dma="dma_spill")
-        name = _unique(f"spill_{src}_to_{dst}".replace("/", "_"), used)
+        name = unique(f"spill_{src}_to_{dst}".replace("/", "_"))
         spill = df.KernelOp(name, values, types, body, kind=cost.kind, tile_kind=cost.tile_kind, loops=cost.loops,
                             tile=cost.tile, buffer_bytes=cost.buffer_bytes, cycles=cost.cycles, macs=cost.macs)  # fmt: skip
         block.insert_op_after(spill, max((v.owner for v in values), key=_index(block)))
@@ -99,30 +93,21 @@ def _spill_crossings(block: Block, compute: list[df.KernelOp], arch) -> None:
             k.operands[i] = out[k.inputs[i]]
 
 
-def _split_loads(block: Block, loads: list[df.KernelOp], arch) -> None:
+def _split_loads(block: Block, loads: list[df.KernelOp], unique: Callable[[str], str]) -> None:
     """A load read by kernels of several phases becomes one load per phase (a DMA context whose data waits
     in DRAM for one phase at a time)."""
-    used: set[str] = {k.sym_name.data for k in block.ops if isinstance(k, df.KernelOp)}
     for load in loads:
         for j, v in enumerate(load.results):
             by_phase: dict[int, list[tuple[Operation, int]]] = {}
             for use in list(v.uses):
                 if isinstance(use.operation, df.KernelOp) and not is_dma(use.operation):
-                    by_phase.setdefault(phase_of(use.operation), []).append((use.operation, use.index))
+                    by_phase.setdefault(use.operation.phase, []).append((use.operation, use.index))
             for p in sorted(by_phase)[1:]:
                 twin = load.clone()
-                twin.attributes["sym_name"] = StringAttr(_unique(f"{load.sym_name.data}_p{p}", used))
+                twin.attributes["sym_name"] = StringAttr(unique(f"{load.sym_name.data}_p{p}"))
                 block.insert_op_after(twin, load)
                 for op, i in by_phase[p]:
                     op.operands[i] = twin.results[j]
-
-
-def _unique(base: str, used: set[str]) -> str:
-    name, i = base, 1
-    while name in used:
-        name, i = f"{base}_{i}", i + 1
-    used.add(name)
-    return name
 
 
 def _index(block: Block):

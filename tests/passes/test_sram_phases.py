@@ -12,7 +12,7 @@ from attnc.errors import AttncError
 from attnc.frontend.onnx import import_onnx
 from attnc.interpreter import interpret
 from attnc.ir import main_func
-from attnc.passes.sram_phases import is_dma, phase_of
+from attnc.passes.sram_phases import is_dma
 from attnc.pipeline import run_pipeline
 
 
@@ -28,31 +28,31 @@ def _lowered(share: str, arch: str = "edge", **kw):
 def test_each_gemm_is_a_phase_and_what_crosses_phases_goes_through_dram():
     module, inputs, before, kernels = _lowered("on")
     compute = [k for k in kernels if not is_dma(k)]
-    phases = {k.sym_name.data.split("_")[0]: phase_of(k) for k in compute}
+    phases = {k.sym_name.data.split("_")[0]: k.phase for k in compute}
     assert phases == {"gemm0": 1, "gemm1": 2}  # FFN1's parts (with their ReLU epilogue), then FFN2's
-    assert all(phase_of(k) == 0 for k in kernels if is_dma(k))
+    assert all(k.phase == 0 for k in kernels if is_dma(k))
     spills = [k for k in kernels if k.kind.data == "dma_spill"]
     assert len(spills) == 1  # one spill carries every stream from FFN1's parts to FFN2's
     assert len(spills[0].inputs) == len(spills[0].outputs) > 1
     for k in compute:
         for v in k.inputs:
             src = v.owner
-            assert is_dma(src) or phase_of(src) == phase_of(k), (k.sym_name.data, src.sym_name.data)
+            assert is_dma(src) or src.phase == k.phase, (k.sym_name.data, src.sym_name.data)
     np.testing.assert_allclose(interpret(module, inputs)["y"], before["y"], rtol=1e-5, atol=1e-5)
 
 
 def test_without_sharing_no_kernel_has_a_phase_and_nothing_is_spilled():
     _, _, _, kernels = _lowered("off")
-    assert all(phase_of(k) == 0 for k in kernels)
+    assert all(k.phase == 0 for k in kernels)
     assert not any(k.kind.data == "dma_spill" for k in kernels)
 
 
 def test_auto_shares_when_the_weights_are_more_than_the_compute_tiles_hold():
     # 2 x 1 MiB of f32 weights against edge's 256 KiB of compute-tile SRAM; cloud holds them
     _, _, _, kernels = _lowered("auto", rows=256, hidden=512, inner=512)
-    assert any(phase_of(k) for k in kernels)
+    assert any(k.phase for k in kernels)
     _, _, _, kernels = _lowered("auto", "cloud", rows=256, hidden=512, inner=512)
-    assert not any(phase_of(k) for k in kernels)
+    assert not any(k.phase for k in kernels)
 
 
 def test_a_graph_input_read_by_two_phases_is_loaded_once_per_phase():
@@ -71,7 +71,7 @@ def test_a_graph_input_read_by_two_phases_is_loaded_once_per_phase():
     loads = [k for k in kernels if k.kind.data == "dma_load" and k.sym_name.data.startswith("load_x")]
     assert len(loads) == 2  # FFN1's row strips, and the residual FFN2's epilogue adds
     for load in loads:
-        readers = {phase_of(u.operation) for r in load.results for u in r.uses}
+        readers = {u.operation.phase for r in load.results for u in r.uses}
         assert len(readers) == 1
     np.testing.assert_allclose(interpret(module, inputs)["y"], before["y"], rtol=1e-5, atol=1e-5)
 
