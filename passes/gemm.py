@@ -177,6 +177,11 @@ class GemmPlans:
     reports: list[str] = field(default_factory=list)
 
 
+def macs(op: sp.MatmulOp) -> int:
+    """The MACs of a GEMM: its result's elements times the reduction."""
+    return int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * sp.shape_of(op.lhs)[-1]
+
+
 def splittable(op: Operation) -> bool:
     """A large GEMM by a plain 2-d weight, not yet part of a kernel."""
     if not isinstance(op, sp.MatmulOp) or TAG in op.attributes or not isinstance(op.rhs.owner, sp.ConstantOp):
@@ -184,8 +189,7 @@ def splittable(op: Operation) -> bool:
     a, w = sp.shape_of(op.lhs), sp.shape_of(op.rhs)
     if len(a) < 2 or len(w) != 2 or not isinstance(op.rhs.type.encoding, NoneAttr):
         return False
-    macs = int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * a[-1]
-    return macs >= SPLIT_MIN_MACS
+    return macs(op) >= SPLIT_MIN_MACS
 
 
 def merge_shared_lhs(fn: func.FuncOp) -> dict[sp.MatmulOp, int]:
@@ -477,14 +481,6 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
             return chosen
         pick[best[1]] = best[2]
         chosen = expand(pick)
-
-
-def _macs(op: sp.MatmulOp) -> int:
-    return int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * sp.shape_of(op.lhs)[-1]
-
-
-def _pow2_floor(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
 
 
 def _split(n: int, parts: int, i: int, unit: int = 1) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from attnc.cost.attention import Prediction, Shape, fused_attention_buffer, predict
-from attnc.cost.work import SFU_OPS
+from attnc.cost.work import SFU_OPS, nbytes
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import TAG, TILE_KIND
 from attnc.dialects.values import np_dtype
@@ -39,7 +39,8 @@ from attnc.passes.butterfly_pipeline import ExpandButterflyPattern, butterfly_co
 from attnc.passes.fuse_attention import FUSION_ATTR, MODES, FuseAttentionPattern, Schedule, check_schedule
 from attnc.passes.concat_folds import fold_concats
 from attnc.passes.sram_phases import SHARE_ATTR
-from attnc.passes.gemm import GemmGridPattern, merge_shared_lhs, plan_gemms, splittable, unmerge
+from attnc.passes.gemm import GemmGridPattern, macs, merge_shared_lhs, plan_gemms, splittable, unmerge
+from attnc.passes.gemm import phases as gemm_phases
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr
@@ -246,24 +247,14 @@ class TilePass(TargetPass):
         reports += chains.reports
         # every large GEMM across the compute tiles of its phase, on the contexts and SRAM the rest leave
         chosen = [o for o in fn.body.block.ops if splittable(o)]
-        # a Q/K/V projection's column blocks hold whole heads, so a member reads only the parts of its heads
-        heads = {o: w for o in chosen if (w := _head_width(o.result))}
-        for o, width in merged.items():
-            heads[o] = int(np.gcd(width, _gcd_heads(o)))
-        reserved = _reserved(fn)
-        others = reserved["compute"] - len(chosen)
-        # the DMA contexts the rest leave to the GEMMs' weight loads (each counted in `reserved` once)
-        dma_free = sum(t.contexts for t in arch.tiles_of("dma")) - reserved["dma"] + len(chosen)
-        if shared:  # the DRAM spills between phases and the per-phase loads of shared inputs
-            dma_free -= 2 * (len(chosen) + (1 if members else 0))
+        g = _GemmRoom.of(fn, arch, chosen, merged, shared, members > 0)
         # members on every compute tile leave each tile what they do not claim: no part may need more
         computes = arch.tiles_of("compute")
         part_cap = None
         if members >= len(computes) and used_sram:
             part_cap = min(t.sram_bytes for t in computes) - -(-used_sram // members)
-        gemms = plan_gemms(fn, arch, self.gemm_parts, used_sram, others, chosen, heads, members,
-                           dma_free, part_cap, shared, merged,
-                           {o for o in chosen if shared and _fed_by_attention(o.lhs)})  # fmt: skip
+        gemms = plan_gemms(fn, arch, self.gemm_parts, used_sram, g.others, chosen, g.heads, members,
+                           g.dma_free, part_cap, shared, merged, g.direct)  # fmt: skip
         for o in merged:
             if o not in gemms.grids:
                 unmerge(o)
@@ -275,49 +266,70 @@ class TilePass(TargetPass):
             fn.attributes[REPORT_ATTR] = StringAttr("\n".join(reports))
 
 
+def _requested(a: sp.AttentionOp, mode: str) -> str:
+    """The schedule mode an attention is to get: the pass's, else what ``fuse-attention`` marked ("" none)."""
+    req = a.attributes.get(FUSION_ATTR)
+    return mode or (req.data if isinstance(req, StringAttr) else "")
+
+
+@dataclass(frozen=True)
+class _GemmRoom:
+    """What the GEMM planning is given besides SRAM: the contexts other kernels take (``reserved``,
+    ``others``: compute ones besides the GEMMs), the DMA contexts left to the GEMMs' loads, each GEMM's head
+    width, and the GEMMs whose parts read their row strip from DRAM."""
+
+    reserved: dict[str, int]
+    others: int
+    dma_free: int
+    heads: dict
+    direct: set
+
+    @staticmethod
+    def of(fn: func.FuncOp, arch, gemms: list, merged: dict, shared: bool, attention: bool) -> _GemmRoom:
+        reserved = _reserved(fn)
+        # the DMA contexts the rest leave to the GEMMs' weight loads (each counted in `reserved` once)
+        dma_free = sum(t.contexts for t in arch.tiles_of("dma")) - reserved["dma"] + len(gemms)
+        if shared:  # the DRAM spills between phases and the per-phase loads of shared inputs
+            dma_free -= 2 * (len(gemms) + (1 if attention else 0))
+        # a Q/K/V projection's column blocks hold whole heads, so a member reads only the parts of its heads
+        heads = {o: w for o in gemms if (w := _head_width(o.result))}
+        for o, width in merged.items():
+            heads[o] = int(np.gcd(width, _gcd_heads(o)))
+        direct = {o for o in gemms if shared and _fed_by_attention(o.lhs)}
+        return _GemmRoom(reserved, reserved["compute"] - len(gemms), dma_free, heads, direct)
+
+
 def _members_for_grids(fn: func.FuncOp, arch, mode: str, forced: dict, merged: dict) -> dict[str, int]:
     """The attentions' members and groups when phases share SRAM (empty: the search's own choice). Contexts are
     not shared: every phase's kernels keep theirs, so members the attention gains are parts the GEMM grids lose
     (on edge, 16 members leave an FFN grid 8 parts). Tries the search's choice, then one group of half as many
     members, and so on, and keeps the one whose attentions plus GEMM phases are predicted fastest."""
-    from attnc.passes.gemm import phases as gemm_phases
-
     ops = list(fn.body.block.ops)
-    todo = []
-    for a in ops:
-        if isinstance(a, sp.AttentionOp) and a.fusion is None:
-            req = a.attributes.get(FUSION_ATTR)
-            chosen = mode or (req.data if isinstance(req, StringAttr) else "")
-            if chosen and chosen != "per-head":
-                todo.append((a, chosen))
+    todo = [(a, m) for a in ops if isinstance(a, sp.AttentionOp) and a.fusion is None
+            and (m := _requested(a, mode)) and m != "per-head"]  # fmt: skip
     gemms = [o for o in ops if splittable(o)]
     if not todo or not gemms:
         return {}
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
-    reserved = _reserved(fn)
-    others = reserved["compute"] - len(gemms)
-    dma_free = sum(t.contexts for t in arch.tiles_of("dma")) - reserved["dma"] - len(gemms) - 2
-    heads = {o: w for o in gemms if (w := _head_width(o.result))}
-    for o, width in merged.items():
-        heads[o] = int(np.gcd(width, _gcd_heads(o)))
+    g = _GemmRoom.of(fn, arch, gemms, merged, True, True)
     level = gemm_phases(fn, gemms)
-    direct = {o for o in gemms if _fed_by_attention(o.lhs)}
 
     def predicted(pick: dict[str, int]) -> tuple[float, int] | None:
         cycles, count = 0.0, 0
         for a, chosen in todo:
             try:
-                best = search(shape_of(a), arch, chosen, tile.sram_bytes, {**forced, **pick}, reserved).best
+                best = search(shape_of(a), arch, chosen, tile.sram_bytes, {**forced, **pick}, g.reserved).best
             except AttncError:
                 return None
             cycles += best.cycles
             count += best.schedule.groups * best.schedule.members
-        plans = plan_gemms(fn, arch, -1, 0, others, gemms, heads, count, dma_free, None, True, merged, direct)
+        plans = plan_gemms(fn, arch, -1, 0, g.others, gemms, g.heads, count, g.dma_free, None, True, merged,
+                           g.direct)  # fmt: skip
         by: dict[int, float] = {}
-        for g in gemms:
-            grid = plans.grids.get(g)
-            t = grid.cycles if grid else _macs(g) / max(tile.macs_per_cycle, 1)
-            by[level[g]] = max(by.get(level[g], 0.0), t)
+        for op in gemms:
+            grid = plans.grids.get(op)
+            t = grid.cycles if grid else macs(op) / max(tile.macs_per_cycle, 1)
+            by[level[op]] = max(by.get(level[op], 0.0), t)
         return cycles + sum(by.values()), count
 
     free = predicted({})
@@ -331,10 +343,6 @@ def _members_for_grids(fn: func.FuncOp, arch, mode: str, forced: dict, merged: d
         if got is not None and got[0] < best * (1 - TIE):
             best, best_pick = got[0], {"groups": 1, "members": m}
     return best_pick
-
-
-def _macs(op: sp.MatmulOp) -> int:
-    return int(np.prod(sp.shape_of(op.result), dtype=np.int64)) * sp.shape_of(op.lhs)[-1]
 
 
 def _rewrite(fn: func.FuncOp, pattern: RewritePattern) -> None:
@@ -359,13 +367,10 @@ def shares_sram(fn: func.FuncOp, arch, option: str = "auto", gemm_parts: int = -
     kernels resident would leave each a sliver of its tile."""
     if option != "auto":
         return option == "on"
-    from attnc.cost.work import nbytes
-    from attnc.passes.gemm import phases
-
     ops = list(fn.body.block.ops)
     gemms = [o for o in ops if splittable(o)]
     attention = [o for o in ops if isinstance(o, sp.AttentionOp) and o.fusion is None]
-    if gemm_parts == 1 or not gemms or len(set(phases(fn, gemms).values())) + bool(attention) < 2:
+    if gemm_parts == 1 or not gemms or len(set(gemm_phases(fn, gemms).values())) + bool(attention) < 2:
         return False
     weights = sum(nbytes(o.rhs.type) for o in gemms)
     return weights > sum(t.sram_bytes for t in arch.tiles_of("compute"))
@@ -387,8 +392,8 @@ def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict, shared: 
     half = min(full, tile.sram_bytes // 2) if any(splittable(o) for o in fn.body.block.ops) and not shared else full
     out = AttentionSchedules()
     for i, a in enumerate(attention):
-        req = a.attributes.pop(FUSION_ATTR, None)
-        chosen = mode or (req.data if isinstance(req, StringAttr) else "")
+        chosen = _requested(a, mode)
+        a.attributes.pop(FUSION_ATTR, None)
         if not chosen or chosen == "per-head":
             continue
         budget = half
@@ -437,7 +442,6 @@ def _reserved(fn) -> dict[str, int]:
     """Contexts per tile kind the graph's kernels other than attention need (as
     lower-to-dataflow will make them: one kernel per compute op, a DMA kernel per graph
     input, weight and result)."""
-    from attnc.cost.work import nbytes
     from attnc.passes.lower_dataflow import SMALL_CONSTANT_BYTES, folds_into_kernels
 
     out = {"compute": 0, "sfu": 0, "dma": len(fn.body.block.args) + len(fn.function_type.outputs.data)}
@@ -482,10 +486,6 @@ def _joins_producer(op: Operation) -> bool:
         if isinstance(src, (*MAC_OPS, *ELEMENTWISE, sp.LayerNormOp)):
             return True
     return False
-
-
-def _pow2_floor(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
 
 
 def _feeds_attention(v, depth: int = 8) -> bool:
