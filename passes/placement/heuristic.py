@@ -171,10 +171,7 @@ def score(av: ArrayView, pv: ProblemView, st: State) -> Score:
     o_int = max((load - cap for load, cap in zip(iloads, pv.cap_int)), default=0)
     busy = _Busy(pv, len(av.pos), st.place)
     links = pv.phases.link_work(st.routes, lambda a, b: av.cap[av.link_index[(a, b)]])
-    per: dict[tuple, int] = defaultdict(int)
-    for k, t in enumerate(st.place):
-        if (key := stack_key(pv.kernels[k])) is not None:
-            per[t, key] += 1
+    per = _stacks(pv, st.place)
     return Score(max(loads, default=0.0), max(0.0, over) if over > 1e-9 else 0.0, bh,
                  round(pv.phases.estimate(st.place, links)), max(0, o_int), bh_int,
                  busy.total(_link_time_int(av, pv, st.routes)), tuple(loads), tuple(iloads),
@@ -186,6 +183,15 @@ def stack_key(k) -> tuple | None:
     if k.phase:
         return ("phase", k.phase)
     return ("group", k.together) if k.together else None
+
+
+def _stacks(pv: ProblemView, place: list[int]) -> defaultdict[tuple, int]:
+    """How many kernels of each ``stack_key`` each tile holds: (tile, key) -> count."""
+    out: defaultdict[tuple, int] = defaultdict(int)
+    for k, t in enumerate(place):
+        if (key := stack_key(pv.kernels[k])) is not None:
+            out[t, key] += 1
+    return out
 
 
 def _link_time_int(av: ArrayView, pv: ProblemView, routes: list[list[int]]) -> dict[int, int]:
@@ -426,10 +432,7 @@ class _Annealer:
         self.busy = _Busy(pv, len(av.pos), place)
         # kernels of one nonzero SRAM phase per tile (Score.stacked): a kernel joining another of its phase costs
         # its own work, which the estimate misses while the phase's window has slack
-        self.same: dict[tuple, int] = defaultdict(int)
-        for ki, t in enumerate(place):
-            if (key := stack_key(pv.kernels[ki])) is not None:
-                self.same[t, key] += 1
+        self.same = _stacks(pv, place)
         self.work = [sum(w for _j, w in pv.w_int[ki]) for ki in range(n)]
 
     def stack(self, moves: list[tuple[int, int, int]]) -> float:
