@@ -2,6 +2,7 @@
 
     python benchmarks/layer.py [--archs edge,cloud] [--seqs 512,2048,8192] [--workloads bert,trxl,t5,xlm,llama]
         [--gemms/--no-gemms] [--quick] [--jobs 1] [--timeout 600] [--time-limit 2] [--out PATH]
+        [--butterfly SPEC [--with-dense]]
 
 Workloads: one layer each, built with onnx.helper from examples/make_examples.py (random weights from a fixed
 seed, f16 weights and data, batch 1):
@@ -50,6 +51,15 @@ Per point:
 
 ``--gemms`` (default on) also measures each distinct GEMM of each layer alone: one MatMul x[seq, K] @ W[K, N]
 compiled and simulated the same way, against its own roofline.
+
+``--butterfly SPEC`` (the compile driver's ``--butterfly``, e.g. ``linears=qkv,out,ffn``) compiles each point
+with the butterfly-decompose pass added where ``attnc compile --butterfly`` adds it. A butterfly point is measured
+against its *own* roofline: max(executed MACs (the simulator's count) / array MACs per cycle, its compulsory DRAM
+bytes / DRAM bytes per cycle), its compulsory bytes being the model's input and output and the float constants of
+its IR after the front end (the butterfly factors in place of the dense weights). ``speedup`` is the dense
+layer's cycles over the butterfly layer's: the dense point of the same run (``--with-dense`` adds it) or else the
+dense row of ``benchmarks/results/layer.csv`` at the same arch, workload and seq. Without ``--butterfly`` the
+points are the dense ones as above.
 
 Writes ``--out`` .md (benchmarks/_report.py's table), .csv and .png (ratio to the roofline per workload, seq and
 arch). Each point runs in its own process, at most ``--jobs`` at once, and is stopped after ``--timeout`` s.
@@ -261,8 +271,10 @@ def classify(bs) -> dict[int, str]:
 
 
 def run_point(arch: str, workload: str, seq: int, gemm: tuple[int, int] | None, time_limit: float,
-              check: bool) -> dict:  # fmt: skip
-    """One point as a row; a failure is the row's ``error`` (with the roofline, which needs no compile)."""
+              check: bool, butterfly: str | None = None) -> dict:  # fmt: skip
+    """One point as a row; a failure is the row's ``error`` (with the roofline, which needs no compile).
+    ``butterfly``: the ``--butterfly`` spec the layer is compiled with (its own roofline then needs the
+    compile: the executed MACs and the factors' bytes)."""
     from attnc.arch import load_arch
 
     target = load_arch(arch)
@@ -276,26 +288,66 @@ def run_point(arch: str, workload: str, seq: int, gemm: tuple[int, int] | None, 
         "macs": macs, "roofline": round(roofline), "mac_bound": round(macs / peak),
         "dram_bound": round(compulsory / bw), "compulsory_bytes": compulsory,
     }  # fmt: skip
+    if butterfly is not None:
+        row["variant"] = "butterfly"
     check = check and macs <= CHECK_MAX_MACS
     try:
-        _measure(row, target, model, inputs if check else None, time_limit, peak, roofline)
+        _measure(row, target, model, inputs if check else None, time_limit, peak, roofline, butterfly)
     except Exception as e:  # noqa: BLE001 - the point's error, the sweep goes on
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
     return row
 
 
-def _measure(row: dict, target, model, inputs, time_limit: float, peak: int, roofline: float) -> None:
+def io_bytes(model) -> int:
+    """Bytes of the ONNX model's inputs and outputs (f16 unless typed otherwise)."""
+    import numpy as np
+    import onnx
+
+    size = {onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.FLOAT: 4, onnx.TensorProto.INT64: 8}
+    g = model.graph
+    return sum(int(np.prod([d.dim_value for d in vi.type.tensor_type.shape.dim])) * size.get(vi.type.tensor_type.elem_type, 2)
+               for vi in [*g.input, *g.output])  # fmt: skip
+
+
+def constant_bytes(module) -> int:
+    """Bytes of @main's float constants (weights, biases, norm parameters, butterfly factors, scalars): what a
+    compiled layer must read from DRAM at least once besides its input."""
+    import numpy as np
+    from attnc.dialects import sparse as sp
+    from attnc.dialects.values import np_dtype
+    from attnc.ir import main_func
+
+    total = 0
+    for op in main_func(module).body.block.ops:
+        if isinstance(op, sp.ConstantOp):
+            dt = np_dtype(sp.elt_of(op.results[0]))
+            if np.issubdtype(dt, np.floating):
+                total += int(np.prod(sp.shape_of(op.results[0]), dtype=np.int64)) * dt.itemsize
+    return total
+
+
+def _measure(row: dict, target, model, inputs, time_limit: float, peak: int, roofline: float,
+             butterfly: str | None = None) -> None:  # fmt: skip
     import numpy as np
     from attnc.backend.bitstream import decode, encode
     from attnc.backend.emit import emit_bitstream
     from attnc.frontend.onnx import import_onnx
     from attnc.interpreter import interpret
-    from attnc.pipeline import DEFAULT_PIPELINE, backend_passes, run_pipeline
+    from attnc.pipeline import DEFAULT_PIPELINE, backend_passes, parse_pipeline, run_pipeline, with_butterfly
     from attnc.simulator.timing import simulate
 
     t0 = time.perf_counter()
     module = import_onnx(model)
-    records = run_pipeline(module, DEFAULT_PIPELINE)
+    records = run_pipeline(module, with_butterfly(parse_pipeline(DEFAULT_PIPELINE), butterfly))
+    if butterfly is not None:
+        from attnc.passes.butterfly_decompose import decompose_summary
+
+        row["butterfly"] = butterfly
+        row["compulsory_bytes"] = io_bytes(model) + constant_bytes(module)
+        row["dram_bound"] = round(row["compulsory_bytes"] / target.dram.bytes_per_cycle)
+        summary = decompose_summary(module)
+        row["decomposed"] = summary["layers"]
+        row["proj_error"] = summary["mean_error"]
     t_check = time.perf_counter()
     expected = interpret(module, inputs) if inputs else None  # the oracle, on the IR the back end receives
     t_check = time.perf_counter() - t_check
@@ -312,9 +364,15 @@ def _measure(row: dict, target, model, inputs, time_limit: float, peak: int, roo
     busiest_link = max((lk.bytes / lk.bytes_per_cycle for lk in stats.links), default=0.0)
     bounds = {"compute tile": busiest_tile, "dram": dram / bw, "link": busiest_link}
     binds = max(bounds, key=lambda k: bounds[k])
+    if butterfly is not None:
+        # its own roofline: the MACs it executes (the dense attention core and the butterfly stages)
+        row["mac_bound"] = round(stats.macs / peak)
+        roofline = max(stats.macs / peak, row["compulsory_bytes"] / bw)
+        row["roofline"] = round(roofline)
     row.update({
         "executed_macs": stats.macs, "cycles": stats.cycles,
-        "utilization": row["macs"] / (stats.cycles * peak) if stats.cycles else 0.0,
+        # (a butterfly layer's own MACs: the ones it executes)
+        "utilization": (stats.macs if butterfly else row["macs"]) / (stats.cycles * peak) if stats.cycles else 0.0,
         "ratio": stats.cycles / roofline if roofline else 0.0,
         "dram_bytes": dram, "dram_vs_compulsory": dram / row["compulsory_bytes"],
         "energy_uj": stats.energy_pj()["total"] / 1e6, "binds": binds,
@@ -387,6 +445,8 @@ def run_all(points: list[tuple], jobs: int, timeout: float, report) -> list[dict
             if "arch" not in r:
                 r = {"arch": arch, "workload": workload, "seq": seq,
                      "part": f"gemm {gemm[0]}x{gemm[1]}" if gemm else "layer", **r}  # fmt: skip
+                if len(args) > 6 and args[6] is not None:
+                    r["variant"] = "butterfly"
             r["elapsed_s"] = time.monotonic() - start
             rows.append(r)
             report(r)
@@ -397,10 +457,11 @@ def run_all(points: list[tuple], jobs: int, timeout: float, report) -> list[dict
 # output
 
 COLUMNS = [
-    "arch", "workload", "seq", "part", "gemms", "macs", "executed_macs", "cycles", "utilization", "roofline",
+    "arch", "workload", "seq", "part", "variant", "butterfly", "decomposed", "proj_error", "gemms", "macs",
+    "executed_macs", "cycles", "utilization", "roofline",
     "mac_bound", "dram_bound", "ratio", "dram_bytes", "compulsory_bytes", "dram_vs_compulsory", "energy_uj",
     "binds", "bound_share", *(f"share_{s}" for s in SUBLAYERS), "kernels", "compile_s", "slowest_pass", "sim_s",
-    "sim_vs_interp",
+    "sim_vs_interp", "dense_cycles", "speedup",
     "warnings", "first_warning", "error", "elapsed_s",
 ]  # fmt: skip
 SHOWN = [
@@ -408,6 +469,29 @@ SHOWN = [
     "energy_uj", "binds", "bound_share", *(f"share_{s}" for s in SUBLAYERS), "compile_s", "sim_vs_interp",
     "warnings", "error",
 ]  # fmt: skip
+#: the columns of a run with --butterfly
+SHOWN_BUTTERFLY = [
+    "arch", "workload", "seq", "part", "variant", "cycles", "executed_macs", "roofline", "ratio", "dense_cycles",
+    "speedup", "dram_vs_compulsory", "binds", "bound_share", *(f"share_{s}" for s in SUBLAYERS), "compile_s",
+    "sim_vs_interp", "warnings", "error",
+]  # fmt: skip
+
+
+def add_speedups(rows: list[dict], dense_csv: Path) -> None:
+    """Each butterfly layer row's ``speedup``: the dense layer's cycles (same run, else ``dense_csv``) over its."""
+    import csv
+
+    key = lambda r: (r["arch"], r["workload"], int(r["seq"]), r.get("part", "layer"))  # noqa: E731
+    dense = {key(r): int(r["cycles"]) for r in rows if r.get("variant") != "butterfly" and r.get("cycles")}
+    if dense_csv.exists():
+        with dense_csv.open() as f:
+            for r in csv.DictReader(f):
+                if r.get("cycles") and not r.get("error"):
+                    dense.setdefault(key(r), int(float(r["cycles"])))
+    for r in rows:
+        if r.get("variant") == "butterfly" and r.get("cycles") and key(r) in dense:
+            r["dense_cycles"] = dense[key(r)]
+            r["speedup"] = dense[key(r)] / r["cycles"]
 
 
 def _fmt(key: str, v) -> str:
@@ -415,9 +499,10 @@ def _fmt(key: str, v) -> str:
         return "-"
     if key in ("utilization", "bound_share") or key.startswith("share_"):
         return f"{100 * v:.1f}%"
-    if key in ("ratio", "dram_vs_compulsory"):
+    if key in ("ratio", "dram_vs_compulsory", "speedup"):
         return f"{v:.2f}x"
-    if key in ("cycles", "roofline", "mac_bound", "dram_bound", "macs", "dram_bytes", "compulsory_bytes"):
+    if key in ("cycles", "roofline", "mac_bound", "dram_bound", "macs", "executed_macs", "dram_bytes",
+               "compulsory_bytes", "dense_cycles"):  # fmt: skip
         return f"{v:,}"
     if key in ("energy_uj", "compile_s", "sim_s", "elapsed_s"):
         return f"{v:.3g}"
@@ -429,6 +514,7 @@ def _fmt(key: str, v) -> str:
 
 
 def write_table(rows: list[dict], path: Path, title: str) -> None:
+    butterfly = any(r.get("variant") == "butterfly" for r in rows)
     notes = [
         "Simulated from the bitstream (timing model). Each layer is one array configuration. utilization is the",
         "layer's MACs over cycles x the array's MACs per cycle; roofline = max(MACs / array MACs per cycle,",
@@ -447,7 +533,12 @@ def write_table(rows: list[dict], path: Path, title: str) -> None:
     if failed:
         notes += ["", "Failed points:", *(f"- {r['arch']} {r['workload']} {r['seq']} {r['part']}: {r['error']}"
                                           for r in failed)]  # fmt: skip
-    write_markdown(path, title, notes, SHOWN, rows, _fmt)
+    if butterfly:
+        notes += ["", "Butterfly rows (variant): compiled with --butterfly " + ", ".join(sorted(
+            {r["butterfly"] for r in rows if r.get("butterfly")})) + "; roofline is the row's own: max(executed",
+            "MACs / array MACs per cycle, (input + output + the IR's float constants) / DRAM bytes per cycle);",
+            "speedup = dense_cycles (the dense layer: same run, else benchmarks/results/layer.csv) / cycles."]
+    write_markdown(path, title, notes, SHOWN_BUTTERFLY if butterfly else SHOWN, rows, _fmt)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -460,10 +551,12 @@ def plot(rows: list[dict], path: Path) -> None:
         top = max([r["ratio"] for r in mine if r.get("ratio")] + [2.0]) * 1.5
         for i, wl in enumerate(sorted({r["workload"] for r in mine})):
             color = f"C{i}"
-            layer = sorted((r["seq"], r["ratio"]) for r in mine if r["workload"] == wl and r["part"] == "layer"
-                           and r.get("ratio"))  # fmt: skip
-            if layer:
-                ax.plot(*zip(*layer), marker="o", color=color, label=f"{wl} layer")
+            for variant, style in (("", "-"), ("butterfly", ":")):
+                layer = sorted((r["seq"], r["ratio"]) for r in mine if r["workload"] == wl and r["part"] == "layer"
+                               and r.get("ratio") and r.get("variant", "") == variant)  # fmt: skip
+                if layer:
+                    ax.plot(*zip(*layer), marker="o", color=color, linestyle=style,
+                            label=f"{wl} {variant or 'dense'} layer")  # fmt: skip
             worst: dict[int, float] = {}
             for r in mine:
                 if r["workload"] == wl and r["part"] != "layer" and r.get("ratio"):
@@ -507,8 +600,16 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per point; over it: 'timeout'")
     ap.add_argument("--time-limit", type=float, default=2.0, help="placement solver time limit per point (s)")
     ap.add_argument("--label", default="", help="added to the table's title (e.g. which code was measured)")
-    ap.add_argument("--out", default=str(RESULTS / "layer"), help="output path without suffix")
+    ap.add_argument("--out", default=None, help="output path without suffix (default: benchmarks/results/layer, "
+                    "or layer_butterfly with --butterfly)")
+    ap.add_argument("--butterfly", default=None, metavar="SPEC",
+                    help="compile the layers with butterfly-decompose (the compile driver's --butterfly spec)")
+    ap.add_argument("--with-dense", action="store_true", help="with --butterfly: also run the dense layers")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = str(RESULTS / ("layer_butterfly" if args.butterfly else "layer"))
+    if args.with_dense and args.butterfly is None:
+        ap.error("--with-dense compares against --butterfly, which is not given")
     if args.quick:
         args.workloads, args.seqs, args.archs = "bert", "512,2048", "edge,cloud"
     archs = args.archs.split(",")
@@ -523,7 +624,10 @@ def main() -> int:
     for w in workloads:
         for seq in seqs:
             for arch in archs:
-                points.append((arch, w, seq, None, args.time_limit, seq == check_seq))
+                if args.butterfly is None or args.with_dense:
+                    points.append((arch, w, seq, None, args.time_limit, seq == check_seq and args.butterfly is None))
+                if args.butterfly is not None:
+                    points.append((arch, w, seq, None, args.time_limit, seq == check_seq, args.butterfly))
                 if args.gemms:
                     for (k, n), names in layer_gemms(w).items():
                         points.append((arch, w, seq, (k, n), args.time_limit, False))
@@ -537,8 +641,12 @@ def main() -> int:
         m = re.match(r"gemm (\d+)x(\d+)", r.get("part", ""))
         if m:
             r["gemms"] = gemm_names.get((r["workload"], int(m[1]), int(m[2])), "")
-    order = {(a, w, q, f"gemm {g[0]}x{g[1]}" if g else "layer"): i for i, (a, w, q, g, *_) in enumerate(points)}
-    rows.sort(key=lambda r: order.get((r["arch"], r["workload"], r["seq"], r["part"]), len(order)))
+    order = {(a, w, q, f"gemm {g[0]}x{g[1]}" if g else "layer", len(rest) > 2): i
+             for i, (a, w, q, g, *rest) in enumerate(points)}  # fmt: skip
+    rows.sort(key=lambda r: order.get((r["arch"], r["workload"], r["seq"], r["part"], r.get("variant") == "butterfly"),
+                                      len(order)))  # fmt: skip
+    if args.butterfly is not None:
+        add_speedups(rows, RESULTS / "layer.csv")
     out = Path(args.out)
     write_csv(out.with_suffix(".csv"), COLUMNS, rows)
     title = "Whole transformer layers against the roofline" + (f" ({args.label})" if args.label else "")

@@ -76,3 +76,38 @@ def test_sub_layer_rule_on_a_compiled_encoder_layer(layer: ModuleType) -> None:
     assert ffn >= 2 and proj >= 4  # two FFN linears, four projections (each maybe split over tiles)
     # the GELU between the FFN's linears is FFN work, not a norm
     assert {roles[k] for k, c in kernels.items() if any(i.opcode == "erf" for i in c.body)} <= {"ffn"}
+
+
+def test_a_butterfly_layer_counts_its_factors_not_the_dense_weights(layer: ModuleType) -> None:
+    """--butterfly: the compulsory bytes are the input, output and the float constants of the IR after the
+    front end, where the butterfly factors have replaced the dense weights."""
+    from attnc.frontend.onnx import import_onnx
+    from attnc.pipeline import DEFAULT_PIPELINE, parse_pipeline, run_pipeline, with_butterfly
+
+    model, _ = layer.make_examples().encoder(seq=16, hidden=64, heads=4, ffn=128, layers=1, half=True)
+    _, dense = layer.model_counts(model)
+    io = layer.io_bytes(model)
+    assert io == 2 * 2 * 16 * 64
+    plain = import_onnx(model)
+    run_pipeline(plain, DEFAULT_PIPELINE)
+    # the same weights the ONNX graph counts (the front end may fold a scalar or two)
+    assert dense - io - 16 <= layer.constant_bytes(plain) <= dense - io
+    module = import_onnx(model)
+    run_pipeline(module, with_butterfly(parse_pipeline(DEFAULT_PIPELINE), "linears=qkv,out,ffn"))
+    assert 0 < layer.constant_bytes(module) < dense - io
+
+
+def test_speedups_take_the_dense_layer_of_the_run_else_the_csv(layer: ModuleType, tmp_path: Path) -> None:
+    csv = tmp_path / "layer.csv"
+    csv.write_text("arch,workload,seq,part,cycles,error\nedge,bert,512,layer,1000,\nedge,bert,2048,layer,8000,\n"
+                   "cloud,bert,512,layer,,timeout\n")  # fmt: skip
+    rows = [
+        {"arch": "edge", "workload": "bert", "seq": 512, "part": "layer", "cycles": 600},
+        {"arch": "edge", "workload": "bert", "seq": 512, "part": "layer", "cycles": 250, "variant": "butterfly"},
+        {"arch": "edge", "workload": "bert", "seq": 2048, "part": "layer", "cycles": 2000, "variant": "butterfly"},
+        {"arch": "cloud", "workload": "bert", "seq": 512, "part": "layer", "cycles": 50, "variant": "butterfly"},
+    ]
+    layer.add_speedups(rows, csv)
+    assert (rows[1]["dense_cycles"], rows[1]["speedup"]) == (600, 2.4)  # the run's own dense point
+    assert (rows[2]["dense_cycles"], rows[2]["speedup"]) == (8000, 4.0)  # from the CSV
+    assert "speedup" not in rows[3] and "speedup" not in rows[0]  # no dense figure; a dense row has none
