@@ -68,6 +68,7 @@ from attnc.dialects.dataflow import RESERVE, ROWS, STAGE, TILE_KIND, WEIGHT_PASS
 from attnc.dialects.values import bitrev_permutation, from_numpy, np_dtype, to_numpy
 from attnc.errors import AttncError
 from attnc.passes.kernel_builder import KernelBuilder
+from attnc.passes.sram_phases import SHARE_ATTR
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
 from xdsl.ir import Operation, SSAValue
 from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
@@ -324,10 +325,9 @@ def row_blocks(tile, kind: str, rows: int, tokens: int) -> list[int]:
     most = max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))
     if kind != "compute":
         return [1]
-    out = [most]
-    while out[-1] > 1:
-        out.append(out[-1] // 2)
-    return out
+    # every count, not only halvings: the largest that fits wins (5 rows of a 768-wide chain fill a 16 KiB
+    # tile's 8-row MAC array 5/8 full, where halving would stop at 4)
+    return list(range(most, 0, -1))
 
 
 def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes: int = 1,
@@ -423,7 +423,8 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
     tokens = _tokens(rows, ref) if passes == 1 else passes
     weights = sum(int(np.prod(st.weight_shape(n))) for st in ch.stages) * eb
     dram = 2 * rows * n * eb + (1 if staged else passes) * weights
-    dram_cycles = dram / arch.dram.bytes_per_cycle
+    # the chains that run at the same time share DRAM: this one gets its share (by MACs) of the bandwidth
+    dram_cycles = dram / (arch.dram.bytes_per_cycle * min(1.0, max(share, 1e-3)))
     if staged:
         # the memory tiles send every copy over their links
         links = sum(len(arch.graph().out_edges((t.x, t.y))) for t in arch.tiles_of("memory"))
@@ -929,15 +930,63 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
     # memory tiles may hold streamed weights, unless an attention stages its K/V there
     staging = any(STAGE in o.attributes for o in fn.body.block.ops)
     memory = [] if staging else [t.sram_bytes for t in arch.tiles_of("memory")]
-    budget = _ChainBudget(sum(_macs(op) for op in ops), sum(s.contexts for s in slots), sum(s.sram for s in slots))
-    for i, op in enumerate(ops):
-        name = f"bfly{i}"
-        chains = chain_probes(op, name)
-        plans = _plan_op(op, chains, arch, slots, memory, budget)
-        out.plans[op] = (name, plans)
-        out.reports += [f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {plan.text()}"
-                        for ch, plan in zip(chains, plans)]  # fmt: skip
+    names = {op: f"bfly{i}" for i, op in enumerate(ops)}
+    for group, budget in _phase_budgets(fn, ops, slots):
+        # sharing SRAM, each phase's chains plan on the tiles' whole SRAM (the contexts stay taken)
+        mine = [replace(s) for s in slots] if SHARE_ATTR in fn.attributes else slots
+        free = list(mine)
+        for op in group:
+            chains = chain_probes(op, names[op])
+            plans = _plan_op(op, chains, arch, free, memory, budget)
+            out.plans[op] = (names[op], plans)
+            out.reports += [f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {plan.text()}"
+                            for ch, plan in zip(chains, plans)]  # fmt: skip
+        if mine is not slots:
+            for s, m in zip(slots, mine):
+                s.contexts = m.contexts
+            slots[:] = [s for s in slots if s.contexts > 0]
+            for i, s in enumerate(slots):
+                s.index = i
+    out.plans = {op: out.plans[op] for op in ops}
     return out
+
+
+def butterfly_phases(fn, ops: list[Operation]) -> dict[Operation, int]:
+    """Per butterfly matmul or Fourier op, how many MAC ops (butterflies, attentions, matmuls) lie on the
+    longest path from the graph's inputs to it: with SRAM phases (``attnc.passes.sram_phases``) the ops of one
+    count run in one phase (a block's Q/K/V butterflies, its FFN's side-by-side ones), those of different
+    counts never at the same time."""
+    mac_ops = (sp.ButterflyMatmulOp, sp.FourierOp, sp.AttentionOp, sp.MatmulOp)
+    depth: dict[SSAValue, int] = {}
+    out: dict[Operation, int] = {}
+    for op in fn.body.block.ops:
+        d = max((depth.get(v, 0) for v in op.operands), default=0)
+        if isinstance(op, (sp.ButterflyMatmulOp, sp.FourierOp)):
+            out[op] = d
+        for r in op.results:
+            depth[r] = d + (1 if isinstance(op, mac_ops) else 0)
+    return {op: out[op] for op in ops}
+
+
+def _phase_budgets(fn, ops: list[Operation], slots: list[Slot]) -> list[tuple[list[Operation], _ChainBudget]]:
+    """The ops in planning order, grouped by what they share, each group with its budget. Without SRAM
+    phases every kernel stays resident: one group, each op's chains a share (by MACs) of the free contexts
+    and SRAM. With them (``tile`` set ``attnc.share_sram``) the ops of one phase (:func:`butterfly_phases`)
+    share the tiles' SRAM, every phase all of it, while the contexts, held by every kernel for the whole run,
+    are split over the phases: phase p of M_p MACs on k_p kernels takes about M_p / k_p, and the phases run
+    one after the other, so the sum is least with k_p in proportion to sqrt(M_p)."""
+    contexts = sum(s.contexts for s in slots)
+    sram = sum(s.sram for s in slots)
+    if SHARE_ATTR not in fn.attributes:
+        return [(ops, _ChainBudget(sum(_macs(op) for op in ops), contexts, sram))]
+    phase = butterfly_phases(fn, ops)
+    groups: dict[int, list[Operation]] = {}
+    for op in ops:
+        groups.setdefault(phase[op], []).append(op)
+    weight = {p: math.sqrt(sum(_macs(op) for op in g)) for p, g in groups.items()}
+    total = sum(weight.values()) or 1.0
+    return [(g, _ChainBudget(sum(_macs(op) for op in g), max(len(g), int(contexts * weight[p] / total)), sram))
+            for p, g in sorted(groups.items())]  # fmt: skip
 
 
 @dataclass(frozen=True)
