@@ -252,8 +252,9 @@ class Slot:
     tile: object  # attnc.arch.Tile
     contexts: int
     sram: int
-    load: int = 0  # cycles of the current candidate's kernels on it
+    load: int = 0  # cycles of the current candidate's kernels on it (``busy`` included)
     used: int = 0  # kernels of the current candidate on it
+    busy: int = 0  # cycles of the kernels already planned on it that run at the same time (same phase)
 
 
 @dataclass
@@ -487,7 +488,7 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         return None
     kernels = [(gi, j) for gi in range(len(groups)) for j in range(parts)]  # (group index, part)
     for s in slots:
-        s.load, s.used = 0, 0
+        s.load, s.used = s.busy, 0
     info = _kernel_options(ch, views, groups, kernels, tokens, passes, {s.kind: s.tile for s in slots})
     greedy = _place_greedy(ch, kernels, info, slots, parts, tokens, arch)
     if greedy is None:
@@ -630,12 +631,14 @@ def free_slots(arch, reserved: dict[str, int], used_sram: int, members: int) -> 
     return slots
 
 
-def _commit(plan: Plan, slots: list[Slot]) -> None:
-    """What a chosen plan takes from its tiles (the next chain plans with the rest)."""
-    for si, claim in zip(plan.slots, plan.claims):
+def _commit(plan: Plan, slots: list[Slot], busy: bool = False) -> None:
+    """What a chosen plan takes from its tiles (the next chain plans with the rest); ``busy``: the next chain
+    runs at the same time, so the plan's kernel cycles also stay on their tiles' load."""
+    for si, claim, cyc in zip(plan.slots, plan.claims, plan.cycles):
         s = slots[si]
         s.contexts -= 1
         s.sram -= claim
+        s.busy += cyc if busy else 0
     slots[:] = [s for s in slots if s.contexts > 0 and s.sram > 0]
     for i, s in enumerate(slots):
         s.index = i
@@ -931,13 +934,20 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
     staging = any(STAGE in o.attributes for o in fn.body.block.ops)
     memory = [] if staging else [t.sram_bytes for t in arch.tiles_of("memory")]
     names = {op: f"bfly{i}" for i, op in enumerate(ops)}
+    phase = butterfly_phases(fn, ops)
     for group, budget in _phase_budgets(fn, ops, slots):
         # sharing SRAM, each phase's chains plan on the tiles' whole SRAM (the contexts stay taken)
         mine = [replace(s) for s in slots] if SHARE_ATTR in fn.attributes else slots
         free = list(mine)
         for op in group:
+            # the chains of one phase run at the same time: each plans with the ones before it on the tiles
+            # (a Q and a V chain on one butterfly tile take twice as long); other phases' chains run apart
+            if op is group[0] or phase[op] != phase[prev]:
+                for s in free:
+                    s.busy = 0
             chains = chain_probes(op, names[op])
             plans = _plan_op(op, chains, arch, free, memory, budget)
+            prev = op
             out.plans[op] = (names[op], plans)
             out.reports += [f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {plan.text()}"
                             for ch, plan in zip(chains, plans)]  # fmt: skip
@@ -1014,7 +1024,7 @@ def _plan_op(op: Operation, chains: list[Chain], arch, slots: list[Slot], memory
     for ch in chains:
         plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(budget.sram * frac),
                           memory=memory)  # fmt: skip
-        _commit(plan, slots)
+        _commit(plan, slots, busy=True)
         if plan.staged:  # its pieces take that much of their memory tiles
             for mi, used in enumerate(plan.held):
                 memory[mi] -= used

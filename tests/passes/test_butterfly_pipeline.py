@@ -279,3 +279,24 @@ def test_with_sram_phases_each_phase_plans_on_the_whole_sram():
     kernels = [len(p.kinds) for _, ps in plans.plans.values() for p in ps]
     assert sum(kernels) <= contexts
     same(m, expanded(m, "edge"))
+
+
+def test_chains_of_one_phase_plan_with_the_load_the_ones_before_left():
+    """Chains that run at the same time (a block's Q, K and V) share the tiles' time: the second chain on the
+    butterfly tile the first took predicts both kernels' cycles there (it had predicted its lone kernel's,
+    and the Q and V chains of a BERT layer on edge stacked on one butterfly tile ran 2x longer than planned);
+    a chain of another phase starts from idle tiles."""
+    arch = load_arch("edge")
+    bt, ct = arch.tiles_of("butterfly")[0], arch.tiles_of("compute")[0]
+    slots = [bp.Slot(0, "butterfly", bt, 4, bt.sram_bytes), bp.Slot(1, "compute", ct, 4, ct.sram_bytes)]
+    first = bp.plan_chain(_bert_chain(), arch, slots, max_kernels=1)
+    assert first.kinds == ["butterfly"]
+    bp._commit(first, slots, busy=True)
+    second = bp.plan_chain(_bert_chain(), arch, slots, max_kernels=1)
+    on_compute = bp.stage_kernel_cycles(_bert_chain().stages, 768, 512, ct, "compute", 5)
+    # stacked (2 x 295K) still beats a compute tile's 5-row blocks (633K), and it says so
+    assert second.kinds == ["butterfly"] and 2 * first.cycles[0] < on_compute
+    assert second.predicted >= first.cycles[0] + second.cycles[0]
+    for s in slots:
+        s.busy = 0
+    assert bp.plan_chain(_bert_chain(), arch, slots, max_kernels=1).predicted == first.predicted
