@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from attnc.cost.work import GEMM_BLOCK, SFU_OPS, kernel_cost, nbytes
+from attnc.cost.work import GEMM_BLOCK, SFU_OPS, consumed_bytes, kernel_cost, nbytes
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, ROWS, SPILL, STAGE, TAG, TILE_KIND, WEIGHT_PASSES
@@ -329,7 +329,9 @@ class LowerToDataflowPass(TargetPass):
         stream_fused_inputs(fn)
         stream_butterfly_chains(fn)
         stream_gemm_grids(fn)
+        stream_gemm_weights(fn, arch)
         stream_row_wise(fn)
+        size_stream_buffers(fn)
 
 
 #: per input of a fused kernel, how many times it is streamed in (K and V once per pass)
@@ -516,7 +518,10 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
             continue
         users = consumers.get(k.outputs[0], [])
         if users and all(rows_of.get(u) and _row_aligned(u.body.block.args[i], rows_of[u]) for u, i in users):
-            k.tokens = df.i64_array([dict(k.loop_schedule()).get("burst", 1)])
+            # a token per burst, or per row block of its stages when those are finer: a token is what a
+            # stage's buffers take in at once, not a burst four times their size
+            blocks = min(dict(u.loop_schedule()).get("rows", 1) for u, _ in users)
+            k.tokens = df.i64_array([max(dict(k.loop_schedule()).get("burst", 1), blocks)])
 
 
 def _row_wise(k: df.KernelOp) -> bool:
@@ -662,3 +667,81 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
                 out[j] = 1
             tokens_of[r] = out[j]
         k.tokens = df.i64_array(out)
+
+
+# ---------------------------------------------------------------------------
+# an unsplit GEMM's weight: held whole when it fits, else streamed block by block
+
+
+def stream_gemm_weights(fn: func.FuncOp, arch) -> None:
+    """The weight of an unsplit GEMM kernel (loops b, m, n, k), loaded by DMA for it alone, is held whole in its
+    buffers when it fits next to them in the kernel's share of a tile (its buffer grows by the weight's bytes);
+    else it streams in the (n, k) blocks the kernel's steps read, one token a step, and the load reads it from
+    DRAM once per row block of the output (a ("repeat", b·m) loop: the DRAM bytes count every pass). Either way
+    what the kernel holds of its weight is in its declared buffers, not a whole tensor it has no room for."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    tiles = arch.tiles_of("compute")
+    if not tiles:
+        return
+    tile = max(tiles, key=lambda t: (t.macs_per_cycle, t.sram_bytes))
+    share = tile.sram_bytes // max(tile.contexts, 1)
+    for k in kernels:
+        trips = k.loop_schedule()
+        if k.kind.data != "gemm" or [n for n, _ in trips] != ["b", "m", "n", "k"]:
+            continue
+        mm = next((o for o in k.body.block.ops if isinstance(o, sp.MatmulOp)), None)
+        if mm is None:
+            continue
+        for i, v in enumerate(k.inputs):
+            load = v.owner
+            if not (isinstance(load, df.KernelOp) and load.kind.data == "dma_load" and len(load.loops.data) == 1
+                    and any(isinstance(o, sp.ConstantOp) for o in load.body.block.ops)
+                    and [u for u, _ in consumers.get(v, [])] == [k] and _reaches(k.body.block.args[i], mm.rhs)):
+                continue
+            weight = nbytes(v.type)
+            buf = k.buffer_bytes.value.data
+            if buf + weight <= share:
+                k.buffer_bytes = IntegerAttr(buf + weight, 64)
+                continue
+            t = dict(trips)
+            passes = t["b"] * t["m"]
+            blocks = t["n"] * t["k"]
+            load.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
+            load.trips = df.i64_array([passes, blocks])
+            load.tokens = df.i64_array([passes * blocks] * len(load.outputs))
+            load.cycles = IntegerAttr(passes * load.cycles.value.data, 64)
+            _repeat_inputs([(k, i)], passes)
+
+
+def size_stream_buffers(fn: func.FuncOp) -> None:
+    """A kernel that streams an input (more than one token) declares at least two tokens of each streamed input
+    (one being computed on, the next arriving), so its producers can run a token ahead instead of waiting on
+    each one, plus the weights it holds whole. (A one-token activation it holds whole is not counted here:
+    docs/simulator.md, "What still overflows".)"""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
+    for k in kernels:
+        if k.kind.data in ("dma_load", "dma_store", "dma_spill") or k.tile_kind.data == "memory":
+            continue
+        reps = k.attributes.get(INPUT_REPEATS)
+        reps = [int(r) for r in reps.get_values()] if reps is not None else [1] * len(k.inputs)
+        streamed = [tokens_of.get(v, 1) for v in k.inputs if isinstance(v.owner, df.KernelOp)]
+        if not any(t > 1 for t in streamed):
+            continue
+        need = 0
+        for v, arg, rep in zip(k.inputs, k.body.block.args, reps):
+            if not isinstance(v.owner, df.KernelOp):
+                continue
+            read, t = consumed_bytes(arg) * rep, tokens_of.get(v, 1)
+            if t > 1:
+                need += 2 * -(-read // t)
+            elif _is_weight_load(v.owner):
+                need += read
+        if need > k.buffer_bytes.value.data:
+            k.buffer_bytes = IntegerAttr(need, 64)
+
+
+def _is_weight_load(k: df.KernelOp) -> bool:
+    """Whether ``k`` is a DMA load of a constant (a weight)."""
+    return k.kind.data == "dma_load" and any(isinstance(o, sp.ConstantOp) for o in k.body.block.ops)
