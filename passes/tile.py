@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from attnc.cost.attention import Prediction, Shape, fused_attention_buffer, predict
-from attnc.cost.work import SFU_OPS, nbytes
+from attnc.cost.work import SFU_OPS, kernel_cost, nbytes
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import TAG, TILE_KIND
 from attnc.dialects.values import np_dtype
@@ -253,8 +253,10 @@ class TilePass(TargetPass):
         part_cap = None
         if members >= len(computes) and used_sram:
             part_cap = min(t.sram_bytes for t in computes) - -(-used_sram // members)
-        gemms = plan_gemms(fn, arch, self.gemm_parts, used_sram, g.others, chosen, g.heads, members,
-                           g.dma_free, part_cap, shared, merged, g.direct)  # fmt: skip
+        gemms = _plan_grids(fn, arch, self.gemm_parts, used_sram, g, chosen, members, part_cap, shared, merged)
+        if shared and (extra := _row_block_contexts(fn, arch, gemms.grids)):
+            g = replace(g, others=g.others + extra)
+            gemms = _plan_grids(fn, arch, self.gemm_parts, used_sram, g, chosen, members, part_cap, shared, merged)
         for o in merged:
             if o not in gemms.grids:
                 unmerge(o)
@@ -297,6 +299,53 @@ class _GemmRoom:
             heads[o] = int(np.gcd(width, _gcd_heads(o)))
         direct = {o for o in gemms if shared and _fed_by_attention(o.lhs)}
         return _GemmRoom(reserved, reserved["compute"] - len(gemms), dma_free, heads, direct)
+
+
+#: row blocks (compute contexts) kept for each norm when phases share SRAM, as a share of the compute tiles
+NORM_BLOCKS = 8
+
+
+def _row_block_contexts(fn: func.FuncOp, arch, grids: dict) -> int:
+    """Compute contexts to leave to the norms' row blocks when phases share SRAM (0: none). ``fuse-elementwise``
+    cuts a norm into row blocks within the contexts the other kernels leave, less its headroom (an eighth), and
+    runs them on compute tiles when those have special-function units. Sharing SRAM, a norm between two phases
+    runs alone: a norm that takes one tile longer than the fastest GEMM grid (``grids``) is a stretch of the
+    layer worth some GEMM parts. With every context given to the grids and the members, the BERT layer's last
+    LayerNorm ran as one kernel on one tile for 86K of its 229K cycles on cloud at seq 512 (on edge the grids
+    take far longer than a norm, and their parts are worth more)."""
+    from attnc.passes.fuse_elementwise import HEADROOM
+
+    computes = arch.tiles_of("compute")
+    if not computes or not grids or not all(t.special_per_cycle > 0 for t in computes):
+        return 0
+    norms = [o for o in fn.body.block.ops if isinstance(o, (sp.LayerNormOp, sp.SoftmaxOp))]
+    fastest = min(grid.cycles for grid in grids.values())
+    if not any(kernel_cost([o], [o.results[0].type], arch).cycles > fastest for o in norms):
+        return 0
+    total = sum(t.contexts for t in computes)
+    return total // HEADROOM + len(norms) * max(1, len(computes) // NORM_BLOCKS)
+
+
+def _plan_grids(fn: func.FuncOp, arch, parts: int, used_sram: int, g: _GemmRoom, gemms: list, members: int,
+                part_cap: int | None, shared: bool, merged: dict):
+    """The GEMM grids. A direct grid's parts each read their row strip from DRAM, which the grid search counts
+    once per row: when the other columns' reads would make the grid DRAM-bound beyond the tie margin of its
+    predicted time, that GEMM is planned again as one column of parts (each reads its strip once). On cloud the
+    output projection's 2x24 grid read 18.9 MB for a 0.8 MB input (24 streams of each member's output out of
+    one DMA tile: links over capacity, a place-route of 100 s); on edge the extra reads hide under compute."""
+    heads = dict(g.heads)
+
+    def plan():
+        return plan_gemms(fn, arch, parts, used_sram, g.others, gemms, heads, members, g.dma_free, part_cap,
+                          shared, merged, g.direct)  # fmt: skip
+
+    out = plan()
+    dram = max(arch.dram.bytes_per_cycle, 1e-9)
+    redo = [o for o, grid in out.grids.items() if grid.direct and grid.cols > 1
+            and (grid.dram_bytes + (grid.cols - 1) * nbytes(o.lhs.type)) / dram > (1 + TIE) * grid.cycles]
+    for o in redo:
+        heads[o] = sp.shape_of(o.rhs)[1]
+    return plan() if redo else out
 
 
 def _members_for_grids(fn: func.FuncOp, arch, mode: str, forced: dict, merged: dict) -> dict[str, int]:
@@ -363,8 +412,10 @@ class AttentionSchedules:
 
 def shares_sram(fn: func.FuncOp, arch, option: str = "auto", gemm_parts: int = -1) -> bool:
     """Whether the module's phases share SRAM. ``auto``: when it has large GEMMs (or a GEMM and an attention) in
-    more than one phase and its weights are more than the compute tiles hold, so that keeping every phase's
-    kernels resident would leave each a sliver of its tile."""
+    more than one phase and its weights are more than half what the compute tiles hold, so that keeping every
+    phase's kernels resident would leave each a sliver of its tile: next to the attention's members (half a tile
+    each) the grids of every phase split the rest. (BERT-base on cloud, 14 MB of weights on 16.8 MB: resident,
+    its FFN grids got 24-32 parts of 64 KB and the layer took 231K cycles at seq 512; sharing, 182K.)"""
     if option != "auto":
         return option == "on"
     ops = list(fn.body.block.ops)
@@ -373,7 +424,7 @@ def shares_sram(fn: func.FuncOp, arch, option: str = "auto", gemm_parts: int = -
     if gemm_parts == 1 or not gemms or len(set(gemm_phases(fn, gemms).values())) + bool(attention) < 2:
         return False
     weights = sum(nbytes(o.rhs.type) for o in gemms)
-    return weights > sum(t.sram_bytes for t in arch.tiles_of("compute"))
+    return 2 * weights > sum(t.sram_bytes for t in arch.tiles_of("compute"))
 
 
 def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict, shared: bool = False) -> AttentionSchedules:

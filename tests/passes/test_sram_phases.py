@@ -2,6 +2,8 @@
 data between phases goes through DRAM spills, a load read by several phases is one load per phase, and the
 kernels compute what the graph computes."""
 
+import re
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -79,3 +81,34 @@ def test_a_graph_input_read_by_two_phases_is_loaded_once_per_phase():
 def test_share_sram_takes_auto_on_or_off():
     with pytest.raises(AttncError, match="share-sram must be auto, on or off"):
         run_pipeline(ffn_model()[0], "tile{arch=edge share-sram=maybe}")
+
+
+def test_auto_shares_on_cloud_when_the_weights_are_more_than_half_the_compute_tiles_hold():
+    # 2 x 8 MiB of f32 weights against cloud's 16 MiB of compute-tile SRAM: resident, next to each other, every
+    # phase's grid would get a sliver of its tiles
+    _, _, _, kernels = _lowered("auto", "cloud", rows=256, hidden=1024, inner=2048)
+    assert any(k.phase for k in kernels)
+
+
+def _bert_on_cloud(seq: int = 512):
+    from example_script import load_make_examples
+
+    from attnc.pipeline import DEFAULT_PIPELINE
+
+    model, _ = load_make_examples().encoder(seq=seq, hidden=768, heads=12, ffn=3072, layers=1, half=True)
+    module = import_onnx(model)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    run_pipeline(module, "tile{arch=cloud share-sram=on},fuse-elementwise{arch=cloud}")
+    return main_func(module)
+
+
+def test_an_output_projection_reading_spills_is_one_column_and_the_last_norm_gets_row_blocks():
+    # sharing SRAM, each part of the output projection reads its row strip from the attention's spills: in
+    # 24 columns its 0.8 MB input was read 24 times, out of one DMA tile per group (links at twice their
+    # capacity); and contexts were left for the last LayerNorm, which otherwise ran on one tile alone
+    fn = _bert_on_cloud()
+    report = fn.attributes["attnc.tile_report"].data
+    oproj = next(line for line in report.splitlines() if "@ 768x768 in" in line)
+    assert re.search(r" in \d+x1 parts", oproj), oproj
+    tags = {op.attributes["dataflow.tag"].data for op in fn.body.block.ops if "dataflow.tag" in op.attributes}
+    assert sum(t.startswith("layer_norm") for t in tags) > 1, sorted(tags)
