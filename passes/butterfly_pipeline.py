@@ -69,6 +69,7 @@ from attnc.dialects.values import bitrev_permutation, from_numpy, np_dtype, to_n
 from attnc.errors import AttncError
 from attnc.passes.kernel_builder import KernelBuilder
 from attnc.passes.sram_phases import SHARE_ATTR
+from xdsl.dialects import func
 from xdsl.dialects.builtin import IntegerAttr, StringAttr
 from xdsl.ir import Operation, SSAValue
 from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
@@ -103,6 +104,8 @@ class Chain:
     out: SSAValue | None = None
     plan: Plan | None = None
     cache: dict = field(default_factory=dict)
+    #: the kernels its row blocks stream through after it (set by :func:`plan_butterflies`; 0: a chain alone)
+    tail: int = 0
 
     @property
     def n(self) -> int:
@@ -453,7 +456,7 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
             if any(not links[g[-1]] for g in groups[:-1]):
                 continue
             count += 1
-            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes, share)
+            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes, share, budget)
             if cand is not None and sum(cand.claims) > budget:
                 continue
             if cand is not None and staged:
@@ -482,7 +485,7 @@ _Option = tuple[int, int, int]
 
 
 def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cycles, arch, passes: int = 1,
-            frac: float = 1.0) -> Plan | None:
+            frac: float = 1.0, budget: int = 1 << 62) -> Plan | None:
     """Put a candidate's kernels on the slots, longest first, each where it finishes soonest."""
     if not slots:
         return None
@@ -490,13 +493,15 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
     for s in slots:
         s.load, s.used = s.busy, 0
     info = _kernel_options(ch, views, groups, kernels, tokens, passes, {s.kind: s.tile for s in slots})
-    greedy = _place_greedy(ch, kernels, info, slots, parts, tokens, arch)
+    greedy = _place_greedy(ch, kernels, info, slots, parts, tokens, arch, budget // len(kernels))
     if greedy is None:
         return None
     placed, pick = greedy
     slowest = max(s.load for s in slots)
-    # k groups in a pipeline over T row blocks: (T + k - 1) / T of the slowest tile's time
-    pipe = slowest * (tokens + len(groups) - 1) / tokens
+    # k groups in a pipeline over T row blocks: (T + k - 1) / T of the slowest tile's time; and the last row
+    # block still goes through the ``tail`` kernels the chain streams into (a bias add, a LayerNorm, the next
+    # chain) one row-block time each: few large blocks make the layer's pipeline drain in a few large steps
+    pipe = slowest * (tokens + len(groups) + ch.tail - 1) / tokens
     # DRAM streams the rows in and out while the pipeline runs, but not while its first row block
     # fills it: the store cannot start before a row block has come through every group
     predicted = max(pipe, dram_cycles + len(groups) * slowest / tokens) + arch.dram.latency_cycles
@@ -534,17 +539,20 @@ def _kernel_options(ch: Chain, views, groups, kernels, tokens: int, passes: int,
     return info
 
 
-def _place_greedy(ch: Chain, kernels, info, slots: list[Slot], parts: int, tokens: int,
-                  arch) -> tuple[dict[tuple[int, int], Slot], dict[tuple[int, int], _Option]] | None:
+def _place_greedy(ch: Chain, kernels, info, slots: list[Slot], parts: int, tokens: int, arch,
+                  share: int = 1 << 62) -> tuple[dict[tuple[int, int], Slot], dict[tuple[int, int], _Option]] | None:
     """Longest kernel first, each on the slot where it would finish soonest (its load there plus what
     reaching its neighbouring stages costs), with the fastest row block that fits what is left of the
-    slot's SRAM; None when a kernel fits nowhere. Updates the slots' load and use."""
+    slot's SRAM and, if one does, the kernel's ``share`` of the chain's SRAM budget (a larger block that
+    only the slot holds would put the chain over its budget, and the chains after it would find no room);
+    None when a kernel fits nowhere. Updates the slots' load and use."""
     n, rows, eb = ch.n, ch.rows, ch.eb
     sram_left = {s.index: s.sram for s in slots}
 
     def fit(kj, s: Slot) -> _Option | None:
-        """The fastest row block of kernel ``kj`` whose buffers fit what is left of ``s``."""
-        return next((o for o in info[kj][s.kind] if o[1] <= sram_left[s.index]), None)
+        """The fastest row block of kernel ``kj`` whose buffers fit what is left of ``s`` (and its share)."""
+        room = [o for o in info[kj][s.kind] if o[1] <= sram_left[s.index]]
+        return next((o for o in room if o[1] <= share), room[0] if room else None)
 
     order = sorted(kernels, key=lambda kj: -max(opts[0][0] for opts in info[kj].values()))
     placed: dict[tuple[int, int], Slot] = {}
@@ -934,7 +942,9 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
     staging = any(STAGE in o.attributes for o in fn.body.block.ops)
     memory = [] if staging else [t.sram_bytes for t in arch.tiles_of("memory")]
     names = {op: f"bfly{i}" for i, op in enumerate(ops)}
-    phase = butterfly_phases(fn, ops)
+    shared = SHARE_ATTR in fn.attributes
+    phase = butterfly_phases(fn, ops, streaming=not shared)
+    tails = chain_tails(fn, ops, phase, shared)
     for group, budget in _phase_budgets(fn, ops, slots):
         # sharing SRAM, each phase's chains plan on the tiles' whole SRAM (the contexts stay taken)
         mine = [replace(s) for s in slots] if SHARE_ATTR in fn.attributes else slots
@@ -946,6 +956,8 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
                 for s in free:
                     s.busy = 0
             chains = chain_probes(op, names[op])
+            for ch in chains:
+                ch.tail = tails[op]
             plans = _plan_op(op, chains, arch, free, memory, budget)
             prev = op
             out.plans[op] = (names[op], plans)
@@ -961,12 +973,18 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
     return out
 
 
-def butterfly_phases(fn, ops: list[Operation]) -> dict[Operation, int]:
+#: ops that wait for whole tensors (no row stream passes through them): a resident layer's chains on either
+#: side of one do not run at the same time
+BARRIERS = (sp.FourierOp, sp.AttentionOp, sp.MatmulOp)
+
+
+def butterfly_phases(fn, ops: list[Operation], streaming: bool = False) -> dict[Operation, int]:
     """Per butterfly matmul or Fourier op, how many MAC ops (butterflies, attentions, matmuls) lie on the
     longest path from the graph's inputs to it: with SRAM phases (``attnc.passes.sram_phases``) the ops of one
     count run in one phase (a block's Q/K/V butterflies, its FFN's side-by-side ones), those of different
-    counts never at the same time."""
-    mac_ops = (sp.ButterflyMatmulOp, sp.FourierOp, sp.AttentionOp, sp.MatmulOp)
+    counts never at the same time. ``streaming`` (every kernel resident): only :data:`BARRIERS` count, since
+    row blocks stream from one butterfly through the next (a block's output projection and FFN run at once)."""
+    mac_ops = BARRIERS if streaming else (sp.ButterflyMatmulOp, *BARRIERS)
     depth: dict[SSAValue, int] = {}
     out: dict[Operation, int] = {}
     for op in fn.body.block.ops:
@@ -976,6 +994,34 @@ def butterfly_phases(fn, ops: list[Operation]) -> dict[Operation, int]:
         for r in op.results:
             depth[r] = d + (1 if isinstance(op, mac_ops) else 0)
     return {op: out[op] for op in ops}
+
+
+def chain_tails(fn, ops: list[Operation], phase: dict[Operation, int], shared: bool) -> dict[Operation, int]:
+    """Each op's tail: the kernels its result's row blocks stream through before anything waits for a whole
+    tensor -- per butterfly on the longest path of same-phase butterflies it streams into, that one and the
+    row kernel before it, plus the row kernel after the last if something computes on it before it is stored
+    (a block's output projection: LayerNorm, FFN1, GELU, FFN2, LayerNorm: 5; a lone linear's result goes
+    straight to its store: 0). With SRAM phases a chain's result goes to a spill, which waits: 0."""
+    if shared:
+        return {op: 0 for op in ops}
+    mine = set(ops)
+    tail: dict[SSAValue, int] = {}
+    for op in reversed(list(fn.body.block.ops)):
+        for r in op.results:
+            best = 0
+            for use in r.uses:
+                u = use.operation
+                if isinstance(u, (func.ReturnOp, *BARRIERS)) or (u in mine and op in mine and phase[u] != phase[op]):
+                    continue
+                below = max((tail.get(x, 0) for x in u.results), default=0)
+                if u in mine:  # the next chain, and the row kernel before it
+                    best = max(best, 2 + below)
+                elif sp.is_data_movement(u):
+                    best = max(best, below)
+                else:  # a row kernel (it or a later one counts once)
+                    best = max(best, 1, below)
+            tail[r] = best
+    return {op: tail.get(op.results[0], 0) for op in ops}
 
 
 def _phase_budgets(fn, ops: list[Operation], slots: list[Slot]) -> list[tuple[list[Operation], _ChainBudget]]:

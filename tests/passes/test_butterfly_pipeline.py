@@ -300,3 +300,43 @@ def test_chains_of_one_phase_plan_with_the_load_the_ones_before_left():
     for s in slots:
         s.busy = 0
     assert bp.plan_chain(_bert_chain(), arch, slots, max_kernels=1).predicted == first.predicted
+
+
+def test_a_chain_counts_the_kernels_its_row_blocks_stream_through():
+    """Resident (no SRAM phases), a butterfly's row blocks stream on through row kernels and the next
+    butterflies: x -> two butterflies -> their sum (a row kernel) -> a butterfly -> the result. The first two
+    stream through the add and the third butterfly (2, and 3 if something computed on its result); the last
+    goes straight to its store (0). An attention waits for whole tensors and ends a chain's tail; with SRAM
+    phases every chain's result goes to a spill (0)."""
+    m = _two_phase_module()
+    fn = main_func(m)
+    ops = [o for o in fn.body.block.ops if isinstance(o, sp.ButterflyMatmulOp)]
+    phase = bp.butterfly_phases(fn, ops, streaming=True)
+    assert list(phase.values()) == [0, 0, 0]  # one streaming region: no barrier between them
+    assert list(bp.chain_tails(fn, ops, phase, False).values()) == [2, 2, 0]
+    assert list(bp.chain_tails(fn, ops, bp.butterfly_phases(fn, ops), True).values()) == [0, 0, 0]
+
+
+def test_a_drain_of_few_large_row_blocks_makes_a_chain_take_more():
+    """The tail's drain costs a row-block time per kernel: the same chain with a tail predicts more, and it is
+    planned with at least as many row blocks (the BERT FFN's chains had streamed 128-row blocks through five
+    kernels after them)."""
+    arch = load_arch("edge")
+    slots = bp.free_slots(arch, {}, 0, 0)
+    lone, tailed = _bert_chain(), _bert_chain()
+    tailed.tail = 5
+    a = bp.plan_chain(lone, arch, [bp.replace(s) for s in slots], max_kernels=1)
+    b = bp.plan_chain(tailed, arch, [bp.replace(s) for s in slots], max_kernels=1)
+    assert b.predicted > a.predicted and b.tokens >= a.tokens
+
+
+def test_a_kernel_keeps_to_its_share_of_the_chain_budget_when_it_can():
+    """Each kernel takes the largest row block that fits its tile and its share of the chain's SRAM budget
+    (if any does): taking what only the tile holds had put every edge chain at seq 2048 over its budget,
+    the planner then fell back to no budget, and the last chains found no room ("no grouping of its 8
+    stages fits the free tiles")."""
+    arch = load_arch("edge")
+    tile = arch.tiles_of("compute")[0]
+    slots = [bp.Slot(0, "compute", tile, 4, tile.sram_bytes)]
+    plan = bp.plan_chain(_bert_chain(2048), arch, slots, max_kernels=1, sram_budget=13_000)
+    assert sum(plan.claims) <= 13_000 and plan.blocks == [4]
