@@ -7,9 +7,10 @@ that read each other, a cycle, are merged). The array runs a tile's phases in or
 different phases overlap (docs/simulator.md, "SRAM phases"), so data that crosses phases cannot wait on chip
 in a buffer that the next phase overwrites: it goes through DRAM.
 
-* Every stream from a kernel of one phase into kernels of another goes through a ``dma_spill``, one per
-  (producer group, consumer phase): it stores its inputs as they are made and reads them back once the
-  consumers' phase has begun. Output i of a spill is its input i.
+* Every stream from a kernel of one phase into kernels of another goes through a ``dma_spill``: the streams
+  of one (producer group, consumer phase), a crossing, are cut over up to ``SPILL_WAYS`` spills as the DMA
+  contexts allow, no reader fed by two. A spill stores its inputs as they are made and reads them back once
+  the consumers' phase has begun. Output i of a spill is its input i.
 * A DMA load (a graph input, a weight) read by kernels of several phases is cloned, one load per phase.
 * DMA kernels (loads, spills, stores) keep phase 0: they hold their staging buffers all the time.
 """
