@@ -289,7 +289,9 @@ def run_point(arch: str, workload: str, seq: int, gemm: tuple[int, int] | None, 
         "dram_bound": round(compulsory / bw), "compulsory_bytes": compulsory,
     }  # fmt: skip
     if butterfly is not None:
-        row["variant"] = "butterfly"
+        # its own roofline needs the compile (the MACs it executes, the factors' bytes): none if that fails
+        row.update({"variant": "butterfly", "roofline": "", "mac_bound": "", "dram_bound": "",
+                    "compulsory_bytes": ""})  # fmt: skip
     check = check and macs <= CHECK_MAX_MACS
     try:
         _measure(row, target, model, inputs if check else None, time_limit, peak, roofline, butterfly)
