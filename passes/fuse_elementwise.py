@@ -41,6 +41,7 @@ from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import GROUP, TAG, TILE_KIND, i64_array
 from attnc.ir import main_func
 from attnc.passes.concat_folds import concat_spans
+from attnc.passes.sram_phases import SHARE_ATTR
 from attnc.passes.target import TargetPass
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -699,13 +700,16 @@ def aligned(parts: int, strips: int, most: int, room: int) -> int:
     return min(up) if up else max(n for n in counts if n <= parts)
 
 
-def plan_row_splits(block, kernels: Kernels, arch) -> dict[Operation, tuple[list[Operation], RowSplit]]:
+def plan_row_splits(block, kernels: Kernels, arch,
+                    shared: bool = False) -> dict[Operation, tuple[list[Operation], RowSplit]]:
     """Which row kernels to cut into row blocks, and into how many: a part about as long as the shortest
     GEMM/attention kernel next to the chain (its vector work no longer than that part's), at most one part
     per row and per tile of its kind, and all parts of all chains within the contexts of that kind that the
     module's other kernels leave (less an eighth as headroom; the longest chains give up parts first). A
     chain whose input comes in equal row strips gets a divisor or a multiple of their number, so that no
-    part straddles two (it would read both strips' parts). Keyed by each chain's first op."""
+    part straddles two (it would read both strips' parts). Keyed by each chain's first op. With ``shared``
+    (the module's phases share SRAM) a chain takes as many parts as its rows, tiles and the free contexts
+    allow: it runs alone between phases."""
     tagged = _tagged_ops(block)
     order = {op: i for i, op in enumerate(block.ops)}
     wanted: dict[str, list] = {}
@@ -719,7 +723,9 @@ def plan_row_splits(block, kernels: Kernels, arch) -> dict[Operation, tuple[list
         if kind == "sfu" and kernels.special_on_compute:
             kind = "compute"  # many more of them, and their exp units run the special functions
         most = min(axis[1], len(arch.tiles_of(kind)))
-        parts = min(-(-_cycles(chain, arch, kind) // near), most)
+        # sharing SRAM, a row kernel between two phases runs alone (its neighbours wait for it or it for them):
+        # as many parts as the contexts allow, not as many as hide it behind its neighbour
+        parts = most if shared else min(-(-_cycles(chain, arch, kind) // near), most)
         if parts > 1:
             wanted[tag] = [chain, axis, kind, parts, most, row_strips(chain, axis[0])]
     for kind in {w[2] for w in wanted.values()}:
@@ -844,7 +850,7 @@ class FuseElementwisePass(TargetPass):
         PatternRewriteWalker(GreedyRewritePatternApplier(sink), apply_recursively=True).rewrite_region(fn.body)
         for pattern in (EpilogueIntoProducerPattern(kernels), ChainIntoRowKernelPattern(kernels)):
             PatternRewriteWalker(pattern, apply_recursively=False).rewrite_region(fn.body)
-        splits = plan_row_splits(block, kernels, arch)
+        splits = plan_row_splits(block, kernels, arch, SHARE_ATTR in fn.attributes)
         split = {tag for tag, ops in kernels.rows.items() if any(op in splits for op in ops)}
         PatternRewriteWalker(SplitRowKernelPattern(kernels, splits), apply_recursively=False).rewrite_region(fn.body)
         # a "chain" of one op is the kernel it was already: keep its usual name

@@ -118,7 +118,8 @@ def test_an_output_projection_reading_spills_is_one_column_and_the_last_norm_get
     oproj = next(line for line in report.splitlines() if "@ 768x768 in" in line)
     assert re.search(r" in \d+x1 parts", oproj), oproj
     tags = {op.attributes["dataflow.tag"].data for op in fn.body.block.ops if "dataflow.tag" in op.attributes}
-    assert sum(t.startswith("layer_norm") for t in tags) > 1, sorted(tags)
+    # (it runs alone between phases: as many row blocks as contexts are left, not 4 to match the FFN's parts)
+    assert sum(t.startswith("layer_norm") for t in tags) >= 16, sorted(tags)
 
 
 def test_a_crossing_is_cut_over_spills_that_no_reader_straddles():
