@@ -330,8 +330,9 @@ class LowerToDataflowPass(TargetPass):
         stream_butterfly_chains(fn)
         stream_gemm_grids(fn)
         stream_gemm_weights(fn, arch)
+        stream_gemm_rows(fn)
         stream_row_wise(fn)
-        size_stream_buffers(fn)
+        size_stream_buffers(fn, arch)
 
 
 #: per input of a fused kernel, how many times it is streamed in (K and V once per pass)
@@ -504,7 +505,7 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
     for k in kernels:
         # a piece of a chain's weights held in a memory tile: its stage kernels read it once per pass
         if k.tile_kind.data == "memory" and k.outputs and (passes := dict(k.loop_schedule()).get("repeat", 1)) > 1:
-            users = consumers.get(k.outputs[0], [])
+            users = [u for r in k.outputs for u in consumers.get(r, [])]
             if users and all(rows_of.get(u) for u, _ in users):
                 _repeat_inputs(users, passes)
     for k in kernels:
@@ -714,11 +715,11 @@ def stream_gemm_weights(fn: func.FuncOp, arch) -> None:
             _repeat_inputs([(k, i)], passes)
 
 
-def size_stream_buffers(fn: func.FuncOp) -> None:
-    """A kernel that streams an input (more than one token) declares at least two tokens of each streamed input
-    (one being computed on, the next arriving), so its producers can run a token ahead instead of waiting on
-    each one, plus the weights it holds whole. (A one-token activation it holds whole is not counted here:
-    docs/simulator.md, "What still overflows".)"""
+def size_stream_buffers(fn: func.FuncOp, arch) -> None:
+    """A kernel that streams an input (more than one token) declares at least the room it holds at once: every
+    input it holds whole (a weight, a one-token input) and two tokens of each streamed one (one being computed
+    on, the next arriving, so its producers run a token ahead instead of waiting on each one), or one token
+    when two would not fit its share of a tile (its producers then wait for each release)."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
     for k in kernels:
@@ -726,18 +727,24 @@ def size_stream_buffers(fn: func.FuncOp) -> None:
             continue
         reps = k.attributes.get(INPUT_REPEATS)
         reps = [int(r) for r in reps.get_values()] if reps is not None else [1] * len(k.inputs)
-        streamed = [tokens_of.get(v, 1) for v in k.inputs if isinstance(v.owner, df.KernelOp)]
-        if not any(t > 1 for t in streamed):
-            continue
-        need = 0
+        whole, token = 0, 0
         for v, arg, rep in zip(k.inputs, k.body.block.args, reps):
             if not isinstance(v.owner, df.KernelOp):
                 continue
             read, t = consumed_bytes(arg) * rep, tokens_of.get(v, 1)
             if t > 1:
-                need += 2 * -(-read // t)
-            elif _is_weight_load(v.owner):
-                need += read
+                token += -(-read // t)
+            else:
+                whole += read
+        if not token:
+            continue
+        tiles = arch.tiles_of(k.tile_kind.data)
+        share = max((t.sram_bytes // max(t.contexts, 1) for t in tiles), default=0)
+        sram = max((t.sram_bytes for t in tiles), default=0)
+        need = whole + 2 * token if whole + 2 * token <= max(share, k.buffer_bytes.value.data) else whole + token
+        # when no tile holds that, the schedule needs another cut (a finer token, a re-read): the declaration
+        # stays within a tile, and the simulator reports what was held (docs/simulator.md, "What still overflows")
+        need = min(need, sram)
         if need > k.buffer_bytes.value.data:
             k.buffer_bytes = IntegerAttr(need, 64)
 
@@ -745,3 +752,56 @@ def size_stream_buffers(fn: func.FuncOp) -> None:
 def _is_weight_load(k: df.KernelOp) -> bool:
     """Whether ``k`` is a DMA load of a constant (a weight)."""
     return k.kind.data == "dma_load" and any(isinstance(o, sp.ConstantOp) for o in k.body.block.ops)
+
+
+# ---------------------------------------------------------------------------
+# an unsplit GEMM reads its rows block by block
+
+
+def _gemm_rows(k: df.KernelOp) -> int | None:
+    """The row blocks an unsplit GEMM kernel (loops b, m, n, k) walks, or None for other kernels."""
+    trips = k.loop_schedule()
+    if k.kind.data != "gemm" or [n for n, _ in trips] != ["b", "m", "n", "k"]:
+        return None
+    if sum(isinstance(o, (sp.MatmulOp, sp.ContractOp)) for o in k.body.block.ops) != 1:
+        return None  # several GEMMs (heads sharing a kernel) run one after the other, not row block by row block
+    t = dict(trips)
+    return t["b"] * t["m"]
+
+
+def _row_blocks(k: df.KernelOp) -> int | None:
+    """The row blocks ``k`` produces its result in, in row order: an unsplit GEMM's, a row-wise kernel's, a DMA
+    load's (it reads any order); None when it does not produce by rows."""
+    if k.kind.data == "dma_load":
+        return 1 << 30
+    if _row_wise(k):
+        return dict(k.loop_schedule()).get("rows", 1)
+    return _gemm_rows(k)
+
+
+def stream_gemm_rows(fn: func.FuncOp) -> None:
+    """A one-token value every reader of which reads row block by row block, and at least one is an unsplit
+    GEMM, streams in the GEMMs' row blocks (the fewest of them, and no more than its producer makes): a GEMM
+    then holds one row block of its activation (and the next) instead of the whole of it, and a producer that
+    works by rows (a load, a row-wise kernel, another GEMM) sends each block as it is done."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    for k in kernels:
+        made = _row_blocks(k)
+        if made is None or made <= 1:
+            continue
+        out = list(k.tokens.get_values())
+        for j, r in enumerate(k.outputs):
+            users = consumers.get(r, [])
+            if out[j] != 1 or not users or k.attributes.get(INPUT_REPEATS) is not None and k.kind.data == "dma_load":
+                continue
+            rows = int(np.prod(sp.shape_of(r)[:-1], dtype=np.int64))
+            blocks = [_gemm_rows(u) for u, _ in users]
+            if not any(blocks) or not _read_by_rows(users, rows):
+                continue
+            if any(b is None and not (_row_wise(u) or u.kind.data == "dma_store") for b, (u, _) in zip(blocks, users)):
+                continue
+            tokens = min([b for b in blocks if b] + [made, rows])
+            if tokens > 1:
+                out[j] = tokens
+        k.tokens = df.i64_array(out)

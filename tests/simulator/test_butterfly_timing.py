@@ -90,22 +90,16 @@ STREAMED_GAP = "a load under back-pressure next to a store: the cost model is ~2
 #: stage parts (simulator 120K -> 140K cycles at 1024 rows), which the cost model's per-kernel schedule
 #: does not follow (113K)
 HELD_GAP = "weights re-sent and x loaded in step with the stages: the cost model is ~20% optimistic at 1024 rows"
-#: since a consumer's buffers bound what a producer may send ahead (no more than they hold, less what the
-#: consumer holds whole), a DMA store whose buffer holds one row-block token receives the next only once it has
-#: written the last to DRAM: the last stage and the store alternate instead of overlapping (tiny 256x32: model
-#: 3.8K, simulator 4.9K, was 3.9K while the store's tile held twice its buffer; edge 512x96 and 256x64 alike).
-#: The cost model's per-kernel schedule does not see a buffer that holds one token
-ONE_TOKEN_GAP = "a DMA store whose buffer holds one token alternates with its producer: the cost model is ~25% optimistic"
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "passes"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compiler"))
 
 
 PIPELINES = [
-    pytest.param("tiny", (256, 32), "block", 4, 2, marks=pytest.mark.xfail(strict=False, reason=ONE_TOKEN_GAP)),
+    ("tiny", (256, 32), "block", 4, 2),
     ("tiny", (128, 16), "monarch", 2, 4),
-    pytest.param("edge", (512, 96), "block", 5, 3, marks=pytest.mark.xfail(strict=False, reason=ONE_TOKEN_GAP)),
-    pytest.param("edge", (256, 64), "monarch", 2, 8, marks=pytest.mark.xfail(strict=False, reason=ONE_TOKEN_GAP)),
+    ("edge", (512, 96), "block", 5, 3),
+    ("edge", (256, 64), "monarch", 2, 8),
     pytest.param("edge", (1024, 768), "block", 8, 3, marks=pytest.mark.xfail(strict=False, reason=HELD_GAP)),
     pytest.param("edge", (512, 768), "block", 8, 3, marks=pytest.mark.xfail(strict=False, reason=STREAMED_GAP)),
 ]
