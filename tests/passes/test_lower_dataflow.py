@@ -8,6 +8,7 @@ import pytest
 
 from attnc.arch import load_arch
 from attnc.dialects import dataflow as df
+from attnc.dialects import sparse as sp
 from attnc.frontend.onnx import import_onnx
 from attnc.interpreter import interpret
 from attnc.ir import parse_module, print_module
@@ -87,3 +88,32 @@ def test_heads_share_kernels_when_the_array_is_short_of_contexts():
     assert len(softmax) < 4 and sum(k.sym_name.data.endswith("_qk") for k in kernels) == len(softmax)
     sfu = [k for k in kernels if k.tile_kind.data == "sfu"]
     assert len(sfu) <= sum(t.contexts for t in arch.tiles_of("sfu"))
+
+
+def test_an_unsplit_gemm_streams_a_weight_it_cannot_hold_and_reads_its_rows_by_blocks():
+    # bert_layer on edge: each 64x64 f32 projection weight (16 KiB) is more than a GEMM's share of a tile (4 KiB),
+    # so its load re-reads it once per row block of the output, in the (n, k) blocks the GEMM steps through, and
+    # the hidden states reach the projections one row block at a time
+    from attnc.passes.lower_dataflow import INPUT_REPEATS
+
+    module, _, _ = lowered("bert_layer", "edge")
+    kernels = [op for op in module.walk() if isinstance(op, df.KernelOp)]
+    streamed = 0
+    for k in kernels:
+        trips = dict(k.loop_schedule())
+        if k.kind.data != "gemm" or list(trips) != ["b", "m", "n", "k"]:
+            continue
+        for i, v in enumerate(k.inputs):
+            load = v.owner
+            if not (isinstance(load, df.KernelOp) and load.kind.data == "dma_load"
+                    and any(isinstance(o, sp.ConstantOp) for o in load.body.block.ops)):
+                continue  # fmt: skip
+            passes = trips["b"] * trips["m"]
+            assert load.loop_schedule() == [("repeat", passes), ("burst", trips["n"] * trips["k"])]
+            assert list(load.tokens.get_values()) == [passes * trips["n"] * trips["k"]]
+            assert list(k.attributes[INPUT_REPEATS].get_values())[i] == passes
+            assert k.buffer_bytes.value.data < 16384  # what it holds is a block, not the weight
+            streamed += 1
+    assert streamed >= 4  # q, k, v and the output projection
+    hidden = next(k for k in kernels if k.kind.data == "dma_load" and k.sym_name.data == "load_hidden_states")
+    assert list(hidden.tokens.get_values()) == [2]  # the projections' two row blocks of 8 rows
