@@ -28,17 +28,21 @@ parallel. The kernels stream row blocks (``tokens`` > 1) to one another, so the
 pipeline's stages overlap: k equal stages over T row blocks take (T + k - 1)/T of one
 stage's time.
 
-**Search.** For each chain: weights kept on chip, or streamed once per row block when they
+**Search.** For each chain: weights kept on chip, or streamed once per pass when they
 crowd out the row buffers (147 KiB of f32 for a 768-wide full butterfly) -- from memory
-tiles that hold them (read from DRAM once, re-sent over the NoC; the kernels' weights packed
-one piece per memory tile) or, when those are taken, from DRAM -- x parts (powers of
+tiles that hold them (read from DRAM once, re-sent over the NoC; each kernel's weights a
+memory-tile context of their own) or, when those are taken, from DRAM -- x parts (powers of
 two) x groups (consecutive stages balanced by a DP, never joining stages whose column sets
 differ); each candidate's kernels go to the array's butterfly and compute tiles left free
 by the rest of the graph, longest first, each to the tile where it would finish soonest
 (the tile's own rule: a stage is a batch of ``[rows, radix*block] x [radix*block,
 radix*block]`` GEMMs on a MAC array, or ``macs/4`` butterflies on a butterfly tile's lanes;
-a far tile costs a row block's link time per hop to the neighbouring stages), with the
-most rows at a time (``row_block``, at most a MAC-array height) its SRAM allows. The
+a far tile costs a row block's link time per hop to the neighbouring stages) x row blocks
+(tokens). A token is streamed whole, so a kernel holds two of them (one updated in place,
+the next arriving: what ``lower-to-dataflow`` declares), and a kernel whose weights stream
+holds a whole pass's rows (each weight slice is applied to all of them) and the next token;
+tokens of at most a MAC-array height (fewer rows run it part-full: ``row_block``), fine
+enough for the kernels, and for the readers the chain streams into (``grain``). The
 predicted cycles are the slowest tile's load stretched by the pipeline's fill, or the
 DRAM traffic plus the fill DRAM cannot overlap. Every kernel stays configured for the
 whole run, so each chain plans within its share (by MACs) of the free contexts and SRAM --
@@ -74,10 +78,12 @@ from xdsl.dialects.builtin import IntegerAttr, StringAttr
 from xdsl.ir import Operation, SSAValue
 from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
 
-#: weight passes the planner tries when the weights do not stay on chip (one row block each)
-PASSES = (4, 8, 16, 32, 64)
-#: most row blocks a stage kernel streams (the simulator groups steps into at most 64 segments)
-MAX_TOKENS = 64
+#: weight passes the planner tries when the weights do not stay on chip (each pass holds its rows while the
+#: weights stream through once)
+PASSES = (4, 8, 16, 32, 64, 128, 256)
+#: most row blocks a stage kernel streams (the simulator's finest segments, attnc.simulator.timing's
+#: MAX_STREAMED_SEGMENTS: a consumer holding two tokens then works one token a segment)
+MAX_TOKENS = 1024
 #: candidates predicted within this fraction of the fastest count as equally fast (fewer kernels win)
 TIE = 0.03
 #: a stage kernel claims this fraction of its proportional share of the tile's SRAM (the rest is slack
@@ -106,6 +112,8 @@ class Chain:
     cache: dict = field(default_factory=dict)
     #: the kernels its row blocks stream through after it (set by :func:`plan_butterflies`; 0: a chain alone)
     tail: int = 0
+    #: most rows a token of its result may hold (what the kernels reading it have room for); 0: no limit
+    grain: int = 0
 
     @property
     def n(self) -> int:
@@ -289,9 +297,16 @@ class Plan:
                 f"slowest kernel {max(self.cycles)} cycles, predicted {self.predicted} cycles ({self.bound}-bound)")
 
 
-def _tokens(rows: int, tile) -> int:
-    """Row blocks of at least a MAC-array height, at most MAX_TOKENS of them."""
-    return max(1, min(MAX_TOKENS, rows // max(tile.mac_rows, 1) if tile is not None else rows, rows))
+def token_rows(rows: int, tile, grain: int = 0) -> list[int]:
+    """Rows a token (a row block streamed whole) may hold, largest first: a MAC-array height down to one row
+    (fewer when SRAM is short: the MAC array then runs part-full), no more than ``grain`` (what the chain's
+    readers hold, 0: no limit) and no fewer than MAX_TOKENS tokens allow, each a divisor of ``rows``."""
+    most = max(1, min(rows, max(getattr(tile, "mac_rows", 0), 1) if tile is not None else rows))
+    if grain:
+        most = min(most, grain)
+    least = -(-rows // MAX_TOKENS)
+    # rows a whole number of tokens: tokens of unequal rows would make a reader's segments straddle them
+    return [r for r in range(max(most, least), least - 1, -1) if rows % r == 0] or [max(most, least)]
 
 
 def _groups(costs: list[int], joinable: list[bool], k: int) -> list[list[int]] | None:
@@ -324,31 +339,32 @@ def _groups(costs: list[int], joinable: list[bool], k: int) -> list[list[int]] |
 
 
 def row_blocks(tile, kind: str, rows: int, tokens: int) -> list[int]:
-    """Rows a stage kernel may compute at a time, largest first: a MAC-array height (fewer when SRAM is
-    short: the MAC array then runs part-full) on a compute tile, one row on a butterfly tile."""
-    most = max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))
+    """Rows a stage kernel computes at a time: a token's rows, at most a MAC-array height, on a compute
+    tile; one row on a butterfly tile."""
     if kind != "compute":
         return [1]
-    # every count, not only halvings: the largest that fits wins (5 rows of a 768-wide chain fill a 16 KiB
-    # tile's 8-row MAC array 5/8 full, where halving would stop at 4)
-    return list(range(most, 0, -1))
+    return [max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))]
 
 
-def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile, passes: int = 1,
-                block: int | None = None) -> int:
-    """SRAM a stage kernel needs: its weights (streamed weights: one (group, stride) slice's matrix
-    at a time, double-buffered, as they arrive in the order the kernel uses them), and two row blocks
-    of one MAC-array height (one butterfly tile row) that the stages update in place while the next
-    one arrives (a token's rows pass through in blocks of that many). The same rule as
-    ``attnc.cost.work``'s stage kernels."""
+def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile=None, passes: int = 1,
+                block: int | None = None, staged: bool = False) -> int:
+    """SRAM a stage kernel needs, what ``lower-to-dataflow`` declares for it: two tokens of its row stream
+    (one the stages update in place, the next arriving; a token is streamed whole, so its rows are held
+    whole whatever the MAC array takes of them at a time) and its weights. Streamed weights pass through
+    one (group, stride) slice's matrix at a time, double-buffered, as they arrive in the order the kernel
+    uses them; each slice is applied to every row of the pass, so the kernel holds a whole pass's rows and
+    the next token (a pass of one token: two tokens). Weights held in memory tiles arrive a stage's part
+    at a time. The same rule as ``attnc.cost.work``'s stage kernels (``block`` is unused: the rows held
+    are the tokens', whatever the MAC array takes of them at a time)."""
     n = len(views[0].cols)
+    token = -(-rows // tokens)
     if passes == 1:
         weights = sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb
-    else:
-        weights = 2 * max(v.stage.width**2 for v in views) * eb
-    if block is None:
-        block = max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))
-    return weights + 2 * block * n * eb
+        return weights + 2 * token * n * eb
+    weights = 2 * max(v.stage.width**2 for v in views) * eb
+    if staged:
+        weights = max(weights, max(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb)
+    return weights + (max(-(-rows // passes), token) + token) * n * eb
 
 
 def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_kernels: int = 1 << 30,
@@ -406,15 +422,18 @@ def _split(ch: Chain, parts: int):
     return ch.cache[key]
 
 
-def _pack(sizes: list[int], bins: list[int]) -> list[int] | None:
-    """First fit decreasing of ``sizes`` into ``bins`` (free bytes): the bin of each size, or None."""
+def _pack(sizes: list[int], bins: list[int], most: int = 1 << 30) -> list[int] | None:
+    """First fit decreasing of ``sizes`` into ``bins`` (free bytes), at most ``most`` in a bin: the bin of
+    each size, or None."""
     left = list(bins)
+    count = [0] * len(bins)
     out = [0] * len(sizes)
     for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        b = next((k for k in range(len(left)) if left[k] >= sizes[i]), None)
+        b = next((k for k in range(len(left)) if left[k] >= sizes[i] and count[k] < most), None)
         if b is None:
             return None
         left[b] -= sizes[i]
+        count[b] += 1
         out[i] = b
     return out
 
@@ -424,7 +443,6 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
     n, rows, eb = ch.n, ch.rows, ch.eb
     compute = [s for s in slots if s.kind == "compute"]
     ref = compute[0].tile if compute else None
-    tokens = _tokens(rows, ref) if passes == 1 else passes
     weights = sum(int(np.prod(st.weight_shape(n))) for st in ch.stages) * eb
     dram = 2 * rows * n * eb + (1 if staged else passes) * weights
     # the chains that run at the same time share DRAM: this one gets its share (by MACs) of the bandwidth
@@ -433,6 +451,29 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
         # the memory tiles send every copy over their links
         links = sum(len(arch.graph().out_edges((t.x, t.y))) for t in arch.tiles_of("memory"))
         dram_cycles = max(dram_cycles, passes * weights / max(links * arch.noc.link_bytes_per_cycle * NOC_SHARE, 1))
+    count = 0
+    best: Plan | None = None
+    # a pass holds its rows while the weights stream through: its tokens are no larger than it
+    pass_rows = -(-rows // passes)
+    for r in token_rows(rows, ref, ch.grain):
+        if r > pass_rows:
+            continue
+        # larger tokens (a fuller MAC array, fewer tokens) win ties; smaller ones may fit a faster tile
+        cand, c = _search_tokens(ch, arch, slots, passes, max_parts, max_kernels, share, budget, staged, memory,
+                                 -(-rows // r), dram_cycles, ref)
+        count += c
+        if cand is not None and (best is None or cand.predicted < best.predicted * (1 - TIE)):
+            best = cand
+        if best is not None and passes == 1:
+            break  # weights kept: finer tokens would only run the MAC arrays emptier
+    return best, count
+
+
+def _search_tokens(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: int, share: float,
+                   budget: int, staged: bool, memory: list[int] | None, tokens: int, dram_cycles: float,
+                   ref) -> tuple[Plan | None, int]:
+    """The fastest candidate of :func:`_search` with ``tokens`` row blocks."""
+    rows, eb = ch.rows, ch.eb
     best: Plan | None = None
     count = 0
     parts = 1
@@ -456,7 +497,7 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
             if any(not links[g[-1]] for g in groups[:-1]):
                 continue
             count += 1
-            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes, share, budget)
+            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes, share, budget, staged)
             if cand is not None and sum(cand.claims) > budget:
                 continue
             if cand is not None and staged:
@@ -464,7 +505,8 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
                 nl = [len(views[g[0]][0].cols) for g in groups]
                 sizes = [sum(int(np.prod(views[i][0].stage.weight_shape(nl[gi]))) for i in g) * eb
                          for gi, g in enumerate(groups) for _ in range(parts)]  # fmt: skip
-                where = _pack(sizes, memory)
+                # (a kernel's piece is a context of its own: at most a memory tile's contexts in one)
+                where = _pack(sizes, memory, max((t.contexts for t in arch.tiles_of("memory")), default=1))
                 if where is None:
                     continue
                 cand.staged = True
@@ -485,14 +527,14 @@ _Option = tuple[int, int, int]
 
 
 def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cycles, arch, passes: int = 1,
-            frac: float = 1.0, budget: int = 1 << 62) -> Plan | None:
+            frac: float = 1.0, budget: int = 1 << 62, staged: bool = False) -> Plan | None:
     """Put a candidate's kernels on the slots, longest first, each where it finishes soonest."""
     if not slots:
         return None
     kernels = [(gi, j) for gi in range(len(groups)) for j in range(parts)]  # (group index, part)
     for s in slots:
         s.load, s.used = s.busy, 0
-    info = _kernel_options(ch, views, groups, kernels, tokens, passes, {s.kind: s.tile for s in slots})
+    info = _kernel_options(ch, views, groups, kernels, tokens, passes, {s.kind: s.tile for s in slots}, staged)
     greedy = _place_greedy(ch, kernels, info, slots, parts, tokens, arch, budget // len(kernels))
     if greedy is None:
         return None
@@ -504,7 +546,8 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
     pipe = slowest * (tokens + len(groups) + ch.tail - 1) / tokens
     # DRAM streams the rows in and out while the pipeline runs, but not while its first row block
     # fills it: the store cannot start before a row block has come through every group
-    predicted = max(pipe, dram_cycles + len(groups) * slowest / tokens) + arch.dram.latency_cycles
+    drain = len(groups) * slowest / tokens
+    predicted = max(pipe, dram_cycles + drain) + arch.dram.latency_cycles
     kinds, where, claims, needs, cycles, blocks = [], [], [], [], [], []
     for kj in kernels:
         s = placed[kj]
@@ -513,15 +556,16 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
         where.append(s.index)
         needs.append(need)
         cycles.append(cyc)
-        blocks.append(rb if rb < info[kj][s.kind][0][2] else 0)  # 0: the tile's own row block
+        # a token of fewer rows than the MAC array has runs it part-full (0: full row blocks)
+        blocks.append(rb if s.kind == "compute" and rb < max(s.tile.mac_rows, 1) and rb < ch.rows else 0)
         claims.append(max(need, _claim(s, cyc, slowest, frac, len(kernels) == 1)))
     _shrink_claims(placed, where, claims, needs)
     return Plan(parts, groups, kinds, where, claims, needs, cycles, tokens, passes, math.ceil(predicted),
-                "dram" if dram_cycles + len(groups) * slowest / tokens >= pipe else "compute", blocks=blocks)
+                "dram" if dram_cycles + drain >= pipe else "compute", blocks=blocks)
 
 
-def _kernel_options(ch: Chain, views, groups, kernels, tokens: int, passes: int,
-                    kinds_of: dict[str, object]) -> dict[tuple[int, int], dict[str, list[_Option]]]:
+def _kernel_options(ch: Chain, views, groups, kernels, tokens: int, passes: int, kinds_of: dict[str, object],
+                    staged: bool = False) -> dict[tuple[int, int], dict[str, list[_Option]]]:
     """Per kernel and tile kind: the options for each row block it may use, largest first."""
     rows, eb = ch.rows, ch.eb
     info: dict[tuple[int, int], dict[str, list[_Option]]] = {}
@@ -533,7 +577,7 @@ def _kernel_options(ch: Chain, views, groups, kernels, tokens: int, passes: int,
         for kind, tile in kinds_of.items():
             info[gi, j][kind] = [
                 (stage_kernel_cycles(local, nl, rows, tile, kind, rb),
-                 kernel_need(vs, rows, tokens, eb, tile, passes, rb), rb)
+                 kernel_need(vs, rows, tokens, eb, tile, passes, staged=staged), rb)
                 for rb in row_blocks(tile, kind, rows, tokens)
             ]  # fmt: skip
     return info
@@ -627,7 +671,7 @@ def free_slots(arch, reserved: dict[str, int], used_sram: int, members: int) -> 
         slots.append(Slot(len(slots), "butterfly", t, t.contexts, t.sram_bytes))
     comp = arch.tiles_of("compute")
     if comp:
-        per_member = used_sram // max(members, 1) if members else 0
+        per_member = min(used_sram // max(members, 1), max(t.sram_bytes for t in comp)) if members else 0
         others = reserved.get("compute", 0)
         for i, t in enumerate(comp):
             share = t.sram_bytes // max(t.contexts, 1)
@@ -772,19 +816,17 @@ def _stage_weights(b: KernelBuilder, chunks: list[np.ndarray], offsets: dict, pl
     for grp in plan.groups:
         for _ in range(plan.parts):
             per_kernel.append([next(it) for _ in grp])
-    eb = np_dtype(elt).itemsize
-    where = _pack([sum(c.size for _, c in kern) * eb for kern in per_kernel], plan.bins)
-    assert where is not None
-    pieces = [[x for kern, w in zip(per_kernel, where) if w == bi for x in kern] for bi in range(len(plan.bins))]
     out = {}
-    for pi, piece in enumerate(p for p in pieces if p):
-        data = np.concatenate([c for _, c in piece]).astype(np_dtype(elt))
-        const = _const(b, data, elt)
-        hold = sp.ReshapeOp(const, [data.size])
+    # a piece per kernel, each its own memory-tile context: a context feeding two stage kernels would be a
+    # fork-join (their outputs meet again downstream), which the timing model does not throttle (its copies
+    # would pile up in the kernels' buffers)
+    for ki, kern in enumerate(per_kernel):
+        data = np.concatenate([c for _, c in kern]).astype(np_dtype(elt))
+        hold = sp.ReshapeOp(_const(b, data, elt), [data.size])
         hold.attributes[WEIGHT_STAGE] = IntegerAttr(plan.passes, 64)
-        held = b.add(hold, f"{name}_w{pi}", name)
+        held = b.add(hold, f"{name}_w{ki}", name)
         off = 0
-        for key, c in piece:
+        for key, c in kern:
             out[key] = (held, off)
             off += c.size
     return out
@@ -822,7 +864,9 @@ def _stage_op(v: SSAValue, weight: SSAValue, st: bf.Stage, plan: Plan, kid: int)
     if plan.blocks and plan.blocks[kid]:
         # short of SRAM: fewer rows at a time than the MAC array has (it runs part-full)
         op.attributes["row_block"] = IntegerAttr(plan.blocks[kid], 64)
-    if plan.claims[kid] > plan.needs[kid]:
+    if plan.claims[kid]:
+        # what it claims, its need at least (its weights held in memory tiles arrive a stage's part at a time,
+        # which the kernel's own ops do not say)
         op.attributes[RESERVE] = IntegerAttr(plan.claims[kid], 64)
     return op
 
@@ -935,6 +979,11 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
         return out
     # the reservation counted these ops' pipelines (butterfly_contexts): they are planned here instead
     reserved = dict(reserved, compute=max(0, reserved.get("compute", 0) - sum(butterfly_contexts(o) for o in ops)))
+    if members and SHARE_ATTR not in fn.attributes:
+        # resident, a member reads its queries from a kernel on chip in one token, and holds its share of them
+        # whole next to its schedule's buffers (lower-to-dataflow declares them, up to the tile)
+        used_sram += sum(_nbytes(o.q) for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is not None
+                         and not isinstance(o.q.owner, sp.ConstantOp))  # fmt: skip
     slots = free_slots(arch, reserved, used_sram, members)
     if not slots:
         raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
@@ -1119,6 +1168,10 @@ def butterfly_contexts(op: Operation) -> int:
     shp = sp.shape_of(op.results[0])
     return sum(min(CHAIN_CONTEXTS, len(bf.prime_radices(shp[int(a) % len(shp)])))
                for a in set(int(a) for a in op.axes.get_values()))  # fmt: skip
+
+
+def _nbytes(v: SSAValue) -> int:
+    return int(np.prod(sp.shape_of(v), dtype=np.int64)) * np_dtype(sp.elt_of(v)).itemsize
 
 
 def _macs(op: Operation) -> int:

@@ -143,10 +143,12 @@ def _dma_plan(dma: str, out_bytes: int, arch) -> KernelPlan:
 
 
 def _held_weight_plan(op: Operation) -> KernelPlan:
-    """A piece of a butterfly chain's weights held in a memory tile, re-sent once per row block."""
+    """A stage kernel's weights held in a memory tile, re-sent once per pass in chunks of about a DMA burst,
+    in the order the kernel uses them: the kernel holds a chunk or two of them, not a whole copy."""
     passes = op.attributes["dataflow.weight_stage"].value.data
     nb = nbytes(op.results[0].type)
-    return KernelPlan("data", "memory", (("repeat", passes),), (nb,), nb, 0, 0, passes)
+    chunks = max(1, math.ceil(nb / DMA_BURST))
+    return KernelPlan("data", "memory", (("repeat", passes), ("chunk", chunks)), (nb,), nb, 0, 0, passes * chunks)
 
 
 def _gemm_plan(gemms: list[Operation], body_ops: list[Operation], arch, eb: int) -> KernelPlan:
@@ -329,14 +331,20 @@ def _butterfly_plan(stages: list[Operation], body_ops: list[Operation], arch, eb
     row_block = rb_attr.value.data if rb_attr is not None else 0
     cycles = stage_kernel_cycles(sts, n, rows, tile, tile_kind, row_block)
     macs = sum(rows * n * st.width for st in sts)
-    # weights streamed once per row block (dataflow.weight_passes) are held one (group, stride) slice's
-    # matrix at a time, double-buffered (butterfly_pipeline.kernel_need)
-    if df.WEIGHT_PASSES in first.attributes:
+    # two tokens of the row stream, held whole (one updated in place, the next arriving), and the weights;
+    # weights streamed P times (dataflow.weight_passes) pass through one (group, stride) slice's matrix at a
+    # time, double-buffered, each applied to every row of the pass: a pass's rows and the next token are
+    # held (butterfly_pipeline.kernel_need)
+    token = -(-rows // tokens)
+    passes_attr = first.attributes.get(df.WEIGHT_PASSES)
+    if passes_attr is not None:
         weights = 2 * max(sp.shape_of(op.weight)[-1] ** 2 for op in stages) * eb
+        held = max(-(-rows // passes_attr.value.data), token) + token
     else:
         weights = sum(nbytes(op.weight.type) for op in stages)
-    block = row_block or max(1, min(-(-rows // tokens), max(tile.mac_rows, 1)))
-    buf = weights + 2 * block * n * eb  # two row blocks updated in place (butterfly_pipeline.kernel_need)
+        held = 2 * token
+    block = row_block or max(1, min(token, max(tile.mac_rows, 1)))
+    buf = weights + held * n * eb
     claims = [op.attributes["dataflow.reserve"].value.data for op in stages if "dataflow.reserve" in op.attributes]
     reserve = max(claims, default=0)
     # elementwise ops of the body (none in the planner's kernels) run on the lanes after the stages

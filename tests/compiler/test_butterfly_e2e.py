@@ -133,34 +133,52 @@ def test_edge_uses_its_butterfly_tiles(compiled):
 
 
 def test_weights_that_do_not_fit_stream_from_memory_tiles():
-    """A 768-wide full butterfly in f32 (147 KiB of weights) on edge: its weights do not stay on the
-    compute tiles next to full row buffers, so memory tiles hold them (read from DRAM once) and re-send
-    them once per row block; the numbers stay the interpreter's."""
-    m = build_module([(512, 768)], lambda a, add: [butterfly(add, a[0], "block", 8, 3)])
+    """Two 768-wide full butterflies in f32 one after the other on edge (147 KiB of weights each, twice what
+    the compute tiles hold next to their row tokens): the first chain's weights are held in memory tiles
+    (read from DRAM once) and re-sent once per pass, the second's (the memory tiles are full) re-read from
+    DRAM once per pass; each pass's rows stream through in tokens no larger than it. The numbers stay the
+    interpreter's."""
+    m = build_module([(512, 768)], lambda a, add: [
+        butterfly(add, butterfly(add, a[0], "block", 8, 3), "block", 8, 3, seed=1)])  # fmt: skip
     bits = compile_bits(m, "edge")
     held = [c for tc in bits.tiles if tc.kind == "memory" for c in tc.contexts]
     assert held and all(dict(c.loops).get("repeat", 1) > 1 for c in held)
     passes = dict(held[0].loops)["repeat"]
-    stages = _stage_contexts(bits)
-    assert all(dict(c.loops)["rows"] == passes for _, c in stages)
+    stages = [c for _, c in _stage_contexts(bits) if c.name.startswith("bfly0_")]
+    assert stages and all(dict(c.loops)["rows"] % passes == 0 for c in stages)
+    loads = [c for tc in bits.tiles for c in tc.contexts if c.kind == "dma_load" and dict(c.loops).get("repeat", 1) > 1]
+    assert len(loads) == 1
+    again = dict(loads[0].loops)["repeat"]
     ins = inputs(m)
     want, got = interpret(m, ins)["y0"], simulate_values(bits, ins)["y0"]
-    assert np.max(np.abs(got - want)) < 1e-5
+    assert np.max(np.abs(got - want)) < 1e-4 * max(1.0, float(np.max(np.abs(want))))
     stats = simulate(bits)
-    # x and the weights read once (y written once)
-    assert stats.dram_read_bytes == 512 * 768 * 4 + 8 * 768 * 6 * 4
+    weights = 8 * 768 * 6 * 4
+    # x and the first chain's weights read once, the second's once per pass (y written once)
+    assert stats.dram_read_bytes == 512 * 768 * 4 + weights + again * weights
     assert stats.dram_write_bytes == 512 * 768 * 4
+
+
+@pytest.mark.xfail(strict=True, reason="the timing model leaves a producer unthrottled when throttling it could "
+                   "close a cycle of waits (the column exchange between parts reconverges), and the weights it "
+                   "re-sends pile up in the stage kernels' buffers")
+def test_weights_streamed_to_two_chains_stay_within_the_buffers():
+    m = build_module([(512, 768)], lambda a, add: [
+        butterfly(add, butterfly(add, a[0], "block", 8, 3), "block", 8, 3, seed=1)])  # fmt: skip
+    stats = simulate(compile_bits(m, "edge"))
+    assert not [w for w in stats.warnings if "bfly" in w]
 
 
 def test_weights_beyond_the_memory_tiles_stream_from_dram():
     """On tiny (one 32 KiB memory tile), a 512-wide butterfly's 64 KiB of f32 weights are re-read from
-    DRAM once per row block by one repeated load; the numbers stay the interpreter's."""
+    DRAM once per pass by one repeated load; the numbers stay the interpreter's."""
     m = build_module([(64, 512)], lambda a, add: [butterfly(add, a[0], "block", 8, 2)])
     bits = compile_bits(m, "tiny")
     loads = [c for tc in bits.tiles for c in tc.contexts if c.kind == "dma_load" and dict(c.loops).get("repeat", 1) > 1]
     assert len(loads) == 1
     passes = dict(loads[0].loops)["repeat"]
-    assert all(dict(c.loops)["rows"] == passes for _, c in _stage_contexts(bits))
+    # each pass's rows stream through in tokens no larger than it
+    assert all(dict(c.loops)["rows"] % passes == 0 for _, c in _stage_contexts(bits))
     ins = inputs(m)
     want, got = interpret(m, ins)["y0"], simulate_values(bits, ins)["y0"]
     assert np.max(np.abs(got - want)) < 1e-5
