@@ -134,19 +134,29 @@ class _Fluid:
                 f.remaining -= f.rate * dt
         self.last = now
 
-    def _component(self, resources: tuple) -> set[int]:
-        """The flows connected to ``resources`` through shared resources: only their rates can change."""
-        flows: set[int] = set()
-        todo, seen = list(resources), set(resources)
-        while todo:
-            for fid in self.on[todo.pop()]:
-                if fid not in flows:
-                    flows.add(fid)
-                    for r in self.flows[fid].resources:
-                        if r not in seen:
-                            seen.add(r)
-                            todo.append(r)
-        return flows
+    def _parts(self, changed: tuple) -> tuple[dict[int, object], list]:
+        """The flows connected to the ``changed`` resources through shared resources (only their rates can
+        change), each mapped to the first changed resource whose part it is in, and the resources they use."""
+        part: dict[int, object] = {}
+        seen: set = set()
+        used: list = []
+        for r0 in changed:
+            if r0 in seen:
+                continue
+            seen.add(r0)
+            todo = [r0]
+            while todo:
+                r = todo.pop()
+                if self.on[r]:
+                    used.append(r)
+                for fid in self.on[r]:
+                    if fid not in part:
+                        part[fid] = r0
+                        for q in self.flows[fid].resources:
+                            if q not in seen:
+                                seen.add(q)
+                                todo.append(q)
+        return part, used
 
     def _rebalance(self, now: float, changed: tuple) -> None:
         # progressive filling: the most constrained resource fixes the rate of its flows, repeat. Max-min
@@ -154,17 +164,13 @@ class _Fluid:
         # (its bottlenecks come in the same order as in a global pass, so the rates are the same numbers).
         # Resources wait in a heap keyed by their fair share (left / unfixed users, ties by rank); a key that
         # moved since it was pushed is pushed again, so each round costs a log, not a pass over every flow.
-        unfixed = self._component(changed)
-        component = sorted(unfixed)
-        flows, rank = self.flows, self.rank
-        left: dict = {}
-        users: dict = {}
-        for fid in component:
-            for r in flows[fid].resources:
-                left[r] = self.capacity[r]
-                users.setdefault(r, []).append(fid)
-        count = {r: len(fs) for r, fs in users.items()}
-        heap = [(left[r] / count[r], rank[r], r) for r in users]
+        # A component is closed over its resources, so a resource's users are all of ``on[r]``; the flows a
+        # round fixes all take the same share, so the order they are taken in does not change any number.
+        part, used = self._parts(changed)
+        flows, rank, on = self.flows, self.rank, self.on
+        left = {r: self.capacity[r] for r in used}
+        count = {r: len(on[r]) for r in used}
+        heap = [(left[r] / count[r], rank[r], r) for r in used]
         heapq.heapify(heap)
         rates: dict[int, float] = {}
         while heap:
@@ -175,33 +181,29 @@ class _Fluid:
                 heapq.heappush(heap, (left[r] / count[r], rk, r))
                 continue
             share = max(key, 0.0)
-            for fid in users[r]:  # in flow order, as the component is sorted
+            touched = set()
+            for fid in on[r]:
                 if fid in rates:
                     continue
                 rates[fid] = share
                 for q in flows[fid].resources:
                     left[q] -= share
                     count[q] -= 1
-            for q in {q for fid in users[r] for q in flows[fid].resources}:
+                    touched.add(q)
+            for q in touched:
                 if count[q] > 0:
                     heapq.heappush(heap, (left[q] / count[q], rank[q], q))
         # Only the first flow to finish in each part the change touched needs an event: when it fires, its part
         # is rebalanced and the next one gets its event (rescheduling every flow whose rate moved would cost an
         # event per flow per change, nearly all of them stale by the time they come up).
-        part: dict[int, int] = {}
-        for r in changed:
-            if not self.on[r] or next(iter(self.on[r])) in part:
-                continue
-            for fid in self._component((r,)):
-                part.setdefault(fid, r)
         first: dict = {}
-        for fid in component:
+        for fid in sorted(part):
             f = flows[fid]
             if rates[fid] != f.rate or f.version == 0:
                 f.rate = rates[fid]
                 f.version += 1
             eta = now + max(f.remaining, 0.0) / f.rate if f.rate > 0 else math.inf
-            p = part.get(fid)
+            p = part[fid]
             if eta < first.get(p, (math.inf, 0))[0]:
                 first[p] = (eta, fid)
         for eta, fid in first.values():
