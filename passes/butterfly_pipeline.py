@@ -359,11 +359,8 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile=None, p
     n = len(views[0].cols)
     token = -(-rows // tokens)
     if passes == 1:
-        weights = sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb
-        return weights + 2 * token * n * eb
+        return sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb + 2 * token * n * eb
     weights = 2 * max(v.stage.width**2 for v in views) * eb
-    if staged:
-        weights = max(weights, max(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb)
     return weights + (max(-(-rows // passes), token) + token) * n * eb
 
 
@@ -912,6 +909,19 @@ class _ChainWeights:
                     off += w.size
         if plan.staged:
             self.holders = _stage_weights(b, chunks, self.offsets, plan, self.elt, ch.name)
+        elif plan.passes > 1:
+            # weights streamed from DRAM: a constant (a load) per kernel, so each kernel is sent its own
+            # weights once per pass, not the whole chain's
+            it = iter(chunks)
+            for grp in plan.groups:
+                for j in range(plan.parts):
+                    mine = [(i, next(it)) for i in grp]
+                    blob = _const(b, np.concatenate([c for _, c in mine]).astype(np_dtype(self.elt)), self.elt)
+                    blob.owner.attributes[WEIGHT_PASSES] = IntegerAttr(plan.passes, 64)
+                    local = 0
+                    for i, c in mine:
+                        self.holders[i, j] = (blob, local)
+                        local += c.size
         else:
             self.blob = _const(b, np.concatenate(chunks).astype(np_dtype(self.elt)), self.elt)
             if plan.passes > 1:
@@ -922,7 +932,7 @@ class _ChainWeights:
         b, v = self.b, self.views[i][j]
         wshape = list(v.stage.weight_shape(len(v.cols)))
         size = int(np.prod(wshape))
-        if self.plan.staged and self.known is not None:
+        if self.holders:
             src, off = self.holders[i, j]
             piece = b.add(sp.SliceOp(src, [off], [off + size], [1]))
             return b.add(sp.ReshapeOp(piece, wshape))

@@ -518,11 +518,50 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
                 _repeat_weights(k, passes.value.data, consumers.get(k.outputs[0], []))
             continue
         users = consumers.get(k.outputs[0], [])
-        if users and all(rows_of.get(u) and _row_aligned(u.body.block.args[i], rows_of[u]) for u, i in users):
+        if _streams_to_stages(users, rows_of, k.outputs[0]) and any(not rows_of.get(u) for u, _ in users):
+            users = _load_again_for_others(k, users, rows_of, fn)
+        if _streams_to_stages(users, rows_of, k.outputs[0]):
             # a token per burst, or per row block of its stages when those are finer: a token is what a
             # stage's buffers take in at once, not a burst four times their size
-            blocks = min(dict(u.loop_schedule()).get("rows", 1) for u, _ in users)
+            blocks = min(dict(u.loop_schedule()).get("rows", 1) for u, _ in users if rows_of.get(u))
             k.tokens = df.i64_array([max(dict(k.loop_schedule()).get("burst", 1), blocks)])
+
+
+def _load_again_for_others(k: df.KernelOp, users: list[tuple[df.KernelOp, int]], rows_of: dict,
+                           fn: func.FuncOp) -> list[tuple[df.KernelOp, int]]:
+    """A loaded value that stage chains and a later row kernel both read (a block's input, which its
+    residual add reads after the attention): the row kernel gets a load of its own. From one load the
+    value would stream to the chains and wait whole in the row kernel's buffers until the chains' results
+    reach it (the fork-join is not throttled); read twice from DRAM, each load runs in step with its
+    readers. Returns the stage kernels' uses, which keep ``k``."""
+    names = {o.sym_name.data for o in fn.body.block.ops if isinstance(o, df.KernelOp)}
+    again = k.clone()
+    name, i = f"{k.sym_name.data}_again", 1
+    while name in names:
+        name, i = f"{k.sym_name.data}_again{i}", i + 1
+    again.sym_name = StringAttr(name)
+    fn.body.block.insert_op_after(again, k)
+    others = [(u, j) for u, j in users if not rows_of.get(u)]
+    for u, j in others:
+        u.operands[j] = again.outputs[0]
+    # in the row blocks the chains take, so the row kernel holds two of them, not the whole
+    blocks = min(dict(u.loop_schedule()).get("rows", 1) for u, _ in users if rows_of.get(u))
+    again.tokens = df.i64_array([max(dict(k.loop_schedule()).get("burst", 1), blocks)])
+    return [(u, j) for u, j in users if rows_of.get(u)]
+
+
+def _streams_to_stages(users: list[tuple[df.KernelOp, int]], rows_of: dict, v: SSAValue) -> bool:
+    """Whether a loaded value may stream in row blocks: stage kernels read it row block by row block, and
+    so does every other reader -- a row-wise kernel (a residual add, a layer norm) or a store (an input
+    that also feeds a block's residual path would otherwise come whole, and every chain reading it would
+    hold all of it)."""
+    rows = int(np.prod(sp.shape_of(v)[:-1], dtype=np.int64))
+    stages = [(u, i) for u, i in users if rows_of.get(u)]
+    if not stages or not all(_row_aligned(u.body.block.args[i], rows_of[u]) for u, i in stages):
+        return False
+    others = [(u, i) for u, i in users if not rows_of.get(u)]
+    return all(_row_wise(u) or u.kind.data == "dma_store" for u, _ in others) and (
+        not others or _read_by_rows(others, rows))
 
 
 def _row_wise(k: df.KernelOp) -> bool:

@@ -332,12 +332,12 @@ def _butterfly_plan(stages: list[Operation], body_ops: list[Operation], arch, eb
     cycles = stage_kernel_cycles(sts, n, rows, tile, tile_kind, row_block)
     macs = sum(rows * n * st.width for st in sts)
     # two tokens of the row stream, held whole (one updated in place, the next arriving), and the weights;
-    # weights streamed P times (dataflow.weight_passes) pass through one (group, stride) slice's matrix at a
-    # time, double-buffered, each applied to every row of the pass: a pass's rows and the next token are
-    # held (butterfly_pipeline.kernel_need)
+    # with weights streamed P times (dataflow.weight_passes) each slice is applied to every row of the pass:
+    # a pass's rows and the next token are held (butterfly_pipeline.kernel_need)
     token = -(-rows // tokens)
     passes_attr = first.attributes.get(df.WEIGHT_PASSES)
     if passes_attr is not None:
+        # one (group, stride) slice's matrix at a time, double-buffered, as they arrive in the order used
         weights = 2 * max(sp.shape_of(op.weight)[-1] ** 2 for op in stages) * eb
         held = max(-(-rows // passes_attr.value.data), token) + token
     else:
