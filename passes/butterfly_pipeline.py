@@ -80,7 +80,7 @@ from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, Rewrite
 
 #: weight passes the planner tries when the weights do not stay on chip (each pass holds its rows while the
 #: weights stream through once)
-PASSES = (4, 8, 16, 32, 64, 128, 256)
+PASSES = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: most row blocks a stage kernel streams (the simulator's finest segments, attnc.simulator.timing's
 #: MAX_STREAMED_SEGMENTS: a consumer holding two tokens then works one token a segment)
 MAX_TOKENS = 1024
