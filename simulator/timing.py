@@ -39,6 +39,9 @@ MAX_SEGMENTS = 64
 #: ... unless the context streams more than its buffers hold: then finer, so that a segment's share of what
 #: it streams fits a quarter of its buffers (double-buffered, for each of two operands), up to this many
 MAX_STREAMED_SEGMENTS = 1024
+#: a DMA context runs a segment per token up to this many (beyond, a segment moves several: a token count no
+#: compiled stream reaches, which bounds the events of a mangled one)
+MAX_DMA_SEGMENTS = 4096
 #: the progress callback is called every this many events
 PROGRESS_EVERY = 2000
 
@@ -774,9 +777,13 @@ class _Sim:
     def _kernel(self, cfg: KernelConfig, tile: _Tile, at, producers) -> _Kernel:
         steps = prod_dims(trips for _, trips in cfg.loops) if cfg.loops else 1
         is_dma = at.kind == "dma" or cfg.kind in DMA_KINDS
-        if is_dma:  # a DMA context moves its data token by token, whatever its loops say
-            steps = max([steps] + [p.tokens for p in cfg.outputs + cfg.inputs])
         segments = max(1, min(steps, MAX_SEGMENTS))
+        if is_dma:
+            # a DMA context moves its data token by token, whatever its loops say: at least a segment per token
+            # (grouped 64 to a context, a store fed 1024 tokens released 16 at a time, and a load sent 16 at a
+            # time into buffers that hold two), up to MAX_DMA_SEGMENTS
+            tokens = max(p.tokens for p in cfg.outputs + cfg.inputs) if cfg.outputs or cfg.inputs else 1
+            segments = max(segments, min(tokens, MAX_DMA_SEGMENTS))
         room = sum(b.size for b in cfg.buffers)
         streamed = sum(prod_dims(p.shape) * dtype_bytes(p.dtype) for p in cfg.inputs if p.tokens > 1)
         if not is_dma and room > 0 and streamed > room:
