@@ -114,6 +114,9 @@ class Chain:
     tail: int = 0
     #: most rows a token of its result may hold (what the kernels reading it have room for); 0: no limit
     grain: int = 0
+    #: rows of a token of its input when a chain planned before it streams it (through row kernels): its
+    #: first kernels hold two of those; 0: its own tokens
+    in_rows: int = 0
 
     @property
     def n(self) -> int:
@@ -347,7 +350,7 @@ def row_blocks(tile, kind: str, rows: int, tokens: int) -> list[int]:
 
 
 def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile=None, passes: int = 1,
-                block: int | None = None, staged: bool = False) -> int:
+                block: int | None = None, staged: bool = False, in_rows: int = 0) -> int:
     """SRAM a stage kernel needs, what ``lower-to-dataflow`` declares for it: two tokens of its row stream
     (one the stages update in place, the next arriving; a token is streamed whole, so its rows are held
     whole whatever the MAC array takes of them at a time) and its weights. Streamed weights pass through
@@ -358,10 +361,12 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile=None, p
     are the tokens', whatever the MAC array takes of them at a time)."""
     n = len(views[0].cols)
     token = -(-rows // tokens)
+    # (a chain's first kernels are sent the tokens of whatever streams its input: ``in_rows`` rows)
+    arriving = max(token, in_rows)
     if passes == 1:
-        return sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb + 2 * token * n * eb
+        return sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb + 2 * arriving * n * eb
     weights = 2 * max(v.stage.width**2 for v in views) * eb
-    return weights + (max(-(-rows // passes), token) + token) * n * eb
+    return weights + (max(-(-rows // passes), arriving) + arriving) * n * eb
 
 
 def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_kernels: int = 1 << 30,
@@ -574,7 +579,8 @@ def _kernel_options(ch: Chain, views, groups, kernels, tokens: int, passes: int,
         for kind, tile in kinds_of.items():
             info[gi, j][kind] = [
                 (stage_kernel_cycles(local, nl, rows, tile, kind, rb),
-                 kernel_need(vs, rows, tokens, eb, tile, passes, staged=staged), rb)
+                 kernel_need(vs, rows, tokens, eb, tile, passes, staged=staged, in_rows=ch.in_rows if gi == 0 else 0),
+                 rb)
                 for rb in row_blocks(tile, kind, rows, tokens)
             ]  # fmt: skip
     return info
@@ -1017,6 +1023,7 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
             chains = chain_probes(op, names[op])
             for ch in chains:
                 ch.tail = tails[op]
+            chains[0].in_rows = _upstream_rows(op, out.plans)
             plans = _plan_op(op, chains, arch, free, memory, budget)
             prev = op
             out.plans[op] = (names[op], plans)
@@ -1030,6 +1037,25 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
                 s.index = i
     out.plans = {op: out.plans[op] for op in ops}
     return out
+
+
+def _upstream_rows(op: Operation, planned: dict[Operation, tuple[str, list[Plan]]]) -> int:
+    """Rows of a token of ``op``'s input when a chain planned before it streams it there through row kernels
+    and data movement (they pass its tokens on: ``lower-to-dataflow``); 0 when none does."""
+    best, seen, todo = 0, set(), [op.operands[0]]
+    while todo:
+        v = todo.pop()
+        src = v.owner
+        if not isinstance(src, Operation) or src in seen:
+            continue
+        seen.add(src)
+        if src in planned:
+            plan = planned[src][1][-1]
+            rows = int(np.prod(sp.shape_of(src.results[0])[:-1], dtype=np.int64))
+            best = max(best, -(-rows // plan.tokens))
+        elif not isinstance(src, (*BARRIERS, sp.ButterflyMatmulOp, sp.ConstantOp)):
+            todo += list(src.operands)
+    return best
 
 
 #: ops that wait for whole tensors (no row stream passes through them): a resident layer's chains on either
