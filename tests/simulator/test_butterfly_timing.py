@@ -80,17 +80,6 @@ def test_a_stage_pipeline_overlaps_its_stages():
 # the cost model agrees with the simulator on compiled pipelines
 
 
-#: a known gap, reported rather than hidden by a wider tolerance: weights re-sent by memory tiles once per
-#: row block, x loaded under back-pressure from four column parts while y is stored: the simulator's load
-#: stalls between a consumer's release and its next DRAM transfer (edge, 512x768: model 62K, simulator 79K;
-#: 1024x768 agrees within 7%)
-STREAMED_GAP = "a load under back-pressure next to a store: the cost model is ~22% optimistic at 512 rows"
-#: since every producer is held to its consumers' buffers (not only DMA loads), the memory tile re-sending the
-#: weights no longer sends them all ahead into unbounded buffers: it and the x load move in step with the
-#: stage parts (simulator 120K -> 140K cycles at 1024 rows), which the cost model's per-kernel schedule
-#: does not follow (113K)
-HELD_GAP = "weights re-sent and x loaded in step with the stages: the cost model is ~20% optimistic at 1024 rows"
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "passes"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compiler"))
 
@@ -100,15 +89,16 @@ PIPELINES = [
     ("tiny", (128, 16), "monarch", 2, 4),
     ("edge", (512, 96), "block", 5, 3),
     ("edge", (256, 64), "monarch", 2, 8),
-    pytest.param("edge", (1024, 768), "block", 8, 3, marks=pytest.mark.xfail(strict=False, reason=HELD_GAP)),
-    pytest.param("edge", (512, 768), "block", 8, 3, marks=pytest.mark.xfail(strict=False, reason=STREAMED_GAP)),
+    ("edge", (1024, 768), "block", 8, 3),
+    ("edge", (512, 768), "block", 8, 3),
 ]
 
 
 @pytest.mark.parametrize("arch,shape,kind,factors,block", PIPELINES)
 def test_the_cost_model_agrees_on_a_butterfly_pipeline(arch, shape, kind, factors, block):
-    """(The 768-wide cases' f32 weights, 147 KiB, do not stay on edge's compute tiles next to full row
-    buffers: memory tiles hold them and re-send them once per row block.)"""
+    """(The 768-wide cases' f32 weights, 147 KiB, stay on edge's compute tiles spread over some 32 kernels
+    with tokens of a few rows; they had been re-sent from memory tiles, which the cost model's per-kernel
+    schedule followed ~20% optimistically.)"""
     from test_butterfly_pipeline import build_module, butterfly
     from test_cost_model import CYCLES_TOLERANCE, compile_module
 
