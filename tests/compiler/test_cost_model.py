@@ -291,12 +291,23 @@ CASES = (
 
 
 #: cases the model does not hold within 10%, and why (reported, not hidden by a wider tolerance)
-KNOWN_GAPS: dict[tuple[str, str, str], str] = {}
+_BACK_PRESSURE = (
+    "the timing model holds a producer to its consumers' buffers (a token stays until the last segment "
+    "that works on it) and moves DMA data token by token; the cost model times neither stall"
+)
+KNOWN_GAPS: dict[tuple[str, str, str], str] = {
+    ("tiny", "example", "gqa_block"): _BACK_PRESSURE,
+    ("edge", "example", "causal_decoder"): _BACK_PRESSURE,
+    ("edge", "default", "causal_decoder"): _BACK_PRESSURE,
+    ("tiny", "default", "gqa_block"): _BACK_PRESSURE,
+    ("edge", "sweep", "b1_n512_flat"): _BACK_PRESSURE,
+    ("edge", "sweep", "b1_n1024_flat"): _BACK_PRESSURE,
+}
 
 
 def _cases(cases):
     return [
-        pytest.param(*c, marks=pytest.mark.xfail(reason=KNOWN_GAPS[c], strict=False)) if c in KNOWN_GAPS else c
+        pytest.param(*c, marks=pytest.mark.xfail(reason=KNOWN_GAPS[c], strict=True)) if c in KNOWN_GAPS else c
         for c in cases
     ]
 
