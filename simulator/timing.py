@@ -38,7 +38,7 @@ from attnc.simulator.work import context_cycles, dtype_bytes, kernel_work, prod_
 MAX_SEGMENTS = 64
 #: ... unless the context streams more than its buffers hold: then finer, so that a segment's share of what
 #: it streams fits a quarter of its buffers (double-buffered, for each of two operands), up to this many
-MAX_STREAMED_SEGMENTS = 1024
+MAX_STREAMED_SEGMENTS = 4096
 #: a DMA context runs a segment per token up to this many (beyond, a segment moves several: a token count no
 #: compiled stream reaches, which bounds the events of a mangled one)
 MAX_DMA_SEGMENTS = 4096
@@ -790,6 +790,10 @@ class _Sim:
             # the step grain is what the hardware runs at; grouping steps must not make a segment need more of a
             # stream at once than the context has room for (a GEMM part walking K in chunks holds one chunk)
             segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, -(-4 * streamed // room)))
+            # ... and a segment takes at most one token of each streamed input, so that two tokens of room
+            # (what lower-to-dataflow declares) double-buffer it: one worked on, the next arriving
+            finest = max((p.tokens for p in cfg.inputs if p.tokens > 1), default=1)
+            segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, finest))
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
         k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma, phase=cfg.phase)
         for p in cfg.inputs:

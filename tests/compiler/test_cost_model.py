@@ -295,10 +295,14 @@ _BACK_PRESSURE = (
     "the timing model holds a producer to its consumers' buffers (a token stays until the last segment "
     "that works on it) and moves DMA data token by token; the cost model times neither stall"
 )
+_FINER_SEGMENTS = (
+    "the timing model runs a context that streams more than its buffers one input token per segment, which "
+    "overlaps its producers better than the cost model's segments: the model predicts 13-36% more cycles"
+)
 KNOWN_GAPS: dict[tuple[str, str, str], str] = {
     ("tiny", "example", "gqa_block"): _BACK_PRESSURE,
-    ("edge", "example", "causal_decoder"): _BACK_PRESSURE,
-    ("edge", "default", "causal_decoder"): _BACK_PRESSURE,
+    ("tiny", "example", "bert_layer"): _FINER_SEGMENTS,
+    ("tiny", "example", "causal_decoder"): _FINER_SEGMENTS,
     ("tiny", "default", "gqa_block"): _BACK_PRESSURE,
     ("edge", "sweep", "b1_n512_flat"): _BACK_PRESSURE,
     ("edge", "sweep", "b1_n1024_flat"): _BACK_PRESSURE,

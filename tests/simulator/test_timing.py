@@ -163,10 +163,11 @@ def test_a_context_moves_at_most_its_tiles_sram_bytes_per_cycle():
 def test_a_context_streaming_more_than_its_buffers_runs_in_finer_segments():
     from attnc.backend.bitstream import Buffer
 
-    # 64 KiB streamed in 512 tokens through 1 KiB of buffers: 4 x 64 KiB / 1 KiB = 256 segments of 256 bytes
+    # 64 KiB streamed in 512 tokens through 1 KiB of buffers: at least 4 x 64 KiB / 1 KiB = 256 segments, and
+    # a segment takes one token at most (two of them double-buffer it): 512 segments of 128 bytes
     k = passthrough(0, "p", 10, 11, 32, tokens=512, work=1)
     k.buffers = [Buffer("work", 0, 1024, 1, True)]
-    assert simulate(bitstream({(1, 1): [k]})).kernels[0].segments == 256
+    assert simulate(bitstream({(1, 1): [k]})).kernels[0].segments == 512
     k = passthrough(0, "p", 10, 11, 2, tokens=512, work=1)  # 4 KiB through 4 KiB: the usual 64
     k.buffers = [Buffer("work", 0, 4096, 1, True)]
     assert simulate(bitstream({(1, 1): [k]})).kernels[0].segments == MAX_SEGMENTS
