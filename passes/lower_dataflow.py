@@ -22,6 +22,7 @@ architecture through the fixed rule of ``attnc.cost.work``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -327,7 +328,7 @@ class LowerToDataflowPass(TargetPass):
         if fn.attributes.pop(SHARE_ATTR, None) is not None:
             assign_phases(fn, arch, partitioner.unique)
         stream_fused_inputs(fn)
-        stream_butterfly_chains(fn)
+        stream_butterfly_chains(fn, partitioner.unique)
         stream_gemm_grids(fn)
         stream_gemm_weights(fn, arch)
         stream_gemm_rows(fn)
@@ -483,7 +484,7 @@ def _row_aligned(v: SSAValue, rows: int) -> bool:
     return True
 
 
-def stream_butterfly_chains(fn: func.FuncOp) -> None:
+def stream_butterfly_chains(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
     """Stage kernels stream their row blocks to consumers that read them row by row (the next
     stages, a bias add, a store), and the DMA loads that feed only stage kernels that way stream
     one token per burst; everything else keeps one token."""
@@ -518,36 +519,32 @@ def stream_butterfly_chains(fn: func.FuncOp) -> None:
                 _repeat_weights(k, passes.value.data, consumers.get(k.outputs[0], []))
             continue
         users = consumers.get(k.outputs[0], [])
-        if _streams_to_stages(users, rows_of, k.outputs[0]) and any(not rows_of.get(u) for u, _ in users):
-            users = _load_again_for_others(k, users, rows_of, fn)
-        if _streams_to_stages(users, rows_of, k.outputs[0]):
-            # a token per burst, or per row block of its stages when those are finer: a token is what a
-            # stage's buffers take in at once, not a burst four times their size
-            blocks = min(dict(u.loop_schedule()).get("rows", 1) for u, _ in users if rows_of.get(u))
-            k.tokens = df.i64_array([max(dict(k.loop_schedule()).get("burst", 1), blocks)])
+        if not _streams_to_stages(users, rows_of, k.outputs[0]):
+            continue
+        # a token per burst, or per row block of its stages when those are finer: a token is what a stage's
+        # buffers take in at once, not a burst four times their size
+        blocks = min(dict(u.loop_schedule()).get("rows", 1) for u, _ in users if rows_of.get(u))
+        tokens = df.i64_array([max(dict(k.loop_schedule()).get("burst", 1), blocks)])
+        if any(not rows_of.get(u) for u, _ in users):
+            _load_again_for_others(k, users, rows_of, unique, tokens)
+        k.tokens = tokens
 
 
 def _load_again_for_others(k: df.KernelOp, users: list[tuple[df.KernelOp, int]], rows_of: dict,
-                           fn: func.FuncOp) -> list[tuple[df.KernelOp, int]]:
+                           unique: Callable[[str], str], tokens: ArrayAttr) -> None:
     """A loaded value that stage chains and a later row kernel both read (a block's input, which its
     residual add reads after the attention): the row kernel gets a load of its own. From one load the
     value would stream to the chains and wait whole in the row kernel's buffers until the chains' results
     reach it (the fork-join is not throttled); read twice from DRAM, each load runs in step with its
-    readers. Returns the stage kernels' uses, which keep ``k``."""
-    names = {o.sym_name.data for o in fn.body.block.ops if isinstance(o, df.KernelOp)}
+    readers. The stage kernels keep ``k``; both loads send ``tokens`` (the chains' row blocks, so the row
+    kernel holds two of them, not the whole)."""
     again = k.clone()
-    name, i = f"{k.sym_name.data}_again", 1
-    while name in names:
-        name, i = f"{k.sym_name.data}_again{i}", i + 1
-    again.sym_name = StringAttr(name)
-    fn.body.block.insert_op_after(again, k)
-    others = [(u, j) for u, j in users if not rows_of.get(u)]
-    for u, j in others:
-        u.operands[j] = again.outputs[0]
-    # in the row blocks the chains take, so the row kernel holds two of them, not the whole
-    blocks = min(dict(u.loop_schedule()).get("rows", 1) for u, _ in users if rows_of.get(u))
-    again.tokens = df.i64_array([max(dict(k.loop_schedule()).get("burst", 1), blocks)])
-    return [(u, j) for u, j in users if rows_of.get(u)]
+    again.sym_name = StringAttr(unique(f"{k.sym_name.data}_again"))
+    k.parent_block().insert_op_after(again, k)
+    for u, j in users:
+        if not rows_of.get(u):
+            u.operands[j] = again.outputs[0]
+    again.tokens = tokens
 
 
 def _streams_to_stages(users: list[tuple[df.KernelOp, int]], rows_of: dict, v: SSAValue) -> bool:
@@ -727,16 +724,15 @@ def stream_gemm_weights(fn: func.FuncOp, arch) -> None:
     tile = max(tiles, key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     share = tile.sram_bytes // max(tile.contexts, 1)
     for k in kernels:
-        trips = k.loop_schedule()
-        if k.kind.data != "gemm" or [n for n, _ in trips] != ["b", "m", "n", "k"]:
+        if not _unsplit_gemm(k):
             continue
+        trips = k.loop_schedule()
         mm = next((o for o in k.body.block.ops if isinstance(o, sp.MatmulOp)), None)
         if mm is None:
             continue
         for i, v in enumerate(k.inputs):
             load = v.owner
-            if not (isinstance(load, df.KernelOp) and load.kind.data == "dma_load" and len(load.loops.data) == 1
-                    and any(isinstance(o, sp.ConstantOp) for o in load.body.block.ops)
+            if not (isinstance(load, df.KernelOp) and _is_weight_load(load) and len(load.loops.data) == 1
                     and [u for u, _ in consumers.get(v, [])] == [k] and _reaches(k.body.block.args[i], mm.rhs)):
                 continue
             weight = nbytes(v.type)
@@ -797,14 +793,18 @@ def _is_weight_load(k: df.KernelOp) -> bool:
 # an unsplit GEMM reads its rows block by block
 
 
+def _unsplit_gemm(k: df.KernelOp) -> bool:
+    """Whether ``k`` is a GEMM kernel of its own (loops b, m, n, k), not a grid part or a fused kernel."""
+    return k.kind.data == "gemm" and [n for n, _ in k.loop_schedule()] == ["b", "m", "n", "k"]
+
+
 def _gemm_rows(k: df.KernelOp) -> int | None:
     """The row blocks an unsplit GEMM kernel (loops b, m, n, k) walks, or None for other kernels."""
-    trips = k.loop_schedule()
-    if k.kind.data != "gemm" or [n for n, _ in trips] != ["b", "m", "n", "k"]:
+    if not _unsplit_gemm(k):
         return None
     if sum(isinstance(o, (sp.MatmulOp, sp.ContractOp)) for o in k.body.block.ops) != 1:
         return None  # several GEMMs (heads sharing a kernel) run one after the other, not row block by row block
-    t = dict(trips)
+    t = dict(k.loop_schedule())
     return t["b"] * t["m"]
 
 

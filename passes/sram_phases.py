@@ -69,9 +69,9 @@ def assign_phases(fn: func.FuncOp, arch, unique: Callable[[str], str]) -> dict[s
 
 
 def _spill_crossings(block: Block, compute: list[df.KernelOp], arch, unique: Callable[[str], str]) -> None:
-    """One ``dma_spill`` per (producer group, consumer phase) whose phases differ, carrying every stream
-    between them (each value written once, however many groups of the phase read it); the consumers read its
-    outputs instead."""
+    """The streams of each (producer group, consumer phase) whose phases differ through ``dma_spill`` kernels,
+    as many as ``_spill_ways`` gives it, each carrying whole classes of values read together (each value
+    written once, however many groups of the phase read it); the consumers read their outputs instead."""
     crossings: dict[tuple[str, int], list[tuple[df.KernelOp, int]]] = {}
     for k in compute:
         for i, v in enumerate(k.inputs):
@@ -96,23 +96,15 @@ def _read_together(readers: list[tuple[df.KernelOp, int]]) -> list[list]:
     both), in order of first read. A reader fed by two spills could wait on one for tokens the other holds
     back behind its buffer credits (the simulator found such a deadlock: a row strip cut over two spills)."""
     values = list(dict.fromkeys(k.inputs[i] for k, i in readers))
-    root = {v: v for v in values}
-
-    def find(v):
-        while root[v] is not v:
-            root[v] = root[root[v]]
-            v = root[v]
-        return v
-
+    linked = nx.utils.UnionFind(values)
     by_reader: dict[df.KernelOp, list] = {}
     for k, i in readers:
         by_reader.setdefault(k, []).append(k.inputs[i])
     for vs in by_reader.values():
-        for v in vs[1:]:
-            root[find(v)] = find(vs[0])
+        linked.union(*vs)
     classes: dict = {}
     for v in values:
-        classes.setdefault(find(v), []).append(v)
+        classes.setdefault(linked[v], []).append(v)
     return list(classes.values())
 
 
