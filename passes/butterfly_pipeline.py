@@ -349,16 +349,15 @@ def row_blocks(tile, kind: str, rows: int, tokens: int) -> list[int]:
     return [max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))]
 
 
-def kernel_need(views: list[View], rows: int, tokens: int, eb: int, tile=None, passes: int = 1,
-                block: int | None = None, staged: bool = False, in_rows: int = 0) -> int:
+def kernel_need(views: list[View], rows: int, tokens: int, eb: int, passes: int = 1, in_rows: int = 0) -> int:
     """SRAM a stage kernel needs, what ``lower-to-dataflow`` declares for it: two tokens of its row stream
     (one the stages update in place, the next arriving; a token is streamed whole, so its rows are held
     whole whatever the MAC array takes of them at a time) and its weights. Streamed weights pass through
     one (group, stride) slice's matrix at a time, double-buffered, as they arrive in the order the kernel
     uses them; each slice is applied to every row of the pass, so the kernel holds a whole pass's rows and
     the next token (a pass of one token: two tokens). Weights held in memory tiles arrive a stage's part
-    at a time. The same rule as ``attnc.cost.work``'s stage kernels (``block`` is unused: the rows held
-    are the tokens', whatever the MAC array takes of them at a time)."""
+    at a time. The same rule as ``attnc.cost.work``'s stage kernels (the rows held are the tokens', whatever
+    the MAC array takes of them at a time)."""
     n = len(views[0].cols)
     token = -(-rows // tokens)
     # (a chain's first kernels are sent the tokens of whatever streams its input: ``in_rows`` rows)
@@ -499,7 +498,7 @@ def _search_tokens(ch: Chain, arch, slots, passes: int, max_parts: int, max_kern
             if any(not links[g[-1]] for g in groups[:-1]):
                 continue
             count += 1
-            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes, share, budget, staged)
+            cand = _assign(ch, views, groups, parts, tokens, slots, dram_cycles, arch, passes, share, budget)
             if cand is not None and sum(cand.claims) > budget:
                 continue
             if cand is not None and staged:
@@ -529,14 +528,14 @@ _Option = tuple[int, int, int]
 
 
 def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cycles, arch, passes: int = 1,
-            frac: float = 1.0, budget: int = 1 << 62, staged: bool = False) -> Plan | None:
+            frac: float = 1.0, budget: int = 1 << 62) -> Plan | None:
     """Put a candidate's kernels on the slots, longest first, each where it finishes soonest."""
     if not slots:
         return None
     kernels = [(gi, j) for gi in range(len(groups)) for j in range(parts)]  # (group index, part)
     for s in slots:
         s.load, s.used = s.busy, 0
-    info = _kernel_options(ch, views, groups, kernels, tokens, passes, {s.kind: s.tile for s in slots}, staged)
+    info = _kernel_options(ch, views, groups, kernels, tokens, passes, {s.kind: s.tile for s in slots})
     greedy = _place_greedy(ch, kernels, info, slots, parts, tokens, arch, budget // len(kernels))
     if greedy is None:
         return None
@@ -566,8 +565,8 @@ def _assign(ch: Chain, views, groups, parts, tokens, slots: list[Slot], dram_cyc
                 "dram" if dram_cycles + drain >= pipe else "compute", blocks=blocks)
 
 
-def _kernel_options(ch: Chain, views, groups, kernels, tokens: int, passes: int, kinds_of: dict[str, object],
-                    staged: bool = False) -> dict[tuple[int, int], dict[str, list[_Option]]]:
+def _kernel_options(ch: Chain, views, groups, kernels, tokens: int, passes: int,
+                    kinds_of: dict[str, object]) -> dict[tuple[int, int], dict[str, list[_Option]]]:
     """Per kernel and tile kind: the options for each row block it may use, largest first."""
     rows, eb = ch.rows, ch.eb
     info: dict[tuple[int, int], dict[str, list[_Option]]] = {}
@@ -579,7 +578,7 @@ def _kernel_options(ch: Chain, views, groups, kernels, tokens: int, passes: int,
         for kind, tile in kinds_of.items():
             info[gi, j][kind] = [
                 (stage_kernel_cycles(local, nl, rows, tile, kind, rb),
-                 kernel_need(vs, rows, tokens, eb, tile, passes, staged=staged, in_rows=ch.in_rows if gi == 0 else 0),
+                 kernel_need(vs, rows, tokens, eb, passes, in_rows=ch.in_rows if gi == 0 else 0),
                  rb)
                 for rb in row_blocks(tile, kind, rows, tokens)
             ]  # fmt: skip
@@ -1012,12 +1011,12 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
     tails = chain_tails(fn, ops, phase, shared)
     for group, budget in _phase_budgets(fn, ops, slots):
         # sharing SRAM, each phase's chains plan on the tiles' whole SRAM (the contexts stay taken)
-        mine = [replace(s) for s in slots] if SHARE_ATTR in fn.attributes else slots
+        mine = [replace(s) for s in slots] if shared else slots
         free = list(mine)
-        for op in group:
+        for i, op in enumerate(group):
             # the chains of one phase run at the same time: each plans with the ones before it on the tiles
             # (a Q and a V chain on one butterfly tile take twice as long); other phases' chains run apart
-            if op is group[0] or phase[op] != phase[prev]:
+            if i == 0 or phase[op] != phase[group[i - 1]]:
                 for s in free:
                     s.busy = 0
             chains = chain_probes(op, names[op])
@@ -1025,7 +1024,6 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
                 ch.tail = tails[op]
             chains[0].in_rows = _upstream_rows(op, out.plans)
             plans = _plan_op(op, chains, arch, free, memory, budget)
-            prev = op
             out.plans[op] = (names[op], plans)
             out.reports += [f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {plan.text()}"
                             for ch, plan in zip(chains, plans)]  # fmt: skip

@@ -212,7 +212,7 @@ def test_a_kernel_takes_the_largest_row_block_its_sram_holds():
     assert plan.passes == 128 and plan.tokens == 128 and plan.blocks == [4]
     assert plan.needs[0] <= tile.sram_bytes
     views = [bp.View(tuple(range(768)), st, 0, 0, 0, 0) for st in ch.stages]
-    assert bp.kernel_need(views, 512, 64, 2, tile, 64) > tile.sram_bytes
+    assert bp.kernel_need(views, 512, 64, 2, 64) > tile.sram_bytes
     assert plan.cycles[0] < bp.stage_kernel_cycles(ch.stages, 768, 512, tile, "compute", 1)
 def test_chains_that_share_dram_plan_with_their_share_of_it():
     """The chains running at the same time share DRAM (their rows in and out, weights streamed once per row
