@@ -788,12 +788,11 @@ class _Sim:
         streamed = sum(prod_dims(p.shape) * dtype_bytes(p.dtype) for p in cfg.inputs if p.tokens > 1)
         if not is_dma and room > 0 and streamed > room:
             # the step grain is what the hardware runs at; grouping steps must not make a segment need more of a
-            # stream at once than the context has room for (a GEMM part walking K in chunks holds one chunk)
-            segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, -(-4 * streamed // room)))
-            # ... and a segment takes at most one token of each streamed input, so that two tokens of room
-            # (what lower-to-dataflow declares) double-buffer it: one worked on, the next arriving
-            finest = max((p.tokens for p in cfg.inputs if p.tokens > 1), default=1)
-            segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, finest))
+            # stream at once than the context has room for (a GEMM part walking K in chunks holds one chunk),
+            # and a segment takes at most one token of each streamed input, so that two tokens of room (what
+            # lower-to-dataflow declares) double-buffer it: one worked on, the next arriving
+            finest = max(p.tokens for p in cfg.inputs if p.tokens > 1)
+            segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, max(-(-4 * streamed // room), finest)))
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
         k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma, phase=cfg.phase)
         for p in cfg.inputs:
@@ -943,7 +942,7 @@ class _Sim:
         return self.stats
 
     def _overflow(self, tile: _Tile) -> str:
-        """The line that refuses a tile whose contexts' input buffers held more than its SRAM: the tile, the
+        """The line that reports a tile whose contexts' input buffers held more than its SRAM: the tile, the
         bytes, and each context that held data at the peak with its own peak and declared buffers."""
         ts = tile.stats
         held = sorted((k for k in tile.kernels if k.stats.peak_buffer_bytes > 0),
