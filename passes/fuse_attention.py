@@ -14,9 +14,11 @@ Modes (the ``mode`` option; ``tile`` picks the sizes with the cost model):
   exists, and K and V are read once when a member's rows fit its buffer.
 * ``flat``: the same kernels with FLAT's row-block fusion: ``row_block`` query rows
   against all keys at once, 3-pass softmax; the score buffer grows with N.
-* ``unfused``: the baseline without fusion: per member a QKᵀ kernel, a softmax
-  kernel and a PV kernel, with the scores and the probabilities spilled to DRAM
-  between them (``dma_spill`` kernels), so DRAM traffic grows with N².
+* ``unfused``: the baseline without fusion, layer by layer: per member a QKᵀ
+  kernel whose epilogue is the softmax over its whole score rows (when the compute
+  tiles have an exp unit; else a softmax kernel of its own on an sfu tile, the
+  scores spilled to it) and a PV kernel, the probabilities spilled to DRAM between
+  them (``dma_spill`` kernels), so DRAM traffic grows with N².
 * ``auto``: ``tile`` chooses among the three.
 
 This pass only records the requested mode on each attention (``attnc.fusion``,
@@ -70,9 +72,14 @@ class Schedule:
     staged: bool = False  # passes > 1 re-stream K/V from a memory tile, not from DRAM
     reserve: int = 0  # SRAM a fused member claims on its tile: the search planned one member per tile
     spilled: bool = False  # passes > 1 re-read K/V computed on chip from DRAM: written once, read per pass
+    #: unfused: the softmax is the QKᵀ kernel's epilogue (its compute tile has an exp unit), so only the
+    #: probabilities go through DRAM; else it is a kernel of its own on an sfu tile, the scores spilled to it
+    epilogue: bool = False
 
     def text(self) -> str:
         s = f"{self.mode} groups={self.groups} members={self.members}"
+        if self.mode == "unfused" and self.epilogue:
+            s += " (softmax in the QKᵀ kernel)"
         if self.mode != "unfused":
             s += f" row_block={self.row_block} key_block={self.key_block} passes={self.passes}"
             if self.staged:
@@ -169,7 +176,7 @@ def _expand_group(b: KernelBuilder, op: sp.AttentionOp, sched: Schedule, name: s
         qc = _slice(b, units.q, [u0, 0, r0, 0], [u1, units.rep, r1, d])
         mc = None if units.mask is None else _slice(b, units.mask, [u0, 0, r0, 0], [u1, units.rep, r1, t])
         if sched.mode == "unfused":
-            rows.append(_unfused_member(b, op, qc, kin, vin, mc, r0, tag, group, sched.reserve))
+            rows.append(_unfused_member(b, op, qc, kin, vin, mc, r0, tag, group, sched.reserve, sched.epilogue))
         else:
             rows.append(_fused_member(b, op, qc, kin, vin, mc, r0, r1, sched, tag, group))
         if c + 1 < sched.members:
@@ -219,9 +226,12 @@ def _spill(b: KernelBuilder, x: SSAValue, tag: str, group: str) -> SSAValue:
 
 
 def _unfused_member(b: KernelBuilder, op: sp.AttentionOp, qc, kin, vin, mc, r0: int, tag: str, group: str,
-                    reserve: int = 0) -> SSAValue:
-    """QKᵀ -> DRAM -> softmax -> DRAM -> PV for one member's rows; its two GEMM kernels claim ``reserve``
-    bytes of their tiles' SRAM (the placer would stack them otherwise, as it would fused members)."""
+                    reserve: int = 0, epilogue: bool = False) -> SSAValue:
+    """One member's rows, layer by layer: QKᵀ, softmax, PV, the probabilities through DRAM (spilled) between
+    the softmax and PV. With ``epilogue`` the softmax runs in the QKᵀ kernel on its whole score rows (what a
+    layer-by-layer mapper does when the compute tile can evaluate exp: the scores never leave the tile); else
+    it is a kernel of its own (an sfu tile's), the scores spilled to DRAM before it. Its two GEMM kernels claim
+    ``reserve`` bytes of their tiles' SRAM (the placer would stack them otherwise, as it would fused members)."""
     elt = sp.elt_of(qc)
     rows = sp.shape_of(qc)[2]
     t = sp.shape_of(kin)[2]
@@ -229,10 +239,11 @@ def _unfused_member(b: KernelBuilder, op: sp.AttentionOp, qc, kin, vin, mc, r0: 
     scale = b.add(splat([], elt, op.scale.value.data))
     qk = b.add(sp.MatmulOp(qc, kt), f"{tag}_qk", group)
     s = scaled_scores(b, qk, scale, op, f"{tag}_qk", group)
-    s = _spill(b, s, f"{tag}_spill_s", group)
+    if not epilogue:
+        s = _spill(b, s, f"{tag}_spill_s", group)
     zero, neginf = b.add(splat([], elt, 0.0)), b.add(splat([], elt, -np.inf))
     causal = op.causal_offset.value.data + r0 if op.causal is not None else None
-    p = masked_softmax(b, s, mc, causal, (rows, t), zero, neginf, f"{tag}_softmax", group)
+    p = masked_softmax(b, s, mc, causal, (rows, t), zero, neginf, f"{tag}_qk" if epilogue else f"{tag}_softmax", group)
     p = _spill(b, p, f"{tag}_spill_p", group)
     pv = b.add(sp.MatmulOp(p, vin), f"{tag}_pv", group)
     if reserve:

@@ -128,10 +128,15 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
             for g in sizes("groups", _pow2_upto(min(sh.units, max(1, tiles // c))), sh.units):
                 rows_c = -(-sh.rows // c)
                 if m == "unfused":
-                    if g * c > min(sfu_slots, compute_slots // 2) or 2 * g * c + 4 > dma_slots:
+                    # the softmax in the QKᵀ kernel where the compute tile has an exp unit (one spill, no
+                    # sfu kernel), else on an sfu tile with the scores spilled to it
+                    epilogue = tile.exp_per_cycle > 0
+                    sfu_need = 0 if epilogue else g * c
+                    if (g * c > compute_slots // 2 or sfu_need > sfu_slots
+                            or (1 if epilogue else 2) * g * c + 4 > dma_slots):  # fmt: skip
                         reject("kernels do not fit the array's contexts")
                         continue
-                    out.append(Schedule("unfused", g, c, rows_c, sh.keys))
+                    out.append(Schedule("unfused", g, c, rows_c, sh.keys, epilogue=epilogue))
                     continue
                 if g * c > min(tiles, compute_slots) or 4 > dma_slots:
                     reject("more members than compute tiles")
@@ -154,6 +159,14 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                             reject("K/V spills do not fit the DMA tiles' contexts")
                             continue
                         out.append(Schedule(fusion, g, c, r, kb, passes, need, staged, spilled=spilled))
+    if mode == "auto" and any(s.mode != "unfused" for s in out):
+        # unfused is the baseline: ``auto`` falls back to it only when no fused schedule fits. At a few
+        # hundred cycles its first-order prediction can undercut a fused one, but it spills N² values to
+        # DRAM and takes twice the contexts, which the placer may then not find
+        dropped = sum(s.mode == "unfused" for s in out)
+        if dropped:
+            rejected["unfused: a fused schedule fits"] = dropped
+        out = [s for s in out if s.mode != "unfused"]
     return out, rejected
 
 

@@ -200,6 +200,8 @@ class AttentionSchedule(Protocol):
     def staged(self) -> bool: ...
     @property
     def spilled(self) -> bool: ...
+    @property
+    def epilogue(self) -> bool: ...
 
 
 @dataclass
@@ -229,23 +231,32 @@ def predict(sh: Shape, sched: AttentionSchedule, arch, tile) -> Prediction:
     over = False
     if sched.mode == "unfused":
         scores = sh.units * sh.rep * sh.rows * sh.keys * eb
-        dram = q_bytes + o_bytes + kv_bytes + mask_bytes + 4 * scores
+        # the probabilities spilled and read back; the scores too when the softmax is a kernel of its own
+        spilled = 2 if sched.epilogue else 4
+        dram = q_bytes + o_bytes + kv_bytes + mask_bytes + spilled * scores
         mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
-        sfu = max((t.vector_lanes for t in arch.tiles_of("sfu")), default=max(tile.vector_lanes, 1))
         per = units_g * sh.rep
         qk = per * -(-rows_c // mr) * -(-sh.keys // mc) * sh.d
         pv = per * -(-rows_c // mr) * -(-sh.dv // mc) * sh.keys
-        # the softmax kernel on the sfu lanes (lane and special operations alike), + a mask's add and select
+        # the softmax's operations, + a mask's add and select
         soft = oc.OP_COSTS["softmax"]
-        sm_ops = per * rows_c * (sh.keys * (soft.per_element + (2 if sh.has_mask or sh.causal else 0))
-                                 + soft.lane_row + soft.special_row)
-        sm = -(-sm_ops // sfu)
+        extra = 2 if sh.has_mask or sh.causal else 0
+        if sched.epilogue:
+            # on the compute tile: lane operations on its lanes (and the scale), exps on its exp unit
+            lane = per * rows_c * (sh.keys * (soft.lane + 1 + extra) + soft.lane_row)
+            special = per * rows_c * (sh.keys * soft.special + soft.special_row)
+            sm = -(-lane // max(tile.vector_lanes, 1)) + -(-special // max(tile.exp_per_cycle, 1))
+        else:
+            # on the sfu lanes (lane and special operations alike)
+            sfu = max((t.vector_lanes for t in arch.tiles_of("sfu")), default=max(tile.vector_lanes, 1))
+            sm_ops = per * rows_c * (sh.keys * (soft.per_element + extra) + soft.lane_row + soft.special_row)
+            sm = -(-sm_ops // sfu)
         # one token per stream: the phases of a member follow each other, the spills share DRAM
         member = qk + sm + pv
-        spill = 4 * scores / bw
+        spill = spilled * scores / bw
         cycles = member + spill
         bound = "dram" if spill > member else "compute"
-        kernels = 5 * g * c + 4
+        kernels = (3 if sched.epilogue else 5) * g * c + 4
         buffer = 0
     else:
         passes = sched.passes

@@ -70,8 +70,9 @@ def test_unfused_traffic_grows_with_n_squared():
     for n in (32, 64, 128):
         bs, _, _ = compiled(n, "canonicalize,raise-attention,fuse-attention{mode=unfused}")
         traffic[n] = dram(simulate(bs)) - compulsory(n)
-    # the spilled scores and probabilities: written and read back, 4 x B x H x N^2 elements of 4 bytes
-    assert traffic == {n: 4 * B * H * n * n * 4 for n in traffic}
+    # the spilled probabilities (the scores stay in the QKᵀ kernel, its softmax epilogue): written and read
+    # back, 2 x B x H x N^2 elements of 4 bytes
+    assert traffic == {n: 2 * B * H * n * n * 4 for n in traffic}
 
 
 @pytest.mark.xfail(strict=True, reason="issue 14, open: with f32 accumulators 16 online members fill edge's tiles and the "

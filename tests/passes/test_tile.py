@@ -66,7 +66,8 @@ def test_scheduled_kernels_compute_the_attention(case, mode):
     text = print_module(module)
     assert "attnc.fusion" not in text
     if mode == "unfused":
-        assert text.count("dataflow.spill") == 2 * 6 and "fusion =" not in text
+        # one spill per member: the probabilities (the softmax is the QKᵀ kernel's epilogue)
+        assert text.count("dataflow.spill") == 6 and "fusion =" not in text
     else:
         assert text.count(f'fusion = "{mode}"') == 6
     after = interpret(module, inputs)
@@ -76,7 +77,8 @@ def test_scheduled_kernels_compute_the_attention(case, mode):
     kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
     kinds = sorted(k.kind.data for k in kernels)
     if mode == "unfused":
-        assert kinds.count("dma_spill") == 12 and kinds.count("softmax") == 6 and kinds.count("gemm") == 12
+        # edge's compute tiles have an exp unit: each softmax is its QKᵀ kernel's epilogue
+        assert kinds.count("dma_spill") == 6 and kinds.count("softmax") == 0 and kinds.count("gemm") == 12
     else:
         assert kinds.count("attention") == 6
     np.testing.assert_allclose(interpret(module, inputs)["O"], before["O"], rtol=0, atol=2e-6)
@@ -215,6 +217,22 @@ def test_without_an_exp_unit_only_the_unfused_schedule_is_offered():
     no_exp = parse_arch(preset_text("tiny").replace(", exp_per_cycle: 4", ""))
     sh = Shape(1, 2, 2, 64, 64, 16, 16, 2, False, 0, False, True)
     assert search(sh, no_exp, "auto").best.schedule.mode == "unfused"
+    # ... its softmax a kernel of its own (on an sfu tile), the scores spilled to it
+    assert not search(sh, no_exp, "auto").best.schedule.epilogue
     assert search(sh, load_arch("tiny"), "online").best.schedule.mode == "online"
     with pytest.raises(AttncError, match="no online schedule fits tiny .*no exp unit for a fused softmax"):
         search(sh, no_exp, "online")
+
+
+def test_unfused_runs_the_softmax_in_the_qk_kernel_where_the_compute_tile_has_an_exp_unit():
+    from attnc.arch import parse_arch, preset_text
+
+    sh = Shape(1, 2, 2, 64, 64, 16, 16, 2, False, 0, False, True)
+    with_exp = search(sh, load_arch("tiny"), "unfused").best
+    no_exp = search(sh, parse_arch(preset_text("tiny").replace(", exp_per_cycle: 4", "")), "unfused").best
+    assert with_exp.schedule.epilogue and not no_exp.schedule.epilogue
+    # the scores stay on chip: only the probabilities are written and read back
+    scores = 2 * 64 * 64 * 2
+    assert no_exp.dram_bytes - with_exp.dram_bytes == 2 * scores
+    # auto is fused wherever a fused schedule fits: unfused is the baseline, asked for by name
+    assert search(sh, load_arch("tiny"), "auto").best.schedule.mode != "unfused"
