@@ -471,9 +471,12 @@ def matmul_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
 @irdl_op_definition
 class MatmulOp(SparseOp):
     """Matrix product with numpy ``matmul`` semantics (batch dims broadcast). Either
-    operand may be encoded (e.g. an N:M weight).
+    operand may be encoded (e.g. an N:M weight). A ``row_block = R`` attribute (set by
+    ``tile`` on an unfused QKᵀ whose softmax epilogue needs whole score rows) only tells
+    the array to take the rows R at a time; the value is the same.
 
         %c = sparse.matmul %a, %b : tensor<2x8x16xf32>, tensor<16x4xf32> -> tensor<2x8x4xf32>
+        %s = sparse.matmul %q, %kt {row_block = 4 : i64} : tensor<64x16xf32>, tensor<16x512xf32> -> tensor<64x512xf32>
     """
 
     name = "sparse.matmul"

@@ -72,14 +72,15 @@ class Schedule:
     staged: bool = False  # passes > 1 re-stream K/V from a memory tile, not from DRAM
     reserve: int = 0  # SRAM a fused member claims on its tile: the search planned one member per tile
     spilled: bool = False  # passes > 1 re-read K/V computed on chip from DRAM: written once, read per pass
-    #: unfused: the softmax is the QKᵀ kernel's epilogue (its compute tile has an exp unit), so only the
-    #: probabilities go through DRAM; else it is a kernel of its own on an sfu tile, the scores spilled to it
-    epilogue: bool = False
+    #: unfused: the query rows the QKᵀ kernel takes at a time when the softmax is its epilogue (its compute
+    #: tile has an exp unit and SRAM for that many whole score rows), so only the probabilities go through
+    #: DRAM; 0: the softmax is a kernel of its own on an sfu tile, the scores spilled to it
+    epilogue: int = 0
 
     def text(self) -> str:
         s = f"{self.mode} groups={self.groups} members={self.members}"
         if self.mode == "unfused" and self.epilogue:
-            s += " (softmax in the QKᵀ kernel)"
+            s += f" (softmax in the QKᵀ kernel, {self.epilogue} rows at a time)"
         if self.mode != "unfused":
             s += f" row_block={self.row_block} key_block={self.key_block} passes={self.passes}"
             if self.staged:
@@ -226,18 +227,22 @@ def _spill(b: KernelBuilder, x: SSAValue, tag: str, group: str) -> SSAValue:
 
 
 def _unfused_member(b: KernelBuilder, op: sp.AttentionOp, qc, kin, vin, mc, r0: int, tag: str, group: str,
-                    reserve: int = 0, epilogue: bool = False) -> SSAValue:
+                    reserve: int = 0, epilogue: int = 0) -> SSAValue:
     """One member's rows, layer by layer: QKᵀ, softmax, PV, the probabilities through DRAM (spilled) between
-    the softmax and PV. With ``epilogue`` the softmax runs in the QKᵀ kernel on its whole score rows (what a
-    layer-by-layer mapper does when the compute tile can evaluate exp: the scores never leave the tile); else
-    it is a kernel of its own (an sfu tile's), the scores spilled to DRAM before it. Its two GEMM kernels claim
+    the softmax and PV. With ``epilogue`` R > 0 the softmax runs in the QKᵀ kernel on the whole score rows of
+    R query rows at a time (what a layer-by-layer mapper does when the compute tile can evaluate exp: the
+    scores never leave the tile; the matmul's ``row_block`` R says its MAC array takes R rows a step); else it
+    is a kernel of its own (an sfu tile's), the scores spilled to DRAM before it. Its two GEMM kernels claim
     ``reserve`` bytes of their tiles' SRAM (the placer would stack them otherwise, as it would fused members)."""
     elt = sp.elt_of(qc)
     rows = sp.shape_of(qc)[2]
     t = sp.shape_of(kin)[2]
     kt = b.add(sp.TransposeOp(kin, [0, 1, 3, 2]))
     scale = b.add(splat([], elt, op.scale.value.data))
-    qk = b.add(sp.MatmulOp(qc, kt), f"{tag}_qk", group)
+    mm = sp.MatmulOp(qc, kt)
+    if epilogue:
+        mm.attributes["row_block"] = IntegerAttr(epilogue, 64)
+    qk = b.add(mm, f"{tag}_qk", group)
     s = scaled_scores(b, qk, scale, op, f"{tag}_qk", group)
     if not epilogue:
         s = _spill(b, s, f"{tag}_spill_s", group)

@@ -128,15 +128,19 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
             for g in sizes("groups", _pow2_upto(min(sh.units, max(1, tiles // c))), sh.units):
                 rows_c = -(-sh.rows // c)
                 if m == "unfused":
-                    # the softmax in the QKᵀ kernel where the compute tile has an exp unit (one spill, no
-                    # sfu kernel), else on an sfu tile with the scores spilled to it
-                    epilogue = tile.exp_per_cycle > 0
-                    sfu_need = 0 if epilogue else g * c
-                    if (g * c > compute_slots // 2 or sfu_need > sfu_slots
-                            or (1 if epilogue else 2) * g * c + 4 > dma_slots):  # fmt: skip
-                        reject("kernels do not fit the array's contexts")
-                        continue
-                    out.append(Schedule("unfused", g, c, rows_c, sh.keys, epilogue=epilogue))
+                    # the softmax in the QKᵀ kernel, where the compute tile has an exp unit and its claim (half
+                    # the budget) holds whole score rows (f32) in half of it: one spill, no sfu kernel, its
+                    # MAC array taking that many rows a step (part-full below its height); or on an sfu tile
+                    # with the scores spilled to it (full MAC rows, twice the DRAM traffic): the model chooses
+                    fit = budget // 4 // max(sh.keys * max(sh.eb, 4), 1)
+                    epilogues = [min(fit, max(tile.mac_rows, 1), rows_c)] if tile.exp_per_cycle > 0 and fit else []
+                    for epilogue in [*epilogues, 0]:
+                        sfu_need = 0 if epilogue else g * c
+                        if (g * c > compute_slots // 2 or sfu_need > sfu_slots
+                                or (1 if epilogue else 2) * g * c + 4 > dma_slots):  # fmt: skip
+                            reject("kernels do not fit the array's contexts")
+                            continue
+                        out.append(Schedule("unfused", g, c, rows_c, sh.keys, epilogue=epilogue))
                     continue
                 if g * c > min(tiles, compute_slots) or 4 > dma_slots:
                     reject("more members than compute tiles")

@@ -241,6 +241,12 @@ def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tu
     if ins.opcode == "matmul":
         a = ops[0] if ops else None
         k = (a[-1] if a else 1) if a is not None else 1
+        rb = _param_int(ins, "row_block", 0)
+        if rb > 0 and len(out) >= 2:
+            # the kernel takes rb rows at a time: ⌈M/rb⌉ blocks of ⌈rb/rows⌉ (part-full) row steps each
+            m = out[-2]
+            steps = -(-m // min(rb, m)) * -(-min(rb, m) // rows) if m else 0
+            return prod_dims(out) * k, prod_dims(out[:-2]) * steps * -(-out[-1] // cols) * k, 0, 0
         return prod_dims(out) * k, _gemm_cycles(out, k, rows, cols), 0, 0
     if ins.opcode == "contract":
         parsed = _einsum_sizes(str(ins.params.get("equation", "")), ops)

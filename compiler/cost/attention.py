@@ -201,7 +201,7 @@ class AttentionSchedule(Protocol):
     @property
     def spilled(self) -> bool: ...
     @property
-    def epilogue(self) -> bool: ...
+    def epilogue(self) -> int: ...
 
 
 @dataclass
@@ -236,7 +236,8 @@ def predict(sh: Shape, sched: AttentionSchedule, arch, tile) -> Prediction:
         dram = q_bytes + o_bytes + kv_bytes + mask_bytes + spilled * scores
         mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
         per = units_g * sh.rep
-        qk = per * -(-rows_c // mr) * -(-sh.keys // mc) * sh.d
+        # (the epilogue's rows a step: part-full MAC-array row steps when fewer than its rows)
+        qk = per * oc.row_steps(rows_c, mr, sched.epilogue) * -(-sh.keys // mc) * sh.d
         pv = per * -(-rows_c // mr) * -(-sh.dv // mc) * sh.keys
         # the softmax's operations, + a mask's add and select
         soft = oc.OP_COSTS["softmax"]

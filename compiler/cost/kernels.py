@@ -129,7 +129,13 @@ def body_work(ops: Sequence[Operation], tile) -> Work:
         if name == "matmul":
             k = shapes[0][-1] if shapes and shapes[0] else 1
             w.macs += dims_product(out) * k
-            w.mac_cycles += _gemm_cycles(out, k, rows, cols)
+            # a ``row_block`` (an unfused QKᵀ with its softmax epilogue holds that many score rows): part-full
+            # MAC-array row steps
+            rb = _attr_int(op, "row_block")
+            if rb and len(out) >= 2:
+                w.mac_cycles += dims_product(out[:-2]) * oc.row_steps(out[-2], rows, rb) * -(-out[-1] // cols) * k
+            else:
+                w.mac_cycles += _gemm_cycles(out, k, rows, cols)
         elif name == "butterfly_stage":
             # [rows, n] as n/width GEMMs [rows, width] x [width, width], width = radix * block
             x = shapes[0] if shapes and shapes[0] else out

@@ -109,3 +109,10 @@ PASSES = {
     for cls, name in ((sp.SoftmaxOp, "softmax"), (sp.LogSoftmaxOp, "log_softmax"), (sp.LayerNormOp, "layer_norm_bias"),
                       (sp.GeluOp, "gelu"))  # fmt: skip
 }
+
+
+def row_steps(rows: int, mac_rows: int, row_block: int = 0) -> int:
+    """MAC-array row steps over ``rows`` rows taken ``row_block`` at a time (0: all at once): a block of fewer
+    rows than the array's height runs it part-full."""
+    rb = min(row_block, rows) if row_block > 0 else rows
+    return -(-rows // rb) * -(-rb // mac_rows) if rb else 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from attnc.cost.attention import attention_work, fused_attention_buffer
-from attnc.cost.op_costs import PASSES  # the one table of what ops cost (docs/simulator.md)
+from attnc.cost.op_costs import PASSES, row_steps  # the one table of what ops cost (docs/simulator.md)
 from attnc.arch.datatypes import element_bytes
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
@@ -301,13 +301,7 @@ def stage_mac_cycles(n: int, width: int, rows: int, mac_rows: int, mac_cols: int
     """MAC-array cycles of one butterfly stage on a compute tile, fill excluded: ``n / width`` GEMMs
     ``[rows, width] x [width, width]``, the rows taken ``row_block`` at a time (0: all at once). The
     graph model (:mod:`attnc.cost.kernels`) charges a stage by this rule too."""
-    return n // width * _row_steps(rows, mac_rows, row_block) * -(-width // mac_cols) * width
-
-
-def _row_steps(rows: int, mac_rows: int, row_block: int = 0) -> int:
-    """MAC-array row steps over ``rows`` rows taken ``row_block`` at a time (0: all at once)."""
-    rb = min(row_block, rows) if row_block > 0 else rows
-    return -(-rows // rb) * -(-rb // mac_rows) if rb else 0
+    return n // width * row_steps(rows, mac_rows, row_block) * -(-width // mac_cols) * width
 
 
 def _butterfly_plan(stages: list[Operation], body_ops: list[Operation], arch, eb: int) -> KernelPlan:

@@ -201,3 +201,34 @@ def test_the_compiler_counts_each_op_as_the_simulator_does(name, shape, params, 
     rows = oc.row_count(name, shape, params.get("axis", -1))
     assert (w.lane_ops, w.special_ops) == oc.vector_work(name, elements, rows, approximate=params.get("approximate", ""),
                                                          operands=operands)  # fmt: skip
+
+
+def test_a_matmul_with_a_row_block_runs_the_mac_array_part_full():
+    # [2, 10, 8] x [8, 6] on 4x4 MACs: all rows at once, ⌈10/4⌉ = 3 row steps; 2 rows at a time (an unfused
+    # QKᵀ holding two whole score rows for its softmax epilogue), 5 blocks of 1 part-full step; 8 at a time,
+    # 2 blocks (8 and 2 rows) of ⌈8/4⌉ = 2 steps. Each step: ⌈6/4⌉ column steps of k = 8 cycles, per batch
+    from attnc.cost.kernels import body_work
+    from attnc.dialects import sparse as sp
+    from attnc.ir import parse_module, main_func
+
+    def cycles(row_block):
+        params = {"row_block": row_block} if row_block else {}
+        w = kernel_work(KernelConfig(0, "k", "gemm", [Port(0, 10, "f32", [2, 10, 8], 1), Port(1, 11, "f32", [8, 6], 1)],
+                                     [], [], [], [("steps", 1)], [op("matmul", [0, 1], 2, [2, 10, 6], **params)], 0),
+                        TINY.tile(*COMPUTE))  # fmt: skip
+        assert w.macs == 2 * 10 * 6 * 8
+        attr = f" {{row_block = {row_block} : i64}}" if row_block else ""
+        module = parse_module(
+            "func.func @main(%a: tensor<2x10x8xf32>, %b: tensor<8x6xf32>) -> tensor<2x10x6xf32> {\n"
+            f"  %c = sparse.matmul %a, %b{attr} : tensor<2x10x8xf32>, tensor<8x6xf32> -> tensor<2x10x6xf32>\n"
+            "  func.return %c : tensor<2x10x6xf32>\n}"
+        )
+        mm = [o for o in main_func(module).body.block.ops if isinstance(o, sp.MatmulOp)]
+        assert body_work(mm, TINY.tile(*COMPUTE)).mac_cycles == w.mac_cycles  # the compiler counts the same
+        return w.mac_cycles
+
+    per_step = 2 * 2 * 8  # batch x column steps x k
+    assert cycles(0) == 3 * per_step
+    assert cycles(2) == 5 * per_step
+    assert cycles(8) == 4 * per_step
+    assert cycles(16) == cycles(0)
