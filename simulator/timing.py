@@ -41,7 +41,7 @@ MAX_SEGMENTS = 64
 MAX_STREAMED_SEGMENTS = 16384
 #: a DMA context runs a segment per token up to this many (beyond, a segment moves several: a token count no
 #: compiled stream reaches, which bounds the events of a mangled one)
-MAX_DMA_SEGMENTS = 4096
+MAX_DMA_SEGMENTS = 16384
 #: the progress callback is called every this many events
 PROGRESS_EVERY = 2000
 
@@ -685,7 +685,14 @@ class _Sim:
         # waits[a][b]: a waits for b; True when in step with its own progress (a streamed input it needs its
         # share of before each step), False when it needs all of b first (a one-token stream, a weight, an input
         # read in the first of P passes, the gate of an SRAM phase)
+        # A spill whose consumers start gated runs its two sides apart (its store waits for its producers only, its
+        # read-back for the store and the gate), so it is two nodes: ``kid`` the store, which its producers wait
+        # on for credit, and ``~kid`` the read-back, which its consumers wait on for data
+        def sender(kid: int) -> int:
+            return ~kid if kernels[kid].written is not None else kid
+
         waits: dict[int, dict[int, bool]] = {k.cfg.kernel: {} for k in kernels.values()}
+        waits.update({~k.cfg.kernel: {} for k in kernels.values() if k.written is not None})
 
         def wait(a: int, b: int, in_step: bool) -> None:
             if a != b:
@@ -695,14 +702,16 @@ class _Sim:
             for p in k.inputs:
                 if p.producer is not None:
                     for r in roots(p.producer, p.stream):
-                        wait(k.cfg.kernel, r, p.tokens > 1 and not p.broadcast and p.share is None)
+                        wait(k.cfg.kernel, sender(r), p.tokens > 1 and not p.broadcast and p.share is None)
             for g in k.tile.kernels:
                 if k.phase and 1 <= g.phase < k.phase:
                     wait(k.cfg.kernel, g.cfg.kernel, False)
+            if k.written is not None:
+                wait(~k.cfg.kernel, k.cfg.kernel, True)  # read segment i after write segment i
             for c in k.watch:  # it holds its data back until c opens
                 for g in c.tile.kernels:
                     if 1 <= g.phase < c.phase:
-                        wait(k.cfg.kernel, g.cfg.kernel, False)
+                        wait(sender(k.cfg.kernel), g.cfg.kernel, False)
         for kid in sorted(kernels):
             src = kernels[kid]
             candidates = []
@@ -726,10 +735,10 @@ class _Sim:
             extra: dict[int, bool] = {}
             for c, p, _, _ in candidates:
                 extra[c.cfg.kernel] = extra.get(c.cfg.kernel, True) and p.share is None
-            if any(self._reaches(c, kid, waits, extra) for c in extra):
+            if any(self._reaches(c, sender(kid), waits, extra) for c in extra):
                 continue  # back-pressure here could deadlock: unthrottled
             for c, in_step in extra.items():
-                wait(kid, c, in_step)
+                wait(sender(kid), c, in_step)
             src.stats.throttled = True
             for c, p, stream, tokens in candidates:
                 depth = self._depths(c)[id(p)]
@@ -785,11 +794,14 @@ class _Sim:
         return got
 
     def _too_small(self, k: _Kernel) -> str | None:
-        """The line that reports a context whose declared buffers cannot hold what one of its segments works on:
-        the inputs it holds whole and the span of each streamed input (the least its producers must be allowed
-        to send, ``_depths``). The hardware could not run it; the compiler must declare more, or cut the inputs
-        finer. None when they fit."""
+        """The line that reports a context that streams an input and whose declared buffers cannot hold what one
+        of its segments works on: the inputs it holds whole and the span of each streamed input (the least its
+        producers must be allowed to send, ``_depths``). The hardware could not run it; the compiler must
+        declare more, or cut the inputs finer. None when they fit, or when it streams nothing (then only what
+        it holds whole is at stake, which the tile check at the end of the run reports)."""
         streamed = [q for q in k.inputs if q.producer is not None and not _whole(q)]
+        if not streamed:
+            return None  # nothing to hold back: what it holds whole is the tile check's (``_overflow``)
         whole = _whole_bytes(k)
         tokens = sum(_span(q, k.segments) * q.token_bytes for q in streamed)
         declared = sum(b.size for b in k.cfg.buffers)
@@ -1064,6 +1076,9 @@ class _Sim:
             share = (i + 1) * total // k.segments - i * total // k.segments
 
             def begin(_k=k, _slot=slot, _start=now, _share=share, _side=side):
+                if _share <= 0:  # nothing to move: an event, not a call (a run of empty segments would nest)
+                    self.push(self.now, self.finish, _k, _slot, _start, _side)
+                    return
                 staging = ("sram", _k.tile.pos)
                 over = ("dram", staging) if staging in self.fluid.capacity else ("dram",)
                 self.fluid.add(_share, over, lambda t: self.finish(_k, _slot, _start, _side))
