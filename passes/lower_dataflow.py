@@ -36,6 +36,7 @@ from attnc.passes.target import TargetPass
 from attnc.passes.concat_folds import fold_concats
 from attnc.passes.fuse_attention import masked_softmax, scaled_scores
 from attnc.passes.kernel_builder import KernelBuilder, splat
+from attnc.passes import sram_phases
 from attnc.passes.sram_phases import SHARE_ATTR, assign_phases
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -333,6 +334,7 @@ class LowerToDataflowPass(TargetPass):
         stream_gemm_weights(fn, arch)
         stream_gemm_rows(fn)
         stream_row_wise(fn)
+        stream_into_dma(fn, arch)
         size_stream_buffers(fn, arch)
 
 
@@ -750,13 +752,74 @@ def stream_gemm_weights(fn: func.FuncOp, arch) -> None:
             _repeat_inputs([(k, i)], passes)
 
 
+def _room(kernels: list[df.KernelOp], arch) -> Callable[[df.KernelOp], int]:
+    """The SRAM a kernel may declare with its kind's tiles still able to hold every kernel: a tile's SRAM over the
+    kernels of its kind that one tile must hold at once when they are spread evenly -- those of its SRAM phase
+    (phases >= 1 reuse the same addresses, docs/simulator.md "SRAM phases") plus the resident ones -- and never
+    less than a tile's SRAM over its contexts (the bound before phases were counted)."""
+    count: dict[tuple[str, int], int] = {}
+    for k in kernels:
+        key = (k.tile_kind.data, k.phase)
+        count[key] = count.get(key, 0) + 1
+
+    def room(k: df.KernelOp) -> int:
+        kind = k.tile_kind.data
+        tiles = arch.tiles_of(kind)
+        if not tiles:
+            return 0
+        sram = max(t.sram_bytes for t in tiles)
+        share = max(t.sram_bytes // max(t.contexts, 1) for t in tiles)
+        phases = [n for (kd, p), n in count.items() if kd == kind and p]
+        at_once = count.get((kind, 0), 0) + (count.get((kind, k.phase), 0) if k.phase else max(phases, default=0))
+        return max(share, sram // max(1, -(-at_once // len(tiles))))
+
+    return room
+
+
+def stream_into_dma(fn: func.FuncOp, arch) -> None:
+    """A DMA store or spill stages what it writes in its tile's buffer, so its inputs come in tokens two of
+    which, of every input, fit the room its tiles have for it (:func:`_room`): an output that only DMA stores
+    and spills read is sent in its tokens cut into equal pieces until they are that small (a GEMM part's
+    sub-block in several tokens, a row kernel's result in row blocks), and the DMA kernel declares two tokens
+    of each input (one written out, the next arriving). A store or spill fed one huge token would hold the
+    whole value in a buffer of a few KiB."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    room = _room(kernels, arch)
+    for k in kernels:
+        if k.kind.data not in ("dma_store", "dma_spill"):
+            continue
+        ins = [v for v in k.inputs if isinstance(v.owner, df.KernelOp)]
+        if not ins:
+            continue
+        per = max(room(k) // (2 * len(ins)), 1)  # bytes a token of each input may take
+        need = 0
+        for v in ins:
+            src = v.owner
+            j = list(src.outputs).index(v)
+            out = list(src.tokens.get_values())
+            readers = consumers.get(v, [])
+            if not sram_phases.is_dma(src) and all(u.kind.data in ("dma_store", "dma_spill") for u, _ in readers):
+                token = -(-nbytes(v.type) // out[j])
+                if token > per:
+                    out[j] *= -(-token // per)
+                    src.tokens = df.i64_array(out)
+            need += 2 * -(-nbytes(v.type) // out[j])
+        need = min(need, max((t.sram_bytes for t in arch.tiles_of(k.tile_kind.data)), default=0))
+        if need > k.buffer_bytes.value.data:
+            k.buffer_bytes = IntegerAttr(need, 64)
+
+
 def size_stream_buffers(fn: func.FuncOp, arch) -> None:
     """A kernel that streams an input (more than one token) declares at least the room it holds at once: every
     input it holds whole (a weight, a one-token input) and two tokens of each streamed one (one being computed
-    on, the next arriving, so its producers run a token ahead instead of waiting on each one), or one token
-    when two would not fit its share of a tile (its producers then wait for each release)."""
+    on, the next arriving, so its producers run a token ahead instead of waiting on each one), or when two
+    would not fit the room its tiles have for it (:func:`_room`), that room, and never less than one token of
+    each (its producers then wait for each release). The simulator holds a producer to exactly what its consumer declares (docs/simulator.md,
+    "Back-pressure"), so a token of room less is a stall at every token."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
+    room = _room(kernels, arch)
     for k in kernels:
         if k.kind.data in ("dma_load", "dma_store", "dma_spill") or k.tile_kind.data == "memory":
             continue
@@ -773,10 +836,10 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
                 whole += read
         if not token:
             continue
-        tiles = arch.tiles_of(k.tile_kind.data)
-        share = max((t.sram_bytes // max(t.contexts, 1) for t in tiles), default=0)
-        sram = max((t.sram_bytes for t in tiles), default=0)
-        need = whole + 2 * token if whole + 2 * token <= max(share, k.buffer_bytes.value.data) else whole + token
+        sram = max((t.sram_bytes for t in arch.tiles_of(k.tile_kind.data)), default=0)
+        # two tokens of each, or as many as its room holds (the simulator gives the room beyond one token of
+        # each to the ports a token at a time, the smallest first: docs/simulator.md, "Back-pressure")
+        need = max(min(whole + 2 * token, max(room(k), k.buffer_bytes.value.data)), whole + token)
         # when no tile holds that, the schedule needs another cut (a finer token, a re-read): the declaration
         # stays within a tile, and the simulator reports what was held (docs/simulator.md, "What still overflows")
         need = min(need, sram)

@@ -38,10 +38,10 @@ from attnc.simulator.work import context_cycles, dtype_bytes, kernel_work, prod_
 MAX_SEGMENTS = 64
 #: ... unless the context streams more than its buffers hold: then finer, so that a segment's share of what
 #: it streams fits a quarter of its buffers (double-buffered, for each of two operands), up to this many
-MAX_STREAMED_SEGMENTS = 4096
+MAX_STREAMED_SEGMENTS = 16384
 #: a DMA context runs a segment per token up to this many (beyond, a segment moves several: a token count no
 #: compiled stream reaches, which bounds the events of a mangled one)
-MAX_DMA_SEGMENTS = 4096
+MAX_DMA_SEGMENTS = 16384
 #: the progress callback is called every this many events
 PROGRESS_EVERY = 2000
 
@@ -258,6 +258,19 @@ def _whole(p: _InPort) -> bool:
     return p.broadcast or p.tokens <= 1
 
 
+def _whole_bytes(k: _Kernel) -> float:
+    """Bytes of the on-chip inputs ``k`` holds whole (weights, one-token streams) until its last segment."""
+    return sum(q.tokens * q.token_bytes for q in k.inputs if q.producer is not None and _whole(q))
+
+
+def _span(p: _InPort, segments: int) -> int:
+    """The most tokens of ``p`` one of the ``segments`` segments works on at once: what it needs beyond what
+    the segments before it have released (the least credit that lets it run)."""
+    needs = [p.need(i, segments) for i in range(segments)]
+    freed = [0] + [p.released(i, segments) for i in range(segments - 1)]
+    return max(max(b - a for a, b in zip(freed, needs)), 1)
+
+
 def _repeat_share(loops: list[tuple[str, int]], segments: int) -> Callable[[int], tuple[int, int]]:
     """For loops ``outer..., ("repeat", P), inner...``: the share of the input read by the end of a segment.
     The first of the P passes reads it, the others stream what is held (a memory tile re-sending K/V)."""
@@ -405,6 +418,7 @@ class _Sim:
         self.consumers: dict[int, list[tuple[_Kernel, _InPort]]] = {}
         self.total_segments = 0
         self.done_segments = 0
+        self._depth_memo: dict[int, dict[int, int]] = {}
         self._build()
 
     # -- setup ------------------------------------------------------------
@@ -481,6 +495,10 @@ class _Sim:
         self._phases()
         self._banks()
         self._back_pressure()
+        for k in self.kernels.values():
+            line = self._too_small(k)
+            if line is not None:
+                self.stats.warnings.append(f"{line} (timed as if they fit)")
 
     def _sram(self, tile: _Tile) -> None:
         """A configuration whose buffers the tile cannot hold cannot be loaded: refused, not timed.
@@ -667,7 +685,14 @@ class _Sim:
         # waits[a][b]: a waits for b; True when in step with its own progress (a streamed input it needs its
         # share of before each step), False when it needs all of b first (a one-token stream, a weight, an input
         # read in the first of P passes, the gate of an SRAM phase)
+        # A spill whose consumers start gated runs its two sides apart (its store waits for its producers only, its
+        # read-back for the store and the gate), so it is two nodes: ``kid`` the store, which its producers wait
+        # on for credit, and ``~kid`` the read-back, which its consumers wait on for data
+        def sender(kid: int) -> int:
+            return ~kid if kernels[kid].written is not None else kid
+
         waits: dict[int, dict[int, bool]] = {k.cfg.kernel: {} for k in kernels.values()}
+        waits.update({~k.cfg.kernel: {} for k in kernels.values() if k.written is not None})
 
         def wait(a: int, b: int, in_step: bool) -> None:
             if a != b:
@@ -677,14 +702,16 @@ class _Sim:
             for p in k.inputs:
                 if p.producer is not None:
                     for r in roots(p.producer, p.stream):
-                        wait(k.cfg.kernel, r, p.tokens > 1 and not p.broadcast and p.share is None)
+                        wait(k.cfg.kernel, sender(r), p.tokens > 1 and not p.broadcast and p.share is None)
             for g in k.tile.kernels:
                 if k.phase and 1 <= g.phase < k.phase:
                     wait(k.cfg.kernel, g.cfg.kernel, False)
+            if k.written is not None:
+                wait(~k.cfg.kernel, k.cfg.kernel, True)  # read segment i after write segment i
             for c in k.watch:  # it holds its data back until c opens
                 for g in c.tile.kernels:
                     if 1 <= g.phase < c.phase:
-                        wait(k.cfg.kernel, g.cfg.kernel, False)
+                        wait(sender(k.cfg.kernel), g.cfg.kernel, False)
         for kid in sorted(kernels):
             src = kernels[kid]
             candidates = []
@@ -708,32 +735,13 @@ class _Sim:
             extra: dict[int, bool] = {}
             for c, p, _, _ in candidates:
                 extra[c.cfg.kernel] = extra.get(c.cfg.kernel, True) and p.share is None
-            if any(self._reaches(c, kid, waits, extra) for c in extra):
+            if any(self._reaches(c, sender(kid), waits, extra) for c in extra):
                 continue  # back-pressure here could deadlock: unthrottled
             for c, in_step in extra.items():
-                wait(kid, c, in_step)
+                wait(sender(kid), c, in_step)
             src.stats.throttled = True
             for c, p, stream, tokens in candidates:
-                needs = [0] + [p.need(i, c.segments) for i in range(c.segments)]
-                chunk = max(b - a for a, b in zip(needs, needs[1:]))
-                # the tokens one consumer segment works on at once: what it needs beyond what the segments
-                # before it have released (the least credit that lets it run)
-                freed = [0] + [p.released(i, c.segments) for i in range(c.segments - 1)]
-                span = max(b - a for a, b in zip(freed, needs[1:]))
-                sent = [0] + [min(-(-src.emitted_after(i, tokens) * p.tokens // tokens), p.tokens)
-                              for i in range(src.segments)]  # fmt: skip
-                burst = max(b - a for a, b in zip(sent, sent[1:]))
-                # the room a streamed port has: the double-buffered buffers less what the context holds whole
-                # (a weight, a one-token input), shared evenly by its streamed on-chip ports
-                room = sum(b.size for b in c.cfg.buffers if b.double_buffered)
-                whole = sum(q.tokens * q.token_bytes for q in c.inputs if q.producer is not None and _whole(q))
-                shared = max(sum(1 for q in c.inputs if q.producer is not None and not _whole(q)), 1)
-                free = max(room - whole, 0)
-                fit = int(free / shared // p.token_bytes) if p.token_bytes > 0 else 0
-                # double buffering at both grains (two producer bursts and a consumer step: what the no-deadlock
-                # argument needs, and at least a consumer segment's span), or what the buffers hold if more;
-                # when the first is more than the buffers hold, the tile's check at the end says so
-                depth = max(2 * burst + chunk - 1, span, fit)
+                depth = self._depths(c)[id(p)]
                 th = _Throttle(c, p, depth, stream, tokens)
                 src.throttles.append(th)
                 src.credits.setdefault(stream, []).append(th)
@@ -741,6 +749,68 @@ class _Sim:
                     c.throttlers.append(src)
                 if not any(h is src and hs == stream for h, hs in c.holds):
                     c.holds.append((src, stream))
+
+    def _depths(self, c: _Kernel) -> dict[int, int]:
+        """The credit, in tokens, each streamed on-chip input port of ``c`` (by ``id``) gives its producer: what
+        ``c``'s declared buffers hold for the port, and never less than the tokens one of its segments works on.
+
+        A segment works on its ``span`` of a port: the tokens it needs beyond those its predecessors released.
+        Every port gets its span; what the double-buffered buffers hold beyond the inputs held whole (weights,
+        one-token streams) and those spans goes to run-ahead (a producer fills the next tokens while a segment
+        computes), a token at a time to the port with the fewest extra tokens so far (the smaller token first
+        on a tie), while one fits: every port gets a second token before any gets a third, and a port whose
+        tokens are large does not starve the others. So the streamed ports together hold at most the declared
+        buffers less what is held whole. When the spans alone do not fit (the buffers cannot hold one segment's
+        operands), the depth stays at the spans and ``_too_small`` names the context: the configuration needs
+        more buffer than it declares. (Memoised: one consumer may throttle several producers.)"""
+        got = self._depth_memo.get(c.cfg.kernel)
+        if got is not None:
+            return got
+        streamed = [q for q in c.inputs if q.producer is not None and not _whole(q)]
+        got = {id(q): _span(q, c.segments) for q in streamed}
+        room = sum(b.size for b in c.cfg.buffers if b.double_buffered)
+        left = room - _whole_bytes(c) - sum(got[id(q)] * q.token_bytes for q in streamed)
+        # level by level (a level: one more token of every port still taking them), whole levels at once
+        active = sorted((q for q in streamed if got[id(q)] < q.tokens), key=lambda q: q.token_bytes)
+        while active and left > 0:
+            cost = sum(q.token_bytes for q in active)
+            levels = min(q.tokens - got[id(q)] for q in active)
+            if cost > 0:
+                levels = min(levels, int(left // cost))
+            if levels:
+                for q in active:
+                    got[id(q)] += levels
+                left -= levels * cost
+            else:  # not a whole level: a token more for those that fit, smallest first; the rest take no more
+                fits = []
+                for q in active:
+                    if q.token_bytes <= left:
+                        got[id(q)] += 1
+                        left -= q.token_bytes
+                        fits.append(q)
+                active = fits
+            active = [q for q in active if got[id(q)] < q.tokens]
+        self._depth_memo[c.cfg.kernel] = got
+        return got
+
+    def _too_small(self, k: _Kernel) -> str | None:
+        """The line that reports a context that streams an input and whose declared buffers cannot hold what one
+        of its segments works on: the inputs it holds whole and the span of each streamed input (the least its
+        producers must be allowed to send, ``_depths``). The hardware could not run it; the compiler must
+        declare more, or cut the inputs finer. None when they fit, or when it streams nothing (then only what
+        it holds whole is at stake, which the tile check at the end of the run reports)."""
+        streamed = [q for q in k.inputs if q.producer is not None and not _whole(q)]
+        if not streamed:
+            return None  # nothing to hold back: what it holds whole is the tile check's (``_overflow``)
+        whole = _whole_bytes(k)
+        tokens = sum(_span(q, k.segments) * q.token_bytes for q in streamed)
+        declared = sum(b.size for b in k.cfg.buffers)
+        if math.ceil(whole + tokens - 1e-6) <= declared:
+            return None
+        x, y = k.tile.pos
+        return (f"kernel {k.cfg.kernel} '{k.cfg.name}' on tile ({x},{y}): one segment works on "
+                f"{math.ceil(whole + tokens - 1e-6)} bytes of its inputs ({math.ceil(whole - 1e-6)} held whole + "
+                f"{math.ceil(tokens - 1e-6)} of its streams' tokens), it declares {declared}")
 
     @staticmethod
     def _reaches(start: int, source: int, waits: dict[int, dict[int, bool]], extra: dict[int, bool]) -> bool:
@@ -1006,6 +1076,9 @@ class _Sim:
             share = (i + 1) * total // k.segments - i * total // k.segments
 
             def begin(_k=k, _slot=slot, _start=now, _share=share, _side=side):
+                if _share <= 0:  # nothing to move: an event, not a call (a run of empty segments would nest)
+                    self.push(self.now, self.finish, _k, _slot, _start, _side)
+                    return
                 staging = ("sram", _k.tile.pos)
                 over = ("dram", staging) if staging in self.fluid.capacity else ("dram",)
                 self.fluid.add(_share, over, lambda t: self.finish(_k, _slot, _start, _side))

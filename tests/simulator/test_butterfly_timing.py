@@ -11,7 +11,7 @@ import pytest
 
 from attnc.arch import load_arch
 from attnc.backend.bitstream import (
-    Bitstream, Instr, KernelConfig, Port, RouteConfig, TileConfig, decode, embed_arch, encode,
+    Bitstream, Buffer, Instr, KernelConfig, Port, RouteConfig, TileConfig, decode, embed_arch, encode,
 )  # fmt: skip
 from attnc.simulator.timing import simulate
 from attnc.simulator.work import kernel_work
@@ -21,13 +21,15 @@ TINY = load_arch("tiny")
 
 def stage_kernel(kid, rows, n, radix, stride, block, *, src, dst, tokens=1, loops=1):
     """One context: x [rows, n] (stream ``src``) through one butterfly stage whose weights come from a
-    DRAM-side stream, to stream ``dst``."""
+    DRAM-side stream, to stream ``dst``; streamed, it declares room for two row blocks (one computed on, the
+    next arriving)."""
     width = radix * block
     wshape = [n // (width * stride), stride, width, width]
     body = [Instr("butterfly_stage", [0, 1], [2], {"dtype": "f32", "shape": [rows, n], "radix": radix,
                                                    "stride": stride, "block": block})]  # fmt: skip
     ins = [Port(0, src, "f32", [rows, n], tokens), Port(1, 900 + kid, "f32", wshape, 1)]
-    return KernelConfig(kid, f"stage{kid}", "gemm", ins, [Port(2, dst, "f32", [rows, n], tokens)], [], [],
+    room = [Buffer("in", 0, 2 * rows * n * 4 // tokens, 1, True)] if tokens > 1 else []
+    return KernelConfig(kid, f"stage{kid}", "gemm", ins, [Port(2, dst, "f32", [rows, n], tokens)], [], room,
                         [("rows", loops)], body, 0)  # fmt: skip
 
 

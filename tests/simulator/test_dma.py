@@ -105,6 +105,7 @@ def test_a_streamed_spill_reads_each_token_after_writing_it():
     producer = kernel(0, "src", "elementwise", [port(0, 10, n, tokens)], [port(1, 11, n, tokens)],
                       [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})], (("rows", tokens),))  # fmt: skip
     spill = kernel(1, "spill", "dma_spill", [port(0, 11, n, tokens)], [port(0, 12, n, tokens)], loops=(("burst", tokens),))
+    spill.buffers = [Buffer("stage", 0, 2 * 4 * n // tokens, 1, True)]  # two tokens: one written out, one arriving
     dma = [desc((1, 0), "store", 11, 0, n), desc((1, 0), "load", 12, 0, n)]
     stats = simulate(make({(1, 1): [producer], (1, 0): [spill]}, [route(11, 0, 1, [(1, 1), (1, 0)], 4 * n)], dma))
     first = N // 4 + 4 * N / TINY.noc.link_bytes_per_cycle + 1

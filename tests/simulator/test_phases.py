@@ -309,12 +309,13 @@ def test_a_streamed_spill_reads_back_only_what_it_has_written_once_its_consumer_
     t, n = 8, 8 * N
 
     def streamed(kid, name, src, dst, phase=0):
+        # two tokens of input room: one computed on, the next arriving
         return KernelConfig(kid, name, "elementwise", [Port(0, src, "f32", [n], t)], [Port(1, dst, "f32", [n], t)],
-                            [], [], [("rows", t)], [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})], 0,
-                            phase)  # fmt: skip
+                            [], [Buffer("in", 0, 2 * 4 * n // t, 1, True)], [("rows", t)],
+                            [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})], 0, phase)  # fmt: skip
 
-    spill = KernelConfig(3, "spill", "dma_spill", [Port(0, 1, "f32", [n], t)], [Port(0, 3, "f32", [n], t)], [], [],
-                         [("burst", t)], [], 0)  # fmt: skip
+    spill = KernelConfig(3, "spill", "dma_spill", [Port(0, 1, "f32", [n], t)], [Port(0, 3, "f32", [n], t)], [],
+                         [Buffer("stage", 0, 2 * 4 * n // t, 1, True)], [("burst", t)], [], 0)  # fmt: skip
     tiles = {
         (2, 1): [streamed(0, "src", 100, 1)],
         (2, 0): [spill],
@@ -330,7 +331,7 @@ def test_a_streamed_spill_reads_back_only_what_it_has_written_once_its_consumer_
     # the spill reads back what it has written before writing the next token
     token = 4 * N / BW
     assert k["spill"].start == 33
-    # the spill declares no buffers: it holds 2 tokens, so 'src' sends token 2 once token 0 is written (at
+    # the spill declares 2 tokens of room, so 'src' sends token 2 once token 0 is written (at
     # 33 + LAT + token) and it arrives 16 + 1 cycles later, after token 1 is written
     assert k["use"].start == pytest.approx(33 + LAT + token + 17 + token + LAT + token + 4 * N / 16 + 2)
     assert k["spill"].end == pytest.approx(33 + 2 * LAT + 2 * t * token + (17 - token))  # token 2's wait, above
@@ -356,3 +357,31 @@ def test_a_spill_carrying_several_streams_between_phases():
     assert (stats.dram_write_bytes, stats.dram_read_bytes) == (nbytes, nbytes)
     assert k["spill"].end == pytest.approx(320 + LAT + nbytes / BW)  # read back from the gate
     assert k["use"].start > k["spill"].end
+
+
+def test_a_producer_into_a_split_spill_is_held_back_by_its_store_alone():
+    # src (phase 1) streams to 'first' (phase 1 on (1,1)) and to a spill whose reader 'use' (phase 2 on (1,1)) is
+    # gated by 'first'. The spill's store waits for src only and its read-back for the gate: src waits for the
+    # store's room, not for the gate, so no cycle of waits runs through a whole wait and src is held back to the
+    # two tokens the spill declares (before the spill's two sides were one node, and src ran free)
+    t, n = 8, 8 * N
+
+    def streamed(kid, name, src, dst, phase):
+        return KernelConfig(kid, name, "elementwise", [Port(0, src, "f32", [n], t)], [Port(1, dst, "f32", [n], t)],
+                            [], [Buffer("in", 0, 2 * 4 * n // t, 1, True)], [("rows", t)],
+                            [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})], 0, phase)  # fmt: skip
+
+    spill = KernelConfig(3, "spill", "dma_spill", [Port(0, 1, "f32", [n], t)], [Port(0, 3, "f32", [n], t)], [],
+                         [Buffer("stage", 0, 2 * 4 * n // t, 1, True)], [("burst", t)], [], 0)  # fmt: skip
+    tiles = {
+        (2, 1): [streamed(0, "src", 100, 1, phase=1)],
+        (2, 0): [spill],
+        (1, 1): [streamed(1, "first", 1, 102, phase=1), streamed(2, "use", 3, 4, phase=2)],
+    }
+    routes = [route(1, 0, 3, [(2, 1), (2, 0)], 4 * n), route(1, 0, 1, [(2, 1), (1, 1)], 4 * n),
+              route(3, 3, 2, [(2, 0), (1, 0), (1, 1)], 4 * n)]  # fmt: skip
+    stats = simulate(make(tiles, routes, [desc((2, 0), "store", 1, 0, n), desc((2, 0), "load", 3, 0, n)]))
+    k = by_name(stats)
+    assert k["src"].throttled
+    assert k["spill"].peak_buffer_bytes <= 2 * 4 * n // t and k["first"].peak_buffer_bytes <= 2 * 4 * n // t
+    assert k["use"].start >= k["first"].end and stats.warnings == []

@@ -18,6 +18,7 @@ import pytest
 from attnc.arch import load_arch
 from attnc.backend.bitstream import (
     Bitstream,
+    Buffer,
     DmaDescriptor,
     Instr,
     KernelConfig,
@@ -37,8 +38,8 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 TINY = load_arch("tiny")
 
 
-def kernel(kid, name, kind, inputs, outputs, body=(), loops=(("steps", 1),)):
-    return KernelConfig(kid, name, kind, list(inputs), list(outputs), [], [], list(loops), list(body), 0)
+def kernel(kid, name, kind, inputs, outputs, body=(), loops=(("steps", 1),), buffers=()):
+    return KernelConfig(kid, name, kind, list(inputs), list(outputs), [], list(buffers), list(loops), list(body), 0)
 
 
 def port(register, stream, shape, tokens=1, dtype="f32"):
@@ -133,15 +134,17 @@ def test_two_loads_share_the_dram_bandwidth():
     assert stats.cycles == math.ceil(TINY.dram.latency_cycles + 2 * nbytes / TINY.dram.bytes_per_cycle)
 
 
-def passthrough(kid, name, in_stream, out_stream, n, tokens=1, work=0):
+def passthrough(kid, name, in_stream, out_stream, n, tokens=1, work=0, room=0):
     """A compute-tile kernel doing ``work`` chained adds per token of ``n`` floats (0: it only forwards its
-    input); its ports carry the whole ``n * tokens`` floats in ``tokens`` tokens."""
+    input); its ports carry the whole ``n * tokens`` floats in ``tokens`` tokens; it declares ``room`` tokens of
+    double-buffered input buffer."""
     body, reg = [], 0
     for i in range(work):
         body.append(Instr("add", [reg, reg], [i + 1], {"dtype": "f32", "shape": [n * tokens]}))
         reg = i + 1
+    buffers = [Buffer("in", 0, room * 4 * n, 1, True)] if room else []
     return kernel(kid, name, "elementwise", [port(0, in_stream, [n * tokens], tokens)],
-                  [port(reg, out_stream, [n * tokens], tokens)], body, (("rows", tokens),))  # fmt: skip
+                  [port(reg, out_stream, [n * tokens], tokens)], body, (("rows", tokens),), buffers)  # fmt: skip
 
 
 def test_a_context_moves_at_most_its_tiles_sram_bytes_per_cycle():
@@ -200,8 +203,8 @@ def test_a_pipeline_runs_at_the_pace_of_its_slowest_kernel():
     tokens, n = 32, 16  # 16 floats per token: 64 bytes, 4 cycles on a link, 4 cycles of one add on 4 lanes
     tiles = {
         (1, 1): [passthrough(0, "fast_a", 0, 1, n, tokens, work=1)],
-        (2, 1): [passthrough(1, "slow", 1, 2, n, tokens, work=4)],
-        (2, 2): [passthrough(2, "fast_c", 2, 3, n, tokens, work=1)],
+        (2, 1): [passthrough(1, "slow", 1, 2, n, tokens, work=4, room=2)],
+        (2, 2): [passthrough(2, "fast_c", 2, 3, n, tokens, work=1, room=2)],
     }
     routes = [route(1, 0, 1, [(1, 1), (2, 1)], n * 4 * tokens), route(2, 1, 2, [(2, 1), (2, 2)], n * 4 * tokens)]
     stats = simulate(bitstream(tiles, routes))
@@ -220,7 +223,7 @@ def test_a_port_shape_is_the_whole_tensor_whatever_its_tokens():
 
     def run(tokens):
         tiles = {(1, 1): [passthrough(0, "src", 10, 11, n // tokens, tokens, work=1)],
-                 (2, 1): [passthrough(1, "add", 11, 12, n // tokens, tokens, work=1)]}  # fmt: skip
+                 (2, 1): [passthrough(1, "add", 11, 12, n // tokens, tokens, work=1, room=2 if tokens > 1 else 0)]}
         # the route's bytes left 0: each token carries the port's whole bytes / tokens
         return simulate(bitstream(tiles, [route(11, 0, 1, [(1, 1), (2, 1)], 0)]))
 
@@ -229,7 +232,7 @@ def test_a_port_shape_is_the_whole_tensor_whatever_its_tokens():
     assert one.noc_byte_hops == eight.noc_byte_hops == 4 * n
     assert one.cycles == n // 4 + (4 * n / link + 1) + n // 4
     # a token: 128 cycles of adds, 128 cycles on the link (+1 hop); the last add follows the last token. The
-    # consumer declares no buffers: it has room for 2 tokens (the depth's floor), so 'src' sends token t only
+    # consumer declares room for 2 tokens (double-buffered), so 'src' sends token t only
     # once token t - 2 is released, and every other token waits the hop for that room (tokens 2, 4 and 6)
     per_token = n // 4 // 8
     assert per_token == 4 * n / link / 8
