@@ -141,8 +141,12 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                 kbs = [sh.keys] if fusion == "flat" else sizes(
                     "key_block", _pow2_upto(sh.keys, min(sh.keys, max(tile.mac_cols, 1))), sh.keys
                 )
-                for r in rbs:
-                    for kb in kbs:
+                for kb in kbs:
+                    # besides the powers of two, the row block that fills the budget: each pass over K and V
+                    # then serves as many rows as the tile holds (the fewest passes, the least K/V traffic)
+                    filled = [] if m == "flat-head" or forced.get("row_block") else [
+                        _filling_row_block(sh, rows_c, fusion, budget, kb, tile.mac_cols, max(tile.mac_rows, 1))]
+                    for r in dict.fromkeys(rbs + [f for f in filled if f and f not in rbs]):
                         passes, need = _passes(sh, rows_c, r, fusion, budget, kb, tile.mac_cols)
                         if need > budget:
                             reject("buffers exceed the tile's SRAM")
@@ -155,6 +159,27 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                             continue
                         out.append(Schedule(fusion, g, c, r, kb, passes, need, staged, spilled=spilled))
     return out, rejected
+
+
+def _filling_row_block(sh: Shape, rows: int, fusion: str, budget: int, key_block: int, chunk: int,
+                       mac_rows: int) -> int:
+    """The row block of a member of ``rows`` queries that streams K and V the fewest times within ``budget``:
+    the largest that fits, in whole MAC-array row tiles (a partial tile costs a whole one), then evened out
+    over the passes it needs; 0 when not even one row fits."""
+    def need(r: int) -> int:
+        return fused_attention_buffer(r, sh.keys, sh.d, sh.dv, sh.eb, fusion=fusion, row_block=r,
+                                      key_block=key_block, kv_resident=False, key_chunk=chunk)  # fmt: skip
+
+    lo, hi = 0, rows
+    while lo < hi:  # the buffer grows with the rows
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid - 1)
+    if not lo:
+        return 0
+    step = mac_rows if lo >= mac_rows else 1
+    lo -= lo % step
+    even = -(-rows // -(-rows // lo))
+    return min(lo, -(-even // step) * step)
 
 
 def _stageable(sh: Shape, arch, groups: int, key_block: int, reserved: dict[str, int]) -> bool:
