@@ -3,7 +3,7 @@
 For every ``sparse.attention`` marked by ``fuse-attention`` the pass enumerates a
 pruned space -- mode (online, FLAT row-block, FLAT head, unfused), groups and
 members (powers of two up to the array's compute tiles), row block and key block
-(powers of two, and the whole extent) -- drops candidates whose buffers do not fit
+(powers of two, and the whole extent; a row block that fills the tile too) -- drops candidates whose buffers do not fit
 the tile or whose kernels do not fit the array's contexts, predicts the cycles of
 the rest (:func:`predict`) and keeps the cheapest. Options force any part of the choice:
 ``tile{mode=online,members=4,key-block=128}``.

@@ -218,3 +218,19 @@ def test_without_an_exp_unit_only_the_unfused_schedule_is_offered():
     assert search(sh, load_arch("tiny"), "online").best.schedule.mode == "online"
     with pytest.raises(AttncError, match="no online schedule fits tiny .*no exp unit for a fused softmax"):
         search(sh, no_exp, "online")
+
+
+def test_a_long_attention_fills_each_member_with_rows():
+    """BERT-base attention at seq 4K on edge streams K/V once per row block: the search fills each member's
+    16 KiB with rows (24, three MAC-row tiles, not the power of two 16), so K/V are read 11 times, not 16."""
+    from attnc.cost.attention import fused_attention_buffer
+
+    arch = load_arch("edge")
+    sh = Shape(1, 12, 12, 4096, 4096, 64, 64, 2, False, 0, False, True)
+    s = search(sh, arch, "online").best.schedule
+    rows = -(-4096 // s.members)
+    assert (s.members, s.row_block, s.passes) == (16, 24, 11)
+    assert s.row_block % arch.tiles_of("compute")[0].mac_rows == 0
+    bigger = fused_attention_buffer(rows, 4096, 64, 64, 2, fusion="online", row_block=s.row_block + 8,
+                                    key_block=s.key_block, kv_resident=False, key_chunk=8)  # fmt: skip
+    assert s.buffer <= 16384 < bigger
