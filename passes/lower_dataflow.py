@@ -29,6 +29,7 @@ import numpy as np
 from attnc.cost.work import GEMM_BLOCK, SFU_OPS, consumed_bytes, kernel_cost, nbytes
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
+from attnc.dialects.values import np_dtype
 from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, ROWS, SPILL, STAGE, TAG, TILE_KIND, WEIGHT_PASSES
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
@@ -328,7 +329,7 @@ class LowerToDataflowPass(TargetPass):
         partitioner.run()
         if fn.attributes.pop(SHARE_ATTR, None) is not None:
             assign_phases(fn, arch, partitioner.unique)
-        stream_fused_inputs(fn)
+        stream_fused_inputs(fn, arch)
         stream_butterfly_chains(fn, partitioner.unique)
         stream_gemm_grids(fn)
         stream_gemm_weights(fn, arch)
@@ -368,9 +369,11 @@ def _read_by_rows(users: list[tuple[df.KernelOp, int]], rows: int) -> bool:
     )
 
 
-def stream_fused_inputs(fn: func.FuncOp) -> None:
-    """Stream the DMA loads that feed only fused attention kernels (one token per burst),
-    and make K/V loads re-read DRAM once per pass when a member streams K/V several times."""
+def stream_fused_inputs(fn: func.FuncOp, arch=None) -> None:
+    """Stream the DMA loads that feed only fused attention kernels (one token per burst; K and V one token per
+    key block a member takes, see :func:`_kv_block_bytes`), and make K/V loads re-read DRAM once per pass when
+    a member streams K/V several times."""
+    chunk = max((t.mac_cols for t in arch.tiles_of("compute")), default=8) if arch is not None else 8
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     consumers = _consumers(kernels)
     # the spills of one phase (scores, or probabilities) run together and share DRAM: their cycles
@@ -379,12 +382,17 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
     for k in spills:
         k.cycles = IntegerAttr(k.cycles.value.data * max(1, len(spills) // 2), 64)
     repeats: dict[df.KernelOp, list[int]] = {}
+    blocks: dict[df.KernelOp, list[int]] = {}  # per input of a member, the bytes of the K/V block it takes at once
     for k in kernels:
         if k.kind.data != "attention":
             continue
         attn = next(o for o in k.body.block.ops if isinstance(o, sp.AttentionOp))
         attn.attributes.pop(RESERVE, None)
         rep = attn.attributes.pop(REPEAT, None)
+        # (a member that keeps K and V resident -- several row blocks, one pass -- takes them whole per unit)
+        streams_kv = rep is not None or attn.schedule()[1] >= sp.shape_of(attn.q)[2]
+        blocks[k] = [_kv_block_bytes(attn, chunk) if streams_kv and any(_reaches(a, x) for x in (attn.k, attn.v))
+                     else 0 for a in k.body.block.args]
         passes = rep.value.data if rep is not None else 1
         reps = [
             passes if any(_reaches(a, x) for x in (attn.k, attn.v)) else 1 for a in k.body.block.args
@@ -400,6 +408,14 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
         if not users or any(u.kind.data != "attention" and u.tile_kind.data != "memory" for u, _ in users):
             continue
         bursts = dict(k.loop_schedule()).get("burst", 1)
+        # K and V go to the members in their key blocks (a member holds two at a time), not in DMA bursts of
+        # several blocks: the token is the finest block a member takes, counted over the whole value it loads
+        block = min((blocks[u][i] for u, i in users if u in blocks and blocks[u][i]), default=0)
+        if block and len(k.outputs) == 1 and (blocks_in := -(-nbytes(k.outputs[0].type) // block)) > bursts:
+            # (a step per token: the load sends each block as it is read)
+            bursts = blocks_in
+            k.loops = ArrayAttr([StringAttr("burst")])
+            k.trips = df.i64_array([bursts])
         k.tokens = df.i64_array([bursts] * len(k.outputs))
         passes = {repeats[u][i] if u in repeats else 1 for u, i in users}
         if len(passes) == 1 and (p := passes.pop()) > 1:
@@ -407,6 +423,15 @@ def stream_fused_inputs(fn: func.FuncOp) -> None:
             k.trips = df.i64_array([p, bursts])
             k.tokens = df.i64_array([p * bursts] * len(k.outputs))
             k.cycles = IntegerAttr(p * k.cycles.value.data, 64)
+
+
+def _kv_block_bytes(attn: sp.AttentionOp, chunk: int) -> int:
+    """Bytes of K (the larger of K and V) a fused member takes at once: its key block (FLAT: ``chunk`` keys, the
+    MAC array's width, as :func:`attnc.cost.attention.fused_attention_buffer` counts it)."""
+    fusion, _, kb = attn.schedule()
+    t = sp.shape_of(attn.k)[2]
+    keys = min(kb if fusion == "online" else chunk, t)
+    return keys * max(sp.shape_of(attn.k)[3], sp.shape_of(attn.v)[3]) * np_dtype(sp.elt_of(attn.k)).itemsize
 
 
 def heads_per_kernel(fn: func.FuncOp, attention: list[sp.AttentionOp], arch) -> int:

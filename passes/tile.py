@@ -3,7 +3,7 @@
 For every ``sparse.attention`` marked by ``fuse-attention`` the pass enumerates a
 pruned space -- mode (online, FLAT row-block, FLAT head, unfused), groups and
 members (powers of two up to the array's compute tiles), row block and key block
-(powers of two, and the whole extent) -- drops candidates whose buffers do not fit
+(powers of two, and the whole extent; a row block that fills the tile too) -- drops candidates whose buffers do not fit
 the tile or whose kernels do not fit the array's contexts, predicts the cycles of
 the rest (:func:`predict`) and keeps the cheapest. Options force any part of the choice:
 ``tile{mode=online,members=4,key-block=128}``.
@@ -150,8 +150,12 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                 kbs = [sh.keys] if fusion == "flat" else sizes(
                     "key_block", _pow2_upto(sh.keys, min(sh.keys, max(tile.mac_cols, 1))), sh.keys
                 )
-                for r in rbs:
-                    for kb in kbs:
+                for kb in kbs:
+                    # besides the powers of two, the row block that fills the budget: each pass over K and V
+                    # then serves as many rows as the tile holds (the fewest passes, the least K/V traffic)
+                    filled = [] if m == "flat-head" or forced.get("row_block") else [
+                        _filling_row_block(sh, rows_c, fusion, budget, kb, tile.mac_cols, max(tile.mac_rows, 1))]
+                    for r in dict.fromkeys(rbs + [f for f in filled if f and f not in rbs]):
                         passes, need = _passes(sh, rows_c, r, fusion, budget, kb, tile.mac_cols)
                         if need > budget:
                             reject("buffers exceed the tile's SRAM")
@@ -174,13 +178,39 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
     return out, rejected
 
 
+def _filling_row_block(sh: Shape, rows: int, fusion: str, budget: int, key_block: int, chunk: int,
+                       mac_rows: int) -> int:
+    """The row block of a member of ``rows`` queries that streams K and V the fewest times within ``budget``:
+    the largest that fits, in whole MAC-array row tiles (a partial tile costs a whole one), then evened out
+    over the passes it needs; 0 when not even one row fits."""
+    def need(r: int) -> int:
+        return fused_attention_buffer(r, sh.keys, sh.d, sh.dv, sh.eb, fusion=fusion, row_block=r,
+                                      key_block=key_block, kv_resident=False, key_chunk=chunk)  # fmt: skip
+
+    lo, hi = 0, rows
+    while lo < hi:  # the buffer grows with the rows
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid - 1)
+    if not lo:
+        return 0
+    step = mac_rows if lo >= mac_rows else 1
+    lo -= lo % step
+    even = -(-rows // -(-rows // lo))
+    return min(lo, -(-even // step) * step)
+
+
 def _stageable(sh: Shape, arch, groups: int, key_block: int, reserved: dict[str, int]) -> bool:
-    """Whether the memory tiles can hold one unit of K and one of V per group (with two key
-    blocks each), so that passes re-read them on chip instead of from DRAM."""
+    """Whether the memory tiles can hold what a stage of K and one of V per group receive at once (with two
+    key blocks each), so that passes re-read them on chip instead of from DRAM. A stage loaded from DRAM for
+    itself takes one unit at a time; K and V computed on chip come out of the read-back that also brings the
+    members' Q rows, which the members pace row block by row block while a stage takes a unit per pass, so
+    that read-back runs ahead of the members (the timing model cannot pace one context by both) and a stage
+    holds its group's K or V whole."""
     if reserved.get("memory", 0):
         return False
     kb = min(key_block, sh.keys)
-    need = sh.eb * max(sh.d, sh.dv) * (sh.keys + 2 * kb)
+    units = 1 if sh.kv_from_dram else -(-sh.units // groups)
+    need = sh.eb * max(sh.d, sh.dv) * (units * sh.keys + 2 * kb)
     slots = sum(min(t.contexts, t.sram_bytes // need) for t in arch.tiles_of("memory")) if need else 0
     return slots >= 2 * groups
 

@@ -236,3 +236,37 @@ def test_unfused_runs_the_softmax_in_the_qk_kernel_where_the_compute_tile_has_an
     assert no_exp.dram_bytes - with_exp.dram_bytes == 2 * scores
     # auto is fused wherever a fused schedule fits: unfused is the baseline, asked for by name
     assert search(sh, load_arch("tiny"), "auto").best.schedule.mode != "unfused"
+
+
+def test_a_long_attention_fills_each_member_with_rows():
+    """BERT-base attention at seq 4K on edge streams K/V once per row block: the search fills each member's
+    16 KiB with rows (24, three MAC-row tiles, not the power of two 16), so K/V are read 11 times, not 16."""
+    from attnc.cost.attention import fused_attention_buffer
+
+    arch = load_arch("edge")
+    sh = Shape(1, 12, 12, 4096, 4096, 64, 64, 2, False, 0, False, True)
+    s = search(sh, arch, "online").best.schedule
+    rows = -(-4096 // s.members)
+    assert (s.members, s.row_block, s.passes) == (16, 24, 11)
+    assert s.row_block % arch.tiles_of("compute")[0].mac_rows == 0
+    bigger = fused_attention_buffer(rows, 4096, 64, 64, 2, fusion="online", row_block=s.row_block + 8,
+                                    key_block=s.key_block, kv_resident=False, key_chunk=8)  # fmt: skip
+    assert s.buffer <= 16384 < bigger
+
+
+def test_k_and_v_computed_on_chip_are_staged_only_where_a_group_of_them_fits():
+    """A stage loaded from DRAM for itself takes one unit at a time; K/V computed on chip come out of the
+    read-back that also brings the members' Q, so a stage receives its group's K or V whole: BERT-base's
+    twelve heads of K (768 KiB) do not fit an 80 KiB memory tile, and the passes re-read K/V from DRAM."""
+    arch = load_arch("edge")
+    forced = {"groups": 1, "members": 8, "row_block": 8, "key_block": 8}
+
+    def chosen(heads: int, from_dram: bool):
+        sh = Shape(1, heads, heads, 512, 512, 64, 64, 2, False, 0, False, from_dram)
+        return search(sh, arch, "online", 8192, forced).best.schedule
+
+    loaded, computed, one_head = chosen(12, True), chosen(12, False), chosen(1, False)
+    assert loaded.passes == computed.passes == one_head.passes == 8
+    assert loaded.staged and not loaded.spilled
+    assert computed.spilled and not computed.staged
+    assert one_head.staged  # 64 KiB of K and two key blocks fit a memory tile
