@@ -469,6 +469,9 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
     def used(ch: dict) -> int:
         return sum(foot(o) for o in ch.values())
 
+    def dram(ch: dict) -> int:
+        return sum(o[0].dram_bytes for o in ch.values())
+
     pick = {key: min(range(len(options[classes[key][0]])), key=lambda j, k=key: (foot(options[classes[k][0]][j]),
                                                                                   options[classes[k][0]][j][0].cycles))
             for key in keys}  # fmt: skip
@@ -490,6 +493,25 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
                 if gain <= 0 or not fits(trial):
                     continue
                 ratio = gain / max(used(trial) - used(chosen), 1)
+                if best is None or ratio > best[0]:
+                    best = (ratio, key, j)
+        if best is None:
+            break
+        pick[best[1]] = best[2]
+        chosen = expand(pick)
+    # then, within the tie margin of that time, the upgrades that cut the most DRAM traffic per byte of SRAM: a
+    # grid predicted compute-bound still waits on DRAM that its loads share with each other (fairly between
+    # streams, not by need: on edge a row strip re-read six times got a ninth of DRAM and its parts stalled)
+    limit = total(chosen) * (1 + TIE)
+    while True:
+        best = None
+        for key in keys:
+            for j in range(len(options[classes[key][0]])):
+                trial = expand({**pick, key: j})
+                saved = dram(chosen) - dram(trial)
+                if j == pick[key] or saved <= 0 or total(trial) > limit or not fits(trial):
+                    continue
+                ratio = saved / max(used(trial) - used(chosen), 1)
                 if best is None or ratio > best[0]:
                     best = (ratio, key, j)
         if best is None:

@@ -159,3 +159,22 @@ def test_a_direct_grid_is_charged_its_row_strips_once_per_column():
         assert g.dram_bytes == 768 * 768 * 2 * g.w_passes + strips + 512 * 768 * 2
     # each column's strips cross DRAM again: a DRAM-bound GEMM's direct grid keeps to fewer columns
     assert direct.cols <= passed.cols and direct.cycles >= passed.cycles
+
+
+def test_among_grids_as_fast_the_allocation_takes_the_one_reading_less_dram():
+    # a grid predicted compute-bound still waits on DRAM its loads share: within the tie margin of the fastest
+    # allocation, SRAM goes to the option that cuts DRAM traffic (edge 768x768 at seq 512 alone: 14.9 MB and
+    # 1.27x its roofline with 4 KB parts, 7.9 MB and 1.01x with 12 KB ones); beyond the margin it does not
+    from attnc.passes.gemm import GemmGrid, _allocate, splittable
+
+    module, _ = ffn_model()
+    g = next(o for o in main_func(module).body.block.ops if splittable(o))
+
+    def option(cycles: int, dram: int, budget: int):
+        return GemmGrid("g", 2, 8, 32, 32, 8, cycles=cycles, dram_bytes=dram), budget
+
+    small, fewer_bytes, slower = option(1000, 8000, 4096), option(1020, 4000, 8192), option(1100, 1000, 12288)
+    chosen = _allocate({g: [small, fewer_bytes, slower]}, {g: 0}, 16, 64, 1 << 20, 16384, 16)
+    assert chosen[g] == fewer_bytes
+    # and none of it when the SRAM room holds only the smallest
+    assert _allocate({g: [small, fewer_bytes, slower]}, {g: 0}, 16, 64, 16 * 4096, 16384, 16)[g] == small
