@@ -231,6 +231,8 @@ class _InPort:
     #: the share of the input read once segment i has ended, when the context's loops say otherwise than
     #: "evenly over the segments" (a ("repeat", P) loop reads its input in the first pass only)
     share: Callable[[int], tuple[int, int]] | None = None
+    #: read in the first pass and kept to the end (a GEMM part's weight block, streamed in k-chunks)
+    held: bool = False
 
     def need(self, segment: int, segments: int) -> int:
         """Tokens segment ``segment`` (0-based) of ``segments`` needs to have arrived: all of a weight's,
@@ -246,7 +248,7 @@ class _InPort:
         """Tokens no segment after ``segment`` reads any more: segment i works on the tokens between i·T/S
         and (i+1)·T/S, so a token stays until the last segment that works on it ends (a one-token input, the
         whole tensor, until the context's last segment; a weight likewise)."""
-        if self.broadcast:
+        if self.broadcast or self.held:
             return self.tokens if segment + 1 >= segments else 0
         if self.share is not None:
             return self.need(segment, segments)
@@ -254,8 +256,9 @@ class _InPort:
 
 
 def _whole(p: _InPort) -> bool:
-    """Whether a context holds all of an input at once: a weight, or a one-token stream."""
-    return p.broadcast or p.tokens <= 1
+    """Whether a context holds all of an input at once: a weight (needed whole, or streamed in and kept), or a
+    one-token stream."""
+    return p.broadcast or p.held or p.tokens <= 1
 
 
 def _whole_bytes(k: _Kernel) -> float:
@@ -886,6 +889,7 @@ class _Sim:
                 port.share = share
         if not is_dma and repeat == 1:
             k.forwards, k.made_of = _forwards(cfg)
+        _hold_weight_block(cfg, k.inputs, segments)
         port_bytes = 0
         for p in cfg.outputs:
             # the port's shape is the whole tensor; each of its tokens carries 1/tokens of the bytes moved
@@ -1273,6 +1277,31 @@ class _Gate:
             fn(self.time)
         else:
             self.waiting.append(fn)
+
+
+def _hold_weight_block(cfg: KernelConfig, ports: list[_InPort], segments: int) -> None:
+    """A GEMM part that holds its weight block (kind ``gemm``, loops ``("m", M), ("k", K)``: M row blocks, each
+    walking K k-chunks) and receives the block in K tokens (its k-chunks, in order) reads them during its first
+    row block, chunk k before step k, and keeps them to its end: the later row blocks reuse what it holds,
+    as a ("repeat", M) loop's passes do. The port is the one the matmul's right operand comes from (through
+    data movement); any other input is read in step as usual."""
+    if cfg.kind != "gemm" or [n for n, _ in cfg.loops] != ["m", "k"]:
+        return
+    (_, rows), (_, chunks) = cfg.loops
+    if rows <= 1 or chunks <= 1:
+        return
+    origin = {p.register: p.stream for p in cfg.inputs}
+    rhs = None
+    for ins in cfg.body:
+        if ins.opcode in ("reshape", "slice") and ins.operands and ins.operands[0] in origin:
+            for r in ins.results:
+                origin[r] = origin[ins.operands[0]]
+        elif ins.opcode == "matmul" and len(ins.operands) == 2:
+            rhs = origin.get(ins.operands[1])
+    share = _repeat_share([("repeat", rows), ("k", chunks)], segments)
+    for p in ports:
+        if p.stream == rhs and p.tokens == chunks and not p.broadcast:
+            p.share, p.held = share, True
 
 
 def _forwards(cfg: KernelConfig) -> tuple[dict[int, list[int]], dict[int, tuple[int, ...]]]:
