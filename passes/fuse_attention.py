@@ -70,6 +70,7 @@ class Schedule:
     staged: bool = False  # passes > 1 re-stream K/V from a memory tile, not from DRAM
     reserve: int = 0  # SRAM a fused member claims on its tile: the search planned one member per tile
     spilled: bool = False  # passes > 1 re-read K/V computed on chip from DRAM: written once, read per pass
+    stream_block: int = 0  # keys of K/V a member takes at once (online: the key block; FLAT: a MAC-array chunk)
 
     def text(self) -> str:
         s = f"{self.mode} groups={self.groups} members={self.members}"
@@ -208,7 +209,8 @@ def _slice(b: KernelBuilder, x: SSAValue, starts, ends) -> SSAValue:
 def _stage(b: KernelBuilder, x: SSAValue, sched: Schedule, tag: str, group: str) -> SSAValue:
     op = sp.ReshapeOp(x, sp.shape_of(x))
     op.attributes[STAGE] = IntegerAttr(sched.passes, 64)
-    op.attributes["dataflow.key_block"] = IntegerAttr(sched.key_block, 64)
+    # the stage re-sends K/V in the blocks a member takes at once (a FLAT member's key block is every key)
+    op.attributes["dataflow.key_block"] = IntegerAttr(sched.stream_block or sched.key_block, 64)
     return b.add(op, tag, group)
 
 
