@@ -76,6 +76,7 @@ class Schedule:
     #: tile has an exp unit and SRAM for that many whole score rows), so only the probabilities go through
     #: DRAM; 0: the softmax is a kernel of its own on an sfu tile, the scores spilled to it
     epilogue: int = 0
+    stream_block: int = 0  # keys of K/V a member takes at once (online: the key block; FLAT: a MAC-array chunk)
 
     def text(self) -> str:
         s = f"{self.mode} groups={self.groups} members={self.members}"
@@ -216,7 +217,8 @@ def _slice(b: KernelBuilder, x: SSAValue, starts, ends) -> SSAValue:
 def _stage(b: KernelBuilder, x: SSAValue, sched: Schedule, tag: str, group: str) -> SSAValue:
     op = sp.ReshapeOp(x, sp.shape_of(x))
     op.attributes[STAGE] = IntegerAttr(sched.passes, 64)
-    op.attributes["dataflow.key_block"] = IntegerAttr(sched.key_block, 64)
+    # the stage re-sends K/V in the blocks a member takes at once (a FLAT member's key block is every key)
+    op.attributes["dataflow.key_block"] = IntegerAttr(sched.stream_block or sched.key_block, 64)
     return b.add(op, tag, group)
 
 

@@ -160,13 +160,15 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                         if need > budget:
                             reject("buffers exceed the tile's SRAM")
                             continue
-                        staged = passes > 1 and _stageable(sh, arch, g, kb, reserved)
+                        block = kb if fusion == "online" else min(sh.keys, max(tile.mac_cols, 1))
+                        staged = passes > 1 and _stageable(sh, arch, g, block, reserved)
                         # K/V computed on chip that a member streams several times go through DRAM once
                         spilled = passes > 1 and not staged and not sh.kv_from_dram
                         if spilled and 4 + 2 * g > dma_slots:
                             reject("K/V spills do not fit the DMA tiles' contexts")
                             continue
-                        out.append(Schedule(fusion, g, c, r, kb, passes, need, staged, spilled=spilled))
+                        out.append(Schedule(fusion, g, c, r, kb, passes, need, staged, spilled=spilled,
+                                            stream_block=block))
     if mode == "auto" and any(s.mode != "unfused" for s in out):
         # unfused is the baseline: ``auto`` falls back to it only when no fused schedule fits. At a few
         # hundred cycles its first-order prediction can undercut a fused one, but it spills N² values to

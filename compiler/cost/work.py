@@ -260,7 +260,10 @@ def _fused_plan(op: sp.AttentionOp, arch, eb: int) -> KernelPlan:
                                  key_chunk=max(tile.mac_cols, 1))  # fmt: skip
     reserve = op.attributes.get("dataflow.reserve")
     buf = max(buf, reserve.value.data if reserve is not None else 0)
-    loops = (("unit", b * h), ("row_block", -(-rows // rb)), ("key_block", -(-t // kb)))
+    # a FLAT member fills its score rows a chunk of the MAC array's width at a time: its steps (and the K/V
+    # tokens it takes) are those chunks, as fused_attention_buffer counts its K/V room
+    chunk = kb if fusion == "online" else min(max(tile.mac_cols, 1), max(t, 1))
+    loops = (("unit", b * h), ("row_block", -(-rows // rb)), ("key_block", -(-t // chunk)))
     steps = b * h * loops[1][1] * loops[2][1]
     return KernelPlan("attention", "compute", loops, (rb, kb), buf, cycles, macs, steps)
 

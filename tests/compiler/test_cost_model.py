@@ -304,8 +304,11 @@ KNOWN_GAPS: dict[tuple[str, str, str], str] = {
     ("tiny", "example", "bert_layer"): _FINER_SEGMENTS,
     ("tiny", "example", "causal_decoder"): _FINER_SEGMENTS,
     ("tiny", "default", "gqa_block"): _BACK_PRESSURE,
-    ("edge", "sweep", "b1_n512_flat"): _BACK_PRESSURE,
-    ("edge", "sweep", "b1_n1024_flat"): _BACK_PRESSURE,
+    ("cloud", "sweep", "b1_n512_flat"): (
+        "the members are compute-bound (6,208 cycles each) and, with the loads, DRAM-bound (6,979): the timing "
+        "model overlaps them chunk by chunk and the members' last chunks and O's store follow the last K/V "
+        "(7,884 cycles); the cost model takes the larger bound (11.5% under)"
+    ),
 }
 
 

@@ -270,3 +270,23 @@ def test_k_and_v_computed_on_chip_are_staged_only_where_a_group_of_them_fits():
     assert loaded.staged and not loaded.spilled
     assert computed.spilled and not computed.staged
     assert one_head.staged  # 64 KiB of K and two key blocks fit a memory tile
+
+
+def test_flat_members_take_k_and_v_in_chunks_of_the_mac_array_width():
+    """A FLAT member fills its score rows a MAC-array chunk of keys at a time: its steps, and the blocks its
+    memory stages re-send, are those chunks (8 keys on edge), not the whole key axis at once."""
+    module = attention_model(b=1, h=2, hkv=2, s=64, t=128, d=16)
+    inputs = inputs_for(module)
+    before = interpret(module, inputs)
+    run_pipeline(module, "fuse-attention{mode=flat},tile{arch=edge groups=1 members=2 row-block=8}")
+    report = main_func(module).attributes["attnc.tile_report"].data
+    assert "key_block=128 passes=4 (K/V staged in memory tiles)" in report
+    run_pipeline(module, "lower-to-dataflow{arch=edge}")
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    stages = [k for k in kernels if k.tile_kind.data == "memory"]
+    members = [k for k in kernels if k.kind.data == "attention"]
+    assert len(stages) == 2 and len(members) == 2
+    assert all(k.loop_schedule() == [("unit", 2), ("repeat", 4), ("block", 16)] for k in stages)
+    assert all(k.loop_schedule() == [("unit", 2), ("row_block", 4), ("key_block", 16)] for k in members)
+    assert all(list(k.tokens.get_values()) == [2 * 4 * 16] for k in stages)
+    np.testing.assert_allclose(interpret(module, inputs)["O"], before["O"], rtol=0, atol=2e-6)
