@@ -861,8 +861,11 @@ class _Sim:
             # stream at once than the context has room for (a GEMM part walking K in chunks holds one chunk),
             # and a segment takes at most one token of each streamed input, so that two tokens of room (what
             # lower-to-dataflow declares) double-buffer it: one worked on, the next arriving
+            # (a whole number of segments per token of the finest, so that a segment does not straddle two tokens
+            # and need both: the depth is what a segment works on, docs/simulator.md "Back-pressure")
             finest = max(p.tokens for p in cfg.inputs if p.tokens > 1)
-            segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, max(-(-4 * streamed // room), finest)))
+            want = -(-max(-(-4 * streamed // room), finest) // finest) * finest
+            segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, want))
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
         k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma, phase=cfg.phase)
         for p in cfg.inputs:
