@@ -866,16 +866,25 @@ def stream_into_dma(fn: func.FuncOp, arch) -> None:
             k.buffer_bytes = IntegerAttr(need, 64)
 
 
+#: tokens of each streamed input a kernel declares room for when its tiles have it: one computed on, one arriving,
+#: and one more for the jitter of a stream that several consumers release at slightly different times (a row
+#: strip forwarded along a GEMM grid's row: with two, the edge GEMM 768x3072 at seq 512 took 1.52M cycles, with
+#: three 1.18M)
+RUN_AHEAD = 3
+
+
 def size_stream_buffers(fn: func.FuncOp, arch) -> None:
     """A kernel that streams an input (more than one token) declares at least the room it holds at once: every
-    input it holds whole (a weight, a one-token input) and two tokens of each streamed one (one being computed
-    on, the next arriving, so its producers run a token ahead instead of waiting on each one), or when two
-    would not fit the room its tiles have for it (:func:`_room`), that room, and never less than one token of
-    each (its producers then wait for each release). The simulator holds a producer to exactly what its consumer declares (docs/simulator.md,
+    input it holds whole (a weight, a one-token input) and two tokens of each streamed one (one computed on, the
+    next arriving), or when that would not fit the room its tiles have for it (:func:`_room`), that room, and
+    never less than one token of each (its producers then wait for each release); then ``RUN_AHEAD`` tokens
+    where the kernels of its tile kind that hold their buffers at once still fit their tiles (one a tile, or
+    leaving an eighth of the SRAM for placement to pack several onto a tile). The simulator holds a producer to exactly what its consumer declares (docs/simulator.md,
     "Back-pressure"), so a token of room less is a stall at every token."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
     room = _room(kernels, arch)
+    wants: list[tuple[df.KernelOp, int, int]] = []  # (kernel, what it holds whole, a token of each streamed input)
     for k in kernels:
         if k.kind.data in ("dma_load", "dma_store", "dma_spill") or k.tile_kind.data == "memory":
             continue
@@ -890,17 +899,41 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
                 token += -(-read // t)
             else:
                 whole += read
-        if not token:
-            continue
+        if token:
+            wants.append((k, whole, token))
+
+    def declare(k: df.KernelOp, whole: int, token: int, tokens: int) -> int:
+        """What ``k`` declares for ``tokens`` of each streamed input, or as much as its room holds (the simulator
+        gives the room beyond one token of each to the ports a token at a time, the smallest first:
+        docs/simulator.md, "Back-pressure"); within a tile: when no tile holds that, the schedule needs another
+        cut (a finer token, a re-read), and the simulator reports what was held."""
         sram = max((t.sram_bytes for t in arch.tiles_of(k.tile_kind.data)), default=0)
-        # two tokens of each, or as many as its room holds (the simulator gives the room beyond one token of
-        # each to the ports a token at a time, the smallest first: docs/simulator.md, "Back-pressure")
-        need = max(min(whole + 2 * token, max(room(k), k.buffer_bytes.value.data)), whole + token)
-        # when no tile holds that, the schedule needs another cut (a finer token, a re-read): the declaration
-        # stays within a tile, and the simulator reports what was held (docs/simulator.md, "What still overflows")
-        need = min(need, sram)
-        if need > k.buffer_bytes.value.data:
-            k.buffer_bytes = IntegerAttr(need, 64)
+        need = max(min(whole + tokens * token, max(room(k), k.buffer_bytes.value.data)), whole + token)
+        return max(min(need, sram), k.buffer_bytes.value.data)
+
+    for k, whole, token in wants:
+        k.buffer_bytes = IntegerAttr(declare(k, whole, token, 2), 64)
+    # the third token where the kernels of a tile kind that hold their buffers at once (a phase's and the
+    # resident ones) still fit their tiles: one kernel a tile, or with an eighth of the SRAM left for placement
+    # to pack several onto a tile
+    used: dict[tuple[str, int], list[int]] = {}
+    for k in kernels:
+        got = used.setdefault((k.tile_kind.data, k.phase), [0, 0])
+        got[0] += k.buffer_bytes.value.data
+        got[1] += 1
+    for k, whole, token in wants:
+        kind, tiles = k.tile_kind.data, arch.tiles_of(k.tile_kind.data)
+        more = declare(k, whole, token, RUN_AHEAD) - k.buffer_bytes.value.data
+        phases = [k.phase] if k.phase else [p for (kd, p) in used if kd == kind]
+
+        def fits(p: int) -> bool:
+            held, n = (a + (b if p else 0) for a, b in zip(used.get((kind, 0), [0, 0]), used.get((kind, p), [0, 0])))
+            sram = sum(t.sram_bytes for t in tiles)
+            return held + more <= (sram if n <= len(tiles) else sram * 7 // 8)
+
+        if more > 0 and all(fits(p) for p in phases):
+            k.buffer_bytes = IntegerAttr(k.buffer_bytes.value.data + more, 64)
+            used[kind, k.phase][0] += more
 
 
 def _is_weight_load(k: df.KernelOp) -> bool:
