@@ -335,6 +335,7 @@ class LowerToDataflowPass(TargetPass):
         stream_gemm_weights(fn, arch)
         stream_gemm_rows(fn)
         stream_row_wise(fn)
+        stream_spilled_rows(fn)
         stream_into_dma(fn, arch)
         size_stream_buffers(fn, arch)
 
@@ -807,6 +808,61 @@ def _room(kernels: list[df.KernelOp], arch) -> Callable[[df.KernelOp], int]:
     return room
 
 
+def _keeps_rows(v: SSAValue) -> bool:
+    """Whether every use of ``v`` reads it row by row (a row: its elements along the last axis): through slices,
+    concatenations (a row of a concat along the last axis is the parts' rows side by side) and reshapes that keep
+    the last axis, into elementwise ops or a layer norm over the last axis, or out of the kernel."""
+    shp = sp.shape_of(v)
+    for use in v.uses:
+        op = use.operation
+        if isinstance(op, df.YieldOp):
+            continue
+        if isinstance(op, (*sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)):
+            continue  # row by row; its result is the kernel's business
+        if isinstance(op, sp.LayerNormOp) and use.index == 0 and op.axis.value.data % max(len(shp), 1) == len(shp) - 1:
+            continue
+        if isinstance(op, sp.ReshapeOp):
+            out = sp.shape_of(op.results[0])
+            if not shp or not out or out[-1] != shp[-1]:
+                return False
+        elif not isinstance(op, (sp.SliceOp, sp.ConcatOp)):
+            return False
+        if not _keeps_rows(op.results[0]):
+            return False
+    return True
+
+
+def stream_spilled_rows(fn: func.FuncOp) -> None:
+    """A row-wise kernel (a layer norm, a residual add) reads what a DMA load or spill brings it for it alone row
+    by row: the value comes in one token per row and the kernel takes a step per row, so it holds a row of each
+    input (and the next) instead of every input whole (BERT-base on edge: the layer norms held 771 KiB of spilled
+    GEMM parts in an 8 KiB tile). Weights (constants a load brings) stay whole."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    for k in kernels:
+        if not _row_wise(k) or not k.outputs:
+            continue
+        streamed = []
+        for v, arg in zip(k.inputs, k.body.block.args):
+            src = v.owner
+            if not (isinstance(src, df.KernelOp) and src.kind.data in ("dma_load", "dma_spill")) or _is_weight_load(src):
+                continue
+            j = list(src.outputs).index(v)
+            if list(src.tokens.get_values())[j] != 1 or any(u is not k for u, _ in consumers.get(v, [])):
+                continue
+            if src.attributes.get(INPUT_REPEATS) is not None or len(src.loops.data) != 1 or not _keeps_rows(arg):
+                continue
+            streamed.append((src, j, int(np.prod(sp.shape_of(v)[:-1], dtype=np.int64))))
+        if not streamed:
+            continue
+        rows = int(np.prod(sp.shape_of(k.outputs[0])[:-1], dtype=np.int64))
+        k.trips = df.i64_array([rows])
+        for src, j, n in streamed:
+            out = list(src.tokens.get_values())
+            out[j] = max(n, 1)
+            src.tokens = df.i64_array(out)
+
+
 def stream_into_dma(fn: func.FuncOp, arch) -> None:
     """A DMA store or spill stages what it writes in its tile's buffer, so its inputs come in tokens two of
     which, of every input, fit the room its tiles have for it (:func:`_room`): an output that only DMA stores
@@ -841,16 +897,25 @@ def stream_into_dma(fn: func.FuncOp, arch) -> None:
             k.buffer_bytes = IntegerAttr(need, 64)
 
 
+#: tokens of each streamed input a kernel declares room for when its tiles have it: one computed on, one arriving,
+#: and one more for the jitter of a stream that several consumers release at slightly different times (a row
+#: strip forwarded along a GEMM grid's row: with two, the edge GEMM 768x3072 at seq 512 took 1.52M cycles, with
+#: three 1.18M)
+RUN_AHEAD = 3
+
+
 def size_stream_buffers(fn: func.FuncOp, arch) -> None:
     """A kernel that streams an input (more than one token) declares at least the room it holds at once: every
-    input it holds whole (a weight, a one-token input) and two tokens of each streamed one (one being computed
-    on, the next arriving, so its producers run a token ahead instead of waiting on each one), or when two
-    would not fit the room its tiles have for it (:func:`_room`), that room, and never less than one token of
-    each (its producers then wait for each release). The simulator holds a producer to exactly what its consumer declares (docs/simulator.md,
+    input it holds whole (a weight, a one-token input) and two tokens of each streamed one (one computed on, the
+    next arriving), or when that would not fit the room its tiles have for it (:func:`_room`), that room, and
+    never less than one token of each (its producers then wait for each release); then ``RUN_AHEAD`` tokens
+    where the kernels of its tile kind that hold their buffers at once still fit their tiles (one a tile, or
+    leaving an eighth of the SRAM for placement to pack several onto a tile). The simulator holds a producer to exactly what its consumer declares (docs/simulator.md,
     "Back-pressure"), so a token of room less is a stall at every token."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
     room = _room(kernels, arch)
+    wants: list[tuple[df.KernelOp, int, int]] = []  # (kernel, what it holds whole, a token of each streamed input)
     for k in kernels:
         if k.kind.data in ("dma_load", "dma_store", "dma_spill") or k.tile_kind.data == "memory":
             continue
@@ -865,17 +930,41 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
                 token += -(-read // t)
             else:
                 whole += read
-        if not token:
-            continue
+        if token:
+            wants.append((k, whole, token))
+
+    def declare(k: df.KernelOp, whole: int, token: int, tokens: int) -> int:
+        """What ``k`` declares for ``tokens`` of each streamed input, or as much as its room holds (the simulator
+        gives the room beyond one token of each to the ports a token at a time, the smallest first:
+        docs/simulator.md, "Back-pressure"); within a tile: when no tile holds that, the schedule needs another
+        cut (a finer token, a re-read), and the simulator reports what was held."""
         sram = max((t.sram_bytes for t in arch.tiles_of(k.tile_kind.data)), default=0)
-        # two tokens of each, or as many as its room holds (the simulator gives the room beyond one token of
-        # each to the ports a token at a time, the smallest first: docs/simulator.md, "Back-pressure")
-        need = max(min(whole + 2 * token, max(room(k), k.buffer_bytes.value.data)), whole + token)
-        # when no tile holds that, the schedule needs another cut (a finer token, a re-read): the declaration
-        # stays within a tile, and the simulator reports what was held (docs/simulator.md, "What still overflows")
-        need = min(need, sram)
-        if need > k.buffer_bytes.value.data:
-            k.buffer_bytes = IntegerAttr(need, 64)
+        need = max(min(whole + tokens * token, max(room(k), k.buffer_bytes.value.data)), whole + token)
+        return max(min(need, sram), k.buffer_bytes.value.data)
+
+    for k, whole, token in wants:
+        k.buffer_bytes = IntegerAttr(declare(k, whole, token, 2), 64)
+    # the third token where the kernels of a tile kind that hold their buffers at once (a phase's and the
+    # resident ones) still fit their tiles: one kernel a tile, or with an eighth of the SRAM left for placement
+    # to pack several onto a tile
+    used: dict[tuple[str, int], list[int]] = {}
+    for k in kernels:
+        got = used.setdefault((k.tile_kind.data, k.phase), [0, 0])
+        got[0] += k.buffer_bytes.value.data
+        got[1] += 1
+    for k, whole, token in wants:
+        kind, tiles = k.tile_kind.data, arch.tiles_of(k.tile_kind.data)
+        more = declare(k, whole, token, RUN_AHEAD) - k.buffer_bytes.value.data
+        phases = [k.phase] if k.phase else [p for (kd, p) in used if kd == kind]
+
+        def fits(p: int) -> bool:
+            held, n = (a + (b if p else 0) for a, b in zip(used.get((kind, 0), [0, 0]), used.get((kind, p), [0, 0])))
+            sram = sum(t.sram_bytes for t in tiles)
+            return held + more <= (sram if n <= len(tiles) else sram * 7 // 8)
+
+        if more > 0 and all(fits(p) for p in phases):
+            k.buffer_bytes = IntegerAttr(k.buffer_bytes.value.data + more, 64)
+            used[kind, k.phase][0] += more
 
 
 def _is_weight_load(k: df.KernelOp) -> bool:

@@ -46,6 +46,19 @@ MAX_DMA_SEGMENTS = 16384
 PROGRESS_EVERY = 2000
 
 DMA_KINDS = frozenset({"dma_load", "dma_store", "dma_spill"})
+#: whether a configuration that holds more than its buffers or its tiles can is refused (``overflow_error``)
+#: rather than timed with a warning: a warning while compiled configurations still do (docs/simulator.md,
+#: "What still overflows")
+OVERFLOW_IS_ERROR = False
+
+
+def overflow_error(lines: list[str]) -> AttncError:
+    """The error for a configuration the hardware cannot hold: each context whose declared buffers cannot hold
+    one segment's operands, and each tile whose contexts' input buffers held more than its SRAM (one line each,
+    as the warnings give them)."""
+    n = len(lines)
+    return AttncError(f"simulate: TILES: the configuration holds more than the array's buffers can ({n} problem"
+                      f"{'s' if n > 1 else ''}): " + "; ".join(lines))
 
 
 # ---------------------------------------------------------------------------
@@ -498,10 +511,8 @@ class _Sim:
         self._phases()
         self._banks()
         self._back_pressure()
-        for k in self.kernels.values():
-            line = self._too_small(k)
-            if line is not None:
-                self.stats.warnings.append(f"{line} (timed as if they fit)")
+        #: contexts whose buffers cannot hold one segment's operands, then tiles that held more than their SRAM
+        self.too_much: list[str] = [line for k in self.kernels.values() if (line := self._too_small(k)) is not None]
 
     def _sram(self, tile: _Tile) -> None:
         """A configuration whose buffers the tile cannot hold cannot be loaded: refused, not timed.
@@ -652,26 +663,26 @@ class _Sim:
         """Throttle every context by the buffers of the contexts its streams fill, when that cannot deadlock.
 
         A producer's segment emits its share of each output's tokens; a consumer port of T tokens over S
-        segments releases its tokens as its segments finish. The producer may start a segment only if, once it
-        has finished, it is at most ``depth`` tokens ahead of what each streamed consumer port (tokens > 1, not
-        a weight) has released, with depth = max(2·burst + chunk - 1, fit): burst, the most tokens one producer
-        segment emits, twice (it produces a burst while the consumer works on the one before: double buffering
-        at its grain; 2 for one token a segment); chunk, the most tokens one consumer segment needs at once (so
-        a consumer always gets what its next segment needs); fit, how many tokens fit in the consumer's
-        double-buffered buffers, their bytes shared evenly by its on-chip input ports (a single buffer is
-        computed on and gives no room to run ahead). Weights (needed whole) are not throttled. A forwarded copy
-        (it leaves a consumer as its input arrives) fills the buffers of the copy's consumers at its source's
-        pace: the source is throttled by those too, in their tokens.
+        segments releases its tokens as its segments finish. The producer sends a finished segment's tokens only
+        as far as ``depth`` tokens beyond what each streamed consumer port (tokens > 1, not a weight) has
+        released, and starts no segment while some wait: ``depth`` is what the consumer's declared buffers hold
+        for the port, never less than its span (``_depths``), so a consumer holds no more than it declares
+        whenever its buffers hold one segment's operands (else ``_too_small`` names it). Weights (needed whole)
+        are not throttled. A forwarded copy (it leaves a consumer as its input arrives) fills the buffers of the
+        copy's consumers at its source's pace: the source is throttled by those too, in their tokens.
 
         Waits form a graph: a context waits for its producers (for a forwarded copy, for the copy's source),
-        a throttled producer for its consumers. A deadlock needs a cycle of waits that hold at once, hence a
-        simple one; "the producer waits for its consumer, which waits for the producer" cannot hold at once
-        (the depth rules it out), so producers are taken in kernel order and one is throttled only if its
-        edges close no simple cycle of three or more contexts. A fork-join (a consumer of the producer also
-        reachable from it through another context) is such a cycle, and so is a producer whose consumer waits
-        for another throttled producer whose other consumer waits for the first one: that producer is not
-        throttled, and its consumers' buffers are unbounded (the SRAM check at the end says where they
-        overflowed)."""
+        a throttled producer for its consumers; a spill that runs its two sides apart is two nodes, its store
+        (``kid``: its producers wait for its room) and its read-back (``~kid``: its consumers wait for its data,
+        and it waits for the store and the gate). A deadlock needs a cycle of waits that hold at once, hence a
+        simple one. "The producer waits for its consumer, which waits for the producer" cannot hold at once:
+        the depth is at least the consumer's span, so a producer held back by a consumer has sent all that its
+        next segment needs. So producers are taken in kernel order and one is throttled only if its edges close
+        no simple cycle of three or more contexts with a whole wait on it (``_reaches``). A fork-join through a
+        whole wait (a consumer of the producer also reachable from it through a context that needs all of what
+        it reads first) is such a cycle, and so is a producer whose consumer waits for another throttled
+        producer whose other consumer waits for all of the first one: that producer is not throttled, and its
+        consumers' buffers are unbounded (the SRAM check at the end says where they overflowed)."""
         kernels = self.kernels
 
         def roots(k: _Kernel, stream: int, seen: frozenset = frozenset()) -> set[int]:
@@ -822,13 +833,18 @@ class _Sim:
         ``start``'s direct wait for the source: "the source waits for its consumer, which waits for the source"
         cannot hold at once, the depth rules it out) with at least one wait that needs all of its producer.
 
-        A cycle of in-step waits cannot deadlock: take its least advanced context (by the share of its steps
-        done); its producers on the cycle have sent at least its share, and a throttled producer waits only for
-        a consumer at least as far, which has released all but one step's share; the depth (two producer
-        bursts plus one consumer step) leaves room for the next step. A wait for all of a producer breaks
-        that: the producer must run to its end, as far ahead of the consumers holding it back as it likes. A
-        closed walk that passes a context twice is made of cycles of its own, each checked when its edges
-        were added."""
+        A cycle of in-step waits does not deadlock while the depths cover the grain along it: take its least
+        advanced context (by the share of its steps done); its producers on the cycle have sent at least its
+        share, and a throttled producer waits only for a consumer at least as far, which has released all but
+        one step's share; the depth leaves room for the next step when it holds a consumer step beyond a
+        producer's burst. The depth is what the consumer's buffers declare (``_depths``), no longer two bursts
+        and a step by fiat, so a fork-join whose branches differ in grain by more than its buffers hold would
+        hang on the hardware too: the run then ends in the deadlock error naming who waits for what, never in
+        a time for buffers that do not exist. The compiler declares two tokens of each streamed input where
+        its tiles have room (``size_stream_buffers``), which its fork-joins (GEMM grids, a spill between a GEMM
+        and its layer norm) run with. A wait for all of a producer breaks the argument whatever the depths: the
+        producer must run to its end, as far ahead of the consumers holding it back as it likes. A closed walk
+        that passes a context twice is made of cycles of its own, each checked when its edges were added."""
         stack = [(n, in_step and extra[start]) for n, in_step in waits[start].items() if n != source]
         seen = set(stack)
         while stack:
@@ -864,8 +880,11 @@ class _Sim:
             # stream at once than the context has room for (a GEMM part walking K in chunks holds one chunk),
             # and a segment takes at most one token of each streamed input, so that two tokens of room (what
             # lower-to-dataflow declares) double-buffer it: one worked on, the next arriving
+            # (a whole number of segments per token of the finest, so that a segment does not straddle two tokens
+            # and need both: the depth is what a segment works on, docs/simulator.md "Back-pressure")
             finest = max(p.tokens for p in cfg.inputs if p.tokens > 1)
-            segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, max(-(-4 * streamed // room), finest)))
+            want = -(-max(-(-4 * streamed // room), finest) // finest) * finest
+            segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, want))
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
         k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma, phase=cfg.phase)
         for p in cfg.inputs:
@@ -1002,15 +1021,16 @@ class _Sim:
         self.stats.cycles = math.ceil(end - 1e-6)
         for ks in self.stats.kernels:
             ks.peak_buffer_bytes = math.ceil(ks.peak_buffer_bytes - 1e-6)
-        over = []
         for tile, ts in zip(self.tiles, self.stats.tiles):
             ts.peak_buffer_bytes = math.ceil(ts.peak_buffer_bytes - 1e-6)
             if ts.peak_buffer_bytes > ts.sram_bytes:
-                over.append(self._overflow(tile))
+                self.too_much.append(self._overflow(tile))
         # data a tile has no room for is data the hardware cannot hold; configurations the compiler makes still
-        # overflow in the cases docs/simulator.md lists ("What still overflows"), so this is a warning per tile
-        # until they are gone, then an error
-        self.stats.warnings += [f"{line} (timed as if they fit)" for line in over]
+        # overflow in the cases docs/simulator.md lists ("What still overflows"), so these are warnings until
+        # they are gone, then an error (OVERFLOW_IS_ERROR)
+        if self.too_much and OVERFLOW_IS_ERROR:
+            raise overflow_error(self.too_much)
+        self.stats.warnings += [f"{line} (timed as if they fit)" for line in self.too_much]
         self.stats.events = self.events
         self.stats.links = [self.links[r] for r in sorted(self.links)]
         return self.stats

@@ -301,3 +301,18 @@ def test_a_source_stuck_on_its_throttle_is_named_in_the_deadlock_error(monkeypat
     monkeypatch.setattr(timing._Sim, "_back_pressure", no_room)
     with pytest.raises(AttncError, match=r"kernel 0 'load0' is held back by kernel 1 'slow' \(0 of its tokens released"):
         simulate(slow_consumer(room=256))
+
+
+def test_an_overflow_is_one_clear_error_once_it_is_refused(monkeypatch):
+    # today a warning; with OVERFLOW_IS_ERROR (once no compiled configuration overflows) the run is refused with
+    # every line the warnings give: the context that cannot hold one segment, then the tile over its SRAM
+    from attnc.errors import AttncError
+    from attnc.simulator import timing
+
+    warned = simulate(slow_consumer(room=0)).warnings
+    monkeypatch.setattr(timing, "OVERFLOW_IS_ERROR", True)
+    with pytest.raises(AttncError) as e:
+        simulate(slow_consumer(room=0))
+    assert str(e.value) == ("simulate: TILES: the configuration holds more than the array's buffers can (1 problem): "
+                            + warned[0].removesuffix(" (timed as if they fit)"))
+    assert simulate(slow_consumer(room=256)).warnings == []  # within its buffers: timed as ever
