@@ -686,9 +686,11 @@ def _reaches_lhs(k: df.KernelOp, i: int) -> bool:
 def stream_gemm_grids(fn: func.FuncOp) -> None:
     """The parts of a GEMM grid (``tile``'s :class:`attnc.passes.gemm.GemmGridPattern`) stream: a weight
     block's load (made to re-send it once per row sub-block by ``stream_butterfly_chains``) and a row strip's
-    load re-sent once per column sub-block come in one token per burst; the copies a part passes on along its
-    row and down its column carry as many tokens as their input, read as many times; a part's result is one
-    token per sub-block when DMA stores or spills take it (they write blocks in any order), else one token."""
+    load re-sent once per column sub-block come in one token per burst, and the load of a block its parts hold
+    whole in one token per k-chunk (they compute their first row block as it arrives); the copies a part
+    passes on along its row and down its column carry as many tokens as their input, read as many times; a
+    part's result is one token per sub-block when DMA stores or spills take it (they write blocks in any
+    order), else one token."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     consumers = _consumers(kernels)
     for k in kernels:
