@@ -501,15 +501,20 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
         chosen = expand(pick)
     # then, within the tie margin of that time, the upgrades that cut the most DRAM traffic per byte of SRAM: a
     # grid predicted compute-bound still waits on DRAM that its loads share with each other (fairly between
-    # streams, not by need: on edge a row strip re-read six times got a ninth of DRAM and its parts stalled)
+    # streams, not by need: on edge a row strip re-read six times got a ninth of DRAM and its parts stalled).
+    # Only larger blocks for the same parts: a new grid shape there is a new layout the model has not weighed
+    # against the rest (on cloud at seq 2048 it made the layer's FFN1 one row of 32 parts)
     limit = total(chosen) * (1 + TIE)
     while True:
         best = None
         for key in keys:
+            now = options[classes[key][0]][pick[key]][0]
             for j in range(len(options[classes[key][0]])):
                 trial = expand({**pick, key: j})
                 saved = dram(chosen) - dram(trial)
-                if j == pick[key] or saved <= 0 or total(trial) > limit or not fits(trial):
+                grid = options[classes[key][0]][j][0]
+                if (j == pick[key] or saved <= 0 or total(trial) > limit or not fits(trial)
+                        or (grid.rows, grid.cols) != (now.rows, now.cols)):  # fmt: skip
                     continue
                 ratio = saved / max(used(trial) - used(chosen), 1)
                 if best is None or ratio > best[0]:
