@@ -738,7 +738,7 @@ class _Sim:
                     for c, p in self.consumers.get(s, []):
                         if c is frm or p.producer is not frm:
                             continue
-                        if p.tokens > 1 and not p.broadcast and c is not src:
+                        if not _whole(p) and c is not src:
                             candidates.append((c, p, stream, tokens))
                         for o in c.forwards.get(s, []):
                             if (c.cfg.kernel, o) not in seen:

@@ -320,12 +320,9 @@ KNOWN_GAPS: dict[tuple[str, str, str], str] = {
         "model overlaps them chunk by chunk and the members' last chunks and O's store follow the last K/V "
         "(7,884 cycles); the cost model takes the larger bound (11.5% under)"
     ),
-    ("edge", "sweep", "b1_n512_flat"): _BACK_PRESSURE,
     ("edge", "sweep", "b1_n1024_flat"): _BACK_PRESSURE,
-    **{("tiny", mode, name): _HONEST_DEPTH for mode in ("online", "flat") for name in ("long", "long_causal")},
     ("edge", "fused", "online_passes4_edge"): _HONEST_DEPTH,
     ("edge", "fused", "online_2_edge"): _HONEST_DEPTH,
-    ("edge", "sweep", "b1_n2048_online"): _HONEST_DEPTH,
     ("edge", "sweep", "b1_n4096_online"): _HONEST_DEPTH,
     ("edge", "sweep", "b64_n512_online"): _HONEST_DEPTH,
     ("edge", "sweep", "b64_n2048_unfused"): _HONEST_DEPTH,
