@@ -304,18 +304,29 @@ def test_a_load_shared_by_a_resident_and_a_gated_context_can_deadlock_and_says_w
     assert k["load"].start == 0 and k["load_late"].start == k["early"].end
 
 
-def test_a_streamed_spill_reads_back_only_what_it_has_written_once_its_consumer_opens():
-    # 8 tokens of 64 floats, one every 16 cycles; the consumer opens at 160, while the spill writes token 2
-    t, n = 8, 8 * N
+def _streamed_add(t: int, n: int):
+    """A maker of contexts adding a stream of ``t`` tokens of ``n`` floats to itself, with two tokens of input
+    room (one computed on, the next arriving)."""
 
     def streamed(kid, name, src, dst, phase=0):
-        # two tokens of input room: one computed on, the next arriving
         return KernelConfig(kid, name, "elementwise", [Port(0, src, "f32", [n], t)], [Port(1, dst, "f32", [n], t)],
                             [], [Buffer("in", 0, 2 * 4 * n // t, 1, True)], [("rows", t)],
                             [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})], 0, phase)  # fmt: skip
 
-    spill = KernelConfig(3, "spill", "dma_spill", [Port(0, 1, "f32", [n], t)], [Port(0, 3, "f32", [n], t)], [],
-                         [Buffer("stage", 0, 2 * 4 * n // t, 1, True)], [("burst", t)], [], 0)  # fmt: skip
+    return streamed
+
+
+def _streamed_spill(t: int, n: int) -> KernelConfig:
+    """Spill 3: stream 1 in, stream 3 back, ``t`` tokens of ``n`` floats, two tokens of room."""
+    return KernelConfig(3, "spill", "dma_spill", [Port(0, 1, "f32", [n], t)], [Port(0, 3, "f32", [n], t)], [],
+                        [Buffer("stage", 0, 2 * 4 * n // t, 1, True)], [("burst", t)], [], 0)  # fmt: skip
+
+
+def test_a_streamed_spill_reads_back_only_what_it_has_written_once_its_consumer_opens():
+    # 8 tokens of 64 floats, one every 16 cycles; the consumer opens at 160, while the spill writes token 2
+    t, n = 8, 8 * N
+    streamed = _streamed_add(t, n)
+    spill = _streamed_spill(t, n)
     tiles = {
         (2, 1): [streamed(0, "src", 100, 1)],
         (2, 0): [spill],
@@ -365,14 +376,8 @@ def test_a_producer_into_a_split_spill_is_held_back_by_its_store_alone():
     # store's room, not for the gate, so no cycle of waits runs through a whole wait and src is held back to the
     # two tokens the spill declares (before the spill's two sides were one node, and src ran free)
     t, n = 8, 8 * N
-
-    def streamed(kid, name, src, dst, phase):
-        return KernelConfig(kid, name, "elementwise", [Port(0, src, "f32", [n], t)], [Port(1, dst, "f32", [n], t)],
-                            [], [Buffer("in", 0, 2 * 4 * n // t, 1, True)], [("rows", t)],
-                            [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})], 0, phase)  # fmt: skip
-
-    spill = KernelConfig(3, "spill", "dma_spill", [Port(0, 1, "f32", [n], t)], [Port(0, 3, "f32", [n], t)], [],
-                         [Buffer("stage", 0, 2 * 4 * n // t, 1, True)], [("burst", t)], [], 0)  # fmt: skip
+    streamed = _streamed_add(t, n)
+    spill = _streamed_spill(t, n)
     tiles = {
         (2, 1): [streamed(0, "src", 100, 1, phase=1)],
         (2, 0): [spill],
