@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from attnc.cost.work import DMA_BURST
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import RESERVE, TAG, WEIGHT_PASSES, i64_array
 from attnc.dialects.values import from_numpy, np_dtype, to_numpy
@@ -87,7 +86,7 @@ def _steps(n: int, unit: int) -> list[int]:
 
 
 def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, budget: int, a_dram: bool,
-                col_unit: int = 1, col_width: int = 0, direct: bool = False) -> GemmGrid | None:
+                col_unit: int = 1, col_width: int = 0) -> GemmGrid | None:
     """The cheapest grid of at most ``parts`` parts whose buffers fit ``budget`` bytes, or None.
 
     A part of ``Mi x Nj`` outputs in ``mt x nt`` sub-blocks takes ``mt * nt * ceil(mb/rows) * ceil(nb/cols)
@@ -96,8 +95,7 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
     row strip ``nt`` times, those of a column chain the weight block ``mt`` times. The prediction is the
     largest of the three times. Column blocks are multiples of ``col_unit`` (whole heads of a projection) and,
     with ``col_width`` (the width of each GEMM merged into this one), never straddle two merged GEMMs, so that
-    an epilogue of one of them (its bias add) joins the parts that make it. ``direct``: every part reads its
-    row strip from DRAM itself (:attr:`GemmGrid.direct`), once per column of parts."""
+    an epilogue of one of them (its bias add) joins the parts that make it."""
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
     link = max(arch.noc.link_bytes_per_cycle, 1)
@@ -119,7 +117,7 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
                 for resident in (False, True):
                     for nb in [nj] if resident or not a_dram else _steps(nj, mc):
                         g = _predict(name, (m, k, n, r, c, mb, nb), eb, resident, a_dram, budget, (mr, mc), link,
-                                     dram, direct)  # fmt: skip
+                                     dram)  # fmt: skip
                         if g is not None and (best is None or _better(g, best)):
                             best = g
     return best
@@ -130,11 +128,10 @@ def _divisors(n: int, most: int) -> set[int]:
 
 
 def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: bool, budget: int,
-             mac: tuple[int, int], link: int, dram: float, direct: bool = False) -> GemmGrid | None:
+             mac: tuple[int, int], link: int, dram: float) -> GemmGrid | None:
     """One candidate's figures, or None when its buffers do not fit ``budget``. A part either streams its
-    weight block in k-chunks with each sub-block (``mt`` times in all), or, ``resident``, holds it whole (read
-    once, in k-chunks during its first row block) and streams only its row strip. A ``direct`` grid's parts
-    each read their row strip from DRAM: the strip crosses DRAM once per column, and no row chain carries it."""
+    weight block in k-chunks with each sub-block (``mt`` times in all), or, ``resident``, holds it whole
+    (read once, needed before its first step) and streams only its row strip."""
     m, k, n, r, c, mb, nb = dims
     mr, mc = mac
     mi, nj = -(-m // r), -(-n // c)
@@ -143,32 +140,20 @@ def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: 
     kc = min(k, (budget - acc - held) // max(2 * eb * (mb if resident else mb + nb), 1))
     if kc < min(k, mr):
         return None
-    if resident:
-        # the held block arrives chunk by chunk and the first step waits for its first chunk (and every other
-        # column's, sharing DRAM): chunks of a burst or a MAC array's depth, not the most the buffers allow
-        # (cloud 768x768 at seq 512: k-chunks of 288 started the parts at cycle 2,687, of 32 at 428)
-        kc = min(kc, max(mr, -(-DMA_BURST // (nb * eb))))
     mt, nt = -(-mi // mb), -(-nj // nb)
     w_passes = 1 if resident else mt
     steps = mt * nt * -(-mb // mr) * -(-nb // mc) * k + mr + mc
     y_bytes = m * n * eb
-    a_bytes = m * k * eb * (nt if a_dram else 1) * (c if direct else 1)
-    moved = k * n * eb * w_passes + a_bytes + y_bytes
-    chain = max(mi * k * eb * nt if c > 1 and not direct else 0, k * nj * eb * w_passes if r > 1 else 0) / link
+    moved = k * n * eb * w_passes + m * k * eb * (nt if a_dram else 1) + y_bytes
+    chain = max(mi * k * eb * nt if c > 1 else 0, k * nj * eb * w_passes if r > 1 else 0) / link
     # the result leaves through a store that takes a link or two; what the last sub-blocks finish
-    # drains after the last step
+    # drains after the last step; held weight blocks (all of them, sharing DRAM) arrive before the first
     store = y_bytes / (2 * link)
     tail = y_bytes / (mt * nt) / (2 * link)
     if resident:
-        # held weight blocks stream in k-chunks during the first row block, which computes as they come: it ends
-        # no sooner than every block (all sharing DRAM, each down its column) and its share of the row strips
-        # have arrived; the later row blocks reuse what is held and stream their row strips only
         w_bytes = k * n * eb
-        head = (w_bytes + a_bytes / mt) / -(-k // kc) / dram
-        first = max(head + steps / mt, (w_bytes + a_bytes / mt) / dram, k * nj * eb / link)
-        later = (mt - 1) / mt
-        rest = max(steps * later, (a_bytes + y_bytes) * later / dram, chain * later, store * later)
-        cycles = int(first + rest + tail)
+        head = max(k * nj * eb / link, w_bytes / dram)
+        cycles = int(head + max(steps, (moved - w_bytes) / dram, chain, store) + tail)
     else:
         cycles = int(max(steps, moved / dram, chain, store) + tail)
     buf = acc + held + 2 * eb * kc * (mb if resident else mb + nb)
@@ -389,7 +374,7 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
     room = sum(t.sram_bytes for t in computes) * 7 // 8 - used_sram - max(reserved_compute, 0) * ctx_share
     options = {g: [(grid, budget) for grid, budget in
                    _options(g, i, arch, tiles if parts < 1 else parts, ctx_share, tile, heads.get(g, 1), shared,
-                            widths.get(g, 0), g in direct)
+                            widths.get(g, 0))
                    if part_cap is None or budget <= part_cap]
                for i, g in enumerate(gemms)}  # fmt: skip
     chosen = _allocate(options, level, tiles, free, room, tile.sram_bytes, dma_free, shared)
@@ -412,7 +397,7 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
 
 
 def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_unit: int,
-             a_dram: bool = False, col_width: int = 0, direct: bool = False) -> list[tuple[GemmGrid, int]]:
+             a_dram: bool = False, col_width: int = 0) -> list[tuple[GemmGrid, int]]:
     """A GEMM's candidate (grid, SRAM budget per part): at most 1, 2, 4, ... ``most`` parts, each with one to
     all of its tile's context shares of SRAM."""
     a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
@@ -423,7 +408,7 @@ def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_
         for j in range(1, max(tile.contexts, 1) + 1):
             budget = ctx_share * j
             grid = grid_search(f"gemm{i}", m, a[-1], w[1], eb, arch, parts, budget, a_dram or _a_from_dram(g),
-                               col_unit, col_width, direct)  # fmt: skip
+                               col_unit, col_width)  # fmt: skip
             if grid is not None:
                 out.append((grid, budget))
     return out

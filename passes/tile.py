@@ -377,11 +377,24 @@ def _row_block_contexts(fn: func.FuncOp, arch, grids: dict) -> int:
 
 def _plan_grids(fn: func.FuncOp, arch, parts: int, used_sram: int, g: _GemmRoom, gemms: list, members: int,
                 part_cap: int | None, shared: bool, merged: dict):
-    """The GEMM grids, on what the attention members and the other kernels leave (``g``). A direct grid's parts
-    each read their row strip from DRAM, once per column of parts, which the grid search counts: on cloud an
-    output projection's 2x24 grid read 18.9 MB for a 0.8 MB input when it did not."""
-    return plan_gemms(fn, arch, parts, used_sram, g.others, gemms, g.heads, members, g.dma_free, part_cap, shared,
-                      merged, g.direct)  # fmt: skip
+    """The GEMM grids. A direct grid's parts each read their row strip from DRAM, which the grid search counts
+    once per row: when the other columns' reads would make the grid DRAM-bound beyond the tie margin of its
+    predicted time, that GEMM is planned again as one column of parts (each reads its strip once). On cloud the
+    output projection's 2x24 grid read 18.9 MB for a 0.8 MB input (24 streams of each member's output out of
+    one DMA tile: links over capacity, a place-route of 100 s); on edge the extra reads hide under compute."""
+    heads = dict(g.heads)
+
+    def plan():
+        return plan_gemms(fn, arch, parts, used_sram, g.others, gemms, heads, members, g.dma_free, part_cap,
+                          shared, merged, g.direct)  # fmt: skip
+
+    out = plan()
+    dram = max(arch.dram.bytes_per_cycle, 1e-9)
+    redo = [o for o, grid in out.grids.items() if grid.direct and grid.cols > 1
+            and (grid.dram_bytes + (grid.cols - 1) * nbytes(o.lhs.type)) / dram > (1 + TIE) * grid.cycles]
+    for o in redo:
+        heads[o] = sp.shape_of(o.rhs)[1]
+    return plan() if redo else out
 
 
 def _members_for_grids(fn: func.FuncOp, arch, mode: str, forced: dict, merged: dict) -> dict[str, int]:

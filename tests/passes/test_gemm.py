@@ -130,37 +130,6 @@ def test_column_blocks_of_a_merged_gemm_never_straddle_two_of_its_gemms():
         assert 256 % width == 0 or width % 256 == 0
 
 
-def test_a_held_weight_block_streams_in_k_chunks_into_buffers_that_hold_it_whole():
-    # on cloud the FFN's first GEMM holds its weight blocks: each block's load and every copy passed down a column
-    # come in one token per k-chunk, so that a part computes its first row block as they arrive (the simulator
-    # reads them during that row block and keeps them), and each part declares room for the whole block
-    module, _ = ffn_model()
-    run_pipeline(module, "tile{arch=cloud},lower-to-dataflow{arch=cloud}")
-    assert "weight block held" in main_func(module).attributes["attnc.tile_report"].data
-    kernels = _kernels(module)
-    held = [k for n, k in kernels.items() if _part(n) and [x.data for x in k.loops.data] == ["m", "k"]]
-    assert held
-    tokens = {r: int(t) for k in kernels.values() for r, t in zip(k.outputs, k.tokens.get_values())}
-    for k in held:
-        chunks = dict(k.loop_schedule())["k"]
-        assert chunks > 1
-        block = k.inputs[1]  # the weight block: its load, or the copy of the part above
-        assert tokens[block] == chunks
-        kk, nb = block.type.get_shape()
-        assert k.buffer_bytes.value.data >= kk * nb * 4  # f32
-
-
-def test_a_direct_grid_is_charged_its_row_strips_once_per_column():
-    target = load_arch("cloud")
-    args = ("g", 512, 768, 768, 2, target, 32, 128 << 10, True)
-    passed, direct = grid_search(*args), grid_search(*args, direct=True)
-    for g in (passed, direct):
-        strips = 512 * 768 * 2 * g.a_passes * (g.cols if g is direct else 1)
-        assert g.dram_bytes == 768 * 768 * 2 * g.w_passes + strips + 512 * 768 * 2
-    # each column's strips cross DRAM again: a DRAM-bound GEMM's direct grid keeps to fewer columns
-    assert direct.cols <= passed.cols and direct.cycles >= passed.cycles
-
-
 def test_among_grids_as_fast_the_allocation_takes_the_one_reading_less_dram():
     # a grid predicted compute-bound still waits on DRAM its loads share: within the tie margin of the fastest
     # allocation, SRAM goes to the option that cuts DRAM traffic (edge 768x768 at seq 512 alone: 14.9 MB and
