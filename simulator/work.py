@@ -76,11 +76,18 @@ def _shape(value) -> list[int] | None:
     return None
 
 
-def _gemm_cycles(out: list[int], k: int, rows: int, cols: int) -> int:
+def _row_steps(m: int, rows: int, row_block: int = 0) -> int:
+    """MAC-array row steps over ``m`` rows taken ``row_block`` at a time (0: all at once): ⌈m/b⌉ blocks of
+    ⌈b/rows⌉ steps, a block of fewer rows than the array's height running it part-full."""
+    rb = min(row_block, m) if row_block > 0 else m
+    return -(-m // rb) * -(-rb // rows) if rb > 0 else 0
+
+
+def _gemm_cycles(out: list[int], k: int, rows: int, cols: int, row_block: int = 0) -> int:
     m = out[-2] if len(out) >= 2 else 1
     n = out[-1] if out else 1
     batch = prod_dims(out[:-2])
-    return batch * -(-max(m, 0) // rows) * -(-max(n, 0) // cols) * max(k, 0)
+    return batch * _row_steps(max(m, 0), rows, row_block) * -(-max(n, 0) // cols) * max(k, 0)
 
 
 def _einsum_sizes(equation: str, shapes: list[list[int] | None]) -> tuple[dict[str, int], str] | None:
@@ -230,9 +237,7 @@ def butterfly_stage_work(ins: Instr, ops: list, out: list[int], rows: int, cols:
     r_rows = prod_dims(x[:-1]) if x else 0
     width = max(_param_int(ins, "radix", 1), 1) * max(_param_int(ins, "block", 1), 1)
     slices = n // width
-    rb = _param_int(ins, "row_block", 0)
-    rb = min(rb, r_rows) if rb > 0 else r_rows
-    steps = -(-r_rows // rb) * -(-rb // rows) if rb else 0
+    steps = _row_steps(r_rows, rows, _param_int(ins, "row_block", 0))
     return r_rows * n * width, slices * steps * -(-width // cols) * width
 
 
@@ -241,13 +246,8 @@ def _mac_work(ins: Instr, ops: list, out: list[int], rows: int, cols: int) -> tu
     if ins.opcode == "matmul":
         a = ops[0] if ops else None
         k = (a[-1] if a else 1) if a is not None else 1
-        rb = _param_int(ins, "row_block", 0)
-        if rb > 0 and len(out) >= 2:
-            # the kernel takes rb rows at a time: ⌈M/rb⌉ blocks of ⌈rb/rows⌉ (part-full) row steps each
-            m = out[-2]
-            steps = -(-m // min(rb, m)) * -(-min(rb, m) // rows) if m else 0
-            return prod_dims(out) * k, prod_dims(out[:-2]) * steps * -(-out[-1] // cols) * k, 0, 0
-        return prod_dims(out) * k, _gemm_cycles(out, k, rows, cols), 0, 0
+        # (a ``row_block``: the kernel takes that many rows at a time, part-full row steps below the array's height)
+        return prod_dims(out) * k, _gemm_cycles(out, k, rows, cols, _param_int(ins, "row_block", 0)), 0, 0
     if ins.opcode == "contract":
         parsed = _einsum_sizes(str(ins.params.get("equation", "")), ops)
         if parsed is None:

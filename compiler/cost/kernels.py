@@ -84,10 +84,10 @@ def tensor_bytes(t) -> int:
     return dims_product(_shape(t)) * _elt_bytes(t)
 
 
-def _gemm_cycles(out: list[int], k: int, rows: int, cols: int) -> int:
+def _gemm_cycles(out: list[int], k: int, rows: int, cols: int, row_block: int = 0) -> int:
     m = out[-2] if len(out) >= 2 else 1
     n = out[-1] if out else 1
-    return dims_product(out[:-2]) * _cdiv(max(m, 0), rows) * _cdiv(max(n, 0), cols) * max(k, 0)
+    return dims_product(out[:-2]) * oc.row_steps(max(m, 0), rows, row_block) * _cdiv(max(n, 0), cols) * max(k, 0)
 
 
 def _contract(equation: str, shapes: list[list[int]], out: list[int], rows: int, cols: int) -> tuple[int, int]:
@@ -131,11 +131,7 @@ def body_work(ops: Sequence[Operation], tile) -> Work:
             w.macs += dims_product(out) * k
             # a ``row_block`` (an unfused QKᵀ with its softmax epilogue holds that many score rows): part-full
             # MAC-array row steps
-            rb = _attr_int(op, "row_block")
-            if rb and len(out) >= 2:
-                w.mac_cycles += dims_product(out[:-2]) * oc.row_steps(out[-2], rows, rb) * -(-out[-1] // cols) * k
-            else:
-                w.mac_cycles += _gemm_cycles(out, k, rows, cols)
+            w.mac_cycles += _gemm_cycles(out, k, rows, cols, _attr_int(op, "row_block"))
         elif name == "butterfly_stage":
             # [rows, n] as n/width GEMMs [rows, width] x [width, width], width = radix * block
             x = shapes[0] if shapes and shapes[0] else out
