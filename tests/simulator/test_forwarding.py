@@ -4,7 +4,7 @@ input arrives; a ("repeat", P) context reads its input in the first pass only. H
 
 from __future__ import annotations
 
-from attnc.backend.bitstream import Instr
+from attnc.backend.bitstream import Buffer, Instr
 from attnc.simulator.timing import simulate
 
 from test_dma import N, kernel, make, port, route
@@ -20,7 +20,9 @@ def slow(kid, name, in_stream, out_stream, fwd_stream=None, work=4096):
     if fwd_stream is not None:
         body.append(Instr("reshape", [0], [2], {"dtype": "f32", "shape": [N]}))
         outputs.append(port(2, fwd_stream, tokens=T))
-    return kernel(kid, name, "elementwise", [port(0, in_stream, tokens=T)], outputs, body, (("steps", T),))
+    k = kernel(kid, name, "elementwise", [port(0, in_stream, tokens=T)], outputs, body, (("steps", T),))
+    k.buffers = [Buffer("in", 0, 2 * 4 * N // T, 1, True)]  # two tokens of its input: one worked on, one arriving
+    return k
 
 
 def chain(forward: bool):

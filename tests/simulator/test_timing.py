@@ -50,9 +50,12 @@ def route(stream, src, dst, hops, nbytes):
     return RouteConfig(stream, f"s{stream}", src, dst, [tuple(h) for h in hops], 0, nbytes, 1.0)
 
 
-#: the tiny array with SRAM ports too wide to bind: for the cases that work out the NoC alone
-WIDE_SRAM = dataclasses.replace(TINY, source="", tiles=tuple(dataclasses.replace(t, sram_bank_bytes_per_cycle=1 << 20)
-                                                  for t in TINY.tiles))  # fmt: skip
+#: the tiny array with 64 KiB of SRAM a tile (same banks, same ports): room for the tensors the NoC and DRAM cases
+#: send whole, which tiny's 1-4 KiB tiles could not hold (the simulator refuses a tile that holds more than it has)
+ROOMY = dataclasses.replace(TINY, source="", tiles=tuple(dataclasses.replace(t, sram_bytes=1 << 16) for t in TINY.tiles))
+#: ... and with SRAM ports too wide to bind: for the cases that work out the NoC alone
+WIDE_SRAM = dataclasses.replace(ROOMY, tiles=tuple(dataclasses.replace(t, sram_bank_bytes_per_cycle=1 << 20)
+                                                   for t in ROOMY.tiles))  # fmt: skip
 
 
 def bitstream(tiles: dict, routes=(), dma=(), arch=TINY):
@@ -119,7 +122,8 @@ def test_dram_copy_through_one_link():
     tiles = {(0, 0): [dma_load(0, 100, 1, nbytes)], (1, 0): [dma_store(1, 1, 101, nbytes)]}
     descs = [DmaDescriptor((0, 0), "load", 1, 0, nbytes, [nbytes // 4], [1], "f32"),
              DmaDescriptor((1, 0), "store", 1, 1 << 20, nbytes, [nbytes // 4], [1], "f32")]  # fmt: skip
-    stats = simulate(bitstream(tiles, [route(1, 0, 1, [(0, 0), (1, 0)], nbytes)], descs))
+    # (the store takes the 16 KiB as one token: ROOMY's DMA tiles hold it)
+    stats = simulate(bitstream(tiles, [route(1, 0, 1, [(0, 0), (1, 0)], nbytes)], descs, arch=ROOMY))
     assert stats.cycles == math.ceil(2 * dram + noc)
     assert stats.noc_byte_hops == nbytes
     assert (stats.dram_read_bytes, stats.dram_write_bytes) == (nbytes, nbytes)
@@ -225,7 +229,7 @@ def test_a_port_shape_is_the_whole_tensor_whatever_its_tokens():
         tiles = {(1, 1): [passthrough(0, "src", 10, 11, n // tokens, tokens, work=1)],
                  (2, 1): [passthrough(1, "add", 11, 12, n // tokens, tokens, work=1, room=2 if tokens > 1 else 0)]}
         # the route's bytes left 0: each token carries the port's whole bytes / tokens
-        return simulate(bitstream(tiles, [route(11, 0, 1, [(1, 1), (2, 1)], 0)]))
+        return simulate(bitstream(tiles, [route(11, 0, 1, [(1, 1), (2, 1)], 0)], arch=ROOMY))  # 16 KiB whole
 
     one, eight = run(1), run(8)
     assert one.vector_ops == eight.vector_ops == 2 * n
@@ -314,14 +318,13 @@ def test_a_cycle_of_streams_is_a_deadlock_error_not_a_hang():
 def example_bitstreams():
     from attnc.backend.emit import emit_bitstream
     from attnc.frontend.onnx import import_onnx
-    from attnc.passes.lower_dataflow import LowerToDataflowPass
-    from attnc.passes.placement.place_route import PlaceRoutePass
-    from attnc.pipeline import run_pipeline
+    from attnc.pipeline import DEFAULT_PIPELINE, backend_passes, run_pipeline
 
     def compile_edge(path, **placer):
+        # the pipeline `attnc compile` runs: what it writes must fit the array (no buffer over its SRAM)
         module = import_onnx(path)
-        run_pipeline(module, "canonicalize,raise-attention")
-        run_pipeline(module, [LowerToDataflowPass(arch="edge"), PlaceRoutePass(arch="edge", **placer)])
+        run_pipeline(module, DEFAULT_PIPELINE)
+        run_pipeline(module, backend_passes("edge", **placer))
         return decode(encode(emit_bitstream(module, load_arch("edge"), {})))
 
     out = {}
