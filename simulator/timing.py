@@ -846,21 +846,23 @@ class _Sim:
         its tiles have room (``size_stream_buffers``), which its fork-joins (GEMM grids, a spill between a GEMM
         and its layer norm) run with. A wait for all of a producer breaks the argument whatever the depths: the
         producer must run to its end, as far ahead of the consumers holding it back as it likes. A closed walk
-        that passes a context twice is made of cycles of its own, each checked when its edges were added."""
-        stack = [(n, in_step and extra[start]) for n, in_step in waits[start].items() if n != source]
+        that passes a context twice is made of cycles of its own, each checked when its edges were added, but
+        for a two-context loop (a throttled producer and its consumer): the depth rules those out, so none is
+        checked, and the walk never steps straight back to the context it came from. Else a stage's whole wait
+        on its load, and the load's wait on that stage, would mark every walk through the stage as needing all
+        of a producer (on fused attention alone, a K stage throttled first left the V stage unthrottled)."""
+        # a state: (context, every wait so far in step, the context the walk came from)
+        stack = [(n, in_step and extra[start], start) for n, in_step in waits[start].items() if n != source]
         seen = set(stack)
         while stack:
-            n, in_step = stack.pop()
+            n, in_step, came = stack.pop()
             if n == source:
                 if not in_step:
                     return True
                 continue
-            nxt = dict(waits[n])
-            if n == source:
-                nxt.update(extra)
-            for m, step in nxt.items():
-                state = (m, in_step and step)
-                if state not in seen:
+            for m, step in waits[n].items():
+                state = (m, in_step and step, n)
+                if m != came and state not in seen:
                     seen.add(state)
                     stack.append(state)
         return False
