@@ -335,6 +335,7 @@ class LowerToDataflowPass(TargetPass):
         stream_gemm_weights(fn, arch)
         stream_gemm_rows(fn)
         stream_row_wise(fn)
+        stream_spilled_rows(fn)
         stream_into_dma(fn, arch)
         size_stream_buffers(fn, arch)
 
@@ -801,6 +802,61 @@ def _room(kernels: list[df.KernelOp], arch) -> Callable[[df.KernelOp], int]:
         return max(share, sram // max(1, -(-at_once // len(tiles))))
 
     return room
+
+
+def _keeps_rows(v: SSAValue) -> bool:
+    """Whether every use of ``v`` reads it row by row (a row: its elements along the last axis): through slices,
+    concatenations (a row of a concat along the last axis is the parts' rows side by side) and reshapes that keep
+    the last axis, into elementwise ops or a layer norm over the last axis, or out of the kernel."""
+    shp = sp.shape_of(v)
+    for use in v.uses:
+        op = use.operation
+        if isinstance(op, df.YieldOp):
+            continue
+        if isinstance(op, (*sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)):
+            continue  # row by row; its result is the kernel's business
+        if isinstance(op, sp.LayerNormOp) and use.index == 0 and op.axis.value.data % max(len(shp), 1) == len(shp) - 1:
+            continue
+        if isinstance(op, sp.ReshapeOp):
+            out = sp.shape_of(op.results[0])
+            if not shp or not out or out[-1] != shp[-1]:
+                return False
+        elif not isinstance(op, (sp.SliceOp, sp.ConcatOp)):
+            return False
+        if not _keeps_rows(op.results[0]):
+            return False
+    return True
+
+
+def stream_spilled_rows(fn: func.FuncOp) -> None:
+    """A row-wise kernel (a layer norm, a residual add) reads what a DMA load or spill brings it for it alone row
+    by row: the value comes in one token per row and the kernel takes a step per row, so it holds a row of each
+    input (and the next) instead of every input whole (BERT-base on edge: the layer norms held 771 KiB of spilled
+    GEMM parts in an 8 KiB tile). Weights (constants a load brings) stay whole."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    for k in kernels:
+        if not _row_wise(k) or not k.outputs:
+            continue
+        streamed = []
+        for v, arg in zip(k.inputs, k.body.block.args):
+            src = v.owner
+            if not (isinstance(src, df.KernelOp) and src.kind.data in ("dma_load", "dma_spill")) or _is_weight_load(src):
+                continue
+            j = list(src.outputs).index(v)
+            if list(src.tokens.get_values())[j] != 1 or any(u is not k for u, _ in consumers.get(v, [])):
+                continue
+            if src.attributes.get(INPUT_REPEATS) is not None or len(src.loops.data) != 1 or not _keeps_rows(arg):
+                continue
+            streamed.append((src, j, int(np.prod(sp.shape_of(v)[:-1], dtype=np.int64))))
+        if not streamed:
+            continue
+        rows = int(np.prod(sp.shape_of(k.outputs[0])[:-1], dtype=np.int64))
+        k.trips = df.i64_array([rows])
+        for src, j, n in streamed:
+            out = list(src.tokens.get_values())
+            out[j] = max(n, 1)
+            src.tokens = df.i64_array(out)
 
 
 def stream_into_dma(fn: func.FuncOp, arch) -> None:

@@ -202,12 +202,17 @@ def _filling_row_block(sh: Shape, rows: int, fusion: str, budget: int, key_block
 
 
 def _stageable(sh: Shape, arch, groups: int, key_block: int, reserved: dict[str, int]) -> bool:
-    """Whether the memory tiles can hold one unit of K and one of V per group (with two key
-    blocks each), so that passes re-read them on chip instead of from DRAM."""
+    """Whether the memory tiles can hold what a stage of K and one of V per group receive at once (with two
+    key blocks each), so that passes re-read them on chip instead of from DRAM. A stage loaded from DRAM for
+    itself takes one unit at a time; K and V computed on chip come out of the read-back that also brings the
+    members' Q rows, which the members pace row block by row block while a stage takes a unit per pass, so
+    that read-back runs ahead of the members (the timing model cannot pace one context by both) and a stage
+    holds its group's K or V whole."""
     if reserved.get("memory", 0):
         return False
     kb = min(key_block, sh.keys)
-    need = sh.eb * max(sh.d, sh.dv) * (sh.keys + 2 * kb)
+    units = 1 if sh.kv_from_dram else -(-sh.units // groups)
+    need = sh.eb * max(sh.d, sh.dv) * (units * sh.keys + 2 * kb)
     slots = sum(min(t.contexts, t.sram_bytes // need) for t in arch.tiles_of("memory")) if need else 0
     return slots >= 2 * groups
 

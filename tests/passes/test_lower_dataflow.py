@@ -117,3 +117,38 @@ def test_an_unsplit_gemm_streams_a_weight_it_cannot_hold_and_reads_its_rows_by_b
     assert streamed >= 4  # q, k, v and the output projection
     hidden = next(k for k in kernels if k.kind.data == "dma_load" and k.sym_name.data == "load_hidden_states")
     assert list(hidden.tokens.get_values()) == [2]  # the projections' two row blocks of 8 rows
+
+
+def test_a_row_kernel_reads_what_is_loaded_for_it_by_rows_and_a_store_takes_tokens_that_fit(onnx_model):
+    # a [256, 512] f32 layer norm on edge (512 KiB in, 512 KiB out; 8 KiB sfu tiles, 4 KiB dma tiles). Before, the
+    # load brought x in one token (held whole by the kernel) and the store took y in one token (held whole on a
+    # DMA tile): now x comes a row per token into a step per row, and y leaves in tokens two of which fit the
+    # store's room, which the store declares; simulated, nothing holds more than it declares
+    from onnx import TensorProto, helper
+
+    from attnc.backend.bitstream import decode, encode
+    from attnc.backend.emit import emit_bitstream
+    from attnc.pipeline import backend_passes
+    from attnc.simulator.timing import simulate
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=1e-5)]
+    model = onnx_model(nodes, {"x": (TensorProto.FLOAT, [256, 512])}, {"y": (TensorProto.FLOAT, [256, 512])},
+                       inits={"g": rng.standard_normal(512).astype(np.float32),
+                              "b": rng.standard_normal(512).astype(np.float32)})  # fmt: skip
+    module = import_onnx(model)
+    passes = backend_passes("edge", time_limit=10.0, seed=0, heuristic_only=True)
+    run_pipeline(module, passes[:-1])
+    kernels = {k.sym_name.data: k for k in module.walk() if isinstance(k, df.KernelOp)}
+    norm = next(k for k in kernels.values() if k.kind.data == "layer_norm")
+    load = kernels["load_x"]
+    assert list(load.tokens.get_values()) == [256] and norm.loop_schedule() == [("rows", 256)]
+    store = kernels["store_y"]
+    token = 256 * 512 * 4 // int(list(norm.tokens.get_values())[0])
+    assert 2 * token <= store.buffer_bytes.value.data <= 4096
+    run_pipeline(module, passes[-1:])
+    stats = simulate(decode(encode(emit_bitstream(module, load_arch("edge"), {}))))
+    assert stats.warnings == []
+    for k in stats.kernels:
+        if k.name in ("store_y", norm.sym_name.data):
+            assert 0 < k.peak_buffer_bytes <= (store if k.name == "store_y" else norm).buffer_bytes.value.data

@@ -272,3 +272,21 @@ def test_flat_members_take_k_and_v_in_chunks_of_the_mac_array_width():
     assert all(k.loop_schedule() == [("unit", 2), ("row_block", 4), ("key_block", 16)] for k in members)
     assert all(list(k.tokens.get_values()) == [2 * 4 * 16] for k in stages)
     np.testing.assert_allclose(interpret(module, inputs)["O"], before["O"], rtol=0, atol=2e-6)
+
+
+def test_k_and_v_computed_on_chip_are_staged_only_where_a_group_of_them_fits():
+    """A stage loaded from DRAM for itself takes one unit at a time; K/V computed on chip come out of the
+    read-back that also brings the members' Q, so a stage receives its group's K or V whole: BERT-base's
+    twelve heads of K (768 KiB) do not fit an 80 KiB memory tile, and the passes re-read K/V from DRAM."""
+    arch = load_arch("edge")
+    forced = {"groups": 1, "members": 8, "row_block": 8, "key_block": 8}
+
+    def chosen(heads: int, from_dram: bool):
+        sh = Shape(1, heads, heads, 512, 512, 64, 64, 2, False, 0, False, from_dram)
+        return search(sh, arch, "online", 8192, forced).best.schedule
+
+    loaded, computed, one_head = chosen(12, True), chosen(12, False), chosen(1, False)
+    assert loaded.passes == computed.passes == one_head.passes == 8
+    assert loaded.staged and not loaded.spilled
+    assert computed.spilled and not computed.staged
+    assert one_head.staged  # 64 KiB of K and two key blocks fit a memory tile

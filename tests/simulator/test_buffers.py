@@ -339,3 +339,41 @@ def test_an_overflow_is_one_clear_error_once_it_is_refused(monkeypatch):
     assert str(e.value) == ("simulate: TILES: the configuration holds more than the array's buffers can (1 problem): "
                             + warned[0].removesuffix(" (timed as if they fit)"))
     assert simulate(slow_consumer(room=256)).warnings == []  # within its buffers: timed as ever
+
+
+def staged_kv(passes=4):
+    """Fused attention's K/V path in miniature: load_K (1,0) and load_V (2,0) each stream N floats in TOKENS
+    tokens into a stage on the memory tile (0,2), which holds them and re-sends them ``passes`` times (its
+    ``("repeat", P)`` loop: it reads its input during the first pass, a wait for all of its load) to one
+    member on (1,1) that takes a token of each a step."""
+
+    def stage(kid, name, src, dst, at):
+        body = [Instr("reshape", [0], [1], {"dtype": "f32", "shape": [N]})]
+        return kernel(kid, name, "data", [port(0, src)], [port(1, dst, tokens=passes * TOKENS)], body,
+                      (("repeat", passes), ("block", TOKENS)), [Buffer("kv", at, 4 * N + 2 * 4 * PER, 1, True)])  # fmt: skip
+
+    body = [Instr("add", [0, 1], [2], {"dtype": "f32", "shape": [N]})]
+    member = kernel(4, "member", "attention", [port(0, 3, tokens=passes * TOKENS), port(1, 4, tokens=passes * TOKENS)],
+                    [port(2, 5, tokens=passes * TOKENS)], body, (("row_block", passes), ("key_block", TOKENS)),
+                    [Buffer("work", 0, 4 * 4 * 4 * PER, 2, True)])  # fmt: skip
+    tiles = {(1, 0): [load(0, 1)], (2, 0): [load(1, 2, dram_stream=102)],
+             (0, 2): [stage(2, "kstage", 1, 3, 0), stage(3, "vstage", 2, 4, 8192)], (1, 1): [member]}  # fmt: skip
+    routes = [route(1, 0, 2, [(1, 0), (0, 0), (0, 1), (0, 2)]), route(2, 1, 3, [(2, 0), (2, 1), (2, 2), (1, 2), (0, 2)]),
+              route(3, 2, 4, [(0, 2), (1, 2), (1, 1)], passes * 4 * N),
+              route(4, 3, 4, [(0, 2), (1, 2), (1, 1)], passes * 4 * N)]  # fmt: skip
+    dma = [DmaDescriptor((1, 0), "load", 1, 0, 4 * N, [N], [1], "f32"),
+           DmaDescriptor((2, 0), "load", 2, 4 * N, 4 * N, [N], [1], "f32")]  # fmt: skip
+    return simulate(make(tiles, routes, dma))
+
+
+def test_both_stages_of_k_and_v_are_held_to_the_member_buffers():
+    # each load waits for its stage (its room) and each stage for all of its load (the first pass reads it): a
+    # two-context loop the depth rules out, which must not count as a wait for all of a producer on the walk
+    # that checks the V stage's back-pressure (member -> K stage -> load_K -> K stage -> member -> V stage):
+    # with it the V stage ran free and its member buffered the passes it sent ahead
+    stats = staged_kv()
+    k = by_name(stats)
+    assert k["load0"].throttled and k["load1"].throttled
+    assert k["kstage"].throttled and k["vstage"].throttled
+    assert k["member"].peak_buffer_bytes <= 4 * 4 * 4 * PER
+    assert stats.warnings == []

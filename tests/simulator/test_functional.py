@@ -345,3 +345,32 @@ def test_fuzzed_records_give_only_attnc_errors(monkeypatch):
             _simulate_bytes(encoded, inputs)
         except AttncError:
             pass
+
+
+def test_spills_of_one_stream_sharing_a_dma_tile_each_write_their_own_region():
+    """An encoder layer compiled for an edge array with a single DMA tile: every spill shares it, and the
+    attention's output is spilled once for FFN1 and once for the residual, two spills reading one stream. Each
+    writes through its own store descriptor; when both took the first one (matching by stream alone) the
+    second read its region back unwritten and the layer was 0.57 from the interpreter."""
+    from example_script import load_make_examples
+
+    from attnc.arch import parse_arch, preset_text
+
+    text = preset_text("edge").replace("dma:       {contexts: 4", "dma:       {contexts: 32")
+    text = text.replace("  - D D D D D D\n  - S C", "  - D S S S S S\n  - S C").replace("  - D D D D D D\n", "  - S S S S S S\n")
+    arch = parse_arch(text)
+    assert len(arch.tiles_of("dma")) == 1
+    model, inputs = load_make_examples().encoder(seq=128, hidden=128, heads=2, ffn=512, layers=1, half=True)
+    module = import_onnx(model)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    want = interpret(module, inputs)
+    bs = bsm.decode(compile_to_bitstream(module, arch, heuristic_only=True)[0])
+    read_by_spills: dict[int, int] = {}
+    for c in (c for t in bs.tiles for c in t.contexts if c.kind == "dma_spill"):
+        for s in {p.stream for p in c.inputs}:
+            read_by_spills[s] = read_by_spills.get(s, 0) + 1
+    assert max(read_by_spills.values()) >= 2  # the case this test is about
+    got = run(bs, inputs)
+    for name, w in want.items():
+        a, b = np.asarray(got[name], np.float64), np.asarray(w, np.float64)
+        assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-3
