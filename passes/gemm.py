@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from attnc.cost.work import DMA_BURST
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import RESERVE, TAG, WEIGHT_PASSES, i64_array
 from attnc.dialects.values import from_numpy, np_dtype, to_numpy
@@ -140,6 +141,11 @@ def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: 
     kc = min(k, (budget - acc - held) // max(2 * eb * (mb if resident else mb + nb), 1))
     if kc < min(k, mr):
         return None
+    if resident:
+        # the held block arrives chunk by chunk and the first step waits for its first chunk (and every other
+        # column's, sharing DRAM with the row strips): chunks of a burst or a MAC array's depth, not the most the
+        # buffers allow (cloud 768x768 at seq 512: chunks of 288 started the parts at cycle 2,697, of 32 at 438)
+        kc = min(kc, max(mr, -(-DMA_BURST // (nb * eb))))
     mt, nt = -(-mi // mb), -(-nj // nb)
     w_passes = 1 if resident else mt
     steps = mt * nt * -(-mb // mr) * -(-nb // mc) * k + mr + mc
@@ -147,13 +153,20 @@ def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: 
     moved = k * n * eb * w_passes + m * k * eb * (nt if a_dram else 1) + y_bytes
     chain = max(mi * k * eb * nt if c > 1 else 0, k * nj * eb * w_passes if r > 1 else 0) / link
     # the result leaves through a store that takes a link or two; what the last sub-blocks finish
-    # drains after the last step; held weight blocks (all of them, sharing DRAM) arrive before the first
+    # drains after the last step
     store = y_bytes / (2 * link)
     tail = y_bytes / (mt * nt) / (2 * link)
     if resident:
+        # held weight blocks stream in k-chunks during the first row block, which computes as they come: it ends
+        # no sooner than every block (all sharing DRAM, each down its column) and its share of the row strips
+        # have arrived; the later row blocks reuse what is held and stream their row strips only
         w_bytes = k * n * eb
-        head = max(k * nj * eb / link, w_bytes / dram)
-        cycles = int(head + max(steps, (moved - w_bytes) / dram, chain, store) + tail)
+        a_bytes = moved - w_bytes - y_bytes
+        head = (w_bytes + a_bytes / mt) / -(-k // kc) / dram
+        first = max(head + steps / mt, (w_bytes + a_bytes / mt) / dram, k * nj * eb / link)
+        later = (mt - 1) / mt
+        rest = max(steps * later, (a_bytes + y_bytes) * later / dram, chain * later, store * later)
+        cycles = int(first + rest + tail)
     else:
         cycles = int(max(steps, moved / dram, chain, store) + tail)
     buf = acc + held + 2 * eb * kc * (mb if resident else mb + nb)

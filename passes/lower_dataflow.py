@@ -700,6 +700,12 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
             users = [u for r in k.outputs for u in consumers.get(r, [])]
             if users and all(_grid_part(u) == "streamed" or (_grid_part(u) and _reaches_lhs(u, i)) for u, i in users):
                 k.tokens = df.i64_array([dict(k.loop_schedule()).get("burst", 1)] * len(k.outputs))
+            elif users and all(_grid_part(u) == "resident" and not _reaches_lhs(u, i) for u, i in users):
+                # the weight block of parts that hold it: one token per k-chunk, so that a part computes its first
+                # row block as the chunks arrive instead of waiting for the whole block
+                chunks = {dict(u.loop_schedule())["k"] for u, _ in users}
+                if len(chunks) == 1:
+                    k.tokens = df.i64_array([chunks.pop()] * len(k.outputs))
     tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
     for k in kernels:
         mm = next((o for o in k.body.block.ops if isinstance(o, sp.MatmulOp) and A_PASSES in o.attributes), None)

@@ -43,6 +43,9 @@ MAX_STREAMED_SEGMENTS = 16384
 #: a DMA context runs a segment per token up to this many (beyond, a segment moves several: a token count no
 #: compiled stream reaches, which bounds the events of a mangled one)
 MAX_DMA_SEGMENTS = 16384
+#: an any-order store (``_Kernel.any_order``) runs a segment per token it writes up to this many (a GEMM of
+#: 2048x3072 f16 outputs reaches 24,576 tokens of 512 bytes into a 64 KiB store)
+MAX_STORE_SEGMENTS = 1 << 16
 #: the progress callback is called every this many events
 PROGRESS_EVERY = 2000
 
@@ -269,6 +272,16 @@ class _InPort:
         return self.tokens if segment + 1 >= segments else (segment + 1) * self.tokens // segments
 
 
+def _next_block(ports: list[_InPort]) -> _InPort | None:
+    """The port whose token an any-order store writes next: of those with a token arrived and not yet written,
+    the one with the most waiting (blocks leave about in the order they came), or None."""
+    best, most = None, 0
+    for p in ports:
+        if p.producer is not None and p.received - p.consumed > most:
+            best, most = p, p.received - p.consumed
+    return best
+
+
 def _whole(p: _InPort) -> bool:
     """Whether a context holds all of an input at once: a weight (needed whole, or streamed in and kept), or a
     one-token stream."""
@@ -356,6 +369,9 @@ class _Kernel:
     #: side's are ``done``), and the DRAM bytes of each side; None: both sides in each segment, as any DMA
     written: int | None = None
     spill_bytes: tuple[int, int] = (0, 0)  # (read, written)
+    #: a DMA store of several streamed inputs: each descriptor writes its block to its own DRAM address, so a
+    #: segment writes whatever tokens have arrived, from any port, instead of its share of every port
+    any_order: bool = False
 
     def emitted_after(self, segment: int, tokens: int) -> int:
         """Tokens of an output of ``tokens`` emitted once segment ``segment`` (0-based) has finished."""
@@ -369,6 +385,9 @@ class _Kernel:
         if self.closed:  # no data goes into a gated context's buffers
             return False
         i = self.done
+        if self.any_order:
+            # a store writes whichever block has arrived, a token a segment, from any of its ports
+            return _next_block(self.inputs) is not None and not self.pending()
         for p in self.inputs:
             if p.received < p.need(i, self.segments):
                 return False
@@ -507,6 +526,15 @@ class _Sim:
                 if src is not None and src is not k:
                     p.producer = src
                     p.token_bytes = self._token_bytes(src, k, p)
+        for k in self.kernels.values():
+            # a store of several streamed inputs (a GEMM grid's parts) runs a segment per token it writes
+            streamed = [p for p in k.inputs if p.producer is not None and not _whole(p)]
+            tokens = sum(p.tokens for p in k.inputs)
+            if k.cfg.kind == "dma_store" and len(streamed) > 1 and len(streamed) == len(k.inputs) \
+                    and tokens <= MAX_STORE_SEGMENTS:
+                k.any_order = True
+                self.total_segments += tokens - k.segments
+                k.segments = k.stats.segments = tokens
         self.stats.kernels = [k.stats for k in self.kernels.values()]
         for tile in self.tiles:
             self._sram(tile)
@@ -1142,7 +1170,10 @@ class _Sim:
         if k.done == k.segments:
             k.stats.end = now
         n = k.done if k.written is None else k.written  # segments that have read their inputs
-        for p in k.inputs:
+        if k.any_order and (p := _next_block(k.inputs)) is not None:  # the token this segment wrote
+            self._hold(k, -p.token_bytes)
+            p.consumed += 1
+        for p in ([] if k.any_order else k.inputs):
             if p.producer is None:
                 continue
             upto = p.released(n - 1, k.segments)

@@ -377,3 +377,36 @@ def test_both_stages_of_k_and_v_are_held_to_the_member_buffers():
     assert k["kstage"].throttled and k["vstage"].throttled
     assert k["member"].peak_buffer_bytes <= 4 * 4 * 4 * PER
     assert stats.warnings == []
+
+
+def two_producers_into_a_store():
+    """'fast' (4 cycles a token) on (1,1) and 'slow' (32 cycles a token) on (2,1), inputs DRAM-side, each send 32
+    tokens of 64 bytes to one DMA store on (1,0) (two ports, its 512 double-buffered bytes: 4 tokens of each),
+    as a GEMM grid's parts send their blocks of the result."""
+    fast = adds(0, "fast", [100], 1, work=1)
+    slow = adds(1, "slow", [101], 2, work=8)
+    store = kernel(2, "store", "dma_store", [port(0, 1), port(1, 2)], [port(2, 103, n=2 * N, tokens=1)],
+                   [Instr("concat", [0, 1], [2], {"axis": 0, "dtype": "f32", "shape": [2 * N]})],
+                   loops=(("burst", TOKENS),), buffers=[Buffer("work", 0, 512, 1, True)])  # fmt: skip
+    routes = [route(1, 0, 2, [(1, 1), (1, 0)]), route(2, 1, 2, [(2, 1), (2, 0), (1, 0)])]
+    dma = [DmaDescriptor((1, 0), "store", 1, 0, 8 * N, [2 * N], [1], "f32")]
+    io = [IOEntry("y", "output", "f32", [2 * N], 0, 8 * N)]
+    return make({(1, 1): [fast], (2, 1): [slow], (1, 0): [store]}, routes, dma, io)
+
+
+def test_a_store_writes_the_blocks_of_its_inputs_as_they_arrive():
+    # each descriptor block has its own DRAM address, so the store writes whichever token has arrived, a token a
+    # segment (64 segments): 'fast' is held back only by the store's own pace, never by 'slow'. Its first 4 tokens
+    # fill the store's room for it (4 + 5 cycles each: compute, the link, the hop); the store's first write waits
+    # for DRAM's latency (94 cycles), then it writes a token in 64 / 18.28 = 3.5 cycles, faster than 'fast' makes
+    # them: 'fast' ends within a token of 94 + 28 * 4 (tokens 4..31 after the first write). Were the store to take
+    # its share of both inputs at each segment, 'fast' could run only 4 tokens ahead of 'slow' (32 cycles a
+    # token): it would end near 32 * 27.
+    stats = simulate(two_producers_into_a_store())
+    k = by_name(stats)
+    assert k["store"].segments == 2 * TOKENS
+    assert LAT + 28 * 4 <= k["fast"].end <= LAT + 29 * 4 + 2 * (4 * PER / BW)
+    # 'slow' sets the end: its last token at 32 * 32, over a link (4 cycles) and two hops, then written (3.5)
+    assert stats.cycles == math.ceil(32 * TOKENS + 4 * PER / LINK + 2 + 4 * PER / BW)
+    assert k["slow"].end == 32 * TOKENS and stats.warnings == []  # never held back
+    assert stats.dram_write_bytes == 8 * N
