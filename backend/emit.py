@@ -201,7 +201,9 @@ class _Emitter:
         out = self.out
         shapes = {p.stream: (p.dtype, p.shape) for t in out.tiles for c in t.contexts for p in c.outputs + c.inputs}
         kernels = {c.kernel: c for t in out.tiles for c in t.contexts}
-        for d in (o for o in self.ops if isinstance(o, ar.DmaOp)):
+        # in kernel order: contexts on one DMA tile that store the same stream claim its store descriptors in
+        # that order (docs/bitstream.md, DMA)
+        for d in sorted((o for o in self.ops if isinstance(o, ar.DmaOp)), key=lambda o: o.kernel.value.data):
             address = d.address.value.data
             if address < 0:
                 address = self.weight_address[d.kernel.value.data]

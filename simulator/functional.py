@@ -24,7 +24,7 @@ import numpy as np
 
 from attnc import limits
 from attnc.backend.bitstream import Bitstream, DmaDescriptor, KernelConfig, bounded_prod, shape_text
-from attnc.simulator.io import MAX_RANK, check_inputs, check_io, check_shape, entries
+from attnc.simulator.io import MAX_RANK, check_inputs, check_io, check_shape, entries, store_descriptors
 from attnc.simulator.ops import (SimulationError, execute, finish, from_bytes, np_dtype, storage_bytes, stored,
                                  to_bytes, wide)
 
@@ -170,28 +170,7 @@ class Functional:
                 if d.stream in self.loads:
                     raise SimulationError(f"DMA: two load descriptors for stream {d.stream}")
                 self.loads[d.stream] = d
-        self.stores = self._pair_stores()
-
-    def _pair_stores(self) -> dict[int, DmaDescriptor]:
-        """Each DMA store context's descriptor, keyed by kernel id.
-
-        A store descriptor names its DMA tile and the stream the store reads, not the kernel, and several
-        stores may read one stream (the outputs of a Split): they are paired with the descriptors of that
-        (tile, stream) in kernel order, the order the emitter writes descriptors in."""
-        pending: dict[tuple[tuple[int, int], int], list[DmaDescriptor]] = {}
-        for d in self.bs.dma:
-            if d.direction == "store":
-                pending.setdefault((tuple(d.channel), d.stream), []).append(d)
-        out: dict[int, DmaDescriptor] = {}
-        stores = sorted((c for c in self.ctxs if c.config.kind == "dma_store"), key=lambda c: c.config.kernel)
-        for c in stores:
-            streams = [p.stream for p in c.config.inputs] + [p.stream for p in c.config.outputs]
-            for s in streams:
-                queue = pending.get((c.tile, s))
-                if queue:
-                    out[c.config.kernel] = queue.pop(0)
-                    break
-        return out
+        self.stores = store_descriptors(bs)  # kernel id -> the store descriptors it claims
 
     def constant(self, cid: Any, where: str) -> np.ndarray:
         if isinstance(cid, bool) or not isinstance(cid, int) or cid not in self.constants:
@@ -295,11 +274,11 @@ class Functional:
     def _store(self, c: Context, args: list[np.ndarray], outs: list[np.ndarray], dram: Dram) -> None:
         """A DMA store writes the value its context computes (its first output port) to DRAM.
 
-        The descriptor is paired with the context by ``_pair_stores``. When the descriptor's shape does not
+        The descriptor is the one the context claims (``store_descriptors``). When the descriptor's shape does not
         describe the whole value but its byte count does (the emitter gives a store descriptor the shape of
         the store's first input, which differs when the store concatenates per-head results or slices a
         Split's part), the value is written densely at the descriptor's address."""
-        d = self.stores.get(c.config.kernel)
+        d = self.stores.get(c.config.kernel, [None])[0]
         if d is None:
             raise SimulationError(f"{c.label} is a DMA store but no store descriptor on its tile names its streams")
         if not outs:
@@ -318,35 +297,34 @@ class Functional:
 
     def _spill(self, c: Context, outs: list[np.ndarray], dram: Dram) -> list[np.ndarray]:
         """A ``dma_spill`` writes the value its context computes (its body's result: its one input, or a
-        concatenation of the parts on its several inputs) through the store descriptor of an input stream
-        (the first input's that has one, on the spill's own DMA tile if there is one there) and reads its
-        output back through the load descriptor of its output stream (the same DRAM region when the compiler
-        is right; the simulator does not assume it)."""
+        concatenation of the parts on its several inputs) through the store descriptor it claims on its DMA
+        tile (``store_descriptors``: one naming an input stream) and reads its output back through the load
+        descriptor of its output stream (the same DRAM region when the compiler is right; the simulator does
+        not assume it)."""
         cfg = c.config
+        stores = self.stores.get(cfg.kernel, [])
         if len(cfg.outputs) > 1 and len(cfg.outputs) == len(cfg.inputs) == len(outs):
             # a spill between SRAM phases carries several streams: output i is input i, each through its own
             # store and load descriptors
-            return [self._spill_one(c, [p.stream], q, x, dram) for p, q, x in zip(cfg.inputs, cfg.outputs, outs)]
+            return [self._spill_one(c, [p.stream], d, q, x, dram) for p, d, q, x in zip(cfg.inputs, stores, cfg.outputs, outs)]
         if not cfg.inputs or len(cfg.outputs) != 1 or len(outs) != 1:
             raise SimulationError(f"{c.label} is a dma_spill: it needs one or more input ports and one output port "
                                   "(or as many output ports as input ports)")  # fmt: skip
-        return [self._spill_one(c, [p.stream for p in cfg.inputs], cfg.outputs[0], outs[0], dram)]
+        return [self._spill_one(c, [p.stream for p in cfg.inputs], stores[0], cfg.outputs[0], outs[0], dram)]
 
-    def _spill_one(self, c: Context, ins: list[int], port: Any, x: np.ndarray, dram: Dram) -> np.ndarray:
-        """Write ``x`` through the store descriptor of one of the ``ins`` streams and read ``port``'s stream
-        back through its load descriptor."""
+    def _spill_one(self, c: Context, ins: list[int], store: DmaDescriptor | None, port: Any, x: np.ndarray,
+                   dram: Dram) -> np.ndarray:  # fmt: skip
+        """Write ``x`` through ``store`` (the descriptor the spill claims for one of the ``ins`` streams) and
+        read ``port``'s stream back through its load descriptor."""
         dst = port.stream
-        stores = sorted((d for d in self.bs.dma if d.direction == "store" and d.stream in ins),
-                        key=lambda d: (tuple(d.channel) != c.tile, ins.index(d.stream)))  # fmt: skip
-        store = stores[0] if stores else None
-        src = store.stream if store is not None else ins[0]
         load = self.loads.get(dst)
         if store is None:
             streams = " or ".join(str(s) for s in dict.fromkeys(ins))
-            raise SimulationError(f"{c.label} is a dma_spill but no store descriptor of stream {streams} exists")
+            raise SimulationError(f"{c.label} is a dma_spill but its tile has no store descriptor of stream {streams} "
+                                  "left for it")  # fmt: skip
         if load is None:
             raise SimulationError(f"{c.label} is a dma_spill but no load descriptor of stream {dst} exists")
-        where = f"DMA spill of stream {src}"
+        where = f"DMA spill of stream {store.stream}"
         shape, strides = list(store.shape), list(store.strides)
         if bounded_prod(shape) != x.size:
             raise SimulationError(f"{where}: the store descriptor's shape {shape} cannot hold {list(x.shape)}")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from attnc import limits
-from attnc.backend.bitstream import Bitstream, IOEntry, bounded_prod, shape_text
+from attnc.backend.bitstream import Bitstream, DmaDescriptor, IOEntry, bounded_prod, shape_text
 from attnc.errors import AttncError
 from attnc.simulator.ops import SimulationError, np_dtype, storage_bytes
 
@@ -25,6 +25,41 @@ MAX_RANK = 32
 
 def entries(bs: Bitstream, direction: str) -> list[IOEntry]:
     return [e for e in bs.io if e.direction == direction]
+
+
+def store_descriptors(bs: Bitstream) -> dict[int, list[DmaDescriptor | None]]:
+    """The store descriptors each ``dma_store`` and ``dma_spill`` context executes, keyed by kernel id: one
+    per value it writes (a store's value; a spill's value, or one per input port when it has an output port
+    per input), ``None`` where its tile has none left for it.
+
+    A store descriptor names its DMA tile and a stream, not its context, and several contexts on one tile
+    may store what one stream carries, each to its own DRAM region: the outputs of a Split, K and V that two
+    spills slice out of one QKV projection, a layer norm's output spilled once for each of two later phases.
+    A descriptor belongs to one context: the contexts claim them in kernel order (the order the emitter
+    writes them in), each taking, for each value it writes, the first unclaimed descriptor on its own tile
+    that names one of that value's streams: a store's input or output ports, a spill's input ports (the
+    first input's first), or input i for a spill's output i. Matching by stream alone would let a context
+    execute a neighbour's descriptor, writing its value over the neighbour's and reading its own region
+    unwritten (docs/bitstream.md, DMA)."""
+    free: dict[tuple[tuple[int, int], int], list[DmaDescriptor]] = {}
+    for d in bs.dma:
+        if d.direction == "store":
+            free.setdefault((tuple(d.channel), d.stream), []).append(d)
+    ctxs = [((t.x, t.y), c) for t in bs.tiles for c in t.contexts if c.kind in ("dma_store", "dma_spill")]
+    out: dict[int, list[DmaDescriptor | None]] = {}
+    for tile, c in sorted(ctxs, key=lambda tc: tc[1].kernel):
+        if c.kind == "dma_store":
+            values = [[p.stream for p in c.inputs] + [p.stream for p in c.outputs]]
+        elif len(c.outputs) > 1 and len(c.outputs) == len(c.inputs):
+            values = [[p.stream] for p in c.inputs]
+        else:
+            values = [[p.stream for p in c.inputs]]
+        claimed = []
+        for streams in values:
+            queue = next((q for s in streams if (q := free.get((tile, s)))), None)
+            claimed.append(queue.pop(0) if queue else None)
+        out[c.kernel] = claimed
+    return out
 
 
 def check_shape(shape: list[int], dtype: str, what: str) -> int:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from attnc.arch import Arch, parse_arch
 from attnc.backend.bitstream import Bitstream, KernelConfig
 from attnc.errors import AttncError
+from attnc.simulator.io import store_descriptors
 from attnc.simulator.stats import KernelStats, LinkStats, Stats, TileStats
 from attnc.simulator.work import context_cycles, dtype_bytes, kernel_work, prod_dims
 
@@ -428,6 +429,7 @@ class _Sim:
                 if 0 <= nxt[0] < arch.width and 0 <= nxt[1] < arch.height:
                     capacity[(t.pos, nxt)] = float(arch.noc.link_bytes_per_cycle)
         self.fluid = _Fluid(self, capacity)
+        self.stores = store_descriptors(bs)  # kernel id -> the store descriptors a DMA context claims
         self.kernels: dict[int, _Kernel] = {}
         self.tiles: list[_Tile] = []
         self.routes: dict[tuple[int, int], list] = {}  # (stream, src kernel) -> routes
@@ -961,12 +963,14 @@ class _Sim:
         """(DRAM bytes read, DRAM bytes written) by one pass of a DMA context's descriptors.
 
         A load reads through the load descriptors of its streams, a store writes through the store
-        descriptors; a ``dma_spill`` writes its inputs (one, or the parts of the value it stores) through the
-        store descriptors of its input streams and reads the value back through the load descriptors of its
+        descriptor it claims on its tile (``store_descriptors``: another context there may store the same
+        stream through its own); a ``dma_spill`` writes its inputs (one, or the parts of the value it stores)
+        through the store descriptors it claims and reads the value back through the load descriptors of its
         output streams (one, or one per input), so it counts both. A context without descriptors moves its
         ports' bytes."""
         ins = {p.stream for p in cfg.inputs}
         outs = {p.stream for p in cfg.outputs}
+        stored = sum(d.bytes for d in self.stores.get(cfg.kernel, []) if d is not None)
         if cfg.kind == "dma_spill":
             # one output (the stored value read back), or one per input (a spill between SRAM phases carrying
             # several streams, output i being input i)
@@ -975,13 +979,12 @@ class _Sim:
                     f"simulate: dma_spill kernel {cfg.kernel} '{cfg.name}' needs one or more input ports and one "
                     f"output port (or one per input), has {len(cfg.inputs)} and {len(cfg.outputs)}"
                 )
-            write = sum(d.bytes for d in self.bs.dma if d.stream in ins and d.direction == "store") or in_bytes
             read = sum(d.bytes for d in self.bs.dma if d.stream in outs and d.direction == "load") or port_bytes
-            return read, write
-        direction = "store" if cfg.kind == "dma_store" else "load"
-        descs = [d for d in self.bs.dma if d.stream in ins | outs and d.direction == direction]
-        moved = sum(d.bytes for d in descs) if descs else (in_bytes if direction == "store" else port_bytes)
-        return (0, moved) if direction == "store" else (moved, 0)
+            return read, stored or in_bytes
+        if cfg.kind == "dma_store":
+            return 0, stored or in_bytes
+        descs = [d for d in self.bs.dma if d.stream in ins | outs and d.direction == "load"]
+        return sum(d.bytes for d in descs) if descs else port_bytes, 0
 
     # -- event machinery --------------------------------------------------
 

@@ -193,3 +193,51 @@ def test_a_compiled_fused_attention_with_re_streamed_k_and_v():
     # the re-streaming sources are held back by the member that consumes them
     assert all(k.throttled for k in stats.kernels if k.name in repeated)
     assert stats.cycles > 0
+
+
+def two_spills_of_one_stream(first_kernel=2):
+    """x -> load (1,0) -> y = x + x on (1,1) -> two spills on (2,0), each storing its half of y to its own
+    region -> z = lo * hi on (2,1) -> store (3,0). Both spills read stream 2 and both store descriptors name
+    it (K and V sliced out of one QKV projection on the BERT-base layer); ``first_kernel`` is the id of the
+    spill of the low half (the other gets the next id): the descriptors are in kernel order."""
+    h = N // 2
+
+    def half(kid, name, start, out_stream):
+        body = [Instr("slice", [0], [1], {"dtype": "f32", "shape": [h], "starts": [start], "ends": [start + h],
+                                          "steps": [1]})]  # fmt: skip
+        return kernel(kid, name, "dma_spill", [port(0, 2)], [port(1, out_stream, h)], body)
+
+    lo, hi = first_kernel, 5 - first_kernel
+    mul = Instr("mul", [0, 1], [2], {"dtype": "f32", "shape": [h]})
+    tiles = {
+        (1, 0): [kernel(0, "load_x", "dma_load", [port(0, 100)], [port(0, 1)])],
+        (1, 1): [elementwise(1, "double", "add", 1, 2)],
+        (2, 0): [half(lo, "spill_lo", 0, 3), half(hi, "spill_hi", h, 4)],
+        (2, 1): [kernel(4, "mul", "elementwise", [port(0, 3, h), port(1, 4, h)], [port(2, 5, h)], [mul])],
+        (3, 0): [kernel(6, "store_z", "dma_store", [port(0, 5, h)], [port(0, 101, h)])],
+    }
+    routes = [route(1, 0, 1, [(1, 0), (1, 1)]), route(2, 1, lo, [(1, 1), (1, 0), (2, 0)]),
+              route(2, 1, hi, [(1, 1), (1, 0), (2, 0)]), route(3, lo, 4, [(2, 0), (2, 1)], 2 * N),
+              route(4, hi, 4, [(2, 0), (2, 1)], 2 * N), route(5, 4, 6, [(2, 1), (3, 1), (3, 0)], 2 * N)]  # fmt: skip
+    lo_at, hi_at = SPILL_AT, SPILL_AT + 2 * N
+    stores = [(lo, desc((2, 0), "store", 2, lo_at, h)), (hi, desc((2, 0), "store", 2, hi_at, h))]
+    dma = [desc((1, 0), "load", 1, X_AT), *(d for _, d in sorted(stores, key=lambda kd: kd[0])),
+           desc((2, 0), "load", 3, lo_at, h), desc((2, 0), "load", 4, hi_at, h), desc((3, 0), "store", 5, Y_AT, h)]
+    io = [IOEntry("x", "input", "f32", [N], X_AT, 4 * N), IOEntry("z", "output", "f32", [h], Y_AT, 2 * N)]
+    return make(tiles, routes, dma, io)
+
+
+@pytest.mark.parametrize("first_kernel", [2, 3])
+def test_two_spills_of_one_stream_on_one_tile_each_use_their_own_descriptor(first_kernel):
+    """Each spill writes through the store descriptor it claims (kernel order), not the first that names the
+    stream: the second would write its half over the first's region and read its own back unwritten (the
+    BERT-base layer on edge computed V = 0, or a layer norm's residual = 0, where two spills of one stream
+    shared a DMA tile)."""
+    x = np.linspace(-2, 2, N, dtype=np.float32)
+    y = x + x
+    out = run(two_spills_of_one_stream(first_kernel), {"x": x})
+    np.testing.assert_array_equal(out["z"], y[: N // 2] * y[N // 2 :])
+    # and each is timed writing its own half once (not both descriptors naming the stream)
+    stats = simulate(two_spills_of_one_stream(first_kernel))
+    assert stats.dram_write_bytes == 2 * N + 2 * N + 2 * N  # two halves and z
+    assert stats.dram_read_bytes == 4 * N + 2 * N + 2 * N  # x and the two halves read back
