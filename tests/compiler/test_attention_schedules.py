@@ -78,10 +78,11 @@ def test_unfused_traffic_grows_with_n_squared():
         passes[n] = kv_passes(bs)
     # the spilled probabilities (the scores stay in the QKᵀ kernel, its softmax epilogue): written and read
     # back, 2 x B x H x N^2 elements of 4 bytes; plus K and V re-read once per row block where they do not fit
-    # the GEMMs' tiles (at N = 128 a head's K is a compute tile's share)
+    # the GEMMs' tiles (the search weighs those re-reads; test_unfused_gemms_stream_what_does_not_fit_their_tiles
+    # forces them)
     kv = {n: B * H * n * D * 4 for n in traffic}
     assert traffic == {n: 2 * B * H * n * n * 4 + sum(p - 1 for p in passes[n].values()) * kv[n] for n in traffic}
-    assert passes[32] == {"load_K": 1, "load_V": 1} and min(passes[128].values()) > 1
+    assert passes[32] == {"load_K": 1, "load_V": 1}
 
 
 def test_unfused_gemms_stream_what_does_not_fit_their_tiles(monkeypatch):
