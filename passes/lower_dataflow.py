@@ -841,6 +841,9 @@ def _stream_kv(k: df.KernelOp, i: int, consumers, room) -> None:
     if all(consumed_bytes(u.body.block.args[j]) + u.buffer_bytes.value.data <= room(u) for u, j in users):
         return
     (passes, blocks), = plan
+    if passes == 1:  # one row block a unit: read once, in the blocks its readers take
+        src.tokens = df.i64_array([blocks] * len(src.outputs))
+        return
     src.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
     src.trips = df.i64_array([passes, blocks])
     src.tokens = df.i64_array([passes * blocks] * len(src.outputs))
