@@ -333,6 +333,7 @@ class LowerToDataflowPass(TargetPass):
         stream_butterfly_chains(fn, partitioner.unique)
         stream_gemm_grids(fn)
         stream_gemm_weights(fn, arch)
+        stream_unfused_attention(fn, arch)
         stream_gemm_rows(fn)
         stream_row_wise(fn)
         stream_spilled_rows(fn)
@@ -784,6 +785,177 @@ def stream_gemm_weights(fn: func.FuncOp, arch) -> None:
             load.tokens = df.i64_array([passes * blocks] * len(load.outputs))
             load.cycles = IntegerAttr(passes * load.cycles.value.data, 64)
             _repeat_inputs([(k, i)], passes)
+
+
+# ---------------------------------------------------------------------------
+# unfused attention: its GEMMs stream K/V and q, the spills between them stream by rows
+
+
+def _single_matmul(k: df.KernelOp) -> sp.MatmulOp | None:
+    """The one matmul of an unsplit GEMM kernel, or None."""
+    mms = [o for o in k.body.block.ops if isinstance(o, (sp.MatmulOp, sp.ContractOp))]
+    return mms[0] if _unsplit_gemm(k) and len(mms) == 1 and isinstance(mms[0], sp.MatmulOp) else None
+
+
+def _batched_rhs(k: df.KernelOp, mm: sp.MatmulOp) -> bool:
+    """Whether the right operand of ``k``'s matmul has the kernel's ``b`` loop as its batch (each unit, a kv
+    head, its own K or V: it is needed only during that unit's row blocks), not one weight every unit reads."""
+    shp = sp.shape_of(mm.rhs)
+    return len(shp) > 2 and int(np.prod(shp[:-2], dtype=np.int64)) == dict(k.loop_schedule())["b"]
+
+
+def _read_side(v: SSAValue) -> df.KernelOp | None:
+    """The DMA load or spill (one loop of bursts, not a weight) whose output ``v`` is: its read side reads DRAM in
+    any order, so it can send each reader its slice in the blocks the reader takes."""
+    src = v.owner
+    if (isinstance(src, df.KernelOp) and src.kind.data in ("dma_load", "dma_spill") and len(src.loops.data) == 1
+            and not _is_weight_load(src)):  # fmt: skip
+        return src
+    return None
+
+
+def _gemm_readers(users: list[tuple[df.KernelOp, int]], rhs: bool) -> list[tuple[df.KernelOp, sp.MatmulOp]] | None:
+    """The unsplit GEMMs reading a value as their matmul's right (``rhs``, batched) or left operand, when every
+    reader is one; else None."""
+    out = []
+    for u, i in users:
+        mm = _single_matmul(u)
+        if mm is None or not _reaches(u.body.block.args[i], mm.rhs if rhs else mm.lhs):
+            return None
+        if rhs and not _batched_rhs(u, mm):
+            return None
+        out.append((u, mm))
+    return out or None
+
+
+def _stream_kv(k: df.KernelOp, i: int, consumers, room) -> None:
+    """Input ``i`` of ``k`` (an unsplit GEMM's batched right operand: an unfused attention's K or V) loaded or
+    spilled for GEMMs alone: held whole when it fits the kernel's room next to what it declares; else it streams
+    in the (n, k) blocks the steps read, one token a step, and the read side reads it from DRAM once per row block
+    of a unit's output (a ("repeat", m) loop over all the units' blocks: unit u's K is needed only during u's row
+    blocks, so the DRAM bytes are m x K, not b·m x K), each reader reading it m times."""
+    src = _read_side(k.inputs[i])
+    if src is None or list(src.tokens.get_values()) != [1] * len(src.outputs):
+        return
+    users = [u for r in src.outputs for u in consumers.get(r, [])]
+    readers = _gemm_readers(users, rhs=True)
+    if readers is None:
+        return
+    trips = [dict(u.loop_schedule()) for u, _ in readers]
+    plan = {(t["m"], t["b"] * t["n"] * t["k"]) for t in trips}
+    if len(plan) != 1:
+        return  # readers walking it at different grains: left whole
+    if all(consumed_bytes(u.body.block.args[j]) + u.buffer_bytes.value.data <= room(u) for u, j in users):
+        return
+    (passes, blocks), = plan
+    if passes == 1:  # one row block a unit: read once, in the blocks its readers take
+        src.tokens = df.i64_array([blocks] * len(src.outputs))
+        return
+    src.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
+    src.trips = df.i64_array([passes, blocks])
+    src.tokens = df.i64_array([passes * blocks] * len(src.outputs))
+    src.cycles = IntegerAttr(passes * src.cycles.value.data, 64)
+    _repeat_inputs(users, passes)
+
+
+def _stream_rows_from_dram(v: SSAValue, consumers, blocks_of: Callable[[df.KernelOp], int | None]) -> None:
+    """A one-token value a DMA load or spill brings its readers alone comes in ``blocks_of(reader)`` tokens (the
+    readers' row blocks; every reader the same), the read side sending each reader its slice in that order."""
+    src = _read_side(v)
+    users = consumers.get(v, [])
+    if src is None or not users:
+        return
+    j = list(src.outputs).index(v)
+    out = list(src.tokens.get_values())
+    blocks = {blocks_of(u) for u, _ in users}
+    if out[j] != 1 or len(blocks) != 1 or (n := blocks.pop()) is None or n <= 1:
+        return
+    out[j] = n
+    src.tokens = df.i64_array(out)
+
+
+def _lhs_blocks(k: df.KernelOp) -> int | None:
+    """The tokens an unsplit GEMM takes its left operand in: its row blocks when a row block of it (m rows by the
+    whole reduction) is no larger than a row block of the f32 accumulators (n columns), the kernel then holding
+    that row block while it walks the column blocks (QKᵀ: 8 rows of q against 512 keys); else its (m, k) blocks,
+    each read once, the kernel walking a block's column blocks with the output row block accumulating in its
+    buffer (PV: 8 rows of 512 probabilities, 64 output columns)."""
+    mm = _single_matmul(k)
+    if mm is None:
+        return None
+    t = dict(k.loop_schedule())
+    m, kk = sp.shape_of(mm.lhs)[-2:]
+    rows = -(-m // t["m"])
+    a_row = rows * kk * np_dtype(sp.elt_of(mm.lhs)).itemsize
+    c_row = rows * sp.shape_of(mm.rhs)[-1] * 4
+    return t["b"] * t["m"] * (1 if a_row <= c_row else t["k"])
+
+
+def _softmax_rows(k: df.KernelOp) -> int | None:
+    """The rows of a softmax kernel (kind ``softmax``, its softmaxes over the last axis): it may take them one a
+    step; None for other kernels."""
+    if k.kind.data != "softmax" or not k.outputs:
+        return None
+    sms = [o for o in k.body.block.ops if isinstance(o, sp.SoftmaxOp)]
+    if not sms or any(o.axis.value.data % len(sp.shape_of(o.operands[0])) != len(sp.shape_of(o.operands[0])) - 1
+                      for o in sms):  # fmt: skip
+        return None
+    return int(np.prod(sp.shape_of(k.outputs[0])[:-1], dtype=np.int64))
+
+
+def _forward_copies(k: df.KernelOp, consumers, tokens_of: dict) -> None:
+    """The K/V copies an unfused member's GEMM passes on to the next member carry as many tokens as their input,
+    read as many times by the next member."""
+    reps = k.attributes.get(INPUT_REPEATS)
+    reps = list(reps.get_values()) if reps is not None else [1] * len(k.inputs)
+    out = list(k.tokens.get_values())
+    for j, r in enumerate(k.outputs):
+        i = _copied_input(k, j)
+        if i is None or (t := tokens_of.get(k.inputs[i], 1)) <= 1:
+            continue
+        out[j] = t
+        tokens_of[r] = t
+        if reps[i] > 1:
+            _repeat_inputs(consumers.get(r, []), int(reps[i]))
+    k.tokens = df.i64_array(out)
+
+
+def stream_unfused_attention(fn: func.FuncOp, arch) -> None:
+    """The kernels of an unfused attention (``fuse-attention{mode=unfused}``: per member a QKᵀ GEMM, a softmax and
+    a PV GEMM, the scores and probabilities spilled between them) hold what fits their tiles, as any GEMM on the
+    array whose operand does not fit streams it: K (V) is held whole when it fits, else re-read per row block
+    (:func:`_stream_kv`) and forwarded member to member in those tokens (:func:`_forward_copies`); q and the
+    spilled probabilities come in the GEMMs' row blocks, the spilled scores one row per token to a softmax taking
+    a row a step (the read side of a load or spill reads DRAM in any order)."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    room = _room(kernels, arch)
+    for k in kernels:  # program order: a member's K/V copies are settled before the next member reads them
+        mm = _single_matmul(k)
+        if mm is not None:
+            for i, arg in enumerate(k.body.block.args):
+                if _reaches(arg, mm.rhs) and _batched_rhs(k, mm):
+                    _stream_kv(k, i, consumers, room)
+                elif _reaches(arg, mm.lhs) and _gemm_readers(consumers.get(k.inputs[i], []), rhs=False):
+                    _stream_rows_from_dram(k.inputs[i], consumers, _lhs_blocks)
+            _forward_copies(k, consumers, {r: int(t) for q in kernels for r, t in zip(q.outputs, q.tokens.get_values())})
+        elif (rows := _softmax_rows(k)) is not None and all(_read_side(v) for v in k.inputs if _reaches_softmax(k, v)):
+            streamed = False
+            for v in k.inputs:
+                if _reaches_softmax(k, v) and len(consumers.get(v, [])) == 1:
+                    before = list(v.owner.tokens.get_values())
+                    _stream_rows_from_dram(v, consumers, lambda _u, n=rows: n)
+                    streamed |= list(v.owner.tokens.get_values()) != before
+            if streamed:
+                k.trips = df.i64_array([rows])
+
+
+def _reaches_softmax(k: df.KernelOp, v: SSAValue) -> bool:
+    """Whether input ``v`` of ``k`` is (through data movement or elementwise ops) the data a softmax normalises
+    (the scores, not a mask)."""
+    arg = k.body.block.args[list(k.inputs).index(v)]
+    sm = next(o for o in k.body.block.ops if isinstance(o, sp.SoftmaxOp))
+    return _reaches(arg, sm.operands[0]) or any(u.operation is sm for u in arg.uses)
 
 
 def _room(kernels: list[df.KernelOp], arch) -> Callable[[df.KernelOp], int]:

@@ -140,6 +140,9 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                                 or (1 if epilogue else 2) * g * c + 4 > dma_slots):  # fmt: skip
                             reject("kernels do not fit the array's contexts")
                             continue
+                        if sfu_need and not _softmax_rows_fit(sh, arch, sfu_need):
+                            reject("a score row per softmax kernel exceeds the sfu tiles' SRAM")
+                            continue
                         out.append(Schedule("unfused", g, c, rows_c, sh.keys, epilogue=epilogue))
                     continue
                 if g * c > min(tiles, compute_slots) or 4 > dma_slots:
@@ -178,6 +181,17 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
             rejected["unfused: a fused schedule fits"] = dropped
         out = [s for s in out if s.mode != "unfused"]
     return out, rejected
+
+
+def _softmax_rows_fit(sh: Shape, arch, kernels: int) -> bool:
+    """Whether ``kernels`` unfused softmax kernels, spread evenly over the sfu tiles, each hold a score row (the
+    least they stream their spilled scores in, lower-to-dataflow's ``stream_unfused_attention``) in their
+    tile's SRAM."""
+    tiles = arch.tiles_of("sfu")
+    if not tiles:
+        return False
+    per_tile = -(-kernels // len(tiles))
+    return per_tile * sh.keys * sh.eb <= max(t.sram_bytes for t in tiles)
 
 
 def _filling_row_block(sh: Shape, rows: int, fusion: str, budget: int, key_block: int, chunk: int,

@@ -204,6 +204,26 @@ class AttentionSchedule(Protocol):
     def epilogue(self) -> int: ...
 
 
+def unfused_kv_passes(sh: Shape, sched: AttentionSchedule, arch, tile) -> tuple[int, int]:
+    """Times an unfused schedule reads K and V from DRAM (lower-to-dataflow's ``stream_unfused_attention``): once
+    when a group's K (V) fits its GEMM kernel's room beside the kernel's own buffers; else once per row block of
+    the first member's rows -- a unit's K is needed only during its own row blocks, so the units of a kernel
+    share the passes -- the QKᵀ kernel's row blocks the epilogue's rows (or its MAC array's), the PV kernel's its
+    MAC array's. The room: a tile's SRAM over the GEMM kernels one tile holds when they are spread evenly, never
+    less than a context's share; the kernel's own buffers, at least that share."""
+    tiles = max(len(arch.tiles_of("compute")), 1)
+    share = tile.sram_bytes // max(tile.contexts, 1)
+    room = max(share, tile.sram_bytes // max(1, -(-2 * sched.groups * sched.members // tiles)))
+    units_g, rows_c = -(-sh.units // sched.groups), -(-sh.rows // sched.members)
+    mr = max(tile.mac_rows, 1)
+
+    def passes(width: int, step: int) -> int:
+        held = units_g * sh.keys * width * sh.eb
+        return 1 if held + share <= room else -(-rows_c // max(min(step, rows_c), 1))
+
+    return passes(sh.d, sched.epilogue or mr), passes(sh.dv, mr)
+
+
 @dataclass
 class Prediction:
     schedule: AttentionSchedule
@@ -233,7 +253,10 @@ def predict(sh: Shape, sched: AttentionSchedule, arch, tile) -> Prediction:
         scores = sh.units * sh.rep * sh.rows * sh.keys * eb
         # the probabilities spilled and read back; the scores too when the softmax is a kernel of its own
         spilled = 2 if sched.epilogue else 4
-        dram = q_bytes + o_bytes + kv_bytes + mask_bytes + spilled * scores
+        # K and V re-read per row block where they do not fit the GEMMs' tiles
+        kp, vp = unfused_kv_passes(sh, sched, arch, tile)
+        rereads = sh.units * sh.keys * ((kp - 1) * sh.d + (vp - 1) * sh.dv) * eb
+        dram = q_bytes + o_bytes + kv_bytes + mask_bytes + spilled * scores + rereads
         mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
         per = units_g * sh.rep
         # (the epilogue's rows a step: part-full MAC-array row steps when fewer than its rows)
@@ -254,7 +277,7 @@ def predict(sh: Shape, sched: AttentionSchedule, arch, tile) -> Prediction:
             sm = -(-sm_ops // sfu)
         # one token per stream: the phases of a member follow each other, the spills share DRAM
         member = qk + sm + pv
-        spill = spilled * scores / bw
+        spill = (spilled * scores + rereads) / bw
         cycles = member + spill
         bound = "dram" if spill > member else "compute"
         kernels = (3 if sched.epilogue else 5) * g * c + 4

@@ -65,14 +65,42 @@ def test_online_traffic_is_compulsory_and_its_buffer_does_not_grow_with_n():
     assert buffers[64] == buffers[128] == buffers[256] and len(buffers[64]) == 1
 
 
+def kv_passes(bs) -> dict[str, int]:
+    """The times the K and V loads read their tensor from DRAM (their ("repeat", P) loop)."""
+    return {c.name: dict(c.loops).get("repeat", 1) for t in bs.tiles for c in t.contexts if c.name in ("load_K", "load_V")}
+
+
 def test_unfused_traffic_grows_with_n_squared():
-    traffic = {}
+    traffic, passes = {}, {}
     for n in (32, 64, 128):
         bs, _, _ = compiled(n, "canonicalize,raise-attention,fuse-attention{mode=unfused}")
         traffic[n] = dram(simulate(bs)) - compulsory(n)
+        passes[n] = kv_passes(bs)
     # the spilled probabilities (the scores stay in the QKᵀ kernel, its softmax epilogue): written and read
-    # back, 2 x B x H x N^2 elements of 4 bytes
-    assert traffic == {n: 2 * B * H * n * n * 4 for n in traffic}
+    # back, 2 x B x H x N^2 elements of 4 bytes; plus K and V re-read once per row block where they do not fit
+    # the GEMMs' tiles (the search weighs those re-reads; test_unfused_gemms_stream_what_does_not_fit_their_tiles
+    # forces them)
+    kv = {n: B * H * n * D * 4 for n in traffic}
+    assert traffic == {n: 2 * B * H * n * n * 4 + sum(p - 1 for p in passes[n].values()) * kv[n] for n in traffic}
+    assert passes[32] == {"load_K": 1, "load_V": 1}
+
+
+def test_unfused_gemms_stream_what_does_not_fit_their_tiles(monkeypatch):
+    """K and V a head too large for the GEMMs' tiles: the QKᵀ kernel takes K in blocks, re-read per row block and
+    forwarded to the next member in those blocks, q and the spilled probabilities in row blocks, and every
+    kernel's buffers fit its tile (the simulator refuses a context over its SRAM); the result is the attention's."""
+    import attnc.simulator.timing as timing
+
+    monkeypatch.setattr(timing, "OVERFLOW_IS_ERROR", True)
+    bs, inputs, ref = compiled(128, "canonicalize,raise-attention,fuse-attention{mode=unfused},"
+                                    "tile{arch=edge members=2 groups=1}")
+    ctx = {c.name: c for t in bs.tiles for c in t.contexts}
+    qk = [ctx[n] for n in ctx if n.endswith("_qk")]
+    assert len(qk) == 2 and kv_passes(bs)["load_K"] > 1
+    for c in qk:  # K (and q) in many tokens, not one whole tensor
+        assert all(p.tokens > 1 for p in c.inputs), [(p.stream, p.tokens) for p in c.inputs]
+    simulate(bs)  # raises on a tile over its SRAM
+    np.testing.assert_allclose(run(bs, inputs)["O"], ref, rtol=0, atol=2e-6)
 
 
 @pytest.mark.xfail(strict=True, reason="issue 14, open: with f32 accumulators 16 online members fill edge's tiles and the "

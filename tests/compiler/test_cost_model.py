@@ -418,3 +418,24 @@ def test_the_report_table(compiled):
 def test_sparse_ir_is_an_error():
     with pytest.raises(AttncError, match="needs dataflow IR"):
         estimate(example("attention23"), "tiny")
+
+
+def test_unfused_prediction_counts_kv_re_reads():
+    """K and V too large for the unfused GEMMs' tiles are re-read once per row block of the first member's rows
+    (a kernel's units share those passes), and the prediction's DRAM bytes and time count them; where they fit,
+    once."""
+    from attnc.cost.attention import Shape, predict, unfused_kv_passes
+    from attnc.passes.fuse_attention import Schedule
+
+    sh = Shape(1, 12, 12, 512, 512, 64, 64, 2, False, 0, False, True)
+    kv = sh.units * sh.keys * (sh.d + sh.dv) * sh.eb
+    edge, cloud = load_arch("edge"), load_arch("cloud")
+    et, ct = edge.tiles_of("compute")[0], cloud.tiles_of("compute")[0]
+    many = Schedule("unfused", 4, 4, 128, 512)  # 3 heads a kernel: 192 KiB of K against 16 KiB tiles
+    few = Schedule("unfused", 1, 16, 32, 512)
+    assert unfused_kv_passes(sh, many, edge, et) == (16, 16)  # 128 rows, 8 a row block
+    assert unfused_kv_passes(sh, few, edge, et) == (4, 4)
+    assert predict(sh, many, edge, et).dram_bytes - predict(sh, few, edge, et).dram_bytes == 12 * kv
+    assert predict(sh, many, edge, et).cycles > predict(sh, few, edge, et).cycles
+    small = Shape(1, 2, 2, 64, 64, 16, 16, 2, False, 0, False, True)  # 4 KiB of K: fits a cloud tile
+    assert unfused_kv_passes(small, Schedule("unfused", 1, 1, 64, 64), cloud, ct) == (1, 1)

@@ -152,3 +152,38 @@ def test_a_row_kernel_reads_what_is_loaded_for_it_by_rows_and_a_store_takes_toke
     for k in stats.kernels:
         if k.name in ("store_y", norm.sym_name.data):
             assert 0 < k.peak_buffer_bytes <= (store if k.name == "store_y" else norm).buffer_bytes.value.data
+
+
+def test_unfused_attention_streams_kv_it_cannot_hold_re_read_per_row_block():
+    # 2 heads of 128 keys x 16 (f32): a head's K is 8 KiB, more than the QKᵀ kernel's room on edge beside its
+    # buffers, so the K load re-reads it once per row block of a member's rows (not once per head and row block:
+    # a head's K is needed only during its own row blocks), the second member reads the first one's copy as many
+    # times in as many tokens, and q comes in the kernel's row blocks; the numbers are the attention's
+    from onnx import TensorProto, helper
+    from attnc.passes.lower_dataflow import INPUT_REPEATS
+
+    ins = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 2, 128, 16]) for x in "QKV"]
+    out = helper.make_tensor_value_info("O", TensorProto.FLOAT, [1, 2, 128, 16])
+    graph = helper.make_graph([helper.make_node("Attention", ["Q", "K", "V"], ["O"])], "a", ins, [out])
+    module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]))
+    rng = np.random.default_rng(0)
+    inputs = {x: rng.standard_normal((1, 2, 128, 16)).astype(np.float32) for x in "QKV"}
+    before = interpret(module, inputs)["O"]
+    run_pipeline(module, "canonicalize,raise-attention,fuse-attention{mode=unfused},"
+                         "tile{arch=edge members=2 groups=1},lower-to-dataflow{arch=edge}")
+    np.testing.assert_allclose(interpret(module, inputs)["O"], before, rtol=1e-5, atol=1e-6)
+    kernels = {k.sym_name.data: k for k in module.walk() if isinstance(k, df.KernelOp)}
+    first, second = kernels["attn0_g0_c0_qk"], kernels["attn0_g0_c1_qk"]
+    t = dict(first.loop_schedule())
+    blocks = t["b"] * t["n"] * t["k"]
+    assert t["b"] == 2 and t["m"] > 1
+    assert kernels["load_K"].loop_schedule() == [("repeat", t["m"]), ("burst", blocks)]
+    assert list(kernels["load_K"].tokens.get_values()) == [t["m"] * blocks]
+    k_in = next(i for i, v in enumerate(first.inputs) if v.owner is kernels["load_K"])
+    assert list(first.attributes[INPUT_REPEATS].get_values())[k_in] == t["m"]
+    copy = next(i for i, v in enumerate(second.inputs) if v.owner is first)
+    assert list(first.tokens.get_values())[list(first.outputs).index(second.inputs[copy])] == t["m"] * blocks
+    assert list(second.attributes[INPUT_REPEATS].get_values())[copy] == t["m"]
+    assert list(kernels["load_Q"].tokens.get_values()) == [t["b"] * t["m"]]
+    sram = {t.kind: t.sram_bytes for t in load_arch("edge").tiles}
+    assert all(k.buffer_bytes.value.data <= sram[k.tile_kind.data] for k in kernels.values())
