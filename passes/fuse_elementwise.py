@@ -115,6 +115,8 @@ class Kernels:
     first: dict[str, Operation] = field(default_factory=dict)
     mac: set[str] = field(default_factory=set)
     rows: dict[str, list[Operation]] = field(default_factory=dict)
+    #: the tags of butterfly stage kernels (``tile``'s stage pipelines), on any tile kind
+    stages: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, block, special_on_compute: bool) -> Kernels:
@@ -123,8 +125,10 @@ class Kernels:
             tag = op.attributes.get(TAG)
             if isinstance(tag, StringAttr):
                 k.first.setdefault(tag.data, op)
-                if isinstance(op, MAC_OPS):
+                if isinstance(op, MAC_OPS) or _stage_on_compute(op):
                     k.mac.add(tag.data)
+                if isinstance(op, sp.ButterflyStageOp):
+                    k.stages.add(tag.data)
         return k
 
     def fresh(self, base: str) -> str:
@@ -144,6 +148,16 @@ class Kernels:
 
     def in_mac_kernel(self, op: Operation | None) -> bool:
         return isinstance(op, Operation) and self.tag_of(op) in self.mac
+
+
+def _stage_on_compute(op: Operation) -> bool:
+    """A butterfly stage planned on a compute tile: its kernel computes its rows' values on the MAC array like
+    a GEMM part, so an elementwise op on what one such kernel makes alone (a chain ending in one kernel) is its
+    epilogue, run on the tile's lanes (a butterfly tile has no exp unit: its stages take none)."""
+    if not isinstance(op, sp.ButterflyStageOp):
+        return False
+    kind = op.attributes.get(TILE_KIND)
+    return not isinstance(kind, StringAttr) or kind.data == "compute"
 
 
 def leaves(v: SSAValue) -> list[Operation]:
@@ -576,18 +590,20 @@ def _keeps_rows(v: SSAValue, axis: int, extent: int) -> bool:
     return _rank(v) >= -axis and sp.shape_of(v)[axis] == extent
 
 
-def split_axis(chain: list[Operation]) -> tuple[int, int] | None:
+def split_axis(chain: list[Operation], columns: bool = False) -> tuple[int, int] | None:
     """(axis counted from the end, extent) of the longest leading axis that every op of ``chain`` keeps
     (the same extent in each result, an operand from outside either of that extent or broadcast along it)
     and none needs whole; None when there is none. A chain's value an op reads through reshapes must keep
     the axis and everything after it (the reshapes regroup what comes before): a part reshapes its own
-    block; through other data movement the chain is not split."""
+    block; through other data movement the chain is not split. ``columns``: the last axis instead (a chain
+    of elementwise ops only)."""
     inside = set(chain)
     links = [_link(v, inside) for op in chain for v in op.operands]
     if any(x is None for x in links):
         return None
     best = None
-    for axis in range(-min(_rank(op.results[0]) for op in chain), -1):
+    rank = min(_rank(op.results[0]) for op in chain)
+    for axis in [-1] if columns and rank else range(-rank, -1):
         extent = sp.shape_of(chain[0].results[0])[axis]
         if extent < 2 or best is not None and extent <= best[1]:
             continue
@@ -651,8 +667,9 @@ def _cycles(ops: list[Operation], arch, kind: str | None = None) -> int:
 
 
 def neighbour_cycles(kernels: Kernels, chain: list[Operation], tagged: dict[str, list[Operation]], arch) -> int | None:
-    """The cycles of the shortest GEMM or attention kernel that computes one of ``chain``'s inputs or reads
-    one of its results (a part of its grid, when split), or None when no such kernel is next to it."""
+    """The cycles of the shortest GEMM, attention or butterfly stage kernel that computes one of ``chain``'s
+    inputs or reads one of its results (a part of its grid, when split), or None when no such kernel is next
+    to it."""
     inside = set(chain)
     near: dict = {}
     for op in chain:
@@ -660,11 +677,18 @@ def neighbour_cycles(kernels: Kernels, chain: list[Operation], tagged: dict[str,
             tag = kernels.tag_of(x)
             if x in inside or tag in near:
                 continue
-            if tag in kernels.mac:
+            if tag in kernels.mac or tag in kernels.stages:
                 near[tag] = tagged[tag]
             elif tag is None and isinstance(x, (sp.MatmulOp, sp.ContractOp)):
                 near[x] = [x]
     return min((_cycles(ops, arch) for ops in near.values()), default=None)
+
+
+def _fed_by_stages(kernels: Kernels, chain: list[Operation]) -> bool:
+    """Whether a butterfly stage kernel computes one of ``chain``'s inputs."""
+    inside = set(chain)
+    return any(kernels.tag_of(x) in kernels.stages for op in chain for v in op.operands for x in leaves(v)
+               if x not in inside)  # fmt: skip
 
 
 def row_strips(chain: list[Operation], axis: int) -> int:
@@ -715,7 +739,12 @@ def plan_row_splits(block, kernels: Kernels, arch,
     wanted: dict[str, list] = {}
     for tag, chain in kernels.rows.items():
         chain = sorted(chain, key=order.__getitem__)
-        axis = split_axis(chain)
+        # a butterfly chain streams its result in row blocks, every row block to every reader: a part of a row
+        # split would hold all of them (it reads a block of rows that arrive spread over the whole stream),
+        # while a part of a column split takes its columns of each row block as it comes. So a chain a stage
+        # kernel feeds is cut by columns, if it is elementwise, else not at all
+        fed = _fed_by_stages(kernels, chain)
+        axis = split_axis(chain, columns=True) if fed else split_axis(chain)
         near = neighbour_cycles(kernels, chain, tagged, arch)
         if axis is None or not near:
             continue
