@@ -117,6 +117,10 @@ class Chain:
     #: rows of a token of its input when a chain planned before it streams it (through row kernels): its
     #: first kernels hold two of those; 0: its own tokens
     in_rows: int = 0
+    #: how many of its row streams (its input, its result) go through DRAM: a graph input it reads, a result
+    #: that is stored; the others stream on chip from or to the kernels next to it (set by
+    #: :func:`plan_butterflies`; 2, both, when nothing says otherwise)
+    dram_streams: int = 2
 
     @property
     def n(self) -> int:
@@ -445,7 +449,7 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
     compute = [s for s in slots if s.kind == "compute"]
     ref = compute[0].tile if compute else None
     weights = sum(int(np.prod(st.weight_shape(n))) for st in ch.stages) * eb
-    dram = 2 * rows * n * eb + (1 if staged else passes) * weights
+    dram = ch.dram_streams * rows * n * eb + (1 if staged else passes) * weights
     # the chains that run at the same time share DRAM: this one gets its share (by MACs) of the bandwidth
     dram_cycles = dram / (arch.dram.bytes_per_cycle * min(1.0, max(share, 1e-3)))
     if staged:
@@ -675,9 +679,12 @@ def free_slots(arch, reserved: dict[str, int], used_sram: int, members: int) -> 
     if comp:
         per_member = min(used_sram // max(members, 1), max(t.sram_bytes for t in comp)) if members else 0
         others = reserved.get("compute", 0)
+        # the other kernels' odd contexts go to the tiles the members leave first: a member tile's SRAM is
+        # the member's, so a kernel counted there would take nothing from the tiles it will really share
+        order = {i: j for j, i in enumerate([*range(members, len(comp)), *range(min(members, len(comp)))])}
         for i, t in enumerate(comp):
             share = t.sram_bytes // max(t.contexts, 1)
-            mine = others // len(comp) + (1 if i < others % len(comp) else 0)
+            mine = others // len(comp) + (1 if order[i] < others % len(comp) else 0)
             ctx = t.contexts - mine - (1 if i < members else 0)
             sram = t.sram_bytes - mine * share - (per_member if i < members else 0)
             if ctx > 0 and sram > 0:
@@ -1002,6 +1009,8 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
     slots = free_slots(arch, reserved, used_sram, members)
     if not slots:
         raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
+    if SHARE_ATTR not in fn.attributes:
+        _keep_for_row_parts(slots, row_part_contexts(fn, ops, arch, slots))
     # memory tiles may hold streamed weights, unless an attention stages its K/V there
     staging = any(STAGE in o.attributes for o in fn.body.block.ops)
     memory = [] if staging else [t.sram_bytes for t in arch.tiles_of("memory")]
@@ -1023,6 +1032,10 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
             for ch in chains:
                 ch.tail = tails[op]
             chains[0].in_rows = _upstream_rows(op, out.plans)
+            if isinstance(op, sp.ButterflyMatmulOp) and not shared:
+                # resident, a chain streams from and to the kernels next to it; only a graph input or a
+                # stored result crosses DRAM (with SRAM phases, a crossing between phases is a spill)
+                chains[0].dram_streams = _from_dram(op.input) + _to_dram(op.results[0])
             plans = _plan_op(op, chains, arch, free, memory, budget)
             out.plans[op] = (names[op], plans)
             out.reports += [f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {plan.text()}"
@@ -1035,6 +1048,55 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
                 s.index = i
     out.plans = {op: out.plans[op] for op in ops}
     return out
+
+
+def row_part_contexts(fn, ops: list[Operation], arch, slots: list[Slot]) -> int:
+    """Compute contexts to leave to the column parts of the elementwise chains with special functions that the
+    butterflies feed (a bias add and GELU between FFN1 and FFN2): ``fuse-elementwise`` cuts such a chain by
+    columns over the free contexts (attnc.passes.fuse_elementwise.plan_row_splits), and all of it streams
+    between the stage pipelines, so it gets the share of the free compute contexts that its lane cycles are
+    of its and the stages' cycles together. Resident kernels only; 0 when there is no such chain."""
+    from attnc.cost.work import kernel_cost
+    from attnc.passes.fuse_elementwise import ELEMENTWISE, needs_special
+
+    comp = [s for s in slots if s.kind == "compute"]
+    if not comp:
+        return 0
+    seen: set[Operation] = set()
+    chains: list[list[Operation]] = []
+    for op in ops:
+        if not isinstance(op, sp.ButterflyMatmulOp):
+            continue
+        mine, todo = [], list(op.results)
+        while todo:
+            for use in todo.pop().uses:
+                u = use.operation
+                if u in seen or not (sp.is_data_movement(u) or isinstance(u, ELEMENTWISE)):
+                    continue
+                seen.add(u)
+                todo += list(u.results)
+                if isinstance(u, ELEMENTWISE):
+                    mine.append(u)
+        if any(needs_special(u) for u in mine):
+            chains.append(mine)
+    if not chains:
+        return 0
+    tile = comp[0].tile
+    lanes = sum(kernel_cost([u], [u.results[0].type], arch).cycles for c in chains for u in c)
+    stages = sum(stage_kernel_cycles(o.stages(), sp.shape_of(o.input)[-1],
+                                     int(np.prod(sp.shape_of(o.input)[:-1], dtype=np.int64)), tile, "compute")
+                 for o in ops if isinstance(o, sp.ButterflyMatmulOp))  # fmt: skip
+    free = sum(s.contexts for s in comp)
+    return min(free - len(comp), round(free * lanes / max(lanes + stages, 1)))
+
+
+def _keep_for_row_parts(slots: list[Slot], keep: int) -> None:
+    """Take ``keep`` contexts off the compute slots, one at a time from the one with the most left."""
+    for _ in range(max(keep, 0)):
+        s = max((s for s in slots if s.kind == "compute" and s.contexts > 1), key=lambda s: s.contexts, default=None)
+        if s is None:
+            break
+        s.contexts -= 1
 
 
 def _upstream_rows(op: Operation, planned: dict[Operation, tuple[str, list[Plan]]]) -> int:
@@ -1054,6 +1116,28 @@ def _upstream_rows(op: Operation, planned: dict[Operation, tuple[str, list[Plan]
         elif not isinstance(src, (*BARRIERS, sp.ButterflyMatmulOp, sp.ConstantOp)):
             todo += list(src.operands)
     return best
+
+
+def _from_dram(v: SSAValue) -> int:
+    """1 when ``v`` is a graph input (through data movement only): a load from DRAM; else 0."""
+    while isinstance(v.owner, Operation) and sp.is_data_movement(v.owner):
+        v = v.owner.operands[0]
+    return int(not isinstance(v.owner, Operation))
+
+
+def _to_dram(v: SSAValue) -> int:
+    """1 when ``v`` reaches the function's results through data movement only: a store to DRAM; else 0."""
+    todo, seen = [v], set()
+    while todo:
+        x = todo.pop()
+        for use in x.uses:
+            op = use.operation
+            if isinstance(op, func.ReturnOp):
+                return 1
+            if sp.is_data_movement(op) and op not in seen:
+                seen.add(op)
+                todo += list(op.results)
+    return 0
 
 
 #: ops that wait for whole tensors (no row stream passes through them): a resident layer's chains on either
