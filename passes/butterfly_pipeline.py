@@ -66,7 +66,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from attnc import butterfly as bf
-from attnc.cost.work import stage_kernel_cycles
+from attnc.cost.work import stage_kernel_cycles, streamed_weight_bytes
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import RESERVE, ROWS, STAGE, TILE_KIND, WEIGHT_PASSES
 from attnc.dialects.values import bitrev_permutation, from_numpy, np_dtype, to_numpy
@@ -293,6 +293,7 @@ class Plan:
     staged: bool = False  # streamed weights come from memory tiles that hold them (DRAM read once), not DRAM
     bins: list[int] = field(default_factory=list)  # staged: free bytes of each memory tile (one piece each)
     held: list[int] = field(default_factory=list)  # staged: bytes of weights each memory tile holds
+    pieces: list[int] = field(default_factory=list)  # staged: pieces (memory-tile contexts) each memory tile holds
 
     def text(self) -> str:
         per = [len(g) for g in self.groups]
@@ -368,7 +369,7 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, passes: int 
     arriving = max(token, in_rows)
     if passes == 1:
         return sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb + 2 * arriving * n * eb
-    weights = 2 * max(v.stage.width**2 for v in views) * eb
+    weights = streamed_weight_bytes([int(np.prod(v.stage.weight_shape(n))) * eb for v in views])
     return weights + (max(-(-rows // passes), arriving) + arriving) * n * eb
 
 
@@ -427,20 +428,46 @@ def _split(ch: Chain, parts: int):
     return ch.cache[key]
 
 
-def _pack(sizes: list[int], bins: list[int], most: int = 1 << 30) -> list[int] | None:
-    """First fit decreasing of ``sizes`` into ``bins`` (free bytes), at most ``most`` in a bin: the bin of
-    each size, or None."""
+def _pack(sizes: list[int], bins: list[int], most: int | list[int] = 1 << 30) -> list[int] | None:
+    """First fit decreasing of ``sizes`` into ``bins`` (free bytes), at most ``most`` in a bin (or
+    ``most[k]`` in bin k): the bin of each size, or None."""
     left = list(bins)
+    cap = list(most) if isinstance(most, list) else [most] * len(bins)
     count = [0] * len(bins)
     out = [0] * len(sizes)
     for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        b = next((k for k in range(len(left)) if left[k] >= sizes[i] and count[k] < most), None)
+        b = next((k for k in range(len(left)) if left[k] >= sizes[i] and count[k] < cap[k]), None)
         if b is None:
             return None
         left[b] -= sizes[i]
         count[b] += 1
         out[i] = b
     return out
+
+
+class MemoryRoom(list):
+    """The memory tiles' free bytes (the list) and free contexts (``contexts``), in the same order: the chains
+    planned so far hold pieces of their weights there, a context each."""
+
+    def __init__(self, free: list[int], contexts: list[int]):
+        super().__init__(free)
+        self.contexts = list(contexts)
+
+
+def _memory_contexts(memory: list[int], arch) -> list[int]:
+    """The contexts each memory tile has left for weight pieces: what ``memory`` says, if it is a
+    :class:`MemoryRoom`, else all of them."""
+    if isinstance(memory, MemoryRoom):
+        return list(memory.contexts)
+    return [max((t.contexts for t in arch.tiles_of("memory")), default=1)] * len(memory)
+
+
+def _take_memory(memory: list[int], plan: Plan) -> None:
+    """What a staged plan's pieces take of their memory tiles: bytes and a context each."""
+    for mi, used in enumerate(plan.held if plan.staged else []):
+        memory[mi] -= used
+        if isinstance(memory, MemoryRoom) and plan.pieces:
+            memory.contexts[mi] -= plan.pieces[mi]
 
 
 def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: int, share: float,
@@ -510,13 +537,15 @@ def _search_tokens(ch: Chain, arch, slots, passes: int, max_parts: int, max_kern
                 nl = [len(views[g[0]][0].cols) for g in groups]
                 sizes = [sum(int(np.prod(views[i][0].stage.weight_shape(nl[gi]))) for i in g) * eb
                          for gi, g in enumerate(groups) for _ in range(parts)]  # fmt: skip
-                # (a kernel's piece is a context of its own: at most a memory tile's contexts in one)
-                where = _pack(sizes, memory, max((t.contexts for t in arch.tiles_of("memory")), default=1))
+                # (a kernel's piece is a context of its own: at most the contexts the chains planned before
+                # left a memory tile)
+                where = _pack(sizes, memory, _memory_contexts(memory, arch))
                 if where is None:
                     continue
                 cand.staged = True
                 cand.bins = list(memory)
                 cand.held = [sum(sz for sz, w in zip(sizes, where) if w == b) for b in range(len(memory))]
+                cand.pieces = [where.count(b) for b in range(len(memory))]
             if cand is None:
                 continue
             if best is None or cand.predicted < best.predicted * (1 - TIE) or (
@@ -765,7 +794,8 @@ def plan_axes(op: sp.FourierOp, arch, slots: list[Slot], memory: list[int]) -> l
         probes.append(_Probe(f"probe{ai}", None, sts, ws, dims=(2 * shp[a], total // shp[a], eb)))
 
     def attempt(order: tuple[int, int], share: float):
-        mine, mem = [replace(s) for s in slots], list(memory)
+        mine = [replace(s) for s in slots]
+        mem = MemoryRoom(memory, memory.contexts) if isinstance(memory, MemoryRoom) else list(memory)
         plans: dict[int, Plan] = {}
         for ai, f in zip(order, (share, 1.0)):
             try:
@@ -789,8 +819,7 @@ def plan_axes(op: sp.FourierOp, arch, slots: list[Slot], memory: list[int]) -> l
         return None
     for ai in order:
         _commit(plans[ai], slots)
-        for mi, used in enumerate(plans[ai].held if plans[ai].staged else []):
-            memory[mi] -= used
+        _take_memory(memory, plans[ai])
     return [plans[ai] for ai in range(len(axes))]
 
 
@@ -1006,19 +1035,40 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
         # whole next to its schedule's buffers (lower-to-dataflow declares them, up to the tile)
         used_sram += sum(_nbytes(o.q) for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is not None
                          and not isinstance(o.q.owner, sp.ConstantOp))  # fmt: skip
-    slots = free_slots(arch, reserved, used_sram, members)
-    if not slots:
-        raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
-    if SHARE_ATTR not in fn.attributes:
-        _keep_for_row_parts(slots, row_part_contexts(fn, ops, arch, slots))
+    # resident, every chain plans on what the ones before it left, each within its share of the SRAM: when a
+    # later one finds no room (the shares are of bytes, the tiles are packed whole kernels at a time), the
+    # chains plan again on smaller shares
+    for scale in SRAM_SHARES if SHARE_ATTR not in fn.attributes else SRAM_SHARES[:1]:
+        slots = free_slots(arch, reserved, used_sram, members)
+        if not slots:
+            raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
+        if SHARE_ATTR not in fn.attributes:
+            _keep_for_row_parts(slots, row_part_contexts(fn, ops, arch, slots))
+        try:
+            return _plan_all(fn, ops, arch, slots, scale)
+        except AttncError:
+            if scale == SRAM_SHARES[-1] or SHARE_ATTR in fn.attributes:
+                raise
+    raise AssertionError("unreachable")
+
+
+#: the scales of each chain's SRAM share the resident planning tries, in order
+SRAM_SHARES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+
+
+def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -> ButterflyPlans:
+    """The plans of every op (see :func:`plan_butterflies`), each chain within ``scale`` of its SRAM share."""
+    out = ButterflyPlans()
     # memory tiles may hold streamed weights, unless an attention stages its K/V there
     staging = any(STAGE in o.attributes for o in fn.body.block.ops)
-    memory = [] if staging else [t.sram_bytes for t in arch.tiles_of("memory")]
+    mem_tiles = [] if staging else arch.tiles_of("memory")
+    memory = MemoryRoom([t.sram_bytes for t in mem_tiles], [t.contexts for t in mem_tiles])
     names = {op: f"bfly{i}" for i, op in enumerate(ops)}
     shared = SHARE_ATTR in fn.attributes
     phase = butterfly_phases(fn, ops, streaming=not shared)
     tails = chain_tails(fn, ops, phase, shared)
     for group, budget in _phase_budgets(fn, ops, slots):
+        budget = replace(budget, sram=int(budget.sram * scale))
         # sharing SRAM, each phase's chains plan on the tiles' whole SRAM (the contexts stay taken)
         mine = [replace(s) for s in slots] if shared else slots
         free = list(mine)
@@ -1238,9 +1288,7 @@ def _plan_op(op: Operation, chains: list[Chain], arch, slots: list[Slot], memory
         plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(budget.sram * frac),
                           memory=memory)  # fmt: skip
         _commit(plan, slots, busy=True)
-        if plan.staged:  # its pieces take that much of their memory tiles
-            for mi, used in enumerate(plan.held):
-                memory[mi] -= used
+        _take_memory(memory, plan)  # its pieces take that much of their memory tiles
         plans.append(plan)
     return plans
 
