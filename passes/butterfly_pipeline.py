@@ -393,9 +393,11 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
                               if not st or stageable]  # fmt: skip
     for budget in (sram_budget, 1 << 62):
         for passes, staged in options:
-            if passes > 1 and best is not None and best.passes == 1 and not any(best.blocks):
-                break  # weights that stay on chip with full row blocks do: streaming is for weights that crowd
-                # the row buffers out (a part-full MAC array) or do not fit at all
+            if passes > 1 and best is not None and best.passes == 1:
+                break  # weights that stay on chip do: streaming is for weights that do not fit at all. (Also for
+                # ones that crowd the row buffers out, a part-full MAC array, once the simulator holds a streamed
+                # kernel to what it declares: BERT-base's FFN chains on cloud at seq 2048, weights re-sent from
+                # memory tiles 64 times, held 320 KB where they declare 77 KB.)
             cand, c = _search(ch, arch, slots, passes, max_parts, max_kernels, share, budget, staged, memory)
             count += c
             if cand is not None and (best is None or cand.predicted < best.predicted * (1 - TIE)):
