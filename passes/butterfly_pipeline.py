@@ -1103,8 +1103,9 @@ def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -
 
 
 def row_part_contexts(fn, ops: list[Operation], arch, slots: list[Slot]) -> int:
-    """Compute contexts to leave to the column parts of the elementwise chains with special functions that the
-    butterflies feed (a bias add and GELU between FFN1 and FFN2): ``fuse-elementwise`` cuts such a chain by
+    """Compute contexts to leave to the column parts of the elementwise chains with special functions, or before
+    a norm, that the butterflies feed (a bias add and GELU between FFN1 and FFN2, the bias and residual adds
+    before a layer norm): ``fuse-elementwise`` cuts such a chain by
     columns over the free contexts (attnc.passes.fuse_elementwise.plan_row_splits), and all of it streams
     between the stage pipelines, so it gets the share of the free compute contexts that its lane cycles are
     of its and the stages' cycles together. Resident kernels only; 0 when there is no such chain."""
@@ -1119,17 +1120,19 @@ def row_part_contexts(fn, ops: list[Operation], arch, slots: list[Slot]) -> int:
     for op in ops:
         if not isinstance(op, sp.ButterflyMatmulOp):
             continue
-        mine, todo = [], list(op.results)
+        mine, todo, norm = [], list(op.results), False
         while todo:
             for use in todo.pop().uses:
                 u = use.operation
+                norm = norm or isinstance(u, sp.LayerNormOp)
                 if u in seen or not (sp.is_data_movement(u) or isinstance(u, ELEMENTWISE)):
                     continue
                 seen.add(u)
                 todo += list(u.results)
                 if isinstance(u, ELEMENTWISE):
                     mine.append(u)
-        if any(needs_special(u) for u in mine):
+        # (the ops before a norm are a row kernel of their own too: fuse-elementwise keeps the norm apart)
+        if mine and (norm or any(needs_special(u) for u in mine)):
             chains.append(mine)
     if not chains:
         return 0

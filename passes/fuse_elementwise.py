@@ -523,8 +523,9 @@ class ChainIntoRowKernelPattern(RewritePattern):
     """Gathers the elementwise and row-wise ops no MAC kernel took into row-streaming vector kernels: an op
     joins the row kernel that computes one of its operands when the order allows, else starts one."""
 
-    def __init__(self, kernels: Kernels):
+    def __init__(self, kernels: Kernels, arch=None):
         self.kernels = kernels
+        self.arch = arch
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
         k = self.kernels
@@ -534,6 +535,8 @@ class ChainIntoRowKernelPattern(RewritePattern):
             for leaf in leaves(v):
                 tag = k.tag_of(leaf)
                 if tag in k.rows and joins(k, op, tag, k.first[tag]):
+                    if row_axes(op) and self._apart(k.rows[tag], op):
+                        continue
                     join(k, op, tag, k.first[tag], None)
                     k.rows[tag].append(op)
                     rewriter.handle_operation_modification(op)
@@ -543,6 +546,17 @@ class ChainIntoRowKernelPattern(RewritePattern):
         k.first[tag] = op
         k.rows[tag] = [op]
         rewriter.handle_operation_modification(op)
+
+    def _apart(self, chain: list[Operation], op: Operation) -> bool:
+        """Whether row-wise ``op`` (a norm) starts a kernel of its own rather than join ``chain``: elementwise
+        ops that butterfly stages feed (BERT's residual adds), longer than the stage kernels next to them, so
+        that ``plan_row_splits`` cuts them by columns (a norm needs whole rows: with it, the chain is not cut)."""
+        k = self.kernels
+        if self.arch is None or any(row_axes(o) for o in chain) or not _fed_by_stages(k, chain):
+            return False
+        block = op.parent_block()
+        near = neighbour_cycles(k, chain, _tagged_ops(block), self.arch) if block is not None else None
+        return near is not None and _cycles(chain, self.arch) > near
 
 
 # ---------------------------------------------------------------------------
@@ -684,11 +698,26 @@ def neighbour_cycles(kernels: Kernels, chain: list[Operation], tagged: dict[str,
     return min((_cycles(ops, arch) for ops in near.values()), default=None)
 
 
-def _fed_by_stages(kernels: Kernels, chain: list[Operation]) -> bool:
-    """Whether a butterfly stage kernel computes one of ``chain``'s inputs."""
+def _fed_by_stages(kernels: Kernels, chain: list[Operation], streams: set[str] | None = None) -> bool:
+    """Whether a butterfly stage kernel (or a kernel of ``streams``) computes one of ``chain``'s inputs."""
     inside = set(chain)
-    return any(kernels.tag_of(x) in kernels.stages for op in chain for v in op.operands for x in leaves(v)
+    feeds = kernels.stages if streams is None else streams
+    return any(kernels.tag_of(x) in feeds for op in chain for v in op.operands for x in leaves(v)
                if x not in inside)  # fmt: skip
+
+
+def _row_streams(kernels: Kernels) -> set[str]:
+    """The butterfly stage kernels and the row kernels that their row blocks reach, directly or through other
+    row kernels: each streams every row block to every reader."""
+    out = set(kernels.stages)
+    grew = True
+    while grew:
+        grew = False
+        for tag, chain in kernels.rows.items():
+            if tag not in out and _fed_by_stages(kernels, chain, out):
+                out.add(tag)
+                grew = True
+    return out
 
 
 def row_strips(chain: list[Operation], axis: int) -> int:
@@ -737,13 +766,14 @@ def plan_row_splits(block, kernels: Kernels, arch,
     tagged = _tagged_ops(block)
     order = {op: i for i, op in enumerate(block.ops)}
     wanted: dict[str, list] = {}
+    streams = _row_streams(kernels)
     for tag, chain in kernels.rows.items():
         chain = sorted(chain, key=order.__getitem__)
         # a butterfly chain streams its result in row blocks, every row block to every reader: a part of a row
         # split would hold all of them (it reads a block of rows that arrive spread over the whole stream),
         # while a part of a column split takes its columns of each row block as it comes. So a chain a stage
-        # kernel feeds is cut by columns, if it is elementwise, else not at all
-        fed = _fed_by_stages(kernels, chain)
+        # kernel feeds (or a row kernel they feed) is cut by columns, if it is elementwise, else not at all
+        fed = tag in streams
         axis = split_axis(chain, columns=True) if fed else split_axis(chain)
         near = neighbour_cycles(kernels, chain, tagged, arch)
         if axis is None or not near:
@@ -877,7 +907,7 @@ class FuseElementwisePass(TargetPass):
         kernels = Kernels.of(block, special)
         sink = [MergeReshapesPattern(), SinkThroughReshapePattern(kernels), SinkThroughConcatPattern(kernels)]
         PatternRewriteWalker(GreedyRewritePatternApplier(sink), apply_recursively=True).rewrite_region(fn.body)
-        for pattern in (EpilogueIntoProducerPattern(kernels), ChainIntoRowKernelPattern(kernels)):
+        for pattern in (EpilogueIntoProducerPattern(kernels), ChainIntoRowKernelPattern(kernels, arch)):
             PatternRewriteWalker(pattern, apply_recursively=False).rewrite_region(fn.body)
         splits = plan_row_splits(block, kernels, arch, SHARE_ATTR in fn.attributes)
         split = {tag for tag, ops in kernels.rows.items() if any(op in splits for op in ops)}

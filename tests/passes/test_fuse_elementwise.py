@@ -453,3 +453,28 @@ def test_a_gelu_on_stage_parts_put_side_by_side_becomes_their_epilogues():
     same_numbers(want, interpret(module, x))
     erfs = [o for o in compute_ops(module) if isinstance(o, sp.ErfOp)]
     assert sorted(tag(o) for o in erfs) == ["c_s0_p0", "c_s0_p1"]
+
+
+def test_a_norm_after_long_adds_that_stage_kernels_feed_is_a_kernel_of_its_own():
+    """BERT's FFN2 sum, bias and residual adds before its layer norm: joined with the norm they could not be
+    cut (the norm needs whole rows), so when they are longer than the stage kernels next to them the norm
+    starts a row kernel of its own and the adds are cut by columns, a part reading its columns of each row
+    block."""
+    def module_of(rows: int):
+        b = Builder({"x": [1, rows, STAGE_N], "res": [1, rows, STAGE_N]})
+        y = stage_parts(b, b.args["x"], 2, "c", interleaved=True)
+        z = stage_parts(b, b.args["x"], 2, "d", interleaved=True)
+        s = b.op(sp.AddOp(b.op(sp.AddOp(b.op(sp.AddOp(y, z)), b.const([STAGE_N]))), b.args["res"]))
+        return b.module(layer_norm(b, s))
+
+    module = module_of(STAGE_ROWS)
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    same_numbers(want, interpret(module, x))
+    ops = compute_ops(module)
+    norm = next(o for o in ops if isinstance(o, sp.LayerNormOp))
+    adds = [o for o in ops if isinstance(o, sp.AddOp)]
+    assert len(adds) == 12 and {sp.shape_of(o.results[0])[-1] for o in adds} == {STAGE_N // 4}  # 4 column parts
+    assert tag(norm) not in {tag(o) for o in adds}
+    assert sp.shape_of(norm.results[0]) == (1, STAGE_ROWS, STAGE_N)
