@@ -121,9 +121,6 @@ class Chain:
     #: that is stored; the others stream on chip from or to the kernels next to it (set by
     #: :func:`plan_butterflies`; 2, both, when nothing says otherwise)
     dram_streams: int = 2
-    #: its share of the DRAM bandwidth, by MACs among the chains that run at the same time (0: the planner's
-    #: share of the array, its ``share``)
-    dram_share: float = 0.0
 
     @property
     def n(self) -> int:
@@ -483,7 +480,7 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
     weights = sum(int(np.prod(st.weight_shape(n))) for st in ch.stages) * eb
     dram = ch.dram_streams * rows * n * eb + (1 if staged else passes) * weights
     # the chains that run at the same time share DRAM: this one gets its share (by MACs) of the bandwidth
-    dram_cycles = dram / (arch.dram.bytes_per_cycle * min(1.0, max(ch.dram_share or share, 1e-3)))
+    dram_cycles = dram / (arch.dram.bytes_per_cycle * min(1.0, max(share, 1e-3)))
     if staged:
         # the memory tiles send every copy over their links
         links = sum(len(arch.graph().out_edges((t.x, t.y))) for t in arch.tiles_of("memory"))
@@ -1091,9 +1088,6 @@ def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -
                 # resident, a chain streams from and to the kernels next to it; only a graph input or a
                 # stored result crosses DRAM (with SRAM phases, a crossing between phases is a spill)
                 chains[0].dram_streams = _from_dram(op.input) + _to_dram(op.results[0])
-                # (DRAM is shared by the chains between the same whole-tensor ops: a block's Q/K/V ones run
-                # before its attention, the rest after it)
-                chains[0].dram_share = _macs(op) / max(sum(_macs(o) for o in ops if phase[o] == phase[op]), 1)
             plans = _plan_op(op, chains, arch, free, memory, budget)
             out.plans[op] = (names[op], plans)
             out.reports += [f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {plan.text()}"

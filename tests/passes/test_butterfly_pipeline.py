@@ -435,15 +435,3 @@ def test_contexts_are_kept_for_the_column_parts_of_a_gelu_between_butterflies():
         free = sum(s.contexts for s in slots if s.kind == "compute")
         bp._keep_for_row_parts(slots, keep)
         assert sum(s.contexts for s in slots if s.kind == "compute") == free - keep
-
-
-def test_dram_is_shared_by_the_chains_that_run_at_the_same_time():
-    """A Q/K/V chain shares DRAM with the other two (the attention waits for all three), not with every chain
-    of the layer: with a third of the bandwidth, not a twelfth, its DRAM time is a quarter as long."""
-    arch = load_arch("cloud")
-    slots = bp.free_slots(arch, {}, 0, 0)
-    twelfth, third = _bert_chain(), _bert_chain()
-    third.dram_share = 1 / 3
-    a = bp.plan_chain(twelfth, arch, [bp.replace(s) for s in slots], share=1 / 12, max_kernels=16)
-    b = bp.plan_chain(third, arch, [bp.replace(s) for s in slots], share=1 / 12, max_kernels=16)
-    assert a.bound == "dram" and b.predicted < a.predicted
