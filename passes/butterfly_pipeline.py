@@ -66,7 +66,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from attnc import butterfly as bf
-from attnc.cost.work import stage_kernel_cycles
+from attnc.cost.work import stage_kernel_cycles, streamed_weight_bytes
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import RESERVE, ROWS, STAGE, TILE_KIND, WEIGHT_PASSES
 from attnc.dialects.values import bitrev_permutation, from_numpy, np_dtype, to_numpy
@@ -117,6 +117,10 @@ class Chain:
     #: rows of a token of its input when a chain planned before it streams it (through row kernels): its
     #: first kernels hold two of those; 0: its own tokens
     in_rows: int = 0
+    #: how many of its row streams (its input, its result) go through DRAM: a graph input it reads, a result
+    #: that is stored; the others stream on chip from or to the kernels next to it (set by
+    #: :func:`plan_butterflies`; 2, both, when nothing says otherwise)
+    dram_streams: int = 2
 
     @property
     def n(self) -> int:
@@ -289,6 +293,7 @@ class Plan:
     staged: bool = False  # streamed weights come from memory tiles that hold them (DRAM read once), not DRAM
     bins: list[int] = field(default_factory=list)  # staged: free bytes of each memory tile (one piece each)
     held: list[int] = field(default_factory=list)  # staged: bytes of weights each memory tile holds
+    pieces: list[int] = field(default_factory=list)  # staged: pieces (memory-tile contexts) each memory tile holds
 
     def text(self) -> str:
         per = [len(g) for g in self.groups]
@@ -364,7 +369,7 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, passes: int 
     arriving = max(token, in_rows)
     if passes == 1:
         return sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb + 2 * arriving * n * eb
-    weights = 2 * max(v.stage.width**2 for v in views) * eb
+    weights = streamed_weight_bytes([int(np.prod(v.stage.weight_shape(n))) * eb for v in views])
     return weights + (max(-(-rows // passes), arriving) + arriving) * n * eb
 
 
@@ -388,9 +393,11 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
                               if not st or stageable]  # fmt: skip
     for budget in (sram_budget, 1 << 62):
         for passes, staged in options:
-            if passes > 1 and best is not None and best.passes == 1 and not any(best.blocks):
-                break  # weights that stay on chip with full row blocks do: streaming is for weights that crowd
-                # the row buffers out (a part-full MAC array) or do not fit at all
+            if passes > 1 and best is not None and best.passes == 1:
+                break  # weights that stay on chip do: streaming is for weights that do not fit at all. (Also for
+                # ones that crowd the row buffers out, a part-full MAC array, once the simulator holds a streamed
+                # kernel to what it declares: BERT-base's FFN chains on cloud at seq 2048, weights re-sent from
+                # memory tiles 64 times, held 320 KB where they declare 77 KB.)
             cand, c = _search(ch, arch, slots, passes, max_parts, max_kernels, share, budget, staged, memory)
             count += c
             if cand is not None and (best is None or cand.predicted < best.predicted * (1 - TIE)):
@@ -423,14 +430,15 @@ def _split(ch: Chain, parts: int):
     return ch.cache[key]
 
 
-def _pack(sizes: list[int], bins: list[int], most: int = 1 << 30) -> list[int] | None:
-    """First fit decreasing of ``sizes`` into ``bins`` (free bytes), at most ``most`` in a bin: the bin of
-    each size, or None."""
+def _pack(sizes: list[int], bins: list[int], most: int | list[int] = 1 << 30) -> list[int] | None:
+    """First fit decreasing of ``sizes`` into ``bins`` (free bytes), at most ``most`` in a bin (or
+    ``most[k]`` in bin k): the bin of each size, or None."""
     left = list(bins)
+    cap = list(most) if isinstance(most, list) else [most] * len(bins)
     count = [0] * len(bins)
     out = [0] * len(sizes)
     for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        b = next((k for k in range(len(left)) if left[k] >= sizes[i] and count[k] < most), None)
+        b = next((k for k in range(len(left)) if left[k] >= sizes[i] and count[k] < cap[k]), None)
         if b is None:
             return None
         left[b] -= sizes[i]
@@ -439,13 +447,38 @@ def _pack(sizes: list[int], bins: list[int], most: int = 1 << 30) -> list[int] |
     return out
 
 
+class MemoryRoom(list):
+    """The memory tiles' free bytes (the list) and free contexts (``contexts``), in the same order: the chains
+    planned so far hold pieces of their weights there, a context each."""
+
+    def __init__(self, free: list[int], contexts: list[int]):
+        super().__init__(free)
+        self.contexts = list(contexts)
+
+
+def _memory_contexts(memory: list[int], arch) -> list[int]:
+    """The contexts each memory tile has left for weight pieces: what ``memory`` says, if it is a
+    :class:`MemoryRoom`, else all of them."""
+    if isinstance(memory, MemoryRoom):
+        return list(memory.contexts)
+    return [max((t.contexts for t in arch.tiles_of("memory")), default=1)] * len(memory)
+
+
+def _take_memory(memory: list[int], plan: Plan) -> None:
+    """What a staged plan's pieces take of their memory tiles: bytes and a context each."""
+    for mi, used in enumerate(plan.held if plan.staged else []):
+        memory[mi] -= used
+        if isinstance(memory, MemoryRoom) and plan.pieces:
+            memory.contexts[mi] -= plan.pieces[mi]
+
+
 def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: int, share: float,
             budget: int, staged: bool = False, memory: list[int] | None = None) -> tuple[Plan | None, int]:
     n, rows, eb = ch.n, ch.rows, ch.eb
     compute = [s for s in slots if s.kind == "compute"]
     ref = compute[0].tile if compute else None
     weights = sum(int(np.prod(st.weight_shape(n))) for st in ch.stages) * eb
-    dram = 2 * rows * n * eb + (1 if staged else passes) * weights
+    dram = ch.dram_streams * rows * n * eb + (1 if staged else passes) * weights
     # the chains that run at the same time share DRAM: this one gets its share (by MACs) of the bandwidth
     dram_cycles = dram / (arch.dram.bytes_per_cycle * min(1.0, max(share, 1e-3)))
     if staged:
@@ -506,13 +539,15 @@ def _search_tokens(ch: Chain, arch, slots, passes: int, max_parts: int, max_kern
                 nl = [len(views[g[0]][0].cols) for g in groups]
                 sizes = [sum(int(np.prod(views[i][0].stage.weight_shape(nl[gi]))) for i in g) * eb
                          for gi, g in enumerate(groups) for _ in range(parts)]  # fmt: skip
-                # (a kernel's piece is a context of its own: at most a memory tile's contexts in one)
-                where = _pack(sizes, memory, max((t.contexts for t in arch.tiles_of("memory")), default=1))
+                # (a kernel's piece is a context of its own: at most the contexts the chains planned before
+                # left a memory tile)
+                where = _pack(sizes, memory, _memory_contexts(memory, arch))
                 if where is None:
                     continue
                 cand.staged = True
                 cand.bins = list(memory)
                 cand.held = [sum(sz for sz, w in zip(sizes, where) if w == b) for b in range(len(memory))]
+                cand.pieces = [where.count(b) for b in range(len(memory))]
             if cand is None:
                 continue
             if best is None or cand.predicted < best.predicted * (1 - TIE) or (
@@ -675,9 +710,12 @@ def free_slots(arch, reserved: dict[str, int], used_sram: int, members: int) -> 
     if comp:
         per_member = min(used_sram // max(members, 1), max(t.sram_bytes for t in comp)) if members else 0
         others = reserved.get("compute", 0)
+        # the other kernels' odd contexts go to the tiles the members leave first: a member tile's SRAM is
+        # the member's, so a kernel counted there would take nothing from the tiles it will really share
+        order = {i: j for j, i in enumerate([*range(members, len(comp)), *range(min(members, len(comp)))])}
         for i, t in enumerate(comp):
             share = t.sram_bytes // max(t.contexts, 1)
-            mine = others // len(comp) + (1 if i < others % len(comp) else 0)
+            mine = others // len(comp) + (1 if order[i] < others % len(comp) else 0)
             ctx = t.contexts - mine - (1 if i < members else 0)
             sram = t.sram_bytes - mine * share - (per_member if i < members else 0)
             if ctx > 0 and sram > 0:
@@ -758,7 +796,8 @@ def plan_axes(op: sp.FourierOp, arch, slots: list[Slot], memory: list[int]) -> l
         probes.append(_Probe(f"probe{ai}", None, sts, ws, dims=(2 * shp[a], total // shp[a], eb)))
 
     def attempt(order: tuple[int, int], share: float):
-        mine, mem = [replace(s) for s in slots], list(memory)
+        mine = [replace(s) for s in slots]
+        mem = MemoryRoom(memory, memory.contexts) if isinstance(memory, MemoryRoom) else list(memory)
         plans: dict[int, Plan] = {}
         for ai, f in zip(order, (share, 1.0)):
             try:
@@ -782,8 +821,7 @@ def plan_axes(op: sp.FourierOp, arch, slots: list[Slot], memory: list[int]) -> l
         return None
     for ai in order:
         _commit(plans[ai], slots)
-        for mi, used in enumerate(plans[ai].held if plans[ai].staged else []):
-            memory[mi] -= used
+        _take_memory(memory, plans[ai])
     return [plans[ai] for ai in range(len(axes))]
 
 
@@ -999,17 +1037,40 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
         # whole next to its schedule's buffers (lower-to-dataflow declares them, up to the tile)
         used_sram += sum(_nbytes(o.q) for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is not None
                          and not isinstance(o.q.owner, sp.ConstantOp))  # fmt: skip
-    slots = free_slots(arch, reserved, used_sram, members)
-    if not slots:
-        raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
+    # resident, every chain plans on what the ones before it left, each within its share of the SRAM: when a
+    # later one finds no room (the shares are of bytes, the tiles are packed whole kernels at a time), the
+    # chains plan again on smaller shares
+    for scale in SRAM_SHARES if SHARE_ATTR not in fn.attributes else SRAM_SHARES[:1]:
+        slots = free_slots(arch, reserved, used_sram, members)
+        if not slots:
+            raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
+        if SHARE_ATTR not in fn.attributes:
+            _keep_for_row_parts(slots, row_part_contexts(fn, ops, arch, slots))
+        try:
+            return _plan_all(fn, ops, arch, slots, scale)
+        except AttncError:
+            if scale == SRAM_SHARES[-1] or SHARE_ATTR in fn.attributes:
+                raise
+    raise AssertionError("unreachable")
+
+
+#: the scales of each chain's SRAM share the resident planning tries, in order
+SRAM_SHARES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+
+
+def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -> ButterflyPlans:
+    """The plans of every op (see :func:`plan_butterflies`), each chain within ``scale`` of its SRAM share."""
+    out = ButterflyPlans()
     # memory tiles may hold streamed weights, unless an attention stages its K/V there
     staging = any(STAGE in o.attributes for o in fn.body.block.ops)
-    memory = [] if staging else [t.sram_bytes for t in arch.tiles_of("memory")]
+    mem_tiles = [] if staging else arch.tiles_of("memory")
+    memory = MemoryRoom([t.sram_bytes for t in mem_tiles], [t.contexts for t in mem_tiles])
     names = {op: f"bfly{i}" for i, op in enumerate(ops)}
     shared = SHARE_ATTR in fn.attributes
     phase = butterfly_phases(fn, ops, streaming=not shared)
     tails = chain_tails(fn, ops, phase, shared)
     for group, budget in _phase_budgets(fn, ops, slots):
+        budget = replace(budget, sram=int(budget.sram * scale))
         # sharing SRAM, each phase's chains plan on the tiles' whole SRAM (the contexts stay taken)
         mine = [replace(s) for s in slots] if shared else slots
         free = list(mine)
@@ -1023,6 +1084,10 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
             for ch in chains:
                 ch.tail = tails[op]
             chains[0].in_rows = _upstream_rows(op, out.plans)
+            if isinstance(op, sp.ButterflyMatmulOp) and not shared:
+                # resident, a chain streams from and to the kernels next to it; only a graph input or a
+                # stored result crosses DRAM (with SRAM phases, a crossing between phases is a spill)
+                chains[0].dram_streams = _from_dram(op.input) + _to_dram(op.results[0])
             plans = _plan_op(op, chains, arch, free, memory, budget)
             out.plans[op] = (names[op], plans)
             out.reports += [f"{ch.name}: {ch.n} wide, {ch.rows} rows, {len(ch.stages)} stages: {plan.text()}"
@@ -1035,6 +1100,58 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
                 s.index = i
     out.plans = {op: out.plans[op] for op in ops}
     return out
+
+
+def row_part_contexts(fn, ops: list[Operation], arch, slots: list[Slot]) -> int:
+    """Compute contexts to leave to the column parts of the elementwise chains with special functions, or before
+    a norm, that the butterflies feed (a bias add and GELU between FFN1 and FFN2, the bias and residual adds
+    before a layer norm): ``fuse-elementwise`` cuts such a chain by
+    columns over the free contexts (attnc.passes.fuse_elementwise.plan_row_splits), and all of it streams
+    between the stage pipelines, so it gets the share of the free compute contexts that its lane cycles are
+    of its and the stages' cycles together. Resident kernels only; 0 when there is no such chain."""
+    from attnc.cost.work import kernel_cost
+    from attnc.passes.fuse_elementwise import ELEMENTWISE, needs_special
+
+    comp = [s for s in slots if s.kind == "compute"]
+    if not comp:
+        return 0
+    seen: set[Operation] = set()
+    chains: list[list[Operation]] = []
+    for op in ops:
+        if not isinstance(op, sp.ButterflyMatmulOp):
+            continue
+        mine, todo, norm = [], list(op.results), False
+        while todo:
+            for use in todo.pop().uses:
+                u = use.operation
+                norm = norm or isinstance(u, sp.LayerNormOp)
+                if u in seen or not (sp.is_data_movement(u) or isinstance(u, ELEMENTWISE)):
+                    continue
+                seen.add(u)
+                todo += list(u.results)
+                if isinstance(u, ELEMENTWISE):
+                    mine.append(u)
+        # (the ops before a norm are a row kernel of their own too: fuse-elementwise keeps the norm apart)
+        if mine and (norm or any(needs_special(u) for u in mine)):
+            chains.append(mine)
+    if not chains:
+        return 0
+    tile = comp[0].tile
+    lanes = sum(kernel_cost([u], [u.results[0].type], arch).cycles for c in chains for u in c)
+    stages = sum(stage_kernel_cycles(o.stages(), sp.shape_of(o.input)[-1],
+                                     int(np.prod(sp.shape_of(o.input)[:-1], dtype=np.int64)), tile, "compute")
+                 for o in ops if isinstance(o, sp.ButterflyMatmulOp))  # fmt: skip
+    free = sum(s.contexts for s in comp)
+    return min(free - len(comp), round(free * lanes / max(lanes + stages, 1)))
+
+
+def _keep_for_row_parts(slots: list[Slot], keep: int) -> None:
+    """Take ``keep`` contexts off the compute slots, one at a time from the one with the most left."""
+    for _ in range(max(keep, 0)):
+        s = max((s for s in slots if s.kind == "compute" and s.contexts > 1), key=lambda s: s.contexts, default=None)
+        if s is None:
+            break
+        s.contexts -= 1
 
 
 def _upstream_rows(op: Operation, planned: dict[Operation, tuple[str, list[Plan]]]) -> int:
@@ -1054,6 +1171,28 @@ def _upstream_rows(op: Operation, planned: dict[Operation, tuple[str, list[Plan]
         elif not isinstance(src, (*BARRIERS, sp.ButterflyMatmulOp, sp.ConstantOp)):
             todo += list(src.operands)
     return best
+
+
+def _from_dram(v: SSAValue) -> int:
+    """1 when ``v`` is a graph input (through data movement only): a load from DRAM; else 0."""
+    while isinstance(v.owner, Operation) and sp.is_data_movement(v.owner):
+        v = v.owner.operands[0]
+    return int(not isinstance(v.owner, Operation))
+
+
+def _to_dram(v: SSAValue) -> int:
+    """1 when ``v`` reaches the function's results through data movement only: a store to DRAM; else 0."""
+    todo, seen = [v], set()
+    while todo:
+        x = todo.pop()
+        for use in x.uses:
+            op = use.operation
+            if isinstance(op, func.ReturnOp):
+                return 1
+            if sp.is_data_movement(op) and op not in seen:
+                seen.add(op)
+                todo += list(op.results)
+    return 0
 
 
 #: ops that wait for whole tensors (no row stream passes through them): a resident layer's chains on either
@@ -1154,9 +1293,7 @@ def _plan_op(op: Operation, chains: list[Chain], arch, slots: list[Slot], memory
         plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(budget.sram * frac),
                           memory=memory)  # fmt: skip
         _commit(plan, slots, busy=True)
-        if plan.staged:  # its pieces take that much of their memory tiles
-            for mi, used in enumerate(plan.held):
-                memory[mi] -= used
+        _take_memory(memory, plan)  # its pieces take that much of their memory tiles
         plans.append(plan)
     return plans
 

@@ -115,6 +115,8 @@ class Kernels:
     first: dict[str, Operation] = field(default_factory=dict)
     mac: set[str] = field(default_factory=set)
     rows: dict[str, list[Operation]] = field(default_factory=dict)
+    #: the tags of butterfly stage kernels (``tile``'s stage pipelines), on any tile kind
+    stages: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, block, special_on_compute: bool) -> Kernels:
@@ -123,8 +125,10 @@ class Kernels:
             tag = op.attributes.get(TAG)
             if isinstance(tag, StringAttr):
                 k.first.setdefault(tag.data, op)
-                if isinstance(op, MAC_OPS):
+                if isinstance(op, MAC_OPS) or _stage_on_compute(op):
                     k.mac.add(tag.data)
+                if isinstance(op, sp.ButterflyStageOp):
+                    k.stages.add(tag.data)
         return k
 
     def fresh(self, base: str) -> str:
@@ -144,6 +148,16 @@ class Kernels:
 
     def in_mac_kernel(self, op: Operation | None) -> bool:
         return isinstance(op, Operation) and self.tag_of(op) in self.mac
+
+
+def _stage_on_compute(op: Operation) -> bool:
+    """A butterfly stage planned on a compute tile: its kernel computes its rows' values on the MAC array like
+    a GEMM part, so an elementwise op on what one such kernel makes alone (a chain ending in one kernel) is its
+    epilogue, run on the tile's lanes (a butterfly tile has no exp unit: its stages take none)."""
+    if not isinstance(op, sp.ButterflyStageOp):
+        return False
+    kind = op.attributes.get(TILE_KIND)
+    return not isinstance(kind, StringAttr) or kind.data == "compute"
 
 
 def leaves(v: SSAValue) -> list[Operation]:
@@ -509,8 +523,9 @@ class ChainIntoRowKernelPattern(RewritePattern):
     """Gathers the elementwise and row-wise ops no MAC kernel took into row-streaming vector kernels: an op
     joins the row kernel that computes one of its operands when the order allows, else starts one."""
 
-    def __init__(self, kernels: Kernels):
+    def __init__(self, kernels: Kernels, arch=None):
         self.kernels = kernels
+        self.arch = arch
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> None:
         k = self.kernels
@@ -520,6 +535,8 @@ class ChainIntoRowKernelPattern(RewritePattern):
             for leaf in leaves(v):
                 tag = k.tag_of(leaf)
                 if tag in k.rows and joins(k, op, tag, k.first[tag]):
+                    if row_axes(op) and self._apart(k.rows[tag], op):
+                        continue
                     join(k, op, tag, k.first[tag], None)
                     k.rows[tag].append(op)
                     rewriter.handle_operation_modification(op)
@@ -529,6 +546,17 @@ class ChainIntoRowKernelPattern(RewritePattern):
         k.first[tag] = op
         k.rows[tag] = [op]
         rewriter.handle_operation_modification(op)
+
+    def _apart(self, chain: list[Operation], op: Operation) -> bool:
+        """Whether row-wise ``op`` (a norm) starts a kernel of its own rather than join ``chain``: elementwise
+        ops that butterfly stages feed (BERT's residual adds), longer than the stage kernels next to them, so
+        that ``plan_row_splits`` cuts them by columns (a norm needs whole rows: with it, the chain is not cut)."""
+        k = self.kernels
+        if self.arch is None or any(row_axes(o) for o in chain) or not _fed_by_stages(k, chain):
+            return False
+        block = op.parent_block()
+        near = neighbour_cycles(k, chain, _tagged_ops(block), self.arch) if block is not None else None
+        return near is not None and _cycles(chain, self.arch) > near
 
 
 # ---------------------------------------------------------------------------
@@ -576,18 +604,20 @@ def _keeps_rows(v: SSAValue, axis: int, extent: int) -> bool:
     return _rank(v) >= -axis and sp.shape_of(v)[axis] == extent
 
 
-def split_axis(chain: list[Operation]) -> tuple[int, int] | None:
+def split_axis(chain: list[Operation], columns: bool = False) -> tuple[int, int] | None:
     """(axis counted from the end, extent) of the longest leading axis that every op of ``chain`` keeps
     (the same extent in each result, an operand from outside either of that extent or broadcast along it)
     and none needs whole; None when there is none. A chain's value an op reads through reshapes must keep
     the axis and everything after it (the reshapes regroup what comes before): a part reshapes its own
-    block; through other data movement the chain is not split."""
+    block; through other data movement the chain is not split. ``columns``: the last axis instead (a chain
+    of elementwise ops only)."""
     inside = set(chain)
     links = [_link(v, inside) for op in chain for v in op.operands]
     if any(x is None for x in links):
         return None
     best = None
-    for axis in range(-min(_rank(op.results[0]) for op in chain), -1):
+    rank = min(_rank(op.results[0]) for op in chain)
+    for axis in [-1] if columns and rank else range(-rank, -1):
         extent = sp.shape_of(chain[0].results[0])[axis]
         if extent < 2 or best is not None and extent <= best[1]:
             continue
@@ -651,8 +681,9 @@ def _cycles(ops: list[Operation], arch, kind: str | None = None) -> int:
 
 
 def neighbour_cycles(kernels: Kernels, chain: list[Operation], tagged: dict[str, list[Operation]], arch) -> int | None:
-    """The cycles of the shortest GEMM or attention kernel that computes one of ``chain``'s inputs or reads
-    one of its results (a part of its grid, when split), or None when no such kernel is next to it."""
+    """The cycles of the shortest GEMM, attention or butterfly stage kernel that computes one of ``chain``'s
+    inputs or reads one of its results (a part of its grid, when split), or None when no such kernel is next
+    to it."""
     inside = set(chain)
     near: dict = {}
     for op in chain:
@@ -660,11 +691,33 @@ def neighbour_cycles(kernels: Kernels, chain: list[Operation], tagged: dict[str,
             tag = kernels.tag_of(x)
             if x in inside or tag in near:
                 continue
-            if tag in kernels.mac:
+            if tag in kernels.mac or tag in kernels.stages:
                 near[tag] = tagged[tag]
             elif tag is None and isinstance(x, (sp.MatmulOp, sp.ContractOp)):
                 near[x] = [x]
     return min((_cycles(ops, arch) for ops in near.values()), default=None)
+
+
+def _fed_by_stages(kernels: Kernels, chain: list[Operation], streams: set[str] | None = None) -> bool:
+    """Whether a butterfly stage kernel (or a kernel of ``streams``) computes one of ``chain``'s inputs."""
+    inside = set(chain)
+    feeds = kernels.stages if streams is None else streams
+    return any(kernels.tag_of(x) in feeds for op in chain for v in op.operands for x in leaves(v)
+               if x not in inside)  # fmt: skip
+
+
+def _row_streams(kernels: Kernels) -> set[str]:
+    """The butterfly stage kernels and the row kernels that their row blocks reach, directly or through other
+    row kernels: each streams every row block to every reader."""
+    out = set(kernels.stages)
+    grew = True
+    while grew:
+        grew = False
+        for tag, chain in kernels.rows.items():
+            if tag not in out and _fed_by_stages(kernels, chain, out):
+                out.add(tag)
+                grew = True
+    return out
 
 
 def row_strips(chain: list[Operation], axis: int) -> int:
@@ -713,9 +766,15 @@ def plan_row_splits(block, kernels: Kernels, arch,
     tagged = _tagged_ops(block)
     order = {op: i for i, op in enumerate(block.ops)}
     wanted: dict[str, list] = {}
+    streams = _row_streams(kernels)
     for tag, chain in kernels.rows.items():
         chain = sorted(chain, key=order.__getitem__)
-        axis = split_axis(chain)
+        # a butterfly chain streams its result in row blocks, every row block to every reader: a part of a row
+        # split would hold all of them (it reads a block of rows that arrive spread over the whole stream),
+        # while a part of a column split takes its columns of each row block as it comes. So a chain a stage
+        # kernel feeds (or a row kernel they feed) is cut by columns, if it is elementwise, else not at all
+        fed = tag in streams
+        axis = split_axis(chain, columns=True) if fed else split_axis(chain)
         near = neighbour_cycles(kernels, chain, tagged, arch)
         if axis is None or not near:
             continue
@@ -848,7 +907,7 @@ class FuseElementwisePass(TargetPass):
         kernels = Kernels.of(block, special)
         sink = [MergeReshapesPattern(), SinkThroughReshapePattern(kernels), SinkThroughConcatPattern(kernels)]
         PatternRewriteWalker(GreedyRewritePatternApplier(sink), apply_recursively=True).rewrite_region(fn.body)
-        for pattern in (EpilogueIntoProducerPattern(kernels), ChainIntoRowKernelPattern(kernels)):
+        for pattern in (EpilogueIntoProducerPattern(kernels), ChainIntoRowKernelPattern(kernels, arch)):
             PatternRewriteWalker(pattern, apply_recursively=False).rewrite_region(fn.body)
         splits = plan_row_splits(block, kernels, arch, SHARE_ATTR in fn.attributes)
         split = {tag for tag, ops in kernels.rows.items() if any(op in splits for op in ops)}

@@ -307,6 +307,15 @@ def stage_mac_cycles(n: int, width: int, rows: int, mac_rows: int, mac_cols: int
     return n // width * row_steps(rows, mac_rows, row_block) * -(-width // mac_cols) * width
 
 
+def streamed_weight_bytes(stage_bytes: list[int]) -> int:
+    """SRAM a stage kernel holds of weights streamed from DRAM once per pass: two tokens of its weight load's
+    stream (one in use, the next arriving). The load sends the kernel's weights (a slice per stage, side by
+    side) once per pass in DMA bursts; what a token puts in the kernel's buffers is the largest slice the
+    kernel reads (:func:`consumed_bytes`) over the bursts, as ``lower-to-dataflow`` declares it."""
+    bursts = max(1, math.ceil(sum(stage_bytes) / DMA_BURST))
+    return 2 * math.ceil(max(stage_bytes, default=0) / bursts)
+
+
 def _butterfly_plan(stages: list[Operation], body_ops: list[Operation], arch, eb: int) -> KernelPlan:
     """A kernel of butterfly stages: ``("rows", T)`` row blocks streamed through it, on the tile
     kind the pipeline planner chose (``dataflow.tile_kind``; compute without one)."""
@@ -335,7 +344,7 @@ def _butterfly_plan(stages: list[Operation], body_ops: list[Operation], arch, eb
     passes_attr = first.attributes.get(df.WEIGHT_PASSES)
     if passes_attr is not None:
         # one (group, stride) slice's matrix at a time, double-buffered, as they arrive in the order used
-        weights = 2 * max(sp.shape_of(op.weight)[-1] ** 2 for op in stages) * eb
+        weights = streamed_weight_bytes([nbytes(op.weight.type) for op in stages])
         held = max(-(-rows // passes_attr.value.data), token) + token
     else:
         weights = sum(nbytes(op.weight.type) for op in stages)

@@ -346,3 +346,92 @@ def test_a_kernel_keeps_to_its_share_of_the_chain_budget_when_it_can():
     plan = bp.plan_chain(_bert_chain(), arch, [bp.Slot(0, "compute", tile, 4, tile.sram_bytes)], max_kernels=1,
                          sram_budget=8_000)  # fmt: skip
     assert sum(plan.claims) <= 8_000 and plan.blocks == [2] and plan.passes > free.passes
+
+
+def test_streamed_weights_hold_two_tokens_of_their_load():
+    """Hand count: a 768-wide kernel of all 8 stages (block 3: 128 slices of 6x6 f16 a stage, 9216 B) streams
+    73728 B a pass in 18 DMA bursts of 4096 B; a token puts the largest slice over the bursts (512 B) in its
+    buffers, two of them held (lower-to-dataflow's declaration): 1024 B. With 4-row tokens and 128 passes
+    (4 rows a pass) it also holds a pass's rows and the next token: 8 rows of 1536 B."""
+    from attnc.cost.work import streamed_weight_bytes
+
+    assert streamed_weight_bytes([9216] * 8) == 2 * 512
+    assert streamed_weight_bytes([4096]) == 2 * 4096  # one burst: the whole slice is a token
+    ch = _bert_chain()
+    views = [bp.View(tuple(range(768)), st, 0, 0, 0, 0) for st in ch.stages]
+    assert bp.kernel_need(views, 512, 128, 2, 128) == 1024 + 8 * 768 * 2
+
+
+def test_a_chain_that_streams_on_chip_is_not_predicted_dram_bound():
+    """A resident chain reads its rows from the kernel before it and sends its result to the one after it:
+    only its weights cross DRAM. Counted as reading and writing its rows through DRAM with a twelfth of the
+    bandwidth (the MAC share of one of BERT's 12 linears), a 768-wide chain at seq 512 on cloud was predicted
+    DRAM-bound at ~40K cycles and kept to a few kernels; streaming on chip, it is compute-bound and faster."""
+    arch = load_arch("cloud")
+    slots = bp.free_slots(arch, {}, 0, 0)
+    through = _bert_chain()
+    on_chip = _bert_chain()
+    on_chip.dram_streams = 0
+    before = bp.plan_chain(through, arch, [bp.replace(s) for s in slots], share=1 / 12, max_kernels=16)
+    after = bp.plan_chain(on_chip, arch, [bp.replace(s) for s in slots], share=1 / 12, max_kernels=16)
+    assert before.bound == "dram" and after.bound == "compute"
+    assert after.predicted < before.predicted / 2
+
+
+def test_which_row_streams_of_a_butterfly_cross_dram():
+    """A graph input is loaded and a result returned (through data movement) is stored; a value between two
+    kernels streams on chip."""
+    def body(args, add):
+        y = butterfly(add, args[0], "block", 3, 1)
+        z = add(sp.AddOp(y, y))
+        w = butterfly(add, z, "block", 3, 1, seed=1)
+        return [add(sp.ReshapeOp(w, [8, 8]))]
+
+    fn = main_func(build_module([(1, 8, 8)], body))
+    a, b = [o for o in fn.body.block.ops if isinstance(o, sp.ButterflyMatmulOp)]
+    assert (bp._from_dram(a.input), bp._to_dram(a.results[0])) == (1, 0)
+    assert (bp._from_dram(b.input), bp._to_dram(b.results[0])) == (0, 1)
+
+
+def test_weight_pieces_keep_to_the_memory_contexts_other_chains_left():
+    """Each staged piece of weights is a memory-tile context: a chain plans its pieces into the contexts the
+    chains before it left (cloud's 4 memory tiles x 8 contexts held 48 pieces of BERT's FFN chains at seq
+    2048, which no placement fits)."""
+    assert bp._pack([10, 10, 10], [100, 100], [1, 1]) is None
+    assert bp._pack([10, 10, 10], [100, 100], [2, 1]) is not None
+    arch = load_arch("edge")
+    tile = arch.tiles_of("compute")[0]
+    room = bp.MemoryRoom([80 * 1024] * 2, [0, 0])
+    plan = bp.plan_chain(_bert_chain(), arch, [bp.Slot(0, "compute", tile, 1, tile.sram_bytes)], memory=room,
+                         prefer_staged=True)  # fmt: skip
+    assert not plan.staged
+    room = bp.MemoryRoom([80 * 1024] * 2, [4, 4])
+    plan = bp.plan_chain(_bert_chain(), arch, [bp.Slot(0, "compute", tile, 1, tile.sram_bytes)], memory=room,
+                         prefer_staged=True)  # fmt: skip
+    assert plan.staged
+    bp._take_memory(room, plan)
+    assert sum(room.contexts) == 8 - sum(plan.pieces) and sum(plan.pieces) >= 1
+
+
+def test_contexts_are_kept_for_the_column_parts_of_a_gelu_between_butterflies():
+    """Bias add and GELU between two butterflies get the share of the free compute contexts that their lane
+    cycles are of theirs and the stages' together; a plain bias add (no special function), none."""
+    def ffn(gelu):
+        def body(args, add):
+            y = butterfly(add, args[0], "block", 3, 1)
+            y = add(sp.AddOp(y, const(add, np.ones(8))))
+            if gelu:
+                y = add(sp.MulOp(y, add(sp.ErfOp(y))))
+            return [butterfly(add, y, "block", 3, 1, seed=1)]
+        return main_func(build_module([(1, 64, 8)], body))
+
+    arch = load_arch("cloud")
+    for gelu in (True, False):
+        fn = ffn(gelu)
+        ops = [o for o in fn.body.block.ops if isinstance(o, sp.ButterflyMatmulOp)]
+        slots = bp.free_slots(arch, {}, 0, 0)
+        keep = bp.row_part_contexts(fn, ops, arch, slots)
+        assert (keep > 0) is gelu
+        free = sum(s.contexts for s in slots if s.kind == "compute")
+        bp._keep_for_row_parts(slots, keep)
+        assert sum(s.contexts for s in slots if s.kind == "compute") == free - keep

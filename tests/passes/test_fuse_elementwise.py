@@ -11,7 +11,7 @@ import pytest
 from attnc.arch.schema import parse_arch
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
-from attnc.dialects.dataflow import GROUP, TAG
+from attnc.dialects.dataflow import GROUP, TAG, TILE_KIND
 from attnc.dialects.values import from_numpy
 from attnc.interpreter import interpret
 from attnc.ir import main_func, set_io_names
@@ -370,3 +370,111 @@ def test_on_edge_row_blocks_stay_within_the_contexts_the_gemm_grid_leaves():
     same_numbers(want, interpret(module, x))
     on_compute = [k for k in kernels_of(module) if k.tile_kind.data == "compute"]
     assert len(on_compute) == 50 + len(norms) <= contexts - contexts // 8
+
+
+# ---------------------------------------------------------------------------
+# next to butterfly stage kernels (``tile``'s stage pipelines)
+
+STAGE_ROWS, STAGE_N = 64, 16
+
+
+def stage_kernel(b: Builder, x: SSAValue, name: str, kind: str = "compute") -> SSAValue:
+    """One radix-2 butterfly stage on ``x``'s last axis as a stage kernel the planner placed on ``kind``."""
+    n = sp.shape_of(x)[-1]
+    op = sp.ButterflyStageOp(x, b.const([n // 2, 1, 2, 2]), 2, 1, 1)
+    op.attributes[TILE_KIND] = StringAttr(kind)
+    return b.op(op, name, name.split("_")[0])
+
+
+def stage_parts(b: Builder, x: SSAValue, parts: int, name: str = "c", interleaved: bool = False) -> SSAValue:
+    """A chain ending in ``parts`` column parts (kernels ``<name>_s0_p<j>``), assembled by a concatenation of
+    them, or (``interleaved``) of the halves of each, in the order half 0 of every part, then half 1 (a stride
+    permutation: what the planner's last stage parts make)."""
+    n = sp.shape_of(x)[-1]
+    outs = []
+    for j in range(parts):
+        lo, hi = j * n // parts, (j + 1) * n // parts
+        xj = b.op(sp.SliceOp(x, [0, 0, lo], [1, STAGE_ROWS, hi], [1, 1, 1]))
+        outs.append(stage_kernel(b, xj, f"{name}_s0_p{j}"))
+    if not interleaved:
+        return b.op(sp.ConcatOp(outs, 2))
+    w = n // parts // 2
+    halves = [b.op(sp.SliceOp(o, [0, 0, h * w], [1, STAGE_ROWS, (h + 1) * w], [1, 1, 1])) for h in range(2) for o in outs]
+    return b.op(sp.ConcatOp(halves, 2))
+
+
+def test_a_gelu_that_stage_kernels_feed_is_cut_by_columns_and_a_norm_so_fed_is_not_cut():
+    """A row block of a butterfly chain's result reaches every reader: a part of a row split would hold all
+    of the stream (its rows arrive spread over every token), a part of a column split takes its columns of
+    each token. Before: one row kernel for bias + GELU (~1.5K cycles on tiny's 4 lanes) next to stage kernels
+    of ~270, whose interleaved columns no part computes alone; after: 4 column parts (one per compute tile)
+    of 4 columns each, same numbers. The layer norm, which needs whole rows, stays one row kernel."""
+    b = Builder({"x": [1, STAGE_ROWS, STAGE_N], "res": [1, STAGE_ROWS, STAGE_N]})
+    y = stage_parts(b, b.args["x"], 2, "c", interleaved=True)
+    g = gelu_erf(b, b.op(sp.AddOp(y, b.const([STAGE_N]))))
+    z = stage_parts(b, g, 2, "d")
+    module = b.module(layer_norm(b, b.op(sp.AddOp(z, b.args["res"]))))
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    same_numbers(want, interpret(module, x))
+    erfs = [o for o in compute_ops(module) if isinstance(o, sp.ErfOp)]
+    assert len(erfs) == 4
+    assert {sp.shape_of(o.results[0]) for o in erfs} == {(1, STAGE_ROWS, STAGE_N // 4)}
+    assert len({tag(o) for o in erfs}) == 4
+    norms = [o for o in compute_ops(module) if isinstance(o, sp.LayerNormOp)]
+    assert len(norms) == 1 and sp.shape_of(norms[0].results[0]) == (1, STAGE_ROWS, STAGE_N)
+
+
+def test_a_bias_add_on_one_compute_stage_kernel_is_its_epilogue_not_on_a_butterfly_tile():
+    """A chain ending in one kernel: its bias add runs on that kernel's tile (a compute tile's lanes), not as a
+    kernel of its own; a stage kernel on a butterfly tile takes none."""
+    for kind, joined in (("compute", True), ("butterfly", False)):
+        b = Builder({"x": [1, STAGE_ROWS, STAGE_N]})
+        y = stage_kernel(b, b.args["x"], "c_s0", kind)
+        module = b.module(b.op(sp.AddOp(y, b.const([STAGE_N]))))
+        x = inputs(module)
+        want = interpret(module, x)
+        fused(module)
+        same_numbers(want, interpret(module, x))
+        add = next(o for o in compute_ops(module) if isinstance(o, sp.AddOp))
+        assert (tag(add) == "c_s0") is joined
+
+
+def test_a_gelu_on_stage_parts_put_side_by_side_becomes_their_epilogues():
+    """Parts whose columns are a plain concatenation's pieces each compute their columns of the bias add and
+    GELU on their own tile: no row kernel (as for a GEMM grid's column parts)."""
+    b = Builder({"x": [1, STAGE_ROWS, STAGE_N]})
+    y = stage_parts(b, b.args["x"], 2)
+    module = b.module(gelu_erf(b, b.op(sp.AddOp(y, b.const([STAGE_N])))))
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    same_numbers(want, interpret(module, x))
+    erfs = [o for o in compute_ops(module) if isinstance(o, sp.ErfOp)]
+    assert sorted(tag(o) for o in erfs) == ["c_s0_p0", "c_s0_p1"]
+
+
+def test_a_norm_after_long_adds_that_stage_kernels_feed_is_a_kernel_of_its_own():
+    """BERT's FFN2 sum, bias and residual adds before its layer norm: joined with the norm they could not be
+    cut (the norm needs whole rows), so when they are longer than the stage kernels next to them the norm
+    starts a row kernel of its own and the adds are cut by columns, a part reading its columns of each row
+    block."""
+    def module_of(rows: int):
+        b = Builder({"x": [1, rows, STAGE_N], "res": [1, rows, STAGE_N]})
+        y = stage_parts(b, b.args["x"], 2, "c", interleaved=True)
+        z = stage_parts(b, b.args["x"], 2, "d", interleaved=True)
+        s = b.op(sp.AddOp(b.op(sp.AddOp(b.op(sp.AddOp(y, z)), b.const([STAGE_N]))), b.args["res"]))
+        return b.module(layer_norm(b, s))
+
+    module = module_of(STAGE_ROWS)
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    same_numbers(want, interpret(module, x))
+    ops = compute_ops(module)
+    norm = next(o for o in ops if isinstance(o, sp.LayerNormOp))
+    adds = [o for o in ops if isinstance(o, sp.AddOp)]
+    assert len(adds) == 12 and {sp.shape_of(o.results[0])[-1] for o in adds} == {STAGE_N // 4}  # 4 column parts
+    assert tag(norm) not in {tag(o) for o in adds}
+    assert sp.shape_of(norm.results[0]) == (1, STAGE_ROWS, STAGE_N)
