@@ -881,8 +881,8 @@ def _lhs_blocks(k: df.KernelOp) -> int | None:
     each read once, the kernel walking a block's column blocks with the output row block accumulating in its
     buffer (PV: 8 rows of 512 probabilities, 64 output columns)."""
     mm = _single_matmul(k)
-    if mm is None:
-        return None
+    if mm is None or min(len(sp.shape_of(mm.lhs)), len(sp.shape_of(mm.rhs))) < 2:
+        return None  # a vector operand (ONNX MatMul of a 1-D tensor) has no row blocks
     t = dict(k.loop_schedule())
     m, kk = sp.shape_of(mm.lhs)[-2:]
     rows = -(-m // t["m"])

@@ -10,8 +10,9 @@ reports the same figures because it calls this). The model, in short (docs/simul
 * a context runs as a sequence of segments (its loop steps, grouped to at most ``MAX_SEGMENTS``);
   contexts on one tile time-multiplex it, round-robin between ready ones at segment granularity
   (a DMA tile runs ``dma_channels`` at once);
-* an output port's ``tokens`` are emitted as the segments complete; a consumer needs its share of an
-  input's tokens before each segment (all of them first when the input is a weight);
+* an output port's ``tokens`` are emitted as the segments complete (a reducing context's as its result
+  blocks complete: ``REDUCTION_LOOPS``); a consumer needs its share of an input's tokens before each
+  segment (all of them first when the input is a weight);
 * tokens cross their route's links as fluid flows: each link's bandwidth is shared max-min fairly
   between the flows on it, plus ``hop_latency`` per hop; DMA transfers share the DRAM bandwidth the
   same way after ``latency_cycles``;
@@ -282,6 +283,19 @@ def _next_block(ports: list[_InPort]) -> _InPort | None:
     return best
 
 
+#: per kind, the loop whose steps reduce into one result block (innermost: a block is final when it ends)
+REDUCTION_LOOPS = {"gemm": "k", "attention": "key_block"}
+
+
+def _result_blocks(cfg: KernelConfig, steps: int) -> int:
+    """The result blocks of a context whose innermost loop is its kind's reduction (``REDUCTION_LOOPS``) over
+    more than one step: its steps over that loop's trips; 0 for any other context (its outputs are final as
+    its steps go)."""
+    if not cfg.loops or REDUCTION_LOOPS.get(cfg.kind) != cfg.loops[-1][0] or cfg.loops[-1][1] <= 1:
+        return 0
+    return max(1, steps // cfg.loops[-1][1])
+
+
 def _whole(p: _InPort) -> bool:
     """Whether a context holds all of an input at once: a weight (needed whole, or streamed in and kept), or a
     one-token stream."""
@@ -372,10 +386,10 @@ class _Kernel:
     #: a DMA store of several streamed inputs: each descriptor writes its block to its own DRAM address, so a
     #: segment writes whatever tokens have arrived, from any port, instead of its share of every port
     any_order: bool = False
-
-    def emitted_after(self, segment: int, tokens: int) -> int:
-        """Tokens of an output of ``tokens`` emitted once segment ``segment`` (0-based) has finished."""
-        return tokens if segment + 1 >= self.segments else (segment + 1) * tokens // self.segments
+    #: the result blocks a context that reduces finishes, each at the end of its reduction loop (a GEMM's
+    #: output sub-block after its k-chunks, an attention row block after its key blocks); 0: its outputs are
+    #: final step by step
+    results: int = 0
 
     def ready(self) -> bool:
         if self.running or self.done >= self.segments or self.gates:
@@ -394,13 +408,24 @@ class _Kernel:
         return not self.pending()
 
     def target(self, stream: int, tokens: int) -> int:
-        """Tokens of an output the finished segments have produced."""
-        return tokens if self.done >= self.segments else self.done * tokens // self.segments
+        """Tokens of an output the finished segments have produced: of a reducing context, those of its result
+        blocks whose reduction has ended (a partial sum is not a result, whatever tokens it is cut into)."""
+        if self.done >= self.segments:
+            return tokens
+        if self.results:
+            return self.done * self.results // self.segments * tokens // self.results
+        return self.done * tokens // self.segments
 
     def pending(self) -> bool:
         """Whether a finished segment's output still waits for room in a consumer's buffers: its output buffer
-        is full, so it does not start another segment (back-pressure)."""
-        return any(self.emitted[th.stream] < self.target(th.stream, th.tokens) for th in self.throttles)
+        is full, so it does not start another segment (back-pressure). A reducing context's accumulators are
+        double-buffered: one finished result block may drain while it computes the next."""
+        return any(self.target(th.stream, th.tokens) - self.emitted[th.stream] > self._draining(th.tokens)
+                   for th in self.throttles)
+
+    def _draining(self, tokens: int) -> int:
+        """Tokens of an output that may wait while the context computes on: one result block's."""
+        return -(-tokens // self.results) if self.results else 0
 
     def spill_side(self) -> str | None:
         """The side a split spill runs next: the read-back of what is written once its consumers are open,
@@ -919,6 +944,7 @@ class _Sim:
             segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, want))
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
         k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma, phase=cfg.phase)
+        k.results = _result_blocks(cfg, steps)
         for p in cfg.inputs:
             src = producers.get(p.stream)
             # a weight (a constant loaded by DMA) is needed whole before the first step

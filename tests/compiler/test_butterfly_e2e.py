@@ -160,10 +160,9 @@ def test_weights_that_do_not_fit_stream_from_memory_tiles():
     assert stats.dram_write_bytes == 512 * 768 * 4
 
 
-@pytest.mark.xfail(strict=True, reason="the timing model leaves a producer unthrottled when throttling it could "
-                   "close a cycle of waits (the column exchange between parts reconverges), and the weights it "
-                   "re-sends pile up in the stage kernels' buffers")
 def test_weights_streamed_to_two_chains_stay_within_the_buffers():
+    # (the deadlock check no longer counts a two-context loop as a wait for all of a producer: the weight loads
+    # are throttled, so what they re-send does not pile up in the stage kernels' buffers)
     m = build_module([(512, 768)], lambda a, add: [
         butterfly(add, butterfly(add, a[0], "block", 8, 3), "block", 8, 3, seed=1)])  # fmt: skip
     stats = simulate(compile_bits(m, "edge"))

@@ -325,7 +325,6 @@ KNOWN_GAPS: dict[tuple[str, str, str], str] = {
     ("edge", "fused", "online_2_edge"): _HONEST_DEPTH,
     ("edge", "sweep", "b1_n4096_online"): _HONEST_DEPTH,
     ("edge", "sweep", "b64_n512_online"): _HONEST_DEPTH,
-    ("edge", "sweep", "b64_n2048_unfused"): _HONEST_DEPTH,
 }
 
 

@@ -492,3 +492,21 @@ def test_the_simulator_charges_nothing_for_exactly_the_dialects_data_movement():
 
     moved = {op.name.removeprefix("sparse.") for op in sp.Sparse.operations if op.has_trait(sp.DataMovement)}
     assert DATA_OPS == moved | {"constant"}
+
+
+def test_a_reduction_emits_a_result_block_only_when_its_k_loop_ends():
+    # a GEMM of 2 row blocks (loops m=2, n=1, k=16: 32 steps, a step a segment) sends each block as two tokens to
+    # a passthrough on the next tile: the first two leave once the first block's 16 k-steps are done, not a
+    # quarter of the way (a partial sum is not a result, however finely it is cut into tokens); the rest at the end
+    g = gemm(0, 8, 4, 16)
+    g.outputs[0].tokens = 4
+    sink = passthrough(1, "sink", 2, 3, 8, tokens=4, room=2)
+    stats = simulate(bitstream({(1, 1): [g], (2, 1): [sink]}, [route(2, 0, 1, [(1, 1), (2, 1)], 4 * 8 * 4)]))
+    k = {x.name: x for x in stats.kernels}
+    assert k["gemm0"].segments == 32
+    half = k["gemm0"].start + (k["gemm0"].end - k["gemm0"].start) / 2
+    assert k["sink"].start >= half
+    # with k outermost the steps make no result blocks by this rule: tokens leave as the segments go
+    g.loops = [("k", 16), ("m", 2), ("n", 1)]
+    early = simulate(bitstream({(1, 1): [g], (2, 1): [sink]}, [route(2, 0, 1, [(1, 1), (2, 1)], 4 * 8 * 4)]))
+    assert {x.name: x for x in early.kernels}["sink"].start < half
