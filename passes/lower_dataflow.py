@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from attnc.arch.datatypes import element_bytes
 from attnc.cost.work import GEMM_BLOCK, SFU_OPS, consumed_bytes, kernel_cost, nbytes
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
@@ -305,6 +306,132 @@ class _Partitioner:
         return list(kop.results)
 
 
+# ---------------------------------------------------------------------------
+# a graph input read in disjoint runs of its leading axis: one load per run
+
+
+def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
+    """A DMA load of a graph input whose readers each read one run of its leading axis (the groups of a fused
+    attention, each taking its (batch, head) units of K and of V) becomes one load per run, reading only that
+    run's bytes of DRAM (``dram_offset``: the run is contiguous), and each reader reads its run whole. One load
+    of the whole value multicasts every run to every reader: a reader holds runs it drops (a group's K/V stage
+    declares room for its own units) and the groups' pipelines wait on one another through the shared load.
+
+    Only where it is exact: every reader reads one run, through reshapes and a slice of the leading axis, and
+    any two runs are equal or disjoint; other loads stay whole. Runs after the partitioner, before the stream
+    passes, so that they stream (bursts, tokens, re-reads per pass) each load as its readers take it."""
+    block = fn.body.block
+    for load in [k for k in block.ops if isinstance(k, df.KernelOp) and _loads_graph_input(k, block)]:
+        users = [(u.operation, u.index) for u in load.outputs[0].uses]
+        if not users or not all(isinstance(u, df.KernelOp) for u, _ in users):
+            continue
+        runs = [_leading_run(u.body.block.args[i]) for u, i in users]
+        if any(r is None for r in runs):
+            continue
+        whole = load.inputs[0].type
+        spans = sorted({(r.lo, r.hi) for r in runs})
+        if spans == [(0, _elems(whole))] or any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+            continue
+        item = element_bytes(str(whole.element_type))
+        for lo, hi in spans:
+            readers = [(u, i, r) for (u, i), r in zip(users, runs) if (r.lo, r.hi) == (lo, hi)]
+            part = readers[0][2].slices[0].result.type
+            body = Block(arg_types=[part])
+            body.add_op(df.YieldOp([body.args[0]]))
+            groups = {u.group.data for u, _, _ in readers if u.group is not None}
+            tail = groups.pop().replace("/", "_") if len(groups) == 1 else f"e{lo}"  # named after its group
+            twin = partitioner._kernel_op(partitioner.unique(f"{load.sym_name.data}_{tail}"), [load.inputs[0]],
+                                          body, "dma_load", "")  # fmt: skip
+            twin.attributes["dram_offset"] = IntegerAttr(lo * item, 64)
+            Rewriter.insert_op(twin, InsertPoint.before(load))
+            for u, i, run in readers:
+                _read_run(u, i, run, twin.results[0])
+        Rewriter.erase_op(load)
+
+
+def _elems(t) -> int:
+    return int(np.prod(t.get_shape(), dtype=np.int64))
+
+
+def _loads_graph_input(k: df.KernelOp, block: Block) -> bool:
+    """Whether ``k`` is a DMA load of a whole graph input (a body that yields its one argument)."""
+    return (k.kind.data == "dma_load" and k.dram_offset is None and len(k.inputs) == 1 and len(k.outputs) == 1
+            and k.inputs[0] in block.args and list(k.body.block.ops) == [k.body.block.last_op]
+            and k.body.block.last_op.operands[0] is k.body.block.args[0])  # fmt: skip
+
+
+@dataclass
+class _Run:
+    """The elements [lo, hi) (row-major) of a body argument its kernel reads, the slices that read them, and
+    every op between the argument and those slices (reshapes, then the slices), outermost first."""
+
+    lo: int
+    hi: int
+    slices: list[sp.SliceOp]
+    chain: list[Operation]
+
+
+def _leading_run(arg: SSAValue) -> _Run | None:
+    """The run a kernel reads of its input ``arg``: every use reaches, through reshapes (which keep the
+    row-major order), a slice of its operand's leading axis (the other axes whole, steps 1), all the same
+    elements; None otherwise (the kernel reads more, or in another way)."""
+    chain: list[Operation] = []
+    slices: list[sp.SliceOp] = []
+    spans: set[tuple[int, int]] = set()
+
+    def walk(v: SSAValue) -> bool:
+        for use in v.uses:
+            op = use.operation
+            if isinstance(op, sp.ReshapeOp):
+                chain.append(op)
+                if not walk(op.results[0]):
+                    return False
+            elif isinstance(op, sp.SliceOp) and (span := _leading_span(op)) is not None:
+                chain.append(op)
+                slices.append(op)
+                spans.add(span)
+            else:
+                return False
+        return True
+
+    if not walk(arg) or len(spans) != 1:
+        return None
+    lo, hi = spans.pop()
+    return _Run(lo, hi, slices, chain)
+
+
+def _leading_span(op: sp.SliceOp) -> tuple[int, int] | None:
+    """The elements [lo, hi) of its operand a slice of the leading axis alone takes (a contiguous run)."""
+    shape = sp.shape_of(op.input)
+    starts, ends, steps = (list(a.get_values()) for a in (op.starts, op.ends, op.steps))
+    if not shape or any(p != 1 for p in steps) or ends[0] <= starts[0]:
+        return None
+    if any(s != 0 or e != d for s, e, d in zip(starts[1:], ends[1:], shape[1:])):
+        return None
+    inner = int(np.prod(shape[1:], dtype=np.int64))
+    return starts[0] * inner, ends[0] * inner
+
+
+def _read_run(k: df.KernelOp, i: int, run: _Run, value: SSAValue) -> None:
+    """Make input ``i`` of ``k`` the run it reads (``value``, from the run's own load): its slices read the new
+    argument (reshaped when a slice's shape differs from the load's), and the ops that led to them go."""
+    block = k.body.block
+    old = block.args[i]
+    arg = block.insert_arg(value.type, i)
+    for s in run.slices:
+        if s.result.type == arg.type:
+            s.result.replace_all_uses_with(arg)
+        else:
+            shaped = sp.ReshapeOp(arg, sp.shape_of(s.result))
+            block.insert_op_before(shaped, s)
+            s.result.replace_all_uses_with(shaped.results[0])
+    for op in reversed(run.chain):
+        if not any(r.uses for r in op.results):
+            block.erase_op(op)
+    block.erase_arg(old)
+    k.operands[i] = value
+
+
 @dataclass(frozen=True)
 class LowerToDataflowPass(TargetPass):
     """lower-to-dataflow: partition sparse IR into dataflow kernels and streams for an architecture."""
@@ -327,6 +454,7 @@ class LowerToDataflowPass(TargetPass):
         fold_concats(fn.body)
         partitioner = _Partitioner(fn, arch)
         partitioner.run()
+        split_sliced_loads(fn, partitioner)
         if fn.attributes.pop(SHARE_ATTR, None) is not None:
             assign_phases(fn, arch, partitioner.unique)
         stream_fused_inputs(fn, arch)
