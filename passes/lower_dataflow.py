@@ -13,7 +13,9 @@ Two steps, each keeping the numbers the reference interpreter computes:
    concat, broadcast, ...) and small constants are cloned into each kernel that
    reads them: on the array they are buffer addressing, not work. Graph inputs and
    large constants (weights) enter through DMA load kernels, results leave through
-   DMA store kernels.
+   DMA store kernels; a graph input that the memory stages of several groups each
+   take a run of its leading axis from enters through one load per run
+   (:func:`split_sliced_loads`).
 
 Tile sizes, loop schedules, buffer sizes and cycle estimates come from the
 architecture through the fixed rule of ``attnc.cost.work``.
