@@ -11,7 +11,7 @@ from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.frontend.onnx import import_onnx
 from attnc.interpreter import interpret
-from attnc.ir import parse_module, print_module
+from attnc.ir import main_func, parse_module, print_module
 from attnc.pipeline import run_pipeline
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -154,6 +154,10 @@ def test_a_row_kernel_reads_what_is_loaded_for_it_by_rows_and_a_store_takes_toke
             assert 0 < k.peak_buffer_bytes <= (store if k.name == "store_y" else norm).buffer_bytes.value.data
 
 
+#: two groups of four online members (one (batch, head) unit each), blocks of 16 rows and keys
+GROUPS = "canonicalize,raise-attention,fuse-attention{mode=online},tile{arch=edge members=4 row-block=16 key-block=16}"
+
+
 def _attention(n: int, heads: int = 2, d: int = 16):
     """A bare Attention of ``heads`` heads over ``n`` tokens, its inputs and the reference output."""
     from onnx import TensorProto, helper
@@ -177,12 +181,10 @@ def test_each_group_stages_a_load_of_just_its_units_of_k_and_v():
     of V) feeds both groups' stages, each slicing its unit out of the whole; split, each stage reads a load of
     its own unit, at the unit's byte offset into K, and the numbers stay. Q, which every member streams, keeps
     its one load."""
-    from attnc.ir import main_func
     from attnc.passes.lower_dataflow import _Partitioner, split_sliced_loads
 
     module, inputs, ref = _attention(128)
-    run_pipeline(module, "canonicalize,raise-attention,fuse-attention{mode=online},"
-                         "tile{arch=edge members=4 row-block=16 key-block=16}")  # fmt: skip
+    run_pipeline(module, GROUPS)
     fn = main_func(module)
     partitioner = _Partitioner(fn, load_arch("edge"))
     partitioner.run()
@@ -214,10 +216,7 @@ def test_loads_that_only_members_stream_stay_whole():
     member drops the units it does not read, and one load per group would be one more DMA context sharing
     DRAM with the output's store."""
     module, inputs, ref = _attention(64)
-    run_pipeline(module, "canonicalize,raise-attention,fuse-attention{mode=online},"
-                         "tile{arch=edge members=4 row-block=16 key-block=16},lower-to-dataflow{arch=edge}")  # fmt: skip
-    from attnc.ir import main_func
-
+    run_pipeline(module, GROUPS + ",lower-to-dataflow{arch=edge}")
     fn = main_func(module)
     assert not any(k.tile_kind.data == "memory" for k in fn.body.block.ops if isinstance(k, df.KernelOp))
     assert sorted(_loads(fn)) == ["load_K", "load_Q", "load_V"]
@@ -226,11 +225,9 @@ def test_loads_that_only_members_stream_stay_whole():
 
 def test_a_region_load_must_lie_within_its_input():
     module, _, _ = _attention(128)
-    run_pipeline(module, "canonicalize,raise-attention,fuse-attention{mode=online},"
-                         "tile{arch=edge members=4 row-block=16 key-block=16},lower-to-dataflow{arch=edge}")  # fmt: skip
+    run_pipeline(module, GROUPS + ",lower-to-dataflow{arch=edge}")
     from xdsl.dialects.builtin import IntegerAttr
     from xdsl.utils.exceptions import VerifyException
-    from attnc.ir import main_func
 
     load = _loads(main_func(module))["load_K_attn0_g1"]
     load.attributes["dram_offset"] = IntegerAttr(128 * 16 * 4 + 4, 64)  # one element past the end
