@@ -36,6 +36,7 @@ from xdsl.traits import IsTerminator
 
 from attnc import butterfly as bf
 from attnc import limits
+from attnc.arch.datatypes import element_bytes
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.dialects.values import bitrev_permutation, np_dtype, project, to_numpy
@@ -588,4 +589,8 @@ def _attention(op: sp.AttentionOp, args: list[np.ndarray]) -> np.ndarray:
 def _kernel(op: df.KernelOp, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
     # a kernel computes what its body computes; the schedule only says how. Its body holds f16 values in
     # f32 (the tile's datapath); eval_op rounds the kernel's results to their types as they leave it.
+    if op.dram_offset is not None:  # a load of a contiguous region of its input
+        part = op.body.block.args[0].type
+        first = op.dram_offset.value.data // element_bytes(str(part.element_type))
+        args = [args[0].reshape(-1)[first:first + math.prod(part.get_shape())].reshape(part.get_shape())]
     return tuple(run_block(op.body.block, args, in_kernel=True))

@@ -10,7 +10,11 @@ MACs, and the number of tokens on each output stream. An optional ``phase``
 (absent: 0) is its SRAM phase: 0 keeps its buffers for the whole run; a kernel
 of phase p >= 1 holds them only while it runs, once its tile's kernels of phases
 1..p-1 are done, so kernels of different nonzero phases on one tile reuse the
-same SRAM addresses (docs/bitstream.md).
+same SRAM addresses (docs/bitstream.md). An optional ``dram_offset`` on a
+``dma_load`` of a graph input says the load reads only a contiguous region of it:
+its body argument (the region's type, which may differ from the input's) starts
+that many bytes into the input (a group of a fused attention loading just its
+(batch, head) units of K).
 
     %s = dataflow.kernel "qk_h0"(%q, %k) attributes {kind = "gemm", tile_kind = "compute",
            loops = ["m", "n", "k"], trips = array<i64: 2, 2, 16>, tile = array<i64: 8, 8, 4>,
@@ -35,6 +39,7 @@ from xdsl.dialects.builtin import (
     TensorType,
     i64,
 )
+from attnc.arch.datatypes import element_bytes
 from xdsl.ir import Attribute, Block, Dialect, Region, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
@@ -113,6 +118,8 @@ class KernelOp(IRDLOperation):
     group = opt_attr_def(StringAttr)
     #: the SRAM phase (absent: 0, resident); read it as ``phase``
     phase_attr = opt_attr_def(IntegerAttr[I64], attr_name="phase")
+    #: on a ``dma_load``: the byte offset into its input of the contiguous region its body argument reads
+    dram_offset = opt_attr_def(IntegerAttr[I64])
     body = region_def("single_block")
     assembly_format = "$sym_name `(` $inputs `)` attr-dict-with-keyword `:` functional-type($inputs, $outputs) $body"
 
@@ -181,7 +188,9 @@ class KernelOp(IRDLOperation):
         if self.phase < 0:
             raise VerifyException(f"{where}: phase must be >= 0, got {self.phase}")
         block = self.body.block
-        if [a.type for a in block.args] != [v.type for v in self.inputs]:
+        if self.dram_offset is not None:
+            self._verify_region(where)
+        elif [a.type for a in block.args] != [v.type for v in self.inputs]:
             raise VerifyException(f"{where}: body arguments do not match the input streams")
         last = block.last_op
         if not isinstance(last, YieldOp):
@@ -191,6 +200,29 @@ class KernelOp(IRDLOperation):
         for op in block.ops:
             if op is not last and not op.name.startswith("sparse."):
                 raise VerifyException(f"{where}: a kernel body holds sparse ops only, found {op.name}")
+
+    def _verify_region(self, where: str) -> None:
+        """A load of a region: one input, and its body argument a tensor of the input's element type lying
+        within it from ``dram_offset``."""
+        args = self.body.block.args
+        if self.kind.data != "dma_load" or len(self.inputs) != 1 or len(args) != 1:
+            raise VerifyException(f"{where}: only a dma_load of one input reads a region (dram_offset)")
+        whole, part = self.inputs[0].type, args[0].type
+        assert isinstance(whole, TensorType) and isinstance(part, TensorType)
+        if whole.element_type != part.element_type:
+            raise VerifyException(f"{where}: the region's element type differs from the input's")
+        item = element_bytes(str(whole.element_type))
+        offset = self.dram_offset.value.data
+        if offset < 0 or offset % item or offset + _elems(part) * item > _elems(whole) * item:
+            raise VerifyException(f"{where}: the region at byte {offset} ({_elems(part) * item} bytes) is not "
+                                  f"within the input ({_elems(whole) * item} bytes)")
+
+
+def _elems(t: TensorType) -> int:
+    n = 1
+    for d in t.get_shape():
+        n *= d
+    return n
 
 
 Dataflow = Dialect("dataflow", [KernelOp, YieldOp], [])

@@ -275,6 +275,8 @@ class _ConfigBuilder:
                 stream = stream_of[k.outputs[0]]
                 src = k.inputs[0] if k.inputs else None
                 addr = in_address.get(src, -1) if src is not None else -1  # -1: a weight, placed by the backend
+                if addr >= 0 and k.dram_offset is not None:  # a region of the input (a group's units of K)
+                    addr += k.dram_offset.value.data
             else:
                 stream = stream_of[k.inputs[0]] if k.inputs else stream_of[k.outputs[0]]
                 addr = self.out_address[k.outputs[0]]

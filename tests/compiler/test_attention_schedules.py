@@ -70,6 +70,30 @@ def kv_passes(bs) -> dict[str, int]:
     return {c.name: dict(c.loops).get("repeat", 1) for t in bs.tiles for c in t.contexts if c.name in ("load_K", "load_V")}
 
 
+def test_each_group_loads_its_own_units_of_k_and_v():
+    """Two groups staging K and V in memory tiles: each stage's load reads just its group's (batch, head) unit
+    from DRAM (a descriptor at the unit's address, of the unit's bytes), so no stage receives the other
+    group's; the numbers hold, DRAM traffic stays compulsory and no buffer holds more than it declares."""
+    n = 128
+    pipe = "canonicalize,raise-attention,fuse-attention{mode=online},tile{arch=edge members=4 row-block=16 key-block=16}"
+    bs, inputs, ref = compiled(n, pipe)
+    np.testing.assert_allclose(run(bs, inputs)["O"], ref, rtol=0, atol=2e-6)
+    unit = n * D * 4
+    contexts = {c.kernel: c for t in bs.tiles for c in t.contexts}
+    for x in "KV":
+        base = next(e.dram_address for e in bs.io if e.name == x)
+        loads = sorted((c for c in contexts.values() if c.name.startswith(f"load_{x}_")), key=lambda c: c.name)
+        assert [c.name for c in loads] == [f"load_{x}_attn0_g0", f"load_{x}_attn0_g1"]
+        for g, c in enumerate(loads):
+            (d,) = [d for d in bs.dma if d.stream == c.outputs[0].stream]
+            assert (d.dram_address, d.bytes, list(d.shape)) == (base + g * unit, unit, [1, 1, n, D])
+            assert c.inputs[0].shape == [1, 1, n, D]  # the DRAM-side port carries the unit
+            readers = [k for k in contexts.values() if any(p.stream == d.stream for p in k.inputs)]
+            assert [k.name for k in readers] == [f"attn0_g{g}_{x.lower()}stage"]
+    stats = simulate(bs)
+    assert dram(stats) == compulsory(n) and not stats.warnings
+
+
 def test_unfused_traffic_grows_with_n_squared():
     traffic, passes = {}, {}
     for n in (32, 64, 128):

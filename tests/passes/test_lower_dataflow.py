@@ -11,7 +11,7 @@ from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
 from attnc.frontend.onnx import import_onnx
 from attnc.interpreter import interpret
-from attnc.ir import parse_module, print_module
+from attnc.ir import main_func, parse_module, print_module
 from attnc.pipeline import run_pipeline
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -187,3 +187,87 @@ def test_unfused_attention_streams_kv_it_cannot_hold_re_read_per_row_block():
     assert list(kernels["load_Q"].tokens.get_values()) == [t["b"] * t["m"]]
     sram = {t.kind: t.sram_bytes for t in load_arch("edge").tiles}
     assert all(k.buffer_bytes.value.data <= sram[k.tile_kind.data] for k in kernels.values())
+
+
+#: two groups of four online members (one (batch, head) unit each), blocks of 16 rows and keys
+GROUPS = "canonicalize,raise-attention,fuse-attention{mode=online},tile{arch=edge members=4 row-block=16 key-block=16}"
+
+
+def _attention(n: int, heads: int = 2, d: int = 16):
+    """A bare Attention of ``heads`` heads over ``n`` tokens, its inputs and the reference output."""
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, heads, n, d]) for x in "QKV"]
+    out = helper.make_tensor_value_info("O", TensorProto.FLOAT, [1, heads, n, d])
+    node = helper.make_node("Attention", ["Q", "K", "V"], ["O"])
+    graph = helper.make_graph([node], "attention", ins, [out])
+    module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]))
+    rng = np.random.default_rng(n)
+    inputs = {x: rng.standard_normal((1, heads, n, d)).astype(np.float32) for x in "QKV"}
+    return module, inputs, interpret(module, inputs)["O"]
+
+
+def _loads(fn) -> dict[str, df.KernelOp]:
+    return {k.sym_name.data: k for k in fn.body.block.ops if isinstance(k, df.KernelOp) and k.kind.data == "dma_load"}
+
+
+def test_each_group_stages_a_load_of_just_its_units_of_k_and_v():
+    """Two groups of an online attention, K and V staged in memory tiles: the partitioner's one load of K (and
+    of V) feeds both groups' stages, each slicing its unit out of the whole; split, each stage reads a load of
+    its own unit, at the unit's byte offset into K, and the numbers stay. Q, which every member streams, keeps
+    its one load."""
+    from attnc.passes.lower_dataflow import _Partitioner, split_sliced_loads
+
+    module, inputs, ref = _attention(128)
+    run_pipeline(module, GROUPS)
+    fn = main_func(module)
+    partitioner = _Partitioner(fn, load_arch("edge"))
+    partitioner.run()
+    before = _loads(fn)
+    assert sorted(before) == ["load_K", "load_Q", "load_V"]
+    stages = lambda v: sorted(u.operation.sym_name.data for u in v.uses if u.operation.tile_kind.data == "memory")
+    assert stages(before["load_K"].outputs[0]) == ["attn0_g0_kstage", "attn0_g1_kstage"]
+    split_sliced_loads(fn, partitioner)
+    module.verify()
+    after = _loads(fn)
+    unit = 128 * 16 * 4  # one (batch, head) of K: contiguous in DRAM
+    for x in "KV":
+        for g in (0, 1):
+            load = after[f"load_{x}_attn0_g{g}"]
+            assert load.inputs[0] is fn.body.block.args["QKV".index(x)]
+            assert sp.shape_of(load.outputs[0]) == (1, 1, 128, 16) and load.dram_offset.value.data == g * unit
+            (reader,) = [u.operation for u in load.outputs[0].uses]
+            assert reader.sym_name.data == f"attn0_g{g}_{x.lower()}stage"
+            # the stage reads its unit as it comes: no slice of a whole K left in its body
+            assert not any(isinstance(o, sp.SliceOp) for o in reader.body.block.ops)
+    assert "load_Q" in after and after["load_Q"].dram_offset is None and len(after) == 5
+    np.testing.assert_allclose(interpret(module, inputs)["O"], ref, rtol=1e-5, atol=1e-6)
+    again = parse_module(print_module(module))  # the offset is part of the IR
+    assert _loads(main_func(again))["load_K_attn0_g1"].dram_offset.value.data == unit
+
+
+def test_loads_that_only_members_stream_stay_whole():
+    """Without stages (each member streams K and V once, its rows within one block), every load stays one: a
+    member drops the units it does not read, and one load per group would be one more DMA context sharing
+    DRAM with the output's store."""
+    module, inputs, ref = _attention(64)
+    run_pipeline(module, GROUPS + ",lower-to-dataflow{arch=edge}")
+    fn = main_func(module)
+    assert not any(k.tile_kind.data == "memory" for k in fn.body.block.ops if isinstance(k, df.KernelOp))
+    assert sorted(_loads(fn)) == ["load_K", "load_Q", "load_V"]
+    np.testing.assert_allclose(interpret(module, inputs)["O"], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_region_load_must_lie_within_its_input():
+    module, _, _ = _attention(128)
+    run_pipeline(module, GROUPS + ",lower-to-dataflow{arch=edge}")
+    from xdsl.dialects.builtin import IntegerAttr
+    from xdsl.utils.exceptions import VerifyException
+
+    load = _loads(main_func(module))["load_K_attn0_g1"]
+    load.attributes["dram_offset"] = IntegerAttr(128 * 16 * 4 + 4, 64)  # one element past the end
+    with pytest.raises(VerifyException, match="not within the input"):
+        load.verify()
+    del load.attributes["dram_offset"]  # a narrower body argument without an offset is no load of a region
+    with pytest.raises(VerifyException, match="body arguments do not match"):
+        load.verify()
