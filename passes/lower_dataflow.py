@@ -785,10 +785,13 @@ def stream_row_wise(fn: func.FuncOp) -> None:
         k.tokens = df.i64_array(out)
 
 
-def _repeat_weights(k: df.KernelOp, passes: int, users: list[tuple[df.KernelOp, int]]) -> None:
-    """A stage chain's weights that do not stay on chip: the load reads them from DRAM once per row
-    block, and its consumers (each pass needs its copy) read them that many times."""
-    bursts = dict(k.loop_schedule()).get("burst", 1)
+def _repeat_weights(k: df.KernelOp, passes: int, users: list[tuple[df.KernelOp, int]],
+                    bursts: int | None = None) -> None:
+    """A value that does not stay on chip (a stage chain's weights, an unsplit GEMM's weight, an unfused
+    attention's K or V): the load or spill reads it from DRAM once per row block, in ``bursts`` tokens a pass
+    (its own bursts by default), and its consumers (each pass needs its copy) read it that many times."""
+    if bursts is None:
+        bursts = dict(k.loop_schedule()).get("burst", 1)
     k.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
     k.trips = df.i64_array([passes, bursts])
     k.tokens = df.i64_array([passes * bursts] * len(k.outputs))
@@ -936,13 +939,7 @@ def stream_gemm_weights(fn: func.FuncOp, arch) -> None:
                 k.buffer_bytes = IntegerAttr(buf + weight, 64)
                 continue
             t = dict(trips)
-            passes = t["b"] * t["m"]
-            blocks = t["n"] * t["k"]
-            load.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
-            load.trips = df.i64_array([passes, blocks])
-            load.tokens = df.i64_array([passes * blocks] * len(load.outputs))
-            load.cycles = IntegerAttr(passes * load.cycles.value.data, 64)
-            _repeat_inputs([(k, i)], passes)
+            _repeat_weights(load, t["b"] * t["m"], [(k, i)], t["n"] * t["k"])
 
 
 # ---------------------------------------------------------------------------
@@ -1009,11 +1006,7 @@ def _stream_kv(k: df.KernelOp, i: int, consumers, room) -> None:
     if passes == 1:  # one row block a unit: read once, in the blocks its readers take
         src.tokens = df.i64_array([blocks] * len(src.outputs))
         return
-    src.loops = ArrayAttr([StringAttr("repeat"), StringAttr("burst")])
-    src.trips = df.i64_array([passes, blocks])
-    src.tokens = df.i64_array([passes * blocks] * len(src.outputs))
-    src.cycles = IntegerAttr(passes * src.cycles.value.data, 64)
-    _repeat_inputs(users, passes)
+    _repeat_weights(src, passes, users, blocks)
 
 
 def _stream_rows_from_dram(v: SSAValue, consumers, blocks_of: Callable[[df.KernelOp], int | None]) -> None:
