@@ -489,6 +489,7 @@ class LowerToDataflowPass(TargetPass):
             assign_phases(fn, arch, partitioner.unique)
         stream_fused_inputs(fn, arch)
         stream_butterfly_chains(fn, partitioner.unique)
+        split_grid_loads(fn, partitioner.unique)
         stream_gemm_grids(fn)
         stream_gemm_weights(fn, arch)
         stream_unfused_attention(fn, arch)
@@ -843,6 +844,34 @@ def _reaches_lhs(k: df.KernelOp, i: int) -> bool:
     """Whether input ``i`` of kernel ``k`` is (through data movement) the left operand of its matmul."""
     mm = next(o for o in k.body.block.ops if isinstance(o, sp.MatmulOp))
     return _reaches(k.body.block.args[i], mm.lhs)
+
+
+def _grid_lhs(u: df.KernelOp, i: int) -> bool:
+    """Whether input ``i`` of ``u`` is one a GEMM grid streams in k-chunks (:func:`stream_gemm_grids`)."""
+    return _grid_part(u) == "streamed" or (_grid_part(u) is not None and _reaches_lhs(u, i))
+
+
+def split_grid_loads(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
+    """A DMA load that GEMM grid parts stream in k-chunks and other kernels read too (a layer's input: the QKV
+    grid's rows and the residual of the output projection) becomes two loads, one for each: one load serves its
+    readers in one token order, and the others' order (a whole value, or row blocks) would leave the grid's row
+    strips as one token each, held whole by every part (T5's 512-wide layer on cloud: 48 QKV parts of a whole
+    tile each, which no packing fits). The second load reads the value from DRAM again."""
+    block = fn.body.block
+    kernels = [k for k in block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    for k in kernels:
+        if k.kind.data != "dma_load" or len(k.outputs) != 1 or len(k.loops.data) != 1:
+            continue
+        users = consumers.get(k.outputs[0], [])
+        others = [(u, i) for u, i in users if not _grid_lhs(u, i)]
+        if not others or len(others) == len(users):
+            continue
+        twin = k.clone()
+        twin.attributes["sym_name"] = StringAttr(unique(f"{k.sym_name.data}_rest"))
+        block.insert_op_after(twin, k)
+        for u, i in others:
+            u.operands[i] = twin.results[0]
 
 
 def stream_gemm_grids(fn: func.FuncOp) -> None:

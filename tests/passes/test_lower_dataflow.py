@@ -271,3 +271,38 @@ def test_a_region_load_must_lie_within_its_input():
     del load.attributes["dram_offset"]  # a narrower body argument without an offset is no load of a region
     with pytest.raises(VerifyException, match="body arguments do not match"):
         load.verify()
+
+
+def test_a_load_a_gemm_grid_streams_and_another_kernel_reads_is_two_loads(onnx_model):
+    # y = x @ W + b + x on cloud, phases resident: the grid's first column streams x's row strips in k-chunks while
+    # the parts' residual epilogue reads x by rows. Read by both through one load, x came as one token that every
+    # part of the first column held whole (a whole tile per part in T5's 512-wide layer); now the grid streams its
+    # own load (load_x) and the residual reads a second one, both in several tokens, and no part declares more
+    # than a quarter of its tile
+    from onnx import TensorProto, helper
+
+    from attnc.pipeline import backend_passes
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["h"]),
+             helper.make_node("Add", ["h", "x"], ["y"])]  # fmt: skip
+    model = onnx_model(nodes, {"x": (TensorProto.FLOAT16, [512, 512])}, {"y": (TensorProto.FLOAT16, [512, 512])},
+                       inits={"w": (rng.standard_normal((512, 512)) / 23).astype(np.float16),
+                              "b": rng.standard_normal(512).astype(np.float16)})  # fmt: skip
+    module = import_onnx(model)
+    run_pipeline(module, "canonicalize")
+    inputs = {"x": rng.standard_normal((512, 512)).astype(np.float16)}
+    before = interpret(module, inputs)["y"]
+    tile, fuse, lower, _ = backend_passes("cloud", time_limit=10.0, seed=0, heuristic_only=True)
+    run_pipeline(module, [type(tile)(arch=tile.arch, share_sram="off"), fuse, lower])
+    np.testing.assert_allclose(interpret(module, inputs)["y"], before, rtol=1e-2, atol=1e-2)
+    kernels = [k for k in module.walk() if isinstance(k, df.KernelOp)]
+    parts = [k for k in kernels if k.kind.data == "gemm"]
+    assert len(parts) > 1
+    loads = [k for k in kernels if k.kind.data == "dma_load" and "x" in k.sym_name.data]
+    assert len(loads) == 2
+    assert all(int(list(ld.tokens.get_values())[0]) > 1 for ld in loads)
+    grid = [ld for ld in loads if ld.sym_name.data == "load_x"]
+    assert len(grid) == 1 and {u.operation for u in grid[0].outputs[0].uses} <= set(parts)
+    tile_sram = load_arch("cloud").tiles_of("compute")[0].sram_bytes
+    assert max(k.buffer_bytes.value.data for k in parts) <= tile_sram // 4
