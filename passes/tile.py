@@ -475,10 +475,12 @@ class AttentionSchedules:
 
 def shares_sram(fn: func.FuncOp, arch, option: str = "auto", gemm_parts: int = -1) -> bool:
     """Whether the module's phases share SRAM. ``auto``: when it has large GEMMs (or a GEMM and an attention) in
-    more than one phase and its weights are more than half what the compute tiles hold, so that keeping every
-    phase's kernels resident would leave each a sliver of its tile: next to the attention's members (half a tile
-    each) the grids of every phase split the rest. (BERT-base on cloud, 14 MB of weights on 16.8 MB: resident,
-    its FFN grids got 24-32 parts of 64 KB and the layer took 231K cycles at seq 512; sharing, 182K.)"""
+    more than one phase and its weights are more than a quarter of what the compute tiles hold, so that keeping
+    every phase's kernels resident would leave each a sliver of its tile: next to the attention's members (half a
+    tile each) the grids of every phase split the rest, and a grid that reads another phase's result directly
+    holds its row strips whole. (BERT-base on cloud, 14 MB of weights on 16.8 MB: resident, its FFN grids got
+    24-32 parts of 64 KB and the layer took 231K cycles at seq 512; sharing, 182K. T5's 512-wide layer, 6.3 MB:
+    resident, its kernels declared 23 MB and no packing fit.)"""
     if option != "auto":
         return option == "on"
     ops = list(fn.body.block.ops)
@@ -487,7 +489,7 @@ def shares_sram(fn: func.FuncOp, arch, option: str = "auto", gemm_parts: int = -
     if gemm_parts == 1 or not gemms or len(set(gemm_phases(fn, gemms).values())) + bool(attention) < 2:
         return False
     weights = sum(nbytes(o.rhs.type) for o in gemms)
-    return 2 * weights > sum(t.sram_bytes for t in arch.tiles_of("compute"))
+    return 4 * weights > sum(t.sram_bytes for t in arch.tiles_of("compute"))
 
 
 def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict, shared: bool = False) -> AttentionSchedules:
