@@ -819,17 +819,22 @@ A_PASSES = "dataflow.a_passes"
 
 def _copied_input(k: df.KernelOp, j: int) -> int | None:
     """The input whose copy output ``j`` of ``k`` is (through data movement; for a concatenation of inputs, a
-    row strip made of the parts a spill brings, the first of them), or None."""
+    row strip made of the parts a spill brings, the first of them, however the concatenations nest: T5's FFN2
+    joins its pieces by rows, then those by columns), or None."""
     def root(v: SSAValue) -> SSAValue:
         while isinstance(v.owner, Operation) and sp.is_data_movement(v.owner) and len(v.owner.operands) == 1:
             v = v.owner.operands[0]
         return v
 
+    def leaves(v: SSAValue) -> list[SSAValue]:
+        v = root(v)
+        if isinstance(v.owner, sp.ConcatOp):
+            return [x for o in v.owner.operands for x in leaves(o)]
+        return [v]
+
     args = k.body.block.args
-    v = root(k.body.block.last_op.operands[j])
-    if isinstance(v.owner, sp.ConcatOp) and all(root(o) in args for o in v.owner.operands):
-        v = root(v.owner.operands[0])
-    return args.index(v) if v in args else None
+    parts = leaves(k.body.block.last_op.operands[j])
+    return args.index(parts[0]) if all(v in args for v in parts) else None
 
 
 def _grid_part(k: df.KernelOp) -> str | None:

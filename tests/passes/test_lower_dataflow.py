@@ -306,3 +306,25 @@ def test_a_load_a_gemm_grid_streams_and_another_kernel_reads_is_two_loads(onnx_m
     assert len(grid) == 1 and {u.operation for u in grid[0].outputs[0].uses} <= set(parts)
     tile_sram = load_arch("cloud").tiles_of("compute")[0].sram_bytes
     assert max(k.buffer_bytes.value.data for k in parts) <= tile_sram // 4
+
+
+def test_a_grid_part_passes_on_a_row_strip_joined_from_nested_concatenations_in_as_many_tokens():
+    # T5's 512-wide layer on cloud with phases: an FFN2 part joins the FFN1 pieces a spill brings by rows, then
+    # those by columns, and passes the strip on to the next part of its row. The copy went as one token (the
+    # nested concatenation was not seen as a copy), which every later part held whole: 1 MiB on a 256 KiB tile
+    from example_script import load_make_examples
+
+    from attnc.pipeline import DEFAULT_PIPELINE
+
+    model, _ = load_make_examples().encoder(seq=512, hidden=512, heads=8, ffn=2048, layers=1, half=True)
+    module = import_onnx(model)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    run_pipeline(module, "tile{arch=cloud share-sram=on},fuse-elementwise{arch=cloud},lower-to-dataflow{arch=cloud}")
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    tokens = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
+    nested = [k for k in kernels if k.kind.data == "gemm" and any(
+        isinstance(v.owner, sp.ConcatOp) for c in k.body.block.ops if isinstance(c, sp.ConcatOp) for v in c.operands)]
+    assert nested
+    for k in nested:
+        copy = k.outputs[0]
+        assert tokens[copy] == tokens[k.inputs[0]] > 1
