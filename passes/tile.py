@@ -526,24 +526,39 @@ def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict, shared: 
     # the GEMM grids of the other phases take SRAM on the same tiles: a member keeps to half a tile, unless no
     # schedule fits in half (then the members take what they need and the grids get less)
     half = min(full, tile.sram_bytes // 2) if any(splittable(o) for o in fn.body.block.ops) and not shared else full
-    if any(isinstance(o, sp.ButterflyMatmulOp) for o in fn.body.block.ops) and not shared:
-        # a butterfly layer's stage chains and the row kernels after them (a bias add, GELU, a residual add, a
-        # norm, cut by columns) spread over every tile: a member keeps to one context's share of its tile
-        half = min(half, tile.sram_bytes // max(tile.contexts, 1))
+    # a butterfly layer's stage chains and the row kernels after them (a bias add, GELU, a residual add, a norm,
+    # cut by columns) spread over every tile: a member keeps to one context's share of its tile, if a fused
+    # schedule fits in it (else the unfused one it falls back to re-reads K/V per row block: on edge at seq
+    # 2048, 2.6x the cycles of the fused members with the whole tile)
+    share = tile.sram_bytes // max(tile.contexts, 1)
+    if any(isinstance(o, sp.ButterflyMatmulOp) for o in fn.body.block.ops) and not shared and share < half:
+        share_budget = share
+    else:
+        share_budget = None
     out = AttentionSchedules()
     for i, a in enumerate(attention):
         chosen = _requested(a, mode)
         a.attributes.pop(FUSION_ATTR, None)
         if not chosen or chosen == "per-head":
             continue
-        budget = half
-        try:
-            res = search(shape_of(a), arch, chosen, budget, forced, reserved)
-        except AttncError:
-            if half >= full:
-                raise
-            budget = full
-            res = search(shape_of(a), arch, chosen, budget, forced, reserved)
+        res = None
+        if share_budget is not None:
+            try:
+                res = search(shape_of(a), arch, chosen, share_budget, forced, reserved)
+                budget = share_budget
+            except AttncError:
+                res = None
+            if res is not None and res.best.schedule.mode == "unfused" and chosen != "unfused":
+                res = None
+        if res is None:
+            budget = half
+            try:
+                res = search(shape_of(a), arch, chosen, budget, forced, reserved)
+            except AttncError:
+                if half >= full:
+                    raise
+                budget = full
+                res = search(shape_of(a), arch, chosen, budget, forced, reserved)
         p = res.best
         out.reports.append(
             f"attn{i}: {p.schedule.text()}; predicted {p.cycles} cycles ({p.bound}-bound), "
