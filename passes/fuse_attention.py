@@ -37,13 +37,16 @@ import numpy as np
 from attnc.dialects import sparse as sp
 from attnc.cost.attention import split
 from attnc.dialects.dataflow import REPEAT, RESERVE, SPILL, STAGE
+
+#: on a K/V stage: how many of its units it holds at once (1: loaded a unit at a time; all: computed on chip)
+STAGE_UNITS = "dataflow.stage_units"
 from attnc.errors import AttncError
 from attnc.ir import main_func
 from attnc.limits import shown
 from attnc.passes.kernel_builder import KernelBuilder, splat
 from xdsl.context import Context
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, UnitAttr, i1
-from xdsl.ir import SSAValue
+from xdsl.ir import BlockArgument, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     PatternRewriter,
@@ -168,7 +171,9 @@ def _expand_group(b: KernelBuilder, op: sp.AttentionOp, sched: Schedule, name: s
     kin = _slice(b, units.k, [u0, 0, 0, 0], [u1, 1, t, d])
     vin = _slice(b, units.v, [u0, 0, 0, 0], [u1, 1, t, dv])
     if sched.staged:
-        kin, vin = (_stage(b, x, sched, f"{name}_g{g}_{n}stage", group) for x, n in ((kin, "k"), (vin, "v")))
+        # K/V computed on chip come whole, not a unit at a time: the stage holds its group's units at once
+        held = 1 if _from_dram(op.k) and _from_dram(op.v) else u1 - u0
+        kin, vin = (_stage(b, x, sched, f"{name}_g{g}_{n}stage", group, held) for x, n in ((kin, "k"), (vin, "v")))
     elif sched.spilled:
         kin, vin = (_spill(b, x, f"{name}_g{g}_{n}spill", group) for x, n in ((kin, "k"), (vin, "v")))
     rows = []
@@ -214,9 +219,18 @@ def _slice(b: KernelBuilder, x: SSAValue, starts, ends) -> SSAValue:
     return b.add(sp.SliceOp(x, list(starts), list(ends), [1] * len(shp)))
 
 
-def _stage(b: KernelBuilder, x: SSAValue, sched: Schedule, tag: str, group: str) -> SSAValue:
+def _from_dram(v: SSAValue) -> bool:
+    """Whether ``v`` is a graph input or a constant (a DMA load brings it in any order), through data movement."""
+    while not isinstance(v, BlockArgument) and sp.is_data_movement(v.owner):
+        v = v.owner.operands[0]
+    return isinstance(v, BlockArgument) or isinstance(v.owner, sp.ConstantOp)
+
+
+def _stage(b: KernelBuilder, x: SSAValue, sched: Schedule, tag: str, group: str, held: int = 1) -> SSAValue:
     op = sp.ReshapeOp(x, sp.shape_of(x))
     op.attributes[STAGE] = IntegerAttr(sched.passes, 64)
+    # the units it holds at once (cost.work's stage plan declares them)
+    op.attributes[STAGE_UNITS] = IntegerAttr(held, 64)
     # the stage re-sends K/V in the blocks a member takes at once (a FLAT member's key block is every key)
     op.attributes["dataflow.key_block"] = IntegerAttr(sched.stream_block or sched.key_block, 64)
     return b.add(op, tag, group)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from attnc.cost.work import SFU_OPS, kernel_cost
 from attnc.dialects import sparse as sp
-from attnc.dialects.dataflow import GROUP, TAG, TILE_KIND, i64_array
+from attnc.dialects.dataflow import GROUP, SPILL, STAGE, TAG, TILE_KIND, i64_array
 from attnc.ir import main_func
 from attnc.passes.concat_folds import concat_spans
 from attnc.passes.sram_phases import SHARE_ATTR
@@ -643,7 +643,12 @@ def _tagged_ops(block) -> dict[str, list[Operation]]:
 
 def _kind(ops: list[Operation]) -> str:
     """The tile kind a kernel of ``ops`` runs on: compute with a MAC op or no special function, else sfu
-    (the cost rule's choice, attnc.cost.work)."""
+    (the cost rule's choice, attnc.cost.work); an attention's K/V stage holds them in a memory tile, its K/V
+    spill is a DMA context."""
+    if any(STAGE in op.attributes for op in ops):
+        return "memory"
+    if any(SPILL in op.attributes for op in ops):
+        return "dma"
     if any(isinstance(op, MAC_OPS) for op in ops) or not any(isinstance(op, SFU_OPS) for op in ops):
         return "compute"
     return "sfu"

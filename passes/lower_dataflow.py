@@ -254,7 +254,7 @@ class _Partitioner:
         # every other stream is one token, so its consumer starts when it is complete
         tokens = cost.tokens if cost.kind == "attention" or cost.tile_kind == "memory" else 1
         for op in body_ops:  # the staging markers have served the costing
-            for key in (STAGE, "dataflow.key_block", "dataflow.weight_stage"):
+            for key in (STAGE, "dataflow.key_block", "dataflow.stage_units", "dataflow.weight_stage"):
                 op.attributes.pop(key, None)
             if isinstance(op, sp.ButterflyStageOp):
                 for key in (ROWS, TILE_KIND, RESERVE, WEIGHT_PASSES):

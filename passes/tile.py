@@ -71,7 +71,25 @@ def shape_of(op: sp.AttentionOp) -> Shape:
 
     return Shape(b, hq, hkv, s, t, d, sp.shape_of(op.v)[3], np_dtype(sp.elt_of(op.q)).itemsize,
                  op.causal is not None, op.causal_offset.value.data, op.mask is not None,
-                 from_dram(op.k) and from_dram(op.v))  # fmt: skip
+                 from_dram(op.k) and from_dram(op.v), _from_butterfly(op.k) or _from_butterfly(op.v))  # fmt: skip
+
+
+def _from_butterfly(v) -> bool:
+    """Whether ``v`` is a butterfly matmul's result, through data movement and elementwise ops (its bias add):
+    a stage chain makes it a row block of every column at a time (``butterfly_pipeline``)."""
+    seen = set()
+    todo = [v]
+    while todo:
+        x = todo.pop()
+        op = x.owner if not isinstance(x, BlockArgument) else None
+        if op is None or op in seen:
+            continue
+        seen.add(op)
+        if isinstance(op, sp.ButterflyMatmulOp):
+            return True
+        if sp.is_data_movement(op) or isinstance(op, (*sp.UNARY_OPS, *sp.BINARY_OPS)):
+            todo.extend(op.operands)
+    return False
 
 
 def _pow2_upto(n: int, start: int = 1) -> list[int]:
@@ -165,8 +183,12 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                             continue
                         block = kb if fusion == "online" else min(sh.keys, max(tile.mac_cols, 1))
                         staged = passes > 1 and _stageable(sh, arch, g, block, reserved)
-                        # K/V computed on chip that a member streams several times go through DRAM once
-                        spilled = passes > 1 and not staged and not sh.kv_from_dram
+                        # K/V computed on chip that a member streams several times go through DRAM once; so
+                        # do K/V a stage chain makes a row block of all heads at a time when a group takes
+                        # several heads one after the other (the first member would hold them whole, each
+                        # larger than its tile's share): the read-back brings them head by head
+                        spilled = not staged and not sh.kv_from_dram and (
+                            passes > 1 or sh.kv_by_rows and -(-sh.units // g) > 1)
                         if spilled and 4 + 2 * g > dma_slots:
                             reject("K/V spills do not fit the DMA tiles' contexts")
                             continue
@@ -506,20 +528,39 @@ def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict, shared: 
     # the GEMM grids of the other phases take SRAM on the same tiles: a member keeps to half a tile, unless no
     # schedule fits in half (then the members take what they need and the grids get less)
     half = min(full, tile.sram_bytes // 2) if any(splittable(o) for o in fn.body.block.ops) and not shared else full
+    # a butterfly layer's stage chains and the row kernels after them (a bias add, GELU, a residual add, a norm,
+    # cut by columns) spread over every tile: a member keeps to one context's share of its tile, if a fused
+    # schedule fits in it (else the unfused one it falls back to re-reads K/V per row block: on edge at seq
+    # 2048, 2.6x the cycles of the fused members with the whole tile)
+    share = tile.sram_bytes // max(tile.contexts, 1)
+    if any(isinstance(o, sp.ButterflyMatmulOp) for o in fn.body.block.ops) and not shared and share < half:
+        share_budget = share
+    else:
+        share_budget = None
     out = AttentionSchedules()
     for i, a in enumerate(attention):
         chosen = _requested(a, mode)
         a.attributes.pop(FUSION_ATTR, None)
         if not chosen or chosen == "per-head":
             continue
-        budget = half
-        try:
-            res = search(shape_of(a), arch, chosen, budget, forced, reserved)
-        except AttncError:
-            if half >= full:
-                raise
-            budget = full
-            res = search(shape_of(a), arch, chosen, budget, forced, reserved)
+        res = None
+        if share_budget is not None:
+            try:
+                res = search(shape_of(a), arch, chosen, share_budget, forced, reserved)
+                budget = share_budget
+            except AttncError:
+                res = None
+            if res is not None and res.best.schedule.mode == "unfused" and chosen != "unfused":
+                res = None
+        if res is None:
+            budget = half
+            try:
+                res = search(shape_of(a), arch, chosen, budget, forced, reserved)
+            except AttncError:
+                if half >= full:
+                    raise
+                budget = full
+                res = search(shape_of(a), arch, chosen, budget, forced, reserved)
         p = res.best
         out.reports.append(
             f"attn{i}: {p.schedule.text()}; predicted {p.cycles} cycles ({p.bound}-bound), "

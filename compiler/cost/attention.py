@@ -168,6 +168,9 @@ class Shape:
     causal_offset: int
     has_mask: bool
     kv_from_dram: bool  # K and V are graph inputs or constants: a DMA load can re-read them
+    #: K and V are computed on chip a row block of every head at a time (a butterfly projection and its bias
+    #: add), not head by head: a group that takes several units one after the other cannot take them as made
+    kv_by_rows: bool = False
 
     @property
     def units(self) -> int:

@@ -269,13 +269,16 @@ def _fused_plan(op: sp.AttentionOp, arch, eb: int) -> KernelPlan:
 
 
 def _stage_plan(op: Operation, arch, eb: int) -> KernelPlan:
-    """K or V of a group held in a memory tile, one unit at a time, and streamed to the group's
-    first member once per pass: no work, a buffer of one unit and two key blocks."""
+    """K or V of a group held in a memory tile, one unit at a time (``dataflow.stage_units``: that many; K/V
+    computed on chip come whole), and streamed to the group's first member once per pass: no work, a buffer of
+    the units it holds and two key blocks."""
     units, _, t, d = sp.shape_of(op.results[0])
     passes = op.attributes["dataflow.stage"].value.data
     kb = min(op.attributes["dataflow.key_block"].value.data, t)
+    held = op.attributes["dataflow.stage_units"].value.data if "dataflow.stage_units" in op.attributes else 1
     loops = (("unit", units), ("repeat", passes), ("block", -(-t // kb)))
-    return KernelPlan("data", "memory", loops, (kb,), eb * d * (t + 2 * kb), 0, 0, units * passes * loops[2][1])
+    return KernelPlan("data", "memory", loops, (kb,), eb * d * (held * t + 2 * kb), 0, 0,
+                      units * passes * loops[2][1])
 
 
 # ---------------------------------------------------------------------------

@@ -478,3 +478,19 @@ def test_a_norm_after_long_adds_that_stage_kernels_feed_is_a_kernel_of_its_own()
     assert len(adds) == 12 and {sp.shape_of(o.results[0])[-1] for o in adds} == {STAGE_N // 4}  # 4 column parts
     assert tag(norm) not in {tag(o) for o in adds}
     assert sp.shape_of(norm.results[0]) == (1, STAGE_ROWS, STAGE_N)
+
+
+def test_k_v_stages_and_spills_are_not_counted_on_the_compute_tiles():
+    """An attention's K/V stage runs on a memory tile and its K/V spill on a DMA tile: counting them as compute
+    kernels left a butterfly layer's row kernels (its GELU on cloud at seq 512) a quarter of their parts."""
+    from attnc.dialects.dataflow import SPILL, STAGE
+    from attnc.dialects.sparse import ReshapeOp
+    from attnc.passes.fuse_elementwise import _kind
+    from xdsl.dialects.builtin import IntegerAttr, TensorType, UnitAttr, f16
+    from xdsl.ir import Block
+
+    x = Block(arg_types=[TensorType(f16, [1, 1, 64, 16])]).args[0]
+    stage, spill, plain = (ReshapeOp(x, [1, 1, 64, 16]) for _ in range(3))
+    stage.attributes[STAGE] = IntegerAttr(2, 64)
+    spill.attributes[SPILL] = UnitAttr()
+    assert (_kind([stage]), _kind([spill]), _kind([plain])) == ("memory", "dma", "compute")

@@ -290,3 +290,37 @@ def test_k_and_v_computed_on_chip_are_staged_only_where_a_group_of_them_fits():
     assert loaded.staged and not loaded.spilled
     assert computed.spilled and not computed.staged
     assert one_head.staged  # 64 KiB of K and two key blocks fit a memory tile
+
+
+def test_k_and_v_a_butterfly_makes_by_rows_reach_a_group_of_several_heads_through_dram():
+    """A stage chain makes K and V a row block of every head at a time; a group that takes its heads one after
+    the other would hold them whole in its first member (BERT-base on cloud at seq 512: 384 KiB on a 256 KiB
+    tile), so even in one pass they are spilled and read back head by head. One head per group takes them as
+    they come; K/V computed otherwise (a GEMM's grid, head by head) stream to the members as before."""
+    arch = load_arch("cloud")
+
+    def chosen(groups: int, by_rows: bool):
+        sh = Shape(1, 12, 12, 512, 512, 64, 64, 2, False, 0, False, False, by_rows)
+        members = 64 // groups if groups == 4 else 4
+        forced = {"groups": groups, "members": members, "row_block": 512 // members, "key_block": 64}
+        return search(sh, arch, "online", 262144, forced).best.schedule
+
+    assert chosen(4, True).passes == 1 and chosen(4, True).spilled
+    assert chosen(12, True).passes == 1 and not chosen(12, True).spilled  # a head per group
+    assert chosen(4, False).passes == 1 and not chosen(4, False).spilled
+
+
+def test_shape_marks_k_and_v_a_butterfly_matmul_computes():
+    """``kv_by_rows`` follows K back through the head reshapes and the bias add to the butterfly matmul."""
+    from attnc.passes.tile import shape_of
+    from attnc.pipeline import DEFAULT_PIPELINE, parse_pipeline, with_butterfly
+
+    model, _ = load_make_examples().encoder(seq=64, hidden=64, heads=4, ffn=128, layers=1, half=True)
+    module = import_onnx(model)
+    run_pipeline(module, with_butterfly(parse_pipeline(DEFAULT_PIPELINE), "linears=qkv"))
+    (attn,) = [o for o in main_func(module).body.block.ops if isinstance(o, sp.AttentionOp)]
+    assert shape_of(attn).kv_by_rows and not shape_of(attn).kv_from_dram
+    plain = import_onnx(model)
+    run_pipeline(plain, parse_pipeline(DEFAULT_PIPELINE))
+    (attn,) = [o for o in main_func(plain).body.block.ops if isinstance(o, sp.AttentionOp)]
+    assert not shape_of(attn).kv_by_rows
