@@ -881,6 +881,7 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
                 _repeat_weights(load, passes, [u for r in load.outputs for u in consumers.get(r, [])])
                 for r, t in zip(load.outputs, load.tokens.get_values()):
                     tokens_of[r] = int(t)
+    _even_grid_tokens(kernels, tokens_of)
     for k in kernels:
         if _grid_part(k) is None:
             continue
@@ -902,6 +903,54 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
                 out[j] = 1
             tokens_of[r] = out[j]
         k.tokens = df.i64_array(out)
+
+
+def _copy_root(v: SSAValue) -> SSAValue:
+    """The value a chain of grid parts' copies (a row strip passed along a row, a weight block down a
+    column) starts from: ``v`` itself when no part copies it."""
+    seen = set()
+    while isinstance(v.owner, df.KernelOp) and _grid_part(v.owner) and id(v) not in seen:
+        seen.add(id(v))
+        i = _copied_input(v.owner, list(v.owner.outputs).index(v))
+        if i is None:
+            break
+        v = v.owner.inputs[i]
+    return v
+
+
+def _even_grid_tokens(kernels: list[df.KernelOp], tokens_of: dict) -> None:
+    """A streamed grid part's operands read from DRAM (its row strip, its weight block) come in tokens of
+    the same bytes *at the part*: the load whose tokens carry more of what the part reads is cut finer, a
+    whole number of tokens per burst. A consumer's buffers give the room beyond one step's operands to its
+    ports a token at a time (docs/simulator.md, "Back-pressure"), so a row strip load shared by a column of
+    parts (a 4 KiB burst is 512 bytes at each of 8 parts) next to a weight load read by one part (4 KiB at
+    it) got an eighth of the weight's run-ahead: a fraction of a k-chunk, and every k-chunk of the part
+    then waited for its strip to arrive (cloud 2048x3072x768: 38K of 115K cycles). The copies a part passes
+    on inherit the finer tokens (they carry as many tokens as their input)."""
+    scaled: set[int] = set()
+    for u in kernels:
+        if _grid_part(u) != "streamed":
+            continue
+        loads = []
+        for v, arg in zip(u.inputs, u.body.block.args):
+            v = _copy_root(v)
+            src = v.owner
+            if (isinstance(src, df.KernelOp) and src.kind.data in ("dma_load", "dma_spill")
+                    and tokens_of.get(v, 1) > 1):  # fmt: skip
+                # every pass of a re-read load (its copies' readers are told so only below) is in its tokens
+                passes = dict(src.loop_schedule()).get("repeat", 1)
+                loads.append((src, consumed_bytes(arg) * passes / tokens_of[v]))
+        if len(loads) < 2:
+            continue
+        least = min(b for _, b in loads)
+        for src, b in loads:
+            f = int(b // least)
+            if f <= 1 or id(src) in scaled:
+                continue
+            scaled.add(id(src))
+            src.tokens = df.i64_array([int(t) * f for t in src.tokens.get_values()])
+            for r, t in zip(src.outputs, src.tokens.get_values()):
+                tokens_of[r] = int(t)
 
 
 # ---------------------------------------------------------------------------
