@@ -321,7 +321,13 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
     would hold the other groups' too, the NoC carries them, and the groups' pipelines wait on one another
     through the shared load (a cycle the simulator's deadlock check finds, leaving the stages unthrottled).
 
-    Loads that only streaming readers take (a group's first member, Q for every member) stay whole: a member
+    The row strip of a GEMM grid (every reader a part reading it as its matmul's left operand: the first part
+    of each grid row, within its row block) is split too: one load of the whole strip is one DMA context, which
+    the per-context fair share of DRAM gives as much as each column's weight load while it carries as many
+    bytes as all of them, and every k-chunk of every part waits on it (cloud 512x768 @ 768x768: 1.40x its
+    roofline with one load, 1.33x with one per grid row; 2048x3072 @ 3072x768: 1.62x, 1.12x).
+
+    Other loads that only streaming readers take (a group's first member, Q for every member) stay whole: a member
     drops the tokens it does not read, and each more load is one more DMA context taking an equal share of
     DRAM from the one store of the output (split per group, cloud's BERT attention at seq 512, online, took
     8,827 cycles, not 7,235). Only where it is exact: every use of the input in a reader reaches, through
@@ -335,7 +341,8 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
         users = [(u.operation, u.index) for u in load.outputs[0].uses]
         if not users or not all(isinstance(u, df.KernelOp) for u, _ in users):
             continue
-        if not any(u.tile_kind.data == "memory" for u, _ in users):
+        strips = all(_grid_part(u) and _reaches_lhs(u, i) for u, i in users)
+        if not strips and not any(u.tile_kind.data == "memory" for u, _ in users):
             continue  # streaming readers only: they drop the runs they do not read (see the docstring)
         runs = [_leading_run(u.body.block.args[i]) for u, i in users]
         if any(r is None for r in runs):
@@ -881,7 +888,6 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
                 _repeat_weights(load, passes, [u for r in load.outputs for u in consumers.get(r, [])])
                 for r, t in zip(load.outputs, load.tokens.get_values()):
                     tokens_of[r] = int(t)
-    _even_grid_tokens(kernels, tokens_of)
     for k in kernels:
         if _grid_part(k) is None:
             continue
@@ -903,54 +909,6 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
                 out[j] = 1
             tokens_of[r] = out[j]
         k.tokens = df.i64_array(out)
-
-
-def _copy_root(v: SSAValue) -> SSAValue:
-    """The value a chain of grid parts' copies (a row strip passed along a row, a weight block down a
-    column) starts from: ``v`` itself when no part copies it."""
-    seen = set()
-    while isinstance(v.owner, df.KernelOp) and _grid_part(v.owner) and id(v) not in seen:
-        seen.add(id(v))
-        i = _copied_input(v.owner, list(v.owner.outputs).index(v))
-        if i is None:
-            break
-        v = v.owner.inputs[i]
-    return v
-
-
-def _even_grid_tokens(kernels: list[df.KernelOp], tokens_of: dict) -> None:
-    """A streamed grid part's operands read from DRAM (its row strip, its weight block) come in tokens of
-    the same bytes *at the part*: the load whose tokens carry more of what the part reads is cut finer, a
-    whole number of tokens per burst. A consumer's buffers give the room beyond one step's operands to its
-    ports a token at a time (docs/simulator.md, "Back-pressure"), so a row strip load shared by a column of
-    parts (a 4 KiB burst is 512 bytes at each of 8 parts) next to a weight load read by one part (4 KiB at
-    it) got an eighth of the weight's run-ahead: a fraction of a k-chunk, and every k-chunk of the part
-    then waited for its strip to arrive (cloud 2048x3072x768: 38K of 115K cycles). The copies a part passes
-    on inherit the finer tokens (they carry as many tokens as their input)."""
-    scaled: set[int] = set()
-    for u in kernels:
-        if _grid_part(u) != "streamed":
-            continue
-        loads = []
-        for v, arg in zip(u.inputs, u.body.block.args):
-            v = _copy_root(v)
-            src = v.owner
-            if (isinstance(src, df.KernelOp) and src.kind.data in ("dma_load", "dma_spill")
-                    and tokens_of.get(v, 1) > 1):  # fmt: skip
-                # every pass of a re-read load (its copies' readers are told so only below) is in its tokens
-                passes = dict(src.loop_schedule()).get("repeat", 1)
-                loads.append((src, consumed_bytes(arg) * passes / tokens_of[v]))
-        if len(loads) < 2:
-            continue
-        least = min(b for _, b in loads)
-        for src, b in loads:
-            f = int(b // least)
-            if f <= 1 or id(src) in scaled:
-                continue
-            scaled.add(id(src))
-            src.tokens = df.i64_array([int(t) * f for t in src.tokens.get_values()])
-            for r, t in zip(src.outputs, src.tokens.get_values()):
-                tokens_of[r] = int(t)
 
 
 # ---------------------------------------------------------------------------
