@@ -328,3 +328,37 @@ def test_a_grid_part_passes_on_a_row_strip_joined_from_nested_concatenations_in_
     for k in nested:
         copy = k.outputs[0]
         assert tokens[copy] == tokens[k.inputs[0]] > 1
+
+
+def test_a_gemm_grids_row_strip_comes_in_one_load_per_grid_row():
+    """Cloud 512x768 @ 768x768: the row strip of an 8x8 grid of parts is read by the parts of its first column,
+    each within its own rows. One load of all of it would be one DMA context taking a fair share of DRAM equal
+    to each column's weight load while it carries as many bytes as all of them, so it is one load per grid row,
+    at that row block's byte offset; the numbers stay."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    seq, k, n = 512, 768, 768
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [seq, n])], [w])  # fmt: skip
+    module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    inputs = {"x": rng.standard_normal((seq, k)).astype(np.float32)}
+    ref = interpret(module, inputs)["y"]
+    run_pipeline(module, "tile{arch=cloud},lower-to-dataflow{arch=cloud}")
+    module.verify()
+    fn = main_func(module)
+    strips = {n_: ld for n_, ld in _loads(fn).items() if list(ld.inputs) == [fn.body.block.args[0]]}
+    assert len(strips) > 1
+    offsets = []
+    for ld in strips.values():
+        (reader,) = [u.operation for u in ld.outputs[0].uses]
+        assert reader.sym_name.data.endswith("c0")  # the first part of a grid row
+        rows = sp.shape_of(ld.outputs[0])[0]
+        offsets.append((ld.dram_offset.value.data, rows))
+    offsets.sort()
+    item = 4  # f32
+    assert offsets[0][0] == 0 and sum(r for _, r in offsets) == seq
+    assert all(b[0] == a[0] + a[1] * k * item for a, b in zip(offsets, offsets[1:]))  # contiguous row blocks
+    np.testing.assert_allclose(interpret(module, inputs)["y"], ref, rtol=1e-4, atol=1e-4)
