@@ -1109,8 +1109,8 @@ def _widen_row_block(k: df.KernelOp, mm: sp.MatmulOp, room: int, arch) -> None:
     row tiles, ``tile`` [rows, cols, chunk]) instead of the MAC array's height, so that each pass serves as many
     query rows as two tokens of its left operand in a quarter of its room allow. Same MACs, same results;
     fewer passes of K (V) from DRAM and fewer tokens through the member chain."""
-    if not _batched_rhs(k, mm):
-        return
+    if not _batched_rhs(k, mm) or "row_block" in mm.attributes:
+        return  # a QKᵀ with its softmax epilogue takes the rows whose whole score rows it holds
     arg = next((a for a in k.body.block.args if _reaches(a, mm.rhs)), None)
     if arg is None or consumed_bytes(arg) + k.buffer_bytes.value.data <= room:
         return  # held whole: read once whatever the row block
