@@ -48,8 +48,10 @@ MAX_DMA_SEGMENTS = 16384
 #: 2048x3072 f16 outputs reaches 24,576 tokens of 512 bytes into a 64 KiB store)
 MAX_STORE_SEGMENTS = 1 << 16
 #: a context is cut finer than MAX_STREAMED_SEGMENTS or MAX_DMA_SEGMENTS where a segment's share of its streams
-#: would not fit its declared buffers (``_fine_segments``), up to this many (bounds the events of a mangled stream)
-MAX_FINE_SEGMENTS = 1 << 21
+#: would not fit its declared buffers (``_fine_segments``), up to this many: the unfused baseline on edge at seq
+#: 4096 needs 26,496; at batch 64 and seq 2048 its spills would need 393,216 each (11.3M segments in all, 16x the
+#: simulation), and keep the caps' grain (reported)
+MAX_FINE_SEGMENTS = 1 << 16
 #: the progress callback is called every this many events
 PROGRESS_EVERY = 2000
 
