@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from attnc.arch.datatypes import element_bytes
+from attnc.cost.attention import unfused_row_block
 from attnc.cost.work import GEMM_BLOCK, SFU_OPS, consumed_bytes, kernel_cost, nbytes
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
@@ -1125,6 +1126,7 @@ def stream_unfused_attention(fn: func.FuncOp, arch) -> None:
     for k in kernels:  # program order: a member's K/V copies are settled before the next member reads them
         mm = _single_matmul(k)
         if mm is not None:
+            _widen_row_block(k, mm, room(k), arch)
             for i, arg in enumerate(k.body.block.args):
                 if _reaches(arg, mm.rhs) and _batched_rhs(k, mm):
                     _stream_kv(k, i, consumers, room)
@@ -1140,6 +1142,33 @@ def stream_unfused_attention(fn: func.FuncOp, arch) -> None:
                     streamed |= list(v.owner.tokens.get_values()) != before
             if streamed:
                 k.trips = df.i64_array([rows])
+
+
+def _widen_row_block(k: df.KernelOp, mm: sp.MatmulOp, room: int, arch) -> None:
+    """An unfused GEMM whose K (V) does not fit its room beside its buffers streams it once per row block
+    (:func:`_stream_kv`): it takes :func:`attnc.cost.attention.unfused_row_block`'s rows a step (whole MAC-array
+    row tiles, ``tile`` [rows, cols, chunk]) instead of the MAC array's height, so that each pass serves as many
+    query rows as two tokens of its left operand in a quarter of its room allow. Same MACs, same results;
+    fewer passes of K (V) from DRAM and fewer tokens through the member chain."""
+    if not _batched_rhs(k, mm) or "row_block" in mm.attributes:
+        return  # a QKᵀ with its softmax epilogue takes the rows whose whole score rows it holds
+    arg = next((a for a in k.body.block.args if _reaches(a, mm.rhs)), None)
+    if arg is None or consumed_bytes(arg) + k.buffer_bytes.value.data <= room:
+        return  # held whole: read once whatever the row block
+    t = dict(k.loop_schedule())
+    m, kk = sp.shape_of(mm.lhs)[-2:]
+    n = sp.shape_of(mm.rhs)[-1]
+    eb = np_dtype(sp.elt_of(mm.lhs)).itemsize
+    tile = [int(v) for v in k.tile.get_values()]
+    # the left operand's token a row (``_lhs_blocks``): the whole reduction when a row of it is no larger than a
+    # row of the f32 accumulators (QKᵀ), else a k-chunk of it (PV)
+    row_bytes = kk * eb if kk * eb <= n * 4 else min(kk, tile[2]) * eb
+    mr = max((t.mac_rows for t in arch.tiles_of(k.tile_kind.data)), default=1)
+    rows = unfused_row_block(m, row_bytes, room, mr)
+    if rows <= -(-m // t["m"]):
+        return
+    k.trips = df.i64_array([-(-m // rows) if name == "m" else trips for name, trips in k.loop_schedule()])
+    k.tile = df.i64_array([rows, *tile[1:]])
 
 
 def _reaches_softmax(k: df.KernelOp, v: SSAValue) -> bool:

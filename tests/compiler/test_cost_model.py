@@ -325,6 +325,12 @@ KNOWN_GAPS: dict[tuple[str, str, str], str] = {
     ("edge", "fused", "online_2_edge"): _HONEST_DEPTH,
     ("edge", "sweep", "b1_n4096_online"): _HONEST_DEPTH,
     ("edge", "sweep", "b64_n512_online"): _HONEST_DEPTH,
+    ("edge", "sweep", "b64_n2048_unfused"): (
+        "its spills move 393,216 tokens each through 4 KiB, more than the timing model cuts a context into "
+        "(MAX_FINE_SEGMENTS): 41 contexts hold more than they declare (docs/simulator.md, 'What still overflows'). "
+        "Since its GEMMs take 32 query rows a step, K/V are read a quarter as often and the cost model predicts it "
+        "DRAM-bound at 521M cycles; the simulator, its spills moving 24 tokens a segment, takes 630M (17% more)"
+    ),
 }
 
 
@@ -432,9 +438,10 @@ def test_unfused_prediction_counts_kv_re_reads():
     et, ct = edge.tiles_of("compute")[0], cloud.tiles_of("compute")[0]
     many = Schedule("unfused", 4, 4, 128, 512)  # 3 heads a kernel: 192 KiB of K against 16 KiB tiles
     few = Schedule("unfused", 1, 16, 32, 512)
-    assert unfused_kv_passes(sh, many, edge, et) == (16, 16)  # 128 rows, 8 a row block
-    assert unfused_kv_passes(sh, few, edge, et) == (4, 4)
-    assert predict(sh, many, edge, et).dram_bytes - predict(sh, few, edge, et).dram_bytes == 12 * kv
+    # 32 GEMM kernels on 16 tiles: 8 KiB of room each, two 16-row tokens of q in a quarter of it
+    assert unfused_kv_passes(sh, many, edge, et) == (8, 8)  # 128 rows, 16 a row block
+    assert unfused_kv_passes(sh, few, edge, et) == (2, 2)
+    assert predict(sh, many, edge, et).dram_bytes - predict(sh, few, edge, et).dram_bytes == 6 * kv
     assert predict(sh, many, edge, et).cycles > predict(sh, few, edge, et).cycles
     small = Shape(1, 2, 2, 64, 64, 16, 16, 2, False, 0, False, True)  # 4 KiB of K: fits a cloud tile
     assert unfused_kv_passes(small, Schedule("unfused", 1, 1, 64, 64), cloud, ct) == (1, 1)

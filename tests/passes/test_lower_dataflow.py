@@ -155,19 +155,19 @@ def test_a_row_kernel_reads_what_is_loaded_for_it_by_rows_and_a_store_takes_toke
 
 
 def test_unfused_attention_streams_kv_it_cannot_hold_re_read_per_row_block():
-    # 2 heads of 128 keys x 16 (f32): a head's K is 8 KiB, more than the QKᵀ kernel's room on edge beside its
+    # 2 heads of 512 keys x 16 (f32): a head's K is 32 KiB, more than the QKᵀ kernel's room on edge beside its
     # buffers, so the K load re-reads it once per row block of a member's rows (not once per head and row block:
     # a head's K is needed only during its own row blocks), the second member reads the first one's copy as many
     # times in as many tokens, and q comes in the kernel's row blocks; the numbers are the attention's
     from onnx import TensorProto, helper
     from attnc.passes.lower_dataflow import INPUT_REPEATS
 
-    ins = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 2, 128, 16]) for x in "QKV"]
-    out = helper.make_tensor_value_info("O", TensorProto.FLOAT, [1, 2, 128, 16])
+    ins = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 2, 512, 16]) for x in "QKV"]
+    out = helper.make_tensor_value_info("O", TensorProto.FLOAT, [1, 2, 512, 16])
     graph = helper.make_graph([helper.make_node("Attention", ["Q", "K", "V"], ["O"])], "a", ins, [out])
     module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]))
     rng = np.random.default_rng(0)
-    inputs = {x: rng.standard_normal((1, 2, 128, 16)).astype(np.float32) for x in "QKV"}
+    inputs = {x: rng.standard_normal((1, 2, 512, 16)).astype(np.float32) for x in "QKV"}
     before = interpret(module, inputs)["O"]
     run_pipeline(module, "canonicalize,raise-attention,fuse-attention{mode=unfused},"
                          "tile{arch=edge members=2 groups=1},lower-to-dataflow{arch=edge}")
@@ -177,6 +177,10 @@ def test_unfused_attention_streams_kv_it_cannot_hold_re_read_per_row_block():
     t = dict(first.loop_schedule())
     blocks = t["b"] * t["n"] * t["k"]
     assert t["b"] == 2 and t["m"] > 1
+    # a pass serves as many query rows as two of their tokens in a quarter of the kernel's room (16 KiB: 64 rows
+    # of 64 bytes), not the MAC array's 8: 4 passes over the member's 256 rows instead of 32
+    rows = list(first.tile.get_values())[0]
+    assert rows == 64 and t["m"] == 256 // rows
     assert kernels["load_K"].loop_schedule() == [("repeat", t["m"]), ("burst", blocks)]
     assert list(kernels["load_K"].tokens.get_values()) == [t["m"] * blocks]
     k_in = next(i for i, v in enumerate(first.inputs) if v.owner is kernels["load_K"])

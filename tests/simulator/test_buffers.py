@@ -110,6 +110,26 @@ def test_a_load_streams_token_by_token_whatever_its_loops_say():
     assert stats.cycles == simulate(slow_consumer(room=256)).cycles
 
 
+def test_a_context_is_cut_finer_than_the_caps_when_a_segment_would_not_fit(monkeypatch):
+    # the caps on segments (all 4 here) would group 8 tokens (512 bytes) a segment into buffers of two (128 bytes):
+    # the adds and the store are cut into 16 segments instead, two tokens each, the fewest that fit
+    from attnc.simulator import timing
+
+    for cap in ("MAX_SEGMENTS", "MAX_STREAMED_SEGMENTS", "MAX_DMA_SEGMENTS"):
+        monkeypatch.setattr(timing, cap, 4)
+    monkeypatch.setattr(timing, "OVERFLOW_IS_ERROR", False)
+    stats = simulate(slow_consumer(room=2 * 4 * PER, store=True))
+    k = by_name(stats)
+    assert k["slow"].segments == k["store"].segments == TOKENS // 2
+    assert k["slow"].peak_buffer_bytes <= 2 * 4 * PER and k["store"].peak_buffer_bytes <= 2 * 4 * PER
+    assert stats.warnings == []
+    # without the refinement, the caps' grain holds 8 tokens at once in each
+    monkeypatch.setattr(timing, "MAX_FINE_SEGMENTS", 4)
+    coarse = simulate(slow_consumer(room=2 * 4 * PER, store=True))
+    assert by_name(coarse)["slow"].segments == 4
+    assert sum("one segment works on 512 bytes" in w for w in coarse.warnings) == 2
+
+
 @pytest.fixture
 def overflow_warns(monkeypatch):
     """The simulator times an overflowing configuration with a warning instead of refusing it (OVERFLOW_IS_ERROR
