@@ -54,7 +54,7 @@ DMA_KINDS = frozenset({"dma_load", "dma_store", "dma_spill"})
 #: whether a configuration that holds more than its buffers or its tiles can is refused (``overflow_error``)
 #: rather than timed with a warning: a warning while compiled configurations still do (docs/simulator.md,
 #: "What still overflows")
-OVERFLOW_IS_ERROR = False
+OVERFLOW_IS_ERROR = True
 
 
 def overflow_error(lines: list[str]) -> AttncError:
