@@ -337,14 +337,18 @@ KNOWN_GAPS: dict[tuple[str, str, str], str] = {
     ("tiny", "example", "gqa_block"): _BACK_PRESSURE,
     ("tiny", "example", "causal_decoder"): _FINER_SEGMENTS,
     ("tiny", "default", "gqa_block"): _BACK_PRESSURE,
+    # q, K and V reach the members in the blocks they take (a row block of q, a unit's K or V), no longer in one
+    # 4 KiB burst a member could not hold: the simulated run is faster than before (causal_cached 375 -> 326 cycles,
+    # attention23 over its tiles before), the model's own estimate faster still (11-15%)
+    ("tiny", "default", "attention23"): _BACK_PRESSURE,
+    ("tiny", "online", "causal_cached"): _BACK_PRESSURE,
+    ("tiny", "flat", "causal_cached"): _BACK_PRESSURE,
     ("cloud", "sweep", "b1_n512_flat"): (
         "the members are compute-bound (6,208 cycles each) and, with the loads, DRAM-bound (6,979): the timing "
         "model overlaps them chunk by chunk and the members' last chunks and O's store follow the last K/V "
         "(7,884 cycles); the cost model takes the larger bound (11.5% under)"
     ),
     ("edge", "sweep", "b1_n1024_flat"): _BACK_PRESSURE,
-    ("edge", "fused", "online_passes4_edge"): _HONEST_DEPTH,
-    ("edge", "fused", "online_2_edge"): _HONEST_DEPTH,
     ("edge", "sweep", "b1_n4096_online"): _HONEST_DEPTH,
     ("edge", "sweep", "b64_n512_online"): _HONEST_DEPTH,
 }
