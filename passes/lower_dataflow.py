@@ -489,6 +489,7 @@ class LowerToDataflowPass(TargetPass):
             assign_phases(fn, arch, partitioner.unique)
         stream_fused_inputs(fn, arch)
         stream_butterfly_chains(fn, partitioner.unique)
+        split_forked_loads(fn, partitioner.unique)
         stream_gemm_grids(fn)
         stream_gemm_weights(fn, arch)
         stream_unfused_attention(fn, arch)
@@ -1376,6 +1377,47 @@ def _row_blocks(k: df.KernelOp) -> int | None:
     if _row_wise(k):
         return dict(k.loop_schedule()).get("rows", 1)
     return _gemm_rows(k) or _softmax_row_blocks(k)
+
+
+def _downstream(k: df.KernelOp, consumers) -> set[df.KernelOp]:
+    """The kernels that read, directly or through other kernels, what ``k`` computes."""
+    seen: set[df.KernelOp] = set()
+    todo = [k]
+    while todo:
+        for r in todo.pop().outputs:
+            for u, _ in consumers.get(r, []):
+                if u not in seen:
+                    seen.add(u)
+                    todo.append(u)
+    return seen
+
+
+def split_forked_loads(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
+    """A DMA load of an activation that unsplit GEMMs read row block by row block and that a kernel after those
+    GEMMs reads too (a block's input: its projections and the residual add after attention) becomes two loads,
+    the later readers reading the second. Through one load the fork joins again at the later reader, which waits
+    for the GEMMs' results as a whole: holding the load back to what the GEMMs' buffers take could deadlock, so
+    the simulator does not, and every GEMM ends up holding the whole activation (GQA's block on tiny: 4 KiB of
+    x in each 4 KiB compute tile next to its weight's tokens). The second load reads the value from DRAM again."""
+    block = fn.body.block
+    kernels = [k for k in block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    for k in kernels:
+        if k.kind.data != "dma_load" or len(k.outputs) != 1 or len(k.loops.data) != 1 or _is_weight_load(k):
+            continue
+        users = consumers.get(k.outputs[0], [])
+        gemms = [u for u, _ in users if _gemm_rows(u)]
+        if not gemms:
+            continue
+        after = set().union(*(_downstream(g, consumers) for g in gemms))
+        later = [(u, i) for u, i in users if u in after]
+        if not later or len(later) == len(users):
+            continue
+        twin = k.clone()
+        twin.attributes["sym_name"] = StringAttr(unique(f"{k.sym_name.data}_rest"))
+        block.insert_op_after(twin, k)
+        for u, i in later:
+            u.operands[i] = twin.results[0]
 
 
 def stream_gemm_rows(fn: func.FuncOp) -> None:
