@@ -1406,11 +1406,13 @@ def split_forked_loads(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
         if k.kind.data != "dma_load" or len(k.outputs) != 1 or len(k.loops.data) != 1 or _is_weight_load(k):
             continue
         users = consumers.get(k.outputs[0], [])
-        gemms = [u for u, _ in users if _gemm_rows(u)]
-        if not gemms:
+        rows = [(u, i) for u, i in users if _gemm_rows(u) and _reaches_lhs(u, i)]
+        if not rows:
             continue
-        after = set().union(*(_downstream(g, consumers) for g in gemms))
-        later = [(u, i) for u, i in users if u in after]
+        # (a GEMM after another that reads the value as its own row operand -- an unfused attention's next member,
+        # after the K it forwards -- streams it alike and stays)
+        after = set().union(*(_downstream(g, consumers) for g, _ in rows))
+        later = [(u, i) for u, i in users if u in after and (u, i) not in rows]
         if not later or len(later) == len(users):
             continue
         twin = k.clone()

@@ -327,13 +327,7 @@ _HONEST_DEPTH = (
     "their loads wait for every release, which the cost model (double buffering) does not time: 13-37% more "
     "cycles simulated"
 )
-_RUN_AHEAD = (
-    "lower-to-dataflow declares a third token of each streamed input where the tiles have room, and the timing "
-    "model lets producers run that far ahead: the projections overlap their loads better than the cost model's "
-    "segments predict (10.4% more cycles predicted)"
-)
 KNOWN_GAPS: dict[tuple[str, str, str], str] = {
-    ("edge", "example", "bert_layer"): _RUN_AHEAD,
     ("tiny", "example", "gqa_block"): _BACK_PRESSURE,
     ("tiny", "example", "causal_decoder"): _FINER_SEGMENTS,
     ("tiny", "default", "gqa_block"): _BACK_PRESSURE,
