@@ -300,7 +300,7 @@ def bert_attention(batch: int, seq: int, mode: str, heads: int = 12, d: int = 64
 # whose chosen kernels fit its 16 compute contexts
 DEFAULT_EXAMPLES = [("edge", n) for n in NAMES] + [("tiny", "attention23"), ("tiny", "gqa_block")]
 #: the examples lowered head by head that tiny refuses at compile time (:func:`test_tiny_refuses_what_it_cannot_hold`)
-TINY_REFUSED = ("bert_layer",)
+TINY_REFUSED = ("bert_layer", "causal_decoder", "gqa_block")
 CASES = (
     [(a, "example", n) for a in ("tiny", "edge") for n in NAMES if (a, n) not in [("tiny", r) for r in TINY_REFUSED]]
     + [(a, "default", n) for a, n in DEFAULT_EXAMPLES]
@@ -317,10 +317,6 @@ _BACK_PRESSURE = (
     "the timing model holds a producer to its consumers' buffers (a token stays until the last segment "
     "that works on it) and moves DMA data token by token; the cost model times neither stall"
 )
-_FINER_SEGMENTS = (
-    "the timing model runs a context that streams more than its buffers one input token per segment, which "
-    "overlaps its producers better than the cost model's segments: the model predicts 13-36% more cycles"
-)
 _HONEST_DEPTH = (
     "the timing model holds a producer to what its consumer declares (no longer two bursts and a step whatever "
     "the buffers hold): these attention members and stages declare room for about one token of q, K and V, so "
@@ -328,9 +324,11 @@ _HONEST_DEPTH = (
     "cycles simulated"
 )
 KNOWN_GAPS: dict[tuple[str, str, str], str] = {
-    ("tiny", "example", "gqa_block"): _BACK_PRESSURE,
-    ("tiny", "example", "causal_decoder"): _FINER_SEGMENTS,
-    ("tiny", "default", "gqa_block"): _BACK_PRESSURE,
+    ("tiny", "default", "gqa_block"): (
+        "the model predicts 23% more cycles (14,453 against 11,704) since the output projection's residual comes "
+        "through a load of its own and q/K/V in member-sized tokens: the projections' weight streams overlap the "
+        "members better than the model's segments say (not analysed further)"
+    ),
     # q, K and V reach the members in the blocks they take (a row block of q, a unit's K or V), no longer in one
     # 4 KiB burst a member could not hold: the simulated run is faster than before (causal_cached 375 -> 326 cycles,
     # attention23 over its tiles before), the model's own estimate faster still (11-15%)
@@ -413,13 +411,15 @@ def test_the_fused_cases_stream_and_re_read(compiled):
     assert repeated >= 3
 
 
-def test_tiny_refuses_what_it_cannot_hold():
-    """BERT's layer lowered head by head on tiny: its output projection holds four [16, 16] f32 head outputs whole
-    next to a weight token (5.2 KiB), each two-head softmax two score matrices (2.06 KiB); the kernels declare
-    that, and placement refuses them by name and bytes instead of the simulator finding tiles over their SRAM."""
-    with pytest.raises(AttncError, match=r"cannot map onto tiny: kernel 'matmul3' needs 5\.2002 KiB of SRAM, the "
-                                         r"largest compute tile has 4 KiB; kernel 'attn0_g0_softmax' needs 2\.0625 KiB"):
-        compile_module(example("bert_layer"), "tiny")
+@pytest.mark.parametrize("name", TINY_REFUSED)
+def test_tiny_refuses_what_it_cannot_hold(name):
+    """The examples lowered head by head on tiny: BERT's output projection holds four [16, 16] f32 head outputs
+    whole next to a weight token (5.2 KiB), a GEMM a [16, 64] f32 activation next to its weight's token; the
+    kernels declare that, and placement refuses them by name and bytes instead of the simulator finding tiles over
+    their SRAM."""
+    with pytest.raises(AttncError, match=r"cannot map onto tiny: kernel '\w+' needs \d[\d.]* KiB of SRAM, the "
+                                         r"largest compute tile has 4 KiB"):
+        compile_module(example(name), "tiny")
 
 
 def test_dataflow_ir_gives_the_same_traffic_before_placement(compiled):
