@@ -1406,7 +1406,8 @@ def split_forked_loads(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
         if k.kind.data != "dma_load" or len(k.outputs) != 1 or len(k.loops.data) != 1 or _is_weight_load(k):
             continue
         users = consumers.get(k.outputs[0], [])
-        rows = [(u, i) for u, i in users if _gemm_rows(u) and _reaches_lhs(u, i)]
+        rows = [(u, i) for u, i in users if _gemm_rows(u) and (mm := _single_matmul(u)) is not None
+                and _reaches(u.body.block.args[i], mm.lhs)]
         if not rows:
             continue
         # (a GEMM after another that reads the value as its own row operand -- an unfused attention's next member,
