@@ -56,10 +56,10 @@ MAX_FINE_SEGMENTS = 1 << 16
 PROGRESS_EVERY = 2000
 
 DMA_KINDS = frozenset({"dma_load", "dma_store", "dma_spill"})
-#: whether a configuration that holds more than its buffers or its tiles can is refused (``overflow_error``)
-#: rather than timed with a warning: a warning while compiled configurations still do (docs/simulator.md,
-#: "What still overflows")
-OVERFLOW_IS_ERROR = False
+#: whether a configuration that holds more than its buffers or its tiles can is refused (``overflow_error``, the
+#: default: the hardware could not run it) rather than timed with a warning; False is a measuring mode for tests
+#: and probes that want to see how much an overflowing configuration held (docs/simulator.md, "The checks")
+OVERFLOW_IS_ERROR = True
 
 
 def overflow_error(lines: list[str]) -> AttncError:
@@ -1136,9 +1136,8 @@ class _Sim:
             ts.peak_buffer_bytes = math.ceil(ts.peak_buffer_bytes - 1e-6)
             if ts.peak_buffer_bytes > ts.sram_bytes:
                 self.too_much.append(self._overflow(tile))
-        # data a tile has no room for is data the hardware cannot hold; configurations the compiler makes still
-        # overflow in the cases docs/simulator.md lists ("What still overflows"), so these are warnings until
-        # they are gone, then an error (OVERFLOW_IS_ERROR)
+        # data a tile has no room for is data the hardware cannot hold: no time for it (docs/simulator.md, "What
+        # the simulator refuses"), unless a probe asks to measure it (OVERFLOW_IS_ERROR off)
         if self.too_much and OVERFLOW_IS_ERROR:
             raise overflow_error(self.too_much)
         self.stats.warnings += [f"{line} (timed as if they fit)" for line in self.too_much]

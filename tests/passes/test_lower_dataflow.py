@@ -54,16 +54,38 @@ def test_unfused_attention_is_three_kernels_per_head(name):
     assert all(isinstance(op, df.KernelOp) for op in top[:-1])
 
 
+#: kernels the plain lowering (no ``tile``, no ``fuse-elementwise``) leaves holding a one-token activation whole
+#: that is larger than their tiles: they declare it, and placement refuses them by name and bytes
+OVER_TILE = {"tiny": {"layer_norm", "add", "attn0_g0_softmax", "attn0_g0_pv", "matmul_1", "add_2", "layer_norm_1",
+                      "add_3", "div", "erf", "mul", "add_4", "mul_1", "matmul_3", "add_6"},
+             "edge": {"erf", "mul_1"}, "cloud": set()}  # fmt: skip
+
+
 @pytest.mark.parametrize("arch_name", ["tiny", "edge", "cloud"])
-def test_kernels_fit_their_tiles(arch_name):
+def test_kernels_declare_what_they_hold(arch_name):
+    """Every kernel declares at least the inputs it holds whole (one token) and a token of each streamed one (a
+    tiling plan that assumed blocks does not make a one-token input smaller); on cloud they all fit their tiles."""
+    from attnc.cost.work import consumed_bytes
+
     arch = load_arch(arch_name)
     module, _, _ = lowered("causal_decoder", arch_name)
-    for k in (op for op in module.walk() if isinstance(op, df.KernelOp)):
+    kernels = [op for op in module.walk() if isinstance(op, df.KernelOp)]
+    tokens = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
+    over = set()
+    for k in kernels:
         biggest = max(t.sram_bytes for t in arch.tiles_of(k.tile_kind.data))
-        assert 0 < k.buffer_bytes.value.data <= biggest, k.sym_name.data
-        assert k.cycles.value.data > 0
+        declared = k.buffer_bytes.value.data
+        if k.kind.data not in ("dma_load", "dma_store", "dma_spill"):
+            held = [(consumed_bytes(a), tokens.get(v, 1)) for v, a in zip(k.inputs, k.body.block.args)
+                    if isinstance(v.owner, df.KernelOp)]  # fmt: skip
+            need = sum(b if t == 1 else -(-b // t) for b, t in held)
+            assert need <= declared, (k.sym_name.data, need, declared)
+        assert 0 < declared
+        if declared > biggest:
+            over.add(k.sym_name.data)
         gemm = k.kind.data == "gemm"
         assert (k.macs.value.data > 0) == gemm and (k.tile_kind.data == "compute" or not gemm)
+    assert over == OVER_TILE[arch_name]
 
 
 def test_lowered_ir_round_trips():
