@@ -876,6 +876,15 @@ def _reaches_lhs(k: df.KernelOp, i: int) -> bool:
     return _reaches(k.body.block.args[i], mm.lhs)
 
 
+def _fork_load(k: df.KernelOp, readers: list[tuple[df.KernelOp, int]], unique: Callable[[str], str]) -> None:
+    """A second load of what DMA load ``k`` reads (from DRAM again), which ``readers`` read instead."""
+    twin = k.clone()
+    twin.attributes["sym_name"] = StringAttr(unique(f"{k.sym_name.data}_rest"))
+    k.parent.insert_op_after(twin, k)
+    for u, i in readers:
+        u.operands[i] = twin.results[0]
+
+
 def _grid_lhs(u: df.KernelOp, i: int) -> bool:
     """Whether input ``i`` of ``u`` is one a GEMM grid streams in k-chunks (:func:`stream_gemm_grids`)."""
     return _grid_part(u) == "streamed" or (_grid_part(u) is not None and _reaches_lhs(u, i))
@@ -887,22 +896,15 @@ def split_grid_loads(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
     readers in one token order, and the others' order (a whole value, or row blocks) would leave the grid's row
     strips as one token each, held whole by every part (T5's 512-wide layer on cloud: 48 QKV parts of a whole
     tile each, which no packing fits). The second load reads the value from DRAM again."""
-    block = fn.body.block
-    kernels = [k for k in block.ops if isinstance(k, df.KernelOp)]
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     consumers = _consumers(kernels)
     for k in kernels:
         if k.kind.data != "dma_load" or len(k.outputs) != 1 or len(k.loops.data) != 1:
             continue
         users = consumers.get(k.outputs[0], [])
         others = [(u, i) for u, i in users if not _grid_lhs(u, i)]
-        if not others or len(others) == len(users):
-            continue
-        twin = k.clone()
-        twin.attributes["sym_name"] = StringAttr(unique(f"{k.sym_name.data}_rest"))
-        block.insert_op_after(twin, k)
-        for u, i in others:
-            u.operands[i] = twin.results[0]
-
+        if others and len(others) < len(users):
+            _fork_load(k, others, unique)
 
 def stream_gemm_grids(fn: func.FuncOp) -> None:
     """The parts of a GEMM grid (``tile``'s :class:`attnc.passes.gemm.GemmGridPattern`) stream: a weight
@@ -1469,8 +1471,7 @@ def split_forked_loads(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
     for the GEMMs' results as a whole: holding the load back to what the GEMMs' buffers take could deadlock, so
     the simulator does not, and every GEMM ends up holding the whole activation (GQA's block on tiny: 4 KiB of
     x in each 4 KiB compute tile next to its weight's tokens). The second load reads the value from DRAM again."""
-    block = fn.body.block
-    kernels = [k for k in block.ops if isinstance(k, df.KernelOp)]
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     consumers = _consumers(kernels)
     for k in kernels:
         if k.kind.data != "dma_load" or len(k.outputs) != 1 or len(k.loops.data) != 1 or _is_weight_load(k):
@@ -1484,13 +1485,8 @@ def split_forked_loads(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
         # after the K it forwards -- streams it alike and stays)
         after = set().union(*(_downstream(g, consumers) for g, _ in rows))
         later = [(u, i) for u, i in users if u in after and (u, i) not in rows]
-        if not later or len(later) == len(users):
-            continue
-        twin = k.clone()
-        twin.attributes["sym_name"] = StringAttr(unique(f"{k.sym_name.data}_rest"))
-        block.insert_op_after(twin, k)
-        for u, i in later:
-            u.operands[i] = twin.results[0]
+        if later and len(later) < len(users):
+            _fork_load(k, later, unique)
 
 
 def stream_gemm_rows(fn: func.FuncOp) -> None:
