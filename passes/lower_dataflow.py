@@ -37,6 +37,7 @@ from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, ROWS, SPILL, STAGE, 
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
 from attnc.passes.target import TargetPass
+from attnc.simulator.timing import MAX_STREAMED_SEGMENTS
 from attnc.passes.concat_folds import fold_concats
 from attnc.passes.fuse_attention import masked_softmax, scaled_scores
 from attnc.passes.kernel_builder import KernelBuilder, splat
@@ -1364,15 +1365,18 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
         reps = k.attributes.get(INPUT_REPEATS)
         reps = [int(r) for r in reps.get_values()] if reps is not None else [1] * len(k.inputs)
         whole, token = 0, 0
-        steps = max(1, int(np.prod([t for _, t in k.loop_schedule()], dtype=np.int64)))
+        # (the timing model groups a streaming context's steps into at most MAX_STREAMED_SEGMENTS)
+        steps = max(1, min(int(np.prod([t for _, t in k.loop_schedule()], dtype=np.int64)), MAX_STREAMED_SEGMENTS))
+        by_rows = [n for n, _ in k.loop_schedule()][:1] == ["rows"]
         for v, arg, rep in zip(k.inputs, k.body.block.args, reps):
             if not isinstance(v.owner, df.KernelOp):
                 continue
             read, t = consumed_bytes(arg) * rep, tokens_of.get(v, 1)
             if t > 1:
-                # a step works on its share of the tokens: one when they are coarser than its steps, else its
-                # share and one more (the simulator groups steps into segments that need not start on a token)
-                token += -(-read // t) * (1 if t < steps else t // steps + 1)
+                # a row kernel's step (a stage kernel's, a weight chunk of a row block) works on its share of the
+                # tokens: one when they are no finer than its steps, else its share and one more (a step need not
+                # start on a token); a GEMM part's tokens are its k-chunks, one a step
+                token += -(-read // t) * (1 if t <= steps or not by_rows else t // steps + 1)
             else:
                 whole += read
         if token:
