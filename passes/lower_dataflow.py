@@ -780,22 +780,26 @@ def _walk_weight_chunks(k: df.KernelOp) -> None:
 
 def _load_per_chain(k: df.KernelOp, stages: list[tuple[df.KernelOp, int]], unique: Callable[[str], str]) -> None:
     """A value several stage chains read (a layer's input: the Q, K and V chains, and the output projection's
-    residual) is loaded once per reading stage kernel. From one load it would reach the chains at the pace of
-    the slowest (the producer sends a token when every consumer has room for it), and the chains run far apart:
-    the query chain feeds the attention that the key and value chains' spills feed too, and the output chain
-    waits for the attention's result. Held to one consumer, each load runs in step with its chain; the value
-    comes from DRAM again instead of waiting in the chains' buffers (or deadlocking them)."""
-    readers: list[df.KernelOp] = []
+    residual) is loaded once per chain (for the stage kernels of the chain that read it: its first stage's column
+    parts, which read in step). From one load it would reach the chains at the pace of the slowest (the producer
+    sends a token when every consumer has room for it), and the chains run far apart: the query chain feeds the
+    attention that the key and value chains' spills feed too, and the output chain waits for the attention's
+    result. Held to one chain, each load runs in step with it; the value comes from DRAM again instead of waiting
+    in the chains' buffers, unthrottled (BERT-base's butterfly layer on edge at seq 2048: 3 MB in 8 KiB tiles), or
+    deadlocking them."""
+    chains: dict[str, list[df.KernelOp]] = {}  # by chain (the column parts of one stage read in step)
     for u, _ in stages:
-        if u not in readers:
-            readers.append(u)
-    for u in readers[1:]:
+        name = u.group.data if u.group is not None else u.sym_name.data
+        if u not in chains.setdefault(name, []):
+            chains[name].append(u)
+    for name, readers in list(chains.items())[1:]:
         again = k.clone()
-        again.sym_name = StringAttr(unique(f"{k.sym_name.data}_{u.sym_name.data}"))
+        again.sym_name = StringAttr(unique(f"{k.sym_name.data}_{name}"))
         k.parent_block().insert_op_after(again, k)
-        for j, v in enumerate(u.inputs):
-            if v is k.outputs[0]:
-                u.operands[j] = again.outputs[0]
+        for u in readers:
+            for j, v in enumerate(u.inputs):
+                if v is k.outputs[0]:
+                    u.operands[j] = again.outputs[0]
 
 
 def _load_again_for_others(k: df.KernelOp, users: list[tuple[df.KernelOp, int]], rows_of: dict,
