@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from attnc.arch.datatypes import element_bytes
+from attnc.cost.attention import unfused_row_block
 from attnc.cost.work import GEMM_BLOCK, SFU_OPS, consumed_bytes, kernel_cost, nbytes
 from attnc.dialects import dataflow as df
 from attnc.dialects import sparse as sp
@@ -322,7 +323,13 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
     would hold the other groups' too, the NoC carries them, and the groups' pipelines wait on one another
     through the shared load (a cycle the simulator's deadlock check finds, leaving the stages unthrottled).
 
-    Loads that only streaming readers take (a group's first member, Q for every member) stay whole: a member
+    The row strip of a GEMM grid (every reader a part reading it as its matmul's left operand: the first part
+    of each grid row, within its row block) is split too: one load of the whole strip is one DMA context, which
+    the per-context fair share of DRAM gives as much as each column's weight load while it carries as many
+    bytes as all of them, and every k-chunk of every part waits on it (cloud 512x768 @ 768x768: 1.40x its
+    roofline with one load, 1.33x with one per grid row; 2048x3072 @ 3072x768: 1.62x, 1.12x).
+
+    Other loads that only streaming readers take (a group's first member, Q for every member) stay whole: a member
     drops the tokens it does not read, and each more load is one more DMA context taking an equal share of
     DRAM from the one store of the output (split per group, cloud's BERT attention at seq 512, online, took
     8,827 cycles, not 7,235). Only where it is exact: every use of the input in a reader reaches, through
@@ -336,7 +343,8 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
         users = [(u.operation, u.index) for u in load.outputs[0].uses]
         if not users or not all(isinstance(u, df.KernelOp) for u, _ in users):
             continue
-        if not any(u.tile_kind.data == "memory" for u, _ in users):
+        strips = all(_grid_part(u) and _reaches_lhs(u, i) for u, i in users)
+        if not strips and not any(u.tile_kind.data == "memory" for u, _ in users):
             continue  # streaming readers only: they drop the runs they do not read (see the docstring)
         runs = [_leading_run(u.body.block.args[i]) for u, i in users]
         if any(r is None for r in runs):
@@ -492,6 +500,7 @@ class LowerToDataflowPass(TargetPass):
         stream_fused_inputs(fn, arch)
         stream_butterfly_chains(fn, partitioner.unique)
         split_grid_loads(fn, partitioner.unique)
+        split_forked_loads(fn, partitioner.unique)
         stream_gemm_grids(fn)
         stream_gemm_weights(fn, arch)
         stream_unfused_attention(fn, arch)
@@ -582,8 +591,7 @@ def stream_fused_inputs(fn: func.FuncOp, arch=None) -> None:
         rep = attn.attributes.pop(REPEAT, None)
         # (a member that keeps K and V resident -- several row blocks, one pass -- takes them whole per unit)
         streams_kv = rep is not None or attn.schedule()[1] >= sp.shape_of(attn.q)[2]
-        blocks[k] = [_kv_block_bytes(attn, chunk) if streams_kv and any(_reaches(a, x) for x in (attn.k, attn.v))
-                     else 0 for a in k.body.block.args]
+        blocks[k] = [_fused_block_bytes(attn, a, streams_kv, chunk) for a in k.body.block.args]
         passes = rep.value.data if rep is not None else 1
         reps = [
             passes if any(_reaches(a, x) for x in (attn.k, attn.v)) else 1 for a in k.body.block.args
@@ -599,8 +607,10 @@ def stream_fused_inputs(fn: func.FuncOp, arch=None) -> None:
         if not users or any(u.kind.data != "attention" and u.tile_kind.data != "memory" for u, _ in users):
             continue
         bursts = dict(k.loop_schedule()).get("burst", 1)
-        # K and V go to the members in their key blocks (a member holds two at a time), not in DMA bursts of
-        # several blocks: the token is the finest block a member takes, counted over the whole value it loads
+        # q, K and V go to the members in the blocks they take at once (a row block of q; K and V a key block,
+        # or a unit's whole K or V where a member keeps them for all its row blocks), not in DMA bursts of several
+        # blocks (tiny's 4 KiB burst is a whole compute tile): the token is the finest block a member takes,
+        # counted over the whole value it loads
         block = min((blocks[u][i] for u, i in users if u in blocks and blocks[u][i]), default=0)
         if block and len(k.outputs) == 1 and (blocks_in := -(-nbytes(k.outputs[0].type) // block)) > bursts:
             # (a step per token: the load sends each block as it is read)
@@ -614,6 +624,21 @@ def stream_fused_inputs(fn: func.FuncOp, arch=None) -> None:
             k.trips = df.i64_array([p, bursts])
             k.tokens = df.i64_array([p * bursts] * len(k.outputs))
             k.cycles = IntegerAttr(p * k.cycles.value.data, 64)
+
+
+def _fused_block_bytes(attn: sp.AttentionOp, arg: SSAValue, streams_kv: bool, chunk: int) -> int:
+    """Bytes of input ``arg`` a fused member takes at once (0 for an input it reads otherwise, a mask): a row
+    block of q; of K or V a key block when it streams them (:func:`_kv_block_bytes`), else a unit's whole K or V,
+    which it keeps for all that unit's row blocks (``fused_attention_buffer``'s resident K/V)."""
+    if any(_reaches(arg, x) for x in (attn.k, attn.v)):
+        if streams_kv:
+            return _kv_block_bytes(attn, chunk)
+        x = attn.k if _reaches(arg, attn.k) else attn.v
+        return sp.shape_of(x)[2] * sp.shape_of(x)[3] * np_dtype(sp.elt_of(x)).itemsize
+    if _reaches(arg, attn.q):
+        rows = min(attn.schedule()[1], sp.shape_of(attn.q)[2])
+        return rows * sp.shape_of(attn.q)[3] * np_dtype(sp.elt_of(attn.q)).itemsize
+    return 0
 
 
 def _kv_block_bytes(attn: sp.AttentionOp, chunk: int) -> int:
@@ -939,6 +964,15 @@ def _reaches_lhs(k: df.KernelOp, i: int) -> bool:
     return _reaches(k.body.block.args[i], mm.lhs)
 
 
+def _fork_load(k: df.KernelOp, readers: list[tuple[df.KernelOp, int]], unique: Callable[[str], str]) -> None:
+    """A second load of what DMA load ``k`` reads (from DRAM again), which ``readers`` read instead."""
+    twin = k.clone()
+    twin.attributes["sym_name"] = StringAttr(unique(f"{k.sym_name.data}_rest"))
+    k.parent.insert_op_after(twin, k)
+    for u, i in readers:
+        u.operands[i] = twin.results[0]
+
+
 def _grid_lhs(u: df.KernelOp, i: int) -> bool:
     """Whether input ``i`` of ``u`` is one a GEMM grid streams in k-chunks (:func:`stream_gemm_grids`)."""
     return _grid_part(u) == "streamed" or (_grid_part(u) is not None and _reaches_lhs(u, i))
@@ -950,22 +984,15 @@ def split_grid_loads(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
     readers in one token order, and the others' order (a whole value, or row blocks) would leave the grid's row
     strips as one token each, held whole by every part (T5's 512-wide layer on cloud: 48 QKV parts of a whole
     tile each, which no packing fits). The second load reads the value from DRAM again."""
-    block = fn.body.block
-    kernels = [k for k in block.ops if isinstance(k, df.KernelOp)]
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     consumers = _consumers(kernels)
     for k in kernels:
         if k.kind.data != "dma_load" or len(k.outputs) != 1 or len(k.loops.data) != 1:
             continue
         users = consumers.get(k.outputs[0], [])
         others = [(u, i) for u, i in users if not _grid_lhs(u, i)]
-        if not others or len(others) == len(users):
-            continue
-        twin = k.clone()
-        twin.attributes["sym_name"] = StringAttr(unique(f"{k.sym_name.data}_rest"))
-        block.insert_op_after(twin, k)
-        for u, i in others:
-            u.operands[i] = twin.results[0]
-
+        if others and len(others) < len(users):
+            _fork_load(k, others, unique)
 
 def stream_gemm_grids(fn: func.FuncOp) -> None:
     """The parts of a GEMM grid (``tile``'s :class:`attnc.passes.gemm.GemmGridPattern`) stream: a weight
@@ -1206,6 +1233,7 @@ def stream_unfused_attention(fn: func.FuncOp, arch) -> None:
     for k in kernels:  # program order: a member's K/V copies are settled before the next member reads them
         mm = _single_matmul(k)
         if mm is not None:
+            _widen_row_block(k, mm, room(k), arch)
             for i, arg in enumerate(k.body.block.args):
                 if _reaches(arg, mm.rhs) and _batched_rhs(k, mm):
                     _stream_kv(k, i, consumers, room)
@@ -1221,6 +1249,33 @@ def stream_unfused_attention(fn: func.FuncOp, arch) -> None:
                     streamed |= list(v.owner.tokens.get_values()) != before
             if streamed:
                 k.trips = df.i64_array([rows])
+
+
+def _widen_row_block(k: df.KernelOp, mm: sp.MatmulOp, room: int, arch) -> None:
+    """An unfused GEMM whose K (V) does not fit its room beside its buffers streams it once per row block
+    (:func:`_stream_kv`): it takes :func:`attnc.cost.attention.unfused_row_block`'s rows a step (whole MAC-array
+    row tiles, ``tile`` [rows, cols, chunk]) instead of the MAC array's height, so that each pass serves as many
+    query rows as two tokens of its left operand in a quarter of its room allow. Same MACs, same results;
+    fewer passes of K (V) from DRAM and fewer tokens through the member chain."""
+    if not _batched_rhs(k, mm) or "row_block" in mm.attributes:
+        return  # a QKᵀ with its softmax epilogue takes the rows whose whole score rows it holds
+    arg = next((a for a in k.body.block.args if _reaches(a, mm.rhs)), None)
+    if arg is None or consumed_bytes(arg) + k.buffer_bytes.value.data <= room:
+        return  # held whole: read once whatever the row block
+    t = dict(k.loop_schedule())
+    m, kk = sp.shape_of(mm.lhs)[-2:]
+    n = sp.shape_of(mm.rhs)[-1]
+    eb = np_dtype(sp.elt_of(mm.lhs)).itemsize
+    tile = [int(v) for v in k.tile.get_values()]
+    # the left operand's token a row (``_lhs_blocks``): the whole reduction when a row of it is no larger than a
+    # row of the f32 accumulators (QKᵀ), else a k-chunk of it (PV)
+    row_bytes = kk * eb if kk * eb <= n * 4 else min(kk, tile[2]) * eb
+    mr = max((t.mac_rows for t in arch.tiles_of(k.tile_kind.data)), default=1)
+    rows = unfused_row_block(m, row_bytes, room, mr)
+    if rows <= -(-m // t["m"]):
+        return
+    k.trips = df.i64_array([-(-m // rows) if name == "m" else trips for name, trips in k.loop_schedule()])
+    k.tile = df.i64_array([rows, *tile[1:]])
 
 
 def _reaches_softmax(k: df.KernelOp, v: SSAValue) -> bool:
@@ -1385,15 +1440,22 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
                 whole += read
         if token:
             wants.append((k, whole, token))
+        elif whole > k.buffer_bytes.value.data:
+            # what it holds whole is what it holds: a tiling plan that assumed its inputs stream in blocks does
+            # not make a one-token input smaller (a [16, 16] score matrix into a softmax planned for two row
+            # blocks); beyond a tile, placement refuses the kernel by name
+            k.buffer_bytes = IntegerAttr(whole, 64)
 
     def declare(k: df.KernelOp, whole: int, token: int, tokens: int) -> int:
         """What ``k`` declares for ``tokens`` of each streamed input, or as much as its room holds (the simulator
         gives the room beyond one token of each to the ports a token at a time, the smallest first:
-        docs/simulator.md, "Back-pressure"); within a tile: when no tile holds that, the schedule needs another
-        cut (a finer token, a re-read), and the simulator reports what was held."""
+        docs/simulator.md, "Back-pressure"); within a tile, but never less than what one of its segments works
+        on (its whole inputs and a token of each streamed one): when no tile holds that, the schedule needs
+        another cut (a finer token, a re-read), and placement refuses the kernel naming it and its bytes rather
+        than the hardware running it over its SRAM."""
         sram = max((t.sram_bytes for t in arch.tiles_of(k.tile_kind.data)), default=0)
         need = max(min(whole + tokens * token, max(room(k), k.buffer_bytes.value.data)), whole + token)
-        return max(min(need, sram), k.buffer_bytes.value.data)
+        return max(min(need, max(sram, whole + token)), k.buffer_bytes.value.data)
 
     for k, whole, token in wants:
         k.buffer_bytes = IntegerAttr(declare(k, whole, token, 2), 64)
@@ -1444,21 +1506,91 @@ def _gemm_rows(k: df.KernelOp) -> int | None:
     return t["b"] * t["m"]
 
 
+def _softmax_row_blocks(k: df.KernelOp) -> int | None:
+    """The row blocks a softmax kernel (kind ``softmax``) walks, when every op of it that reads its inputs works
+    row by row (elementwise ops, a softmax or log-softmax or a reduction over the last axis, a reshape keeping it):
+    it may take its inputs and give its result a row block a step. None for other kernels, and for a softmax
+    kernel with an op that mixes rows (a transpose of the scores, a reduction across rows)."""
+    if k.kind.data != "softmax" or not k.outputs:
+        return None
+    data = set(k.body.block.args)
+    for op in k.body.block.ops:
+        if isinstance(op, df.YieldOp) or not any(v in data for v in op.operands):
+            continue  # constants and what is computed from them alone (a causal mask) hold no rows of the inputs
+        rank = len(sp.shape_of(op.operands[0]))
+        last = rank - 1
+        if isinstance(op, (sp.SoftmaxOp, sp.LogSoftmaxOp)):
+            ok = op.axis.value.data % max(rank, 1) == last
+        elif isinstance(op, sp.ReduceOp):
+            ok = [a % max(rank, 1) for a in op.axes.get_values()] == [last] and rank == len(sp.shape_of(op.results[0]))
+        elif isinstance(op, sp.ReshapeOp):
+            out = sp.shape_of(op.results[0])
+            ok = bool(out) and rank > 0 and out[-1] == sp.shape_of(op.operands[0])[-1]
+        else:
+            ok = isinstance(op, (*sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp))
+        if not ok:
+            return None
+        data.update(op.results)
+    return dict(k.loop_schedule()).get("rows")
+
+
 def _row_blocks(k: df.KernelOp) -> int | None:
-    """The row blocks ``k`` produces its result in, in row order: an unsplit GEMM's, a row-wise kernel's, a DMA
-    load's (it reads any order); None when it does not produce by rows."""
+    """The row blocks ``k`` produces its result in, in row order: an unsplit GEMM's, a row-wise kernel's, a
+    softmax kernel's that works row by row, a DMA load's (it reads any order); None when it does not produce by
+    rows."""
     if k.kind.data == "dma_load":
         return 1 << 30
     if _row_wise(k):
         return dict(k.loop_schedule()).get("rows", 1)
-    return _gemm_rows(k)
+    return _gemm_rows(k) or _softmax_row_blocks(k)
+
+
+def _downstream(k: df.KernelOp, consumers) -> set[df.KernelOp]:
+    """The kernels that read, directly or through other kernels, what ``k`` computes."""
+    seen: set[df.KernelOp] = set()
+    todo = [k]
+    while todo:
+        for r in todo.pop().outputs:
+            for u, _ in consumers.get(r, []):
+                if u not in seen:
+                    seen.add(u)
+                    todo.append(u)
+    return seen
+
+
+def split_forked_loads(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
+    """A DMA load of an activation that unsplit GEMMs read row block by row block and that a kernel after those
+    GEMMs reads too (a block's input: its projections and the residual add after attention) becomes two loads,
+    the later readers reading the second. Through one load the fork joins again at the later reader, which waits
+    for the GEMMs' results as a whole: holding the load back to what the GEMMs' buffers take could deadlock, so
+    the simulator does not, and every GEMM ends up holding the whole activation (GQA's block on tiny: 4 KiB of
+    x in each 4 KiB compute tile next to its weight's tokens). The second load reads the value from DRAM again."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    for k in kernels:
+        if k.kind.data != "dma_load" or len(k.outputs) != 1 or len(k.loops.data) != 1 or _is_weight_load(k):
+            continue
+        users = consumers.get(k.outputs[0], [])
+        rows = [(u, i) for u, i in users if _gemm_rows(u) and (mm := _single_matmul(u)) is not None
+                and _reaches(u.body.block.args[i], mm.lhs)]
+        if not rows:
+            continue
+        # (a GEMM after another that reads the value as its own row operand -- an unfused attention's next member,
+        # after the K it forwards -- streams it alike and stays)
+        after = set().union(*(_downstream(g, consumers) for g, _ in rows))
+        later = [(u, i) for u, i in users if u in after and (u, i) not in rows]
+        if later and len(later) < len(users):
+            _fork_load(k, later, unique)
 
 
 def stream_gemm_rows(fn: func.FuncOp) -> None:
     """A one-token value every reader of which reads row block by row block, and at least one is an unsplit
-    GEMM, streams in the GEMMs' row blocks (the fewest of them, and no more than its producer makes): a GEMM
-    then holds one row block of its activation (and the next) instead of the whole of it, and a producer that
-    works by rows (a load, a row-wise kernel, another GEMM) sends each block as it is done."""
+    GEMM or a row-by-row softmax kernel, streams in their row blocks (the fewest of them, and no more than its
+    producer makes): a GEMM then holds one row block of its activation (and the next) instead of the whole of
+    it, and a producer that works by rows (a load, a row-wise kernel, another GEMM, a softmax) sends each block
+    as it is done. An attention lowered per head (QKᵀ, softmax, PV kernels) so streams its scores and
+    probabilities a row block at a time: a [16, 16] f32 score matrix per head is a quarter of tiny's 2 KiB sfu
+    tile, and four heads' softmaxes share it."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     consumers = _consumers(kernels)
     for k in kernels:
@@ -1471,7 +1603,7 @@ def stream_gemm_rows(fn: func.FuncOp) -> None:
             if out[j] != 1 or not users or k.attributes.get(INPUT_REPEATS) is not None and k.kind.data == "dma_load":
                 continue
             rows = int(np.prod(sp.shape_of(r)[:-1], dtype=np.int64))
-            blocks = [_gemm_rows(u) for u, _ in users]
+            blocks = [_gemm_rows(u) or _softmax_row_blocks(u) for u, _ in users]
             if not any(blocks) or not _read_by_rows(users, rows):
                 continue
             if any(b is None and not (_row_wise(u) or u.kind.data == "dma_store") for b, (u, _) in zip(blocks, users)):

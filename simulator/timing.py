@@ -47,14 +47,19 @@ MAX_DMA_SEGMENTS = 16384
 #: an any-order store (``_Kernel.any_order``) runs a segment per token it writes up to this many (a GEMM of
 #: 2048x3072 f16 outputs reaches 24,576 tokens of 512 bytes into a 64 KiB store)
 MAX_STORE_SEGMENTS = 1 << 16
+#: a context is cut finer than MAX_STREAMED_SEGMENTS or MAX_DMA_SEGMENTS where a segment's share of its streams
+#: would not fit its declared buffers (``_fine_segments``), up to this many: the unfused baseline on edge at seq
+#: 4096 needs 26,496; at batch 64 and seq 2048 its spills would need 393,216 each (11.3M segments in all, 16x the
+#: simulation), and keep the caps' grain (reported)
+MAX_FINE_SEGMENTS = 1 << 16
 #: the progress callback is called every this many events
 PROGRESS_EVERY = 2000
 
 DMA_KINDS = frozenset({"dma_load", "dma_store", "dma_spill"})
-#: whether a configuration that holds more than its buffers or its tiles can is refused (``overflow_error``)
-#: rather than timed with a warning: a warning while compiled configurations still do (docs/simulator.md,
-#: "What still overflows")
-OVERFLOW_IS_ERROR = False
+#: whether a configuration that holds more than its buffers or its tiles can is refused (``overflow_error``, the
+#: default: the hardware could not run it) rather than timed with a warning; False is a measuring mode for tests
+#: and probes that want to see how much an overflowing configuration held (docs/simulator.md, "The checks")
+OVERFLOW_IS_ERROR = True
 
 
 def overflow_error(lines: list[str]) -> AttncError:
@@ -924,11 +929,11 @@ class _Sim:
         steps = prod_dims(trips for _, trips in cfg.loops) if cfg.loops else 1
         is_dma = at.kind == "dma" or cfg.kind in DMA_KINDS
         segments = max(1, min(steps, MAX_SEGMENTS))
+        tokens = max(p.tokens for p in cfg.outputs + cfg.inputs) if cfg.outputs or cfg.inputs else 1
         if is_dma:
             # a DMA context moves its data token by token, whatever its loops say: at least a segment per token
             # (grouped 64 to a context, a store fed 1024 tokens released 16 at a time, and a load sent 16 at a
             # time into buffers that hold two), up to MAX_DMA_SEGMENTS
-            tokens = max(p.tokens for p in cfg.outputs + cfg.inputs) if cfg.outputs or cfg.inputs else 1
             segments = max(segments, min(tokens, MAX_DMA_SEGMENTS))
         room = sum(b.size for b in cfg.buffers)
         streamed = sum(prod_dims(p.shape) * dtype_bytes(p.dtype) for p in cfg.inputs if p.tokens > 1)
@@ -942,6 +947,7 @@ class _Sim:
             finest = max(p.tokens for p in cfg.inputs if p.tokens > 1)
             want = -(-max(-(-4 * streamed // room), finest) // finest) * finest
             segments = max(segments, min(steps, MAX_STREAMED_SEGMENTS, want))
+        segments = self._fine_segments(cfg, segments, tokens if is_dma else steps, producers)
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
         k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma, phase=cfg.phase)
         k.results = _result_blocks(cfg, steps)
@@ -1015,6 +1021,52 @@ class _Sim:
         k.durations = durations
         return k
 
+    def _fine_segments(self, cfg: KernelConfig, segments: int, finest: int, producers) -> int:
+        """``segments``, or more when then a segment would work on more of its on-chip streams than the context
+        declares: the fewest that fit, a whole number of them per token of its busiest stream (so that no
+        segment straddles two of its tokens), up to ``finest`` (its steps; a DMA context's tokens: the grain the
+        hardware runs at) and ``MAX_FINE_SEGMENTS``. The caps MAX_STREAMED_SEGMENTS and MAX_DMA_SEGMENTS keep
+        long streams cheap to simulate; a segment grouping more tokens than the buffers hold would be timed
+        with buffers that do not exist (the unfused baseline's K, re-read per row block, on ``edge`` at seq
+        4096: 1.57M tokens of 512 bytes, 96 a segment at 16384 segments, into 8 KiB). Contexts whose inputs are
+        not read evenly over their steps (a ``repeat`` loop, a held weight block) keep their grain: their spans
+        are not the even share this counts (``_too_small`` still reports them)."""
+        declared = sum(b.size for b in cfg.buffers)
+        names = [n for n, _ in cfg.loops]
+        if declared <= 0 or "repeat" in names or (cfg.kind == "gemm" and names == ["m", "k"]):
+            return segments
+        whole, ports = 0.0, []  # bytes held whole; (tokens, bytes a token) of each on-chip stream
+        for p in cfg.inputs:
+            src = producers.get(p.stream)
+            if src is None or src is cfg:
+                continue  # a DRAM-side stream holds nothing on chip
+            nbytes = sum(r.bytes for r in self.bs.routes if r.stream == p.stream and r.dst_kernel == cfg.kernel)
+            nbytes = nbytes or prod_dims(p.shape) * dtype_bytes(p.dtype)
+            weight = (not src.inputs and any(i.opcode == "constant" for i in src.body)
+                      and prod_dims(t for name, t in src.loops if name == "repeat") <= 1 and cfg.kind == "attention")
+            if p.tokens <= 1 or weight:  # held whole, as ``_kernel`` reads it
+                whole += nbytes
+            else:
+                ports.append((p.tokens, nbytes / p.tokens))
+
+        def span(t: int, s: int) -> int:  # at most the tokens of t one of s even segments works on
+            return t // s if t % s == 0 else 1 if s % t == 0 else -(-t // s) + 1
+
+        def need(s: int) -> float:
+            return whole + sum(span(t, s) * b for t, b in ports)
+
+        if not ports or need(segments) <= declared:
+            return segments
+        busiest = max(t for t, _ in ports)
+        top = min(finest, MAX_FINE_SEGMENTS)
+        per = [g for g in range(1, math.isqrt(busiest) + 1) if busiest % g == 0]
+        for s in sorted({busiest // g for g in per} | {g for g in per}):
+            if s > top:
+                break
+            if s > segments and need(s) <= declared:
+                return s
+        return segments
+
     def _dma_bytes(self, cfg: KernelConfig, in_bytes: int, port_bytes: int) -> tuple[int, int]:
         """(DRAM bytes read, DRAM bytes written) by one pass of a DMA context's descriptors.
 
@@ -1084,9 +1136,8 @@ class _Sim:
             ts.peak_buffer_bytes = math.ceil(ts.peak_buffer_bytes - 1e-6)
             if ts.peak_buffer_bytes > ts.sram_bytes:
                 self.too_much.append(self._overflow(tile))
-        # data a tile has no room for is data the hardware cannot hold; configurations the compiler makes still
-        # overflow in the cases docs/simulator.md lists ("What still overflows"), so these are warnings until
-        # they are gone, then an error (OVERFLOW_IS_ERROR)
+        # data a tile has no room for is data the hardware cannot hold: no time for it (docs/simulator.md, "What
+        # the simulator refuses"), unless a probe asks to measure it (OVERFLOW_IS_ERROR off)
         if self.too_much and OVERFLOW_IS_ERROR:
             raise overflow_error(self.too_much)
         self.stats.warnings += [f"{line} (timed as if they fit)" for line in self.too_much]

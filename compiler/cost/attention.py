@@ -207,12 +207,24 @@ class AttentionSchedule(Protocol):
     def epilogue(self) -> int: ...
 
 
+def unfused_row_block(rows: int, row_bytes: int, room: int, mac_rows: int) -> int:
+    """The query rows an unfused GEMM takes a step when it streams K (V) several times: the most whole MAC-array
+    row tiles (at most ``rows``) whose left-operand token, ``row_bytes`` a row (QKᵀ: a query row; PV: a row of
+    its probability chunk, no wider), fits a quarter of its ``room`` -- two tokens of it (one worked on, the next
+    arriving) in half, the K (V) tokens its steps walk in the other half. Each row block is one pass of K (V)
+    from DRAM, so a wider block is fewer passes: on ``edge`` at seq 4096, 32 rows a step against the MAC array's
+    8 read K and V 32 times a member instead of 128."""
+    mr = max(mac_rows, 1)
+    fit = room // 4 // max(row_bytes, 1) // mr * mr
+    return max(mr, min(fit, -(-rows // mr) * mr))
+
+
 def unfused_kv_passes(sh: Shape, sched: AttentionSchedule, arch, tile) -> tuple[int, int]:
     """Times an unfused schedule reads K and V from DRAM (lower-to-dataflow's ``stream_unfused_attention``): once
     when a group's K (V) fits its GEMM kernel's room beside the kernel's own buffers; else once per row block of
     the first member's rows -- a unit's K is needed only during its own row blocks, so the units of a kernel
-    share the passes -- the QKᵀ kernel's row blocks the epilogue's rows (or its MAC array's), the PV kernel's its
-    MAC array's. The room: a tile's SRAM over the GEMM kernels one tile holds when they are spread evenly, never
+    share the passes -- the QKᵀ kernel's row blocks the epilogue's rows (or :func:`unfused_row_block`'s), the PV
+    kernel's :func:`unfused_row_block`'s. The room: a tile's SRAM over the GEMM kernels one tile holds when they are spread evenly, never
     less than a context's share; the kernel's own buffers, at least that share."""
     tiles = max(len(arch.tiles_of("compute")), 1)
     share = tile.sram_bytes // max(tile.contexts, 1)
@@ -224,7 +236,8 @@ def unfused_kv_passes(sh: Shape, sched: AttentionSchedule, arch, tile) -> tuple[
         held = units_g * sh.keys * width * sh.eb
         return 1 if held + share <= room else -(-rows_c // max(min(step, rows_c), 1))
 
-    return passes(sh.d, sched.epilogue or mr), passes(sh.dv, mr)
+    step = unfused_row_block(rows_c, sh.d * sh.eb, room, mr)
+    return passes(sh.d, sched.epilogue or step), passes(sh.dv, step)
 
 
 @dataclass

@@ -116,7 +116,9 @@ def test_unfused_gemms_stream_what_does_not_fit_their_tiles(monkeypatch):
     import attnc.simulator.timing as timing
 
     monkeypatch.setattr(timing, "OVERFLOW_IS_ERROR", True)
-    bs, inputs, ref = compiled(128, "canonicalize,raise-attention,fuse-attention{mode=unfused},"
+    # (at 128 keys a member's 64 rows are one row block of the GEMMs, which take as many rows a step as two
+    # tokens of q fit a quarter of their room: K and V would be read once)
+    bs, inputs, ref = compiled(512, "canonicalize,raise-attention,fuse-attention{mode=unfused},"
                                     "tile{arch=edge members=2 groups=1}")
     ctx = {c.name: c for t in bs.tiles for c in t.contexts}
     qk = [ctx[n] for n in ctx if n.endswith("_qk")]

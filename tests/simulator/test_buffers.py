@@ -110,6 +110,26 @@ def test_a_load_streams_token_by_token_whatever_its_loops_say():
     assert stats.cycles == simulate(slow_consumer(room=256)).cycles
 
 
+def test_a_context_is_cut_finer_than_the_caps_when_a_segment_would_not_fit(monkeypatch):
+    # the caps on segments (all 4 here) would group 8 tokens (512 bytes) a segment into buffers of two (128 bytes):
+    # the adds and the store are cut into 16 segments instead, two tokens each, the fewest that fit
+    from attnc.simulator import timing
+
+    for cap in ("MAX_SEGMENTS", "MAX_STREAMED_SEGMENTS", "MAX_DMA_SEGMENTS"):
+        monkeypatch.setattr(timing, cap, 4)
+    monkeypatch.setattr(timing, "OVERFLOW_IS_ERROR", False)
+    stats = simulate(slow_consumer(room=2 * 4 * PER, store=True))
+    k = by_name(stats)
+    assert k["slow"].segments == k["store"].segments == TOKENS // 2
+    assert k["slow"].peak_buffer_bytes <= 2 * 4 * PER and k["store"].peak_buffer_bytes <= 2 * 4 * PER
+    assert stats.warnings == []
+    # without the refinement, the caps' grain holds 8 tokens at once in each
+    monkeypatch.setattr(timing, "MAX_FINE_SEGMENTS", 4)
+    coarse = simulate(slow_consumer(room=2 * 4 * PER, store=True))
+    assert by_name(coarse)["slow"].segments == 4
+    assert sum("one segment works on 512 bytes" in w for w in coarse.warnings) == 2
+
+
 @pytest.fixture
 def overflow_warns(monkeypatch):
     """The simulator times an overflowing configuration with a warning instead of refusing it (OVERFLOW_IS_ERROR
@@ -274,7 +294,6 @@ def test_input_buffers_beyond_the_tile_are_refused(monkeypatch):
     from attnc.simulator import timing
 
     bs = make({(1, 1): [src], (2, 1): [dst]}, [route(11, 0, 1, [(1, 1), (2, 1)], 4 * n)])
-    monkeypatch.setattr(timing, "OVERFLOW_IS_ERROR", True)
     with pytest.raises(AttncError, match=r"tile \(2,1\): its contexts' input buffers held 8192 bytes at the peak, "
                                          r"the tile has 4096 \(kernel 1 'dst' held 8192 \(declares 0\)\)$"):
         simulate(bs)
@@ -325,20 +344,43 @@ def test_a_source_stuck_on_its_throttle_is_named_in_the_deadlock_error(monkeypat
         simulate(slow_consumer(room=256))
 
 
-def test_an_overflow_is_one_clear_error_once_it_is_refused(monkeypatch):
-    # today a warning; with OVERFLOW_IS_ERROR (once no compiled configuration overflows) the run is refused with
-    # every line the warnings give: the context that cannot hold one segment, then the tile over its SRAM
+def test_an_overflow_is_one_clear_error(monkeypatch):
+    # the default (OVERFLOW_IS_ERROR: no configuration the compiler writes overflows) refuses the run with every
+    # line the warnings of the measuring mode give: the context that cannot hold one segment, then the tile over
+    # its SRAM
     from attnc.errors import AttncError
     from attnc.simulator import timing
 
-    monkeypatch.setattr(timing, "OVERFLOW_IS_ERROR", False)
-    warned = simulate(slow_consumer(room=0)).warnings
-    monkeypatch.setattr(timing, "OVERFLOW_IS_ERROR", True)
+    assert timing.OVERFLOW_IS_ERROR
     with pytest.raises(AttncError) as e:
         simulate(slow_consumer(room=0))
+    monkeypatch.setattr(timing, "OVERFLOW_IS_ERROR", False)
+    warned = simulate(slow_consumer(room=0)).warnings
     assert str(e.value) == ("simulate: TILES: the configuration holds more than the array's buffers can (1 problem): "
                             + warned[0].removesuffix(" (timed as if they fit)"))
+    assert str(e.value).endswith("kernel 1 'slow' on tile (1,1): one segment works on 64 bytes of its inputs (0 held "
+                                 "whole + 64 of its streams' tokens), it declares 0")  # fmt: skip
+    monkeypatch.setattr(timing, "OVERFLOW_IS_ERROR", True)
     assert simulate(slow_consumer(room=256)).warnings == []  # within its buffers: timed as ever
+
+
+def test_attnc_simulate_refuses_a_bitstream_over_its_buffers(tmp_path, capsys):
+    """A hand-made bitstream whose tile (2,1) receives an 8 KiB token into 4 KiB of SRAM: `attnc simulate` says
+    which tile, context and bytes in one line and exits 2 (the functional results of a configuration the hardware
+    cannot hold are not given either)."""
+    from cli_helpers import assert_user_error, call
+
+    n = 2048
+    src = kernel(0, "src", "elementwise", [Port(0, 10, "f32", [n], 1)], [Port(1, 11, "f32", [n], 1)],
+                 [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})])  # fmt: skip
+    dst = kernel(1, "dst", "elementwise", [Port(0, 11, "f32", [n], 1)], [Port(1, 12, "f32", [n], 1)],
+                 [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})])  # fmt: skip
+    bs = make({(1, 1): [src], (2, 1): [dst]}, [route(11, 0, 1, [(1, 1), (2, 1)], 4 * n)])
+    path = tmp_path / "over.bit"
+    path.write_bytes(encode(bs))
+    assert_user_error(*call(capsys, "simulate", path, "--timing-only")[::2],
+                      "tile (2,1): its contexts' input buffers held 8192 bytes at the peak, the tile has 4096 "
+                      "(kernel 1 'dst' held 8192 (declares 0))")  # fmt: skip
 
 
 def staged_kv(passes=4):
