@@ -38,6 +38,7 @@ from attnc.dialects.dataflow import GROUP, REPEAT, RESERVE, ROWS, SPILL, STAGE, 
 from attnc.errors import AttncError
 from attnc.ir import io_names, main_func
 from attnc.passes.target import TargetPass
+from attnc.simulator.timing import MAX_STREAMED_SEGMENTS
 from attnc.passes.concat_folds import fold_concats
 from attnc.passes.fuse_attention import masked_softmax, scaled_scores
 from attnc.passes.kernel_builder import KernelBuilder, splat
@@ -495,6 +496,7 @@ class LowerToDataflowPass(TargetPass):
         split_sliced_loads(fn, partitioner)
         if fn.attributes.pop(SHARE_ATTR, None) is not None:
             assign_phases(fn, arch, partitioner.unique)
+        spill_held_queries(fn, partitioner)
         stream_fused_inputs(fn, arch)
         stream_butterfly_chains(fn, partitioner.unique)
         split_grid_loads(fn, partitioner.unique)
@@ -511,6 +513,34 @@ class LowerToDataflowPass(TargetPass):
 
 #: per input of a fused kernel, how many times it is streamed in (K and V once per pass)
 INPUT_REPEATS = "input_repeats"
+
+
+def spill_held_queries(fn: func.FuncOp, partitioner: _Partitioner) -> None:
+    """A value a compute kernel makes whole for fused attention members alone (a butterfly chain's queries after
+    its bias add), of which a member's slice is more than its declared buffers, goes through DRAM: a
+    ``dma_spill`` whose read side brings each member its slice in the blocks its loops take (unit by unit, a row
+    block at a time; :func:`stream_fused_inputs` streams it). The producer makes rows of every head while a
+    member walks one head's rows after another, so on chip the member would hold its whole slice (BERT-base's
+    butterfly layer on edge at seq 2048: 384 KiB of queries in each 16 KiB member)."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    for k in kernels:
+        if k.kind.data in ("dma_load", "dma_store", "dma_spill") or k.tile_kind.data == "memory":
+            continue
+        for j, r in enumerate(k.outputs):
+            users = consumers.get(r, [])
+            if list(k.tokens.get_values())[j] != 1 or not users or any(u.kind.data != "attention" for u, _ in users):
+                continue
+            if all(consumed_bytes(u.body.block.args[i]) <= u.buffer_bytes.value.data for u, i in users):
+                continue
+            block = Block(arg_types=[r.type])
+            block.add_op(sp.ReshapeOp(block.args[0], sp.shape_of(r)))
+            block.add_op(df.YieldOp([block.ops.last.results[0]]))
+            spill = partitioner._kernel_op(partitioner.unique(f"{k.sym_name.data}_qspill"), [r], block, "dma_spill",
+                                           users[0][0].group.data if users[0][0].group is not None else "")
+            Rewriter.insert_op(spill, InsertPoint.after(k))
+            for u, i in users:
+                u.operands[i] = spill.outputs[0]
 
 
 def _reaches(arg: SSAValue, target: SSAValue) -> bool:
@@ -741,6 +771,60 @@ def stream_butterfly_chains(fn: func.FuncOp, unique: Callable[[str], str]) -> No
         if any(not rows_of.get(u) for u, _ in users):
             _load_again_for_others(k, users, rows_of, unique, tokens)
         k.tokens = tokens
+        _load_per_chain(k, [(u, j) for u, j in users if rows_of.get(u)], unique)
+    for k in kernels:
+        if rows_of[k]:
+            _walk_weight_chunks(k)
+
+
+def _walk_weight_chunks(k: df.KernelOp) -> None:
+    """A stage kernel whose weights come again every row block (``('repeat', P)``, P its row blocks) in C chunks
+    a pass applies each chunk to the row block as it arrives: its loops become ``('rows', P), ('chunk', C)``, a
+    step per chunk. With a step per row block a step would need the whole pass of weights at once (C chunks next
+    to the row block: 12 KiB on edge's 8 KiB butterfly tiles), which is not how it runs (the planner counts two
+    chunks, ``cost.work.streamed_weight_bytes``)."""
+    sched = k.loop_schedule()
+    if [n for n, _ in sched] != ["rows"]:
+        return
+    rows = sched[0][1]
+    reps = k.attributes.get(INPUT_REPEATS)
+    if reps is None:
+        return
+    chunks = 1
+    for v, rep in zip(k.inputs, reps.get_values()):
+        src = v.owner
+        if rep != rows or not isinstance(src, df.KernelOp):
+            continue
+        t = list(src.tokens.get_values())[list(src.outputs).index(v)]
+        if t % rows == 0:
+            chunks = max(chunks, t // rows)
+    if chunks > 1:
+        k.loops = ArrayAttr([StringAttr("rows"), StringAttr("chunk")])
+        k.trips = df.i64_array([rows, chunks])
+
+
+def _load_per_chain(k: df.KernelOp, stages: list[tuple[df.KernelOp, int]], unique: Callable[[str], str]) -> None:
+    """A value several stage chains read (a layer's input: the Q, K and V chains, and the output projection's
+    residual) is loaded once per chain (for the stage kernels of the chain that read it: its first stage's column
+    parts, which read in step). From one load it would reach the chains at the pace of the slowest (the producer
+    sends a token when every consumer has room for it), and the chains run far apart: the query chain feeds the
+    attention that the key and value chains' spills feed too, and the output chain waits for the attention's
+    result. Held to one chain, each load runs in step with it; the value comes from DRAM again instead of waiting
+    in the chains' buffers, unthrottled (BERT-base's butterfly layer on edge at seq 2048: 3 MB in 8 KiB tiles), or
+    deadlocking them."""
+    chains: dict[str, list[df.KernelOp]] = {}  # by chain (the column parts of one stage read in step)
+    for u, _ in stages:
+        name = u.group.data if u.group is not None else u.sym_name.data
+        if u not in chains.setdefault(name, []):
+            chains[name].append(u)
+    for name, readers in list(chains.items())[1:]:
+        again = k.clone()
+        again.sym_name = StringAttr(unique(f"{k.sym_name.data}_{name}"))
+        k.parent_block().insert_op_after(again, k)
+        for u in readers:
+            for j, v in enumerate(u.inputs):
+                if v is k.outputs[0]:
+                    u.operands[j] = again.outputs[0]
 
 
 def _load_again_for_others(k: df.KernelOp, users: list[tuple[df.KernelOp, int]], rows_of: dict,
@@ -809,6 +893,10 @@ def stream_row_wise(fn: func.FuncOp) -> None:
                 out[j] = streamed
                 tokens_of[r] = streamed
         k.tokens = df.i64_array(out)
+        # a step per token that comes: with fewer steps than tokens a step would take several at once
+        sched = k.loop_schedule()
+        if [n for n, _ in sched] == ["rows"] and sched[0][1] < streamed:
+            k.trips = df.i64_array([streamed])
 
 
 def _repeat_weights(k: df.KernelOp, passes: int, users: list[tuple[df.KernelOp, int]],
@@ -1336,12 +1424,18 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
         reps = k.attributes.get(INPUT_REPEATS)
         reps = [int(r) for r in reps.get_values()] if reps is not None else [1] * len(k.inputs)
         whole, token = 0, 0
+        # (the timing model groups a streaming context's steps into at most MAX_STREAMED_SEGMENTS)
+        steps = max(1, min(int(np.prod([t for _, t in k.loop_schedule()], dtype=np.int64)), MAX_STREAMED_SEGMENTS))
+        by_rows = [n for n, _ in k.loop_schedule()][:1] == ["rows"]
         for v, arg, rep in zip(k.inputs, k.body.block.args, reps):
             if not isinstance(v.owner, df.KernelOp):
                 continue
             read, t = consumed_bytes(arg) * rep, tokens_of.get(v, 1)
             if t > 1:
-                token += -(-read // t)
+                # a row kernel's step (a stage kernel's, a weight chunk of a row block) works on its share of the
+                # tokens: one when they are no finer than its steps, else its share and one more (a step need not
+                # start on a token); a GEMM part's tokens are its k-chunks, one a step
+                token += -(-read // t) * (1 if t <= steps or not by_rows else t // steps + 1)
             else:
                 whole += read
         if token:

@@ -222,3 +222,24 @@ def test_row_wise_kernels_pass_a_row_stream_on() -> None:
     got = simulate_values(bits, x)
     for key in ref:
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-5)
+
+
+def test_chains_that_read_one_input_take_it_in_tokens_they_hold():
+    """Two 768-wide f32 butterflies of the same x on edge, summed (the shape of a layer's Q/K/V chains): each
+    chain that reads x has a load of its own (from one load the chains ran apart and x waited in their
+    buffers, unthrottled: MBs in 8 KiB butterfly tiles in BERT-base's layer at seq 2048), and no context holds
+    more than it declares. The numbers stay the interpreter's."""
+    m = build_module([(512, 768)], lambda a, add: [
+        add(sp.AddOp(butterfly(add, a[0], "block", 8, 3), butterfly(add, a[0], "block", 8, 3, seed=1)))])  # fmt: skip
+    bits = compile_bits(m, "edge")
+    contexts = [c for tc in bits.tiles for c in tc.contexts]
+    x_loads = [c for c in contexts if c.kind == "dma_load" and c.name.startswith("load_x0")]
+    x_streams = {p.stream for c in x_loads for p in c.outputs}
+    readers = [c for _, c in _stage_contexts(bits) if any(p.stream in x_streams for p in c.inputs)]
+    assert len({c.name.split("_s")[0] for c in readers}) == len(x_loads) == 2
+    assert {p.stream for c in readers for p in c.inputs if p.stream in x_streams} == x_streams
+    stats = simulate(bits)
+    assert not stats.warnings, stats.warnings
+    ins = inputs(m)
+    want, got = interpret(m, ins)["y0"], simulate_values(bits, ins)["y0"]
+    assert np.max(np.abs(got - want)) < 1e-4 * max(1.0, float(np.max(np.abs(want))))

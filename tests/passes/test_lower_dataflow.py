@@ -356,6 +356,51 @@ def test_a_grid_part_passes_on_a_row_strip_joined_from_nested_concatenations_in_
         assert tokens[copy] == tokens[k.inputs[0]] > 1
 
 
+def test_the_butterfly_layers_chains_and_members_take_their_inputs_in_tokens_they_hold():
+    # BERT-base's butterfly layer on edge at seq 2048 (lowered, not placed): the simulator found 37 contexts over
+    # their buffers. The Q/K/V chains and the output chain's residual each read the layer's input from a load of
+    # their own; a stage kernel fed its weights again every row block walks them a chunk a step; the queries the
+    # Q chain makes row by row reach the members (which walk them head by head) through a spill, not whole; and
+    # no stage or row kernel declares less than its one-token inputs and a step's share of each stream
+    import importlib.util
+
+    from attnc.cost.work import consumed_bytes
+    from attnc.passes.lower_dataflow import INPUT_REPEATS
+    from attnc.pipeline import DEFAULT_PIPELINE, backend_passes, parse_pipeline, with_butterfly
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "layer.py"
+    spec = importlib.util.spec_from_file_location("layer_benchmark", path)
+    layer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layer)
+    model, _ = layer.layer_model("bert", 2048)
+    module = import_onnx(model)
+    run_pipeline(module, with_butterfly(parse_pipeline(DEFAULT_PIPELINE), "linears=qkv,out,ffn"))
+    run_pipeline(module, backend_passes("edge", time_limit=10.0, seed=0, heuristic_only=True)[:3])
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    loads = [k for k in kernels if k.kind.data == "dma_load" and k.sym_name.data.startswith("load_hidden_states")]
+    assert len(loads) == 4 and all(len({u.operation for u in ld.outputs[0].uses}) == 1 for ld in loads)
+    members = [k for k in kernels if k.kind.data == "attention"]
+    assert members
+    for m in members:
+        q = m.inputs[0].owner
+        assert q.kind.data == "dma_spill" and list(q.tokens.get_values())[0] > 1
+    chunked = [k for k in kernels if [n for n, _ in k.loop_schedule()] == ["rows", "chunk"]]
+    assert len(chunked) >= 12
+    tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
+    for k in kernels:
+        sched = k.loop_schedule()
+        if [n for n, _ in sched][:1] != ["rows"] or k.tile_kind.data == "memory" or k.kind.data.startswith("dma"):
+            continue
+        steps = int(np.prod([t for _, t in sched]))
+        reps = k.attributes.get(INPUT_REPEATS)
+        reps = list(reps.get_values()) if reps is not None else [1] * len(k.inputs)
+        need = 0
+        for v, a, rep in zip(k.inputs, k.body.block.args, reps):
+            read, t = consumed_bytes(a) * rep, tokens_of[v]
+            need += read if t == 1 else -(-read // t) * (1 if t <= steps else t // steps + 1)
+        assert need <= k.buffer_bytes.value.data, k.sym_name.data
+
+
 def test_a_gemm_grids_row_strip_comes_in_one_load_per_grid_row():
     """Cloud 512x768 @ 768x768: the row strip of an 8x8 grid of parts is read by the parts of its first column,
     each within its own rows. One load of all of it would be one DMA context taking a fair share of DRAM equal
