@@ -301,6 +301,12 @@ def _result_blocks(cfg: KernelConfig, steps: int) -> int:
     return max(1, steps // cfg.loops[-1][1])
 
 
+def _constant_load(src: KernelConfig) -> bool:
+    """Whether ``src`` is a DMA load of a constant (a weight) read once (no ``repeat`` loop)."""
+    return (not src.inputs and any(i.opcode == "constant" for i in src.body)
+            and prod_dims(t for name, t in src.loops if name == "repeat") <= 1)  # fmt: skip
+
+
 def _whole(p: _InPort) -> bool:
     """Whether a context holds all of an input at once: a weight (needed whole, or streamed in and kept), or a
     one-token stream."""
@@ -497,6 +503,10 @@ class _Sim:
             for cfg in tc.contexts:
                 for p in cfg.outputs:
                     producers.setdefault(p.stream, cfg)
+        # bytes each (stream, consumer kernel) route carries, for ``_fine_segments``
+        self._route_bytes: dict[tuple[int, int], int] = {}
+        for r in bs.routes:
+            self._route_bytes[r.stream, r.dst_kernel] = self._route_bytes.get((r.stream, r.dst_kernel), 0) + r.bytes
         seen: set[tuple[int, int]] = set()
         for tc in bs.tiles:
             where = f"tile ({tc.x},{tc.y})"
@@ -958,8 +968,7 @@ class _Sim:
             # unless a GEMM streams it in chunks of its reduction dimension: then it comes in several tokens,
             # each needed by its share of the steps like any stream (a fused attention keeps K/V whole)
             chunked = p.tokens > 1 and cfg.kind != "attention"
-            weight = (src is not None and not src.inputs and any(i.opcode == "constant" for i in src.body)
-                      and prod_dims(t for name, t in src.loops if name == "repeat") <= 1 and not chunked)  # fmt: skip
+            weight = src is not None and _constant_load(src) and not chunked
             port = _InPort(p.stream, max(p.tokens, 1), weight)
             if src is None or src is cfg:
                 port.received = port.tokens  # a DRAM-side stream (or one nothing produces) is there from the start
@@ -1040,10 +1049,8 @@ class _Sim:
             src = producers.get(p.stream)
             if src is None or src is cfg:
                 continue  # a DRAM-side stream holds nothing on chip
-            nbytes = sum(r.bytes for r in self.bs.routes if r.stream == p.stream and r.dst_kernel == cfg.kernel)
-            nbytes = nbytes or prod_dims(p.shape) * dtype_bytes(p.dtype)
-            weight = (not src.inputs and any(i.opcode == "constant" for i in src.body)
-                      and prod_dims(t for name, t in src.loops if name == "repeat") <= 1 and cfg.kind == "attention")
+            nbytes = self._route_bytes.get((p.stream, cfg.kernel)) or prod_dims(p.shape) * dtype_bytes(p.dtype)
+            weight = _constant_load(src) and cfg.kind == "attention"
             if p.tokens <= 1 or weight:  # held whole, as ``_kernel`` reads it
                 whole += nbytes
             else:
