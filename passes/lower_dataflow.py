@@ -818,13 +818,7 @@ def _load_per_chain(k: df.KernelOp, stages: list[tuple[df.KernelOp, int]], uniqu
         if u not in chains.setdefault(name, []):
             chains[name].append(u)
     for name, readers in list(chains.items())[1:]:
-        again = k.clone()
-        again.sym_name = StringAttr(unique(f"{k.sym_name.data}_{name}"))
-        k.parent_block().insert_op_after(again, k)
-        for u in readers:
-            for j, v in enumerate(u.inputs):
-                if v is k.outputs[0]:
-                    u.operands[j] = again.outputs[0]
+        _fork_load(k, [(u, j) for u in readers for j, v in enumerate(u.inputs) if v is k.outputs[0]], unique, name)
 
 
 def _load_again_for_others(k: df.KernelOp, users: list[tuple[df.KernelOp, int]], rows_of: dict,
@@ -835,12 +829,7 @@ def _load_again_for_others(k: df.KernelOp, users: list[tuple[df.KernelOp, int]],
     reach it (the fork-join is not throttled); read twice from DRAM, each load runs in step with its
     readers. The stage kernels keep ``k``; both loads send ``tokens`` (the chains' row blocks, so the row
     kernel holds two of them, not the whole)."""
-    again = k.clone()
-    again.sym_name = StringAttr(unique(f"{k.sym_name.data}_again"))
-    k.parent_block().insert_op_after(again, k)
-    for u, j in users:
-        if not rows_of.get(u):
-            u.operands[j] = again.outputs[0]
+    again = _fork_load(k, [(u, j) for u, j in users if not rows_of.get(u)], unique, "again")
     again.tokens = tokens
 
 
@@ -964,13 +953,16 @@ def _reaches_lhs(k: df.KernelOp, i: int) -> bool:
     return _reaches(k.body.block.args[i], mm.lhs)
 
 
-def _fork_load(k: df.KernelOp, readers: list[tuple[df.KernelOp, int]], unique: Callable[[str], str]) -> None:
-    """A second load of what DMA load ``k`` reads (from DRAM again), which ``readers`` read instead."""
+def _fork_load(k: df.KernelOp, readers: list[tuple[df.KernelOp, int]], unique: Callable[[str], str],
+               suffix: str = "rest") -> df.KernelOp:
+    """A second load of what DMA load ``k`` reads (from DRAM again, named ``<k>_<suffix>``), placed after it,
+    which ``readers`` (kernel, input index) read instead."""
     twin = k.clone()
-    twin.attributes["sym_name"] = StringAttr(unique(f"{k.sym_name.data}_rest"))
-    k.parent.insert_op_after(twin, k)
+    twin.attributes["sym_name"] = StringAttr(unique(f"{k.sym_name.data}_{suffix}"))
+    k.parent_block().insert_op_after(twin, k)
     for u, i in readers:
         u.operands[i] = twin.results[0]
+    return twin
 
 
 def _grid_lhs(u: df.KernelOp, i: int) -> bool:
