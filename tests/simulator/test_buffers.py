@@ -283,17 +283,22 @@ def test_a_compute_producer_is_held_back_by_a_small_consumer_buffer():
     assert stats.warnings == []
 
 
-def test_input_buffers_beyond_the_tile_are_refused(monkeypatch):
-    # one 8 KiB token from (1,1) into (2,1), whose tile has 4 KiB: the hardware cannot hold it
+def _over_tile():
+    """One 8 KiB token from (1,1) into (2,1), a kernel that declares no buffers on a 4 KiB tile."""
     n = 2048
     src = kernel(0, "src", "elementwise", [Port(0, 10, "f32", [n], 1)], [Port(1, 11, "f32", [n], 1)],
                  [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})])  # fmt: skip
     dst = kernel(1, "dst", "elementwise", [Port(0, 11, "f32", [n], 1)], [Port(1, 12, "f32", [n], 1)],
                  [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})])  # fmt: skip
+    return make({(1, 1): [src], (2, 1): [dst]}, [route(11, 0, 1, [(1, 1), (2, 1)], 4 * n)])
+
+
+def test_input_buffers_beyond_the_tile_are_refused(monkeypatch):
+    # one 8 KiB token from (1,1) into (2,1), whose tile has 4 KiB: the hardware cannot hold it
     from attnc.errors import AttncError
     from attnc.simulator import timing
 
-    bs = make({(1, 1): [src], (2, 1): [dst]}, [route(11, 0, 1, [(1, 1), (2, 1)], 4 * n)])
+    bs = _over_tile()
     with pytest.raises(AttncError, match=r"tile \(2,1\): its contexts' input buffers held 8192 bytes at the peak, "
                                          r"the tile has 4096 \(kernel 1 'dst' held 8192 \(declares 0\)\)$"):
         simulate(bs)
@@ -370,12 +375,7 @@ def test_attnc_simulate_refuses_a_bitstream_over_its_buffers(tmp_path, capsys):
     cannot hold are not given either)."""
     from cli_helpers import assert_user_error, call
 
-    n = 2048
-    src = kernel(0, "src", "elementwise", [Port(0, 10, "f32", [n], 1)], [Port(1, 11, "f32", [n], 1)],
-                 [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})])  # fmt: skip
-    dst = kernel(1, "dst", "elementwise", [Port(0, 11, "f32", [n], 1)], [Port(1, 12, "f32", [n], 1)],
-                 [Instr("add", [0, 0], [1], {"dtype": "f32", "shape": [n]})])  # fmt: skip
-    bs = make({(1, 1): [src], (2, 1): [dst]}, [route(11, 0, 1, [(1, 1), (2, 1)], 4 * n)])
+    bs = _over_tile()
     path = tmp_path / "over.bit"
     path.write_bytes(encode(bs))
     assert_user_error(*call(capsys, "simulate", path, "--timing-only")[::2],
