@@ -60,7 +60,7 @@ class KernelStats:
     macs: int = 0
     segments: int = 1
     peak_buffer_bytes: float = 0  # most bytes its input buffers held at once: arrived, not yet released
-    buffer_banks: int = 0  # SRAM banks its buffers occupy (whole banks each)
+    buffer_banks: int = 0  # SRAM banks its buffers are interleaved over (the widest buffer's)
     throttled: bool = False  # a producer held back by its consumers' buffers (back-pressure)
     sram_stall_cycles: int = 0  # cycles its SRAM traffic adds beyond its compute (the banks' ports bind)
 

@@ -709,25 +709,20 @@ class _Sim:
         return 0.0
 
     def _banks(self) -> None:
-        """A buffer occupies whole banks of ``sram / sram_banks`` bytes; a context whose buffers need more
-        banks than its tile has is a warning (timed as if they fit)."""
+        """A buffer is interleaved over the first ``banks`` banks of its tile (the bitstream's field): its bytes
+        are counted against the tile's SRAM, and its banks must exist. A buffer naming more banks than its tile
+        has, or none, is refused: the configuration could not be loaded."""
         for k in self.kernels.values():
             at = self.arch.tile(*k.tile.pos)
-            sizes = [b.size for b in k.cfg.buffers if b.size > 0]
-            if not sizes:
+            buffers = [b for b in k.cfg.buffers if b.size > 0]
+            if not buffers:
                 continue
-            where = f"kernel {k.cfg.kernel} '{k.cfg.name}' on tile ({k.tile.pos[0]},{k.tile.pos[1]})"
-            if at.sram_banks <= 0 or at.sram_bytes <= 0:
-                self.stats.warnings.append(f"{where}: its buffers need SRAM, the tile has no banks")
-                k.stats.buffer_banks = len(sizes)
-                continue
-            bank = -(-at.sram_bytes // at.sram_banks)
-            k.stats.buffer_banks = sum(-(-size // bank) for size in sizes)
-            if k.stats.buffer_banks > at.sram_banks:
-                self.stats.warnings.append(
-                    f"{where}: its buffers need {k.stats.buffer_banks} banks of {bank} bytes, the tile has "
-                    f"{at.sram_banks} (timed as if they fit)"
-                )
+            where = f"simulate: TILES: kernel {k.cfg.kernel} '{k.cfg.name}' on tile ({k.tile.pos[0]},{k.tile.pos[1]})"
+            for b in buffers:
+                if not 1 <= b.banks <= at.sram_banks:
+                    raise AttncError(f"{where}: buffer '{b.name}' is interleaved over {b.banks} banks, "
+                                     f"the tile has {at.sram_banks}")
+            k.stats.buffer_banks = max(b.banks for b in buffers)
 
     def _back_pressure(self) -> None:
         """Throttle every context by the buffers of the contexts its streams fill, when that cannot deadlock.

@@ -273,20 +273,20 @@ def test_buffers_larger_than_the_tile_are_refused():
     assert simulate(bitstream({(1, 1): [a, b]})).warnings == []
 
 
-def test_buffers_occupy_whole_banks():
+def test_a_buffer_names_banks_its_tile_has():
     from attnc.backend.bitstream import Buffer
 
-    # three buffers of 1, 1024 and 2049 bytes on a tile of 2 banks of 2048: 1 + 1 + 2 = 4 banks
+    # the test tile has 2 banks: a buffer interleaved over both is counted by bytes alone ...
     k = gemm(0, 4, 4, 4)
-    k.buffers = [Buffer("a", 0, 1, 1, False), Buffer("b", 1, 1024, 1, False), Buffer("c", 1025, 2049, 1, True)]
-    stats = simulate(bitstream({(1, 1): [k]}))
-    assert stats.kernels[0].buffer_banks == 4
-    assert stats.warnings[-1] == (
-        "kernel 0 'gemm0' on tile (1,1): its buffers need 4 banks of 2048 bytes, the tile has 2 (timed as if they fit)"
-    )
-    k.buffers = k.buffers[:2]  # two banks: fits
+    k.buffers = [Buffer("a", 0, 1, 1, False), Buffer("b", 1, 1024, 2, False), Buffer("c", 1025, 2049, 1, True)]
     stats = simulate(bitstream({(1, 1): [k]}))
     assert stats.kernels[0].buffer_banks == 2 and stats.warnings == []
+    # ... one naming a third bank, or none, could not be loaded
+    for banks in (3, 0):
+        k.buffers[1] = Buffer("b", 1, 1024, banks, False)
+        with pytest.raises(AttncError, match=rf"kernel 0 'gemm0' on tile \(1,1\): buffer 'b' is interleaved over "
+                                             rf"{banks} banks, the tile has 2$"):
+            simulate(bitstream({(1, 1): [k]}))
 
 
 def test_a_route_through_a_non_link_is_an_error():
