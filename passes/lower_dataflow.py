@@ -679,7 +679,15 @@ def _stage_rows(k: df.KernelOp) -> int | None:
 
 
 #: ops that work row by row (a consumer of a row-streamed value may start on its first row blocks)
-_ROW_OPS = (sp.ButterflyStageOp, sp.MatmulOp, *sp.UNARY_OPS, *sp.BINARY_OPS)
+_ROW_OPS = (sp.ButterflyStageOp, sp.MatmulOp, sp.CastOp, *sp.UNARY_OPS, *sp.BINARY_OPS)
+
+
+def _row_reduce(op: Operation) -> bool:
+    """A reduction of each row along the last axis alone, kept as a column (a row's sum)."""
+    if not isinstance(op, sp.ReduceOp) or op.keepdims is None:
+        return False
+    rank = len(sp.shape_of(op.input))
+    return bool(rank) and [a % rank for a in op.axes.get_values()] == [rank - 1]
 
 
 def _row_aligned(v: SSAValue, rows: int) -> bool:
@@ -715,6 +723,8 @@ def _row_aligned(v: SSAValue, rows: int) -> bool:
             ok = behind([d for d in range(len(shp)) if perm[d] != d])
         elif isinstance(op, sp.LayerNormOp) and use.index == 0 and op.axis.value.data % len(shp) == len(shp) - 1:
             continue  # normalises each row alone; its result is the kernel's business
+        elif _row_reduce(op):
+            continue  # reduces each row alone (a column part's share of a norm's sums)
         elif isinstance(op, _ROW_OPS):
             # a stage's or a matmul's data operand (not its weight), either side of an elementwise op
             ok = use.index == 0 or not isinstance(op, (sp.ButterflyStageOp, sp.MatmulOp))
@@ -848,12 +858,13 @@ def _streams_to_stages(users: list[tuple[df.KernelOp, int]], rows_of: dict, v: S
 
 
 def _row_wise(k: df.KernelOp) -> bool:
-    """Whether every op of ``k`` works row by row along the last axis (elementwise ops, a layer norm
-    over the last axis, data movement and constants)."""
-    if k.kind.data not in ("elementwise", "layer_norm"):
+    """Whether every op of ``k`` works row by row along the last axis (elementwise ops and casts, a layer norm
+    or a row sum over the last axis, data movement and constants)."""
+    if k.kind.data not in ("elementwise", "layer_norm", "reduce"):
         return False
     for op in k.body.block.ops:
-        if isinstance(op, (df.YieldOp, sp.ConstantOp, *sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)) or folds_into_kernels(op):
+        if isinstance(op, (df.YieldOp, sp.ConstantOp, sp.CastOp, *sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)) \
+                or folds_into_kernels(op) or _row_reduce(op):
             continue
         rank = len(sp.shape_of(op.operands[0])) if op.operands else 0
         if isinstance(op, sp.LayerNormOp) and op.axis.value.data % max(rank, 1) == rank - 1:
