@@ -948,11 +948,20 @@ class SplitNormByColumnsPattern(RewritePattern):
             return c.result
 
         sums, squares = [], []
-        for v, tag in zip(parts, tags):
+        for j, (v, tag) in enumerate(zip(parts, tags)):
+            last = v.owner
+            if self._joins_residual(last, tag):
+                # the residual add and the sums leave the part for a kernel of their own: the part's stage chains
+                # and the residual then meet in a kernel of two streamed inputs, which has room to hold the
+                # residual's tokens while the chains' come through the pipeline (lower-to-dataflow)
+                tag = f"{base}_in_p{j}"
+                last.attributes[TAG] = StringAttr(tag)
+                last.attributes[GROUP] = StringAttr(f"{base}_in")
+                k.first[tag] = last
             wide = add(sp.CastOp(v, f32), tag)
             sums.append(add(sp.ReduceOp(wide, "sum", [-1], True), tag))
             # a row sum is lane work: the part stays on the tile kind it had (the cost rule puts reductions on sfu)
-            sums[-1].owner.attributes[TILE_KIND] = StringAttr(_kind(tagged[tag]))
+            sums[-1].owner.attributes[TILE_KIND] = StringAttr(_kind(tagged[tags[j]]))
             squares.append(add(sp.ReduceOp(add(sp.MulOp(wide, wide), tag), "sum", [-1], True), tag))
         stats = f"{base}_stats"
         s1, s2 = sums[0], squares[0]
@@ -979,10 +988,26 @@ class SplitNormByColumnsPattern(RewritePattern):
         for o in made:
             t = k.tag_of(o)
             k.first.setdefault(t, o)
+        for j, tag in enumerate(tags):
+            moved = f"{base}_in_p{j}"
+            if moved in k.first:
+                tagged.setdefault(moved, [])
         joined = sp.ConcatOp(outs, axis)
         rewriter.replace_matched_op(joined)
         if not cat.result.uses:
             rewriter.erase(cat)
+
+    def _joins_residual(self, last: Operation, tag: str) -> bool:
+        """Whether ``last``, the part's last op, adds to what the part computed (fed by butterfly stage kernels)
+        a value another kernel computes on chip (a residual: it comes from before the stages, on the short side
+        of a fork that joins here)."""
+        k = self.kernels
+        if not isinstance(last, sp.AddOp) or not _fed_by_stages(k, k.rows.get(tag, []) or [
+                o for o in last.parent_block().ops if k.tag_of(o) == tag]):
+            return False
+        inside = [v for v in last.operands if isinstance(v.owner, Operation) and k.tag_of(v.owner) == tag]
+        outside = [x for v in last.operands for x in leaves(v) if k.tag_of(x) != tag]
+        return len(inside) == 1 and bool(outside) and not any(k.tag_of(x) in k.stages for x in outside)
 
 
 def _carried(chain: list[Operation]) -> set[sp.ReshapeOp]:

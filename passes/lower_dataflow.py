@@ -1483,6 +1483,36 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
         if more > 0 and all(fits(p) for p in phases):
             k.buffer_bytes = IntegerAttr(k.buffer_bytes.value.data + more, 64)
             used[kind, k.phase][0] += more
+    # a fork that joins again (a residual add: one input straight from a kernel, the other from that kernel
+    # through a pipeline of stage kernels): the straight input runs as far ahead as the pipeline is deep, in tokens
+    # that wait in the join's buffers; with a few tokens of room the fork's producer waits for the join at every
+    # token, and the pipeline, fed by it, runs at the pace of its own latency. So the join declares room for every
+    # token of its streamed inputs (the simulator gives room to the ports level by level), where its tiles hold
+    # that and the kernels of its kind still fit
+    consumers = _consumers(kernels)
+    below: dict[df.KernelOp, set[df.KernelOp]] = {}
+
+    def after(a: df.KernelOp) -> set[df.KernelOp]:
+        if a not in below:
+            below[a] = _downstream(a, consumers)
+        return below[a]
+
+    def through_stages(a: df.KernelOp, b: df.KernelOp) -> bool:
+        return any(_stage_rows(s) and (b is s or b in after(s)) for s in after(a))
+
+    for k, whole, token in wants:
+        srcs = [v.owner for v in k.inputs if isinstance(v.owner, df.KernelOp) and tokens_of.get(v, 1) > 1]
+        # (the long side goes through butterfly stage kernels: a GEMM grid's join is balanced by ``tile``'s rules)
+        if not any(a is not b and through_stages(a, b) for a in srcs for b in srcs):
+            continue
+        kind, tiles = k.tile_kind.data, arch.tiles_of(k.tile_kind.data)
+        sram = max((t.sram_bytes for t in tiles), default=0)
+        full = whole + max(tokens_of.get(v, 1) for v in k.inputs) * token
+        more = min(full, sram * 7 // 8) - k.buffer_bytes.value.data
+        phases = [k.phase] if k.phase else [p for (kd, p) in used if kd == kind]
+        if more > 0 and all(fits(p) for p in phases):
+            k.buffer_bytes = IntegerAttr(k.buffer_bytes.value.data + more, 64)
+            used[kind, k.phase][0] += more
 
 
 def _is_weight_load(k: df.KernelOp) -> bool:
