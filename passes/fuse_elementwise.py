@@ -993,7 +993,7 @@ class SplitNormByColumnsPattern(RewritePattern):
             if moved in k.first:
                 tagged.setdefault(moved, [])
         joined = sp.ConcatOp(outs, axis)
-        rewriter.replace_matched_op(joined)
+        rewriter.replace(op, joined)
         if not cat.result.uses:
             rewriter.erase(cat)
 
