@@ -1462,17 +1462,17 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
 
     for k, whole, token in wants:
         k.buffer_bytes = IntegerAttr(declare(k, whole, token, 2), 64)
-    # the third token where the kernels of a tile kind that hold their buffers at once (a phase's and the
-    # resident ones) still fit their tiles: one kernel a tile, or with an eighth of the SRAM left for placement
-    # to pack several onto a tile
     used: dict[tuple[str, int], list[int]] = {}
     for k in kernels:
         got = used.setdefault((k.tile_kind.data, k.phase), [0, 0])
         got[0] += k.buffer_bytes.value.data
         got[1] += 1
-    for k, whole, token in wants:
+
+    def grow(k: df.KernelOp, more: int) -> None:
+        """``more`` bytes on ``k``'s declaration where the kernels of its tile kind that hold their buffers at once
+        (a phase's and the resident ones) still fit their tiles: one kernel a tile, or with an eighth of the SRAM
+        left for placement to pack several onto a tile."""
         kind, tiles = k.tile_kind.data, arch.tiles_of(k.tile_kind.data)
-        more = declare(k, whole, token, RUN_AHEAD) - k.buffer_bytes.value.data
         phases = [k.phase] if k.phase else [p for (kd, p) in used if kd == kind]
 
         def fits(p: int) -> bool:
@@ -1483,12 +1483,13 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
         if more > 0 and all(fits(p) for p in phases):
             k.buffer_bytes = IntegerAttr(k.buffer_bytes.value.data + more, 64)
             used[kind, k.phase][0] += more
+
     # a fork that joins again (a residual add: one input straight from a kernel, the other from that kernel
     # through a pipeline of stage kernels): the straight input runs as far ahead as the pipeline is deep, in tokens
     # that wait in the join's buffers; with a few tokens of room the fork's producer waits for the join at every
     # token, and the pipeline, fed by it, runs at the pace of its own latency. So the join declares room for every
-    # token of its streamed inputs (the simulator gives room to the ports level by level), where its tiles hold
-    # that and the kernels of its kind still fit
+    # token of its streamed inputs (the simulator gives room to the ports level by level), within a tile -- before
+    # the run-ahead of the others, which a join needs more
     consumers = _consumers(kernels)
     below: dict[df.KernelOp, set[df.KernelOp]] = {}
 
@@ -1503,16 +1504,13 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
     for k, whole, token in wants:
         srcs = [v.owner for v in k.inputs if isinstance(v.owner, df.KernelOp) and tokens_of.get(v, 1) > 1]
         # (the long side goes through butterfly stage kernels: a GEMM grid's join is balanced by ``tile``'s rules)
-        if not any(a is not b and through_stages(a, b) for a in srcs for b in srcs):
-            continue
-        kind, tiles = k.tile_kind.data, arch.tiles_of(k.tile_kind.data)
-        sram = max((t.sram_bytes for t in tiles), default=0)
-        full = whole + max(tokens_of.get(v, 1) for v in k.inputs) * token
-        more = min(full, sram * 7 // 8) - k.buffer_bytes.value.data
-        phases = [k.phase] if k.phase else [p for (kd, p) in used if kd == kind]
-        if more > 0 and all(fits(p) for p in phases):
-            k.buffer_bytes = IntegerAttr(k.buffer_bytes.value.data + more, 64)
-            used[kind, k.phase][0] += more
+        if any(a is not b and through_stages(a, b) for a in srcs for b in srcs):
+            sram = max((t.sram_bytes for t in arch.tiles_of(k.tile_kind.data)), default=0)
+            full = whole + max(tokens_of.get(v, 1) for v in k.inputs) * token
+            grow(k, min(full, sram * 7 // 8) - k.buffer_bytes.value.data)
+    # then the third token of each
+    for k, whole, token in wants:
+        grow(k, declare(k, whole, token, RUN_AHEAD) - k.buffer_bytes.value.data)
 
 
 def _is_weight_load(k: df.KernelOp) -> bool:
