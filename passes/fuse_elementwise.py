@@ -36,15 +36,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from attnc.cost.work import SFU_OPS, kernel_cost
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import GROUP, SPILL, STAGE, TAG, TILE_KIND, i64_array
+from attnc.dialects.values import from_numpy
 from attnc.ir import main_func
 from attnc.passes.concat_folds import concat_spans
 from attnc.passes.sram_phases import SHARE_ATTR
 from attnc.passes.target import TargetPass
 from xdsl.context import Context
-from xdsl.dialects import func
+from xdsl.dialects import builtin, func
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, NoneAttr, StringAttr, TensorType
 from xdsl.ir import Operation, SSAValue
 from xdsl.pattern_rewriter import (
@@ -886,6 +889,127 @@ class SplitRowKernelPattern(RewritePattern):
                 rewriter.erase(x)
 
 
+class SplitNormByColumnsPattern(RewritePattern):
+    """A layer norm over the last axis whose input is assembled from the column parts of a row kernel (BERT's
+    residual add after a butterfly chain, cut by columns because the chain streams every row block to every
+    reader) runs by columns too, in three steps that each stream row block by row block: every column part
+    also sums its columns and their squares per row (in f32: a sum of 768 squares overflows f16), a small
+    statistics kernel adds the parts' sums into each row's mean and 1/sqrt(variance + eps)
+    (``E[x^2] - mean^2``, the biased variance the norm uses), and one apply kernel per column part normalises
+    its columns, scaled and shifted by its slice of the norm's scale and bias. On one tile the norm's lane work
+    (seven operations an element) is the whole tensor's; so its work is spread over the parts, the statistics
+    kernel doing a few operations per row. Taken only when the norm alone is longer than a part of the kernel
+    that feeds it."""
+
+    def __init__(self, kernels: Kernels, arch):
+        self.kernels = kernels
+        self.arch = arch
+
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: sp.LayerNormOp, rewriter: PatternRewriter) -> None:
+        k = self.kernels
+        x = op.input
+        rank = _rank(x)
+        if TAG in op.attributes or not rank or op.axis.value.data % rank != rank - 1:
+            return
+        cat = x.owner
+        if not isinstance(cat, sp.ConcatOp) or TAG in cat.attributes:
+            return
+        axis, spans = concat_spans(cat)
+        parts = list(cat.inputs)
+        tags = [k.tag_of(v.owner) if isinstance(v.owner, Operation) else None for v in parts]
+        if axis != rank - 1 or len(parts) < 2 or None in tags or len(set(tags)) != len(tags):
+            return
+        if any(t in k.mac or t in k.stages for t in tags):
+            return
+        tagged = _tagged_ops(op.parent_block())
+        if _cycles([op], self.arch) <= max(_cycles(tagged[t], self.arch) for t in tags):
+            return
+        f32 = builtin.f32
+        elt = sp.elt_of(x)
+        width = sp.shape_of(x)[-1]
+        names = set(tagged)
+        base, i = "layer_norm", 1
+        while base in names or f"{base}_stats" in names or any(f"{base}_p{j}" in names for j in range(len(parts))):
+            base, i = f"layer_norm_{i}", i + 1
+        made: list[Operation] = []
+
+        def add(new: Operation, tag: str, group: str | None = None) -> SSAValue:
+            new.attributes[TAG] = StringAttr(tag)
+            if group is not None:
+                new.attributes[GROUP] = StringAttr(group)
+            rewriter.insert(new, InsertPoint.before(op))
+            made.append(new)
+            return new.results[0]
+
+        def const(value: float) -> SSAValue:
+            c = sp.ConstantOp(from_numpy(np.array([value], np.float32)))
+            rewriter.insert(c, InsertPoint.before(op))
+            return c.result
+
+        sums, squares = [], []
+        for j, (v, tag) in enumerate(zip(parts, tags)):
+            last = v.owner
+            if self._joins_residual(last, tag):
+                # the residual add and the sums leave the part for a kernel of their own: the part's stage chains
+                # and the residual then meet in a kernel of two streamed inputs, which has room to hold the
+                # residual's tokens while the chains' come through the pipeline (lower-to-dataflow)
+                tag = f"{base}_in_p{j}"
+                last.attributes[TAG] = StringAttr(tag)
+                last.attributes[GROUP] = StringAttr(f"{base}_in")
+                k.first[tag] = last
+            wide = add(sp.CastOp(v, f32), tag)
+            sums.append(add(sp.ReduceOp(wide, "sum", [-1], True), tag))
+            # a row sum is lane work: the part stays on the tile kind it had (the cost rule puts reductions on sfu)
+            sums[-1].owner.attributes[TILE_KIND] = StringAttr(_kind(tagged[tags[j]]))
+            squares.append(add(sp.ReduceOp(add(sp.MulOp(wide, wide), tag), "sum", [-1], True), tag))
+        stats = f"{base}_stats"
+        s1, s2 = sums[0], squares[0]
+        for a, b in zip(sums[1:], squares[1:]):
+            s1 = add(sp.AddOp(s1, a), stats)
+            s2 = add(sp.AddOp(s2, b), stats)
+        inv = const(1.0 / width)
+        mean = add(sp.MulOp(s1, inv), stats)
+        var = add(sp.SubOp(add(sp.MulOp(s2, inv), stats), add(sp.MulOp(mean, mean), stats)), stats)
+        rstd = add(sp.RsqrtOp(add(sp.AddOp(var, const(op.epsilon.value.data)), stats)), stats)
+        mean, rstd = add(sp.CastOp(mean, elt), stats), add(sp.CastOp(rstd, elt), stats)
+        if k.special_on_compute:
+            k.first[stats] = next(o for o in made if k.tag_of(o) == stats)
+            k.first[stats].attributes[TILE_KIND] = StringAttr("compute")
+        outs = []
+        for j, (v, (lo, hi)) in enumerate(zip(parts, spans)):
+            tag = f"{base}_p{j}"
+            y = add(sp.MulOp(add(sp.SubOp(v, mean), tag, base), rstd), tag, base)
+            for w, apply in ((op.scale, sp.MulOp), (op.bias, sp.AddOp)):
+                if w is not None:
+                    w = w if _broadcast(w, -1) else piece(w, _rank(w) - 1, lo, hi, op, rewriter)
+                    y = add(apply(y, w), tag, base)
+            outs.append(y)
+        for o in made:
+            t = k.tag_of(o)
+            k.first.setdefault(t, o)
+        for j, tag in enumerate(tags):
+            moved = f"{base}_in_p{j}"
+            if moved in k.first:
+                tagged.setdefault(moved, [])
+        joined = sp.ConcatOp(outs, axis)
+        rewriter.replace(op, joined)
+        if not cat.result.uses:
+            rewriter.erase(cat)
+
+    def _joins_residual(self, last: Operation, tag: str) -> bool:
+        """Whether ``last``, the part's last op, adds to what the part computed (fed by butterfly stage kernels)
+        a value another kernel computes on chip (a residual: it comes from before the stages, on the short side
+        of a fork that joins here)."""
+        k = self.kernels
+        if not isinstance(last, sp.AddOp) or not _fed_by_stages(k, k.rows.get(tag, []) or [
+                o for o in last.parent_block().ops if k.tag_of(o) == tag]):
+            return False
+        inside = [v for v in last.operands if isinstance(v.owner, Operation) and k.tag_of(v.owner) == tag]
+        outside = [x for v in last.operands for x in leaves(v) if k.tag_of(x) != tag]
+        return len(inside) == 1 and bool(outside) and not any(k.tag_of(x) in k.stages for x in outside)
+
+
 def _carried(chain: list[Operation]) -> set[sp.ReshapeOp]:
     """The reshapes that carry the chain's values from op to op and are read by nothing else: each part
     makes its own (others read the concatenated parts)."""
@@ -921,3 +1045,4 @@ class FuseElementwisePass(TargetPass):
         for tag, ops in kernels.rows.items():
             if len(ops) == 1 and tag not in split:
                 del ops[0].attributes[TAG]
+        PatternRewriteWalker(SplitNormByColumnsPattern(kernels, arch), apply_recursively=False).rewrite_region(fn.body)

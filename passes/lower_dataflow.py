@@ -679,7 +679,15 @@ def _stage_rows(k: df.KernelOp) -> int | None:
 
 
 #: ops that work row by row (a consumer of a row-streamed value may start on its first row blocks)
-_ROW_OPS = (sp.ButterflyStageOp, sp.MatmulOp, *sp.UNARY_OPS, *sp.BINARY_OPS)
+_ROW_OPS = (sp.ButterflyStageOp, sp.MatmulOp, sp.CastOp, *sp.UNARY_OPS, *sp.BINARY_OPS)
+
+
+def _row_reduce(op: Operation) -> bool:
+    """A reduction of each row along the last axis alone, kept as a column (a row's sum)."""
+    if not isinstance(op, sp.ReduceOp) or op.keepdims is None:
+        return False
+    rank = len(sp.shape_of(op.input))
+    return bool(rank) and [a % rank for a in op.axes.get_values()] == [rank - 1]
 
 
 def _row_aligned(v: SSAValue, rows: int) -> bool:
@@ -715,6 +723,8 @@ def _row_aligned(v: SSAValue, rows: int) -> bool:
             ok = behind([d for d in range(len(shp)) if perm[d] != d])
         elif isinstance(op, sp.LayerNormOp) and use.index == 0 and op.axis.value.data % len(shp) == len(shp) - 1:
             continue  # normalises each row alone; its result is the kernel's business
+        elif _row_reduce(op):
+            continue  # reduces each row alone (a column part's share of a norm's sums)
         elif isinstance(op, _ROW_OPS):
             # a stage's or a matmul's data operand (not its weight), either side of an elementwise op
             ok = use.index == 0 or not isinstance(op, (sp.ButterflyStageOp, sp.MatmulOp))
@@ -848,12 +858,13 @@ def _streams_to_stages(users: list[tuple[df.KernelOp, int]], rows_of: dict, v: S
 
 
 def _row_wise(k: df.KernelOp) -> bool:
-    """Whether every op of ``k`` works row by row along the last axis (elementwise ops, a layer norm
-    over the last axis, data movement and constants)."""
-    if k.kind.data not in ("elementwise", "layer_norm"):
+    """Whether every op of ``k`` works row by row along the last axis (elementwise ops and casts, a layer norm
+    or a row sum over the last axis, data movement and constants)."""
+    if k.kind.data not in ("elementwise", "layer_norm", "reduce"):
         return False
     for op in k.body.block.ops:
-        if isinstance(op, (df.YieldOp, sp.ConstantOp, *sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)) or folds_into_kernels(op):
+        if isinstance(op, (df.YieldOp, sp.ConstantOp, sp.CastOp, *sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)) \
+                or folds_into_kernels(op) or _row_reduce(op):
             continue
         rank = len(sp.shape_of(op.operands[0])) if op.operands else 0
         if isinstance(op, sp.LayerNormOp) and op.axis.value.data % max(rank, 1) == rank - 1:
@@ -1451,17 +1462,17 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
 
     for k, whole, token in wants:
         k.buffer_bytes = IntegerAttr(declare(k, whole, token, 2), 64)
-    # the third token where the kernels of a tile kind that hold their buffers at once (a phase's and the
-    # resident ones) still fit their tiles: one kernel a tile, or with an eighth of the SRAM left for placement
-    # to pack several onto a tile
     used: dict[tuple[str, int], list[int]] = {}
     for k in kernels:
         got = used.setdefault((k.tile_kind.data, k.phase), [0, 0])
         got[0] += k.buffer_bytes.value.data
         got[1] += 1
-    for k, whole, token in wants:
+
+    def grow(k: df.KernelOp, more: int) -> None:
+        """``more`` bytes on ``k``'s declaration where the kernels of its tile kind that hold their buffers at once
+        (a phase's and the resident ones) still fit their tiles: one kernel a tile, or with an eighth of the SRAM
+        left for placement to pack several onto a tile."""
         kind, tiles = k.tile_kind.data, arch.tiles_of(k.tile_kind.data)
-        more = declare(k, whole, token, RUN_AHEAD) - k.buffer_bytes.value.data
         phases = [k.phase] if k.phase else [p for (kd, p) in used if kd == kind]
 
         def fits(p: int) -> bool:
@@ -1472,6 +1483,34 @@ def size_stream_buffers(fn: func.FuncOp, arch) -> None:
         if more > 0 and all(fits(p) for p in phases):
             k.buffer_bytes = IntegerAttr(k.buffer_bytes.value.data + more, 64)
             used[kind, k.phase][0] += more
+
+    # a fork that joins again (a residual add: one input straight from a kernel, the other from that kernel
+    # through a pipeline of stage kernels): the straight input runs as far ahead as the pipeline is deep, in tokens
+    # that wait in the join's buffers; with a few tokens of room the fork's producer waits for the join at every
+    # token, and the pipeline, fed by it, runs at the pace of its own latency. So the join declares room for every
+    # token of its streamed inputs (the simulator gives room to the ports level by level), within a tile -- before
+    # the run-ahead of the others, which a join needs more
+    consumers = _consumers(kernels)
+    below: dict[df.KernelOp, set[df.KernelOp]] = {}
+
+    def after(a: df.KernelOp) -> set[df.KernelOp]:
+        if a not in below:
+            below[a] = _downstream(a, consumers)
+        return below[a]
+
+    def through_stages(a: df.KernelOp, b: df.KernelOp) -> bool:
+        return any(_stage_rows(s) and (b is s or b in after(s)) for s in after(a))
+
+    for k, whole, token in wants:
+        srcs = [v.owner for v in k.inputs if isinstance(v.owner, df.KernelOp) and tokens_of.get(v, 1) > 1]
+        # (the long side goes through butterfly stage kernels: a GEMM grid's join is balanced by ``tile``'s rules)
+        if any(a is not b and through_stages(a, b) for a in srcs for b in srcs):
+            sram = max((t.sram_bytes for t in arch.tiles_of(k.tile_kind.data)), default=0)
+            full = whole + max(tokens_of.get(v, 1) for v in k.inputs) * token
+            grow(k, min(full, sram * 7 // 8) - k.buffer_bytes.value.data)
+    # then the third token of each
+    for k, whole, token in wants:
+        grow(k, declare(k, whole, token, RUN_AHEAD) - k.buffer_bytes.value.data)
 
 
 def _is_weight_load(k: df.KernelOp) -> bool:

@@ -455,11 +455,14 @@ def test_a_gelu_on_stage_parts_put_side_by_side_becomes_their_epilogues():
     assert sorted(tag(o) for o in erfs) == ["c_s0_p0", "c_s0_p1"]
 
 
-def test_a_norm_after_long_adds_that_stage_kernels_feed_is_a_kernel_of_its_own():
+def test_a_norm_after_long_adds_that_stage_kernels_feed_is_cut_by_columns_too():
     """BERT's FFN2 sum, bias and residual adds before its layer norm: joined with the norm they could not be
     cut (the norm needs whole rows), so when they are longer than the stage kernels next to them the norm
     starts a row kernel of its own and the adds are cut by columns, a part reading its columns of each row
-    block."""
+    block. Before SplitNormByColumnsPattern the norm stayed one kernel over the whole tensor (on one tile,
+    longer than every part); after, each add part also sums its columns and their squares per row, one
+    statistics kernel makes each row's mean and 1/sqrt(var + eps), and one apply kernel per part normalises its
+    columns: no layer_norm op is left, same numbers."""
     def module_of(rows: int):
         b = Builder({"x": [1, rows, STAGE_N], "res": [1, rows, STAGE_N]})
         y = stage_parts(b, b.args["x"], 2, "c", interleaved=True)
@@ -473,11 +476,19 @@ def test_a_norm_after_long_adds_that_stage_kernels_feed_is_a_kernel_of_its_own()
     fused(module)
     same_numbers(want, interpret(module, x))
     ops = compute_ops(module)
-    norm = next(o for o in ops if isinstance(o, sp.LayerNormOp))
-    adds = [o for o in ops if isinstance(o, sp.AddOp)]
-    assert len(adds) == 12 and {sp.shape_of(o.results[0])[-1] for o in adds} == {STAGE_N // 4}  # 4 column parts
-    assert tag(norm) not in {tag(o) for o in adds}
-    assert sp.shape_of(norm.results[0]) == (1, STAGE_ROWS, STAGE_N)
+    assert not any(isinstance(o, sp.LayerNormOp) for o in ops)
+    parts = sorted({tag(o) for o in ops if isinstance(o, sp.AddOp) and tag(o).startswith(ROWS)})
+    adds = [o for o in ops if isinstance(o, sp.AddOp) and tag(o) in parts]
+    assert len(parts) == 4 and len(adds) == 12  # 4 column parts of the 3 adds
+    assert {sp.shape_of(o.results[0])[-1] for o in adds} == {STAGE_N // 4}
+    sums = [o for o in ops if isinstance(o, sp.ReduceOp)]
+    assert sorted(tag(o) for o in sums) == sorted(parts * 2)  # a row sum and a sum of squares per part
+    assert {sp.shape_of(o.results[0]) for o in sums} == {(1, STAGE_ROWS, 1)}
+    assert {tag(o) for o in ops if isinstance(o, sp.RsqrtOp)} == {"layer_norm_stats"}
+    applied = [o for o in ops if tag(o) and tag(o).startswith("layer_norm_p")]
+    assert sorted({tag(o) for o in applied}) == [f"layer_norm_p{j}" for j in range(4)]
+    assert {o.attributes[GROUP].data for o in applied} == {"layer_norm"}
+    assert {sp.shape_of(o.results[0]) for o in applied} == {(1, STAGE_ROWS, STAGE_N // 4)}
 
 
 def test_k_v_stages_and_spills_are_not_counted_on_the_compute_tiles():

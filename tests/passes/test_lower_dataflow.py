@@ -433,3 +433,42 @@ def test_a_gemm_grids_row_strip_comes_in_one_load_per_grid_row():
     assert offsets[0][0] == 0 and sum(r for _, r in offsets) == seq
     assert all(b[0] == a[0] + a[1] * k * item for a, b in zip(offsets, offsets[1:]))  # contiguous row blocks
     np.testing.assert_allclose(interpret(module, inputs)["y"], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_the_butterfly_layers_norms_stream_by_columns_and_its_residual_joins_hold_the_residual():
+    # BERT-base's butterfly layer on cloud at seq 512 (lowered, not placed). Each layer norm runs by columns: the
+    # column parts of the adds before it sum their columns per row (a "reduce" kernel) and stream those sums, a
+    # statistics kernel and the apply parts read them row block by row block. The residual add after the FFN
+    # chains is a kernel of two streamed inputs (the chains' sum, the first norm's output) that declares room for
+    # every token of both: with two or three, the first norm waited for it at every token while the FFN's
+    # pipeline of stage kernels was still filling (171,818 -> 103,204 cycles with the column norms).
+    import importlib.util
+
+    from attnc.cost.work import consumed_bytes
+    from attnc.pipeline import DEFAULT_PIPELINE, backend_passes, parse_pipeline, with_butterfly
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "layer.py"
+    spec = importlib.util.spec_from_file_location("layer_benchmark", path)
+    layer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layer)
+    model, _ = layer.layer_model("bert", 512)
+    module = import_onnx(model)
+    run_pipeline(module, with_butterfly(parse_pipeline(DEFAULT_PIPELINE), "linears=qkv,out,ffn"))
+    run_pipeline(module, backend_passes("cloud", time_limit=10.0, seed=0, heuristic_only=True)[:3])
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    by_name = {k.sym_name.data: k for k in kernels}
+    assert not any(k.kind.data == "layer_norm" for k in kernels)
+    tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
+    for stats in ("layer_norm_stats", "layer_norm_1_stats"):
+        k = by_name[stats]
+        assert k.inputs and all(tokens_of[v] > 1 for v in k.inputs)
+        assert all(v.owner.kind.data == "reduce" for v in k.inputs)
+    applied = [k for k in kernels if k.sym_name.data.startswith(("layer_norm_p", "layer_norm_1_p"))]
+    assert len(applied) >= 8 and all(tokens_of[v] > 1 for k in applied for v in k.inputs if v.owner.kind.data
+                                     not in ("dma_load",))  # fmt: skip
+    joins = [k for k in kernels if k.sym_name.data.startswith("layer_norm_1_in_p")]
+    assert joins
+    for k in joins:
+        streamed = [(v, a) for v, a in zip(k.inputs, k.body.block.args) if tokens_of.get(v, 1) > 1]
+        assert len(streamed) == 2
+        assert k.buffer_bytes.value.data >= sum(consumed_bytes(a) for _, a in streamed), k.sym_name.data
