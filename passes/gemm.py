@@ -98,7 +98,8 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
 
 def grid_options(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, budget: int, a_dram: bool,
                  col_unit: int = 1, col_width: int = 0) -> tuple[GemmGrid | None, GemmGrid | None]:
-    """The cheapest grid of at most ``parts`` parts whose buffers fit ``budget`` bytes, or None.
+    """The cheapest grid of at most ``parts`` parts whose buffers fit ``budget`` bytes and the lean grid (below),
+    or (None, None).
 
     A part of ``Mi x Nj`` outputs in ``mt x nt`` sub-blocks takes ``mt * nt * ceil(mb/rows) * ceil(nb/cols)
     * K`` MAC-array cycles; DRAM carries the weight ``mt`` times, ``a`` ``nt`` times when a load re-sends it
@@ -436,7 +437,8 @@ def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_
              a_dram: bool = False, col_width: int = 0) -> list[tuple[GemmGrid, int]]:
     """A GEMM's candidate (grid, SRAM budget per part): at most 1, 2, 4, ... ``most`` parts, each with one to
     all of its tile's context shares of SRAM; per (parts, budget) the cheapest grid and, when it moves fewer
-    DRAM bytes, the lean one (:func:`grid_options`), which only ``_allocate``'s DRAM step takes."""
+    DRAM bytes, the lean one (:func:`grid_options`). Of one footprint ``_allocate`` first takes the faster (the
+    cheapest); its DRAM step may then trade it for the lean one within the module's tie margin."""
     a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
     m = int(np.prod(a[:-1], dtype=np.int64))
     eb = np_dtype(sp.elt_of(g.lhs)).itemsize
