@@ -42,6 +42,9 @@ A_PASSES = "dataflow.a_passes"
 SPLIT_MIN_MACS = 1 << 22
 #: grids predicted within this fraction of the fastest count as equally fast
 TIE = 0.03
+#: the lean grid of a (parts, budget) option: the least DRAM traffic among the fastest grid's shape predicted
+#: within this fraction of its time (``grid_options``; the module's tie margin decides whether it is taken)
+LEAN = 0.10
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,15 @@ def _steps(n: int, unit: int) -> list[int]:
 
 def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, budget: int, a_dram: bool,
                 col_unit: int = 1, col_width: int = 0) -> GemmGrid | None:
-    """The cheapest grid of at most ``parts`` parts whose buffers fit ``budget`` bytes, or None.
+    """The cheapest grid of at most ``parts`` parts whose buffers fit ``budget`` bytes, or None (see
+    :func:`grid_options`)."""
+    return grid_options(name, m, k, n, eb, arch, parts, budget, a_dram, col_unit, col_width)[0]
+
+
+def grid_options(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, budget: int, a_dram: bool,
+                 col_unit: int = 1, col_width: int = 0) -> tuple[GemmGrid | None, GemmGrid | None]:
+    """The cheapest grid of at most ``parts`` parts whose buffers fit ``budget`` bytes and the lean grid (below),
+    or (None, None).
 
     A part of ``Mi x Nj`` outputs in ``mt x nt`` sub-blocks takes ``mt * nt * ceil(mb/rows) * ceil(nb/cols)
     * K`` MAC-array cycles; DRAM carries the weight ``mt`` times, ``a`` ``nt`` times when a load re-sends it
@@ -96,12 +107,20 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
     row strip ``nt`` times, those of a column chain the weight block ``mt`` times. The prediction is the
     largest of the three times. Column blocks are multiples of ``col_unit`` (whole heads of a projection) and,
     with ``col_width`` (the width of each GEMM merged into this one), never straddle two merged GEMMs, so that
-    an epilogue of one of them (its bias add) joins the parts that make it."""
+    an epilogue of one of them (its bias add) joins the parts that make it.
+
+    Also returns the *lean* grid: of the cheapest grid's shape (rows x cols), the one moving the fewest DRAM
+    bytes predicted within ``LEAN`` of its time (often the cheapest itself). A part walking fewer, taller
+    row sub-blocks reads its weight block fewer times, but its results leave later, so a GEMM alone predicts
+    it slower (the drain after its last step); in a layer whose phases share DRAM the bytes it saves can be
+    worth more (BERT-base on cloud at seq 512: FFN2's 4x8 parts read their 4.7 MB of weights twice in 64-row
+    sub-blocks, once in 128-row ones). :func:`plan_gemms` weighs the two against the module's time."""
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
     link = max(arch.noc.link_bytes_per_cycle, 1)
     dram = max(arch.dram.bytes_per_cycle, 1e-9)
     best: GemmGrid | None = None
+    seen: list[GemmGrid] = []
     # powers of two, and the divisors of the MAC-array blocks along each side (no part wastes a column)
     for r in sorted(set(_steps(min(parts, max(1, m // mr)), 1)) | _divisors(-(-m // mr), parts)):
         cols = set(_steps(max(1, parts // r), 1)) | _divisors(-(-n // mc), parts // r)
@@ -119,9 +138,14 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
                     for nb in [nj] if resident or not a_dram else _steps(nj, mc):
                         g = _predict(name, (m, k, n, r, c, mb, nb), eb, resident, a_dram, budget, (mr, mc), link,
                                      dram)  # fmt: skip
+                        if g is not None:
+                            seen.append(g)
                         if g is not None and (best is None or _better(g, best)):
                             best = g
-    return best
+    if best is None:
+        return None, None
+    same = [g for g in seen if (g.rows, g.cols) == (best.rows, best.cols) and g.cycles <= best.cycles * (1 + LEAN)]
+    return best, min(same, key=lambda g: (g.dram_bytes, g.cycles))
 
 
 def _divisors(n: int, most: int) -> set[int]:
@@ -412,7 +436,9 @@ def plan_gemms(fn: func.FuncOp, arch, parts: int = -1, used_sram: int = 0, reser
 def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_unit: int,
              a_dram: bool = False, col_width: int = 0) -> list[tuple[GemmGrid, int]]:
     """A GEMM's candidate (grid, SRAM budget per part): at most 1, 2, 4, ... ``most`` parts, each with one to
-    all of its tile's context shares of SRAM."""
+    all of its tile's context shares of SRAM; per (parts, budget) the cheapest grid and, when it moves fewer
+    DRAM bytes, the lean one (:func:`grid_options`). Of one footprint ``_allocate`` first takes the faster (the
+    cheapest); its DRAM step may then trade it for the lean one within the module's tie margin."""
     a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
     m = int(np.prod(a[:-1], dtype=np.int64))
     eb = np_dtype(sp.elt_of(g.lhs)).itemsize
@@ -420,10 +446,12 @@ def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_
     for parts in _steps(most, 1):
         for j in range(1, max(tile.contexts, 1) + 1):
             budget = ctx_share * j
-            grid = grid_search(f"gemm{i}", m, a[-1], w[1], eb, arch, parts, budget, a_dram or _a_from_dram(g),
-                               col_unit, col_width)  # fmt: skip
+            grid, lean = grid_options(f"gemm{i}", m, a[-1], w[1], eb, arch, parts, budget,
+                                      a_dram or _a_from_dram(g), col_unit, col_width)  # fmt: skip
             if grid is not None:
                 out.append((grid, budget))
+            if lean is not None and lean.dram_bytes < grid.dram_bytes:
+                out.append((lean, budget))
     return out
 
 

@@ -1,6 +1,8 @@
 """tile's GEMM grids (attnc.passes.gemm): every large GEMM over the compute tiles of its phase, its parts
 computing what the GEMM computes, their buffers within the tile's SRAM, the operands passed along the grid."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from test_tile import ffn_model
@@ -179,3 +181,45 @@ def test_a_held_weight_block_arrives_in_small_k_chunks_and_the_first_step_waits_
     assert g.kc == max(target.tiles_of("compute")[0].mac_rows, -(-4096 // (g.nb * 2)))
     bound = (512 * 768 + 768 * 768 + 512 * 768) * 2 / target.dram.bytes_per_cycle
     assert g.cycles < 1.25 * bound
+
+
+def test_the_lean_grid_reads_its_weights_fewer_times_and_only_the_dram_step_takes_it():
+    # BERT-base FFN2 on cloud at seq 512 in 4x8 parts of 128 KiB: the cheapest grid walks 64-row sub-blocks (its
+    # results leave earlier) and reads its weight blocks twice; the lean one walks whole 128-row blocks, reads
+    # them once (4.7 MB less) and is predicted slower, within LEAN of it
+    from attnc.passes.gemm import LEAN, GemmGrid, _allocate, _options, grid_options, splittable
+
+    target = load_arch("cloud")
+    best, lean = grid_options("g", 512, 3072, 768, 2, target, 32, 128 << 10, True)
+    assert (best.rows, best.cols) == (lean.rows, lean.cols) == (4, 8)
+    assert best.w_passes == 2 and lean.w_passes == 1 and lean.mb == 2 * best.mb
+    assert best.dram_bytes - lean.dram_bytes == 3072 * 768 * 2
+    assert best.cycles < lean.cycles <= best.cycles * (1 + LEAN)
+    assert lean.buffer <= 128 << 10
+    assert grid_search("g", 512, 3072, 768, 2, target, 32, 128 << 10, True) == best
+    # a GEMM's options hold both (f32 here: the 64 KiB share already walks whole row blocks); the fastest
+    # allocation takes the cheapest, the DRAM step the lean one when the time stays within the tie margin, and
+    # not when it would not
+    module, _ = ffn_model(rows=512, hidden=768, inner=3072)
+    g = [o for o in main_func(module).body.block.ops if splittable(o)][1]
+    tile = target.tiles_of("compute")[0]
+    pairs = {}
+    for grid, budget in _options(g, 1, target, 32, tile.sram_bytes // tile.contexts, tile, 1, True):
+        pairs.setdefault((grid.rows * grid.cols, budget), []).append(grid)
+    leans = [gs for gs in pairs.values() if len(gs) == 2]
+    assert leans and all(len(gs) <= 2 for gs in pairs.values())
+    for cheap, thin in leans:
+        assert (cheap.rows, cheap.cols) == (thin.rows, thin.cols) and thin.dram_bytes < cheap.dram_bytes
+        assert cheap.cycles <= thin.cycles <= cheap.cycles * (1 + LEAN)
+    # alone, FFN2's 4% is beyond the module's tie margin; after FFN1 (another phase, as long), within it
+    budget = 128 << 10
+    f1, f2 = [o for o in main_func(module).body.block.ops if splittable(o)]
+    first = (GemmGrid("f1", 4, 8, 128, 64, 42, cycles=best.cycles, dram_bytes=1), budget)
+    assert _allocate({f2: [(best, budget), (lean, budget)]}, {f2: 0}, 64, 256, 16 << 20, tile.sram_bytes, 64)[f2][0] == best
+    both = _allocate({f1: [first], f2: [(best, budget), (lean, budget)]}, {f1: 0, f2: 1}, 64, 256, 16 << 20,
+                     tile.sram_bytes, 64)  # fmt: skip
+    assert both[f2][0] == lean
+    slow = replace(lean, cycles=int(best.cycles * 1.07))
+    both = _allocate({f1: [first], f2: [(best, budget), (slow, budget)]}, {f1: 0, f2: 1}, 64, 256, 16 << 20,
+                     tile.sram_bytes, 64)  # fmt: skip
+    assert both[f2][0] == best
