@@ -47,7 +47,7 @@ from attnc.passes.sram_phases import SHARE_ATTR, assign_phases
 from xdsl.context import Context
 from xdsl.dialects import func
 from xdsl.dialects.builtin import ArrayAttr, IntegerAttr, ModuleOp, StringAttr, TensorType
-from xdsl.ir import Block, Operation, SSAValue
+from xdsl.ir import Block, BlockArgument, Operation, SSAValue
 from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
 from xdsl.rewriter import InsertPoint, Rewriter
 
@@ -371,6 +371,85 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
         Rewriter.erase_op(load)
 
 
+def split_output_stores(fn: func.FuncOp, partitioner: _Partitioner) -> None:
+    """The store of a graph output made of pieces each from its own streams -- its body concatenates them along an
+    axis in which each is contiguous (a GEMM grid's output: one row block per grid row, each the concatenation of
+    its row's parts) -- becomes one store per piece, writing only that piece's bytes of the output
+    (``dram_offset``), and the output is the concatenation of their results (``df.store_regions``). One store of
+    the whole output is one DMA context on one DMA tile: every part's result crosses that tile's few links, and
+    it takes one fair share of DRAM against every load still running; the piece stores spread over DMA tiles and
+    each writes its rows as its grid row finishes. Only where the pieces read disjoint inputs (no stream goes to
+    two stores), and only while the DMA contexts leave an eighth of them free."""
+    block = fn.body.block
+    ret = block.last_op
+    assert isinstance(ret, func.ReturnOp)
+    contexts = sum(t.contexts for t in partitioner.arch.tiles_of("dma"))
+    free = contexts - contexts // 8 - sum(1 for k in block.ops if isinstance(k, df.KernelOp) and sram_phases.is_dma(k))
+    for i, v in enumerate(list(ret.operands)):
+        store = v.owner
+        if not isinstance(store, df.KernelOp) or store.kind.data != "dma_store" or store.dram_offset is not None \
+                or len(store.outputs) != 1 or len(list(v.uses)) != 1:
+            continue
+        pieces = _store_pieces(store)
+        if pieces is None or len(pieces) - 1 > free:
+            continue
+        free -= len(pieces) - 1
+        item = element_bytes(str(sp.elt_of(v)))
+        body = store.body.block
+        results, offset = [], 0
+        for j, (piece, ops, args) in enumerate(pieces):
+            part = Block(arg_types=[a.type for a in args])
+            mapping: dict[SSAValue, SSAValue] = dict(zip(args, part.args))
+            for op in body.ops:
+                if op in ops:
+                    clone = op.clone()
+                    for n, o in enumerate(op.operands):
+                        clone.operands[n] = mapping[o]
+                    part.add_op(clone)
+                    mapping.update(zip(op.results, clone.results))
+            part.add_op(df.YieldOp([mapping[piece]]))
+            inputs = [store.inputs[a.index] for a in args]
+            k = partitioner._kernel_op(partitioner.unique(f"{store.sym_name.data}_r{j}"), inputs, part, "dma_store", "")
+            k.attributes["dram_offset"] = IntegerAttr(offset, 64)
+            Rewriter.insert_op(k, InsertPoint.before(store))
+            results.append(k.results[0])
+            offset += _elems(piece.type) * item
+        top = body.last_op.operands[0].owner
+        assert isinstance(top, sp.ConcatOp)
+        whole = sp.ConcatOp(results, top.axis.value.data)
+        Rewriter.insert_op(whole, InsertPoint.before(ret))
+        ret.operands[i] = whole.results[0]
+        Rewriter.erase_op(store)
+
+
+def _store_pieces(store: df.KernelOp) -> list[tuple[SSAValue, set[Operation], list[BlockArgument]]] | None:
+    """The pieces a store's body concatenates into the value it writes, when each is contiguous in it (the dims
+    before the axis are 1) and each is made from its own body arguments: per piece, the value, the body ops it
+    is made by, and those arguments (in order); None otherwise."""
+    body = store.body.block
+    top = body.last_op.operands[0].owner
+    if not isinstance(top, sp.ConcatOp) or len(top.inputs) < 2 \
+            or int(np.prod(sp.shape_of(top.result)[: top.axis.value.data], dtype=np.int64)) != 1:
+        return None
+    pieces, seen = [], set()
+    for piece in top.inputs:
+        ops: set[Operation] = set()
+        args: set[BlockArgument] = set()
+        todo = [piece]
+        while todo:
+            x = todo.pop()
+            if isinstance(x, BlockArgument):
+                args.add(x)
+            elif x.owner not in ops:
+                ops.add(x.owner)
+                todo.extend(x.owner.operands)
+        if not args or args & seen:
+            return None
+        seen |= args
+        pieces.append((piece, ops, sorted(args, key=lambda a: a.index)))
+    return pieces
+
+
 def _elems(t) -> int:
     return int(np.prod(t.get_shape(), dtype=np.int64))
 
@@ -494,6 +573,7 @@ class LowerToDataflowPass(TargetPass):
         partitioner = _Partitioner(fn, arch)
         partitioner.run()
         split_sliced_loads(fn, partitioner)
+        split_output_stores(fn, partitioner)
         if fn.attributes.pop(SHARE_ATTR, None) is not None:
             assign_phases(fn, arch, partitioner.unique)
         spill_held_queries(fn, partitioner)
