@@ -401,17 +401,18 @@ def test_the_butterfly_layers_chains_and_members_take_their_inputs_in_tokens_the
         assert need <= k.buffer_bytes.value.data, k.sym_name.data
 
 
-def _gemm(seq: int, k: int, n: int):
-    """(module, inputs) of one f32 linear x[seq, k] @ w[k, n] -> y."""
+def _gemm(seq: int, k: int, n: int, dtype=np.float32):
+    """(module, inputs) of one linear x[seq, k] @ w[k, n] -> y (f32, or f16 for ``dtype`` np.float16)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(3)
-    w = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
+    elt = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
+    w = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype), "w")
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [seq, n])], [w])  # fmt: skip
+                              [helper.make_tensor_value_info("x", elt, [seq, k])],
+                              [helper.make_tensor_value_info("y", elt, [seq, n])], [w])  # fmt: skip
     module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    return module, {"x": rng.standard_normal((seq, k)).astype(np.float32)}
+    return module, {"x": rng.standard_normal((seq, k)).astype(dtype)}
 
 
 def test_a_gemm_grids_row_strip_comes_in_one_load_per_grid_row():
@@ -483,3 +484,35 @@ def test_a_gemm_grids_output_leaves_in_one_store_per_grid_row(monkeypatch):
     assert isinstance(ret.operands[0].owner, sp.ConcatOp)
     assert [k for k, _ in df.store_regions(ret.operands[0])] == sorted(stores, key=lambda k: k.dram_offset.value.data)
     np.testing.assert_allclose(interpret(module, inputs)["y"], interpret(before, inputs)["y"], rtol=1e-6, atol=1e-6)
+
+
+def test_a_grid_that_holds_its_weights_reads_its_row_strip_in_fewer_loads(monkeypatch):
+    """Cloud 512x768 @ 768x768 (f16): an 8x8 grid of parts that hold their weight blocks, each part two row
+    blocks. Their first row block needs every weight block whole but only half of the strip, and each DMA
+    context takes an equal share of DRAM: before, a load per grid row (8 strip loads against 8 weight loads) gave
+    the strip half of DRAM, and the weights came late; after, each strip load reads two grid rows (4 loads, a
+    third of DRAM, the strip's quarter of the first pass's bytes covered), each at its byte offset; the numbers
+    stay."""
+    from attnc.passes import lower_dataflow
+
+    def strips(rows_per_load: int | None):
+        module, inputs = _gemm(512, 768, 768, np.float16)
+        if rows_per_load is not None:
+            monkeypatch.setattr(lower_dataflow, "_strip_rows_per_load", lambda *a: rows_per_load)
+        run_pipeline(module, "tile{arch=cloud},lower-to-dataflow{arch=cloud}")
+        monkeypatch.undo()
+        module.verify()
+        fn = main_func(module)
+        loads = [ld for ld in _loads(fn).values() if list(ld.inputs) == [fn.body.block.args[0]]]
+        return module, inputs, sorted(loads, key=lambda ld: ld.dram_offset.value.data)
+
+    before, inputs, one = strips(1)
+    assert len(one) == 8 and all(len(list(ld.outputs[0].uses)) == 1 for ld in one)
+    after, _, two = strips(None)
+    assert len(two) == 4
+    item, k = 2, 768
+    for i, ld in enumerate(two):
+        assert ld.dram_offset.value.data == i * 128 * k * item and sp.shape_of(ld.outputs[0]) == (128, k)
+        readers = sorted(u.operation.sym_name.data for u in ld.outputs[0].uses)
+        assert readers == [f"gemm0_r{2 * i}c0", f"gemm0_r{2 * i + 1}c0"]  # the first parts of its two grid rows
+    np.testing.assert_array_equal(interpret(after, inputs)["y"], interpret(before, inputs)["y"])
