@@ -589,7 +589,9 @@ def _attention(op: sp.AttentionOp, args: list[np.ndarray]) -> np.ndarray:
 def _kernel(op: df.KernelOp, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
     # a kernel computes what its body computes; the schedule only says how. Its body holds f16 values in
     # f32 (the tile's datapath); eval_op rounds the kernel's results to their types as they leave it.
-    if op.dram_offset is not None:  # a load of a contiguous region of its input
+    # a load of a contiguous region of its input (a store of a region computes the region: the output is the
+    # concatenation of its region stores, df.store_regions)
+    if op.dram_offset is not None and op.kind.data == "dma_load":
         part = op.body.block.args[0].type
         first = op.dram_offset.value.data // element_bytes(str(part.element_type))
         args = [args[0].reshape(-1)[first:first + math.prod(part.get_shape())].reshape(part.get_shape())]

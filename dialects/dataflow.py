@@ -14,7 +14,11 @@ same SRAM addresses (docs/bitstream.md). An optional ``dram_offset`` on a
 ``dma_load`` of a graph input says the load reads only a contiguous region of it:
 its body argument (the region's type, which may differ from the input's) starts
 that many bytes into the input (a group of a fused attention loading just its
-(batch, head) units of K).
+(batch, head) units of K). On a ``dma_store`` it says the store writes a
+contiguous region of a graph output (its result, the region's value) that many
+bytes into it: the output is then a ``sparse.concat`` of such stores' results,
+each lying where its ``dram_offset`` says (a GEMM grid's output stored one grid
+row per store, each as its row finishes; :func:`store_regions`).
 
     %s = dataflow.kernel "qk_h0"(%q, %k) attributes {kind = "gemm", tile_kind = "compute",
            loops = ["m", "n", "k"], trips = array<i64: 2, 2, 16>, tile = array<i64: 8, 8, 4>,
@@ -40,7 +44,7 @@ from xdsl.dialects.builtin import (
     i64,
 )
 from attnc.arch.datatypes import element_bytes
-from xdsl.ir import Attribute, Block, Dialect, Region, SSAValue
+from xdsl.ir import Attribute, Block, Dialect, Operation, Region, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
     attr_def,
@@ -118,7 +122,8 @@ class KernelOp(IRDLOperation):
     group = opt_attr_def(StringAttr)
     #: the SRAM phase (absent: 0, resident); read it as ``phase``
     phase_attr = opt_attr_def(IntegerAttr[I64], attr_name="phase")
-    #: on a ``dma_load``: the byte offset into its input of the contiguous region its body argument reads
+    #: on a ``dma_load``: the byte offset into its input of the contiguous region its body argument reads; on a
+    #: ``dma_store``: the byte offset into the graph output of the region it writes (its result)
     dram_offset = opt_attr_def(IntegerAttr[I64])
     body = region_def("single_block")
     assembly_format = "$sym_name `(` $inputs `)` attr-dict-with-keyword `:` functional-type($inputs, $outputs) $body"
@@ -188,7 +193,9 @@ class KernelOp(IRDLOperation):
         if self.phase < 0:
             raise VerifyException(f"{where}: phase must be >= 0, got {self.phase}")
         block = self.body.block
-        if self.dram_offset is not None:
+        if self.dram_offset is not None and self.kind.data == "dma_store":
+            self._verify_store_region(where)
+        if self.dram_offset is not None and self.kind.data != "dma_store":
             self._verify_region(where)
         elif [a.type for a in block.args] != [v.type for v in self.inputs]:
             raise VerifyException(f"{where}: body arguments do not match the input streams")
@@ -206,7 +213,8 @@ class KernelOp(IRDLOperation):
         within it from ``dram_offset``."""
         args = self.body.block.args
         if self.kind.data != "dma_load" or len(self.inputs) != 1 or len(args) != 1:
-            raise VerifyException(f"{where}: only a dma_load of one input reads a region (dram_offset)")
+            raise VerifyException(f"{where}: only a dma_load of one input reads a region (dram_offset; a "
+                                  "dma_store writes one)")
         whole, part = self.inputs[0].type, args[0].type
         assert isinstance(whole, TensorType) and isinstance(part, TensorType)
         if whole.element_type != part.element_type:
@@ -216,6 +224,66 @@ class KernelOp(IRDLOperation):
         if offset < 0 or offset % item or offset + _elems(part) * item > _elems(whole) * item:
             raise VerifyException(f"{where}: the region at byte {offset} ({_elems(part) * item} bytes) is not "
                                   f"within the input ({_elems(whole) * item} bytes)")
+
+
+    def _verify_store_region(self, where: str) -> None:
+        """A store of a region: one output, used by nothing but a ``sparse.concat`` that forms a graph output
+        (used by the ``func.return`` alone) out of region stores only, each at the byte offset where its operand
+        lies in the concatenation, which is contiguous there (the product of the dims before the axis is 1).
+        So the stores of one output write it exactly once, each within it."""
+        if len(self.outputs) != 1:
+            raise VerifyException(f"{where}: a dma_store of a region (dram_offset) has one output")
+        regions = store_regions(self.outputs[0], where)
+        if regions is None:
+            raise VerifyException(f"{where}: a dma_store of a region (dram_offset) must be an operand of a "
+                                  "sparse.concat that the function returns")
+
+
+def store_regions(v: SSAValue, where: str = "") -> list[tuple[KernelOp, int]] | None:
+    """The region stores that make the graph output ``v`` belongs to, with each one's byte offset into it, when
+    ``v`` is one of them or the ``sparse.concat`` of them that ``func.return`` returns; None when it is neither
+    (a whole store's result, or any other value). Raises VerifyException where the regions do not tile the output
+    exactly: an operand of the concat that is no region store, an offset other than where the operand lies, an
+    operand not contiguous in the output, or a concat used by anything but the return. ``where`` prefixes the
+    messages."""
+    owner = v.owner
+    if isinstance(owner, KernelOp):
+        uses = list(v.uses)
+        if owner.kind.data != "dma_store" or owner.dram_offset is None:
+            return None
+        if len(uses) != 1 or uses[0].operation.name != "sparse.concat":
+            return None
+        owner = uses[0].operation
+    if not isinstance(owner, Operation) or owner.name != "sparse.concat":
+        return None
+    concat = owner
+    whole = concat.results[0].type
+    assert isinstance(whole, TensorType)
+    shape = whole.get_shape()
+    axis = concat.attributes["axis"].value.data % max(len(shape), 1)  # pyright: ignore[reportAttributeAccessIssue]
+    if any(u.operation.name != "func.return" for u in concat.results[0].uses) or not concat.results[0].uses:
+        raise VerifyException(f"{where}: the concatenation of region stores is used by other than the return")
+    lead = 1
+    for d in shape[:axis]:
+        lead *= d
+    if lead != 1:
+        raise VerifyException(f"{where}: the regions of a concatenation along axis {axis} of {list(shape)} are not "
+                              "contiguous in it")
+    item = element_bytes(str(whole.element_type))
+    out: list[tuple[KernelOp, int]] = []
+    at = 0
+    for o in concat.operands:
+        k = o.owner
+        if not isinstance(k, KernelOp) or k.kind.data != "dma_store" or k.dram_offset is None:
+            raise VerifyException(f"{where}: an operand of the concatenation of region stores is not a region store")
+        offset = k.dram_offset.value.data
+        if offset != at:
+            raise VerifyException(f"{where}: store '{k.kernel_name}' writes at byte {offset}; its region lies at "
+                                  f"byte {at} of the output ({_elems(whole) * item} bytes)")
+        out.append((k, offset))
+        assert isinstance(o.type, TensorType)
+        at += _elems(o.type) * item
+    return out
 
 
 def _elems(t: TensorType) -> int:

@@ -30,6 +30,7 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Block, Region, SSAValue
 from xdsl.pattern_rewriter import PatternRewriter, PatternRewriteWalker, RewritePattern, op_type_rewrite_pattern
 from xdsl.rewriter import InsertPoint
+from xdsl.utils.exceptions import VerifyException
 
 from attnc.arch import Arch
 from attnc.dialects import array as ar
@@ -185,6 +186,12 @@ class _ConfigBuilder:
         for name, v in zip(out_names, ret.operands):
             self.block.add_op(ar.IOOp.build(attributes=_io(name, "output", v.type, self.address)))
             self.out_address[v] = self.address
+            try:  # an output several stores write, a region each (checked again: the passes may not verify)
+                regions = df.store_regions(v, f"place-route: output {name!r}") or []
+            except VerifyException as e:
+                raise AttncError(str(e)) from None
+            for store, offset in regions:
+                self.out_address[store.outputs[0]] = self.address + offset
             self.address = _align(self.address + nbytes(v.type))
 
     def tiles(self) -> None:

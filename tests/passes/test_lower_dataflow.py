@@ -401,21 +401,27 @@ def test_the_butterfly_layers_chains_and_members_take_their_inputs_in_tokens_the
         assert need <= k.buffer_bytes.value.data, k.sym_name.data
 
 
+def _gemm(seq: int, k: int, n: int, dtype=np.float32):
+    """(module, inputs) of one linear x[seq, k] @ w[k, n] -> y (f32, or f16 for ``dtype`` np.float16)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    elt = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
+    w = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", elt, [seq, k])],
+                              [helper.make_tensor_value_info("y", elt, [seq, n])], [w])  # fmt: skip
+    module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return module, {"x": rng.standard_normal((seq, k)).astype(dtype)}
+
+
 def test_a_gemm_grids_row_strip_comes_in_one_load_per_grid_row():
     """Cloud 512x768 @ 768x768: the row strip of an 8x8 grid of parts is read by the parts of its first column,
     each within its own rows. One load of all of it would be one DMA context taking a fair share of DRAM equal
     to each column's weight load while it carries as many bytes as all of them, so it is one load per grid row,
     at that row block's byte offset; the numbers stay."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    seq, k, n = 512, 768, 768
-    rng = np.random.default_rng(3)
-    w = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [seq, n])], [w])  # fmt: skip
-    module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    inputs = {"x": rng.standard_normal((seq, k)).astype(np.float32)}
+    seq, k = 512, 768
+    module, inputs = _gemm(seq, k, 768)
     ref = interpret(module, inputs)["y"]
     run_pipeline(module, "tile{arch=cloud},lower-to-dataflow{arch=cloud}")
     module.verify()
@@ -472,3 +478,80 @@ def test_the_butterfly_layers_norms_stream_by_columns_and_its_residual_joins_hol
         streamed = [(v, a) for v, a in zip(k.inputs, k.body.block.args) if tokens_of.get(v, 1) > 1]
         assert len(streamed) == 2
         assert k.buffer_bytes.value.data >= sum(consumed_bytes(a) for _, a in streamed), k.sym_name.data
+
+
+def _stores(fn) -> list[df.KernelOp]:
+    return [k for k in fn.body.block.ops if isinstance(k, df.KernelOp) and k.kind.data == "dma_store"]
+
+
+def test_a_gemm_grids_output_leaves_in_one_store_per_grid_row(monkeypatch):
+    """Cloud 512x768 @ 768x768 (f32) in a grid of parts. Before: one store of the whole output, fed by every part (one
+    DMA context: one fair share of DRAM against every load still running, one DMA tile's links). After: one
+    store per grid row, of that row's parts, writing its row block at its byte offset (contiguous row blocks
+    that tile the output), and the output is their concatenation; the numbers stay."""
+    from attnc.passes import lower_dataflow
+
+    def lower(split: bool):
+        module, inputs = _gemm(512, 768, 768)
+        if not split:
+            monkeypatch.setattr(lower_dataflow, "split_output_stores", lambda fn, partitioner: None)
+        run_pipeline(module, "tile{arch=cloud},lower-to-dataflow{arch=cloud}")
+        monkeypatch.undo()
+        module.verify()
+        return module, inputs
+
+    before, _ = lower(False)
+    (whole,) = _stores(main_func(before))
+    parts = {v.owner.sym_name.data for v in whole.inputs}
+    grid_rows = {p.split("_r")[1].split("c")[0] for p in parts}
+    assert whole.dram_offset is None and len(grid_rows) > 1
+    module, inputs = lower(True)
+    fn = main_func(module)
+    stores = _stores(fn)
+    assert len(stores) == len(grid_rows)
+    rows = []
+    for st in stores:
+        mine = {v.owner.sym_name.data for v in st.inputs}
+        (row,) = {p.split("_r")[1].split("c")[0] for p in mine}  # the parts of one grid row, all of them
+        assert mine == {p for p in parts if p.split("_r")[1].split("c")[0] == row}
+        rows.append((st.dram_offset.value.data, sp.shape_of(st.outputs[0])))
+    rows.sort()
+    block = 512 // len(grid_rows)
+    assert [r[1] for r in rows] == [(block, 768)] * len(grid_rows)
+    assert [off for off, _ in rows] == [i * block * 768 * 4 for i in range(len(grid_rows))]  # f32 rows, back to back
+    ret = fn.body.block.last_op
+    assert isinstance(ret.operands[0].owner, sp.ConcatOp)
+    assert [k for k, _ in df.store_regions(ret.operands[0])] == sorted(stores, key=lambda k: k.dram_offset.value.data)
+    np.testing.assert_allclose(interpret(module, inputs)["y"], interpret(before, inputs)["y"], rtol=1e-6, atol=1e-6)
+
+
+def test_a_grid_that_holds_its_weights_reads_its_row_strip_in_fewer_loads(monkeypatch):
+    """Cloud 512x768 @ 768x768 (f16): an 8x8 grid of parts that hold their weight blocks, each part two row
+    blocks. Their first row block needs every weight block whole but only half of the strip, and each DMA
+    context takes an equal share of DRAM: before, a load per grid row (8 strip loads against 8 weight loads) gave
+    the strip half of DRAM, and the weights came late; after, each strip load reads two grid rows (4 loads, a
+    third of DRAM, the strip's quarter of the first pass's bytes covered), each at its byte offset; the numbers
+    stay."""
+    from attnc.passes import lower_dataflow
+
+    def strips(rows_per_load: int | None):
+        module, inputs = _gemm(512, 768, 768, np.float16)
+        if rows_per_load is not None:
+            monkeypatch.setattr(lower_dataflow, "_strip_rows_per_load", lambda *a: rows_per_load)
+        run_pipeline(module, "tile{arch=cloud},lower-to-dataflow{arch=cloud}")
+        monkeypatch.undo()
+        module.verify()
+        fn = main_func(module)
+        loads = [ld for ld in _loads(fn).values() if list(ld.inputs) == [fn.body.block.args[0]]]
+        return module, inputs, sorted(loads, key=lambda ld: ld.dram_offset.value.data)
+
+    before, inputs, one = strips(1)
+    assert len(one) == 8 and all(len(list(ld.outputs[0].uses)) == 1 for ld in one)
+    after, _, two = strips(None)
+    assert len(two) == 4
+    item, k = 2, 768
+    for i, ld in enumerate(two):
+        assert ld.dram_offset.value.data == i * 128 * k * item and sp.shape_of(ld.outputs[0]) == (128, k)
+        readers = sorted(u.operation.sym_name.data for u in ld.outputs[0].uses)
+        assert readers == [f"gemm0_r{2 * i}c0", f"gemm0_r{2 * i + 1}c0"]  # the first parts of its two grid rows
+    np.testing.assert_array_equal(interpret(after, inputs)["y"], interpret(before, inputs)["y"])

@@ -374,3 +374,34 @@ def test_spills_of_one_stream_sharing_a_dma_tile_each_write_their_own_region():
     for name, w in want.items():
         a, b = np.asarray(got[name], np.float64), np.asarray(w, np.float64)
         assert np.linalg.norm(a - b) / np.linalg.norm(b) < 2e-3
+
+
+def test_stores_of_a_gemm_grids_row_blocks_each_write_their_region_of_the_output():
+    """A GEMM grid's output leaves in one store per grid row (``dram_offset``): each store descriptor writes its
+    row block at the output's address plus its offset, the descriptors tile the output exactly, and the output
+    read back from DRAM is the interpreter's. Swapping two of the descriptors' addresses puts row blocks in each
+    other's places, which the comparison sees."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    seq, k, n = 512, 768, 768
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [seq, n])], [w])  # fmt: skip
+    module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    run_pipeline(module, DEFAULT_PIPELINE)
+    inputs = {"x": rng.standard_normal((seq, k)).astype(np.float32)}
+    want = interpret(module, inputs)
+    bs = bsm.decode(compile_to_bitstream(module, "cloud", heuristic_only=True)[0])
+    (y,) = [e for e in bs.io if e.direction == "output"]
+    stores = sorted((d for d in bs.dma if d.direction == "store"), key=lambda d: d.dram_address)
+    assert len(stores) > 1
+    assert stores[0].dram_address == y.dram_address and sum(d.bytes for d in stores) == y.bytes
+    assert all(b.dram_address == a.dram_address + a.bytes for a, b in zip(stores, stores[1:]))
+    assert_close(run(bs, inputs), want)
+    swapped = copy.deepcopy(bs)
+    a, b = (d for d in swapped.dma if d.direction == "store" and d.dram_address in (stores[0].dram_address,
+                                                                                    stores[1].dram_address))
+    a.dram_address, b.dram_address = b.dram_address, a.dram_address
+    assert not all(row.ok for row in compare(run(swapped, inputs), want))
