@@ -24,7 +24,7 @@ architecture through the fixed rule of ``attnc.cost.work``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -344,9 +344,13 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
         if not users or not all(isinstance(u, df.KernelOp) for u, _ in users):
             continue
         strips = all(_grid_part(u) and _reaches_lhs(u, i) for u, i in users)
-        if not strips and not any(u.tile_kind.data == "memory" for u, _ in users):
-            continue  # streaming readers only: they drop the runs they do not read (see the docstring)
         runs = [_leading_run(u.body.block.args[i]) for u, i in users]
+        if not strips and not any(u.tile_kind.data == "memory" for u, _ in users):
+            # the row blocks of a row kernel (RMSNorm's parts) take their runs; other readers keep the load
+            users, runs = map(list, zip(*[(x, r) for x, r in zip(users, runs) if r is not None and _row_wise(x[0])]
+                                        or [((None, 0), None)]))  # fmt: skip
+            if len(users) < 2:
+                continue  # streaming readers only: they drop the runs they do not read (see the docstring)
         if any(r is None for r in runs):
             continue
         whole = load.inputs[0].type
@@ -368,7 +372,8 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
             Rewriter.insert_op(twin, InsertPoint.before(load))
             for u, i, run in readers:
                 _read_run(u, i, run, twin.results[0])
-        Rewriter.erase_op(load)
+        if not load.outputs[0].uses:
+            Rewriter.erase_op(load)
 
 
 def _elems(t) -> int:
@@ -396,8 +401,20 @@ class _Run:
     def type(self) -> TensorType:
         """The run as the first slice's operand shapes it: its leading axis cut to the run."""
         x = self.slices[0].input
-        inner = _elems(x.type) // sp.shape_of(x)[0]
-        return sp.tensor([(self.hi - self.lo) // inner, *sp.shape_of(x)[1:]], sp.elt_of(x))
+        return sp.tensor(_run_shape(sp.shape_of(x), self.hi - self.lo), sp.elt_of(x))
+
+
+def _lead(shape: Sequence[int]) -> int:
+    """A shape's leading axis: its first of more than one element (the size-1 axes before it, a batch of one,
+    leave the run of its range contiguous)."""
+    return next((a for a, n in enumerate(shape) if n != 1), 0)
+
+
+def _run_shape(shape: Sequence[int], elems: int) -> list[int]:
+    """``shape`` with its leading axis (:func:`_lead`) cut to a run of ``elems`` elements."""
+    a = _lead(shape)
+    inner = int(np.prod(shape[a + 1:], dtype=np.int64))
+    return [*shape[:a], elems // inner, *shape[a + 1:]]
 
 
 def _leading_run(arg: SSAValue) -> _Run | None:
@@ -432,10 +449,11 @@ def _leading_run(arg: SSAValue) -> _Run | None:
 def _leading_span(op: sp.SliceOp) -> tuple[int, int] | None:
     """The elements [lo, hi) of its operand that the leading-axis range of a slice covers (a contiguous run)."""
     shape = sp.shape_of(op.input)
-    start, end, step = (int(a.get_values()[0]) if shape else 0 for a in (op.starts, op.ends, op.steps))
+    lead = _lead(shape)
+    start, end, step = (int(a.get_values()[lead]) if shape else 0 for a in (op.starts, op.ends, op.steps))
     if not shape or step != 1 or end <= start:
         return None
-    inner = int(np.prod(shape[1:], dtype=np.int64))
+    inner = int(np.prod(shape[lead + 1:], dtype=np.int64))
     return start * inner, end * inner
 
 
@@ -448,15 +466,16 @@ def _read_run(k: df.KernelOp, i: int, run: _Run, value: SSAValue) -> None:
     arg = block.insert_arg(value.type, i)
     for s in run.slices:
         shape = sp.shape_of(s.input)
-        first = int(s.starts.get_values()[0])
-        part = [(run.hi - run.lo) // (_elems(s.input.type) // shape[0]), *shape[1:]]
+        lead = _lead(shape)
+        first = int(s.starts.get_values()[lead])
+        part = _run_shape(shape, run.hi - run.lo)
         x = arg
         if part != list(sp.shape_of(arg)):
             shaped = sp.ReshapeOp(arg, part)
             block.insert_op_before(shaped, s)
             x = shaped.results[0]
         starts, ends = list(s.starts.get_values()), list(s.ends.get_values())
-        starts[0], ends[0] = starts[0] - first, ends[0] - first
+        starts[lead], ends[lead] = starts[lead] - first, ends[lead] - first
         if starts == [0] * len(part) and ends == part and all(p == 1 for p in s.steps.get_values()):
             new = x  # the slice took the whole run
         else:
@@ -849,8 +868,9 @@ def _streams_to_stages(users: list[tuple[df.KernelOp, int]], rows_of: dict, v: S
 
 def _row_wise(k: df.KernelOp) -> bool:
     """Whether every op of ``k`` works row by row along the last axis (elementwise ops, a layer norm
-    over the last axis, data movement and constants)."""
-    if k.kind.data not in ("elementwise", "layer_norm"):
+    over the last axis, a reduction of the last axis alone that keeps it as size 1 -- RMSNorm's mean of
+    squares --, data movement and constants)."""
+    if k.kind.data not in ("elementwise", "layer_norm", "reduce"):
         return False
     for op in k.body.block.ops:
         if isinstance(op, (df.YieldOp, sp.ConstantOp, *sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)) or folds_into_kernels(op):
@@ -858,8 +878,17 @@ def _row_wise(k: df.KernelOp) -> bool:
         rank = len(sp.shape_of(op.operands[0])) if op.operands else 0
         if isinstance(op, sp.LayerNormOp) and op.axis.value.data % max(rank, 1) == rank - 1:
             continue
+        if isinstance(op, sp.ReduceOp) and _reduces_rows(op):
+            continue
         return False
     return True
+
+
+def _reduces_rows(op: sp.ReduceOp) -> bool:
+    """Whether ``op`` reduces each row (the last axis) alone and keeps the axis (size 1): its result has
+    as many rows as its input, in the same order."""
+    rank = len(sp.shape_of(op.input))
+    return rank > 0 and list(op.axes.get_values()) == [rank - 1] and op.keepdims is not None
 
 
 def stream_row_wise(fn: func.FuncOp) -> None:
@@ -1039,10 +1068,37 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
             elif users and all(u.kind.data in ("dma_store", "dma_spill") for u, _ in users):
                 trips = dict(k.loop_schedule())
                 out[j] = trips.get("m", 1) * trips.get("n", 1)
+            elif users and all(_epilogue_block_input(k, r, u, i) for u, i in users):
+                # the gate of a SwiGLU into the up projection's parts: a sub-block each, as the readers' blocks end
+                trips = dict(k.loop_schedule())
+                out[j] = trips["m"] * trips["n"]
             else:
                 out[j] = 1
             tokens_of[r] = out[j]
         k.tokens = df.i64_array(out)
+
+
+def _epilogue_block_input(k: df.KernelOp, r: SSAValue, u: df.KernelOp, i: int) -> bool:
+    """Whether input ``i`` of ``u`` (value ``r``, a result of grid part ``k``) is read by ``u``'s epilogue alone, a
+    sub-block at a time in ``k``'s order: both are streamed grid parts walking the same (m, n) sub-blocks of
+    results of one shape, and the input reaches no operand of ``u``'s matmul. Then ``k`` sends its sub-blocks
+    as they are done and ``u`` takes each as its own block's reduction ends (the simulator's rule for an input
+    with one token per result block that no matmul reads), instead of holding ``k``'s result whole."""
+    if _grid_part(k) != "streamed" or _grid_part(u) != "streamed":
+        return False
+    mine, theirs = k.loop_schedule(), u.loop_schedule()
+    if mine[:2] != theirs[:2]:
+        return False
+    mm = [o for o in u.body.block.ops if isinstance(o, (sp.MatmulOp, sp.ContractOp))]
+    if len(mm) != 1 or sp.shape_of(mm[0].results[0]) != sp.shape_of(r):
+        return False
+    reach, todo = set(), [u.body.block.args[i]]
+    while todo:  # what the input flows into, through any op
+        v = todo.pop()
+        if v not in reach:
+            reach.add(v)
+            todo += [r for use in v.uses for r in use.operation.results]
+    return not any(v in reach for v in mm[0].operands)
 
 
 # ---------------------------------------------------------------------------
@@ -1314,6 +1370,8 @@ def _keeps_rows(v: SSAValue) -> bool:
         if isinstance(op, (*sp.UNARY_OPS, *sp.BINARY_OPS, sp.WhereOp)):
             continue  # row by row; its result is the kernel's business
         if isinstance(op, sp.LayerNormOp) and use.index == 0 and op.axis.value.data % max(len(shp), 1) == len(shp) - 1:
+            continue
+        if isinstance(op, sp.ReduceOp) and _reduces_rows(op):
             continue
         if isinstance(op, sp.ReshapeOp):
             out = sp.shape_of(op.results[0])
