@@ -256,6 +256,9 @@ class _InPort:
     share: Callable[[int], tuple[int, int]] | None = None
     #: read in the first pass and kept to the end (a GEMM part's weight block, streamed in k-chunks)
     held: bool = False
+    #: read a token as each result block's reduction ends (``_read_at_block_ends``): a ``share`` still in step
+    #: with the producer's progress, as an evenly read stream is
+    in_step: bool = False
 
     def need(self, segment: int, segments: int) -> int:
         """Tokens segment ``segment`` (0-based) of ``segments`` needs to have arrived: all of a weight's,
@@ -786,7 +789,7 @@ class _Sim:
             for p in k.inputs:
                 if p.producer is not None:
                     for r in roots(p.producer, p.stream):
-                        wait(k.cfg.kernel, sender(r), p.tokens > 1 and not p.broadcast and p.share is None)
+                        wait(k.cfg.kernel, sender(r), p.tokens > 1 and not p.broadcast and (p.share is None or p.in_step))
             for g in k.tile.kernels:
                 if k.phase and 1 <= g.phase < k.phase:
                     wait(k.cfg.kernel, g.cfg.kernel, False)
@@ -818,7 +821,7 @@ class _Sim:
                 continue
             extra: dict[int, bool] = {}
             for c, p, _, _ in candidates:
-                extra[c.cfg.kernel] = extra.get(c.cfg.kernel, True) and p.share is None
+                extra[c.cfg.kernel] = extra.get(c.cfg.kernel, True) and (p.share is None or p.in_step)
             if any(self._reaches(c, sender(kid), waits, extra) for c in extra):
                 continue  # back-pressure here could deadlock: unthrottled
             for c, in_step in extra.items():
@@ -1469,7 +1472,7 @@ def _read_at_block_ends(cfg: KernelConfig, ports: list[_InPort], segments: int, 
 
     for p in ports:
         if p.stream not in reduced and p.tokens == results and not p.broadcast and p.share is None and not p.held:
-            p.share = share
+            p.share, p.in_step = share, True
 
 
 def _forwards(cfg: KernelConfig) -> tuple[dict[int, list[int]], dict[int, tuple[int, ...]]]:
