@@ -433,3 +433,90 @@ def test_a_gemm_grids_row_strip_comes_in_one_load_per_grid_row():
     assert offsets[0][0] == 0 and sum(r for _, r in offsets) == seq
     assert all(b[0] == a[0] + a[1] * k * item for a, b in zip(offsets, offsets[1:]))  # contiguous row blocks
     np.testing.assert_allclose(interpret(module, inputs)["y"], ref, rtol=1e-4, atol=1e-4)
+
+
+def _rmsnorm_then_linear(onnx_model, seq: int, d: int):
+    """x -> RMSNorm (written in ONNX ops, as Llama's) -> @ W, f16, and the inputs."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]), helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Div", ["x", "rms"], ["xn"]), helper.make_node("Mul", ["xn", "g"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]  # fmt: skip
+    model = onnx_model(nodes, {"x": (TensorProto.FLOAT16, [1, seq, d])}, {"y": (TensorProto.FLOAT16, [1, seq, d])},
+                       inits={"two": np.array(2, np.float16), "axes": np.array([-1], np.int64),
+                              "eps": np.array(1e-5, np.float16), "g": rng.standard_normal(d).astype(np.float16),
+                              "w": (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float16)})  # fmt: skip
+    return model, {"x": rng.standard_normal((1, seq, d)).astype(np.float16)}
+
+
+def test_rmsnorm_row_parts_each_load_their_rows_a_row_a_token(onnx_model):
+    # Llama's RMSNorm on cloud, cut into row parts (fuse-elementwise): every part read the one load of the [1, S, D]
+    # input as one token and held its 64 rows whole (at D = 2048, 260 KiB on 256 KiB tiles). The reduction over the
+    # last axis is row-wise and a run of the input's rows skips its batch axis of one, so each part now has a load
+    # of its own rows (at their byte offset) that sends them a row a token, and declares far less than its rows
+    from attnc.pipeline import DEFAULT_PIPELINE
+
+    seq, d = 512, 1024
+    model, inputs = _rmsnorm_then_linear(onnx_model, seq, d)
+    module = import_onnx(model)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    before = interpret(module, inputs)["y"]
+    run_pipeline(module, "tile{arch=cloud},fuse-elementwise{arch=cloud},lower-to-dataflow{arch=cloud}")
+    fn = main_func(module)
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    parts = [k for k in kernels if k.kind.data == "reduce"]
+    assert len(parts) > 1
+    offsets = []
+    for k in parts:
+        load = k.inputs[0].owner
+        rows = sp.shape_of(load.outputs[0])[1]
+        assert load.kind.data == "dma_load" and list(load.inputs) == [fn.body.block.args[0]]
+        assert [u.operation for u in load.outputs[0].uses] == [k]
+        assert list(load.tokens.get_values()) == [rows] and list(k.trips.get_values()) == [rows]
+        assert k.buffer_bytes.value.data < rows * d * 2
+        offsets.append((load.dram_offset.value.data, rows))
+    offsets.sort()
+    assert offsets[0][0] == 0 and sum(r for _, r in offsets) == seq
+    assert all(b[0] == a[0] + a[1] * d * 2 for a, b in zip(offsets, offsets[1:]))
+    np.testing.assert_allclose(interpret(module, inputs)["y"], before, rtol=1e-2, atol=1e-2)
+
+
+def test_a_swiglu_gate_streams_into_the_up_projections_parts_a_sub_block_a_token(onnx_model):
+    # silu(x @ Wg) * (x @ Wu) on cloud: the gate and up projections are two columns of one grid, and the product is
+    # the up part's epilogue. The gate part's result went to it as one token, held whole (Llama on edge: 704 KiB in
+    # a 16 KiB tile); it now comes a sub-block a token, in the order both parts walk their sub-blocks
+    from onnx import TensorProto, helper
+
+    from attnc.pipeline import DEFAULT_PIPELINE
+
+    seq, d, f = 512, 512, 1408
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "wg"], ["g"]), helper.make_node("Sigmoid", ["g"], ["sg"]),
+             helper.make_node("Mul", ["g", "sg"], ["silu"]), helper.make_node("MatMul", ["x", "wu"], ["u"]),
+             helper.make_node("Mul", ["silu", "u"], ["y"])]  # fmt: skip
+    model = onnx_model(nodes, {"x": (TensorProto.FLOAT16, [1, seq, d])}, {"y": (TensorProto.FLOAT16, [1, seq, f])},
+                       inits={"wg": (rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float16),
+                              "wu": (rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float16)})  # fmt: skip
+    module = import_onnx(model)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    inputs = {"x": rng.standard_normal((1, seq, d)).astype(np.float16)}
+    before = interpret(module, inputs)["y"]
+    run_pipeline(module, "tile{arch=cloud},fuse-elementwise{arch=cloud},lower-to-dataflow{arch=cloud}")
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    gated = 0
+    for k in kernels:
+        for v in k.inputs:
+            src = v.owner
+            if k.kind.data != "gemm" or not isinstance(src, df.KernelOp) or src.kind.data != "gemm":
+                continue
+            if sp.shape_of(v) != sp.shape_of(k.outputs[-1]):
+                continue  # a row strip or weight block passed along the grid
+            trips = dict(src.loop_schedule())
+            assert dict(k.loop_schedule()) == trips
+            assert src.tokens.get_values()[list(src.outputs).index(v)] == trips["m"] * trips["n"] > 1
+            gated += 1
+    assert gated > 1
+    np.testing.assert_allclose(interpret(module, inputs)["y"], before, rtol=1e-2, atol=1e-2)
