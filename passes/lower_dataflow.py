@@ -526,6 +526,7 @@ class LowerToDataflowPass(TargetPass):
         stream_gemm_rows(fn)
         stream_row_wise(fn)
         stream_spilled_rows(fn)
+        stream_row_weights(fn, arch)
         stream_into_dma(fn, arch)
         size_stream_buffers(fn, arch)
 
@@ -1413,6 +1414,59 @@ def stream_spilled_rows(fn: func.FuncOp) -> None:
             out = list(src.tokens.get_values())
             out[j] = max(n, 1)
             src.tokens = df.i64_array(out)
+
+
+#: the most chunks a row kernel's weights are cut into when they come again every row
+ROW_WEIGHT_CHUNKS = 16
+
+
+def stream_row_weights(fn: func.FuncOp, arch) -> None:
+    """A row-wise kernel taking its rows a row a token whose weights (constants loaded for row kernels alone: a
+    norm's scale and bias) and a row of each streamed input do not fit its largest tile (XLM's 2048-wide
+    LayerNorm on edge: 8 KiB of scale and bias next to a 4 KiB row, on 8 KiB sfu tiles) has its weights sent
+    again every row, in C equal chunks a pass, and takes a step per chunk (loops ``('rows', R), ('chunk', C)``):
+    it holds its row through the row's chunk steps (statistics, then the row normalised a chunk at a time) and
+    two chunks of each weight, not the weights whole. C is the fewest chunks (at most ``ROW_WEIGHT_CHUNKS``)
+    with which a row and two chunks of each weight fit three quarters of the tile (the rest: the next row's
+    first tokens). The loads read the weights from DRAM
+    once per row (their ``('repeat', R)`` loop counts every pass)."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
+    for k in kernels:
+        sched = k.loop_schedule()
+        if not _row_wise(k) or [n for n, _ in sched] != ["rows"] or k.attributes.get(INPUT_REPEATS) is not None:
+            continue
+        rows = sched[0][1]
+        sram = max((t.sram_bytes for t in arch.tiles_of(k.tile_kind.data)), default=0)
+        weights, row = [], 0
+        for v, arg in zip(k.inputs, k.body.block.args):
+            src = v.owner
+            if not isinstance(src, df.KernelOp):
+                continue
+            if tokens_of.get(v, 1) == rows:
+                row += -(-consumed_bytes(arg) // rows)
+            elif _is_weight_load(src) and tokens_of.get(v, 1) == 1 and len(src.loops.data) == 1 and all(
+                    _row_wise(u) and u.loop_schedule() == sched for u, _ in consumers.get(v, [])):  # fmt: skip
+                weights.append((src, consumed_bytes(arg)))
+            else:
+                row = -1  # an input held whole that is no weight: not this kernel
+                break
+        held = sum(b for _, b in weights)
+        if row <= 0 or not weights or row + held <= sram:
+            continue
+        chunks = next((c for c in range(2, ROW_WEIGHT_CHUNKS + 1)
+                       if all(b % c == 0 for _, b in weights) and row + 2 * held // c <= sram * 3 // 4), None)  # fmt: skip
+        if chunks is None:
+            continue
+        for src, _ in weights:
+            users = [u for r in src.outputs for u in consumers.get(r, [])]
+            if src.attributes.get(INPUT_REPEATS) is None and dict(src.loop_schedule()).get("repeat") is None:
+                _repeat_weights(src, rows, users, chunks)
+                tokens_of[src.outputs[0]] = rows * chunks
+        for u in {u for src, _ in weights for r in src.outputs for u, _ in consumers.get(r, [])}:
+            u.loops = ArrayAttr([StringAttr("rows"), StringAttr("chunk")])
+            u.trips = df.i64_array([rows, chunks])
 
 
 def stream_into_dma(fn: func.FuncOp, arch) -> None:

@@ -520,3 +520,45 @@ def test_a_swiglu_gate_streams_into_the_up_projections_parts_a_sub_block_a_token
             gated += 1
     assert gated > 1
     np.testing.assert_allclose(interpret(module, inputs)["y"], before, rtol=1e-2, atol=1e-2)
+
+
+def test_a_norm_wider_than_its_sfu_tile_takes_its_weights_again_every_row_a_chunk_a_step():
+    # a 2048-wide LayerNorm after a GEMM on edge with phases (XLM's): its scale and bias (8 KiB) and a row (4 KiB)
+    # do not fit an 8 KiB sfu tile. Before, it went to compute tiles in 16 row blocks, each reading a slice of
+    # pieces that others read too (so not streamed): 136 KiB a part on 16 KiB tiles (in XLM's layer, where the
+    # GEMMs take the compute contexts, it stayed whole on sfu: "needs 16 KiB"). Now one part per row strip of
+    # the spilled GEMM result on sfu tiles, each taking its strip a row a token, and the scale and bias loaded
+    # again every row in chunks, a step per chunk: every part declares at most an sfu tile
+    from onnx import TensorProto, helper, numpy_helper
+
+    from attnc.pipeline import DEFAULT_PIPELINE
+
+    seq, k, d = 512, 512, 2048
+    rng = np.random.default_rng(0)
+    inits = {"w": (rng.standard_normal((k, d)) / np.sqrt(k)).astype(np.float16),
+             "g": rng.standard_normal(d).astype(np.float16), "b": rng.standard_normal(d).astype(np.float16)}  # fmt: skip
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], axis=-1, epsilon=1e-5)]  # fmt: skip
+    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, seq, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, seq, d])],
+                              [numpy_helper.from_array(v, n) for n, v in inits.items()])  # fmt: skip
+    module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    run_pipeline(module, DEFAULT_PIPELINE)
+    inputs = {"x": rng.standard_normal((1, seq, k)).astype(np.float16)}
+    before = interpret(module, inputs)["y"]
+    run_pipeline(module, "tile{arch=edge share-sram=on},fuse-elementwise{arch=edge},lower-to-dataflow{arch=edge}")
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    norms = [k for k in kernels if k.kind.data == "layer_norm"]
+    sfu = max(t.sram_bytes for t in load_arch("edge").tiles_of("sfu"))
+    assert len(norms) == 2 and all(k.tile_kind.data == "sfu" for k in norms)
+    for k in norms:
+        (_, rows), (chunk, chunks) = k.loop_schedule()
+        assert rows == seq // 2 and chunk == "chunk" and chunks > 1
+        assert k.buffer_bytes.value.data <= sfu
+        spills = {v.owner for v in k.inputs if v.owner.kind.data == "dma_spill"}
+        assert len(spills) == 1  # its own row strip's
+        weights = [v.owner for v in k.inputs if v.owner.kind.data == "dma_load"]
+        assert len(weights) == 2
+        for w in weights:
+            assert w.loop_schedule() == [("repeat", rows), ("burst", chunks)]
+    np.testing.assert_allclose(interpret(module, inputs)["y"], before, rtol=1e-2, atol=1e-2)
