@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attnc.cost.work import SFU_OPS, kernel_cost
+from attnc.cost.work import SFU_OPS, kernel_cost, nbytes
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import GROUP, SPILL, STAGE, TAG, TILE_KIND, i64_array
 from attnc.dialects.values import from_numpy
@@ -635,6 +635,22 @@ def split_axis(chain: list[Operation], columns: bool = False) -> tuple[int, int]
     return best
 
 
+def step_bytes(chain: list[Operation], axis: int) -> int:
+    """Bytes one row step of a row kernel of ``chain`` holds of its inputs (rows along ``axis``, counted from the
+    end): what is the same for every row (a norm's scale and bias) whole, one row of each other operand from
+    outside the chain (as ``lower-to-dataflow`` streams a row kernel's inputs a row a token)."""
+    inside = set(chain)
+    held, seen = 0, set()
+    for op in chain:
+        for v in op.operands:
+            if v in seen or v.owner in inside or not isinstance(v.type, TensorType):
+                continue
+            seen.add(v)
+            rows = 1 if _broadcast(v, axis) else int(np.prod(sp.shape_of(v)[: _rank(v) + axis + 1], dtype=np.int64))
+            held += nbytes(v.type) // max(rows, 1)
+    return held
+
+
 def _tagged_ops(block) -> dict[str, list[Operation]]:
     out: dict[str, list[Operation]] = {}
     for op in block.ops:
@@ -787,14 +803,22 @@ def plan_row_splits(block, kernels: Kernels, arch,
         if axis is None or not near:
             continue
         kind = _kind(chain)
-        if kind == "sfu" and kernels.special_on_compute:
+        strips = row_strips(chain, axis[0])
+        # a row step no sfu tile holds (XLM's 2048-wide LayerNorm: 8 KiB of scale and bias and a 4 KiB row in
+        # 8 KiB) stays on sfu tiles, one part per row strip of its input (a part takes its strip's pieces a row a
+        # token, not a token of every strip's), and lower-to-dataflow sends it its weights again every row, a
+        # chunk a step (stream_row_weights); the compute tiles' contexts are the GEMMs'
+        wide = kind == "sfu" and strips > 1 and step_bytes(chain, axis[0]) > max(t.sram_bytes for t in arch.tiles_of("sfu"))
+        if kind == "sfu" and kernels.special_on_compute and not wide:
             kind = "compute"  # many more of them, and their exp units run the special functions
         most = min(axis[1], len(arch.tiles_of(kind)))
         # sharing SRAM, a row kernel between two phases runs alone (its neighbours wait for it or it for them):
         # as many parts as the contexts allow, not as many as hide it behind its neighbour
         parts = most if shared else min(-(-_cycles(chain, arch, kind) // near), most)
+        if wide and strips <= most:
+            parts = most = strips
         if parts > 1:
-            wanted[tag] = [chain, axis, kind, parts, most, row_strips(chain, axis[0])]
+            wanted[tag] = [chain, axis, kind, parts, most, strips]
     for kind in {w[2] for w in wanted.values()}:
         mine = [w for w in wanted.values() if w[2] == kind]
         total = sum(t.contexts for t in arch.tiles_of(kind))

@@ -24,7 +24,7 @@ architecture through the fixed rule of ``attnc.cost.work``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -344,9 +344,13 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
         if not users or not all(isinstance(u, df.KernelOp) for u, _ in users):
             continue
         strips = all(_grid_part(u) and _reaches_lhs(u, i) for u, i in users)
-        if not strips and not any(u.tile_kind.data == "memory" for u, _ in users):
-            continue  # streaming readers only: they drop the runs they do not read (see the docstring)
         runs = [_leading_run(u.body.block.args[i]) for u, i in users]
+        if not strips and not any(u.tile_kind.data == "memory" for u, _ in users):
+            # the row blocks of a row kernel (RMSNorm's parts) take their runs; other readers keep the load
+            users, runs = map(list, zip(*[(x, r) for x, r in zip(users, runs) if r is not None and _row_wise(x[0])]
+                                        or [((None, 0), None)]))  # fmt: skip
+            if len(users) < 2:
+                continue  # streaming readers only: they drop the runs they do not read (see the docstring)
         if any(r is None for r in runs):
             continue
         whole = load.inputs[0].type
@@ -361,8 +365,7 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
         for lo, hi, members in loads:
             readers = [(u, i, r) for (u, i), r in zip(users, runs) if (r.lo, r.hi) in members]
             t = readers[0][2].type
-            inner = _elems(t) // t.get_shape()[0]
-            body = Block(arg_types=[sp.tensor([(hi - lo) // inner, *t.get_shape()[1:]], t.element_type)])
+            body = Block(arg_types=[sp.tensor(_run_shape(t.get_shape(), hi - lo), t.element_type)])
             body.add_op(df.YieldOp([body.args[0]]))
             groups = {u.group.data for u, _, _ in readers if u.group is not None}
             tail = groups.pop().replace("/", "_") if len(groups) == 1 else f"e{lo}"  # named after its group
@@ -372,7 +375,8 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
             Rewriter.insert_op(twin, InsertPoint.before(load))
             for u, i, run in readers:
                 _read_run(u, i, run, twin.results[0], (lo, hi))
-        Rewriter.erase_op(load)
+        if not load.outputs[0].uses:
+            Rewriter.erase_op(load)
 
 
 def split_output_stores(fn: func.FuncOp, partitioner: _Partitioner) -> None:
@@ -511,8 +515,20 @@ class _Run:
     def type(self) -> TensorType:
         """The run as the first slice's operand shapes it: its leading axis cut to the run."""
         x = self.slices[0].input
-        inner = _elems(x.type) // sp.shape_of(x)[0]
-        return sp.tensor([(self.hi - self.lo) // inner, *sp.shape_of(x)[1:]], sp.elt_of(x))
+        return sp.tensor(_run_shape(sp.shape_of(x), self.hi - self.lo), sp.elt_of(x))
+
+
+def _lead(shape: Sequence[int]) -> int:
+    """A shape's leading axis: its first of more than one element (the size-1 axes before it, a batch of one,
+    leave the run of its range contiguous)."""
+    return next((a for a, n in enumerate(shape) if n != 1), 0)
+
+
+def _run_shape(shape: Sequence[int], elems: int) -> list[int]:
+    """``shape`` with its leading axis (:func:`_lead`) cut to a run of ``elems`` elements."""
+    a = _lead(shape)
+    inner = int(np.prod(shape[a + 1:], dtype=np.int64))
+    return [*shape[:a], elems // inner, *shape[a + 1:]]
 
 
 def _leading_run(arg: SSAValue) -> _Run | None:
@@ -547,10 +563,11 @@ def _leading_run(arg: SSAValue) -> _Run | None:
 def _leading_span(op: sp.SliceOp) -> tuple[int, int] | None:
     """The elements [lo, hi) of its operand that the leading-axis range of a slice covers (a contiguous run)."""
     shape = sp.shape_of(op.input)
-    start, end, step = (int(a.get_values()[0]) if shape else 0 for a in (op.starts, op.ends, op.steps))
+    lead = _lead(shape)
+    start, end, step = (int(a.get_values()[lead]) if shape else 0 for a in (op.starts, op.ends, op.steps))
     if not shape or step != 1 or end <= start:
         return None
-    inner = int(np.prod(shape[1:], dtype=np.int64))
+    inner = int(np.prod(shape[lead + 1:], dtype=np.int64))
     return start * inner, end * inner
 
 
@@ -564,16 +581,16 @@ def _read_run(k: df.KernelOp, i: int, run: _Run, value: SSAValue, span: tuple[in
     arg = block.insert_arg(value.type, i)
     for s in run.slices:
         shape = sp.shape_of(s.input)
-        inner = _elems(s.input.type) // shape[0]
-        first = lo // inner  # where the load's value starts, in the slice operand's leading axis
-        part = [(hi - lo) // inner, *shape[1:]]
+        lead = _lead(shape)
+        first = lo // int(np.prod(shape[lead + 1:], dtype=np.int64))  # where the load's value starts on that axis
+        part = _run_shape(shape, hi - lo)
         x = arg
         if part != list(sp.shape_of(arg)):
             shaped = sp.ReshapeOp(arg, part)
             block.insert_op_before(shaped, s)
             x = shaped.results[0]
         starts, ends = list(s.starts.get_values()), list(s.ends.get_values())
-        starts[0], ends[0] = starts[0] - first, ends[0] - first
+        starts[lead], ends[lead] = starts[lead] - first, ends[lead] - first
         if starts == [0] * len(part) and ends == part and all(p == 1 for p in s.steps.get_values()):
             new = x  # the slice took the whole run
         else:
@@ -625,6 +642,7 @@ class LowerToDataflowPass(TargetPass):
         stream_gemm_rows(fn)
         stream_row_wise(fn)
         stream_spilled_rows(fn)
+        stream_row_weights(fn, arch)
         stream_into_dma(fn, arch)
         size_stream_buffers(fn, arch)
 
@@ -977,7 +995,8 @@ def _streams_to_stages(users: list[tuple[df.KernelOp, int]], rows_of: dict, v: S
 
 def _row_wise(k: df.KernelOp) -> bool:
     """Whether every op of ``k`` works row by row along the last axis (elementwise ops and casts, a layer norm
-    or a row sum over the last axis, data movement and constants)."""
+    over the last axis, a reduction of the last axis alone kept as a column -- a row sum, RMSNorm's mean of
+    squares --, data movement and constants)."""
     if k.kind.data not in ("elementwise", "layer_norm", "reduce"):
         return False
     for op in k.body.block.ops:
@@ -1168,10 +1187,37 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
             elif users and all(u.kind.data in ("dma_store", "dma_spill") for u, _ in users):
                 trips = dict(k.loop_schedule())
                 out[j] = trips.get("m", 1) * trips.get("n", 1)
+            elif users and all(_epilogue_block_input(k, r, u, i) for u, i in users):
+                # the gate of a SwiGLU into the up projection's parts: a sub-block each, as the readers' blocks end
+                trips = dict(k.loop_schedule())
+                out[j] = trips["m"] * trips["n"]
             else:
                 out[j] = 1
             tokens_of[r] = out[j]
         k.tokens = df.i64_array(out)
+
+
+def _epilogue_block_input(k: df.KernelOp, r: SSAValue, u: df.KernelOp, i: int) -> bool:
+    """Whether input ``i`` of ``u`` (value ``r``, a result of grid part ``k``) is read by ``u``'s epilogue alone, a
+    sub-block at a time in ``k``'s order: both are streamed grid parts walking the same (m, n) sub-blocks of
+    results of one shape, and the input reaches no operand of ``u``'s matmul. Then ``k`` sends its sub-blocks
+    as they are done and ``u`` takes each as its own block's reduction ends (the simulator's rule for an input
+    with one token per result block that no matmul reads), instead of holding ``k``'s result whole."""
+    if _grid_part(k) != "streamed" or _grid_part(u) != "streamed":
+        return False
+    mine, theirs = k.loop_schedule(), u.loop_schedule()
+    if mine[:2] != theirs[:2]:
+        return False
+    mm = [o for o in u.body.block.ops if isinstance(o, (sp.MatmulOp, sp.ContractOp))]
+    if len(mm) != 1 or sp.shape_of(mm[0].results[0]) != sp.shape_of(r):
+        return False
+    reach, todo = set(), [u.body.block.args[i]]
+    while todo:  # what the input flows into, through any op
+        v = todo.pop()
+        if v not in reach:
+            reach.add(v)
+            todo += [r for use in v.uses for r in use.operation.results]
+    return not any(v in reach for v in mm[0].operands)
 
 
 # ---------------------------------------------------------------------------
@@ -1444,6 +1490,8 @@ def _keeps_rows(v: SSAValue) -> bool:
             continue  # row by row; its result is the kernel's business
         if isinstance(op, sp.LayerNormOp) and use.index == 0 and op.axis.value.data % max(len(shp), 1) == len(shp) - 1:
             continue
+        if _row_reduce(op):
+            continue
         if isinstance(op, sp.ReshapeOp):
             out = sp.shape_of(op.results[0])
             if not shp or not out or out[-1] != shp[-1]:
@@ -1484,6 +1532,59 @@ def stream_spilled_rows(fn: func.FuncOp) -> None:
             out = list(src.tokens.get_values())
             out[j] = max(n, 1)
             src.tokens = df.i64_array(out)
+
+
+#: the most chunks a row kernel's weights are cut into when they come again every row
+ROW_WEIGHT_CHUNKS = 16
+
+
+def stream_row_weights(fn: func.FuncOp, arch) -> None:
+    """A row-wise kernel taking its rows a row a token whose weights (constants loaded for row kernels alone: a
+    norm's scale and bias) and a row of each streamed input do not fit its largest tile (XLM's 2048-wide
+    LayerNorm on edge: 8 KiB of scale and bias next to a 4 KiB row, on 8 KiB sfu tiles) has its weights sent
+    again every row, in C equal chunks a pass, and takes a step per chunk (loops ``('rows', R), ('chunk', C)``):
+    it holds its row through the row's chunk steps (statistics, then the row normalised a chunk at a time) and
+    two chunks of each weight, not the weights whole. C is the fewest chunks (at most ``ROW_WEIGHT_CHUNKS``)
+    with which a row and two chunks of each weight fit three quarters of the tile (the rest: the next row's
+    first tokens). The loads read the weights from DRAM
+    once per row (their ``('repeat', R)`` loop counts every pass)."""
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    consumers = _consumers(kernels)
+    tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
+    for k in kernels:
+        sched = k.loop_schedule()
+        if not _row_wise(k) or [n for n, _ in sched] != ["rows"] or k.attributes.get(INPUT_REPEATS) is not None:
+            continue
+        rows = sched[0][1]
+        sram = max((t.sram_bytes for t in arch.tiles_of(k.tile_kind.data)), default=0)
+        weights, row = [], 0
+        for v, arg in zip(k.inputs, k.body.block.args):
+            src = v.owner
+            if not isinstance(src, df.KernelOp):
+                continue
+            if tokens_of.get(v, 1) == rows:
+                row += -(-consumed_bytes(arg) // rows)
+            elif _is_weight_load(src) and tokens_of.get(v, 1) == 1 and len(src.loops.data) == 1 and all(
+                    _row_wise(u) and u.loop_schedule() == sched for u, _ in consumers.get(v, [])):  # fmt: skip
+                weights.append((src, consumed_bytes(arg)))
+            else:
+                row = -1  # an input held whole that is no weight: not this kernel
+                break
+        held = sum(b for _, b in weights)
+        if row <= 0 or not weights or row + held <= sram:
+            continue
+        chunks = next((c for c in range(2, ROW_WEIGHT_CHUNKS + 1)
+                       if all(b % c == 0 for _, b in weights) and row + 2 * held // c <= sram * 3 // 4), None)  # fmt: skip
+        if chunks is None:
+            continue
+        for src, _ in weights:
+            users = [u for r in src.outputs for u in consumers.get(r, [])]
+            if src.attributes.get(INPUT_REPEATS) is None and dict(src.loop_schedule()).get("repeat") is None:
+                _repeat_weights(src, rows, users, chunks)
+                tokens_of[src.outputs[0]] = rows * chunks
+        for u in {u for src, _ in weights for r in src.outputs for u, _ in consumers.get(r, [])}:
+            u.loops = ArrayAttr([StringAttr("rows"), StringAttr("chunk")])
+            u.trips = df.i64_array([rows, chunks])
 
 
 def stream_into_dma(fn: func.FuncOp, arch) -> None:

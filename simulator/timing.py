@@ -256,6 +256,9 @@ class _InPort:
     share: Callable[[int], tuple[int, int]] | None = None
     #: read in the first pass and kept to the end (a GEMM part's weight block, streamed in k-chunks)
     held: bool = False
+    #: read a token as each result block's reduction ends (``_read_at_block_ends``): a ``share`` still in step
+    #: with the producer's progress, as an evenly read stream is
+    in_step: bool = False
 
     def need(self, segment: int, segments: int) -> int:
         """Tokens segment ``segment`` (0-based) of ``segments`` needs to have arrived: all of a weight's,
@@ -781,7 +784,7 @@ class _Sim:
             for p in k.inputs:
                 if p.producer is not None:
                     for r in roots(p.producer, p.stream):
-                        wait(k.cfg.kernel, sender(r), p.tokens > 1 and not p.broadcast and p.share is None)
+                        wait(k.cfg.kernel, sender(r), p.tokens > 1 and not p.broadcast and (p.share is None or p.in_step))
             for g in k.tile.kernels:
                 if k.phase and 1 <= g.phase < k.phase:
                     wait(k.cfg.kernel, g.cfg.kernel, False)
@@ -813,7 +816,7 @@ class _Sim:
                 continue
             extra: dict[int, bool] = {}
             for c, p, _, _ in candidates:
-                extra[c.cfg.kernel] = extra.get(c.cfg.kernel, True) and p.share is None
+                extra[c.cfg.kernel] = extra.get(c.cfg.kernel, True) and (p.share is None or p.in_step)
             if any(self._reaches(c, sender(kid), waits, extra) for c in extra):
                 continue  # back-pressure here could deadlock: unthrottled
             for c, in_step in extra.items():
@@ -977,6 +980,7 @@ class _Sim:
         if not is_dma and repeat == 1:
             k.forwards, k.made_of = _forwards(cfg)
         _hold_weight_block(cfg, k.inputs, segments)
+        _read_at_block_ends(cfg, k.inputs, segments, k.results, steps)
         port_bytes = 0
         for p in cfg.outputs:
             # the port's shape is the whole tensor; each of its tokens carries 1/tokens of the bytes moved
@@ -1437,6 +1441,33 @@ def _hold_weight_block(cfg: KernelConfig, ports: list[_InPort], segments: int) -
     for p in ports:
         if p.stream == rhs and p.tokens == chunks and not p.broadcast:
             p.share, p.held = share, True
+
+
+def _read_at_block_ends(cfg: KernelConfig, ports: list[_InPort], segments: int, results: int, steps: int) -> None:
+    """A reducing context's input that only its epilogue reads (it reaches no matmul operand: a SwiGLU gate
+    multiplied into the up projection's sub-blocks) and that comes in one token per result block is read as
+    each block's reduction ends: token j by the segment that finishes block j, and released then. Needed at
+    the block's first step, it would hold the block's producer (which sends it when its own block is done)
+    back until the consumer's block had started."""
+    if not results or not any(ins.opcode in ("matmul", "contract") for ins in cfg.body):
+        return
+    taint: dict[int, set[int]] = {p.register: {p.stream} for p in cfg.inputs}
+    reduced: set[int] = set()
+    for ins in cfg.body:
+        came = set().union(*(taint.get(r, set()) for r in ins.operands))
+        if ins.opcode in ("matmul", "contract"):
+            reduced |= came
+        for r in ins.results:
+            taint[r] = came
+    per_block = max(steps // results, 1)
+
+    def share(i: int) -> tuple[int, int]:
+        done = min(steps, -(-(i + 1) * steps // segments))  # steps finished when segment i ends
+        return (done // per_block, results)
+
+    for p in ports:
+        if p.stream not in reduced and p.tokens == results and not p.broadcast and p.share is None and not p.held:
+            p.share, p.in_step = share, True
 
 
 def _forwards(cfg: KernelConfig) -> tuple[dict[int, list[int]], dict[int, tuple[int, ...]]]:

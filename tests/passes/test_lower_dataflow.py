@@ -555,3 +555,132 @@ def test_a_grid_that_holds_its_weights_reads_its_row_strip_in_fewer_loads(monkey
         readers = sorted(u.operation.sym_name.data for u in ld.outputs[0].uses)
         assert readers == [f"gemm0_r{2 * i}c0", f"gemm0_r{2 * i + 1}c0"]  # the first parts of its two grid rows
     np.testing.assert_array_equal(interpret(after, inputs)["y"], interpret(before, inputs)["y"])
+
+
+def _rmsnorm_then_linear(onnx_model, seq: int, d: int):
+    """x -> RMSNorm (written in ONNX ops, as Llama's) -> @ W, f16, and the inputs."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]), helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Div", ["x", "rms"], ["xn"]), helper.make_node("Mul", ["xn", "g"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]  # fmt: skip
+    model = onnx_model(nodes, {"x": (TensorProto.FLOAT16, [1, seq, d])}, {"y": (TensorProto.FLOAT16, [1, seq, d])},
+                       inits={"two": np.array(2, np.float16), "axes": np.array([-1], np.int64),
+                              "eps": np.array(1e-5, np.float16), "g": rng.standard_normal(d).astype(np.float16),
+                              "w": (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float16)})  # fmt: skip
+    return model, {"x": rng.standard_normal((1, seq, d)).astype(np.float16)}
+
+
+def test_rmsnorm_row_parts_each_load_their_rows_a_row_a_token(onnx_model):
+    # Llama's RMSNorm on cloud, cut into row parts (fuse-elementwise): every part read the one load of the [1, S, D]
+    # input as one token and held its 64 rows whole (at D = 2048, 260 KiB on 256 KiB tiles). The reduction over the
+    # last axis is row-wise and a run of the input's rows skips its batch axis of one, so each part now has a load
+    # of its own rows (at their byte offset) that sends them a row a token, and declares far less than its rows
+    from attnc.pipeline import DEFAULT_PIPELINE
+
+    seq, d = 512, 1024
+    model, inputs = _rmsnorm_then_linear(onnx_model, seq, d)
+    module = import_onnx(model)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    before = interpret(module, inputs)["y"]
+    run_pipeline(module, "tile{arch=cloud},fuse-elementwise{arch=cloud},lower-to-dataflow{arch=cloud}")
+    fn = main_func(module)
+    kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
+    parts = [k for k in kernels if k.kind.data == "reduce"]
+    assert len(parts) > 1
+    offsets = []
+    for k in parts:
+        load = k.inputs[0].owner
+        rows = sp.shape_of(load.outputs[0])[1]
+        assert load.kind.data == "dma_load" and list(load.inputs) == [fn.body.block.args[0]]
+        assert [u.operation for u in load.outputs[0].uses] == [k]
+        assert list(load.tokens.get_values()) == [rows] and list(k.trips.get_values()) == [rows]
+        assert k.buffer_bytes.value.data < rows * d * 2
+        offsets.append((load.dram_offset.value.data, rows))
+    offsets.sort()
+    assert offsets[0][0] == 0 and sum(r for _, r in offsets) == seq
+    assert all(b[0] == a[0] + a[1] * d * 2 for a, b in zip(offsets, offsets[1:]))
+    np.testing.assert_allclose(interpret(module, inputs)["y"], before, rtol=1e-2, atol=1e-2)
+
+
+def test_a_swiglu_gate_streams_into_the_up_projections_parts_a_sub_block_a_token(onnx_model):
+    # silu(x @ Wg) * (x @ Wu) on cloud: the gate and up projections are two columns of one grid, and the product is
+    # the up part's epilogue. The gate part's result went to it as one token, held whole (Llama on edge: 704 KiB in
+    # a 16 KiB tile); it now comes a sub-block a token, in the order both parts walk their sub-blocks
+    from onnx import TensorProto, helper
+
+    from attnc.pipeline import DEFAULT_PIPELINE
+
+    seq, d, f = 512, 512, 1408
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "wg"], ["g"]), helper.make_node("Sigmoid", ["g"], ["sg"]),
+             helper.make_node("Mul", ["g", "sg"], ["silu"]), helper.make_node("MatMul", ["x", "wu"], ["u"]),
+             helper.make_node("Mul", ["silu", "u"], ["y"])]  # fmt: skip
+    model = onnx_model(nodes, {"x": (TensorProto.FLOAT16, [1, seq, d])}, {"y": (TensorProto.FLOAT16, [1, seq, f])},
+                       inits={"wg": (rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float16),
+                              "wu": (rng.standard_normal((d, f)) / np.sqrt(d)).astype(np.float16)})  # fmt: skip
+    module = import_onnx(model)
+    run_pipeline(module, DEFAULT_PIPELINE)
+    inputs = {"x": rng.standard_normal((1, seq, d)).astype(np.float16)}
+    before = interpret(module, inputs)["y"]
+    run_pipeline(module, "tile{arch=cloud},fuse-elementwise{arch=cloud},lower-to-dataflow{arch=cloud}")
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    gated = 0
+    for k in kernels:
+        for v in k.inputs:
+            src = v.owner
+            if k.kind.data != "gemm" or not isinstance(src, df.KernelOp) or src.kind.data != "gemm":
+                continue
+            if sp.shape_of(v) != sp.shape_of(k.outputs[-1]):
+                continue  # a row strip or weight block passed along the grid
+            trips = dict(src.loop_schedule())
+            assert dict(k.loop_schedule()) == trips
+            assert src.tokens.get_values()[list(src.outputs).index(v)] == trips["m"] * trips["n"] > 1
+            gated += 1
+    assert gated > 1
+    np.testing.assert_allclose(interpret(module, inputs)["y"], before, rtol=1e-2, atol=1e-2)
+
+
+def test_a_norm_wider_than_its_sfu_tile_takes_its_weights_again_every_row_a_chunk_a_step():
+    # a 2048-wide LayerNorm after a GEMM on edge with phases (XLM's): its scale and bias (8 KiB) and a row (4 KiB)
+    # do not fit an 8 KiB sfu tile. Before, it went to compute tiles in 16 row blocks, each reading a slice of
+    # pieces that others read too (so not streamed): 136 KiB a part on 16 KiB tiles (in XLM's layer, where the
+    # GEMMs take the compute contexts, it stayed whole on sfu: "needs 16 KiB"). Now one part per row strip of
+    # the spilled GEMM result on sfu tiles, each taking its strip a row a token, and the scale and bias loaded
+    # again every row in chunks, a step per chunk: every part declares at most an sfu tile
+    from onnx import TensorProto, helper, numpy_helper
+
+    from attnc.pipeline import DEFAULT_PIPELINE
+
+    seq, k, d = 512, 512, 2048
+    rng = np.random.default_rng(0)
+    inits = {"w": (rng.standard_normal((k, d)) / np.sqrt(k)).astype(np.float16),
+             "g": rng.standard_normal(d).astype(np.float16), "b": rng.standard_normal(d).astype(np.float16)}  # fmt: skip
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], axis=-1, epsilon=1e-5)]  # fmt: skip
+    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, seq, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, seq, d])],
+                              [numpy_helper.from_array(v, n) for n, v in inits.items()])  # fmt: skip
+    module = import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    run_pipeline(module, DEFAULT_PIPELINE)
+    inputs = {"x": rng.standard_normal((1, seq, k)).astype(np.float16)}
+    before = interpret(module, inputs)["y"]
+    run_pipeline(module, "tile{arch=edge share-sram=on},fuse-elementwise{arch=edge},lower-to-dataflow{arch=edge}")
+    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    norms = [k for k in kernels if k.kind.data == "layer_norm"]
+    sfu = max(t.sram_bytes for t in load_arch("edge").tiles_of("sfu"))
+    assert len(norms) == 2 and all(k.tile_kind.data == "sfu" for k in norms)
+    for k in norms:
+        (_, rows), (chunk, chunks) = k.loop_schedule()
+        assert rows == seq // 2 and chunk == "chunk" and chunks > 1
+        assert k.buffer_bytes.value.data <= sfu
+        spills = {v.owner for v in k.inputs if v.owner.kind.data == "dma_spill"}
+        assert len(spills) == 1  # its own row strip's
+        weights = [v.owner for v in k.inputs if v.owner.kind.data == "dma_load"]
+        assert len(weights) == 2
+        for w in weights:
+            assert w.loop_schedule() == [("repeat", rows), ("burst", chunks)]
+    np.testing.assert_allclose(interpret(module, inputs)["y"], before, rtol=1e-2, atol=1e-2)
