@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attnc.cost.work import SFU_OPS, kernel_cost
+from attnc.cost.work import SFU_OPS, kernel_cost, nbytes
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import GROUP, SPILL, STAGE, TAG, TILE_KIND, i64_array
 from attnc.dialects.values import from_numpy
@@ -728,10 +728,12 @@ def _row_streams(kernels: Kernels) -> set[str]:
     return out
 
 
-def row_strips(chain: list[Operation], axis: int) -> int:
+def row_strips(chain: list[Operation], axis: int) -> tuple[int, int]:
     """How many equal row strips an input of ``chain`` is concatenated from along ``axis`` (counted from the
-    end): a split GEMM's row strips; 1 if none is."""
+    end): a split GEMM's row strips; 1 if none is. And the bytes of one strip of every input so cut (what a
+    part holds when it shares a strip with another part and so takes it whole)."""
     inside = set(chain)
+    count, held = 1, 0
     for op in chain:
         for y in op.operands:
             # (through reshapes that only regroup what comes before the axis)
@@ -746,8 +748,11 @@ def row_strips(chain: list[Operation], axis: int) -> int:
             if isinstance(cat, sp.ConcatOp) and cat not in inside and TAG not in cat.attributes:
                 cat_axis, spans = concat_spans(cat)
                 if cat_axis == _rank(y) + axis and len({hi - lo for lo, hi in spans}) == 1:
-                    return len(spans)
-    return 1
+                    if count == 1:
+                        count = len(spans)
+                    if len(spans) == count:
+                        held += nbytes(y.type) // count
+    return count, held
 
 
 def aligned(parts: int, strips: int, most: int, room: int, whole: bool = False) -> int:
@@ -770,8 +775,9 @@ def plan_row_splits(block, kernels: Kernels, arch,
     chain whose input comes in equal row strips gets a divisor or a multiple of their number, so that no
     part straddles two (it would read both strips' parts). Keyed by each chain's first op. With ``shared``
     (the module's phases share SRAM) a chain takes as many parts as its rows, tiles and the free contexts
-    allow: it runs alone between phases; and no more parts than its input has strips (each strip, spilled
-    between phases, then has one reader, to which it streams back row by row)."""
+    allow: it runs alone between phases; and when a strip of its input is more than a tile's SRAM, no more
+    parts than it has strips (each strip, spilled between phases, then has one reader, to which it streams
+    back row by row, instead of being held whole by each of two)."""
     tagged = _tagged_ops(block)
     order = {op: i for i, op in enumerate(block.ops)}
     wanted: dict[str, list] = {}
@@ -795,7 +801,13 @@ def plan_row_splits(block, kernels: Kernels, arch,
         # as many parts as the contexts allow, not as many as hide it behind its neighbour
         parts = most if shared else min(-(-_cycles(chain, arch, kind) // near), most)
         if parts > 1:
-            wanted[tag] = [chain, axis, kind, parts, most, row_strips(chain, axis[0])]
+            strips, held = row_strips(chain, axis[0])
+            # sharing SRAM, the chain reads its input's strips back from the DRAM they were spilled to between
+            # phases: a strip read by one part streams back a row per token, one that two parts share is held
+            # whole by each (lower-to-dataflow's stream_spilled_rows), which no tile may be too small for
+            # (BERT-base at seq 8192 on cloud: 16 layer-norm parts over 8 strips of 1024 rows each held 771 KiB)
+            whole = shared and held > max((t.sram_bytes for t in arch.tiles_of(kind)), default=0)
+            wanted[tag] = [chain, axis, kind, parts, most, strips, whole]
     for kind in {w[2] for w in wanted.values()}:
         mine = [w for w in wanted.values() if w[2] == kind]
         total = sum(t.contexts for t in arch.tiles_of(kind))
@@ -803,14 +815,10 @@ def plan_row_splits(block, kernels: Kernels, arch,
         while sum(w[3] for w in mine) > free:
             max(mine, key=lambda w: w[3])[3] -= 1
         for w in mine:
-            # sharing SRAM, a chain reads its input's strips back from the DRAM they were spilled to between
-            # phases: a strip read by one part streams back a row per token, one that two parts share is held
-            # whole by each (lower-to-dataflow's stream_spilled_rows; BERT-base at seq 8192 on cloud: 16 layer
-            # norm parts over 8 strips of 1024 rows each held 771 KiB)
-            w[3] = aligned(w[3], w[5], w[4], free - sum(x[3] for x in mine) + w[3], whole=shared)
+            w[3] = aligned(w[3], w[5], w[4], free - sum(x[3] for x in mine) + w[3], whole=w[6])
     out = {}
     names = set(tagged)
-    for tag, (chain, (axis, extent), kind, parts, _, _) in wanted.items():
+    for tag, (chain, (axis, extent), kind, parts, *_) in wanted.items():
         if parts < 2:
             continue
         base = chain[0].name.removeprefix("sparse.") if len(chain) == 1 else tag
