@@ -744,10 +744,12 @@ def _row_streams(kernels: Kernels) -> set[str]:
     return out
 
 
-def row_strips(chain: list[Operation], axis: int) -> int:
+def row_strips(chain: list[Operation], axis: int) -> tuple[int, int]:
     """How many equal row strips an input of ``chain`` is concatenated from along ``axis`` (counted from the
-    end): a split GEMM's row strips; 1 if none is."""
+    end): a split GEMM's row strips; 1 if none is. And the bytes of one strip of every input so cut (what a
+    part holds when it shares a strip with another part and so takes it whole)."""
     inside = set(chain)
+    count, held = 1, 0
     for op in chain:
         for y in op.operands:
             # (through reshapes that only regroup what comes before the axis)
@@ -762,17 +764,20 @@ def row_strips(chain: list[Operation], axis: int) -> int:
             if isinstance(cat, sp.ConcatOp) and cat not in inside and TAG not in cat.attributes:
                 cat_axis, spans = concat_spans(cat)
                 if cat_axis == _rank(y) + axis and len({hi - lo for lo, hi in spans}) == 1:
-                    return len(spans)
-    return 1
+                    if count == 1:
+                        count = len(spans)
+                    if len(spans) == count:
+                        held += nbytes(y.type) // count
+    return count, held
 
 
-def aligned(parts: int, strips: int, most: int, room: int) -> int:
+def aligned(parts: int, strips: int, most: int, room: int, whole: bool = False) -> int:
     """``parts`` made a count whose balanced blocks never straddle two of ``strips`` equal strips (a divisor
-    or a multiple of ``strips``): the next such count up if it is at most ``most`` and ``room``, else the
-    next one down."""
+    or a multiple of ``strips``; with ``whole``, a divisor: each part reads whole strips, so that each strip
+    has one reader): the next such count up if it is at most ``most`` and ``room``, else the next one down."""
     if strips < 2:
         return parts
-    counts = [n for n in range(1, most + 1) if strips % n == 0 or n % strips == 0]
+    counts = [n for n in range(1, most + 1) if strips % n == 0 or (n % strips == 0 and not whole)]
     up = [n for n in counts if parts <= n <= room]
     return min(up) if up else max(n for n in counts if n <= parts)
 
@@ -786,7 +791,9 @@ def plan_row_splits(block, kernels: Kernels, arch,
     chain whose input comes in equal row strips gets a divisor or a multiple of their number, so that no
     part straddles two (it would read both strips' parts). Keyed by each chain's first op. With ``shared``
     (the module's phases share SRAM) a chain takes as many parts as its rows, tiles and the free contexts
-    allow: it runs alone between phases."""
+    allow: it runs alone between phases; and when a strip of its input is more than a tile's SRAM, no more
+    parts than it has strips (each strip, spilled between phases, then has one reader, to which it streams
+    back row by row, instead of being held whole by each of two)."""
     tagged = _tagged_ops(block)
     order = {op: i for i, op in enumerate(block.ops)}
     wanted: dict[str, list] = {}
@@ -803,7 +810,7 @@ def plan_row_splits(block, kernels: Kernels, arch,
         if axis is None or not near:
             continue
         kind = _kind(chain)
-        strips = row_strips(chain, axis[0])
+        strips, held = row_strips(chain, axis[0])
         # a row step no sfu tile holds (XLM's 2048-wide LayerNorm: 8 KiB of scale and bias and a 4 KiB row in
         # 8 KiB) stays on sfu tiles, one part per row strip of its input (a part takes its strip's pieces a row a
         # token, not a token of every strip's), and lower-to-dataflow sends it its weights again every row, a
@@ -818,7 +825,12 @@ def plan_row_splits(block, kernels: Kernels, arch,
         if wide and strips <= most:
             parts = most = strips
         if parts > 1:
-            wanted[tag] = [chain, axis, kind, parts, most, strips]
+            # sharing SRAM, the chain reads its input's strips back from the DRAM they were spilled to between
+            # phases: a strip read by one part streams back a row per token, one that two parts share is held
+            # whole by each (lower-to-dataflow's stream_spilled_rows), which no tile may be too small for
+            # (BERT-base at seq 8192 on cloud: 16 layer-norm parts over 8 strips of 1024 rows each held 771 KiB)
+            whole = shared and held > max((t.sram_bytes for t in arch.tiles_of(kind)), default=0)
+            wanted[tag] = [chain, axis, kind, parts, most, strips, whole]
     for kind in {w[2] for w in wanted.values()}:
         mine = [w for w in wanted.values() if w[2] == kind]
         total = sum(t.contexts for t in arch.tiles_of(kind))
@@ -826,10 +838,10 @@ def plan_row_splits(block, kernels: Kernels, arch,
         while sum(w[3] for w in mine) > free:
             max(mine, key=lambda w: w[3])[3] -= 1
         for w in mine:
-            w[3] = aligned(w[3], w[5], w[4], free - sum(x[3] for x in mine) + w[3])
+            w[3] = aligned(w[3], w[5], w[4], free - sum(x[3] for x in mine) + w[3], whole=w[6])
     out = {}
     names = set(tagged)
-    for tag, (chain, (axis, extent), kind, parts, _, _) in wanted.items():
+    for tag, (chain, (axis, extent), kind, parts, *_) in wanted.items():
         if parts < 2:
             continue
         base = chain[0].name.removeprefix("sparse.") if len(chain) == 1 else tag

@@ -505,3 +505,47 @@ def test_k_v_stages_and_spills_are_not_counted_on_the_compute_tiles():
     stage.attributes[STAGE] = IntegerAttr(2, 64)
     spill.attributes[SPILL] = UnitAttr()
     assert (_kind([stage]), _kind([spill]), _kind([plain])) == ("memory", "dma", "compute")
+
+
+
+def shared_norm_after_split_gemm(rows: int) -> ModuleOp:
+    """:func:`norm_after_split_gemm` in 2 x 3 parts, its phases sharing SRAM (so its norm reads the GEMM's row
+    strips back from the DRAM they are spilled to between phases)."""
+    from attnc.passes.sram_phases import SHARE_ATTR
+    from xdsl.dialects.builtin import IntegerAttr
+
+    module = norm_after_split_gemm(rows, K, 2, 3)
+    main_func(module).attributes[SHARE_ATTR] = IntegerAttr(1, 64)
+    return module
+
+
+def test_with_sram_phases_a_norm_shares_row_strips_that_its_parts_may_hold_whole():
+    # strips of 16 rows x 12 f32 (768 bytes, a tile has 4 KiB): 2 parts a strip, each holding its strip whole
+    module = shared_norm_after_split_gemm(32)
+    fused(module)
+    assert [tag(o) for o in compute_ops(module) if isinstance(o, sp.LayerNormOp)] == [f"layer_norm_p{j}" for j in range(4)]
+
+
+def test_with_sram_phases_a_norm_takes_whole_row_strips_which_stream_back_from_their_spill_row_by_row():
+    """Strips of 128 rows x 12 f32 (6 KiB) are more than a tiny compute tile's 4 KiB: a part that read half a
+    strip would share the strip's spilled blocks with the other half's part, and a spill output with two readers
+    is held whole by each (before: 4 parts, 2 a strip, as above). So the norm takes 2 parts, one per strip: each
+    spill output has one reader, comes a row per token, and the part takes a row a step."""
+    module = shared_norm_after_split_gemm(256)
+    x = inputs(module)
+    want = interpret(module, x)
+    fused(module)
+    same_numbers(want, interpret(module, x))
+    norms = [o for o in compute_ops(module) if isinstance(o, sp.LayerNormOp)]
+    assert [tag(o) for o in norms] == ["layer_norm_p0", "layer_norm_p1"]
+    run_pipeline(module, [LowerToDataflowPass(arch="tiny")])
+    same_numbers(want, interpret(module, x))
+    parts = [k for k in kernels_of(module) if k.kind.data == "layer_norm"]
+    for j, k in enumerate(parts):
+        spills = {v.owner for v in k.inputs if isinstance(v.owner, df.KernelOp) and v.owner.kind.data == "dma_spill"}
+        assert [s.sym_name.data for s in spills] == [f"spill_g_to_layer_norm_s{j}"]
+        (spill,) = spills
+        assert {u.operation for r in spill.outputs for u in r.uses} == {k}  # its only reader
+        assert list(spill.tokens.get_values()) == [128] * 3  # a row per token
+        assert k.loop_schedule() == [("rows", 128)]
+        assert k.buffer_bytes.value.data < 4096
