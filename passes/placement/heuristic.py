@@ -117,6 +117,7 @@ class ProblemView:
         for si, parts in enumerate(self.phases.transfer):
             for cap in set(av.cap):
                 self.t_int[si, cap] = tuple((j, round(nb / cap / self.cycle_unit)) for j, nb in parts)
+        self.clash = clashes(self.kernels, self.w_int, self.len_int)
         self.cand = [av.of_kind.get(k.kind, []) for k in self.kernels]
         self.incident: list[list[int]] = [[] for _ in self.kernels]
         for si, (a, b) in enumerate(zip(self.src, self.dst)):
@@ -147,7 +148,8 @@ class Score:
     loads: tuple[float, ...]
     iloads: tuple[int, ...]
     #: kernels that run at the same time (one nonzero SRAM phase, or one ``together`` group) on a tile beyond the
-    #: first, summed: they take turns, which the estimate misses while their window has slack
+    #: first, summed: they take turns, which the estimate misses while their window has slack; plus, per tile,
+    #: the pairs of clashing SRAM phases it holds (``clashes``): the gate runs them one after the other
     stacked: int = 0
 
     def key(self) -> tuple:
@@ -172,10 +174,11 @@ def score(av: ArrayView, pv: ProblemView, st: State) -> Score:
     busy = _Busy(pv, len(av.pos), st.place)
     links = pv.phases.link_work(st.routes, lambda a, b: av.cap[av.link_index[(a, b)]])
     per = _stacks(pv, st.place)
+    gated = sum(1 for (t, key) in per for other in pv.clash.get(key, ()) if (t, other) in per and key < other)
     return Score(max(loads, default=0.0), max(0.0, over) if over > 1e-9 else 0.0, bh,
                  round(pv.phases.estimate(st.place, links)), max(0, o_int), bh_int,
                  busy.total(_link_time_int(av, pv, st.routes)), tuple(loads), tuple(iloads),
-                 sum(n - 1 for n in per.values()))
+                 sum(n - 1 for n in per.values()) + gated)
 
 
 def stack_key(k) -> tuple | None:
@@ -183,6 +186,35 @@ def stack_key(k) -> tuple | None:
     if k.phase:
         return ("phase", k.phase)
     return ("group", k.together) if k.together else None
+
+
+def clashes(kernels, work: list[tuple[tuple[int, int], ...]], lengths: list[int]) -> dict[tuple, frozenset]:
+    """Pairs of nonzero SRAM phases that must not share a tile when the array has room, as ``stack_key``
+    -> the keys it clashes with. A context of phase q waits on its tile for every context of a lower
+    nonzero phase to finish (the simulator's gate), and a spill into phase q reads back only once all its
+    consumers are open, so one tile holding both makes the whole of q wait for p. Where the windows say
+    the two run one after the other that costs nothing; where each is busy more than half of the time
+    their windows share, they stream into each other (FFN1 and FFN2 through DRAM) and the gate serialises
+    two that would otherwise overlap. (A kernel that is busy a smaller part of that time -- an attention
+    whose window the unplaced schedule stretches over the layer -- is left to the estimate.) The estimate's
+    max over tiles sees this only on the busiest tile; the count of clashing pairs per tile sees it on
+    every one. ``work``: each kernel's (phase, work) in the estimate's units, ``lengths`` the phases'."""
+    profile: dict[int, dict[int, int]] = {}
+    for k, parts in zip(kernels, work):
+        if k.phase:
+            prof = profile.setdefault(k.phase, {})
+            for j, w in parts:
+                prof[j] = max(prof.get(j, 0), w)
+    out: dict[tuple, set] = defaultdict(set)
+    ordered = sorted(profile)
+    for i, p in enumerate(ordered):
+        for q in ordered[i + 1:]:
+            a, b = profile[p], profile[q]
+            shared = a.keys() & b.keys()
+            if 2 * sum(min(a[j], b[j]) for j in shared) > sum(lengths[j] for j in shared) > 0:
+                out[("phase", p)].add(("phase", q))
+                out[("phase", q)].add(("phase", p))
+    return {key: frozenset(v) for key, v in out.items()}
 
 
 def _stacks(pv: ProblemView, place: list[int]) -> defaultdict[tuple, int]:
@@ -360,8 +392,9 @@ def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
                     cost += pv.b_int[si] * av.dist[t][place[other]]
             # Ties (and kernels with nothing placed yet) go to the emptiest tile: spreads load.
             stacked = same[t, phase] if phase is not None else 0
-            c = (stacked, busy.join_cost(ki, t, tops), ctx[t], cost, t) if spread else \
-                (stacked, busy.join_cost(ki, t, tops), cost, ctx[t], t)
+            gated = sum(same[t, q] > 0 for q in pv.clash.get(phase, ())) if phase is not None else 0
+            c = (stacked, busy.join_cost(ki, t, tops), gated, ctx[t], cost, t) if spread else \
+                (stacked, busy.join_cost(ki, t, tops), gated, cost, ctx[t], t)
             if best_cost is None or c < best_cost:
                 best, best_cost = t, c
         if best < 0:
@@ -442,6 +475,10 @@ class _Annealer:
             p = stack_key(self.pv.kernels[ki])
             if p is not None:
                 out += self.wm * self.work[ki] * ((self.same[b, p] >= 1) - (self.same[a, p] >= 2))
+                # the first of its phase on b gates against b's clashing phases; the last to leave a frees a
+                for q in self.pv.clash.get(p, ()):
+                    out += self.wm * self.work[ki] * (
+                        (self.same[b, p] == 0 and self.same[b, q] >= 1) - (self.same[a, p] == 1 and self.same[a, q] >= 1))
         return out
 
     def shift(self, ki: int, a: int, b: int) -> None:

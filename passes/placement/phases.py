@@ -87,7 +87,11 @@ def phases_of(problem: MappingProblem, max_phases: int = MAX_PHASES) -> Phases:
     moves = [_transfer_window(spans[index[st.src]], spans[index[st.dst]]) for st in problem.streams]
     cuts = _merge(sorted({v for span in spans + moves for v in span}), max_phases)
     lengths = tuple(b - a for a, b in zip(cuts, cuts[1:]))
-    work = tuple(_spread(float(k.cycles), span, cuts) for k, span in zip(ks, spans))
+    # a kernel is busy at most all of its window: cycles beyond it (a DMA context's bytes at one channel's
+    # share of DRAM, where the schedule ran its transfers on several channels at once) would put a floor
+    # under every phase it spans that no placement can lower, and hide there the stacking of other kernels
+    # that does stretch the run (two GEMMs that stream into each other, gated one after the other on a tile)
+    work = tuple(_spread(min(float(k.cycles), span[1] - span[0]), span, cuts) for k, span in zip(ks, spans))
     transfer = tuple(_spread(float(st.bytes), span, cuts) for st, span in zip(problem.streams, moves))
     return Phases(lengths, work, transfer)
 
