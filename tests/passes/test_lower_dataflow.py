@@ -356,27 +356,34 @@ def test_a_grid_part_passes_on_a_row_strip_joined_from_nested_concatenations_in_
         assert tokens[copy] == tokens[k.inputs[0]] > 1
 
 
-def test_the_butterfly_layers_chains_and_members_take_their_inputs_in_tokens_they_hold():
-    # BERT-base's butterfly layer on edge at seq 2048 (lowered, not placed): the simulator found 37 contexts over
-    # their buffers. The Q/K/V chains and the output chain's residual each read the layer's input from a load of
-    # their own; a stage kernel fed its weights again every row block walks them a chunk a step; the queries the
-    # Q chain makes row by row reach the members (which walk them head by head) through a spill, not whole; and
-    # no stage or row kernel declares less than its one-token inputs and a step's share of each stream
+def _lowered_butterfly_layer(arch: str, seq: int) -> list[df.KernelOp]:
+    """The kernels of benchmarks/layer.py's BERT-base layer with butterfly Q/K/V, output and FFN linears,
+    lowered for ``arch`` (not placed)."""
     import importlib.util
 
-    from attnc.cost.work import consumed_bytes
-    from attnc.passes.lower_dataflow import INPUT_REPEATS
     from attnc.pipeline import DEFAULT_PIPELINE, backend_passes, parse_pipeline, with_butterfly
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "layer.py"
     spec = importlib.util.spec_from_file_location("layer_benchmark", path)
     layer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(layer)
-    model, _ = layer.layer_model("bert", 2048)
+    model, _ = layer.layer_model("bert", seq)
     module = import_onnx(model)
     run_pipeline(module, with_butterfly(parse_pipeline(DEFAULT_PIPELINE), "linears=qkv,out,ffn"))
-    run_pipeline(module, backend_passes("edge", time_limit=10.0, seed=0, heuristic_only=True)[:3])
-    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    run_pipeline(module, backend_passes(arch, time_limit=10.0, seed=0, heuristic_only=True)[:3])
+    return [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+
+
+def test_the_butterfly_layers_chains_and_members_take_their_inputs_in_tokens_they_hold():
+    # BERT-base's butterfly layer on edge at seq 2048 (lowered, not placed): the simulator found 37 contexts over
+    # their buffers. The Q/K/V chains and the output chain's residual each read the layer's input from a load of
+    # their own; a stage kernel fed its weights again every row block walks them a chunk a step; the queries the
+    # Q chain makes row by row reach the members (which walk them head by head) through a spill, not whole; and
+    # no stage or row kernel declares less than its one-token inputs and a step's share of each stream
+    from attnc.cost.work import consumed_bytes
+    from attnc.passes.lower_dataflow import INPUT_REPEATS
+
+    kernels = _lowered_butterfly_layer("edge", 2048)
     loads = [k for k in kernels if k.kind.data == "dma_load" and k.sym_name.data.startswith("load_hidden_states")]
     assert len(loads) == 4 and all(len({u.operation for u in ld.outputs[0].uses}) == 1 for ld in loads)
     members = [k for k in kernels if k.kind.data == "attention"]
@@ -448,20 +455,9 @@ def test_the_butterfly_layers_norms_stream_by_columns_and_its_residual_joins_hol
     # chains is a kernel of two streamed inputs (the chains' sum, the first norm's output) that declares room for
     # every token of both: with two or three, the first norm waited for it at every token while the FFN's
     # pipeline of stage kernels was still filling (171,818 -> 103,204 cycles with the column norms).
-    import importlib.util
-
     from attnc.cost.work import consumed_bytes
-    from attnc.pipeline import DEFAULT_PIPELINE, backend_passes, parse_pipeline, with_butterfly
 
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "layer.py"
-    spec = importlib.util.spec_from_file_location("layer_benchmark", path)
-    layer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(layer)
-    model, _ = layer.layer_model("bert", 512)
-    module = import_onnx(model)
-    run_pipeline(module, with_butterfly(parse_pipeline(DEFAULT_PIPELINE), "linears=qkv,out,ffn"))
-    run_pipeline(module, backend_passes("cloud", time_limit=10.0, seed=0, heuristic_only=True)[:3])
-    kernels = [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
+    kernels = _lowered_butterfly_layer("cloud", 512)
     by_name = {k.sym_name.data: k for k in kernels}
     assert not any(k.kind.data == "layer_norm" for k in kernels)
     tokens_of = {r: int(t) for k in kernels for r, t in zip(k.outputs, k.tokens.get_values())}
