@@ -962,8 +962,6 @@ class _Sim:
         st = KernelStats(cfg.kernel, cfg.name, cfg.kind, tile.pos, segments=segments)
         k = _Kernel(cfg, tile, st, segments, lambda i: 0, is_dma=is_dma, phase=cfg.phase)
         k.results = _result_blocks(cfg, steps)
-        if k.results:
-            k.unreduced = _unreduced_outputs(cfg)
         for p in cfg.inputs:
             src = producers.get(p.stream)
             # a weight (a constant loaded by DMA) is needed whole before the first step
@@ -984,6 +982,9 @@ class _Sim:
                 port.share = share
         if not is_dma and repeat == 1:
             k.forwards, k.made_of = _forwards(cfg)
+        if k.results:
+            # a forwarded copy leaves as its input arrives (``_forward``), whatever this says
+            k.unreduced = _unreduced_outputs(cfg) - k.made_of.keys()
         _hold_weight_block(cfg, k.inputs, segments)
         _read_at_block_ends(cfg, k.inputs, segments, k.results, steps)
         port_bytes = 0
