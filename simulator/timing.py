@@ -404,6 +404,9 @@ class _Kernel:
     #: output sub-block after its k-chunks, an attention row block after its key blocks); 0: its outputs are
     #: final step by step
     results: int = 0
+    #: of a reducing context, the outputs that do not come out of its reduction (K/V it assembles from the
+    #: parts a spill brings and passes on to its group): final step by step, not at a result block's end
+    unreduced: frozenset[int] = frozenset()
 
     def ready(self) -> bool:
         if self.running or self.done >= self.segments or self.gates:
@@ -426,7 +429,7 @@ class _Kernel:
         blocks whose reduction has ended (a partial sum is not a result, whatever tokens it is cut into)."""
         if self.done >= self.segments:
             return tokens
-        if self.results:
+        if self.results and stream not in self.unreduced:
             return self.done * self.results // self.segments * tokens // self.results
         return self.done * tokens // self.segments
 
@@ -434,12 +437,12 @@ class _Kernel:
         """Whether a finished segment's output still waits for room in a consumer's buffers: its output buffer
         is full, so it does not start another segment (back-pressure). A reducing context's accumulators are
         double-buffered: one finished result block may drain while it computes the next."""
-        return any(self.target(th.stream, th.tokens) - self.emitted[th.stream] > self._draining(th.tokens)
+        return any(self.target(th.stream, th.tokens) - self.emitted[th.stream] > self._draining(th.stream, th.tokens)
                    for th in self.throttles)
 
-    def _draining(self, tokens: int) -> int:
+    def _draining(self, stream: int, tokens: int) -> int:
         """Tokens of an output that may wait while the context computes on: one result block's."""
-        return -(-tokens // self.results) if self.results else 0
+        return -(-tokens // self.results) if self.results and stream not in self.unreduced else 0
 
     def spill_side(self) -> str | None:
         """The side a split spill runs next: the read-back of what is written once its consumers are open,
@@ -979,6 +982,9 @@ class _Sim:
                 port.share = share
         if not is_dma and repeat == 1:
             k.forwards, k.made_of = _forwards(cfg)
+        if k.results:
+            # a forwarded copy leaves as its input arrives (``_forward``), whatever this says
+            k.unreduced = _unreduced_outputs(cfg) - k.made_of.keys()
         _hold_weight_block(cfg, k.inputs, segments)
         _read_at_block_ends(cfg, k.inputs, segments, k.results, steps)
         port_bytes = 0
@@ -1468,6 +1474,23 @@ def _read_at_block_ends(cfg: KernelConfig, ports: list[_InPort], segments: int, 
     for p in ports:
         if p.stream not in reduced and p.tokens == results and not p.broadcast and p.share is None and not p.held:
             p.share, p.in_step = share, True
+
+
+#: the operations whose result a reducing context finishes only at the end of its reduction loop
+REDUCING_OPCODES = frozenset({"matmul", "contract", "attention"})
+
+
+def _unreduced_outputs(cfg: KernelConfig) -> frozenset[int]:
+    """The output streams of a reducing context whose registers no reducing operation (``REDUCING_OPCODES``)
+    reaches: data the context moves or reshapes (a fused attention's first member assembling K/V from the
+    parts a spill brings, for the rest of its group). They are final as its steps go; held to its result
+    blocks, they would hold the group's other members back until the first member's whole first row block
+    had its queries, which their own unread queries keep from coming (a cycle of waits)."""
+    reduced: set[int] = set()
+    for ins in cfg.body:
+        if ins.opcode in REDUCING_OPCODES or any(r in reduced for r in ins.operands):
+            reduced.update(ins.results)
+    return frozenset(p.stream for p in cfg.outputs if p.register not in reduced)
 
 
 def _forwards(cfg: KernelConfig) -> tuple[dict[int, list[int]], dict[int, tuple[int, ...]]]:

@@ -510,3 +510,19 @@ def test_a_reduction_emits_a_result_block_only_when_its_k_loop_ends():
     g.loops = [("k", 16), ("m", 2), ("n", 1)]
     early = simulate(bitstream({(1, 1): [g], (2, 1): [sink]}, [route(2, 0, 1, [(1, 1), (2, 1)], 4 * 8 * 4)]))
     assert {x.name: x for x in early.kernels}["sink"].start < half
+
+
+def test_an_output_no_reduction_reaches_leaves_as_the_steps_go():
+    # the GEMM of the test above also sends on a transposed copy of its lhs (as a fused attention's first member
+    # passes the K/V it assembles to its group): no partial sum, so it leaves as the segments go, and the sink
+    # starts while the GEMM still runs (timed as a result of the reduction, it started only after the GEMM
+    # ended). Held back like a result, such a copy deadlocked Llama's attention groups: the other members'
+    # buffers filled with queries while they waited for K/V the first member had not finished a row block for
+    g = gemm(0, 8, 4, 16)
+    g.body.append(Instr("transpose", [0], [3], {"dtype": "f32", "permutation": [1, 0], "shape": [16, 8]}))
+    g.outputs.append(port(3, 5, [16, 8], 4))
+    sink = passthrough(1, "sink", 5, 6, 32, tokens=4, room=2)
+    stats = simulate(bitstream({(1, 1): [g], (2, 1): [sink]}, [route(5, 0, 1, [(1, 1), (2, 1)], 16 * 8 * 4)]))
+    k = {x.name: x for x in stats.kernels}
+    assert k["gemm0"].segments == 32
+    assert k["sink"].start < k["gemm0"].end
