@@ -1024,10 +1024,6 @@ class SplitNormByColumnsPattern(RewritePattern):
         for o in made:
             t = k.tag_of(o)
             k.first.setdefault(t, o)
-        for j, tag in enumerate(tags):
-            moved = f"{base}_in_p{j}"
-            if moved in k.first:
-                tagged.setdefault(moved, [])
         joined = sp.ConcatOp(outs, axis)
         rewriter.replace(op, joined)
         if not cat.result.uses:
