@@ -414,11 +414,7 @@ def split_output_stores(fn: func.FuncOp, partitioner: _Partitioner) -> None:
             mapping: dict[SSAValue, SSAValue] = dict(zip(args, part.args))
             for op in body.ops:
                 if op in ops:
-                    clone = op.clone()
-                    for n, o in enumerate(op.operands):
-                        clone.operands[n] = mapping[o]
-                    part.add_op(clone)
-                    mapping.update(zip(op.results, clone.results))
+                    part.add_op(op.clone(value_mapper=mapping))  # maps its operands, records its results
             part.add_op(df.YieldOp([mapping[piece]]))
             inputs = [store.inputs[a.index] for a in args]
             k = partitioner._kernel_op(partitioner.unique(f"{store.sym_name.data}_r{j}"), inputs, part, "dma_store", "")
@@ -1134,6 +1130,7 @@ def split_grid_loads(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
         if others and len(others) < len(users):
             _fork_load(k, others, unique)
 
+
 def stream_gemm_grids(fn: func.FuncOp) -> None:
     """The parts of a GEMM grid (``tile``'s :class:`attnc.passes.gemm.GemmGridPattern`) stream: a weight
     block's load (made to re-send it once per row sub-block by ``stream_butterfly_chains``) and a row strip's
@@ -1184,13 +1181,12 @@ def stream_gemm_grids(fn: func.FuncOp) -> None:
                 out[j] = tokens_of.get(k.inputs[i], 1)
                 if reps[i] > 1:
                     _repeat_inputs(users, int(reps[i]))
-            elif users and all(u.kind.data in ("dma_store", "dma_spill") for u, _ in users):
+            elif users and (all(u.kind.data in ("dma_store", "dma_spill") for u, _ in users)
+                            or all(_epilogue_block_input(k, r, u, i) for u, i in users)):
+                # a sub-block a token, as it is done: to DMA, or (the gate of a SwiGLU) to the up projection's
+                # parts, which take each as their own block's reduction ends
                 trips = dict(k.loop_schedule())
                 out[j] = trips.get("m", 1) * trips.get("n", 1)
-            elif users and all(_epilogue_block_input(k, r, u, i) for u, i in users):
-                # the gate of a SwiGLU into the up projection's parts: a sub-block each, as the readers' blocks end
-                trips = dict(k.loop_schedule())
-                out[j] = trips["m"] * trips["n"]
             else:
                 out[j] = 1
             tokens_of[r] = out[j]
@@ -1772,7 +1768,7 @@ def _softmax_row_blocks(k: df.KernelOp) -> int | None:
         if isinstance(op, (sp.SoftmaxOp, sp.LogSoftmaxOp)):
             ok = op.axis.value.data % max(rank, 1) == last
         elif isinstance(op, sp.ReduceOp):
-            ok = [a % max(rank, 1) for a in op.axes.get_values()] == [last] and rank == len(sp.shape_of(op.results[0]))
+            ok = _row_reduce(op)
         elif isinstance(op, sp.ReshapeOp):
             out = sp.shape_of(op.results[0])
             ok = bool(out) and rank > 0 and out[-1] == sp.shape_of(op.operands[0])[-1]
