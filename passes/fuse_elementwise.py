@@ -574,7 +574,8 @@ HEADROOM = 8
 class RowSplit:
     """A row kernel cut into ``parts`` balanced blocks of its ``axis`` (counted from the end, ``extent``
     long); ``base`` names the group and prefixes the parts' tags; ``tile_kind`` is marked on each part when
-    the cost rule would not pick it by itself (special functions on compute tiles with an exp unit)."""
+    the cost rule would not pick it by itself (special functions on compute tiles with an exp unit). One part:
+    the kernel stays whole and is only marked (its row step does not fit the tiles the rule picks)."""
 
     base: str
     axis: int
@@ -635,20 +636,23 @@ def split_axis(chain: list[Operation], columns: bool = False) -> tuple[int, int]
     return best
 
 
-def step_bytes(chain: list[Operation], axis: int) -> int:
+def step_bytes(chain: list[Operation], axis: int) -> tuple[int, int]:
     """Bytes one row step of a row kernel of ``chain`` holds of its inputs (rows along ``axis``, counted from the
-    end): what is the same for every row (a norm's scale and bias) whole, one row of each other operand from
-    outside the chain (as ``lower-to-dataflow`` streams a row kernel's inputs a row a token)."""
+    end), as (row, same): one row of each operand from outside the chain that varies by row (as
+    ``lower-to-dataflow`` streams a row kernel's inputs a row a token), and whole what is the same for every
+    row (a norm's scale and bias)."""
     inside = set(chain)
-    held, seen = 0, set()
+    row, same, seen = 0, 0, set()
     for op in chain:
         for v in op.operands:
             if v in seen or v.owner in inside or not isinstance(v.type, TensorType):
                 continue
             seen.add(v)
-            rows = 1 if _broadcast(v, axis) else int(np.prod(sp.shape_of(v)[: _rank(v) + axis + 1], dtype=np.int64))
-            held += nbytes(v.type) // max(rows, 1)
-    return held
+            if _broadcast(v, axis):
+                same += nbytes(v.type)
+            else:
+                row += nbytes(v.type) // max(int(np.prod(sp.shape_of(v)[: _rank(v) + axis + 1], dtype=np.int64)), 1)
+    return row, same
 
 
 def _tagged_ops(block) -> dict[str, list[Operation]]:
@@ -815,34 +819,46 @@ def plan_row_splits(block, kernels: Kernels, arch,
         # 8 KiB) stays on sfu tiles, one part per row strip of its input (a part takes its strip's pieces a row a
         # token, not a token of every strip's), and lower-to-dataflow sends it its weights again every row, a
         # chunk a step (stream_row_weights); the compute tiles' contexts are the GEMMs'
-        wide = kind == "sfu" and strips > 1 and step_bytes(chain, axis[0]) > max(t.sram_bytes for t in arch.tiles_of("sfu"))
+        row, same = step_bytes(chain, axis[0])
+        sfu = max(t.sram_bytes for t in arch.tiles_of("sfu"))
+        # (only when a row leaves room for weight chunks: Llama's RMSNorm after a split O projection takes the
+        # residual sum's row and its square's, 8 KiB at width 2048, which no 8 KiB sfu tile holds at all)
+        wide = kind == "sfu" and strips > 1 and row + same > sfu and row < sfu * 3 // 4
         if kind == "sfu" and kernels.special_on_compute and not wide:
             kind = "compute"  # many more of them, and their exp units run the special functions
         most = min(axis[1], len(arch.tiles_of(kind)))
         # sharing SRAM, a row kernel between two phases runs alone (its neighbours wait for it or it for them):
         # as many parts as the contexts allow, not as many as hide it behind its neighbour
         parts = most if shared else min(-(-_cycles(chain, arch, kind) // near), most)
-        if wide and strips <= most:
+        # a row step the tiles of its own kind cannot hold moves to ``kind`` (compute), even as one part
+        moved = kind != _kind(chain) and row + same > max((t.sram_bytes for t in arch.tiles_of(_kind(chain))), default=0)
+        if (wide or moved) and 1 < strips <= most:
             parts = most = strips
-        if parts > 1:
+        if parts > 1 or moved:
             # sharing SRAM, the chain reads its input's strips back from the DRAM they were spilled to between
             # phases: a strip read by one part streams back a row per token, one that two parts share is held
             # whole by each (lower-to-dataflow's stream_spilled_rows), which no tile may be too small for
             # (BERT-base at seq 8192 on cloud: 16 layer-norm parts over 8 strips of 1024 rows each held 771 KiB)
             whole = shared and held > max((t.sram_bytes for t in arch.tiles_of(kind)), default=0)
-            wanted[tag] = [chain, axis, kind, parts, most, strips, whole]
+            wanted[tag] = [chain, axis, kind, parts, most, strips, whole, moved]
     for kind in {w[2] for w in wanted.values()}:
         mine = [w for w in wanted.values() if w[2] == kind]
         total = sum(t.contexts for t in arch.tiles_of(kind))
-        free = max(total - total // HEADROOM - kernels_on(block, kernels, kind, set(wanted)), len(mine))
+        hard = max(total - kernels_on(block, kernels, kind, set(wanted)), len(mine))
+        free = max(hard - total // HEADROOM, len(mine))
         while sum(w[3] for w in mine) > free:
-            max(mine, key=lambda w: w[3])[3] -= 1
+            # a moved chain keeps its part per strip while the headroom lasts
+            keep = sum(w[3] for w in mine) <= hard
+            cut = max((w for w in mine if not (keep and w[7] and w[3] <= w[5])), key=lambda w: w[3], default=None)
+            if cut is None or cut[3] < 2:
+                break
+            cut[3] -= 1
         for w in mine:
             w[3] = aligned(w[3], w[5], w[4], free - sum(x[3] for x in mine) + w[3], whole=w[6])
     out = {}
     names = set(tagged)
-    for tag, (chain, (axis, extent), kind, parts, *_) in wanted.items():
-        if parts < 2:
+    for tag, (chain, (axis, extent), kind, parts, *_, moved) in wanted.items():
+        if parts < 2 and not moved:
             continue
         base = chain[0].name.removeprefix("sparse.") if len(chain) == 1 else tag
         name, i = base, 1
@@ -868,6 +884,10 @@ class SplitRowKernelPattern(RewritePattern):
         if op not in self.splits:
             return
         chain, s = self.splits.pop(op)
+        if s.parts < 2:  # one part: the kernel only moves to the tile kind that holds its row step
+            chain[0].attributes[TILE_KIND] = StringAttr(s.tile_kind)
+            rewriter.handle_operation_modification(chain[0])
+            return
         inside = set(chain)
         blocks = [(j * s.extent // s.parts, (j + 1) * s.extent // s.parts) for j in range(s.parts)]
         tags = [f"{s.base}_p{j}" for j in range(s.parts)]
