@@ -715,6 +715,7 @@ def stream_fused_inputs(fn: func.FuncOp, arch=None) -> None:
         k.cycles = IntegerAttr(k.cycles.value.data * max(1, len(spills) // 2), 64)
     repeats: dict[df.KernelOp, list[int]] = {}
     blocks: dict[df.KernelOp, list[int]] = {}  # per input of a member, the bytes of the K/V block it takes at once
+    kv: dict[df.KernelOp, list[bool]] = {}  # per input of a member, whether it brings K or V
     for k in kernels:
         if k.kind.data != "attention":
             continue
@@ -729,6 +730,7 @@ def stream_fused_inputs(fn: func.FuncOp, arch=None) -> None:
             passes if any(_reaches(a, x) for x in (attn.k, attn.v)) else 1 for a in k.body.block.args
         ]
         repeats[k] = reps
+        kv[k] = [any(_reaches(a, x) for x in (attn.k, attn.v)) for a in k.body.block.args]
         if passes > 1:
             k.attributes[INPUT_REPEATS] = df.i64_array(reps)
     for k in kernels:
@@ -756,6 +758,14 @@ def stream_fused_inputs(fn: func.FuncOp, arch=None) -> None:
             k.trips = df.i64_array([p, bursts])
             k.tokens = df.i64_array([p * bursts] * len(k.outputs))
             k.cycles = IntegerAttr(p * k.cycles.value.data, 64)
+        # grouped-query attention: the members' steps walk every query head, G of which share each K/V head, so
+        # a member takes 1/G of a K/V burst a step and forwards it to the next member in those finer tokens; the
+        # load sends its bursts in them too, else the next member's room (counted in its tokens) would be less
+        # than one of the load's and back-pressure could never let a burst leave
+        sent = int(k.tokens.get_values()[0])
+        steps = {math.prod(t for _, t in u.loop_schedule()) if u in kv and kv[u][i] else 0 for u, i in users}
+        if len(steps) == 1 and (n := steps.pop()) > sent and n % sent == 0 and len(set(k.tokens.get_values())) == 1:
+            k.tokens = df.i64_array([n] * len(k.outputs))
 
 
 def _fused_block_bytes(attn: sp.AttentionOp, arg: SSAValue, streams_kv: bool, chunk: int) -> int:
