@@ -356,9 +356,10 @@ def test_a_grid_part_passes_on_a_row_strip_joined_from_nested_concatenations_in_
         assert tokens[copy] == tokens[k.inputs[0]] > 1
 
 
-def _lowered_butterfly_layer(arch: str, seq: int) -> list[df.KernelOp]:
-    """The kernels of benchmarks/layer.py's BERT-base layer with butterfly Q/K/V, output and FFN linears,
-    lowered for ``arch`` (not placed)."""
+def _lowered_butterfly_layer(arch: str, seq: int, workload: str = "bert",
+                             butterfly: str | None = "linears=qkv,out,ffn") -> list[df.KernelOp]:  # fmt: skip
+    """The kernels of benchmarks/layer.py's ``workload`` layer (BERT-base), with butterfly Q/K/V, output and FFN
+    linears unless ``butterfly`` is None, lowered for ``arch`` (not placed)."""
     import importlib.util
 
     from attnc.pipeline import DEFAULT_PIPELINE, backend_passes, parse_pipeline, with_butterfly
@@ -367,9 +368,9 @@ def _lowered_butterfly_layer(arch: str, seq: int) -> list[df.KernelOp]:
     spec = importlib.util.spec_from_file_location("layer_benchmark", path)
     layer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(layer)
-    model, _ = layer.layer_model("bert", seq)
+    model, _ = layer.layer_model(workload, seq)
     module = import_onnx(model)
-    run_pipeline(module, with_butterfly(parse_pipeline(DEFAULT_PIPELINE), "linears=qkv,out,ffn"))
+    run_pipeline(module, with_butterfly(parse_pipeline(DEFAULT_PIPELINE), butterfly))
     run_pipeline(module, backend_passes(arch, time_limit=10.0, seed=0, heuristic_only=True)[:3])
     return [k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)]
 
@@ -680,3 +681,26 @@ def test_a_norm_wider_than_its_sfu_tile_takes_its_weights_again_every_row_a_chun
         for w in weights:
             assert w.loop_schedule() == [("repeat", rows), ("burst", chunks)]
     np.testing.assert_allclose(interpret(module, inputs)["y"], before, rtol=1e-2, atol=1e-2)
+
+
+def test_the_llama_layer_on_edge_lowers_to_kernels_its_tiles_hold_and_streams_kv_in_the_members_steps():
+    # benchmarks/layer.py's Llama layer (TinyLlama's shape: 32 query heads sharing 4 K/V heads, width 2048) on
+    # edge at seq 512. Its second RMSNorm takes the residual sum and its square from the split O projection: 8 KiB
+    # of rows a step with 4 KiB of scale, which no 8 KiB sfu tile holds ("needs 12 KiB, the largest sfu tile has 8
+    # KiB"); it now runs on compute tiles, a part per row strip. And the K/V spill sent the attention members 1 KiB
+    # bursts while a member takes (and forwards to the next) an eighth of one a step, 8 query heads sharing each K/V
+    # head: back-pressure counted in the next member's tokens never let a burst leave (the simulator deadlocked)
+    kernels = _lowered_butterfly_layer("edge", 512, workload="llama", butterfly=None)
+    arch = load_arch("edge")
+    for k in kernels:
+        assert k.buffer_bytes.value.data <= max(t.sram_bytes for t in arch.tiles_of(k.tile_kind.data)), k.sym_name
+    members = [k for k in kernels if k.kind.data == "attention"]
+    assert len(members) > 1
+    (steps,) = {int(np.prod([t for _, t in k.loop_schedule()])) for k in members}
+    spilled = 0
+    for k in members:
+        for v in k.inputs[-2:]:  # K and V: from the spill, or the copy the member before forwards
+            src = v.owner
+            assert src.tokens.get_values()[list(src.outputs).index(v)] == steps
+            spilled += src.kind.data == "dma_spill"
+    assert spilled == 2
