@@ -183,7 +183,9 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                             continue
                         block = kb if fusion == "online" else min(sh.keys, max(tile.mac_cols, 1))
                         staged = passes > 1 and _stageable(sh, arch, g, block, reserved)
-                        cached = _cacheable_keys(sh, arch, g, block, reserved) if passes > 1 and not staged else 0
+                        # (kept keys take two more DMA loads: K's and V's kept and passed-through ranges)
+                        cached = (_cacheable_keys(sh, arch, g, block, reserved)
+                                  if passes > 1 and not staged and 6 <= dma_slots else 0)  # fmt: skip
                         # K/V computed on chip that a member streams several times go through DRAM once; so
                         # do K/V a stage chain makes a row block of all heads at a time when a group takes
                         # several heads one after the other (the first member would hold them whole, each
