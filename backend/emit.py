@@ -212,8 +212,10 @@ class _Emitter:
                 dtype, shape = port.dtype, port.shape
             else:
                 dtype, shape = shapes[d.stream.value.data]
+            # a load of a strided region (keys of every unit) reads with the input's strides, else densely
+            strides = [int(v) for v in d.strides.get_values()] if d.strides is not None else _strides(shape)
             out.dma.append(bs.DmaDescriptor(tuple(int(v) for v in d.channel.get_values()), d.direction.data,
-                                            d.stream.value.data, address, d.bytes.value.data, shape, _strides(shape),
+                                            d.stream.value.data, address, d.bytes.value.data, shape, strides,
                                             dtype))  # fmt: skip
 
     def meta(self, meta: dict[str, str]) -> None:

@@ -594,5 +594,11 @@ def _kernel(op: df.KernelOp, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
     if op.dram_offset is not None and op.kind.data == "dma_load":
         part = op.body.block.args[0].type
         first = op.dram_offset.value.data // element_bytes(str(part.element_type))
-        args = [args[0].reshape(-1)[first:first + math.prod(part.get_shape())].reshape(part.get_shape())]
+        flat = args[0].reshape(-1)
+        if op.dram_strides is not None:  # a strided region (a range of keys of every unit)
+            item = flat.itemsize
+            strides = [int(v) * item for v in op.dram_strides.get_values()]
+            args = [np.lib.stride_tricks.as_strided(flat[first:], part.get_shape(), strides).copy()]
+        else:
+            args = [flat[first:first + math.prod(part.get_shape())].reshape(part.get_shape())]
     return tuple(run_block(op.body.block, args, in_kernel=True))

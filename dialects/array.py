@@ -215,6 +215,8 @@ class DmaOp(IRDLOperation):
     address = attr_def(IntegerAttr[I64])
     bytes = attr_def(IntegerAttr[I64])
     kernel = attr_def(IntegerAttr[I64])
+    #: a load of a strided region (the load kernel's ``dram_strides``), in elements; absent: dense
+    strides = opt_attr_def(DenseArrayBase)
     assembly_format = "$sym_name attr-dict-with-keyword"
 
     def verify_(self) -> None:

@@ -14,7 +14,8 @@ same SRAM addresses (docs/bitstream.md). An optional ``dram_offset`` on a
 ``dma_load`` of a graph input says the load reads only a contiguous region of it:
 its body argument (the region's type, which may differ from the input's) starts
 that many bytes into the input (a group of a fused attention loading just its
-(batch, head) units of K). On a ``dma_store`` it says the store writes a
+(batch, head) units of K); with ``dram_strides`` too, the region is read with those strides (in
+elements) instead of densely (a range of keys of every unit of K). On a ``dma_store`` it says the store writes a
 contiguous region of a graph output (its result, the region's value) that many
 bytes into it: the output is then a ``sparse.concat`` of such stores' results,
 each lying where its ``dram_offset`` says (a GEMM grid's output stored one grid
@@ -125,6 +126,9 @@ class KernelOp(IRDLOperation):
     #: on a ``dma_load``: the byte offset into its input of the contiguous region its body argument reads; on a
     #: ``dma_store``: the byte offset into the graph output of the region it writes (its result)
     dram_offset = opt_attr_def(IntegerAttr[I64])
+    #: on a ``dma_load`` with ``dram_offset``: the strides (in elements, of the input's dense layout) its region
+    #: is read with, when it is not contiguous (a range of keys of every (batch, head) unit of K); absent: dense
+    dram_strides = opt_attr_def(DenseArrayBase)
     body = region_def("single_block")
     assembly_format = "$sym_name `(` $inputs `)` attr-dict-with-keyword `:` functional-type($inputs, $outputs) $body"
 
@@ -221,7 +225,15 @@ class KernelOp(IRDLOperation):
             raise VerifyException(f"{where}: the region's element type differs from the input's")
         item = element_bytes(str(whole.element_type))
         offset = self.dram_offset.value.data
-        if offset < 0 or offset % item or offset + _elems(part) * item > _elems(whole) * item:
+        # the last element it reads, past its first (a dense region: its size less one)
+        span = _elems(part) - 1
+        if self.dram_strides is not None:
+            strides = [int(v) for v in self.dram_strides.get_values()]
+            if len(strides) != len(part.get_shape()) or any(v <= 0 for v in strides):
+                raise VerifyException(f"{where}: dram_strides must be one positive stride per dimension of the "
+                                      f"region {list(part.get_shape())}, got {strides}")
+            span = sum((n - 1) * v for n, v in zip(part.get_shape(), strides)) if _elems(part) else -1
+        if offset < 0 or offset % item or offset + (span + 1) * item > _elems(whole) * item:
             raise VerifyException(f"{where}: the region at byte {offset} ({_elems(part) * item} bytes) is not "
                                   f"within the input ({_elems(whole) * item} bytes)")
 

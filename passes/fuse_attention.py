@@ -40,6 +40,8 @@ from attnc.dialects.dataflow import REPEAT, RESERVE, SPILL, STAGE
 
 #: on a K/V stage: how many of its units it holds at once (1: loaded a unit at a time; all: computed on chip)
 STAGE_UNITS = "dataflow.stage_units"
+#: on a K/V stage that keeps part of each unit: the keys it keeps (absent: all of them)
+STAGE_KEYS = "dataflow.stage_keys"
 from attnc.errors import AttncError
 from attnc.ir import main_func
 from attnc.limits import shown
@@ -80,6 +82,9 @@ class Schedule:
     #: DRAM; 0: the softmax is a kernel of its own on an sfu tile, the scores spilled to it
     epilogue: int = 0
     stream_block: int = 0  # keys of K/V a member takes at once (online: the key block; FLAT: a MAC-array chunk)
+    #: passes > 1 with a unit's K and V too large for the memory tiles: its first ``cached_keys`` keys stay in
+    #: them from one pass to the next, so each pass after the first reads only the other keys from DRAM
+    cached_keys: int = 0
 
     def text(self) -> str:
         s = f"{self.mode} groups={self.groups} members={self.members}"
@@ -91,6 +96,8 @@ class Schedule:
                 s += " (K/V staged in memory tiles)"
             if self.spilled:
                 s += " (K/V spilled to DRAM, re-read per pass)"
+            if self.cached_keys:
+                s += f" (keys 0..{self.cached_keys} of K/V kept in memory tiles, the rest re-read per pass)"
         return s
 
 
@@ -170,7 +177,19 @@ def _expand_group(b: KernelBuilder, op: sp.AttentionOp, sched: Schedule, name: s
     group = f"{name}/g{g}"
     kin = _slice(b, units.k, [u0, 0, 0, 0], [u1, 1, t, d])
     vin = _slice(b, units.v, [u0, 0, 0, 0], [u1, 1, t, dv])
-    if sched.staged:
+    if sched.cached_keys:
+        # the stage keeps a unit's first keys (loaded once) and passes the others through (loaded per pass):
+        # both loads read their key range of every unit straight from DRAM (lower-to-dataflow's
+        # ``split_cached_key_loads``)
+        c = sched.cached_keys
+        kin, vin = (
+            _stage(b, b.add(sp.ConcatOp([_slice(b, x, [u0, 0, 0, 0], [u1, 1, c, w]),
+                                         _slice(b, x, [u0, 0, c, 0], [u1, 1, t, w])], 2),
+                            f"{name}_g{g}_{n}stage", group),
+                   sched, f"{name}_g{g}_{n}stage", group, keys=c)
+            for x, n, w in ((units.k, "k", d), (units.v, "v", dv))
+        )
+    elif sched.staged:
         # K/V computed on chip come whole, not a unit at a time: the stage holds its group's units at once
         held = 1 if _from_dram(op.k) and _from_dram(op.v) else u1 - u0
         kin, vin = (_stage(b, x, sched, f"{name}_g{g}_{n}stage", group, held) for x, n in ((kin, "k"), (vin, "v")))
@@ -226,9 +245,13 @@ def _from_dram(v: SSAValue) -> bool:
     return isinstance(v, BlockArgument) or isinstance(v.owner, sp.ConstantOp)
 
 
-def _stage(b: KernelBuilder, x: SSAValue, sched: Schedule, tag: str, group: str, held: int = 1) -> SSAValue:
+def _stage(b: KernelBuilder, x: SSAValue, sched: Schedule, tag: str, group: str, held: int = 1,
+           keys: int = 0) -> SSAValue:
     op = sp.ReshapeOp(x, sp.shape_of(x))
     op.attributes[STAGE] = IntegerAttr(sched.passes, 64)
+    if keys:
+        # the keys of a unit it keeps (the others pass through it each pass)
+        op.attributes[STAGE_KEYS] = IntegerAttr(keys, 64)
     # the units it holds at once (cost.work's stage plan declares them)
     op.attributes[STAGE_UNITS] = IntegerAttr(held, 64)
     # the stage re-sends K/V in the blocks a member takes at once (a FLAT member's key block is every key)

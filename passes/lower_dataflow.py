@@ -256,7 +256,8 @@ class _Partitioner:
         # every other stream is one token, so its consumer starts when it is complete
         tokens = cost.tokens if cost.kind == "attention" or cost.tile_kind == "memory" else 1
         for op in body_ops:  # the staging markers have served the costing
-            for key in (STAGE, "dataflow.key_block", "dataflow.stage_units", "dataflow.weight_stage"):
+            for key in (STAGE, "dataflow.key_block", "dataflow.stage_units", "dataflow.stage_keys",
+                        "dataflow.weight_stage"):
                 op.attributes.pop(key, None)
             if isinstance(op, sp.ButterflyStageOp):
                 for key in (ROWS, TILE_KIND, RESERVE, WEIGHT_PASSES):
@@ -377,6 +378,65 @@ def split_sliced_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
                 _read_run(u, i, run, twin.results[0], (lo, hi))
         if not load.outputs[0].uses:
             Rewriter.erase_op(load)
+
+
+def split_cached_key_loads(fn: func.FuncOp, partitioner: _Partitioner) -> None:
+    """A K/V stage that keeps only a unit's first keys (``fuse-attention``'s cached keys: its body concatenates
+    two key ranges of its input, each a ``sparse.slice`` of one graph input's load) reads each range through a
+    load of its own that reads just that range of every unit from DRAM (``dram_offset`` and ``dram_strides``:
+    the input's strides). The range it keeps is loaded once; the range it passes through once per pass
+    (``input_repeats``; :func:`stream_fused_inputs` repeats the load), so passes after the first read only the
+    keys the stage does not keep."""
+    block = fn.body.block
+    for k in [k for k in block.ops if isinstance(k, df.KernelOp) and k.tile_kind.data == "memory"]:
+        body = k.body.block
+        cat = next((o for o in body.ops if isinstance(o, sp.ConcatOp)), None)
+        passes = _stage_passes(k)
+        if cat is None or len(k.inputs) != 1 or passes is None or not all(
+                isinstance(x.owner, sp.SliceOp) for x in cat.operands):  # fmt: skip
+            continue
+        load = k.inputs[0].owner
+        if not (isinstance(load, df.KernelOp) and _loads_graph_input(load, block) and load.dram_offset is None):
+            continue
+        slices = [x.owner for x in cat.operands]
+        arg = body.args[0]
+        # through reshapes only (a dense reshape keeps the elements' order: strides of the sliced shape)
+        x = slices[0].input
+        while x is not arg and isinstance(x.owner, sp.ReshapeOp):
+            x = x.owner.input
+        if x is not arg or any(s.input is not slices[0].input or any(v != 1 for v in s.steps.get_values())
+                               for s in slices):  # fmt: skip
+            continue
+        shape = sp.shape_of(slices[0].input)
+        strides = [int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape))]
+        item = element_bytes(str(sp.elt_of(arg)))
+        for j, s in enumerate(slices):
+            starts = list(s.starts.get_values())
+            region = Block(arg_types=[s.results[0].type])
+            region.add_op(df.YieldOp([region.args[0]]))
+            part = partitioner._kernel_op(partitioner.unique(f"{load.sym_name.data}_{k.sym_name.data}{j}"),
+                                          [load.inputs[0]], region, "dma_load", "")  # fmt: skip
+            part.attributes["dram_offset"] = IntegerAttr(sum(a * b for a, b in zip(starts, strides)) * item, 64)
+            part.attributes["dram_strides"] = df.i64_array(strides)
+            Rewriter.insert_op(part, InsertPoint.before(load))
+            new = body.insert_arg(part.results[0].type, len(body.args))
+            s.results[0].replace_all_uses_with(new)
+            body.erase_op(s)
+            k.operands = [*k.operands, part.results[0]]
+        for op in reversed(list(body.ops)):
+            if isinstance(op, sp.ReshapeOp) and not op.results[0].uses:
+                body.erase_op(op)
+        body.erase_arg(arg)
+        k.operands = list(k.operands)[1:]
+        # the kept keys come once, the others once per pass
+        k.attributes[INPUT_REPEATS] = df.i64_array([1, passes])
+        if not load.outputs[0].uses:
+            Rewriter.erase_op(load)
+
+
+def _stage_passes(k: df.KernelOp) -> int | None:
+    """The passes of a memory-tile K/V stage (its ``("repeat", P)`` loop), or None for another kernel."""
+    return dict(k.loop_schedule()).get("repeat")
 
 
 def split_output_stores(fn: func.FuncOp, partitioner: _Partitioner) -> None:
@@ -624,6 +684,7 @@ class LowerToDataflowPass(TargetPass):
         partitioner = _Partitioner(fn, arch)
         partitioner.run()
         split_sliced_loads(fn, partitioner)
+        split_cached_key_loads(fn, partitioner)
         split_output_stores(fn, partitioner)
         if fn.attributes.pop(SHARE_ATTR, None) is not None:
             assign_phases(fn, arch, partitioner.unique)
@@ -733,6 +794,10 @@ def stream_fused_inputs(fn: func.FuncOp, arch=None) -> None:
         kv[k] = [any(_reaches(a, x) for x in (attn.k, attn.v)) for a in k.body.block.args]
         if passes > 1:
             k.attributes[INPUT_REPEATS] = df.i64_array(reps)
+    for k in kernels:
+        # a K/V stage that passes some keys through reads them once per pass (``split_cached_key_loads``)
+        if k.tile_kind.data == "memory" and (reps := k.attributes.get(INPUT_REPEATS)) is not None:
+            repeats[k] = [int(r) for r in reps.get_values()]
     for k in kernels:
         # a load, or a spill of K/V computed on chip (written once, read back once per pass)
         if k.kind.data not in ("dma_load", "dma_spill") or not k.outputs:

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from attnc.cost.attention import Prediction, Shape, fused_attention_buffer, predict
+from attnc.cost.attention import Prediction, Shape, capacity_bound, fused_attention_buffer, predict
 from attnc.cost.work import SFU_OPS, kernel_cost, nbytes
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import TAG, TILE_KIND
@@ -183,6 +183,9 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                             continue
                         block = kb if fusion == "online" else min(sh.keys, max(tile.mac_cols, 1))
                         staged = passes > 1 and _stageable(sh, arch, g, block, reserved)
+                        # (kept keys take two more DMA loads: K's and V's kept and passed-through ranges)
+                        cached = (_cacheable_keys(sh, arch, g, block, reserved)
+                                  if passes > 1 and not staged and 6 <= dma_slots else 0)  # fmt: skip
                         # K/V computed on chip that a member streams several times go through DRAM once; so
                         # do K/V a stage chain makes a row block of all heads at a time when a group takes
                         # several heads one after the other (the first member would hold them whole, each
@@ -193,7 +196,7 @@ def candidates(sh: Shape, arch, mode: str, budget: int, forced: dict,
                             reject("K/V spills do not fit the DMA tiles' contexts")
                             continue
                         out.append(Schedule(fusion, g, c, r, kb, passes, need, staged, spilled=spilled,
-                                            stream_block=block))
+                                            stream_block=block, cached_keys=cached))
     if mode == "auto" and any(s.mode != "unfused" for s in out):
         # unfused is the baseline: ``auto`` falls back to it only when no fused schedule fits. At a few
         # hundred cycles its first-order prediction can undercut a fused one, but it spills N² values to
@@ -251,6 +254,23 @@ def _stageable(sh: Shape, arch, groups: int, key_block: int, reserved: dict[str,
     need = sh.eb * max(sh.d, sh.dv) * (units * sh.keys + 2 * kb)
     slots = sum(min(t.contexts, t.sram_bytes // need) for t in arch.tiles_of("memory")) if need else 0
     return slots >= 2 * groups
+
+
+def _cacheable_keys(sh: Shape, arch, groups: int, key_block: int, reserved: dict[str, int]) -> int:
+    """The first keys of a unit's K and V that two memory-tile stages (one for K, one for V, on tiles of their
+    own where there are two) can keep from one pass to the next when the whole unit does not fit
+    (:func:`_stageable`): each holds its keys, two key blocks of them to send and two of the others passing
+    through, in whole key blocks; 0 when not one block fits, or the memory tiles are taken, or K and V are
+    computed on chip (their read-back comes whole), or there are several groups (each would need stages of its
+    own). Passes after the first then read only the other keys from DRAM."""
+    tiles = sorted((t.sram_bytes for t in arch.tiles_of("memory") if t.contexts), reverse=True)
+    if reserved.get("memory", 0) or not tiles or groups != 1 or not sh.kv_from_dram:
+        return 0
+    room = tiles[1] if len(tiles) > 1 else tiles[0] // 2
+    kb = min(key_block, sh.keys)
+    keys = room // (sh.eb * max(sh.d, sh.dv)) - 4 * kb
+    keys -= keys % kb
+    return keys if kb <= keys < sh.keys else 0
 
 
 def search(sh: Shape, arch, mode: str = "auto", budget: int | None = None, forced: dict | None = None,
@@ -566,6 +586,7 @@ def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict, shared: 
             f"attn{i}: {p.schedule.text()}; predicted {p.cycles} cycles ({p.bound}-bound), "
             f"{p.dram_bytes} DRAM bytes, {p.buffer_bytes} B buffer/member; "
             f"{res.feasible} of {res.candidates} candidates in {res.seconds * 1e3:.1f} ms"
+            + _bound_text(shape_of(a), p, arch)
         )
         for k, v in (("cycles", p.cycles), ("dram_bytes", p.dram_bytes)):
             fn.attributes[f"attnc.attn{i}.predicted_{k}"] = IntegerAttr(v, 64)
@@ -578,6 +599,18 @@ def schedule_attentions(fn: func.FuncOp, arch, mode: str, forced: dict, shared: 
         out.schedules[a] = (f"attn{i}", sched)
         out.used_sram += members * max(p.schedule.buffer, reserve)
     return out
+
+
+def _bound_text(sh: Shape, p: Prediction, arch) -> str:
+    """A fused schedule's K/V passes and resident rows against the capacity bound (empty for unfused)."""
+    sched = p.schedule
+    if sched.mode == "unfused" or not arch.tiles_of("compute"):
+        return ""
+    b = capacity_bound(sh, arch)
+    rows = sched.groups * sched.members * min(sched.row_block, -(-sh.rows // sched.members))
+    return (f"; {rows} query rows resident, {sched.passes} K/V passes; capacity bound {b.rows} rows "
+            f"({b.row_bytes} B each), {b.passes} passes, {b.cached_keys} keys kept in memory tiles: "
+            f"{b.dram_bytes} DRAM bytes ({p.dram_bytes / max(b.dram_bytes, 1):.2f}x)")
 
 
 def _member_claims(sched: Schedule, arch, tile, budget: int, reserved: dict[str, int],

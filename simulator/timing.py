@@ -978,8 +978,12 @@ class _Sim:
         repeat = prod_dims(trips for name, trips in cfg.loops if name == "repeat")
         if not is_dma and repeat > 1:
             share = _repeat_share(list(cfg.loops), segments)
-            for port in k.inputs:
-                port.share = share
+            for p, port in zip(cfg.inputs, k.inputs):
+                # an input that comes again each pass (its producer repeats too: a stage passing keys it does not
+                # keep through) is read evenly over every pass
+                src = producers.get(p.stream)
+                if src is None or prod_dims(t for name, t in src.loops if name == "repeat") != repeat:
+                    port.share = share
         if not is_dma and repeat == 1:
             k.forwards, k.made_of = _forwards(cfg)
         if k.results:

@@ -204,6 +204,8 @@ class AttentionSchedule(Protocol):
     @property
     def spilled(self) -> bool: ...
     @property
+    def cached_keys(self) -> int: ...
+    @property
     def epilogue(self) -> int: ...
 
 
@@ -238,6 +240,54 @@ def unfused_kv_passes(sh: Shape, sched: AttentionSchedule, arch, tile) -> tuple[
 
     step = unfused_row_block(rows_c, sh.d * sh.eb, room, mr)
     return passes(sh.d, sched.epilogue or step), passes(sh.dv, step)
+
+
+@dataclass(frozen=True)
+class CapacityBound:
+    """The least DRAM traffic the array's SRAM allows a fused (online) attention of a shape: what a schedule's
+    K/V passes are measured against (:func:`capacity_bound`)."""
+
+    rows: int  # query rows whose running state the compute tiles hold at once, over all of them
+    row_bytes: int  # on-chip bytes of one such row (its q, output accumulator, max, sum and score block)
+    passes: int  # passes over a unit's K and V those rows need
+    cached_keys: int  # keys of a unit's K and V the memory tiles hold from one pass to the next
+    dram_bytes: int  # Q and O once, a unit's K and V once plus, per further pass, the keys not cached
+
+
+def capacity_bound(sh: Shape, arch) -> CapacityBound:
+    """The capacity bound of an online attention of ``sh`` on ``arch`` (docs/design.md, "K/V passes and the
+    capacity bound"). A query row is resident where its running state is updated: beside a MAC array, so the
+    compute tiles hold the rows of a pass, each as many as :func:`fused_attention_buffer` fits with the
+    smallest key block a member takes (the MAC array's width, double-buffered K and V blocks). The memory tiles
+    have no MAC array; swapping row state through them would put its bytes on their links once per key block
+    (more than the links carry at key blocks that leave the compute tiles room for rows), so they count
+    towards the bound as what they can do at that rate: keep keys of K and V from one pass to the next (two
+    key blocks per stream in flight). Every unit's ``rep x rows`` query rows then take ``passes`` passes, and
+    a unit's K and V are read once plus, per further pass, the keys the memory tiles do not keep."""
+    computes = arch.tiles_of("compute")
+    kb = min(max(max((t.mac_cols for t in computes), default=1), 1), sh.keys)
+
+    def need(r: int) -> int:
+        return fused_attention_buffer(r, sh.keys, sh.d, sh.dv, sh.eb, fusion="online", row_block=r,
+                                      key_block=kb, kv_resident=False, key_chunk=kb)  # fmt: skip
+
+    rows = 0
+    for t in computes:
+        lo, hi = 0, sh.rep * sh.rows
+        while lo < hi:  # the buffer grows with the rows
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if need(mid) <= t.sram_bytes else (lo, mid - 1)
+        rows += lo
+    key_bytes = sh.eb * (sh.d + sh.dv)
+    memory = sum(t.sram_bytes for t in arch.tiles_of("memory"))
+    cached = min(sh.keys, max(0, memory // key_bytes - 2 * kb))
+    passes = -(-sh.rep * sh.rows // rows) if rows else 0
+    keys_read = sh.keys + max(passes - 1, 0) * (sh.keys - cached)
+    q_bytes = sh.batch * sh.heads * sh.rows * sh.d * sh.eb
+    o_bytes = sh.batch * sh.heads * sh.rows * sh.dv * sh.eb
+    mask_bytes = sh.batch * sh.heads * sh.rows * sh.keys * (1 if sh.has_mask else 0)
+    dram = q_bytes + o_bytes + mask_bytes + sh.units * keys_read * key_bytes
+    return CapacityBound(rows, need(2) - need(1), passes, cached, dram)
 
 
 @dataclass
@@ -320,6 +370,8 @@ def predict(sh: Shape, sched: AttentionSchedule, arch, tile) -> Prediction:
         member = worst
         # (spilled: K/V written once, then read once per pass)
         dram = q_bytes + o_bytes + ((1 if sched.staged else passes) + sched.spilled) * kv_bytes + mask_bytes
+        if sched.cached_keys:  # passes after the first read only the keys the memory tiles do not keep
+            dram -= (passes - 1) * kv_bytes * sched.cached_keys // sh.keys
         usable = NOC_HEADROOM * link  # the rest of the graph's streams cross these links too
         chain = passes * kv_bytes / g / usable  # each chain link carries its group's K/V per pass
         fan = max(q_bytes, o_bytes, passes * kv_bytes / 2) / (3 * usable)  # through a DMA tile's links
@@ -328,7 +380,7 @@ def predict(sh: Shape, sched: AttentionSchedule, arch, tile) -> Prediction:
         # the chain would have to run its links fuller than the headroom: the placer may not route it
         over = chain > member
         bound = "compute" if cycles == member else ("dram" if cycles == dram / bw else "noc")
-        kernels = g * c + 5 + (2 * g if sched.staged or sched.spilled else 0)
+        kernels = g * c + 5 + (2 * g if sched.staged or sched.spilled else 0) + (4 if sched.cached_keys else 0)
         buffer = sched.buffer
     cycles += arch.dram.latency_cycles + max(tile.mac_rows, 1) + max(tile.mac_cols, 1)
     # a schedule whose chain overfills its links comes back with negative cycles (the search drops it

@@ -276,8 +276,12 @@ def _stage_plan(op: Operation, arch, eb: int) -> KernelPlan:
     passes = op.attributes["dataflow.stage"].value.data
     kb = min(op.attributes["dataflow.key_block"].value.data, t)
     held = op.attributes["dataflow.stage_units"].value.data if "dataflow.stage_units" in op.attributes else 1
+    # a stage that keeps a unit's first keys only (``dataflow.stage_keys``) passes the others through: two key
+    # blocks of room for them
+    kept = op.attributes["dataflow.stage_keys"].value.data if "dataflow.stage_keys" in op.attributes else t
+    through = 2 * kb if kept < t else 0
     loops = (("unit", units), ("repeat", passes), ("block", -(-t // kb)))
-    return KernelPlan("data", "memory", loops, (kb,), eb * d * (held * t + 2 * kb), 0, 0,
+    return KernelPlan("data", "memory", loops, (kb,), eb * d * (held * kept + 2 * kb + through), 0, 0,
                       units * passes * loops[2][1])
 
 

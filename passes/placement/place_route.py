@@ -297,6 +297,7 @@ class _ConfigBuilder:
                         "address": IntegerAttr(addr, 64),
                         "bytes": IntegerAttr(nbytes(k.outputs[0].type), 64),
                         "kernel": IntegerAttr(self.kid[k], 64),
+                        **({"strides": k.dram_strides} if load and k.dram_strides is not None else {}),
                     }
                 )
             )

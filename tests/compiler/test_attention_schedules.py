@@ -157,3 +157,26 @@ def test_k_and_v_computed_on_chip_are_spilled_once_and_re_read_per_pass():
     # written: the output and K/V once; read: x, the weights and biases, K/V once per pass
     assert stats.dram_write_bytes == out + kv
     assert kv * passes + x + weights <= stats.dram_read_bytes <= kv * passes + x + weights + 8 * 256 * 4
+
+
+def test_kept_keys_are_read_from_dram_once_and_the_others_once_per_pass():
+    """K and V of a unit larger than a memory tile (2048 keys of 16 f32: 128 KiB) with members that stream them
+    four times: the stages keep each unit's first 1216 keys, so DRAM gives those once and the other 832 four
+    times, through strided loads of just those keys, and the numbers hold."""
+    n, t = 64, 2048
+    ins = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [B, H, m, D]) for x, m in zip("QKV", (n, t, t))]
+    node = helper.make_node("Attention", ["Q", "K", "V"], ["O"])
+    out = helper.make_tensor_value_info("O", TensorProto.FLOAT, [B, H, n, D])
+    module = import_onnx(helper.make_model(helper.make_graph([node], "attention", ins, [out]),
+                                           opset_imports=[helper.make_opsetid("", 23)]))  # fmt: skip
+    rng = np.random.default_rng(0)
+    inputs = {x: rng.standard_normal((B, H, m, D)).astype(np.float32) for x, m in zip("QKV", (n, t, t))}
+    ref = interpret(module, inputs)["O"]
+    run_pipeline(module, "fuse-attention{mode=online},tile{arch=edge groups=1 members=2 row-block=8 key-block=16}")
+    bs = decode(compile_to_bitstream(module, "edge", time_limit=2)[0])
+    np.testing.assert_allclose(run(bs, inputs)["O"], ref, rtol=1e-4, atol=2e-6)
+    stats = simulate(bs)
+    q, unit = B * H * n * D * 4, D * 4  # bytes of Q, of one key of K or V
+    assert stats.dram_read_bytes == q + 2 * B * H * (1216 + 4 * 832) * unit
+    assert stats.dram_write_bytes == q
+    assert stats.warnings == []

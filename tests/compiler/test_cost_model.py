@@ -341,7 +341,8 @@ KNOWN_GAPS: dict[tuple[str, str, str], str] = {
         "(7,884 cycles); the cost model takes the larger bound (11.5% under)"
     ),
     ("edge", "sweep", "b1_n1024_flat"): _BACK_PRESSURE,
-    ("edge", "sweep", "b1_n4096_online"): _HONEST_DEPTH,
+    # (b1_n4096_online held within 10% once its K/V stages keep each unit's first keys: the simulated run
+    # took 29.2M cycles, now 27.3M, its members less often waiting on the loads)
     ("edge", "sweep", "b64_n512_online"): _HONEST_DEPTH,
     ("edge", "sweep", "b64_n2048_unfused"): (
         "its spills move 393,216 tokens each through 4 KiB, more than the timing model cuts a context into "

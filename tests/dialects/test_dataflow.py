@@ -192,3 +192,35 @@ def test_regions_side_by_side_are_refused():
             .replace("{axis = 0 : i64}", "{axis = 1 : i64}"))
     with pytest.raises(AttncError, match="are not contiguous in it"):
         parse_module(text)
+
+
+# A load of columns 2..6 of every row of a 4x8 input: a strided region (dram_offset 8: column 2; the input's
+# strides), which the interpreter reads as the slice.
+_STRIDED = """builtin.module {{
+  func.func @main(%a: tensor<4x8xf32>) -> tensor<4x4xf32> {{
+    %l = dataflow.kernel "load_a"(%a) attributes {{kind = "dma_load", tile_kind = "dma", loops = ["burst"], trips = array<i64: 1>, tile = array<i64>, buffer_bytes = 256 : i64, cycles = 10 : i64, macs = 0 : i64, tokens = array<i64: 1>, dram_offset = {offset} : i64, dram_strides = array<i64: {strides}>}} : (tensor<4x8xf32>) -> tensor<4x4xf32> {{
+    ^bb0(%x: tensor<4x4xf32>):
+      dataflow.yield %x : tensor<4x4xf32>
+    }}
+    func.return %l : tensor<4x4xf32>
+  }}
+}}
+"""
+
+
+def test_a_strided_region_load_reads_its_slice_of_every_row():
+    text = _STRIDED.format(offset=8, strides="8, 1")
+    module = parse_module(text)
+    assert print_module(module) == print_module(parse_module(print_module(module)))
+    a = np.arange(32, dtype=np.float32).reshape(4, 8)
+    np.testing.assert_array_equal(run_func(main_func(module), [a])[0], a[:, 2:6])
+
+
+@pytest.mark.parametrize("offset, strides, error", [
+    (24, "8, 1", "is not within the input"),  # columns 6..10 run past the last row's end
+    (8, "8", "one positive stride per dimension"),
+    (8, "0, 1", "one positive stride per dimension"),
+])  # fmt: skip
+def test_invalid_strided_region_loads(offset, strides, error):
+    with pytest.raises(AttncError, match=error):
+        parse_module(_STRIDED.format(offset=offset, strides=strides))

@@ -175,6 +175,53 @@ def test_passes_restream_k_and_v_from_memory_tiles_when_they_fit_there():
     np.testing.assert_allclose(interpret(module, inputs)["O"], before["O"], rtol=0, atol=2e-6)
 
 
+def test_passes_keep_the_first_keys_in_memory_tiles_when_a_unit_does_not_fit_there():
+    # 2048 keys of f32 K (128 KiB a unit) do not fit an 80 KiB memory tile: each stage keeps the first 1216 keys
+    # of a unit (its tile less two key blocks to send and two passing through), loaded once, and the other 832
+    # come through a load that reads just them, strided over the units, once per pass
+    module = attention_model(b=1, h=2, hkv=2, s=64, t=2048, d=16)
+    inputs = inputs_for(module)
+    before = interpret(module, inputs)
+    run_pipeline(module, "fuse-attention{mode=online},tile{arch=edge groups=1 members=2 row-block=8 key-block=16}")
+    report = main_func(module).attributes["attnc.tile_report"].data
+    assert "passes=4 (keys 0..1216 of K/V kept in memory tiles, the rest re-read per pass)" in report
+    run_pipeline(module, "lower-to-dataflow{arch=edge}")
+    kernels = {k.sym_name.data: k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)}
+    stages = [k for k in kernels.values() if k.tile_kind.data == "memory"]
+    assert sorted(k.sym_name.data for k in stages) == ["attn0_g0_kstage", "attn0_g0_vstage"]
+    for st in stages:
+        assert st.buffer_bytes.value.data <= 80 * 1024
+        assert list(st.attributes["input_repeats"].get_values()) == [1, 4]
+        kept, through = (x.owner for x in st.inputs)
+        assert "repeat" not in dict(kept.loop_schedule()) and dict(through.loop_schedule())["repeat"] == 4
+        assert [sp.shape_of(x)[2] for x in st.inputs] == [1216, 832]
+        assert [x.dram_offset.value.data for x in (kept, through)] == [0, 1216 * 16 * 4]
+        assert list(through.dram_strides.get_values()) == [2048 * 16, 2048 * 16, 16, 1]
+    assert not any(k.sym_name.data in ("load_K", "load_V") for k in kernels.values())
+    np.testing.assert_allclose(interpret(module, inputs)["O"], before["O"], rtol=0, atol=2e-6)
+
+
+def test_bert_attention_on_edge_reads_k_and_v_within_a_quarter_of_the_capacity_bound():
+    """Issue 14: BERT-base attention on edge, f16, at seq 2K and 4K. A resident query row takes 456 B (its q,
+    the f32 output accumulator, max, sum and double-buffered score block), a member's K/V blocks 4 KiB of its 16,
+    so the compute tiles hold 416 rows at once; the memory tiles keep 624 keys of K and V between passes. The
+    chosen schedule (24-row blocks, whole MAC-row tiles: 384 rows) keeps 608 and reads within 1.25x of that."""
+    from attnc.cost.attention import capacity_bound
+
+    arch = load_arch("edge")
+    for n, passes in ((2048, 6), (4096, 11)):
+        sh = Shape(1, 12, 12, n, n, 64, 64, 2, False, 0, False, True)
+        bound = capacity_bound(sh, arch)
+        assert (bound.rows, bound.row_bytes, bound.cached_keys) == (416, 456, 624)
+        assert bound.passes == -(-n // 416)
+        best = search(sh, arch, "online").best
+        assert (best.schedule.passes, best.schedule.cached_keys) == (passes, 608)
+        assert best.dram_bytes <= 1.25 * bound.dram_bytes
+        # without the kept keys, K and V once per pass: over the quarter at 2K
+        whole = 4 * 12 * n * 64 * 2 + (passes - 1) * 12 * n * 128 * 2
+        assert (whole > 1.25 * bound.dram_bytes) == (n == 2048)
+
+
 def ffn_model(rows=256, hidden=256, inner=512):
     from onnx import numpy_helper
 

@@ -452,3 +452,41 @@ def test_a_store_writes_the_blocks_of_its_inputs_as_they_arrive():
     assert stats.cycles == math.ceil(32 * TOKENS + 4 * PER / LINK + 2 + 4 * PER / BW)
     assert k["slow"].end == 32 * TOKENS and stats.warnings == []  # never held back
     assert stats.dram_write_bytes == 8 * N
+
+
+def partly_staged_k(passes=4):
+    """A K stage that keeps a unit's first keys only, in miniature: load 'kept' (1,0) streams N floats once into
+    the stage on the memory tile (0,2), which keeps them; load 'through' (2,0) streams the other N floats once per
+    pass (its ``("repeat", P)`` loop); each pass the stage sends both (their concatenation) to a member on (1,1)
+    that takes a token a step."""
+    kept = load(0, 1)
+    through = kernel(1, "through", "dma_load", [port(0, 102)], [port(0, 2, tokens=passes * TOKENS)],
+                     loops=(("repeat", passes), ("burst", TOKENS)))  # fmt: skip
+    body = [Instr("concat", [0, 1], [2], {"dtype": "f32", "shape": [2 * N], "axis": 0})]
+    stage = kernel(2, "kstage", "data", [port(0, 1), port(1, 2, tokens=passes * TOKENS)],
+                   [port(2, 3, n=2 * N, tokens=passes * 2 * TOKENS)], body, (("repeat", passes), ("block", 2 * TOKENS)),
+                   [Buffer("kv", 0, 4 * N + 4 * 4 * PER, 1, True)])  # fmt: skip
+    member = kernel(3, "member", "attention", [port(0, 3, n=2 * N, tokens=passes * 2 * TOKENS)],
+                    [port(1, 4, tokens=passes * TOKENS)], [Instr("reshape", [0], [1], {"dtype": "f32", "shape": [N]})],
+                    (("row_block", passes), ("key_block", 2 * TOKENS)), [Buffer("work", 0, 4 * 4 * 4 * PER, 2, True)])  # fmt: skip
+    tiles = {(1, 0): [kept], (2, 0): [through], (0, 2): [stage], (1, 1): [member]}
+    routes = [route(1, 0, 2, [(1, 0), (0, 0), (0, 1), (0, 2)]),
+              route(2, 1, 2, [(2, 0), (2, 1), (2, 2), (1, 2), (0, 2)], passes * 4 * N),
+              route(3, 2, 3, [(0, 2), (1, 2), (1, 1)], passes * 8 * N)]  # fmt: skip
+    dma = [DmaDescriptor((1, 0), "load", 1, 0, 4 * N, [N], [1], "f32"),
+           DmaDescriptor((2, 0), "load", 2, 4 * N, 4 * N, [N], [1], "f32")]  # fmt: skip
+    return simulate(make(tiles, routes, dma))
+
+
+def test_a_stage_reads_what_it_passes_through_in_every_pass_and_what_it_keeps_in_the_first():
+    # the input that comes again each pass (its load repeats) is read as the passes go: the stage holds two
+    # tokens of it, not the P copies the first pass would otherwise wait for; the kept input is read in the first
+    passes = 4
+    stats = partly_staged_k(passes)
+    k = by_name(stats)
+    assert stats.dram_read_bytes == 4 * N + passes * 4 * N
+    assert k["kstage"].peak_buffer_bytes <= 4 * N + 4 * 4 * PER
+    # the link to the member carries the passes (read in the first pass, the stage would start sending only once
+    # all P copies had come: 1,477 cycles, not 1,137)
+    assert stats.cycles < 1.2 * passes * 2 * 4 * N / LINK
+    assert stats.warnings == []
