@@ -799,25 +799,32 @@ def aligned(parts: int, strips: int, most: int, room: int, whole: bool = False) 
     return min(up) if up else max(n for n in counts if n <= parts)
 
 
-def fit_parts(wants: list[tuple[int, int, float, int]], free: int) -> list[int]:
+def fit_parts(wants: list[tuple[int, int, float, int]], free: int,
+              counts: list[list[int]] | None = None) -> list[int]:
     """Parts per chain within ``free`` contexts, from what each wants: ``(parts, contexts per part, cycles,
     least)`` (``cycles`` against the kernel next to it; ``least``: the parts below which the chain would be
-    longer than the slowest kernel next to it). Short of contexts, a part is taken where losing it lengthens a
-    part least against that kernel (what the streams through the chain wait for): BERT's GELU, six lane
-    operations an element over 3072 columns, is worth several times the parts of the bias and residual adds
-    before a norm; a chain goes below its ``least`` only when every chain is there, and never below one."""
-    parts = [p for p, *_ in wants]
+    longer than the slowest kernel next to it), and the part counts each may take (``counts``, ascending: those
+    aligned to the strips of its input; any count when None). Short of contexts, parts are taken where losing
+    them lengthens a part least against that kernel (what the streams through the chain wait for), a chain
+    stepping down to its next count: BERT's GELU, six lane operations an element over 3072 columns, is worth
+    several times the parts of the bias and residual adds before a norm; a chain goes below its ``least`` only
+    when every chain is there, and never below its smallest count."""
+    counts = counts or [list(range(1, p + 1)) for p, *_ in wants]
+    parts = [max([c for c in cs if c <= p] or cs[:1]) for (p, *_), cs in zip(wants, counts)]
 
     def over() -> bool:
         return sum(p * w[1] for p, w in zip(parts, wants)) > free
 
+    def down(i: int) -> int | None:
+        return max((c for c in counts[i] if c < parts[i]), default=None)
+
     for floor in (True, False):
         while over():
-            able = [i for i, p in enumerate(parts) if p > max(1, wants[i][3] if floor else 1)]
+            able = [i for i in range(len(parts)) if (d := down(i)) is not None and (not floor or d >= wants[i][3])]
             if not able:
                 break
-            i = min(able, key=lambda i: (wants[i][2] / (parts[i] - 1), -parts[i]))
-            parts[i] -= 1
+            i = min(able, key=lambda i: (wants[i][2] / down(i), -parts[i]))
+            parts[i] = down(i)
     return parts
 
 
@@ -877,7 +884,8 @@ def plan_row_splits(block, kernels: Kernels, arch,
             norm = _norm_after(chain) if fed else None
             per = 1 + (1 + _ends_in_residual(kernels, chain) if norm else 0)
             if norm is not None:
-                cycles += _cycles([norm], arch, kind)  # its lane work is spread over the parts' kernels
+                # about half the norm's lane work joins each part (its sums; the rest is the apply kernels')
+                cycles += _cycles([norm], arch, kind) // 2
             slowest = neighbour_cycles(kernels, chain, tagged, arch, max) or near
             wanted[tag] = [chain, axis, kind, parts, most, strips, whole, per, int(norm is not None), cycles / near,
                            min(parts, -(-cycles // slowest))]
@@ -903,7 +911,9 @@ def plan_row_splits(block, kernels: Kernels, arch,
         mine = [w for w in wanted.values() if w[2] == kind]
         free = max(free_of(kind), len(mine))
 
-        for w, parts in zip(mine, fit_parts([(w[3], w[7], w[9], w[10]) for w in mine], free)):
+        counts = [[n for n in range(1, w[4] + 1) if w[5] < 2 or w[5] % n == 0 or (n % w[5] == 0 and not w[6])]
+                  for w in mine]  # fmt: skip
+        for w, parts in zip(mine, fit_parts([(w[3], w[7], w[9], w[10]) for w in mine], free, counts)):
             w[3] = parts
         for w in mine:
             room = (free - sum(x[3] * x[7] for x in mine)) // w[7] + w[3]

@@ -568,3 +568,12 @@ def test_parts_short_of_contexts_go_where_the_longest_part_shrinks_most():
     # a small chain at its least (2) keeps it; the large one gives up parts instead
     assert fit_parts([(40, 1, 40.0, 1), (4, 1, 1.0, 2)], 30) == [28, 2]
     assert fit_parts([(40, 1, 40.0, 1), (4, 1, 1.0, 1)], 30) == [29, 1]
+
+
+def test_a_chain_short_of_contexts_steps_down_to_counts_aligned_to_its_strips():
+    """A chain whose input comes in 4 strips takes a divisor or a multiple of 4 parts: short of contexts it steps
+    from 8 straight to 4 (freeing 4 parts' contexts at once), never to a count that straddles strips."""
+    counts = [[1, 2, 4, 8], list(range(1, 65))]
+    parts = fit_parts([(8, 2, 70.0, 1), (64, 1, 290.0, 1)], 40, counts)
+    assert parts[0] in counts[0] and parts[0] * 2 + parts[1] <= 40
+    assert fit_parts([(8, 2, 70.0, 1)], 12, [[1, 2, 4, 8]]) == [4]
