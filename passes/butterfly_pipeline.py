@@ -54,7 +54,8 @@ holds a whole pass's rows (each weight slice is applied to all of them) and the 
 tokens of at most a MAC-array height (fewer rows run it part-full: ``row_block``), fine
 enough for the kernels, and for the readers the chain streams into (``grain``). The
 predicted cycles are the slowest tile's load stretched by the pipeline's fill, or the
-DRAM traffic plus the fill DRAM cannot overlap. Every kernel stays configured for the
+DRAM traffic (at the chain's share, by MACs, of the bandwidth the chains of its phase share:
+:func:`phase_dram_shares`) plus the fill DRAM cannot overlap. Every kernel stays configured for the
 whole run, so each chain plans within its share (by MACs) of the free contexts and SRAM --
 except the two axes of one Fourier op, which run one after the other (an axis's FFT needs
 the whole result of the one before): they split every tile's contexts and SRAM, one chain
@@ -131,6 +132,9 @@ class Chain:
     #: that is stored; the others stream on chip from or to the kernels next to it (set by
     #: :func:`plan_butterflies`; 2, both, when nothing says otherwise)
     dram_streams: int = 2
+    #: its share of the DRAM bandwidth, by MACs among the chains of its phase (the others run before or after
+    #: it); 0: its share of the budget's MACs
+    dram_share: float = 0.0
 
     @property
     def n(self) -> int:
@@ -542,7 +546,7 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
     weights = sum(int(np.prod(st.weight_shape(n))) for st in ch.stages) * eb
     dram = ch.dram_streams * rows * n * eb + (1 if staged else passes) * weights
     # the chains that run at the same time share DRAM: this one gets its share (by MACs) of the bandwidth
-    dram_cycles = dram / (arch.dram.bytes_per_cycle * min(1.0, max(share, 1e-3)))
+    dram_cycles = dram / (arch.dram.bytes_per_cycle * min(1.0, max(ch.dram_share or share, 1e-3)))
     if staged:
         # the memory tiles send every copy over their links
         links = sum(len(arch.graph().out_edges((t.x, t.y))) for t in arch.tiles_of("memory"))
@@ -1134,6 +1138,7 @@ def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -
     phase = butterfly_phases(fn, ops, streaming=not shared)
     tails = chain_tails(fn, ops, phase, shared)
     for group, budget in _phase_budgets(fn, ops, slots):
+        dram_shares = phase_dram_shares(group, phase)
         budget = replace(budget, sram=int(budget.sram * scale))
         # sharing SRAM, each phase's chains plan on the tiles' whole SRAM (the contexts stay taken)
         mine = [replace(s) for s in slots] if shared else slots
@@ -1147,6 +1152,7 @@ def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -
             chains = chain_probes(op, names[op])
             for ch in chains:
                 ch.tail = tails[op]
+                ch.dram_share = dram_shares[op]
             chains[0].in_rows = _upstream_rows(op, out.plans)
             if isinstance(op, sp.ButterflyMatmulOp) and not shared:
                 # resident, a chain streams from and to the kernels next to it; only a graph input or a
@@ -1164,6 +1170,18 @@ def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -
                 s.index = i
     out.plans = {op: out.plans[op] for op in ops}
     return out
+
+
+def phase_dram_shares(ops: list[Operation], phase: dict[Operation, int]) -> dict[Operation, float]:
+    """Each op's share of the DRAM bandwidth: by MACs among the ops of its phase, which run at the same time (the
+    others run before or after them). BERT's Q/K/V chains on cloud, given a twelfth of it with the output and
+    FFN chains of the next phase, were planned DRAM-bound in one column part each at seq 2048 (141K cycles
+    before the attention could start; 35K with their phase's third)."""
+    macs = {op: _macs(op) for op in ops}
+    together: dict[int, int] = {}
+    for op in ops:
+        together[phase[op]] = together.get(phase[op], 0) + macs[op]
+    return {op: macs[op] / max(together[phase[op]], 1) for op in ops}
 
 
 def row_part_contexts(fn, ops: list[Operation], arch, slots: list[Slot]) -> int:

@@ -460,3 +460,13 @@ def test_a_merged_chain_keeps_the_numbers_and_says_so():
     assert "merged as" in fn.attributes[REPORT_ATTR].data
     stages = [o for o in fn.body.block.ops if isinstance(o, sp.ButterflyStageOp)]
     assert max(o.radix.value.data for o in stages) > 2
+
+
+def test_chains_share_the_dram_with_their_phase_only():
+    """Two butterflies of x run together and a third after their sum: the first two split the DRAM by MACs, the
+    third has it all (with a share of every chain in the module it was planned DRAM-bound for nothing)."""
+    fn = main_func(_two_phase_module())
+    ops = [o for o in fn.body.block.ops if isinstance(o, sp.ButterflyMatmulOp)]
+    shares = bp.phase_dram_shares(ops, bp.butterfly_phases(fn, ops))
+    assert [shares[o] for o in ops] == [0.5, 0.5, 1.0]
+    assert list(bp.phase_dram_shares(ops, {o: 0 for o in ops}).values()) == [1 / 3] * 3
