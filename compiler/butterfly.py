@@ -119,6 +119,35 @@ def apply(x: np.ndarray, weights: list[np.ndarray], sts: list[Stage]) -> np.ndar
     return x
 
 
+def joinable(a: Stage, b: Stage) -> bool:
+    """Whether stage ``b`` right after ``a`` is, with it, one stage (:func:`merge`): same block, and ``b``
+    mixes the digit just above the ones ``a`` mixes (its stride is ``a``'s stride times ``a``'s radix)."""
+    return a.block == b.block and b.stride == a.stride * a.radix
+
+
+def merge(weights: list[np.ndarray], sts: list[Stage]) -> tuple[np.ndarray, Stage]:
+    """Consecutive joinable stages as one: ``(r_1 r_2 ..., s_1, e)``, its weight the product of theirs
+    (float64). Exact (``apply`` gives the same up to rounding); the merged stage's ``n·r_1 r_2 ...·e``
+    multiply-adds per row equal the stages' summed ``n·(r_1 + r_2 + ...)·e`` for two radix-2 stages and
+    exceed them beyond. Merging ``a`` (radix ``p``, stride ``s``) and ``b`` (radix ``q``, stride ``s p``):
+    the merged radix digit is ``q``'s digit times ``p`` plus ``p``'s, and for every ``(G, S)``
+
+        w[G, S, (β, α, ε), (β'', α'', ε'')] = Σ_δ w_b[G, α s + S, (β, ε), (β'', δ)] · w_a[G q + β'', S, (α, δ), (α'', ε'')]
+    """
+    w, st = np.asarray(weights[0], dtype=np.float64), sts[0]
+    for wb, nb in zip(weights[1:], sts[1:], strict=True):
+        if not joinable(st, nb):
+            raise ButterflyError(f"stages {st} and {nb} do not merge")
+        p, q, s, e = st.radix, nb.radix, st.stride, st.block
+        g = w.shape[0] // q
+        wa = w.reshape(g, q, s, p, e, p, e)  # [G, β'', S, α, δ, α'', ε'']
+        wbr = np.asarray(wb, dtype=np.float64).reshape(g, p, s, q, e, q, e)  # [G, α, S, β, ε, β'', δ]
+        m = np.einsum("gasbcqd,gqsadze->gsbacqze", wbr, wa, optimize=True)
+        st = Stage(p * q, s, e)
+        w = m.reshape(g, s, st.width, st.width)
+    return w, st
+
+
 def _grouped(cols: np.ndarray, st: Stage) -> np.ndarray:
     """Feature-major values ``cols`` (``[n, T]``: feature ``i`` of row ``t`` at ``[i, t]``) as
     ``[g, s, r·e, T]``, the operand of one batched GEMM per stage."""

@@ -15,10 +15,20 @@ transpose), so it needs no index constant. Data movement is buffer addressing:
 lower-to-dataflow clones it into the kernels that read it, and a stage's own stride
 permutation is its addressing ``[g, radix, stride, block]`` of the buffer, not a copy.
 
+**Merging.** On a compute tile a stage of width ``w`` (radix x block) is ``n / w`` GEMMs
+``[rows, w] x [w, w]``: a MAC array of ``c`` columns takes ``ceil(w / c)`` column passes per
+row whatever ``w`` is, so a radix-2 stage of block 3 (BERT-base's 768-wide chains: 8 such
+stages) runs at 6/32 = 19% of a 32x32 array. Consecutive stages merge exactly into one of
+their radices' product (:func:`attnc.butterfly.merge`, the weights multiplied at compile
+time): two radix-2 stages keep the MACs, three (width 24) take the time of one for 25% more
+MACs. :func:`merge_runs` picks the merging that runs fewest MAC-array cycles, then fewest
+MACs; the planner plans the chain both ways and keeps the merged plan when it is predicted
+faster (a butterfly tile, charged by MACs, gains nothing from it). Only chains whose weights
+are compile-time constants merge.
+
 **Pipeline.** The stages of one op become ``groups x parts`` kernels (tagged like the
 fused attention members): consecutive stages in a group share a kernel (kept as separate
-ops in its body: merging two radix-2 stages into a radix-4 one would keep the MACs but
-save nothing the cost rules see), and each stage of a group is split by columns into
+ops in its body), and each stage of a group is split by columns into
 ``parts`` kernels, each owning a contiguous range of the stage's (group, stride) units and
 so a set of columns; kernels of consecutive groups exchange exactly the columns they share
 (a slice of the producer's output per consumer), the butterfly's stride permutation
@@ -44,7 +54,8 @@ holds a whole pass's rows (each weight slice is applied to all of them) and the 
 tokens of at most a MAC-array height (fewer rows run it part-full: ``row_block``), fine
 enough for the kernels, and for the readers the chain streams into (``grain``). The
 predicted cycles are the slowest tile's load stretched by the pipeline's fill, or the
-DRAM traffic plus the fill DRAM cannot overlap. Every kernel stays configured for the
+DRAM traffic (at the chain's share, by MACs, of the bandwidth the chains of its phase share:
+:func:`phase_dram_shares`) plus the fill DRAM cannot overlap. Every kernel stays configured for the
 whole run, so each chain plans within its share (by MACs) of the free contexts and SRAM --
 except the two axes of one Fourier op, which run one after the other (an axis's FFT needs
 the whole result of the one before): they split every tile's contexts and SRAM, one chain
@@ -66,7 +77,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from attnc import butterfly as bf
-from attnc.cost.work import stage_kernel_cycles, streamed_weight_bytes
+from attnc.cost.work import stage_kernel_cycles, stage_mac_cycles, streamed_weight_bytes
 from attnc.dialects import sparse as sp
 from attnc.dialects.dataflow import RESERVE, ROWS, STAGE, TILE_KIND, WEIGHT_PASSES
 from attnc.dialects.values import bitrev_permutation, from_numpy, np_dtype, to_numpy
@@ -121,6 +132,9 @@ class Chain:
     #: that is stored; the others stream on chip from or to the kernels next to it (set by
     #: :func:`plan_butterflies`; 2, both, when nothing says otherwise)
     dram_streams: int = 2
+    #: its share of the DRAM bandwidth, by MACs among the chains of its phase (the others run before or after
+    #: it); 0: its share of the budget's MACs
+    dram_share: float = 0.0
 
     @property
     def n(self) -> int:
@@ -294,13 +308,16 @@ class Plan:
     bins: list[int] = field(default_factory=list)  # staged: free bytes of each memory tile (one piece each)
     held: list[int] = field(default_factory=list)  # staged: bytes of weights each memory tile holds
     pieces: list[int] = field(default_factory=list)  # staged: pieces (memory-tile contexts) each memory tile holds
+    #: how many of the chain's stages each stage it runs merges (:func:`merge_runs`); empty: none merged
+    runs: list[int] = field(default_factory=list)
 
     def text(self) -> str:
         per = [len(g) for g in self.groups]
         kinds = {k: self.kinds.count(k) for k in dict.fromkeys(self.kinds)}
         src = "memory tiles" if self.staged else "DRAM"
         weights = "weights kept on chip" if self.passes == 1 else f"weights streamed from {src} {self.passes} times"
-        return (f"{len(self.groups)} groups of {per} stages x {self.parts} parts = {len(self.kinds)} kernels ("
+        merged = f"merged as {self.runs}, " if self.runs else ""
+        return (f"{merged}{len(self.groups)} groups of {per} stages x {self.parts} parts = {len(self.kinds)} kernels ("
                 + ", ".join(f"{n} on {k}" for k, n in kinds.items()) + f"), {self.tokens} row blocks, {weights}; "
                 f"slowest kernel {max(self.cycles)} cycles, predicted {self.predicted} cycles ({self.bound}-bound)")
 
@@ -371,6 +388,55 @@ def kernel_need(views: list[View], rows: int, tokens: int, eb: int, passes: int 
         return sum(int(np.prod(v.stage.weight_shape(n))) for v in views) * eb + 2 * arriving * n * eb
     weights = streamed_weight_bytes([int(np.prod(v.stage.weight_shape(n))) * eb for v in views])
     return weights + (max(-(-rows // passes), arriving) + arriving) * n * eb
+
+
+def merge_runs(stages: list[bf.Stage], n: int, tile) -> list[int]:
+    """How many consecutive stages each stage of the chain run on compute tiles merges (:func:`attnc.butterfly.
+    merge`), fewest MAC-array cycles first, then fewest multiply-adds, then fewest stages; empty when merging
+    saves no cycles. A stage of width ``w`` (radix times block) takes a MAC array of ``c`` columns ``ceil(w / c)``
+    column passes per row (``stage_mac_cycles``): a radix-2 stage of block 3 (BERT-base's 768 wide chains)
+    fills 6 of 32 columns, 19% of the array, and three such stages merged (radix 8, width 24) take the time of
+    one for 25% more multiply-adds."""
+    mr, mc = max(getattr(tile, "mac_rows", 0), 1), max(getattr(tile, "mac_cols", 0), 1)
+    k = len(stages)
+    # best[j]: (cycles, MACs, stages, runs) of stages[:j]
+    best: list[tuple | None] = [(0, 0, 0, [])] + [None] * k
+    for j in range(1, k + 1):
+        width = stages[j - 1].block
+        for i in range(j - 1, -1, -1):
+            if i < j - 1 and not bf.joinable(stages[i], stages[i + 1]):
+                break
+            width *= stages[i].radix
+            cand = best[i]
+            key = (cand[0] + stage_mac_cycles(n, width, mr, mr, mc), cand[1] + width, cand[2] + 1, cand[3] + [j - i])
+            if best[j] is None or key[:3] < best[j][:3]:
+                best[j] = key
+    alone = sum(stage_mac_cycles(n, st.width, mr, mr, mc) for st in stages)
+    return best[k][3] if best[k][0] < alone else []
+
+
+def merged_stages(stages: list[bf.Stage], runs: list[int]) -> list[bf.Stage]:
+    """The stages ``runs`` (of :func:`merge_runs`; empty: none) merges ``stages`` into."""
+    out, i = [], 0
+    for r in runs or [1] * len(stages):
+        out.append(bf.Stage(math.prod(st.radix for st in stages[i : i + r]), stages[i].stride, stages[i].block))
+        i += r
+    return out
+
+
+def merged_chain(ch: Chain, runs: list[int]) -> Chain:
+    """``ch`` with its stages merged as ``runs`` says, the merged weights computed at compile time (its
+    weights must be known: :func:`_weight_source`)."""
+    known = _weight_source(ch)
+    assert known is not None and sum(runs) == len(ch.stages)
+    dt = np_dtype(sp.elt_of(ch.x)) if ch.x is not None else known[0].dtype
+    stages, weights, i = [], [], 0
+    for r in runs:
+        w, st = bf.merge(known[i : i + r], ch.stages[i : i + r])
+        stages.append(st)
+        weights.append(w.astype(dt))
+        i += r
+    return replace(ch, stages=stages, weights=weights, cache={})
 
 
 def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_kernels: int = 1 << 30,
@@ -480,7 +546,7 @@ def _search(ch: Chain, arch, slots, passes: int, max_parts: int, max_kernels: in
     weights = sum(int(np.prod(st.weight_shape(n))) for st in ch.stages) * eb
     dram = ch.dram_streams * rows * n * eb + (1 if staged else passes) * weights
     # the chains that run at the same time share DRAM: this one gets its share (by MACs) of the bandwidth
-    dram_cycles = dram / (arch.dram.bytes_per_cycle * min(1.0, max(share, 1e-3)))
+    dram_cycles = dram / (arch.dram.bytes_per_cycle * min(1.0, max(ch.dram_share or share, 1e-3)))
     if staged:
         # the memory tiles send every copy over their links
         links = sum(len(arch.graph().out_edges((t.x, t.y))) for t in arch.tiles_of("memory"))
@@ -874,6 +940,8 @@ def _stage_weights(b: KernelBuilder, chunks: list[np.ndarray], offsets: dict, pl
 
 def build_chain(b: KernelBuilder, ch: Chain, plan: Plan) -> SSAValue:
     """The stage ops of ``ch`` for ``plan``, tagged per kernel; returns the chain's result."""
+    if plan.runs:
+        ch = merged_chain(ch, plan.runs)
     n, x = ch.n, ch.x
     views = part_views(ch.stages, n, plan.parts)
     assert views is not None
@@ -1070,6 +1138,7 @@ def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -
     phase = butterfly_phases(fn, ops, streaming=not shared)
     tails = chain_tails(fn, ops, phase, shared)
     for group, budget in _phase_budgets(fn, ops, slots):
+        dram_shares = phase_dram_shares(group, phase)
         budget = replace(budget, sram=int(budget.sram * scale))
         # sharing SRAM, each phase's chains plan on the tiles' whole SRAM (the contexts stay taken)
         mine = [replace(s) for s in slots] if shared else slots
@@ -1083,6 +1152,7 @@ def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -
             chains = chain_probes(op, names[op])
             for ch in chains:
                 ch.tail = tails[op]
+                ch.dram_share = dram_shares[op]
             chains[0].in_rows = _upstream_rows(op, out.plans)
             if isinstance(op, sp.ButterflyMatmulOp) and not shared:
                 # resident, a chain streams from and to the kernels next to it; only a graph input or a
@@ -1100,6 +1170,18 @@ def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -
                 s.index = i
     out.plans = {op: out.plans[op] for op in ops}
     return out
+
+
+def phase_dram_shares(ops: list[Operation], phase: dict[Operation, int]) -> dict[Operation, float]:
+    """Each op's share of the DRAM bandwidth: by MACs among the ops of its phase, which run at the same time (the
+    others run before or after them). BERT's Q/K/V chains on cloud, given a twelfth of it with the output and
+    FFN chains of the next phase, were planned DRAM-bound in one column part each at seq 2048 (141K cycles
+    before the attention could start; 35K with their phase's third)."""
+    macs = {op: _macs(op) for op in ops}
+    together: dict[int, int] = {}
+    for op in ops:
+        together[phase[op]] = together.get(phase[op], 0) + macs[op]
+    return {op: macs[op] / max(together[phase[op]], 1) for op in ops}
 
 
 def row_part_contexts(fn, ops: list[Operation], arch, slots: list[Slot]) -> int:
@@ -1138,9 +1220,14 @@ def row_part_contexts(fn, ops: list[Operation], arch, slots: list[Slot]) -> int:
         return 0
     tile = comp[0].tile
     lanes = sum(kernel_cost([u], [u.results[0].type], arch).cycles for c in chains for u in c)
-    stages = sum(stage_kernel_cycles(o.stages(), sp.shape_of(o.input)[-1],
-                                     int(np.prod(sp.shape_of(o.input)[:-1], dtype=np.int64)), tile, "compute")
-                 for o in ops if isinstance(o, sp.ButterflyMatmulOp))  # fmt: skip
+    stages = 0
+    for o in ops:
+        if isinstance(o, sp.ButterflyMatmulOp):
+            n, sts = sp.shape_of(o.input)[-1], o.stages()
+            # (as the planner will likely run them: merged where the MAC array takes them wider)
+            sts = merged_stages(sts, merge_runs(sts, n, tile))
+            stages += stage_kernel_cycles(sts, n, int(np.prod(sp.shape_of(o.input)[:-1], dtype=np.int64)), tile,
+                                          "compute")
     free = sum(s.contexts for s in comp)
     return min(free - len(comp), round(free * lanes / max(lanes + stages, 1)))
 
@@ -1289,9 +1376,23 @@ def _plan_op(op: Operation, chains: list[Chain], arch, slots: list[Slot], memory
     cap = max(1, int(budget.contexts * _macs(op) / max(budget.macs, 1)) // axes)
     frac = _macs(op) / max(budget.macs, 1) / axes
     plans = []
+    compute = [s.tile for s in slots if s.kind == "compute"]
     for ch in chains:
         plan = plan_chain(ch, arch, slots, max_kernels=cap, share=frac, sram_budget=int(budget.sram * frac),
                           memory=memory)  # fmt: skip
+        runs = merge_runs(ch.stages, ch.n, compute[0]) if compute and _weight_source(ch) is not None else []
+        if runs:
+            # the same chain with stages merged where a compute tile's MAC array takes them wider: the faster
+            # plan wins (within the tie margin, the one of fewer kernels)
+            try:
+                alt = plan_chain(merged_chain(ch, runs), arch, slots, max_kernels=cap, share=frac,
+                                 sram_budget=int(budget.sram * frac), memory=memory)  # fmt: skip
+            except AttncError:
+                alt = None
+            if alt is not None and (alt.predicted < plan.predicted * (1 - TIE) or (
+                    alt.predicted <= plan.predicted * (1 + TIE) and len(alt.kinds) < len(plan.kinds))):
+                alt.runs = runs
+                plan = alt
         _commit(plan, slots, busy=True)
         _take_memory(memory, plan)  # its pieces take that much of their memory tiles
         plans.append(plan)

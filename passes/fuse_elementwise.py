@@ -708,7 +708,8 @@ def _cycles(ops: list[Operation], arch, kind: str | None = None) -> int:
             del ops[0].attributes[TILE_KIND]
 
 
-def neighbour_cycles(kernels: Kernels, chain: list[Operation], tagged: dict[str, list[Operation]], arch) -> int | None:
+def neighbour_cycles(kernels: Kernels, chain: list[Operation], tagged: dict[str, list[Operation]], arch,
+                     pick=min) -> int | None:
     """The cycles of the shortest GEMM, attention or butterfly stage kernel that computes one of ``chain``'s
     inputs or reads one of its results (a part of its grid, when split), or None when no such kernel is next
     to it."""
@@ -723,7 +724,7 @@ def neighbour_cycles(kernels: Kernels, chain: list[Operation], tagged: dict[str,
                 near[tag] = tagged[tag]
             elif tag is None and isinstance(x, (sp.MatmulOp, sp.ContractOp)):
                 near[x] = [x]
-    return min((_cycles(ops, arch) for ops in near.values()), default=None)
+    return pick((_cycles(ops, arch) for ops in near.values()), default=None)
 
 
 def _fed_by_stages(kernels: Kernels, chain: list[Operation], streams: set[str] | None = None) -> bool:
@@ -746,6 +747,22 @@ def _row_streams(kernels: Kernels) -> set[str]:
                 out.add(tag)
                 grew = True
     return out
+
+
+def _norm_after(chain: list[Operation]) -> sp.LayerNormOp | None:
+    """The layer norm that reads what ``chain`` computes (through data movement), if one does."""
+    inside = set(chain)
+    return next((r for op in chain for r in readers(op.results[0]) if r not in inside and isinstance(r, sp.LayerNormOp)),
+                None)  # fmt: skip
+
+
+def _ends_in_residual(kernels: Kernels, chain: list[Operation]) -> bool:
+    """Whether ``chain`` ends in an add of a value another kernel computes on chip that is no stage kernel's (a
+    residual: ``SplitNormByColumnsPattern`` gives it a kernel of its own per part)."""
+    last = chain[-1]
+    inside = set(chain)
+    return isinstance(last, sp.AddOp) and any(
+        x not in inside and kernels.tag_of(x) not in kernels.stages for v in last.operands for x in leaves(v))
 
 
 def row_strips(chain: list[Operation], axis: int) -> tuple[int, int]:
@@ -786,12 +803,42 @@ def aligned(parts: int, strips: int, most: int, room: int, whole: bool = False) 
     return min(up) if up else max(n for n in counts if n <= parts)
 
 
+def fit_parts(wants: list[tuple[int, int, float, int]], free: int,
+              counts: list[list[int]] | None = None) -> list[int]:
+    """Parts per chain within ``free`` contexts, from what each wants: ``(parts, contexts per part, cycles,
+    least)`` (``cycles`` against the kernel next to it; ``least``: the parts below which the chain would be
+    longer than the slowest kernel next to it), and the part counts each may take (``counts``, ascending: those
+    aligned to the strips of its input; any count when None). Short of contexts, parts are taken where losing
+    them lengthens a part least against that kernel (what the streams through the chain wait for), a chain
+    stepping down to its next count: BERT's GELU, six lane operations an element over 3072 columns, is worth
+    several times the parts of the bias and residual adds before a norm; a chain goes below its ``least`` only
+    when every chain is there, and never below its smallest count."""
+    counts = counts or [list(range(1, p + 1)) for p, *_ in wants]
+    parts = [max([c for c in cs if c <= p] or cs[:1]) for (p, *_), cs in zip(wants, counts)]
+
+    def over() -> bool:
+        return sum(p * w[1] for p, w in zip(parts, wants)) > free
+
+    def down(i: int) -> int | None:
+        return max((c for c in counts[i] if c < parts[i]), default=None)
+
+    for floor in (True, False):
+        while over():
+            able = [i for i in range(len(parts)) if (d := down(i)) is not None and (not floor or d >= wants[i][3])]
+            if not able:
+                break
+            i = min(able, key=lambda i: (wants[i][2] / down(i), -parts[i]))
+            parts[i] = down(i)
+    return parts
+
+
 def plan_row_splits(block, kernels: Kernels, arch,
                     shared: bool = False) -> dict[Operation, tuple[list[Operation], RowSplit]]:
     """Which row kernels to cut into row blocks, and into how many: a part about as long as the shortest
     GEMM/attention kernel next to the chain (its vector work no longer than that part's), at most one part
     per row and per tile of its kind, and all parts of all chains within the contexts of that kind that the
-    module's other kernels leave (less an eighth as headroom; the longest chains give up parts first). A
+    module's other kernels leave (less an eighth as headroom, and the kernels a layer norm after a column split
+    adds per part; parts go where they shorten the longest part most: :func:`fit_parts`). A
     chain whose input comes in equal row strips gets a divisor or a multiple of their number, so that no
     part straddles two (it would read both strips' parts). Keyed by each chain's first op. With ``shared``
     (the module's phases share SRAM) a chain takes as many parts as its rows, tiles and the free contexts
@@ -829,7 +876,8 @@ def plan_row_splits(block, kernels: Kernels, arch,
         most = min(axis[1], len(arch.tiles_of(kind)))
         # sharing SRAM, a row kernel between two phases runs alone (its neighbours wait for it or it for them):
         # as many parts as the contexts allow, not as many as hide it behind its neighbour
-        parts = most if shared else min(-(-_cycles(chain, arch, kind) // near), most)
+        cycles = _cycles(chain, arch, kind)
+        parts = most if shared else min(-(-cycles // near), most)
         # a row step the tiles of its own kind cannot hold moves to ``kind`` (compute), even as one part
         moved = kind != _kind(chain) and row + same > max((t.sram_bytes for t in arch.tiles_of(_kind(chain))), default=0)
         if (wide or moved) and 1 < strips <= most:
@@ -840,21 +888,52 @@ def plan_row_splits(block, kernels: Kernels, arch,
             # whole by each (lower-to-dataflow's stream_spilled_rows), which no tile may be too small for
             # (BERT-base at seq 8192 on cloud: 16 layer-norm parts over 8 strips of 1024 rows each held 771 KiB)
             whole = shared and held > max((t.sram_bytes for t in arch.tiles_of(kind)), default=0)
-            wanted[tag] = [chain, axis, kind, parts, most, strips, whole, moved]
+            # a layer norm reading a column split runs by columns too (SplitNormByColumnsPattern): per part an
+            # apply kernel and, when the chain ends in a residual add of a value computed on chip, a kernel of
+            # its own for that, plus one statistics kernel; they take contexts of the same kind
+            norm = _norm_after(chain) if fed else None
+            per = 1 + (1 + _ends_in_residual(kernels, chain) if norm else 0)
+            if norm is not None:
+                # about half the norm's lane work joins each part (its sums; the rest is the apply kernels')
+                cycles += _cycles([norm], arch, kind) // 2
+            slowest = neighbour_cycles(kernels, chain, tagged, arch, max) or near
+            wanted[tag] = [chain, axis, kind, parts, most, strips, whole, per, int(norm is not None), cycles / near,
+                           min(parts, -(-cycles // slowest)), moved]
+    def free_of(kind: str) -> int:
+        total = sum(t.contexts for t in arch.tiles_of(kind))
+        mine = [w for w in wanted.values() if w[2] == kind]
+        return total - total // HEADROOM - kernels_on(block, kernels, kind, set(wanted)) - sum(w[8] for w in mine)
+
+    # short of compute contexts, the chains of plain lane work (no special function, no norm after them: a bias
+    # add) move to sfu tiles with contexts to spare, smallest first: their lanes are a compute tile's, and the
+    # contexts they leave are parts of the chains that need an exp unit (BERT's GELU on cloud)
+    if "compute" in {w[2] for w in wanted.values()} and arch.tiles_of("sfu") and not shared:
+        plain = sorted((w for w in wanted.values() if w[2] == "compute" and w[7] == 1 and _kind(w[0]) == "compute"
+                        and not any(needs_special(op) for op in w[0])), key=lambda w: w[9])  # fmt: skip
+        sfu = len(arch.tiles_of("sfu"))
+        for w in plain:
+            if sum(x[3] * x[7] for x in wanted.values() if x[2] == "compute") <= free_of("compute"):
+                break
+            parts = min(w[3], sfu, w[1][1])
+            if parts <= free_of("sfu") - sum(x[3] for x in wanted.values() if x[2] == "sfu"):
+                w[2], w[3], w[4] = "sfu", parts, min(w[4], sfu)
     for kind in {w[2] for w in wanted.values()}:
         mine = [w for w in wanted.values() if w[2] == kind]
-        total = sum(t.contexts for t in arch.tiles_of(kind))
-        hard = max(total - kernels_on(block, kernels, kind, set(wanted)), len(mine))
-        free = max(hard - total // HEADROOM, len(mine))
-        while sum(w[3] for w in mine) > free:
-            # a moved chain keeps its part per strip while the headroom lasts
-            keep = sum(w[3] for w in mine) <= hard
-            cut = max((w for w in mine if not (keep and w[7] and w[3] <= w[5])), key=lambda w: w[3], default=None)
-            if cut is None or cut[3] < 2:
-                break
-            cut[3] -= 1
+        free = max(free_of(kind), len(mine))
+
+        counts = [[n for n in range(1, w[4] + 1) if w[5] < 2 or w[5] % n == 0 or (n % w[5] == 0 and not w[6])]
+                  for w in mine]  # fmt: skip
+        for w, parts in zip(mine, fit_parts([(w[3], w[7], w[9], w[10]) for w in mine], free, counts)):
+            w[3] = parts
+        headroom = sum(t.contexts for t in arch.tiles_of(kind)) // HEADROOM
+        for w in mine:  # a moved chain keeps its part per strip, into the headroom if need be
+            if w[11] and w[3] < w[5] <= w[4] and sum(x[3] * x[7] for x in mine) + (w[5] - w[3]) * w[7] <= free + headroom:
+                w[3] = w[5]
         for w in mine:
-            w[3] = aligned(w[3], w[5], w[4], free - sum(x[3] for x in mine) + w[3], whole=w[6])
+            if w[11] and w[3] == w[5]:
+                continue  # kept at a part per strip: aligned already
+            room = (free - sum(x[3] * x[7] for x in mine)) // w[7] + w[3]
+            w[3] = aligned(w[3], w[5], w[4], room, whole=w[6])
     out = {}
     names = set(tagged)
     for tag, (chain, (axis, extent), kind, parts, *_, moved) in wanted.items():

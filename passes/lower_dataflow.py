@@ -686,11 +686,12 @@ class LowerToDataflowPass(TargetPass):
         split_sliced_loads(fn, partitioner)
         split_cached_key_loads(fn, partitioner)
         split_output_stores(fn, partitioner)
-        if fn.attributes.pop(SHARE_ATTR, None) is not None:
+        shared = fn.attributes.pop(SHARE_ATTR, None) is not None
+        if shared:
             assign_phases(fn, arch, partitioner.unique)
         spill_held_queries(fn, partitioner)
         stream_fused_inputs(fn, arch)
-        stream_butterfly_chains(fn, partitioner.unique)
+        stream_butterfly_chains(fn, partitioner.unique, shared)
         split_grid_loads(fn, partitioner.unique)
         split_forked_loads(fn, partitioner.unique)
         stream_gemm_grids(fn)
@@ -944,10 +945,11 @@ def _row_aligned(v: SSAValue, rows: int) -> bool:
     return True
 
 
-def stream_butterfly_chains(fn: func.FuncOp, unique: Callable[[str], str]) -> None:
+def stream_butterfly_chains(fn: func.FuncOp, unique: Callable[[str], str], shared: bool = False) -> None:
     """Stage kernels stream their row blocks to consumers that read them row by row (the next
     stages, a bias add, a store), and the DMA loads that feed only stage kernels that way stream
-    one token per burst; everything else keeps one token."""
+    one token per burst; everything else keeps one token. A load several chains read is one per chain
+    when phases share SRAM (``shared``) or a kernel spills to DRAM (:func:`_load_per_chain`)."""
     kernels = [k for k in fn.body.block.ops if isinstance(k, df.KernelOp)]
     consumers = _consumers(kernels)
     rows_of = {k: _stage_rows(k) for k in kernels}
@@ -969,6 +971,7 @@ def stream_butterfly_chains(fn: func.FuncOp, unique: Callable[[str], str]) -> No
             users = [u for r in k.outputs for u in consumers.get(r, [])]
             if users and all(rows_of.get(u) for u, _ in users):
                 _repeat_inputs(users, passes)
+    spills = shared or any(k.kind.data == "dma_spill" for k in kernels)
     for k in kernels:
         if k.kind.data != "dma_load" or not k.outputs:
             continue
@@ -988,7 +991,9 @@ def stream_butterfly_chains(fn: func.FuncOp, unique: Callable[[str], str]) -> No
         if any(not rows_of.get(u) for u, _ in users):
             _load_again_for_others(k, users, rows_of, unique, tokens)
         k.tokens = tokens
-        _load_per_chain(k, [(u, j) for u, j in users if rows_of.get(u)], unique)
+        stage_users = [(u, j) for u, j in users if rows_of.get(u)]
+        if spills or not _held_downstream(stage_users, kernels, consumers):
+            _load_per_chain(k, stage_users, unique)
     for k in kernels:
         if rows_of[k]:
             _walk_weight_chunks(k)
@@ -1020,15 +1025,49 @@ def _walk_weight_chunks(k: df.KernelOp) -> None:
         k.trips = df.i64_array([rows, chunks])
 
 
+def _held_downstream(stages: list[tuple[df.KernelOp, int]], kernels: list[df.KernelOp], consumers: dict) -> bool:
+    """Whether every stage chain of ``stages`` (the first kernels of the chains reading one load) ends, through
+    its own kernels and row-wise ones (a bias add), only in kernels that take its result whole as it comes:
+    fused attention members (which hold their queries) and K/V stages on memory tiles. Such chains never wait
+    for one another downstream, so they run in step."""
+    groups = {u.group.data for u, _ in stages if u.group is not None}
+    if len(groups) < 2:
+        return False
+    by_group: dict[str, list[df.KernelOp]] = {}
+    for k in kernels:
+        if k.group is not None:
+            by_group.setdefault(k.group.data, []).append(k)
+    for g in groups:
+        todo, seen = list(by_group.get(g, [])), set()
+        while todo:
+            k = todo.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            for r in k.outputs:
+                for u, _ in consumers.get(r, []):
+                    if u.kind.data == "attention" or u.tile_kind.data == "memory":
+                        continue
+                    if (u.group is not None and u.group.data == g) or _row_wise(u):
+                        todo.append(u)
+                    else:
+                        return False
+    return True
+
+
 def _load_per_chain(k: df.KernelOp, stages: list[tuple[df.KernelOp, int]], unique: Callable[[str], str]) -> None:
     """A value several stage chains read (a layer's input: the Q, K and V chains, and the output projection's
     residual) is loaded once per chain (for the stage kernels of the chain that read it: its first stage's column
-    parts, which read in step). From one load it would reach the chains at the pace of the slowest (the producer
-    sends a token when every consumer has room for it), and the chains run far apart: the query chain feeds the
-    attention that the key and value chains' spills feed too, and the output chain waits for the attention's
-    result. Held to one chain, each load runs in step with it; the value comes from DRAM again instead of waiting
-    in the chains' buffers, unthrottled (BERT-base's butterfly layer on edge at seq 2048: 3 MB in 8 KiB tiles), or
-    deadlocking them."""
+    parts, which read in step) when an attention spills its K/V to DRAM. From one load it would reach the chains at
+    the pace of the slowest (the producer sends a token when every consumer has room for it), and the chains run
+    far apart: the query chain feeds the attention that the key and value chains' spills feed too, and the output
+    chain waits for the attention's result. Held to one chain, each load runs in step with it; the value comes
+    from DRAM again instead of waiting in the chains' buffers, unthrottled (BERT-base's butterfly layer on edge at
+    seq 2048: 3 MB in 8 KiB tiles), or deadlocking them. Without spills, chains that end only in kernels taking
+    their results whole as they come (the caller's checks, :func:`_held_downstream`: K/V staged in memory tiles,
+    the queries held by the members, as on cloud) run in step, and one load feeds them all: BERT-base's
+    butterfly layer on cloud at seq 512 read its input three times (4.7 MB, 10K cycles of DRAM before the
+    attention could start)."""
     chains: dict[str, list[df.KernelOp]] = {}  # by chain (the column parts of one stage read in step)
     for u, _ in stages:
         name = u.group.data if u.group is not None else u.sym_name.data

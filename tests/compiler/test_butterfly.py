@@ -189,3 +189,30 @@ def test_a_rank_deficient_matrix_projects_finitely():
         assert np.isfinite(fit.error) and fit.error < 1
     z = np.zeros((48, 48))
     assert bf.project(z, "block", 4, 3).error == 0.0
+
+
+@pytest.mark.parametrize("n,block,runs", [(768, 3, [3, 3, 2]), (768, 3, [2, 2, 2, 2]), (64, 1, [6]), (96, 3, [1, 4])])
+def test_merged_stages_compute_what_the_stages_did(n, block, runs):
+    """Joinable consecutive stages merged into one give the same result as applied one after the other."""
+    rng = np.random.default_rng(0)
+    sts = bf.stages("block", n, bf.levels(n, block), block)
+    ws = bf.random_factors(sts, n, rng)
+    x = rng.standard_normal((3, n))
+    mw, ms, i = [], [], 0
+    for r in runs:
+        w, st = bf.merge(ws[i : i + r], sts[i : i + r])
+        assert st == bf.Stage(2**r, sts[i].stride, block) and w.shape == st.weight_shape(n)
+        mw.append(w)
+        ms.append(st)
+        i += r
+    np.testing.assert_allclose(bf.apply(x, mw, ms), bf.apply(x, ws, sts), rtol=1e-10, atol=1e-12)
+
+
+def test_only_joinable_stages_merge():
+    """Stages join when they have one block and the second's stride is the first's times its radix; a stride
+    gap or another block is refused."""
+    a, b, c = bf.Stage(2, 1, 3), bf.Stage(2, 2, 3), bf.Stage(2, 4, 3)
+    assert bf.joinable(a, b) and bf.joinable(b, c) and not bf.joinable(a, c)
+    assert not bf.joinable(a, bf.Stage(2, 2, 6))
+    with pytest.raises(bf.ButterflyError):
+        bf.merge([np.zeros(a.weight_shape(24)), np.zeros(c.weight_shape(24))], [a, c])

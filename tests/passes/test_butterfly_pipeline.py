@@ -435,3 +435,38 @@ def test_contexts_are_kept_for_the_column_parts_of_a_gelu_between_butterflies():
         free = sum(s.contexts for s in slots if s.kind == "compute")
         bp._keep_for_row_parts(slots, keep)
         assert sum(s.contexts for s in slots if s.kind == "compute") == free - keep
+
+
+def test_stages_merge_where_the_mac_array_takes_them_wider():
+    """On a 32-column MAC array a width-6 stage (radix 2, block 3) costs what a width-24 one does: the 8 stages
+    of a 768-wide chain merge in runs of at most 3 (fewest cycles: 3 stages), and the runs of fewest MACs
+    among those; a width-32 stage (block 16) gains nothing from merging."""
+    tile = load_arch("cloud").tiles_of("compute")[0]
+    sts = bf.stages("block", 768, 8, 3)
+    runs = bp.merge_runs(sts, 768, tile)
+    assert sum(runs) == 8 and len(runs) == 3 and max(runs) == 3
+    merged = bp.merged_stages(sts, runs)
+    assert [st.width for st in merged] == [3 * 2**r for r in runs]
+    assert bp.merge_runs(bf.stages("block", 512, 5, 16), 512, tile) == []
+
+
+def test_a_merged_chain_keeps_the_numbers_and_says_so():
+    """On cloud the planner merges the stages of a chain of constant weights (its report says how) and the
+    expansion computes what the butterfly matmul did."""
+    m = build_module([(64, 96)], lambda a, add: [butterfly(add, a[0], "block", 5, 3)])
+    e = expanded(m, "cloud")
+    same(m, e)
+    fn = main_func(e)
+    assert "merged as" in fn.attributes[REPORT_ATTR].data
+    stages = [o for o in fn.body.block.ops if isinstance(o, sp.ButterflyStageOp)]
+    assert max(o.radix.value.data for o in stages) > 2
+
+
+def test_chains_share_the_dram_with_their_phase_only():
+    """Two butterflies of x run together and a third after their sum: the first two split the DRAM by MACs, the
+    third has it all (with a share of every chain in the module it was planned DRAM-bound for nothing)."""
+    fn = main_func(_two_phase_module())
+    ops = [o for o in fn.body.block.ops if isinstance(o, sp.ButterflyMatmulOp)]
+    shares = bp.phase_dram_shares(ops, bp.butterfly_phases(fn, ops))
+    assert [shares[o] for o in ops] == [0.5, 0.5, 1.0]
+    assert list(bp.phase_dram_shares(ops, {o: 0 for o in ops}).values()) == [1 / 3] * 3

@@ -15,7 +15,7 @@ from attnc.dialects.dataflow import GROUP, TAG, TILE_KIND
 from attnc.dialects.values import from_numpy
 from attnc.interpreter import interpret
 from attnc.ir import main_func, set_io_names
-from attnc.passes.fuse_elementwise import ROWS, FuseElementwisePass
+from attnc.passes.fuse_elementwise import ROWS, FuseElementwisePass, fit_parts
 from attnc.passes.lower_dataflow import LowerToDataflowPass
 from attnc.pipeline import run_pipeline
 from xdsl.dialects import func
@@ -549,3 +549,31 @@ def test_with_sram_phases_a_norm_takes_whole_row_strips_which_stream_back_from_t
         assert list(spill.tokens.get_values()) == [128] * 3  # a row per token
         assert k.loop_schedule() == [("rows", 128)]
         assert k.buffer_bytes.value.data < 4096
+
+
+def test_parts_short_of_contexts_go_where_the_longest_part_shrinks_most():
+    """Three chains wanting 64 parts each in 62 contexts: a GELU-like chain of 6x the lane work and two norm
+    chains whose parts take 3 contexts each (their norm's apply and residual kernels). Taking parts from the
+    chain whose part grows least keeps the GELU's parts ~6x the norms' (an even cut, 7 each, left the GELU
+    parts 6x longer than the others'); a chain keeps its least parts while another has more than its own, and
+    nothing goes below one part; the contexts are kept to."""
+    wants = [(64, 1, 94.0, 1), (64, 3, 16.0, 1), (64, 3, 16.0, 1)]
+    parts = fit_parts(wants, 62)
+    assert sum(p * w[1] for p, w in zip(parts, wants)) <= 62
+    longest = max(w[2] / p for p, w in zip(parts, wants))
+    assert longest < 94.0 / 7
+    assert parts[0] >= 4 * parts[1]
+    assert fit_parts(wants, 2) == [1, 1, 1]
+    assert fit_parts([(4, 1, 1.0, 1)], 10) == [4]
+    # a small chain at its least (2) keeps it; the large one gives up parts instead
+    assert fit_parts([(40, 1, 40.0, 1), (4, 1, 1.0, 2)], 30) == [28, 2]
+    assert fit_parts([(40, 1, 40.0, 1), (4, 1, 1.0, 1)], 30) == [29, 1]
+
+
+def test_a_chain_short_of_contexts_steps_down_to_counts_aligned_to_its_strips():
+    """A chain whose input comes in 4 strips takes a divisor or a multiple of 4 parts: short of contexts it steps
+    from 8 straight to 4 (freeing 4 parts' contexts at once), never to a count that straddles strips."""
+    counts = [[1, 2, 4, 8], list(range(1, 65))]
+    parts = fit_parts([(8, 2, 70.0, 1), (64, 1, 290.0, 1)], 40, counts)
+    assert parts[0] in counts[0] and parts[0] * 2 + parts[1] <= 40
+    assert fit_parts([(8, 2, 70.0, 1)], 12, [[1, 2, 4, 8]]) == [4]

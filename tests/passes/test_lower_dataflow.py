@@ -409,6 +409,19 @@ def test_the_butterfly_layers_chains_and_members_take_their_inputs_in_tokens_the
         assert need <= k.buffer_bytes.value.data, k.sym_name.data
 
 
+def test_without_spills_the_butterfly_chains_share_one_load_of_the_layers_input():
+    # BERT-base's butterfly layer on cloud at seq 512: K/V staged in memory tiles and the queries held whole by
+    # the members, nothing spills, so the Q, K and V chains run in step and read the layer's input from one load
+    # (three loads read 4.7 MB where 1.6 MB is the input); the residual add keeps a load of its own
+    kernels = _lowered_butterfly_layer("cloud", 512)
+    assert not [k for k in kernels if k.kind.data == "dma_spill"]
+    loads = [k for k in kernels if k.kind.data == "dma_load" and k.sym_name.data.startswith("load_hidden_states")]
+    assert len(loads) == 2
+    chains = {u.operation.group.data for ld in loads for u in ld.outputs[0].uses
+              if u.operation.group is not None and u.operation.group.data.startswith("bfly")}  # fmt: skip
+    assert len(chains) == 3
+
+
 def _gemm(seq: int, k: int, n: int, dtype=np.float32):
     """(module, inputs) of one linear x[seq, k] @ w[k, n] -> y (f32, or f16 for ``dtype`` np.float16)."""
     from onnx import TensorProto, helper, numpy_helper
