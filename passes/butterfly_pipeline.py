@@ -1022,6 +1022,15 @@ def chain_probes(op: sp.ButterflyMatmulOp | sp.FourierOp, name: str) -> list[Cha
     return probes
 
 
+def members_sram(buffers: int, queries: int) -> int:
+    """SRAM the fused attention members hold, resident: their ``buffers`` and the ``queries`` they read whole from a
+    kernel on chip -- unless a member's share of those is more than its buffers: then they go through DRAM
+    (``lower_dataflow.spill_held_queries``) and take no SRAM (BERT-base's butterfly layer on edge at seq 512:
+    96 KiB of queries a member beside its 11 KiB of buffers; counted, they hid the 5 KiB and 3 contexts each
+    member's tile leaves the stage kernels)."""
+    return buffers + queries if queries <= buffers else buffers
+
+
 def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int = 0) -> ButterflyPlans:
     """Plan every butterfly matmul and Fourier op of ``fn`` into stage kernels on the tiles the rest of the
     graph leaves (see the module docstring), in program order, each chain on what the ones before it
@@ -1034,9 +1043,10 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
     reserved = dict(reserved, compute=max(0, reserved.get("compute", 0) - sum(butterfly_contexts(o) for o in ops)))
     if members and SHARE_ATTR not in fn.attributes:
         # resident, a member reads its queries from a kernel on chip in one token, and holds its share of them
-        # whole next to its schedule's buffers (lower-to-dataflow declares them, up to the tile)
-        used_sram += sum(_nbytes(o.q) for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is not None
-                         and not isinstance(o.q.owner, sp.ConstantOp))  # fmt: skip
+        # whole next to its schedule's buffers (lower-to-dataflow declares them, up to the tile) -- or they spill
+        used_sram = members_sram(used_sram, sum(
+            _nbytes(o.q) for o in fn.body.block.ops
+            if isinstance(o, sp.AttentionOp) and o.fusion is not None and not isinstance(o.q.owner, sp.ConstantOp)))
     # resident, every chain plans on what the ones before it left, each within its share of the SRAM: when a
     # later one finds no room (the shares are of bytes, the tiles are packed whole kernels at a time), the
     # chains plan again on smaller shares

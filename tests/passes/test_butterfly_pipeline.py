@@ -435,3 +435,21 @@ def test_contexts_are_kept_for_the_column_parts_of_a_gelu_between_butterflies():
         free = sum(s.contexts for s in slots if s.kind == "compute")
         bp._keep_for_row_parts(slots, keep)
         assert sum(s.contexts for s in slots if s.kind == "compute") == free - keep
+
+
+def test_spilled_queries_leave_the_members_tiles_to_the_stages():
+    """Queries of which a member's share is more than its buffers go through DRAM (lower-to-dataflow's
+    spill_held_queries): the stage planner does not count them, and the rest of the members' tiles is free for
+    stage kernels (BERT-base's butterfly layer on edge at seq 512: 8 members of 11,392 B, 768 KiB of queries);
+    queries that fit beside the buffers stay counted."""
+    arch = load_arch("edge")
+    tile = arch.tiles_of("compute")[0]
+    members, buffer = 8, 11392
+    assert bp.members_sram(members * buffer, 768 * 1024) == members * buffer
+    assert bp.members_sram(members * buffer, 8 * 1024) == members * buffer + 8 * 1024
+    shown = bp.free_slots(arch, {}, bp.members_sram(members * buffer, 768 * 1024), members)
+    hidden = bp.free_slots(arch, {}, members * buffer + 768 * 1024, members)
+    assert sum(s.kind == "compute" for s in hidden) == 16 - members
+    assert sum(s.kind == "compute" for s in shown) == 16
+    assert sum(s.sram for s in shown if s.kind == "compute") - sum(s.sram for s in hidden if s.kind == "compute") \
+        == members * (tile.sram_bytes - buffer)
