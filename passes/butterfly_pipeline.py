@@ -49,8 +49,10 @@ by the rest of the graph, longest first, each to the tile where it would finish 
 radix*block]`` GEMMs on a MAC array, or ``macs/4`` butterflies on a butterfly tile's lanes;
 a far tile costs a row block's link time per hop to the neighbouring stages) x row blocks
 (tokens). A token is streamed whole, so a kernel holds two of them (one updated in place,
-the next arriving: what ``lower-to-dataflow`` declares), and a kernel whose weights stream
-holds a whole pass's rows (each weight slice is applied to all of them) and the next token;
+the next arriving: what ``lower-to-dataflow`` declares), and a chain's last kernel, when it is one compute
+kernel, what the epilogue ``fuse-elementwise`` gives it reads (:func:`epilogue_reads`: constants whole, two
+of its row blocks of each residual or partial sum; the chain plans without them when nothing fits them),
+and a kernel whose weights stream holds a whole pass's rows (each weight slice is applied to all of them) and the next token;
 tokens of at most a MAC-array height (fewer rows run it part-full: ``row_block``), fine
 enough for the kernels, and for the readers the chain streams into (``grain``). The
 predicted cycles are the slowest tile's load stretched by the pipeline's fill, or the
@@ -135,6 +137,9 @@ class Chain:
     #: its share of the DRAM bandwidth, by MACs among the chains of its phase (the others run before or after
     #: it); 0: its share of the budget's MACs
     dram_share: float = 0.0
+    #: what the epilogue ``fuse-elementwise`` gives the chain's last kernel reads, when that is one kernel on a
+    #: compute tile: (row streams, bytes held whole) (:func:`epilogue_reads`; set by :func:`plan_butterflies`)
+    epilogue: tuple[int, int] = (0, 0)
 
     @property
     def n(self) -> int:
@@ -310,6 +315,9 @@ class Plan:
     pieces: list[int] = field(default_factory=list)  # staged: pieces (memory-tile contexts) each memory tile holds
     #: how many of the chain's stages each stage it runs merges (:func:`merge_runs`); empty: none merged
     runs: list[int] = field(default_factory=list)
+    #: False when no grouping fits with the last kernel's epilogue counted: the plan leaves it out (the kernel
+    #: then declares more than the plan claims, and placement may refuse it)
+    epilogue: bool = True
 
     def text(self) -> str:
         per = [len(g) for g in self.groups]
@@ -319,7 +327,8 @@ class Plan:
         merged = f"merged as {self.runs}, " if self.runs else ""
         return (f"{merged}{len(self.groups)} groups of {per} stages x {self.parts} parts = {len(self.kinds)} kernels ("
                 + ", ".join(f"{n} on {k}" for k, n in kinds.items()) + f"), {self.tokens} row blocks, {weights}; "
-                f"slowest kernel {max(self.cycles)} cycles, predicted {self.predicted} cycles ({self.bound}-bound)")
+                f"slowest kernel {max(self.cycles)} cycles, predicted {self.predicted} cycles ({self.bound}-bound)"
+                + ("" if self.epilogue else "; its epilogue's inputs not counted (no grouping fits them)"))
 
 
 def token_rows(rows: int, tile, grain: int = 0) -> list[int]:
@@ -369,6 +378,15 @@ def row_blocks(tile, kind: str, rows: int, tokens: int) -> list[int]:
     if kind != "compute":
         return [1]
     return [max(1, min(-(-rows // tokens), max(getattr(tile, "mac_rows", 0), 1)))]
+
+
+def epilogue_bytes(streams: int, whole: int, token_rows: int, row_bytes: int) -> int:
+    """SRAM a stage kernel holds for the epilogue ``fuse-elementwise`` gives it (a bias add, a residual add, another
+    chain's partial sum, a layer norm): what it reads whole (``whole`` bytes: a bias, a norm's scale and shift) and
+    two tokens of its own rows (``token_rows`` rows of ``row_bytes``) of each of the ``streams`` row streams it adds
+    (one applied, the next arriving) -- what ``lower-to-dataflow`` declares for them (two tokens of each streamed
+    input, every input it holds whole)."""
+    return whole + 2 * streams * token_rows * row_bytes
 
 
 def kernel_need(views: list[View], rows: int, tokens: int, eb: int, passes: int = 1, in_rows: int = 0) -> int:
@@ -470,6 +488,15 @@ def plan_chain(ch: Chain, arch, slots: list[Slot], *, max_parts: int = 16, max_k
                 best = cand
         if best is not None:
             break
+    if best is None and any(ch.epilogue):
+        # no room beside the last kernel's rows for what its epilogue reads: planned without it, as before the
+        # epilogue was counted (BERT-base's out projection on edge at seq 2048: a residual, a bias and a norm's
+        # scale and shift beside 2-row tokens need 17.5 KiB, more than a tile)
+        plan = plan_chain(replace(ch, epilogue=(0, 0), cache={}), arch, slots, max_parts=max_parts,
+                          max_kernels=max_kernels, share=share, sram_budget=sram_budget, memory=memory,
+                          prefer_staged=prefer_staged)  # fmt: skip
+        plan.epilogue = False
+        return plan
     if best is None:
         raise AttncError(
             f"tile: {ch.name}: no grouping of its {len(ch.stages)} stages fits the free tiles of {arch.name}"
@@ -677,12 +704,12 @@ def _kernel_options(ch: Chain, views, groups, kernels, tokens: int, passes: int,
         nl = len(vs[0].cols)
         info[gi, j] = {}
         for kind, tile in kinds_of.items():
-            info[gi, j][kind] = [
-                (stage_kernel_cycles(local, nl, rows, tile, kind, rb),
-                 kernel_need(vs, rows, tokens, eb, passes, in_rows=ch.in_rows if gi == 0 else 0),
-                 rb)
-                for rb in row_blocks(tile, kind, rows, tokens)
-            ]  # fmt: skip
+            need = kernel_need(vs, rows, tokens, eb, passes, in_rows=ch.in_rows if gi == 0 else 0)
+            if gi == len(groups) - 1 and len(views[0]) == 1 and kind == "compute":
+                # the chain ends in this one kernel: fuse-elementwise gives it the epilogue (on the tile's lanes)
+                need += epilogue_bytes(*ch.epilogue, -(-rows // tokens), nl * eb)
+            info[gi, j][kind] = [(stage_kernel_cycles(local, nl, rows, tile, kind, rb), need, rb)
+                                 for rb in row_blocks(tile, kind, rows, tokens)]  # fmt: skip
     return info
 
 
@@ -1090,6 +1117,15 @@ def chain_probes(op: sp.ButterflyMatmulOp | sp.FourierOp, name: str) -> list[Cha
     return probes
 
 
+def members_sram(buffers: int, queries: int) -> int:
+    """SRAM the fused attention members hold, resident: their ``buffers`` and the ``queries`` they read whole from a
+    kernel on chip -- unless a member's share of those is more than its buffers: then they go through DRAM
+    (``lower_dataflow.spill_held_queries``) and take no SRAM (BERT-base's butterfly layer on edge at seq 512:
+    96 KiB of queries a member beside its 11 KiB of buffers; counted, they hid the 5 KiB and 3 contexts each
+    member's tile leaves the stage kernels)."""
+    return buffers + queries if queries <= buffers else buffers
+
+
 def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, members: int = 0) -> ButterflyPlans:
     """Plan every butterfly matmul and Fourier op of ``fn`` into stage kernels on the tiles the rest of the
     graph leaves (see the module docstring), in program order, each chain on what the ones before it
@@ -1102,22 +1138,27 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
     reserved = dict(reserved, compute=max(0, reserved.get("compute", 0) - sum(butterfly_contexts(o) for o in ops)))
     if members and SHARE_ATTR not in fn.attributes:
         # resident, a member reads its queries from a kernel on chip in one token, and holds its share of them
-        # whole next to its schedule's buffers (lower-to-dataflow declares them, up to the tile)
-        used_sram += sum(_nbytes(o.q) for o in fn.body.block.ops if isinstance(o, sp.AttentionOp) and o.fusion is not None
-                         and not isinstance(o.q.owner, sp.ConstantOp))  # fmt: skip
+        # whole next to its schedule's buffers (lower-to-dataflow declares them, up to the tile) -- or they spill
+        used_sram = members_sram(used_sram, sum(
+            _nbytes(o.q) for o in fn.body.block.ops
+            if isinstance(o, sp.AttentionOp) and o.fusion is not None and not isinstance(o.q.owner, sp.ConstantOp)))
     # resident, every chain plans on what the ones before it left, each within its share of the SRAM: when a
     # later one finds no room (the shares are of bytes, the tiles are packed whole kernels at a time), the
-    # chains plan again on smaller shares
-    for scale in SRAM_SHARES if SHARE_ATTR not in fn.attributes else SRAM_SHARES[:1]:
+    # chains plan again on smaller shares. Then, should no share leave room for what the chains' epilogues read,
+    # the chains plan without counting it, each last kernel declaring more than its plan claims (BERT-base's
+    # butterfly layer on edge at seq 2048, the epilogues counted: every share leaves an FFN chain no room)
+    scales = SRAM_SHARES if SHARE_ATTR not in fn.attributes else SRAM_SHARES[:1]
+    attempts = [(scale, True) for scale in scales] + [(scale, False) for scale in scales]
+    for scale, epilogues in attempts:
         slots = free_slots(arch, reserved, used_sram, members)
         if not slots:
             raise AttncError(f"tile: the butterfly stages have no free butterfly or compute tile on {arch.name}")
         if SHARE_ATTR not in fn.attributes:
             _keep_for_row_parts(slots, row_part_contexts(fn, ops, arch, slots))
         try:
-            return _plan_all(fn, ops, arch, slots, scale)
+            return _plan_all(fn, ops, arch, slots, scale, epilogues)
         except AttncError:
-            if scale == SRAM_SHARES[-1] or SHARE_ATTR in fn.attributes:
+            if (scale, epilogues) == attempts[-1]:
                 raise
     raise AssertionError("unreachable")
 
@@ -1126,8 +1167,9 @@ def plan_butterflies(fn, arch, reserved: dict[str, int], used_sram: int = 0, mem
 SRAM_SHARES = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 
 
-def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -> ButterflyPlans:
-    """The plans of every op (see :func:`plan_butterflies`), each chain within ``scale`` of its SRAM share."""
+def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float, epilogues: bool = True) -> ButterflyPlans:
+    """The plans of every op (see :func:`plan_butterflies`), each chain within ``scale`` of its SRAM share; with
+    ``epilogues``, each last kernel counting what its epilogue reads where some grouping fits it."""
     out = ButterflyPlans()
     # memory tiles may hold streamed weights, unless an attention stages its K/V there
     staging = any(STAGE in o.attributes for o in fn.body.block.ops)
@@ -1154,6 +1196,7 @@ def _plan_all(fn, ops: list[Operation], arch, slots: list[Slot], scale: float) -
                 ch.tail = tails[op]
                 ch.dram_share = dram_shares[op]
             chains[0].in_rows = _upstream_rows(op, out.plans)
+            chains[-1].epilogue = epilogue_reads(op) if epilogues else (0, 0)
             if isinstance(op, sp.ButterflyMatmulOp) and not shared:
                 # resident, a chain streams from and to the kernels next to it; only a graph input or a
                 # stored result crosses DRAM (with SRAM phases, a crossing between phases is a spill)
@@ -1258,6 +1301,81 @@ def _upstream_rows(op: Operation, planned: dict[Operation, tuple[str, list[Plan]
         elif not isinstance(src, (*BARRIERS, sp.ButterflyMatmulOp, sp.ConstantOp)):
             todo += list(src.operands)
     return best
+
+
+def epilogue_reads(op: Operation) -> tuple[int, int]:
+    """What the epilogue of ``op``'s last stage kernel reads besides the chain's rows, as ``fuse-elementwise``
+    fuses it when the chain ends in one compute kernel: (row streams, bytes held whole). The epilogue is the
+    elementwise ops and layer norms that ``op``'s result reaches (through data movement) whose other operands
+    need no MAC op after ``op``; one that does (the next chain's partial sum) joins that op's kernel, and so does
+    all that depends on it. An other operand with as many elements as the kernel's share of the op is a row stream
+    (a residual, an earlier chain's partial sum), a constant that folds into kernels (``lower-to-dataflow``'s
+    rule) costs nothing, anything else is held whole (a bias, a norm's scale and shift), the kernel's share of it
+    when the op is on a concatenation of several chains' results (``fuse-elementwise`` cuts it by columns)."""
+    from attnc.passes.fuse_elementwise import ELEMENTWISE
+    from attnc.passes.lower_dataflow import folds_into_kernels
+
+    block = op.parent_block()
+    if block is None or not isinstance(op, sp.ButterflyMatmulOp):
+        return 0, 0
+    out = op.results[0]
+    size = int(np.prod(sp.shape_of(out), dtype=np.int64))
+    inside: set[SSAValue] = {out}
+    streams: set[SSAValue] = set()
+    whole: dict[SSAValue, int] = {}
+    after = False
+    for u in block.ops:
+        if u is op:
+            after = True
+            continue
+        if not after or not u.results or not any(v in inside for v in u.operands):
+            continue
+        if sp.is_data_movement(u):
+            inside.update(u.results)
+            continue
+        if not isinstance(u, (*ELEMENTWISE, sp.LayerNormOp)):
+            continue
+        others = [v for v in u.operands if v not in inside and v is not op.input]
+        if any(_made_after(v, op) for v in others):
+            continue
+        share = size / max(int(np.prod(sp.shape_of(u.results[0]), dtype=np.int64)), 1)
+        for v in others:
+            src = _through_movement(v)
+            if isinstance(src.owner, sp.ConstantOp) and folds_into_kernels(src.owner):
+                continue
+            if int(np.prod(sp.shape_of(v), dtype=np.int64)) * share == size:
+                streams.add(v)
+            else:
+                whole[v] = math.ceil(_nbytes(v) * min(share, 1.0))
+        inside.update(u.results)
+    return len(streams), sum(whole.values())
+
+
+def _through_movement(v: SSAValue) -> SSAValue:
+    """The value ``v`` is data movement of (``v`` itself when it is not)."""
+    while isinstance(v.owner, Operation) and sp.is_data_movement(v.owner) and v.owner.operands:
+        v = v.owner.operands[0]
+    return v
+
+
+def _made_after(v: SSAValue, op: Operation) -> bool:
+    """Whether ``v`` needs a MAC op (a butterfly, an attention, a matmul) after ``op`` in its block: the kernel
+    ``fuse-elementwise`` puts an op reading it in starts after ``op``'s (the elementwise ops between are epilogues
+    of those MAC ops' kernels, wherever they stand in the block)."""
+    from attnc.passes.fuse_elementwise import MAC_OPS
+
+    todo, seen = [v], set()
+    while todo:
+        src = todo.pop().owner
+        if not isinstance(src, Operation) or isinstance(src, sp.ConstantOp) or src in seen:
+            continue  # (a constant is known whenever it is placed)
+        seen.add(src)
+        if isinstance(src, (*MAC_OPS, sp.ButterflyMatmulOp, sp.FourierOp)):
+            if op.is_before_in_block(src):
+                return True
+        else:
+            todo += list(src.operands)
+    return False
 
 
 def _from_dram(v: SSAValue) -> int:

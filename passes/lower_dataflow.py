@@ -1073,8 +1073,16 @@ def _load_per_chain(k: df.KernelOp, stages: list[tuple[df.KernelOp, int]], uniqu
         name = u.group.data if u.group is not None else u.sym_name.data
         if u not in chains.setdefault(name, []):
             chains[name].append(u)
-    for name, readers in list(chains.items())[1:]:
-        _fork_load(k, [(u, j) for u in readers for j, v in enumerate(u.inputs) if v is k.outputs[0]], unique, name)
+    bursts = dict(k.loop_schedule()).get("burst", 1)
+    loads = [k] + [_fork_load(k, [(u, j) for u in readers for j, v in enumerate(u.inputs) if v is k.outputs[0]],
+                              unique, name) for name, readers in list(chains.items())[1:]]  # fmt: skip
+    for load, readers in zip(loads, chains.values()):
+        # each load in its own chain's row blocks (a token per burst, or per row block when those are finer):
+        # in the finest chain's blocks a token would be a fraction of another chain's row block, in a burst a
+        # fraction of a row (BERT-base's Q, K and V chains on edge at seq 512: 1 row and 4 rows a block, 192
+        # bursts of 2.7 rows, which a stage kernel holding two 1-row blocks does not fit)
+        blocks = min(dict(u.loop_schedule()).get("rows", 1) for u in readers)
+        load.tokens = df.i64_array([max(bursts, blocks)])
 
 
 def _load_again_for_others(k: df.KernelOp, users: list[tuple[df.KernelOp, int]], rows_of: dict,

@@ -470,3 +470,111 @@ def test_chains_share_the_dram_with_their_phase_only():
     shares = bp.phase_dram_shares(ops, bp.butterfly_phases(fn, ops))
     assert [shares[o] for o in ops] == [0.5, 0.5, 1.0]
     assert list(bp.phase_dram_shares(ops, {o: 0 for o in ops}).values()) == [1 / 3] * 3
+
+
+def _epilogue_layer(add, x, r, n=512):
+    """A linear whose result takes a bias, a residual and a layer norm, then a sum of two linears: what BERT's
+    output projection and FFN2 end in (constants of n f32 values: held whole, above the small-constant size)."""
+    y = butterfly(add, x, "block", 3, 1)
+    y = add(sp.AddOp(y, const(add, np.ones(n))))
+    y = add(sp.AddOp(y, r))
+    y = add(sp.LayerNormOp(y, const(add, np.ones(n)), const(add, np.zeros(n)), -1, 1e-5))
+    a = butterfly(add, y, "block", 3, 1, seed=1)
+    b = butterfly(add, y, "block", 3, 1, seed=2)
+    return [add(sp.AddOp(a, b))]
+
+
+def test_the_epilogue_a_chain_ends_in_is_what_its_last_kernel_reads():
+    """A butterfly with a bias add, a residual add and a layer norm after it, then two butterflies summed. The
+    first's epilogue reads one row stream (the residual) and three constants of 2 KiB (bias, scale, shift); of
+    the sum, the first summand's chain takes nothing (the add waits for the second, a later kernel), the second's
+    reads the first's result as a row stream."""
+    fn = main_func(build_module([(1, 64, 512)] * 2, lambda args, add: _epilogue_layer(add, *args)))
+    first, a, b = [o for o in fn.body.block.ops if isinstance(o, sp.ButterflyMatmulOp)]
+    assert bp.epilogue_reads(first) == (1, 3 * 512 * 4)
+    assert bp.epilogue_reads(a) == (0, 0)
+    assert bp.epilogue_reads(b) == (1, 0)
+
+
+def test_a_stage_kernel_declares_what_the_planner_claimed(monkeypatch):
+    """Lowered on edge, every stage kernel's plan holds what the planner claimed for it, its need or more (BERT-base's
+    butterfly layer on edge at seq 512: its last kernel declared 14,336 B where 7,168 B were planned: the inputs
+    of its epilogue, uncounted)."""
+    from attnc.dialects import dataflow as df
+    from attnc.passes import lower_dataflow as ld
+    from attnc.passes.fuse_elementwise import FuseElementwisePass
+
+    plans, lowered = {}, {}
+    init = bp.ExpandButterflyPattern.__init__
+
+    def keep(self, p):
+        plans.update({name: pl for name, pl in p.values()})
+        init(self, p)
+
+    build = ld._Partitioner._kernel_op
+
+    def record(self, name, *a, **k):
+        out = build(self, name, *a, **k)
+        lowered[out.sym_name.data] = out.buffer_bytes.value.data
+        return out
+
+    monkeypatch.setattr(bp.ExpandButterflyPattern, "__init__", keep)
+    monkeypatch.setattr(ld._Partitioner, "_kernel_op", record)
+    arch = load_arch("edge")
+    module = build_module([(1, 64, 512)] * 2, lambda args, add: _epilogue_layer(add, *args))
+    run_pipeline(module, [TilePass(arch=arch), FuseElementwisePass(arch=arch), ld.LowerToDataflowPass(arch=arch)])
+    fn = main_func(module)
+    stage_kernels = {k.sym_name.data for k in fn.body.block.ops if isinstance(k, df.KernelOp) and ld._stage_rows(k)}
+    checked = 0
+    for name, chain_plans in plans.items():
+        for plan in chain_plans:
+            kid = 0
+            for gi in range(len(plan.groups)):
+                for j in range(plan.parts):
+                    tag = f"{name}_s{gi}" + (f"_p{j}" if plan.parts > 1 else "")
+                    assert tag in stage_kernels
+                    assert lowered[tag] == plan.claims[kid] >= plan.needs[kid], tag
+                    kid += 1
+                    checked += 1
+    assert checked >= 3
+
+
+def test_a_last_kernel_counts_its_epilogue_when_some_grouping_fits_it():
+    """A 768-wide chain alone on a 16 KiB edge tile (its weights streamed): with a residual and 4.5 KiB of bias and
+    norm constants to add, its one kernel needs that much more than without, at the same row blocks; with more
+    than its tile can hold beside any grouping, it plans as without and says the epilogue is not counted."""
+    arch = load_arch("edge")
+    tile = arch.tiles_of("compute")[0]
+
+    def plan(epilogue):
+        ch = _bert_chain()
+        ch.epilogue = epilogue
+        return bp.plan_chain(ch, arch, [bp.Slot(0, "compute", tile, 1, tile.sram_bytes)])
+
+    bare = plan((0, 0))
+    small = plan((0, 1024))
+    assert small.epilogue and small.tokens == bare.tokens and small.needs[0] == bare.needs[0] + 1024
+    assert small.needs[0] <= tile.sram_bytes
+    full = plan((1, 4608))
+    assert full.epilogue and full.needs[0] <= tile.sram_bytes
+    assert full.needs[0] >= 4608 + 2 * (512 // full.tokens) * 768 * 2
+    over = plan((4, tile.sram_bytes))
+    assert not over.epilogue and over.needs == bare.needs and "not counted" in over.text()
+
+
+def test_spilled_queries_leave_the_members_tiles_to_the_stages():
+    """Queries of which a member's share is more than its buffers go through DRAM (lower-to-dataflow's
+    spill_held_queries): the stage planner does not count them, and the rest of the members' tiles is free for
+    stage kernels (BERT-base's butterfly layer on edge at seq 512: 8 members of 11,392 B, 768 KiB of queries);
+    queries that fit beside the buffers stay counted."""
+    arch = load_arch("edge")
+    tile = arch.tiles_of("compute")[0]
+    members, buffer = 8, 11392
+    assert bp.members_sram(members * buffer, 768 * 1024) == members * buffer
+    assert bp.members_sram(members * buffer, 8 * 1024) == members * buffer + 8 * 1024
+    shown = bp.free_slots(arch, {}, bp.members_sram(members * buffer, 768 * 1024), members)
+    hidden = bp.free_slots(arch, {}, members * buffer + 768 * 1024, members)
+    assert sum(s.kind == "compute" for s in hidden) == 16 - members
+    assert sum(s.kind == "compute" for s in shown) == 16
+    assert sum(s.sram for s in shown if s.kind == "compute") - sum(s.sram for s in hidden if s.kind == "compute") \
+        == members * (tile.sram_bytes - buffer)

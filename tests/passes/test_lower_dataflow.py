@@ -422,6 +422,25 @@ def test_without_spills_the_butterfly_chains_share_one_load_of_the_layers_input(
     assert len(chains) == 3
 
 
+def test_each_chains_load_sends_that_chains_row_blocks():
+    # BERT-base's butterfly layer on edge at seq 512 (lowered, not placed): the Q/K/V chains and the output chain's
+    # residual each read the layer's input from a load of their own, which sends a token per row block of that
+    # chain (or per burst when bursts are finer). From the shared load's token -- the coarsest chain's, or a burst
+    # of 2.7 rows -- the V and output chains' 1-row blocks arrived two at a time into buffers planned for one
+    kernels = _lowered_butterfly_layer("edge", 512)
+    loads = [k for k in kernels if k.kind.data == "dma_load" and k.sym_name.data.startswith("load_hidden_states")]
+    assert len(loads) == 4
+    finer = 0
+    for load in loads:
+        readers = {u.operation for u in load.outputs[0].uses}
+        blocks = min(dict(u.loop_schedule())["rows"] for u in readers)
+        bursts = dict(load.loop_schedule())["burst"]
+        assert list(load.tokens.get_values()) == [max(bursts, blocks)], load.sym_name.data
+        finer += blocks > min(dict(u.loop_schedule())["rows"] for ld in loads for u in
+                              {x.operation for x in ld.outputs[0].uses})  # fmt: skip
+    assert finer  # the chains' row blocks differ: a token for all of them would not fit each
+
+
 def _gemm(seq: int, k: int, n: int, dtype=np.float32):
     """(module, inputs) of one linear x[seq, k] @ w[k, n] -> y (f32, or f16 for ``dtype`` np.float16)."""
     from onnx import TensorProto, helper, numpy_helper
