@@ -172,14 +172,19 @@ def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: 
         kc = min(kc, max(mr, -(-DMA_BURST // (nb * eb))))
     mt, nt = -(-mi // mb), -(-nj // nb)
     w_passes = 1 if resident else mt
-    steps = mt * nt * -(-mb // mr) * -(-nb // mc) * k + mr + mc
+    # the last row and column sub-blocks take what is left of the part's block: MAC-array passes by their own size
+    lm, ln = mi - (mt - 1) * mb, nj - (nt - 1) * nb
+    passes = ((mt - 1) * -(-mb // mr) + -(-lm // mr)) * ((nt - 1) * -(-nb // mc) + -(-ln // mc))
+    steps = passes * k + mr + mc
     y_bytes = m * n * eb
     moved = k * n * eb * w_passes + m * k * eb * (nt if a_dram else 1) + y_bytes
     chain = max(mi * k * eb * nt if c > 1 else 0, k * nj * eb * w_passes if r > 1 else 0) / link
-    # the result leaves through a store that takes a link or two; what the last sub-blocks finish
-    # drains after the last step
-    store = y_bytes / (2 * link)
-    tail = y_bytes / (mt * nt) / (2 * link)
+    # the result leaves through one store per grid row (each fed over a link), all sharing DRAM; what every
+    # part's last sub-block finishes drains after the last step (cloud 512x768x3072 in 4x16 parts: blocks of
+    # 128x128 then 128x64 drained 1 MB in ~3,500 cycles, of 128x192 3 MB in ~7,200)
+    rate = min(dram, r * link)
+    store = y_bytes / rate
+    tail = r * c * lm * ln * eb / rate
     if resident:
         # held weight blocks stream in k-chunks during the first row block, which computes as they come: it ends
         # no sooner than every block (all sharing DRAM, each down its column) and its share of the row strips
@@ -192,7 +197,10 @@ def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: 
         rest = max(steps * later, (a_bytes + y_bytes) * later / dram, chain * later, store * later)
         cycles = int(first + rest + tail)
     else:
-        cycles = int(max(steps, moved / dram, chain, store) + tail)
+        # the first step waits for the first chunks of every column's weight block and every row's strip, which
+        # share DRAM
+        head = kc * eb * (c * nb + (r * mb if a_dram else 0)) / dram
+        cycles = int(max(head + steps, moved / dram, chain, store) + tail)
     buf = acc + held + 2 * eb * kc * (mb if resident else mb + nb)
     return GemmGrid(name, r, c, mb, nb, kc, 0, nt if a_dram else 1, w_passes, cycles, moved, buf, resident)
 
