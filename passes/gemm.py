@@ -179,11 +179,16 @@ def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: 
     y_bytes = m * n * eb
     moved = k * n * eb * w_passes + m * k * eb * (nt if a_dram else 1) + y_bytes
     chain = max(mi * k * eb * nt if c > 1 else 0, k * nj * eb * w_passes if r > 1 else 0) / link
-    # the result leaves through one store per grid row (each fed over a link), all sharing DRAM; what every
-    # part's last sub-block finishes drains after the last step (cloud 512x768x3072 in 4x16 parts: blocks of
-    # 128x128 then 128x64 drained 1 MB in ~3,500 cycles, of 128x192 3 MB in ~7,200)
+    # the result leaves through one store per grid row (each fed over a link), all sharing DRAM. What every
+    # part's last sub-block finishes drains after the last step at that rate, behind what is left of the
+    # sub-block before it: while the parts compute, the stores get about two links' worth of DRAM next to the
+    # loads (cloud, 768x3072 in 4x16 parts at seq 512 and 2048: column sub-blocks of 128 then 64 drained 1.53x
+    # the last one's bytes at DRAM's rate, equal ones 1.0x; one sub-block of 128x192, 3 MB, 1.05x)
     rate = min(dram, r * link)
     store = y_bytes / rate
+    last = -(-lm // mr) * -(-ln // mc) * k
+    before = (lm * nb if nt > 1 else mb * ln) if mt * nt > 1 else 0
+    left = max(0.0, r * c * before * eb - min(rate, 2 * link) * last)
     tail = r * c * lm * ln * eb / rate
     if resident:
         # held weight blocks stream in k-chunks during the first row block, which computes as they come: it ends
@@ -200,7 +205,7 @@ def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: 
         # the first step waits for the first chunks of every column's weight block and every row's strip, which
         # share DRAM
         head = kc * eb * (c * nb + (r * mb if a_dram else 0)) / dram
-        cycles = int(max(head + steps, moved / dram, chain, store) + tail)
+        cycles = int(max(head + steps + tail + left / rate, max(moved / dram, chain, store) + tail))
     buf = acc + held + 2 * eb * kc * (mb if resident else mb + nb)
     return GemmGrid(name, r, c, mb, nb, kc, 0, nt if a_dram else 1, w_passes, cycles, moved, buf, resident)
 
