@@ -97,7 +97,8 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
 
 
 def grid_options(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, budget: int, a_dram: bool,
-                 col_unit: int = 1, col_width: int = 0) -> tuple[GemmGrid | None, GemmGrid | None]:
+                 col_unit: int = 1, col_width: int = 0, shape: tuple[int, int] | None = None
+                 ) -> tuple[GemmGrid | None, GemmGrid | None]:
     """The cheapest grid of at most ``parts`` parts whose buffers fit ``budget`` bytes and the lean grid (below),
     or (None, None).
 
@@ -114,7 +115,8 @@ def grid_options(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, b
     row sub-blocks reads its weight block fewer times, but its results leave later, so a GEMM alone predicts
     it slower (the drain after its last step); in a layer whose phases share DRAM the bytes it saves can be
     worth more (BERT-base on cloud at seq 512: FFN2's 4x8 parts read their 4.7 MB of weights twice in 64-row
-    sub-blocks, once in 128-row ones). :func:`plan_gemms` weighs the two against the module's time."""
+    sub-blocks, once in 128-row ones). :func:`plan_gemms` weighs the two against the module's time. With
+    ``shape``, the lean grid is of that shape instead (None if none fits)."""
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
     link = max(arch.noc.link_bytes_per_cycle, 1)
@@ -144,8 +146,17 @@ def grid_options(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, b
                             best = g
     if best is None:
         return None, None
-    same = [g for g in seen if (g.rows, g.cols) == (best.rows, best.cols) and g.cycles <= best.cycles * (1 + LEAN)]
-    return best, min(same, key=lambda g: (g.dram_bytes, g.cycles))
+    return best, _lean(seen, shape or (best.rows, best.cols))
+
+
+def _lean(seen: list[GemmGrid], shape: tuple[int, int]) -> GemmGrid | None:
+    """Of the grids of ``shape`` (rows, cols), the one moving the fewest DRAM bytes predicted within ``LEAN`` of
+    the fastest of them, or None."""
+    same = [g for g in seen if (g.rows, g.cols) == shape]
+    if not same:
+        return None
+    fast = min(g.cycles for g in same)
+    return min((g for g in same if g.cycles <= fast * (1 + LEAN)), key=lambda g: (g.dram_bytes, g.cycles))
 
 
 def _divisors(n: int, most: int) -> set[int]:
@@ -450,21 +461,32 @@ def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_
              a_dram: bool = False, col_width: int = 0) -> list[tuple[GemmGrid, int]]:
     """A GEMM's candidate (grid, SRAM budget per part): at most 1, 2, 4, ... ``most`` parts, each with one to
     all of its tile's context shares of SRAM; per (parts, budget) the cheapest grid and, when it moves fewer
-    DRAM bytes, the lean one (:func:`grid_options`). Of one footprint ``_allocate`` first takes the faster (the
+    DRAM bytes, the lean one (:func:`grid_options`), and the lean one of the shape the smallest budget took. Of one footprint ``_allocate`` first takes the faster (the
     cheapest); its DRAM step may then trade it for the lean one within the module's tie margin."""
     a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
     m = int(np.prod(a[:-1], dtype=np.int64))
     eb = np_dtype(sp.elt_of(g.lhs)).itemsize
     out = []
     for parts in _steps(most, 1):
+        first = None
         for j in range(1, max(tile.contexts, 1) + 1):
             budget = ctx_share * j
-            grid, lean = grid_options(f"gemm{i}", m, a[-1], w[1], eb, arch, parts, budget,
-                                      a_dram or _a_from_dram(g), col_unit, col_width)  # fmt: skip
+            args = (f"gemm{i}", m, a[-1], w[1], eb, arch, parts, budget, a_dram or _a_from_dram(g), col_unit,
+                    col_width)  # fmt: skip
+            grid, lean = grid_options(*args)
             if grid is not None:
                 out.append((grid, budget))
+                first = first or (grid.rows, grid.cols)
             if lean is not None and lean.dram_bytes < grid.dram_bytes:
                 out.append((lean, budget))
+            if grid is not None and first != (grid.rows, grid.cols):
+                # the lean grid of the shape the smallest budget took, too: the DRAM step only trades a grid for
+                # larger blocks of its own shape (cloud 2048x3072 @ 3072x768: 8x8 parts of 64x96 blocks at 64 KiB
+                # read the weights 4 times, 79,877 cycles; at 128 KiB the fastest was 32x2, and 8x8 of 128x96,
+                # read twice, 78,280, was not on offer)
+                _, same = grid_options(*args, shape=first)
+                if same is not None and same not in (grid, lean):
+                    out.append((same, budget))
     return out
 
 

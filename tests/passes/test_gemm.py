@@ -183,6 +183,29 @@ def test_a_held_weight_block_arrives_in_small_k_chunks_and_the_first_step_waits_
     assert g.cycles < 1.25 * bound
 
 
+def test_a_narrower_last_sub_block_takes_fewer_mac_passes():
+    # 4x16 parts of 512x768 @ 768x3072: a part's 128x192 block in sub-blocks of 128x128 then 128x64 takes
+    # 4 x 6 MAC-array passes of K (the simulator's busy cycles, 18,496), not 4 x 8 of a full second sub-block;
+    # with DRAM and links out of the way that is the whole prediction
+    from attnc.passes.gemm import _predict
+
+    g = _predict("g", (512, 768, 3072, 4, 16, 128, 128), 2, False, True, 128 << 10, (32, 32), 1 << 30, 1e12)
+    assert g.cycles == 4 * 6 * 768 + 32 + 32
+
+
+def test_the_drain_runs_per_grid_row_at_dram_rate_so_wider_sub_blocks_win():
+    # cloud 512x768x3072 alone (DRAM-bound: 8.65 MB, 18,933 cycles): 4x16 parts of 128x64 sub-blocks read the
+    # row strip 3 times (simulated 25,207 cycles), of 128x128 twice (22,911); the drain after the last step
+    # is the last sub-block's bytes over DRAM (one store per grid row), not over two links, so the search takes
+    # the wider sub-blocks when a part may have 128 KiB, and predicts them within 2% of what the simulator times
+    target = load_arch("cloud")
+    narrow = grid_search("g", 512, 768, 3072, 2, target, 64, 64 << 10, True)
+    wide = grid_search("g", 512, 768, 3072, 2, target, 64, 128 << 10, True)
+    assert (narrow.nb, narrow.a_passes) == (64, 3)
+    assert (wide.rows * wide.cols, wide.a_passes) == (64, 2) and wide.cycles < narrow.cycles * (1 - 0.03)
+    assert abs(wide.cycles - 22911) < 0.02 * 22911
+
+
 def test_the_lean_grid_reads_its_weights_fewer_times_and_only_the_dram_step_takes_it():
     # BERT-base FFN2 on cloud at seq 512 in 4x8 parts of 128 KiB: the cheapest grid walks 64-row sub-blocks (its
     # results leave earlier) and reads its weight blocks twice; the lean one walks whole 128-row blocks, reads
