@@ -565,7 +565,19 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
     # streams, not by need: on edge a row strip re-read six times got a ninth of DRAM and its parts stalled).
     # Only larger blocks for the same parts: a new grid shape there is a new layout the model has not weighed
     # against the rest (on cloud at seq 2048 it made the layer's FFN1 one row of 32 parts)
+    # Nor, with phases sharing SRAM, larger parts that no longer fit on a tile next to the parts of the phase
+    # before or after, with the eighth of headroom the room keeps: a phase that streams into the next overlaps it
+    # only if their parts share tiles (BERT-base on cloud at seq 512: FFN1's 4x8 parts of 64 KiB next to FFN2's
+    # of 128 KiB, 107,517 cycles; FFN1's in 192 KiB, predicted within the margin for 3.1 MB less DRAM, ran
+    # before FFN2 instead, 183,322; in 128 KiB, 219,162)
     limit = total(chosen) * (1 + TIE)
+
+    def apart(ch: dict) -> int:
+        most: dict[int, int] = {}
+        for g, (_, budget) in ch.items():
+            most[level[g]] = max(most.get(level[g], 0), budget)
+        return sum(1 for lv in most if lv + 1 in most and most[lv] + most[lv + 1] > sram * 7 // 8) if shared else 0
+
     while True:
         best = None
         for key in keys:
@@ -575,7 +587,7 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
                 saved = dram(chosen) - dram(trial)
                 grid = options[classes[key][0]][j][0]
                 if (j == pick[key] or saved <= 0 or total(trial) > limit or not fits(trial)
-                        or (grid.rows, grid.cols) != (now.rows, now.cols)):  # fmt: skip
+                        or (grid.rows, grid.cols) != (now.rows, now.cols) or apart(trial) > apart(chosen)):  # fmt: skip
                     continue
                 ratio = saved / max(used(trial) - used(chosen), 1)
                 if best is None or ratio > best[0]:
