@@ -574,9 +574,14 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
 
     def apart(ch: dict) -> int:
         most: dict[int, int] = {}
-        for g, (_, budget) in ch.items():
+        count: dict[int, int] = {}
+        for g, (grid, budget) in ch.items():
             most[level[g]] = max(most.get(level[g], 0), budget)
-        return sum(1 for lv in most if lv + 1 in most and most[lv] + most[lv + 1] > sram * 7 // 8) if shared else 0
+            count[level[g]] = count.get(level[g], 0) + grid.rows * grid.cols
+        # only phases whose parts together fit the tiles could run at once (on edge, 16 parts a phase on 16 tiles
+        # of 16 KiB: each phase fills the array, and 12 KiB parts read 12.6 MB less than 4 KiB ones)
+        return sum(1 for lv in most if lv + 1 in most and most[lv] + most[lv + 1] > sram * 7 // 8
+                   and count[lv] + count[lv + 1] <= tiles) if shared else 0  # fmt: skip
 
     while True:
         best = None
