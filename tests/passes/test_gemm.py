@@ -255,3 +255,24 @@ def test_the_lean_grid_reads_its_weights_fewer_times_and_only_the_dram_step_take
     both = _allocate({f1: [first], f2: [(best, budget), (slow, budget)]}, {f1: 0, f2: 1}, 64, 256, 16 << 20,
                      tile.sram_bytes, 64)  # fmt: skip
     assert both[f2][0] == best
+
+
+def test_the_dram_step_keeps_consecutive_phases_parts_on_shared_tiles_when_they_could_run_at_once():
+    # BERT-base on cloud at seq 512: FFN1's 4x8 parts of 64 KiB next to FFN2's of 128 KiB share tiles and FFN1
+    # streams into FFN2 (107,517 cycles); FFN1 in 192 KiB parts (3.1 MB less DRAM, predicted as fast) ran first
+    # and FFN2 after it (183,322). On edge each phase fills the array, and the larger parts are taken.
+    from attnc.passes.gemm import GemmGrid, _allocate, splittable
+
+    module, _ = ffn_model(rows=512, hidden=768, inner=3072)
+    f1, f2 = [o for o in main_func(module).body.block.ops if splittable(o)]
+    small = (GemmGrid("f1", 4, 8, 128, 64, 42, cycles=1000, dram_bytes=12 << 20), 64 << 10)
+    large = (GemmGrid("f1", 4, 8, 128, 256, 42, cycles=1010, dram_bytes=9 << 20), 192 << 10)
+    second = (GemmGrid("f2", 4, 8, 128, 96, 91, cycles=1000, dram_bytes=8 << 20), 128 << 10)
+
+    def pick(tiles: int, shared: bool):
+        return _allocate({f1: [small, large], f2: [second]}, {f1: 0, f2: 1}, tiles, 256, 64 << 20, 256 << 10, 64,
+                         shared)[f1]  # fmt: skip
+
+    assert pick(64, True) == small
+    assert pick(32, True) == large  # 64 parts on 32 tiles: the phases could not run at once anyway
+    assert pick(64, False) == large
