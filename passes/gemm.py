@@ -97,7 +97,8 @@ def grid_search(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, bu
 
 
 def grid_options(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, budget: int, a_dram: bool,
-                 col_unit: int = 1, col_width: int = 0) -> tuple[GemmGrid | None, GemmGrid | None]:
+                 col_unit: int = 1, col_width: int = 0, shape: tuple[int, int] | None = None
+                 ) -> tuple[GemmGrid | None, GemmGrid | None]:
     """The cheapest grid of at most ``parts`` parts whose buffers fit ``budget`` bytes and the lean grid (below),
     or (None, None).
 
@@ -114,7 +115,8 @@ def grid_options(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, b
     row sub-blocks reads its weight block fewer times, but its results leave later, so a GEMM alone predicts
     it slower (the drain after its last step); in a layer whose phases share DRAM the bytes it saves can be
     worth more (BERT-base on cloud at seq 512: FFN2's 4x8 parts read their 4.7 MB of weights twice in 64-row
-    sub-blocks, once in 128-row ones). :func:`plan_gemms` weighs the two against the module's time."""
+    sub-blocks, once in 128-row ones). :func:`plan_gemms` weighs the two against the module's time. With
+    ``shape``, the lean grid is of that shape instead (None if none fits)."""
     tile = max(arch.tiles_of("compute"), key=lambda t: (t.macs_per_cycle, t.sram_bytes))
     mr, mc = max(tile.mac_rows, 1), max(tile.mac_cols, 1)
     link = max(arch.noc.link_bytes_per_cycle, 1)
@@ -144,8 +146,17 @@ def grid_options(name: str, m: int, k: int, n: int, eb: int, arch, parts: int, b
                             best = g
     if best is None:
         return None, None
-    same = [g for g in seen if (g.rows, g.cols) == (best.rows, best.cols) and g.cycles <= best.cycles * (1 + LEAN)]
-    return best, min(same, key=lambda g: (g.dram_bytes, g.cycles))
+    return best, _lean(seen, shape or (best.rows, best.cols))
+
+
+def _lean(seen: list[GemmGrid], shape: tuple[int, int]) -> GemmGrid | None:
+    """Of the grids of ``shape`` (rows, cols), the one moving the fewest DRAM bytes predicted within ``LEAN`` of
+    the fastest of them, or None."""
+    same = [g for g in seen if (g.rows, g.cols) == shape]
+    if not same:
+        return None
+    fast = min(g.cycles for g in same)
+    return min((g for g in same if g.cycles <= fast * (1 + LEAN)), key=lambda g: (g.dram_bytes, g.cycles))
 
 
 def _divisors(n: int, most: int) -> set[int]:
@@ -172,14 +183,24 @@ def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: 
         kc = min(kc, max(mr, -(-DMA_BURST // (nb * eb))))
     mt, nt = -(-mi // mb), -(-nj // nb)
     w_passes = 1 if resident else mt
-    steps = mt * nt * -(-mb // mr) * -(-nb // mc) * k + mr + mc
+    # the last row and column sub-blocks take what is left of the part's block: MAC-array passes by their own size
+    lm, ln = mi - (mt - 1) * mb, nj - (nt - 1) * nb
+    passes = ((mt - 1) * -(-mb // mr) + -(-lm // mr)) * ((nt - 1) * -(-nb // mc) + -(-ln // mc))
+    steps = passes * k + mr + mc
     y_bytes = m * n * eb
     moved = k * n * eb * w_passes + m * k * eb * (nt if a_dram else 1) + y_bytes
     chain = max(mi * k * eb * nt if c > 1 else 0, k * nj * eb * w_passes if r > 1 else 0) / link
-    # the result leaves through a store that takes a link or two; what the last sub-blocks finish
-    # drains after the last step
-    store = y_bytes / (2 * link)
-    tail = y_bytes / (mt * nt) / (2 * link)
+    # the result leaves through one store per grid row (each fed over a link), all sharing DRAM. What every
+    # part's last sub-block finishes drains after the last step at that rate, behind what is left of the
+    # sub-block before it: while the parts compute, the stores get about two links' worth of DRAM next to the
+    # loads (cloud, 768x3072 in 4x16 parts at seq 512 and 2048: column sub-blocks of 128 then 64 drained 1.53x
+    # the last one's bytes at DRAM's rate, equal ones 1.0x; one sub-block of 128x192, 3 MB, 1.05x)
+    rate = min(dram, r * link)
+    store = y_bytes / rate
+    last = -(-lm // mr) * -(-ln // mc) * k
+    before = (lm * nb if nt > 1 else mb * ln) if mt * nt > 1 else 0
+    left = max(0.0, r * c * before * eb - min(rate, 2 * link) * last)
+    tail = r * c * lm * ln * eb / rate
     if resident:
         # held weight blocks stream in k-chunks during the first row block, which computes as they come: it ends
         # no sooner than every block (all sharing DRAM, each down its column) and its share of the row strips
@@ -192,7 +213,10 @@ def _predict(name: str, dims: tuple[int, ...], eb: int, resident: bool, a_dram: 
         rest = max(steps * later, (a_bytes + y_bytes) * later / dram, chain * later, store * later)
         cycles = int(first + rest + tail)
     else:
-        cycles = int(max(steps, moved / dram, chain, store) + tail)
+        # the first step waits for the first chunks of every column's weight block and every row's strip, which
+        # share DRAM
+        head = kc * eb * (c * nb + (r * mb if a_dram else 0)) / dram
+        cycles = int(max(head + steps + tail + left / rate, max(moved / dram, chain, store) + tail))
     buf = acc + held + 2 * eb * kc * (mb if resident else mb + nb)
     return GemmGrid(name, r, c, mb, nb, kc, 0, nt if a_dram else 1, w_passes, cycles, moved, buf, resident)
 
@@ -437,21 +461,32 @@ def _options(g: sp.MatmulOp, i: int, arch, most: int, ctx_share: int, tile, col_
              a_dram: bool = False, col_width: int = 0) -> list[tuple[GemmGrid, int]]:
     """A GEMM's candidate (grid, SRAM budget per part): at most 1, 2, 4, ... ``most`` parts, each with one to
     all of its tile's context shares of SRAM; per (parts, budget) the cheapest grid and, when it moves fewer
-    DRAM bytes, the lean one (:func:`grid_options`). Of one footprint ``_allocate`` first takes the faster (the
+    DRAM bytes, the lean one (:func:`grid_options`), and the lean one of the shape the smallest budget took. Of one footprint ``_allocate`` first takes the faster (the
     cheapest); its DRAM step may then trade it for the lean one within the module's tie margin."""
     a, w = sp.shape_of(g.lhs), sp.shape_of(g.rhs)
     m = int(np.prod(a[:-1], dtype=np.int64))
     eb = np_dtype(sp.elt_of(g.lhs)).itemsize
     out = []
     for parts in _steps(most, 1):
+        first = None
         for j in range(1, max(tile.contexts, 1) + 1):
             budget = ctx_share * j
-            grid, lean = grid_options(f"gemm{i}", m, a[-1], w[1], eb, arch, parts, budget,
-                                      a_dram or _a_from_dram(g), col_unit, col_width)  # fmt: skip
+            args = (f"gemm{i}", m, a[-1], w[1], eb, arch, parts, budget, a_dram or _a_from_dram(g), col_unit,
+                    col_width)  # fmt: skip
+            grid, lean = grid_options(*args)
             if grid is not None:
                 out.append((grid, budget))
+                first = first or (grid.rows, grid.cols)
             if lean is not None and lean.dram_bytes < grid.dram_bytes:
                 out.append((lean, budget))
+            if grid is not None and first != (grid.rows, grid.cols):
+                # the lean grid of the shape the smallest budget took, too: the DRAM step only trades a grid for
+                # larger blocks of its own shape (cloud 2048x3072 @ 3072x768: 8x8 parts of 64x96 blocks at 64 KiB
+                # read the weights 4 times, 79,877 cycles; at 128 KiB the fastest was 32x2, and 8x8 of 128x96,
+                # read twice, 78,280, was not on offer)
+                _, same = grid_options(*args, shape=first)
+                if same is not None and same not in (grid, lean):
+                    out.append((same, budget))
     return out
 
 
@@ -530,7 +565,24 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
     # streams, not by need: on edge a row strip re-read six times got a ninth of DRAM and its parts stalled).
     # Only larger blocks for the same parts: a new grid shape there is a new layout the model has not weighed
     # against the rest (on cloud at seq 2048 it made the layer's FFN1 one row of 32 parts)
+    # Nor, with phases sharing SRAM, larger parts that no longer fit on a tile next to the parts of the phase
+    # before or after, with the eighth of headroom the room keeps: a phase that streams into the next overlaps it
+    # only if their parts share tiles (BERT-base on cloud at seq 512: FFN1's 4x8 parts of 64 KiB next to FFN2's
+    # of 128 KiB, 107,517 cycles; FFN1's in 192 KiB, predicted within the margin for 3.1 MB less DRAM, ran
+    # before FFN2 instead, 183,322; in 128 KiB, 219,162)
     limit = total(chosen) * (1 + TIE)
+
+    def apart(ch: dict) -> int:
+        most: dict[int, int] = {}
+        count: dict[int, int] = {}
+        for g, (grid, budget) in ch.items():
+            most[level[g]] = max(most.get(level[g], 0), budget)
+            count[level[g]] = count.get(level[g], 0) + grid.rows * grid.cols
+        # only phases whose parts together fit the tiles could run at once (on edge, 16 parts a phase on 16 tiles
+        # of 16 KiB: each phase fills the array, and 12 KiB parts read 12.6 MB less than 4 KiB ones)
+        return sum(1 for lv in most if lv + 1 in most and most[lv] + most[lv + 1] > sram * 7 // 8
+                   and count[lv] + count[lv + 1] <= tiles) if shared else 0  # fmt: skip
+
     while True:
         best = None
         for key in keys:
@@ -540,7 +592,7 @@ def _allocate(options: dict, level: dict, tiles: int, free: int, room: int, sram
                 saved = dram(chosen) - dram(trial)
                 grid = options[classes[key][0]][j][0]
                 if (j == pick[key] or saved <= 0 or total(trial) > limit or not fits(trial)
-                        or (grid.rows, grid.cols) != (now.rows, now.cols)):  # fmt: skip
+                        or (grid.rows, grid.cols) != (now.rows, now.cols) or apart(trial) > apart(chosen)):  # fmt: skip
                     continue
                 ratio = saved / max(used(trial) - used(chosen), 1)
                 if best is None or ratio > best[0]:
