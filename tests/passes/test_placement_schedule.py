@@ -177,16 +177,16 @@ def test_exact_packing_of_alike_tiles_respects_contexts_and_sram(tiny):
     assert all(sum(b) == sram and len(b) == 3 for b in used.values())
 
 
-def _ffn(phase_b: int, window_b: tuple[float, float]) -> MappingProblem:
-    """Two GEMM halves of two grid parts each, SRAM phases 1 and ``phase_b`` (the second's input comes
+def _ffn(phase_b: int, window_b: tuple[float, float], parts: int = 2) -> MappingProblem:
+    """Two GEMM halves of ``parts`` grid parts each, SRAM phases 1 and ``phase_b`` (the second's input comes
     out of DRAM as the first writes it), a byte stream from each first part to its second part that
     byte-hops would keep on one tile, and a DMA load into the sfu tile whose link time floors every
     phase of the estimate above what any compute tile holds."""
-    ks = [KernelSpec(f"a{i}", "compute", 16, 1000, phase=1, window=(0.0, 1000.0)) for i in range(2)]
-    ks += [KernelSpec(f"b{i}", "compute", 16, 900, phase=phase_b, window=window_b) for i in range(2)]
+    ks = [KernelSpec(f"a{i}", "compute", 16, 1000, phase=1, window=(0.0, 1000.0)) for i in range(parts)]
+    ks += [KernelSpec(f"b{i}", "compute", 16, 900, phase=phase_b, window=window_b) for i in range(parts)]
     ks += [KernelSpec("p", "dma", 16, 3200, window=(0.0, 3200.0)), KernelSpec("q", "sfu", 16, 3200, window=(0.0, 3200.0))]
     streams = [StreamSpec("p->q", "p", "q", 16 * 3200 * 3, 8.0)]
-    streams += [StreamSpec(f"a{i}->b{i}", f"a{i}", f"b{i}", 4000, 4.0) for i in range(2)]
+    streams += [StreamSpec(f"a{i}->b{i}", f"a{i}", f"b{i}", 4000, 4.0) for i in range(parts)]
     return MappingProblem(ks, streams)
 
 
@@ -215,3 +215,19 @@ def test_only_sram_phases_busy_through_their_shared_window_clash(tiny):
     # one after the other: nothing to clash; one phase: the same-phase stacking rule, not this one
     assert views(_ffn(2, (1000.0, 1900.0)), tiny)[1].clash == {}
     assert views(_ffn(1, (100.0, 1600.0)), tiny)[1].clash == {}
+
+
+def test_phases_with_more_parts_than_tiles_do_not_clash(tiny):
+    # as many parts per phase as compute tiles (Transformer-XL's FFN1 and FFN2 on cloud: 64 each on 64): they
+    # cannot be kept apart, and counting their pairs made the placer stack one phase's parts three and four to a
+    # tile (178K -> 416K cycles). No clash: each tile holds one part of each phase, none two of one
+    from attnc.passes.placement.heuristic import views
+
+    n = len(tiny.tiles_of("compute"))
+    problem = _ffn(2, (100.0, 1600.0), parts=n)
+    assert views(problem, tiny)[1].clash == {}
+    m = place_and_route(problem, tiny, time_limit=2, heuristic_only=True)
+    assert validate(problem, tiny, m) == []
+    for phase in "ab":
+        tiles = [m.placement[f"{phase}{i}"] for i in range(n)]
+        assert len(set(tiles)) == n
