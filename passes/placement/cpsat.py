@@ -797,12 +797,12 @@ def _dtime(solver) -> float:
 def _lns_key(pv: ProblemView, sc: Score) -> tuple:
     """LNS accepts a window's result when this does not grow: the overload, then the
     total excess over all links (a window can empty one of several full links),
-    then the makespan estimate, then the kernels stacked or gated on a tile (``Score.stacked``: the
-    model does not see them, so a window may not add them), then byte-hops."""
+    then the makespan estimate, then the crowding (``Score.crowd``) and the kernels stacked or gated on a
+    tile (``Score.stacked``): the model does not see them, so a window may not add them; then byte-hops."""
     # in bytes per cycle, as the final check counts: the model's integer rates round up, so a link exactly
     # at capacity can look over it there
     excess = sum(max(0.0, load - cap - 1e-9) for load, cap in zip(sc.loads, pv.av_cap)) if sc.overload else 0.0
-    return (round(sc.overload, 9), round(excess, 9), sc.m_int, sc.stacked, sc.bh_int)
+    return (round(sc.overload, 9), round(excess, 9), sc.m_int, sc.crowd, sc.stacked, sc.bh_int)
 
 
 def _stretching_tile(pv: ProblemView, st: State, rng: random.Random) -> int:

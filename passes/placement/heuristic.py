@@ -37,6 +37,14 @@ from attnc.passes.placement.sram import SramUse
 RATE_STEPS = 1024
 BYTE_STEPS = 100
 CYCLE_STEPS = 4000
+# The annealer's weights on the crowding (``_Busy.crowd``) against the makespan estimate's, one annealing each:
+# where the streams leave room a quarter relieves tiles one at a time among moves that keep the estimate;
+# where they are tight (links at capacity) only the full weight moves kernels past their streams' pull.
+CROWD = (0.25, 1.0)
+# How much less crowded a crowding annealing must leave the array to be taken over the plain one, and how
+# much larger its estimate may be (two annealings' estimates differ by about that whatever they weigh).
+CROWD_MARGIN = 0.1
+ESTIMATE_NOISE = 0.01
 # Rounds of moving kernels off over-full links, after routing.
 RELIEF_ROUNDS = 24
 
@@ -151,9 +159,12 @@ class Score:
     #: first, summed: they take turns, which the estimate misses while their window has slack; plus, per tile,
     #: the pairs of clashing SRAM phases it holds (``clashes``): the gate runs them one after the other
     stacked: int = 0
+    #: the work every tile has beyond each phase's length, summed over tiles and phases (``_Busy.crowd``, the
+    #: model's units): the estimate's max sees only the busiest tile of a phase, this every one
+    crowd: int = 0
 
     def key(self) -> tuple:
-        return (round(self.overload, 9), self.makespan, self.stacked, self.byte_hops)
+        return (round(self.overload, 9), self.makespan, self.crowd, self.stacked, self.byte_hops)
 
 
 def score(av: ArrayView, pv: ProblemView, st: State) -> Score:
@@ -178,7 +189,7 @@ def score(av: ArrayView, pv: ProblemView, st: State) -> Score:
     return Score(max(loads, default=0.0), max(0.0, over) if over > 1e-9 else 0.0, bh,
                  round(pv.phases.estimate(st.place, links)), max(0, o_int), bh_int,
                  busy.total(_link_time_int(av, pv, st.routes)), tuple(loads), tuple(iloads),
-                 sum(n - 1 for n in per.values()) + gated)
+                 sum(n - 1 for n in per.values()) + gated, busy.crowd())
 
 
 def stack_key(k) -> tuple | None:
@@ -272,20 +283,39 @@ class _Busy:
         links = links or {}
         return sum(max(self.top(j), links.get(j, 0)) for j in range(len(self.col)))
 
+    def crowd(self) -> int:
+        """The work each tile has beyond each phase's length, summed: the kernels that run at the same time
+        and take turns on a tile (an attention's members, a GELU part and a butterfly stage), on every tile
+        -- where the estimate's max over tiles sees only the busiest one, and so cannot tell one tile's
+        relief from none until every such tile is relieved."""
+        return sum(max(0, w - n) for col, n in zip(self.col, self.pv.len_int) for w in col)
+
+    def join_crowd(self, k: int, t: int) -> int:
+        """How much ``crowd`` grows if ``k`` joins tile ``t``."""
+        return sum(max(0, self.col[j][t] + w - self.pv.len_int[j]) - max(0, self.col[j][t] - self.pv.len_int[j])
+                   for j, w in self.pv.w_int[k])
+
     def join_cost(self, k: int, t: int, tops: dict[int, int]) -> int:
         """How much the estimate grows if ``k`` joins tile ``t`` (``tops``: the phases' current tops)."""
         return sum(max(0, self.col[j][t] + w - tops[j]) for j, w in self.pv.w_int[k])
 
-    def move_cost(self, moves: list[tuple[int, int, int]]) -> int:
-        """How much the estimate grows if each (kernel, from, to) moves (then undone)."""
+    def move_cost(self, moves: list[tuple[int, int, int]], crowd: float = 0.0) -> float:
+        """How much the estimate, plus ``crowd`` times the crowding, grows if each (kernel, from, to) moves
+        (then undone)."""
         touched = {j for k, _a, _b in moves for j, _w in self.pv.w_int[k]}
         if not touched:
             return 0
-        before = sum(self.top(j) for j in touched)
+        cells = {(j, t) for k, a, b in moves for j, _w in self.pv.w_int[k] for t in (a, b)}
+
+        def measure() -> float:
+            over = sum(max(0, self.col[j][t] - self.pv.len_int[j]) for j, t in cells)
+            return sum(self.top(j) for j in touched) + crowd * over
+
+        before = measure()
         for k, a, b in moves:
             self.add(k, a, -1)
             self.add(k, b, 1)
-        after = sum(self.top(j) for j in touched)
+        after = measure()
         for k, a, b in moves:
             self.add(k, b, -1)
             self.add(k, a, 1)
@@ -402,8 +432,9 @@ def greedy_place(av: ArrayView, pv: ProblemView) -> list[int] | None:
             # Ties (and kernels with nothing placed yet) go to the emptiest tile: spreads load.
             stacked = same[t, phase] if phase is not None else 0
             gated = sum(same[t, q] > 0 for q in pv.clash.get(phase, ())) if phase is not None else 0
-            c = (stacked, busy.join_cost(ki, t, tops), gated, ctx[t], cost, t) if spread else \
-                (stacked, busy.join_cost(ki, t, tops), gated, cost, ctx[t], t)
+            grow = busy.join_cost(ki, t, tops)
+            c = (stacked, grow, gated, ctx[t], cost, t) if spread else \
+                (stacked, grow, gated, cost, ctx[t], t)
             if best_cost is None or c < best_cost:
                 best, best_cost = t, c
         if best < 0:
@@ -437,23 +468,25 @@ def _first_fit_decreasing(av: ArrayView, pv: ProblemView) -> list[int] | None:
     return place
 
 
-def anneal(av: ArrayView, pv: ProblemView, place: list[int], rng: random.Random, iterations: int) -> list[int]:
+def anneal(av: ArrayView, pv: ProblemView, place: list[int], rng: random.Random, iterations: int,
+           crowd: float = 0.0) -> list[int]:
     """Moves and swaps of kernels between tiles of their kind, minimising the makespan estimate
-    (weighted to outrank a few hops), byte-hops and a link-pressure term."""
+    (weighted to outrank a few hops) plus ``crowd`` times the crowding (``_Busy.crowd``), byte-hops and a
+    link-pressure term."""
     place = list(place)
     if not pv.kernels or not pv.streams:
         return place
     movable = [i for i in range(len(pv.kernels)) if len(pv.cand[i]) > 1]
     if not movable:
         return place
-    return _Annealer(av, pv, place, rng).run(movable, iterations)
+    return _Annealer(av, pv, place, rng, crowd).run(movable, iterations)
 
 
 class _Annealer:
     """The state of one annealing run: where each kernel is and what each tile holds."""
 
-    def __init__(self, av: ArrayView, pv: ProblemView, place: list[int], rng: random.Random) -> None:
-        self.av, self.pv, self.place, self.rng = av, pv, place, rng
+    def __init__(self, av: ArrayView, pv: ProblemView, place: list[int], rng: random.Random, crowd: float = 0.0) -> None:
+        self.av, self.pv, self.place, self.rng, self.crowd = av, pv, place, rng, crowd
         n = len(pv.kernels)
         self.ctx = [0] * len(av.pos)
         self.sram = SramUse.of(av.sram, pv.kernels, place)
@@ -532,7 +565,7 @@ class _Annealer:
         io = self.io[ki]
         delta = self.local(ki, t_new) - self.local(ki, t_old)
         delta += self.over(t_new, io) + self.over(t_old, -io) - self.over(t_new) - self.over(t_old)
-        delta += self.wm * self.busy.move_cost([(ki, t_old, t_new)]) + self.stack([(ki, t_old, t_new)])
+        delta += self.wm * self.busy.move_cost([(ki, t_old, t_new)], self.crowd) + self.stack([(ki, t_old, t_new)])
         if self.accept(delta, temp):
             self.shift(ki, t_old, t_new)
             self.busy.add(ki, t_old, -1)
@@ -561,7 +594,7 @@ class _Annealer:
         after = self.local(ki, t_new) + self.local(kj, t_old, skip=ki)
         shift = self.io[ki] - self.io[kj]
         delta = after - before + self.over(t_new, shift) + self.over(t_old, -shift) - self.over(t_new) - self.over(t_old)
-        delta += self.wm * self.busy.move_cost([(ki, t_old, t_new), (kj, t_new, t_old)])
+        delta += self.wm * self.busy.move_cost([(ki, t_old, t_new), (kj, t_new, t_old)], self.crowd)
         if stack_key(self.pv.kernels[ki]) != stack_key(self.pv.kernels[kj]):
             delta += self.stack([(ki, t_old, t_new)]) + self.stack([(kj, t_new, t_old)])
         if self.accept(delta, temp):
@@ -735,9 +768,24 @@ def heuristic_state(av: ArrayView, pv: ProblemView, seed: int = 0, place: list[i
     place = place or greedy_place(av, pv)
     if place is None:
         return None
-    rng = random.Random(seed)
     iterations = min(30000, 300 * len(pv.kernels))
-    place = anneal(av, pv, place, rng, iterations)
+    plain = _routed(av, pv, anneal(av, pv, place, random.Random(seed), iterations))
+    # the crowding pulls kernels apart, against the streams that tie them together, and two annealings' estimates
+    # differ by a few percent whatever they weigh: one that weighs it replaces the plain one only where it
+    # relieves the tiles by a real margin, within link capacity and without growing the estimate beyond that noise
+    a = score(av, pv, plain)
+    best, best_key = plain, None
+    for weight in CROWD:
+        st = _routed(av, pv, anneal(av, pv, place, random.Random(seed), iterations, weight))
+        b = score(av, pv, st)
+        if (b.overload <= a.overload and b.makespan <= (1 + ESTIMATE_NOISE) * a.makespan
+                and b.crowd <= (1 - CROWD_MARGIN) * a.crowd and (best_key is None or b.key() < best_key)):
+            best, best_key = st, b.key()
+    return best
+
+
+def _routed(av: ArrayView, pv: ProblemView, place: list[int]) -> State:
+    """``place`` routed, and relieved of over-full links where that scores better."""
     routes = route_all(av, pv, place)
     if any(load > cap + 1e-9 for load, cap in zip(score(av, pv, State(place, routes)).loads, av.cap)):
         moved = State(*relieve(av, pv, place, routes))

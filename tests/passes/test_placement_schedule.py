@@ -231,3 +231,34 @@ def test_phases_with_more_parts_than_tiles_do_not_clash(tiny):
     for phase in "ab":
         tiles = [m.placement[f"{phase}{i}"] for i in range(n)]
         assert len(set(tiles)) == n
+
+
+def six_at_once() -> MappingProblem:
+    # six compute kernels that run at the same time, a chain of streams between them, on tiny's four compute
+    # tiles: some tile holds two whatever the placement, so the estimate (the busiest tile) is 2000 for (2, 2,
+    # 1, 1) and (2, 2, 2, 0) alike; only the crowding (work beyond the phase's length on every tile) tells that
+    # the second takes turns on three tiles
+    kernels = [KernelSpec(f"k{i}", "compute", 16, 1000, window=(0.0, 1000.0)) for i in range(6)]
+    streams = [StreamSpec(f"k{i}->k{i + 1}", f"k{i}", f"k{i + 1}", 4000, 4.0) for i in range(5)]
+    return MappingProblem(kernels, streams)
+
+
+def test_the_crowding_sees_every_tile_the_estimate_sees_the_busiest(tiny):
+    from attnc.passes.placement.heuristic import State, route_all, score, views
+
+    problem = six_at_once()
+    av, pv = views(problem, tiny)
+    compute = av.of_kind["compute"]
+    spread = [compute[i] for i in (0, 0, 1, 1, 2, 3)]
+    piled = [compute[i] for i in (0, 0, 1, 1, 2, 2)]
+    a, b = (score(av, pv, State(p, route_all(av, pv, p))) for p in (spread, piled))
+    assert a.makespan == b.makespan == 2000
+    assert 0 < a.crowd < b.crowd and a.key()[:3] < b.key()[:3]
+
+
+def test_the_heuristic_relieves_every_tile_it_can(tiny):
+    problem = six_at_once()
+    m = place_and_route(problem, tiny, heuristic_only=True)
+    assert validate(problem, tiny, m) == []
+    per_tile = sorted(list(m.placement.values()).count(t) for t in set(m.placement.values()))
+    assert m.stats.makespan == 2000 and per_tile == [1, 1, 2, 2]
