@@ -330,9 +330,9 @@ KNOWN_GAPS: dict[tuple[str, str, str], str] = {
         "members better than the model's segments say (not analysed further)"
     ),
     # q, K and V reach the members in the blocks they take (a row block of q, a unit's K or V), no longer in one
-    # 4 KiB burst a member could not hold: the simulated run is faster than before (causal_cached 375 -> 326 cycles,
-    # attention23 over its tiles before), the model's own estimate faster still (11-15%)
-    ("tiny", "default", "attention23"): _BACK_PRESSURE,
+    # 4 KiB burst a member could not hold: the simulated run is faster than before (causal_cached 375 -> 326 cycles),
+    # the model's own estimate faster still (11-15%). (attention23 on tiny held within 10% once the placer weighs
+    # the work beyond each phase's length on every tile: model 1,053 cycles, simulated 1,147)
     ("tiny", "online", "causal_cached"): _BACK_PRESSURE,
     ("tiny", "flat", "causal_cached"): _BACK_PRESSURE,
     ("cloud", "sweep", "b1_n512_flat"): (
