@@ -156,19 +156,26 @@ def test_online_traffic_is_compulsory_when_rows_fit_and_unfused_grows_quadratica
     assert un[2048] / un[1024] > 3 and un[1024] / un[512] > 3
 
 
-def test_passes_restream_k_and_v_from_memory_tiles_when_they_fit_there():
-    # 512 keys of K and V do not fit a 16 KiB edge tile, so 32-row members walk 8-row blocks and
-    # stream K/V four times; the memory tiles hold a unit of each, so DRAM is read once
-    module = attention_model(b=1, h=2, hkv=2, s=64, t=512, d=16)
+def _staged_attention(keys: int, schedule: str):
+    """An online attention of 64 queries against ``keys`` keys (2 heads of 16, f32) tiled on edge as one group of
+    two 32-row members taking 8-row blocks, whose report must name ``schedule``, lowered: (module, inputs, the
+    reference output, kernels by name, the K and V stages)."""
+    module = attention_model(b=1, h=2, hkv=2, s=64, t=keys, d=16)
     inputs = inputs_for(module)
     before = interpret(module, inputs)
     run_pipeline(module, "fuse-attention{mode=online},tile{arch=edge groups=1 members=2 row-block=8 key-block=16}")
-    report = main_func(module).attributes["attnc.tile_report"].data
-    assert "passes=4 (K/V staged in memory tiles)" in report
+    assert schedule in main_func(module).attributes["attnc.tile_report"].data
     run_pipeline(module, "lower-to-dataflow{arch=edge}")
     kernels = {k.sym_name.data: k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)}
     stages = [k for k in kernels.values() if k.tile_kind.data == "memory"]
     assert sorted(k.sym_name.data for k in stages) == ["attn0_g0_kstage", "attn0_g0_vstage"]
+    return module, inputs, before, kernels, stages
+
+
+def test_passes_restream_k_and_v_from_memory_tiles_when_they_fit_there():
+    # 512 keys of K and V do not fit a 16 KiB edge tile, so 32-row members walk 8-row blocks and
+    # stream K/V four times; the memory tiles hold a unit of each, so DRAM is read once
+    module, inputs, before, kernels, stages = _staged_attention(512, "passes=4 (K/V staged in memory tiles)")
     assert all(k.loop_schedule()[1] == ("repeat", 4) for k in stages)
     loads = [k for k in kernels.values() if k.kind.data == "dma_load"]
     assert all("repeat" not in dict(k.loop_schedule()) for k in loads)
@@ -179,16 +186,8 @@ def test_passes_keep_the_first_keys_in_memory_tiles_when_a_unit_does_not_fit_the
     # 2048 keys of f32 K (128 KiB a unit) do not fit an 80 KiB memory tile: each stage keeps the first 1216 keys
     # of a unit (its tile less two key blocks to send and two passing through), loaded once, and the other 832
     # come through a load that reads just them, strided over the units, once per pass
-    module = attention_model(b=1, h=2, hkv=2, s=64, t=2048, d=16)
-    inputs = inputs_for(module)
-    before = interpret(module, inputs)
-    run_pipeline(module, "fuse-attention{mode=online},tile{arch=edge groups=1 members=2 row-block=8 key-block=16}")
-    report = main_func(module).attributes["attnc.tile_report"].data
-    assert "passes=4 (keys 0..1216 of K/V kept in memory tiles, the rest re-read per pass)" in report
-    run_pipeline(module, "lower-to-dataflow{arch=edge}")
-    kernels = {k.sym_name.data: k for k in main_func(module).body.block.ops if isinstance(k, df.KernelOp)}
-    stages = [k for k in kernels.values() if k.tile_kind.data == "memory"]
-    assert sorted(k.sym_name.data for k in stages) == ["attn0_g0_kstage", "attn0_g0_vstage"]
+    module, inputs, before, kernels, stages = _staged_attention(
+        2048, "passes=4 (keys 0..1216 of K/V kept in memory tiles, the rest re-read per pass)")
     for st in stages:
         assert st.buffer_bytes.value.data <= 80 * 1024
         assert list(st.attributes["input_repeats"].get_values()) == [1, 4]
