@@ -290,11 +290,6 @@ class _Busy:
         relief from none until every such tile is relieved."""
         return sum(max(0, w - n) for col, n in zip(self.col, self.pv.len_int) for w in col)
 
-    def join_crowd(self, k: int, t: int) -> int:
-        """How much ``crowd`` grows if ``k`` joins tile ``t``."""
-        return sum(max(0, self.col[j][t] + w - self.pv.len_int[j]) - max(0, self.col[j][t] - self.pv.len_int[j])
-                   for j, w in self.pv.w_int[k])
-
     def join_cost(self, k: int, t: int, tops: dict[int, int]) -> int:
         """How much the estimate grows if ``k`` joins tile ``t`` (``tops``: the phases' current tops)."""
         return sum(max(0, self.col[j][t] + w - tops[j]) for j, w in self.pv.w_int[k])
