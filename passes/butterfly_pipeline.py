@@ -1380,9 +1380,7 @@ def _made_after(v: SSAValue, op: Operation) -> bool:
 
 def _from_dram(v: SSAValue) -> int:
     """1 when ``v`` is a graph input (through data movement only): a load from DRAM; else 0."""
-    while isinstance(v.owner, Operation) and sp.is_data_movement(v.owner):
-        v = v.owner.operands[0]
-    return int(not isinstance(v.owner, Operation))
+    return int(not isinstance(_through_movement(v).owner, Operation))
 
 
 def _to_dram(v: SSAValue) -> int:

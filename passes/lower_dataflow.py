@@ -788,11 +788,9 @@ def stream_fused_inputs(fn: func.FuncOp, arch=None) -> None:
         streams_kv = rep is not None or attn.schedule()[1] >= sp.shape_of(attn.q)[2]
         blocks[k] = [_fused_block_bytes(attn, a, streams_kv, chunk) for a in k.body.block.args]
         passes = rep.value.data if rep is not None else 1
-        reps = [
-            passes if any(_reaches(a, x) for x in (attn.k, attn.v)) else 1 for a in k.body.block.args
-        ]
-        repeats[k] = reps
         kv[k] = [any(_reaches(a, x) for x in (attn.k, attn.v)) for a in k.body.block.args]
+        reps = [passes if is_kv else 1 for is_kv in kv[k]]
+        repeats[k] = reps
         if passes > 1:
             k.attributes[INPUT_REPEATS] = df.i64_array(reps)
     for k in kernels:
