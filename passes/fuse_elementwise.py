@@ -832,6 +832,24 @@ def fit_parts(wants: list[tuple[int, int, float, int]], free: int,
     return parts
 
 
+@dataclass
+class _Want:
+    """What :func:`plan_row_splits` plans for one row chain."""
+
+    chain: list[Operation]
+    axis: tuple[int, int]  # (axis counted from the end, its extent)
+    kind: str  # the tile kind its parts run on
+    parts: int
+    most: int  # the most parts it may take
+    strips: int  # the equal row strips its input comes in (1: none)
+    whole: bool  # a part sharing a strip would hold it whole, more than a tile: parts divide the strips
+    per: int  # contexts a part takes (with a column-split norm's apply and residual kernels)
+    stats: int  # contexts the chain takes besides its parts (a column-split norm's statistics kernel)
+    load: float  # its cycles over the shortest kernel's next to it
+    least: int  # the parts below which it would be longer than the slowest kernel next to it
+    moved: bool  # its row step does not fit the tiles of its own kind: it runs on ``kind`` even as one part
+
+
 def plan_row_splits(block, kernels: Kernels, arch,
                     shared: bool = False) -> dict[Operation, tuple[list[Operation], RowSplit]]:
     """Which row kernels to cut into row blocks, and into how many: a part about as long as the shortest
@@ -847,7 +865,7 @@ def plan_row_splits(block, kernels: Kernels, arch,
     back row by row, instead of being held whole by each of two)."""
     tagged = _tagged_ops(block)
     order = {op: i for i, op in enumerate(block.ops)}
-    wanted: dict[str, list] = {}
+    wanted: dict[str, _Want] = {}
     streams = _row_streams(kernels)
     for tag, chain in kernels.rows.items():
         chain = sorted(chain, key=order.__getitem__)
@@ -897,47 +915,49 @@ def plan_row_splits(block, kernels: Kernels, arch,
                 # about half the norm's lane work joins each part (its sums; the rest is the apply kernels')
                 cycles += _cycles([norm], arch, kind) // 2
             slowest = neighbour_cycles(kernels, chain, tagged, arch, max) or near
-            wanted[tag] = [chain, axis, kind, parts, most, strips, whole, per, int(norm is not None), cycles / near,
-                           min(parts, -(-cycles // slowest)), moved]
+            wanted[tag] = _Want(chain, axis, kind, parts, most, strips, whole, per, int(norm is not None),
+                                cycles / near, min(parts, -(-cycles // slowest)), moved)
     def free_of(kind: str) -> int:
         total = sum(t.contexts for t in arch.tiles_of(kind))
-        mine = [w for w in wanted.values() if w[2] == kind]
-        return total - total // HEADROOM - kernels_on(block, kernels, kind, set(wanted)) - sum(w[8] for w in mine)
+        mine = [w for w in wanted.values() if w.kind == kind]
+        return total - total // HEADROOM - kernels_on(block, kernels, kind, set(wanted)) - sum(w.stats for w in mine)
 
     # short of compute contexts, the chains of plain lane work (no special function, no norm after them: a bias
     # add) move to sfu tiles with contexts to spare, smallest first: their lanes are a compute tile's, and the
     # contexts they leave are parts of the chains that need an exp unit (BERT's GELU on cloud)
-    if "compute" in {w[2] for w in wanted.values()} and arch.tiles_of("sfu") and not shared:
-        plain = sorted((w for w in wanted.values() if w[2] == "compute" and w[7] == 1 and _kind(w[0]) == "compute"
-                        and not any(needs_special(op) for op in w[0])), key=lambda w: w[9])  # fmt: skip
-        sfu = len(arch.tiles_of("sfu"))
+    if "compute" in {w.kind for w in wanted.values()} and arch.tiles_of("sfu") and not shared:
+        plain = sorted((w for w in wanted.values() if w.kind == "compute" and w.per == 1 and _kind(w.chain) == "compute"
+                        and not any(needs_special(op) for op in w.chain)), key=lambda w: w.load)  # fmt: skip
+        sfu_tiles = len(arch.tiles_of("sfu"))
         for w in plain:
-            if sum(x[3] * x[7] for x in wanted.values() if x[2] == "compute") <= free_of("compute"):
+            if sum(x.parts * x.per for x in wanted.values() if x.kind == "compute") <= free_of("compute"):
                 break
-            parts = min(w[3], sfu, w[1][1])
-            if parts <= free_of("sfu") - sum(x[3] for x in wanted.values() if x[2] == "sfu"):
-                w[2], w[3], w[4] = "sfu", parts, min(w[4], sfu)
-    for kind in {w[2] for w in wanted.values()}:
-        mine = [w for w in wanted.values() if w[2] == kind]
+            parts = min(w.parts, sfu_tiles, w.axis[1])
+            if parts <= free_of("sfu") - sum(x.parts for x in wanted.values() if x.kind == "sfu"):
+                w.kind, w.parts, w.most = "sfu", parts, min(w.most, sfu_tiles)
+    for kind in {w.kind for w in wanted.values()}:
+        mine = [w for w in wanted.values() if w.kind == kind]
         free = max(free_of(kind), len(mine))
 
-        counts = [[n for n in range(1, w[4] + 1) if w[5] < 2 or w[5] % n == 0 or (n % w[5] == 0 and not w[6])]
-                  for w in mine]  # fmt: skip
-        for w, parts in zip(mine, fit_parts([(w[3], w[7], w[9], w[10]) for w in mine], free, counts)):
-            w[3] = parts
+        counts = [[n for n in range(1, w.most + 1) if w.strips < 2 or w.strips % n == 0
+                   or (n % w.strips == 0 and not w.whole)] for w in mine]  # fmt: skip
+        for w, parts in zip(mine, fit_parts([(w.parts, w.per, w.load, w.least) for w in mine], free, counts)):
+            w.parts = parts
         headroom = sum(t.contexts for t in arch.tiles_of(kind)) // HEADROOM
         for w in mine:  # a moved chain keeps its part per strip, into the headroom if need be
-            if w[11] and w[3] < w[5] <= w[4] and sum(x[3] * x[7] for x in mine) + (w[5] - w[3]) * w[7] <= free + headroom:
-                w[3] = w[5]
+            if w.moved and w.parts < w.strips <= w.most and \
+                    sum(x.parts * x.per for x in mine) + (w.strips - w.parts) * w.per <= free + headroom:
+                w.parts = w.strips
         for w in mine:
-            if w[11] and w[3] == w[5]:
+            if w.moved and w.parts == w.strips:
                 continue  # kept at a part per strip: aligned already
-            room = (free - sum(x[3] * x[7] for x in mine)) // w[7] + w[3]
-            w[3] = aligned(w[3], w[5], w[4], room, whole=w[6])
+            room = (free - sum(x.parts * x.per for x in mine)) // w.per + w.parts
+            w.parts = aligned(w.parts, w.strips, w.most, room, whole=w.whole)
     out = {}
     names = set(tagged)
-    for tag, (chain, (axis, extent), kind, parts, *_, moved) in wanted.items():
-        if parts < 2 and not moved:
+    for tag, w in wanted.items():
+        chain, (axis, extent), kind, parts = w.chain, w.axis, w.kind, w.parts
+        if parts < 2 and not w.moved:
             continue
         base = chain[0].name.removeprefix("sparse.") if len(chain) == 1 else tag
         name, i = base, 1
