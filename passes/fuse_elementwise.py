@@ -756,13 +756,18 @@ def _norm_after(chain: list[Operation]) -> sp.LayerNormOp | None:
                 None)  # fmt: skip
 
 
-def _ends_in_residual(kernels: Kernels, chain: list[Operation]) -> bool:
-    """Whether ``chain`` ends in an add of a value another kernel computes on chip that is no stage kernel's (a
-    residual: ``SplitNormByColumnsPattern`` gives it a kernel of its own per part)."""
-    last = chain[-1]
-    inside = set(chain)
-    return isinstance(last, sp.AddOp) and any(
-        x not in inside and kernels.tag_of(x) not in kernels.stages for v in last.operands for x in leaves(v))
+def _joins_residual(kernels: Kernels, last: Operation, tag: str) -> bool:
+    """Whether ``last``, the last op of row kernel ``tag``, adds to what the kernel computed (fed by butterfly stage
+    kernels) a value another kernel computes on chip (a residual: it comes from before the stages, on the short
+    side of a fork that joins here). ``SplitNormByColumnsPattern`` gives such an add a kernel of its own per
+    part, which ``plan_row_splits`` counts."""
+    k = kernels
+    if not isinstance(last, sp.AddOp) or not _fed_by_stages(k, k.rows.get(tag, []) or [
+            o for o in last.parent_block().ops if k.tag_of(o) == tag]):
+        return False
+    inside = [v for v in last.operands if isinstance(v.owner, Operation) and k.tag_of(v.owner) == tag]
+    outside = [x for v in last.operands for x in leaves(v) if k.tag_of(x) != tag]
+    return len(inside) == 1 and bool(outside) and not any(k.tag_of(x) in k.stages for x in outside)
 
 
 def row_strips(chain: list[Operation], axis: int) -> tuple[int, int]:
@@ -910,7 +915,7 @@ def plan_row_splits(block, kernels: Kernels, arch,
             # apply kernel and, when the chain ends in a residual add of a value computed on chip, a kernel of
             # its own for that, plus one statistics kernel; they take contexts of the same kind
             norm = _norm_after(chain) if fed else None
-            per = 1 + (1 + _ends_in_residual(kernels, chain) if norm else 0)
+            per = 1 + (1 + _joins_residual(kernels, chain[-1], tag) if norm else 0)
             if norm is not None:
                 # about half the norm's lane work joins each part (its sums; the rest is the apply kernels')
                 cycles += _cycles([norm], arch, kind) // 2
@@ -1105,7 +1110,7 @@ class SplitNormByColumnsPattern(RewritePattern):
         sums, squares = [], []
         for j, (v, tag) in enumerate(zip(parts, tags)):
             last = v.owner
-            if self._joins_residual(last, tag):
+            if _joins_residual(k, last, tag):
                 # the residual add and the sums leave the part for a kernel of their own: the part's stage chains
                 # and the residual then meet in a kernel of two streamed inputs, which has room to hold the
                 # residual's tokens while the chains' come through the pipeline (lower-to-dataflow)
@@ -1147,18 +1152,6 @@ class SplitNormByColumnsPattern(RewritePattern):
         rewriter.replace(op, joined)
         if not cat.result.uses:
             rewriter.erase(cat)
-
-    def _joins_residual(self, last: Operation, tag: str) -> bool:
-        """Whether ``last``, the part's last op, adds to what the part computed (fed by butterfly stage kernels)
-        a value another kernel computes on chip (a residual: it comes from before the stages, on the short side
-        of a fork that joins here)."""
-        k = self.kernels
-        if not isinstance(last, sp.AddOp) or not _fed_by_stages(k, k.rows.get(tag, []) or [
-                o for o in last.parent_block().ops if k.tag_of(o) == tag]):
-            return False
-        inside = [v for v in last.operands if isinstance(v.owner, Operation) and k.tag_of(v.owner) == tag]
-        outside = [x for v in last.operands for x in leaves(v) if k.tag_of(x) != tag]
-        return len(inside) == 1 and bool(outside) and not any(k.tag_of(x) in k.stages for x in outside)
 
 
 def _carried(chain: list[Operation]) -> set[sp.ReshapeOp]:
